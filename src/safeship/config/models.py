@@ -1,0 +1,346 @@
+"""Typed configuration: the seed's Rust types and YAML block, plus `services:` and safeship's own knobs.
+
+Every model forbids unknown fields, so a typo is an error naming the field, never a silent default.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from safeship.config.durations import Duration
+from safeship.config.quantities import Cpu, MemoryMb
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- enums
+
+
+class DeploymentStrategy(str, enum.Enum):
+    BLUE_GREEN = "blue_green"
+    CANARY = "canary"
+    ROLLING = "rolling"
+    RECREATE = "recreate"
+
+    @classmethod
+    def parse(cls, text: str) -> DeploymentStrategy:
+        key = text.strip().lower().replace("-", "_").replace(" ", "_")
+        key = {"bluegreen": "blue_green"}.get(key, key)
+        try:
+            return cls(key)
+        except ValueError:
+            known = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown strategy {text!r}; known: {known}") from None
+
+
+class EnvironmentType(str, enum.Enum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    TESTING = "testing"
+
+
+class Criticality(str, enum.Enum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class AvailabilityRequirement(str, enum.Enum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+# ---------------------------------------------------------------- strategies (seed block)
+
+
+class BlueGreenConfig(Model):
+    enabled: bool = True
+    health_check_timeout: Duration = 300.0
+    traffic_switch_timeout: Duration = 120.0
+    scale_down_delay: Duration = 30.0  # old colour kept this long so rollback is an instant switch
+    post_switch_analysis: Duration = 60.0
+
+
+class CanaryConfig(Model):
+    enabled: bool = True
+    traffic_percentages: list[int] = Field(default_factory=lambda: [5, 10, 25, 50, 75, 100])
+    step_duration: Duration = 120.0  # longest a step waits for evidence
+    min_step_duration: Duration = 10.0  # shortest: even clear evidence waits this long
+    adaptive: bool = True  # advance early when the evidence says "no worse"
+
+    @field_validator("traffic_percentages")
+    @classmethod
+    def _weights(cls, weights: list[int]) -> list[int]:
+        if not weights:
+            raise ValueError("must list at least one weight")
+        for w in weights:
+            if not 0 < w <= 100:
+                raise ValueError(f"each weight must be in 1..100, got {w}")
+        if weights != sorted(weights) or len(set(weights)) != len(weights):
+            raise ValueError(f"weights must strictly increase, got {weights}")
+        return weights if weights[-1] == 100 else [*weights, 100]
+
+
+class RollingConfig(Model):
+    enabled: bool = True
+    max_unavailable: int = Field(default=1, ge=0)
+    max_surge: int = Field(default=1, ge=0)
+    step_analysis: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _progress_possible(self) -> RollingConfig:
+        if self.max_unavailable + self.max_surge < 1:
+            raise ValueError("max_unavailable and max_surge cannot both be 0: no progress is possible")
+        return self
+
+
+class RecreateConfig(Model):
+    enabled: bool = True
+    max_wait: Duration = 30.0  # requests queue this long in the gap instead of failing
+    analysis: Duration = 60.0
+
+
+class StrategiesConfig(Model):
+    blue_green: BlueGreenConfig = Field(default_factory=BlueGreenConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    rolling: RollingConfig = Field(default_factory=RollingConfig)
+    recreate: RecreateConfig = Field(default_factory=RecreateConfig)
+
+
+# ---------------------------------------------------------------- health checks
+
+
+class ProbeConfig(Model):
+    type: Literal["http", "tcp", "exec"] = "http"
+    path: str = "/health/ready"
+    command: list[str] = Field(default_factory=list)
+    timeout: Duration = 30.0
+    interval: Duration = 10.0
+    failure_threshold: int = Field(default=3, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    initial_delay: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _exec_needs_command(self) -> ProbeConfig:
+        if self.type == "exec" and not self.command:
+            raise ValueError("an exec probe needs a command")
+        return self
+
+
+def _liveness() -> ProbeConfig:
+    return ProbeConfig(path="/health/live", timeout=30.0, interval=10.0)
+
+
+def _readiness() -> ProbeConfig:
+    return ProbeConfig(path="/health/ready", timeout=30.0, interval=5.0)
+
+
+class HealthCheckConfiguration(Model):
+    liveness: ProbeConfig = Field(default_factory=_liveness)
+    readiness: ProbeConfig = Field(default_factory=_readiness)
+
+
+# ---------------------------------------------------------------- rollback triggers
+
+
+class HealthCheckFailureTrigger(Model):
+    type: Literal["health_check_failure"]
+    timeout: Duration = 120.0  # how long an instance may stay unready/dead before it counts
+
+
+class ErrorRateThresholdTrigger(Model):
+    type: Literal["error_rate_threshold"]
+    threshold: float = Field(gt=0, le=1)
+    duration: Duration = 60.0
+
+
+class ResponseTimeThresholdTrigger(Model):
+    type: Literal["response_time_threshold"]
+    threshold: Duration
+    duration: Duration = 60.0
+    statistic: Literal["mean", "p95", "p99"] = "mean"  # the seed uses the average
+
+
+class CustomMetricTrigger(Model):
+    type: Literal["custom_metric"]
+    metric: str = Field(min_length=1)
+    threshold: float
+    duration: Duration = 60.0
+
+
+RollbackTrigger = Annotated[
+    HealthCheckFailureTrigger | ErrorRateThresholdTrigger | ResponseTimeThresholdTrigger | CustomMetricTrigger,
+    Field(discriminator="type"),
+]
+
+
+def _seed_triggers() -> list[Any]:
+    return [
+        HealthCheckFailureTrigger(type="health_check_failure", timeout=120.0),
+        ErrorRateThresholdTrigger(type="error_rate_threshold", threshold=0.05, duration=60.0),
+        ResponseTimeThresholdTrigger(type="response_time_threshold", threshold=5.0, duration=60.0),
+    ]
+
+
+class MonitoringConfig(Model):
+    duration: Duration = 300.0  # the seed's 5-minute window after promotion
+    interval: Duration = 30.0
+
+
+class AnalysisConfig(Model):
+    """safeship's sequential judge (see analysis/judge.py)."""
+
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)  # chance of rolling back a release equal to baseline
+    error_tolerance: float = Field(default=1.2, ge=1.0)  # candidate error rate may be this many times baseline
+    latency_tolerance: float = Field(default=1.5, ge=1.0)  # share of slow requests may be this many times
+    interval: Duration = 5.0  # how often the judge looks (every look is valid)
+    error_limit: int = Field(default=4, ge=1)  # consecutive provider errors before the analysis fails
+
+
+class RollbackConfiguration(Model):
+    auto_rollback: bool = Field(default=True, alias="auto_rollback")
+    triggers: list[RollbackTrigger] = Field(default_factory=_seed_triggers)
+    rollback_timeout: Duration = 300.0
+    max_rollback_attempts: int = Field(default=3, ge=1)
+    stable_after: Duration = 3600.0  # the seed's 1 hour
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+
+class IntelligentDeployment(Model):
+    strategies: StrategiesConfig = Field(default_factory=StrategiesConfig)
+    health_checks: HealthCheckConfiguration = Field(default_factory=HealthCheckConfiguration)
+    rollback: RollbackConfiguration = Field(default_factory=RollbackConfiguration)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+
+# ---------------------------------------------------------------- environments
+
+
+class ResourceQuotas(Model):
+    cpu: Cpu = 4.0
+    memory: MemoryMb = 8192.0
+
+
+class ResourceRequirements(Model):
+    cpu: Cpu = 0.1
+    memory: MemoryMb = 128.0
+
+
+class SecurityPolicyRule(Model):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    apiGroups: list[str] = Field(default_factory=list)  # noqa: N815 - Kubernetes spelling
+    resources: list[str] = Field(default_factory=list)
+    verbs: list[str] = Field(default_factory=list)
+    resourceNames: list[str] = Field(default_factory=list)  # noqa: N815
+
+
+class SecurityPolicy(Model):
+    name: str
+    type: str
+    rules: list[SecurityPolicyRule] = Field(default_factory=list)
+
+
+class Environment(Model):
+    name: str = Field(min_length=1)
+    type: EnvironmentType = EnvironmentType.DEVELOPMENT
+    cluster: str = ""
+    namespace: str = ""
+    resource_quotas: ResourceQuotas = Field(default_factory=ResourceQuotas)
+    availability: AvailabilityRequirement | None = None  # default follows the type
+    platform: Literal["sim", "local", "kubernetes"] = "local"
+    router_port_base: int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
+    variables: dict[str, str] = Field(default_factory=dict)
+    approval: Literal["none", "required"] = "none"
+
+    @property
+    def availability_requirement(self) -> AvailabilityRequirement:
+        if self.availability is not None:
+            return self.availability
+        return {
+            EnvironmentType.PRODUCTION: AvailabilityRequirement.HIGH,
+            EnvironmentType.STAGING: AvailabilityRequirement.MEDIUM,
+        }.get(self.type, AvailabilityRequirement.LOW)
+
+
+class EnvironmentManagement(Model):
+    environments: list[Environment] = Field(default_factory=list)
+    security_policies: list[SecurityPolicy] = Field(default_factory=list)
+
+    @field_validator("environments")
+    @classmethod
+    def _unique(cls, envs: list[Environment]) -> list[Environment]:
+        seen: set[str] = set()
+        for env in envs:
+            if env.name in seen:
+                raise ValueError(f"environment {env.name!r} is listed twice")
+            seen.add(env.name)
+        return envs
+
+
+# ---------------------------------------------------------------- services
+
+
+class ServiceConfig(Model):
+    criticality: Criticality = Criticality.MEDIUM
+    replicas: int = Field(default=2, ge=1)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    health_checks: HealthCheckConfiguration | None = None
+    command: list[str] = Field(default_factory=list)  # local platform: {port}, {version}, ...
+    versions: list[str] = Field(default_factory=list)  # known releases; empty: any version
+    router_port: int = Field(default=0, ge=0, le=65535)
+    grace_period: Duration = 10.0
+    rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
+
+
+class StoreConfig(Model):
+    url: str = "sqlite:///.safeship/state.db"
+
+
+class SafeshipConfig(Model):
+    intelligent_deployment: IntelligentDeployment = Field(default_factory=IntelligentDeployment)
+    environment_management: EnvironmentManagement = Field(default_factory=EnvironmentManagement)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    state_dir: str = ".safeship"
+
+    def environment(self, name: str) -> Environment | None:
+        return next((e for e in self.environment_management.environments if e.name == name), None)
+
+    def health_checks_for(self, service: str) -> HealthCheckConfiguration:
+        own = self.services[service].health_checks
+        return own if own is not None else self.intelligent_deployment.health_checks
+
+    def rollback_for(self, service: str) -> RollbackConfiguration:
+        own = self.services[service].rollback if service in self.services else None
+        return own if own is not None else self.intelligent_deployment.rollback
+
+
+# ---------------------------------------------------------------- the seed's request types
+
+
+class DeploymentConfiguration(Model):
+    replicas: int = Field(default=1, ge=1)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    health_checks: HealthCheckConfiguration = Field(default_factory=HealthCheckConfiguration)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+
+
+class DeploymentRequest(Model):
+    service_name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    environment: str = Field(min_length=1)
+    deployment_strategy: DeploymentStrategy | None = None  # None: safeship selects and says why
+    configuration: DeploymentConfiguration | None = None  # None: from the service's config
+    rollback_config: RollbackConfiguration | None = None
+    requested_by: str = ""

@@ -1,0 +1,58 @@
+"""Every error safeship raises, split by what should happen next.
+
+    SafeshipError
+    ├── InputError            bad config, arguments or API body: one sentence, exit 2, nothing changed
+    │   └── ConfigError       names the file, the field and the value
+    ├── ConflictError         the request clashes with state (an active deployment, a stale row version)
+    ├── NotFoundError         an id, service, version or environment that does not exist
+    ├── PermanentError        stop and roll back: retrying will not help
+    └── TemporaryError        retry after `delay` seconds (a probe timed out, a port is busy)
+
+Plug-ins translate subprocess, HTTP and Kubernetes errors into these at their edge, with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class SafeshipError(Exception):
+    exit_code = 1
+
+
+class InputError(SafeshipError):
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    def __init__(self, source: str, field: str, message: str) -> None:
+        self.source = source
+        self.field = field
+        self.detail = message
+        where = f"{source}: {field}: " if field else f"{source}: "
+        super().__init__(f"{where}{message}")
+
+
+class NotFoundError(InputError):
+    pass
+
+
+class ConflictError(SafeshipError):
+    exit_code = 2
+
+
+class StaleStateError(ConflictError):
+    """Another engine advanced this deployment first; this tick's work is dropped."""
+
+
+class PermanentError(SafeshipError):
+    pass
+
+
+class TemporaryError(SafeshipError):
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ControllerUnreachable(SafeshipError):
+    exit_code = 3
