@@ -86,3 +86,36 @@ class Platform(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class InstanceLedger(Protocol):
+    """Where a platform keeps the records of instances it started (PIDs, ports), so that a restarted
+    controller adopts them instead of starting duplicates. The store implements it; tests may use
+    `MemoryLedger`."""
+
+    def save_instance(self, record: Mapping[str, object]) -> None:
+        """Insert or replace the record whose "id" matches."""
+        ...
+
+    def delete_instance(self, instance_id: str) -> None: ...
+
+    def load_instances(self, service: str | None = None, environment: str | None = None) -> list[dict[str, object]]: ...
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, object]] = {}
+
+    def save_instance(self, record: Mapping[str, object]) -> None:
+        self.records[str(record["id"])] = dict(record)
+
+    def delete_instance(self, instance_id: str) -> None:
+        self.records.pop(instance_id, None)
+
+    def load_instances(self, service: str | None = None, environment: str | None = None) -> list[dict[str, object]]:
+        return [
+            dict(r)
+            for r in self.records.values()
+            if (service is None or r.get("service") == service)
+            and (environment is None or r.get("environment") == environment)
+        ]
