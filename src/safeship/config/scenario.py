@@ -1,0 +1,104 @@
+"""Release scenarios for the simulator and the analysis benchmark (format: shared/scenarios/README.md)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from safeship.config.loader import read_yaml, validate
+from safeship.config.models import Model
+from safeship.errors import ConfigError
+
+
+class LatencySpec(Model):
+    p50: float = Field(default=40.0, gt=0)
+    p99: float = Field(default=180.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LatencySpec:
+        if self.p99 < self.p50:
+            raise ValueError(f"p99 must be >= p50, got p50={self.p50} p99={self.p99}")
+        return self
+
+    @property
+    def mu_sigma(self) -> tuple[float, float]:
+        """Log-normal parameters fitted through p50 and p99 (z(0.99) = 2.3263)."""
+        mu = math.log(self.p50)
+        return mu, (math.log(self.p99) - mu) / 2.3263478740408408
+
+
+class TrafficSpec(Model):
+    rps: float = Field(default=100.0, gt=0)
+    pattern: Literal["constant", "diurnal", "bursty"] = "constant"
+    amplitude: float = Field(default=0.0, ge=0, le=1)
+    period_s: float = Field(default=600.0, gt=0)
+
+    def rate_at(self, t: float) -> float:
+        if self.pattern == "diurnal":
+            return self.rps * (1 + self.amplitude * math.sin(2 * math.pi * t / self.period_s))
+        if self.pattern == "bursty":
+            phase = (t % self.period_s) / self.period_s
+            return self.rps * (1 + self.amplitude if phase < 0.1 else 1 - self.amplitude / 9)
+        return self.rps
+
+
+class MetricSpec(Model):
+    baseline: float = 0.0
+    candidate: float | None = None
+    noise: float = Field(default=0.0, ge=0)
+    fail_above: float | None = None
+
+
+class VersionSpec(Model):
+    error_rate: float = Field(default=0.005, ge=0, le=1)
+    latency_ms: LatencySpec = Field(default_factory=LatencySpec)
+
+
+class CandidateSpec(Model):
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    latency_ms: LatencySpec | None = None
+    onset_s: float = Field(default=0.0, ge=0)
+    ramp_s: float = Field(default=0.0, ge=0)
+    ready: bool = True
+    crash_after_s: float | None = Field(default=None, gt=0)
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+
+
+class Scenario(Model):
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    duration_s: float = Field(default=1800.0, gt=0)
+    traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+    baseline: VersionSpec = Field(default_factory=VersionSpec)
+    candidate: CandidateSpec = Field(default_factory=CandidateSpec)
+    expect: Literal["rollback", "promote"]
+
+    def candidate_error_rate(self, since_traffic: float | None) -> float:
+        target = self.candidate.error_rate if self.candidate.error_rate is not None else self.baseline.error_rate
+        return self.baseline.error_rate + (target - self.baseline.error_rate) * self._progress(since_traffic)
+
+    def candidate_latency(self, since_traffic: float | None) -> tuple[float, float]:
+        base_mu, base_sigma = self.baseline.latency_ms.mu_sigma
+        spec = self.candidate.latency_ms or self.baseline.latency_ms
+        mu, sigma = spec.mu_sigma
+        share = self._progress(since_traffic)
+        return base_mu + (mu - base_mu) * share, base_sigma + (sigma - base_sigma) * share
+
+    def _progress(self, since_traffic: float | None) -> float:
+        """0 before onset, rising linearly to 1 over ramp_s."""
+        if since_traffic is None or since_traffic < self.candidate.onset_s:
+            return 0.0
+        if self.candidate.ramp_s <= 0:
+            return 1.0
+        return min(1.0, (since_traffic - self.candidate.onset_s) / self.candidate.ramp_s)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    data: Any = read_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "a scenario must be a mapping")
+    return validate(Scenario, data, str(path))

@@ -1,0 +1,94 @@
+"""Tables. Times are float seconds from the engine's clock (wall time, or virtual in the sim)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("service", String(200), nullable=False, index=True),
+    Column("environment", String(200), nullable=False, index=True),
+    Column("version", String(200), nullable=False),
+    Column("from_version", String(200)),
+    Column("strategy", String(32), nullable=False),
+    Column("strategy_reason", Text, nullable=False, default=""),
+    Column("policy", String(32), nullable=False, default="safeship"),
+    Column("phase", String(32), nullable=False, index=True),
+    Column("step_index", Integer, nullable=False, default=0),
+    Column("plan", JSON, nullable=False),
+    Column("status", JSON, nullable=False),  # analysis state, counter snapshots, rollback bookkeeping
+    Column("request", JSON, nullable=False),
+    Column("decision", String(32)),
+    Column("reason", Text),
+    Column("evidence", JSON),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("phase_started_at", Float, nullable=False),
+    Column("step_started_at", Float, nullable=False),
+    Column("decided_at", Float),
+    Column("finished_at", Float),
+    Column("row_version", Integer, nullable=False, default=1),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment_id", String(64), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSON),
+)
+
+rollbacks = Table(
+    "rollbacks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("deployment_id", String(64), nullable=False, index=True),
+    Column("service", String(200), nullable=False, index=True),
+    Column("environment", String(200), nullable=False),
+    Column("from_version", String(200), nullable=False),
+    Column("to_version", String(200)),
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSON),
+    Column("automatic", Boolean, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_s", Float),
+    Column("success", Boolean),
+    Column("timestamp", Float, nullable=False),
+)
+
+stable_versions = Table(
+    "stable_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(200), nullable=False, index=True),
+    Column("environment", String(200), nullable=False),
+    Column("version", String(200), nullable=False),
+    Column("deployment_id", String(64)),
+    Column("promoted_at", Float, nullable=False),  # healthy and serving all traffic since
+    Column("retired_at", Float),  # replaced or rolled back
+    Column("healthy", Boolean, nullable=False, default=True),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("service", String(200), nullable=False, index=True),
+    Column("environment", String(200), nullable=False),
+    Column("record", JSON, nullable=False),
+)
+
+service_settings = Table(
+    "service_settings",
+    metadata,
+    Column("service", String(200), primary_key=True),
+    Column("rollback", JSON),  # rollback-manager --configure
+    Column("updated_at", Float, nullable=False),
+)
