@@ -1,0 +1,31 @@
+"""Deployment phases, as Flagger names them, with predicates."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Phase(str, enum.Enum):
+    PENDING = "pending"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PREPARING = "preparing"
+    PROGRESSING = "progressing"
+    MONITORING = "monitoring"
+    SUCCEEDED = "succeeded"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.CANCELLED)
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_final
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for a deployment that ended here (DESIGN.md: 0 ok, 1 failed/rolled back)."""
+        return 0 if self is Phase.SUCCEEDED else 1

@@ -1,0 +1,80 @@
+"""A strategy turns a request into a plan: a list of declarative steps the engine converges on.
+
+Steps are plain dicts so that the plan is stored with the deployment and a resumed engine runs the
+same plan. Every step is idempotent: running it twice does no harm.
+
+    scale       {"version", "replicas"}             start missing instances, drain and stop extra ones
+    wait_ready  {"version", "replicas", "timeout"}  until that many are ready; a crash or timeout fails
+    weights     {"weights": {version: percent}}     sync ready backends and set traffic weights
+    hold        {"max_wait"}                        queue new requests (recreate gap)
+    analyze     {"compare", "duration", "policy_step"}  the policy judges until advance / pass / fail
+    promote     {}                                  the decision: the candidate takes all traffic
+    pause       {"duration"}                        wait (blue-green keeps the old colour this long)
+    monitor     {"duration", "interval"}            post-promotion window: a failure still rolls back
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from safeship.config.models import IntelligentDeployment
+
+Step = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    service: str
+    candidate: str
+    baseline: str | None  # None on a first deployment
+    replicas: int
+    settings: IntelligentDeployment
+    policy_weights: Sequence[int]  # the analysis policy's canary weights, ending at 100
+    readiness_timeout: float
+
+
+class Strategy(Protocol):
+    name: str
+
+    def plan(self, given: PlanInput) -> list[Step]: ...
+
+
+def scale(version: str, replicas: int) -> Step:
+    return {"kind": "scale", "version": version, "replicas": replicas}
+
+
+def wait_ready(version: str, replicas: int, timeout: float) -> Step:
+    return {"kind": "wait_ready", "version": version, "replicas": replicas, "timeout": timeout}
+
+
+def weights(split: dict[str, int]) -> Step:
+    return {"kind": "weights", "weights": {v: w for v, w in split.items()}}
+
+
+def analyze(*, compare: bool, duration: float, policy_step: int) -> Step:
+    return {"kind": "analyze", "compare": compare, "duration": duration, "policy_step": policy_step}
+
+
+def promote() -> Step:
+    return {"kind": "promote"}
+
+
+def pause(duration: float) -> Step:
+    return {"kind": "pause", "duration": duration}
+
+
+def hold(max_wait: float) -> Step:
+    return {"kind": "hold", "max_wait": max_wait}
+
+
+def monitor(settings: IntelligentDeployment) -> Step:
+    window = settings.rollback.monitoring
+    return {"kind": "monitor", "duration": window.duration, "interval": window.interval}
+
+
+def split(candidate: str, baseline: str | None, candidate_percent: int) -> dict[str, int]:
+    if baseline is None or candidate_percent >= 100:
+        return {candidate: 100}
+    return {baseline: 100 - candidate_percent, candidate: candidate_percent}
