@@ -1,0 +1,448 @@
+"""The deployment engine: one idempotent `advance()` tick drives a persisted state machine.
+
+    pending -> preparing -> progressing(step i) -> monitoring -> succeeded
+                                 |                     |
+                                 +---> rolling_back ---+---> rolled_back | failed
+                                 +---> failed (auto rollback off)        cancelled
+
+Each tick reads the deployment, converges the world on its current step, and writes the new state
+in one transaction guarded by the row version. A second engine on the same store resumes where the
+first one stopped; if both tick at once, one of them gets StaleStateError and drops its work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from safeship.analysis.base import Policy
+from safeship.config.models import (
+    DeploymentRequest,
+    DeploymentStrategy,
+    HealthCheckFailureTrigger,
+    SafeshipConfig,
+)
+from safeship.engine.context import Failure, Tick, World
+from safeship.engine.notify import LogSink, Notification, NotificationSink
+from safeship.engine.phases import Phase
+from safeship.engine.selection import Capacity, select_strategy
+from safeship.engine.steps import POLL_S, StepResult, StepRunner
+from safeship.errors import ConflictError, InputError, NotFoundError, StaleStateError
+from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion, Store, new_id
+from safeship.strategies import STRATEGIES, PlanInput
+from safeship.strategies.base import Step, scale, wait_ready, weights
+
+PolicyFactory = Callable[[str], Policy]
+
+
+class DeploymentEngine:
+    def __init__(
+        self,
+        config: SafeshipConfig,
+        store: Store,
+        world: World,
+        *,
+        policy_for: PolicyFactory,
+        notifier: NotificationSink | None = None,
+        secrets_for: Callable[[str, str], Mapping[str, str]] | None = None,
+        default_policy: str = "safeship",
+        capacity_for: Callable[[str, str], Capacity | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.world = world
+        self.policy_for = policy_for
+        self.notifier = notifier or LogSink()
+        self.default_policy = default_policy
+        self.capacity_for = capacity_for
+        self.steps = StepRunner(config, world, policy_for, secrets_for)
+
+    @property
+    def clock(self) -> Any:
+        return self.world.clock
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
+        """Validate, select a strategy, plan, and persist the deployment as pending."""
+        service = self.config.services.get(request.service_name)
+        if service is None:
+            known = ", ".join(sorted(self.config.services)) or "none configured"
+            raise NotFoundError(f"service {request.service_name!r} is not in the config (known: {known})")
+        environment = self.config.environment(request.environment)
+        if environment is None:
+            known = ", ".join(e.name for e in self.config.environment_management.environments) or "none"
+            raise NotFoundError(f"environment {request.environment!r} is not in the config (known: {known})")
+        if service.versions and request.version not in service.versions:
+            raise NotFoundError(
+                f"version {request.version!r} of {request.service_name} is not known "
+                f"(known: {', '.join(service.versions)})"
+            )
+        active = self.store.active_deployment(request.service_name, request.environment)
+        if active is not None:
+            raise ConflictError(
+                f"{request.service_name} already has deployment {active.id} ({active.version}, {active.phase}) "
+                f"in {request.environment}; wait for it or cancel it with "
+                f"`deployment-engine --cancel --deployment-id {active.id}`"
+            )
+        baseline = self.current_version(request.service_name, request.environment)
+        if baseline == request.version:
+            raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
+        policy_name = policy or self.default_policy
+        chosen = self.policy_for(policy_name)
+        recent = [d.phase for d in self.store.list_deployments(
+            service=request.service_name, environment=request.environment, limit=5)]
+        capacity = self.capacity_for(request.service_name, request.environment) if self.capacity_for else None
+        try:
+            selection = select_strategy(
+                service_name=request.service_name,
+                service=service,
+                environment=environment,
+                strategies=self.config.intelligent_deployment.strategies,
+                explicit=request.deployment_strategy,
+                recent_outcomes=recent,
+                capacity=capacity,
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        settings = self.config.intelligent_deployment
+        replicas = request.configuration.replicas if request.configuration else service.replicas
+        plan = STRATEGIES[selection.strategy].plan(
+            PlanInput(
+                service=request.service_name,
+                candidate=request.version,
+                baseline=baseline,
+                replicas=replicas,
+                settings=settings,
+                policy_weights=chosen.weights(settings.strategies.canary.traffic_percentages),
+                readiness_timeout=self.readiness_timeout(request.service_name),
+            )
+        )
+        if selection.slow:
+            plan = [_slower(step) for step in plan]
+        now = self.clock.now()
+        record = DeploymentRecord(
+            id=new_id("deploy"),
+            service=request.service_name,
+            environment=request.environment,
+            version=request.version,
+            from_version=baseline,
+            strategy=selection.strategy.value,
+            strategy_reason=selection.reason,
+            policy=policy_name,
+            phase=Phase.PENDING.value,
+            step_index=0,
+            plan=plan,
+            status={"replicas": replicas},
+            request=request.model_dump(mode="json"),
+            created_at=now,
+            updated_at=now,
+            phase_started_at=now,
+            step_started_at=now,
+        )
+        self.store.create_deployment(
+            record,
+            [
+                EventRecord(record.id, now, "created", f"deploy {request.service_name} {request.version} to "
+                            f"{request.environment} (from {baseline or 'nothing'})"),
+                EventRecord(record.id, now, "strategy", selection.reason, {"strategy": selection.strategy.value}),
+            ],
+        )
+        return record
+
+    def readiness_timeout(self, service: str) -> float:
+        triggers = self.config.rollback_for(service).triggers
+        found = [t.timeout for t in triggers if isinstance(t, HealthCheckFailureTrigger)]
+        return found[0] if found else self.config.intelligent_deployment.strategies.blue_green.health_check_timeout
+
+    def current_version(self, service: str, environment: str) -> str | None:
+        for row in self.store.stable_versions(service, environment):
+            if row.retired_at is None and row.healthy:
+                return row.version
+        return None
+
+    def previous_stable_version(self, service: str, environment: str, *, exclude: str) -> str | None:
+        """The newest other version that passed its health checks and served for `stable_after`."""
+        stable_after = self.config.rollback_for(service).stable_after
+        now = self.clock.now()
+        for row in self.store.stable_versions(service, environment):
+            if row.version == exclude or not row.healthy:
+                continue
+            if (row.retired_at if row.retired_at is not None else now) - row.promoted_at >= stable_after:
+                return row.version
+        return None
+
+    def is_stable(self, service: str, environment: str, version: str) -> bool:
+        return self.previous_stable_version(service, environment, exclude="\0") == version or any(
+            r.version == version and r.healthy
+            and (r.retired_at if r.retired_at is not None else self.clock.now()) - r.promoted_at
+            >= self.config.rollback_for(service).stable_after
+            for r in self.store.stable_versions(service, environment)
+        )
+
+    def cancel(self, deployment_id: str, *, by: str = "") -> DeploymentRecord:
+        record = self.store.get_deployment(deployment_id)
+        if Phase(record.phase).is_final:
+            raise ConflictError(f"deployment {deployment_id} already ended ({record.phase}); nothing to cancel")
+        if record.phase == Phase.ROLLING_BACK.value:
+            raise ConflictError(f"deployment {deployment_id} is already rolling back")
+        tick = Tick(record, self.clock.now())
+        self._begin_rollback(tick, Failure("cancelled", f"cancelled{' by ' + by if by else ''}"),
+                             automatic=False, cancel=True)
+        return self.store.save_transition(record, tick.result(), tick.events)
+
+    def request_rollback(self, deployment_id: str, *, reason: str = "manual rollback") -> DeploymentRecord:
+        """Manual rollback by deployment id, during or after the deployment."""
+        record = self.store.get_deployment(deployment_id)
+        if record.phase in (Phase.ROLLING_BACK.value, Phase.ROLLED_BACK.value, Phase.CANCELLED.value):
+            raise ConflictError(f"deployment {deployment_id} is {record.phase}; nothing to roll back")
+        if record.phase == Phase.SUCCEEDED.value:
+            newer = [d for d in self.store.list_deployments(service=record.service, environment=record.environment)
+                     if d.created_at > record.created_at and d.phase != Phase.CANCELLED.value]
+            if newer:
+                raise ConflictError(
+                    f"{record.service} has a newer deployment ({newer[-1].id}, {newer[-1].version}); "
+                    "roll that one back instead"
+                )
+        tick = Tick(record, self.clock.now())
+        self._begin_rollback(tick, Failure("manual", reason), automatic=False)
+        return self.store.save_transition(record, tick.result(), tick.events, rollback=tick.rollback)
+
+    # ------------------------------------------------------------ the tick
+
+    async def advance(self, deployment_id: str) -> float:
+        """Move one deployment as far as it can go now; returns seconds until it wants another tick."""
+        record = self.store.get_deployment(deployment_id)
+        phase = Phase(record.phase)
+        if phase.is_final or phase is Phase.AWAITING_APPROVAL:
+            return math.inf if phase.is_final else POLL_S
+        tick = Tick(record, self.clock.now())
+        wait = 0.0
+        if phase is Phase.PENDING:
+            self._enter(tick, Phase.PREPARING)
+        elif phase is Phase.PREPARING:
+            await self._prepare(tick)
+        elif phase in (Phase.PROGRESSING, Phase.MONITORING):
+            wait = await self._progress(tick)
+        elif phase is Phase.ROLLING_BACK:
+            wait = await self._roll_back(tick)
+        if tick.dirty:
+            try:
+                self.store.save_transition(
+                    record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable, retire=tick.retire
+                )
+            except StaleStateError:
+                return 0.0  # someone else moved it; read again
+            self._notify(tick)
+        return wait
+
+    async def run(
+        self, deployment_id: str, *, on_tick: Callable[[DeploymentRecord], Awaitable[None] | None] | None = None
+    ) -> DeploymentRecord:
+        """Advance until the deployment ends, sleeping on the engine's clock between ticks."""
+        while True:
+            wait = await self.advance(deployment_id)
+            record = self.store.get_deployment(deployment_id)
+            if on_tick is not None:
+                maybe = on_tick(record)
+                if maybe is not None:
+                    await maybe
+            if math.isinf(wait):
+                return record
+            if wait > 0:
+                await self.clock.sleep(wait)
+
+    def _enter(self, tick: Tick, phase: Phase, message: str = "") -> None:
+        tick.set(phase=phase.value, phase_started_at=tick.now)
+        tick.event("phase", message or f"phase {phase.value}", phase=phase.value)
+
+    async def _prepare(self, tick: Tick) -> None:
+        ensure = getattr(self.world.router, "ensure_route", None)
+        if ensure is not None:
+            await ensure(tick.route)
+        baseline = tick.before.from_version
+        if baseline is not None:
+            await self.steps.sync_backends(tick)
+            counters = await self.world.router.counters(tick.route)
+            tick.status["start_counters"] = {v: c.to_json() for v, c in counters.items()}
+        self._enter(tick, Phase.PROGRESSING)
+        tick.set(step_index=0, step_started_at=tick.now)
+
+    async def _progress(self, tick: Tick) -> float:
+        plan = tick.before.plan
+        for _ in range(len(plan) + 1):  # run consecutive instant steps within one tick
+            index = int(tick.get("step_index"))
+            if index >= len(plan):
+                self._finish(tick, Phase.SUCCEEDED, f"{tick.before.version} is live")
+                return math.inf
+            step = plan[index]
+            if step["kind"] == "monitor" and tick.get("phase") != Phase.MONITORING.value:
+                self._enter(tick, Phase.MONITORING, f"monitoring {tick.before.version} for "
+                            f"{float(step['duration']):.0f}s after promotion")
+            result = await self._run_step(tick, step)
+            if result.failure is not None:
+                self._fail(tick, result.failure)
+                return 0.0
+            if not result.done:
+                return result.wait
+            tick.set(step_index=index + 1, step_started_at=tick.now)
+        return 0.0
+
+    async def _run_step(self, tick: Tick, step: Step) -> StepResult:
+        kind = step["kind"]
+        if kind == "scale":
+            return await self.steps.scale(tick, step)
+        if kind == "wait_ready":
+            return await self.steps.wait_ready(tick, step, candidate=tick.before.version)
+        if kind == "weights":
+            return await self.steps.set_weights(tick, step)
+        if kind == "hold":
+            return await self.steps.hold(tick, step)
+        if kind == "analyze":
+            return await self.steps.analyze(tick, step)
+        if kind == "monitor":
+            return await self.steps.analyze(tick, step, monitor=True)
+        if kind == "pause":
+            left = float(step["duration"]) - (tick.now - tick.get("step_started_at"))
+            return StepResult(done=left <= 0, wait=max(0.0, left))
+        if kind == "promote":
+            self._promote(tick)
+            return StepResult(done=True)
+        raise ValueError(f"unknown plan step {kind!r}")
+
+    def _promote(self, tick: Tick) -> None:
+        record = tick.before
+        tick.set(decision="promote", decided_at=tick.now)
+        tick.status["decision_counters"] = tick.status.get("snap", {})
+        tick.stable = StableVersion(record.service, record.environment, record.version, record.id,
+                                    tick.now, None, True)
+        tick.retire = (record.service, record.environment, record.version, tick.now, True)
+        tick.event("promoted", f"{record.version} takes all traffic")
+
+    # ------------------------------------------------------------ failure and rollback
+
+    def _fail(self, tick: Tick, failure: Failure) -> None:
+        tick.event("trigger", f"{failure.trigger}: {failure.reason}", **dict(failure.evidence))
+        rollback = self.config.rollback_for(tick.before.service)
+        if rollback.auto_rollback:
+            self._begin_rollback(tick, failure, automatic=True)
+            return
+        safe = tick.status.get("last_safe_weights") or (
+            {tick.before.from_version: 100} if tick.before.from_version else tick.status.get("weights", {}))
+        tick.status["restore_weights"] = safe
+        tick.set(decision="failed", decided_at=tick.now, reason=failure.reason, evidence=dict(failure.evidence))
+        self._finish(
+            tick, Phase.FAILED,
+            f"{failure.reason}. Auto rollback is off: traffic stays at the last safe weights "
+            f"{safe}; roll back with `rollback-manager --rollback --deployment-id {tick.before.id}`",
+        )
+
+    def _begin_rollback(self, tick: Tick, failure: Failure, *, automatic: bool, cancel: bool = False) -> None:
+        record = tick.before
+        promoted = record.decision == "promote" or tick.changes.get("decision") == "promote"
+        target = record.from_version
+        if record.phase == Phase.SUCCEEDED.value:
+            target = self.previous_stable_version(record.service, record.environment, exclude=record.version)
+            target = target or record.from_version
+        replicas = int(record.status.get("replicas", self.config.services[record.service].replicas))
+        plan: list[Step] = []
+        if target is not None:
+            timeout = self.config.rollback_for(record.service).rollback_timeout
+            plan += [scale(target, replicas), wait_ready(target, replicas, timeout), weights({target: 100})]
+        plan.append(scale(record.version, 0))
+        rollback_id = new_id("rollback")
+        tick.status["rollback"] = {
+            "id": rollback_id, "plan": plan, "step": 0, "attempt": 1, "started_at": tick.now,
+            "to_version": target, "automatic": automatic, "cancel": cancel, "promoted": promoted,
+            "reason": failure.reason, "trigger": failure.trigger,
+        }
+        tick.set(reason=failure.reason, evidence={"trigger": failure.trigger, **dict(failure.evidence)})
+        if not cancel:
+            tick.set(decision="rollback", decided_at=tick.now)
+            tick.rollback = RollbackRecord(
+                id=rollback_id, deployment_id=record.id, service=record.service,
+                environment=record.environment, from_version=record.version, to_version=target,
+                reason=f"{failure.trigger}: {failure.reason}", evidence=dict(failure.evidence),
+                automatic=automatic, started_at=tick.now, duration_s=None, success=None, timestamp=tick.now,
+            )
+        self._enter(tick, Phase.ROLLING_BACK, f"{'cancel' if cancel else 'rollback'} to {target or 'nothing'}: "
+                    f"{failure.reason}")
+        tick.set(step_started_at=tick.now)
+
+    async def _roll_back(self, tick: Tick) -> float:
+        state = tick.status["rollback"]
+        plan: list[Step] = state["plan"]
+        settings = self.config.rollback_for(tick.before.service)
+        while state["step"] < len(plan):
+            step = plan[state["step"]]
+            if step["kind"] == "wait_ready":
+                result = await self.steps.wait_ready(tick, step, candidate=None)
+            else:
+                result = await self._run_step(tick, step)
+            if result.failure is not None:
+                if state["attempt"] >= settings.max_rollback_attempts:
+                    return self._rollback_done(tick, success=False, why=result.failure.reason)
+                state["attempt"] += 1
+                state["step"] = 0
+                tick.set(step_started_at=tick.now)
+                tick.event("rollback_retry", f"rollback attempt {state['attempt']}: {result.failure.reason}")
+                return POLL_S
+            if not result.done:
+                return result.wait
+            state["step"] += 1
+            tick.set(step_started_at=tick.now)
+        return self._rollback_done(tick, success=True)
+
+    def _rollback_done(self, tick: Tick, *, success: bool, why: str = "") -> float:
+        state = tick.status["rollback"]
+        record = tick.before
+        duration = tick.now - float(state["started_at"])
+        if not state["cancel"]:
+            tick.rollback = RollbackRecord(
+                id=state["id"], deployment_id=record.id, service=record.service,
+                environment=record.environment, from_version=record.version, to_version=state["to_version"],
+                reason=f"{state['trigger']}: {state['reason']}", evidence=record.evidence,
+                automatic=bool(state["automatic"]), started_at=float(state["started_at"]),
+                duration_s=duration, success=success, timestamp=tick.now,
+            )
+        if success:
+            target = state["to_version"]
+            if target is not None and state.get("promoted", False):
+                tick.stable = StableVersion(record.service, record.environment, target, record.id,
+                                            tick.now, None, True)
+            tick.retire = (record.service, record.environment, target or "", tick.now, False)
+            phase = Phase.CANCELLED if state["cancel"] else Phase.ROLLED_BACK
+            self._finish(tick, phase, f"{'cancelled' if state['cancel'] else 'rolled back'} to "
+                         f"{target or 'nothing'} in {duration:.1f}s")
+        else:
+            self._finish(tick, Phase.FAILED, f"rollback failed after {state['attempt']} attempts: {why}; "
+                         "the service needs a person now")
+        return math.inf
+
+    def _finish(self, tick: Tick, phase: Phase, message: str) -> None:
+        self._enter(tick, phase, message)
+        tick.set(finished_at=tick.now)
+        if tick.get("reason") is None:
+            tick.set(reason=message)
+
+    def _notify(self, tick: Tick) -> None:
+        record = tick.before
+        for event in tick.events:
+            if event.kind != "phase":
+                continue
+            phase = str(event.data.get("phase"))
+            if phase in ("rolling_back", "rolled_back", "failed", "succeeded", "cancelled"):
+                self.notifier.notify(Notification(phase, record.id, record.service, record.environment,
+                                                  event.message, dict(tick.get("evidence") or {})))
+
+
+def _slower(step: Step) -> Step:
+    """Twice the evidence per step after recent rollbacks."""
+    if step["kind"] == "analyze":
+        return {**step, "duration": float(step["duration"]) * 2}
+    return step
+
+
+def strategy_names() -> list[str]:
+    return [s.value for s in DeploymentStrategy]

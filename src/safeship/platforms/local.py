@@ -1,0 +1,797 @@
+"""The local platform: every instance is an OS process on this host, supervised the way a kubelet
+supervises a container.
+
+One asyncio task per instance spawns the process, watches for its exit (a pidfd, so a crash is seen
+at once, with a polling fallback), runs the readiness and liveness probes, and restarts it with
+CrashLoopBackOff-style backoff. Everything needed to take over after a controller restart (PID,
+process start time, port, spec without secret values) is written to the ledger on every change, so
+`adopt()` can resume supervising processes that kept serving while the controller was away.
+
+Linux only: process identity comes from /proc/<pid>/stat, exit detection from pidfd_open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from safeship.clock import Clock, RealClock
+from safeship.errors import ConflictError, InputError, PermanentError
+from safeship.platforms.base import (
+    Instance,
+    InstanceLedger,
+    InstanceSpec,
+    InstanceState,
+    ProbeSpec,
+)
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+PLATFORM_NAME = "local"
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")
+PLACEHOLDERS = ("port", "version", "service", "environment", "index")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KILL_WAIT = 10.0  # after SIGKILL; only a process stuck in the kernel takes this long
+_PORT_ATTEMPTS = 50
+
+# Children left running by a closed platform, kept so that a platform adopting them in the same
+# interpreter can still reap them and read their exit code (and so Popen does not warn on GC).
+_detached_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ProbeOutcome(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class Prober(Protocol):
+    """What the controller injects (`safeship.analysis.probes.probe` fits)."""
+
+    def __call__(
+        self, spec: ProbeSpec, *, host: str, port: int, env: Mapping[str, str] | None = None
+    ) -> Awaitable[ProbeOutcome]: ...
+
+
+SecretsFor = Callable[[str, str], Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class _CheckResult:
+    ok: bool
+    detail: str
+
+
+async def tcp_check(
+    spec: ProbeSpec, *, host: str, port: int, env: Mapping[str, str] | None = None
+) -> _CheckResult:
+    """The fallback prober: whatever the probe's kind, the instance is healthy if it accepts a
+    TCP connection within the probe's timeout."""
+    try:
+        async with asyncio.timeout(spec.timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    except TimeoutError:
+        return _CheckResult(False, f"tcp connect timed out after {spec.timeout:g}s")
+    except OSError as exc:
+        return _CheckResult(False, f"tcp connect failed: {exc.strerror or exc}")
+    return _CheckResult(True, "connected")
+
+
+@dataclass
+class _Supervised:
+    spec: InstanceSpec
+    instance: Instance
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None  # None for a process adopted from another parent
+    start_ticks: int | None = None  # /proc/<pid>/stat field 22: tells a reused PID apart
+    env: dict[str, str] = field(default_factory=dict)  # includes secrets: memory only
+    crash_streak: int = 0  # failures since the last long-enough run; drives the backoff
+    stopping: bool = False
+    task: asyncio.Task[None] | None = None
+    stop_task: asyncio.Task[None] | None = None
+
+
+class LocalPlatform:
+    """Platform whose instances are processes on this host, each on its own loopback port."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        ledger: InstanceLedger,
+        prober: Prober | None = None,
+        clock: Clock | None = None,
+        secrets_for: SecretsFor | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        backoff_reset: float | None = None,
+        max_restarts: int | None = None,
+        enforce_memory_limit: bool | None = None,
+        exit_poll_interval: float = 0.2,
+    ) -> None:
+        self._state_dir = Path(state_dir)
+        self._ledger = ledger
+        self._prober: Prober = prober if prober is not None else tcp_check
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._secrets_for = secrets_for
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        # Kubernetes forgets the crash streak after a container ran 10 min (twice its 5 min cap).
+        self._backoff_reset = backoff_reset if backoff_reset is not None else 2 * backoff_cap
+        self._max_restarts = max_restarts
+        if enforce_memory_limit is None:
+            flag = os.environ.get("SAFESHIP_ENFORCE_MEMORY_LIMIT", "")
+            enforce_memory_limit = flag.lower() in ("1", "true", "yes")
+        self._enforce_memory_limit = enforce_memory_limit
+        self._exit_poll_interval = exit_poll_interval
+        self._supervised: dict[str, _Supervised] = {}
+
+    # ------------------------------------------------------------ Platform
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        """Spawn the process and return at once (STARTING); readiness is probed in the background.
+
+        Raises InputError for a bad command template or names, ConflictError when the instance
+        already runs, PermanentError when the process cannot be started at all."""
+        instance_id = instance_id_of(spec)
+        for part in (spec.environment, spec.service, f"{spec.version}-{spec.index}"):
+            _check_path_part(part)
+        _render_command(spec.command, _template_values(spec, port=0))  # fail before spawning
+        if instance_id in self._supervised:
+            raise ConflictError(f"instance {instance_id} already exists")
+        self._forget_dead_record(spec.service, spec.environment, instance_id)
+        sup = _Supervised(
+            spec=spec,
+            instance=Instance(
+                id=instance_id,
+                service=spec.service,
+                environment=spec.environment,
+                version=spec.version,
+                index=spec.index,
+                host=HOST,
+            ),
+            log_path=self.log_path(spec),
+        )
+        self._spawn(sup)
+        self._supervised[instance_id] = sup
+        self._save(sup)
+        sup.task = asyncio.create_task(self._supervise(sup), name=f"supervise {instance_id}")
+        return dataclasses.replace(sup.instance)
+
+    async def stop(self, instance: Instance, *, drain: float) -> None:
+        """Stop serving (the caller's router has drained it), wait `drain` seconds, SIGTERM the
+        process group, SIGKILL it after the grace period, and forget the instance."""
+        sup = self._supervised.get(instance.id)
+        if sup is None:
+            await self._stop_unsupervised(instance)
+        else:
+            if sup.stop_task is None:
+                sup.stop_task = asyncio.create_task(self._stop(sup, drain), name=f"stop {sup.instance.id}")
+            # Shielded: a caller that gives up waiting must not leave a half-stopped instance.
+            await asyncio.shield(sup.stop_task)
+        instance.state = InstanceState.STOPPED
+        instance.pid = None
+
+    async def instances(self, service: str, environment: str) -> list[Instance]:
+        """Snapshots (copies) of every instance of the service in the environment, by id."""
+        found = [
+            dataclasses.replace(sup.instance)
+            for sup in self._supervised.values()
+            if sup.instance.service == service and sup.instance.environment == environment
+        ]
+        return sorted(found, key=lambda inst: inst.id)
+
+    async def close(self, *, stop_instances: bool = False) -> None:
+        """Stop supervising. Processes keep serving unless `stop_instances`; their ledger records
+        stay so that the next controller adopts them."""
+        if stop_instances:
+            await asyncio.gather(
+                *(self.stop(dataclasses.replace(s.instance), drain=0.0) for s in self._all())
+            )
+            return
+        tasks = [s.task for s in self._all() if s.task is not None and s.stop_task is None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stops = [s.stop_task for s in self._all() if s.stop_task is not None]
+        await asyncio.gather(*stops, return_exceptions=True)
+        for sup in self._all():
+            if sup.popen is not None:
+                _detached_children[sup.popen.pid] = sup.popen
+        self._supervised.clear()
+
+    # ------------------------------------------------------------ adoption
+
+    async def adopt(self) -> list[Instance]:
+        """Take over the instances recorded in the ledger: live processes (same PID and start time)
+        are supervised again untouched, dead ones are restarted, interrupted stops are finished.
+        Safe to call twice: instances already supervised are skipped."""
+        adopted: list[Instance] = []
+        for record in self._ledger.load_instances():
+            if record.get("platform") != PLATFORM_NAME or str(record.get("id")) in self._supervised:
+                continue
+            try:
+                sup = self._from_record(record)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping unreadable ledger record %s: %s", record.get("id"), exc)
+                continue
+            if bool(record.get("stopping")):
+                await self._finish_interrupted_stop(sup)
+                continue
+            self._resume(sup)
+            adopted.append(dataclasses.replace(sup.instance))
+        return adopted
+
+    def _resume(self, sup: _Supervised) -> None:
+        inst = sup.instance
+        self._supervised[inst.id] = sup
+        if inst.state is InstanceState.FAILED:
+            self._save(sup)  # gave up before; stays visible until stopped
+            return
+        if inst.pid is not None and self._is_alive(sup):
+            sup.env = self._environment(sup.spec, inst.port)
+            log.info("adopted %s (pid %d)", inst.id, inst.pid)
+        elif inst.pid is not None:
+            pid = inst.pid
+            self._note_failure(sup, f"process {pid} {self._reap(sup)} while unsupervised")
+        sup.task = asyncio.create_task(self._supervise(sup), name=f"supervise {inst.id}")
+
+    def _forget_dead_record(self, service: str, environment: str, instance_id: str) -> None:
+        for record in self._ledger.load_instances(service, environment):
+            if str(record.get("id")) != instance_id:
+                continue
+            pid, ticks = record.get("pid"), record.get("start_ticks")
+            if isinstance(pid, int) and _same_process(pid, ticks if isinstance(ticks, int) else None):
+                raise ConflictError(
+                    f"instance {instance_id} is running (pid {pid}) but not supervised; "
+                    "adopt() it instead of starting it again"
+                )
+            self._ledger.delete_instance(instance_id)
+
+    # ------------------------------------------------------------ supervision
+
+    async def _supervise(self, sup: _Supervised) -> None:
+        try:
+            while not sup.stopping:
+                if sup.instance.pid is None:
+                    try:
+                        self._spawn(sup)
+                    except PermanentError as exc:
+                        self._give_up(sup, str(exc))
+                        return
+                    self._save(sup)
+                ran_from = sup.instance.started_at
+                failure = await self._watch(sup)
+                await self._terminate(sup, sup.spec.grace_period)
+                if self._clock.now() - ran_from >= self._backoff_reset:
+                    sup.crash_streak = 0
+                self._note_failure(sup, failure)
+                if self._max_restarts is not None and sup.instance.restarts > self._max_restarts:
+                    self._give_up(sup, f"{failure}; gave up after {self._max_restarts} restarts")
+                    return
+                self._save(sup)
+                await self._clock.sleep(self._backoff_delay(sup.crash_streak))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not leave the instance silently unwatched
+            log.exception("supervisor of %s failed", sup.instance.id)
+            self._give_up(sup, f"supervisor error: {self._redact(sup, str(exc))}")
+
+    def _backoff_delay(self, streak: int) -> float:
+        return min(self._backoff_cap, self._backoff_base * 2 ** max(0, streak - 1))
+
+    def _note_failure(self, sup: _Supervised, failure: str) -> None:
+        inst = sup.instance
+        inst.last_failure = failure
+        inst.restarts += 1
+        inst.state = InstanceState.RESTARTING
+        sup.crash_streak += 1
+        log.warning("%s failed (%s); restart %d", inst.id, failure, inst.restarts)
+
+    def _give_up(self, sup: _Supervised, reason: str) -> None:
+        sup.instance.state = InstanceState.FAILED
+        sup.instance.last_failure = reason
+        self._save(sup)
+        log.error("%s failed for good: %s", sup.instance.id, reason)
+
+    async def _watch(self, sup: _Supervised) -> str:
+        """Run the probes until the process exits or liveness gives up; return why it ended."""
+        exited = asyncio.create_task(self._exit_reason(sup))
+        liveness = asyncio.create_task(self._liveness_loop(sup))
+        readiness = asyncio.create_task(self._readiness_loop(sup))
+        try:
+            done, _ = await asyncio.wait({exited, liveness}, return_when=asyncio.FIRST_COMPLETED)
+            return exited.result() if exited in done else liveness.result()
+        finally:
+            for task in (exited, liveness, readiness):
+                task.cancel()
+            await asyncio.gather(exited, liveness, readiness, return_exceptions=True)
+
+    async def _exit_reason(self, sup: _Supervised) -> str:
+        await self._wait_for_exit(sup)
+        return self._reap(sup)
+
+    async def _readiness_loop(self, sup: _Supervised) -> None:
+        spec = sup.spec.readiness
+        await self._clock.sleep(spec.initial_delay)
+        successes = failures = 0
+        while True:
+            began = time.monotonic()
+            result = await self._probe(sup, spec)
+            successes, failures = (successes + 1, 0) if result.ok else (0, failures + 1)
+            state = sup.instance.state
+            if state in (InstanceState.STARTING, InstanceState.UNREADY):
+                if successes >= spec.success_threshold:
+                    self._set_state(sup, InstanceState.READY, None)
+            elif state is InstanceState.READY and failures >= spec.failure_threshold:
+                self._set_state(sup, InstanceState.UNREADY, f"readiness: {result.detail}")
+            await self._clock.sleep(spec.interval - (time.monotonic() - began))
+
+    async def _liveness_loop(self, sup: _Supervised) -> str:
+        spec = sup.spec.liveness
+        await self._clock.sleep(spec.initial_delay)
+        failures = 0
+        while True:
+            began = time.monotonic()
+            result = await self._probe(sup, spec)
+            failures = 0 if result.ok else failures + 1
+            if failures >= spec.failure_threshold:
+                return f"liveness failed {failures} times: {result.detail}"
+            await self._clock.sleep(spec.interval - (time.monotonic() - began))
+
+    async def _probe(self, sup: _Supervised, spec: ProbeSpec) -> _CheckResult:
+        try:
+            outcome = await self._prober(spec, host=HOST, port=sup.instance.port, env=sup.env)
+            ok, detail = bool(outcome.ok), str(outcome.detail)
+        except Exception as exc:  # a broken prober counts as a failed probe, never a dead loop
+            ok, detail = False, f"probe error: {type(exc).__name__}: {exc}"
+        return _CheckResult(ok, self._redact(sup, detail))
+
+    def _set_state(self, sup: _Supervised, state: InstanceState, why: str | None) -> None:
+        if sup.stopping or sup.instance.state is state:
+            return
+        sup.instance.state = state
+        self._save(sup)
+        log.info("%s is %s%s", sup.instance.id, state.value, f" ({why})" if why else "")
+
+    # ------------------------------------------------------------ processes
+
+    def _spawn(self, sup: _Supervised) -> None:
+        spec, inst = sup.spec, sup.instance
+        port = inst.port if inst.port and _port_is_free(inst.port) else self._pick_port()
+        argv = _render_command(spec.command, _template_values(spec, port=port))
+        sup.env = self._environment(spec, port)
+        sup.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(sup.log_path, "ab") as log_file:
+            _log_line(log_file, f"starting {inst.id} on port {port}: {' '.join(argv)}", sup.spec.secret_env)
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=sup.env,
+                    cwd=spec.workdir or None,
+                    start_new_session=True,  # its own process group: stopping reaches children
+                    preexec_fn=self._preexec(spec),
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                message = f"could not start {inst.id}: {argv[0]}: {text}"
+                _log_line(log_file, message, sup.spec.secret_env)
+                raise PermanentError(self._redact(sup, message)) from None
+        sup.popen = popen
+        sup.start_ticks = _start_ticks(popen.pid)
+        inst.pid, inst.port = popen.pid, port
+        inst.state = InstanceState.STARTING
+        inst.started_at = self._clock.now()
+        log.info("started %s: pid %d, port %d", inst.id, popen.pid, port)
+
+    def _preexec(self, spec: InstanceSpec) -> Callable[[], None] | None:
+        if not self._enforce_memory_limit:
+            return None
+        limit = spec.memory_mb * 1024 * 1024
+
+        def limit_memory() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        return limit_memory
+
+    def _environment(self, spec: InstanceSpec, port: int) -> dict[str, str]:
+        env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+        env.update(spec.env)
+        env.update(spec.secret_env)
+        env.setdefault("PORT", str(port))
+        env["SAFESHIP_INSTANCE_ID"] = instance_id_of(spec)
+        return env
+
+    def _pick_port(self) -> int:
+        taken = {s.instance.port for s in self._supervised.values()}
+        for _ in range(_PORT_ATTEMPTS):
+            port = _free_port()
+            if port not in taken:
+                return port
+        raise PermanentError(f"no free loopback port after {_PORT_ATTEMPTS} attempts")
+
+    def _is_alive(self, sup: _Supervised) -> bool:
+        pid = sup.instance.pid
+        if pid is None:
+            return False
+        if sup.popen is not None and sup.start_ticks is None:
+            return sup.popen.poll() is None
+        return _same_process(pid, sup.start_ticks)
+
+    async def _wait_for_exit(self, sup: _Supervised) -> None:
+        pid = sup.instance.pid
+        if pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        except (AttributeError, OSError):
+            while self._is_alive(sup):
+                await asyncio.sleep(self._exit_poll_interval)
+            return
+        try:
+            if not self._is_alive(sup):  # the PID may already belong to someone else
+                return
+            await _readable(pidfd)
+        finally:
+            os.close(pidfd)
+
+    async def _terminate(self, sup: _Supervised, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace`, reap it."""
+        if sup.instance.pid is None:
+            return
+        if self._is_alive(sup):
+            _signal_group(sup.instance.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._wait_for_exit(sup), grace)
+            except TimeoutError:
+                _signal_group(sup.instance.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_for_exit(sup), _KILL_WAIT)
+        self._reap(sup)
+
+    def _reap(self, sup: _Supervised) -> str:
+        """The process has exited: kill what it left in its group, collect its status."""
+        pid = sup.instance.pid
+        if pid is None:
+            return "no process"
+        # Safe while our child is an unreaped zombie (its PID cannot be reused yet); for an adopted
+        # process, skip when the PID visibly belongs to a new process.
+        if sup.popen is not None or _start_ticks(pid) is None:
+            _signal_group(pid, signal.SIGKILL)
+        code = sup.popen.poll() if sup.popen is not None else None
+        if sup.popen is not None and code is None:
+            description = "did not exit after SIGKILL"
+        else:
+            description = _describe_exit(code)
+        with contextlib.suppress(OSError), open(sup.log_path, "ab") as log_file:
+            _log_line(log_file, f"pid {pid} {description}", sup.spec.secret_env)
+        self._clear_process(sup)
+        return description
+
+    def _clear_process(self, sup: _Supervised) -> None:
+        sup.popen, sup.start_ticks = None, None
+        sup.instance.pid = None
+
+    # ------------------------------------------------------------ stopping
+
+    async def _stop(self, sup: _Supervised, drain: float) -> None:
+        sup.stopping = True
+        if sup.task is not None:
+            sup.task.cancel()
+            await asyncio.gather(sup.task, return_exceptions=True)
+        inst = sup.instance
+        running = inst.pid is not None and self._is_alive(sup)
+        if inst.state is not InstanceState.FAILED:
+            inst.state = InstanceState.UNREADY  # terminating: no longer a traffic target
+        self._save(sup)
+        if running and drain > 0:
+            await self._clock.sleep(drain)
+        await self._terminate(sup, sup.spec.grace_period)
+        inst.state = InstanceState.STOPPED
+        self._ledger.delete_instance(inst.id)
+        self._supervised.pop(inst.id, None)
+        log.info("stopped %s", inst.id)
+
+    async def _stop_unsupervised(self, instance: Instance) -> None:
+        records = self._ledger.load_instances(instance.service, instance.environment)
+        for record in records:
+            if str(record.get("id")) == instance.id:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    await self._finish_interrupted_stop(self._from_record(record))
+                self._ledger.delete_instance(instance.id)
+
+    async def _finish_interrupted_stop(self, sup: _Supervised) -> None:
+        sup.stopping = True
+        await self._terminate(sup, sup.spec.grace_period)
+        self._ledger.delete_instance(sup.instance.id)
+        log.info("finished stopping %s", sup.instance.id)
+
+    # ------------------------------------------------------------ the ledger
+
+    def log_path(self, spec: InstanceSpec) -> Path:
+        """<state_dir>/logs/<environment>/<service>/<version>-<index>.log"""
+        name = f"{spec.version}-{spec.index}.log"
+        return self._state_dir / "logs" / spec.environment / spec.service / name
+
+    def _save(self, sup: _Supervised) -> None:
+        self._ledger.save_instance(_record_of(sup, self._memory_limit(sup.spec)))
+
+    def _memory_limit(self, spec: InstanceSpec) -> int | None:
+        return spec.memory_mb if self._enforce_memory_limit else None
+
+    def _from_record(self, record: Mapping[str, object]) -> _Supervised:
+        raw_spec = _mapping(record["spec"])
+        service, environment = str(record["service"]), str(record["environment"])
+        secrets = dict(self._secrets_for(service, environment)) if self._secrets_for else {}
+        missing = [n for n in _str_list(raw_spec.get("secret_names", [])) if n not in secrets]
+        if missing:
+            log.warning("secrets %s of %s/%s were not supplied", missing, environment, service)
+        spec = InstanceSpec(
+            service=service,
+            environment=environment,
+            version=str(record["version"]),
+            index=_int(record["index"]),
+            command=_str_list(raw_spec["command"]),
+            env={str(k): str(v) for k, v in _mapping(raw_spec.get("env", {})).items()},
+            secret_env=secrets,
+            cpu=float(_number(raw_spec.get("cpu", 0.1))),
+            memory_mb=_int(raw_spec.get("memory_mb", 128)),
+            liveness=_probe_from(raw_spec["liveness"]),
+            readiness=_probe_from(raw_spec["readiness"]),
+            grace_period=float(_number(raw_spec.get("grace_period", 10.0))),
+            workdir=None if raw_spec.get("workdir") is None else str(raw_spec["workdir"]),
+        )
+        pid, ticks, last_failure = record.get("pid"), record.get("start_ticks"), record.get("last_failure")
+        instance = Instance(
+            id=instance_id_of(spec),
+            service=service,
+            environment=environment,
+            version=spec.version,
+            index=spec.index,
+            host=str(record.get("host", HOST)),
+            port=_int(record.get("port", 0)),
+            pid=pid if isinstance(pid, int) else None,
+            state=InstanceState(str(record.get("state", InstanceState.STARTING.value))),
+            started_at=float(_number(record.get("started_at", 0.0))),
+            restarts=_int(record.get("restarts", 0)),
+            last_failure=None if last_failure is None else str(last_failure),
+        )
+        sup = _Supervised(spec=spec, instance=instance, log_path=self.log_path(spec))
+        sup.start_ticks = ticks if isinstance(ticks, int) else None
+        sup.crash_streak = _int(record.get("crash_streak", 0))
+        if instance.pid is not None:
+            sup.popen = _claim_detached(instance.pid, sup.start_ticks)
+        return sup
+
+    def _redact(self, sup: _Supervised, text: str) -> str:
+        return _redact(text, sup.spec.secret_env)
+
+    def _all(self) -> list[_Supervised]:
+        return list(self._supervised.values())
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def instance_id_of(spec: InstanceSpec) -> str:
+    return f"{spec.environment}/{spec.service}/{spec.version}-{spec.index}"
+
+
+def _check_path_part(part: str) -> None:
+    # Names become log paths: keep them from escaping the state directory.
+    if not part or part in (".", "..") or "/" in part or "\0" in part or part.startswith("."):
+        raise InputError(f"{part!r} cannot name an instance (it becomes a log file path)")
+
+
+def _template_values(spec: InstanceSpec, *, port: int) -> dict[str, str]:
+    return {
+        "port": str(port),
+        "version": spec.version,
+        "service": spec.service,
+        "environment": spec.environment,
+        "index": str(spec.index),
+    }
+
+
+def _render_command(template: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    if not template:
+        raise InputError("the local platform needs a command (services.<name>.command)")
+    argv: list[str] = []
+    for arg in template:
+        unknown = [m for m in _PLACEHOLDER.findall(arg) if m not in values]
+        if unknown:
+            raise InputError(
+                f"command argument {arg!r} uses unknown placeholder {{{unknown[0]}}}; "
+                f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+            )
+        argv.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg))
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # the controller's interpreter, with its virtualenv
+    return argv
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers bind: a previous incarnation's TIME_WAIT connections do not block the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _same_process(pid: int, start_ticks: int | None) -> bool:
+    ticks = _start_ticks(pid)
+    return ticks is not None and (start_ticks is None or ticks == start_ticks)
+
+
+def _claim_detached(pid: int, start_ticks: int | None) -> subprocess.Popen[bytes] | None:
+    popen = _detached_children.get(pid)
+    if popen is None:
+        return None
+    if start_ticks is not None and _start_ticks(pid) not in (start_ticks, None):
+        return None  # that child is gone and the PID was reused
+    return _detached_children.pop(pid)
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited (exit status unknown: not a child of this controller)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+def _log_line(log_file: BinaryIO, message: str, secrets: Mapping[str, str]) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    log_file.write(f"--- safeship {stamp}: {_redact(message, secrets)} ---\n".encode())
+    log_file.flush()
+
+
+def _redact(text: str, secrets: Mapping[str, str]) -> str:
+    for value in secrets.values():
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+def _record_of(sup: _Supervised, memory_limit_mb: int | None) -> dict[str, object]:
+    spec, inst = sup.spec, sup.instance
+    return {
+        "id": inst.id,
+        "platform": PLATFORM_NAME,
+        "service": inst.service,
+        "environment": inst.environment,
+        "version": inst.version,
+        "index": inst.index,
+        "host": inst.host,
+        "port": inst.port,
+        "pid": inst.pid,
+        "start_ticks": sup.start_ticks,
+        "state": inst.state.value,
+        "started_at": inst.started_at,
+        "restarts": inst.restarts,
+        "last_failure": inst.last_failure,
+        "crash_streak": sup.crash_streak,
+        "stopping": sup.stopping,
+        "log_path": str(sup.log_path),
+        "memory_limit_mb": memory_limit_mb,
+        "spec": {
+            "command": list(spec.command),
+            "env": dict(spec.env),
+            "secret_names": sorted(spec.secret_env),  # names only: values never leave memory
+            "cpu": spec.cpu,
+            "memory_mb": spec.memory_mb,
+            "liveness": dataclasses.asdict(spec.liveness) | {"command": list(spec.liveness.command)},
+            "readiness": dataclasses.asdict(spec.readiness)
+            | {"command": list(spec.readiness.command)},
+            "grace_period": spec.grace_period,
+            "workdir": spec.workdir,
+        },
+    }
+
+
+def _probe_from(raw: object) -> ProbeSpec:
+    data = _mapping(raw)
+    return ProbeSpec(
+        kind=str(data.get("kind", "http")),
+        path=str(data.get("path", "/")),
+        command=tuple(_str_list(data.get("command", []))),
+        timeout=float(_number(data.get("timeout", 1.0))),
+        interval=float(_number(data.get("interval", 1.0))),
+        failure_threshold=_int(data.get("failure_threshold", 3)),
+        success_threshold=_int(data.get("success_threshold", 1)),
+        initial_delay=float(_number(data.get("initial_delay", 0.0))),
+    )
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _str_list(value: object) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return [str(item) for item in value]
+
+
+def _number(value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return value
+
+
+def _int(value: object) -> int:
+    return int(_number(value))
