@@ -114,7 +114,7 @@ async def _exec(
 ) -> tuple[bool, str]:
     if not command:
         return False, "exec probe has no command"
-    # {host} and {port} let a command aim at the instance it checks, as a container's localhost does.
+    # {host} and {port} aim the command at the instance it checks (a container has localhost).
     argv = [arg.replace("{host}", host).replace("{port}", str(port)) for arg in command]
     proc = await asyncio.create_subprocess_exec(
         *argv,

@@ -186,7 +186,9 @@ class LocalPlatform:
             await self._stop_unsupervised(instance)
         else:
             if sup.stop_task is None:
-                sup.stop_task = asyncio.create_task(self._stop(sup, drain), name=f"stop {sup.instance.id}")
+                sup.stop_task = asyncio.create_task(
+                    self._stop(sup, drain), name=f"stop {sup.instance.id}"
+                )
             # Shielded: a caller that gives up waiting must not leave a half-stopped instance.
             await asyncio.shield(sup.stop_task)
         instance.state = InstanceState.STOPPED
@@ -260,8 +262,8 @@ class LocalPlatform:
         for record in self._ledger.load_instances(service, environment):
             if str(record.get("id")) != instance_id:
                 continue
-            pid, ticks = record.get("pid"), record.get("start_ticks")
-            if isinstance(pid, int) and _same_process(pid, ticks if isinstance(ticks, int) else None):
+            pid, ticks = _optional_int(record.get("pid")), _optional_int(record.get("start_ticks"))
+            if pid is not None and _same_process(pid, ticks):
                 raise ConflictError(
                     f"instance {instance_id} is running (pid {pid}) but not supervised; "
                     "adopt() it instead of starting it again"
@@ -298,7 +300,7 @@ class LocalPlatform:
             self._give_up(sup, f"supervisor error: {self._redact(sup, str(exc))}")
 
     def _backoff_delay(self, streak: int) -> float:
-        return min(self._backoff_cap, self._backoff_base * 2 ** max(0, streak - 1))
+        return min(self._backoff_cap, self._backoff_base * 2.0 ** max(0, streak - 1))
 
     def _note_failure(self, sup: _Supervised, failure: str) -> None:
         inst = sup.instance
@@ -383,7 +385,11 @@ class LocalPlatform:
         sup.env = self._environment(spec, port)
         sup.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(sup.log_path, "ab") as log_file:
-            _log_line(log_file, f"starting {inst.id} on port {port}: {' '.join(argv)}", sup.spec.secret_env)
+            _log_line(
+                log_file,
+                f"starting {inst.id} on port {port}: {' '.join(argv)}",
+                sup.spec.secret_env,
+            )
             try:
                 popen = subprocess.Popen(
                     argv,
@@ -545,47 +551,21 @@ class LocalPlatform:
         return spec.memory_mb if self._enforce_memory_limit else None
 
     def _from_record(self, record: Mapping[str, object]) -> _Supervised:
-        raw_spec = _mapping(record["spec"])
         service, environment = str(record["service"]), str(record["environment"])
         secrets = dict(self._secrets_for(service, environment)) if self._secrets_for else {}
-        missing = [n for n in _str_list(raw_spec.get("secret_names", [])) if n not in secrets]
+        spec = _spec_from_record(record, secrets)
+        missing = sorted(
+            set(_str_list(_mapping(record["spec"]).get("secret_names", []))) - set(secrets)
+        )
         if missing:
             log.warning("secrets %s of %s/%s were not supplied", missing, environment, service)
-        spec = InstanceSpec(
-            service=service,
-            environment=environment,
-            version=str(record["version"]),
-            index=_int(record["index"]),
-            command=_str_list(raw_spec["command"]),
-            env={str(k): str(v) for k, v in _mapping(raw_spec.get("env", {})).items()},
-            secret_env=secrets,
-            cpu=float(_number(raw_spec.get("cpu", 0.1))),
-            memory_mb=_int(raw_spec.get("memory_mb", 128)),
-            liveness=_probe_from(raw_spec["liveness"]),
-            readiness=_probe_from(raw_spec["readiness"]),
-            grace_period=float(_number(raw_spec.get("grace_period", 10.0))),
-            workdir=None if raw_spec.get("workdir") is None else str(raw_spec["workdir"]),
+        sup = _Supervised(
+            spec=spec, instance=_instance_from_record(record, spec), log_path=self.log_path(spec)
         )
-        pid, ticks, last_failure = record.get("pid"), record.get("start_ticks"), record.get("last_failure")
-        instance = Instance(
-            id=instance_id_of(spec),
-            service=service,
-            environment=environment,
-            version=spec.version,
-            index=spec.index,
-            host=str(record.get("host", HOST)),
-            port=_int(record.get("port", 0)),
-            pid=pid if isinstance(pid, int) else None,
-            state=InstanceState(str(record.get("state", InstanceState.STARTING.value))),
-            started_at=float(_number(record.get("started_at", 0.0))),
-            restarts=_int(record.get("restarts", 0)),
-            last_failure=None if last_failure is None else str(last_failure),
-        )
-        sup = _Supervised(spec=spec, instance=instance, log_path=self.log_path(spec))
-        sup.start_ticks = ticks if isinstance(ticks, int) else None
+        sup.start_ticks = _optional_int(record.get("start_ticks"))
         sup.crash_streak = _int(record.get("crash_streak", 0))
-        if instance.pid is not None:
-            sup.popen = _claim_detached(instance.pid, sup.start_ticks)
+        if sup.instance.pid is not None:
+            sup.popen = _claim_detached(sup.instance.pid, sup.start_ticks)
         return sup
 
     def _redact(self, sup: _Supervised, text: str) -> str:
@@ -752,13 +732,54 @@ def _record_of(sup: _Supervised, memory_limit_mb: int | None) -> dict[str, objec
             "secret_names": sorted(spec.secret_env),  # names only: values never leave memory
             "cpu": spec.cpu,
             "memory_mb": spec.memory_mb,
-            "liveness": dataclasses.asdict(spec.liveness) | {"command": list(spec.liveness.command)},
-            "readiness": dataclasses.asdict(spec.readiness)
-            | {"command": list(spec.readiness.command)},
+            "liveness": _probe_record(spec.liveness),
+            "readiness": _probe_record(spec.readiness),
             "grace_period": spec.grace_period,
             "workdir": spec.workdir,
         },
     }
+
+
+def _spec_from_record(record: Mapping[str, object], secrets: Mapping[str, str]) -> InstanceSpec:
+    raw = _mapping(record["spec"])
+    workdir = raw.get("workdir")
+    return InstanceSpec(
+        service=str(record["service"]),
+        environment=str(record["environment"]),
+        version=str(record["version"]),
+        index=_int(record["index"]),
+        command=_str_list(raw["command"]),
+        env={str(k): str(v) for k, v in _mapping(raw.get("env", {})).items()},
+        secret_env=dict(secrets),
+        cpu=float(_number(raw.get("cpu", 0.1))),
+        memory_mb=_int(raw.get("memory_mb", 128)),
+        liveness=_probe_from(raw["liveness"]),
+        readiness=_probe_from(raw["readiness"]),
+        grace_period=float(_number(raw.get("grace_period", 10.0))),
+        workdir=None if workdir is None else str(workdir),
+    )
+
+
+def _instance_from_record(record: Mapping[str, object], spec: InstanceSpec) -> Instance:
+    last_failure = record.get("last_failure")
+    return Instance(
+        id=instance_id_of(spec),
+        service=spec.service,
+        environment=spec.environment,
+        version=spec.version,
+        index=spec.index,
+        host=str(record.get("host", HOST)),
+        port=_int(record.get("port", 0)),
+        pid=_optional_int(record.get("pid")),
+        state=InstanceState(str(record.get("state", InstanceState.STARTING.value))),
+        started_at=float(_number(record.get("started_at", 0.0))),
+        restarts=_int(record.get("restarts", 0)),
+        last_failure=None if last_failure is None else str(last_failure),
+    )
+
+
+def _probe_record(probe: ProbeSpec) -> dict[str, object]:
+    return dataclasses.asdict(probe) | {"command": list(probe.command)}
 
 
 def _probe_from(raw: object) -> ProbeSpec:
@@ -795,3 +816,7 @@ def _number(value: object) -> float | int:
 
 def _int(value: object) -> int:
     return int(_number(value))
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else _int(value)

@@ -1,0 +1,1 @@
+"""Example services that safeship deploys in its demos and live tests."""

@@ -1,0 +1,1 @@
+"""user-service: a small HTTP service whose per-version behaviour comes from releases.yaml."""

@@ -1,0 +1,179 @@
+"""`safeship simulate`: one scenario, one policy, the real engine on the sim world and a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from safeship.analysis.base import Policy
+from safeship.clock import VirtualClock
+from safeship.config.models import (
+    CustomMetricTrigger,
+    DeploymentRequest,
+    DeploymentStrategy,
+    Environment,
+    EnvironmentType,
+    SafeshipConfig,
+    ServiceConfig,
+)
+from safeship.config.scenario import Scenario
+from safeship.engine.context import World
+from safeship.engine.engine import DeploymentEngine
+from safeship.engine.notify import MemorySink
+from safeship.engine.phases import Phase
+from safeship.platforms.sim import SimPlatform
+from safeship.routing.base import RouteKey, TrafficCounters
+from safeship.routing.sim import SimRouter
+from safeship.simworld import SimWorld
+from safeship.store import StableVersion, Store
+
+SERVICE = "sim-service"
+ENVIRONMENT = "sim"
+BASELINE = "baseline"
+CANDIDATE = "candidate"
+REPLICAS = 2
+
+
+def sim_config(scenario: Scenario, base: SafeshipConfig | None = None) -> SafeshipConfig:
+    """The config a simulation runs with: the given (or default) settings, one service, one
+    environment, and the scenario's custom-metric thresholds as the seed's CustomMetric triggers."""
+    config = (base or SafeshipConfig()).model_copy(deep=True)
+    config.services = {SERVICE: ServiceConfig(replicas=REPLICAS)}
+    config.environment_management.environments = [
+        Environment(name=ENVIRONMENT, type=EnvironmentType.PRODUCTION, platform="sim")
+    ]
+    triggers = [t for t in config.intelligent_deployment.rollback.triggers if not isinstance(t, CustomMetricTrigger)]
+    for name, metric in scenario.candidate.metrics.items():
+        if metric.fail_above is not None:
+            triggers.append(CustomMetricTrigger(type="custom_metric", metric=name, threshold=metric.fail_above))
+    config.intelligent_deployment.rollback.triggers = triggers
+    config.store.url = "sqlite://"
+    return config
+
+
+@dataclass
+class Simulation:
+    scenario: Scenario
+    clock: VirtualClock
+    world: SimWorld
+    router: SimRouter
+    platform: SimPlatform
+    store: Store
+    engine: DeploymentEngine
+    sink: MemorySink
+
+    @property
+    def route(self) -> RouteKey:
+        return RouteKey(SERVICE, ENVIRONMENT)
+
+
+async def build(
+    scenario: Scenario,
+    *,
+    policy_for: Callable[[str], Policy],
+    seed: int | None = None,
+    config: SafeshipConfig | None = None,
+    store: Store | None = None,
+) -> Simulation:
+    clock = VirtualClock(start=1_000_000.0)
+    world = SimWorld(scenario, clock, candidate_version=CANDIDATE, seed=scenario.seed if seed is None else seed)
+    router, platform = SimRouter(world), SimPlatform(world)
+    cfg = sim_config(scenario, config)
+    store = store or Store(cfg.store.url)
+    sink = MemorySink()
+    engine = DeploymentEngine(
+        cfg, store, World(platform, router, clock, gauges=_gauges(router)), policy_for=policy_for, notifier=sink
+    )
+    simulation = Simulation(scenario, clock, world, router, platform, store, engine, sink)
+    await _install_baseline(simulation)
+    return simulation
+
+
+def _gauges(router: SimRouter) -> Any:
+    async def gauges(route: RouteKey) -> Any:
+        return router.gauges(route)
+
+    return gauges
+
+
+async def _install_baseline(sim: Simulation) -> None:
+    """The baseline has served for a day: its instances run, it takes all traffic, it is stable."""
+    from safeship.routing.base import Backend
+
+    backends = []
+    for index in range(REPLICAS):
+        instance = sim.world.spawn(SERVICE, ENVIRONMENT, BASELINE, index)
+        instance.started_at -= 86_400
+        backends.append(Backend(instance.id, "127.0.0.1", instance.port))
+    await sim.router.set_backends(sim.route, BASELINE, backends)
+    await sim.router.set_weights(sim.route, {BASELINE: 100})
+    sim.store.record_stable(StableVersion(SERVICE, ENVIRONMENT, BASELINE, None, sim.clock.now() - 86_400, None, True))
+
+
+async def run_simulation(
+    scenario: Scenario,
+    *,
+    policy: str,
+    policy_for: Callable[[str], Policy],
+    seed: int | None = None,
+    strategy: DeploymentStrategy = DeploymentStrategy.CANARY,
+    config: SafeshipConfig | None = None,
+) -> dict[str, Any]:
+    sim = await build(scenario, policy_for=policy_for, seed=seed, config=config)
+    request = DeploymentRequest(
+        service_name=SERVICE, version=CANDIDATE, environment=ENVIRONMENT, deployment_strategy=strategy
+    )
+    record = sim.engine.submit(request, policy=policy)
+    started = record.created_at
+    limit = started + scenario.duration_s
+    end_counters: dict[str, TrafficCounters] | None = None
+    while True:
+        wait = await sim.engine.advance(record.id)
+        current = sim.store.get_deployment(record.id)
+        if current.decision == "promote" and end_counters is None:
+            end_counters = dict(await sim.router.counters(sim.route))
+        if Phase(current.phase).is_final:
+            break
+        if sim.clock.now() >= limit and current.decision is None:
+            break  # out of time without a decision: counted as no decision
+        sim.clock.advance(max(wait, 0.05))
+    if current.phase != Phase.SUCCEEDED.value or end_counters is None:
+        end_counters = dict(await sim.router.counters(sim.route))
+    return _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
+
+
+def _result(
+    sim: Simulation, record: Any, counters: dict[str, TrafficCounters], seed: int, policy: str
+) -> dict[str, Any]:
+    candidate = counters.get(CANDIDATE, TrafficCounters())
+    unrouted = sum(r.unrouted for r in sim.router.routes.values())
+    decision = {"promote": "promote", "rollback": "rollback", "failed": "rollback"}.get(record.decision or "", "none")
+    if record.phase == Phase.SUCCEEDED.value:
+        decision = "promote"
+    elif record.phase in (Phase.ROLLED_BACK.value, Phase.FAILED.value):
+        decision = "rollback"
+    weights = [w.get(CANDIDATE, 0) for _, _, w in sim.router.weight_log]
+    decided = record.decided_at if record.decided_at is not None else sim.clock.now()
+    return {
+        "scenario": sim.scenario.name,
+        "policy": policy,
+        "seed": seed,
+        "decision": decision,
+        "expected": sim.scenario.expect,
+        "correct": decision == sim.scenario.expect,
+        "time_to_decision_s": round(decided - record.created_at, 3),
+        "candidate_requests": candidate.requests,
+        "candidate_failed_requests": candidate.failed,
+        "failed_requests_total": sum(c.failed for c in counters.values()) + unrouted,
+        "max_candidate_weight": max(weights, default=0),
+        "reason": record.reason or "",
+        "strategy": record.strategy,
+        "phase": record.phase,
+    }
+
+
+def simulate(scenario: Scenario, *, policy: str, policy_for: Callable[[str], Policy], seed: int | None = None,
+             strategy: DeploymentStrategy = DeploymentStrategy.CANARY) -> dict[str, Any]:
+    return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy))
