@@ -1,0 +1,959 @@
+"""The builtin reverse proxy: one HTTP/1.1 listener per route, traffic split across versions.
+
+Why it looks the way it does:
+
+- Raw asyncio streams, no HTTP framework. The router sits inside the controller's event loop
+  and must keep up with HAProxy within a factor of two, which frameworks do not.
+- Only the headers that decide framing and connection reuse are looked at (Content-Length,
+  Transfer-Encoding, Connection, Expect), by searching one lower-cased copy of the head.
+  Everything else passes through byte for byte.
+- Timeouts come from one watchdog task that scans per-connection deadlines, instead of an
+  `asyncio.timeout()` per await, which would allocate a timer on every request.
+- Small request bodies are read whole so that a request whose upstream fails before answering
+  can be replayed on another instance; large and chunked bodies are streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+
+from safeship.errors import ConflictError, InputError, NotFoundError, TemporaryError
+from safeship.routing.base import Backend, RouteKey, TrafficCounters
+
+log = logging.getLogger(__name__)
+
+_HEAD_LIMIT = 64 * 1024  # longest request or response head (and chunk-size line) accepted
+_REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are buffered so they can be retried
+_CHUNK = 64 * 1024
+_HIGH_WATER = 256 * 1024  # wait for the peer to read once this much is queued for it
+_MAX_INTERIM = 8  # 1xx responses relayed before the final one
+_WATCH_INTERVAL = 0.25
+_END_OF_HEAD = b"\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_monotonic = time.monotonic
+
+
+def _canned(status: int, reason: str, *, close: bool) -> bytes:
+    body = f"{status} {reason}\n".encode()
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{connection}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+_REASONS = {
+    400: "Bad Request",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_CANNED = {
+    (status, close): _canned(status, reason, close=close)
+    for status, reason in _REASONS.items()
+    for close in (False, True)
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/1.1 framing
+
+
+class _BadMessage(Exception):
+    """A head we refuse to forward (ambiguous framing, malformed line)."""
+
+
+class _Request:
+    __slots__ = ("body", "chunked", "expects_continue", "head", "http11", "is_head", "keep_alive",
+                 "length")
+
+    def __init__(self, head: bytes) -> None:
+        line_end = head.find(b"\r\n")
+        version = head[line_end - 8 : line_end]
+        if head.find(b" ", 0, line_end) <= 0 or not version.startswith(b"HTTP/1."):
+            raise _BadMessage("bad request line")
+        lower = head.lower()
+        self.is_head = head.startswith(b"HEAD ")
+        self.http11 = version == b"HTTP/1.1"
+        self.length, self.chunked = _request_framing(lower)
+        connection = _header(lower, b"\r\nconnection:")
+        if self.http11:
+            self.keep_alive = connection is None or b"close" not in connection
+        else:
+            # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
+            self.keep_alive = False
+        self.expects_continue = _header(lower, b"\r\nexpect:") == b"100-continue"
+        if self.expects_continue or (self.http11 and not self.keep_alive):
+            # We answer 100 Continue ourselves, and keep the upstream connection reusable even
+            # when this client leaves after one request.
+            head = _drop_headers(head, lower, (b"expect:", b"connection:"))
+        self.head = head
+        self.body: bytes | None = None  # set when the body was read whole (replayable)
+
+    @property
+    def streams_body(self) -> bool:
+        return self.chunked or self.length > _REPLAY_LIMIT
+
+
+def _request_framing(lower: bytes) -> tuple[int, bool]:
+    """(content length, chunked). Heads that two parsers could frame differently are refused."""
+    transfer_encoding = _header(lower, b"\r\ntransfer-encoding:")
+    length = _header(lower, b"\r\ncontent-length:")
+    if transfer_encoding is not None:
+        if length is not None or not transfer_encoding.endswith(b"chunked"):
+            raise _BadMessage("ambiguous request framing")
+        return 0, True
+    if length is None:
+        return 0, False
+    if not length.isdigit() or lower.count(b"\r\ncontent-length:") > 1:
+        raise _BadMessage("bad content-length")
+    return int(length), False
+
+
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+
+
+class _Response:
+    __slots__ = ("framing", "head", "length", "reusable", "status")
+
+    def __init__(self, head: bytes, request: _Request, client_keep_alive: bool) -> None:
+        if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
+            raise _BadMessage("bad status line")
+        self.status = int(head[9:12])
+        lower = head.lower()
+        self.framing, self.length = _response_framing(self.status, lower, request)
+        http11 = head[7] == 0x31  # b"1"
+        connection = _header(lower, b"\r\nconnection:")
+        upstream_closes = (
+            (connection is not None and b"close" in connection)
+            if http11
+            else (connection is None or b"keep-alive" not in connection)
+        )
+        self.reusable = not upstream_closes and self.framing != _UNTIL_CLOSE and request.http11
+        if not http11:
+            # We speak HTTP/1.1 to the client whatever the upstream spoke.
+            head = b"HTTP/1.1" + head[8:]
+        if (
+            upstream_closes
+            and client_keep_alive
+            and connection is not None
+            and self.framing != _UNTIL_CLOSE
+        ):
+            head = _drop_headers(head, lower, (b"connection:",))
+        self.head = head
+
+
+def _response_framing(status: int, lower: bytes, request: _Request) -> tuple[int, int]:
+    if request.is_head or status < 200 or status in (204, 304):
+        return _NO_BODY, 0
+    transfer_encoding = _header(lower, b"\r\ntransfer-encoding:")
+    if transfer_encoding is not None:
+        return (_CHUNKED if transfer_encoding.endswith(b"chunked") else _UNTIL_CLOSE), 0
+    length = _header(lower, b"\r\ncontent-length:")
+    if length is None:
+        return _UNTIL_CLOSE, 0
+    if not length.isdigit():
+        raise _BadMessage("bad content-length")
+    return _LENGTH, int(length)
+
+
+def _header(lower: bytes, marker: bytes) -> bytes | None:
+    """The value of the first header whose `\\r\\nname:` marker is given, or None."""
+    at = lower.find(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    return lower[start : lower.find(b"\r\n", start)].strip()
+
+
+def _drop_headers(head: bytes, lower: bytes, names: tuple[bytes, ...]) -> bytes:
+    lines = head.split(b"\r\n")
+    lowered = lower.split(b"\r\n")
+    return b"\r\n".join(line for line, low in zip(lines, lowered, strict=True)
+                        if not low.startswith(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing state
+
+
+class _Upstream:
+    """One backend of one version: its idle keep-alive connections and its in-flight count."""
+
+    __slots__ = ("backend", "draining", "idle", "in_flight", "version")
+
+    def __init__(self, backend: Backend, version: _Version) -> None:
+        self.backend = backend
+        self.version = version
+        self.in_flight = 0
+        self.draining = False
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    def retire(self) -> None:
+        """No new requests; in-flight ones finish and their connections close on return."""
+        self.draining = True
+        self.trim_idle(math.inf)
+
+    def trim_idle(self, released_before: float) -> None:
+        keep = [entry for entry in self.idle if entry[2] >= released_before]
+        for _reader, writer, released in self.idle:
+            if released < released_before:
+                writer.close()
+        self.idle = keep
+
+
+class _Version:
+    __slots__ = ("counters", "cursor", "name", "upstreams", "weight")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.weight = 0
+        self.upstreams: list[_Upstream] = []
+        self.cursor = 0
+        self.counters = TrafficCounters()
+
+    def pick(self, avoid: _Upstream | None = None) -> _Upstream | None:
+        """The least busy upstream; ties go round-robin so load spreads when all are idle."""
+        upstreams = self.upstreams
+        count = len(upstreams)
+        if count == 1:
+            only = upstreams[0]
+            return None if only is avoid else only
+        self.cursor = start = (self.cursor + 1) % count if count else 0
+        best: _Upstream | None = None
+        for offset in range(count):
+            candidate = upstreams[(start + offset) % count]
+            if candidate is not avoid and (best is None or candidate.in_flight < best.in_flight):
+                best = candidate
+        return best
+
+
+class _Session:
+    """One client connection, as the watchdog sees it."""
+
+    __slots__ = ("awaiting_upstream", "busy", "deadline", "timed_out", "upstream_writer",
+                 "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.deadline = math.inf
+        self.busy = False
+        self.awaiting_upstream = False
+        self.timed_out = False
+        self.upstream_writer: asyncio.StreamWriter | None = None
+
+    def expire(self) -> None:
+        self.deadline = math.inf
+        upstream = self.upstream_writer
+        if upstream is not None and self.awaiting_upstream:
+            # The request is still answerable: the handler sees the abort and sends a 504.
+            self.timed_out = True
+            upstream.transport.abort()
+            return
+        self.writer.transport.abort()
+        if upstream is not None:
+            upstream.transport.abort()
+
+
+class _Route:
+    __slots__ = ("closing", "held_until", "key", "released", "server", "sessions", "table",
+                 "total_weight", "versions", "weights_since_hold")
+
+    def __init__(self, key: RouteKey) -> None:
+        self.key = key
+        self.server: asyncio.Server | None = None
+        self.versions: dict[str, _Version] = {}
+        self.table: list[tuple[int, _Version]] = []  # cumulative weight, version
+        self.total_weight = 0
+        self.sessions: set[_Session] = set()
+        self.closing = False
+        self.held_until: float | None = None  # loop time
+        self.released = asyncio.Event()
+        self.weights_since_hold = False
+
+    def version(self, name: str) -> _Version:
+        state = self.versions.get(name)
+        if state is None:
+            state = self.versions[name] = _Version(name)
+        return state
+
+    def rebuild_table(self) -> None:
+        """Versions with weight but no ready backend are skipped: their share goes elsewhere."""
+        table: list[tuple[int, _Version]] = []
+        total = 0
+        for version in self.versions.values():
+            if version.weight > 0 and version.upstreams:
+                total += version.weight
+                table.append((total, version))
+        self.table = table
+        self.total_weight = total
+
+    def choose(self) -> _Upstream | None:
+        table = self.table
+        if not table:
+            return None
+        version = table[-1][1]
+        if len(table) > 1:
+            point = random.random() * self.total_weight
+            for bound, candidate in table:
+                if point < bound:
+                    version = candidate
+                    break
+        return version.pick()
+
+    def choose_retry(self, failed: _Upstream) -> _Upstream | None:
+        """Another instance: of the same version if it has one, else of another routed version."""
+        same_version = failed.version.pick(avoid=failed)
+        if same_version is not None:
+            return same_version
+        others = [version for _, version in self.table if version is not failed.version]
+        if not others:
+            return None
+        weights = [version.weight for version in others]
+        return random.choices(others, weights=weights)[0].pick()
+
+    def release_hold(self) -> None:
+        self.held_until = None
+        self.released.set()
+
+    def maybe_release_hold(self) -> None:
+        if self.held_until is not None and self.weights_since_hold and self.table:
+            self.release_hold()
+
+
+class _NoResponse(Exception):
+    """The upstream failed before sending a byte; `replayable` if the request can be resent."""
+
+    def __init__(self, *, replayable: bool) -> None:
+        super().__init__()
+        self.replayable = replayable
+
+
+class _PeerFailed(Exception):
+    """A body relay stopped because one side failed; `upstream` tells which side."""
+
+    def __init__(self, *, upstream: bool) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+
+_STREAM_ERRORS = (OSError, EOFError, asyncio.LimitOverrunError, RuntimeError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# The router
+
+
+class BuiltinRouter:
+    """An asyncio HTTP/1.1 reverse proxy; implements `safeship.routing.base.Router`.
+
+    It runs in the caller's event loop and never installs a loop policy; run it under uvloop
+    for speed. `unrouted` counts per route the requests answered 503 because no version had a
+    ready backend (or a hold expired).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        upstream_timeout: float = 60.0,
+        client_idle_timeout: float = 60.0,
+        pool_idle_timeout: float = 2.0,
+        max_idle_per_backend: int = 64,
+        close_grace: float = 10.0,
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._upstream_timeout = upstream_timeout
+        self._client_idle_timeout = client_idle_timeout
+        # Shorter than common upstream keep-alive timeouts (uvicorn: 5 s) so that we seldom
+        # pick a pooled connection the upstream is closing.
+        self._pool_idle_timeout = pool_idle_timeout
+        self._max_idle = max_idle_per_backend
+        self._close_grace = close_grace
+        self._routes: dict[RouteKey, _Route] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+        self.unrouted: dict[RouteKey, int] = {}
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    async def add_route(self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start listening for `route` on loopback; returns the bound port (port 0 picks one)."""
+        if not _is_loopback(host):
+            raise InputError(f"builtin router: host must be a loopback address, got {host!r}")
+        state = self._state(route)
+        if state.server is not None:
+            raise ConflictError(f"builtin router: {route} already listens on {self.port(route)}")
+        handler = functools.partial(self._serve_client, state)
+        try:
+            state.server = await asyncio.start_server(
+                handler, host, port, limit=_HEAD_LIMIT, backlog=1024
+            )
+        except OSError as exc:
+            raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
+        self.unrouted.setdefault(route, 0)
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="builtin-router-watchdog")
+        bound = self.port(route)
+        log.info("builtin router: %s listening on %s:%d", route, host, bound)
+        return bound
+
+    def port(self, route: RouteKey) -> int:
+        state = self._routes.get(route)
+        if state is None or state.server is None:
+            raise NotFoundError(f"builtin router: no listener for {route}")
+        port: int = state.server.sockets[0].getsockname()[1]
+        return port
+
+    async def remove_route(self, route: RouteKey) -> None:
+        """Stop listening; in-flight requests get `close_grace` seconds, then are cut."""
+        state = self._routes.pop(route, None)
+        if state is None:
+            return
+        state.closing = True
+        if state.server is not None:
+            state.server.close()
+        state.released.set()
+        for session in list(state.sessions):
+            if not session.busy:
+                session.writer.close()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._close_grace
+        while state.sessions and loop.time() < give_up_at:
+            await asyncio.sleep(0.02)
+        for session in list(state.sessions):
+            session.deadline = 0.0
+            session.awaiting_upstream = False
+            session.expire()
+        for version in state.versions.values():
+            for upstream in version.upstreams:
+                upstream.retire()
+        self.unrouted.pop(route, None)
+
+    async def close(self) -> None:
+        for route in list(self._routes):
+            await self.remove_route(route)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    # -- the Router protocol ------------------------------------------------------------------
+
+    async def set_backends(
+        self, route: RouteKey, version: str, backends: Sequence[Backend]
+    ) -> None:
+        state = self._state(route)
+        version_state = state.version(version)
+        current = {upstream.backend: upstream for upstream in version_state.upstreams}
+        ready: list[_Upstream] = []
+        for backend in dict.fromkeys(backends):
+            upstream = current.pop(backend, None)
+            ready.append(upstream if upstream is not None else _Upstream(backend, version_state))
+        for leaving in current.values():
+            leaving.retire()
+        version_state.upstreams = ready
+        state.rebuild_table()
+        state.maybe_release_hold()
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        _check_weights(route, weights)
+        state = self._state(route)
+        for version in state.versions.values():
+            version.weight = 0
+        for name, weight in weights.items():
+            state.version(name).weight = weight
+        state.rebuild_table()
+        if state.held_until is not None:
+            state.weights_since_hold = True
+            state.maybe_release_hold()
+
+    async def hold(self, route: RouteKey, max_wait: float) -> None:
+        if not max_wait > 0:
+            raise InputError(f"builtin router: hold max_wait must be > 0, got {max_wait}")
+        state = self._state(route)
+        if state.held_until is None:
+            state.released = asyncio.Event()
+        state.held_until = asyncio.get_running_loop().time() + max_wait
+        state.weights_since_hold = False
+
+    async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        state = self._routes.get(route)
+        if state is None:
+            return {}
+        return {name: _copy(version.counters) for name, version in state.versions.items()}
+
+    def snapshot(self) -> dict[RouteKey, dict[str, TrafficCounters]]:
+        """Every route's counters (copies), synchronously: the shape `routing.metrics` renders."""
+        return {
+            key: {name: _copy(version.counters) for name, version in state.versions.items()}
+            for key, state in self._routes.items()
+        }
+
+    def _state(self, route: RouteKey) -> _Route:
+        state = self._routes.get(route)
+        if state is None:
+            state = self._routes[route] = _Route(route)
+        return state
+
+    # -- serving clients ----------------------------------------------------------------------
+
+    async def _serve_client(
+        self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        session = _Session(writer)
+        route.sessions.add(session)
+        try:
+            await self._serve_requests(route, session, reader, writer)
+        except (*_STREAM_ERRORS, _PeerFailed):
+            pass
+        except Exception:
+            log.exception("builtin router: %s: unexpected error serving a client", route.key)
+        finally:
+            route.sessions.discard(session)
+            writer.close()
+
+    async def _serve_requests(
+        self,
+        route: _Route,
+        session: _Session,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        idle_timeout = self._client_idle_timeout
+        while not route.closing:
+            session.busy = False
+            session.deadline = _monotonic() + idle_timeout
+            try:
+                head = await reader.readuntil(_END_OF_HEAD)
+            except asyncio.IncompleteReadError:
+                return
+            except asyncio.LimitOverrunError:
+                writer.write(_CANNED[431, True])
+                return
+            session.busy = True
+            try:
+                request = _Request(head)
+            except _BadMessage:
+                writer.write(_CANNED[400, True])
+                return
+            if not await self._handle(route, session, request, reader, writer):
+                return
+
+    async def _handle(
+        self,
+        route: _Route,
+        session: _Session,
+        request: _Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Answers one request; True when the client connection may carry another."""
+        if request.length and not request.streams_body:
+            if request.expects_continue:
+                writer.write(_CONTINUE)
+            session.deadline = _monotonic() + self._upstream_timeout
+            request.body = await reader.readexactly(request.length)
+        if route.held_until is not None and not await self._wait_for_release(route, session):
+            return self._unrouted(route, request, writer)
+        upstream = route.choose()
+        if upstream is None:
+            return self._unrouted(route, request, writer)
+        started = _monotonic()
+        try:
+            return await self._exchange(session, upstream, request, reader, writer, started)
+        except _NoResponse as failure:
+            upstream.version.counters.observe(_ms_since(started), status=None)
+            retry = route.choose_retry(upstream) if failure.replayable else None
+        if retry is None:
+            return self._reply(writer, 502, request)
+        started = _monotonic()
+        try:
+            return await self._exchange(session, retry, request, reader, writer, started)
+        except _NoResponse:
+            retry.version.counters.observe(_ms_since(started), status=None)
+            return self._reply(writer, 502, request)
+
+    async def _wait_for_release(self, route: _Route, session: _Session) -> bool:
+        """Queue behind a hold; False when the hold expired first (the caller answers 503)."""
+        held_until = route.held_until
+        assert held_until is not None
+        released = route.released
+        session.deadline = math.inf  # the hold has its own deadline
+        try:
+            async with asyncio.timeout_at(held_until):
+                await released.wait()
+        except TimeoutError:
+            if route.held_until == held_until:
+                # The recreate gap outlasted its budget: stop queueing, route normally again.
+                route.held_until = None
+            return False
+        return not route.closing
+
+    def _unrouted(self, route: _Route, request: _Request, writer: asyncio.StreamWriter) -> bool:
+        if not route.closing:
+            self.unrouted[route.key] = self.unrouted.get(route.key, 0) + 1
+        return self._reply(writer, 503, request)
+
+    @staticmethod
+    def _reply(writer: asyncio.StreamWriter, status: int, request: _Request) -> bool:
+        # An unread streamed body is still on the wire: the connection cannot carry more.
+        keep = request.keep_alive and not request.streams_body
+        with contextlib.suppress(*_STREAM_ERRORS):
+            writer.write(_CANNED[status, not keep])
+        return keep
+
+    # -- one upstream exchange ----------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        session: _Session,
+        upstream: _Upstream,
+        request: _Request,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        started: float,
+    ) -> bool:
+        """Sends `request` to `upstream`, relays the answer and counts it; True to keep the
+        client. Raises _NoResponse when the upstream failed before answering."""
+        upstream.in_flight += 1
+        try:
+            ureader, uwriter = await self._checkout(upstream)
+            reusable = False
+            session.upstream_writer = uwriter
+            try:
+                status, reusable, keep = await self._relay(
+                    session, request, creader, cwriter, ureader, uwriter
+                )
+            finally:
+                session.upstream_writer = None
+                session.awaiting_upstream = False
+                self._checkin(upstream, ureader, uwriter, reusable)
+        finally:
+            upstream.in_flight -= 1
+        upstream.version.counters.observe(_ms_since(started), status=status)
+        return keep
+
+    async def _checkout(
+        self, upstream: _Upstream
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        idle = upstream.idle
+        while idle:
+            reader, writer, _released = idle.pop()
+            if not reader.at_eof() and not writer.transport.is_closing():
+                return reader, writer
+            writer.close()
+        backend = upstream.backend
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await asyncio.open_connection(backend.host, backend.port, limit=_HEAD_LIMIT)
+        except (OSError, TimeoutError) as exc:
+            raise _NoResponse(replayable=True) from exc
+
+    def _checkin(
+        self,
+        upstream: _Upstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        reusable: bool,
+    ) -> None:
+        if reusable and not upstream.draining and len(upstream.idle) < self._max_idle:
+            upstream.idle.append((reader, writer, _monotonic()))
+        else:
+            writer.close()
+
+    async def _relay(
+        self,
+        session: _Session,
+        request: _Request,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        ureader: asyncio.StreamReader,
+        uwriter: asyncio.StreamWriter,
+    ) -> tuple[int, bool, bool]:
+        """(status, upstream connection reusable, client connection reusable)."""
+        await self._send_request(session, request, creader, cwriter, uwriter)
+        response = await self._read_response_head(session, request, cwriter, ureader)
+        if response is None:
+            return 504, False, self._reply(cwriter, 504, request)
+        if isinstance(response, int):
+            return response, False, self._reply(cwriter, response, request)
+        keep = request.keep_alive and response.framing != _UNTIL_CLOSE
+        if response.status == 101:
+            await self._tunnel(session, creader, cwriter, ureader, uwriter, response.head)
+            return 101, False, False
+        try:
+            await self._send_response(session, response, cwriter, ureader)
+        except _PeerFailed as failure:
+            # The client already has the head; all we can do is cut the connection.
+            return (502 if failure.upstream else response.status), False, False
+        return response.status, response.reusable, keep
+
+    async def _send_request(
+        self,
+        session: _Session,
+        request: _Request,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        uwriter: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            if request.body:
+                uwriter.write(request.head + request.body)
+            else:
+                uwriter.write(request.head)
+        except RuntimeError as exc:  # uvloop: the pooled transport closed under us
+            raise _NoResponse(replayable=True) from exc
+        if not request.streams_body:
+            return
+        if request.expects_continue:
+            cwriter.write(_CONTINUE)
+        try:
+            if request.chunked:
+                await _copy_chunked(creader, uwriter, session, self._upstream_timeout, False)
+            else:
+                await _copy_exact(
+                    creader, uwriter, request.length, session, self._upstream_timeout, False
+                )
+        except _PeerFailed as failure:
+            if failure.upstream:
+                raise _NoResponse(replayable=False) from failure
+            raise
+
+    async def _read_response_head(
+        self,
+        session: _Session,
+        request: _Request,
+        cwriter: asyncio.StreamWriter,
+        ureader: asyncio.StreamReader,
+    ) -> _Response | int | None:
+        """The final response head; None on timeout; a status to answer when it is garbage."""
+        session.awaiting_upstream = True
+        session.deadline = _monotonic() + self._upstream_timeout
+        for _ in range(_MAX_INTERIM + 1):
+            try:
+                head = await ureader.readuntil(_END_OF_HEAD)
+            except asyncio.LimitOverrunError:
+                return 502
+            except (OSError, EOFError, RuntimeError) as exc:
+                if session.timed_out:
+                    session.timed_out = False
+                    return None
+                partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+                if partial:
+                    return 502
+                raise _NoResponse(replayable=not request.streams_body) from exc
+            try:
+                response = _Response(head, request, request.keep_alive)
+            except _BadMessage:
+                return 502
+            if response.status >= 200 or response.status == 101:
+                session.awaiting_upstream = False
+                return response
+            cwriter.write(head)  # 1xx interim response: relay it and wait for the final one
+        return 502
+
+    async def _send_response(
+        self,
+        session: _Session,
+        response: _Response,
+        cwriter: asyncio.StreamWriter,
+        ureader: asyncio.StreamReader,
+    ) -> None:
+        framing = response.framing
+        timeout = self._upstream_timeout
+        try:
+            if framing == _NO_BODY:
+                cwriter.write(response.head)
+            elif framing == _LENGTH and response.length <= _CHUNK:
+                try:
+                    body = await ureader.readexactly(response.length)
+                except _STREAM_ERRORS as exc:
+                    raise _PeerFailed(upstream=True) from exc
+                cwriter.write(response.head + body)
+            else:
+                cwriter.write(response.head)
+                if framing == _LENGTH:
+                    await _copy_exact(ureader, cwriter, response.length, session, timeout, True)
+                elif framing == _CHUNKED:
+                    await _copy_chunked(ureader, cwriter, session, timeout, True)
+                else:
+                    await _copy_until_eof(ureader, cwriter, session, timeout)
+        except RuntimeError as exc:  # uvloop refuses writes to a closed client transport
+            raise _PeerFailed(upstream=False) from exc
+        if cwriter.transport.get_write_buffer_size() > _HIGH_WATER:
+            try:
+                await cwriter.drain()
+            except _STREAM_ERRORS as exc:
+                raise _PeerFailed(upstream=False) from exc
+
+    async def _tunnel(
+        self,
+        session: _Session,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        ureader: asyncio.StreamReader,
+        uwriter: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """After 101 Switching Protocols, bytes flow both ways until either side closes."""
+        cwriter.write(head)
+        timeout = self._client_idle_timeout
+        pumps = [
+            asyncio.ensure_future(_copy_until_eof(creader, uwriter, session, timeout)),
+            asyncio.ensure_future(_copy_until_eof(ureader, cwriter, session, timeout)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Enforces connection deadlines and closes stale pooled connections; runs until close()."""
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            try:
+                self._sweep(_monotonic())
+            except Exception:
+                log.exception("builtin router: watchdog sweep failed")
+
+    def _sweep(self, now: float) -> None:
+        stale_before = now - self._pool_idle_timeout
+        for route in list(self._routes.values()):
+            for session in list(route.sessions):
+                if session.deadline < now:
+                    session.expire()
+            for version in route.versions.values():
+                for upstream in version.upstreams:
+                    if upstream.idle and upstream.idle[0][2] < stale_before:
+                        upstream.trim_idle(stale_before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Body relays. `from_upstream` says which side `src` is, so a failure names the right culprit.
+
+
+async def _copy_exact(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    remaining: int,
+    session: _Session,
+    timeout: float,
+    from_upstream: bool,
+) -> None:
+    while remaining > 0:
+        data = await _read(src, min(remaining, _CHUNK), from_upstream)
+        remaining -= len(data)
+        await _write(dst, data, session, timeout, from_upstream)
+
+
+async def _copy_chunked(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    session: _Session,
+    timeout: float,
+    from_upstream: bool,
+) -> None:
+    """Relays a chunked body verbatim, parsing just enough to find where it ends."""
+    while True:  # one chunk per turn; a stalled peer is cut by the watchdog
+        line = await _read_line(src, from_upstream)
+        try:
+            size = int(line.split(b";", 1)[0], 16)
+        except ValueError as exc:
+            raise _PeerFailed(upstream=from_upstream) from exc
+        await _write(dst, line, session, timeout, from_upstream)
+        if size == 0:
+            break
+        await _copy_exact(src, dst, size + 2, session, timeout, from_upstream)
+    for _ in range(1024):  # trailer fields, then the empty line
+        line = await _read_line(src, from_upstream)
+        await _write(dst, line, session, timeout, from_upstream)
+        if line == b"\r\n":
+            return
+    raise _PeerFailed(upstream=from_upstream)
+
+
+async def _copy_until_eof(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, session: _Session, timeout: float
+) -> None:
+    while True:  # ends at EOF; a stalled peer is cut by the watchdog
+        try:
+            data = await src.read(_CHUNK)
+        except _STREAM_ERRORS as exc:
+            raise _PeerFailed(upstream=True) from exc
+        if not data:
+            return
+        await _write(dst, data, session, timeout, True)
+
+
+async def _read(src: asyncio.StreamReader, size: int, from_upstream: bool) -> bytes:
+    try:
+        data = await src.read(size)
+    except _STREAM_ERRORS as exc:
+        raise _PeerFailed(upstream=from_upstream) from exc
+    if not data:
+        raise _PeerFailed(upstream=from_upstream)
+    return data
+
+
+async def _read_line(src: asyncio.StreamReader, from_upstream: bool) -> bytes:
+    try:
+        return await src.readuntil(b"\r\n")
+    except _STREAM_ERRORS as exc:
+        raise _PeerFailed(upstream=from_upstream) from exc
+
+
+async def _write(
+    dst: asyncio.StreamWriter, data: bytes, session: _Session, timeout: float, from_upstream: bool
+) -> None:
+    session.deadline = _monotonic() + timeout
+    try:
+        dst.write(data)
+        if dst.transport.get_write_buffer_size() > _HIGH_WATER:
+            await dst.drain()
+    except _STREAM_ERRORS as exc:
+        raise _PeerFailed(upstream=not from_upstream) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _ms_since(started: float) -> float:
+    return (_monotonic() - started) * 1000.0
+
+
+def _copy(counters: TrafficCounters) -> TrafficCounters:
+    return counters.plus(TrafficCounters())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_weights(route: RouteKey, weights: Mapping[str, int]) -> None:
+    negative = {name: weight for name, weight in weights.items() if weight < 0}
+    if negative:
+        raise InputError(f"builtin router: {route}: weights must be >= 0, got {negative}")
+    total = sum(weights.values())
+    if total not in (0, 100):
+        raise InputError(f"builtin router: {route}: weights must sum to 100, got {total}")
