@@ -288,6 +288,17 @@ class EnvironmentManagement(Model):
 # ---------------------------------------------------------------- services
 
 
+class SimProfile(Model):
+    """How a version behaves in the sim world (`platform: sim` environments)."""
+
+    error_rate: float = Field(default=0.005, ge=0, le=1)
+    latency_p50_ms: float = Field(default=40.0, gt=0)
+    latency_p99_ms: float = Field(default=180.0, gt=0)
+    ready: bool = True
+    crash_after_s: float | None = Field(default=None, gt=0)
+    onset_s: float = Field(default=0.0, ge=0)
+
+
 class ServiceConfig(Model):
     criticality: Criticality = Criticality.MEDIUM
     replicas: int = Field(default=2, ge=1)
@@ -300,6 +311,8 @@ class ServiceConfig(Model):
     router_port: int = Field(default=0, ge=0, le=65535)
     grace_period: Duration = 10.0
     rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
+    simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version
+    rps: float = Field(default=100.0, gt=0)  # sim world: requests per second
 
 
 class StoreConfig(Model):

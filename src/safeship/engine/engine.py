@@ -157,10 +157,7 @@ class DeploymentEngine:
         return found[0] if found else self.config.intelligent_deployment.strategies.blue_green.health_check_timeout
 
     def current_version(self, service: str, environment: str) -> str | None:
-        for row in self.store.stable_versions(service, environment):
-            if row.retired_at is None and row.healthy:
-                return row.version
-        return None
+        return self.store.current_version(service, environment)
 
     def previous_stable_version(self, service: str, environment: str, *, exclude: str) -> str | None:
         """The newest other version that passed its health checks and served for `stable_after`."""

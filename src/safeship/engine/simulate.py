@@ -177,3 +177,73 @@ def _result(
 def simulate(scenario: Scenario, *, policy: str, policy_for: Callable[[str], Policy], seed: int | None = None,
              strategy: DeploymentStrategy = DeploymentStrategy.CANARY) -> dict[str, Any]:
     return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy))
+
+
+def scenario_for_service(config: SafeshipConfig, service: str, baseline: str | None, candidate: str) -> Scenario:
+    """A scenario built from `services.<name>.simulate`, for `platform: sim` environments."""
+    from safeship.config.models import SimProfile
+    from safeship.config.scenario import CandidateSpec, LatencySpec, TrafficSpec, VersionSpec
+
+    settings = config.services[service]
+    base = settings.simulate.get(baseline or "", SimProfile())
+    cand = settings.simulate.get(candidate, SimProfile())
+    return Scenario(
+        name=f"{service}-{candidate}",
+        traffic=TrafficSpec(rps=settings.rps),
+        baseline=VersionSpec(
+            error_rate=base.error_rate,
+            latency_ms=LatencySpec(p50=base.latency_p50_ms, p99=base.latency_p99_ms),
+        ),
+        candidate=CandidateSpec(
+            error_rate=cand.error_rate,
+            latency_ms=LatencySpec(p50=cand.latency_p50_ms, p99=cand.latency_p99_ms),
+            ready=cand.ready,
+            crash_after_s=cand.crash_after_s,
+            onset_s=cand.onset_s,
+        ),
+        expect="promote",
+    )
+
+
+async def sim_engine(
+    config: SafeshipConfig,
+    store: Store,
+    *,
+    service: str,
+    environment: str,
+    candidate: str,
+    policy_for: Callable[[str], Policy],
+    start: float,
+    notifier: Any = None,
+) -> tuple[DeploymentEngine, VirtualClock]:
+    """An engine on a fresh sim world for one `platform: sim` environment, with the store's current
+    version already serving. The virtual clock starts at `start` (wall time) and runs ahead of it."""
+    from safeship.routing.base import Backend
+
+    clock = VirtualClock(start=start)
+    baseline = store.current_version(service, environment)
+    scenario = scenario_for_service(config, service, baseline, candidate)
+    world = SimWorld(scenario, clock, candidate_version=candidate, seed=int(start) % 2**31)
+    router, platform = SimRouter(world), SimPlatform(world)
+    route = RouteKey(service, environment)
+    if baseline is not None:
+        backends = []
+        for index in range(config.services[service].replicas):
+            instance = world.spawn(service, environment, baseline, index)
+            instance.started_at -= 3600
+            backends.append(Backend(instance.id, "127.0.0.1", instance.port))
+        await router.set_backends(route, baseline, backends)
+        await router.set_weights(route, {baseline: 100})
+    engine = DeploymentEngine(config, store, World(platform, router, clock, gauges=_gauges(router)),
+                              policy_for=policy_for, notifier=notifier)
+    return engine, clock
+
+
+def inert_engine(config: SafeshipConfig, store: Store, *, policy_for: Callable[[str], Policy]) -> DeploymentEngine:
+    """An engine for bookkeeping only (cancel, rollback requests, stable-version queries): its world
+    is an empty simulation on the wall clock, so it never touches a real instance or router."""
+    from safeship.clock import RealClock
+
+    world = SimWorld(Scenario(name="inert", expect="promote"), VirtualClock())
+    return DeploymentEngine(config, store, World(SimPlatform(world), SimRouter(world), RealClock()),
+                            policy_for=policy_for)

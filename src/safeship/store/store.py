@@ -267,6 +267,13 @@ class Store:
             row.pop("id")
         return [StableVersion(**row) for row in rows]
 
+    def current_version(self, service: str, environment: str) -> str | None:
+        """The version serving now: the newest promoted one not yet retired."""
+        for row in self.stable_versions(service, environment):
+            if row.retired_at is None and row.healthy:
+                return row.version
+        return None
+
     def record_stable(self, stable: StableVersion) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(schema.stable_versions).values(**dataclasses.asdict(stable)))

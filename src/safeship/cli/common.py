@@ -1,0 +1,131 @@
+"""What every command shares: --config/--json, loading, one-line errors with DESIGN.md's exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+from safeship.config.loader import load_config
+from safeship.config.models import SafeshipConfig
+from safeship.errors import InputError, SafeshipError
+from safeship.store import DeploymentRecord, Store
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("SAFESHIP_CONFIG", "safeship.yaml"),
+                        help="safeship.yaml to use (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def die(message: str, code: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def guarded(run: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Turn safeship errors into one sentence on stderr and the right exit code."""
+
+    def main(argv: list[str] | None = None) -> int:
+        try:
+            return run(argv)
+        except SafeshipError as exc:
+            die(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            die("interrupted", 130)
+
+    return main
+
+
+def load(config_path: str) -> SafeshipConfig:
+    return load_config(config_path)
+
+
+def store_url(config: SafeshipConfig, config_path: str) -> str:
+    """A relative SQLite path is relative to the directory of the config file."""
+    url = config.store.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        base = Path(config_path).resolve().parent
+        return prefix + str(base / url.removeprefix(prefix))
+    return url
+
+
+def state_dir(config: SafeshipConfig, config_path: str) -> Path:
+    path = Path(config.state_dir)
+    return path if path.is_absolute() else Path(config_path).resolve().parent / path
+
+
+def open_store(config: SafeshipConfig, config_path: str) -> Store:
+    """Open the store and apply the rollback settings saved by `rollback-manager --configure`."""
+    from safeship.config.models import RollbackConfiguration
+
+    store = Store(store_url(config, config_path))
+    for name, service in config.services.items():
+        saved = store.service_rollback_settings(name)
+        if saved is not None:
+            service.rollback = RollbackConfiguration.model_validate(saved)
+    return store
+
+
+def policy_for(name: str) -> Any:
+    from safeship.analysis.policies import get_policy
+
+    return get_policy(name)
+
+
+def emit(data: Any, *, as_json: bool, text: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        text()
+
+
+def require(value: Any, flag: str, action: str) -> Any:
+    if value in (None, ""):
+        raise InputError(f"{action} needs {flag}")
+    return value
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def deployment_json(record: DeploymentRecord, events: list[Any] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": record.id,
+        "service": record.service,
+        "environment": record.environment,
+        "version": record.version,
+        "from_version": record.from_version,
+        "strategy": record.strategy,
+        "strategy_reason": record.strategy_reason,
+        "policy": record.policy,
+        "phase": record.phase,
+        "step": record.step_index,
+        "steps": len(record.plan),
+        "weights": record.status.get("weights", {}),
+        "decision": record.decision,
+        "reason": record.reason,
+        "evidence": record.evidence,
+        "created_at": record.created_at,
+        "decided_at": record.decided_at,
+        "finished_at": record.finished_at,
+        "last_sample": record.status.get("last_sample"),
+    }
+    if events is not None:
+        data["events"] = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
+    return data
+
+
+def format_weights(weights: Mapping[str, Any]) -> str:
+    return " ".join(f"{v}={w}%" for v, w in weights.items()) or "-"

@@ -1,0 +1,179 @@
+"""deployment-engine: --deploy, --status, --cancel (the seed's usage guide, section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from safeship.cli import output
+from safeship.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_common,
+    deployment_json,
+    emit,
+    guarded,
+    load,
+    open_store,
+    policy_for,
+    require,
+    state_dir,
+)
+from safeship.config.models import DeploymentRequest, DeploymentStrategy, SafeshipConfig
+from safeship.engine.phases import Phase
+from safeship.errors import InputError, NotFoundError
+from safeship.store import DeploymentRecord, Store
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deployment-engine", description="Deploy a version, follow it, cancel it.")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--deploy", action="store_true", help="deploy --service/--version to --environment")
+    action.add_argument("--status", action="store_true", help="show a deployment (--deployment-id)")
+    action.add_argument("--cancel", action="store_true", help="cancel a deployment (--deployment-id)")
+    action.add_argument("--list", action="store_true", help="list recent deployments")
+    p.add_argument("--service")
+    p.add_argument("--version")
+    p.add_argument("--environment")
+    p.add_argument("--deployment-id")
+    p.add_argument("--strategy", help="blue_green | canary | rolling | recreate (default: selected, with a reason)")
+    p.add_argument("--policy", default="safeship", help="analysis policy: safeship, seed, flagger, argo, kayenta")
+    p.add_argument("--detach", action="store_true", help="return the deployment id at once")
+    add_common(p)
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = load(args.config)
+    store = open_store(config, args.config)
+    try:
+        if args.deploy:
+            return deploy(args, config, store)
+        if args.list:
+            rows = [deployment_json(r) for r in store.list_deployments(service=args.service,
+                                                                       environment=args.environment)]
+            emit(rows, as_json=args.json, text=lambda: [output.console.print(
+                f"{r['id']}  {r['service']} {r['version']} -> {r['environment']}  {r['strategy']}  {r['phase']}")
+                for r in rows])
+            return EXIT_OK
+        deployment_id = require(args.deployment_id, "--deployment-id", "--status" if args.status else "--cancel")
+        if args.cancel:
+            record = _engine_for_store(config, store).cancel(deployment_id, by="deployment-engine --cancel")
+            data = deployment_json(record, store.events(record.id))
+            emit(data, as_json=args.json, text=lambda: output.console.print(
+                f"{record.id}: cancelling; traffic returns to {record.from_version or 'nothing'}"))
+            return EXIT_OK
+        record = store.get_deployment(deployment_id)
+        data = deployment_json(record, store.events(record.id))
+        emit(data, as_json=args.json, text=lambda: output.show_deployment(data))
+        return EXIT_OK if record.phase != Phase.FAILED.value else EXIT_FAILED
+    finally:
+        store.close()
+
+
+def _request(args: argparse.Namespace) -> DeploymentRequest:
+    strategy = None
+    if args.strategy:
+        try:
+            strategy = DeploymentStrategy.parse(args.strategy)
+        except ValueError as exc:
+            raise InputError(f"--strategy: {exc}") from None
+    return DeploymentRequest(
+        service_name=require(args.service, "--service", "--deploy"),
+        version=require(args.version, "--version", "--deploy"),
+        environment=require(args.environment, "--environment", "--deploy"),
+        deployment_strategy=strategy,
+    )
+
+
+def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
+    request = _request(args)
+    environment = config.environment(request.environment)
+    if environment is None:
+        known = ", ".join(e.name for e in config.environment_management.environments) or "none"
+        raise NotFoundError(f"{args.config}: environment {request.environment!r} is not configured (known: {known})")
+    policy_for(args.policy)  # an unknown policy is bad input: fail before anything starts
+    if environment.platform == "sim":
+        return asyncio.run(_deploy_sim(args, config, store, request))
+    return _deploy_remote(args, request)
+
+
+def _engine_for_store(config: SafeshipConfig, store: Store) -> Any:
+    """An engine for bookkeeping that needs no world (cancel, manual rollback requests)."""
+    from safeship.engine.simulate import inert_engine
+
+    return inert_engine(config, store, policy_for=policy_for)
+
+
+async def _deploy_sim(args: argparse.Namespace, config: SafeshipConfig, store: Store,
+                      request: DeploymentRequest) -> int:
+    from safeship.engine.simulate import sim_engine
+
+    latest = max((d.updated_at for d in store.list_deployments(limit=1)), default=0.0)
+    engine, clock = await sim_engine(config, store, service=request.service_name, environment=request.environment,
+                                     candidate=request.version, policy_for=policy_for,
+                                     start=max(time.time(), latest + 1))
+    record = engine.submit(request, policy=args.policy)
+    if args.detach:
+        emit({"id": record.id}, as_json=args.json, text=lambda: print(record.id))
+    started = record.created_at
+    if not args.json and not args.detach:
+        output.console.print(f"{record.id}: {request.service_name} {request.version} -> {request.environment} "
+                             f"on the simulated platform (virtual time)")
+        output.console.print(f"strategy: {record.strategy_reason}")
+    last: list[Any] = [None]
+
+    def show(current: DeploymentRecord) -> None:
+        key = (current.phase, current.step_index, str(current.status.get("weights")))
+        if key != last[0] and not args.json and not args.detach:
+            last[0] = key
+            output.console.print(output.progress_line(deployment_json(current), clock.now() - started))
+
+    final = await engine.run(record.id, on_tick=show)
+    return _report(args, store, final)
+
+
+def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> int:
+    data = deployment_json(final, store.events(final.id))
+    if args.detach:
+        return EXIT_OK
+    emit(data, as_json=args.json, text=lambda: output.console.print(
+        f"{final.id}: {final.phase} - {final.reason or ''}"))
+    return Phase(final.phase).exit_code
+
+
+def _deploy_remote(args: argparse.Namespace, request: DeploymentRequest) -> int:
+    from safeship.api.client import ControllerClient
+    from safeship.cli.common import load as _load
+
+    config = _load(args.config)
+    client = ControllerClient(state_dir(config, args.config))
+    if client.ensure_running(args.config) and not args.json:
+        output.console.print("started the safeship controller in the background")
+    body = request.model_dump(mode="json") | {"policy": args.policy}
+    created = client.deploy(body)
+    deployment_id = str(created["id"])
+    if args.detach:
+        emit({"id": deployment_id}, as_json=args.json, text=lambda: print(deployment_id))
+        return EXIT_OK
+    if not args.json:
+        output.console.print(f"{deployment_id}: strategy {created.get('strategy_reason', created.get('strategy'))}")
+    started = time.time()
+    last = ""
+    deadline = started + 6 * 3600
+    while time.time() < deadline:
+        data = client.get(deployment_id)
+        line = output.progress_line(data, time.time() - started)
+        if not args.json and line != last:
+            output.console.print(line)
+            last = line
+        if Phase(data["phase"]).is_final:
+            emit(data, as_json=args.json, text=lambda: output.console.print(
+                f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"))
+            return Phase(data["phase"]).exit_code
+        time.sleep(1.0)
+    return EXIT_FAILED

@@ -1,0 +1,43 @@
+"""Human output with rich: progress lines and status panels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from safeship.cli.common import format_weights, when
+
+console = Console(highlight=False)
+
+
+def progress_line(data: dict[str, Any], elapsed: float) -> str:
+    sample = data.get("last_sample") or {}
+    parts = [f"[+{elapsed:6.1f}s] {data['phase']:<12} step {data['step']}/{data['steps']}",
+             format_weights(data.get("weights", {}))]
+    for side in ("baseline", "candidate"):
+        one = sample.get(side) or {}
+        if one.get("requests"):
+            rate = one.get("error_rate") or 0.0
+            p99 = one.get("p99_ms")
+            parts.append(f"{side} {rate:.2%} err p99 {p99:.0f}ms" if p99 is not None else f"{side} {rate:.2%} err")
+    return " | ".join(parts)
+
+
+def show_deployment(data: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, key in [("deployment", "id"), ("service", "service"), ("environment", "environment"),
+                       ("version", "version"), ("from", "from_version"), ("strategy", "strategy"),
+                       ("why", "strategy_reason"), ("policy", "policy"), ("phase", "phase"),
+                       ("decision", "decision"), ("reason", "reason")]:
+        table.add_row(label, str(data.get(key) if data.get(key) is not None else "-"))
+    table.add_row("step", f"{data['step']}/{data['steps']}")
+    table.add_row("weights", format_weights(data.get("weights", {})))
+    table.add_row("created", when(data.get("created_at")))
+    table.add_row("finished", when(data.get("finished_at")))
+    console.print(table)
+    for event in data.get("events", [])[-15:]:
+        console.print(f"  {when(event['at'])}  {event['kind']:<16} {event['message']}")
