@@ -78,20 +78,20 @@ class ArgoPolicy:
             errors = int(before.get("consecutive_errors", 0)) + 1 if phase == "Error" else 0
             counts[metric] = {"failed": failed, "consecutive_errors": errors}
             measured[metric] = {"phase": phase, "value": value}
-            evidence = {"trigger": metric, "value": value, "failed": failed, "errors_in_a_row": errors}
+            found: dict[str, Any] = {"trigger": metric, "value": value, "failed": failed}
             if verdict is None and failed > FAILURE_LIMIT:
                 verdict = Decision(
                     Verdict.FAILED,
                     f"metric {metric} assessed Failed due to failed ({failed}) > failureLimit "
                     f"({FAILURE_LIMIT}); last measurement: {message}",
-                    evidence | {"failure_limit": FAILURE_LIMIT},
+                    found | {"failure_limit": FAILURE_LIMIT},
                 )
             elif verdict is None and errors > CONSECUTIVE_ERROR_LIMIT:
                 verdict = Decision(
                     Verdict.FAILED,
                     f"metric {metric} assessed Error due to consecutiveErrors ({errors}) > "
                     f"consecutiveErrorLimit ({CONSECUTIVE_ERROR_LIMIT}): {message}",
-                    evidence | {"consecutive_error_limit": CONSECUTIVE_ERROR_LIMIT},
+                    found | {"errors_in_a_row": errors, "error_limit": CONSECUTIVE_ERROR_LIMIT},
                 )
         new_state = {
             "metrics": {**old_counts, **counts},
@@ -129,7 +129,11 @@ def _measure(
             round(rate, 5),
         )
     elif had_series:
-        results[SUCCESS_RATE] = ("Failed", "no canary requests: result[0] is NaN, NaN >= 0.95 is false", None)
+        results[SUCCESS_RATE] = (
+            "Failed",
+            "no canary requests: result[0] is NaN, NaN >= 0.95 is false",
+            None,
+        )
     else:
         results[SUCCESS_RATE] = ("Error", "empty query result: result[0] is out of range", None)
     for trigger in triggers:

@@ -118,7 +118,10 @@ def _check(
                 f"success rate {success:.2f}% < {MIN_SUCCESS_RATE_PERCENT:g}%",
             ), readings
         if p99 > MAX_P99_MS:
-            return ("request-duration", f"request duration {p99:.0f}ms > {MAX_P99_MS:.0f}ms"), readings
+            return (
+                "request-duration",
+                f"request duration {p99:.0f}ms > {MAX_P99_MS:.0f}ms",
+            ), readings
     for trigger in triggers:
         if not isinstance(trigger, CustomMetricTrigger):
             continue

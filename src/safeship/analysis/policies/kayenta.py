@@ -76,8 +76,12 @@ class KayentaPolicy:
     ) -> tuple[dict[str, Any], Decision]:
         if not ctx.compare:
             if ctx.time_in_step + _EPSILON >= ctx.step_duration:
-                return state, Decision(Verdict.SUCCESSFUL, "no baseline in this phase; nothing to judge")
-            return state, Decision(Verdict.INCONCLUSIVE, "no baseline in this phase; nothing to judge")
+                return state, Decision(
+                    Verdict.SUCCESSFUL, "no baseline in this phase; nothing to judge"
+                )
+            return state, Decision(
+                Verdict.INCONCLUSIVE, "no baseline in this phase; nothing to judge"
+            )
         same_step = state.get("step") == ctx.step_index
         points = _append(state.get("points", {}) if same_step else {}, sample, ctx)
         scores: list[float] = list(state.get("scores", [])) if same_step else []
@@ -90,21 +94,30 @@ class KayentaPolicy:
             )
         score, results = judge(points)
         scores.append(score)
-        evidence = {"trigger": "kayenta-score", "score": score, "run": len(scores), "metrics": results}
+        evidence = {
+            "trigger": "kayenta-score",
+            "score": score,
+            "run": len(scores),
+            "metrics": results,
+        }
         if score <= MARGINAL_SCORE:
             return new_state, Decision(
                 Verdict.FAILED,
-                f"canary score {score:.0f} is not above the marginal threshold {MARGINAL_SCORE:.0f} "
-                f"({_summary(results)})",
+                f"canary score {score:.0f} is not above the marginal threshold "
+                f"{MARGINAL_SCORE:.0f} ({_summary(results)})",
                 evidence,
             )
         if len(scores) < JUDGEMENT_COUNT:
             return new_state, Decision(
-                Verdict.INCONCLUSIVE, f"interim canary score {score:.0f}; analysis continues", evidence
+                Verdict.INCONCLUSIVE,
+                f"interim canary score {score:.0f}; analysis continues",
+                evidence,
             )
         if score >= PASS_SCORE:
             return new_state, Decision(
-                Verdict.ADVANCE, f"final canary score {score:.0f} reaches {PASS_SCORE:.0f}", evidence
+                Verdict.ADVANCE,
+                f"final canary score {score:.0f} reaches {PASS_SCORE:.0f}",
+                evidence,
             )
         return new_state, Decision(
             Verdict.FAILED,
@@ -165,7 +178,10 @@ def classify(baseline: Sequence[float | None], canary: Sequence[float | None]) -
     """One metric, direction "increase": Pass, High or Nodata, with the numbers behind it."""
     control = np.array([v for v in baseline if v is not None], dtype=float)
     experiment = np.array([v for v in canary if v is not None], dtype=float)
-    result: dict[str, Any] = {"baseline_points": int(control.size), "canary_points": int(experiment.size)}
+    result: dict[str, Any] = {
+        "baseline_points": int(control.size),
+        "canary_points": int(experiment.size),
+    }
     if control.size == 0 or experiment.size == 0:
         return result | {"classification": "Nodata"}
     baseline_mean, canary_mean = float(control.mean()), float(experiment.mean())
@@ -175,9 +191,10 @@ def classify(baseline: Sequence[float | None], canary: Sequence[float | None]) -
         "canary_mean": canary_mean,
         "ratio": None if math.isnan(ratio) else ratio,
     }
-    if np.array_equal(np.sort(control), np.sort(experiment)) or np.unique(
-        np.concatenate([control, experiment])
-    ).size == 1:
+    if (
+        np.array_equal(np.sort(control), np.sort(experiment))
+        or np.unique(np.concatenate([control, experiment])).size == 1
+    ):
         return result | {"classification": "Pass"}
     p_value = float(stats.mannwhitneyu(experiment, control, alternative="two-sided").pvalue)
     estimate, lower, upper = _shift_interval(experiment, control)

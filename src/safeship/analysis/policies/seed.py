@@ -80,7 +80,9 @@ class SeedPolicy:
             if breach is not None:
                 return new_state, breach
         if not step_over:
-            return new_state, Decision(Verdict.INCONCLUSIVE, "no seed trigger fired; still watching")
+            return new_state, Decision(
+                Verdict.INCONCLUSIVE, "no seed trigger fired; still watching"
+            )
         verdict = Verdict.ADVANCE if ctx.compare else Verdict.SUCCESSFUL
         return new_state, Decision(
             verdict,
@@ -144,8 +146,10 @@ def _breach(trigger: ThresholdTrigger, looks: Sequence[dict[str, Any]]) -> Decis
             evidence,
         )
     statistic = trigger.statistic
-    value_ms = counters.mean_ms if statistic == "mean" else counters.quantile_ms(
-        0.95 if statistic == "p95" else 0.99
+    value_ms = (
+        counters.mean_ms
+        if statistic == "mean"
+        else counters.quantile_ms(0.95 if statistic == "p95" else 0.99)
     )
     limit_ms = trigger.threshold * 1000.0
     if not value_ms > limit_ms:
@@ -159,7 +163,9 @@ def _breach(trigger: ThresholdTrigger, looks: Sequence[dict[str, Any]]) -> Decis
     )
 
 
-def _custom_breach(trigger: CustomMetricTrigger, window: Sequence[dict[str, Any]]) -> Decision | None:
+def _custom_breach(
+    trigger: CustomMetricTrigger, window: Sequence[dict[str, Any]]
+) -> Decision | None:
     weighted = [
         (float(look["dt"]), float(look["gauges"][trigger.metric]))
         for look in window
@@ -175,5 +181,10 @@ def _custom_breach(trigger: CustomMetricTrigger, window: Sequence[dict[str, Any]
         Verdict.FAILED,
         f"candidate {trigger.metric} averaged {mean:.4g} over the last {seconds:.0f} s, above the "
         f"seed's threshold {trigger.threshold:.4g}",
-        {"trigger": trigger.type, "metric": trigger.metric, "mean": mean, "threshold": trigger.threshold},
+        {
+            "trigger": trigger.type,
+            "metric": trigger.metric,
+            "mean": mean,
+            "threshold": trigger.threshold,
+        },
     )
