@@ -190,8 +190,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def serve(router: BuiltinRouter, versions: dict[str, list[FakeUpstream]],
-                weights: dict[str, int]) -> str:
+async def serve(
+    router: BuiltinRouter, versions: dict[str, list[FakeUpstream]], weights: dict[str, int]
+) -> str:
     """Routes ROUTE to the given upstreams; returns the router's base URL."""
     port = await router.add_route(ROUTE)
     for version, upstreams in versions.items():
@@ -621,8 +622,9 @@ async def _core_paths_scenario() -> None:
 
             answers = Counter([(await http.get(url)).text for _ in range(200)])
             body = os.urandom(300_000)
-            echoed = await http.post(url + "/echo", content=body,
-                                     headers={"x-chunked-response": "1"})
+            echoed = await http.post(
+                url + "/echo", content=body, headers={"x-chunked-response": "1"}
+            )
 
             await proxy.hold(ROUTE, max_wait=30.0)
             queued = asyncio.create_task(http.get(url))

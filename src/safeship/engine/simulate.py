@@ -36,11 +36,11 @@ CANDIDATE = "candidate"
 REPLICAS = 2
 
 
-def sim_config(scenario: Scenario, base: SafeshipConfig | None = None) -> SafeshipConfig:
+def sim_config(scenario: Scenario, base: SafeshipConfig | None = None, replicas: int = REPLICAS) -> SafeshipConfig:
     """The config a simulation runs with: the given (or default) settings, one service, one
     environment, and the scenario's custom-metric thresholds as the seed's CustomMetric triggers."""
     config = (base or SafeshipConfig()).model_copy(deep=True)
-    config.services = {SERVICE: ServiceConfig(replicas=REPLICAS)}
+    config.services = {SERVICE: ServiceConfig(replicas=replicas)}
     config.environment_management.environments = [
         Environment(name=ENVIRONMENT, type=EnvironmentType.PRODUCTION, platform="sim")
     ]
@@ -76,11 +76,12 @@ async def build(
     seed: int | None = None,
     config: SafeshipConfig | None = None,
     store: Store | None = None,
+    replicas: int = REPLICAS,
 ) -> Simulation:
     clock = VirtualClock(start=1_000_000.0)
     world = SimWorld(scenario, clock, candidate_version=CANDIDATE, seed=scenario.seed if seed is None else seed)
     router, platform = SimRouter(world), SimPlatform(world)
-    cfg = sim_config(scenario, config)
+    cfg = sim_config(scenario, config, replicas)
     store = store or Store(cfg.store.url)
     sink = MemorySink()
     engine = DeploymentEngine(
@@ -103,7 +104,7 @@ async def _install_baseline(sim: Simulation) -> None:
     from safeship.routing.base import Backend
 
     backends = []
-    for index in range(REPLICAS):
+    for index in range(sim.engine.config.services[SERVICE].replicas):
         instance = sim.world.spawn(SERVICE, ENVIRONMENT, BASELINE, index)
         instance.started_at -= 86_400
         backends.append(Backend(instance.id, "127.0.0.1", instance.port))
@@ -156,6 +157,7 @@ def _result(
         decision = "rollback"
     weights = [w.get(CANDIDATE, 0) for _, _, w in sim.router.weight_log]
     decided = record.decided_at if record.decided_at is not None else sim.clock.now()
+    first = sim.world.candidate_first_traffic
     return {
         "scenario": sim.scenario.name,
         "policy": policy,
@@ -169,6 +171,7 @@ def _result(
         "failed_requests_total": sum(c.failed for c in counters.values()) + unrouted,
         "max_candidate_weight": max(weights, default=0),
         "reason": record.reason or "",
+        "first_candidate_request_s": None if first is None else round(first - record.created_at, 3),
         "strategy": record.strategy,
         "phase": record.phase,
     }

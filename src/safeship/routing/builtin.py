@@ -74,8 +74,16 @@ class _BadMessage(Exception):
 
 
 class _Request:
-    __slots__ = ("body", "chunked", "expects_continue", "head", "http11", "is_head", "keep_alive",
-                 "length")
+    __slots__ = (
+        "body",
+        "chunked",
+        "expects_continue",
+        "head",
+        "http11",
+        "is_head",
+        "keep_alive",
+        "length",
+    )
 
     def __init__(self, head: bytes) -> None:
         line_end = head.find(b"\r\n")
@@ -179,8 +187,9 @@ def _header(lower: bytes, marker: bytes) -> bytes | None:
 def _drop_headers(head: bytes, lower: bytes, names: tuple[bytes, ...]) -> bytes:
     lines = head.split(b"\r\n")
     lowered = lower.split(b"\r\n")
-    return b"\r\n".join(line for line, low in zip(lines, lowered, strict=True)
-                        if not low.startswith(names))
+    return b"\r\n".join(
+        line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +250,7 @@ class _Version:
 class _Session:
     """One client connection, as the watchdog sees it."""
 
-    __slots__ = ("awaiting_upstream", "busy", "deadline", "timed_out", "upstream_writer",
-                 "writer")
+    __slots__ = ("awaiting_upstream", "busy", "deadline", "timed_out", "upstream_writer", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -266,8 +274,18 @@ class _Session:
 
 
 class _Route:
-    __slots__ = ("closing", "held_until", "key", "released", "server", "sessions", "table",
-                 "total_weight", "versions", "weights_since_hold")
+    __slots__ = (
+        "closing",
+        "held_until",
+        "key",
+        "released",
+        "server",
+        "sessions",
+        "table",
+        "total_weight",
+        "versions",
+        "weights_since_hold",
+    )
 
     def __init__(self, key: RouteKey) -> None:
         self.key = key

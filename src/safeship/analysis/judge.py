@@ -1,0 +1,375 @@
+"""The statistical judge: anytime-valid sequential tests on counts, histograms and gauges.
+
+Pure functions, no I/O. The canary policy (`policies/safeship.py`) feeds them one tick of data at a
+time and keeps their state (plain JSON: dicts, lists, floats).
+
+Why sequential tests
+--------------------
+A fixed-sample test checked after every tick rolls back good releases far more often than its
+nominal level says (the "peeking" problem), so classic canary systems look rarely (Flagger: one
+check per minute, Kayenta: one Mann-Whitney per interval) and wait minutes. An *e-process* E_t is a
+nonnegative process with E_0 <= 1 that is a supermartingale while the null hypothesis holds; Ville's
+inequality then gives
+
+    P(sup_t E_t >= 1/a) <= a,
+
+so the judge may look after every tick, forever, and still rolls back a release that satisfies
+the null with probability at most `a` (Lindon et al., KDD 2022; Howard & Ramdas, 2021).
+
+The tests
+---------
+* `two_sample_log_lr`: candidate vs baseline on rare events (failed requests, or requests slower
+  than a latency bucket). Null H0: rate_c <= rho0 * rate_b. With Poisson counts, conditional on
+  the tick's total m = x_b + x_c, x_c ~ Binomial(m, theta(rho)) with
+  theta(rho) = n_c rho / (n_c rho + n_b). The per-tick factor
+  LR_k = [theta(rho_k)/theta(rho0)]^x_c [(1-theta(rho_k))/(1-theta(rho0))]^x_b for rho_k > rho0 has
+  conditional mean <= 1 under H0, whatever the exposures n_b, n_c of the tick (weights may change
+  every tick). It also holds exactly for Bernoulli requests (independent binomial counts), which is
+  what a router really sees: LR_k = a^x_c b^x_b factorises, so
+      E[LR_k] = (1 + p_c (a-1))^n_c (1 + p_b (b-1))^n_b
+              <= exp(n_b n_c (rho_k - rho0) (p_c/rho0 - p_b) / (n_c rho_k + n_b)) <= 1
+  whenever p_c <= rho0 p_b (using log(1+u) <= u; a - 1 = n_b (rho_k-rho0) / (rho0 D_k),
+  b - 1 = -n_c (rho_k-rho0) / D_k, D_k = n_c rho_k + n_b). `tests/unit/analysis/test_judge.py`
+  checks this identity against scipy by brute-force summation.
+* `one_sample_log_lr`: one version's rate against a fixed p0 (the seed's absolute triggers, single-
+  version phases, sign tests on gauges). Null p <= p0; E[LR_k] = (p p_k/p0 + (1-p)(1-p_k)/(1-p0))^n
+  <= 1 for p <= p0.
+* `mean_bet_log_wealth`: mean latency above an absolute threshold mu0. For nonnegative X with
+  E[X] <= mu0 the bet 1 + lam (mean/mu0 - 1), lam in [0, 1), is nonnegative with mean <= 1
+  (testing by betting, Waudby-Smith & Ramdas 2023). It needs only nonnegativity, no variance model,
+  and uses the exact per-tick latency sum rather than the histogram.
+
+Mixtures
+--------
+Each test mixes a grid of alternatives with equal prior weight (a mixture of test supermartingales
+is one), so a small and a huge regression are both caught without choosing the effect size in
+advance; the price is log(K) nats of evidence. To catch a regression that starts late (the
+delayed-errors scenario), evidence from a good early period must not dilute it: besides the run
+started at time 0 (prior weight 1/2), a fresh run starts every `Restarts.every` seconds; run j has
+prior weight 1/(2 j (j+1)) (these sum to 1). The sum over all runs is still a test supermartingale;
+the state keeps only the most recent runs, and dropping a nonnegative term only lowers E_t, so the
+bound stays valid. This is the e-detector idea of Shin, Ramdas & Rinaldo (2022) with a fixed,
+summable prior over change points, so that it bounds the probability of any false alarm rather
+than the average run length.
+
+Budget
+------
+`split_alpha` shares the overall alpha across tests (weighted Bonferroni): if test i rolls back at
+E_i >= 1/alpha_i with sum(alpha_i) = alpha, the chance that a release equal to its baseline is
+rolled back, over all metrics and all looks, is <= alpha. "Too little data" never crosses a bound:
+a tick without events multiplies every likelihood ratio by exactly 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats
+
+# Alternatives as multiples of the null: rho_k = rho0 * m (two-sample), odds_k = odds0 * m
+# (one-sample). From "a bit worse than tolerated" to "everything fails".
+RATIO_GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
+BET_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)  # fractions of wealth bet on "mean > mu0"
+_MAX_LOG_E = 690.0  # exp() of more overflows a float; such evidence is reported as e = 1e299
+
+State = dict[str, Any]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """Change-point runs: a fresh run every `every` seconds; keep the `keep` most recent ones."""
+
+    every: float = 30.0
+    keep: int = 8
+
+
+# ---------------------------------------------------------------- likelihood ratios (vectorised)
+
+
+def two_sample_log_lr(
+    n_b: ArrayLike,
+    x_b: ArrayLike,
+    n_c: ArrayLike,
+    x_c: ArrayLike,
+    rho0: float,
+    multipliers: Sequence[float] = RATIO_GRID,
+) -> FloatArray:
+    """log LR_k of one tick for every alternative rho_k = rho0 * m_k; shape counts.shape + (K,).
+
+    log LR_k = x_c log(rho_k / rho0) + (x_b + x_c) log(D_0 / D_k), D = n_c rho + n_b.
+    A tick where either version served nothing carries no information (LR = 1).
+    """
+    nb, xb, nc, xc = (np.asarray(v, dtype=np.float64)[..., None] for v in (n_b, x_b, n_c, x_c))
+    ratios = np.asarray(multipliers, dtype=np.float64)
+    rho_k = rho0 * ratios
+    served = (nb > 0) & (nc > 0)
+    d0 = np.where(served, nc * rho0 + nb, 1.0)
+    dk = np.where(served, nc * rho_k + nb, 1.0)
+    out = xc * np.log(ratios) + (xb + xc) * np.log(d0 / dk)
+    return np.asarray(np.where(served, out, 0.0), dtype=np.float64)
+
+
+def one_sample_log_lr(
+    n: ArrayLike, x: ArrayLike, p0: float, multipliers: Sequence[float] = RATIO_GRID
+) -> FloatArray:
+    """log LR_k of x failures in n trials, alternatives p_k with odds(p_k) = m_k * odds(p0)."""
+    nn, xx = (np.asarray(v, dtype=np.float64)[..., None] for v in (n, x))
+    p_k = _alternatives(p0, multipliers)
+    out = xx * np.log(p_k / p0) + (nn - xx) * np.log((1 - p_k) / (1 - p0))
+    return np.asarray(out, dtype=np.float64)
+
+
+def mean_bet_log_wealth(
+    n: ArrayLike, total: ArrayLike, mu0: float, bets: Sequence[float] = BET_GRID
+) -> FloatArray:
+    """log(1 + lam (total / (n mu0) - 1)) per bet lam: the mean of n nonnegative values vs mu0."""
+    nn, tt = (np.asarray(v, dtype=np.float64)[..., None] for v in (n, total))
+    lam = np.asarray(bets, dtype=np.float64)
+    ratio = np.where(nn > 0, tt / (np.where(nn > 0, nn, 1.0) * mu0), 1.0)
+    return np.asarray(np.log1p(lam * (ratio - 1.0)), dtype=np.float64)
+
+
+def _alternatives(p0: float, multipliers: Sequence[float]) -> FloatArray:
+    odds = p0 / (1.0 - p0) * np.asarray(multipliers, dtype=np.float64)
+    return np.asarray(odds / (1.0 + odds), dtype=np.float64)
+
+
+def log_mixture(log_lr: ArrayLike) -> FloatArray:
+    """log of the equal-weight mixture over the last axis: log(mean_k exp(log_lr_k))."""
+    values = np.asarray(log_lr, dtype=np.float64)
+    top = np.max(values, axis=-1, keepdims=True)
+    inner = np.log(np.mean(np.exp(values - top), axis=-1))
+    return np.asarray(inner + top[..., 0], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- per-tick increments (scalars)
+#
+# The policy updates one tick at a time; plain floats are several times faster than numpy for a
+# grid of seven. `test_judge.py` checks them against the vectorised functions above.
+
+
+def _two_sample_step(
+    n_b: float, x_b: float, n_c: float, x_c: float, rho0: float, multipliers: Sequence[float]
+) -> list[float]:
+    if n_b <= 0 or n_c <= 0 or x_b + x_c <= 0:
+        return [0.0] * len(multipliers)
+    m = x_b + x_c
+    d0 = n_c * rho0 + n_b
+    return [x_c * math.log(r) + m * math.log(d0 / (n_c * rho0 * r + n_b)) for r in multipliers]
+
+
+def _one_sample_step(n: float, x: float, p0: float, multipliers: Sequence[float]) -> list[float]:
+    if n <= 0:
+        return [0.0] * len(multipliers)
+    odds0 = p0 / (1.0 - p0)
+    out = []
+    for r in multipliers:
+        p = odds0 * r / (1.0 + odds0 * r)
+        out.append(x * math.log(p / p0) + (n - x) * math.log((1.0 - p) / (1.0 - p0)))
+    return out
+
+
+def _mean_bet_step(n: float, total: float, mu0: float, bets: Sequence[float]) -> list[float]:
+    if n <= 0:
+        return [0.0] * len(bets)
+    ratio = total / (n * mu0)
+    return [math.log1p(lam * (ratio - 1.0)) for lam in bets]
+
+
+# ---------------------------------------------------------------- e-process state
+
+
+def new_e_process() -> State:
+    """A fresh e-process: no runs yet (E = 1 until the first update)."""
+    return {"origin": None, "runs": []}
+
+
+def update_two_sample(
+    state: Mapping[str, Any],
+    n_b: float,
+    x_b: float,
+    n_c: float,
+    x_c: float,
+    rho0: float,
+    *,
+    now: float | None = None,
+    restarts: Restarts | None = None,
+    multipliers: Sequence[float] = RATIO_GRID,
+) -> State:
+    """Fold one tick of (requests, events) per version into a two-sample e-process."""
+    step = _two_sample_step(n_b, x_b, n_c, x_c, rho0, multipliers)
+    return _advance(state, step, (n_b, x_b, n_c, x_c), now, restarts)
+
+
+def update_one_sample(
+    state: Mapping[str, Any],
+    n: float,
+    x: float,
+    p0: float,
+    *,
+    now: float | None = None,
+    restarts: Restarts | None = None,
+    multipliers: Sequence[float] = RATIO_GRID,
+) -> State:
+    """Fold one tick of (trials, events) into a one-sample e-process for H0: p <= p0.
+
+    p0 >= 1 can never be rejected: the state is returned unchanged."""
+    if not 0.0 < p0 < 1.0:
+        return dict(state)
+    step = _one_sample_step(n, x, p0, multipliers)
+    return _advance(state, step, (n, x), now, restarts)
+
+
+def update_mean(
+    state: Mapping[str, Any],
+    n: float,
+    total: float,
+    mu0: float,
+    *,
+    now: float | None = None,
+    restarts: Restarts | None = None,
+    bets: Sequence[float] = BET_GRID,
+) -> State:
+    """Fold one tick (n values summing to `total`, all >= 0) into a test of H0: mean <= mu0."""
+    step = _mean_bet_step(n, total, mu0, bets)
+    return _advance(state, step, (n, total), now, restarts)
+
+
+def _advance(
+    state: Mapping[str, Any],
+    step: Sequence[float],
+    counts: Sequence[float],
+    now: float | None,
+    restarts: Restarts | None,
+) -> State:
+    runs: list[dict[str, Any]] = list(state.get("runs", []))
+    origin = state.get("origin")
+    if origin is None:
+        origin = 0.0 if now is None else now
+    if not runs:
+        runs.append(_new_run(0, len(step), len(counts), restarts is not None))
+    if restarts is not None and now is not None:
+        latest = int((now - float(origin)) // restarts.every)
+        if latest >= 1 and latest > max(int(r["j"]) for r in runs):
+            runs.append(_new_run(latest, len(step), len(counts), True))
+            first, rest = runs[0], runs[1:]
+            runs = [first, *rest[-restarts.keep :]]
+    updated = [
+        {
+            "j": run["j"],
+            "lw": run["lw"],
+            "llr": [a + b for a, b in zip(run["llr"], step, strict=True)],
+            "n": [a + b for a, b in zip(run["n"], counts, strict=True)],
+        }
+        for run in runs
+    ]
+    return {"origin": origin, "runs": updated}
+
+
+def _new_run(j: int, k: int, c: int, restarting: bool) -> dict[str, Any]:
+    if not restarting:
+        log_weight = 0.0
+    elif j == 0:
+        log_weight = -math.log(2.0)
+    else:
+        log_weight = -math.log(2.0 * j * (j + 1))
+    return {"j": j, "lw": log_weight, "llr": [0.0] * k, "n": [0.0] * c}
+
+
+def _run_log_e(run: Mapping[str, Any]) -> float:
+    llr = [float(v) for v in run["llr"]]
+    top = max(llr)
+    return float(run["lw"]) + top + math.log(sum(math.exp(v - top) for v in llr) / len(llr))
+
+
+def log_e_value(state: Mapping[str, Any]) -> float:
+    """log E_t: the mixture over runs and alternatives (0.0 before any data)."""
+    runs = state.get("runs", [])
+    if not runs:
+        return 0.0
+    logs = [_run_log_e(run) for run in runs]
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs))
+
+
+def e_value(state: Mapping[str, Any]) -> float:
+    """E_t (capped at about 1e299 so that it stays a finite, JSON-friendly float)."""
+    return math.exp(min(log_e_value(state), _MAX_LOG_E))
+
+
+def strongest_run(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run that carries the most evidence: its start index and its summed counts."""
+    runs = state.get("runs", [])
+    if not runs:
+        return None
+    best = max(runs, key=_run_log_e)
+    return {"j": int(best["j"]), "counts": [float(v) for v in best["n"]]}
+
+
+def crossed(state: Mapping[str, Any], alpha: float) -> bool:
+    """True once E_t >= 1/alpha: reject the null at level alpha (valid at any look)."""
+    return log_e_value(state) >= -math.log(alpha)
+
+
+# ---------------------------------------------------------------- histograms and bounds
+
+
+def threshold_bucket(baseline_buckets: Sequence[int], q: float, min_count: int = 200) -> int | None:
+    """The bucket holding the baseline's q-quantile; None while fewer than `min_count` requests.
+
+    Latency is tested as a count of "slow" requests, those above this bucket, with the same
+    two-sample test as errors. Under H0 (candidate no slower than baseline) the slow share is
+    equal, so the rate ratio is 1 <= tolerance. Compared with a sequential quantile test, this
+    needs no per-request latencies, only the router's fixed buckets, is exact for Bernoulli
+    requests, copes with changing weights, and a tail regression (the p99 triples) shows as a
+    large ratio of slow shares, which the counting test detects fastest. The bucket must be fixed
+    before the tick's data is seen, so callers pass baseline data from earlier ticks only.
+    """
+    total = sum(baseline_buckets)
+    if total < min_count:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(baseline_buckets):
+        seen += count
+        if seen >= rank:
+            return index
+    return len(baseline_buckets) - 1
+
+
+def rate_upper_bound(n: float, x: float, delta: float) -> float:
+    """Clopper-Pearson upper confidence bound for a rate at level 1 - delta (1.0 without data)."""
+    if n <= 0 or x >= n:
+        return 1.0
+    return float(stats.beta.ppf(1.0 - delta, x + 1, n - x))
+
+
+def split_alpha(alpha: float, shares: Mapping[str, float]) -> dict[str, float]:
+    """Weighted Bonferroni: alpha_i = alpha * share_i / sum(shares)."""
+    total = sum(shares.values())
+    return {name: alpha * share / total for name, share in shares.items()}
+
+
+# ---------------------------------------------------------------- gauges
+
+
+def window_mean_exceeds(
+    looks: Sequence[Sequence[float]], threshold: float, duration: float, min_looks: int = 3
+) -> bool:
+    """The seed's "gauge above threshold for `duration`", made robust to one noisy look.
+
+    `looks` are (time, value) pairs, oldest first, already trimmed to the window. True when they
+    cover `duration`, number at least `min_looks` and their mean exceeds `threshold`. This alone
+    is not a test; the policy requires a sign-test e-process to cross as well.
+    """
+    if len(looks) < min_looks:
+        return False
+    if looks[-1][0] - looks[0][0] < duration * (1.0 - 1.0 / len(looks)):
+        return False
+    return sum(v for _, v in looks) / len(looks) > threshold

@@ -1,0 +1,355 @@
+"""The controller daemon's core: one LocalPlatform, one BuiltinRouter, one DeploymentEngine.
+
+A background loop keeps every route's backends equal to the ready instances of each version and
+runs one task per active deployment. The engine does the deploying; this module only wires it,
+serialises it with backend syncing (one lock per route), and restores the picture after a restart:
+adopted processes, the route ports of `routes.json`, and the weights the store says were live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safeship.analysis.base import Policy
+from safeship.analysis.policies import get_policy
+from safeship.analysis.probes import probe
+from safeship.clock import RealClock
+from safeship.config.loader import load_config
+from safeship.config.models import DeploymentRequest, RollbackConfiguration, SafeshipConfig
+from safeship.engine.context import World
+from safeship.engine.engine import DeploymentEngine
+from safeship.engine.phases import Phase
+from safeship.errors import InputError, NotFoundError, SafeshipError
+from safeship.platforms.base import InstanceState
+from safeship.platforms.local import LocalPlatform
+from safeship.routing.base import Backend, RouteKey, TrafficCounters
+from safeship.routing.builtin import BuiltinRouter
+from safeship.store import DeploymentRecord, EventRecord, Store
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+ROUTES_FILE = "routes.json"
+ENVIRONMENT_PORT_OFFSET = 100  # port = service router_port + 100 x the environment's position
+ERRORS_BEFORE_ROLLBACK = 5  # failed ticks in a row before the controller rolls the deployment back
+
+
+def resolve_paths(config: SafeshipConfig, config_path: str | Path) -> tuple[Path, str]:
+    """The state directory and store URL; relative paths are relative to the config file's folder
+    (the rule the CLI follows too)."""
+    base = Path(config_path).resolve().parent
+    state_dir = Path(config.state_dir).expanduser()
+    url, prefix = config.store.url, "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = prefix + str(base / url.removeprefix(prefix))
+    return (state_dir if state_dir.is_absolute() else base / state_dir), url
+
+
+def read_routes(state_dir: Path) -> dict[RouteKey, int]:
+    """The ports the last controller bound, from `<state_dir>/routes.json` (empty if none)."""
+    try:
+        data = json.loads((state_dir / ROUTES_FILE).read_text())
+        return {RouteKey(r["service"], r["environment"]): int(r["port"]) for r in data["routes"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def counters_json(counters: TrafficCounters) -> dict[str, Any]:
+    """What an operator reads: cumulative since this controller started routing."""
+    has = counters.requests > 0
+    return {
+        "requests": counters.requests,
+        "errors": counters.errors,
+        "connect_failures": counters.connect_failures,
+        "error_rate": round(counters.error_rate, 5) if has else None,
+        "p99_ms": round(counters.quantile_ms(0.99), 2) if has else None,
+        "mean_ms": round(counters.mean_ms, 2) if has else None,
+    }
+
+
+def _policy_for(name: str) -> Policy:
+    return get_policy(name)
+
+
+class Controller:
+    def __init__(
+        self,
+        config: SafeshipConfig,
+        *,
+        state_dir: Path,
+        store: Store,
+        sync_interval: float | None = None,
+    ) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.store = store
+        self.platform = LocalPlatform(
+            state_dir=state_dir, ledger=store, prober=probe, clock=RealClock()
+        )
+        self.router = BuiltinRouter(close_grace=2.0)
+        world = World(self.platform, self.router, RealClock(), gauges=None)
+        self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for)
+        self.sync_interval = sync_interval or self._default_sync_interval()
+        self.routes: dict[RouteKey, int] = {}
+        self.started_at = time.time()
+        self._locks: dict[RouteKey, asyncio.Lock] = {}
+        self._seen: dict[RouteKey, set[str]] = {}
+        self._ready: dict[RouteKey, frozenset[str]] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._driving: dict[str, RouteKey] = {}  # deployment id -> route, while a runner drives it
+        self._kick = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_config_file(cls, config_path: str | Path) -> Controller:
+        config = load_config(config_path)
+        state_dir, url = resolve_paths(config, config_path)
+        store = Store(url)
+        for name, service in config.services.items():  # saved by `rollback-manager --configure`
+            saved = store.service_rollback_settings(name)
+            if saved is not None:
+                service.rollback = RollbackConfiguration.model_validate(saved)
+        return cls(config, state_dir=state_dir, store=store)
+
+    def _default_sync_interval(self) -> float:
+        """Half the shortest readiness interval: a backend that turns unready leaves the router
+        well within one probe interval of the platform noticing."""
+        services = self.config.services
+        intervals = [self.config.health_checks_for(name).readiness.interval for name in services]
+        return min(1.0, max(0.05, min(intervals, default=1.0) / 2))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def managed_routes(self) -> list[RouteKey]:
+        environments = self.config.environment_management.environments
+        return [RouteKey(service, env.name) for env in environments if env.platform == "local"
+                for service in self.config.services]
+
+    async def start(self) -> None:
+        """Adopt the processes left running, restore backends and weights, then listen and loop."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        adopted = await self.platform.adopt()
+        if adopted:
+            log.info("adopted %d running instances", len(adopted))
+        previous = read_routes(self.state_dir)
+        for key in self.managed_routes():
+            self._locks[key] = asyncio.Lock()
+            await self.sync_route(key)
+            await self._restore_weights(key)
+            self.routes[key] = await self._listen(key, previous.get(key))
+        self._write_routes()
+        self._loop = asyncio.create_task(self._reconcile_forever(), name="controller-reconcile")
+
+    async def stop(self) -> None:
+        """Stop routing and supervising; service processes keep running for the next controller."""
+        self._stopping = True
+        tasks = [t for t in [self._loop, *self._runners.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.router.close()
+        await self.platform.close()
+        self.store.close()
+
+    async def _listen(self, key: RouteKey, previous: int | None) -> int:
+        configured = self._configured_port(key)
+        for port in dict.fromkeys(p for p in (configured, previous, 0) if p is not None):
+            try:
+                return await self.router.add_route(key, host=HOST, port=port)
+            except SafeshipError as exc:
+                log.warning("route %s: %s; trying another port", key, exc)
+        raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
+
+    def _configured_port(self, key: RouteKey) -> int | None:
+        service = self.config.services[key.service]
+        names = [e.name for e in self.config.environment_management.environments]
+        offset = names.index(key.environment)
+        if service.router_port:
+            return service.router_port + ENVIRONMENT_PORT_OFFSET * offset
+        environment = self.config.environment(key.environment)
+        if environment is not None and environment.router_port_base:
+            return environment.router_port_base + list(self.config.services).index(key.service)
+        return None
+
+    def _write_routes(self) -> None:
+        routes = [{"service": k.service, "environment": k.environment, "host": HOST, "port": port}
+                  for k, port in self.routes.items()]
+        write_json_atomically(self.state_dir / ROUTES_FILE, {"routes": routes})
+
+    async def _restore_weights(self, key: RouteKey) -> None:
+        weights = self.live_weights(key)
+        if weights:
+            await self.router.set_weights(key, weights)
+            log.info("route %s: weights %s restored", key, weights)
+
+    def live_weights(self, key: RouteKey) -> dict[str, int]:
+        """What the store says the route served: an active deployment's last weights, a failed
+        deployment's last safe weights, else all traffic to the current stable version."""
+        latest = self.store.list_deployments(
+            service=key.service, environment=key.environment, limit=1
+        )
+        if latest:
+            status = latest[0].status
+            if Phase(latest[0].phase).is_active and status.get("weights"):
+                return {str(v): int(w) for v, w in status["weights"].items()}
+            if latest[0].phase == Phase.FAILED.value and status.get("restore_weights"):
+                return {str(v): int(w) for v, w in status["restore_weights"].items()}
+        stable = self.engine.current_version(key.service, key.environment)
+        return {stable: 100} if stable else {}
+
+    # ------------------------------------------------------------ the reconcile loop
+
+    async def _reconcile_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self.reconcile_once()
+            except Exception:  # the loop must outlive any one bad pass
+                log.exception("reconcile pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.sync_interval)
+            self._kick.clear()
+
+    async def reconcile_once(self) -> None:
+        for key in self.routes:
+            if not self._locks[key].locked():  # a tick in progress owns the route's backends
+                await self.sync_route(key)
+        for record in self.store.list_deployments(active_only=True, limit=1000):
+            key = RouteKey(record.service, record.environment)
+            runner = self._runners.get(record.id)
+            if key in self._locks and (runner is None or runner.done()):
+                self._runners[record.id] = asyncio.create_task(
+                    self._drive(record.id, key), name=f"deployment {record.id}")
+
+    async def sync_route(self, key: RouteKey) -> None:
+        """Backends of every version = its ready instances; wakes the route's deployment when the
+        ready set changed, so a wait_ready step does not sleep through it."""
+        instances = await self.platform.instances(key.service, key.environment)
+        by_version: dict[str, list[Backend]] = {version: [] for version in self._seen.get(key, ())}
+        for instance in instances:
+            if instance.state is InstanceState.STOPPED:
+                continue
+            backends = by_version.setdefault(instance.version, [])
+            if instance.ready:
+                backends.append(Backend(instance.id, instance.host, instance.port))
+        for version, backends in by_version.items():
+            await self.router.set_backends(key, version, backends)
+        self._seen[key] = {i.version for i in instances if i.state is not InstanceState.STOPPED}
+        ready = frozenset(b.instance_id for backends in by_version.values() for b in backends)
+        if ready != self._ready.get(key):
+            self._ready[key] = ready
+            for deployment_id, route in self._driving.items():
+                if route == key:
+                    self.wake(deployment_id)
+
+    async def _drive(self, deployment_id: str, key: RouteKey) -> None:
+        """engine.run(), holding the route's lock during each tick and waking early on request."""
+        wake = self._wakes.setdefault(deployment_id, asyncio.Event())
+        self._driving[deployment_id] = key
+        errors = 0
+        try:
+            while not self._stopping:
+                wake.clear()
+                try:
+                    async with self._locks[key]:
+                        wait = await self.engine.advance(deployment_id)
+                    errors = 0
+                except Exception as exc:
+                    errors += 1
+                    wait = min(30.0, 2.0**errors)
+                    self._engine_error(deployment_id, exc, errors)
+                if math.isinf(wait):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.01, wait))
+        finally:
+            self._wakes.pop(deployment_id, None)
+            self._driving.pop(deployment_id, None)
+
+    def _engine_error(self, deployment_id: str, exc: Exception, errors: int) -> None:
+        log.error("deployment %s: tick failed (%d in a row): %s", deployment_id, errors, exc,
+                  exc_info=not isinstance(exc, SafeshipError))
+        message = f"controller could not advance the deployment: {exc}"
+        if errors == 1:
+            event = EventRecord(deployment_id, time.time(), "controller_error", message)
+            self.store.add_events([event])
+        if errors == ERRORS_BEFORE_ROLLBACK:
+            with contextlib.suppress(SafeshipError):
+                self.engine.request_rollback(deployment_id, reason=message)
+
+    def wake(self, deployment_id: str) -> None:
+        event = self._wakes.get(deployment_id)
+        if event is not None:
+            event.set()
+        self._kick.set()
+
+    # ------------------------------------------------------------ what the API calls
+
+    def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
+        environment = self.config.environment(request.environment)
+        if environment is not None and environment.platform != "local":
+            raise InputError(
+                f"environment {request.environment!r} uses platform {environment.platform!r}; "
+                "this controller runs only environments with platform: local")
+        record = self.engine.submit(request, policy=policy)
+        self._kick.set()
+        return record
+
+    def cancel(self, deployment_id: str, *, by: str = "") -> DeploymentRecord:
+        record = self.engine.cancel(deployment_id, by=by)
+        self.wake(deployment_id)
+        return record
+
+    def rollback(self, deployment_id: str, *, reason: str) -> DeploymentRecord:
+        record = self.engine.request_rollback(deployment_id, reason=reason)
+        self.wake(deployment_id)
+        return record
+
+    async def version_metrics(self, service: str, environment: str) -> dict[str, dict[str, Any]]:
+        counters = await self.router.counters(RouteKey(service, environment))
+        return {version: counters_json(c) for version, c in counters.items()}
+
+    def environments(self) -> list[dict[str, Any]]:
+        found = []
+        for environment in self.config.environment_management.environments:
+            services = []
+            for name in self.config.services:
+                key = RouteKey(name, environment.name)
+                active = self.store.active_deployment(name, environment.name)
+                services.append({
+                    "service": name,
+                    "port": self.routes.get(key),
+                    "current_version": self.engine.current_version(name, environment.name),
+                    "active_deployment": active.id if active else None,
+                    "weights": self.live_weights(key),
+                })
+            found.append({
+                "name": environment.name,
+                "type": environment.type.value,
+                "platform": environment.platform,
+                "namespace": environment.namespace,
+                "approval": environment.approval,
+                "services": services,
+            })
+        return found
+
+    def require_service(self, service: str) -> None:
+        if service not in self.config.services:
+            known = ", ".join(sorted(self.config.services)) or "none configured"
+            raise NotFoundError(f"service {service!r} is not in the config (known: {known})")

@@ -1,0 +1,406 @@
+"""LocalPlatform with real processes and real HTTP probes on loopback.
+
+Every process a test starts carries a unique marker in its environment; teardown stops the
+platforms and then SIGKILLs whatever still carries the marker, so nothing outlives a failed test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from safeship.analysis.probes import probe
+from safeship.errors import ConflictError, InputError, PermanentError
+from safeship.platforms.base import Instance, InstanceSpec, InstanceState, MemoryLedger, ProbeSpec
+from safeship.platforms.local import LocalPlatform
+
+pytestmark = pytest.mark.live
+
+REPO = Path(__file__).resolve().parents[2]
+MARK = "SAFESHIP_TEST_MARK"
+SECRET = "s3cr3t-token-value"
+SERVICE, ENV = "user-service", "test"
+USER_SERVICE = [
+    "python",
+    "-m",
+    "examples.user_service",
+    "--port",
+    "{port}",
+    "--version",
+    "{version}",
+]
+# Binds {port} (so TCP probes pass) and ignores SIGTERM: only SIGKILL stops it.
+STUBBORN = (
+    "import signal, socket, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "print('ignoring SIGTERM', flush=True)\n"
+    "time.sleep(600)\n"
+)
+SLEEPER = "import time; print('up', flush=True); time.sleep(600)"
+
+MakePlatform = Callable[..., LocalPlatform]
+
+
+def marked_pids(mark: str) -> list[int]:
+    needle = f"{MARK}={mark}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_marked(mark: str) -> None:
+    for pid in marked_pids(mark):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+@pytest.fixture
+def mark() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def ledger() -> MemoryLedger:
+    return MemoryLedger()
+
+
+@pytest.fixture
+async def make_platform(
+    tmp_path: Path, mark: str, ledger: MemoryLedger
+) -> AsyncIterator[MakePlatform]:
+    platforms: list[LocalPlatform] = []
+
+    def make(**options: Any) -> LocalPlatform:
+        settings: dict[str, Any] = {
+            "state_dir": tmp_path / "state",
+            "ledger": ledger,
+            "prober": probe,
+            "backoff_base": 0.5,
+            "backoff_cap": 5.0,
+            "secrets_for": lambda service, env: {"API_TOKEN": SECRET},
+        }
+        platform = LocalPlatform(**(settings | options))
+        platforms.append(platform)
+        return platform
+
+    try:
+        yield make
+    finally:
+        for platform in reversed(platforms):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(platform.close(stop_instances=True), 60)
+        kill_marked(mark)
+
+
+def spec(mark: str, version: str = "v1.2.0", index: int = 0, **changes: Any) -> InstanceSpec:
+    fields: dict[str, Any] = {
+        "service": SERVICE,
+        "environment": ENV,
+        "version": version,
+        "index": index,
+        "command": USER_SERVICE,
+        "env": {MARK: mark, "GREETING": "hello"},
+        "secret_env": {"API_TOKEN": SECRET},
+        "liveness": ProbeSpec(kind="http", path="/health/live", interval=0.2, failure_threshold=3),
+        "readiness": ProbeSpec(
+            kind="http", path="/health/ready", interval=0.2, failure_threshold=2
+        ),
+        "grace_period": 5.0,
+        "workdir": str(REPO),
+    }
+    return InstanceSpec(**(fields | changes))
+
+
+def script_spec(mark: str, code: str, **changes: Any) -> InstanceSpec:
+    tcp = ProbeSpec(kind="tcp", interval=0.2, failure_threshold=2)
+    return spec(
+        mark,
+        version="script",
+        command=["python", "-c", code, "{port}"],
+        liveness=tcp,
+        readiness=tcp,
+        **changes,
+    )
+
+
+async def wait_for(
+    platform: LocalPlatform,
+    check: Callable[[Instance], bool],
+    *,
+    instance_id: str | None = None,
+    timeout: float = 60.0,
+) -> Instance:
+    """Poll the platform's view until `check` holds for the instance (bounded)."""
+    last: Instance | None = None
+    for _ in range(int(timeout / 0.05)):
+        for inst in await platform.instances(SERVICE, ENV):
+            if instance_id is None or inst.id == instance_id:
+                last = inst
+                if check(inst):
+                    return inst
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached; last view: {last}")
+
+
+def ready(inst: Instance) -> bool:
+    return inst.state is InstanceState.READY
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30) -> None:
+    for _ in range(int(timeout / 0.05)):
+        outcome = condition()
+        if await outcome if isinstance(outcome, Awaitable) else outcome:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+# ---------------------------------------------------------------- start, probes, logs, env
+
+
+async def test_start_becomes_ready_through_http_probe(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str, tmp_path: Path
+) -> None:
+    platform = make_platform()
+    started = await platform.start(spec(mark))
+    assert started.state is InstanceState.STARTING
+    assert started.id == "test/user-service/v1.2.0-0"
+    assert started.pid is not None and started.port > 0
+
+    inst = await wait_for(platform, ready)
+    async with httpx.AsyncClient() as client:
+        home = (await client.get(f"http://{inst.host}:{inst.port}/", timeout=10)).json()
+    assert home["version"] == "v1.2.0" and home["pid"] == inst.pid
+
+    # Environment: the spec's variables and secrets reach the process.
+    environ = Path(f"/proc/{inst.pid}/environ").read_bytes().split(b"\0")
+    assert b"GREETING=hello" in environ
+    assert f"API_TOKEN={SECRET}".encode() in environ
+    assert b"SAFESHIP_INSTANCE_ID=test/user-service/v1.2.0-0" in environ
+
+    # The log lives at the documented path and holds the service's own output.
+    log_file = tmp_path / "state" / "logs" / "test" / "user-service" / "v1.2.0-0.log"
+    await eventually(lambda: "listening on" in log_file.read_text())
+
+    # The ledger knows the process, the secret's name, never its value.
+    record = ledger.records[inst.id]
+    assert (record["pid"], record["port"], record["state"]) == (inst.pid, inst.port, "ready")
+    assert record["spec"]["secret_names"] == ["API_TOKEN"]  # type: ignore[index]
+    assert SECRET not in json.dumps(ledger.records, default=str)
+    assert SECRET not in log_file.read_text()
+
+
+async def test_never_ready_release_stays_out_of_service(
+    make_platform: MakePlatform, mark: str
+) -> None:
+    platform = make_platform()
+    bad = await platform.start(spec(mark, version="v1.5.0"))
+    await platform.start(spec(mark, version="v1.2.0"))
+    await wait_for(platform, ready, instance_id="test/user-service/v1.2.0-0")
+    await asyncio.sleep(2.0)  # ten more readiness probes
+    (now,) = [i for i in await platform.instances(SERVICE, ENV) if i.id == bad.id]
+    assert now.state is InstanceState.STARTING
+    assert (now.pid, now.restarts) == (bad.pid, 0)  # alive: liveness passes, only readiness fails
+
+
+# ---------------------------------------------------------------- crashes and restarts
+
+
+async def test_kill_9_is_detected_and_restarted_with_backoff(
+    make_platform: MakePlatform, mark: str
+) -> None:
+    platform = make_platform(backoff_base=0.5)
+    await platform.start(spec(mark))
+    first = await wait_for(platform, ready)
+    assert first.pid is not None
+
+    killed_at = time.time()
+    os.kill(first.pid, signal.SIGKILL)
+    crashed = await wait_for(platform, lambda i: i.restarts == 1)
+    assert crashed.last_failure is not None and "signal 9" in crashed.last_failure
+    second = await wait_for(platform, lambda i: ready(i) and i.pid not in (None, first.pid))
+    assert second.restarts == 1
+    assert second.started_at - killed_at >= 0.5  # waited out the first backoff step
+
+    assert second.pid is not None
+    killed_again_at = time.time()
+    os.kill(second.pid, signal.SIGKILL)
+    third = await wait_for(platform, lambda i: i.restarts == 2 and i.pid not in (None, second.pid))
+    assert third.started_at - killed_again_at >= 1.0  # the backoff doubled
+    assert third.port == first.port  # a restart keeps the instance's address
+
+
+async def test_liveness_failure_restarts_the_process(
+    make_platform: MakePlatform, mark: str
+) -> None:
+    platform = make_platform()
+    # It never listens, so the TCP liveness probe fails until the platform restarts it.
+    started = await platform.start(script_spec(mark, SLEEPER))
+    failed = await wait_for(platform, lambda i: i.restarts >= 1)
+    assert failed.last_failure is not None
+    assert failed.last_failure.startswith("liveness failed 2 times: ")
+    assert started.pid is not None
+    await eventually(lambda: not running(started.pid))  # type: ignore[arg-type]
+
+
+async def test_exec_probe_output_is_redacted(make_platform: MakePlatform, mark: str) -> None:
+    platform = make_platform()
+    leaky = ProbeSpec(
+        kind="exec",
+        command=("python3", "-c", "import os; print(os.environ['API_TOKEN']); raise SystemExit(1)"),
+        interval=0.3,
+        timeout=10.0,
+        failure_threshold=1,
+    )
+    await platform.start(spec(mark, liveness=leaky))
+    failed = await wait_for(platform, lambda i: i.restarts >= 1)
+    assert failed.last_failure is not None and "***" in failed.last_failure
+    assert SECRET not in failed.last_failure
+
+
+# ---------------------------------------------------------------- stopping
+
+
+async def test_stop_sigkills_a_process_that_ignores_sigterm(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str, tmp_path: Path
+) -> None:
+    platform = make_platform()
+    started = await platform.start(script_spec(mark, STUBBORN, grace_period=1.0))
+    inst = await wait_for(platform, ready)
+    log_file = tmp_path / "state" / "logs" / "test" / "user-service" / "script-0.log"
+    await eventually(lambda: "ignoring SIGTERM" in log_file.read_text())
+
+    began = time.monotonic()
+    await platform.stop(started, drain=0.0)
+    assert time.monotonic() - began >= 1.0  # it sat out the grace period before SIGKILL
+    assert started.state is InstanceState.STOPPED
+    assert inst.pid is not None and not running(inst.pid)
+    assert "killed by signal 9" in log_file.read_text()
+    assert await platform.instances(SERVICE, ENV) == []
+    assert ledger.records == {}
+
+
+async def test_stop_drains_then_terminates_gracefully(
+    make_platform: MakePlatform, mark: str, tmp_path: Path
+) -> None:
+    platform = make_platform()
+    inst = await platform.start(spec(mark))
+    await wait_for(platform, ready)
+    began = time.monotonic()
+    stopping = asyncio.create_task(platform.stop(inst, drain=0.6))
+    await asyncio.sleep(0.2)
+    (draining,) = await platform.instances(SERVICE, ENV)
+    assert draining.state is InstanceState.UNREADY  # no longer a traffic target
+    await stopping
+    assert time.monotonic() - began >= 0.6
+    log_text = (tmp_path / "state/logs/test/user-service/v1.2.0-0.log").read_text()
+    assert "SIGTERM: draining" in log_text and "exited with code 0" in log_text
+
+
+# ---------------------------------------------------------------- adoption
+
+
+async def test_adopt_resumes_live_instances_and_restarts_dead_ones(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str
+) -> None:
+    first = make_platform()
+    await first.start(spec(mark, index=0))
+    await first.start(spec(mark, index=1))
+    for index in (0, 1):
+        await wait_for(first, ready, instance_id=f"test/user-service/v1.2.0-{index}")
+    before = {i.index: i for i in await first.instances(SERVICE, ENV)}
+    await first.close()  # the controller goes away; the services keep serving
+    alive_pid, dead_pid = before[0].pid, before[1].pid
+    assert alive_pid is not None and dead_pid is not None
+    assert running(alive_pid) and running(dead_pid)
+    os.kill(dead_pid, signal.SIGKILL)
+    await eventually(lambda: not running(dead_pid))
+
+    second = make_platform()
+    adopted = {i.index: i for i in await second.adopt()}
+    assert set(adopted) == {0, 1}
+    assert adopted[0].pid == alive_pid and adopted[0].restarts == 0
+    assert await second.adopt() == []  # idempotent
+
+    revived = await wait_for(
+        second, lambda i: ready(i) and i.pid not in (None, dead_pid), instance_id=before[1].id
+    )
+    assert revived.restarts == 1
+    assert revived.last_failure is not None and "while unsupervised" in revived.last_failure
+    assert sorted(marked_pids(mark)) == sorted([alive_pid, revived.pid])  # no duplicates
+
+    # The adopted process is supervised again: a crash is noticed and repaired.
+    os.kill(alive_pid, signal.SIGKILL)
+    await wait_for(
+        second, lambda i: ready(i) and i.pid not in (None, alive_pid), instance_id=before[0].id
+    )
+
+    # A platform that did not adopt refuses to start a duplicate.
+    with pytest.raises(ConflictError, match="adopt"):
+        await make_platform().start(spec(mark, index=0))
+
+
+async def test_adopt_does_not_trust_a_reused_pid(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str
+) -> None:
+    first = make_platform()
+    inst = await first.start(spec(mark))
+    await wait_for(first, ready)
+    await first.close()
+    assert inst.pid is not None
+    os.kill(inst.pid, signal.SIGKILL)
+    await eventually(lambda: not running(inst.pid))  # type: ignore[arg-type]
+    # Pretend the PID was reused by a live process: this test runner.
+    ledger.records[inst.id] |= {"pid": os.getpid(), "start_ticks": 1}
+
+    second = make_platform()
+    await second.adopt()
+    revived = await wait_for(second, lambda i: ready(i) and i.pid not in (None, os.getpid()))
+    assert revived.restarts == 1
+    assert running(os.getpid())  # and nothing signalled the impostor
+
+
+# ---------------------------------------------------------------- bad input
+
+
+async def test_start_rejects_bad_specs(make_platform: MakePlatform, mark: str) -> None:
+    platform = make_platform()
+    with pytest.raises(InputError, match="unknown placeholder"):
+        await platform.start(spec(mark, command=["python", "--prot", "{prot}"]))
+    with pytest.raises(InputError, match="needs a command"):
+        await platform.start(spec(mark, command=[]))
+    with pytest.raises(InputError):
+        await platform.start(spec(mark, service="../escape"))
+    with pytest.raises(PermanentError, match="could not start"):
+        await platform.start(spec(mark, command=["/nonexistent/safeship-binary"]))
+    await platform.start(spec(mark))
+    with pytest.raises(ConflictError):
+        await platform.start(spec(mark))
