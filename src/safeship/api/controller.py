@@ -139,8 +139,12 @@ class Controller:
 
     def managed_routes(self) -> list[RouteKey]:
         environments = self.config.environment_management.environments
-        return [RouteKey(service, env.name) for env in environments if env.platform == "local"
-                for service in self.config.services]
+        return [
+            RouteKey(service, env.name)
+            for env in environments
+            if env.platform == "local"
+            for service in self.config.services
+        ]
 
     async def start(self) -> None:
         """Adopt the processes left running, restore backends and weights, then listen and loop."""
@@ -189,8 +193,10 @@ class Controller:
         return None
 
     def _write_routes(self) -> None:
-        routes = [{"service": k.service, "environment": k.environment, "host": HOST, "port": port}
-                  for k, port in self.routes.items()]
+        routes = [
+            {"service": k.service, "environment": k.environment, "host": HOST, "port": port}
+            for k, port in self.routes.items()
+        ]
         write_json_atomically(self.state_dir / ROUTES_FILE, {"routes": routes})
 
     async def _restore_weights(self, key: RouteKey) -> None:
@@ -235,7 +241,8 @@ class Controller:
             runner = self._runners.get(record.id)
             if key in self._locks and (runner is None or runner.done()):
                 self._runners[record.id] = asyncio.create_task(
-                    self._drive(record.id, key), name=f"deployment {record.id}")
+                    self._drive(record.id, key), name=f"deployment {record.id}"
+                )
 
     async def sync_route(self, key: RouteKey) -> None:
         """Backends of every version = its ready instances; wakes the route's deployment when the
@@ -283,8 +290,13 @@ class Controller:
             self._driving.pop(deployment_id, None)
 
     def _engine_error(self, deployment_id: str, exc: Exception, errors: int) -> None:
-        log.error("deployment %s: tick failed (%d in a row): %s", deployment_id, errors, exc,
-                  exc_info=not isinstance(exc, SafeshipError))
+        log.error(
+            "deployment %s: tick failed (%d in a row): %s",
+            deployment_id,
+            errors,
+            exc,
+            exc_info=not isinstance(exc, SafeshipError),
+        )
         message = f"controller could not advance the deployment: {exc}"
         if errors == 1:
             event = EventRecord(deployment_id, time.time(), "controller_error", message)
@@ -306,7 +318,8 @@ class Controller:
         if environment is not None and environment.platform != "local":
             raise InputError(
                 f"environment {request.environment!r} uses platform {environment.platform!r}; "
-                "this controller runs only environments with platform: local")
+                "this controller runs only environments with platform: local"
+            )
         record = self.engine.submit(request, policy=policy)
         self._kick.set()
         return record
@@ -332,21 +345,25 @@ class Controller:
             for name in self.config.services:
                 key = RouteKey(name, environment.name)
                 active = self.store.active_deployment(name, environment.name)
-                services.append({
-                    "service": name,
-                    "port": self.routes.get(key),
-                    "current_version": self.engine.current_version(name, environment.name),
-                    "active_deployment": active.id if active else None,
-                    "weights": self.live_weights(key),
-                })
-            found.append({
-                "name": environment.name,
-                "type": environment.type.value,
-                "platform": environment.platform,
-                "namespace": environment.namespace,
-                "approval": environment.approval,
-                "services": services,
-            })
+                services.append(
+                    {
+                        "service": name,
+                        "port": self.routes.get(key),
+                        "current_version": self.engine.current_version(name, environment.name),
+                        "active_deployment": active.id if active else None,
+                        "weights": self.live_weights(key),
+                    }
+                )
+            found.append(
+                {
+                    "name": environment.name,
+                    "type": environment.type.value,
+                    "platform": environment.platform,
+                    "namespace": environment.namespace,
+                    "approval": environment.approval,
+                    "services": services,
+                }
+            )
         return found
 
     def require_service(self, service: str) -> None:

@@ -22,6 +22,7 @@ from safeship.cli.common import (
     state_dir,
 )
 from safeship.config.models import DeploymentRequest, DeploymentStrategy, SafeshipConfig
+from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase
 from safeship.errors import InputError, NotFoundError
 from safeship.store import DeploymentRecord, Store
@@ -97,6 +98,7 @@ def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> in
         known = ", ".join(e.name for e in config.environment_management.environments) or "none"
         raise NotFoundError(f"{args.config}: environment {request.environment!r} is not configured (known: {known})")
     policy_for(args.policy)  # an unknown policy is bad input: fail before anything starts
+    validate_request(config, store, request)
     if environment.platform == "sim":
         return asyncio.run(_deploy_sim(args, config, store, request))
     return _deploy_remote(args, request)

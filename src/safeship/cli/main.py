@@ -50,3 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in result.items():
             output.console.print(f"[bold]{key:>26}[/bold]  {value}")
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

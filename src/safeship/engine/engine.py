@@ -20,8 +20,10 @@ from safeship.analysis.base import Policy
 from safeship.config.models import (
     DeploymentRequest,
     DeploymentStrategy,
+    Environment,
     HealthCheckFailureTrigger,
     SafeshipConfig,
+    ServiceConfig,
 )
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.notify import LogSink, Notification, NotificationSink
@@ -66,26 +68,7 @@ class DeploymentEngine:
 
     def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
         """Validate, select a strategy, plan, and persist the deployment as pending."""
-        service = self.config.services.get(request.service_name)
-        if service is None:
-            known = ", ".join(sorted(self.config.services)) or "none configured"
-            raise NotFoundError(f"service {request.service_name!r} is not in the config (known: {known})")
-        environment = self.config.environment(request.environment)
-        if environment is None:
-            known = ", ".join(e.name for e in self.config.environment_management.environments) or "none"
-            raise NotFoundError(f"environment {request.environment!r} is not in the config (known: {known})")
-        if service.versions and request.version not in service.versions:
-            raise NotFoundError(
-                f"version {request.version!r} of {request.service_name} is not known "
-                f"(known: {', '.join(service.versions)})"
-            )
-        active = self.store.active_deployment(request.service_name, request.environment)
-        if active is not None:
-            raise ConflictError(
-                f"{request.service_name} already has deployment {active.id} ({active.version}, {active.phase}) "
-                f"in {request.environment}; wait for it or cancel it with "
-                f"`deployment-engine --cancel --deployment-id {active.id}`"
-            )
+        service, environment = validate_request(self.config, self.store, request)
         baseline = self.current_version(request.service_name, request.environment)
         if baseline == request.version:
             raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
@@ -432,6 +415,33 @@ class DeploymentEngine:
             if phase in ("rolling_back", "rolled_back", "failed", "succeeded", "cancelled"):
                 self.notifier.notify(Notification(phase, record.id, record.service, record.environment,
                                                   event.message, dict(tick.get("evidence") or {})))
+
+
+def validate_request(
+    config: SafeshipConfig, store: Store, request: DeploymentRequest
+) -> tuple[ServiceConfig, Environment]:
+    """The service, version and environment exist, and nothing else is deploying there."""
+    service = config.services.get(request.service_name)
+    if service is None:
+        known = ", ".join(sorted(config.services)) or "none configured"
+        raise NotFoundError(f"service {request.service_name!r} is not in the config (known: {known})")
+    environment = config.environment(request.environment)
+    if environment is None:
+        known = ", ".join(e.name for e in config.environment_management.environments) or "none"
+        raise NotFoundError(f"environment {request.environment!r} is not in the config (known: {known})")
+    if service.versions and request.version not in service.versions:
+        raise NotFoundError(
+            f"version {request.version!r} of {request.service_name} is not known "
+            f"(known: {', '.join(service.versions)})"
+        )
+    active = store.active_deployment(request.service_name, request.environment)
+    if active is not None:
+        raise ConflictError(
+            f"{request.service_name} already has deployment {active.id} ({active.version}, {active.phase}) "
+            f"in {request.environment}; wait for it or cancel it with "
+            f"`deployment-engine --cancel --deployment-id {active.id}`"
+        )
+    return service, environment
 
 
 def _slower(step: Step) -> Step:

@@ -23,12 +23,14 @@ Sources:
   the benchmark's 30-minute scenarios this model runs 3 judgements 5 minutes apart (15 minutes)
   with one data point per 10 s look, 30 to 90 points per version and metric.
 
-What the test compares: per 10 s point, each version's error rate (failed / requests) and mean
-latency (the mean, not a p99, because the canary's few requests and the baseline's many would
-bias a per-point quantile), and each custom-metric gauge. The schedule is Spinnaker's: one canary
-step at a modest weight (the configured schedule's first weight), then promotion. Single-version
-phases have no baseline to compare with, so Kayenta has nothing to judge there and they pass when
-their duration is over.
+What the test compares: per 10 s point, each version's error rate (failed / requests), its mean
+latency and each custom-metric gauge. The mean, not a p99, because the canary's few requests and
+the baseline's many would bias a per-point quantile; and the mean of the latency histogram
+(geometric bucket middles), not ``latency_sum_ms``, because the sim world writes the exact
+theoretical mean there, which would give noiseless points that differ by rounding alone. The
+schedule is Spinnaker's: one canary step at a modest weight (the configured schedule's first
+weight), then promotion. Single-version phases have no baseline to compare with, so Kayenta has
+nothing to judge there and they pass when their duration is over.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from safeship import histogram
 from safeship.analysis.base import Decision, StepContext, TickSample, Verdict
 from safeship.config.models import AnalysisConfig, CustomMetricTrigger
 from safeship.routing.base import TrafficCounters
@@ -56,6 +59,10 @@ NODATA_FAIL_SHARE = 0.5
 ERROR_RATE = "error-rate"
 LATENCY = "latency-mean-ms"
 _EPSILON = 1e-6
+_BUCKET_MIDDLES = [
+    math.sqrt(upper * (histogram.BOUNDS_MS[i - 1] if i else upper / 1.15))
+    for i, upper in enumerate(histogram.BOUNDS_MS)
+] + [histogram.BOUNDS_MS[-1]]  # the overflow bucket: at least its lower bound
 
 
 class KayentaPolicy:
@@ -156,7 +163,11 @@ def _error_rate(counters: TrafficCounters) -> float | None:
 
 
 def _mean_latency(counters: TrafficCounters) -> float | None:
-    return counters.latency_sum_ms / counters.requests if counters.requests else None
+    """The histogram's mean: each request at its bucket's geometric middle."""
+    if not counters.requests:
+        return None
+    total = sum(count * _BUCKET_MIDDLES[i] for i, count in enumerate(counters.latency_buckets))
+    return total / counters.requests
 
 
 def _finite(value: float | None) -> float | None:

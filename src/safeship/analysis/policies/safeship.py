@@ -1,0 +1,459 @@
+"""safeship's own policy: a paced canary schedule judged by anytime-valid sequential tests.
+
+Judge (see `analysis/judge.py` for the math). While a baseline serves beside the candidate, every
+look folds the tick into two-sample tests: failed requests (null: candidate rate <= error_tolerance
+x baseline), slow requests above the baseline's p95 and p99 buckets (null: slow share <=
+latency_tolerance x baseline's), and a sign test per custom gauge. The seed's absolute triggers
+run as one-sample tests on the candidate in every phase. In single-version phases (blue-green
+after the switch, recreate, post-promotion monitoring) the candidate is tested against the
+baseline rates remembered from the compare phase: the null is tolerance x an upper confidence
+bound of the baseline rate. The moment any e-value reaches 1/alpha_i the policy says FAILED.
+
+alpha (AnalysisConfig.alpha) is split across tests by fixed shares (weighted Bonferroni; see
+`SHARES`), so the chance of rolling back a release equal to its baseline, over every metric and
+every look, is at most alpha. Because every look is valid, the policy looks every second: gross
+failure is decided within a few seconds of the candidate's first request, and a look costs no
+statistical budget.
+
+Schedule. The configured weights are used as they are (seed default 5, 10, 25, 50, 75, 100). A
+step advances when all of these hold:
+
+* `min_step_duration` has passed in the step;
+* no test is "suspicious" (e >= sqrt(1/alpha_i)): a growing regression is judged at the current,
+  cheaper weight rather than at a larger one (held at most 2 x step_duration);
+* the ramp envelope allows it: weight w may be left once the analysis has run
+  ramp_time x sqrt(w/100) seconds (default 300 s: leave 5% at 67 s, 25% at 150 s, 75% at 260 s).
+  The envelope is convex in time: most of the minimum canary time is spent at low weights, where
+  a late regression (errors that start minutes after traffic) costs the fewest failed requests
+  to detect (at a high weight the baseline's own counts are the bottleneck);
+* enough evidence: the candidate served `min_candidate_requests`, and enough requests that at the
+  baseline's error rate it would have failed `min_expected_failures` times, so a large regression
+  (say 10x) would have shown by now.
+
+A step whose `step_duration` ran out with no harm shown advances anyway: `step_duration` is "the
+longest a step waits for evidence". This is how a quiet service (2 rps) gets through: its tests
+stay inconclusive, never fail, and the schedule advances on time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from safeship import histogram
+from safeship.analysis import judge
+from safeship.analysis.base import Decision, StepContext, ThresholdTrigger, TickSample, Verdict
+from safeship.config.models import (
+    AnalysisConfig,
+    CustomMetricTrigger,
+    ErrorRateThresholdTrigger,
+    ResponseTimeThresholdTrigger,
+)
+from safeship.routing.base import TrafficCounters
+
+State = dict[str, Any]
+
+# Shares of alpha. Errors get the most: they are the commonest regression and the costliest.
+SHARES: Mapping[str, float] = {
+    "errors": 0.40,
+    "latency": 0.25,  # p95 and p99, half each
+    "triggers": 0.15,  # the seed's absolute triggers, equal parts
+    "metrics": 0.05,  # custom gauges vs baseline: 1/2, 1/4, ... of this, in order of discovery
+    "single": 0.15,  # single-version phases: errors, p95, p99; half of each for the baseline bound
+}
+QUANTILES: Mapping[str, float] = {"latency_p95": 0.95, "latency_p99": 0.99}
+SINGLE_TESTS = ("single_errors", "single_p95", "single_p99")
+TRIGGER_SHARE_OF_SLOW = {"p95": 0.05, "p99": 0.01}  # "p95 above T" <=> more than 5% slower than T
+
+
+@dataclass(frozen=True)
+class SafeshipSettings:
+    look_interval: float = 1.0  # seconds between looks (never more than analysis.interval)
+    ramp_time: float = 300.0  # envelope: weight w may be left after ramp_time * sqrt(w/100)
+    min_candidate_requests: int = 200
+    min_expected_failures: float = 1.0  # candidate requests x baseline error rate
+    rate_floor: float = 0.001  # a baseline without failures is treated as failing this often
+    latency_warmup: int = 200  # baseline requests before the slow-request thresholds exist
+    suspicion: float = 0.5  # hold while log e >= suspicion * log(1/alpha_i)
+    custom_tolerance: float = 0.2  # a gauge may be this much (relative) above the baseline's
+    restarts: judge.Restarts = field(default_factory=judge.Restarts)
+
+
+class SafeshipPolicy:
+    name = "safeship"
+
+    def __init__(self, settings: SafeshipSettings | None = None) -> None:
+        self.settings = settings or SafeshipSettings()
+
+    # ------------------------------------------------------------ Policy protocol
+
+    def weights(self, configured: Sequence[int]) -> list[int]:
+        """The configured weights, ending at 100. Pacing, not skipping, keeps a bad release small:
+        a regression costs fewer failed requests to detect at a low weight than at a high one."""
+        steps = sorted({int(w) for w in configured if 0 < int(w) <= 100})
+        return steps if steps and steps[-1] == 100 else [*steps, 100]
+
+    def interval(self, analysis: AnalysisConfig) -> float:
+        return min(float(analysis.interval), self.settings.look_interval)
+
+    def start(self) -> State:
+        return {
+            "clock": 0.0,
+            "base": {"n": 0, "x": 0, "h": histogram.empty()},
+            "cand": {"n": 0, "x": 0},
+            "tests": {},
+            "taus": {},
+            "gauges": {"order": [], "last": {}, "windows": {}},
+            "single": None,
+        }
+
+    def observe(
+        self, state: dict[str, Any], sample: TickSample, ctx: StepContext
+    ) -> tuple[dict[str, Any], Decision]:
+        new = {**state, "clock": float(state.get("clock", 0.0)) + max(0.0, sample.dt)}
+        if ctx.compare:
+            new = self._fold_compare(new, sample, ctx)
+        else:
+            new = self._fold_single(new, sample, ctx)
+        new = self._fold_triggers(new, sample, ctx)
+        alphas = self._alphas(new, ctx)
+        failure = self._failure(new, alphas, ctx)
+        if failure is not None:
+            return new, failure
+        if ctx.compare:
+            return new, self._schedule(new, alphas, sample, ctx)
+        return new, self._single_schedule(ctx)
+
+    # ------------------------------------------------------------ folding one tick in
+
+    def _fold_compare(self, st: State, sample: TickSample, ctx: StepContext) -> State:
+        b, c = sample.baseline, sample.candidate
+        now, restarts = st["clock"], self.settings.restarts
+        tests = dict(st["tests"])
+        tests["errors"] = judge.update_two_sample(
+            tests.get("errors", judge.new_e_process()),
+            b.requests, b.failed, c.requests, c.failed,
+            ctx.analysis.error_tolerance, now=now, restarts=restarts,
+        )  # fmt: skip
+        taus = dict(st["taus"])
+        for name, q in QUANTILES.items():
+            tau = judge.threshold_bucket(st["base"]["h"], q, self.settings.latency_warmup)
+            if tau is None:
+                continue
+            taus[name] = tau
+            tests[name] = judge.update_two_sample(
+                tests.get(name, judge.new_e_process()),
+                sum(b.latency_buckets), histogram.count_above(b.latency_buckets, tau),
+                sum(c.latency_buckets), histogram.count_above(c.latency_buckets, tau),
+                ctx.analysis.latency_tolerance, now=now, restarts=restarts,
+            )  # fmt: skip
+        tests, gauges = self._fold_gauge_comparisons(st, tests, sample, ctx)
+        base, cand = st["base"], st["cand"]
+        return {
+            **st,
+            "tests": tests,
+            "gauges": gauges,
+            "taus": taus,
+            "base": {
+                "n": base["n"] + b.requests,
+                "x": base["x"] + b.failed,
+                "h": [u + v for u, v in zip(base["h"], b.latency_buckets, strict=True)],
+            },
+            "cand": {"n": cand["n"] + c.requests, "x": cand["x"] + c.failed},
+        }
+
+    def _fold_gauge_comparisons(
+        self, st: State, tests: dict[str, Any], sample: TickSample, ctx: StepContext
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sign test per gauge: is the candidate worse than baseline x (1 + tolerance) in more
+        than half of the looks? Exact when the look-to-look noise is symmetric, whatever its size;
+        looks are spaced at least analysis.interval apart to keep them close to independent."""
+        gauges = st["gauges"]
+        last = gauges["last"]
+        tolerance = self.settings.custom_tolerance
+        for name in sorted(set(sample.candidate_gauges) & set(sample.baseline_gauges)):
+            if st["clock"] - float(last.get(name, -math.inf)) < ctx.analysis.interval - 1e-9:
+                continue
+            base, cand = sample.baseline_gauges[name], sample.candidate_gauges[name]
+            if not (math.isfinite(base) and math.isfinite(cand)):
+                continue
+            worse = 1.0 if cand > base + tolerance * abs(base) else 0.0
+            key = f"metric:{name}"
+            tests[key] = judge.update_one_sample(
+                tests.get(key, judge.new_e_process()), 1.0, worse, 0.5,
+                now=st["clock"], restarts=self.settings.restarts,
+            )  # fmt: skip
+            last = {**last, name: st["clock"]}
+            if name not in gauges["order"]:
+                gauges = {**gauges, "order": [*gauges["order"], name]}
+        return tests, {**gauges, "last": last}
+
+    def _fold_single(self, st: State, sample: TickSample, ctx: StepContext) -> State:
+        single = st.get("single") or self._single_nulls(st, ctx)
+        if single is None:
+            return st
+        c = sample.candidate
+        tests = dict(st["tests"])
+        counts = {"single_errors": (c.requests, c.failed)}
+        n_lat = sum(c.latency_buckets)
+        for name in ("single_p95", "single_p99"):
+            if name in single:
+                counts[name] = (
+                    n_lat,
+                    histogram.count_above(c.latency_buckets, single[name]["tau"]),
+                )
+        for name, (n, x) in counts.items():
+            tests[name] = judge.update_one_sample(
+                tests.get(name, judge.new_e_process()), n, x, single[name]["p0"],
+                now=st["clock"], restarts=self.settings.restarts,
+            )  # fmt: skip
+        return {**st, "tests": tests, "single": single}
+
+    def _single_nulls(self, st: State, ctx: StepContext) -> dict[str, Any] | None:
+        """Nulls for single-version phases, frozen at the first such look: tolerance x an upper
+        confidence bound of the baseline's rate (level 1 - delta, delta = half the test's alpha),
+        so a wrong bound and a false alarm together stay within the test's alpha."""
+        base = st["base"]
+        if base["n"] <= 0:
+            return None
+        delta = ctx.analysis.alpha * _share("single") / len(SINGLE_TESTS) / 2
+        bound = judge.rate_upper_bound(base["n"], base["x"], delta)
+        nulls: dict[str, Any] = {
+            "single_errors": {
+                "p0": ctx.analysis.error_tolerance * bound,
+                "rate": base["x"] / base["n"],
+            }
+        }
+        n_hist = sum(base["h"])
+        for name, q in (("single_p95", 0.95), ("single_p99", 0.99)):
+            tau = judge.threshold_bucket(base["h"], q, self.settings.latency_warmup)
+            if tau is None:
+                continue
+            slow = histogram.count_above(base["h"], tau)
+            p0 = ctx.analysis.latency_tolerance * judge.rate_upper_bound(n_hist, slow, delta)
+            nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist}
+        return nulls
+
+    def _fold_triggers(self, st: State, sample: TickSample, ctx: StepContext) -> State:
+        tests = dict(st["tests"])
+        gauges = st["gauges"]
+        now, restarts, c = st["clock"], self.settings.restarts, sample.candidate
+        for trigger in ctx.triggers:
+            key = _trigger_key(trigger)
+            prior = tests.get(key, judge.new_e_process())
+            if isinstance(trigger, ErrorRateThresholdTrigger):
+                tests[key] = judge.update_one_sample(
+                    prior, c.requests, c.failed, trigger.threshold, now=now, restarts=restarts
+                )
+            elif isinstance(trigger, ResponseTimeThresholdTrigger):
+                tests[key] = _fold_response_time(prior, trigger, c, now, restarts)
+            elif isinstance(trigger, CustomMetricTrigger):
+                value = sample.candidate_gauges.get(trigger.metric)
+                if value is None or not math.isfinite(value):
+                    continue
+                windows = dict(gauges["windows"])
+                looks = [*windows.get(key, []), [now, float(value)]]
+                windows[key] = [look for look in looks if now - look[0] <= trigger.duration]
+                gauges = {**gauges, "windows": windows}
+                last = float(gauges["last"].get(key, -math.inf))
+                if now - last >= ctx.analysis.interval - 1e-9:
+                    above = 1.0 if value > trigger.threshold else 0.0
+                    tests[key] = judge.update_one_sample(
+                        prior, 1.0, above, 0.5, now=now, restarts=restarts
+                    )
+                    gauges = {**gauges, "last": {**gauges["last"], key: now}}
+        return {**st, "tests": tests, "gauges": gauges}
+
+    # ------------------------------------------------------------ deciding
+
+    def _alphas(self, st: State, ctx: StepContext) -> dict[str, float]:
+        alpha = ctx.analysis.alpha
+        alphas = {
+            "errors": alpha * _share("errors"),
+            **{name: alpha * _share("latency") / len(QUANTILES) for name in QUANTILES},
+            **{name: alpha * _share("single") / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS},
+        }
+        triggers = [_trigger_key(t) for t in ctx.triggers]
+        for key in triggers:
+            alphas[key] = alpha * _share("triggers") / len(triggers)
+        for index, name in enumerate(st["gauges"]["order"]):
+            alphas[f"metric:{name}"] = alpha * _share("metrics") / 2 ** (index + 1)
+        return alphas
+
+    def _failure(self, st: State, alphas: Mapping[str, float], ctx: StepContext) -> Decision | None:
+        for name, test in st["tests"].items():
+            alpha = alphas.get(name)
+            if alpha is None or not judge.crossed(test, alpha):
+                continue
+            trigger = _trigger_by_key(ctx.triggers, name)
+            if isinstance(trigger, CustomMetricTrigger) and not judge.window_mean_exceeds(
+                st["gauges"]["windows"].get(name, []), trigger.threshold, trigger.duration
+            ):
+                continue
+            return _explain_failure(st, name, alpha, trigger)
+        return None
+
+    def _schedule(
+        self, st: State, alphas: Mapping[str, float], sample: TickSample, ctx: StepContext
+    ) -> Decision:
+        in_step, longest = ctx.time_in_step, ctx.step_duration
+        evidence = _summary(st, alphas)
+        if in_step < ctx.min_step_duration:
+            return Decision(Verdict.INCONCLUSIVE, "minimum step duration", evidence)
+        suspect = self._suspect(st, alphas)
+        if suspect is not None and in_step < 2 * longest:
+            return Decision(Verdict.INCONCLUSIVE, f"holding: {suspect} is growing", evidence)
+        if in_step >= longest:
+            return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
+        envelope = self.settings.ramp_time * math.sqrt(min(100, sample.candidate_weight) / 100)
+        if ctx.time_in_analysis < envelope:
+            return Decision(
+                Verdict.INCONCLUSIVE, f"pacing: weight held until {envelope:.0f}s", evidence
+            )
+        if not self._enough_evidence(st):
+            return Decision(Verdict.INCONCLUSIVE, "too little candidate traffic yet", evidence)
+        return Decision(Verdict.ADVANCE, "no regression beyond tolerance", evidence)
+
+    def _single_schedule(self, ctx: StepContext) -> Decision:
+        if ctx.time_in_step >= ctx.step_duration:
+            return Decision(Verdict.SUCCESSFUL, "no regression during the window")
+        return Decision(Verdict.INCONCLUSIVE, "watching")
+
+    def _suspect(self, st: State, alphas: Mapping[str, float]) -> str | None:
+        for name, test in st["tests"].items():
+            alpha = alphas.get(name)
+            level = self.settings.suspicion * -math.log(alpha) if alpha else math.inf
+            if judge.log_e_value(test) >= level:
+                return f"{name} (e={judge.e_value(test):.3g})"
+        return None
+
+    def _enough_evidence(self, st: State) -> bool:
+        base, cand = st["base"], st["cand"]
+        if base["n"] <= 0 or cand["n"] < self.settings.min_candidate_requests:
+            return False
+        rate = max(base["x"] / base["n"], self.settings.rate_floor)
+        return bool(cand["n"] * rate >= self.settings.min_expected_failures)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _share(name: str) -> float:
+    return SHARES[name] / sum(SHARES.values())
+
+
+def _trigger_key(trigger: ThresholdTrigger) -> str:
+    if isinstance(trigger, CustomMetricTrigger):
+        return f"trigger:custom_metric:{trigger.metric}:{trigger.threshold:g}"
+    if isinstance(trigger, ResponseTimeThresholdTrigger):
+        return f"trigger:response_time:{trigger.statistic}:{trigger.threshold:g}"
+    return f"trigger:error_rate:{trigger.threshold:g}"
+
+
+def _trigger_by_key(triggers: Sequence[ThresholdTrigger], key: str) -> ThresholdTrigger | None:
+    return next((t for t in triggers if _trigger_key(t) == key), None)
+
+
+def _fold_response_time(
+    prior: Mapping[str, Any],
+    trigger: ResponseTimeThresholdTrigger,
+    c: TrafficCounters,
+    now: float,
+    restarts: judge.Restarts,
+) -> dict[str, Any]:
+    """p95/p99: the share of requests surely slower than the threshold (above its bucket) against
+    5% / 1%. mean: testing by betting on the exact latency sum (latencies are nonnegative)."""
+    threshold_ms = trigger.threshold * 1000.0
+    if trigger.statistic == "mean":
+        return judge.update_mean(
+            prior, c.requests, c.latency_sum_ms, threshold_ms, now=now, restarts=restarts
+        )
+    slow = histogram.count_above(c.latency_buckets, histogram.bucket_of(threshold_ms))
+    p0 = TRIGGER_SHARE_OF_SLOW[trigger.statistic]
+    return judge.update_one_sample(
+        prior, sum(c.latency_buckets), slow, p0, now=now, restarts=restarts
+    )
+
+
+def _summary(st: State, alphas: Mapping[str, float]) -> dict[str, Any]:
+    base, cand = st["base"], st["cand"]
+    return {
+        "candidate_requests": cand["n"],
+        "candidate_failed": cand["x"],
+        "baseline_requests": base["n"],
+        "baseline_failed": base["x"],
+        "e_values": {n: round(judge.e_value(t), 3) for n, t in st["tests"].items() if n in alphas},
+    }
+
+
+def _pct(rate: float) -> str:
+    return f"{100 * rate:.2g}%"
+
+
+def _explain_failure(
+    st: State, name: str, alpha: float, trigger: ThresholdTrigger | None
+) -> Decision:
+    test = st["tests"][name]
+    e, bound = judge.e_value(test), 1.0 / alpha
+    run = judge.strongest_run(test) or {"j": 0, "counts": []}
+    counts = run["counts"]
+    stat = f"sequential test, e={e:.3g} > {bound:.0f}"
+    evidence: dict[str, Any] = {
+        "trigger": trigger.type if trigger is not None else "analysis",
+        "test": name,
+        "e_value": e,
+        "bound": bound,
+        "counts": counts,
+        "run_start_index": run["j"],
+    }
+    return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger)} ({stat})", evidence)
+
+
+def _rate(events: float, trials: float) -> float:
+    return events / trials if trials > 0 else 0.0
+
+
+def _describe(
+    st: State, name: str, counts: Sequence[float], trigger: ThresholdTrigger | None
+) -> str:
+    if name == "errors":
+        n_b, x_b, n_c, x_c = counts
+        return f"error rate {_pct(_rate(x_c, n_c))} vs baseline {_pct(_rate(x_b, n_b))}"
+    if name in QUANTILES:
+        n_b, x_b, n_c, x_c = counts
+        ms = histogram.BOUNDS_MS[min(st["taus"][name], len(histogram.BOUNDS_MS) - 1)]
+        return (
+            f"{name.removeprefix('latency_')} latency: {_pct(_rate(x_c, n_c))} of candidate"
+            f" requests slower than {ms:.0f} ms vs {_pct(_rate(x_b, n_b))} of baseline requests"
+        )
+    n, x = counts
+    if name in SINGLE_TESTS:
+        null = st["single"][name]
+        what = "error rate" if name == "single_errors" else f"{name[-3:]} slow share"
+        return (
+            f"{what} {_pct(_rate(x, n))} vs baseline {_pct(null['rate'])} before the switch"
+            f" (null {_pct(null['p0'])})"
+        )
+    if name.startswith("metric:"):
+        return f"{name[7:]}: candidate worse than baseline in {x:.0f} of {n:.0f} looks"
+    return _describe_trigger(trigger, n, x)
+
+
+def _describe_trigger(trigger: ThresholdTrigger | None, n: float, x: float) -> str:
+    if isinstance(trigger, ErrorRateThresholdTrigger):
+        return f"error rate {_pct(_rate(x, n))} above the {_pct(trigger.threshold)} trigger"
+    if isinstance(trigger, ResponseTimeThresholdTrigger):
+        ms = trigger.threshold * 1000
+        if trigger.statistic == "mean":
+            return f"mean latency {_rate(x, n):.0f} ms above the {ms:.0f} ms trigger"
+        return (
+            f"{trigger.statistic} latency above {ms:.0f} ms: {_pct(_rate(x, n))} of requests slower"
+        )
+    if isinstance(trigger, CustomMetricTrigger):
+        return (
+            f"{trigger.metric} above {trigger.threshold:g} for {trigger.duration:.0f}s"
+            f" ({x:.0f} of {n:.0f} looks above)"
+        )
+    return "analysis failed"

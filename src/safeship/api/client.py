@@ -1,0 +1,214 @@
+"""Talking to the controller daemon from the CLI: find it through `<state_dir>/controller.json`,
+authenticate with `<state_dir>/token`, start it in the background when nobody answers.
+
+Errors come back as safeship errors carrying the server's one sentence: 400/422 InputError,
+404 NotFoundError, 409 ConflictError; no answer at all is ControllerUnreachable (exit code 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from safeship.errors import (
+    ConflictError,
+    ControllerUnreachable,
+    InputError,
+    NotFoundError,
+    SafeshipError,
+)
+
+CONTROLLER_FILE = "controller.json"
+TOKEN_FILE = "token"
+ROUTES_FILE = "routes.json"
+SERVER_MODULE = "safeship.api.server"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 20.0
+
+
+class ControllerClient:
+    def __init__(self, state_dir: str | Path, *, timeout: float = 10.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.timeout = timeout
+
+    # ------------------------------------------------------------ finding the daemon
+
+    def info(self) -> dict[str, Any] | None:
+        """controller.json: {pid, host, port, started_at, config}, or None."""
+        try:
+            data = json.loads((self.state_dir / CONTROLLER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and "port" in data else None
+
+    def base_url(self) -> str:
+        info = self.info()
+        if info is None:
+            raise ControllerUnreachable(
+                f"no safeship controller is running for {self.state_dir} "
+                f"({self.state_dir / CONTROLLER_FILE} does not exist)"
+            )
+        return f"http://{info.get('host', '127.0.0.1')}:{int(info['port'])}"
+
+    def token(self) -> str:
+        try:
+            return (self.state_dir / TOKEN_FILE).read_text().strip()
+        except OSError:
+            return ""
+
+    def routes(self) -> dict[str, int]:
+        """ "<environment>/<service>" -> the route's port, as the controller last wrote them."""
+        try:
+            data = json.loads((self.state_dir / ROUTES_FILE).read_text())
+            return {f"{r['environment']}/{r['service']}": int(r["port"]) for r in data["routes"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def is_running(self) -> bool:
+        try:
+            response = httpx.get(self.base_url() + "/healthz", timeout=2.0)
+        except (ControllerUnreachable, httpx.HTTPError):
+            return False
+        return response.status_code == 200
+
+    def ensure_running(self, config_path: str | Path) -> bool:
+        """Start a controller in the background unless one answers; True if this call started it."""
+        if self.is_running():
+            return False
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--config",
+            str(Path(config_path).resolve()),
+        ]
+        with open(logs / "controller.log", "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command and its terminal
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.is_running():
+                return True
+            if process.poll() is not None and not self.is_running():
+                raise ControllerUnreachable(
+                    f"the controller exited with code {process.returncode} while starting; "
+                    f"see {logs / 'controller.log'}"
+                )
+            time.sleep(0.1)
+        raise ControllerUnreachable(
+            f"the controller did not answer within {START_TIMEOUT:.0f}s; see {logs / 'controller.log'}"
+        )
+
+    def stop(self) -> bool:
+        """SIGTERM our controller (only if its PID still runs our server); True once it is gone."""
+        info = self.info()
+        if info is None:
+            return False
+        pid = int(info["pid"])
+        if not _is_our_server(pid):
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if not _is_our_server(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    # ------------------------------------------------------------ resources
+
+    def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/deployments", body)
+
+    def get(self, deployment_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/deployments/{deployment_id}")
+
+    def list(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        found: list[dict[str, Any]] = self._call("GET", "/deployments", params=params)[
+            "deployments"
+        ]
+        return found
+
+    def cancel(self, deployment_id: str, by: str = "") -> dict[str, Any]:
+        return self._call("POST", f"/deployments/{deployment_id}/cancel", {"by": by})
+
+    def rollback(self, deployment_id: str, reason: str = "manual rollback") -> dict[str, Any]:
+        return self._call("POST", f"/deployments/{deployment_id}/rollback", {"reason": reason})
+
+    def history(self, service: str) -> dict[str, Any]:
+        return self._call("GET", f"/services/{service}/history")
+
+    def rollbacks(self, service: str | None = None) -> list[dict[str, Any]]:
+        params = {"service": service} if service else {}
+        found: list[dict[str, Any]] = self._call("GET", "/rollbacks", params=params)["rollbacks"]
+        return found
+
+    def environments(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._call("GET", "/environments")["environments"]
+        return found
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        url = self.base_url() + path
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        try:
+            response = httpx.request(
+                method, url, json=body, params=params, headers=headers, timeout=self.timeout
+            )
+        except httpx.TransportError as exc:
+            raise ControllerUnreachable(f"the controller at {url} does not answer: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error(response)
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def _error(response: httpx.Response) -> SafeshipError:
+    try:
+        detail = str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        detail = response.text.strip() or response.reason_phrase
+    status = response.status_code
+    if status == 404:
+        return NotFoundError(detail)
+    if status == 409:
+        return ConflictError(detail)
+    if status == 401:
+        return InputError(f"the controller refused the token: {detail}")
+    if status < 500:
+        return InputError(detail)
+    return SafeshipError(f"the controller failed: {detail}")
+
+
+def _is_our_server(pid: int) -> bool:
+    """The PID runs `python -m safeship.api.server` and is not a zombie."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat[stat.rfind(")") + 2 :].startswith("Z"):
+        return False
+    return SERVER_MODULE.encode() in argv

@@ -1,0 +1,63 @@
+"""The seed's four rollback triggers, each rolling back a bad release, with the rollback row stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import run, scenario
+
+from safeship.config.models import DeploymentStrategy, SafeshipConfig
+from safeship.engine.simulate import CANDIDATE
+
+BAD: dict[str, dict[str, Any]] = {
+    "health_check_failure": {"crash_after_s": 20},
+    "error_rate_threshold": {"error_rate": 0.25},
+    "response_time_threshold": {"latency_ms": {"p50": 6000, "p99": 9000}},
+    "custom_metric": {"metrics": {"queue_depth": {"baseline": 10, "candidate": 500, "noise": 5,
+                                                  "fail_above": 100}}},
+}
+
+
+EVIDENCE_WORDS = {
+    "health_check_failure": ("died", "not ready"),
+    "error_rate_threshold": ("error rate",),
+    "response_time_threshold": ("latency", "response time", "slow"),
+    "custom_metric": ("queue_depth",),
+}
+
+
+def _policy(name: str) -> Any:
+    from safeship.analysis.policies import get_policy
+
+    return lambda _n: get_policy(name)
+
+
+@pytest.mark.parametrize("policy", ["seed", "safeship"])
+@pytest.mark.parametrize("trigger", sorted(BAD))
+async def test_trigger_rolls_back_a_bad_release(trigger: str, policy: str) -> None:
+    config = SafeshipConfig()
+    config.intelligent_deployment.strategies.canary.step_duration = 120
+    seen = await run(scenario(**BAD[trigger]), DeploymentStrategy.CANARY, config=config, policy=_policy(policy))
+    assert seen.record.phase == "rolled_back", seen.record.reason
+    assert seen.weights[-1] == {"baseline": 100}
+    rows = seen.sim.store.rollbacks(deployment_id=seen.record.id)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.success and row.automatic and row.from_version == CANDIDATE and row.to_version == "baseline"
+    # The seed's policy names the trigger; safeship's comparison may fire first and names the metric.
+    assert row.reason.startswith(trigger) or any(w in row.reason for w in EVIDENCE_WORDS[trigger]), row.reason
+    assert row.evidence  # the numbers behind the decision are kept
+    assert row.duration_s is not None and row.duration_s >= 0
+
+
+async def test_auto_rollback_off_leaves_last_safe_weights_and_says_how() -> None:
+    config = SafeshipConfig()
+    config.intelligent_deployment.rollback.auto_rollback = False
+    seen = await run(scenario(error_rate=0.25), DeploymentStrategy.CANARY, config=config,
+                     policy=_policy("seed"))
+    assert seen.record.phase == "failed"
+    assert "rollback-manager --rollback --deployment-id" in (seen.record.reason or "") or any(
+        "rollback-manager --rollback" in e.message for e in seen.sim.store.events(seen.record.id))
+    assert seen.sim.store.rollbacks(deployment_id=seen.record.id) == []
+    assert seen.weights[-1].get(CANDIDATE) == 5  # traffic left where it was, no further step
