@@ -48,7 +48,8 @@ async def _run(
     spec: ProbeSpec, *, host: str, port: int, env: Mapping[str, str] | None
 ) -> tuple[bool, str]:
     if spec.kind == "http":
-        return await _http(host, port, spec.path or "/")
+        path = spec.path if spec.path.startswith("/") else f"/{spec.path}"
+        return await _http(host, port, path)
     if spec.kind == "tcp":
         return await _tcp(host, port)
     if spec.kind == "exec":

@@ -33,6 +33,8 @@ SERVER_MODULE = "safeship.api.server"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
 
+Rows = list[dict[str, Any]]  # a module-level name: the client has a method called `list`
+
 
 class ControllerClient:
     def __init__(self, state_dir: str | Path, *, timeout: float = 10.0) -> None:
@@ -111,7 +113,8 @@ class ControllerClient:
                 )
             time.sleep(0.1)
         raise ControllerUnreachable(
-            f"the controller did not answer within {START_TIMEOUT:.0f}s; see {logs / 'controller.log'}"
+            f"the controller did not answer within {START_TIMEOUT:.0f}s; "
+            f"see {logs / 'controller.log'}"
         )
 
     def stop(self) -> bool:
@@ -138,11 +141,9 @@ class ControllerClient:
     def get(self, deployment_id: str) -> dict[str, Any]:
         return self._call("GET", f"/deployments/{deployment_id}")
 
-    def list(self, **filters: Any) -> list[dict[str, Any]]:
+    def list(self, **filters: Any) -> Rows:
         params = {k: v for k, v in filters.items() if v is not None}
-        found: list[dict[str, Any]] = self._call("GET", "/deployments", params=params)[
-            "deployments"
-        ]
+        found: Rows = self._call("GET", "/deployments", params=params)["deployments"]
         return found
 
     def cancel(self, deployment_id: str, by: str = "") -> dict[str, Any]:
@@ -154,13 +155,13 @@ class ControllerClient:
     def history(self, service: str) -> dict[str, Any]:
         return self._call("GET", f"/services/{service}/history")
 
-    def rollbacks(self, service: str | None = None) -> list[dict[str, Any]]:
+    def rollbacks(self, service: str | None = None) -> Rows:
         params = {"service": service} if service else {}
-        found: list[dict[str, Any]] = self._call("GET", "/rollbacks", params=params)["rollbacks"]
+        found: Rows = self._call("GET", "/rollbacks", params=params)["rollbacks"]
         return found
 
-    def environments(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self._call("GET", "/environments")["environments"]
+    def environments(self) -> Rows:
+        found: Rows = self._call("GET", "/environments")["environments"]
         return found
 
     def _call(

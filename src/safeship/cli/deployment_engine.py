@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             rows = [deployment_json(r) for r in store.list_deployments(service=args.service,
                                                                        environment=args.environment)]
-            emit(rows, as_json=args.json, text=lambda: [output.console.print(
-                f"{r['id']}  {r['service']} {r['version']} -> {r['environment']}  {r['strategy']}  {r['phase']}")
-                for r in rows])
+            emit(rows, as_json=args.json, text=lambda: output.show_list(rows))
             return EXIT_OK
         deployment_id = require(args.deployment_id, "--deployment-id", "--status" if args.status else "--cancel")
         if args.cancel:
@@ -174,8 +172,8 @@ def _deploy_remote(args: argparse.Namespace, request: DeploymentRequest) -> int:
             output.console.print(line)
             last = line
         if Phase(data["phase"]).is_final:
-            emit(data, as_json=args.json, text=lambda: output.console.print(
-                f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"))
+            summary = f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"
+            emit(data, as_json=args.json, text=lambda: output.console.print(summary))  # noqa: B023
             return Phase(data["phase"]).exit_code
         time.sleep(1.0)
     return EXIT_FAILED

@@ -41,3 +41,8 @@ def show_deployment(data: dict[str, Any]) -> None:
     console.print(table)
     for event in data.get("events", [])[-15:]:
         console.print(f"  {when(event['at'])}  {event['kind']:<16} {event['message']}")
+
+
+def show_list(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        console.print(f"{r['id']}  {r['service']} {r['version']} -> {r['environment']}  {r['strategy']}  {r['phase']}")

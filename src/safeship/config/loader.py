@@ -12,6 +12,8 @@ from safeship.config.models import SafeshipConfig
 from safeship.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+# pydantic names the member of a tagged union in an error's location; the user never wrote it
+_UNION_TAGS = ("health_check_failure", "error_rate_threshold", "response_time_threshold", "custom_metric")
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -19,7 +21,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("health_check_failure", "error_rate_threshold", "response_time_threshold", "custom_metric"):
+        elif item in _UNION_TAGS:
             continue  # pydantic's name for the union member, not a key the user wrote
         else:
             parts.append(("." if parts else "") + str(item))
@@ -29,13 +31,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _lookup(data: Any, loc: tuple[int | str, ...]) -> tuple[bool, Any]:
     node = data
     for item in loc:
-        if isinstance(node, dict) and item in node:
+        if (isinstance(node, dict) and item in node) or (isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node)):
             node = node[item]
-        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
-            node = node[item]
-        elif isinstance(item, str) and item in (
-            "health_check_failure", "error_rate_threshold", "response_time_threshold", "custom_metric"
-        ):
+        elif isinstance(item, str) and item in _UNION_TAGS:
             continue
         else:
             return False, None

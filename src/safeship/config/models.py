@@ -236,10 +236,10 @@ class ResourceRequirements(Model):
 
 class SecurityPolicyRule(Model):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-    apiGroups: list[str] = Field(default_factory=list)  # noqa: N815 - Kubernetes spelling
+    apiGroups: list[str] = Field(default_factory=list)
     resources: list[str] = Field(default_factory=list)
     verbs: list[str] = Field(default_factory=list)
-    resourceNames: list[str] = Field(default_factory=list)  # noqa: N815
+    resourceNames: list[str] = Field(default_factory=list)
 
 
 class SecurityPolicy(Model):

@@ -44,7 +44,9 @@ def sim_config(scenario: Scenario, base: SafeshipConfig | None = None, replicas:
     config.environment_management.environments = [
         Environment(name=ENVIRONMENT, type=EnvironmentType.PRODUCTION, platform="sim")
     ]
-    triggers = [t for t in config.intelligent_deployment.rollback.triggers if not isinstance(t, CustomMetricTrigger)]
+    triggers: list[Any] = [
+        t for t in config.intelligent_deployment.rollback.triggers if not isinstance(t, CustomMetricTrigger)
+    ]
     for name, metric in scenario.candidate.metrics.items():
         if metric.fail_above is not None:
             triggers.append(CustomMetricTrigger(type="custom_metric", metric=name, threshold=metric.fail_above))

@@ -217,6 +217,7 @@ class LocalPlatform:
         await asyncio.gather(*tasks, return_exceptions=True)
         stops = [s.stop_task for s in self._all() if s.stop_task is not None]
         await asyncio.gather(*stops, return_exceptions=True)
+        _reap_detached()  # children an earlier close() left that have exited since
         for sup in self._all():
             if sup.popen is not None:
                 _detached_children[sup.popen.pid] = sup.popen
@@ -362,6 +363,8 @@ class LocalPlatform:
             await self._clock.sleep(spec.interval - (time.monotonic() - began))
 
     async def _probe(self, sup: _Supervised, spec: ProbeSpec) -> _CheckResult:
+        if spec.kind == "exec" and spec.command and spec.command[0] in ("python", "python3"):
+            spec = dataclasses.replace(spec, command=(sys.executable, *spec.command[1:]))
         try:
             outcome = await self._prober(spec, host=HOST, port=sup.instance.port, env=sup.env)
             ok, detail = bool(outcome.ok), str(outcome.detail)
@@ -649,6 +652,12 @@ def _start_ticks(pid: int) -> int | None:
 def _same_process(pid: int, start_ticks: int | None) -> bool:
     ticks = _start_ticks(pid)
     return ticks is not None and (start_ticks is None or ticks == start_ticks)
+
+
+def _reap_detached() -> None:
+    for pid, popen in list(_detached_children.items()):
+        if popen.poll() is not None:
+            del _detached_children[pid]
 
 
 def _claim_detached(pid: int, start_ticks: int | None) -> subprocess.Popen[bytes] | None:

@@ -63,19 +63,20 @@ def test_manual_rollback_of_a_promoted_release_returns_to_the_stable_one(config_
     ("services:\n  user-service:\n    replicaz: 2\n", "services.user-service.replicaz: unknown field"),
     ("intelligent_deployment:\n  strategies:\n    canary:\n      step_duration: \"5 minutes\"\n",
      "intelligent_deployment.strategies.canary.step_duration: expected a duration"),
-    ("services:\n  user-service:\n    replicas: 0\n", "services.user-service.replicas: must be greater than or equal to 1, got 0"),
+    ("services:\n  user-service:\n    replicas: 0\n",
+     "services.user-service.replicas: must be greater than or equal to 1, got 0"),
 ])
 def test_config_errors_exit_2_with_one_line(tmp_path: Path, capsys, patch: str, expected: str) -> None:
     path = tmp_path / "safeship.yaml"
     path.write_text(patch)
-    code, out, err = call(deployment_engine.main, ["--list", "--config", str(path)], capsys)
+    code, _, err = call(deployment_engine.main, ["--list", "--config", str(path)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and str(path) in err and expected in err, err
     assert not (tmp_path / ".safeship").exists()  # nothing changed
 
 
 def test_missing_service_is_bad_input(config_file: Path, capsys) -> None:
-    code, out, err = call(deployment_engine.main, ["--deploy", "--service", "nope", "--version", "v1",
+    code, _, err = call(deployment_engine.main, ["--deploy", "--service", "nope", "--version", "v1",
                                                    "--environment", "production", "--config", str(config_file)], capsys)
     assert code == 2 and "service 'nope' is not in the config" in err
     store = Store(f"sqlite:///{config_file.parent / '.safeship/state.db'}")
