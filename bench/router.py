@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 HOST = "127.0.0.1"
 RESULTS = Path(__file__).resolve().parent / "results" / "router.json"
@@ -64,8 +64,7 @@ def serve_upstream() -> None:
 
     class Answer(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
+            self.transport = cast(asyncio.Transport, transport)
             self.pending = b""
 
         def data_received(self, data: bytes) -> None:
@@ -142,9 +141,7 @@ def generate_load(url_port: int, connections: int, duration: float) -> None:
         latencies: list[float] = []
         started = time.perf_counter()
         deadline = started + duration
-        errors = await asyncio.gather(
-            *(one_connection(deadline, latencies) for _ in range(connections))
-        )
+        errors = await asyncio.gather(*(one_connection(deadline, latencies) for _ in range(connections)))
         elapsed = time.perf_counter() - started
         latencies.sort()
         result = Measurement(
@@ -218,9 +215,7 @@ class Children:
 
 
 def start_python_child(children: Children, *args: str) -> tuple[subprocess.Popen[str], int]:
-    process = children.start(
-        [sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE
-    )
+    process = children.start([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = read_line(process, timeout=20.0)
     if not line.startswith("PORT "):
@@ -349,8 +344,7 @@ def parse_wrk(output: str) -> Measurement:
         match = re.search(pattern, output)
         return float(match.group(1)) if match else 0.0
 
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                              output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = sum(int(count) for count in socket_errors.groups()) if socket_errors else 0
     errors += int(number(r"Non-2xx or 3xx responses: (\d+)"))
     return Measurement(
@@ -373,9 +367,7 @@ def run_benchmark(duration: float, connections: int) -> dict[str, Any]:
         _, upstream_port = start_python_child(children, "--serve-upstream")
         results["direct"] = measure(children, upstream_port, duration, connections)
 
-        router, router_port = start_python_child(
-            children, "--serve-router", "--upstream-port", str(upstream_port)
-        )
+        router, router_port = start_python_child(children, "--serve-router", "--upstream-port", str(upstream_port))
         results["builtin"] = measure(children, router_port, duration, connections)
         for line in children.stop(router).splitlines():
             if line.startswith("COUNTERS "):
@@ -439,18 +431,14 @@ def print_table(summary: dict[str, Any]) -> None:
     )
     print(f"{'path':<10}{'rps':>12}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}")
     for name, row in summary["results"].items():
-        print(
-            f"{name:<10}{row['rps']:>12.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
-            f"{row['errors']:>9}"
-        )
+        print(f"{name:<10}{row['rps']:>12.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{row['errors']:>9}")
     verdicts = summary["verdicts"]
     if not verdicts:
         print("\nhaproxy is not installed: no comparison (apt-get install haproxy)")
         return
     rps = "PASS" if verdicts["rps_pass"] else "FAIL"
     p99 = "PASS" if verdicts["added_p99_pass"] else "FAIL"
-    print(f"\nbuiltin rps / haproxy rps = {verdicts['rps_ratio']:.2f}  (target >= {RPS_TARGET})"
-          f"  {rps}")
+    print(f"\nbuiltin rps / haproxy rps = {verdicts['rps_ratio']:.2f}  (target >= {RPS_TARGET})  {rps}")
     print(
         f"added p99: builtin {verdicts['builtin_added_p99_ms']:.3f} ms vs haproxy"
         f" {verdicts['haproxy_added_p99_ms']:.3f} ms = {verdicts['added_p99_ratio']:.2f}x"
@@ -505,7 +493,7 @@ def main() -> int:
     print_table(summary)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    print(f"\nwrote {RESULTS}")
     return 0
 
 

@@ -31,7 +31,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _lookup(data: Any, loc: tuple[int | str, ...]) -> tuple[bool, Any]:
     node = data
     for item in loc:
-        if (isinstance(node, dict) and item in node) or (isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node)):
+        in_list = isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node)
+        if in_list or (isinstance(node, dict) and item in node):
             node = node[item]
         elif isinstance(item, str) and item in _UNION_TAGS:
             continue
