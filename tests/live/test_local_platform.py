@@ -100,7 +100,9 @@ def ledger() -> MemoryLedger:
 
 
 @pytest.fixture
-async def make_platform(tmp_path: Path, mark: str, ledger: MemoryLedger) -> AsyncIterator[MakePlatform]:
+async def make_platform(
+    tmp_path: Path, mark: str, ledger: MemoryLedger
+) -> AsyncIterator[MakePlatform]:
     platforms: list[LocalPlatform] = []
 
     def make(**options: Any) -> LocalPlatform:
@@ -135,7 +137,9 @@ def spec(mark: str, version: str = "v1.2.0", index: int = 0, **changes: Any) -> 
         "env": {MARK: mark, "GREETING": "hello"},
         "secret_env": {"API_TOKEN": SECRET},
         "liveness": ProbeSpec(kind="http", path="/health/live", interval=0.2, failure_threshold=3),
-        "readiness": ProbeSpec(kind="http", path="/health/ready", interval=0.2, failure_threshold=2),
+        "readiness": ProbeSpec(
+            kind="http", path="/health/ready", interval=0.2, failure_threshold=2
+        ),
         "grace_period": 5.0,
         "workdir": str(REPO),
     }
@@ -221,7 +225,9 @@ async def test_start_becomes_ready_through_http_probe(
     assert SECRET not in log_file.read_text()
 
 
-async def test_never_ready_release_stays_out_of_service(make_platform: MakePlatform, mark: str) -> None:
+async def test_never_ready_release_stays_out_of_service(
+    make_platform: MakePlatform, mark: str
+) -> None:
     platform = make_platform()
     bad = await platform.start(spec(mark, version="v1.5.0"))
     await platform.start(spec(mark, version="v1.2.0"))
@@ -235,7 +241,9 @@ async def test_never_ready_release_stays_out_of_service(make_platform: MakePlatf
 # ---------------------------------------------------------------- crashes and restarts
 
 
-async def test_kill_9_is_detected_and_restarted_with_backoff(make_platform: MakePlatform, mark: str) -> None:
+async def test_kill_9_is_detected_and_restarted_with_backoff(
+    make_platform: MakePlatform, mark: str
+) -> None:
     platform = make_platform(backoff_base=0.5)
     await platform.start(spec(mark))
     first = await wait_for(platform, ready)
@@ -257,7 +265,9 @@ async def test_kill_9_is_detected_and_restarted_with_backoff(make_platform: Make
     assert third.port == first.port  # a restart keeps the instance's address
 
 
-async def test_liveness_failure_restarts_the_process(make_platform: MakePlatform, mark: str) -> None:
+async def test_liveness_failure_restarts_the_process(
+    make_platform: MakePlatform, mark: str
+) -> None:
     platform = make_platform()
     # It never listens, so the TCP liveness probe fails until the platform restarts it.
     started = await platform.start(script_spec(mark, SLEEPER))
@@ -330,7 +340,9 @@ async def test_stop_sigkills_a_process_that_ignores_sigterm(
     assert ledger.records == {}
 
 
-async def test_stop_drains_then_terminates_gracefully(make_platform: MakePlatform, mark: str, tmp_path: Path) -> None:
+async def test_stop_drains_then_terminates_gracefully(
+    make_platform: MakePlatform, mark: str, tmp_path: Path
+) -> None:
     platform = make_platform()
     inst = await platform.start(spec(mark))
     await wait_for(platform, ready)
@@ -370,21 +382,27 @@ async def test_adopt_resumes_live_instances_and_restarts_dead_ones(
     assert adopted[0].pid == alive_pid and adopted[0].restarts == 0
     assert await second.adopt() == []  # idempotent
 
-    revived = await wait_for(second, lambda i: ready(i) and i.pid not in (None, dead_pid), instance_id=before[1].id)
+    revived = await wait_for(
+        second, lambda i: ready(i) and i.pid not in (None, dead_pid), instance_id=before[1].id
+    )
     assert revived.restarts == 1
     assert revived.last_failure is not None and "while unsupervised" in revived.last_failure
     assert set(marked_pids(mark)) == {alive_pid, revived.pid}  # no duplicates
 
     # The adopted process is supervised again: a crash is noticed and repaired.
     os.kill(alive_pid, signal.SIGKILL)
-    await wait_for(second, lambda i: ready(i) and i.pid not in (None, alive_pid), instance_id=before[0].id)
+    await wait_for(
+        second, lambda i: ready(i) and i.pid not in (None, alive_pid), instance_id=before[0].id
+    )
 
     # A platform that did not adopt refuses to start a duplicate.
     with pytest.raises(ConflictError, match="adopt"):
         await make_platform().start(spec(mark, index=0))
 
 
-async def test_adopt_does_not_trust_a_reused_pid(make_platform: MakePlatform, ledger: MemoryLedger, mark: str) -> None:
+async def test_adopt_does_not_trust_a_reused_pid(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str
+) -> None:
     first = make_platform()
     inst = await first.start(spec(mark))
     await wait_for(first, ready)
