@@ -152,6 +152,26 @@ async def test_http_probe_sends_path_and_host() -> None:
     assert f"Host: {HOST}:{port}".encode() in heads[0]
 
 
+async def test_http_probe_does_not_wait_for_eof_from_a_keep_alive_server() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        held.append(writer)  # answered, but the connection stays open
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await probe(ProbeSpec(kind="http", timeout=5.0), host=HOST, port=port)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert result.ok and result.detail == "HTTP 200"
+
+
 async def test_http_probe_times_out() -> None:
     async with serving(lambda _head: None) as port:
         result = await probe(ProbeSpec(kind="http", timeout=0.3), host=HOST, port=port)
