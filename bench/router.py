@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -359,37 +360,62 @@ def parse_wrk(output: str) -> Measurement:
 # --- the parent: the run ---------------------------------------------------------------------
 
 
-def run_benchmark(duration: float, connections: int) -> dict[str, Any]:
+def run_benchmark(duration: float, connections: int, rounds: int) -> dict[str, Any]:
+    """Measures every path in `rounds` interleaved rounds (order rotating) and keeps the median
+    of each figure, so that a burst of background load hits all paths alike."""
     children = Children()
-    results: dict[str, Measurement] = {}
+    paths: dict[str, int] = {}
+    router: subprocess.Popen[str] | None = None
     router_counters: dict[str, Any] | None = None
+    rounds_done: dict[str, list[Measurement]] = {}
     try:
         _, upstream_port = start_python_child(children, "--serve-upstream")
-        results["direct"] = measure(children, upstream_port, duration, connections)
-
-        router, router_port = start_python_child(children, "--serve-router", "--upstream-port", str(upstream_port))
-        results["builtin"] = measure(children, router_port, duration, connections)
+        paths["direct"] = upstream_port
+        router, paths["builtin"] = start_python_child(children, "--serve-router", "--upstream-port", str(upstream_port))
+        haproxy = shutil.which("haproxy")
+        with contextlib.ExitStack() as stack:
+            if haproxy:
+                frontend_port = free_port()
+                config = stack.enter_context(haproxy_config(upstream_port, frontend_port))
+                children.start([haproxy, "-db", "-q", "-f", str(config)])
+                wait_until_listening(frontend_port)
+                paths["haproxy"] = frontend_port
+            for port in paths.values():
+                check_answers(port)
+                load(children, port, WARMUP_S, connections)
+            names = list(paths)
+            per_round: float = duration / rounds
+            if shutil.which("wrk"):
+                per_round = max(1, round(per_round))  # wrk takes whole seconds
+            for round_index in range(rounds):
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    measurement = load(children, paths[name], per_round, connections)
+                    rounds_done.setdefault(name, []).append(measurement)
         for line in children.stop(router).splitlines():
             if line.startswith("COUNTERS "):
                 router_counters = json.loads(line.removeprefix("COUNTERS "))
-
-        haproxy = shutil.which("haproxy")
-        if haproxy:
-            frontend_port = free_port()
-            with haproxy_config(upstream_port, frontend_port) as config:
-                process = children.start([haproxy, "-db", "-q", "-f", str(config)])
-                wait_until_listening(frontend_port)
-                results["haproxy"] = measure(children, frontend_port, duration, connections)
-                children.stop(process)
     finally:
         children.stop_all()
-    return report(results, duration, connections, router_counters)
+    results = {name: median_of(rounds_done[name]) for name in paths}
+    return report(results, per_round * rounds, connections, rounds, router_counters)
+
+
+def median_of(measurements: list[Measurement]) -> Measurement:
+    return Measurement(
+        rps=statistics.median(m.rps for m in measurements),
+        p50_ms=statistics.median(m.p50_ms for m in measurements),
+        p99_ms=statistics.median(m.p99_ms for m in measurements),
+        requests=sum(m.requests for m in measurements),
+        errors=sum(m.errors for m in measurements),
+    )
 
 
 def report(
     results: dict[str, Measurement],
     duration: float,
     connections: int,
+    rounds: int,
     router_counters: dict[str, Any] | None,
 ) -> dict[str, Any]:
     direct, builtin, haproxy = results["direct"], results["builtin"], results.get("haproxy")
@@ -410,6 +436,7 @@ def report(
         }
     return {
         "duration_s": duration,
+        "rounds": rounds,
         "connections": connections,
         "load_generator": "wrk" if shutil.which("wrk") else "asyncio",
         "machine": {
@@ -426,8 +453,9 @@ def report(
 
 def print_table(summary: dict[str, Any]) -> None:
     print(
-        f"\nrouter benchmark: {summary['connections']} connections, {summary['duration_s']} s each,"
-        f" load by {summary['load_generator']}, {summary['machine']['cpus']} cpus\n"
+        f"\nrouter benchmark: {summary['connections']} connections, {summary['duration_s']} s per"
+        f" path in {summary['rounds']} interleaved rounds (medians shown), load by"
+        f" {summary['load_generator']}, {summary['machine']['cpus']} cpus\n"
     )
     print(f"{'path':<10}{'rps':>12}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}")
     for name, row in summary["results"].items():
@@ -470,6 +498,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-router", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
@@ -485,11 +514,11 @@ def main() -> int:
     if args.generate_load:
         generate_load(args.generate_load, args.connections, args.duration)
         return 0
-    if not 0 < args.duration <= 600 or not 0 < args.connections <= 2000:
-        parser.error("--duration must be in (0, 600] and --connections in (0, 2000]")
+    if not 0 < args.duration <= 600 or not 0 < args.connections <= 2000 or not 0 < args.rounds <= 20:
+        parser.error("--duration must be in (0, 600], --connections in (0, 2000], --rounds in (0, 20]")
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    summary = run_benchmark(args.duration, args.connections)
+    summary = run_benchmark(args.duration, args.connections, args.rounds)
     print_table(summary)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
