@@ -420,6 +420,21 @@ async def test_adopt_does_not_trust_a_reused_pid(
     assert running(os.getpid())  # and nothing signalled the impostor
 
 
+async def test_stop_without_adopting_still_stops_the_recorded_process(
+    make_platform: MakePlatform, ledger: MemoryLedger, mark: str
+) -> None:
+    first = make_platform()
+    inst = await first.start(spec(mark))
+    await wait_for(first, ready)
+    await first.close()
+    assert inst.pid is not None and running(inst.pid)
+
+    await make_platform().stop(inst, drain=0.0)
+    await eventually(lambda: not running(inst.pid))  # type: ignore[arg-type]
+    assert ledger.records == {}
+    assert inst.state is InstanceState.STOPPED
+
+
 # ---------------------------------------------------------------- bad input
 
 

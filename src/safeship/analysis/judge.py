@@ -83,10 +83,21 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Restarts:
-    """Change-point runs: a fresh run every `every` seconds; keep the `keep` most recent ones."""
+    """Change-point runs: a fresh run every `every` seconds; keep the `keep` most recent ones.
+
+    Run j >= 1 has prior weight 1/(2 j (j+1)), or, with `horizon` > 0, 1/(2 horizon) for
+    j <= horizon and no runs after it (flat over the first `horizon` restarts)."""
 
     every: float = 30.0
     keep: int = 8
+    horizon: int = 0
+
+    def log_weight(self, j: int) -> float:
+        if j == 0:
+            return -math.log(2.0)
+        if self.horizon > 0:
+            return -math.log(2.0 * self.horizon) if j <= self.horizon else -math.inf
+        return -math.log(2.0 * j * (j + 1))
 
 
 # ---------------------------------------------------------------- likelihood ratios (vectorised)
@@ -253,11 +264,12 @@ def _advance(
     if origin is None:
         origin = 0.0 if now is None else now
     if not runs:
-        runs.append(_new_run(0, len(step), len(counts), restarts is not None))
+        runs.append(_new_run(0, len(step), len(counts), restarts))
     if restarts is not None and now is not None:
         latest = int((now - float(origin)) // restarts.every)
-        if latest >= 1 and latest > max(int(r["j"]) for r in runs):
-            runs.append(_new_run(latest, len(step), len(counts), True))
+        fresh = latest >= 1 and latest > max(int(r["j"]) for r in runs)
+        if fresh and math.isfinite(restarts.log_weight(latest)):
+            runs.append(_new_run(latest, len(step), len(counts), restarts))
             first, rest = runs[0], runs[1:]
             runs = [first, *rest[-restarts.keep :]]
     updated = [
@@ -272,13 +284,8 @@ def _advance(
     return {"origin": origin, "runs": updated}
 
 
-def _new_run(j: int, k: int, c: int, restarting: bool) -> dict[str, Any]:
-    if not restarting:
-        log_weight = 0.0
-    elif j == 0:
-        log_weight = -math.log(2.0)
-    else:
-        log_weight = -math.log(2.0 * j * (j + 1))
+def _new_run(j: int, k: int, c: int, restarts: Restarts | None) -> dict[str, Any]:
+    log_weight = 0.0 if restarts is None else restarts.log_weight(j)
     return {"j": j, "lw": log_weight, "llr": [0.0] * k, "n": [0.0] * c}
 
 

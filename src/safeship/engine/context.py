@@ -4,7 +4,6 @@ STYLE §5: compute the new status on this context, then save it once."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +43,9 @@ class Tick:
     retire: tuple[str, str, str, float, bool] | None = None
 
     def __post_init__(self) -> None:
-        self.status = copy.deepcopy(self.before.status)
+        # Shallow on purpose: steps replace nested values instead of changing them in place, so the
+        # record as read stays intact without copying its histograms and analysis state every tick.
+        self.status = dict(self.before.status)
 
     @property
     def route(self) -> RouteKey:

@@ -193,10 +193,15 @@ class DeploymentEngine:
 
     async def advance(self, deployment_id: str) -> float:
         """Move one deployment as far as it can go now; returns seconds until it wants another tick."""
+        wait, _ = await self.step(deployment_id)
+        return wait
+
+    async def step(self, deployment_id: str) -> tuple[float, DeploymentRecord]:
+        """`advance`, also returning the deployment as it stands after the tick."""
         record = self.store.get_deployment(deployment_id)
         phase = Phase(record.phase)
         if phase.is_final or phase is Phase.AWAITING_APPROVAL:
-            return math.inf if phase.is_final else POLL_S
+            return (math.inf if phase.is_final else POLL_S), record
         tick = Tick(record, self.clock.now())
         wait = 0.0
         if phase is Phase.PENDING:
@@ -207,23 +212,23 @@ class DeploymentEngine:
             wait = await self._progress(tick)
         elif phase is Phase.ROLLING_BACK:
             wait = await self._roll_back(tick)
-        if tick.dirty:
-            try:
-                self.store.save_transition(
-                    record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable, retire=tick.retire
-                )
-            except StaleStateError:
-                return 0.0  # someone else moved it; read again
-            self._notify(tick)
-        return wait
+        if not tick.dirty:
+            return wait, record
+        try:
+            saved = self.store.save_transition(
+                record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable, retire=tick.retire
+            )
+        except StaleStateError:
+            return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
+        self._notify(tick)
+        return wait, saved
 
     async def run(
         self, deployment_id: str, *, on_tick: Callable[[DeploymentRecord], Awaitable[None] | None] | None = None
     ) -> DeploymentRecord:
         """Advance until the deployment ends, sleeping on the engine's clock between ticks."""
         while True:
-            wait = await self.advance(deployment_id)
-            record = self.store.get_deployment(deployment_id)
+            wait, record = await self.step(deployment_id)
             if on_tick is not None:
                 maybe = on_tick(record)
                 if maybe is not None:
@@ -351,7 +356,7 @@ class DeploymentEngine:
         tick.set(step_started_at=tick.now)
 
     async def _roll_back(self, tick: Tick) -> float:
-        state = tick.status["rollback"]
+        state = tick.status["rollback"] = dict(tick.status["rollback"])  # copy before changing it
         plan: list[Step] = state["plan"]
         settings = self.config.rollback_for(tick.before.service)
         while state["step"] < len(plan):

@@ -133,8 +133,7 @@ async def run_simulation(
     limit = started + scenario.duration_s
     end_counters: dict[str, TrafficCounters] | None = None
     while True:
-        wait = await sim.engine.advance(record.id)
-        current = sim.store.get_deployment(record.id)
+        wait, current = await sim.engine.step(record.id)
         if current.decision == "promote" and end_counters is None:
             end_counters = dict(await sim.router.counters(sim.route))
         if Phase(current.phase).is_final:

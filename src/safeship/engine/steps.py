@@ -165,7 +165,7 @@ class StepRunner:
         )
         if timeout is None:
             return None
-        since = tick.status.setdefault("unready_since", {})
+        since = tick.status["unready_since"] = dict(tick.status.get("unready_since", {}))
         for instance in instances:
             if instance.ready:
                 since.pop(instance.id, None)

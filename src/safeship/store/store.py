@@ -87,6 +87,11 @@ class StableVersion:
     healthy: bool
 
 
+def _shallow(record: Any) -> dict[str, Any]:
+    """Field values without dataclasses.asdict's deep copy (status holds histograms)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -130,7 +135,7 @@ class Store:
     def create_deployment(self, record: DeploymentRecord, events: Iterable[EventRecord] = ()) -> None:
         """Insert a new deployment; refuses (ConflictError from the caller's check) are done before."""
         with self.engine.begin() as conn:
-            conn.execute(insert(schema.deployments).values(**dataclasses.asdict(record)))
+            conn.execute(insert(schema.deployments).values(**_shallow(record)))
             self._insert_events(conn, events)
 
     def save_transition(
@@ -146,7 +151,7 @@ class Store:
         """Write `after` in place of `before` in one transaction, with its events and side records.
 
         Raises StaleStateError when another engine moved the row first."""
-        values = dataclasses.asdict(after)
+        values = _shallow(after)
         values.pop("id")
         values["row_version"] = before.row_version + 1
         with self.engine.begin() as conn:
