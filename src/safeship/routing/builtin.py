@@ -46,8 +46,7 @@ def _canned(status: int, reason: str, *, close: bool) -> bytes:
     body = f"{status} {reason}\n".encode()
     connection = "Connection: close\r\n" if close else ""
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{connection}"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{connection}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -100,7 +99,7 @@ class _Request:
         else:
             # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
             self.keep_alive = False
-        self.expects_continue = _header(lower, b"\r\nexpect:") == b"100-continue"
+        self.expects_continue = (self.length > 0 or self.chunked) and _header(lower, b"\r\nexpect:") == b"100-continue"
         if self.expects_continue or (self.http11 and not self.keep_alive):
             # We answer 100 Continue ourselves, and keep the upstream connection reusable even
             # when this client leaves after one request.
@@ -151,12 +150,7 @@ class _Response:
         if not http11:
             # We speak HTTP/1.1 to the client whatever the upstream spoke.
             head = b"HTTP/1.1" + head[8:]
-        if (
-            upstream_closes
-            and client_keep_alive
-            and connection is not None
-            and self.framing != _UNTIL_CLOSE
-        ):
+        if upstream_closes and client_keep_alive and connection is not None and self.framing != _UNTIL_CLOSE:
             head = _drop_headers(head, lower, (b"connection:",))
         self.head = head
 
@@ -187,9 +181,7 @@ def _header(lower: bytes, marker: bytes) -> bytes | None:
 def _drop_headers(head: bytes, lower: bytes, names: tuple[bytes, ...]) -> bytes:
     lines = head.split(b"\r\n")
     lowered = lower.split(b"\r\n")
-    return b"\r\n".join(
-        line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names)
-    )
+    return b"\r\n".join(line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +405,7 @@ class BuiltinRouter:
             raise ConflictError(f"builtin router: {route} already listens on {self.port(route)}")
         handler = functools.partial(self._serve_client, state)
         try:
-            state.server = await asyncio.start_server(
-                handler, host, port, limit=_HEAD_LIMIT, backlog=1024
-            )
+            state.server = await asyncio.start_server(handler, host, port, limit=_HEAD_LIMIT, backlog=1024)
         except OSError as exc:
             raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
         self.unrouted.setdefault(route, 0)
@@ -468,9 +458,7 @@ class BuiltinRouter:
 
     # -- the Router protocol ------------------------------------------------------------------
 
-    async def set_backends(
-        self, route: RouteKey, version: str, backends: Sequence[Backend]
-    ) -> None:
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         state = self._state(route)
         version_state = state.version(version)
         current = {upstream.backend: upstream for upstream in version_state.upstreams}
@@ -526,9 +514,7 @@ class BuiltinRouter:
 
     # -- serving clients ----------------------------------------------------------------------
 
-    async def _serve_client(
-        self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_client(self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(writer)
         route.sessions.add(session)
         try:
@@ -646,13 +632,12 @@ class BuiltinRouter:
         client. Raises _NoResponse when the upstream failed before answering."""
         upstream.in_flight += 1
         try:
-            ureader, uwriter = await self._checkout(upstream)
+            pooled = _take_idle(upstream)
+            ureader, uwriter = pooled if pooled is not None else await self._connect(upstream)
             reusable = False
             session.upstream_writer = uwriter
             try:
-                status, reusable, keep = await self._relay(
-                    session, request, creader, cwriter, ureader, uwriter
-                )
+                status, reusable, keep = await self._relay(session, request, creader, cwriter, ureader, uwriter)
             finally:
                 session.upstream_writer = None
                 session.awaiting_upstream = False
@@ -662,15 +647,7 @@ class BuiltinRouter:
         upstream.version.counters.observe(_ms_since(started), status=status)
         return keep
 
-    async def _checkout(
-        self, upstream: _Upstream
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        idle = upstream.idle
-        while idle:
-            reader, writer, _released = idle.pop()
-            if not reader.at_eof() and not writer.transport.is_closing():
-                return reader, writer
-            writer.close()
+    async def _connect(self, upstream: _Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         backend = upstream.backend
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -700,7 +677,12 @@ class BuiltinRouter:
         uwriter: asyncio.StreamWriter,
     ) -> tuple[int, bool, bool]:
         """(status, upstream connection reusable, client connection reusable)."""
-        await self._send_request(session, request, creader, cwriter, uwriter)
+        try:
+            uwriter.write(request.head + request.body if request.body else request.head)
+        except RuntimeError as exc:  # uvloop: the pooled transport closed under us
+            raise _NoResponse(replayable=True) from exc
+        if request.streams_body:
+            await self._stream_request_body(session, request, creader, cwriter, uwriter)
         response = await self._read_response_head(session, request, cwriter, ureader)
         if response is None:
             return 504, False, self._reply(cwriter, 504, request)
@@ -717,7 +699,7 @@ class BuiltinRouter:
             return (502 if failure.upstream else response.status), False, False
         return response.status, response.reusable, keep
 
-    async def _send_request(
+    async def _stream_request_body(
         self,
         session: _Session,
         request: _Request,
@@ -725,24 +707,13 @@ class BuiltinRouter:
         cwriter: asyncio.StreamWriter,
         uwriter: asyncio.StreamWriter,
     ) -> None:
-        try:
-            if request.body:
-                uwriter.write(request.head + request.body)
-            else:
-                uwriter.write(request.head)
-        except RuntimeError as exc:  # uvloop: the pooled transport closed under us
-            raise _NoResponse(replayable=True) from exc
-        if not request.streams_body:
-            return
         if request.expects_continue:
             cwriter.write(_CONTINUE)
         try:
             if request.chunked:
                 await _copy_chunked(creader, uwriter, session, self._upstream_timeout, False)
             else:
-                await _copy_exact(
-                    creader, uwriter, request.length, session, self._upstream_timeout, False
-                )
+                await _copy_exact(creader, uwriter, request.length, session, self._upstream_timeout, False)
         except _PeerFailed as failure:
             if failure.upstream:
                 raise _NoResponse(replayable=False) from failure
@@ -949,6 +920,19 @@ async def _write(
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def _take_idle(
+    upstream: _Upstream,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The most recently used idle connection that still looks open (LIFO keeps few warm)."""
+    idle = upstream.idle
+    while idle:
+        reader, writer, _released = idle.pop()
+        if not reader.at_eof() and not writer.transport.is_closing():
+            return reader, writer
+        writer.close()
+    return None
 
 
 def _ms_since(started: float) -> float:
