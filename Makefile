@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 demo: $(STAMP)
-	$(BIN)/python -m safeship.demo
+	$(BIN)/python -m safeship.demo_sim
 
 bench-analysis: $(STAMP)
 	$(BIN)/python bench/analysis.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from safeship.analysis.base import Policy
-from safeship.analysis.policies import get_policy
 from safeship.analysis.probes import probe
 from safeship.clock import RealClock
 from safeship.config.loader import load_config
@@ -82,7 +82,14 @@ def counters_json(counters: TrafficCounters) -> dict[str, Any]:
     }
 
 
+POLICIES_MODULE = "safeship.analysis.policies"
+
+
 def _policy_for(name: str) -> Policy:
+    # Imported on first use: the policies pull in scipy (half a second), which a restarted
+    # controller should not spend before its routes listen again.
+    from safeship.analysis.policies import get_policy
+
     return get_policy(name)
 
 
@@ -115,6 +122,7 @@ class Controller:
         self._driving: dict[str, RouteKey] = {}  # deployment id -> route, while a runner drives it
         self._kick = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._policies_loaded: asyncio.Task[object] | None = None
         self._stopping = False
 
     @classmethod
@@ -159,12 +167,16 @@ class Controller:
             await self._restore_weights(key)
             self.routes[key] = await self._listen(key, previous.get(key))
         self._write_routes()
+        # Deployments resume once the policies are imported, off the event loop the routes use.
+        self._policies_loaded = asyncio.create_task(
+            asyncio.to_thread(importlib.import_module, POLICIES_MODULE)
+        )
         self._loop = asyncio.create_task(self._reconcile_forever(), name="controller-reconcile")
 
     async def stop(self) -> None:
         """Stop routing and supervising; service processes keep running for the next controller."""
         self._stopping = True
-        tasks = [t for t in [self._loop, *self._runners.values()] if t is not None]
+        tasks = [t for t in [self._loop, self._policies_loaded, *self._runners.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -236,6 +248,8 @@ class Controller:
         for key in self.routes:
             if not self._locks[key].locked():  # a tick in progress owns the route's backends
                 await self.sync_route(key)
+        if self._policies_loaded is None or not self._policies_loaded.done():
+            return
         for record in self.store.list_deployments(active_only=True, limit=1000):
             key = RouteKey(record.service, record.environment)
             runner = self._runners.get(record.id)

@@ -22,6 +22,16 @@ class CanaryStrategy:
 
     def plan(self, given: PlanInput) -> list[Step]:
         canary = given.settings.strategies.canary
+        if given.baseline is None:
+            # A first deployment has nothing to compare with and no users to protect from a change:
+            # start it, wait for readiness, then watch it in the monitoring window.
+            return [
+                scale(given.candidate, given.replicas),
+                wait_ready(given.candidate, given.replicas, given.readiness_timeout),
+                weights({given.candidate: 100}),
+                promote(),
+                monitor(given.settings),
+            ]
         steps: list[Step] = []
         ready = 0
         for index, percent in enumerate(given.policy_weights):

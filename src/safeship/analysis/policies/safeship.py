@@ -69,6 +69,20 @@ TRIGGER_SHARE_OF_SLOW = {"p95": 0.05, "p99": 0.01}  # "p95 above T" <=> more tha
 
 
 @dataclass(frozen=True)
+class Score:
+    log_e: float
+    alpha: float
+
+    @property
+    def log_bound(self) -> float:
+        return -math.log(self.alpha)
+
+    @property
+    def e(self) -> float:
+        return math.exp(min(self.log_e, 690.0))
+
+
+@dataclass(frozen=True)
 class SafeshipSettings:
     look_interval: float = 1.0  # seconds between looks (never more than analysis.interval)
     ramp_time: float = 300.0  # envelope: weight w may be left after ramp_time * sqrt(w/100)
@@ -109,22 +123,20 @@ class SafeshipPolicy:
             "single": None,
         }
 
-    def observe(
-        self, state: dict[str, Any], sample: TickSample, ctx: StepContext
-    ) -> tuple[dict[str, Any], Decision]:
+    def observe(self, state: dict[str, Any], sample: TickSample, ctx: StepContext) -> tuple[dict[str, Any], Decision]:
         new = {**state, "clock": float(state.get("clock", 0.0)) + max(0.0, sample.dt)}
         if ctx.compare:
             new = self._fold_compare(new, sample, ctx)
         else:
             new = self._fold_single(new, sample, ctx)
         new = self._fold_triggers(new, sample, ctx)
-        alphas = self._alphas(new, ctx)
-        failure = self._failure(new, alphas, ctx)
+        scores = self._scores(new, ctx)
+        failure = self._failure(new, scores, ctx)
         if failure is not None:
             return new, failure
         if ctx.compare:
-            return new, self._schedule(new, alphas, sample, ctx)
-        return new, self._single_schedule(ctx)
+            return new, self._schedule(new, scores, sample, ctx)
+        return new, self._single_schedule(new, scores, ctx)
 
     # ------------------------------------------------------------ folding one tick in
 
@@ -260,9 +272,7 @@ class SafeshipPolicy:
                 last = float(gauges["last"].get(key, -math.inf))
                 if now - last >= ctx.analysis.interval - 1e-9:
                     above = 1.0 if value > trigger.threshold else 0.0
-                    tests[key] = judge.update_one_sample(
-                        prior, 1.0, above, 0.5, now=now, restarts=restarts
-                    )
+                    tests[key] = judge.update_one_sample(prior, 1.0, above, 0.5, now=now, restarts=restarts)
                     gauges = {**gauges, "last": {**gauges["last"], key: now}}
         return {**st, "tests": tests, "gauges": gauges}
 
@@ -282,51 +292,51 @@ class SafeshipPolicy:
             alphas[f"metric:{name}"] = alpha * _share("metrics") / 2 ** (index + 1)
         return alphas
 
-    def _failure(self, st: State, alphas: Mapping[str, float], ctx: StepContext) -> Decision | None:
-        for name, test in st["tests"].items():
-            alpha = alphas.get(name)
-            if alpha is None or not judge.crossed(test, alpha):
+    def _scores(self, st: State, ctx: StepContext) -> dict[str, Score]:
+        """(log e, alpha) of every test that has a share of alpha, computed once per look."""
+        alphas = self._alphas(st, ctx)
+        return {
+            name: Score(judge.log_e_value(test), alphas[name]) for name, test in st["tests"].items() if name in alphas
+        }
+
+    def _failure(self, st: State, scores: Mapping[str, Score], ctx: StepContext) -> Decision | None:
+        for name, score in scores.items():
+            if score.log_e < score.log_bound:
                 continue
             trigger = _trigger_by_key(ctx.triggers, name)
             if isinstance(trigger, CustomMetricTrigger) and not judge.window_mean_exceeds(
                 st["gauges"]["windows"].get(name, []), trigger.threshold, trigger.duration
             ):
                 continue
-            return _explain_failure(st, name, alpha, trigger)
+            return _explain_failure(st, name, score, trigger)
         return None
 
-    def _schedule(
-        self, st: State, alphas: Mapping[str, float], sample: TickSample, ctx: StepContext
-    ) -> Decision:
+    def _schedule(self, st: State, scores: Mapping[str, Score], sample: TickSample, ctx: StepContext) -> Decision:
         in_step, longest = ctx.time_in_step, ctx.step_duration
-        evidence = _summary(st, alphas)
+        evidence = _summary(st, scores)
         if in_step < ctx.min_step_duration:
             return Decision(Verdict.INCONCLUSIVE, "minimum step duration", evidence)
-        suspect = self._suspect(st, alphas)
+        suspect = self._suspect(scores)
         if suspect is not None and in_step < 2 * longest:
             return Decision(Verdict.INCONCLUSIVE, f"holding: {suspect} is growing", evidence)
         if in_step >= longest:
             return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
         envelope = self.settings.ramp_time * math.sqrt(min(100, sample.candidate_weight) / 100)
         if ctx.time_in_analysis < envelope:
-            return Decision(
-                Verdict.INCONCLUSIVE, f"pacing: weight held until {envelope:.0f}s", evidence
-            )
+            return Decision(Verdict.INCONCLUSIVE, f"pacing: weight held until {envelope:.0f}s", evidence)
         if not self._enough_evidence(st):
             return Decision(Verdict.INCONCLUSIVE, "too little candidate traffic yet", evidence)
         return Decision(Verdict.ADVANCE, "no regression beyond tolerance", evidence)
 
-    def _single_schedule(self, ctx: StepContext) -> Decision:
+    def _single_schedule(self, st: State, scores: Mapping[str, Score], ctx: StepContext) -> Decision:
         if ctx.time_in_step >= ctx.step_duration:
-            return Decision(Verdict.SUCCESSFUL, "no regression during the window")
+            return Decision(Verdict.SUCCESSFUL, "no regression during the window", _summary(st, scores))
         return Decision(Verdict.INCONCLUSIVE, "watching")
 
-    def _suspect(self, st: State, alphas: Mapping[str, float]) -> str | None:
-        for name, test in st["tests"].items():
-            alpha = alphas.get(name)
-            level = self.settings.suspicion * -math.log(alpha) if alpha else math.inf
-            if judge.log_e_value(test) >= level:
-                return f"{name} (e={judge.e_value(test):.3g})"
+    def _suspect(self, scores: Mapping[str, Score]) -> str | None:
+        for name, score in scores.items():
+            if score.log_e >= self.settings.suspicion * score.log_bound:
+                return f"{name} (e={score.e:.3g})"
         return None
 
     def _enough_evidence(self, st: State) -> bool:
@@ -367,24 +377,20 @@ def _fold_response_time(
     5% / 1%. mean: testing by betting on the exact latency sum (latencies are nonnegative)."""
     threshold_ms = trigger.threshold * 1000.0
     if trigger.statistic == "mean":
-        return judge.update_mean(
-            prior, c.requests, c.latency_sum_ms, threshold_ms, now=now, restarts=restarts
-        )
+        return judge.update_mean(prior, c.requests, c.latency_sum_ms, threshold_ms, now=now, restarts=restarts)
     slow = histogram.count_above(c.latency_buckets, histogram.bucket_of(threshold_ms))
     p0 = TRIGGER_SHARE_OF_SLOW[trigger.statistic]
-    return judge.update_one_sample(
-        prior, sum(c.latency_buckets), slow, p0, now=now, restarts=restarts
-    )
+    return judge.update_one_sample(prior, sum(c.latency_buckets), slow, p0, now=now, restarts=restarts)
 
 
-def _summary(st: State, alphas: Mapping[str, float]) -> dict[str, Any]:
+def _summary(st: State, scores: Mapping[str, Score]) -> dict[str, Any]:
     base, cand = st["base"], st["cand"]
     return {
         "candidate_requests": cand["n"],
         "candidate_failed": cand["x"],
         "baseline_requests": base["n"],
         "baseline_failed": base["x"],
-        "e_values": {n: round(judge.e_value(t), 3) for n, t in st["tests"].items() if n in alphas},
+        "e_values": {name: round(score.e, 3) for name, score in scores.items()},
     }
 
 
@@ -392,12 +398,9 @@ def _pct(rate: float) -> str:
     return f"{100 * rate:.2g}%"
 
 
-def _explain_failure(
-    st: State, name: str, alpha: float, trigger: ThresholdTrigger | None
-) -> Decision:
-    test = st["tests"][name]
-    e, bound = judge.e_value(test), 1.0 / alpha
-    run = judge.strongest_run(test) or {"j": 0, "counts": []}
+def _explain_failure(st: State, name: str, score: Score, trigger: ThresholdTrigger | None) -> Decision:
+    e, bound = score.e, 1.0 / score.alpha
+    run = judge.strongest_run(st["tests"][name]) or {"j": 0, "counts": []}
     counts = run["counts"]
     stat = f"sequential test, e={e:.3g} > {bound:.0f}"
     evidence: dict[str, Any] = {
@@ -415,9 +418,7 @@ def _rate(events: float, trials: float) -> float:
     return events / trials if trials > 0 else 0.0
 
 
-def _describe(
-    st: State, name: str, counts: Sequence[float], trigger: ThresholdTrigger | None
-) -> str:
+def _describe(st: State, name: str, counts: Sequence[float], trigger: ThresholdTrigger | None) -> str:
     if name == "errors":
         n_b, x_b, n_c, x_c = counts
         return f"error rate {_pct(_rate(x_c, n_c))} vs baseline {_pct(_rate(x_b, n_b))}"
@@ -433,8 +434,7 @@ def _describe(
         null = st["single"][name]
         what = "error rate" if name == "single_errors" else f"{name[-3:]} slow share"
         return (
-            f"{what} {_pct(_rate(x, n))} vs baseline {_pct(null['rate'])} before the switch"
-            f" (null {_pct(null['p0'])})"
+            f"{what} {_pct(_rate(x, n))} vs baseline {_pct(null['rate'])} before the switch (null {_pct(null['p0'])})"
         )
     if name.startswith("metric:"):
         return f"{name[7:]}: candidate worse than baseline in {x:.0f} of {n:.0f} looks"
@@ -448,12 +448,9 @@ def _describe_trigger(trigger: ThresholdTrigger | None, n: float, x: float) -> s
         ms = trigger.threshold * 1000
         if trigger.statistic == "mean":
             return f"mean latency {_rate(x, n):.0f} ms above the {ms:.0f} ms trigger"
-        return (
-            f"{trigger.statistic} latency above {ms:.0f} ms: {_pct(_rate(x, n))} of requests slower"
-        )
+        return f"{trigger.statistic} latency above {ms:.0f} ms: {_pct(_rate(x, n))} of requests slower"
     if isinstance(trigger, CustomMetricTrigger):
         return (
-            f"{trigger.metric} above {trigger.threshold:g} for {trigger.duration:.0f}s"
-            f" ({x:.0f} of {n:.0f} looks above)"
+            f"{trigger.metric} above {trigger.threshold:g} for {trigger.duration:.0f}s ({x:.0f} of {n:.0f} looks above)"
         )
     return "analysis failed"
