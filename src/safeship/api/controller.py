@@ -250,10 +250,11 @@ class Controller:
                 await self.sync_route(key)
         if self._policies_loaded is None or not self._policies_loaded.done():
             return
+        for deployment_id in [i for i, task in self._runners.items() if task.done()]:
+            del self._runners[deployment_id]
         for record in self.store.list_deployments(active_only=True, limit=1000):
             key = RouteKey(record.service, record.environment)
-            runner = self._runners.get(record.id)
-            if key in self._locks and (runner is None or runner.done()):
+            if key in self._locks and record.id not in self._runners:
                 self._runners[record.id] = asyncio.create_task(
                     self._drive(record.id, key), name=f"deployment {record.id}"
                 )
