@@ -142,7 +142,9 @@ def generate_load(url_port: int, connections: int, duration: float) -> None:
         latencies: list[float] = []
         started = time.perf_counter()
         deadline = started + duration
-        errors = await asyncio.gather(*(one_connection(deadline, latencies) for _ in range(connections)))
+        errors = await asyncio.gather(
+            *(one_connection(deadline, latencies) for _ in range(connections))
+        )
         elapsed = time.perf_counter() - started
         latencies.sort()
         result = Measurement(
@@ -216,7 +218,9 @@ class Children:
 
 
 def start_python_child(children: Children, *args: str) -> tuple[subprocess.Popen[str], int]:
-    process = children.start([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE)
+    process = children.start(
+        [sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE
+    )
     assert process.stdout is not None
     line = read_line(process, timeout=20.0)
     if not line.startswith("PORT "):
@@ -345,7 +349,9 @@ def parse_wrk(output: str) -> Measurement:
         match = re.search(pattern, output)
         return float(match.group(1)) if match else 0.0
 
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     errors = sum(int(count) for count in socket_errors.groups()) if socket_errors else 0
     errors += int(number(r"Non-2xx or 3xx responses: (\d+)"))
     return Measurement(
@@ -371,7 +377,9 @@ def run_benchmark(duration: float, connections: int, rounds: int) -> dict[str, A
     try:
         _, upstream_port = start_python_child(children, "--serve-upstream")
         paths["direct"] = upstream_port
-        router, paths["builtin"] = start_python_child(children, "--serve-router", "--upstream-port", str(upstream_port))
+        router, paths["builtin"] = start_python_child(
+            children, "--serve-router", "--upstream-port", str(upstream_port)
+        )
         haproxy = shutil.which("haproxy")
         with contextlib.ExitStack() as stack:
             if haproxy:
@@ -459,14 +467,19 @@ def print_table(summary: dict[str, Any]) -> None:
     )
     print(f"{'path':<10}{'rps':>12}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}")
     for name, row in summary["results"].items():
-        print(f"{name:<10}{row['rps']:>12.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{row['errors']:>9}")
+        print(
+            f"{name:<10}{row['rps']:>12.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{row['errors']:>9}"
+        )
     verdicts = summary["verdicts"]
     if not verdicts:
         print("\nhaproxy is not installed: no comparison (apt-get install haproxy)")
         return
     rps = "PASS" if verdicts["rps_pass"] else "FAIL"
     p99 = "PASS" if verdicts["added_p99_pass"] else "FAIL"
-    print(f"\nbuiltin rps / haproxy rps = {verdicts['rps_ratio']:.2f}  (target >= {RPS_TARGET})  {rps}")
+    print(
+        f"\nbuiltin rps / haproxy rps = {verdicts['rps_ratio']:.2f}"
+        f"  (target >= {RPS_TARGET})  {rps}"
+    )
     print(
         f"added p99: builtin {verdicts['builtin_added_p99_ms']:.3f} ms vs haproxy"
         f" {verdicts['haproxy_added_p99_ms']:.3f} ms = {verdicts['added_p99_ratio']:.2f}x"
@@ -514,8 +527,14 @@ def main() -> int:
     if args.generate_load:
         generate_load(args.generate_load, args.connections, args.duration)
         return 0
-    if not 0 < args.duration <= 600 or not 0 < args.connections <= 2000 or not 0 < args.rounds <= 20:
-        parser.error("--duration must be in (0, 600], --connections in (0, 2000], --rounds in (0, 20]")
+    if (
+        not 0 < args.duration <= 600
+        or not 0 < args.connections <= 2000
+        or not 0 < args.rounds <= 20
+    ):
+        parser.error(
+            "--duration must be in (0, 600], --connections in (0, 2000], --rounds in (0, 20]"
+        )
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     summary = run_benchmark(args.duration, args.connections, args.rounds)

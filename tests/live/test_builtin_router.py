@@ -368,9 +368,13 @@ async def test_malformed_and_ambiguous_requests_get_400(router, start_upstream) 
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
+    spaced = await raw_exchange(
+        port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc"
+    )
     garbage = await raw_exchange(port, b"NONSENSE\r\n\r\n")
 
     assert smuggled.startswith(b"HTTP/1.1 400")
+    assert spaced.startswith(b"HTTP/1.1 400")
     assert garbage.startswith(b"HTTP/1.1 400")
     assert upstream.paths == []
 

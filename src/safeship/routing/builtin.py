@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Mapping, Sequence
 
@@ -46,7 +47,8 @@ def _canned(status: int, reason: str, *, close: bool) -> bytes:
     body = f"{status} {reason}\n".encode()
     connection = "Connection: close\r\n" if close else ""
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{connection}Content-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{connection}"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -89,6 +91,8 @@ class _Request:
         version = head[line_end - 8 : line_end]
         if head.find(b" ", 0, line_end) <= 0 or not version.startswith(b"HTTP/1."):
             raise _BadMessage("bad request line")
+        if _looks_folded(head):
+            raise _BadMessage("whitespace before a colon, or a folded header line")
         lower = head.lower()
         self.is_head = head.startswith(b"HEAD ")
         self.http11 = version == b"HTTP/1.1"
@@ -99,7 +103,9 @@ class _Request:
         else:
             # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
             self.keep_alive = False
-        self.expects_continue = (self.length > 0 or self.chunked) and _header(lower, b"\r\nexpect:") == b"100-continue"
+        self.expects_continue = (self.length > 0 or self.chunked) and _header(
+            lower, b"\r\nexpect:"
+        ) == b"100-continue"
         if self.expects_continue or (self.http11 and not self.keep_alive):
             # We answer 100 Continue ourselves, and keep the upstream connection reusable even
             # when this client leaves after one request.
@@ -110,6 +116,17 @@ class _Request:
     @property
     def streams_body(self) -> bool:
         return self.chunked or self.length > _REPLAY_LIMIT
+
+
+# A header line starting with whitespace (obsolete folding) or with whitespace between the name
+# and its colon: an upstream could read such a `Content-Length` where we do not (smuggling).
+_FOLDED = re.compile(rb"\r\n(?:[ \t]|[^:\r\n]*[ \t]:)")
+
+
+def _looks_folded(head: bytes) -> bool:
+    # Cheap substring tests first: the regex runs only on the rare head that needs it.
+    suspicious = b" :" in head or b"\t:" in head or b"\n " in head or b"\n\t" in head
+    return suspicious and _FOLDED.search(head) is not None
 
 
 def _request_framing(lower: bytes) -> tuple[int, bool]:
@@ -150,7 +167,12 @@ class _Response:
         if not http11:
             # We speak HTTP/1.1 to the client whatever the upstream spoke.
             head = b"HTTP/1.1" + head[8:]
-        if upstream_closes and client_keep_alive and connection is not None and self.framing != _UNTIL_CLOSE:
+        if (
+            upstream_closes
+            and client_keep_alive
+            and connection is not None
+            and self.framing != _UNTIL_CLOSE
+        ):
             head = _drop_headers(head, lower, (b"connection:",))
         self.head = head
 
@@ -181,7 +203,9 @@ def _header(lower: bytes, marker: bytes) -> bytes | None:
 def _drop_headers(head: bytes, lower: bytes, names: tuple[bytes, ...]) -> bytes:
     lines = head.split(b"\r\n")
     lowered = lower.split(b"\r\n")
-    return b"\r\n".join(line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names))
+    return b"\r\n".join(
+        line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +429,9 @@ class BuiltinRouter:
             raise ConflictError(f"builtin router: {route} already listens on {self.port(route)}")
         handler = functools.partial(self._serve_client, state)
         try:
-            state.server = await asyncio.start_server(handler, host, port, limit=_HEAD_LIMIT, backlog=1024)
+            state.server = await asyncio.start_server(
+                handler, host, port, limit=_HEAD_LIMIT, backlog=1024
+            )
         except OSError as exc:
             raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
         self.unrouted.setdefault(route, 0)
@@ -458,7 +484,9 @@ class BuiltinRouter:
 
     # -- the Router protocol ------------------------------------------------------------------
 
-    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+    async def set_backends(
+        self, route: RouteKey, version: str, backends: Sequence[Backend]
+    ) -> None:
         state = self._state(route)
         version_state = state.version(version)
         current = {upstream.backend: upstream for upstream in version_state.upstreams}
@@ -514,7 +542,9 @@ class BuiltinRouter:
 
     # -- serving clients ----------------------------------------------------------------------
 
-    async def _serve_client(self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         session = _Session(writer)
         route.sessions.add(session)
         try:
@@ -573,6 +603,7 @@ class BuiltinRouter:
         upstream = route.choose()
         if upstream is None:
             return self._unrouted(route, request, writer)
+        # Latency runs from dispatch: time queued behind a hold is not the serving version's.
         started = _monotonic()
         try:
             return await self._exchange(session, upstream, request, reader, writer, started)
@@ -637,7 +668,9 @@ class BuiltinRouter:
             reusable = False
             session.upstream_writer = uwriter
             try:
-                status, reusable, keep = await self._relay(session, request, creader, cwriter, ureader, uwriter)
+                status, reusable, keep = await self._relay(
+                    session, request, creader, cwriter, ureader, uwriter
+                )
             finally:
                 session.upstream_writer = None
                 session.awaiting_upstream = False
@@ -647,7 +680,9 @@ class BuiltinRouter:
         upstream.version.counters.observe(_ms_since(started), status=status)
         return keep
 
-    async def _connect(self, upstream: _Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(
+        self, upstream: _Upstream
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         backend = upstream.backend
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -713,7 +748,9 @@ class BuiltinRouter:
             if request.chunked:
                 await _copy_chunked(creader, uwriter, session, self._upstream_timeout, False)
             else:
-                await _copy_exact(creader, uwriter, request.length, session, self._upstream_timeout, False)
+                await _copy_exact(
+                    creader, uwriter, request.length, session, self._upstream_timeout, False
+                )
         except _PeerFailed as failure:
             if failure.upstream:
                 raise _NoResponse(replayable=False) from failure
