@@ -78,7 +78,7 @@ class FakeUpstream:
                 method, path, headers = _parse_head(head)
                 body = await _read_body(reader, headers)
                 self.paths.append(path)
-                if not await self._answer(method, path, headers, body, writer):
+                if not await self._answer(method, path, headers, body, reader, writer):
                     return
         finally:
             self._writers.discard(writer)
@@ -91,10 +91,25 @@ class FakeUpstream:
         path: str,
         headers: dict[str, str],
         body: bytes,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         if path == "/drop":
             writer.transport.abort()
+            return False
+        if path == "/upgrade":
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n")
+            await writer.drain()
+            for _ in range(10_000):  # echo raw bytes until the client closes
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+            return False
+        if path == "/then-close":  # answers, then closes without saying so (an idle timeout)
+            writer.write(b"HTTP/1.1 200 X\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
             return False
         if path == "/eof":
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + self.name.encode())
@@ -397,6 +412,30 @@ async def test_expect_continue_is_answered_by_the_router(router, start_upstream)
         writer.close()
 
 
+async def test_upgrade_tunnels_bytes_both_ways(router, start_upstream) -> None:
+    upstream = await start_upstream("v1")
+    await serve(router, {"v1": [upstream]}, {"v1": 100})
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port(ROUTE))
+    try:
+        writer.write(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101")
+        for message in (b"ping", b"pong" * 1000):
+            writer.write(message)
+            assert await asyncio.wait_for(reader.readexactly(len(message)), 10) == message
+    finally:
+        writer.close()
+    counters = (await router.counters(ROUTE))["v1"]
+    for _ in range(200):  # the tunnel is counted when it ends
+        if counters.requests:
+            break
+        await asyncio.sleep(0.01)
+        counters = (await router.counters(ROUTE))["v1"]
+    assert (counters.requests, counters.errors) == (1, 0)
+
+
 # --- connection reuse ------------------------------------------------------------------------
 
 
@@ -411,6 +450,22 @@ async def test_upstream_connections_are_reused(router, start_upstream, client) -
     assert len(upstream.paths) == 250
     # Sequential requests share one connection; the burst of 50 may open a few more.
     assert upstream.connections <= 60
+
+
+async def test_pooled_connections_closed_by_the_upstream_are_not_reused(
+    router, start_upstream, client
+) -> None:
+    upstream = await start_upstream("v1")
+    url = await serve(router, {"v1": [upstream]}, {"v1": 100})
+
+    answers = []
+    for _ in range(30):
+        answers.append(await client.get(url + "/then-close"))
+        await asyncio.sleep(0.01)  # lets the upstream's FIN arrive, as an idle timeout would
+
+    assert [answer.text for answer in answers] == ["ok"] * 30
+    assert upstream.connections == 30
+    assert (await router.counters(ROUTE))["v1"].connect_failures == 0
 
 
 async def test_client_keep_alive_and_pipelining(router, start_upstream) -> None:
