@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ STUBBORN = (
     "time.sleep(600)\n"
 )
 SLEEPER = "import time; print('up', flush=True); time.sleep(600)"
+# Kubernetes semantics: liveness counts from initial_delay, so it must outwait a slow start on a
+# busy 2-core machine (Python start-up plus imports can take seconds there).
+LIVENESS = ProbeSpec(
+    kind="http", path="/health/live", interval=0.2, failure_threshold=5, initial_delay=5.0
+)
 
 MakePlatform = Callable[..., LocalPlatform]
 
@@ -136,7 +142,7 @@ def spec(mark: str, version: str = "v1.2.0", index: int = 0, **changes: Any) -> 
         "command": USER_SERVICE,
         "env": {MARK: mark, "GREETING": "hello"},
         "secret_env": {"API_TOKEN": SECRET},
-        "liveness": ProbeSpec(kind="http", path="/health/live", interval=0.2, failure_threshold=3),
+        "liveness": LIVENESS,
         "readiness": ProbeSpec(
             kind="http", path="/health/ready", interval=0.2, failure_threshold=2
         ),
@@ -147,14 +153,10 @@ def spec(mark: str, version: str = "v1.2.0", index: int = 0, **changes: Any) -> 
 
 
 def script_spec(mark: str, code: str, **changes: Any) -> InstanceSpec:
-    tcp = ProbeSpec(kind="tcp", interval=0.2, failure_threshold=2)
+    tcp = ProbeSpec(kind="tcp", interval=0.2, failure_threshold=3)
+    fields: dict[str, Any] = {"liveness": replace(tcp, initial_delay=1.0), "readiness": tcp}
     return spec(
-        mark,
-        version="script",
-        command=["python", "-c", code, "{port}"],
-        liveness=tcp,
-        readiness=tcp,
-        **changes,
+        mark, version="script", command=["python", "-c", code, "{port}"], **(fields | changes)
     )
 
 
@@ -273,7 +275,7 @@ async def test_liveness_failure_restarts_the_process(
     started = await platform.start(script_spec(mark, SLEEPER))
     failed = await wait_for(platform, lambda i: i.restarts >= 1)
     assert failed.last_failure is not None
-    assert failed.last_failure.startswith("liveness failed 2 times: ")
+    assert failed.last_failure.startswith("liveness failed 3 times: ")
     assert started.pid is not None
     await eventually(lambda: not running(started.pid))  # type: ignore[arg-type]
 
@@ -305,9 +307,10 @@ async def test_memory_limit_is_applied_only_when_enforced(
     make_platform: MakePlatform, ledger: MemoryLedger, mark: str
 ) -> None:
     limited = make_platform(enforce_memory_limit=True)
-    inst = await limited.start(script_spec(mark, SLEEPER, memory_mb=700))
+    quiet = ProbeSpec(kind="tcp", initial_delay=600)  # no probe restarts during the test
+    inst = await limited.start(script_spec(mark, SLEEPER, memory_mb=700, liveness=quiet))
     unlimited = make_platform(enforce_memory_limit=False)
-    free = await unlimited.start(script_spec(mark, SLEEPER, index=1))
+    free = await unlimited.start(script_spec(mark, SLEEPER, index=1, liveness=quiet))
 
     def address_space(pid: int | None) -> str:
         limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
