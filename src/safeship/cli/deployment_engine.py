@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     action.add_argument("--status", action="store_true", help="show a deployment (--deployment-id)")
     action.add_argument("--cancel", action="store_true", help="cancel a deployment (--deployment-id)")
     action.add_argument("--list", action="store_true", help="list recent deployments")
+    action.add_argument("--approve", action="store_true", help="approve a deployment awaiting approval")
     p.add_argument("--service")
     p.add_argument("--version")
     p.add_argument("--environment")
@@ -42,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="blue_green | canary | rolling | recreate (default: selected, with a reason)")
     p.add_argument("--policy", default="safeship", help="analysis policy: safeship, seed, flagger, argo, kayenta")
     p.add_argument("--detach", action="store_true", help="return the deployment id at once")
+    p.add_argument("--override-freeze", metavar="REASON", help="deploy inside a freeze window; the reason is recorded")
+    p.add_argument("--approved-by", default=os.environ.get("USER", ""), help="who approves (default: $USER)")
     add_common(p)
     return p
 
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                        environment=args.environment)]
             emit(rows, as_json=args.json, text=lambda: output.show_list(rows))
             return EXIT_OK
-        deployment_id = require(args.deployment_id, "--deployment-id", "--status" if args.status else "--cancel")
+        action = "--status" if args.status else "--cancel" if args.cancel else "--approve"
+        deployment_id = require(args.deployment_id, "--deployment-id", action)
+        if args.approve:
+            return approve(args, config, store, deployment_id)
         if args.cancel:
             record = _engine_for_store(config, store).cancel(deployment_id, by="deployment-engine --cancel")
             data = deployment_json(record, store.events(record.id))
@@ -86,6 +93,8 @@ def _request(args: argparse.Namespace) -> DeploymentRequest:
         version=require(args.version, "--version", "--deploy"),
         environment=require(args.environment, "--environment", "--deploy"),
         deployment_strategy=strategy,
+        override_freeze=args.override_freeze,
+        requested_by=os.environ.get("USER", ""),
     )
 
 
@@ -133,13 +142,44 @@ async def _deploy_sim(args: argparse.Namespace, config: SafeshipConfig, store: S
             last[0] = key
             output.console.print(output.progress_line(deployment_json(current), clock.now() - started))
 
-    final = await engine.run(record.id, on_tick=show)
+    final = await engine.run(record.id, on_tick=show, return_when_awaiting=True)
+    return _report(args, store, final)
+
+
+def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> int:
+    """Record the approval; a sim deployment then runs to its end here, a local one in the controller."""
+    record = _engine_for_store(config, store).approve(deployment_id, by=args.approved_by)
+    if not args.json:
+        output.console.print(f"{deployment_id}: approved by {args.approved_by or 'unknown'}")
+    environment = config.environment(record.environment)
+    if environment is None or environment.platform != "sim" or args.detach:
+        if environment is not None and environment.platform != "sim":
+            from safeship.api.client import ControllerClient
+
+            ControllerClient(state_dir(config, args.config)).ensure_running(args.config)
+        return EXIT_OK
+    return asyncio.run(_continue_sim(args, config, store, record))
+
+
+async def _continue_sim(args: argparse.Namespace, config: SafeshipConfig, store: Store,
+                        record: DeploymentRecord) -> int:
+    from safeship.engine.simulate import sim_engine
+
+    engine, _ = await sim_engine(config, store, service=record.service, environment=record.environment,
+                                 candidate=record.version, policy_for=policy_for,
+                                 start=max(time.time(), record.updated_at + 1))
+    final = await engine.run(record.id)
     return _report(args, store, final)
 
 
 def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> int:
     data = deployment_json(final, store.events(final.id))
     if args.detach:
+        return EXIT_OK
+    if final.phase == Phase.AWAITING_APPROVAL.value:
+        emit(data, as_json=args.json, text=lambda: output.console.print(
+            f"{final.id}: awaiting approval in {final.environment}; approve with "
+            f"`deployment-engine --approve --deployment-id {final.id}`"))
         return EXIT_OK
     emit(data, as_json=args.json, text=lambda: output.console.print(
         f"{final.id}: {final.phase} - {final.reason or ''}"))

@@ -248,6 +248,48 @@ class SecurityPolicy(Model):
     rules: list[SecurityPolicyRule] = Field(default_factory=list)
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class FreezeWindowConfig(Model):
+    """No deployments inside this window (weekday + time range in a time zone)."""
+
+    name: str = "freeze"
+    days: list[str] = Field(default_factory=lambda: ["daily"])
+    start: str = "00:00"
+    end: str = "23:59"
+    timezone: str = "UTC"
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, days: list[str]) -> list[str]:
+        cleaned = [d.strip().lower()[:3] if d.strip().lower() != "daily" else "daily" for d in days]
+        for day in cleaned:
+            if day != "daily" and day not in _DAYS:
+                raise ValueError(f"days must be mon..sun or daily, got {days!r}")
+        return cleaned
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        parts = value.split(":")
+        ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < 24 and int(parts[1]) < 60
+        if not ok:
+            raise ValueError(f"expected a time of day as HH:MM, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class Environment(Model):
     name: str = Field(min_length=1)
     type: EnvironmentType = EnvironmentType.DEVELOPMENT
@@ -259,6 +301,10 @@ class Environment(Model):
     router_port_base: int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
     variables: dict[str, str] = Field(default_factory=dict)
     approval: Literal["none", "required"] = "none"
+    freeze_windows: list[FreezeWindowConfig] = Field(default_factory=list)
+    max_concurrent_deployments: int | None = Field(default=None, ge=1)
+    config_maps: dict[str, dict[str, str]] = Field(default_factory=dict)  # name -> {key: value}
+    run_as_user: str | None = None  # local platform: drop to this user when the controller is root
 
     @property
     def availability_requirement(self) -> AvailabilityRequirement:
@@ -357,3 +403,4 @@ class DeploymentRequest(Model):
     configuration: DeploymentConfiguration | None = None  # None: from the service's config
     rollback_config: RollbackConfiguration | None = None
     requested_by: str = ""
+    override_freeze: str | None = None  # the reason, recorded with the deployment

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from safeship.analysis.base import Policy
@@ -25,10 +26,11 @@ from safeship.config.models import (
     SafeshipConfig,
     ServiceConfig,
 )
+from safeship.engine import gates
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.engine.phases import Phase
-from safeship.engine.selection import Capacity, select_strategy
+from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.steps import POLL_S, StepResult, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, StaleStateError
 from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion, Store, new_id
@@ -49,7 +51,6 @@ class DeploymentEngine:
         notifier: NotificationSink | None = None,
         secrets_for: Callable[[str, str], Mapping[str, str]] | None = None,
         default_policy: str = "safeship",
-        capacity_for: Callable[[str, str], Capacity | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -57,7 +58,6 @@ class DeploymentEngine:
         self.policy_for = policy_for
         self.notifier = notifier or LogSink()
         self.default_policy = default_policy
-        self.capacity_for = capacity_for
         self.steps = StepRunner(config, world, policy_for, secrets_for)
 
     @property
@@ -67,16 +67,20 @@ class DeploymentEngine:
     # ------------------------------------------------------------ requests
 
     def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
-        """Validate, select a strategy, plan, and persist the deployment as pending."""
+        """Validate, pass the gates, select a strategy, plan, and persist the deployment as pending.
+
+        Every refusal happens here, before anything starts, and changes nothing."""
         service, environment = validate_request(self.config, self.store, request)
         baseline = self.current_version(request.service_name, request.environment)
         if baseline == request.version:
             raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
+        frozen = gates.check_freeze(environment, self.wall_now(), request.override_freeze)
+        gates.check_concurrency(self.store, environment)
         policy_name = policy or self.default_policy
         chosen = self.policy_for(policy_name)
         recent = [d.phase for d in self.store.list_deployments(
             service=request.service_name, environment=request.environment, limit=5)]
-        capacity = self.capacity_for(request.service_name, request.environment) if self.capacity_for else None
+        capacity = gates.free_capacity(self.config, self.store, request.service_name, environment)
         try:
             selection = select_strategy(
                 service_name=request.service_name,
@@ -89,22 +93,25 @@ class DeploymentEngine:
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        settings = self.config.intelligent_deployment
         replicas = request.configuration.replicas if request.configuration else service.replicas
-        plan = STRATEGIES[selection.strategy].plan(
-            PlanInput(
-                service=request.service_name,
-                candidate=request.version,
-                baseline=baseline,
-                replicas=replicas,
-                settings=settings,
-                policy_weights=chosen.weights(settings.strategies.canary.traffic_percentages),
-                readiness_timeout=self.readiness_timeout(request.service_name),
-            )
+        plan_input = PlanInput(
+            service=request.service_name,
+            candidate=request.version,
+            baseline=baseline,
+            replicas=replicas,
+            settings=self.config.intelligent_deployment,
+            policy_weights=chosen.weights(self.config.intelligent_deployment.strategies.canary.traffic_percentages),
+            readiness_timeout=self.readiness_timeout(request.service_name),
         )
+        selection, plan = self._fit_quota(selection, plan_input, service, capacity, environment.name,
+                                          explicit=request.deployment_strategy is not None)
         if selection.slow:
             plan = [_slower(step) for step in plan]
         now = self.clock.now()
+        status: dict[str, Any] = {"replicas": replicas}
+        if frozen is not None:
+            status["freeze_override"] = {"window": frozen, "reason": request.override_freeze,
+                                         "by": request.requested_by}
         record = DeploymentRecord(
             id=new_id("deploy"),
             service=request.service_name,
@@ -117,22 +124,64 @@ class DeploymentEngine:
             phase=Phase.PENDING.value,
             step_index=0,
             plan=plan,
-            status={"replicas": replicas},
+            status=status,
             request=request.model_dump(mode="json"),
             created_at=now,
             updated_at=now,
             phase_started_at=now,
             step_started_at=now,
         )
-        self.store.create_deployment(
-            record,
-            [
-                EventRecord(record.id, now, "created", f"deploy {request.service_name} {request.version} to "
-                            f"{request.environment} (from {baseline or 'nothing'})"),
-                EventRecord(record.id, now, "strategy", selection.reason, {"strategy": selection.strategy.value}),
-            ],
-        )
+        events = [
+            EventRecord(record.id, now, "created", f"deploy {request.service_name} {request.version} to "
+                        f"{request.environment} (from {baseline or 'nothing'})"
+                        f"{' by ' + request.requested_by if request.requested_by else ''}"),
+            EventRecord(record.id, now, "strategy", selection.reason, {"strategy": selection.strategy.value}),
+        ]
+        if frozen is not None:
+            events.append(EventRecord(record.id, now, "freeze_override",
+                                      f"{frozen} overridden: {request.override_freeze}",
+                                      {"reason": request.override_freeze, "by": request.requested_by}))
+        self.store.create_deployment(record, events)
         return record
+
+    def wall_now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.now(), tz=UTC)
+
+    def _fit_quota(self, selection: Selection, given: PlanInput, service: ServiceConfig, capacity: Capacity,
+                   environment: str, *, explicit: bool) -> tuple[Selection, list[Step]]:
+        """The selected plan if it fits the quota at its peak; else a lighter strategy that does (and
+        says why); else QuotaExceeded naming the resource, requested vs available."""
+        strategies = self.config.intelligent_deployment.strategies
+        order = [selection.strategy] + ([] if explicit else [
+            s for s in (DeploymentStrategy.ROLLING, DeploymentStrategy.RECREATE)
+            if s is not selection.strategy and getattr(strategies, s.value).enabled])
+        first_short: gates.Shortfall | None = None
+        for strategy in order:
+            plan = STRATEGIES[strategy].plan(given)
+            peak = gates.peak_instances(plan, given.baseline, given.replicas)
+            short = gates.shortfall(peak, service.resources.cpu, service.resources.memory, capacity)
+            if short is None:
+                if strategy is selection.strategy:
+                    return selection, plan
+                reason = (f"{strategy.value}: {selection.strategy.value} would exceed {environment}'s quota "
+                          f"({first_short}); {strategy.value} needs {peak} instances at most. "
+                          f"Otherwise {selection.reason}")
+                return Selection(strategy, reason), plan
+            first_short = first_short or short
+        raise gates.QuotaExceeded(
+            f"{given.service} {given.candidate} does not fit {environment}'s quota with "
+            f"{selection.strategy.value}: {first_short}; nothing was started"
+        )
+
+    def approve(self, deployment_id: str, *, by: str) -> DeploymentRecord:
+        """Record who approved an awaiting deployment, and when; it then proceeds."""
+        record = self.store.get_deployment(deployment_id)
+        if record.phase != Phase.AWAITING_APPROVAL.value:
+            raise ConflictError(f"deployment {deployment_id} is {record.phase}, not awaiting approval")
+        tick = Tick(record, self.clock.now())
+        tick.status["approval"] = {"by": by or "unknown", "at": tick.now}
+        self._enter(tick, Phase.PREPARING, f"approved by {by or 'unknown'}")
+        return self.store.save_transition(record, tick.result(), tick.events)
 
     def readiness_timeout(self, service: str) -> float:
         triggers = self.config.rollback_for(service).triggers
@@ -205,7 +254,12 @@ class DeploymentEngine:
         tick = Tick(record, self.clock.now())
         wait = 0.0
         if phase is Phase.PENDING:
-            self._enter(tick, Phase.PREPARING)
+            environment = self.config.environment(record.environment)
+            if environment is not None and environment.approval == "required":
+                self._enter(tick, Phase.AWAITING_APPROVAL, f"{record.environment} requires approval: "
+                            f"`deployment-engine --approve --deployment-id {record.id}`")
+            else:
+                self._enter(tick, Phase.PREPARING)
         elif phase is Phase.PREPARING:
             await self._prepare(tick)
         elif phase in (Phase.PROGRESSING, Phase.MONITORING):
@@ -224,16 +278,23 @@ class DeploymentEngine:
         return wait, saved
 
     async def run(
-        self, deployment_id: str, *, on_tick: Callable[[DeploymentRecord], Awaitable[None] | None] | None = None
+        self,
+        deployment_id: str,
+        *,
+        on_tick: Callable[[DeploymentRecord], Awaitable[None] | None] | None = None,
+        return_when_awaiting: bool = False,
     ) -> DeploymentRecord:
-        """Advance until the deployment ends, sleeping on the engine's clock between ticks."""
+        """Advance until the deployment ends, sleeping on the engine's clock between ticks.
+
+        `return_when_awaiting` returns as soon as it waits for a person's approval (a foreground
+        command on a virtual clock must not wait for one)."""
         while True:
             wait, record = await self.step(deployment_id)
             if on_tick is not None:
                 maybe = on_tick(record)
                 if maybe is not None:
                     await maybe
-            if math.isinf(wait):
+            if math.isinf(wait) or (return_when_awaiting and record.phase == Phase.AWAITING_APPROVAL.value):
                 return record
             if wait > 0:
                 await self.clock.sleep(wait)
