@@ -1,0 +1,30 @@
+"""Every registered plug-in loads and satisfies its protocol's methods; unknown names fail loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from safeship.errors import InputError
+from safeship.platforms import PLATFORMS, platform_class
+from safeship.routing import ROUTERS, router_class
+
+
+@pytest.mark.parametrize("name", sorted(PLATFORMS))
+def test_platforms_have_the_protocol_methods(name: str) -> None:
+    cls = platform_class(name)
+    for method in ("start", "stop", "instances", "close"):
+        assert callable(getattr(cls, method, None)), (name, method)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_routers_have_the_protocol_methods(name: str) -> None:
+    cls = router_class(name)
+    for method in ("set_backends", "set_weights", "hold", "counters", "close"):
+        assert callable(getattr(cls, method, None)), (name, method)
+
+
+def test_unknown_names_list_the_known_ones() -> None:
+    with pytest.raises(InputError, match="known platforms: local, sim"):
+        platform_class("nomad")
+    with pytest.raises(InputError, match="known routers: builtin, sim"):
+        router_class("nginx")
