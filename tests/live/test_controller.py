@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import httpx
 import pytest
 
 from safeship.api.client import ControllerClient
-from safeship.errors import ConflictError, ControllerUnreachable, NotFoundError
+from safeship.errors import ConflictError, ControllerUnreachable, InputError, NotFoundError
 from safeship.store import Store
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -81,7 +82,7 @@ class Setup:
     def ledger(self) -> list[dict[str, Any]]:
         store = Store(f"sqlite:///{self.state_dir}/state.db")
         try:
-            records = [dict(r) for r in store.load_instances()]
+            records: list[dict[str, Any]] = [dict(r) for r in store.load_instances()]
         finally:
             store.close()
         self.seen_pids |= {int(r["pid"]) for r in records if r.get("pid")}
@@ -383,6 +384,8 @@ def test_the_api_needs_the_token_and_answers_bad_input_in_one_sentence(setup: Se
         base + "/deployments", json={"service_name": "nope", "version": "v1", "environment": ENV}, headers=headers
     )
     assert unknown.status_code == 404 and "'nope'" in unknown.json()["detail"]
+    with pytest.raises(InputError, match="unknown policy 'nope'"):
+        deploy(client, "v1.2.0", policy="nope")
     with pytest.raises(NotFoundError):
         client.get("deploy-missing")
     assert client.list(service=SERVICE) == []
@@ -402,3 +405,38 @@ def test_the_api_needs_the_token_and_answers_bad_input_in_one_sentence(setup: Se
         assert client.stop()
         if info is not None and alive(int(info["pid"])):
             os.kill(int(info["pid"]), signal.SIGKILL)
+
+
+def test_instances_that_die_or_never_get_ready_get_no_traffic(setup: Setup, controller: Controller) -> None:
+    client = ControllerClient(setup.state_dir)
+    with Load(client.routes()[ROUTE]) as load:
+        first, _ = wait_final(client, deploy(client, "v1.2.0")["id"])
+        assert first["phase"] == "succeeded", first["reason"]
+
+        victim_id = f"{ENV}/{SERVICE}/v1.2.0-0"
+        victim = setup.pids()[victim_id]
+        killed_at = time.time()
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: setup.pids().get(victim_id) not in (None, victim), 15, "the platform to restart it")
+        wait_for(lambda: client.get(first["id"])["metrics"]["v1.2.0"]["requests"] > 0, 5, "traffic")
+        time.sleep(2.0)  # the restarted instance is probed ready and serves again
+        total, failed = load.window(killed_at, time.time())
+        print(f"\nkill -9 of one v1.2.0 instance: {failed} of {total} requests failed")
+        assert failed <= 2  # only requests cut mid-response can fail; the router retries the rest
+
+        started = time.time()
+        cli = [str(Path(sys.executable).parent / "deployment-engine"), "--deploy", "--service", SERVICE,
+               "--version", "v1.5.0", "--environment", ENV, "--strategy", "canary",
+               "--config", str(setup.config), "--json"]  # fmt: skip
+        ran = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 1, ran.stderr  # DESIGN.md: 1 = rolled back
+        final = json.loads(ran.stdout)
+        total, failed = load.window(started, time.time())
+        print(f"v1.5.0 (never ready): {final['phase']} ({final['reason']}); {failed} of {total} requests failed")
+        assert final["phase"] == "rolled_back"
+        assert final["evidence"]["trigger"] == "health_check_failure"
+        assert failed == 0
+    wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 15, "v1.5.0 to stop")
+    info = client.info()
+    assert info is not None and controller.process is not None
+    assert info["pid"] == controller.process.pid  # the CLI used the running controller

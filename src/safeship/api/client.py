@@ -107,9 +107,10 @@ class ControllerClient:
             if self.is_running():
                 return True
             if process.poll() is not None and not self.is_running():
+                why = _last_line(logs / "controller.log")
                 raise ControllerUnreachable(
-                    f"the controller exited with code {process.returncode} while starting; "
-                    f"see {logs / 'controller.log'}"
+                    f"the controller exited with code {process.returncode} while starting"
+                    f"{': ' + why if why else ''} (log: {logs / 'controller.log'})"
                 )
             time.sleep(0.1)
         raise ControllerUnreachable(
@@ -201,6 +202,14 @@ def _error(response: httpx.Response) -> SafeshipError:
     if status < 500:
         return InputError(detail)
     return SafeshipError(f"the controller failed: {detail}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("error: ") if lines else ""
 
 
 def _is_our_server(pid: int) -> bool:
