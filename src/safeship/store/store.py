@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
@@ -87,6 +87,14 @@ class StableVersion:
     healthy: bool
 
 
+# Built once: this runs on every state transition, and building it costs more than running it.
+_GUARDED_UPDATE = (
+    update(schema.deployments)
+    .where(schema.deployments.c.id == bindparam("match_id"))
+    .where(schema.deployments.c.row_version == bindparam("match_row_version"))
+)
+
+
 def _shallow(record: Any) -> dict[str, Any]:
     """Field values without dataclasses.asdict's deep copy (status holds histograms)."""
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
@@ -154,13 +162,9 @@ class Store:
         values = _shallow(after)
         values.pop("id")
         values["row_version"] = before.row_version + 1
+        values["match_id"], values["match_row_version"] = before.id, before.row_version
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(schema.deployments)
-                .where(schema.deployments.c.id == before.id)
-                .where(schema.deployments.c.row_version == before.row_version)
-                .values(**values)
-            )
+            result = conn.execute(_GUARDED_UPDATE, values)
             if result.rowcount != 1:
                 raise StaleStateError(f"deployment {before.id} was advanced by another engine")
             self._insert_events(conn, events)
