@@ -34,10 +34,13 @@ The tests
 * `one_sample_log_lr`: one version's rate against a fixed p0 (the seed's absolute triggers, single-
   version phases, sign tests on gauges). Null p <= p0; E[LR_k] = (p p_k/p0 + (1-p)(1-p_k)/(1-p0))^n
   <= 1 for p <= p0.
-* `mean_bet_log_wealth`: mean latency above an absolute threshold mu0. For nonnegative X with
-  E[X] <= mu0 the bet 1 + lam (mean/mu0 - 1), lam in [0, 1), is nonnegative with mean <= 1
-  (testing by betting, Waudby-Smith & Ramdas 2023). It needs only nonnegativity, no variance model,
-  and uses the exact per-tick latency sum rather than the histogram.
+* `mean_bet_log_wealth`: mean latency above an absolute threshold mu0. For a nonnegative latency X
+  with E[X] <= mu0 the bet 1 + lam (X/mu0 - 1), lam in [0, 1), is nonnegative with mean <= 1
+  (testing by betting, Waudby-Smith & Ramdas 2023): no variance model, only nonnegativity. The
+  router keeps a histogram, not single latencies, so each request bets on its bucket's lower
+  bound L <= X; the bet is increasing in X, so this only lowers the wealth and stays valid. One
+  bet per request is far stronger than one bet on each tick's mean (a tick of 100 requests
+  whose mean is 1.8 mu0 multiplies the wealth by at most 1.8 as one bet, by ~e^50 as 100).
 
 Mixtures
 --------
@@ -71,10 +74,15 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
+from safeship import histogram
+
 # Alternatives as multiples of the null: rho_k = rho0 * m (two-sample), odds_k = odds0 * m
 # (one-sample). From "a bit worse than tolerated" to "everything fails".
 RATIO_GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
-BET_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)  # fractions of wealth bet on "mean > mu0"
+# Fractions of wealth each request bets on "mean > mu0": small bets for heavy-tailed latencies and
+# mild regressions, large ones for gross ones.
+BET_GRID: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 0.9)
+_LOWER_MS = np.array((0.0, *histogram.BOUNDS_MS))  # lower bound of each histogram bucket
 _MAX_LOG_E = 690.0  # exp() of more overflows a float; such evidence is reported as e = 1e299
 
 State = dict[str, Any]
@@ -89,7 +97,7 @@ class Restarts:
     j <= horizon and no runs after it (flat over the first `horizon` restarts)."""
 
     every: float = 30.0
-    keep: int = 8
+    keep: int = 6
     horizon: int = 0
 
     def log_weight(self, j: int) -> float:
@@ -137,13 +145,14 @@ def one_sample_log_lr(
 
 
 def mean_bet_log_wealth(
-    n: ArrayLike, total: ArrayLike, mu0: float, bets: Sequence[float] = BET_GRID
+    buckets: ArrayLike, mu0: float, bets: Sequence[float] = BET_GRID
 ) -> FloatArray:
-    """log(1 + lam (total / (n mu0) - 1)) per bet lam: the mean of n nonnegative values vs mu0."""
-    nn, tt = (np.asarray(v, dtype=np.float64)[..., None] for v in (n, total))
+    """sum over requests of log(1 + lam (L/mu0 - 1)) per bet lam, L the request's bucket's lower
+    bound in ms; `buckets` has the histogram's buckets on its last axis. Shape (..., len(bets))."""
+    counts = np.asarray(buckets, dtype=np.float64)
     lam = np.asarray(bets, dtype=np.float64)
-    ratio = np.where(nn > 0, tt / (np.where(nn > 0, nn, 1.0) * mu0), 1.0)
-    return np.asarray(np.log1p(lam * (ratio - 1.0)), dtype=np.float64)
+    per_request = np.log1p(np.multiply.outer(_LOWER_MS / mu0 - 1.0, lam))  # (buckets, bets)
+    return np.asarray(counts @ per_request, dtype=np.float64)
 
 
 def _alternatives(p0: float, multipliers: Sequence[float]) -> FloatArray:
@@ -186,11 +195,14 @@ def _one_sample_step(n: float, x: float, p0: float, multipliers: Sequence[float]
     return out
 
 
-def _mean_bet_step(n: float, total: float, mu0: float, bets: Sequence[float]) -> list[float]:
-    if n <= 0:
-        return [0.0] * len(bets)
-    ratio = total / (n * mu0)
-    return [math.log1p(lam * (ratio - 1.0)) for lam in bets]
+def _mean_bet_step(buckets: Sequence[int], mu0: float, bets: Sequence[float]) -> list[float]:
+    out = [0.0] * len(bets)
+    for index, count in enumerate(buckets):
+        if count:
+            excess = float(_LOWER_MS[index]) / mu0 - 1.0
+            for k, lam in enumerate(bets):
+                out[k] += count * math.log1p(lam * excess)
+    return out
 
 
 # ---------------------------------------------------------------- e-process state
@@ -239,17 +251,18 @@ def update_one_sample(
 
 def update_mean(
     state: Mapping[str, Any],
-    n: float,
-    total: float,
+    buckets: Sequence[int],
     mu0: float,
+    latency_sum: float = 0.0,
     *,
     now: float | None = None,
     restarts: Restarts | None = None,
     bets: Sequence[float] = BET_GRID,
 ) -> State:
-    """Fold one tick (n values summing to `total`, all >= 0) into a test of H0: mean <= mu0."""
-    step = _mean_bet_step(n, total, mu0, bets)
-    return _advance(state, step, (n, total), now, restarts)
+    """Fold one tick's latency histogram into a test of H0: mean latency <= mu0 (ms).
+    `latency_sum` (ms) is only kept for the report."""
+    step = _mean_bet_step(buckets, mu0, bets)
+    return _advance(state, step, (sum(buckets), latency_sum), now, restarts)
 
 
 def _advance(
@@ -276,7 +289,7 @@ def _advance(
         {
             "j": run["j"],
             "lw": run["lw"],
-            "llr": [a + b for a, b in zip(run["llr"], step, strict=True)],
+            "llr": [_floor6(a + b) for a, b in zip(run["llr"], step, strict=True)],
             "n": [a + b for a, b in zip(run["n"], counts, strict=True)],
         }
         for run in runs
@@ -286,7 +299,13 @@ def _advance(
 
 def _new_run(j: int, k: int, c: int, restarts: Restarts | None) -> dict[str, Any]:
     log_weight = 0.0 if restarts is None else restarts.log_weight(j)
-    return {"j": j, "lw": log_weight, "llr": [0.0] * k, "n": [0.0] * c}
+    return {"j": j, "lw": log_weight, "llr": [0.0] * k, "n": [0] * c}
+
+
+def _floor6(value: float) -> float:
+    """Round a log likelihood ratio down to 1e-6: a compact state, and rounding down only ever
+    lowers E_t, so the Ville bound still holds."""
+    return math.floor(value * 1e6) / 1e6
 
 
 def _run_log_e(run: Mapping[str, Any]) -> float:
