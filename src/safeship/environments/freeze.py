@@ -50,7 +50,7 @@ class FreezeWindow:
             raise _Invalid("name", "must not be empty")
         object.__setattr__(self, "days", _normalise_days(self.days))
         start, end = _minutes(self.start, "start"), _minutes(self.end, "end", allow_24=True)
-        if start == end % _DAY_MINUTES:
+        if start == end:
             raise _Invalid("end", f"equals start ({self.start}); a whole day is 00:00-24:00")
         _zone(self.timezone)
 

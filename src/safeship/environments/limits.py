@@ -10,14 +10,20 @@ Two mechanisms, picked once by `detect()`:
   seconds, not a rate, so it is no substitute).
 
 RLIMIT_AS caps virtual address space, which is always more than memory in use: shared libraries are
-mapped whole, every thread reserves an 8 MiB stack and glibc reserves 64 MiB per malloc arena. A
-bare Python needs ~13 MiB of it, the example user service (5 threads) ~130 MiB with peaks near
-200 MiB, while using ~26 MiB. So the limit is memory_mb plus an allowance of memory_mb again, capped
-at 256 MiB: min(2 x memory_mb, memory_mb + 256). Doubling keeps the default 128 MiB service alive;
-the cap keeps large limits meaningful; and since the limit never exceeds 2 x memory_mb while the
-interpreter itself occupies some address space, a process that allocates twice its memory_mb always
-fails. Children also get MALLOC_ARENA_MAX=2 (`LimitPlan.extra_env`), which stops glibc reserving an
-arena per thread (8 threads: 650 MiB of address space become 150 MiB).
+mapped whole, every thread reserves an 8 MiB stack, and glibc reserves 64 MiB for each extra malloc
+arena (one per thread, up to 8 x cores). Measured here: a bare Python needs ~13 MiB of it; under an
+RLIMIT_AS of 64 MiB it can start only 6 threads ("can't start new thread"), 14 under 128 MiB.
+Limiting address space to memory_mb alone would therefore starve thread pools long before memory
+runs out. So the limit is memory_mb plus an allowance of memory_mb again, capped at 256 MiB:
+min(2 x memory_mb, memory_mb + 256). The allowance buys thread stacks and mappings; the cap keeps
+large limits meaningful; and since the limit never exceeds 2 x memory_mb while the interpreter itself
+occupies some address space, a process that allocates twice its memory_mb always fails. A purely
+fixed allowance (+256 MiB) could not promise that for small limits.
+
+Children under RLIMIT_AS also get MALLOC_ARENA_MAX=1 (`LimitPlan.extra_env`): an extra arena appears
+at an unpredictable moment and takes 64 MiB of the budget at once (measured: with 2 arenas, a child
+holding 16 MiB under 128 MiB started 12 threads in some runs, 4 in others). One arena makes the budget predictable,
+and Python's GIL already serialises most allocations, so the lost malloc concurrency costs little.
 
 The cgroup is joined by `attach(pid)` after the child has exec'd, so for those few milliseconds the
 child runs unlimited, and memory it charged before the move stays charged to the parent's cgroup.
@@ -43,7 +49,7 @@ MIB = 1024 * 1024
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000  # the kernel refuses smaller cpu.max quotas
 ADDRESS_SPACE_ALLOWANCE_CAP_MB = 256
-MALLOC_ARENAS = "2"
+MALLOC_ARENAS = "1"
 CONTROLLERS = ("memory", "cpu")
 # What a process prints when an allocation fails under RLIMIT_AS (Python, libc, C++, Go).
 _OUT_OF_MEMORY_SIGNS = (
@@ -209,8 +215,9 @@ class LimitPlan:
         that outlived their parent) is left in place with a warning."""
         if self.cgroup is None:
             return
-        if self.memory_cgroup:
-            self._oom_kills_at_release = _oom_kills(self.cgroup)
+        if self.memory_cgroup:  # memory.events goes with the cgroup: keep its count for oom_killed()
+            kills = _oom_kills(self.cgroup)
+            self._oom_kills_at_release = kills if kills is not None else self._oom_kills_at_release
         try:
             self.cgroup.rmdir()
         except FileNotFoundError:
@@ -264,8 +271,8 @@ def _probe(base: Path) -> tuple[LimitSupport | None, str]:
         return None, f"cannot read {base}/cgroup.controllers: {exc.strerror or exc}"
     wanted = [c for c in CONTROLLERS if c in available]
     if not wanted:
-        shown = " ".join(available) or "none"
-        return None, f"cgroup v2 at {base} has no memory or cpu controller (has: {shown})"
+        offered = f"only {', '.join(available)}" if available else "no controllers"
+        return None, f"cgroup v2 at {base} offers {offered}, not memory or cpu"
     wanted = _enable_controllers(base, wanted, strict=False)
     if not wanted:
         return None, f"cannot enable memory or cpu in {base}/cgroup.subtree_control"
