@@ -65,6 +65,7 @@ a tick without events multiplies every likelihood ratio by exactly 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -196,20 +197,31 @@ def _one_sample_step(n: float, x: float, p0: float, multipliers: Sequence[float]
 
 
 def _mean_bet_step(buckets: Sequence[int], mu0: float, bets: Sequence[float]) -> list[float]:
+    table = _bet_table(mu0, tuple(bets))
     out = [0.0] * len(bets)
     for index, count in enumerate(buckets):
         if count:
-            excess = float(_LOWER_MS[index]) / mu0 - 1.0
-            for k, lam in enumerate(bets):
-                out[k] += count * math.log1p(lam * excess)
+            row = table[index]
+            for k in range(len(out)):
+                out[k] += count * row[k]
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _bet_table(mu0: float, bets: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    """log(1 + lam (L/mu0 - 1)) per bucket and bet: one row per histogram bucket."""
+    return tuple(
+        tuple(math.log1p(lam * (float(lower) / mu0 - 1.0)) for lam in bets) for lower in _LOWER_MS
+    )
 
 
 # ---------------------------------------------------------------- e-process state
 
 
 def new_e_process() -> State:
-    """A fresh e-process: no runs yet (E = 1 until the first update)."""
+    """A fresh e-process: no runs yet (E = 1 until the first update). The state holds the runs
+    (start index `j`, log prior weight `lw`, log likelihood ratio per alternative `llr`, summed
+    counts `n`) and `log_e`, the mixture, kept so that a look need not recompute it."""
     return {"origin": None, "runs": []}
 
 
@@ -276,6 +288,7 @@ def _advance(
     origin = state.get("origin")
     if origin is None:
         origin = 0.0 if now is None else now
+    changed = not runs or "log_e" not in state
     if not runs:
         runs.append(_new_run(0, len(step), len(counts), restarts))
     if restarts is not None and now is not None:
@@ -283,18 +296,25 @@ def _advance(
         fresh = latest >= 1 and latest > max(int(r["j"]) for r in runs)
         if fresh and math.isfinite(restarts.log_weight(latest)):
             runs.append(_new_run(latest, len(step), len(counts), restarts))
-            first, rest = runs[0], runs[1:]
-            runs = [first, *rest[-restarts.keep :]]
+            runs = [runs[0], *runs[1:][-restarts.keep :]]
+            changed = True
+    informative = any(step)
+    floor = math.floor
     updated = [
         {
             "j": run["j"],
             "lw": run["lw"],
-            "llr": [_floor6(a + b) for a, b in zip(run["llr"], step, strict=True)],
+            # Rounded down to 1e-6: a compact state; rounding down only ever lowers E_t, so the
+            # Ville bound still holds. A tick without information leaves the lists as they were.
+            "llr": [floor((a + b) * 1e6) / 1e6 for a, b in zip(run["llr"], step, strict=True)]
+            if informative
+            else run["llr"],
             "n": [a + b for a, b in zip(run["n"], counts, strict=True)],
         }
         for run in runs
     ]
-    return {"origin": origin, "runs": updated}
+    log_e = _log_e_of(updated) if informative or changed else float(state["log_e"])
+    return {"origin": origin, "runs": updated, "log_e": log_e}
 
 
 def _new_run(j: int, k: int, c: int, restarts: Restarts | None) -> dict[str, Any]:
@@ -302,26 +322,28 @@ def _new_run(j: int, k: int, c: int, restarts: Restarts | None) -> dict[str, Any
     return {"j": j, "lw": log_weight, "llr": [0.0] * k, "n": [0] * c}
 
 
-def _floor6(value: float) -> float:
-    """Round a log likelihood ratio down to 1e-6: a compact state, and rounding down only ever
-    lowers E_t, so the Ville bound still holds."""
-    return math.floor(value * 1e6) / 1e6
-
-
 def _run_log_e(run: Mapping[str, Any]) -> float:
-    llr = [float(v) for v in run["llr"]]
-    top = max(llr)
-    return float(run["lw"]) + top + math.log(sum(math.exp(v - top) for v in llr) / len(llr))
+    llr = run["llr"]
+    top = float(max(llr))
+    exp = math.exp
+    total = 0.0
+    for value in llr:
+        total += exp(value - top)
+    return float(run["lw"]) + top + math.log(total / len(llr))
+
+
+def _log_e_of(runs: Sequence[Mapping[str, Any]]) -> float:
+    logs = [_run_log_e(run) for run in runs]
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs))
 
 
 def log_e_value(state: Mapping[str, Any]) -> float:
     """log E_t: the mixture over runs and alternatives (0.0 before any data)."""
+    if "log_e" in state:
+        return float(state["log_e"])
     runs = state.get("runs", [])
-    if not runs:
-        return 0.0
-    logs = [_run_log_e(run) for run in runs]
-    top = max(logs)
-    return top + math.log(sum(math.exp(v - top) for v in logs))
+    return _log_e_of(runs) if runs else 0.0
 
 
 def e_value(state: Mapping[str, Any]) -> float:
