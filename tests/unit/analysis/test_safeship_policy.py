@@ -387,6 +387,27 @@ def test_evidence_carries_over_across_steps() -> None:
     assert state["tests"]["errors"]["runs"][0]["n"] == e_before["runs"][0]["n"]
 
 
+def test_counters_that_went_back_are_a_measurement_error_not_evidence() -> None:
+    policy = SafeshipPolicy()
+    state = _fed(policy, 5, _plain(95, 0), _plain(5, 0))
+    broken = TrafficCounters(requests=-500, errors=-3)
+    new, decision = _look(policy, state, time_in_step=1, time_in_analysis=6, cand=broken)
+    assert decision.verdict is Verdict.ERROR and "candidate" in decision.reason
+    assert new == state
+
+
+def test_a_failure_reports_its_counts_rates_and_e_values() -> None:
+    runs = outcomes(TEN_X, 1)
+    evidence = runs[0].evidence
+    assert evidence["test"] == "errors" and evidence["trigger"] == "analysis"
+    assert evidence["bound"] == pytest.approx(250.0)  # alpha 0.01, 40% of it for errors
+    candidate, baseline = evidence["candidate"], evidence["baseline"]
+    assert candidate["rate"] > 4 * baseline["rate"]
+    assert candidate["events"] <= runs[0].candidate_failed
+    assert set(evidence["e_values"]) >= {"errors", "latency_p95", "latency_p99"}
+    assert json.loads(json.dumps(evidence)) == evidence
+
+
 # ---------------------------------------------------------------- single-version phases
 
 

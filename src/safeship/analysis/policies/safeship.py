@@ -34,7 +34,10 @@ step advances when all of these hold:
   requests, 0.25 cost 14, and a release whose errors start at 200 s cost 80 vs 34;
 * enough evidence: the candidate served `min_candidate_requests`, and enough requests that at the
   baseline's error rate it would have failed `min_expected_failures` times, so a large regression
-  (say 10x) would have shown by now.
+  (say 10x) would have shown by now. This is a power argument rather than a second sequential
+  test for "no worse than tolerance": proving a ratio below 1.2 at a 0.5% error rate takes tens of
+  thousands of candidate requests, so such a test would almost never end a step early, while
+  the envelope already sets the pace.
 
 A step whose `step_duration` ran out with no harm shown advances anyway: `step_duration` is "the
 longest a step waits for evidence". This is how a quiet service (2 rps) gets through: its tests
@@ -117,6 +120,9 @@ class SafeshipPolicy:
         return steps if steps and steps[-1] == 100 else [*steps, 100]
 
     def interval(self, analysis: AnalysisConfig) -> float:
+        """One second (or analysis.interval if shorter). Every look is valid, so looking often
+        costs no alpha; it decides gross failure within seconds of the first request (the
+        target is 15 s) and trims the overshoot of every other detection to under a second."""
         return min(float(analysis.interval), self.settings.look_interval)
 
     def start(self) -> State:
@@ -133,6 +139,11 @@ class SafeshipPolicy:
     def observe(
         self, state: dict[str, Any], sample: TickSample, ctx: StepContext
     ) -> tuple[dict[str, Any], Decision]:
+        broken = _broken_counters(sample)
+        if broken:
+            return dict(state), Decision(
+                Verdict.ERROR, f"{broken}: the router's counters went back"
+            )
         new = {**state, "clock": float(state.get("clock", 0.0)) + max(0.0, sample.dt)}
         if ctx.compare:
             new = self._fold_compare(new, sample, ctx)
@@ -321,7 +332,7 @@ class SafeshipPolicy:
                 st["gauges"]["windows"].get(name, []), trigger.threshold, trigger.duration
             ):
                 continue
-            return _explain_failure(st, name, score, trigger)
+            return _explain_failure(st, name, scores, trigger, self.settings.restarts)
         return None
 
     def _schedule(
@@ -424,22 +435,55 @@ def _pct(rate: float) -> str:
     return f"{100 * rate:.2g}%"
 
 
+def _broken_counters(sample: TickSample) -> str:
+    """Which version's counters decreased (a restarted router): that look measured nothing."""
+    for version, counters in (("baseline", sample.baseline), ("candidate", sample.candidate)):
+        if counters.requests < 0 or counters.failed < 0 or min(counters.latency_buckets) < 0:
+            return version
+    return ""
+
+
+def _format_e(e: float) -> str:
+    return f"{e:.0f}" if e < 1e5 else f"{e:.2g}"
+
+
 def _explain_failure(
-    st: State, name: str, score: Score, trigger: ThresholdTrigger | None
+    st: State,
+    name: str,
+    scores: Mapping[str, Score],
+    trigger: ThresholdTrigger | None,
+    restarts: judge.Restarts,
 ) -> Decision:
+    score = scores[name]
+    test = st["tests"][name]
     e, bound = score.e, 1.0 / score.alpha
-    run = judge.strongest_run(st["tests"][name]) or {"j": 0, "counts": []}
+    run = judge.strongest_run(test) or {"j": 0, "counts": [0, 0]}
     counts = run["counts"]
-    stat = f"sequential test, e={e:.3g} > {bound:.0f}"
+    window_start = float(test.get("origin") or 0.0) + run["j"] * restarts.every
     evidence: dict[str, Any] = {
         "trigger": trigger.type if trigger is not None else "analysis",
         "test": name,
         "e_value": e,
         "bound": bound,
-        "counts": counts,
-        "run_start_index": run["j"],
+        "alpha": score.alpha,
+        "window_start_s": window_start,  # on the policy's clock: seconds of analysis looked at
+        **_evidence_counts(counts, trigger),
+        "e_values": {other: s.e for other, s in scores.items()},
     }
+    stat = f"sequential test, e={_format_e(e)} > {bound:.0f}"
     return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger)} ({stat})", evidence)
+
+
+def _evidence_counts(counts: Sequence[float], trigger: ThresholdTrigger | None) -> dict[str, Any]:
+    def side(n: float, x: float) -> dict[str, float]:
+        return {"requests": n, "events": x, "rate": _rate(x, n)}
+
+    if isinstance(trigger, ResponseTimeThresholdTrigger) and trigger.statistic == "mean":
+        n, total = counts
+        return {"candidate": {"requests": n, "latency_sum_ms": total, "mean_ms": _rate(total, n)}}
+    if len(counts) == 4:
+        return {"baseline": side(counts[0], counts[1]), "candidate": side(counts[2], counts[3])}
+    return {"candidate": side(counts[0], counts[1])}
 
 
 def _rate(events: float, trials: float) -> float:
