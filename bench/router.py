@@ -40,6 +40,7 @@ RPS_TARGET = 0.5  # builtin rps / haproxy rps
 ADDED_P99_TARGET = 2.0  # builtin added p99 / haproxy added p99
 UPSTREAM_BODY = b"Hello from the upstream!\n"
 WARMUP_S = 1.0
+BUSY_LOAD = 1.0  # 1-minute load average above which other work is competing for the cpus
 
 
 @dataclass
@@ -369,6 +370,7 @@ def parse_wrk(output: str) -> Measurement:
 def run_benchmark(duration: float, connections: int, rounds: int) -> dict[str, Any]:
     """Measures every path in `rounds` interleaved rounds (order rotating) and keeps the median
     of each figure, so that a burst of background load hits all paths alike."""
+    load_before = os.getloadavg()[0]
     children = Children()
     paths: dict[str, int] = {}
     router: subprocess.Popen[str] | None = None
@@ -406,7 +408,9 @@ def run_benchmark(duration: float, connections: int, rounds: int) -> dict[str, A
     finally:
         children.stop_all()
     results = {name: median_of(rounds_done[name]) for name in paths}
-    return report(results, per_round * rounds, connections, rounds, router_counters)
+    summary = report(results, per_round * rounds, connections, rounds, router_counters)
+    summary["machine"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+    return summary
 
 
 def median_of(measurements: list[Measurement]) -> Measurement:
@@ -469,6 +473,11 @@ def print_table(summary: dict[str, Any]) -> None:
     for name, row in summary["results"].items():
         print(
             f"{name:<10}{row['rps']:>12.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{row['errors']:>9}"
+        )
+    if summary["machine"]["load_average_1m"]["before"] > BUSY_LOAD:
+        print(
+            f"\nwarning: load average was {summary['machine']['load_average_1m']['before']:.1f}"
+            " before the run: other work shares the cpus and skews tails; rerun when idle"
         )
     verdicts = summary["verdicts"]
     if not verdicts:

@@ -84,64 +84,27 @@ class _Request:
         "is_head",
         "keep_alive",
         "length",
+        "streams_body",
     )
 
     def __init__(self, head: bytes) -> None:
         line_end = head.find(b"\r\n")
-        version = head[line_end - 8 : line_end]
-        if head.find(b" ", 0, line_end) <= 0 or not version.startswith(b"HTTP/1."):
+        if head[line_end - 8 : line_end - 1] != b"HTTP/1." or head.find(b" ", 0, line_end) <= 0:
             raise _BadMessage("bad request line")
-        if _looks_folded(head):
-            raise _BadMessage("whitespace before a colon, or a folded header line")
-        lower = head.lower()
+        self.http11 = http11 = head[line_end - 1] == 0x31  # b"1"
         self.is_head = head.startswith(b"HEAD ")
-        self.http11 = version == b"HTTP/1.1"
-        self.length, self.chunked = _request_framing(lower)
-        connection = _header(lower, b"\r\nconnection:")
-        if self.http11:
-            self.keep_alive = connection is None or b"close" not in connection
-        else:
-            # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
-            self.keep_alive = False
-        self.expects_continue = (self.length > 0 or self.chunked) and _header(
-            lower, b"\r\nexpect:"
-        ) == b"100-continue"
-        if self.expects_continue or (self.http11 and not self.keep_alive):
+        content_length, transfer_encoding, connection, expect = _scan_fields(head)
+        self.length, self.chunked = _request_framing(content_length, transfer_encoding)
+        # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
+        self.keep_alive = http11 and (connection is None or b"close" not in connection)
+        self.expects_continue = expect == b"100-continue" and (self.length > 0 or self.chunked)
+        if self.expects_continue or (http11 and not self.keep_alive):
             # We answer 100 Continue ourselves, and keep the upstream connection reusable even
             # when this client leaves after one request.
-            head = _drop_headers(head, lower, (b"expect:", b"connection:"))
+            head = _drop_headers(head, (b"expect:", b"connection:"))
         self.head = head
+        self.streams_body = self.chunked or self.length > _REPLAY_LIMIT
         self.body: bytes | None = None  # set when the body was read whole (replayable)
-
-    @property
-    def streams_body(self) -> bool:
-        return self.chunked or self.length > _REPLAY_LIMIT
-
-
-# A header line starting with whitespace (obsolete folding) or with whitespace between the name
-# and its colon: an upstream could read such a `Content-Length` where we do not (smuggling).
-_FOLDED = re.compile(rb"\r\n(?:[ \t]|[^:\r\n]*[ \t]:)")
-
-
-def _looks_folded(head: bytes) -> bool:
-    # Cheap substring tests first: the regex runs only on the rare head that needs it.
-    suspicious = b" :" in head or b"\t:" in head or b"\n " in head or b"\n\t" in head
-    return suspicious and _FOLDED.search(head) is not None
-
-
-def _request_framing(lower: bytes) -> tuple[int, bool]:
-    """(content length, chunked). Heads that two parsers could frame differently are refused."""
-    transfer_encoding = _header(lower, b"\r\ntransfer-encoding:")
-    length = _header(lower, b"\r\ncontent-length:")
-    if transfer_encoding is not None:
-        if length is not None or not transfer_encoding.endswith(b"chunked"):
-            raise _BadMessage("ambiguous request framing")
-        return 0, True
-    if length is None:
-        return 0, False
-    if not length.isdigit() or lower.count(b"\r\ncontent-length:") > 1:
-        raise _BadMessage("bad content-length")
-    return int(length), False
 
 
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -150,14 +113,20 @@ _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 class _Response:
     __slots__ = ("framing", "head", "length", "reusable", "status")
 
-    def __init__(self, head: bytes, request: _Request, client_keep_alive: bool) -> None:
+    def __init__(self, head: bytes, request: _Request) -> None:
         if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
             raise _BadMessage("bad status line")
-        self.status = int(head[9:12])
+        self.status = status = int(head[9:12])
+        # Responses come from our own upstreams: plain searches, cheaper than _scan_fields.
         lower = head.lower()
-        self.framing, self.length = _response_framing(self.status, lower, request)
+        if request.is_head or status < 200 or status in (204, 304):
+            self.framing, self.length = _NO_BODY, 0
+        else:
+            self.framing, self.length = _response_framing(
+                _value(lower, b"\r\ncontent-length:"), _value(lower, b"\r\ntransfer-encoding:")
+            )
         http11 = head[7] == 0x31  # b"1"
-        connection = _header(lower, b"\r\nconnection:")
+        connection = _value(lower, b"\r\nconnection:")
         upstream_closes = (
             (connection is not None and b"close" in connection)
             if http11
@@ -169,30 +138,16 @@ class _Response:
             head = b"HTTP/1.1" + head[8:]
         if (
             upstream_closes
-            and client_keep_alive
+            and request.keep_alive
             and connection is not None
             and self.framing != _UNTIL_CLOSE
         ):
-            head = _drop_headers(head, lower, (b"connection:",))
+            head = _drop_headers(head, (b"connection:",))
         self.head = head
 
 
-def _response_framing(status: int, lower: bytes, request: _Request) -> tuple[int, int]:
-    if request.is_head or status < 200 or status in (204, 304):
-        return _NO_BODY, 0
-    transfer_encoding = _header(lower, b"\r\ntransfer-encoding:")
-    if transfer_encoding is not None:
-        return (_CHUNKED if transfer_encoding.endswith(b"chunked") else _UNTIL_CLOSE), 0
-    length = _header(lower, b"\r\ncontent-length:")
-    if length is None:
-        return _UNTIL_CLOSE, 0
-    if not length.isdigit():
-        raise _BadMessage("bad content-length")
-    return _LENGTH, int(length)
-
-
-def _header(lower: bytes, marker: bytes) -> bytes | None:
-    """The value of the first header whose `\\r\\nname:` marker is given, or None."""
+def _value(lower: bytes, marker: bytes) -> bytes | None:
+    """The value of the first field whose `\\r\\nname:` marker is given, or None."""
     at = lower.find(marker)
     if at < 0:
         return None
@@ -200,12 +155,71 @@ def _header(lower: bytes, marker: bytes) -> bytes | None:
     return lower[start : lower.find(b"\r\n", start)].strip()
 
 
-def _drop_headers(head: bytes, lower: bytes, names: tuple[bytes, ...]) -> bytes:
+# The only fields the proxy reads, found in one case-insensitive pass. A folded line (leading
+# whitespace) or whitespace before the colon is refused: another parser could read such a framing
+# field where we do not, and the two would disagree on where a message ends (smuggling).
+_FIELDS = re.compile(
+    rb"\r\n(?:(content-length|transfer-encoding|connection|expect)([ \t]*):[ \t]*([^\r\n]*)"
+    rb"|[ \t])",
+    re.IGNORECASE,
+)
+
+_Scanned = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+
+
+def _scan_fields(head: bytes) -> _Scanned:
+    """(content-length, transfer-encoding, connection, expect) values, lower-cased, or None."""
+    content_length = transfer_encoding = connection = expect = None
+    for match in _FIELDS.finditer(head):
+        name, space, value = match.groups()
+        if name is None or space:
+            raise _BadMessage("folded header line or whitespace before a colon")
+        value = value.rstrip()
+        first = name[0] | 0x20  # ASCII lower case
+        if first == 0x63 and len(name) == 14:  # content-length
+            if content_length is not None:
+                raise _BadMessage("more than one content-length")
+            content_length = value
+        elif first == 0x63:
+            connection = value.lower()
+        elif first == 0x74:
+            transfer_encoding = value.lower()
+        else:
+            expect = value.lower()
+    return content_length, transfer_encoding, connection, expect
+
+
+def _request_framing(
+    content_length: bytes | None, transfer_encoding: bytes | None
+) -> tuple[int, bool]:
+    """(content length, chunked); heads two parsers could frame differently are refused."""
+    if transfer_encoding is not None:
+        if content_length is not None or not transfer_encoding.endswith(b"chunked"):
+            raise _BadMessage("ambiguous request framing")
+        return 0, True
+    if content_length is None:
+        return 0, False
+    if not content_length.isdigit():
+        raise _BadMessage("bad content-length")
+    return int(content_length), False
+
+
+def _response_framing(
+    content_length: bytes | None, transfer_encoding: bytes | None
+) -> tuple[int, int]:
+    if transfer_encoding is not None:
+        return (_CHUNKED if transfer_encoding.endswith(b"chunked") else _UNTIL_CLOSE), 0
+    if content_length is None:
+        return _UNTIL_CLOSE, 0
+    if not content_length.isdigit():
+        raise _BadMessage("bad content-length")
+    return _LENGTH, int(content_length)
+
+
+def _drop_headers(head: bytes, names: tuple[bytes, ...]) -> bytes:
+    """`head` without the fields named (lower case, with their colon); rare, so kept simple."""
     lines = head.split(b"\r\n")
-    lowered = lower.split(b"\r\n")
-    return b"\r\n".join(
-        line for line, low in zip(lines, lowered, strict=True) if not low.startswith(names)
-    )
+    return b"\r\n".join(line for line in lines if not line.lower().startswith(names))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,6 +589,11 @@ class BuiltinRouter:
             except asyncio.LimitOverrunError:
                 writer.write(_CANNED[431, True])
                 return
+            if head.startswith(b"\r\n"):
+                # Stray blank lines before a request line are allowed (RFC 9112, 2.2).
+                head = head.lstrip(b"\r\n")
+                if not head:
+                    continue
             session.busy = True
             try:
                 request = _Request(head)
@@ -780,7 +799,7 @@ class BuiltinRouter:
                     return 502
                 raise _NoResponse(replayable=not request.streams_body) from exc
             try:
-                response = _Response(head, request, request.keep_alive)
+                response = _Response(head, request)
             except _BadMessage:
                 return 502
             if response.status >= 200 or response.status == 101:
