@@ -10,266 +10,35 @@ test's marker in its environment.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from livekit import (
+    ENV,
+    REPO,
+    ROUTE,
+    SERVICE,
+    Controller,
+    Load,
+    Setup,
+    alive,
+    deploy,
+    versions_in_ledger,
+    wait_final,
+    wait_for,
+)
 
 from safeship.api.client import ControllerClient
 from safeship.errors import ConflictError, ControllerUnreachable, InputError, NotFoundError
-from safeship.store import Store
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-MARK = "SAFESHIP_TEST_MARK"
-SERVICE, ENV = "user-service", "production"
-ROUTE = f"{ENV}/{SERVICE}"
-FINAL = {"succeeded", "rolled_back", "failed", "cancelled"}
-
-CONFIG = """\
-state_dir: {state_dir}
-store: {{url: "sqlite:///{state_dir}/state.db"}}
-intelligent_deployment:
-  strategies:
-    canary: {{traffic_percentages: [25, 50, 100], step_duration: 3s, min_step_duration: 1s}}
-  health_checks:
-    liveness: {{type: http, path: /health/live, interval: 0.5s, timeout: 1s, failure_threshold: 3}}
-    readiness: {{type: http, path: /health/ready, interval: 0.25s, timeout: 1s, failure_threshold: 2}}
-  rollback:
-    triggers:
-      - {{type: health_check_failure, timeout: 10s}}
-      - {{type: error_rate_threshold, threshold: 0.05, duration: 2s}}
-    monitoring: {{duration: 2s, interval: 0.5s}}
-    rollback_timeout: 20s
-  analysis: {{interval: 0.5s}}
-environment_management:
-  environments:
-    - {{name: {env}, type: production, platform: local}}
-services:
-  {service}:
-    replicas: 2
-    command: [python, -m, examples.user_service, --port, "{{port}}", --version, "{{version}}"]
-    versions: [v1.2.0, v1.3.0, v1.4.0, v1.5.0, v1.6.0]
-    grace_period: 5s
-    env: {{{mark}: "{mark_value}"}}
-"""
-
-
-# ---------------------------------------------------------------- processes
-
-
-@dataclass
-class Setup:
-    config: Path
-    state_dir: Path
-    mark: str
-    seen_pids: set[int] = field(default_factory=set)
-
-    def ledger(self) -> list[dict[str, Any]]:
-        store = Store(f"sqlite:///{self.state_dir}/state.db")
-        try:
-            records: list[dict[str, Any]] = [dict(r) for r in store.load_instances()]
-        finally:
-            store.close()
-        self.seen_pids |= {int(r["pid"]) for r in records if r.get("pid")}
-        return records
-
-    def pids(self) -> dict[str, int]:
-        return {str(r["id"]): int(r["pid"]) for r in self.ledger() if r.get("pid")}
-
-
-class Controller:
-    """`python -m safeship.api.server` as a child of the test."""
-
-    def __init__(self, setup: Setup) -> None:
-        self.setup = setup
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = setup.state_dir.parent / "controller.log"
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        command = [sys.executable, "-m", "safeship.api.server", "--config", str(self.setup.config)]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        client = ControllerClient(self.setup.state_dir)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            info = client.info()
-            if info and info["pid"] == self.process.pid and client.is_running():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"controller did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def _is_service(pid: int, mark: str) -> bool:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"{MARK}={mark}".encode() in environ
-
-
-def _marked(mark: str) -> set[int]:
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_service(int(p.name), mark)}
-
-
-def _kill_services(setup: Setup) -> None:
-    with contextlib.suppress(Exception):
-        setup.ledger()
-    for pid in setup.seen_pids | _marked(setup.mark):
-        if _is_service(pid, setup.mark):  # never a PID that is no longer ours
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat[stat.rfind(")") + 2 :].startswith("Z")
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    state_dir = tmp_path / "state"
-    mark = uuid.uuid4().hex
-    config = tmp_path / "safeship.yaml"
-    config.write_text(CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK, mark_value=mark))
-    made = Setup(config, state_dir, mark)
-    try:
-        yield made
-    finally:
-        _kill_services(made)
-
-
-@pytest.fixture
-def controller(setup: Setup) -> Iterator[Controller]:
-    running = Controller(setup)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        _kill_services(setup)
-
-
-# ---------------------------------------------------------------- load
-
-
-class Load:
-    """Steady traffic to the route port from its own thread; every request's outcome is kept."""
-
-    def __init__(self, port: int, *, rate: float = 100.0, workers: int = 8, max_s: float = 240.0):
-        self.port, self.rate, self.workers, self.max_s = port, rate, workers, max_s
-        self.results: list[tuple[float, int | None]] = []  # (time, HTTP status or None: no answer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=self.workers, max_keepalive_connections=self.workers)
-        async with httpx.AsyncClient(timeout=5.0, limits=limits) as http:
-            await asyncio.gather(*(self._worker(http, i) for i in range(self.workers)))
-
-    async def _worker(self, http: httpx.AsyncClient, index: int) -> None:
-        period = self.workers / self.rate
-        started = time.monotonic()
-        next_at = started + index * period / self.workers
-        url = f"http://127.0.0.1:{self.port}/users/{index}"
-        while not self._stop.is_set() and time.monotonic() - started < self.max_s:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += period
-            try:
-                status: int | None = (await http.get(url)).status_code
-            except httpx.HTTPError:
-                status = None
-            self.results.append((time.time(), status))
-
-    def window(self, start: float, end: float) -> tuple[int, int]:
-        """(requests, failed) answered between start and end; failed = 5xx or no answer."""
-        inside = [s for t, s in list(self.results) if start <= t <= end]
-        return len(inside), sum(1 for s in inside if s is None or s >= 500)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def deploy(client: ControllerClient, version: str, **extra: Any) -> dict[str, Any]:
-    body = {"service_name": SERVICE, "version": version, "environment": ENV}
-    return client.deploy(body | {"deployment_strategy": "canary"} | extra)
-
-
-def wait_final(
-    client: ControllerClient, deployment_id: str, timeout: float = 120.0
-) -> tuple[dict[str, Any], list[str]]:
-    """Poll until the deployment ends; returns the last view and the phases seen, in order."""
-    phases: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = client.get(deployment_id)
-        if not phases or phases[-1] != data["phase"]:
-            phases.append(data["phase"])
-        if data["phase"] in FINAL:
-            return data, phases
-        time.sleep(0.2)
-    raise AssertionError(f"{deployment_id} did not end in {timeout}s; phases {phases}")
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def versions_in_ledger(setup: Setup) -> list[str]:
-    return sorted(str(r["version"]) for r in setup.ledger())
-
 
 # ---------------------------------------------------------------- tests
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from safeship.environments.limits import MIB, LimitPlan, LimitSupport, ProcessLimits, detect
+from safeship.platforms.limits import MIB, LimitPlan, LimitSupport, ProcessLimits, detect
 from safeship.errors import InputError, PermanentError
 
 pytestmark = pytest.mark.live

@@ -316,9 +316,29 @@ async def test_memory_limit_is_applied_only_when_enforced(
         limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
         return next(line for line in limits if line.startswith("Max address space")).split()[3]
 
-    assert address_space(inst.pid) == str(700 * 1024 * 1024)
+    # RLIMIT_AS is sized from the request (see platforms/limits.py: min(2x, +256 MiB)).
+    assert address_space(inst.pid) == str((700 + 256) * 1024 * 1024)
     assert address_space(free.pid) == "unlimited"
     assert ledger.records[inst.id]["memory_limit_mb"] == 700
+    assert limited.limits is not None and "memory" in limited.limits.support.describe()
+
+
+HOG = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "time.sleep(0.5)\n"
+    "hog = bytearray(512 * 1024 * 1024)\n"
+    "time.sleep(600)\n"
+)
+
+
+async def test_an_instance_over_its_memory_limit_dies_with_that_evidence(
+    make_platform: MakePlatform, mark: str
+) -> None:
+    limited = make_platform(enforce_memory_limit=True)
+    await limited.start(script_spec(mark, HOG, memory_mb=64))
+    crashed = await wait_for(limited, lambda i: i.restarts >= 1)
+    assert crashed.last_failure is not None and "memory" in crashed.last_failure, crashed.last_failure
 
 
 # ---------------------------------------------------------------- stopping

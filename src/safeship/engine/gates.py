@@ -26,14 +26,14 @@ def check_freeze(environment: Environment, now: datetime, override_reason: str |
     """The description of the freeze window in force, when overridden; raises when not overridden."""
     if not environment.freeze_windows:
         return None
-    from safeship.environments import freeze
+    from safeship.environments.freeze import active_window, describe, parse_window
 
-    windows = [freeze.parse_window(w.model_dump(), "safeship.yaml", f"environments.{environment.name}.freeze_windows")
+    windows = [parse_window(w.model_dump(), "safeship.yaml", f"environments.{environment.name}.freeze_windows")
                for w in environment.freeze_windows]
-    active = freeze.active_window(windows, now)
+    active = active_window(windows, now)
     if active is None:
         return None
-    described = freeze.describe(active)
+    described = describe(active)
     if override_reason is None or not override_reason.strip():
         raise FrozenError(
             f"{environment.name} is frozen by {described}; deploy later or pass --override-freeze REASON"

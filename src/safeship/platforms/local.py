@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from safeship.platforms.base import (
     InstanceState,
     ProbeSpec,
 )
+from safeship.platforms.limits import LimitPlan, ProcessLimits
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class _Supervised:
     stopping: bool = False
     task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
+    limits: LimitPlan | None = None  # this process's memory/cpu limits, when they are enforced
 
 
 class LocalPlatform:
@@ -140,9 +141,12 @@ class LocalPlatform:
         self._backoff_reset = backoff_reset if backoff_reset is not None else 2 * backoff_cap
         self._max_restarts = max_restarts
         if enforce_memory_limit is None:
-            flag = os.environ.get("SAFESHIP_ENFORCE_MEMORY_LIMIT", "")
-            enforce_memory_limit = flag.lower() in ("1", "true", "yes")
+            # On by default: a service's requested memory is its limit. SAFESHIP_ENFORCE_MEMORY_LIMIT=0
+            # turns it off (for services whose address space dwarfs their resident memory).
+            flag = os.environ.get("SAFESHIP_ENFORCE_MEMORY_LIMIT", "1")
+            enforce_memory_limit = flag.lower() not in ("0", "false", "no")
         self._enforce_memory_limit = enforce_memory_limit
+        self.limits: ProcessLimits | None = ProcessLimits() if enforce_memory_limit else None
         self._exit_poll_interval = exit_poll_interval
         self._supervised: dict[str, _Supervised] = {}
 
@@ -386,6 +390,9 @@ class LocalPlatform:
         port = inst.port if inst.port and _port_is_free(inst.port) else self._pick_port()
         argv = _render_command(spec.command, _template_values(spec, port=port))
         sup.env = self._environment(spec, port)
+        sup.limits = self.limits.for_instance(inst.id, spec.memory_mb, spec.cpu) if self.limits else None
+        if sup.limits is not None:
+            sup.env.update(sup.limits.extra_env)
         sup.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(sup.log_path, "ab") as log_file:
             _log_line(
@@ -402,7 +409,7 @@ class LocalPlatform:
                     env=sup.env,
                     cwd=spec.workdir or None,
                     start_new_session=True,  # its own process group: stopping reaches children
-                    preexec_fn=self._preexec(spec),
+                    preexec_fn=sup.limits.preexec if sup.limits is not None else None,
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -410,21 +417,13 @@ class LocalPlatform:
                 _log_line(log_file, message, sup.spec.secret_env)
                 raise PermanentError(self._redact(sup, message)) from None
         sup.popen = popen
+        if sup.limits is not None:
+            sup.limits.attach(popen.pid)
         sup.start_ticks = _start_ticks(popen.pid)
         inst.pid, inst.port = popen.pid, port
         inst.state = InstanceState.STARTING
         inst.started_at = self._clock.now()
         log.info("started %s: pid %d, port %d", inst.id, popen.pid, port)
-
-    def _preexec(self, spec: InstanceSpec) -> Callable[[], None] | None:
-        if not self._enforce_memory_limit:
-            return None
-        limit = spec.memory_mb * 1024 * 1024
-
-        def limit_memory() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-        return limit_memory
 
     def _environment(self, spec: InstanceSpec, port: int) -> dict[str, str]:
         env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
@@ -497,6 +496,10 @@ class LocalPlatform:
             description = "did not exit after SIGKILL"
         else:
             description = _describe_exit(code)
+        if sup.limits is not None:
+            # Out of memory is a HealthCheckFailure with that evidence, not just "exit code 1".
+            description = sup.limits.explain_exit(code, _log_tail(sup.log_path)) or description
+            sup.limits.release()
         with contextlib.suppress(OSError), open(sup.log_path, "ab") as log_file:
             _log_line(log_file, f"pid {pid} {description}", sup.spec.secret_env)
         self._clear_process(sup)
@@ -687,6 +690,15 @@ async def _readable(fd: int) -> None:
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+def _log_tail(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _describe_exit(code: int | None) -> str:
