@@ -12,9 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from safeship.analysis.policies import get_policy
-from safeship.config.models import DeploymentRequest, SafeshipConfig, SimProfile
+from safeship.config.models import DeploymentRequest, EnvironmentType, SafeshipConfig, ServiceConfig, SimProfile
 from safeship.config.models import Environment as EnvironmentModel
-from safeship.config.models import EnvironmentType, ServiceConfig
 from safeship.engine.notify import MemorySink
 from safeship.engine.simulate import sim_engine
 from safeship.store import Store

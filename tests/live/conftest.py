@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from livekit import controller, setup  # noqa: E402, F401  (fixtures shared by the live tests)
+from livekit import controller, setup  # noqa: F401  (fixtures shared by the live tests)

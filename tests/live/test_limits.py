@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from safeship.platforms.limits import MIB, LimitPlan, LimitSupport, ProcessLimits, detect
 from safeship.errors import InputError, PermanentError
+from safeship.platforms.limits import MIB, LimitPlan, LimitSupport, ProcessLimits, detect
 
 pytestmark = pytest.mark.live
 
