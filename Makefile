@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench-analysis bench-router clean
+.PHONY: venv test demo demo-sim lint bench-analysis bench-router clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 demo: $(STAMP)
+	$(BIN)/python -m safeship.demo
+
+demo-sim: $(STAMP)
 	$(BIN)/python -m safeship.demo_sim
 
 bench-analysis: $(STAMP)

@@ -203,14 +203,12 @@ def _deploy_remote(args: argparse.Namespace, request: DeploymentRequest) -> int:
     if not args.json:
         output.console.print(f"{deployment_id}: strategy {created.get('strategy_reason', created.get('strategy'))}")
     started = time.time()
-    last = ""
+    printer = output.ProgressPrinter()
     deadline = started + 6 * 3600
     while time.time() < deadline:
         data = client.get(deployment_id)
-        line = output.progress_line(data, time.time() - started)
-        if not args.json and line != last:
-            output.console.print(line)
-            last = line
+        if not args.json:
+            printer.update(data, time.time() - started)
         if Phase(data["phase"]).is_final:
             summary = f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"
             emit(data, as_json=args.json, text=lambda: output.console.print(summary))  # noqa: B023

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -9,7 +10,23 @@ from rich.table import Table
 
 from safeship.cli.common import format_weights, when
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+class ProgressPrinter:
+    """Prints a progress line when the phase, step or weights change, and otherwise every
+    `heartbeat` seconds, so a long step still shows its live error rate and p99."""
+
+    def __init__(self, heartbeat: float = 5.0) -> None:
+        self.heartbeat = heartbeat
+        self._key: tuple[Any, ...] | None = None
+        self._printed_at = 0.0
+
+    def update(self, data: dict[str, Any], elapsed: float) -> None:
+        key = (data["phase"], data["step"], str(data.get("weights")))
+        if key != self._key or elapsed - self._printed_at >= self.heartbeat:
+            console.print(progress_line(data, elapsed))
+            self._key, self._printed_at = key, elapsed
 
 
 def progress_line(data: dict[str, Any], elapsed: float) -> str:

@@ -203,6 +203,10 @@ class AnalysisConfig(Model):
     latency_tolerance: float = Field(default=1.5, ge=1.0)  # share of slow requests may be this many times
     interval: Duration = 5.0  # how often the judge looks (every look is valid)
     error_limit: int = Field(default=4, ge=1)  # consecutive provider errors before the analysis fails
+    # The shortest time the canary spends before full traffic, so that a regression which starts
+    # minutes after the candidate gets traffic is still caught while the baseline serves beside it.
+    # None: the policy's own default (safeship: 300 s).
+    ramp_time: Duration | None = None
 
 
 class RollbackConfiguration(Model):
