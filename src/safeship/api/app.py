@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from safeship.api.controller import Controller
 from safeship.config.loader import validate
 from safeship.config.models import DeploymentRequest
+from safeship.environments.secrets import redactor
 from safeship.errors import (
     ConfigError,
     ConflictError,
@@ -81,7 +82,8 @@ def clean(value: Any) -> Any:
 
 
 def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
-    cleaned: dict[str, Any] = clean(value)
+    """JSON-safe, and with every registered secret value replaced by ***."""
+    cleaned: dict[str, Any] = redactor().redact(clean(value))
     return cleaned
 
 
@@ -247,7 +249,17 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @api.get("/environments")
     async def environments() -> dict[str, Any]:
-        return {"environments": clean(controller.environments())}
+        return clean_dict({"environments": controller.environments()})
+
+    @api.post("/environments/{environment}/cleanup")
+    async def cleanup_environment(environment: str) -> dict[str, Any]:
+        return clean_dict(await controller.cleanup_environment(environment))
+
+    @api.post("/deployments/{deployment_id}/approve")
+    async def approve_deployment(deployment_id: str, request: Request) -> dict[str, Any]:
+        body = await json_body(request, required=False)
+        by = optional_text(body, "by") or ""
+        return deployment_json(controller.approve(deployment_id, by=by), full=True)
 
     app.include_router(api)
     return app

@@ -165,6 +165,12 @@ class ControllerClient:
         found: Rows = self._call("GET", "/environments")["environments"]
         return found
 
+    def cleanup_environment(self, environment: str) -> dict[str, Any]:
+        return self._call("POST", f"/environments/{environment}/cleanup")
+
+    def approve(self, deployment_id: str, by: str = "") -> dict[str, Any]:
+        return self._call("POST", f"/deployments/{deployment_id}/approve", {"by": by})
+
     def _call(
         self,
         method: str,

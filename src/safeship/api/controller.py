@@ -28,7 +28,8 @@ from safeship.config.models import DeploymentRequest, RollbackConfiguration, Saf
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
-from safeship.errors import InputError, NotFoundError, SafeshipError
+from safeship.environments.secrets import load_secrets, register
+from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
 from safeship.platforms.base import InstanceState
 from safeship.platforms.local import LocalPlatform
 from safeship.routing.base import Backend, RouteKey, TrafficCounters
@@ -101,16 +102,19 @@ class Controller:
         state_dir: Path,
         store: Store,
         sync_interval: float | None = None,
+        secrets_root: Path | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.store = store
+        self.secrets_root = secrets_root or state_dir.parent
         self.platform = LocalPlatform(
-            state_dir=state_dir, ledger=store, prober=probe, clock=RealClock()
+            state_dir=state_dir, ledger=store, prober=probe, clock=RealClock(), secrets_for=self.secrets_for,
+            run_as_user=self._run_as_user,
         )
         self.router = BuiltinRouter(close_grace=2.0)
         world = World(self.platform, self.router, RealClock(), gauges=None)
-        self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for)
+        self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for, secrets_for=self.secrets_for)
         self.sync_interval = sync_interval or self._default_sync_interval()
         self.routes: dict[RouteKey, int] = {}
         self.started_at = time.time()
@@ -134,7 +138,7 @@ class Controller:
             saved = store.service_rollback_settings(name)
             if saved is not None:
                 service.rollback = RollbackConfiguration.model_validate(saved)
-        return cls(config, state_dir=state_dir, store=store)
+        return cls(config, state_dir=state_dir, store=store, secrets_root=Path(config_path).resolve().parent)
 
     def _default_sync_interval(self) -> float:
         """Half the shortest readiness interval: a backend that turns unready leaves the router
@@ -328,6 +332,21 @@ class Controller:
 
     # ------------------------------------------------------------ what the API calls
 
+    def secrets_for(self, service: str, environment: str) -> Mapping[str, str]:
+        """The service's secrets from `secrets/<environment>/` beside the config; their values are
+        registered with the redactor so that no log line or API answer carries them."""
+        settings = self.config.services.get(service)
+        names = settings.secrets if settings is not None else []
+        if not names:
+            return {}
+        values = load_secrets(self.secrets_root, environment, names)
+        register(values.values())
+        return values
+
+    def _run_as_user(self, service: str, environment: str) -> str | None:
+        settings = self.config.environment(environment)
+        return settings.run_as_user if settings is not None else None
+
     def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
         environment = self.config.environment(request.environment)
         if environment is not None and environment.platform != "local":
@@ -335,6 +354,7 @@ class Controller:
                 f"environment {request.environment!r} uses platform {environment.platform!r}; "
                 "this controller runs only environments with platform: local"
             )
+        self.secrets_for(request.service_name, request.environment)  # missing or unsafe: refused now
         record = self.engine.submit(request, policy=policy)
         self._kick.set()
         return record
@@ -348,6 +368,30 @@ class Controller:
         record = self.engine.request_rollback(deployment_id, reason=reason)
         self.wake(deployment_id)
         return record
+
+    def approve(self, deployment_id: str, *, by: str) -> DeploymentRecord:
+        record = self.engine.approve(deployment_id, by=by)
+        self.wake(deployment_id)
+        return record
+
+    async def cleanup_environment(self, environment: str) -> dict[str, Any]:
+        """Stop the environment's instances and routes and forget their state; history stays."""
+        active = self.store.list_deployments(environment=environment, active_only=True)
+        if active:
+            raise ConflictError(f"{environment} has active deployments ({', '.join(d.id for d in active)}); "
+                                "cancel them before cleaning up")
+        stopped, routes = 0, 0
+        for key in [k for k in list(self.routes) if k.environment == environment]:
+            async with self._locks[key]:
+                await self.router.remove_route(key)  # no new requests first, then the processes
+                instances = await self.platform.instances(key.service, environment)
+                await asyncio.gather(*(self.platform.stop(i, drain=0.0) for i in instances))
+                stopped += len(instances)
+                del self.routes[key]
+                routes += 1
+        self.store.forget_environment(environment)
+        self._write_routes()
+        return {"environment": environment, "instances_stopped": stopped, "routes_closed": routes}
 
     async def version_metrics(self, service: str, environment: str) -> dict[str, dict[str, Any]]:
         counters = await self.router.counters(RouteKey(service, environment))

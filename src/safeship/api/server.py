@@ -28,6 +28,7 @@ import uvicorn
 
 from safeship.api.app import create_app, load_or_create_token
 from safeship.api.controller import Controller, write_json_atomically
+from safeship.environments.secrets import install, redactor
 from safeship.errors import ConflictError, InputError, SafeshipError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 async def _serve(config_path: str, host: str, port: int) -> None:
     controller = Controller.from_config_file(config_path)
+    install(redactor())  # secret values never reach the controller's log
     state_dir = controller.state_dir
     lock = _lock(state_dir)
     info_path = state_dir / CONTROLLER_FILE

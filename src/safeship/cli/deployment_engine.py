@@ -148,15 +148,19 @@ async def _deploy_sim(args: argparse.Namespace, config: SafeshipConfig, store: S
 
 def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> int:
     """Record the approval; a sim deployment then runs to its end here, a local one in the controller."""
-    record = _engine_for_store(config, store).approve(deployment_id, by=args.approved_by)
+    record = store.get_deployment(deployment_id)
+    environment = config.environment(record.environment)
+    if environment is not None and environment.platform != "sim":
+        from safeship.api.client import ControllerClient
+
+        client = ControllerClient(state_dir(config, args.config))
+        client.ensure_running(args.config)
+        client.approve(deployment_id, by=args.approved_by)
+    else:
+        record = _engine_for_store(config, store).approve(deployment_id, by=args.approved_by)
     if not args.json:
         output.console.print(f"{deployment_id}: approved by {args.approved_by or 'unknown'}")
-    environment = config.environment(record.environment)
     if environment is None or environment.platform != "sim" or args.detach:
-        if environment is not None and environment.platform != "sim":
-            from safeship.api.client import ControllerClient
-
-            ControllerClient(state_dir(config, args.config)).ensure_running(args.config)
         return EXIT_OK
     return asyncio.run(_continue_sim(args, config, store, record))
 

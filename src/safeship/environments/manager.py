@@ -1,20 +1,31 @@
-"""Prepare, validate and clean up environments. Platform-neutral: each check is a named result, so
-Kubernetes objects (namespaces, quotas, network policies) can add their own checks later."""
+"""Prepare, validate and clean up environments (seed §3) on the local platform.
+
+Platform-neutral by shape: every action is a list of named checks (`Check`), and what it touched is
+recorded in the store. A Kubernetes manager adds its own checks (namespace, quota objects, network
+policies, RBAC) behind the same three verbs.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
-from collections.abc import Mapping
+import socket
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeship.config.models import DeploymentStrategy, Environment, EnvironmentType, SafeshipConfig
-from safeship.errors import ConflictError, NotFoundError
+from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
+from safeship.environments.secrets import load_secrets, register
+from safeship.errors import ConfigError, ConflictError, NotFoundError
+from safeship.store import Store
 
 MIN_FREE_DISK_MB = 200
+ENVIRONMENT_PORT_OFFSET = 100  # a service's port in the n-th environment: router_port + 100 n
+ROUTES_FILE = "routes.json"
 
 
 @dataclass(frozen=True)
@@ -35,25 +46,52 @@ def environment_or_fail(config: SafeshipConfig, name: str) -> Environment:
     return environment
 
 
-def required_capacity(config: SafeshipConfig, strategy: DeploymentStrategy | None = None) -> tuple[float, float]:
-    """cpu cores and MiB all services need at once, with room for one deployment's extra capacity:
-    blue-green doubles a service, canary and rolling add a surge."""
-    cpu = memory = 0.0
-    extra_cpu = extra_memory = 0.0
-    surge = config.intelligent_deployment.strategies.rolling.max_surge
-    for service in config.services.values():
+def configured_port(config: SafeshipConfig, service: str, environment: str) -> int | None:
+    """The route port of a service in an environment, or None when one is picked at start."""
+    settings = config.services[service]
+    names = [e.name for e in config.environment_management.environments]
+    if settings.router_port:
+        return settings.router_port + ENVIRONMENT_PORT_OFFSET * names.index(environment)
+    env = config.environment(environment)
+    if env is not None and env.router_port_base:
+        return env.router_port_base + list(config.services).index(service)
+    return None
+
+
+def required_capacity(config: SafeshipConfig) -> tuple[float, float, str]:
+    """cpu cores and MiB all services need at once, plus the extra capacity of the hungriest
+    deployment (blue-green and the end of a canary double a service; rolling adds its surge)."""
+    cpu = memory = extra_cpu = extra_memory = 0.0
+    hungriest = "none"
+    for name, service in config.services.items():
         cpu += service.replicas * service.resources.cpu
         memory += service.replicas * service.resources.memory
-        factor = service.replicas if strategy in (None, DeploymentStrategy.BLUE_GREEN) else max(1, surge)
-        extra_cpu = max(extra_cpu, factor * service.resources.cpu)
-        extra_memory = max(extra_memory, factor * service.resources.memory)
-    return cpu + extra_cpu, memory + extra_memory
+        if service.replicas * service.resources.cpu > extra_cpu:
+            extra_cpu = service.replicas * service.resources.cpu
+            extra_memory = service.replicas * service.resources.memory
+            hungriest = name
+    return cpu + extra_cpu, memory + extra_memory, hungriest
+
+
+def port_owner(port: int, owned: set[int]) -> str:
+    """'free', 'ours' (our running controller listens there) or 'taken'."""
+    if port in owned:
+        return "ours"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return "taken"
+    return "free"
 
 
 class EnvironmentManager:
-    def __init__(self, config: SafeshipConfig, state_dir: Path) -> None:
+    def __init__(self, config: SafeshipConfig, *, state_dir: Path, root: Path, store: Store) -> None:
         self.config = config
         self.state_dir = state_dir
+        self.root = root  # the config file's folder: secrets/<env>/ lives here
+        self.store = store
 
     def paths(self, environment: Environment) -> dict[str, Path]:
         return {
@@ -61,67 +99,151 @@ class EnvironmentManager:
             "logs": self.state_dir / "logs" / environment.name,
         }
 
+    def owned_ports(self) -> set[int]:
+        try:
+            data = json.loads((self.state_dir / ROUTES_FILE).read_text())
+            return {int(r["port"]) for r in data["routes"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
+    def secret_names(self) -> list[str]:
+        return sorted({name for service in self.config.services.values() for name in service.secrets})
+
+    # ------------------------------------------------------------ prepare
+
     def prepare(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
-        checks = []
+        secrets = load_secrets(self.root, name, self.secret_names())  # unsafe or missing: refused now
+        register(secrets.values())
+        checks: list[Check] = []
         for label, path in self.paths(environment).items():
             path.mkdir(parents=True, exist_ok=True)
             checks.append(Check(f"{label} directory", True, f"{path} ready"))
-        config_file = self.paths(environment)["state"] / "environment.env"
+        ports = self._reserve_ports(environment, checks)
+        config_dir = self.paths(environment)["state"] / "config"
+        for map_name, values in environment.config_maps.items():
+            folder = config_dir / map_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, value in values.items():
+                (folder / key).write_text(value, encoding="utf-8")
+            checks.append(Check(f"config map {map_name}", True, f"{len(values)} keys written to {folder}"))
+        env_file = self.paths(environment)["state"] / "environment.env"
         lines = [f"{k}={v}" for k, v in sorted(environment.variables.items())]
-        config_file.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-        checks.append(Check("config", True, f"{len(lines)} variables written to {config_file}"))
+        env_file.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+        checks.append(Check("variables", True, f"{len(lines)} variables written to {env_file}"))
+        checks.append(Check("secrets", True, f"{len(secrets)} loaded from "
+                            f"{self.root / 'secrets' / name} ({', '.join(sorted(secrets)) or 'none'}), all 0600"))
+        self.store.save_environment_state(name, {
+            "directories": {k: str(v) for k, v in self.paths(environment).items()},
+            "ports": ports,
+            "config_maps": sorted(environment.config_maps),
+            "secrets": sorted(secrets),
+        }, time.time())
+        checks.append(Check("store", True, f"prepared state of {name} recorded"))
         return checks
+
+    def _reserve_ports(self, environment: Environment, checks: list[Check]) -> dict[str, int | None]:
+        owned = self.owned_ports()
+        ports: dict[str, int | None] = {}
+        for service in self.config.services:
+            port = configured_port(self.config, service, environment.name)
+            ports[service] = port
+            if port is None:
+                checks.append(Check(f"{service} port", True, "picked by the controller when it starts"))
+                continue
+            owner = port_owner(port, owned)
+            if owner == "taken":
+                raise ConflictError(f"port {port} for {service} in {environment.name} is taken by another process")
+            checks.append(Check(f"{service} port", True, f"127.0.0.1:{port} reserved ({owner})"))
+        return ports
+
+    # ------------------------------------------------------------ validate
 
     def validate(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
-        checks = []
-        for label, path in self.paths(environment).items():
-            writable = path.is_dir() and os.access(path, os.W_OK)
-            checks.append(Check(f"{label} directory", writable,
-                                f"{path} is writable" if writable else f"{path} is missing or not writable "
-                                f"(run environment-manager --prepare --environment {name})"))
-        cpu, memory = required_capacity(self.config)
+        checks = [self._writable(label, path, name) for label, path in self.paths(environment).items()]
+        checks.append(self._secrets_check(name))
+        owned = self.owned_ports()
+        for service in self.config.services:
+            port = configured_port(self.config, service, name)
+            if port is not None:
+                owner = port_owner(port, owned)
+                checks.append(Check(f"{service} port", owner != "taken", f"127.0.0.1:{port} is {owner}"))
+        cpu, memory, hungriest = required_capacity(self.config)
         quota = environment.resource_quotas
-        checks.append(Check("cpu quota", cpu <= quota.cpu,
-                            f"services need {cpu:g} cpu (blue-green headroom included), quota {quota.cpu:g}"))
-        checks.append(Check("memory quota", memory <= quota.memory,
-                            f"services need {memory:g}Mi (blue-green headroom included), quota {quota.memory:g}Mi"))
+        checks.append(Check("cpu quota", cpu <= quota.cpu, f"services need {cpu:g} cores with room for one "
+                            f"deployment of {hungriest} at double capacity; quota {quota.cpu:g}"))
+        checks.append(Check("memory quota", memory <= quota.memory, f"services need {memory:g}Mi with room "
+                            f"for one deployment of {hungriest} at double capacity; quota {quota.memory:g}Mi"))
         if environment.platform == "local":
-            for service_name, service in self.config.services.items():
-                if not service.command:
-                    checks.append(Check(f"{service_name} command", False, "no command configured"))
-                    continue
-                program = service.command[0]
-                found = program in ("python", "python3") or shutil.which(program) is not None
-                checks.append(Check(f"{service_name} command", found,
-                                    f"{program} {'found' if found else 'not found on PATH'}"))
-        free_mb = shutil.disk_usage(self.state_dir if self.state_dir.exists() else Path.cwd()).free / 2**20
-        checks.append(Check("disk space", free_mb >= MIN_FREE_DISK_MB, f"{free_mb:.0f}Mi free"))
+            checks += [self._command_check(service) for service in self.config.services]
+        usage = shutil.disk_usage(self.state_dir if self.state_dir.exists() else self.root)
+        free_mb = usage.free / 2**20
+        checks.append(Check("disk space", free_mb >= MIN_FREE_DISK_MB,
+                            f"{free_mb:.0f}Mi free (at least {MIN_FREE_DISK_MB}Mi wanted)"))
         return checks
 
-    def cleanup(self, name: str, *, force: bool, ledger: Any) -> list[Check]:
+    @staticmethod
+    def _writable(label: str, path: Path, name: str) -> Check:
+        ok = path.is_dir() and os.access(path, os.W_OK)
+        detail = f"{path} is writable" if ok else (
+            f"{path} is missing or not writable (run environment-manager --prepare --environment {name})")
+        return Check(f"{label} directory", ok, detail)
+
+    def _secrets_check(self, name: str) -> Check:
+        wanted = self.secret_names()
+        try:
+            found = load_secrets(self.root, name, wanted)
+        except ConfigError as exc:
+            return Check("secrets", False, str(exc))
+        return Check("secrets", True, f"{len(found)} of {len(wanted)} present and private")
+
+    def _command_check(self, service: str) -> Check:
+        command = self.config.services[service].command
+        if not command:
+            return Check(f"{service} command", False, "no command configured")
+        program = command[0]
+        found = program in ("python", "python3") or shutil.which(program) is not None
+        return Check(f"{service} command", found, f"{program} {'found' if found else 'not found on PATH'}")
+
+    # ------------------------------------------------------------ cleanup
+
+    def cleanup(self, name: str, *, force: bool,
+                controller_cleanup: Callable[[str], Mapping[str, Any]] | None) -> list[Check]:
+        """Stop the environment's instances and routes, release its ports, remove its state; keep
+        its history. With a running controller, the controller stops them (it would restart
+        processes killed behind its back); without one, the recorded PIDs are stopped here."""
         environment = environment_or_fail(self.config, name)
         if environment.type is EnvironmentType.PRODUCTION and not force:
             raise ConflictError(f"environment {name!r} is production: cleanup needs --force")
-        checks = []
-        stopped = 0
-        for record in ledger.load_instances(environment=name):
-            pid = record.get("pid")
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                    stopped += 1
-                except (ProcessLookupError, PermissionError):
-                    pass
-            ledger.delete_instance(str(record["id"]))
-        checks.append(Check("instances", True, f"{stopped} instances told to stop"))
-        for label, path in self.paths(environment).items():
-            if label == "state" and path.exists():
-                shutil.rmtree(path)
-            checks.append(Check(f"{label} directory", True, f"{path} removed" if label == "state"
-                                else f"{path} kept (history)"))
+        checks: list[Check] = []
+        if controller_cleanup is not None:
+            done = controller_cleanup(name)
+            checks.append(Check("instances", True, f"controller stopped {done.get('instances_stopped', 0)} "
+                                f"instances and closed {done.get('routes_closed', 0)} routes"))
+        else:
+            stopped = self._stop_recorded(name)
+            checks.append(Check("instances", True, f"{stopped} recorded instances stopped (no controller running)"))
+        self.store.forget_environment(name)
+        checks.append(Check("ports", True, "reservations released"))
+        state = self.paths(environment)["state"]
+        if state.exists():
+            shutil.rmtree(state)
+        checks.append(Check("state directory", True, f"{state} removed"))
+        checks.append(Check("history", True, f"deployments, rollbacks and logs of {name} kept"))
         return checks
+
+    def _stop_recorded(self, name: str) -> int:
+        pids = [pid for r in self.store.load_instances(environment=name) if isinstance(pid := r.get("pid"), int)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    continue
+            if sig is signal.SIGTERM and pids:
+                time.sleep(1.0)
+        return len(pids)
 
 
 def summary(checks: list[Check]) -> Mapping[str, Any]:

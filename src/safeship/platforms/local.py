@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pwd
 import re
 import signal
 import socket
@@ -26,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from safeship.clock import Clock, RealClock
 from safeship.errors import ConflictError, InputError, PermanentError
@@ -123,6 +124,7 @@ class LocalPlatform:
         prober: Prober | None = None,
         clock: Clock | None = None,
         secrets_for: SecretsFor | None = None,
+        run_as_user: Callable[[str, str], str | None] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         backoff_reset: float | None = None,
@@ -135,6 +137,7 @@ class LocalPlatform:
         self._prober: Prober = prober if prober is not None else tcp_check
         self._clock: Clock = clock if clock is not None else RealClock()
         self._secrets_for = secrets_for
+        self._run_as_user = run_as_user
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         # Kubernetes forgets the crash streak after a container ran 10 min (twice its 5 min cap).
@@ -410,6 +413,7 @@ class LocalPlatform:
                     cwd=spec.workdir or None,
                     start_new_session=True,  # its own process group: stopping reaches children
                     preexec_fn=sup.limits.preexec if sup.limits is not None else None,
+                    **self._identity(spec),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -424,6 +428,17 @@ class LocalPlatform:
         inst.state = InstanceState.STARTING
         inst.started_at = self._clock.now()
         log.info("started %s: pid %d, port %d", inst.id, popen.pid, port)
+
+    def _identity(self, spec: InstanceSpec) -> dict[str, Any]:
+        """Drop to the environment's unprivileged user when the controller runs as root."""
+        user = self._run_as_user(spec.service, spec.environment) if self._run_as_user else None
+        if not user or os.geteuid() != 0:
+            return {}
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise PermanentError(f"run_as_user {user!r} does not exist on this host") from None
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _environment(self, spec: InstanceSpec, port: int) -> dict[str, str]:
         env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}

@@ -92,3 +92,11 @@ service_settings = Table(
     Column("rollback", JSON),  # rollback-manager --configure
     Column("updated_at", Float, nullable=False),
 )
+
+environment_state = Table(
+    "environment_state",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("prepared_at", Float, nullable=False),
+    Column("state", JSON, nullable=False),  # directories, reserved ports, config maps, secret names
+)

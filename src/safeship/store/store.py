@@ -330,7 +330,21 @@ class Store:
             return [dict(r[0]) for r in conn.execute(query)]
 
     def forget_environment(self, environment: str) -> None:
+        """Drop an environment's live state (instances, prepared state); its history stays."""
         with self.engine.begin() as conn:
             conn.execute(delete(schema.instances).where(schema.instances.c.environment == environment))
+            conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == environment))
+
+    def save_environment_state(self, name: str, state: Mapping[str, Any], at: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == name))
+            conn.execute(insert(schema.environment_state).values(name=name, prepared_at=at, state=dict(state)))
+
+    def environment_state(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(schema.environment_state.c.state).where(schema.environment_state.c.name == name)
+            ).first()
+        return dict(row[0]) if row else None
 
 

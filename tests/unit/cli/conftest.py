@@ -43,3 +43,7 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "safeship.yaml"
     path.write_text(CONFIG)
     return path
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
