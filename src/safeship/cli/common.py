@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +27,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def die(message: str, code: int) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    from safeship.redaction import redactor
+
+    print(f"error: {redactor().redact_text(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -45,7 +48,18 @@ def guarded(run: Callable[[list[str] | None], int]) -> Callable[[list[str] | Non
 
 
 def load(config_path: str) -> SafeshipConfig:
-    return load_config(config_path)
+    """The config, with the secrets it names registered for redaction: whatever this command
+    prints (events, reasons, history) shows *** where a secret value would stand."""
+    from safeship.environments.secrets import load_secrets, register
+
+    config = load_config(config_path)
+    names = sorted({name for service in config.services.values() for name in service.secrets})
+    if names:
+        root = Path(config_path).resolve().parent
+        for environment in config.environment_management.environments:
+            with contextlib.suppress(SafeshipError):  # unsafe or missing secrets are reported elsewhere
+                register(load_secrets(root, environment.name, names).values())
+    return config
 
 
 def store_url(config: SafeshipConfig, config_path: str) -> str:
@@ -83,7 +97,9 @@ def policy_for(name: str) -> Any:
 
 def emit(data: Any, *, as_json: bool, text: Callable[[], None]) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
+        from safeship.environments.secrets import redactor
+
+        print(redactor().redact_text(json.dumps(data, indent=2, default=str)))
     else:
         text()
 

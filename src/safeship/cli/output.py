@@ -10,7 +10,18 @@ from rich.table import Table
 
 from safeship.cli.common import format_weights, when
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+class _RedactingConsole(Console):
+    """Every line printed passes the process-wide secret redactor."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        from safeship.environments.secrets import redactor
+
+        masked = [redactor().redact_text(o) if isinstance(o, str) else o for o in objects]
+        super().print(*masked, **kwargs)
+
+
+console = _RedactingConsole(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 class ProgressPrinter:
@@ -43,6 +54,9 @@ def progress_line(data: dict[str, Any], elapsed: float) -> str:
 
 
 def show_deployment(data: dict[str, Any]) -> None:
+    from safeship.redaction import redactor
+
+    data = redactor().redact(data)  # a table's cells do not pass through print's masking
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()

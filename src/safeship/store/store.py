@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
 from safeship.errors import NotFoundError, StaleStateError
+from safeship.redaction import redactor
 from safeship.store import schema
 
 ACTIVE_PHASES = ("pending", "awaiting_approval", "preparing", "progressing", "monitoring", "rolling_back")
@@ -95,9 +96,19 @@ _GUARDED_UPDATE = (
 )
 
 
+_FREE_TEXT = ("reason", "evidence", "request", "message", "data")
+
+
 def _shallow(record: Any) -> dict[str, Any]:
-    """Field values without dataclasses.asdict's deep copy (status holds histograms)."""
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    """Field values without dataclasses.asdict's deep copy (status holds histograms), with secret
+    values masked in the free-text fields, so that the history never holds one."""
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    masker = redactor()
+    if masker.values:
+        for name in _FREE_TEXT:
+            if name in values:
+                values[name] = masker.redact(values[name])
+    return values
 
 
 def new_id(prefix: str) -> str:
@@ -237,7 +248,7 @@ class Store:
 
     @staticmethod
     def _insert_events(conn: Connection, events: Iterable[EventRecord]) -> None:
-        rows = [dataclasses.asdict(e) | {"data": dict(e.data)} for e in events]
+        rows = [_shallow(e) | {"data": redactor().redact(dict(e.data))} for e in events]
         if rows:
             conn.execute(insert(schema.events), rows)
 
@@ -245,7 +256,7 @@ class Store:
 
     @staticmethod
     def _upsert_rollback(conn: Connection, record: RollbackRecord) -> None:
-        values = dataclasses.asdict(record)
+        values = _shallow(record)
         exists = conn.execute(select(schema.rollbacks.c.id).where(schema.rollbacks.c.id == record.id)).first()
         if exists:
             conn.execute(update(schema.rollbacks).where(schema.rollbacks.c.id == record.id).values(**values))
