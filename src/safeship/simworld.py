@@ -56,6 +56,7 @@ class SimWorld:
     restart_backoff_s: float = 10.0
     instances: dict[str, SimInstance] = field(default_factory=dict)
     candidate_first_traffic: float | None = None
+    never_ready: set[str] = field(default_factory=set)  # versions that never pass readiness (tests)
     _probs_cache: dict[tuple[float, float], np.ndarray] = field(default_factory=dict)
     _next_port: int = 20000
 
@@ -82,6 +83,8 @@ class SimWorld:
         return self.scenario.candidate.crash_after_s if version == self.candidate_version else None
 
     def _ready_ever(self, version: str) -> bool:
+        if version in self.never_ready:
+            return False
         return self.scenario.candidate.ready if version == self.candidate_version else True
 
     def life(self, instance: SimInstance) -> tuple[bool, bool, int, float | None]:
