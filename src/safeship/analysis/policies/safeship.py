@@ -255,7 +255,7 @@ class SafeshipPolicy:
         base = st["base"]
         if base["n"] <= 0:
             return None
-        delta = ctx.analysis.alpha * _share("single") / len(SINGLE_TESTS) / 2
+        delta = judge.split_alpha(ctx.analysis.alpha, SHARES)["single"] / len(SINGLE_TESTS) / 2
         bound = judge.rate_upper_bound(base["n"], base["x"], delta)
         nulls: dict[str, Any] = {
             "single_errors": {
@@ -306,17 +306,17 @@ class SafeshipPolicy:
     # ------------------------------------------------------------ deciding
 
     def _alphas(self, st: State, ctx: StepContext) -> dict[str, float]:
-        alpha = ctx.analysis.alpha
+        parts = judge.split_alpha(ctx.analysis.alpha, SHARES)
         alphas = {
-            "errors": alpha * _share("errors"),
-            **{name: alpha * _share("latency") / len(QUANTILES) for name in QUANTILES},
-            **{name: alpha * _share("single") / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS},
+            "errors": parts["errors"],
+            **{name: parts["latency"] / len(QUANTILES) for name in QUANTILES},
+            **{name: parts["single"] / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS},
         }
         triggers = [_trigger_key(t) for t in ctx.triggers]
         for key in triggers:
-            alphas[key] = alpha * _share("triggers") / len(triggers)
+            alphas[key] = parts["triggers"] / len(triggers)
         for index, name in enumerate(st["gauges"]["order"]):
-            alphas[f"metric:{name}"] = alpha * _share("metrics") / 2 ** (index + 1)
+            alphas[f"metric:{name}"] = parts["metrics"] / 2 ** (index + 1)
         return alphas
 
     def _scores(self, st: State, ctx: StepContext) -> dict[str, Score]:
@@ -386,10 +386,6 @@ class SafeshipPolicy:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _share(name: str) -> float:
-    return SHARES[name] / sum(SHARES.values())
 
 
 def _trigger_key(trigger: ThresholdTrigger) -> str:
