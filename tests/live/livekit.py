@@ -4,13 +4,11 @@ by a marker in their environment), even when the test fails."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from safeship.api.client import ControllerClient
+from safeship.loadgen import LoadGenerator, failed
 from safeship.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,54 +183,20 @@ def controller(setup: Setup) -> Iterator[Controller]:
 # ---------------------------------------------------------------- load
 
 
-class Load:
-    """Open-loop traffic to the route port from its own thread: requests are sent at `rate` per second
-    whether or not earlier ones have answered (a held or slow request never slows the offered load),
-    up to `max_s` seconds. Every request's send time and outcome are kept."""
+class Load(LoadGenerator):
+    """The package's bounded open-loop generator, sending to the route port on loopback."""
 
-    def __init__(self, port: int, *, rate: float = 100.0, workers: int = 64, max_s: float = 240.0):
-        self.port, self.rate, self.max_outstanding, self.max_s = port, rate, workers * 8, max_s
-        self.results: list[tuple[float, int | None]] = []  # (send time, HTTP status or None: no answer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+    def __init__(self, port: int, *, rate: float = 100.0, max_s: float = 240.0) -> None:
+        super().__init__("127.0.0.1", port, rate=rate, max_s=max_s, max_outstanding=512)
 
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
+    @property
+    def results(self) -> list[tuple[float, int | None]]:
+        return [(o.sent_at, o.status) for o in list(self.outcomes)]
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=self.max_outstanding, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
-            pending: set[asyncio.Task[None]] = set()
-            started = time.monotonic()
-            sent = 0
-            while not self._stop.is_set() and time.monotonic() - started < self.max_s:
-                due = int((time.monotonic() - started) * self.rate)
-                while sent < due and len(pending) < self.max_outstanding:
-                    task = asyncio.create_task(self._one(http, sent))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    sent += 1
-                await asyncio.sleep(0.002)
-            if pending:
-                await asyncio.wait(pending, timeout=15)
-
-    async def _one(self, http: httpx.AsyncClient, index: int) -> None:
-        at = time.time()
-        try:
-            status: int | None = (await http.get(f"http://127.0.0.1:{self.port}/users/{index % 1000}")).status_code
-        except httpx.HTTPError:
-            status = None
-        self.results.append((at, status))
-
-    def window(self, start: float, end: float) -> tuple[int, int]:
+    def window(self, start: float, end: float) -> tuple[int, int]:  # type: ignore[override]
         """(requests, failed) sent between start and end; failed = 5xx or no answer."""
-        inside = [s for t, s in list(self.results) if start <= t <= end]
-        return len(inside), sum(1 for s in inside if s is None or s >= 500)
+        inside = super().window(start, end)
+        return len(inside), failed(inside)
 
 
 # ---------------------------------------------------------------- helpers

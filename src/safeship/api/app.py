@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from safeship.api.controller import Controller
 from safeship.config.loader import validate
 from safeship.config.models import DeploymentRequest
+from safeship.engine.views import deployment_view
 from safeship.environments.secrets import redactor
 from safeship.errors import (
     ConfigError,
@@ -88,34 +89,7 @@ def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def deployment_json(record: DeploymentRecord, *, full: bool = False) -> dict[str, Any]:
-    """The CLI's shape (cli.common.deployment_json) plus what a dashboard needs."""
-    data: dict[str, Any] = {
-        "id": record.id,
-        "service": record.service,
-        "environment": record.environment,
-        "version": record.version,
-        "from_version": record.from_version,
-        "strategy": record.strategy,
-        "strategy_reason": record.strategy_reason,
-        "policy": record.policy,
-        "phase": record.phase,
-        "step": record.step_index,
-        "steps": len(record.plan),
-        "weights": record.status.get("weights", {}),
-        "decision": record.decision,
-        "reason": record.reason,
-        "evidence": record.evidence,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "decided_at": record.decided_at,
-        "finished_at": record.finished_at,
-        "last_sample": record.status.get("last_sample"),
-    }
-    if full:
-        data["plan"] = record.plan
-        data["request"] = record.request
-        data["rollback"] = record.status.get("rollback")
-    return clean_dict(data)
+    return clean_dict(deployment_view(record, full=full))
 
 
 def event_json(event: EventRecord) -> dict[str, Any]:

@@ -117,30 +117,9 @@ def when(ts: float | None) -> str:
 
 
 def deployment_json(record: DeploymentRecord, events: list[Any] | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": record.id,
-        "service": record.service,
-        "environment": record.environment,
-        "version": record.version,
-        "from_version": record.from_version,
-        "strategy": record.strategy,
-        "strategy_reason": record.strategy_reason,
-        "policy": record.policy,
-        "phase": record.phase,
-        "step": record.step_index,
-        "steps": len(record.plan),
-        "weights": record.status.get("weights", {}),
-        "decision": record.decision,
-        "reason": record.reason,
-        "evidence": record.evidence,
-        "created_at": record.created_at,
-        "decided_at": record.decided_at,
-        "finished_at": record.finished_at,
-        "last_sample": record.status.get("last_sample"),
-    }
-    if events is not None:
-        data["events"] = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
-    return data
+    from safeship.engine.views import deployment_view
+
+    return deployment_view(record, events=events)
 
 
 def format_weights(weights: Mapping[str, Any]) -> str:

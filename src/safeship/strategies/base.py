@@ -78,3 +78,15 @@ def split(candidate: str, baseline: str | None, candidate_percent: int) -> dict[
     if baseline is None or candidate_percent >= 100:
         return {candidate: 100}
     return {baseline: 100 - candidate_percent, candidate: candidate_percent}
+
+
+def first_deployment(given: PlanInput) -> list[Step]:
+    """Nothing runs yet, so there is nothing to compare with and no user to protect from a change:
+    start the new version, wait for readiness, give it the traffic, watch it."""
+    return [
+        scale(given.candidate, given.replicas),
+        wait_ready(given.candidate, given.replicas, given.readiness_timeout),
+        weights({given.candidate: 100}),
+        promote(),
+        monitor(given.settings),
+    ]

@@ -8,6 +8,7 @@ from safeship.strategies.base import (
     PlanInput,
     Step,
     analyze,
+    first_deployment,
     monitor,
     promote,
     scale,
@@ -23,15 +24,7 @@ class CanaryStrategy:
     def plan(self, given: PlanInput) -> list[Step]:
         canary = given.settings.strategies.canary
         if given.baseline is None:
-            # A first deployment has nothing to compare with and no users to protect from a change:
-            # start it, wait for readiness, then watch it in the monitoring window.
-            return [
-                scale(given.candidate, given.replicas),
-                wait_ready(given.candidate, given.replicas, given.readiness_timeout),
-                weights({given.candidate: 100}),
-                promote(),
-                monitor(given.settings),
-            ]
+            return first_deployment(given)
         steps: list[Step] = []
         ready = 0
         for index, percent in enumerate(given.policy_weights):

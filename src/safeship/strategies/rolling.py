@@ -4,7 +4,17 @@ of ready instances of each version."""
 
 from __future__ import annotations
 
-from safeship.strategies.base import PlanInput, Step, analyze, monitor, promote, scale, wait_ready, weights
+from safeship.strategies.base import (
+    PlanInput,
+    Step,
+    analyze,
+    first_deployment,
+    monitor,
+    promote,
+    scale,
+    wait_ready,
+    weights,
+)
 
 
 def batches(replicas: int, max_surge: int, max_unavailable: int) -> list[tuple[int, int]]:
@@ -35,13 +45,7 @@ class RollingStrategy:
     def plan(self, given: PlanInput) -> list[Step]:
         rolling = given.settings.strategies.rolling
         if given.baseline is None:
-            return [
-                scale(given.candidate, given.replicas),
-                wait_ready(given.candidate, given.replicas, given.readiness_timeout),
-                weights({given.candidate: 100}),
-                promote(),
-                monitor(given.settings),
-            ]
+            return first_deployment(given)
         steps: list[Step] = []
         new_before, step_index = 0, 0
         for new, old in batches(given.replicas, rolling.max_surge, rolling.max_unavailable):
