@@ -353,7 +353,8 @@ class SafeshipPolicy:
         if in_step >= longest:
             return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
         share = min(100, max(0, sample.candidate_weight)) / 100
-        envelope = self.settings.ramp_time * share**self.settings.ramp_shape
+        ramp = ctx.analysis.ramp_time if ctx.analysis.ramp_time is not None else self.settings.ramp_time
+        envelope = ramp * share**self.settings.ramp_shape
         if ctx.time_in_analysis < envelope:
             return Decision(
                 Verdict.INCONCLUSIVE, f"pacing: weight held until {envelope:.0f}s", evidence
