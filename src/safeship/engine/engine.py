@@ -329,6 +329,11 @@ class DeploymentEngine:
             result = await self._run_step(tick, step)
             if result.failure is not None:
                 self._fail(tick, result.failure)
+                if tick.get("phase") == Phase.FAILED.value:
+                    # Auto rollback is off: traffic goes back to the last weights that passed analysis.
+                    await self.world.router.set_weights(tick.route, tick.status["restore_weights"])
+                    tick.status["weights"] = tick.status["restore_weights"]
+                    return math.inf
                 return 0.0
             if not result.done:
                 return result.wait
@@ -377,12 +382,10 @@ class DeploymentEngine:
         safe = tick.status.get("last_safe_weights") or (
             {tick.before.from_version: 100} if tick.before.from_version else tick.status.get("weights", {}))
         tick.status["restore_weights"] = safe
-        tick.set(decision="failed", decided_at=tick.now, reason=failure.reason, evidence=dict(failure.evidence))
-        self._finish(
-            tick, Phase.FAILED,
-            f"{failure.reason}. Auto rollback is off: traffic stays at the last safe weights "
-            f"{safe}; roll back with `rollback-manager --rollback --deployment-id {tick.before.id}`",
-        )
+        message = (f"{failure.reason}. Auto rollback is off: traffic is back on the last safe weights "
+                   f"{safe}; roll back with `rollback-manager --rollback --deployment-id {tick.before.id}`")
+        tick.set(decision="failed", decided_at=tick.now, reason=message, evidence=dict(failure.evidence))
+        self._finish(tick, Phase.FAILED, message)
 
     def _begin_rollback(self, tick: Tick, failure: Failure, *, automatic: bool, cancel: bool = False) -> None:
         record = tick.before

@@ -60,4 +60,18 @@ async def test_auto_rollback_off_leaves_last_safe_weights_and_says_how() -> None
     assert "rollback-manager --rollback --deployment-id" in (seen.record.reason or "") or any(
         "rollback-manager --rollback" in e.message for e in seen.sim.store.events(seen.record.id))
     assert seen.sim.store.rollbacks(deployment_id=seen.record.id) == []
-    assert seen.weights[-1].get(CANDIDATE) == 5  # traffic left where it was, no further step
+    # The first step failed, so the last safe weights are the baseline's: the candidate keeps running
+    # (for a person to look at) but serves no one.
+    assert seen.weights[-1] == {"baseline": 100}
+    assert seen.counts[-1][3] >= 1
+
+
+async def test_auto_rollback_off_returns_traffic_to_the_last_step_that_passed() -> None:
+    config = SafeshipConfig()
+    config.intelligent_deployment.rollback.auto_rollback = False
+    config.intelligent_deployment.strategies.canary.step_duration = 20
+    # errors start once the candidate has served ~45 s: steps 5% and 10% pass, 25% fails
+    seen = await run(scenario(error_rate=0.25, onset_s=45), DeploymentStrategy.CANARY, config=config)
+    assert seen.record.phase == "failed"
+    assert seen.weights[-1] == {"baseline": 90, CANDIDATE: 10}
+    assert "rollback-manager --rollback" in (seen.record.reason or "")
