@@ -22,9 +22,10 @@ from typing import Any
 
 from safeship.analysis.base import Policy
 from safeship.analysis.probes import probe
+from safeship.analysis.providers.scrape import Target, scrape
 from safeship.clock import RealClock
 from safeship.config.loader import load_config
-from safeship.config.models import DeploymentRequest, RollbackConfiguration, SafeshipConfig
+from safeship.config.models import CustomMetricTrigger, DeploymentRequest, RollbackConfiguration, SafeshipConfig
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
@@ -113,7 +114,7 @@ class Controller:
             run_as_user=self._run_as_user,
         )
         self.router = BuiltinRouter(close_grace=2.0)
-        world = World(self.platform, self.router, RealClock(), gauges=None)
+        world = World(self.platform, self.router, RealClock(), gauges=self.gauges)
         self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for, secrets_for=self.secrets_for)
         self.sync_interval = sync_interval or self._default_sync_interval()
         self.routes: dict[RouteKey, int] = {}
@@ -331,6 +332,14 @@ class Controller:
         self._kick.set()
 
     # ------------------------------------------------------------ what the API calls
+
+    async def gauges(self, route: RouteKey) -> Mapping[str, Mapping[str, float]]:
+        """Custom gauges per version, scraped from the ready instances' /metrics pages."""
+        triggers = self.config.rollback_for(route.service).triggers
+        names = {t.metric for t in triggers if isinstance(t, CustomMetricTrigger)}
+        instances = await self.platform.instances(route.service, route.environment)
+        targets = [Target(i.version, i.host, i.port) for i in instances if i.ready]
+        return await scrape(targets, wanted=names or None)
 
     def secrets_for(self, service: str, environment: str) -> Mapping[str, str]:
         """The service's secrets from `secrets/<environment>/` beside the config; their values are

@@ -1,0 +1,1 @@
+"""Metric providers: where custom gauges come from, one module per source."""
