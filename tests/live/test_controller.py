@@ -63,6 +63,7 @@ def test_canary_rolls_back_a_bad_release_and_ships_a_good_one(setup: Setup, cont
             (bad["id"], "v1.3.0", "v1.2.0")
         ]
         assert rows[0]["automatic"] is True and rows[0]["success"] is True
+        assert "error rate" in rows[0]["reason"] and rows[0]["evidence"]  # what fired, with the numbers
         wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 15, "v1.3.0 to stop")
 
         started = time.time()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
 import time
 import uuid
@@ -474,3 +475,26 @@ async def test_start_rejects_bad_specs(make_platform: MakePlatform, mark: str) -
     await platform.start(spec(mark))
     with pytest.raises(ConflictError):
         await platform.start(spec(mark))
+
+
+LISTENER = (
+    "import os, socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "print('uid', os.getuid(), flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root and /usr/bin/python3"
+)
+async def test_instances_drop_to_the_configured_unprivileged_user(make_platform: MakePlatform, mark: str) -> None:
+    nobody = pwd.getpwnam("nobody")
+    platform = make_platform(run_as_user=lambda _service, _env: "nobody", enforce_memory_limit=False)
+    tcp = ProbeSpec(kind="tcp", interval=0.2, failure_threshold=3)
+    started = await platform.start(spec(mark, version="script", command=["/usr/bin/python3", "-c", LISTENER, "{port}"],
+                                        liveness=replace(tcp, initial_delay=1.0), readiness=tcp, workdir="/"))
+    await wait_for(platform, ready)
+    status = Path(f"/proc/{started.pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2

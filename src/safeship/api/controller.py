@@ -162,6 +162,8 @@ class Controller:
     async def start(self) -> None:
         """Adopt the processes left running, restore backends and weights, then listen and loop."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.platform.limits is not None:
+            log.info("process limits in force: %s", self.platform.limits.support.describe())
         adopted = await self.platform.adopt()
         if adopted:
             log.info("adopted %d running instances", len(adopted))

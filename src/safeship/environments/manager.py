@@ -21,6 +21,7 @@ from typing import Any
 from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConfigError, ConflictError, NotFoundError
+from safeship.platforms.limits import detect
 from safeship.store import Store
 
 MIN_FREE_DISK_MB = 200
@@ -177,6 +178,7 @@ class EnvironmentManager:
                             f"for one deployment of {hungriest} at double capacity; quota {quota.memory:g}Mi"))
         if environment.platform == "local":
             checks += [self._command_check(service) for service in self.config.services]
+            checks.append(Check("process limits", True, detect().describe()))
         usage = shutil.disk_usage(self.state_dir if self.state_dir.exists() else self.root)
         free_mb = usage.free / 2**20
         checks.append(Check("disk space", free_mb >= MIN_FREE_DISK_MB,
