@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,23 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     try:
         yield made
     finally:
+        _kill_services(made)
+
+
+@contextlib.contextmanager
+def controller_with(tmp_path: Path, edit: Callable[[str], str]) -> Iterator[Setup]:
+    """A running controller whose config is CONFIG passed through `edit`; stopped and cleaned after."""
+    state_dir = tmp_path / "state"
+    mark = uuid.uuid4().hex
+    config = tmp_path / "safeship.yaml"
+    config.write_text(edit(CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK, mark_value=mark)))
+    made = Setup(config, state_dir, mark)
+    running = Controller(made)
+    try:
+        running.start()
+        yield made
+    finally:
+        running.stop()
         _kill_services(made)
 
 

@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from livekit import CONFIG, ENV, MARK, SERVICE, Controller, Load, Setup, _kill_services, deploy, wait_final
+from livekit import ENV, SERVICE, Load, Setup, controller_with, deploy, wait_final
 
 from safeship.api.client import ControllerClient
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
-@pytest.fixture
-def gauge_setup(tmp_path: Path):
-    state_dir = tmp_path / "state"
-    mark = uuid.uuid4().hex
-    text = CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK, mark_value=mark)
+def hot_release_config(text: str) -> str:
     text = text.replace("step_duration: 3s", "step_duration: 8s")
     text = text.replace("      - {type: error_rate_threshold, threshold: 0.05, duration: 2s}",
                         "      - {type: error_rate_threshold, threshold: 0.05, duration: 2s}\n"
                         "      - {type: custom_metric, metric: memory_pressure, threshold: 0.8, duration: 2s}")
     text = text.replace("v1.6.0]", "v1.6.0, v1.7.0]")
     assert "custom_metric" in text and "v1.7.0" in text
-    config = tmp_path / "safeship.yaml"
-    config.write_text(text)
-    made = Setup(config, state_dir, mark)
-    controller = Controller(made)
-    try:
-        controller.start()
+    return text
+
+
+@pytest.fixture
+def gauge_setup(tmp_path: Path) -> Iterator[Setup]:
+    with controller_with(tmp_path, hot_release_config) as made:
         yield made
-    finally:
-        controller.stop()
-        _kill_services(made)
 
 
 def test_a_hot_release_is_rolled_back_on_its_scraped_gauge(gauge_setup: Setup) -> None:

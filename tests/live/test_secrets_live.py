@@ -7,10 +7,11 @@ import contextlib
 import io
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from livekit import CONFIG, ENV, MARK, SERVICE, Controller, Setup, _kill_services, deploy, wait_final
+from livekit import ENV, SERVICE, Setup, controller_with, deploy, wait_final
 
 from safeship.api.client import ControllerClient
 from safeship.cli import deployment_engine, rollback_manager
@@ -22,24 +23,13 @@ SECRET = "pl4nted-" + uuid.uuid4().hex
 
 
 @pytest.fixture
-def secret_setup(tmp_path: Path):
-    state_dir = tmp_path / "state"
-    mark = uuid.uuid4().hex
-    config = tmp_path / "safeship.yaml"
-    text = CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK, mark_value=mark)
-    config.write_text(text + "    secrets: [DB_PASSWORD]\n")
+def secret_setup(tmp_path: Path) -> Iterator[Setup]:
     folder = tmp_path / "secrets" / ENV
     folder.mkdir(parents=True)
     (folder / "DB_PASSWORD").write_text(SECRET + "\n")
     (folder / "DB_PASSWORD").chmod(0o600)
-    made = Setup(config, state_dir, mark)
-    controller = Controller(made)
-    try:
-        controller.start()
+    with controller_with(tmp_path, lambda text: text + "    secrets: [DB_PASSWORD]\n") as made:
         yield made
-    finally:
-        controller.stop()
-        _kill_services(made)
 
 
 def run_cli(main, argv: list[str]) -> str:
