@@ -25,6 +25,7 @@ from rich.table import Table
 from safeship.api.client import ControllerClient
 from safeship.cli.output import ProgressPrinter, console
 from safeship.loadgen import LoadGenerator, failed
+from safeship.routing.remote import stop_daemon
 from safeship.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +54,11 @@ def deploy(client: ControllerClient, version: str) -> dict[str, Any]:
 
 
 def stop_everything(client: ControllerClient, state_dir: Path) -> None:
-    """Stop the controller, then every service process it started (PIDs from the ledger)."""
+    """Stop the controller and its router daemon, then every service process (PIDs from the ledger)."""
     with contextlib.suppress(Exception):
         client.stop()
+    with contextlib.suppress(Exception):
+        stop_daemon(state_dir)
     deadline = time.time() + 15
     while client.is_running() and time.time() < deadline:
         time.sleep(0.2)

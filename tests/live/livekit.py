@@ -20,6 +20,7 @@ import pytest
 
 from safeship.api.client import ControllerClient
 from safeship.loadgen import LoadGenerator, failed
+from safeship.routing.remote import stop_daemon
 from safeship.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,6 +139,8 @@ def _marked(mark: str) -> set[int]:
 
 
 def _kill_services(setup: Setup) -> None:
+    with contextlib.suppress(Exception):
+        stop_daemon(setup.state_dir)  # the router daemon the controller started
     with contextlib.suppress(Exception):
         setup.ledger()
     for pid in setup.seen_pids | _marked(setup.mark):

@@ -152,8 +152,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        router = controller.router
-        body = render(router.snapshot, lambda: dict(router.unrouted))
+        snapshot = await controller.router_snapshot()
+        body = render(lambda: snapshot, lambda: dict(controller.router.unrouted))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/deployments", status_code=201)

@@ -29,19 +29,20 @@ from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Rollb
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
+from safeship.environments.manager import configured_port
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
 from safeship.platforms.base import InstanceState
 from safeship.platforms.local import LocalPlatform
 from safeship.routing.base import Backend, RouteKey, TrafficCounters
 from safeship.routing.builtin import BuiltinRouter
+from safeship.routing.remote import RemoteRouter
 from safeship.store import DeploymentRecord, EventRecord, Store
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 ROUTES_FILE = "routes.json"
-ENVIRONMENT_PORT_OFFSET = 100  # port = service router_port + 100 x the environment's position
 ERRORS_BEFORE_ROLLBACK = 5  # failed ticks in a row before the controller rolls the deployment back
 
 
@@ -113,7 +114,9 @@ class Controller:
             state_dir=state_dir, ledger=store, prober=probe, clock=RealClock(), secrets_for=self.secrets_for,
             run_as_user=self._run_as_user,
         )
-        self.router = BuiltinRouter(close_grace=2.0)
+        self.router: BuiltinRouter | RemoteRouter = (
+            RemoteRouter(state_dir) if config.router_process else BuiltinRouter(close_grace=2.0)
+        )
         world = World(self.platform, self.router, RealClock(), gauges=self.gauges)
         self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for, secrets_for=self.secrets_for)
         self.sync_interval = sync_interval or self._default_sync_interval()
@@ -162,6 +165,8 @@ class Controller:
     async def start(self) -> None:
         """Adopt the processes left running, restore backends and weights, then listen and loop."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.router, RemoteRouter) and await self.router.connect():
+            log.info("started the router daemon")
         if self.platform.limits is not None:
             log.info("process limits in force: %s", self.platform.limits.support.describe())
         adopted = await self.platform.adopt()
@@ -201,15 +206,12 @@ class Controller:
         raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
 
     def _configured_port(self, key: RouteKey) -> int | None:
-        service = self.config.services[key.service]
-        names = [e.name for e in self.config.environment_management.environments]
-        offset = names.index(key.environment)
-        if service.router_port:
-            return service.router_port + ENVIRONMENT_PORT_OFFSET * offset
-        environment = self.config.environment(key.environment)
-        if environment is not None and environment.router_port_base:
-            return environment.router_port_base + list(self.config.services).index(key.service)
-        return None
+        return configured_port(self.config, key.service, key.environment)
+
+    async def router_snapshot(self) -> dict[RouteKey, dict[str, TrafficCounters]]:
+        if isinstance(self.router, RemoteRouter):
+            return await self.router.snapshot()
+        return self.router.snapshot()
 
     def _write_routes(self) -> None:
         routes = [

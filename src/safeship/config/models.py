@@ -375,6 +375,9 @@ class SafeshipConfig(Model):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     store: StoreConfig = Field(default_factory=StoreConfig)
     state_dir: str = ".safeship"
+    # The local platform's router runs in a process of its own, so that routes keep serving while
+    # the controller restarts; false runs it inside the controller.
+    router_process: bool = True
 
     def environment(self, name: str) -> Environment | None:
         return next((e for e in self.environment_management.environments if e.name == name), None)
