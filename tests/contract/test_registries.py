@@ -26,5 +26,5 @@ def test_routers_have_the_protocol_methods(name: str) -> None:
 def test_unknown_names_list_the_known_ones() -> None:
     with pytest.raises(InputError, match="known platforms: local, sim"):
         platform_class("nomad")
-    with pytest.raises(InputError, match="known routers: builtin, sim"):
+    with pytest.raises(InputError, match="known routers: builtin, process, sim"):
         router_class("nginx")

@@ -10,6 +10,7 @@ from safeship.errors import InputError
 ROUTERS: dict[str, str] = {
     "builtin": "safeship.routing.builtin:BuiltinRouter",
     "sim": "safeship.routing.sim:SimRouter",
+    "process": "safeship.routing.remote:RemoteRouter",
 }
 
 
