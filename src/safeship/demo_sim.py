@@ -16,6 +16,7 @@ from safeship.config.models import DeploymentRequest, EnvironmentType, SafeshipC
 from safeship.config.models import Environment as EnvironmentModel
 from safeship.engine.notify import MemorySink
 from safeship.engine.simulate import sim_engine
+from safeship.routing.base import RouteKey
 from safeship.store import Store
 
 RELEASES = [
@@ -52,7 +53,7 @@ async def run(console: Console) -> list[dict[str, Any]]:
                                                      environment="production"))
             console.print(f"deploying user-service {version} ({behaviour}) - {record.strategy_reason}")
             final = await engine.run(record.id)
-            counters = await engine.world.router.counters(_route())
+            counters = await engine.world.router.counters(RouteKey("user-service", "production"))
             cand = counters.get(version)
             rows.append({
                 "version": version, "behaviour": behaviour, "strategy": final.strategy,
@@ -67,12 +68,6 @@ async def run(console: Console) -> list[dict[str, Any]]:
             start = clock.now() + 1
         store.close()
     return rows
-
-
-def _route() -> Any:
-    from safeship.routing.base import RouteKey
-
-    return RouteKey("user-service", "production")
 
 
 def summary_table(rows: list[dict[str, Any]], *, unit: str) -> Table:

@@ -191,24 +191,21 @@ class DeploymentEngine:
     def current_version(self, service: str, environment: str) -> str | None:
         return self.store.current_version(service, environment)
 
+    def _served_long_enough(self, row: StableVersion) -> bool:
+        """Healthy, and served for at least `stable_after` (until now, or until it was replaced)."""
+        end = row.retired_at if row.retired_at is not None else self.clock.now()
+        return row.healthy and end - row.promoted_at >= self.config.rollback_for(row.service).stable_after
+
     def previous_stable_version(self, service: str, environment: str, *, exclude: str) -> str | None:
         """The newest other version that passed its health checks and served for `stable_after`."""
-        stable_after = self.config.rollback_for(service).stable_after
-        now = self.clock.now()
         for row in self.store.stable_versions(service, environment):
-            if row.version == exclude or not row.healthy:
-                continue
-            if (row.retired_at if row.retired_at is not None else now) - row.promoted_at >= stable_after:
+            if row.version != exclude and self._served_long_enough(row):
                 return row.version
         return None
 
     def is_stable(self, service: str, environment: str, version: str) -> bool:
-        return self.previous_stable_version(service, environment, exclude="\0") == version or any(
-            r.version == version and r.healthy
-            and (r.retired_at if r.retired_at is not None else self.clock.now()) - r.promoted_at
-            >= self.config.rollback_for(service).stable_after
-            for r in self.store.stable_versions(service, environment)
-        )
+        return any(r.version == version and self._served_long_enough(r)
+                   for r in self.store.stable_versions(service, environment))
 
     def cancel(self, deployment_id: str, *, by: str = "") -> DeploymentRecord:
         record = self.store.get_deployment(deployment_id)
@@ -519,6 +516,3 @@ def _slower(step: Step) -> Step:
         return {**step, "duration": float(step["duration"]) * 2}
     return step
 
-
-def strategy_names() -> list[str]:
-    return [s.value for s in DeploymentStrategy]
