@@ -26,6 +26,7 @@ from safeship.analysis.providers.scrape import Target, scrape
 from safeship.clock import RealClock
 from safeship.config.loader import load_config
 from safeship.config.models import CustomMetricTrigger, DeploymentRequest, RollbackConfiguration, SafeshipConfig
+from safeship.config.paths import state_dir, store_url
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
@@ -47,14 +48,8 @@ ERRORS_BEFORE_ROLLBACK = 5  # failed ticks in a row before the controller rolls 
 
 
 def resolve_paths(config: SafeshipConfig, config_path: str | Path) -> tuple[Path, str]:
-    """The state directory and store URL; relative paths are relative to the config file's folder
-    (the rule the CLI follows too)."""
-    base = Path(config_path).resolve().parent
-    state_dir = Path(config.state_dir).expanduser()
-    url, prefix = config.store.url, "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(base / url.removeprefix(prefix))
-    return (state_dir if state_dir.is_absolute() else base / state_dir), url
+    """The state directory and store URL (config/paths.py: the rule the commands follow too)."""
+    return state_dir(config, config_path), store_url(config, config_path)
 
 
 def read_routes(state_dir: Path) -> dict[RouteKey, int]:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from safeship.config.loader import load_config
 from safeship.config.models import SafeshipConfig
+from safeship.config.paths import store_url
 from safeship.errors import InputError, SafeshipError
 from safeship.store import DeploymentRecord, Store
 
@@ -60,21 +61,6 @@ def load(config_path: str) -> SafeshipConfig:
             with contextlib.suppress(SafeshipError):  # unsafe or missing secrets are reported elsewhere
                 register(load_secrets(root, environment.name, names).values())
     return config
-
-
-def store_url(config: SafeshipConfig, config_path: str) -> str:
-    """A relative SQLite path is relative to the directory of the config file."""
-    url = config.store.url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        base = Path(config_path).resolve().parent
-        return prefix + str(base / url.removeprefix(prefix))
-    return url
-
-
-def state_dir(config: SafeshipConfig, config_path: str) -> Path:
-    path = Path(config.state_dir)
-    return path if path.is_absolute() else Path(config_path).resolve().parent / path
 
 
 def open_store(config: SafeshipConfig, config_path: str) -> Store:

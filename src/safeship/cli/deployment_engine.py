@@ -20,9 +20,9 @@ from safeship.cli.common import (
     open_store,
     policy_for,
     require,
-    state_dir,
 )
 from safeship.config.models import DeploymentRequest, DeploymentStrategy, SafeshipConfig
+from safeship.config.paths import state_dir
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase
 from safeship.errors import InputError, NotFoundError

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from safeship.cli import output
-from safeship.cli.common import EXIT_FAILED, EXIT_OK, add_common, emit, guarded, load, open_store, state_dir
+from safeship.cli.common import EXIT_FAILED, EXIT_OK, add_common, emit, guarded, load, open_store
+from safeship.config.paths import state_dir
 from safeship.environments.manager import Check, EnvironmentManager, summary
 
 

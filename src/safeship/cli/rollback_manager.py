@@ -22,11 +22,11 @@ from safeship.cli.common import (
     open_store,
     policy_for,
     require,
-    state_dir,
     when,
 )
 from safeship.config.loader import read_yaml, validate
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
+from safeship.config.paths import state_dir
 from safeship.engine.phases import Phase
 from safeship.errors import ConfigError, NotFoundError
 from safeship.store import RollbackRecord, Store
