@@ -39,3 +39,31 @@ def test_rollback_manager_rolls_a_promoted_release_back_under_load(setup: Setup,
     assert client.environments()[0]["services"][0]["current_version"] == "v1.2.0"
     history = [d["version"] for d in client.history(SERVICE)["deployments"]]
     assert history[:2] == ["v1.4.0", "v1.2.0"]
+
+
+def cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "deployment-engine"), *args, "--config", str(setup.config), "--json"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_detach_status_and_cancel_from_another_terminal(setup: Setup, controller: Controller) -> None:
+    client = ControllerClient(setup.state_dir)
+    wait_final(client, deploy(client, "v1.2.0")["id"])
+    with Load(client.routes()[ROUTE], rate=100) as load:
+        started = time.time()
+        detached = cli(setup, "--deploy", "--service", SERVICE, "--version", "v1.4.0", "--environment", "production",
+                       "--strategy", "canary", "--detach")
+        assert detached.returncode == 0, detached.stderr
+        deployment_id = json.loads(detached.stdout)["id"]
+        wait_for(lambda: client.get(deployment_id)["weights"].get("v1.4.0", 0) > 0, 30, "canary traffic")
+        status = cli(setup, "--status", "--deployment-id", deployment_id)
+        assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "progressing"
+        cancelled = cli(setup, "--cancel", "--deployment-id", deployment_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        final, _ = wait_final(client, deployment_id)
+        ended = time.time()
+    assert final["phase"] == "cancelled" and final["weights"] == {"v1.2.0": 100}
+    assert client.rollbacks(SERVICE) == []  # a cancel is not a rollback
+    total, failed = load.window(started, ended)
+    print(f"\ndetach, status, cancel: {failed} of {total} requests failed")
+    assert failed == 0

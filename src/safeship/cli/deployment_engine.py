@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.approve:
             return approve(args, config, store, deployment_id)
         if args.cancel:
-            record = _engine_for_store(config, store).cancel(deployment_id, by="deployment-engine --cancel")
+            record = _cancel(args, config, store, deployment_id)
             data = deployment_json(record, store.events(record.id))
             emit(data, as_json=args.json, text=lambda: output.console.print(
                 f"{record.id}: cancelling; traffic returns to {record.from_version or 'nothing'}"))
@@ -79,6 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if record.phase != Phase.FAILED.value else EXIT_FAILED
     finally:
         store.close()
+
+
+def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> DeploymentRecord:
+    """Through the controller when it runs the deployment (it wakes the deployment at once);
+    otherwise straight in the store, where the next tick of whoever drives it picks it up."""
+    by = f"deployment-engine --cancel ({os.environ.get('USER', 'unknown')})"
+    record = store.get_deployment(deployment_id)
+    environment = config.environment(record.environment)
+    if environment is not None and environment.platform != "sim":
+        from safeship.api.client import ControllerClient
+
+        client = ControllerClient(state_dir(config, args.config))
+        if client.is_running():
+            client.cancel(deployment_id, by=by)
+            return store.get_deployment(deployment_id)
+    cancelled: DeploymentRecord = _engine_for_store(config, store).cancel(deployment_id, by=by)
+    return cancelled
 
 
 def _request(args: argparse.Namespace) -> DeploymentRequest:
