@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from safeship.environments.manager import read_routes
 from safeship.errors import (
     ConflictError,
     ControllerUnreachable,
@@ -28,7 +29,6 @@ from safeship.errors import (
 
 CONTROLLER_FILE = "controller.json"
 TOKEN_FILE = "token"
-ROUTES_FILE = "routes.json"
 SERVER_MODULE = "safeship.api.server"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
@@ -68,11 +68,7 @@ class ControllerClient:
 
     def routes(self) -> dict[str, int]:
         """ "<environment>/<service>" -> the route's port, as the controller last wrote them."""
-        try:
-            data = json.loads((self.state_dir / ROUTES_FILE).read_text())
-            return {f"{r['environment']}/{r['service']}": int(r["port"]) for r in data["routes"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
+        return {str(key): port for key, port in read_routes(self.state_dir).items()}
 
     def is_running(self) -> bool:
         try:

@@ -30,7 +30,7 @@ from safeship.config.paths import state_dir, store_url
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
-from safeship.environments.manager import configured_port
+from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
 from safeship.platforms.base import InstanceState
@@ -43,22 +43,12 @@ from safeship.store import DeploymentRecord, EventRecord, Store
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-ROUTES_FILE = "routes.json"
 ERRORS_BEFORE_ROLLBACK = 5  # failed ticks in a row before the controller rolls the deployment back
 
 
 def resolve_paths(config: SafeshipConfig, config_path: str | Path) -> tuple[Path, str]:
     """The state directory and store URL (config/paths.py: the rule the commands follow too)."""
     return state_dir(config, config_path), store_url(config, config_path)
-
-
-def read_routes(state_dir: Path) -> dict[RouteKey, int]:
-    """The ports the last controller bound, from `<state_dir>/routes.json` (empty if none)."""
-    try:
-        data = json.loads((state_dir / ROUTES_FILE).read_text())
-        return {RouteKey(r["service"], r["environment"]): int(r["port"]) for r in data["routes"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:

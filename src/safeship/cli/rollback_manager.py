@@ -123,26 +123,8 @@ async def _rollback_sim(config: SafeshipConfig, store: Store, deployment_id: str
     engine, _ = await sim_engine(config, store, service=record.service, environment=record.environment,
                                  candidate=record.version, policy_for=policy_for,
                                  start=max(time.time(), record.updated_at + 1))
-    await _spawn_candidate(engine, record)
     engine.request_rollback(deployment_id, reason=reason)
     return await engine.run(deployment_id)
-
-
-async def _spawn_candidate(engine: Any, record: Any) -> None:
-    """In the sim world a finished deployment's version is what serves now; recreate that picture."""
-    from safeship.routing.base import Backend, RouteKey
-
-    world = engine.world.platform.world
-    if record.phase != Phase.SUCCEEDED.value:
-        return
-    route = RouteKey(record.service, record.environment)
-    backends = []
-    for index in range(int(record.status.get("replicas", 1))):
-        instance = world.spawn(record.service, record.environment, record.version, index)
-        instance.started_at -= 60
-        backends.append(Backend(instance.id, "127.0.0.1", instance.port))
-    await engine.world.router.set_backends(route, record.version, backends)
-    await engine.world.router.set_weights(route, {record.version: 100})
 
 
 def _history_table(rows: list[dict[str, Any]]) -> None:

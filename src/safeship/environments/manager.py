@@ -22,6 +22,7 @@ from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConfigError, ConflictError, NotFoundError
 from safeship.platforms.limits import detect
+from safeship.routing.base import RouteKey
 from safeship.store import Store
 
 MIN_FREE_DISK_MB = 200
@@ -74,6 +75,15 @@ def required_capacity(config: SafeshipConfig) -> tuple[float, float, str]:
     return cpu + extra_cpu, memory + extra_memory, hungriest
 
 
+def read_routes(state_dir: Path) -> dict[RouteKey, int]:
+    """The route ports the controller last bound, from `<state_dir>/routes.json` (empty if none)."""
+    try:
+        data = json.loads((state_dir / ROUTES_FILE).read_text())
+        return {RouteKey(r["service"], r["environment"]): int(r["port"]) for r in data["routes"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def port_owner(port: int, owned: set[int]) -> str:
     """'free', 'ours' (our running controller listens there) or 'taken'."""
     if port in owned:
@@ -101,11 +111,7 @@ class EnvironmentManager:
         }
 
     def owned_ports(self) -> set[int]:
-        try:
-            data = json.loads((self.state_dir / ROUTES_FILE).read_text())
-            return {int(r["port"]) for r in data["routes"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            return set()
+        return set(read_routes(self.state_dir).values())
 
     def secret_names(self) -> list[str]:
         return sorted({name for service in self.config.services.values() for name in service.secrets})
