@@ -5,6 +5,7 @@
     │   └── ConfigError       names the file, the field and the value
     ├── ConflictError         the request clashes with state (an active deployment, a stale row version)
     ├── NotFoundError         an id, service, version or environment that does not exist
+    ├── StoreError            the store cannot be used (corrupt, locked, read-only, unreachable): exit 4
     ├── PermanentError        stop and roll back: retrying will not help
     └── TemporaryError        retry after `delay` seconds (a probe timed out, a port is busy)
 
@@ -42,6 +43,12 @@ class ConflictError(SafeshipError):
 
 class StaleStateError(ConflictError):
     """Another engine advanced this deployment first; this tick's work is dropped."""
+
+
+class StoreError(SafeshipError):
+    """The store cannot be opened, read or written; nothing was changed. Exit 4."""
+
+    exit_code = 4
 
 
 class PermanentError(SafeshipError):
