@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, delete, event, insert, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
 from safeship.errors import NotFoundError, StaleStateError
 from safeship.redaction import redactor
-from safeship.store import schema
+from safeship.store import edge, schema
 
 ACTIVE_PHASES = ("pending", "awaiting_approval", "preparing", "progressing", "monitoring", "rolling_back")
 
@@ -115,24 +116,43 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
 
 
-def open_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if url in ("sqlite://", "sqlite:///:memory:"):
-        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    else:
-        engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    schema.metadata.create_all(engine)
+def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
+    """An engine on `url` with the schema in place. InputError (exit 2) for a URL that cannot be
+    one, StoreError (exit 4) for a database that cannot be used; never a driver's own error."""
+    target = edge.parse(url)
+    waited = edge.busy_timeout_s() if busy_timeout_s is None else busy_timeout_s
+    edge.ensure_directory(target)
+    connect_url = edge.sqlite_connect_url(target) if target.is_sqlite else target.url
+    try:
+        if target.is_sqlite and target.sqlite_path is None and "uri" not in target.url.query:
+            engine = create_engine(connect_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        elif target.is_sqlite:
+            engine = create_engine(connect_url, connect_args={"check_same_thread": False, "timeout": waited})
+        else:
+            engine = create_engine(connect_url)
+    except ImportError as exc:
+        raise edge.driver_missing(target, exc) from exc
+    except sa_exc.ArgumentError as exc:
+        raise edge.StoreURLError(url, f"{target.shown!r} cannot be used: {exc}") from exc
+    if target.is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas(int(waited * 1000)))
+    try:
+        with edge.at_edge(target, waited):
+            schema.metadata.create_all(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -144,7 +164,21 @@ def _deployment_from_row(row: Any) -> DeploymentRecord:
 class Store:
     def __init__(self, url: str = "sqlite:///.safeship/state.db") -> None:
         self.url = url
-        self.engine = open_engine(url)
+        self._target = edge.parse(url)
+        self._busy_timeout_s = edge.busy_timeout_s()
+        self.engine = open_engine(url, busy_timeout_s=self._busy_timeout_s)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction; a store that cannot be used raises StoreError (exit 4)."""
+        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection for reading; a store that cannot be used raises StoreError (exit 4)."""
+        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.connect() as conn:
+            yield conn
 
     def close(self) -> None:
         self.engine.dispose()
@@ -153,7 +187,7 @@ class Store:
 
     def create_deployment(self, record: DeploymentRecord, events: Iterable[EventRecord] = ()) -> None:
         """Insert a new deployment; refuses (ConflictError from the caller's check) are done before."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(insert(schema.deployments).values(**_shallow(record)))
             self._insert_events(conn, events)
 
@@ -174,7 +208,7 @@ class Store:
         values.pop("id")
         values["row_version"] = before.row_version + 1
         values["match_id"], values["match_row_version"] = before.id, before.row_version
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(_GUARDED_UPDATE, values)
             if result.rowcount != 1:
                 raise StaleStateError(f"deployment {before.id} was advanced by another engine")
@@ -202,7 +236,7 @@ class Store:
         return after.replace(row_version=before.row_version + 1)
 
     def get_deployment(self, deployment_id: str) -> DeploymentRecord:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(select(schema.deployments).where(schema.deployments.c.id == deployment_id)).first()
         if row is None:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
@@ -223,7 +257,7 @@ class Store:
             query = query.where(schema.deployments.c.environment == environment)
         if active_only:
             query = query.where(schema.deployments.c.phase.in_(ACTIVE_PHASES))
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_deployment_from_row(r) for r in conn.execute(query)]
 
     def active_deployment(self, service: str, environment: str) -> DeploymentRecord | None:
@@ -236,14 +270,14 @@ class Store:
             .where(schema.events.c.deployment_id == deployment_id)
             .order_by(schema.events.c.id)
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [
                 EventRecord(r.deployment_id, r.at, r.kind, r.message, r.data or {})
                 for r in conn.execute(query)
             ]
 
     def add_events(self, events: Iterable[EventRecord]) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             self._insert_events(conn, events)
 
     @staticmethod
@@ -269,7 +303,7 @@ class Store:
             query = query.where(schema.rollbacks.c.service == service)
         if deployment_id is not None:
             query = query.where(schema.rollbacks.c.deployment_id == deployment_id)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [RollbackRecord(**dict(r._mapping)) for r in conn.execute(query)]
 
     # ------------------------------------------------------------ stable versions
@@ -281,7 +315,7 @@ class Store:
             .where(schema.stable_versions.c.environment == environment)
             .order_by(schema.stable_versions.c.promoted_at.desc(), schema.stable_versions.c.id.desc())
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
         for row in rows:
             row.pop("id")
@@ -295,24 +329,30 @@ class Store:
         return None
 
     def record_stable(self, stable: StableVersion) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(insert(schema.stable_versions).values(**dataclasses.asdict(stable)))
 
     # ------------------------------------------------------------ service settings
 
     def service_rollback_settings(self, service: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 select(schema.service_settings.c.rollback).where(schema.service_settings.c.service == service)
             ).first()
         return dict(row[0]) if row and row[0] else None
 
     def set_service_rollback_settings(self, service: str, settings: Mapping[str, Any], at: float) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(schema.service_settings).where(schema.service_settings.c.service == service))
             conn.execute(
                 insert(schema.service_settings).values(service=service, rollback=dict(settings), updated_at=at)
             )
+
+    def clear_service_rollback_settings(self, service: str) -> bool:
+        """Drop the settings `rollback-manager --configure` stored for `service`; True when there were any."""
+        with self._begin() as conn:
+            result = conn.execute(delete(schema.service_settings).where(schema.service_settings.c.service == service))
+        return bool(result.rowcount)
 
     # ------------------------------------------------------------ instance ledger (platforms.base.InstanceLedger)
 
@@ -323,12 +363,12 @@ class Store:
             "environment": str(record.get("environment", "")),
             "record": dict(record),
         }
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(schema.instances).where(schema.instances.c.id == values["id"]))
             conn.execute(insert(schema.instances).values(**values))
 
     def delete_instance(self, instance_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(schema.instances).where(schema.instances.c.id == instance_id))
 
     def load_instances(self, service: str | None = None, environment: str | None = None) -> list[dict[str, object]]:
@@ -337,22 +377,22 @@ class Store:
             query = query.where(schema.instances.c.service == service)
         if environment is not None:
             query = query.where(schema.instances.c.environment == environment)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [dict(r[0]) for r in conn.execute(query)]
 
     def forget_environment(self, environment: str) -> None:
         """Drop an environment's live state (instances, prepared state); its history stays."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(schema.instances).where(schema.instances.c.environment == environment))
             conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == environment))
 
     def save_environment_state(self, name: str, state: Mapping[str, Any], at: float) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == name))
             conn.execute(insert(schema.environment_state).values(name=name, prepared_at=at, state=dict(state)))
 
     def environment_state(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 select(schema.environment_state.c.state).where(schema.environment_state.c.name == name)
             ).first()
