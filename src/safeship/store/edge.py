@@ -192,7 +192,10 @@ def describe(target: Target, error: sa_exc.DBAPIError, waited_s: float) -> str:
     if "readonly" in low or "read-only" in low:
         if target.read_only:
             return f"{where}: is read-only ({reason}): store.url opens it with mode=ro; drop mode=ro to write to it"
-        return f"{where}: is read-only ({reason}); make the file and its directory writable, or point store.url elsewhere"
+        return (
+            f"{where}: is read-only ({reason}); make the file and its directory writable, "
+            "or point store.url elsewhere"
+        )
     if "unable to open" in low or "cannot open" in low:
         return f"{where}: {_why_unopenable(target, reason)}"
     if "disk is full" in low or "database or disk is full" in low:
