@@ -1,49 +1,134 @@
-"""What every command shares: --config/--json, loading, one-line errors with DESIGN.md's exit codes."""
+"""What every command shares: --config/--json, loading, and one-line errors with fixed exit codes.
+
+Exit codes, the same for every command:
+
+    0   success (for --status: the deployment succeeded or is still running)
+    1   the deployment failed, was rolled back or was cancelled
+    2   bad input: config, arguments or request; one sentence naming file, field and value; nothing changed
+    3   the controller cannot be reached
+    4   the store cannot be used (corrupt, locked, read-only, unreachable); nothing changed
+    70  a bug in safeship: one sentence; SAFESHIP_DEBUG=1 shows the traceback
+    130 interrupted (Ctrl-C)
+
+With --json an error is one JSON object on stderr: {"error": "...", "exit_code": N}. Output cut
+short by a closed pipe (`| head`) ends quietly with the exit code the command had reached (0).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from safeship.config.loader import load_config
-from safeship.config.models import SafeshipConfig
+from safeship.config.models import Environment, SafeshipConfig
+from safeship.config.names import check_name
 from safeship.config.paths import store_url
-from safeship.errors import InputError, SafeshipError
+from safeship.errors import InputError, NotFoundError, SafeshipError
 from safeship.store import DeploymentRecord, Store
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_STORE, EXIT_BUG = 0, 1, 2, 3, 4, 70
+
+# C0 and C1 controls (newline and ANSI escapes among them) and the bidi overrides that reorder a
+# terminal line; \t is harmless and kept
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`), so that a
+    name or reason a user wrote cannot break a line or drive the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with safeship's error contract: one line on stderr (JSON with --json), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        die(f"{self.prog}: {message} (see {self.prog} --help)", EXIT_INPUT, as_json=_json_errors[-1])
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=os.environ.get("SAFESHIP_CONFIG", "safeship.yaml"),
-                        help="safeship.yaml to use (default: %(default)s)")
+                        help="safeship.yaml to use (default: %(default)s, or $SAFESHIP_CONFIG)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also log notifications and engine messages to stderr")
 
 
-def die(message: str, code: int) -> NoReturn:
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+_json_errors: list[bool] = [False]  # whether the command running now was given --json
+
+
+def die(message: str, code: int, *, as_json: bool = False) -> NoReturn:
     from safeship.redaction import redactor
 
-    print(f"error: {redactor().redact_text(message)}", file=sys.stderr)
+    text = clean(redactor().redact_text(message))
+    with contextlib.suppress(OSError):
+        if as_json:
+            print(json.dumps({"error": text, "exit_code": code}), file=sys.stderr)
+        else:
+            print(f"error: {text}", file=sys.stderr)
     raise SystemExit(code)
 
 
+def _configure_logging(argv: list[str]) -> None:
+    """Log lines (notifications among them) reach stderr only with --verbose; without it they are
+    dropped here, since the outcome is printed anyway and the history keeps every event."""
+    logger = logging.getLogger("safeship")
+    logger.handlers.clear()
+    if "-v" in argv or "--verbose" in argv:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def guarded(run: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Turn safeship errors into one sentence on stderr and the right exit code."""
+    """Turn every error into one sentence on stderr (a JSON object with --json) and its exit code."""
 
     def main(argv: list[str] | None = None) -> int:
+        args = sys.argv[1:] if argv is None else list(argv)
+        as_json = _wants_json(args)
+        _configure_logging(args)
+        _json_errors.append(as_json)
         try:
             return run(argv)
         except SafeshipError as exc:
-            die(str(exc), exc.exit_code)
+            die(str(exc), exc.exit_code, as_json=as_json)
         except KeyboardInterrupt:
-            die("interrupted", 130)
+            die("interrupted", 130, as_json=as_json)
+        except BrokenPipeError:
+            _silence_stdout()
+            raise SystemExit(EXIT_OK) from None
+        except Exception as exc:
+            if os.environ.get("SAFESHIP_DEBUG") == "1":
+                traceback.print_exc()
+            die(f"internal error ({type(exc).__name__}: {exc}); this is a bug in safeship, "
+                "run again with SAFESHIP_DEBUG=1 to see the traceback", EXIT_BUG, as_json=as_json)
+        finally:
+            _json_errors.pop()
 
     return main
 
@@ -73,6 +158,35 @@ def open_store(config: SafeshipConfig, config_path: str) -> Store:
         if saved is not None:
             service.rollback = RollbackConfiguration.model_validate(saved)
     return store
+
+
+def known_service(config: SafeshipConfig, name: str | None, config_path: str) -> str | None:
+    """`name` when it is None or a service of the config; otherwise a NotFoundError listing them."""
+    if name is None or name in config.services:
+        return name
+    check_name("service", name, field="--service")
+    known = ", ".join(sorted(config.services)) or "none"
+    raise NotFoundError(f"{config_path}: there is no service {name!r} under services: (known: {known})")
+
+
+def known_environment(config: SafeshipConfig, name: str, config_path: str) -> Environment:
+    """The environment called `name`; otherwise a NotFoundError listing the configured ones."""
+    check_name("environment", name, field="--environment")
+    environment = config.environment(name)
+    if environment is None:
+        known = ", ".join(e.name for e in config.environment_management.environments) or "none"
+        raise NotFoundError(f"{config_path}: environment {name!r} is not configured (known: {known})")
+    return environment
+
+
+def check_platform(environment: Environment, config_path: str) -> None:
+    """Refuse, before anything starts, an environment whose platform this installation cannot run."""
+    from safeship.platforms import PLATFORMS
+
+    if environment.platform not in PLATFORMS:
+        raise InputError(
+            f"{config_path}: environment {environment.name!r} uses platform {environment.platform!r}, which "
+            f"this safeship cannot run (it runs: {', '.join(sorted(PLATFORMS))}); nothing was started")
 
 
 def policy_for(name: str) -> Any:

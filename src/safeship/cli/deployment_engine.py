@@ -12,35 +12,42 @@ from safeship.cli import output
 from safeship.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    Parser,
     add_common,
+    check_platform,
     deployment_json,
     emit,
     guarded,
+    known_environment,
+    known_service,
     load,
     open_store,
     policy_for,
     require,
 )
 from safeship.config.models import DeploymentRequest, DeploymentStrategy, SafeshipConfig
+from safeship.config.names import check_name
 from safeship.config.paths import state_dir
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase
-from safeship.errors import InputError, NotFoundError
+from safeship.errors import InputError
 from safeship.store import DeploymentRecord, Store
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deployment-engine", description="Deploy a version, follow it, cancel it.")
+    p = Parser(prog="deployment-engine", description="Deploy a version, follow it, cancel it.")
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--deploy", action="store_true", help="deploy --service/--version to --environment")
     action.add_argument("--status", action="store_true", help="show a deployment (--deployment-id)")
     action.add_argument("--cancel", action="store_true", help="cancel a deployment (--deployment-id)")
-    action.add_argument("--list", action="store_true", help="list recent deployments")
-    action.add_argument("--approve", action="store_true", help="approve a deployment awaiting approval")
-    p.add_argument("--service")
-    p.add_argument("--version")
-    p.add_argument("--environment")
-    p.add_argument("--deployment-id")
+    action.add_argument("--list", action="store_true",
+                        help="list recent deployments (optionally of --service and --environment)")
+    action.add_argument("--approve", action="store_true",
+                        help="approve a deployment awaiting approval (--deployment-id)")
+    p.add_argument("--service", help="the service to deploy or list, as named under services: in the config")
+    p.add_argument("--version", help="the version to deploy, e.g. v1.3.0")
+    p.add_argument("--environment", help="the environment to deploy to or list, e.g. production")
+    p.add_argument("--deployment-id", help="the id --deploy printed, e.g. deploy-1a2b3c4d")
     p.add_argument("--strategy", help="blue_green | canary | rolling | recreate (default: selected, with a reason)")
     p.add_argument("--policy", default="safeship", help="analysis policy: safeship, seed, flagger, argo, kayenta")
     p.add_argument("--detach", action="store_true", help="return the deployment id at once")
@@ -59,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.deploy:
             return deploy(args, config, store)
         if args.list:
+            known_service(config, args.service, args.config)
+            if args.environment is not None:
+                known_environment(config, args.environment, args.config)
             rows = [deployment_json(r) for r in store.list_deployments(service=args.service,
                                                                        environment=args.environment)]
             emit(rows, as_json=args.json, text=lambda: output.show_list(rows))
@@ -76,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         record = store.get_deployment(deployment_id)
         data = deployment_json(record, store.events(record.id))
         emit(data, as_json=args.json, text=lambda: output.show_deployment(data))
-        return EXIT_OK if record.phase != Phase.FAILED.value else EXIT_FAILED
+        return status_exit_code(Phase(record.phase))
     finally:
         store.close()
+
+
+def status_exit_code(phase: Phase) -> int:
+    """`--status` exits 0 while the deployment runs or once it succeeded, and 1 once it ended
+    without its version live (rolled back, failed or cancelled): the same rule as --deploy."""
+    return EXIT_OK if phase.is_active else phase.exit_code
 
 
 def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> DeploymentRecord:
@@ -106,9 +122,10 @@ def _request(args: argparse.Namespace) -> DeploymentRequest:
         except ValueError as exc:
             raise InputError(f"--strategy: {exc}") from None
     return DeploymentRequest(
-        service_name=require(args.service, "--service", "--deploy"),
-        version=require(args.version, "--version", "--deploy"),
-        environment=require(args.environment, "--environment", "--deploy"),
+        service_name=check_name("service", require(args.service, "--service", "--deploy"), field="--service"),
+        version=check_name("version", require(args.version, "--version", "--deploy"), field="--version"),
+        environment=check_name("environment", require(args.environment, "--environment", "--deploy"),
+                               field="--environment"),
         deployment_strategy=strategy,
         override_freeze=args.override_freeze,
         requested_by=os.environ.get("USER", ""),
@@ -117,11 +134,9 @@ def _request(args: argparse.Namespace) -> DeploymentRequest:
 
 def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
     request = _request(args)
-    environment = config.environment(request.environment)
-    if environment is None:
-        known = ", ".join(e.name for e in config.environment_management.environments) or "none"
-        raise NotFoundError(f"{args.config}: environment {request.environment!r} is not configured (known: {known})")
+    environment = known_environment(config, request.environment, args.config)
     policy_for(args.policy)  # an unknown policy is bad input: fail before anything starts
+    check_platform(environment, args.config)  # before a controller is started for it
     validate_request(config, store, request)
     if environment.platform == "sim":
         return asyncio.run(_deploy_sim(args, config, store, request))

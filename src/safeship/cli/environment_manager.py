@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from safeship.cli import output
-from safeship.cli.common import EXIT_FAILED, EXIT_OK, add_common, emit, guarded, load, open_store
+from safeship.cli.common import EXIT_FAILED, EXIT_OK, Parser, add_common, emit, guarded, load, open_store
 from safeship.config.paths import state_dir
 from safeship.environments.manager import Check, EnvironmentManager, summary
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="environment-manager", description="Prepare, validate, clean up environments.")
+    p = Parser(prog="environment-manager", description="Prepare, validate, clean up environments.")
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--prepare", action="store_true", help="create directories, reserve ports, load secrets")
     action.add_argument("--validate", action="store_true", help="check ports, directories, secrets, quota, disk")
     action.add_argument("--cleanup", action="store_true", help="stop instances, release ports, remove state")
-    p.add_argument("--environment", required=True)
+    p.add_argument("--environment", required=True, help="the environment, as named under environment_management")
     p.add_argument("--force", action="store_true", help="allow --cleanup of a production environment")
     add_common(p)
     return p
@@ -58,5 +58,5 @@ def _controller_cleanup(directory: Path) -> Callable[[str], Mapping[str, Any]] |
 
 def _print(checks: list[Check]) -> None:
     for check in checks:
-        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-        output.console.print(f"{mark} {check.name}: {check.detail}")
+        mark = output.styled("ok  ", "green") if check.ok else output.styled("FAIL", "red")
+        output.console.print(mark, f"{check.name}: {check.detail}")

@@ -1,37 +1,67 @@
-"""safeship: simulate a release, run the controller."""
+"""safeship: write a starter config, simulate a release, run or stop the controller."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from safeship.cli import output
-from safeship.cli.common import EXIT_OK, guarded, policy_for
+from safeship.cli.common import EXIT_OK, Parser, guarded, policy_for
 from safeship.config.models import DeploymentStrategy
 from safeship.errors import InputError
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="safeship", description="Ship new versions of services safely.")
+    p = Parser(prog="safeship", description="Ship new versions of services safely.")
     sub = p.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write a commented starter safeship.yaml")
+    init.add_argument("--config", default="safeship.yaml", help="where to write it (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     sim = sub.add_parser("simulate", help="run one release scenario on the simulated world")
-    sim.add_argument("--scenario", required=True)
-    sim.add_argument("--policy", default="safeship")
-    sim.add_argument("--seed", type=int, default=None)
-    sim.add_argument("--strategy", default="canary")
-    sim.add_argument("--json", action="store_true")
-    server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1")
-    server.add_argument("--config", default="safeship.yaml")
-    server.add_argument("--port", type=int, default=0)
+    sim.add_argument("--scenario", required=True, help="a release scenario file (YAML)")
+    sim.add_argument("--policy", default="safeship",
+                     help="analysis policy: safeship, seed, flagger, argo, kayenta (default: %(default)s)")
+    sim.add_argument("--seed", type=_seed, default=None,
+                     help="random seed for the simulated traffic, 0 to 2^32-1 (default: the scenario's)")
+    sim.add_argument("--strategy", default="canary",
+                     help="blue_green | canary | rolling | recreate (default: %(default)s)")
+    sim.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1, or stop it with --stop")
+    server.add_argument("--config", default="safeship.yaml", help="safeship.yaml to use (default: %(default)s)")
+    server.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    server.add_argument("--stop", action="store_true",
+                        help="stop the running controller and its router daemon; service instances keep running")
     return p
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "server":
-        from safeship.api.server import serve
+    if args.command == "init":
+        from safeship.config.starter import write_starter
 
+        written = write_starter(Path(args.config), force=args.force)
+        output.console.print(f"wrote {written}; try `environment-manager --validate --environment development "
+                             f"--config {args.config}`")
+        return EXIT_OK
+    if args.command == "server":
+        from safeship.api.server import serve, stop_server
+
+        if args.stop:
+            for line in stop_server(args.config):
+                output.console.print(line)
+            return EXIT_OK
         serve(args.config, port=args.port)
         return EXIT_OK
     from safeship.config.scenario import load_scenario
@@ -48,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            output.console.print(f"[bold]{key:>26}[/bold]  {value}")
+            output.console.print(output.styled(f"{key:>26}", "bold"), f" {value}")
     return EXIT_OK
 
 

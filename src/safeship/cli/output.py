@@ -1,4 +1,10 @@
-"""Human output with rich: progress lines and status panels."""
+"""Human output with rich: progress lines and status panels.
+
+Every string printed here may carry text a user wrote (names, reasons, versions from old rows),
+so the console reads no markup, escapes control characters (newlines, ANSI escapes, bidi
+overrides) instead of sending them to the terminal, masks secrets, and wraps lines only on a
+terminal: piped output keeps one record per line for grep.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,30 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from safeship.cli.common import format_weights, when
+from safeship.cli.common import clean, format_weights, when
 
 
-class _RedactingConsole(Console):
-    """Every line printed passes the process-wide secret redactor."""
+class _SafeConsole(Console):
+    """Prints strings as plain text: secrets masked, control characters escaped."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         from safeship.environments.secrets import redactor
 
-        masked = [redactor().redact_text(o) if isinstance(o, str) else o for o in objects]
-        super().print(*masked, **kwargs)
+        shown = [clean(redactor().redact_text(o)) if isinstance(o, str) else o for o in objects]
+        if not self.is_terminal:
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*shown, **kwargs)
 
 
-console = _RedactingConsole(highlight=False, width=None if sys.stdout.isatty() else 120)
+_TTY = sys.stdout.isatty()
+console = _SafeConsole(highlight=False, markup=False, emoji=False, width=None if _TTY else 100_000)
+
+
+def styled(text: str, style: str) -> Text:
+    """A fixed label in a colour; only for text safeship writes itself, never for user input."""
+    return Text(text, style=style)
 
 
 class ProgressPrinter:
@@ -64,9 +79,9 @@ def show_deployment(data: dict[str, Any]) -> None:
                        ("version", "version"), ("from", "from_version"), ("strategy", "strategy"),
                        ("why", "strategy_reason"), ("policy", "policy"), ("phase", "phase"),
                        ("decision", "decision"), ("reason", "reason")]:
-        table.add_row(label, str(data.get(key) if data.get(key) is not None else "-"))
+        table.add_row(label, clean(str(data.get(key) if data.get(key) is not None else "-")))
     table.add_row("step", f"{data['step']}/{data['steps']}")
-    table.add_row("weights", format_weights(data.get("weights", {})))
+    table.add_row("weights", clean(format_weights(data.get("weights", {}))))
     table.add_row("created", when(data.get("created_at")))
     table.add_row("finished", when(data.get("finished_at")))
     console.print(table)

@@ -1,23 +1,30 @@
-"""rollback-manager: --configure, --rollback, --history (the seed's usage guide, section 2).
+"""rollback-manager: --configure, --rollback, --history (the seed's usage guide, section 2), and
+--settings / --reset to show or drop what --configure stored.
 
 In `--configure` mode `--config` names the rollback settings file, as the seed writes it; the
 safeship.yaml to use then comes from `--safeship-config` (or SAFESHIP_CONFIG, default safeship.yaml).
+Settings stored by --configure take the place of the service's `rollback:` block in safeship.yaml
+until `--reset` drops them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from safeship.cli import output
 from safeship.cli.common import (
     EXIT_OK,
+    Parser,
     add_common,
     emit,
     guarded,
+    known_service,
     load,
     open_store,
     policy_for,
@@ -28,21 +35,31 @@ from safeship.config.loader import read_yaml, validate
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.paths import state_dir
 from safeship.engine.phases import Phase
-from safeship.errors import ConfigError, NotFoundError
+from safeship.errors import ConfigError, InputError
 from safeship.store import RollbackRecord, Store
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollback-manager", description="Configure rollback, roll back, show history.")
+    p = Parser(prog="rollback-manager", description="Configure rollback, roll back, show history.")
     action = p.add_mutually_exclusive_group(required=True)
-    action.add_argument("--configure", action="store_true", help="set --service's rollback settings from --config")
+    action.add_argument("--configure", action="store_true",
+                        help="store --service's rollback settings from the file --config names "
+                             "(format: examples/rollback-config.yaml)")
     action.add_argument("--rollback", action="store_true", help="roll back --deployment-id now")
     action.add_argument("--history", action="store_true", help="list rollbacks (optionally of --service)")
-    p.add_argument("--service")
-    p.add_argument("--deployment-id")
-    p.add_argument("--reason", default="manual rollback")
-    p.add_argument("--safeship-config", default=None, help="safeship.yaml when --config names a rollback file")
+    action.add_argument("--settings", action="store_true",
+                        help="show --service's rollback settings in force and where they come from")
+    action.add_argument("--reset", action="store_true",
+                        help="drop the settings --configure stored for --service; safeship.yaml applies again")
+    p.add_argument("--service", help="the service, as named under services: in the config")
+    p.add_argument("--deployment-id", help="the deployment to roll back, e.g. deploy-1a2b3c4d")
+    p.add_argument("--reason", default="manual rollback", help="why, recorded in the history (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="roll back even when there is no earlier stable version (this stops the service)")
+    p.add_argument("--safeship-config", default=None,
+                   help="safeship.yaml to use when --config names a rollback settings file (with --configure)")
     add_common(p)
+    p.set_defaults(config=None)  # --configure must be told its file; the other actions default below
     return p
 
 
@@ -57,18 +74,25 @@ def rollback_json(r: RollbackRecord) -> dict[str, Any]:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    main_config = args.config
+    default_config = os.environ.get("SAFESHIP_CONFIG", "safeship.yaml")
+    main_config = args.config or default_config
     if args.configure:
-        main_config = args.safeship_config or os.environ.get("SAFESHIP_CONFIG", "safeship.yaml")
+        if not args.config:
+            raise InputError("--configure needs --config FILE naming the rollback settings to store "
+                             "(the format is in examples/rollback-config.yaml)")
+        main_config = args.safeship_config or default_config
     config = load(main_config)
     store = open_store(config, main_config)
     try:
         if args.configure:
             return configure(args, config, store)
         if args.history:
+            known_service(config, args.service, main_config)
             rows = [rollback_json(r) for r in store.rollbacks(service=args.service)]
             emit(rows, as_json=args.json, text=lambda: _history_table(rows))
             return EXIT_OK
+        if args.settings or args.reset:
+            return settings(args, main_config, store)
         return rollback(args, config, store, main_config)
     finally:
         store.close()
@@ -76,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def configure(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
     service = require(args.service, "--service", "--configure")
-    if service not in config.services:
-        raise NotFoundError(f"service {service!r} is not in the config")
-    data = read_yaml(__import__("pathlib").Path(args.config)) or {}
+    known_service(config, service, args.safeship_config or "safeship.yaml")
+    data = read_yaml(Path(args.config)) or {}
     if not isinstance(data, dict):
         raise ConfigError(args.config, "", "a rollback config must be a mapping")
     block = data.get("rollback", data)
@@ -87,8 +110,37 @@ def configure(args: argparse.Namespace, config: SafeshipConfig, store: Store) ->
     emit({"service": service, "rollback": settings.model_dump(mode="json")}, as_json=args.json,
          text=lambda: output.console.print(
              f"{service}: auto_rollback={settings.auto_rollback}, {len(settings.triggers)} triggers, "
-             f"max {settings.max_rollback_attempts} attempts, timeout {settings.rollback_timeout:.0f}s"))
+             f"max {settings.max_rollback_attempts} attempts, timeout {settings.rollback_timeout:.0f}s; "
+             f"stored, in force instead of safeship.yaml's until `rollback-manager --reset --service {service}`"))
     return EXIT_OK
+
+
+def settings(args: argparse.Namespace, config_path: str, store: Store) -> int:
+    """--settings shows what is in force and where it comes from; --reset drops the stored copy."""
+    action = "--reset" if args.reset else "--settings"
+    service = require(args.service, "--service", action)
+    yaml_config = load(config_path)  # without the stored settings applied
+    known_service(yaml_config, service, config_path)
+    if args.reset:
+        dropped = store.clear_service_rollback_settings(service)
+        message = (f"{service}: stored rollback settings dropped; the rollback: settings of {config_path} apply"
+                   if dropped else f"{service}: no stored rollback settings; {config_path} already applies")
+        emit({"service": service, "dropped": dropped}, as_json=args.json,
+             text=lambda: output.console.print(message))
+        return EXIT_OK
+    stored = store.service_rollback_settings(service)
+    in_force = (RollbackConfiguration.model_validate(stored) if stored is not None
+                else yaml_config.rollback_for(service))
+    source = "rollback-manager --configure" if stored is not None else config_path
+    body = {"service": service, "source": source, "rollback": in_force.model_dump(mode="json")}
+    emit(body, as_json=args.json, text=lambda: _settings_text(body))
+    return EXIT_OK
+
+
+def _settings_text(body: dict[str, Any]) -> None:
+    output.console.print(f"{body['service']}: rollback settings from {body['source']}")
+    for key, value in body["rollback"].items():
+        output.console.print(f"  {key}: {json.dumps(value)}")
 
 
 def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, config_path: str) -> int:
@@ -109,21 +161,22 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
             time.sleep(1.0)
         final = store.get_deployment(deployment_id)
     else:
-        final = asyncio.run(_rollback_sim(config, store, record.id, args.reason))
+        final = asyncio.run(_rollback_sim(config, store, record.id, args.reason, force=args.force))
     rows = [rollback_json(r) for r in store.rollbacks(deployment_id=deployment_id)]
     emit(rows[0] if rows else {}, as_json=args.json, text=lambda: output.console.print(
         f"{deployment_id}: {final.phase} - {final.reason or ''}"))
     return Phase(final.phase).exit_code if final.phase != Phase.ROLLED_BACK.value else EXIT_OK
 
 
-async def _rollback_sim(config: SafeshipConfig, store: Store, deployment_id: str, reason: str) -> Any:
+async def _rollback_sim(config: SafeshipConfig, store: Store, deployment_id: str, reason: str, *,
+                        force: bool) -> Any:
     from safeship.engine.simulate import sim_engine
 
     record = store.get_deployment(deployment_id)
     engine, _ = await sim_engine(config, store, service=record.service, environment=record.environment,
                                  candidate=record.version, policy_for=policy_for,
                                  start=max(time.time(), record.updated_at + 1))
-    engine.request_rollback(deployment_id, reason=reason)
+    engine.request_rollback(deployment_id, reason=reason, force=force)
     return await engine.run(deployment_id)
 
 
