@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
-from safeship.environments.secrets import load_secrets, register
+from safeship.config.names import check_name, inside
+from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, NotFoundError
 from safeship.platforms.limits import detect
 from safeship.routing.base import RouteKey
@@ -41,15 +42,24 @@ class Check:
 
 
 def environment_or_fail(config: SafeshipConfig, name: str) -> Environment:
+    """The configured environment called `name`. Its name becomes folder names under the state
+    directory, so it is checked here as well as when the config loads: a config object built
+    some other way must not lead prepare or cleanup out of their folders."""
+    check_name("environment", name, field="--environment")
     environment = config.environment(name)
     if environment is None:
         known = ", ".join(e.name for e in config.environment_management.environments) or "none"
         raise NotFoundError(f"environment {name!r} is not configured (known: {known})")
+    check_name("environment", environment.name, field="environment_management.environments.name")
     return environment
 
 
 def configured_port(config: SafeshipConfig, service: str, environment: str) -> int | None:
-    """The route port of a service in an environment, or None when one is picked at start."""
+    """The route port of a service in an environment, or None when one is picked at start.
+
+    `services.<name>.router_port` is the port in the first environment listed under
+    `environment_management.environments`; each environment listed after it adds 100, so one
+    config can run every environment on one host without two routes wanting the same port."""
     settings = config.services[service]
     names = [e.name for e in config.environment_management.environments]
     if settings.router_port:
@@ -58,6 +68,26 @@ def configured_port(config: SafeshipConfig, service: str, environment: str) -> i
     if env is not None and env.router_port_base:
         return env.router_port_base + list(config.services).index(service)
     return None
+
+
+def port_rule(config: SafeshipConfig, service: str, environment: str) -> str:
+    """Where `configured_port` got its number, in words, for prepare and validate to print."""
+    settings = config.services[service]
+    names = [e.name for e in config.environment_management.environments]
+    if settings.router_port:
+        position = names.index(environment)
+        if position == 0:
+            return f"router_port {settings.router_port}: {environment} is the first environment listed"
+        return (f"router_port {settings.router_port} + {ENVIRONMENT_PORT_OFFSET * position} for {environment}: "
+                f"+{ENVIRONMENT_PORT_OFFSET} per environment listed before it")
+    env = config.environment(environment)
+    if env is not None and env.router_port_base:
+        position = list(config.services).index(service)
+        if position == 0:
+            return f"router_port_base {env.router_port_base} of {environment}: {service} is the first service listed"
+        return (f"router_port_base {env.router_port_base} of {environment} + {position}: "
+                f"+1 per service listed before {service}")
+    return "picked by the controller when it starts"
 
 
 def required_capacity(config: SafeshipConfig) -> tuple[float, float, str]:
@@ -105,9 +135,10 @@ class EnvironmentManager:
         self.store = store
 
     def paths(self, environment: Environment) -> dict[str, Path]:
+        """The environment's own folders; InputError when its name would lead anywhere else."""
         return {
-            "state": self.state_dir / "environments" / environment.name,
-            "logs": self.state_dir / "logs" / environment.name,
+            "state": inside(self.state_dir / "environments", environment.name),
+            "logs": inside(self.state_dir / "logs", environment.name),
         }
 
     def owned_ports(self) -> set[int]:
@@ -120,34 +151,53 @@ class EnvironmentManager:
 
     def prepare(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
+        paths = self.paths(environment)
+        files = self._config_map_files(environment, paths["state"])  # every name checked before any write
+        env_file = inside(paths["state"], "environment.env")
         secrets = load_secrets(self.root, name, self.secret_names())  # unsafe or missing: refused now
         register(secrets.values())
         checks: list[Check] = []
-        for label, path in self.paths(environment).items():
+        for label, path in paths.items():
             path.mkdir(parents=True, exist_ok=True)
             checks.append(Check(f"{label} directory", True, f"{path} ready"))
         ports = self._reserve_ports(environment, checks)
-        config_dir = self.paths(environment)["state"] / "config"
         for map_name, values in environment.config_maps.items():
-            folder = config_dir / map_name
+            folder = inside(paths["state"], "config", map_name)
             folder.mkdir(parents=True, exist_ok=True)
             for key, value in values.items():
-                (folder / key).write_text(value, encoding="utf-8")
+                files[map_name, key].write_text(value, encoding="utf-8")
             checks.append(Check(f"config map {map_name}", True, f"{len(values)} keys written to {folder}"))
-        env_file = self.paths(environment)["state"] / "environment.env"
         lines = [f"{k}={v}" for k, v in sorted(environment.variables.items())]
         env_file.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         checks.append(Check("variables", True, f"{len(lines)} variables written to {env_file}"))
         checks.append(Check("secrets", True, f"{len(secrets)} loaded from "
-                            f"{self.root / 'secrets' / name} ({', '.join(sorted(secrets)) or 'none'}), all 0600"))
+                            f"{secrets_dir(self.root, name)} ({', '.join(sorted(secrets)) or 'none'}), all 0600"))
         self.store.save_environment_state(name, {
-            "directories": {k: str(v) for k, v in self.paths(environment).items()},
+            "directories": {k: str(v) for k, v in paths.items()},
             "ports": ports,
             "config_maps": sorted(environment.config_maps),
             "secrets": sorted(secrets),
         }, time.time())
         checks.append(Check("store", True, f"prepared state of {name} recorded"))
         return checks
+
+    @staticmethod
+    def _config_map_files(environment: Environment, state: Path) -> dict[tuple[str, str], Path]:
+        """`<state>/config/<map>/<key>` for every config map key, each refused unless it stays in
+        its map's folder (a key such as `../../x` would write elsewhere)."""
+        files: dict[tuple[str, str], Path] = {}
+        for map_name, values in environment.config_maps.items():
+            folder = inside(state, "config", map_name)
+            if folder.parent != inside(state, "config"):
+                raise ConfigError("environment_management", f"config_maps.{map_name}",
+                                  "a config map name must be a single folder name")
+            for key in values:
+                target = inside(folder, key)
+                if target.parent != folder:
+                    raise ConfigError("environment_management", f"config_maps.{map_name}.{key}",
+                                      "a config map key must be a single file name")
+                files[map_name, key] = target
+        return files
 
     def _reserve_ports(self, environment: Environment, checks: list[Check]) -> dict[str, int | None]:
         owned = self.owned_ports()
@@ -161,21 +211,23 @@ class EnvironmentManager:
             owner = port_owner(port, owned)
             if owner == "taken":
                 raise ConflictError(f"port {port} for {service} in {environment.name} is taken by another process")
-            checks.append(Check(f"{service} port", True, f"127.0.0.1:{port} reserved ({owner})"))
+            rule = port_rule(self.config, service, environment.name)
+            checks.append(Check(f"{service} port", True, f"127.0.0.1:{port} ({rule}) reserved ({owner})"))
         return ports
 
     # ------------------------------------------------------------ validate
 
     def validate(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
-        checks = [self._writable(label, path, name) for label, path in self.paths(environment).items()]
+        checks = [self._writable(label, path) for label, path in self.paths(environment).items()]
         checks.append(self._secrets_check(name))
         owned = self.owned_ports()
         for service in self.config.services:
             port = configured_port(self.config, service, name)
             if port is not None:
                 owner = port_owner(port, owned)
-                checks.append(Check(f"{service} port", owner != "taken", f"127.0.0.1:{port} is {owner}"))
+                rule = port_rule(self.config, service, name)
+                checks.append(Check(f"{service} port", owner != "taken", f"127.0.0.1:{port} ({rule}) is {owner}"))
         cpu, memory, hungriest = required_capacity(self.config)
         quota = environment.resource_quotas
         checks.append(Check("cpu quota", cpu <= quota.cpu, f"services need {cpu:g} cores with room for one "
@@ -192,11 +244,22 @@ class EnvironmentManager:
         return checks
 
     @staticmethod
-    def _writable(label: str, path: Path, name: str) -> Check:
-        ok = path.is_dir() and os.access(path, os.W_OK)
-        detail = f"{path} is writable" if ok else (
-            f"{path} is missing or not writable (run environment-manager --prepare --environment {name})")
-        return Check(f"{label} directory", ok, detail)
+    def _writable(label: str, path: Path) -> Check:
+        """A directory that exists must be writable. One that does not exist yet is no failure: the
+        first deploy (or --prepare) creates it, so it only needs a writable folder to go in."""
+        if path.is_dir():
+            ok = os.access(path, os.W_OK | os.X_OK)
+            return Check(f"{label} directory", ok, f"{path} is writable" if ok else f"{path} is not writable")
+        if path.exists():
+            return Check(f"{label} directory", False, f"{path} exists but is not a directory")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+            return Check(f"{label} directory", True,
+                         f"{path} does not exist yet; it will be created on first deploy (or by --prepare)")
+        return Check(f"{label} directory", False,
+                     f"{path} does not exist and cannot be created: {ancestor} is not a writable directory")
 
     def _secrets_check(self, name: str) -> Check:
         wanted = self.secret_names()
@@ -222,6 +285,7 @@ class EnvironmentManager:
         its history. With a running controller, the controller stops them (it would restart
         processes killed behind its back); without one, the recorded PIDs are stopped here."""
         environment = environment_or_fail(self.config, name)
+        state = self.paths(environment)["state"]  # refused here, before anything is stopped
         if environment.type is EnvironmentType.PRODUCTION and not force:
             raise ConflictError(f"environment {name!r} is production: cleanup needs --force")
         checks: list[Check] = []
@@ -234,8 +298,7 @@ class EnvironmentManager:
             checks.append(Check("instances", True, f"{stopped} recorded instances stopped (no controller running)"))
         self.store.forget_environment(name)
         checks.append(Check("ports", True, "reservations released"))
-        state = self.paths(environment)["state"]
-        if state.exists():
+        if state.is_dir():
             shutil.rmtree(state)
         checks.append(Check("state directory", True, f"{state} removed"))
         checks.append(Check("history", True, f"deployments, rollbacks and logs of {name} kept"))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from safeship.config.names import check_name, inside
 from safeship.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -31,14 +32,19 @@ _T = TypeVar("_T")
 
 
 def secrets_dir(root: Path, environment: str) -> Path:
-    return Path(root) / "secrets" / environment
+    """`<root>/secrets/<environment>`. ConfigError (field `environment`) unless `environment` is a
+    valid environment name and the folder lies inside `<root>/secrets`."""
+    base = Path(root) / "secrets"
+    check_name("environment", environment, source=str(base), field="environment")
+    return inside(base, environment)
 
 
 def load_secrets(root: Path, environment: str, names: Sequence[str] | None = None) -> dict[str, str]:
-    """The secrets of `environment`: all of them, or exactly `names` (each must exist)."""
+    """The secrets of `environment`: all of them, or exactly `names` (each must exist).
+
+    A name from the config is a variable name (letters, digits, '_'), never '/' or '.', so its
+    file is always a direct child of `secrets/<environment>/`; any other name is refused."""
     directory = secrets_dir(root, environment)
-    if not environment or environment in (".", "..") or "/" in environment or "\0" in environment:
-        raise ConfigError(str(directory), "environment", f"{environment!r} is not a valid environment name")
     if names is not None:
         _check_names(directory, names)
     if not directory.exists():

@@ -41,6 +41,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+from safeship.config.names import inside
 from safeship.errors import InputError, PermanentError
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ class ProcessLimits:
         support = self.support
         cgroup = None
         if support.cgroup_parent is not None and (support.memory_cgroup or support.cpu_cgroup):
-            cgroup = support.cgroup_parent / self.group / _cgroup_name(instance_id)
+            # _cgroup_name keeps only safe characters; inside() makes sure anyway, as this folder
+            # is created and later removed.
+            cgroup = inside(inside(support.cgroup_parent, self.group), _cgroup_name(instance_id))
         address_space = None if support.memory_cgroup else _address_space_bytes(memory_mb)
         return LimitPlan(
             instance_id,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from safeship.clock import Clock, RealClock
+from safeship.config.names import check_name, inside
 from safeship.errors import ConflictError, InputError, PermanentError
 from safeship.platforms.base import (
     Instance,
@@ -161,8 +162,7 @@ class LocalPlatform:
         Raises InputError for a bad command template or names, ConflictError when the instance
         already runs, PermanentError when the process cannot be started at all."""
         instance_id = instance_id_of(spec)
-        for part in (spec.environment, spec.service, f"{spec.version}-{spec.index}"):
-            _check_path_part(part)
+        _check_names(spec)
         _render_command(spec.command, _template_values(spec, port=0))  # fail before spawning
         if instance_id in self._supervised:
             raise ConflictError(f"instance {instance_id} already exists")
@@ -242,7 +242,7 @@ class LocalPlatform:
                 continue
             try:
                 sup = self._from_record(record)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, InputError) as exc:
                 log.warning("skipping unreadable ledger record %s: %s", record.get("id"), exc)
                 continue
             if bool(record.get("stopping")):
@@ -548,7 +548,7 @@ class LocalPlatform:
         records = self._ledger.load_instances(instance.service, instance.environment)
         for record in records:
             if str(record.get("id")) == instance.id:
-                with contextlib.suppress(KeyError, TypeError, ValueError):
+                with contextlib.suppress(KeyError, TypeError, ValueError, InputError):
                     await self._finish_interrupted_stop(self._from_record(record))
                 self._ledger.delete_instance(instance.id)
 
@@ -561,9 +561,11 @@ class LocalPlatform:
     # ------------------------------------------------------------ the ledger
 
     def log_path(self, spec: InstanceSpec) -> Path:
-        """<state_dir>/logs/<environment>/<service>/<version>-<index>.log"""
-        name = f"{spec.version}-{spec.index}.log"
-        return self._state_dir / "logs" / spec.environment / spec.service / name
+        """<state_dir>/logs/<environment>/<service>/<version>-<index>.log, each part a folder or file
+        of its own there; InputError when a name would lead anywhere else."""
+        _check_names(spec)
+        folder = inside(inside(self._state_dir / "logs", spec.environment), spec.service)
+        return inside(folder, f"{spec.version}-{spec.index}.log")
 
     def _save(self, sup: _Supervised) -> None:
         self._ledger.save_instance(_record_of(sup, self._memory_limit(sup.spec)))
@@ -603,10 +605,13 @@ def instance_id_of(spec: InstanceSpec) -> str:
     return f"{spec.environment}/{spec.service}/{spec.version}-{spec.index}"
 
 
-def _check_path_part(part: str) -> None:
-    # Names become log paths: keep them from escaping the state directory.
-    if not part or part in (".", "..") or "/" in part or "\0" in part or part.startswith("."):
-        raise InputError(f"{part!r} cannot name an instance (it becomes a log file path)")
+def _check_names(spec: InstanceSpec) -> None:
+    """Names become log paths and process labels: each must be a valid name of its kind."""
+    check_name("environment", spec.environment, field="environment")
+    check_name("service", spec.service, field="service")
+    check_name("version", spec.version, field="version")
+    if isinstance(spec.index, bool) or not isinstance(spec.index, int) or spec.index < 0:
+        raise InputError(f"index: an instance index must be a whole number of at least 0, got {spec.index!r}")
 
 
 def _template_values(spec: InstanceSpec, *, port: int) -> dict[str, str]:
