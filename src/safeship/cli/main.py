@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from safeship.cli import output
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in stop_server(args.config):
                 output.console.print(line)
             return EXIT_OK
+        logger = logging.getLogger("safeship")  # the daemon logs everything, to its own log file
+        logger.handlers.clear()
+        logger.propagate = True
         serve(args.config, port=args.port)
         return EXIT_OK
     from safeship.config.scenario import load_scenario
