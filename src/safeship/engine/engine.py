@@ -26,10 +26,12 @@ from safeship.config.models import (
     SafeshipConfig,
     ServiceConfig,
 )
+from safeship.config.names import check_name
 from safeship.engine import gates
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.engine.phases import Phase
+from safeship.engine.process_mark import driver_mark
 from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.steps import POLL_S, StepResult, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, StaleStateError
@@ -59,6 +61,9 @@ class DeploymentEngine:
         self.notifier = notifier or LogSink()
         self.default_policy = default_policy
         self.steps = StepRunner(config, world, policy_for, secrets_for)
+        # The process that ticks deployments with this engine, recorded in their status so that a
+        # sim deployment whose driver is gone can be told from one still moving (sim_driver).
+        self.driver: dict[str, Any] | None = driver_mark()
 
     @property
     def clock(self) -> Any:
@@ -70,11 +75,13 @@ class DeploymentEngine:
         """Validate, pass the gates, select a strategy, plan, and persist the deployment as pending.
 
         Every refusal happens here, before anything starts, and changes nothing."""
-        service, environment = validate_request(self.config, self.store, request)
+        service, environment = validate_request(self.config, self.store, request, policy_for=self.policy_for)
         baseline = self.current_version(request.service_name, request.environment)
         if baseline == request.version:
             raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
         frozen = gates.check_freeze(environment, self.wall_now(), request.override_freeze)
+        if environment.max_concurrent_deployments is not None:
+            self._unstrand(None, environment.name)
         gates.check_concurrency(self.store, environment)
         policy_name = policy or self.default_policy
         chosen = self.policy_for(policy_name)
@@ -109,6 +116,8 @@ class DeploymentEngine:
             plan = [_slower(step) for step in plan]
         now = self.clock.now()
         status: dict[str, Any] = {"replicas": replicas}
+        if self.driver is not None:
+            status["driver"] = dict(self.driver)
         if frozen is not None:
             status["freeze_override"] = {"window": frozen, "reason": request.override_freeze,
                                          "by": request.requested_by}
@@ -176,6 +185,7 @@ class DeploymentEngine:
     def approve(self, deployment_id: str, *, by: str) -> DeploymentRecord:
         """Record who approved an awaiting deployment, and when; it then proceeds."""
         record = self.store.get_deployment(deployment_id)
+        self._unstrand(record.service, record.environment, skip=record.id)
         if record.phase != Phase.AWAITING_APPROVAL.value:
             raise ConflictError(f"deployment {deployment_id} is {record.phase}, not awaiting approval")
         tick = Tick(record, self.clock.now())
@@ -209,6 +219,9 @@ class DeploymentEngine:
 
     def cancel(self, deployment_id: str, *, by: str = "") -> DeploymentRecord:
         record = self.store.get_deployment(deployment_id)
+        self._unstrand(record.service, record.environment, skip=record.id)
+        if record.phase == Phase.ROLLING_BACK.value and self._stranded(record):
+            return self._drive_stranded(record)  # finishing its rollback is all a cancel can do now
         if Phase(record.phase).is_final:
             raise ConflictError(f"deployment {deployment_id} already ended ({record.phase}); nothing to cancel")
         if record.phase == Phase.ROLLING_BACK.value:
@@ -218,22 +231,95 @@ class DeploymentEngine:
                              automatic=False, cancel=True)
         return self.store.save_transition(record, tick.result(), tick.events)
 
-    def request_rollback(self, deployment_id: str, *, reason: str = "manual rollback") -> DeploymentRecord:
-        """Manual rollback by deployment id, during or after the deployment."""
+    def request_rollback(self, deployment_id: str, *, reason: str = "manual rollback",
+                         force: bool = False) -> DeploymentRecord:
+        """Manual rollback by deployment id, during or after the deployment.
+
+        After it, only the release that serves can be rolled back: a newer deployment that ended
+        rolled_back, failed or cancelled does not block it. With no earlier stable version to
+        return to, a rollback would stop the service, so it is refused unless `force`."""
         record = self.store.get_deployment(deployment_id)
+        self._unstrand(record.service, record.environment, skip=record.id)
+        if self._stranded(record) and record.phase == Phase.ROLLING_BACK.value:
+            record = self._drive_stranded(record)
         if record.phase in (Phase.ROLLING_BACK.value, Phase.ROLLED_BACK.value, Phase.CANCELLED.value):
-            raise ConflictError(f"deployment {deployment_id} is {record.phase}; nothing to roll back")
+            live = self._live_deployment(record.service, record.environment)
+            where = (f"; {live.version} serves {record.environment}: roll back its deployment {live.id} instead"
+                     if live is not None and live.id != record.id else "")
+            raise ConflictError(f"deployment {deployment_id} is {record.phase}; nothing to roll back{where}")
         if record.phase == Phase.SUCCEEDED.value:
-            newer = [d for d in self.store.list_deployments(service=record.service, environment=record.environment)
-                     if d.created_at > record.created_at and d.phase != Phase.CANCELLED.value]
-            if newer:
-                raise ConflictError(
-                    f"{record.service} has a newer deployment ({newer[-1].id}, {newer[-1].version}); "
-                    "roll that one back instead"
-                )
+            self._check_live(record)
+        target = self._rollback_target(record)
+        if target is None and not force:
+            raise InputError(
+                f"{record.service} {record.version} in {record.environment} has no earlier stable version "
+                "to return to; rolling back would stop the service; pass --force to do it anyway"
+            )
         tick = Tick(record, self.clock.now())
+        if target is None:
+            reason = f"{reason} (forced: nothing earlier to return to, the service stops)"
         self._begin_rollback(tick, Failure("manual", reason), automatic=False)
         return self.store.save_transition(record, tick.result(), tick.events, rollback=tick.rollback)
+
+    def _check_live(self, record: DeploymentRecord) -> None:
+        """A succeeded deployment may be rolled back while its version serves and nothing newer
+        is running or serving; newer deployments that ended without going live do not count."""
+        newer = [d for d in self.store.list_deployments(service=record.service, environment=record.environment)
+                 if d.created_at > record.created_at]
+        running = [d for d in newer if Phase(d.phase).is_active]
+        if running:
+            raise ConflictError(
+                f"{record.service} has deployment {running[0].id} ({running[0].version}, {running[0].phase}) "
+                f"running in {record.environment}; wait for it or cancel it with "
+                f"`deployment-engine --cancel --deployment-id {running[0].id}`"
+            )
+        went_live = [d for d in newer if d.phase == Phase.SUCCEEDED.value]
+        if went_live:
+            raise ConflictError(
+                f"{record.service} has a newer deployment ({went_live[0].id}, {went_live[0].version}); "
+                "roll that one back instead"
+            )
+        current = self.current_version(record.service, record.environment)
+        if current != record.version:
+            raise ConflictError(
+                f"{record.version} no longer serves {record.environment} ({current or 'nothing'} does); "
+                "nothing to roll back"
+            )
+
+    def _live_deployment(self, service: str, environment: str) -> DeploymentRecord | None:
+        """The newest deployment that went live with the version serving now."""
+        current = self.current_version(service, environment)
+        for d in self.store.list_deployments(service=service, environment=environment):
+            if d.version == current and d.phase == Phase.SUCCEEDED.value:
+                return d
+        return None
+
+    def _rollback_target(self, record: DeploymentRecord) -> str | None:
+        """The version a rollback returns to: the one the deployment replaced or, once it went
+        live, the previous stable version; None when there is nothing earlier."""
+        if record.phase == Phase.SUCCEEDED.value:
+            found = self.previous_stable_version(record.service, record.environment, exclude=record.version)
+            return found or record.from_version
+        return record.from_version
+
+    # ------------------------------------------------------------ sim deployments nobody drives
+
+    def _stranded(self, record: DeploymentRecord) -> bool:
+        from safeship.engine.sim_driver import is_stranded
+
+        return is_stranded(self.config, record)
+
+    def _drive_stranded(self, record: DeploymentRecord) -> DeploymentRecord:
+        from safeship.engine.sim_driver import drive_now
+
+        return drive_now(self.config, self.store, record.id, policy_for=self.policy_for)
+
+    def _unstrand(self, service: str | None, environment: str, *, skip: str | None = None) -> None:
+        """Finish the sim deployments of `service` (or of every service) in `environment` that no
+        process drives any more, so that they do not block this request."""
+        from safeship.engine.sim_driver import finish_stranded
+
+        finish_stranded(self.config, self.store, service, environment, policy_for=self.policy_for, skip=skip)
 
     # ------------------------------------------------------------ the tick
 
@@ -249,6 +335,8 @@ class DeploymentEngine:
         if phase.is_final or phase is Phase.AWAITING_APPROVAL:
             return (math.inf if phase.is_final else POLL_S), record
         tick = Tick(record, self.clock.now())
+        if self.driver is not None and tick.status.get("driver") != self.driver:
+            tick.status["driver"] = dict(self.driver)
         wait = 0.0
         if phase is Phase.PENDING:
             environment = self.config.environment(record.environment)
@@ -387,15 +475,14 @@ class DeploymentEngine:
     def _begin_rollback(self, tick: Tick, failure: Failure, *, automatic: bool, cancel: bool = False) -> None:
         record = tick.before
         promoted = record.decision == "promote" or tick.changes.get("decision") == "promote"
-        target = record.from_version
-        if record.phase == Phase.SUCCEEDED.value:
-            target = self.previous_stable_version(record.service, record.environment, exclude=record.version)
-            target = target or record.from_version
+        target = self._rollback_target(record)
         replicas = int(record.status.get("replicas", self.config.services[record.service].replicas))
         plan: list[Step] = []
         if target is not None:
             timeout = self.config.rollback_for(record.service).rollback_timeout
             plan += [scale(target, replicas), wait_ready(target, replicas, timeout), weights({target: 100})]
+        else:
+            plan.append(weights({}))  # nothing to return to: no version takes traffic any more
         plan.append(scale(record.version, 0))
         rollback_id = new_id("rollback")
         tick.status["rollback"] = {
@@ -484,9 +571,15 @@ class DeploymentEngine:
 
 
 def validate_request(
-    config: SafeshipConfig, store: Store, request: DeploymentRequest
+    config: SafeshipConfig, store: Store, request: DeploymentRequest, *, policy_for: PolicyFactory | None = None
 ) -> tuple[ServiceConfig, Environment]:
-    """The service, version and environment exist, and nothing else is deploying there."""
+    """The names are well formed, the service, version and environment exist, and nothing else is
+    deploying there. Refuses before anything is recorded. A sim deployment of the same service
+    and environment that no process drives any more is first driven to its end (`policy_for`
+    names its analysis policies; the built-in ones by default)."""
+    check_name("service", request.service_name, field="--service")
+    check_name("environment", request.environment, field="--environment")
+    check_name("version", request.version, field="--version")
     service = config.services.get(request.service_name)
     if service is None:
         known = ", ".join(sorted(config.services)) or "none configured"
@@ -500,6 +593,10 @@ def validate_request(
             f"version {request.version!r} of {request.service_name} is not known "
             f"(known: {', '.join(service.versions)})"
         )
+    if environment.platform == "sim":
+        from safeship.engine.sim_driver import finish_stranded
+
+        finish_stranded(config, store, request.service_name, request.environment, policy_for=policy_for)
     active = store.active_deployment(request.service_name, request.environment)
     if active is not None:
         raise ConflictError(

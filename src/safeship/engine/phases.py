@@ -29,3 +29,10 @@ class Phase(str, enum.Enum):
     def exit_code(self) -> int:
         """The CLI's exit code for a deployment that ended here (DESIGN.md: 0 ok, 1 failed/rolled back)."""
         return 0 if self is Phase.SUCCEEDED else 1
+
+
+def status_exit_code(phase: Phase | str) -> int:
+    """`deployment-engine --status`'s exit code: 0 while the deployment runs or once it succeeded,
+    1 when it ended rolled_back, failed or cancelled (its release is not live)."""
+    current = Phase(phase)
+    return 1 if current.is_final and current is not Phase.SUCCEEDED else 0

@@ -244,10 +244,14 @@ async def sim_engine(
 
 
 def inert_engine(config: SafeshipConfig, store: Store, *, policy_for: Callable[[str], Policy]) -> DeploymentEngine:
-    """An engine for bookkeeping only (cancel, rollback requests, stable-version queries): its world
-    is an empty simulation on the wall clock, so it never touches a real instance or router."""
+    """An engine for requests made outside a controller (cancel, approve, rollback requests,
+    stable-version queries). Its own world is an empty simulation on the wall clock, so it never
+    touches a real instance or router. A `platform: sim` deployment it changes is driven to a
+    final phase (or to awaiting_approval) on a sim world of its own before the call returns;
+    one of another platform is only recorded, for its controller to drive."""
     from safeship.clock import RealClock
+    from safeship.engine.sim_driver import SimDrivingEngine
 
     world = SimWorld(Scenario(name="inert", expect="promote"), VirtualClock())
-    return DeploymentEngine(config, store, World(SimPlatform(world), SimRouter(world), RealClock()),
+    return SimDrivingEngine(config, store, World(SimPlatform(world), SimRouter(world), RealClock()),
                             policy_for=policy_for)
