@@ -47,6 +47,14 @@ def state_dir(tmp_path: Path):
         stop_daemon(tmp_path / "state")
 
 
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
 async def get(port: int) -> int:
     async with httpx.AsyncClient(timeout=5) as http:
         return (await http.get(f"http://127.0.0.1:{port}/")).status_code
@@ -71,7 +79,11 @@ async def test_routes_outlive_the_client_and_come_back_after_the_daemon_dies(sta
     old = daemon_pid(state_dir)
     assert old is not None
     os.kill(old, signal.SIGKILL)
-    await asyncio.sleep(0.2)
+    for _ in range(600):  # until it is gone (or a zombie), at most 60 s
+        if not _running(old):
+            break
+        await asyncio.sleep(0.1)
+    assert not _running(old)
     await second.set_weights(ROUTE, {"v1": 100})  # reconnects, restarts the daemon, replays
     assert daemon_pid(state_dir) not in (None, old)
     assert await get(port) == 200
