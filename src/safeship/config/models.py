@@ -1,21 +1,39 @@
 """Typed configuration: the seed's Rust types and YAML block, plus `services:` and safeship's own knobs.
 
 Every model forbids unknown fields, so a typo is an error naming the field, never a silent default.
+Numbers are bounded where a plausible mistake would otherwise load: `true` is not a number
+(YAML's booleans would otherwise pass as 1), floats must be finite, counts have an upper bound,
+and durations are bounded (see durations.py).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from safeship.config.durations import Duration
+from safeship.config.durations import Duration, PositiveDuration, StepDuration, show
 from safeship.config.quantities import Cpu, MemoryMb
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+"""An int that refuses `true`/`false` (pydantic would read them as 1 and 0)."""
+Number = Annotated[float, BeforeValidator(_not_bool)]
+"""A finite float that refuses `true`/`false`."""
+
+MAX_COUNT = 10_000  # replicas, surge, thresholds: more is a typo, not a plan
 
 
 # ---------------------------------------------------------------- enums
@@ -63,17 +81,17 @@ class AvailabilityRequirement(str, enum.Enum):
 
 class BlueGreenConfig(Model):
     enabled: bool = True
-    health_check_timeout: Duration = 300.0
-    traffic_switch_timeout: Duration = 120.0
+    health_check_timeout: PositiveDuration = 300.0
+    traffic_switch_timeout: PositiveDuration = 120.0
     scale_down_delay: Duration = 30.0  # old colour kept this long so rollback is an instant switch
-    post_switch_analysis: Duration = 60.0
+    post_switch_analysis: StepDuration = 60.0
 
 
 class CanaryConfig(Model):
     enabled: bool = True
-    traffic_percentages: list[int] = Field(default_factory=lambda: [5, 10, 25, 50, 75, 100])
-    step_duration: Duration = 120.0  # longest a step waits for evidence
-    min_step_duration: Duration = 10.0  # shortest: even clear evidence waits this long
+    traffic_percentages: list[Int] = Field(default_factory=lambda: [5, 10, 25, 50, 75, 100])
+    step_duration: StepDuration = 120.0  # longest a step waits for evidence
+    min_step_duration: Duration = Field(default=10.0, le=7 * 86400)  # shortest: even clear evidence waits this long
     adaptive: bool = True  # advance early when the evidence says "no worse"
 
     @field_validator("traffic_percentages")
@@ -83,17 +101,17 @@ class CanaryConfig(Model):
             raise ValueError("must list at least one weight")
         for w in weights:
             if not 0 < w <= 100:
-                raise ValueError(f"each weight must be in 1..100, got {w}")
+                raise ValueError(f"each weight must be in 1..100, got {show(w)}")
         if weights != sorted(weights) or len(set(weights)) != len(weights):
-            raise ValueError(f"weights must strictly increase, got {weights}")
+            raise ValueError(f"weights must strictly increase, got {show(weights)}")
         return weights if weights[-1] == 100 else [*weights, 100]
 
 
 class RollingConfig(Model):
     enabled: bool = True
-    max_unavailable: int = Field(default=1, ge=0)
-    max_surge: int = Field(default=1, ge=0)
-    step_analysis: Duration = 10.0
+    max_unavailable: Int = Field(default=1, ge=0, le=MAX_COUNT)
+    max_surge: Int = Field(default=1, ge=0, le=MAX_COUNT)
+    step_analysis: StepDuration = 10.0
 
     @model_validator(mode="after")
     def _progress_possible(self) -> RollingConfig:
@@ -104,8 +122,8 @@ class RollingConfig(Model):
 
 class RecreateConfig(Model):
     enabled: bool = True
-    max_wait: Duration = 30.0  # requests queue this long in the gap instead of failing
-    analysis: Duration = 60.0
+    max_wait: Duration = Field(default=30.0, le=7 * 86400)  # requests queue this long in the gap instead of failing
+    analysis: StepDuration = 60.0
 
 
 class StrategiesConfig(Model):
@@ -122,10 +140,10 @@ class ProbeConfig(Model):
     type: Literal["http", "tcp", "exec"] = "http"
     path: str = "/health/ready"
     command: list[str] = Field(default_factory=list)
-    timeout: Duration = 30.0
-    interval: Duration = 10.0
-    failure_threshold: int = Field(default=3, ge=1)
-    success_threshold: int = Field(default=1, ge=1)
+    timeout: PositiveDuration = 30.0
+    interval: PositiveDuration = 10.0
+    failure_threshold: Int = Field(default=3, ge=1, le=MAX_COUNT)
+    success_threshold: Int = Field(default=1, ge=1, le=MAX_COUNT)
     initial_delay: Duration = 0.0
 
     @model_validator(mode="after")
@@ -153,27 +171,27 @@ class HealthCheckConfiguration(Model):
 
 class HealthCheckFailureTrigger(Model):
     type: Literal["health_check_failure"]
-    timeout: Duration = 120.0  # how long an instance may stay unready/dead before it counts
+    timeout: PositiveDuration = 120.0  # how long an instance may stay unready/dead before it counts
 
 
 class ErrorRateThresholdTrigger(Model):
     type: Literal["error_rate_threshold"]
-    threshold: float = Field(gt=0, le=1)
-    duration: Duration = 60.0
+    threshold: Number = Field(gt=0, le=1)
+    duration: PositiveDuration = 60.0
 
 
 class ResponseTimeThresholdTrigger(Model):
     type: Literal["response_time_threshold"]
-    threshold: Duration
-    duration: Duration = 60.0
+    threshold: PositiveDuration
+    duration: PositiveDuration = 60.0
     statistic: Literal["mean", "p95", "p99"] = "mean"  # the seed uses the average
 
 
 class CustomMetricTrigger(Model):
     type: Literal["custom_metric"]
     metric: str = Field(min_length=1)
-    threshold: float
-    duration: Duration = 60.0
+    threshold: Number
+    duration: PositiveDuration = 60.0
 
 
 RollbackTrigger = Annotated[
@@ -192,30 +210,40 @@ def _seed_triggers() -> list[Any]:
 
 class MonitoringConfig(Model):
     duration: Duration = 300.0  # the seed's 5-minute window after promotion
-    interval: Duration = 30.0
+    interval: PositiveDuration = 30.0
 
 
 class AnalysisConfig(Model):
     """safeship's sequential judge (see analysis/judge.py)."""
 
-    alpha: float = Field(default=0.01, gt=0, lt=0.5)  # chance of rolling back a release equal to baseline
-    error_tolerance: float = Field(default=1.2, ge=1.0)  # candidate error rate may be this many times baseline
-    latency_tolerance: float = Field(default=1.5, ge=1.0)  # share of slow requests may be this many times
-    interval: Duration = 5.0  # how often the judge looks (every look is valid)
-    error_limit: int = Field(default=4, ge=1)  # consecutive provider errors before the analysis fails
+    alpha: Number = Field(default=0.01, gt=0, lt=0.5)  # chance of rolling back a release equal to baseline
+    # candidate error rate may be this many times baseline
+    error_tolerance: Number = Field(default=1.2, ge=1.0, le=1000.0)
+    latency_tolerance: Number = Field(default=1.5, ge=1.0, le=1000.0)  # share of slow requests may be this many times
+    interval: StepDuration = 5.0  # how often the judge looks (every look is valid)
+    error_limit: Int = Field(default=4, ge=1, le=MAX_COUNT)  # consecutive provider errors before the analysis fails
     # The shortest time the canary spends before full traffic, so that a regression which starts
     # minutes after the candidate gets traffic is still caught while the baseline serves beside it.
     # None: the policy's own default (safeship: 300 s).
-    ramp_time: Duration | None = None
+    ramp_time: StepDuration | None = None
 
 
 class RollbackConfiguration(Model):
     auto_rollback: bool = Field(default=True, alias="auto_rollback")
+    # Absent: the seed's three triggers. An empty list is refused (see _guarded).
     triggers: list[RollbackTrigger] = Field(default_factory=_seed_triggers)
-    rollback_timeout: Duration = 300.0
-    max_rollback_attempts: int = Field(default=3, ge=1)
+    rollback_timeout: PositiveDuration = 300.0
+    max_rollback_attempts: Int = Field(default=3, ge=1, le=100)
     stable_after: Duration = 3600.0  # the seed's 1 hour
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    @field_validator("triggers")
+    @classmethod
+    def _guarded(cls, triggers: list[Any]) -> list[Any]:
+        if not triggers:
+            raise ValueError("an empty trigger list would leave every release unguarded (nothing could start "
+                             "a rollback); remove the key to get the default triggers, or list the ones you want")
+        return triggers
 
 
 class IntelligentDeployment(Model):
@@ -270,16 +298,15 @@ class FreezeWindowConfig(Model):
         cleaned = [d.strip().lower()[:3] if d.strip().lower() != "daily" else "daily" for d in days]
         for day in cleaned:
             if day != "daily" and day not in _DAYS:
-                raise ValueError(f"days must be mon..sun or daily, got {days!r}")
+                raise ValueError(f"days must be mon..sun or daily, got {show(days)}")
         return cleaned
 
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        parts = value.split(":")
-        ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < 24 and int(parts[1]) < 60
-        if not ok:
-            raise ValueError(f"expected a time of day as HH:MM, got {value!r}")
+        match = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", value)
+        if match is None or int(match.group(1)) >= 24 or int(match.group(2)) >= 60:
+            raise ValueError(f"expected a time of day as HH:MM, got {show(value)}")
         return value
 
     @field_validator("timezone")
@@ -289,8 +316,8 @@ class FreezeWindowConfig(Model):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as 'America', a long name
+            raise ValueError(f"unknown time zone {show(value)}") from None
         return value
 
 
@@ -302,11 +329,11 @@ class Environment(Model):
     resource_quotas: ResourceQuotas = Field(default_factory=ResourceQuotas)
     availability: AvailabilityRequirement | None = None  # default follows the type
     platform: Literal["sim", "local", "kubernetes"] = "local"
-    router_port_base: int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
+    router_port_base: Int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
     variables: dict[str, str] = Field(default_factory=dict)
     approval: Literal["none", "required"] = "none"
     freeze_windows: list[FreezeWindowConfig] = Field(default_factory=list)
-    max_concurrent_deployments: int | None = Field(default=None, ge=1)
+    max_concurrent_deployments: Int | None = Field(default=None, ge=1, le=MAX_COUNT)
     config_maps: dict[str, dict[str, str]] = Field(default_factory=dict)  # name -> {key: value}
     run_as_user: str | None = None  # local platform: drop to this user when the controller is root
 
@@ -341,28 +368,28 @@ class EnvironmentManagement(Model):
 class SimProfile(Model):
     """How a version behaves in the sim world (`platform: sim` environments)."""
 
-    error_rate: float = Field(default=0.005, ge=0, le=1)
-    latency_p50_ms: float = Field(default=40.0, gt=0)
-    latency_p99_ms: float = Field(default=180.0, gt=0)
+    error_rate: Number = Field(default=0.005, ge=0, le=1)
+    latency_p50_ms: Number = Field(default=40.0, gt=0, le=3_600_000)
+    latency_p99_ms: Number = Field(default=180.0, gt=0, le=3_600_000)
     ready: bool = True
-    crash_after_s: float | None = Field(default=None, gt=0)
-    onset_s: float = Field(default=0.0, ge=0)
+    crash_after_s: Number | None = Field(default=None, gt=0, le=30 * 86400)
+    onset_s: Number = Field(default=0.0, ge=0, le=30 * 86400)
 
 
 class ServiceConfig(Model):
     criticality: Criticality = Criticality.MEDIUM
-    replicas: int = Field(default=2, ge=1)
+    replicas: Int = Field(default=2, ge=1, le=MAX_COUNT)
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     health_checks: HealthCheckConfiguration | None = None
     command: list[str] = Field(default_factory=list)  # local platform: {port}, {version}, ...
     versions: list[str] = Field(default_factory=list)  # known releases; empty: any version
-    router_port: int = Field(default=0, ge=0, le=65535)
-    grace_period: Duration = 10.0
+    router_port: Int = Field(default=0, ge=0, le=65535)
+    grace_period: Duration = Field(default=10.0, le=86400)
     rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
     simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version
-    rps: float = Field(default=100.0, gt=0)  # sim world: requests per second
+    rps: Number = Field(default=100.0, gt=0, le=1_000_000)  # sim world: requests per second
 
 
 class StoreConfig(Model):
@@ -395,7 +422,7 @@ class SafeshipConfig(Model):
 
 
 class DeploymentConfiguration(Model):
-    replicas: int = Field(default=1, ge=1)
+    replicas: Int = Field(default=1, ge=1, le=MAX_COUNT)
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     health_checks: HealthCheckConfiguration = Field(default_factory=HealthCheckConfiguration)
     environment_variables: dict[str, str] = Field(default_factory=dict)

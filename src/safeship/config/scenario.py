@@ -1,4 +1,10 @@
-"""Release scenarios for the simulator and the analysis benchmark (format: shared/scenarios/README.md)."""
+"""Release scenarios for the simulator and the analysis benchmark.
+
+A scenario is one YAML mapping: `name`, `description`, `seed`, `duration_s`, `traffic`, `baseline`,
+`candidate` and `expect` (rollback | promote). It is read with the same strict YAML reader as the
+config (duplicate keys, non-UTF-8 text and nonsense values are one-sentence errors), and its
+numbers are bounded: a simulation runs at most 7 virtual days at most 1,000,000 requests/s.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,16 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from safeship.config.loader import read_yaml, validate
-from safeship.config.models import Model
+from safeship.config.models import Int, Model, Number
 from safeship.errors import ConfigError
+
+MAX_SECONDS = 7 * 86400.0
+MAX_LATENCY_MS = 3_600_000.0
 
 
 class LatencySpec(Model):
-    p50: float = Field(default=40.0, gt=0)
-    p99: float = Field(default=180.0, gt=0)
+    p50: Number = Field(default=40.0, gt=0, le=MAX_LATENCY_MS)
+    p99: Number = Field(default=180.0, gt=0, le=MAX_LATENCY_MS)
 
     @model_validator(mode="after")
     def _ordered(self) -> LatencySpec:
@@ -31,10 +40,10 @@ class LatencySpec(Model):
 
 
 class TrafficSpec(Model):
-    rps: float = Field(default=100.0, gt=0)
+    rps: Number = Field(default=100.0, gt=0, le=1_000_000)
     pattern: Literal["constant", "diurnal", "bursty"] = "constant"
-    amplitude: float = Field(default=0.0, ge=0, le=1)
-    period_s: float = Field(default=600.0, gt=0)
+    amplitude: Number = Field(default=0.0, ge=0, le=1)
+    period_s: Number = Field(default=600.0, gt=0, le=MAX_SECONDS)
 
     def rate_at(self, t: float) -> float:
         if self.pattern == "diurnal":
@@ -46,32 +55,32 @@ class TrafficSpec(Model):
 
 
 class MetricSpec(Model):
-    baseline: float = 0.0
-    candidate: float | None = None
-    noise: float = Field(default=0.0, ge=0)
-    fail_above: float | None = None
+    baseline: Number = 0.0
+    candidate: Number | None = None
+    noise: Number = Field(default=0.0, ge=0)
+    fail_above: Number | None = None
 
 
 class VersionSpec(Model):
-    error_rate: float = Field(default=0.005, ge=0, le=1)
+    error_rate: Number = Field(default=0.005, ge=0, le=1)
     latency_ms: LatencySpec = Field(default_factory=LatencySpec)
 
 
 class CandidateSpec(Model):
-    error_rate: float | None = Field(default=None, ge=0, le=1)
+    error_rate: Number | None = Field(default=None, ge=0, le=1)
     latency_ms: LatencySpec | None = None
-    onset_s: float = Field(default=0.0, ge=0)
-    ramp_s: float = Field(default=0.0, ge=0)
+    onset_s: Number = Field(default=0.0, ge=0, le=MAX_SECONDS)
+    ramp_s: Number = Field(default=0.0, ge=0, le=MAX_SECONDS)
     ready: bool = True
-    crash_after_s: float | None = Field(default=None, gt=0)
+    crash_after_s: Number | None = Field(default=None, gt=0, le=MAX_SECONDS)
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
 
 
 class Scenario(Model):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     description: str = ""
-    seed: int = 0
-    duration_s: float = Field(default=1800.0, gt=0)
+    seed: Int = Field(default=0, ge=0, lt=2**64)  # numpy's generators refuse negative seeds
+    duration_s: Number = Field(default=1800.0, gt=0, le=MAX_SECONDS)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     baseline: VersionSpec = Field(default_factory=VersionSpec)
     candidate: CandidateSpec = Field(default_factory=CandidateSpec)
@@ -100,5 +109,6 @@ class Scenario(Model):
 def load_scenario(path: str | Path) -> Scenario:
     data: Any = read_yaml(Path(path))
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "", "a scenario must be a mapping")
+        kind = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(str(path), "", f"a scenario must be a mapping, got {kind}")
     return validate(Scenario, data, str(path))
