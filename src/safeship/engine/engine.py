@@ -310,9 +310,9 @@ class DeploymentEngine:
         return is_stranded(self.config, record)
 
     def _drive_stranded(self, record: DeploymentRecord) -> DeploymentRecord:
-        from safeship.engine.sim_driver import drive_now
+        from safeship.engine.sim_driver import take_over
 
-        return drive_now(self.config, self.store, record.id, policy_for=self.policy_for)
+        return take_over(self.config, self.store, record, policy_for=self.policy_for)
 
     def _unstrand(self, service: str | None, environment: str, *, skip: str | None = None) -> None:
         """Finish the sim deployments of `service` (or of every service) in `environment` that no

@@ -29,7 +29,11 @@ def driver_mark() -> dict[str, Any]:
 
 def has_live_driver(record: DeploymentRecord) -> bool:
     """A process on this host that is still running drives the deployment."""
-    mark = record.status.get("driver")
+    return is_alive(record.status.get("driver"))
+
+
+def is_alive(mark: object) -> bool:
+    """`mark` (from `driver_mark`) names a process of this host that still runs."""
     if not isinstance(mark, dict) or mark.get("host") != socket.gethostname():
         return False
     pid = mark.get("pid")

@@ -24,8 +24,9 @@ from safeship.analysis.base import Policy
 from safeship.config.models import SafeshipConfig
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
-from safeship.engine.process_mark import has_live_driver
-from safeship.store import DeploymentRecord, Store
+from safeship.engine.process_mark import driver_mark, has_live_driver
+from safeship.errors import StaleStateError
+from safeship.store import DeploymentRecord, EventRecord, Store
 
 T = TypeVar("T")
 PolicyFactory = Callable[[str], Policy]
@@ -88,23 +89,37 @@ def drive_now(config: SafeshipConfig, store: Store, deployment_id: str, *, polic
     return run_now(lambda: drive(config, store, deployment_id, policy_for=policy_for, notifier=notifier))
 
 
+def take_over(config: SafeshipConfig, store: Store, record: DeploymentRecord, *,
+              policy_for: PolicyFactory) -> DeploymentRecord:
+    """Claim a stranded sim deployment for this process (one guarded write, so that of two
+    processes that find it at once only one drives it), say so in its events, and drive it to
+    its end. Returns it as it ended, or as the process that claimed it first left it."""
+    now = max(time.time(), record.updated_at)
+    event = EventRecord(record.id, now, "taken_over",
+                        f"no process was driving this {record.phase} deployment any more; "
+                        "a later command drives it to its end")
+    claimed = record.replace(status={**record.status, "driver": driver_mark()}, updated_at=now)
+    try:
+        store.save_transition(record, claimed, [event])
+    except StaleStateError:
+        return store.get_deployment(record.id)
+    return drive_now(config, store, record.id, policy_for=policy_for)
+
+
 def finish_stranded(config: SafeshipConfig, store: Store, service: str | None, environment: str, *,
                     policy_for: PolicyFactory | None = None, skip: str | None = None) -> list[DeploymentRecord]:
     """Drive every stranded sim deployment of `service` (None: of any service) in `environment`,
-    but `skip`, to its end;
-    returns them as they ended. Deployments of other platforms, and ones a live process drives,
-    are left alone."""
+    but `skip`, to its end; returns them as they ended. Deployments of other platforms, and ones
+    a live process drives, are left alone."""
     if not is_sim(config, environment):
         return []
     if policy_for is None:
         from safeship.analysis.policies import get_policy
 
         policy_for = get_policy
-    finished = []
-    for record in store.list_deployments(service=service, environment=environment, active_only=True):
-        if record.id != skip and is_stranded(config, record):
-            finished.append(drive_now(config, store, record.id, policy_for=policy_for))
-    return finished
+    return [take_over(config, store, record, policy_for=policy_for)
+            for record in store.list_deployments(service=service, environment=environment, active_only=True)
+            if record.id != skip and is_stranded(config, record)]
 
 
 class SimDrivingEngine(DeploymentEngine):

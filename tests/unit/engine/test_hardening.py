@@ -6,6 +6,8 @@ simulated with 8% failed requests (above the 5% trigger)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from safeship.config.loader import load_config
 from safeship.config.models import DeploymentRequest, SafeshipConfig
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase, status_exit_code
+from safeship.engine.process_mark import is_alive
 from safeship.engine.simulate import inert_engine, sim_engine
 from safeship.engine.views import deployment_view
 from safeship.errors import ConflictError, InputError
@@ -167,11 +170,34 @@ def _dead_pid() -> int:
 
 @pytest.mark.parametrize("driver", [None, "dead"])
 def test_a_stuck_sim_deployment_is_finished_by_the_next_deploy(gated: World, driver: Any) -> None:
-    mark = {"pid": _dead_pid(), "host": __import__("socket").gethostname()} if driver == "dead" else None
+    mark = {"pid": _dead_pid(), "host": socket.gethostname()} if driver == "dead" else None
     stuck = _stuck_rolling_back(gated, mark)
     again = gated.deploy("v1.2.0")
     assert gated.phase(stuck) == "cancelled"
+    assert "taken_over" in [e.kind for e in gated.store.events(stuck)]
     assert again.phase == "awaiting_approval"
+
+
+def test_a_stuck_sim_deployment_is_finished_by_a_submit_inside_an_event_loop(gated: World) -> None:
+    stuck = _stuck_rolling_back(gated)
+    again = asyncio.run(gated._deploy(gated.request("v1.2.0")))  # submit's own check, in a running loop
+    assert gated.phase(stuck) == "cancelled"
+    assert again.phase == "awaiting_approval"
+
+
+def test_a_reused_pid_is_not_a_live_driver() -> None:
+    parent = os.getppid()
+    mark = {"host": socket.gethostname(), "pid": parent}
+    assert is_alive({**mark, "started": _started(parent)})
+    assert not is_alive({**mark, "started": "1"})  # same pid, another process
+    assert not is_alive({**mark, "host": "elsewhere", "started": _started(parent)})
+    assert not is_alive({**mark, "pid": _dead_pid()})
+    assert not is_alive(None)
+
+
+def _started(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2:].split()[19]
 
 
 def test_a_stuck_sim_deployment_is_finished_by_cancel_and_rollback(gated: World) -> None:
@@ -184,8 +210,8 @@ def test_a_stuck_sim_deployment_is_finished_by_cancel_and_rollback(gated: World)
 
 
 def test_a_deployment_driven_by_a_live_process_is_left_to_it(gated: World) -> None:
-    stuck = _stuck_rolling_back(gated, {"pid": __import__("os").getpid(),
-                                        "host": __import__("socket").gethostname()})
+    stuck = _stuck_rolling_back(gated, {"pid": os.getpid(),
+                                        "host": socket.gethostname()})
     with pytest.raises(ConflictError, match="already has deployment"):
         validate_request(gated.config, gated.store, gated.request("v1.2.0"))
     assert gated.phase(stuck) == "rolling_back"
