@@ -1,46 +1,130 @@
 """The controller's HTTP API. Every resource needs the bearer token from `<state_dir>/token`
-except /healthz and /metrics. Errors are one sentence in `{"detail": ...}`:
-400 bad input, 401 no token, 404 unknown id or name, 409 clashes with state, 422 bad body."""
+except /healthz and /metrics; /openapi.json (the schema of what the API takes) needs it too.
+
+Errors are one sentence in `{"detail": ...}`:
+
+- 400 the request is well formed but refused (a gate, a platform this controller does not run);
+- 401 no token or a wrong one;
+- 404 an unknown deployment, service, environment or version. A path names a resource, so a path
+  segment that names none (not configured, or not even a valid name, such as `..`) is 404 too, and
+  the sentence says which and why;
+- 409 the request clashes with state (an active deployment, a deployment that already ended);
+- 422 a body or query that is not what the resource takes (wrong JSON, a missing field, a name
+  that breaks its pattern);
+- 503 the store or the router cannot be used right now (try again);
+- 500 a bug: the traceback is logged, the answer names no internals.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
+import logging
 import math
 import os
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from safeship.api.controller import Controller
-from safeship.config.loader import validate
 from safeship.config.models import DeploymentRequest
+from safeship.config.names import PATTERNS, NameKind, name_problem, shown
 from safeship.engine.views import deployment_view
 from safeship.environments.secrets import redactor
 from safeship.errors import (
-    ConfigError,
     ConflictError,
+    ControllerUnreachable,
     InputError,
     NotFoundError,
     SafeshipError,
+    StoreError,
+    TemporaryError,
 )
 from safeship.routing.metrics import CONTENT_TYPE_LATEST, render
 from safeship.store import DeploymentRecord, EventRecord, RollbackRecord
 
+log = logging.getLogger(__name__)
+
 TOKEN_FILE = "token"
+MAX_LIMIT = 1000
+# Deployment ids are `deploy-` and ten hex digits; anything that cannot be an id is not looked up.
+DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class BodyError(InputError):
-    """The request body is not what the resource takes (answered 422)."""
+class Unprocessable(InputError):
+    """The body or query is not what the resource takes (answered 422)."""
 
 
 class Unauthorized(SafeshipError):
     pass
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class DeploymentBody(DeploymentRequest):
+    """A deployment request, and optionally the analysis policy to judge it with."""
+
+    policy: str | None = Field(default=None, description="analysis policy (default: safeship)")
+
+    service_name: str = Field(min_length=1, json_schema_extra={"pattern": f"^{PATTERNS['service'].pattern}$"})
+    version: str = Field(min_length=1, json_schema_extra={"pattern": f"^{PATTERNS['version'].pattern}$"})
+    environment: str = Field(min_length=1, json_schema_extra={"pattern": f"^{PATTERNS['environment'].pattern}$"})
+
+    def request(self) -> DeploymentRequest:
+        """The request without `policy`, as the engine takes it (the values are already validated,
+        so nothing is parsed twice)."""
+        given = {name: getattr(self, name) for name in self.model_fields_set if name != "policy"}
+        return DeploymentRequest.model_validate(given)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CancelBody(_Body):
+    by: str | None = Field(default=None, description="who cancels, recorded with the deployment")
+
+
+class RollbackBody(_Body):
+    reason: str | None = Field(default=None, description="why, recorded in the rollback row")
+
+
+class ApproveBody(_Body):
+    by: str | None = Field(default=None, description="who approves, recorded with the deployment")
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="one sentence")
+    kind: str | None = Field(default=None, description='"store" when the store cannot be used (503)')
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("refused: the request is well formed but cannot be done"),
+    401: _error("no bearer token, or a wrong one"),
+    404: _error("unknown deployment, service, environment or version"),
+    409: _error("clashes with the current state"),
+    422: _error("the body or query is not what the resource takes"),
+    503: _error("the store or the router cannot be used right now"),
+}
+
+
+# ---------------------------------------------------------------- helpers
 
 
 def load_or_create_token(state_dir: Path) -> str:
@@ -58,16 +142,19 @@ def load_or_create_token(state_dir: Path) -> str:
 
 
 def status_of(exc: SafeshipError) -> int:
+    """The HTTP status of every safeship error; one table for the whole API."""
     if isinstance(exc, Unauthorized):
         return 401
-    if isinstance(exc, BodyError):
+    if isinstance(exc, Unprocessable):
         return 422
     if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, ConflictError):
-        return 409
     if isinstance(exc, InputError):
         return 400
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, StoreError | TemporaryError | ControllerUnreachable):
+        return 503
     return 500
 
 
@@ -101,115 +188,280 @@ def rollback_json(record: RollbackRecord) -> dict[str, Any]:
     return clean_dict(dataclasses.asdict(record))
 
 
-async def json_body(request: Request, *, required: bool) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise BodyError("request body: a JSON object is required")
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BodyError("request body: is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BodyError(f"request body: must be a JSON object, got {type(data).__name__}")
-    return data
+def _field_path(loc: Sequence[int | str], data: Any) -> str:
+    """`a.b[0].c` from a pydantic location, leaving out the names pydantic gives union members
+    (a location item that is not a key of the data at that point, unless it is the last one)."""
+    parts: list[str] = []
+    node = data
+    for index, item in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+            continue
+        if isinstance(node, dict) and item not in node and not last:
+            continue
+        parts.append(("." if parts else "") + str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
 
 
-def optional_text(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise BodyError(f"request body: {name}: must be a string, got {value!r}")
+_WHERE = {"body": "request body", "query": "query parameter", "path": "path", "header": "header"}
+
+
+def validation_sentence(exc: RequestValidationError) -> str:
+    """The first problem of a request FastAPI could not validate, as one sentence in the style of
+    the config loader: `request body: version: required field is missing`."""
+    errors = exc.errors()
+    if not errors:
+        return "request: not what this resource takes"
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    where = _WHERE.get(str(loc[0]), str(loc[0])) if loc else "request"
+    kind = str(first.get("type", ""))
+    given = first.get("input")
+    if where == "request body" and len(loc) <= 2 and kind == "json_invalid":
+        return "request body: is not valid JSON"
+    if where == "request body" and len(loc) == 1:
+        if kind == "missing":
+            return "request body: a JSON object is required"
+        if isinstance(given, bytes | bytearray):
+            return "request body: must be a JSON object sent with Content-Type: application/json"
+        return f"request body: must be a JSON object, got {type(given).__name__}"
+    field = _field_path(loc[1:], exc.body if where == "request body" else None)
+    prefix = f"{where}: {field}: " if field else f"{where}: "
+    if kind == "extra_forbidden":
+        return f"{prefix}unknown field (check its spelling)"
+    if kind == "missing":
+        return f"{prefix}required field is missing"
+    message = str(first.get("msg", "is not valid")).removeprefix("Value error, ").replace("Input should be", "must be")
+    if "got" not in message:
+        message = f"{message}, got {shown(given)}"
+    return prefix + message
+
+
+def _well_formed(kind: NameKind, value: str | None, where: str) -> str | None:
+    """`value` when it is a valid `kind` name (or None); a 422 sentence otherwise."""
+    if value is None:
+        return None
+    problem = name_problem(kind, value)
+    if problem is not None:
+        raise Unprocessable(f"{where}: {problem}")
     return value
 
 
-def bearer_guard(token: str) -> Callable[[Request], Awaitable[None]]:
-    expected = f"Bearer {token}".encode()
+def _names(kind: NameKind, value: str, known: Sequence[str]) -> None:
+    """404 unless `value` (from the path) is one of the configured `known` names; the sentence says
+    which names there are and, when `value` cannot be a name at all, why."""
+    if value in known:
+        return
+    listed = ", ".join(sorted(known)) or "none configured"
+    problem = name_problem(kind, value)
+    why = f"; {problem}" if problem is not None else ""
+    raise NotFoundError(f"{kind} {shown(value)} is not in the config (known: {listed}){why}")
 
-    async def guard(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
+
+def _deployment_id(value: str) -> str:
+    if DEPLOYMENT_ID.fullmatch(value) is None:
+        raise NotFoundError(f"deployment {shown(value)} not found (deployment ids look like deploy-0123456789)")
+    return value
+
+
+def _clamp(limit: int) -> int:
+    return max(1, min(limit, MAX_LIMIT))
+
+
+def _pattern(kind: NameKind) -> str:
+    return f"^{PATTERNS[kind].pattern}$"
+
+
+# Parameter types, at module level so that FastAPI can resolve the (postponed) annotations.
+Service = Annotated[str, PathParam(description="a configured service")]
+Environment = Annotated[str, PathParam(description="a configured environment")]
+DeploymentId = Annotated[str, PathParam(description="a deployment id, such as deploy-0123456789")]
+Limit = Annotated[int, Query(description=f"at most this many rows, newest first (1 to {MAX_LIMIT})")]
+ServiceFilter = Annotated[
+    str | None, Query(description="only this service", json_schema_extra={"pattern": _pattern("service")})
+]
+EnvironmentFilter = Annotated[
+    str | None, Query(description="only this environment", json_schema_extra={"pattern": _pattern("environment")})
+]
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description="the token in <state_dir>/token")),
+]
+
+
+def bearer_guard(token: str) -> Callable[[HTTPAuthorizationCredentials | None], Awaitable[None]]:
+    expected = token.encode()
+
+    async def guard(credentials: BearerCredentials) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, expected):
             raise Unauthorized("missing or wrong bearer token (it is in <state_dir>/token)")
 
     return guard
 
 
+def error_response(exc: SafeshipError) -> JSONResponse:
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s %s", type(exc).__name__, exc, exc_info=status == 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = {"detail": redactor().redact(str(exc))}
+    if isinstance(exc, StoreError):
+        body["kind"] = "store"  # the client answers it with exit code 4, like a local store failure
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _store_failure(exc: Exception) -> SafeshipError | None:
+    """A database error the store let through, as the StoreError it is (locked, read-only, gone)."""
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return None
+    if isinstance(exc, OperationalError):
+        return StoreError(f"the store cannot be used right now: {exc.orig}")
+    return None
+
+
+class GuardedRoute(APIRoute):
+    """Answers any exception a handler lets escape: safeship errors by the table above, anything
+    else as a 500 with its traceback in the log (and nothing internal in the answer)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SafeshipError as exc:
+                return error_response(exc)
+            except (HTTPException, RequestValidationError):
+                raise
+            except Exception as exc:
+                known = _store_failure(exc)
+                if known is not None:
+                    return error_response(known)
+                log.exception("%s %s failed", request.method, request.url.path)
+                return JSONResponse(
+                    {"detail": f"the controller failed ({type(exc).__name__}); the traceback is in its log"},
+                    status_code=500,
+                )
+
+        return guarded
+
+
+# ---------------------------------------------------------------- the app
+
+
 def create_app(controller: Controller, token: str) -> FastAPI:
-    app = FastAPI(title="safeship controller", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="safeship controller",
+        version="1",
+        description=__doc__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind the token
+    )
 
     async def on_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SafeshipError)
-        status = status_of(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        return error_response(exc)
+
+    async def on_invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": redactor().redact(validation_sentence(exc))}, status_code=422)
 
     app.add_exception_handler(SafeshipError, on_error)
-    api = APIRouter(dependencies=[Depends(bearer_guard(token))])
+    app.add_exception_handler(RequestValidationError, on_invalid)
+    app.router.route_class = GuardedRoute
+    api = APIRouter(dependencies=[Depends(bearer_guard(token))], responses=ERRORS, route_class=GuardedRoute)
+
+    environments = [e.name for e in controller.config.environment_management.environments]
+    services = list(controller.config.services)
+
+    def known_service(value: str | None, where: str) -> str | None:
+        """A service filter from the query: 422 if malformed, 404 if not configured."""
+        if _well_formed("service", value, where) is None:
+            return None
+        assert value is not None
+        _names("service", value, services)
+        return value
+
+    def known_environment(value: str | None, where: str) -> str | None:
+        if _well_formed("environment", value, where) is None:
+            return None
+        assert value is not None
+        _names("environment", value, environments)
+        return value
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid(), "started_at": controller.started_at}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         snapshot = await controller.router_snapshot()
         body = render(lambda: snapshot, lambda: dict(controller.router.unrouted))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     @api.post("/deployments", status_code=201)
-    async def create_deployment(request: Request) -> dict[str, Any]:
-        body = await json_body(request, required=True)
-        policy = optional_text(body, "policy")
-        body.pop("policy", None)
-        try:
-            deployment = validate(DeploymentRequest, body, "request body")
-        except ConfigError as exc:
-            raise BodyError(str(exc)) from None
-        return deployment_json(controller.submit(deployment, policy=policy), full=True)
+    async def create_deployment(body: DeploymentBody) -> dict[str, Any]:
+        _well_formed("service", body.service_name, "request body: service_name")
+        _well_formed("environment", body.environment, "request body: environment")
+        _well_formed("version", body.version, "request body: version")
+        record = controller.submit(body.request(), policy=body.policy)
+        return deployment_json(record, full=True)
 
     @api.get("/deployments")
     async def list_deployments(
-        service: str | None = None,
-        environment: str | None = None,
+        service: ServiceFilter = None,
+        environment: EnvironmentFilter = None,
         active: bool = False,
-        limit: int = 100,
+        limit: Limit = 100,
     ) -> dict[str, Any]:
         found = controller.store.list_deployments(
-            service=service,
-            environment=environment,
+            service=known_service(service, "query parameter: service"),
+            environment=known_environment(environment, "query parameter: environment"),
             active_only=active,
-            limit=max(1, min(limit, 1000)),
+            limit=_clamp(limit),
         )
         return {"deployments": [deployment_json(d) for d in found]}
 
     @api.get("/deployments/{deployment_id}")
-    async def get_deployment(deployment_id: str) -> dict[str, Any]:
-        record = controller.store.get_deployment(deployment_id)
+    async def get_deployment(deployment_id: DeploymentId) -> dict[str, Any]:
+        record = controller.store.get_deployment(_deployment_id(deployment_id))
         data = deployment_json(record, full=True)
         data["events"] = [event_json(e) for e in controller.store.events(deployment_id)]
-        data["metrics"] = clean(
-            await controller.version_metrics(record.service, record.environment)
-        )
+        data["metrics"] = clean(await controller.version_metrics(record.service, record.environment))
         rows = controller.store.rollbacks(deployment_id=deployment_id)
         data["rollbacks"] = [rollback_json(r) for r in rows]
         return data
 
     @api.post("/deployments/{deployment_id}/cancel")
-    async def cancel_deployment(deployment_id: str, request: Request) -> dict[str, Any]:
-        body = await json_body(request, required=False)
-        by = optional_text(body, "by") or ""
-        return deployment_json(controller.cancel(deployment_id, by=by), full=True)
+    async def cancel_deployment(deployment_id: DeploymentId, body: CancelBody | None = None) -> dict[str, Any]:
+        by = (body.by if body is not None else None) or ""
+        return deployment_json(controller.cancel(_deployment_id(deployment_id), by=by), full=True)
 
     @api.post("/deployments/{deployment_id}/rollback")
-    async def rollback_deployment(deployment_id: str, request: Request) -> dict[str, Any]:
-        body = await json_body(request, required=False)
-        reason = optional_text(body, "reason") or "manual rollback"
-        return deployment_json(controller.rollback(deployment_id, reason=reason), full=True)
+    async def rollback_deployment(deployment_id: DeploymentId, body: RollbackBody | None = None) -> dict[str, Any]:
+        reason = (body.reason if body is not None else None) or "manual rollback"
+        return deployment_json(controller.rollback(_deployment_id(deployment_id), reason=reason), full=True)
+
+    @api.post("/deployments/{deployment_id}/approve")
+    async def approve_deployment(deployment_id: DeploymentId, body: ApproveBody | None = None) -> dict[str, Any]:
+        by = (body.by if body is not None else None) or ""
+        return deployment_json(controller.approve(_deployment_id(deployment_id), by=by), full=True)
 
     @api.get("/services/{service}/history")
-    async def service_history(service: str, limit: int = 100) -> dict[str, Any]:
-        controller.require_service(service)
-        found = controller.store.list_deployments(service=service, limit=max(1, min(limit, 1000)))
+    async def service_history(service: Service, limit: Limit = 100) -> dict[str, Any]:
+        _names("service", service, services)
+        found = controller.store.list_deployments(service=service, limit=_clamp(limit))
         return {
             "service": service,
             "deployments": [deployment_json(d) for d in found],
@@ -217,23 +469,19 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         }
 
     @api.get("/rollbacks")
-    async def rollbacks(service: str | None = None) -> dict[str, Any]:
-        rows = controller.store.rollbacks(service=service)
+    async def rollbacks(service: ServiceFilter = None) -> dict[str, Any]:
+        rows = controller.store.rollbacks(service=known_service(service, "query parameter: service"))
         return {"rollbacks": [rollback_json(r) for r in rows]}
 
     @api.get("/environments")
-    async def environments() -> dict[str, Any]:
+    async def list_environments() -> dict[str, Any]:
         return clean_dict({"environments": controller.environments()})
 
     @api.post("/environments/{environment}/cleanup")
-    async def cleanup_environment(environment: str) -> dict[str, Any]:
+    async def cleanup_environment(environment: Environment) -> dict[str, Any]:
+        _names("environment", environment, environments)  # before anything is touched
         return clean_dict(await controller.cleanup_environment(environment))
-
-    @api.post("/deployments/{deployment_id}/approve")
-    async def approve_deployment(deployment_id: str, request: Request) -> dict[str, Any]:
-        body = await json_body(request, required=False)
-        by = optional_text(body, "by") or ""
-        return deployment_json(controller.approve(deployment_id, by=by), full=True)
 
     app.include_router(api)
     return app
+

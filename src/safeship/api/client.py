@@ -2,7 +2,8 @@
 authenticate with `<state_dir>/token`, start it in the background when nobody answers.
 
 Errors come back as safeship errors carrying the server's one sentence: 400/422 InputError,
-404 NotFoundError, 409 ConflictError; no answer at all is ControllerUnreachable (exit code 3).
+404 NotFoundError, 409 ConflictError, 503 StoreError (exit code 4) when the store cannot be used and
+TemporaryError otherwise; no answer at all is ControllerUnreachable (exit code 3).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from safeship.errors import (
     InputError,
     NotFoundError,
     SafeshipError,
+    StoreError,
+    TemporaryError,
 )
 
 CONTROLLER_FILE = "controller.json"
@@ -190,9 +193,12 @@ class ControllerClient:
 
 
 def _error(response: httpx.Response) -> SafeshipError:
+    kind = None
     try:
-        detail = str(response.json()["detail"])
-    except (ValueError, KeyError, TypeError):
+        body = response.json()
+        detail = str(body["detail"])
+        kind = body.get("kind")
+    except (ValueError, KeyError, TypeError, AttributeError):
         detail = response.text.strip() or response.reason_phrase
     status = response.status_code
     if status == 404:
@@ -203,6 +209,10 @@ def _error(response: httpx.Response) -> SafeshipError:
         return InputError(f"the controller refused the token: {detail}")
     if status < 500:
         return InputError(detail)
+    if status == 503 and kind == "store":
+        return StoreError(detail)
+    if status == 503:
+        return TemporaryError(f"the controller cannot do that right now: {detail}")
     return SafeshipError(f"the controller failed: {detail}")
 
 

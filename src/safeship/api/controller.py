@@ -374,6 +374,7 @@ class Controller:
 
     async def cleanup_environment(self, environment: str) -> dict[str, Any]:
         """Stop the environment's instances and routes and forget their state; history stays."""
+        self.require_environment(environment)  # an unknown name touches nothing
         active = self.store.list_deployments(environment=environment, active_only=True)
         if active:
             raise ConflictError(f"{environment} has active deployments ({', '.join(d.id for d in active)}); "
@@ -427,3 +428,8 @@ class Controller:
         if service not in self.config.services:
             known = ", ".join(sorted(self.config.services)) or "none configured"
             raise NotFoundError(f"service {service!r} is not in the config (known: {known})")
+
+    def require_environment(self, environment: str) -> None:
+        if self.config.environment(environment) is None:
+            known = ", ".join(e.name for e in self.config.environment_management.environments) or "none configured"
+            raise NotFoundError(f"environment {environment!r} is not in the config (known: {known})")
