@@ -4,6 +4,9 @@ It binds loopback only, takes an exclusive lock on `<state_dir>/controller.lock`
 adopting the same processes would fight over them), writes `<state_dir>/controller.json`
 {pid, port, started_at} once it listens, and removes it on a clean exit. SIGTERM and SIGINT stop
 it gracefully: the routers close, the service processes keep running for the next controller.
+
+`stop_server(config_path)` (`safeship server --stop`) stops it, and the router daemon it started,
+from another process.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -28,6 +32,7 @@ import uvicorn
 
 from safeship.api.app import create_app, load_or_create_token
 from safeship.api.controller import Controller, write_json_atomically
+from safeship.config.models import SafeshipConfig
 from safeship.environments.secrets import install, redactor
 from safeship.errors import ConflictError, InputError, SafeshipError
 
@@ -153,6 +158,147 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
     if not loopback:
         raise InputError(f"the controller listens on loopback only, got --host {host!r}")
     _run(_serve(config_path, host, port))
+
+
+# ---------------------------------------------------------------- stopping
+
+
+ROUTER_MODULE = "safeship.routing.daemon"
+STOP_TIMEOUT = 20.0  # SIGTERM grace: uvicorn drains for 5 s, then the controller closes its router
+KILL_TIMEOUT = 5.0
+
+
+def _runs(pid: int, module: str) -> bool:
+    """The PID runs `python -m <module>` and has not exited (a zombie has)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return module.encode() in argv and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat[stat.rfind(")") + 2 :].startswith("Z")
+
+
+def _recorded_pid(path: Path) -> int | None:
+    """The `pid` a daemon recorded in its JSON file, or None when there is no usable record."""
+    try:
+        data = json.loads(path.read_text())
+        pid = int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid > 0 else None
+
+
+def _wait_gone(pid: int, module: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _runs(pid, module):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _stop_pid(pid: int, module: str, timeout: float) -> str | None:
+    """SIGTERM, then SIGKILL after `timeout`; how it went, or None if it would not die.
+    Each signal goes only to a PID that still runs our module."""
+    if _runs(pid, module):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pid, module, timeout):
+        return "stopped"
+    if _runs(pid, module):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if _wait_gone(pid, module, KILL_TIMEOUT):
+        return f"killed (it did not stop within {timeout:g}s of SIGTERM)"
+    return None
+
+
+def _stop_daemon(record: Path, module: str, what: str, extra: Sequence[Path] = ()) -> tuple[bool, list[str]]:
+    """Stop the daemon whose pid `record` holds, if it is alive and really runs `module`; remove the
+    record (and `extra` files) when the daemon is gone and left them behind.
+    Returns whether a running daemon was found, and what happened, in human lines."""
+    pid = _recorded_pid(record)
+    if pid is None or not _runs(pid, module):
+        if not record.exists():
+            return False, []
+        for path in (record, *extra):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        why = f"pid {pid} no longer runs it" if pid is not None else "it names no pid"
+        return False, [f"removed the stale {record} ({why})"]
+    outcome = _stop_pid(pid, module, STOP_TIMEOUT)
+    if outcome is None:
+        return True, [f"the {what} (pid {pid}) still runs after SIGKILL; see `ps -p {pid}`"]
+    for path in (record, *extra):
+        if path == record and _recorded_pid(path) not in (None, pid):
+            continue  # a new daemon already wrote its own record: leave it
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return True, [f"{outcome} the {what} (pid {pid})" if outcome == "stopped" else f"the {what} (pid {pid}): {outcome}"]
+
+
+def _instances_left(config: SafeshipConfig, config_path: str) -> list[str]:
+    """What keeps running by design: the service instances the ledger records and /proc shows."""
+    from safeship.config.paths import store_url
+    from safeship.store import Store
+
+    url = store_url(config, config_path)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []  # no store yet: nothing was ever started here (and reading must not create one)
+    try:
+        store = Store(url)
+    except Exception as exc:  # the store is only read to report; stopping does not depend on it
+        return [f"service instances: could not read the store ({exc}); they were not touched"]
+    try:
+        records = store.load_instances()
+    except Exception as exc:
+        return [f"service instances: could not read the store ({exc}); they were not touched"]
+    finally:
+        store.close()
+    alive: list[str] = []
+    for record in records:
+        pid = record.get("pid")
+        if isinstance(pid, int) and pid > 0 and _alive(pid):
+            alive.append(f"{record.get('id', '?')} (pid {pid})")
+    if not alive:
+        return []
+    return [
+        f"keeps running: {len(alive)} service instance{'s' if len(alive) != 1 else ''} "
+        f"({', '.join(sorted(alive))}); the next controller adopts them"
+    ]
+
+
+def stop_server(config_path: str) -> list[str]:
+    """Stop the controller daemon of `config_path` and then its router daemon, by the PIDs they
+    recorded in `<state_dir>/controller.json` and `<state_dir>/router.json`: SIGTERM, SIGKILL after a
+    bounded wait, and only PIDs whose command line is really that daemon. Stale records are removed.
+
+    Returns one human line per thing stopped, removed or left running. Nothing running is not an
+    error. The service instances keep running: the next controller adopts them."""
+    from safeship.config.loader import load_config
+    from safeship.config.paths import state_dir as state_dir_of
+    from safeship.routing.remote import INFO_FILE, socket_path
+
+    config = load_config(config_path)
+    state = state_dir_of(config, config_path)
+    ran, lines = _stop_daemon(state / CONTROLLER_FILE, SERVER_MODULE, "controller")
+    if not ran:
+        lines.append(f"no safeship controller runs for {state}")
+    # The router goes second: a controller still running would start a new one.
+    ran, router = _stop_daemon(state / INFO_FILE, ROUTER_MODULE, "router daemon", [socket_path(state)])
+    lines += router
+    if ran:
+        lines.append("the routes no longer listen; the next controller opens them again on the same ports")
+    else:
+        lines.append(f"no router daemon runs for {state}")
+    return lines + _instances_left(config, config_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
