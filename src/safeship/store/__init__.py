@@ -1,5 +1,6 @@
 """Persistence: deployments, events, rollbacks, stable versions, instance ledger."""
 
+from safeship.store.edge import BUSY_TIMEOUT_ENV, StoreURLError
 from safeship.store.store import (
     ACTIVE_PHASES,
     DeploymentRecord,
@@ -12,10 +13,12 @@ from safeship.store.store import (
 
 __all__ = [
     "ACTIVE_PHASES",
+    "BUSY_TIMEOUT_ENV",
     "DeploymentRecord",
     "EventRecord",
     "RollbackRecord",
     "StableVersion",
     "Store",
+    "StoreURLError",
     "new_id",
 ]
