@@ -1,7 +1,8 @@
 """The controller daemon end to end: a real server process, real service processes, real HTTP.
 
-A load generator (its own thread and event loop, ~100 req/s) hits the route port throughout, so
-the assertions are on what users saw: the phases, the rollback row, the failed requests.
+A load generator (its own thread and event loop, asked for 100 req/s) hits the route port
+throughout, so the assertions are on what users saw: the phases, the rollback row, how many
+requests were sent in a window and how many of them failed. Never on rates or durations.
 
 Cleanup, even on failure: the controller is stopped (SIGTERM, then SIGKILL), then every service
 PID the ledger ever recorded is SIGKILLed, and as a backstop every process that carries this
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from livekit import (
     ENV,
+    MIN_REQUESTS,
     REPO,
     ROUTE,
     SERVICE,
@@ -64,26 +66,19 @@ def test_canary_rolls_back_a_bad_release_and_ships_a_good_one(setup: Setup, cont
         ]
         assert rows[0]["automatic"] is True and rows[0]["success"] is True
         assert "error rate" in rows[0]["reason"] and rows[0]["evidence"]  # what fired, with the numbers
-        wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 15, "v1.3.0 to stop")
+        wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 60, "v1.3.0 to stop")
 
         started = time.time()
         good = deploy(client, "v1.4.0")
         third, phases = wait_final(client, good["id"])
         ended = time.time()
-        total, failed = load.window(started, ended)
-        rate = total / (ended - started)
-        print(
-            f"\nv1.4.0 canary: {total} requests in {ended - started:.1f}s ({rate:.0f}/s), "
-            f"{failed} failed; phases {phases}"
-        )
         assert third["phase"] == "succeeded", third["reason"]
         assert {"progressing", "monitoring"} <= set(phases)
-        assert rate >= 50
-        assert failed == 0
+        load.none_failed(started, ended, f"the v1.4.0 canary ({phases})")
         assert third["metrics"]["v1.4.0"]["requests"] > 0
         assert third["metrics"]["v1.3.0"]["error_rate"] > 0.02
 
-    wait_for(lambda: versions_in_ledger(setup) == ["v1.4.0", "v1.4.0"], 15, "v1.2.0 to stop")
+    wait_for(lambda: versions_in_ledger(setup) == ["v1.4.0", "v1.4.0"], 60, "v1.2.0 to stop")
     history = client.history(SERVICE)
     assert [d["version"] for d in history["deployments"]] == ["v1.4.0", "v1.3.0", "v1.2.0"]
     assert len(history["rollbacks"]) == 1
@@ -101,7 +96,7 @@ def test_a_controller_killed_mid_deployment_adopts_its_instances_and_finishes(
         first, _ = wait_final(client, deploy(client, "v1.2.0")["id"])
         assert first["phase"] == "succeeded", first["reason"]
         candidate = deploy(client, "v1.4.0")
-        wait_for(lambda: client.get(candidate["id"])["weights"].get("v1.4.0", 0) > 0, 30, "canary traffic")
+        wait_for(lambda: client.get(candidate["id"])["weights"].get("v1.4.0", 0) > 0, 120, "canary traffic")
         before = setup.pids()
         assert sorted(before) == [f"{ENV}/{SERVICE}/v1.2.0-0", f"{ENV}/{SERVICE}/v1.2.0-1", f"{ENV}/{SERVICE}/v1.4.0-0"]
 
@@ -119,19 +114,14 @@ def test_a_controller_killed_mid_deployment_adopts_its_instances_and_finishes(
         final, phases = wait_final(client, candidate["id"])
         assert "progressing" in phases or "monitoring" in phases
         assert final["phase"] == "succeeded", final["reason"]
-        down_total, down_failed = load.window(killed_at, back_at)
-        total, failed = load.window(back_at, time.time())
-        print(
-            f"\nkill -9 mid-canary: controller down {back_at - killed_at:.1f}s, {down_failed} of "
-            f"{down_total} requests failed meanwhile; after the restart {failed} of {total} failed"
-        )
-        assert failed == 0
-        assert down_failed == 0  # the routes live in the router daemon: a dead controller is no outage
-    wait_for(lambda: versions_in_ledger(setup) == ["v1.4.0", "v1.4.0"], 15, "v1.2.0 to stop")
+        # The routes live in the router daemon: a dead controller is no outage.
+        load.none_failed(killed_at, back_at, "the controller's absence (kill -9 to restart)")
+        load.none_failed(back_at, time.time(), "the rest of the canary after the restart")
+    wait_for(lambda: versions_in_ledger(setup) == ["v1.4.0", "v1.4.0"], 60, "v1.2.0 to stop")
     assert before[f"{ENV}/{SERVICE}/v1.4.0-0"] == setup.pids()[f"{ENV}/{SERVICE}/v1.4.0-0"]
     for instance, pid in before.items():
         if "v1.2.0" in instance:
-            wait_for(lambda pid=pid: not alive(pid), 15, f"{instance} to exit")
+            wait_for(lambda pid=pid: not alive(pid), 60, f"{instance} to exit")
 
 
 def test_the_api_needs_the_token_and_answers_bad_input_in_one_sentence(setup: Setup, controller: Controller) -> None:
@@ -186,34 +176,40 @@ def test_instances_that_die_or_never_get_ready_get_no_traffic(setup: Setup, cont
 
         victim_id = f"{ENV}/{SERVICE}/v1.2.0-0"
         victim = setup.pids()[victim_id]
-        before = client.get(first["id"])["metrics"]["v1.2.0"]["connect_failures"]
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: setup.pids().get(victim_id) not in (None, victim), 15, "the platform to restart it")
-        # The router stops sending to the dead instance within one probe interval (0.25 s): at
-        # ~50 req/s to that instance, at most a dozen requests reach it (each retried elsewhere).
-        reached_dead = client.get(first["id"])["metrics"]["v1.2.0"]["connect_failures"] - before
-        print(f"\nkill -9: {reached_dead} requests reached the dead instance before the router dropped it")
-        assert reached_dead <= 100 * 0.5 * 0.25 * 2
-        wait_for(lambda: client.get(first["id"])["metrics"]["v1.2.0"]["requests"] > 0, 5, "traffic")
-        time.sleep(2.0)  # the restarted instance is probed ready and serves again
+
+        def restarted_and_ready() -> bool:
+            record = next((r for r in setup.ledger() if r["id"] == victim_id), None)
+            return record is not None and record.get("pid") not in (None, victim) and record["state"] == "ready"
+
+        wait_for(restarted_and_ready, 120, "the platform to restart it and probe it ready")
+        wait_for(lambda: load.window(killed_at, time.time())[0] >= MIN_REQUESTS, 120, "traffic since the kill")
+        # Requests sent to the dead instance were retried on the other one; only requests cut
+        # mid-response can fail, and at this load at most one or two are in flight on an instance.
         total, failed = load.window(killed_at, time.time())
         print(f"\nkill -9 of one v1.2.0 instance: {failed} of {total} requests failed")
-        assert failed <= 2  # only requests cut mid-response can fail; the router retries the rest
+        assert total >= MIN_REQUESTS and failed <= 2
+        # Once the restarted instance is ready, no request reaches a dead one any more.
+        def dead_hits() -> int:
+            return int(client.get(first["id"])["metrics"]["v1.2.0"]["connect_failures"])
+
+        settled_at, hits = time.time(), dead_hits()
+        wait_for(lambda: load.window(settled_at, time.time())[0] >= 2 * MIN_REQUESTS, 120, "more traffic")
+        load.none_failed(settled_at, time.time(), "traffic after the restart")
+        assert dead_hits() == hits, "requests still reached a dead instance after the restart was ready"
 
         started = time.time()
         cli = [str(Path(sys.executable).parent / "deployment-engine"), "--deploy", "--service", SERVICE,
                "--version", "v1.5.0", "--environment", ENV, "--strategy", "canary",
                "--config", str(setup.config), "--json"]  # fmt: skip
-        ran = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
+        ran = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=240)
         assert ran.returncode == 1, ran.stderr  # DESIGN.md: 1 = rolled back
         final = json.loads(ran.stdout)
-        total, failed = load.window(started, time.time())
-        print(f"v1.5.0 (never ready): {final['phase']} ({final['reason']}); {failed} of {total} requests failed")
         assert final["phase"] == "rolled_back"
         assert final["evidence"]["trigger"] == "health_check_failure"
-        assert failed == 0
-    wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 15, "v1.5.0 to stop")
+        load.none_failed(started, time.time(), f"v1.5.0 (never ready): {final['phase']} ({final['reason']})")
+    wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 60, "v1.5.0 to stop")
     info = client.info()
     assert info is not None and controller.process is not None
     assert info["pid"] == controller.process.pid  # the CLI used the running controller

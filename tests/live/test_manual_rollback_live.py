@@ -25,17 +25,15 @@ def test_rollback_manager_rolls_a_promoted_release_back_under_load(setup: Setup,
         started = time.time()
         command = [str(Path(sys.executable).parent / "rollback-manager"), "--rollback", "--deployment-id",
                    promoted["id"], "--reason", "customer reports", "--config", str(setup.config), "--json"]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
         ended = time.time()
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
     assert (row["from_version"], row["to_version"], row["automatic"], row["success"]) == (
         "v1.4.0", "v1.2.0", False, True)
     assert "customer reports" in row["reason"]
-    total, failed = load.window(started, ended)
-    print(f"\nmanual rollback v1.4.0 -> v1.2.0: {failed} of {total} requests failed")
-    assert failed == 0
-    wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 20, "v1.4.0 to stop")
+    load.none_failed(started, ended, "the manual rollback v1.4.0 -> v1.2.0")
+    wait_for(lambda: versions_in_ledger(setup) == ["v1.2.0", "v1.2.0"], 60, "v1.4.0 to stop")
     assert client.environments()[0]["services"][0]["current_version"] == "v1.2.0"
     history = [d["version"] for d in client.history(SERVICE)["deployments"]]
     assert history[:2] == ["v1.4.0", "v1.2.0"]
@@ -43,7 +41,7 @@ def test_rollback_manager_rolls_a_promoted_release_back_under_load(setup: Setup,
 
 def cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).parent / "deployment-engine"), *args, "--config", str(setup.config), "--json"]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
 
 
 def test_detach_status_and_cancel_from_another_terminal(setup: Setup, controller: Controller) -> None:
@@ -55,7 +53,7 @@ def test_detach_status_and_cancel_from_another_terminal(setup: Setup, controller
                        "--strategy", "canary", "--detach")
         assert detached.returncode == 0, detached.stderr
         deployment_id = json.loads(detached.stdout)["id"]
-        wait_for(lambda: client.get(deployment_id)["weights"].get("v1.4.0", 0) > 0, 30, "canary traffic")
+        wait_for(lambda: client.get(deployment_id)["weights"].get("v1.4.0", 0) > 0, 120, "canary traffic")
         status = cli(setup, "--status", "--deployment-id", deployment_id)
         assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "progressing"
         cancelled = cli(setup, "--cancel", "--deployment-id", deployment_id)
@@ -64,6 +62,4 @@ def test_detach_status_and_cancel_from_another_terminal(setup: Setup, controller
         ended = time.time()
     assert final["phase"] == "cancelled" and final["weights"] == {"v1.2.0": 100}
     assert client.rollbacks(SERVICE) == []  # a cancel is not a rollback
-    total, failed = load.window(started, ended)
-    print(f"\ndetach, status, cancel: {failed} of {total} requests failed")
-    assert failed == 0
+    load.none_failed(started, ended, "detach, status and cancel")
