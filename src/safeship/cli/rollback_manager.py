@@ -31,11 +31,11 @@ from safeship.cli.common import (
     require,
     when,
 )
-from safeship.config.loader import read_yaml, validate
+from safeship.config.loader import load_rollback_settings, validate
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.paths import state_dir
 from safeship.engine.phases import Phase
-from safeship.errors import ConfigError, InputError
+from safeship.errors import InputError
 from safeship.store import RollbackRecord, Store
 
 
@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 def configure(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
     service = require(args.service, "--service", "--configure")
     known_service(config, service, args.safeship_config or "safeship.yaml")
-    data = read_yaml(Path(args.config)) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(args.config, "", "a rollback config must be a mapping")
-    block = data.get("rollback", data)
-    settings = validate(RollbackConfiguration, block, args.config)
+    settings = load_rollback_settings(Path(args.config))
     store.set_service_rollback_settings(service, settings.model_dump(mode="json", by_alias=True), time.time())
     emit({"service": service, "rollback": settings.model_dump(mode="json")}, as_json=args.json,
          text=lambda: output.console.print(
@@ -129,8 +125,8 @@ def settings(args: argparse.Namespace, config_path: str, store: Store) -> int:
              text=lambda: output.console.print(message))
         return EXIT_OK
     stored = store.service_rollback_settings(service)
-    in_force = (RollbackConfiguration.model_validate(stored) if stored is not None
-                else yaml_config.rollback_for(service))
+    in_force = (validate(RollbackConfiguration, stored, f"stored rollback settings of {service}")
+                if stored is not None else yaml_config.rollback_for(service))
     source = "rollback-manager --configure" if stored is not None else config_path
     body = {"service": service, "source": source, "rollback": in_force.model_dump(mode="json")}
     emit(body, as_json=args.json, text=lambda: _settings_text(body))

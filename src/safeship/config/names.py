@@ -41,9 +41,16 @@ RULES: dict[NameKind, str] = {
 
 
 def shown(value: object, limit: int = 60) -> str:
-    """A value as it may appear in an error: repr (so control characters are escaped), cut short."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+    """A value as it may appear in an error: repr (so control characters are escaped), cut short.
+    Values with no usable repr (an int of more than 4300 digits, a structure nested past the
+    recursion limit) are described instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def name_problem(kind: NameKind, value: object) -> str | None:

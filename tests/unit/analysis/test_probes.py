@@ -131,7 +131,7 @@ def closed_port() -> int:
 )
 async def test_http_probe_judges_status(code: int, ok: bool) -> None:
     async with serving(status(code)) as port:
-        result = await probe(ProbeSpec(kind="http", path="/health/ready"), host=HOST, port=port)
+        result = await probe(ProbeSpec(kind="http", path="/health/ready", timeout=10.0), host=HOST, port=port)
     assert isinstance(result, ProbeResult)
     assert result.ok is ok
     assert result.detail == f"HTTP {code}"
@@ -181,8 +181,8 @@ async def test_http_probe_times_out() -> None:
 
 async def test_http_probe_rejects_garbage_and_refusal() -> None:
     async with serving(lambda _head: b"SSH-2.0-nope\r\n") as port:
-        garbage = await probe(ProbeSpec(kind="http"), host=HOST, port=port)
-    refused = await probe(ProbeSpec(kind="http"), host=HOST, port=closed_port())
+        garbage = await probe(ProbeSpec(kind="http", timeout=10.0), host=HOST, port=port)
+    refused = await probe(ProbeSpec(kind="http", timeout=10.0), host=HOST, port=closed_port())
     assert not garbage.ok and "bad HTTP response" in garbage.detail
     assert not refused.ok and refused.detail == "connection refused"
 
@@ -200,9 +200,9 @@ def python(code: str) -> tuple[str, ...]:
 
 
 async def test_exec_probe_exit_codes() -> None:
-    ok = await probe(ProbeSpec(kind="exec", command=python("pass")), host=HOST, port=1)
+    ok = await probe(ProbeSpec(kind="exec", command=python("pass"), timeout=30.0), host=HOST, port=1)
     bad = await probe(
-        ProbeSpec(kind="exec", command=python("print('disk full'); raise SystemExit(3)")),
+        ProbeSpec(kind="exec", command=python("print('disk full'); raise SystemExit(3)"), timeout=30.0),
         host=HOST,
         port=1,
     )
@@ -215,7 +215,7 @@ async def test_exec_probe_gets_env_and_port() -> None:
         "import os, sys; "
         "sys.exit(0 if os.environ['PROBE_ME'] == 'yes' and sys.argv[1] == '4242' else 1)"
     )
-    spec = ProbeSpec(kind="exec", command=(sys.executable, "-c", code, "{port}"))
+    spec = ProbeSpec(kind="exec", command=(sys.executable, "-c", code, "{port}"), timeout=30.0)
     result = await probe(spec, host=HOST, port=4242, env={"PROBE_ME": "yes"})
     assert result.ok, result.detail
 
