@@ -29,7 +29,7 @@ from safeship.config.models import DeploymentRequest, DeploymentStrategy, Safesh
 from safeship.config.names import check_name
 from safeship.config.paths import state_dir
 from safeship.engine.engine import validate_request
-from safeship.engine.phases import Phase
+from safeship.engine.phases import Phase, status_exit_code
 from safeship.errors import InputError
 from safeship.store import DeploymentRecord, Store
 
@@ -80,21 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.cancel:
             record = _cancel(args, config, store, deployment_id)
             data = deployment_json(record, store.events(record.id))
-            emit(data, as_json=args.json, text=lambda: output.console.print(
-                f"{record.id}: cancelling; traffic returns to {record.from_version or 'nothing'}"))
+            message = (f"{record.id}: {record.phase} - {record.reason or ''}" if Phase(record.phase).is_final
+                       else f"{record.id}: cancelling; traffic returns to {record.from_version or 'nothing'}")
+            emit(data, as_json=args.json, text=lambda: output.console.print(message))
             return EXIT_OK
         record = store.get_deployment(deployment_id)
         data = deployment_json(record, store.events(record.id))
         emit(data, as_json=args.json, text=lambda: output.show_deployment(data))
-        return status_exit_code(Phase(record.phase))
+        return status_exit_code(record.phase)
     finally:
         store.close()
-
-
-def status_exit_code(phase: Phase) -> int:
-    """`--status` exits 0 while the deployment runs or once it succeeded, and 1 once it ended
-    without its version live (rolled back, failed or cancelled): the same rule as --deploy."""
-    return EXIT_OK if phase.is_active else phase.exit_code
 
 
 def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> DeploymentRecord:
