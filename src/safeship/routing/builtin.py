@@ -22,23 +22,35 @@ import ipaddress
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 
 from safeship.errors import ConflictError, InputError, NotFoundError, TemporaryError
 from safeship.routing.base import Backend, RouteKey, TrafficCounters
+from safeship.routing.http11 import (
+    CHUNK,
+    CHUNKED,
+    CONTINUE,
+    END_OF_HEAD,
+    HEAD_LIMIT,
+    HIGH_WATER,
+    LENGTH,
+    NO_BODY,
+    STREAM_ERRORS,
+    UNTIL_CLOSE,
+    BadMessage,
+    PeerFailed,
+    Request,
+    Response,
+    copy_chunked,
+    copy_exact,
+    copy_until_eof,
+)
 
 log = logging.getLogger(__name__)
 
-_HEAD_LIMIT = 64 * 1024  # longest request or response head (and chunk-size line) accepted
-_REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are buffered so they can be retried
-_CHUNK = 64 * 1024
-_HIGH_WATER = 256 * 1024  # wait for the peer to read once this much is queued for it
 _MAX_INTERIM = 8  # 1xx responses relayed before the final one
 _WATCH_INTERVAL = 0.25
-_END_OF_HEAD = b"\r\n\r\n"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _monotonic = time.monotonic
 
@@ -64,162 +76,6 @@ _CANNED = {
     for status, reason in _REASONS.items()
     for close in (False, True)
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP/1.1 framing
-
-
-class _BadMessage(Exception):
-    """A head we refuse to forward (ambiguous framing, malformed line)."""
-
-
-class _Request:
-    __slots__ = (
-        "body",
-        "chunked",
-        "expects_continue",
-        "head",
-        "http11",
-        "is_head",
-        "keep_alive",
-        "length",
-        "streams_body",
-    )
-
-    def __init__(self, head: bytes) -> None:
-        line_end = head.find(b"\r\n")
-        if head[line_end - 8 : line_end - 1] != b"HTTP/1." or head.find(b" ", 0, line_end) <= 0:
-            raise _BadMessage("bad request line")
-        self.http11 = http11 = head[line_end - 1] == 0x31  # b"1"
-        self.is_head = head.startswith(b"HEAD ")
-        content_length, transfer_encoding, connection, expect = _scan_fields(head)
-        self.length, self.chunked = _request_framing(content_length, transfer_encoding)
-        # HTTP/1.0 keep-alive is rare and its rules are murky: one request per connection.
-        self.keep_alive = http11 and (connection is None or b"close" not in connection)
-        self.expects_continue = expect == b"100-continue" and (self.length > 0 or self.chunked)
-        if self.expects_continue or (http11 and not self.keep_alive):
-            # We answer 100 Continue ourselves, and keep the upstream connection reusable even
-            # when this client leaves after one request.
-            head = _drop_headers(head, (b"expect:", b"connection:"))
-        self.head = head
-        self.streams_body = self.chunked or self.length > _REPLAY_LIMIT
-        self.body: bytes | None = None  # set when the body was read whole (replayable)
-
-
-_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-
-
-class _Response:
-    __slots__ = ("framing", "head", "length", "reusable", "status")
-
-    def __init__(self, head: bytes, request: _Request) -> None:
-        if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
-            raise _BadMessage("bad status line")
-        self.status = status = int(head[9:12])
-        # Responses come from our own upstreams: plain searches, cheaper than _scan_fields.
-        lower = head.lower()
-        if request.is_head or status < 200 or status in (204, 304):
-            self.framing, self.length = _NO_BODY, 0
-        else:
-            self.framing, self.length = _response_framing(
-                _value(lower, b"\r\ncontent-length:"), _value(lower, b"\r\ntransfer-encoding:")
-            )
-        http11 = head[7] == 0x31  # b"1"
-        connection = _value(lower, b"\r\nconnection:")
-        upstream_closes = (
-            (connection is not None and b"close" in connection)
-            if http11
-            else (connection is None or b"keep-alive" not in connection)
-        )
-        self.reusable = not upstream_closes and self.framing != _UNTIL_CLOSE and request.http11
-        if not http11:
-            # We speak HTTP/1.1 to the client whatever the upstream spoke.
-            head = b"HTTP/1.1" + head[8:]
-        if (
-            upstream_closes
-            and request.keep_alive
-            and connection is not None
-            and self.framing != _UNTIL_CLOSE
-        ):
-            head = _drop_headers(head, (b"connection:",))
-        self.head = head
-
-
-def _value(lower: bytes, marker: bytes) -> bytes | None:
-    """The value of the first field whose `\\r\\nname:` marker is given, or None."""
-    at = lower.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    return lower[start : lower.find(b"\r\n", start)].strip()
-
-
-# The only fields the proxy reads, found in one case-insensitive pass. A folded line (leading
-# whitespace) or whitespace before the colon is refused: another parser could read such a framing
-# field where we do not, and the two would disagree on where a message ends (smuggling).
-_FIELDS = re.compile(
-    rb"\r\n(?:(content-length|transfer-encoding|connection|expect)([ \t]*):[ \t]*([^\r\n]*)"
-    rb"|[ \t])",
-    re.IGNORECASE,
-)
-
-_Scanned = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
-
-
-def _scan_fields(head: bytes) -> _Scanned:
-    """(content-length, transfer-encoding, connection, expect) values, lower-cased, or None."""
-    content_length = transfer_encoding = connection = expect = None
-    for match in _FIELDS.finditer(head):
-        name, space, value = match.groups()
-        if name is None or space:
-            raise _BadMessage("folded header line or whitespace before a colon")
-        value = value.rstrip()
-        first = name[0] | 0x20  # ASCII lower case
-        if first == 0x63 and len(name) == 14:  # content-length
-            if content_length is not None:
-                raise _BadMessage("more than one content-length")
-            content_length = value
-        elif first == 0x63:
-            connection = value.lower()
-        elif first == 0x74:
-            transfer_encoding = value.lower()
-        else:
-            expect = value.lower()
-    return content_length, transfer_encoding, connection, expect
-
-
-def _request_framing(
-    content_length: bytes | None, transfer_encoding: bytes | None
-) -> tuple[int, bool]:
-    """(content length, chunked); heads two parsers could frame differently are refused."""
-    if transfer_encoding is not None:
-        if content_length is not None or not transfer_encoding.endswith(b"chunked"):
-            raise _BadMessage("ambiguous request framing")
-        return 0, True
-    if content_length is None:
-        return 0, False
-    if not content_length.isdigit():
-        raise _BadMessage("bad content-length")
-    return int(content_length), False
-
-
-def _response_framing(
-    content_length: bytes | None, transfer_encoding: bytes | None
-) -> tuple[int, int]:
-    if transfer_encoding is not None:
-        return (_CHUNKED if transfer_encoding.endswith(b"chunked") else _UNTIL_CLOSE), 0
-    if content_length is None:
-        return _UNTIL_CLOSE, 0
-    if not content_length.isdigit():
-        raise _BadMessage("bad content-length")
-    return _LENGTH, int(content_length)
-
-
-def _drop_headers(head: bytes, names: tuple[bytes, ...]) -> bytes:
-    """`head` without the fields named (lower case, with their colon); rare, so kept simple."""
-    lines = head.split(b"\r\n")
-    return b"\r\n".join(line for line in lines if not line.lower().startswith(names))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,17 +243,6 @@ class _NoResponse(Exception):
         self.replayable = replayable
 
 
-class _PeerFailed(Exception):
-    """A body relay stopped because one side failed; `upstream` tells which side."""
-
-    def __init__(self, *, upstream: bool) -> None:
-        super().__init__()
-        self.upstream = upstream
-
-
-_STREAM_ERRORS = (OSError, EOFError, asyncio.LimitOverrunError, RuntimeError, ValueError)
-
-
 # ---------------------------------------------------------------------------------------------
 # The router
 
@@ -444,7 +289,7 @@ class BuiltinRouter:
         handler = functools.partial(self._serve_client, state)
         try:
             state.server = await asyncio.start_server(
-                handler, host, port, limit=_HEAD_LIMIT, backlog=1024
+                handler, host, port, limit=HEAD_LIMIT, backlog=1024
             )
         except OSError as exc:
             raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
@@ -563,7 +408,7 @@ class BuiltinRouter:
         route.sessions.add(session)
         try:
             await self._serve_requests(route, session, reader, writer)
-        except (*_STREAM_ERRORS, _PeerFailed):
+        except (*STREAM_ERRORS, PeerFailed):
             pass
         except Exception:
             log.exception("builtin router: %s: unexpected error serving a client", route.key)
@@ -583,7 +428,7 @@ class BuiltinRouter:
             session.busy = False
             session.deadline = _monotonic() + idle_timeout
             try:
-                head = await reader.readuntil(_END_OF_HEAD)
+                head = await reader.readuntil(END_OF_HEAD)
             except asyncio.IncompleteReadError:
                 return
             except asyncio.LimitOverrunError:
@@ -596,8 +441,8 @@ class BuiltinRouter:
                     continue
             session.busy = True
             try:
-                request = _Request(head)
-            except _BadMessage:
+                request = Request(head)
+            except BadMessage:
                 writer.write(_CANNED[400, True])
                 return
             if not await self._handle(route, session, request, reader, writer):
@@ -607,14 +452,14 @@ class BuiltinRouter:
         self,
         route: _Route,
         session: _Session,
-        request: _Request,
+        request: Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         """Answers one request; True when the client connection may carry another."""
         if request.length and not request.streams_body:
             if request.expects_continue:
-                writer.write(_CONTINUE)
+                writer.write(CONTINUE)
             session.deadline = _monotonic() + self._upstream_timeout
             request.body = await reader.readexactly(request.length)
         if route.held_until is not None and not await self._wait_for_release(route, session):
@@ -654,16 +499,16 @@ class BuiltinRouter:
             return False
         return not route.closing
 
-    def _unrouted(self, route: _Route, request: _Request, writer: asyncio.StreamWriter) -> bool:
+    def _unrouted(self, route: _Route, request: Request, writer: asyncio.StreamWriter) -> bool:
         if not route.closing:
             self.unrouted[route.key] = self.unrouted.get(route.key, 0) + 1
         return self._reply(writer, 503, request)
 
     @staticmethod
-    def _reply(writer: asyncio.StreamWriter, status: int, request: _Request) -> bool:
+    def _reply(writer: asyncio.StreamWriter, status: int, request: Request) -> bool:
         # An unread streamed body is still on the wire: the connection cannot carry more.
         keep = request.keep_alive and not request.streams_body
-        with contextlib.suppress(*_STREAM_ERRORS):
+        with contextlib.suppress(*STREAM_ERRORS):
             writer.write(_CANNED[status, not keep])
         return keep
 
@@ -673,7 +518,7 @@ class BuiltinRouter:
         self,
         session: _Session,
         upstream: _Upstream,
-        request: _Request,
+        request: Request,
         creader: asyncio.StreamReader,
         cwriter: asyncio.StreamWriter,
         started: float,
@@ -705,7 +550,7 @@ class BuiltinRouter:
         backend = upstream.backend
         try:
             async with asyncio.timeout(self._connect_timeout):
-                return await asyncio.open_connection(backend.host, backend.port, limit=_HEAD_LIMIT)
+                return await asyncio.open_connection(backend.host, backend.port, limit=HEAD_LIMIT)
         except (OSError, TimeoutError) as exc:
             raise _NoResponse(replayable=True) from exc
 
@@ -724,7 +569,7 @@ class BuiltinRouter:
     async def _relay(
         self,
         session: _Session,
-        request: _Request,
+        request: Request,
         creader: asyncio.StreamReader,
         cwriter: asyncio.StreamWriter,
         ureader: asyncio.StreamReader,
@@ -742,13 +587,13 @@ class BuiltinRouter:
             return 504, False, self._reply(cwriter, 504, request)
         if isinstance(response, int):
             return response, False, self._reply(cwriter, response, request)
-        keep = request.keep_alive and response.framing != _UNTIL_CLOSE
+        keep = request.keep_alive and response.framing != UNTIL_CLOSE
         if response.status == 101:
             await self._tunnel(session, creader, cwriter, ureader, uwriter, response.head)
             return 101, False, False
         try:
             await self._send_response(session, response, cwriter, ureader)
-        except _PeerFailed as failure:
+        except PeerFailed as failure:
             # The client already has the head; all we can do is cut the connection.
             return (502 if failure.upstream else response.status), False, False
         return response.status, response.reusable, keep
@@ -756,21 +601,21 @@ class BuiltinRouter:
     async def _stream_request_body(
         self,
         session: _Session,
-        request: _Request,
+        request: Request,
         creader: asyncio.StreamReader,
         cwriter: asyncio.StreamWriter,
         uwriter: asyncio.StreamWriter,
     ) -> None:
         if request.expects_continue:
-            cwriter.write(_CONTINUE)
+            cwriter.write(CONTINUE)
         try:
             if request.chunked:
-                await _copy_chunked(creader, uwriter, session, self._upstream_timeout, False)
+                await copy_chunked(creader, uwriter, session, self._upstream_timeout, False)
             else:
-                await _copy_exact(
+                await copy_exact(
                     creader, uwriter, request.length, session, self._upstream_timeout, False
                 )
-        except _PeerFailed as failure:
+        except PeerFailed as failure:
             if failure.upstream:
                 raise _NoResponse(replayable=False) from failure
             raise
@@ -778,16 +623,16 @@ class BuiltinRouter:
     async def _read_response_head(
         self,
         session: _Session,
-        request: _Request,
+        request: Request,
         cwriter: asyncio.StreamWriter,
         ureader: asyncio.StreamReader,
-    ) -> _Response | int | None:
+    ) -> Response | int | None:
         """The final response head; None on timeout; a status to answer when it is garbage."""
         session.awaiting_upstream = True
         session.deadline = _monotonic() + self._upstream_timeout
         for _ in range(_MAX_INTERIM + 1):
             try:
-                head = await ureader.readuntil(_END_OF_HEAD)
+                head = await ureader.readuntil(END_OF_HEAD)
             except asyncio.LimitOverrunError:
                 return 502
             except (OSError, EOFError, RuntimeError) as exc:
@@ -799,8 +644,8 @@ class BuiltinRouter:
                     return 502
                 raise _NoResponse(replayable=not request.streams_body) from exc
             try:
-                response = _Response(head, request)
-            except _BadMessage:
+                response = Response(head, request)
+            except BadMessage:
                 return 502
             if response.status >= 200 or response.status == 101:
                 session.awaiting_upstream = False
@@ -811,36 +656,36 @@ class BuiltinRouter:
     async def _send_response(
         self,
         session: _Session,
-        response: _Response,
+        response: Response,
         cwriter: asyncio.StreamWriter,
         ureader: asyncio.StreamReader,
     ) -> None:
         framing = response.framing
         timeout = self._upstream_timeout
         try:
-            if framing == _NO_BODY:
+            if framing == NO_BODY:
                 cwriter.write(response.head)
-            elif framing == _LENGTH and response.length <= _CHUNK:
+            elif framing == LENGTH and response.length <= CHUNK:
                 try:
                     body = await ureader.readexactly(response.length)
-                except _STREAM_ERRORS as exc:
-                    raise _PeerFailed(upstream=True) from exc
+                except STREAM_ERRORS as exc:
+                    raise PeerFailed(upstream=True) from exc
                 cwriter.write(response.head + body)
             else:
                 cwriter.write(response.head)
-                if framing == _LENGTH:
-                    await _copy_exact(ureader, cwriter, response.length, session, timeout, True)
-                elif framing == _CHUNKED:
-                    await _copy_chunked(ureader, cwriter, session, timeout, True)
+                if framing == LENGTH:
+                    await copy_exact(ureader, cwriter, response.length, session, timeout, True)
+                elif framing == CHUNKED:
+                    await copy_chunked(ureader, cwriter, session, timeout, True)
                 else:
-                    await _copy_until_eof(ureader, cwriter, session, timeout)
+                    await copy_until_eof(ureader, cwriter, session, timeout)
         except RuntimeError as exc:  # uvloop refuses writes to a closed client transport
-            raise _PeerFailed(upstream=False) from exc
-        if cwriter.transport.get_write_buffer_size() > _HIGH_WATER:
+            raise PeerFailed(upstream=False) from exc
+        if cwriter.transport.get_write_buffer_size() > HIGH_WATER:
             try:
                 await cwriter.drain()
-            except _STREAM_ERRORS as exc:
-                raise _PeerFailed(upstream=False) from exc
+            except STREAM_ERRORS as exc:
+                raise PeerFailed(upstream=False) from exc
 
     async def _tunnel(
         self,
@@ -855,8 +700,8 @@ class BuiltinRouter:
         cwriter.write(head)
         timeout = self._client_idle_timeout
         pumps = [
-            asyncio.ensure_future(_copy_until_eof(creader, uwriter, session, timeout)),
-            asyncio.ensure_future(_copy_until_eof(ureader, cwriter, session, timeout)),
+            asyncio.ensure_future(copy_until_eof(creader, uwriter, session, timeout)),
+            asyncio.ensure_future(copy_until_eof(ureader, cwriter, session, timeout)),
         ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -886,92 +731,6 @@ class BuiltinRouter:
                 for upstream in version.upstreams:
                     if upstream.idle and upstream.idle[0][2] < stale_before:
                         upstream.trim_idle(stale_before)
-
-
-# ---------------------------------------------------------------------------------------------
-# Body relays. `from_upstream` says which side `src` is, so a failure names the right culprit.
-
-
-async def _copy_exact(
-    src: asyncio.StreamReader,
-    dst: asyncio.StreamWriter,
-    remaining: int,
-    session: _Session,
-    timeout: float,
-    from_upstream: bool,
-) -> None:
-    while remaining > 0:
-        data = await _read(src, min(remaining, _CHUNK), from_upstream)
-        remaining -= len(data)
-        await _write(dst, data, session, timeout, from_upstream)
-
-
-async def _copy_chunked(
-    src: asyncio.StreamReader,
-    dst: asyncio.StreamWriter,
-    session: _Session,
-    timeout: float,
-    from_upstream: bool,
-) -> None:
-    """Relays a chunked body verbatim, parsing just enough to find where it ends."""
-    while True:  # one chunk per turn; a stalled peer is cut by the watchdog
-        line = await _read_line(src, from_upstream)
-        try:
-            size = int(line.split(b";", 1)[0], 16)
-        except ValueError as exc:
-            raise _PeerFailed(upstream=from_upstream) from exc
-        await _write(dst, line, session, timeout, from_upstream)
-        if size == 0:
-            break
-        await _copy_exact(src, dst, size + 2, session, timeout, from_upstream)
-    for _ in range(1024):  # trailer fields, then the empty line
-        line = await _read_line(src, from_upstream)
-        await _write(dst, line, session, timeout, from_upstream)
-        if line == b"\r\n":
-            return
-    raise _PeerFailed(upstream=from_upstream)
-
-
-async def _copy_until_eof(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter, session: _Session, timeout: float
-) -> None:
-    while True:  # ends at EOF; a stalled peer is cut by the watchdog
-        try:
-            data = await src.read(_CHUNK)
-        except _STREAM_ERRORS as exc:
-            raise _PeerFailed(upstream=True) from exc
-        if not data:
-            return
-        await _write(dst, data, session, timeout, True)
-
-
-async def _read(src: asyncio.StreamReader, size: int, from_upstream: bool) -> bytes:
-    try:
-        data = await src.read(size)
-    except _STREAM_ERRORS as exc:
-        raise _PeerFailed(upstream=from_upstream) from exc
-    if not data:
-        raise _PeerFailed(upstream=from_upstream)
-    return data
-
-
-async def _read_line(src: asyncio.StreamReader, from_upstream: bool) -> bytes:
-    try:
-        return await src.readuntil(b"\r\n")
-    except _STREAM_ERRORS as exc:
-        raise _PeerFailed(upstream=from_upstream) from exc
-
-
-async def _write(
-    dst: asyncio.StreamWriter, data: bytes, session: _Session, timeout: float, from_upstream: bool
-) -> None:
-    session.deadline = _monotonic() + timeout
-    try:
-        dst.write(data)
-        if dst.transport.get_write_buffer_size() > _HIGH_WATER:
-            await dst.drain()
-    except _STREAM_ERRORS as exc:
-        raise _PeerFailed(upstream=not from_upstream) from exc
 
 
 # ---------------------------------------------------------------------------------------------
