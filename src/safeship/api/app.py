@@ -373,8 +373,16 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": redactor().redact(validation_sentence(exc))}, status_code=422)
 
+    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's words
+            return JSONResponse({"detail": "request body: cannot be read as UTF-8 JSON"}, status_code=422)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
     app.add_exception_handler(SafeshipError, on_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
+    app.add_exception_handler(HTTPException, on_http)
     app.router.route_class = GuardedRoute
     api = APIRouter(dependencies=[Depends(bearer_guard(token))], responses=ERRORS, route_class=GuardedRoute)
 

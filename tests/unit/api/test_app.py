@@ -158,6 +158,10 @@ def test_environment_filter_is_checked(client: TestClient) -> None:
     [
         ({"json": {"service_name": SERVICE}}, "request body: version: required field is missing"),
         ({"content": b"{", "headers": {"content-type": "application/json"}}, "request body: is not valid JSON"),
+        (
+            {"content": b'{"a": "\xff"}', "headers": {"content-type": "application/json"}},
+            "request body: cannot be read as UTF-8 JSON",
+        ),
         ({"content": b""}, "request body: a JSON object is required"),
         ({"json": [1, 2]}, "request body: must be a JSON object, got list"),
         ({"json": "text"}, "request body: must be a JSON object, got str"),
