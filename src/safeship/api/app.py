@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from safeship.api.controller import Controller
@@ -316,10 +317,6 @@ def error_response(exc: SafeshipError) -> JSONResponse:
 
 def _store_failure(exc: Exception) -> SafeshipError | None:
     """A database error the store let through, as the StoreError it is (locked, read-only, gone)."""
-    try:
-        from sqlalchemy.exc import OperationalError
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        return None
     if isinstance(exc, OperationalError):
         return StoreError(f"the store cannot be used right now: {exc.orig}")
     return None
