@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import pwd
 import re
 import signal
 import socket
@@ -39,7 +38,30 @@ from safeship.platforms.base import (
     InstanceState,
     ProbeSpec,
 )
+from safeship.platforms.ledger import (
+    as_int,
+    as_mapping,
+    as_optional_int,
+    as_str_list,
+    instance_from_record,
+    instance_id_of,
+    record_of,
+    spec_from_record,
+)
 from safeship.platforms.limits import LimitPlan, ProcessLimits
+from safeship.platforms.processes import (
+    claim_detached,
+    describe_exit,
+    detach,
+    proc_start_ticks,
+    reap_detached,
+    same_process,
+    signal_group,
+    spawn,
+    terminate_group,
+    user_identity,
+    wait_for_exit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +70,7 @@ PLATFORM_NAME = "local"
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")
 PLACEHOLDERS = ("port", "version", "service", "environment", "index")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_KILL_WAIT = 10.0  # after SIGKILL; only a process stuck in the kernel takes this long
 _PORT_ATTEMPTS = 50
-
-# Children left running by a closed platform, kept so that a platform adopting them in the same
-# interpreter can still reap them and read their exit code (and so Popen does not warn on GC).
-_detached_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class ProbeOutcome(Protocol):
@@ -224,10 +241,10 @@ class LocalPlatform:
         await asyncio.gather(*tasks, return_exceptions=True)
         stops = [s.stop_task for s in self._all() if s.stop_task is not None]
         await asyncio.gather(*stops, return_exceptions=True)
-        _reap_detached()  # children an earlier close() left that have exited since
+        reap_detached()  # children an earlier close() left that have exited since
         for sup in self._all():
             if sup.popen is not None:
-                _detached_children[sup.popen.pid] = sup.popen
+                detach(sup.popen)
         self._supervised.clear()
 
     # ------------------------------------------------------------ adoption
@@ -270,8 +287,8 @@ class LocalPlatform:
         for record in self._ledger.load_instances(service, environment):
             if str(record.get("id")) != instance_id:
                 continue
-            pid, ticks = _optional_int(record.get("pid")), _optional_int(record.get("start_ticks"))
-            if pid is not None and _same_process(pid, ticks):
+            pid, ticks = as_optional_int(record.get("pid")), as_optional_int(record.get("start_ticks"))
+            if pid is not None and same_process(pid, ticks):
                 raise ConflictError(
                     f"instance {instance_id} is running (pid {pid}) but not supervised; "
                     "adopt() it instead of starting it again"
@@ -404,16 +421,13 @@ class LocalPlatform:
                 sup.spec.secret_env,
             )
             try:
-                popen = subprocess.Popen(
+                popen = spawn(
                     argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
+                    log_file=log_file,
                     env=sup.env,
                     cwd=spec.workdir or None,
-                    start_new_session=True,  # its own process group: stopping reaches children
                     preexec_fn=sup.limits.preexec if sup.limits is not None else None,
-                    **self._identity(spec),
+                    identity=self._identity(spec),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -423,7 +437,7 @@ class LocalPlatform:
         sup.popen = popen
         if sup.limits is not None:
             sup.limits.attach(popen.pid)
-        sup.start_ticks = _start_ticks(popen.pid)
+        sup.start_ticks = proc_start_ticks(popen.pid)
         inst.pid, inst.port = popen.pid, port
         inst.state = InstanceState.STARTING
         inst.started_at = self._clock.now()
@@ -432,13 +446,7 @@ class LocalPlatform:
     def _identity(self, spec: InstanceSpec) -> dict[str, Any]:
         """Drop to the environment's unprivileged user when the controller runs as root."""
         user = self._run_as_user(spec.service, spec.environment) if self._run_as_user else None
-        if not user or os.geteuid() != 0:
-            return {}
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            raise PermanentError(f"run_as_user {user!r} does not exist on this host") from None
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        return user_identity(user)
 
     def _environment(self, spec: InstanceSpec, port: int) -> dict[str, str]:
         env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
@@ -462,39 +470,20 @@ class LocalPlatform:
             return False
         if sup.popen is not None and sup.start_ticks is None:
             return sup.popen.poll() is None
-        return _same_process(pid, sup.start_ticks)
+        return same_process(pid, sup.start_ticks)
 
     async def _wait_for_exit(self, sup: _Supervised) -> None:
         pid = sup.instance.pid
         if pid is None:
             return
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        except (AttributeError, OSError):
-            while self._is_alive(sup):
-                await asyncio.sleep(self._exit_poll_interval)
-            return
-        try:
-            if not self._is_alive(sup):  # the PID may already belong to someone else
-                return
-            await _readable(pidfd)
-        finally:
-            os.close(pidfd)
+        await wait_for_exit(pid, lambda: self._is_alive(sup), self._exit_poll_interval)
 
     async def _terminate(self, sup: _Supervised, grace: float) -> None:
         """SIGTERM the process group, SIGKILL it after `grace`, reap it."""
         if sup.instance.pid is None:
             return
         if self._is_alive(sup):
-            _signal_group(sup.instance.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._wait_for_exit(sup), grace)
-            except TimeoutError:
-                _signal_group(sup.instance.pid, signal.SIGKILL)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_for_exit(sup), _KILL_WAIT)
+            await terminate_group(sup.instance.pid, grace, lambda: self._wait_for_exit(sup))
         self._reap(sup)
 
     def _reap(self, sup: _Supervised) -> str:
@@ -504,13 +493,13 @@ class LocalPlatform:
             return "no process"
         # Safe while our child is an unreaped zombie (its PID cannot be reused yet); for an adopted
         # process, skip when the PID visibly belongs to a new process.
-        if sup.popen is not None or _start_ticks(pid) is None:
-            _signal_group(pid, signal.SIGKILL)
+        if sup.popen is not None or proc_start_ticks(pid) is None:
+            signal_group(pid, signal.SIGKILL)
         code = sup.popen.poll() if sup.popen is not None else None
         if sup.popen is not None and code is None:
             description = "did not exit after SIGKILL"
         else:
-            description = _describe_exit(code)
+            description = describe_exit(code)
         if sup.limits is not None:
             # Out of memory is a HealthCheckFailure with that evidence, not just "exit code 1".
             description = sup.limits.explain_exit(code, _log_tail(sup.log_path)) or description
@@ -568,7 +557,7 @@ class LocalPlatform:
         return inside(folder, f"{spec.version}-{spec.index}.log")
 
     def _save(self, sup: _Supervised) -> None:
-        self._ledger.save_instance(_record_of(sup, self._memory_limit(sup.spec)))
+        self._ledger.save_instance(record_of(sup, self._memory_limit(sup.spec), platform=PLATFORM_NAME))
 
     def _memory_limit(self, spec: InstanceSpec) -> int | None:
         return spec.memory_mb if self._enforce_memory_limit else None
@@ -576,19 +565,19 @@ class LocalPlatform:
     def _from_record(self, record: Mapping[str, object]) -> _Supervised:
         service, environment = str(record["service"]), str(record["environment"])
         secrets = dict(self._secrets_for(service, environment)) if self._secrets_for else {}
-        spec = _spec_from_record(record, secrets)
+        spec = spec_from_record(record, secrets)
         missing = sorted(
-            set(_str_list(_mapping(record["spec"]).get("secret_names", []))) - set(secrets)
+            set(as_str_list(as_mapping(record["spec"]).get("secret_names", []))) - set(secrets)
         )
         if missing:
             log.warning("secrets %s of %s/%s were not supplied", missing, environment, service)
         sup = _Supervised(
-            spec=spec, instance=_instance_from_record(record, spec), log_path=self.log_path(spec)
+            spec=spec, instance=instance_from_record(record, spec, default_host=HOST), log_path=self.log_path(spec)
         )
-        sup.start_ticks = _optional_int(record.get("start_ticks"))
-        sup.crash_streak = _int(record.get("crash_streak", 0))
+        sup.start_ticks = as_optional_int(record.get("start_ticks"))
+        sup.crash_streak = as_int(record.get("crash_streak", 0))
         if sup.instance.pid is not None:
-            sup.popen = _claim_detached(sup.instance.pid, sup.start_ticks)
+            sup.popen = claim_detached(sup.instance.pid, sup.start_ticks)
         return sup
 
     def _redact(self, sup: _Supervised, text: str) -> str:
@@ -599,10 +588,6 @@ class LocalPlatform:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def instance_id_of(spec: InstanceSpec) -> str:
-    return f"{spec.environment}/{spec.service}/{spec.version}-{spec.index}"
 
 
 def _check_names(spec: InstanceSpec) -> None:
@@ -659,59 +644,6 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _same_process(pid: int, start_ticks: int | None) -> bool:
-    ticks = _start_ticks(pid)
-    return ticks is not None and (start_ticks is None or ticks == start_ticks)
-
-
-def _reap_detached() -> None:
-    for pid, popen in list(_detached_children.items()):
-        if popen.poll() is not None:
-            del _detached_children[pid]
-
-
-def _claim_detached(pid: int, start_ticks: int | None) -> subprocess.Popen[bytes] | None:
-    popen = _detached_children.get(pid)
-    if popen is None:
-        return None
-    if start_ticks is not None and _start_ticks(pid) not in (start_ticks, None):
-        return None  # that child is gone and the PID was reused
-    return _detached_children.pop(pid)
-
-
-def _signal_group(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
-
-
-async def _readable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
 def _log_tail(path: Path, size: int = 4096) -> str:
     try:
         with open(path, "rb") as handle:
@@ -719,18 +651,6 @@ def _log_tail(path: Path, size: int = 4096) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited (exit status unknown: not a child of this controller)"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown signal"
-        return f"killed by signal {-code} ({name})"
-    return f"exited with code {code}"
 
 
 def _log_line(log_file: BinaryIO, message: str, secrets: Mapping[str, str]) -> None:
@@ -744,120 +664,3 @@ def _redact(text: str, secrets: Mapping[str, str]) -> str:
         if value:
             text = text.replace(value, "***")
     return text
-
-
-def _record_of(sup: _Supervised, memory_limit_mb: int | None) -> dict[str, object]:
-    spec, inst = sup.spec, sup.instance
-    return {
-        "id": inst.id,
-        "platform": PLATFORM_NAME,
-        "service": inst.service,
-        "environment": inst.environment,
-        "version": inst.version,
-        "index": inst.index,
-        "host": inst.host,
-        "port": inst.port,
-        "pid": inst.pid,
-        "start_ticks": sup.start_ticks,
-        "state": inst.state.value,
-        "started_at": inst.started_at,
-        "restarts": inst.restarts,
-        "last_failure": inst.last_failure,
-        "crash_streak": sup.crash_streak,
-        "stopping": sup.stopping,
-        "log_path": str(sup.log_path),
-        "memory_limit_mb": memory_limit_mb,
-        "spec": {
-            "command": list(spec.command),
-            "env": dict(spec.env),
-            "secret_names": sorted(spec.secret_env),  # names only: values never leave memory
-            "cpu": spec.cpu,
-            "memory_mb": spec.memory_mb,
-            "liveness": _probe_record(spec.liveness),
-            "readiness": _probe_record(spec.readiness),
-            "grace_period": spec.grace_period,
-            "workdir": spec.workdir,
-        },
-    }
-
-
-def _spec_from_record(record: Mapping[str, object], secrets: Mapping[str, str]) -> InstanceSpec:
-    raw = _mapping(record["spec"])
-    workdir = raw.get("workdir")
-    return InstanceSpec(
-        service=str(record["service"]),
-        environment=str(record["environment"]),
-        version=str(record["version"]),
-        index=_int(record["index"]),
-        command=_str_list(raw["command"]),
-        env={str(k): str(v) for k, v in _mapping(raw.get("env", {})).items()},
-        secret_env=dict(secrets),
-        cpu=float(_number(raw.get("cpu", 0.1))),
-        memory_mb=_int(raw.get("memory_mb", 128)),
-        liveness=_probe_from(raw["liveness"]),
-        readiness=_probe_from(raw["readiness"]),
-        grace_period=float(_number(raw.get("grace_period", 10.0))),
-        workdir=None if workdir is None else str(workdir),
-    )
-
-
-def _instance_from_record(record: Mapping[str, object], spec: InstanceSpec) -> Instance:
-    last_failure = record.get("last_failure")
-    return Instance(
-        id=instance_id_of(spec),
-        service=spec.service,
-        environment=spec.environment,
-        version=spec.version,
-        index=spec.index,
-        host=str(record.get("host", HOST)),
-        port=_int(record.get("port", 0)),
-        pid=_optional_int(record.get("pid")),
-        state=InstanceState(str(record.get("state", InstanceState.STARTING.value))),
-        started_at=float(_number(record.get("started_at", 0.0))),
-        restarts=_int(record.get("restarts", 0)),
-        last_failure=None if last_failure is None else str(last_failure),
-    )
-
-
-def _probe_record(probe: ProbeSpec) -> dict[str, object]:
-    return dataclasses.asdict(probe) | {"command": list(probe.command)}
-
-
-def _probe_from(raw: object) -> ProbeSpec:
-    data = _mapping(raw)
-    return ProbeSpec(
-        kind=str(data.get("kind", "http")),
-        path=str(data.get("path", "/")),
-        command=tuple(_str_list(data.get("command", []))),
-        timeout=float(_number(data.get("timeout", 1.0))),
-        interval=float(_number(data.get("interval", 1.0))),
-        failure_threshold=_int(data.get("failure_threshold", 3)),
-        success_threshold=_int(data.get("success_threshold", 1)),
-        initial_delay=float(_number(data.get("initial_delay", 0.0))),
-    )
-
-
-def _mapping(value: object) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a mapping, got {type(value).__name__}")
-    return {str(k): v for k, v in value.items()}
-
-
-def _str_list(value: object) -> list[str]:
-    if not isinstance(value, list | tuple):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    return [str(item) for item in value]
-
-
-def _number(value: object) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
-    return value
-
-
-def _int(value: object) -> int:
-    return int(_number(value))
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else _int(value)
