@@ -100,3 +100,16 @@ environment_state = Table(
     Column("prepared_at", Float, nullable=False),
     Column("state", JSON, nullable=False),  # directories, reserved ports, config maps, secret names
 )
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("name", String(200), primary_key=True),  # one consumer of the events table
+    Column("position", Integer, nullable=False),  # the id of the last event it is done with
+    Column("updated_at", Float, nullable=False),
+)
+
+# The row a consumer without a cursor of its own starts from: the last event id when the cursors
+# table was added to a database that already held events (those were handled before cursors
+# existed). Absent in a database that had cursors from the start; such consumers start at 0.
+CURSOR_START = "*start*"

@@ -4,13 +4,14 @@ guarded by `row_version` so two engines can never both advance the same deployme
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
@@ -59,6 +60,9 @@ class EventRecord:
     kind: str
     message: str
     data: Mapping[str, Any] = field(default_factory=dict)
+    # The events table's id, in the order events were written; None for an event not yet saved.
+    # Left out of equality, so an event read back equals the one that was written.
+    id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -149,11 +153,38 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas(int(waited * 1000)))
     try:
         with edge.at_edge(target, waited):
-            schema.metadata.create_all(engine)
+            _create_schema(engine, read_only=target.read_only)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+def _create_schema(engine: Engine, *, read_only: bool) -> None:
+    """Create the tables that are missing, which also upgrades a database written by an earlier
+    safeship. When the cursors table is added to a database that already holds events, those
+    events were notified before cursors existed: a start row records the last of them, so that
+    no consumer handles them again. A read-only store gets no new tables."""
+    present = set(inspect(engine).get_table_names())
+    if read_only:
+        schema.metadata.create_all(engine, tables=[t for t in schema.metadata.sorted_tables if t.name in present])
+        return
+    schema.metadata.create_all(engine)
+    if schema.cursors.name in present or schema.events.name not in present:
+        return
+    try:
+        with engine.begin() as conn:
+            last = conn.execute(select(func.max(schema.events.c.id))).scalar()
+            if last:
+                conn.execute(
+                    insert(schema.cursors).values(name=schema.CURSOR_START, position=int(last), updated_at=time.time())
+                )
+    except sa_exc.IntegrityError:
+        pass  # another process upgraded the same database at the same moment
+
+
+def _event_from_row(row: Any) -> EventRecord:
+    return EventRecord(row.deployment_id, row.at, row.kind, row.message, row.data or {}, id=row.id)
 
 
 def _deployment_from_row(row: Any) -> DeploymentRecord:
@@ -271,10 +302,33 @@ class Store:
             .order_by(schema.events.c.id)
         )
         with self._connect() as conn:
-            return [
-                EventRecord(r.deployment_id, r.at, r.kind, r.message, r.data or {})
-                for r in conn.execute(query)
-            ]
+            return [_event_from_row(r) for r in conn.execute(query)]
+
+    def events_since(self, after_id: int, *, limit: int = 500, deployment_id: str | None = None) -> list[EventRecord]:
+        """Up to `limit` events with an id above `after_id`, in id order (the order they were
+        written), each with its id; only `deployment_id`'s when given.
+
+        On SQLite one transaction writes at a time, so ids become visible in order and a reader
+        that remembers the last id it saw never passes over an event committed later."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        query = (
+            select(schema.events)
+            .where(schema.events.c.id > after_id)
+            .order_by(schema.events.c.id)
+            .limit(limit)
+        )
+        if deployment_id is not None:
+            query = query.where(schema.events.c.deployment_id == deployment_id)
+        with self._connect() as conn:
+            return [_event_from_row(r) for r in conn.execute(query)]
+
+    def last_event_id(self) -> int:
+        """The id of the newest event, 0 when there is none: where a reader that wants only
+        what happens from now on starts."""
+        with self._connect() as conn:
+            last = conn.execute(select(func.max(schema.events.c.id))).scalar()
+        return int(last or 0)
 
     def add_events(self, events: Iterable[EventRecord]) -> None:
         with self._begin() as conn:
@@ -283,8 +337,51 @@ class Store:
     @staticmethod
     def _insert_events(conn: Connection, events: Iterable[EventRecord]) -> None:
         rows = [_shallow(e) | {"data": redactor().redact(dict(e.data))} for e in events]
+        for row in rows:
+            row.pop("id")  # the table numbers events itself
         if rows:
             conn.execute(insert(schema.events), rows)
+
+    # ------------------------------------------------------------ event cursors
+
+    def cursor(self, name: str) -> int:
+        """The id of the last event consumer `name` is done with. A consumer that has not stored
+        one yet starts at 0, or, in a database that held events before it had cursors, at the
+        last of those events."""
+        names = (name, schema.CURSOR_START)
+        query = select(schema.cursors.c.name, schema.cursors.c.position).where(schema.cursors.c.name.in_(names))
+        with self._connect() as conn:
+            found = {row.name: int(row.position) for row in conn.execute(query)}
+        return found.get(name, found.get(schema.CURSOR_START, 0))
+
+    def advance_cursor(self, name: str, to_id: int, *, at: float | None = None) -> int:
+        """Move consumer `name`'s cursor to `to_id`; a cursor never moves backwards, so a lower
+        `to_id` leaves it where it is. Returns the position it holds afterwards."""
+        if not name or name == schema.CURSOR_START:
+            raise ValueError(f"{name!r} cannot name a cursor")
+        when = time.time() if at is None else at
+        table = schema.cursors
+        for _ in range(2):
+            try:
+                with self._begin() as conn:
+                    conn.execute(
+                        update(table)
+                        .where(table.c.name == name)
+                        .where(table.c.position < to_id)
+                        .values(position=to_id, updated_at=when)
+                    )
+                    row = conn.execute(select(table.c.position).where(table.c.name == name)).first()
+                    if row is not None:
+                        return int(row.position)
+                    start = conn.execute(
+                        select(table.c.position).where(table.c.name == schema.CURSOR_START)
+                    ).scalar()
+                    position = max(to_id, int(start or 0))
+                    conn.execute(insert(table).values(name=name, position=position, updated_at=when))
+                    return position
+            except sa_exc.IntegrityError:
+                continue  # another writer created the row first; the update applies now
+        return self.cursor(name)
 
     # ------------------------------------------------------------ rollbacks
 
