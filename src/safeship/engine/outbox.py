@@ -121,7 +121,9 @@ class Outbox:
             deployments: dict[str, DeploymentRecord | None] = {}
             delivered = sum(self._drain(lane, limit, deployments) for lane in self._lanes)
             if self._lanes:
-                self.store.advance_cursor(self.name, min(self.store.cursor(lane.cursor) for lane in self._lanes))
+                lowest = min(self.store.cursor(lane.cursor) for lane in self._lanes)
+                if lowest > self.store.cursor(self.name):  # an idle pass writes nothing
+                    self.store.advance_cursor(self.name, lowest, at=self.clock())
             return delivered
 
     def _drain(self, lane: _Lane, limit: int, deployments: dict[str, DeploymentRecord | None]) -> int:

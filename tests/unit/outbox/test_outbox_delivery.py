@@ -8,10 +8,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from safeship.engine.notify import NOTIFIED_PHASES, MemorySink, Notification, notification_for
 from safeship.engine.outbox import FAILED_KIND, Outbox
-from safeship.store import DeploymentRecord, EventRecord, Store
+from safeship.store import DeploymentRecord, EventRecord, Store, schema
 
 SERVICE, ENVIRONMENT = "user-service", "production"
 
@@ -358,3 +359,19 @@ async def test_run_goes_on_after_a_sink_fails(store: Store) -> None:
     assert delivered(working) == ["deploy-1 succeeded", "deploy-2 rolling_back", "deploy-2 rolled_back"]
     assert not task.cancelled() and task.exception() is None
     assert failures(store)
+
+
+def test_an_idle_pass_changes_no_cursor(store: Store) -> None:
+    good(store, "deploy-1")
+    clock = FakeClock()
+    outbox = Outbox(store, [MemorySink()], clock=clock)
+    outbox.deliver_pending()
+    with store.engine.connect() as conn:
+        before = sorted(conn.execute(select(schema.cursors)).all())
+    assert [row.name for row in before] == ["notifications", "notifications:memory"]
+
+    clock.now += 60.0
+    assert outbox.deliver_pending() == 0
+
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(select(schema.cursors)).all()) == before
