@@ -1,6 +1,8 @@
 """What one tick works on: the record as read, the changes it builds, and the world it drives.
 
-STYLE §5: compute the new status on this context, then save it once."""
+A tick computes the new state on its `Tick` and the engine saves it once, in one transaction, at
+the end: nothing is written while the tick runs, so a tick that fails or loses a race leaves the
+deployment as it was."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safeship.clock import Clock
+from safeship.engine.status import DeploymentStatus
 from safeship.platforms.base import Platform
 from safeship.routing.base import RouteKey, Router
 from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion
@@ -26,26 +29,54 @@ class World:
 
 @dataclass(frozen=True)
 class Failure:
-    trigger: str  # health_check_failure | error_rate_threshold | ... | analysis | readiness_timeout
+    # health_check_failure | error_rate_threshold | ... | analysis | readiness_timeout
+    # | temporary_error (too many in a row) | permanent_error (a plug-in said retrying will not help)
+    trigger: str
     reason: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """When a deployment ends, the stable versions of its service and environment other than
+    `keep_version` stop serving at `at`; unless `deployment_healthy`, the one this deployment
+    promoted is also marked unhealthy (it was rolled back)."""
+
+    service: str
+    environment: str
+    keep_version: str  # "" when no version keeps serving
+    at: float
+    deployment_healthy: bool
+
+    def as_tuple(self) -> tuple[str, str, str, float, bool]:
+        """The positional form `Store.save_transition(retire=...)` takes."""
+        return (self.service, self.environment, self.keep_version, self.at, self.deployment_healthy)
+
+
 @dataclass
 class Tick:
+    """One tick's work on one deployment: the record as read (`before`), the column changes
+    (`changes`), the typed status, the events and the side records to write with it.
+
+    Contract: a tick never writes anything itself. Steps change `status` and call `set` and
+    `event`; the engine writes `result()` with `events`, `rollback`, `stable` and `retire` in one
+    guarded transaction, and only when `dirty`. `before` is never changed."""
+
     before: DeploymentRecord
     now: float
     changes: dict[str, Any] = field(default_factory=dict)
-    status: dict[str, Any] = field(init=False)
+    status: DeploymentStatus = field(init=False)
     events: list[EventRecord] = field(default_factory=list)
     rollback: RollbackRecord | None = None
     stable: StableVersion | None = None
-    retire: tuple[str, str, str, float, bool] | None = None
+    retire: Retirement | None = None
+    _status_as_read: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Shallow on purpose: steps replace nested values instead of changing them in place, so the
-        # record as read stays intact without copying its histograms and analysis state every tick.
-        self.status = dict(self.before.status)
+        self.status = DeploymentStatus.from_json(self.before.status)
+        # The status as read, in the form result() writes, so that keys dropped on loading do not
+        # count as a change.
+        self._status_as_read = self.status.to_json()
 
     @property
     def route(self) -> RouteKey:
@@ -62,7 +93,7 @@ class Tick:
 
     @property
     def dirty(self) -> bool:
-        return bool(self.changes or self.events or self.status != self.before.status)
+        return bool(self.changes or self.events or self.status.to_json() != self._status_as_read)
 
     def result(self) -> DeploymentRecord:
-        return self.before.replace(**self.changes, status=self.status, updated_at=self.now)
+        return self.before.replace(**self.changes, status=self.status.to_json(), updated_at=self.now)

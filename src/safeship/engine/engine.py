@@ -12,12 +12,13 @@ first one stopped; if both tick at once, one of them gets StaleStateError and dr
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from safeship.analysis.base import Policy
 from safeship.config.models import (
     DeploymentRequest,
     DeploymentStrategy,
@@ -28,21 +29,39 @@ from safeship.config.models import (
 )
 from safeship.config.names import check_name
 from safeship.engine import gates
-from safeship.engine.context import Failure, Tick, World
+from safeship.engine.context import Failure, Retirement, Tick, World
 from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.engine.phases import Phase
-from safeship.engine.process_mark import driver_mark
+from safeship.engine.policies import PolicyFactory
+from safeship.engine.process_mark import DriverMark, driver_mark
 from safeship.engine.selection import Capacity, Selection, select_strategy
-from safeship.engine.steps import POLL_S, StepResult, StepRunner
-from safeship.errors import ConflictError, InputError, NotFoundError, StaleStateError
+from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, RollbackProgress
+from safeship.engine.steps import POLL_S, StepRunner
+from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
 from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion, Store, new_id
 from safeship.strategies import STRATEGIES, PlanInput
-from safeship.strategies.base import Step, scale, wait_ready, weights
+from safeship.strategies.base import AnalyzeStep, Step, scale, steps_from_json, steps_to_json, wait_ready, weights
 
-PolicyFactory = Callable[[str], Policy]
+log = logging.getLogger(__name__)
+
+ERRORS_BEFORE_ROLLBACK = 5  # ticks in a row that raised before the engine rolls the deployment back
+MAX_RETRY_DELAY_S = 30.0  # the longest wait between ticks that raised
 
 
 class DeploymentEngine:
+    """Deploys services: turns requests into persisted deployments and drives each one through its
+    phases and plan, one idempotent tick at a time.
+
+    Contract: `submit` refuses (changing nothing) or records a pending deployment; `advance` (and
+    `step`) moves one deployment as far as it can go now and returns the seconds until it wants
+    another tick (inf once it ended); `run` ticks until the end on the engine's clock. Every tick
+    is one guarded transaction, so any number of engines on one store can tick the same
+    deployment and at most one of them moves it. A driver whose `advance` raises asks
+    `tick_failed` how long to wait, and the engine rolls the deployment back after
+    ERRORS_BEFORE_ROLLBACK such ticks in a row. `cancel`, `approve` and `request_rollback` only
+    record the change; the next tick acts on it.
+    """
+
     def __init__(
         self,
         config: SafeshipConfig,
@@ -63,7 +82,7 @@ class DeploymentEngine:
         self.steps = StepRunner(config, world, policy_for, secrets_for)
         # The process that ticks deployments with this engine, recorded in their status so that a
         # sim deployment whose driver is gone can be told from one still moving (sim_driver).
-        self.driver: dict[str, Any] | None = driver_mark()
+        self.driver: DriverMark | None = driver_mark()
 
     @property
     def clock(self) -> Any:
@@ -115,12 +134,9 @@ class DeploymentEngine:
         if selection.slow:
             plan = [_slower(step) for step in plan]
         now = self.clock.now()
-        status: dict[str, Any] = {"replicas": replicas}
-        if self.driver is not None:
-            status["driver"] = dict(self.driver)
+        status = DeploymentStatus(replicas=replicas, driver=self.driver)
         if frozen is not None:
-            status["freeze_override"] = {"window": frozen, "reason": request.override_freeze,
-                                         "by": request.requested_by}
+            status.freeze_override = FreezeOverride(frozen, request.override_freeze, request.requested_by)
         record = DeploymentRecord(
             id=new_id("deploy"),
             service=request.service_name,
@@ -132,8 +148,8 @@ class DeploymentEngine:
             policy=policy_name,
             phase=Phase.PENDING.value,
             step_index=0,
-            plan=plan,
-            status=status,
+            plan=steps_to_json(plan),
+            status=status.to_json(),
             request=request.model_dump(mode="json"),
             created_at=now,
             updated_at=now,
@@ -189,7 +205,7 @@ class DeploymentEngine:
         if record.phase != Phase.AWAITING_APPROVAL.value:
             raise ConflictError(f"deployment {deployment_id} is {record.phase}, not awaiting approval")
         tick = Tick(record, self.clock.now())
-        tick.status["approval"] = {"by": by or "unknown", "at": tick.now}
+        tick.status.approval = Approval(by or "unknown", tick.now)
         self._enter(tick, Phase.PREPARING, f"approved by {by or 'unknown'}")
         return self.store.save_transition(record, tick.result(), tick.events)
 
@@ -335,8 +351,8 @@ class DeploymentEngine:
         if phase.is_final or phase is Phase.AWAITING_APPROVAL:
             return (math.inf if phase.is_final else POLL_S), record
         tick = Tick(record, self.clock.now())
-        if self.driver is not None and tick.status.get("driver") != self.driver:
-            tick.status["driver"] = dict(self.driver)
+        if self.driver is not None and tick.status.driver != self.driver:
+            tick.status.driver = self.driver
         wait = 0.0
         if phase is Phase.PENDING:
             environment = self.config.environment(record.environment)
@@ -355,12 +371,38 @@ class DeploymentEngine:
             return wait, record
         try:
             saved = self.store.save_transition(
-                record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable, retire=tick.retire
+                record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable,
+                retire=tick.retire.as_tuple() if tick.retire is not None else None,
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
         self._notify(tick)
         return wait, saved
+
+    def retry_delay(self, error: BaseException, errors_in_a_row: int) -> float:
+        """Seconds to wait before ticking again after `advance` raised `error`, the
+        `errors_in_a_row`-th tick in a row that raised: a TemporaryError's own `delay`, else
+        2 ** errors_in_a_row, at most MAX_RETRY_DELAY_S."""
+        if isinstance(error, TemporaryError):
+            return max(0.0, error.delay)
+        return min(MAX_RETRY_DELAY_S, 2.0**errors_in_a_row)
+
+    def tick_failed(self, deployment_id: str, error: Exception, errors_in_a_row: int) -> float:
+        """What a driver does when `advance` raised: the error is logged (with its traceback when
+        it is not a SafeshipError, i.e. a bug), recorded as an event on the first failure in a
+        row, and at ERRORS_BEFORE_ROLLBACK in a row the deployment is rolled back. Returns the
+        seconds to wait before the next tick (`retry_delay`). Never raises a SafeshipError."""
+        log.error("deployment %s: tick failed (%d in a row): %s", deployment_id, errors_in_a_row, error,
+                  exc_info=not isinstance(error, SafeshipError))
+        message = f"controller could not advance the deployment: {error}"
+        try:
+            if errors_in_a_row == 1:
+                self.store.add_events([EventRecord(deployment_id, time.time(), "controller_error", message)])
+            if errors_in_a_row == ERRORS_BEFORE_ROLLBACK:
+                self.request_rollback(deployment_id, reason=message)
+        except SafeshipError as exc:
+            log.warning("deployment %s: could not record the failed tick: %s", deployment_id, exc)
+        return self.retry_delay(error, errors_in_a_row)
 
     async def run(
         self,
@@ -395,13 +437,14 @@ class DeploymentEngine:
         baseline = tick.before.from_version
         if baseline is not None:
             await self.steps.sync_backends(tick)
-            counters = await self.world.router.counters(tick.route)
-            tick.status["start_counters"] = {v: c.to_json() for v, c in counters.items()}
+            # Read once so that a router that counts lazily (the simulated one) brings its traffic
+            # up to the start of the rollout here; the counters themselves are not kept.
+            await self.world.router.counters(tick.route)
         self._enter(tick, Phase.PROGRESSING)
         tick.set(step_index=0, step_started_at=tick.now)
 
     async def _progress(self, tick: Tick) -> float:
-        plan = tick.before.plan
+        plan = steps_from_json(tick.before.plan)
         for _ in range(len(plan) + 1):  # run consecutive instant steps within one tick
             index = int(tick.get("step_index"))
             if index >= len(plan):
@@ -411,50 +454,20 @@ class DeploymentEngine:
             if step["kind"] == "monitor" and tick.get("phase") != Phase.MONITORING.value:
                 self._enter(tick, Phase.MONITORING, f"monitoring {tick.before.version} for "
                             f"{float(step['duration']):.0f}s after promotion")
-            result = await self._run_step(tick, step)
+            result = await self.steps.run(tick, step)
             if result.failure is not None:
                 self._fail(tick, result.failure)
-                if tick.get("phase") == Phase.FAILED.value:
+                restore = tick.status.restore_weights
+                if tick.get("phase") == Phase.FAILED.value and restore is not None:
                     # Auto rollback is off: traffic goes back to the last weights that passed analysis.
-                    await self.world.router.set_weights(tick.route, tick.status["restore_weights"])
-                    tick.status["weights"] = tick.status["restore_weights"]
+                    await self.world.router.set_weights(tick.route, restore)
+                    tick.status.weights = dict(restore)
                     return math.inf
                 return 0.0
             if not result.done:
                 return result.wait
             tick.set(step_index=index + 1, step_started_at=tick.now)
         return 0.0
-
-    async def _run_step(self, tick: Tick, step: Step) -> StepResult:
-        kind = step["kind"]
-        if kind == "scale":
-            return await self.steps.scale(tick, step)
-        if kind == "wait_ready":
-            return await self.steps.wait_ready(tick, step, candidate=tick.before.version)
-        if kind == "weights":
-            return await self.steps.set_weights(tick, step)
-        if kind == "hold":
-            return await self.steps.hold(tick, step)
-        if kind == "analyze":
-            return await self.steps.analyze(tick, step)
-        if kind == "monitor":
-            return await self.steps.analyze(tick, step, monitor=True)
-        if kind == "pause":
-            left = float(step["duration"]) - (tick.now - tick.get("step_started_at"))
-            return StepResult(done=left <= 0, wait=max(0.0, left))
-        if kind == "promote":
-            self._promote(tick)
-            return StepResult(done=True)
-        raise ValueError(f"unknown plan step {kind!r}")
-
-    def _promote(self, tick: Tick) -> None:
-        record = tick.before
-        tick.set(decision="promote", decided_at=tick.now)
-        tick.status["decision_counters"] = tick.status.get("snap", {})
-        tick.stable = StableVersion(record.service, record.environment, record.version, record.id,
-                                    tick.now, None, True)
-        tick.retire = (record.service, record.environment, record.version, tick.now, True)
-        tick.event("promoted", f"{record.version} takes all traffic")
 
     # ------------------------------------------------------------ failure and rollback
 
@@ -464,9 +477,9 @@ class DeploymentEngine:
         if rollback.auto_rollback:
             self._begin_rollback(tick, failure, automatic=True)
             return
-        safe = tick.status.get("last_safe_weights") or (
-            {tick.before.from_version: 100} if tick.before.from_version else tick.status.get("weights", {}))
-        tick.status["restore_weights"] = safe
+        safe = tick.status.last_safe_weights or (
+            {tick.before.from_version: 100} if tick.before.from_version else dict(tick.status.weights or {}))
+        tick.status.restore_weights = safe
         message = (f"{failure.reason}. Auto rollback is off: traffic is back on the last safe weights "
                    f"{safe}; roll back with `rollback-manager --rollback --deployment-id {tick.before.id}`")
         tick.set(decision="failed", decided_at=tick.now, reason=message, evidence=dict(failure.evidence))
@@ -476,7 +489,9 @@ class DeploymentEngine:
         record = tick.before
         promoted = record.decision == "promote" or tick.changes.get("decision") == "promote"
         target = self._rollback_target(record)
-        replicas = int(record.status.get("replicas", self.config.services[record.service].replicas))
+        replicas = tick.status.replicas
+        if replicas is None:
+            replicas = self.config.services[record.service].replicas
         plan: list[Step] = []
         if target is not None:
             timeout = self.config.rollback_for(record.service).rollback_timeout
@@ -485,11 +500,10 @@ class DeploymentEngine:
             plan.append(weights({}))  # nothing to return to: no version takes traffic any more
         plan.append(scale(record.version, 0))
         rollback_id = new_id("rollback")
-        tick.status["rollback"] = {
-            "id": rollback_id, "plan": plan, "step": 0, "attempt": 1, "started_at": tick.now,
-            "to_version": target, "automatic": automatic, "cancel": cancel, "promoted": promoted,
-            "reason": failure.reason, "trigger": failure.trigger,
-        }
+        tick.status.rollback = RollbackProgress(
+            id=rollback_id, plan=plan, step=0, attempt=1, started_at=tick.now, to_version=target,
+            automatic=automatic, cancel=cancel, promoted=promoted, reason=failure.reason, trigger=failure.trigger,
+        )
         tick.set(reason=failure.reason, evidence={"trigger": failure.trigger, **dict(failure.evidence)})
         if not cancel:
             tick.set(decision="rollback", decided_at=tick.now)
@@ -504,52 +518,48 @@ class DeploymentEngine:
         tick.set(step_started_at=tick.now)
 
     async def _roll_back(self, tick: Tick) -> float:
-        state = tick.status["rollback"] = dict(tick.status["rollback"])  # copy before changing it
-        plan: list[Step] = state["plan"]
+        state = tick.status.rollback
+        if state is None:
+            raise ValueError(f"deployment {tick.before.id} is rolling back without a rollback plan")
         settings = self.config.rollback_for(tick.before.service)
-        while state["step"] < len(plan):
-            step = plan[state["step"]]
-            if step["kind"] == "wait_ready":
-                result = await self.steps.wait_ready(tick, step, candidate=None)
-            else:
-                result = await self._run_step(tick, step)
+        while state.step < len(state.plan):
+            result = await self.steps.run(tick, state.plan[state.step])
             if result.failure is not None:
-                if state["attempt"] >= settings.max_rollback_attempts:
-                    return self._rollback_done(tick, success=False, why=result.failure.reason)
-                state["attempt"] += 1
-                state["step"] = 0
+                if state.attempt >= settings.max_rollback_attempts:
+                    return self._rollback_done(tick, state, success=False, why=result.failure.reason)
+                state.attempt += 1
+                state.step = 0
                 tick.set(step_started_at=tick.now)
-                tick.event("rollback_retry", f"rollback attempt {state['attempt']}: {result.failure.reason}")
+                tick.event("rollback_retry", f"rollback attempt {state.attempt}: {result.failure.reason}")
                 return POLL_S
             if not result.done:
                 return result.wait
-            state["step"] += 1
+            state.step += 1
             tick.set(step_started_at=tick.now)
-        return self._rollback_done(tick, success=True)
+        return self._rollback_done(tick, state, success=True)
 
-    def _rollback_done(self, tick: Tick, *, success: bool, why: str = "") -> float:
-        state = tick.status["rollback"]
+    def _rollback_done(self, tick: Tick, state: RollbackProgress, *, success: bool, why: str = "") -> float:
         record = tick.before
-        duration = tick.now - float(state["started_at"])
-        if not state["cancel"]:
+        duration = tick.now - state.started_at
+        if not state.cancel:
             tick.rollback = RollbackRecord(
-                id=state["id"], deployment_id=record.id, service=record.service,
-                environment=record.environment, from_version=record.version, to_version=state["to_version"],
-                reason=f"{state['trigger']}: {state['reason']}", evidence=record.evidence,
-                automatic=bool(state["automatic"]), started_at=float(state["started_at"]),
+                id=state.id, deployment_id=record.id, service=record.service,
+                environment=record.environment, from_version=record.version, to_version=state.to_version,
+                reason=f"{state.trigger}: {state.reason}", evidence=record.evidence,
+                automatic=state.automatic, started_at=state.started_at,
                 duration_s=duration, success=success, timestamp=tick.now,
             )
         if success:
-            target = state["to_version"]
-            if target is not None and state.get("promoted", False):
+            target = state.to_version
+            if target is not None and state.promoted:
                 tick.stable = StableVersion(record.service, record.environment, target, record.id,
                                             tick.now, None, True)
-            tick.retire = (record.service, record.environment, target or "", tick.now, False)
-            phase = Phase.CANCELLED if state["cancel"] else Phase.ROLLED_BACK
-            self._finish(tick, phase, f"{'cancelled' if state['cancel'] else 'rolled back'} to "
+            tick.retire = Retirement(record.service, record.environment, target or "", tick.now, False)
+            phase = Phase.CANCELLED if state.cancel else Phase.ROLLED_BACK
+            self._finish(tick, phase, f"{'cancelled' if state.cancel else 'rolled back'} to "
                          f"{target or 'nothing'} in {duration:.1f}s")
         else:
-            self._finish(tick, Phase.FAILED, f"rollback failed after {state['attempt']} attempts: {why}; "
+            self._finish(tick, Phase.FAILED, f"rollback failed after {state.attempt} attempts: {why}; "
                          "the service needs a person now")
         return math.inf
 
@@ -610,6 +620,7 @@ def validate_request(
 def _slower(step: Step) -> Step:
     """Twice the evidence per step after recent rollbacks."""
     if step["kind"] == "analyze":
-        return {**step, "duration": float(step["duration"]) * 2}
+        slower: AnalyzeStep = {**step, "duration": float(step["duration"]) * 2}
+        return slower
     return step
 

@@ -27,7 +27,7 @@ class Phase(str, enum.Enum):
 
     @property
     def exit_code(self) -> int:
-        """The CLI's exit code for a deployment that ended here (DESIGN.md: 0 ok, 1 failed/rolled back)."""
+        """The CLI's exit code for a deployment that ended here: 0 when it succeeded, 1 otherwise."""
         return 0 if self is Phase.SUCCEEDED else 1
 
 

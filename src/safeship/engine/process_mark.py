@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from safeship.store import DeploymentRecord
 
 
 def _process_start(pid: int) -> str | None:
@@ -21,31 +20,46 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def driver_mark() -> dict[str, Any]:
+@dataclass(frozen=True)
+class DriverMark:
+    """A process: its host, its pid and when it started (None where /proc does not say)."""
+
+    host: str
+    pid: int
+    started: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "started": self.started}
+
+    @classmethod
+    def from_json(cls, data: object) -> DriverMark | None:
+        """The mark stored as JSON; None for anything that cannot name a process."""
+        if not isinstance(data, dict):
+            return None
+        host, pid, started = data.get("host"), data.get("pid"), data.get("started")
+        if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None
+        if started is not None and not isinstance(started, str):
+            return None
+        return cls(host, pid, started)
+
+
+def driver_mark() -> DriverMark:
     """This process, as recorded in the deployments it drives."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}
+    return DriverMark(socket.gethostname(), pid, _process_start(pid))
 
 
-def has_live_driver(record: DeploymentRecord) -> bool:
-    """A process on this host that is still running drives the deployment."""
-    return is_alive(record.status.get("driver"))
-
-
-def is_alive(mark: object) -> bool:
-    """`mark` (from `driver_mark`) names a process of this host that still runs."""
-    if not isinstance(mark, dict) or mark.get("host") != socket.gethostname():
+def is_alive(mark: DriverMark | None) -> bool:
+    """`mark` names a process of this host that still runs."""
+    if mark is None or mark.host != socket.gethostname():
         return False
-    pid = mark.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
+    if mark.pid == os.getpid():
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(mark.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # it exists, under another user
-    started = mark.get("started")
-    return started is None or started == _process_start(pid)  # else the pid was reused
+    return mark.started is None or mark.started == _process_start(mark.pid)  # else the pid was reused

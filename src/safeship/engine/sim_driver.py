@@ -20,21 +20,27 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from safeship.analysis.base import Policy
 from safeship.config.models import SafeshipConfig
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
-from safeship.engine.process_mark import driver_mark, has_live_driver
+from safeship.engine.policies import PolicyFactory
+from safeship.engine.policies import policy_for as default_policy_for
+from safeship.engine.process_mark import driver_mark, is_alive
+from safeship.engine.status import DeploymentStatus
 from safeship.errors import StaleStateError
 from safeship.store import DeploymentRecord, EventRecord, Store
 
 T = TypeVar("T")
-PolicyFactory = Callable[[str], Policy]
 
 
 def is_sim(config: SafeshipConfig, environment: str) -> bool:
     settings = config.environment(environment)
     return settings is not None and settings.platform == "sim"
+
+
+def has_live_driver(record: DeploymentRecord) -> bool:
+    """A process on this host that is still running drives the deployment."""
+    return is_alive(DeploymentStatus.from_json(record.status).driver)
 
 
 def is_stranded(config: SafeshipConfig, record: DeploymentRecord) -> bool:
@@ -98,7 +104,9 @@ def take_over(config: SafeshipConfig, store: Store, record: DeploymentRecord, *,
     event = EventRecord(record.id, now, "taken_over",
                         f"no process was driving this {record.phase} deployment any more; "
                         "a later command drives it to its end")
-    claimed = record.replace(status={**record.status, "driver": driver_mark()}, updated_at=now)
+    status = DeploymentStatus.from_json(record.status)
+    status.driver = driver_mark()
+    claimed = record.replace(status=status.to_json(), updated_at=now)
     try:
         store.save_transition(record, claimed, [event])
     except StaleStateError:
@@ -113,11 +121,8 @@ def finish_stranded(config: SafeshipConfig, store: Store, service: str | None, e
     a live process drives, are left alone."""
     if not is_sim(config, environment):
         return []
-    if policy_for is None:
-        from safeship.analysis.policies import get_policy
-
-        policy_for = get_policy
-    return [take_over(config, store, record, policy_for=policy_for)
+    chosen = policy_for or default_policy_for
+    return [take_over(config, store, record, policy_for=chosen)
             for record in store.list_deployments(service=service, environment=environment, active_only=True)
             if record.id != skip and is_stranded(config, record)]
 

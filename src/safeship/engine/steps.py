@@ -1,9 +1,10 @@
-"""One executor per plan step kind. Each converges the world towards its step and says whether the
-step is done, how long to wait before looking again, or what failed (with the evidence)."""
+"""One executor per plan step kind, found through one registry (kind -> executor). Each converges
+the world towards its step and says whether the step is done, how long to wait before looking
+again, or what failed (with the evidence)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +13,25 @@ from safeship.config.models import (
     HealthCheckFailureTrigger,
     SafeshipConfig,
 )
-from safeship.engine.context import Failure, Tick, World
+from safeship.engine.context import Failure, Retirement, Tick, World
+from safeship.engine.phases import Phase
+from safeship.engine.policies import PolicyFactory
+from safeship.engine.status import CountSummary, SampleSummary
+from safeship.errors import PermanentError, TemporaryError
 from safeship.platforms.base import Instance, InstanceSpec, InstanceState, ProbeSpec
 from safeship.routing.base import Backend, TrafficCounters
+from safeship.store import StableVersion
+from safeship.strategies.base import (
+    AnalyzeStep,
+    HoldStep,
+    MonitorStep,
+    PauseStep,
+    PromoteStep,
+    ScaleStep,
+    Step,
+    WaitReadyStep,
+    WeightsStep,
+)
 
 POLL_S = 1.0  # how often waiting steps look again
 
@@ -27,6 +44,11 @@ class StepResult:
 
 
 DONE = StepResult(done=True)
+
+# An executor takes the step of its own kind (one of the TypedDicts of strategies.base); the
+# registry cannot say which, so its steps are typed Any here.
+StepExecutor = Callable[[Tick, Any], Awaitable[StepResult]]
+SecretsSource = Callable[[str, str], Mapping[str, str]]
 
 
 def _probe(config: Any) -> ProbeSpec:
@@ -43,17 +65,62 @@ def _probe(config: Any) -> ProbeSpec:
 
 
 class StepRunner:
+    """Runs plan steps against the world: `run(tick, step)` finds the step's executor by its kind
+    and runs it.
+
+    Contract: an executor is idempotent (running a step again after a lost tick does no harm),
+    changes only the world and the tick (status, columns, events, side records), and returns a
+    StepResult. Errors from plug-ins are acted on here: a TemporaryError means look again after its
+    `delay`, counted as an error in a row (at `analysis.error_limit` in a row the step fails); a
+    PermanentError fails the step with its reason. `register` adds or replaces an executor."""
+
     def __init__(
         self,
         config: SafeshipConfig,
         world: World,
-        policy_for: Any,
-        secrets_for: Any = None,
+        policy_for: PolicyFactory,
+        secrets_for: SecretsSource | None = None,
     ) -> None:
         self.config = config
         self.world = world
         self.policy_for = policy_for  # name -> Policy
         self.secrets_for = secrets_for  # (service, environment) -> {name: value}
+        self.executors: dict[str, StepExecutor] = {
+            "scale": self.scale,
+            "wait_ready": self.wait_ready,
+            "weights": self.set_weights,
+            "hold": self.hold,
+            "analyze": self.analyze,
+            "monitor": self.monitor,
+            "pause": self.pause,
+            "promote": self.promote,
+        }
+
+    def register(self, kind: str, executor: StepExecutor) -> None:
+        self.executors[kind] = executor
+
+    async def run(self, tick: Tick, step: Step) -> StepResult:
+        """Run one step; a kind no executor knows is a ValueError (a plan this safeship cannot run)."""
+        kind = str(step["kind"])
+        executor = self.executors.get(kind)
+        if executor is None:
+            raise ValueError(f"unknown plan step {kind!r}")
+        analysis = tick.status.analysis
+        try:
+            result = await executor(tick, step)
+        except TemporaryError as exc:
+            analysis.errors_in_a_row += 1
+            errors = analysis.errors_in_a_row
+            tick.event("temporary_error", f"{kind}: {exc}", count=errors, delay=exc.delay)
+            if errors >= self.config.intelligent_deployment.analysis.error_limit:
+                return StepResult(done=False, failure=Failure(
+                    "temporary_error", f"{errors} temporary errors in a row: {exc}", {"step": kind}))
+            return StepResult(done=False, wait=max(0.0, exc.delay))
+        except PermanentError as exc:
+            return StepResult(done=False, failure=Failure("permanent_error", str(exc), {"step": kind}))
+        if result.done and analysis.errors_in_a_row:
+            analysis.errors_in_a_row = 0
+        return result
 
     # ------------------------------------------------------------ instances and backends
 
@@ -69,11 +136,11 @@ class StepRunner:
             listed = by_version.setdefault(instance.version, [])
             if instance.ready:
                 listed.append(Backend(instance.id, instance.host, instance.port))
-        for version in tick.status.get("versions_seen", []):
+        for version in tick.status.versions_seen:
             by_version.setdefault(version, [])
         for version, backends in by_version.items():
             await self.world.router.set_backends(tick.route, version, backends)
-        tick.status["versions_seen"] = sorted(set(tick.status.get("versions_seen", [])) | set(by_version))
+        tick.status.versions_seen = sorted(set(tick.status.versions_seen) | set(by_version))
         return {v: len(b) for v, b in by_version.items()}
 
     def instance_spec(self, tick: Tick, version: str, index: int) -> InstanceSpec:
@@ -101,7 +168,7 @@ class StepRunner:
 
     # ------------------------------------------------------------ steps
 
-    async def scale(self, tick: Tick, step: Mapping[str, Any]) -> StepResult:
+    async def scale(self, tick: Tick, step: ScaleStep) -> StepResult:
         version, replicas = step["version"], int(step["replicas"])
         running = await self.live_instances(tick, version)
         used = {i.index for i in running}
@@ -122,10 +189,12 @@ class StepRunner:
     def drain_seconds(self) -> float:
         return 0.5
 
-    async def wait_ready(self, tick: Tick, step: Mapping[str, Any], *, candidate: str | None) -> StepResult:
+    async def wait_ready(self, tick: Tick, step: WaitReadyStep) -> StepResult:
         version, replicas = step["version"], int(step["replicas"])
         instances = await self.live_instances(tick, version)
-        failure = self.crash_failure(instances) if version == candidate else None
+        # The candidate's crashes fail it at once; a rollback waits out the version it returns to.
+        rolling_back = tick.get("phase") == Phase.ROLLING_BACK.value
+        failure = self.crash_failure(instances) if version == tick.before.version and not rolling_back else None
         if failure is not None:
             return StepResult(done=False, failure=failure)
         ready = sum(1 for i in instances if i.ready)
@@ -165,7 +234,7 @@ class StepRunner:
         )
         if timeout is None:
             return None
-        since = tick.status["unready_since"] = dict(tick.status.get("unready_since", {}))
+        since = tick.status.analysis.unready_since
         for instance in instances:
             if instance.ready:
                 since.pop(instance.id, None)
@@ -180,18 +249,32 @@ class StepRunner:
                 )
         return None
 
-    async def set_weights(self, tick: Tick, step: Mapping[str, Any]) -> StepResult:
+    async def set_weights(self, tick: Tick, step: WeightsStep) -> StepResult:
         await self.sync_backends(tick)
         split = {v: int(w) for v, w in step["weights"].items()}
         await self.world.router.set_weights(tick.route, split)
-        if tick.status.get("weights") != split:
-            tick.status["weights"] = split
+        if tick.status.weights != split:
+            tick.status.weights = split
             tick.event("weights", "traffic " + ", ".join(f"{v}={w}%" for v, w in split.items()), weights=split)
         return DONE
 
-    async def hold(self, tick: Tick, step: Mapping[str, Any]) -> StepResult:
+    async def hold(self, tick: Tick, step: HoldStep) -> StepResult:
         await self.world.router.hold(tick.route, float(step["max_wait"]))
         tick.event("hold", f"router holds new requests for up to {float(step['max_wait']):.0f}s")
+        return DONE
+
+    async def pause(self, tick: Tick, step: PauseStep) -> StepResult:
+        left = float(step["duration"]) - (tick.now - tick.get("step_started_at"))
+        return StepResult(done=left <= 0, wait=max(0.0, left))
+
+    async def promote(self, tick: Tick, step: PromoteStep) -> StepResult:
+        """The decision: the candidate becomes the stable version and the others retire."""
+        record = tick.before
+        tick.set(decision="promote", decided_at=tick.now)
+        tick.stable = StableVersion(record.service, record.environment, record.version, record.id,
+                                    tick.now, None, True)
+        tick.retire = Retirement(record.service, record.environment, record.version, tick.now, True)
+        tick.event("promoted", f"{record.version} takes all traffic")
         return DONE
 
     # ------------------------------------------------------------ analysis
@@ -199,51 +282,76 @@ class StepRunner:
     def triggers(self, tick: Tick) -> list[Any]:
         return list(self.config.rollback_for(tick.before.service).triggers)
 
-    async def analyze(self, tick: Tick, step: Mapping[str, Any], *, monitor: bool = False) -> StepResult:
+    async def analyze(self, tick: Tick, step: AnalyzeStep) -> StepResult:
+        """Canary analysis: the policy judges the candidate, against the baseline with `compare`."""
         policy: Policy = self.policy_for(tick.before.policy)
-        analysis = self.config.intelligent_deployment.analysis
-        interval = float(step["interval"]) if monitor else policy.interval(analysis)
+        return await self._look(tick, policy, interval=policy.interval(self.config.intelligent_deployment.analysis),
+                                duration=float(step["duration"]), compare=bool(step.get("compare")),
+                                policy_step=int(step.get("policy_step", 0)))
+
+    async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
+        """The window after promotion: the policy still judges the candidate, alone, every `interval`."""
+        policy: Policy = self.policy_for(tick.before.policy)
+        return await self._look(tick, policy, interval=float(step["interval"]), duration=float(step["duration"]),
+                                compare=False, policy_step=0)
+
+    async def _look(self, tick: Tick, policy: Policy, *, interval: float, duration: float, compare: bool,
+                    policy_step: int) -> StepResult:
+        """One look when one is due: the first look of a step only takes the counters; later ones
+        sample what happened since the last look and let the policy decide. A measurement that
+        fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget."""
+        progress = tick.status.analysis
         marker = f"{tick.get('step_index')}:{tick.get('phase')}"
-        counters = await self.world.router.counters(tick.route)
-        if tick.status.get("look_marker") != marker:
-            tick.status["look_marker"] = marker
-            tick.status["last_look"] = tick.now
-            tick.status["snap"] = {v: c.to_json() for v, c in counters.items()}
-            tick.status.setdefault("analysis_started_at", tick.now)
-            if "policy_state" not in tick.status:
-                tick.status["policy_state"] = policy.start()
+        try:
+            counters = await self.world.router.counters(tick.route)
+        except TemporaryError as exc:
+            return self.judge(tick, Decision(Verdict.ERROR, f"measurement failed: {exc}"), interval)
+        if progress.marker != marker:
+            progress.marker = marker
+            progress.last_look = tick.now
+            progress.counters = _copies(counters)
+            if progress.started_at is None:
+                progress.started_at = tick.now
+            if progress.policy_state is None:
+                progress.policy_state = policy.start()
             return StepResult(done=False, wait=interval)
-        if tick.now - float(tick.status["last_look"]) < interval - 1e-9:
-            return StepResult(done=False, wait=interval - (tick.now - float(tick.status["last_look"])))
+        last_look = _known(progress.last_look)
+        if tick.now - last_look < interval - 1e-9:
+            return StepResult(done=False, wait=interval - (tick.now - last_look))
         candidate = tick.before.version
         await self.sync_backends(tick)
         instances = await self.live_instances(tick, candidate)
         failure = self.crash_failure(instances) or self.unready_failure(tick, instances)
         if failure is not None:
             return StepResult(done=False, failure=failure)
-        sample = await self.sample(tick, counters, compare=bool(step.get("compare")) and not monitor)
+        try:
+            sample = await self.sample(tick, counters, compare=compare)
+        except TemporaryError as exc:
+            return self.judge(tick, Decision(Verdict.ERROR, f"measurement failed: {exc}"), interval)
         ctx = StepContext(
-            step_index=int(step.get("policy_step", 0)),
+            step_index=policy_step,
             time_in_step=tick.now - tick.get("step_started_at"),
-            time_in_analysis=tick.now - float(tick.status["analysis_started_at"]),
-            compare=bool(step.get("compare")) and not monitor,
+            time_in_analysis=tick.now - _known(progress.started_at),
+            compare=compare,
             triggers=[t for t in self.triggers(tick) if not isinstance(t, HealthCheckFailureTrigger)],
-            analysis=analysis,
-            step_duration=float(step["duration"]),
+            analysis=self.config.intelligent_deployment.analysis,
+            step_duration=duration,
             min_step_duration=self.config.intelligent_deployment.strategies.canary.min_step_duration,
         )
-        state, decision = policy.observe(tick.status["policy_state"], sample, ctx)
-        tick.status["policy_state"] = state
-        tick.status["last_look"] = tick.now
-        tick.status["snap"] = {v: c.to_json() for v, c in counters.items()}
-        tick.status["last_sample"] = _summary(sample)
+        state = progress.policy_state if progress.policy_state is not None else policy.start()
+        state, decision = policy.observe(state, sample, ctx)
+        progress.policy_state = state
+        progress.last_look = tick.now
+        progress.counters = _copies(counters)
+        progress.last_sample = _summary(sample)
         return self.judge(tick, decision, interval)
 
     def judge(self, tick: Tick, decision: Decision, interval: float) -> StepResult:
         limit = self.config.intelligent_deployment.analysis.error_limit
+        progress = tick.status.analysis
         if decision.verdict is Verdict.ERROR:
-            errors = int(tick.status.get("errors_in_a_row", 0)) + 1
-            tick.status["errors_in_a_row"] = errors
+            progress.errors_in_a_row += 1
+            errors = progress.errors_in_a_row
             tick.event("analysis_error", decision.reason or "measurement failed", count=errors)
             if errors >= limit:
                 return StepResult(
@@ -251,18 +359,19 @@ class StepRunner:
                     failure=Failure("analysis", f"{errors} measurement errors in a row: {decision.reason}", {}),
                 )
             return StepResult(done=False, wait=interval)
-        tick.status["errors_in_a_row"] = 0
+        progress.errors_in_a_row = 0
         if decision.verdict is Verdict.FAILED:
             trigger = str(decision.evidence.get("trigger", "analysis"))
             return StepResult(done=False, failure=Failure(trigger, decision.reason, dict(decision.evidence)))
         if decision.verdict in (Verdict.ADVANCE, Verdict.SUCCESSFUL):
-            tick.status["last_safe_weights"] = tick.status.get("weights", {})
+            tick.status.last_safe_weights = dict(tick.status.weights or {})
             tick.event("analysis_passed", decision.reason or "analysis passed", **dict(decision.evidence))
             return DONE
         return StepResult(done=False, wait=interval)
 
     async def sample(self, tick: Tick, counters: Mapping[str, TrafficCounters], *, compare: bool) -> TickSample:
-        before = {v: TrafficCounters.from_json(c) for v, c in tick.status.get("snap", {}).items()}
+        progress = tick.status.analysis
+        before = progress.counters
 
         def delta(version: str | None) -> TrafficCounters:
             if version is None or version not in counters:
@@ -273,10 +382,10 @@ class StepRunner:
         if self.world.gauges is not None:
             gauges = await self.world.gauges(tick.route)
         baseline = tick.before.from_version
-        weights = tick.status.get("weights", {})
+        weights = tick.status.weights or {}
         return TickSample(
-            t=tick.now - float(tick.status["analysis_started_at"]),
-            dt=tick.now - float(tick.status["last_look"]),
+            t=tick.now - _known(progress.started_at),
+            dt=tick.now - _known(progress.last_look),
             baseline=delta(baseline) if compare else TrafficCounters(),
             candidate=delta(tick.before.version),
             candidate_weight=int(weights.get(tick.before.version, 0)),
@@ -285,8 +394,20 @@ class StepRunner:
         )
 
 
-def _summary(sample: TickSample) -> dict[str, Any]:
-    def one(c: TrafficCounters) -> dict[str, Any]:
+def _copies(counters: Mapping[str, TrafficCounters]) -> dict[str, TrafficCounters]:
+    """The counters as they are now, whatever the router does with its own objects later."""
+    return {version: c.plus(TrafficCounters()) for version, c in counters.items()}
+
+
+def _known(at: float | None) -> float:
+    """A time the analysis set at its first look, which always comes before any reader."""
+    if at is None:
+        raise ValueError("the analysis has not looked yet")
+    return at
+
+
+def _summary(sample: TickSample) -> SampleSummary:
+    def one(c: TrafficCounters) -> CountSummary:
         return {
             "requests": c.requests,
             "failed": c.failed,

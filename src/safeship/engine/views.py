@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from safeship.engine.status import DeploymentStatus
 from safeship.store import DeploymentRecord, EventRecord
 
 
 def deployment_view(
     record: DeploymentRecord, *, events: Sequence[EventRecord] | None = None, full: bool = False
 ) -> dict[str, Any]:
+    status = DeploymentStatus.from_json(record.status)
     data: dict[str, Any] = {
         "id": record.id,
         "service": record.service,
@@ -23,7 +25,7 @@ def deployment_view(
         "phase": record.phase,
         "step": record.step_index,
         "steps": len(record.plan),
-        "weights": record.status.get("weights", {}),
+        "weights": dict(status.weights or {}),
         "decision": record.decision,
         "reason": record.reason,
         "evidence": record.evidence,
@@ -31,14 +33,14 @@ def deployment_view(
         "updated_at": record.updated_at,
         "decided_at": record.decided_at,
         "finished_at": record.finished_at,
-        "last_sample": record.status.get("last_sample"),
-        "approval": record.status.get("approval"),
-        "freeze_override": record.status.get("freeze_override"),
+        "last_sample": status.analysis.last_sample,
+        "approval": status.approval.to_json() if status.approval else None,
+        "freeze_override": status.freeze_override.to_json() if status.freeze_override else None,
     }
     if full:
         data["plan"] = record.plan
         data["request"] = record.request
-        data["rollback"] = record.status.get("rollback")
+        data["rollback"] = status.rollback.to_json() if status.rollback else None
     if events is not None:
         data["events"] = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
     return data

@@ -1,7 +1,8 @@
 """A strategy turns a request into a plan: a list of declarative steps the engine converges on.
 
-Steps are plain dicts so that the plan is stored with the deployment and a resumed engine runs the
-same plan. Every step is idempotent: running it twice does no harm.
+Steps are plain JSON objects so that the plan is stored with the deployment and a resumed engine
+runs the same plan; one TypedDict per step kind below describes that JSON. Every step is
+idempotent: running it twice does no harm.
 
     scale       {"version", "replicas"}             start missing instances, drain and stop extra ones
     wait_ready  {"version", "replicas", "timeout"}  until that many are ready; a crash or timeout fails
@@ -15,13 +16,70 @@ same plan. Every step is idempotent: running it twice does no harm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 from safeship.config.models import IntelligentDeployment
 
-Step = dict[str, Any]
+
+class ScaleStep(TypedDict):
+    kind: Literal["scale"]
+    version: str
+    replicas: int
+
+
+class WaitReadyStep(TypedDict):
+    kind: Literal["wait_ready"]
+    version: str
+    replicas: int
+    timeout: float  # seconds before too few ready instances fail the step
+
+
+class WeightsStep(TypedDict):
+    kind: Literal["weights"]
+    weights: dict[str, int]  # version -> percent of traffic; empty: no version takes traffic
+
+
+class HoldStep(TypedDict):
+    kind: Literal["hold"]
+    max_wait: float  # seconds the router queues new requests while no backend serves
+
+
+class AnalyzeStep(TypedDict):
+    kind: Literal["analyze"]
+    duration: float  # seconds of evidence the policy is asked to gather
+    compare: NotRequired[bool]  # judge the candidate against the baseline serving beside it
+    policy_step: NotRequired[int]  # which of the policy's canary weights this step stands for
+
+
+class PromoteStep(TypedDict):
+    kind: Literal["promote"]
+
+
+class PauseStep(TypedDict):
+    kind: Literal["pause"]
+    duration: float
+
+
+class MonitorStep(TypedDict):
+    kind: Literal["monitor"]
+    duration: float
+    interval: float  # seconds between looks
+
+
+Step = ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
+
+
+def steps_from_json(plan: Sequence[Mapping[str, Any]]) -> list[Step]:
+    """A stored plan as typed steps. Nothing is checked here: a step of a kind no executor knows
+    is refused by the engine when the plan reaches it, as plans stored by any version are run."""
+    return [cast(Step, step) for step in plan]
+
+
+def steps_to_json(plan: Sequence[Step]) -> list[dict[str, Any]]:
+    """A plan as the store keeps it: plain JSON objects."""
+    return [dict(step) for step in plan]
 
 
 @dataclass(frozen=True)
@@ -41,35 +99,35 @@ class Strategy(Protocol):
     def plan(self, given: PlanInput) -> list[Step]: ...
 
 
-def scale(version: str, replicas: int) -> Step:
+def scale(version: str, replicas: int) -> ScaleStep:
     return {"kind": "scale", "version": version, "replicas": replicas}
 
 
-def wait_ready(version: str, replicas: int, timeout: float) -> Step:
+def wait_ready(version: str, replicas: int, timeout: float) -> WaitReadyStep:
     return {"kind": "wait_ready", "version": version, "replicas": replicas, "timeout": timeout}
 
 
-def weights(split: dict[str, int]) -> Step:
+def weights(split: dict[str, int]) -> WeightsStep:
     return {"kind": "weights", "weights": {v: w for v, w in split.items()}}
 
 
-def analyze(*, compare: bool, duration: float, policy_step: int) -> Step:
+def analyze(*, compare: bool, duration: float, policy_step: int) -> AnalyzeStep:
     return {"kind": "analyze", "compare": compare, "duration": duration, "policy_step": policy_step}
 
 
-def promote() -> Step:
+def promote() -> PromoteStep:
     return {"kind": "promote"}
 
 
-def pause(duration: float) -> Step:
+def pause(duration: float) -> PauseStep:
     return {"kind": "pause", "duration": duration}
 
 
-def hold(max_wait: float) -> Step:
+def hold(max_wait: float) -> HoldStep:
     return {"kind": "hold", "max_wait": max_wait}
 
 
-def monitor(settings: IntelligentDeployment) -> Step:
+def monitor(settings: IntelligentDeployment) -> MonitorStep:
     window = settings.rollback.monitoring
     return {"kind": "monitor", "duration": window.duration, "interval": window.interval}
 

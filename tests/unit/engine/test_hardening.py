@@ -22,7 +22,7 @@ from safeship.config.loader import load_config
 from safeship.config.models import DeploymentRequest, SafeshipConfig
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase, status_exit_code
-from safeship.engine.process_mark import is_alive
+from safeship.engine.process_mark import DriverMark, is_alive
 from safeship.engine.simulate import inert_engine, sim_engine
 from safeship.engine.views import deployment_view
 from safeship.errors import ConflictError, InputError
@@ -188,10 +188,11 @@ def test_a_stuck_sim_deployment_is_finished_by_a_submit_inside_an_event_loop(gat
 def test_a_reused_pid_is_not_a_live_driver() -> None:
     parent = os.getppid()
     mark = {"host": socket.gethostname(), "pid": parent}
-    assert is_alive({**mark, "started": _started(parent)})
-    assert not is_alive({**mark, "started": "1"})  # same pid, another process
-    assert not is_alive({**mark, "host": "elsewhere", "started": _started(parent)})
-    assert not is_alive({**mark, "pid": _dead_pid()})
+    assert is_alive(DriverMark.from_json({**mark, "started": _started(parent)}))
+    assert not is_alive(DriverMark.from_json({**mark, "started": "1"}))  # same pid, another process
+    assert not is_alive(DriverMark.from_json({**mark, "host": "elsewhere", "started": _started(parent)}))
+    assert not is_alive(DriverMark.from_json({**mark, "pid": _dead_pid()}))
+    assert not is_alive(DriverMark.from_json({**mark, "pid": "1"}))  # not a mark at all
     assert not is_alive(None)
 
 
