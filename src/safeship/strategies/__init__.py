@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from safeship.config.models import DeploymentStrategy
-from safeship.strategies.base import PlanInput, Step, Strategy
+from safeship.strategies.base import (
+    AnalyzeStep,
+    HoldStep,
+    MonitorStep,
+    PauseStep,
+    PlanInput,
+    PromoteStep,
+    ScaleStep,
+    Step,
+    Strategy,
+    WaitReadyStep,
+    WeightsStep,
+)
 from safeship.strategies.blue_green import BlueGreenStrategy
 from safeship.strategies.canary import CanaryStrategy
 from safeship.strategies.recreate import RecreateStrategy
@@ -16,4 +28,17 @@ STRATEGIES: dict[DeploymentStrategy, Strategy] = {
     DeploymentStrategy.RECREATE: RecreateStrategy(),
 }
 
-__all__ = ["STRATEGIES", "PlanInput", "Step", "Strategy"]
+__all__ = [
+    "STRATEGIES",
+    "AnalyzeStep",
+    "HoldStep",
+    "MonitorStep",
+    "PauseStep",
+    "PlanInput",
+    "PromoteStep",
+    "ScaleStep",
+    "Step",
+    "Strategy",
+    "WaitReadyStep",
+    "WeightsStep",
+]
