@@ -50,7 +50,8 @@ def shown(value: object, limit: int = 60) -> str:
         text = repr(value)
     except (ValueError, RecursionError):
         return f"a {type(value).__name__} too large to show"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    length = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({length} characters)"
 
 
 def name_problem(kind: NameKind, value: object) -> str | None:
