@@ -14,7 +14,7 @@ from safeship.clock import Clock
 from safeship.engine.status import DeploymentStatus
 from safeship.platforms.base import Platform
 from safeship.routing.base import RouteKey, Router
-from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion
+from safeship.store import DeploymentRecord, EventRecord, Retirement, RollbackRecord, StableVersion
 
 GaugeSource = Callable[[RouteKey], Awaitable[Mapping[str, Mapping[str, float]]]]
 
@@ -34,23 +34,6 @@ class Failure:
     trigger: str
     reason: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Retirement:
-    """When a deployment ends, the stable versions of its service and environment other than
-    `keep_version` stop serving at `at`; unless `deployment_healthy`, the one this deployment
-    promoted is also marked unhealthy (it was rolled back)."""
-
-    service: str
-    environment: str
-    keep_version: str  # "" when no version keeps serving
-    at: float
-    deployment_healthy: bool
-
-    def as_tuple(self) -> tuple[str, str, str, float, bool]:
-        """The positional form `Store.save_transition(retire=...)` takes."""
-        return (self.service, self.environment, self.keep_version, self.at, self.deployment_healthy)
 
 
 @dataclass

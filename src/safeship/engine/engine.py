@@ -29,7 +29,7 @@ from safeship.config.models import (
 )
 from safeship.config.names import check_name
 from safeship.engine import gates
-from safeship.engine.context import Failure, Retirement, Tick, World
+from safeship.engine.context import Failure, Tick, World
 from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
@@ -38,7 +38,15 @@ from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, RollbackProgress
 from safeship.engine.steps import POLL_S, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
-from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion, Store, new_id
+from safeship.store import (
+    DeploymentRecord,
+    EventRecord,
+    Retirement,
+    RollbackRecord,
+    StableVersion,
+    Store,
+    new_id,
+)
 from safeship.strategies import STRATEGIES, PlanInput
 from safeship.strategies.base import AnalyzeStep, Step, scale, steps_from_json, steps_to_json, wait_ready, weights
 
@@ -372,7 +380,7 @@ class DeploymentEngine:
         try:
             saved = self.store.save_transition(
                 record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable,
-                retire=tick.retire.as_tuple() if tick.retire is not None else None,
+                retire=tick.retire,
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again

@@ -13,14 +13,14 @@ from safeship.config.models import (
     HealthCheckFailureTrigger,
     SafeshipConfig,
 )
-from safeship.engine.context import Failure, Retirement, Tick, World
+from safeship.engine.context import Failure, Tick, World
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
 from safeship.engine.status import CountSummary, SampleSummary
 from safeship.errors import PermanentError, TemporaryError
 from safeship.platforms.base import Instance, InstanceSpec, InstanceState, ProbeSpec
 from safeship.routing.base import Backend, TrafficCounters
-from safeship.store import StableVersion
+from safeship.store import Retirement, StableVersion
 from safeship.strategies.base import (
     AnalyzeStep,
     HoldStep,

@@ -93,6 +93,19 @@ class StableVersion:
     healthy: bool
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """When a deployment ends, the stable versions of its service and environment other than
+    `keep_version` stop serving at `at`; unless `deployment_healthy`, the one this deployment
+    promoted is also marked unhealthy (it was rolled back)."""
+
+    service: str
+    environment: str
+    keep_version: str  # "" when no version keeps serving
+    at: float
+    deployment_healthy: bool
+
+
 # Built once: this runs on every state transition, and building it costs more than running it.
 _GUARDED_UPDATE = (
     update(schema.deployments)
@@ -230,7 +243,7 @@ class Store:
         *,
         rollback: RollbackRecord | None = None,
         stable: StableVersion | None = None,
-        retire: tuple[str, str, str, float, bool] | None = None,
+        retire: Retirement | None = None,
     ) -> DeploymentRecord:
         """Write `after` in place of `before` in one transaction, with its events and side records.
 
@@ -247,7 +260,8 @@ class Store:
             if rollback is not None:
                 self._upsert_rollback(conn, rollback)
             if retire is not None:
-                service, environment, keep_version, at, healthy = retire
+                service, environment, keep_version, at = (retire.service, retire.environment,
+                                                          retire.keep_version, retire.at)
                 conn.execute(
                     update(schema.stable_versions)
                     .where(schema.stable_versions.c.service == service)
@@ -256,7 +270,7 @@ class Store:
                     .where(schema.stable_versions.c.version != keep_version)
                     .values(retired_at=at)
                 )
-                if not healthy:
+                if not retire.deployment_healthy:
                     conn.execute(
                         update(schema.stable_versions)
                         .where(schema.stable_versions.c.deployment_id == before.id)

@@ -11,7 +11,7 @@ import pytest
 from harness import drive, scenario
 
 from safeship.config.models import DeploymentRequest, DeploymentStrategy
-from safeship.engine.context import Retirement, Tick
+from safeship.engine.context import Tick
 from safeship.engine.simulate import CANDIDATE, ENVIRONMENT, SERVICE, build
 from safeship.engine.status import DROPPED_KEYS, DeploymentStatus
 from safeship.engine.views import deployment_view
@@ -129,11 +129,6 @@ def test_the_view_keeps_its_keys() -> None:
     assert view["rollback"] == stored["rollback"]
     empty = deployment_view(record.replace(status={}), full=True)
     assert (empty["weights"], empty["last_sample"], empty["approval"], empty["rollback"]) == ({}, None, None, None)
-
-
-def test_a_retirement_names_its_fields_and_hands_the_store_its_tuple() -> None:
-    retire = Retirement("svc", "prod", "v2", 10.0, deployment_healthy=False)
-    assert retire.as_tuple() == ("svc", "prod", "v2", 10.0, False)
 
 
 def _step_policy(_name: str) -> Any:
