@@ -2,11 +2,24 @@
 crash on a virtual clock, and traffic whose errors, latencies and gauges follow a scenario.
 
 It sits below both plug-ins so that they share one truth without importing each other.
+
+Failures of one version follow a two-state Markov chain over that version's requests (see
+`chain_parameters`): its long-run failure share is the version's error rate and its failures come
+in runs whose mean length is the version's `error_burst`. With `error_burst` 1 the chain is a
+sequence of independent trials. Counts are drawn per slice of traffic, not per request, by drawing
+the alternating runs of successes and failures (geometric lengths) that cover the slice and
+carrying the chain's state from one slice to the next, so that the counts of a slice have the
+chain's overdispersion and consecutive slices are correlated as the chain makes them.
+
+Incidents (`traffic.incidents`) are placed relative to the deployment's start
+(`start_deployment`): while one is in force every version fails at least its error rate and its
+latencies are multiplied by its factor.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,6 +28,7 @@ import numpy as np
 from safeship import histogram
 from safeship.clock import VirtualClock
 from safeship.config.scenario import Scenario
+from safeship.routing.base import TrafficCounters
 
 _UPPER_LOG = np.log(np.array(histogram.BOUNDS_MS))
 _SQRT2 = math.sqrt(2.0)
@@ -27,6 +41,64 @@ def bucket_probabilities(mu: float, sigma: float) -> np.ndarray:
     probs = np.diff(np.concatenate(([0.0], cdf, [1.0])))
     probs = np.clip(probs, 0.0, None)
     return np.asarray(probs / probs.sum())
+
+
+HISTORY_SLICE_S = 5.0  # the baseline's record before the deployment is generated in slices this long
+MAX_HISTORY_SLICES = 20_000  # a longer record uses longer slices
+_MAX_BATCH = 1 << 20  # runs drawn at once when counting failures
+
+
+def chain_parameters(error_rate: float, burst: float) -> tuple[float, float]:
+    """(P(a request fails | the one before failed), P(it fails | the one before succeeded)) of the
+    failure chain whose long-run failure share is `error_rate` and whose failure runs have mean
+    length `burst`.
+
+    A failure run's length is geometric with mean 1 / (1 - stay). Independent trials at rate p have
+    runs of mean 1 / (1 - p), so the mean run length is max(burst, 1 / (1 - p)): a burst of 1 means
+    independent trials (both probabilities equal p). The chance of entering a run is then set so
+    that the stationary failure share is p: enter = p (1 - stay) / (1 - p)."""
+    p = min(max(error_rate, 0.0), 1.0)
+    if p <= 0.0 or p >= 1.0:
+        return p, p
+    stay = max(1.0 - 1.0 / max(burst, 1.0), p)
+    return stay, p * (1.0 - stay) / (1.0 - p)
+
+
+def chain_failures(
+    rng: np.random.Generator, requests: int, error_rate: float, burst: float, failing: bool | None
+) -> tuple[int, bool | None]:
+    """(failed requests among `requests` consecutive ones, the chain's state after the last).
+
+    `failing` is whether the request before the first failed; None means unknown, and it is drawn
+    from the chain's stationary law. Independent trials are one binomial draw and leave the state
+    unknown, since the next slice does not depend on it."""
+    if requests <= 0:
+        return 0, failing
+    stay, enter = chain_parameters(error_rate, burst)
+    if stay == enter:
+        return int(rng.binomial(requests, error_rate)), None
+    state = bool(rng.random() < error_rate) if failing is None else failing
+    leave = {True: 1.0 - stay, False: enter}  # chance that a run of this state ends at each request
+    mean_cycle = 1.0 / leave[True] + 1.0 / leave[False]
+    remaining, failures, continuing = requests, 0, True
+    while True:
+        # Segments alternate between runs of `state` and of `not state`. The first segment of the
+        # slice continues the run the previous request belongs to, so it may be empty; every later
+        # one is a whole run. After a batch that ends with a whole run, the next run starts fresh.
+        count = int(min(_MAX_BATCH, 2 * math.ceil(1.2 * remaining / mean_cycle) + 4))
+        states = np.resize(np.array([state, not state]), count)
+        lengths = rng.geometric(np.where(states, leave[True], leave[False]))
+        if continuing:
+            lengths[0] -= 1
+        ends = np.cumsum(lengths)
+        last = int(np.searchsorted(ends, remaining))
+        if last < count:
+            lengths[last] -= int(ends[last]) - remaining
+            failures += int(lengths[: last + 1][states[: last + 1]].sum())
+            return failures, bool(states[last])
+        failures += int(lengths[states].sum())
+        remaining -= int(ends[-1])
+        state, continuing = not bool(states[-1]), False
 
 
 @dataclass
@@ -56,16 +128,27 @@ class SimWorld:
     restart_backoff_s: float = 10.0
     instances: dict[str, SimInstance] = field(default_factory=dict)
     candidate_first_traffic: float | None = None
+    deployment_start: float | None = None  # virtual time the deployment started; incidents count from it
     never_ready: set[str] = field(default_factory=set)  # versions that never pass readiness (tests)
     _probs_cache: dict[tuple[float, float], np.ndarray] = field(default_factory=dict)
+    _failing: dict[str, bool | None] = field(default_factory=dict)  # each version's failure-chain state
+    _history_cache: dict[tuple[str, float, float], TrafficCounters] = field(default_factory=dict)
     _next_port: int = 20000
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
+    def start_deployment(self, at: float | None = None) -> None:
+        """Mark the deployment's start (default: now). Incidents are placed from it, and the
+        baseline's record before the deployment ends at it. Until it is called, the first spawn
+        of the candidate version marks it."""
+        self.deployment_start = self.clock.now() if at is None else at
+
     # ------------------------------------------------------------ instances
 
     def spawn(self, service: str, environment: str, version: str, index: int) -> SimInstance:
+        if version == self.candidate_version and self.deployment_start is None:
+            self.start_deployment()
         self._next_port += 1
         instance = SimInstance(
             id=f"{environment}/{service}/{version}-{index}",
@@ -118,14 +201,28 @@ class SimWorld:
         return cached
 
     def behaviour(self, version: str, t: float) -> tuple[float, float, float]:
-        """(error rate, mu, sigma) of `version` at virtual time t."""
+        """(error rate, mu, sigma) of `version` at virtual time t, incidents included."""
         scenario = self.scenario
         if version != self.candidate_version:
             mu, sigma = scenario.baseline.latency_ms.mu_sigma
-            return scenario.baseline.error_rate, mu, sigma
-        since = None if self.candidate_first_traffic is None else t - self.candidate_first_traffic
-        mu, sigma = scenario.candidate_latency(since)
-        return scenario.candidate_error_rate(since), mu, sigma
+            error_rate = scenario.baseline.error_rate
+        else:
+            since = None if self.candidate_first_traffic is None else t - self.candidate_first_traffic
+            mu, sigma = scenario.candidate_latency(since)
+            error_rate = scenario.candidate_error_rate(since)
+        floor, factor = self.incident_at(t)
+        return max(error_rate, floor), mu + math.log(factor), sigma
+
+    def incident_at(self, t: float) -> tuple[float, float]:
+        """(error-rate floor, latency factor) the scenario's incidents impose at virtual time t."""
+        since = None if self.deployment_start is None else t - self.deployment_start
+        return self.scenario.traffic.incident_at(since)
+
+    def error_burst(self, version: str) -> float:
+        """Mean length of a run of failed requests of `version`."""
+        if version == self.candidate_version:
+            return self.scenario.candidate_error_burst()
+        return self.scenario.baseline.error_burst
 
     def arrivals(self, t0: float, t1: float) -> int:
         """Requests to the service in [t0, t1), all versions together."""
@@ -139,10 +236,69 @@ class SimWorld:
         if version == self.candidate_version and self.candidate_first_traffic is None:
             self.candidate_first_traffic = t
         error_rate, mu, sigma = self.behaviour(version, t)
-        errors = int(self.rng.binomial(requests, error_rate))
+        errors, self._failing[version] = chain_failures(
+            self.rng, requests, error_rate, self.error_burst(version), self._failing.get(version)
+        )
         buckets = self.rng.multinomial(requests, self._probs(mu, sigma))
         mean = math.exp(mu + sigma * sigma / 2)
         return errors, [int(b) for b in buckets], mean * requests
+
+    def history_window(
+        self, version: str, span_s: float | None = None, end: float | None = None
+    ) -> tuple[float, float, TrafficCounters] | None:
+        """(start, end, counters): the record of `version` serving all of the service's traffic over
+        the `span_s` seconds (default: the scenario's `history_s`) before `end` (default: the
+        deployment's start, else now), drawn from the same model as live traffic: arrivals, the
+        failure chain and the latency histogram. None when there is no record: the candidate never
+        served before, or the window holds no time the version served alone.
+
+        The window is clipped to the time the version served alone, and the bounds returned are
+        the clipped ones: it ends no later than the deployment's start and begins no earlier than
+        `history_s` before it. The record is drawn from a generator of its own (seeded from the
+        world's seed and the version), so asking for it changes no live traffic, and the same
+        question always gets the same answer."""
+        start = self.deployment_start if self.deployment_start is not None else self.clock.now()
+        stop = min(start, end) if end is not None else start
+        span = self.scenario.history_s if span_s is None else max(0.0, span_s)
+        begin = max(stop - span, start - self.scenario.history_s)
+        if version == self.candidate_version or begin >= stop:
+            return None
+        key = (version, begin, stop)
+        cached = self._history_cache.get(key)
+        if cached is None:
+            cached = self._history_cache[key] = self._draw_history(version, begin, stop)
+        return begin, stop, cached.plus(TrafficCounters())
+
+    def history(self, version: str, span_s: float | None = None, end: float | None = None) -> TrafficCounters:
+        """The counters of `history_window`; empty when there is no record."""
+        window = self.history_window(version, span_s, end)
+        return TrafficCounters() if window is None else window[2]
+
+    def _draw_history(self, version: str, begin: float, stop: float) -> TrafficCounters:
+        seed = np.random.SeedSequence([self.seed, 0x48495354, zlib.crc32(version.encode())])
+        rng = np.random.default_rng(seed)
+        spec = self.scenario.baseline
+        mu, sigma = spec.latency_ms.mu_sigma
+        probs = self._probs(mu, sigma)
+        mean = math.exp(mu + sigma * sigma / 2)
+        slices = max(1, min(MAX_HISTORY_SLICES, math.ceil((stop - begin) / HISTORY_SLICE_S)))
+        width = (stop - begin) / slices
+        record = TrafficCounters()
+        buckets = np.zeros(len(probs), dtype=np.int64)
+        failing: bool | None = None
+        for i in range(slices):
+            t0 = begin + i * width
+            rate = self.scenario.traffic.rate_at(t0 + width / 2)
+            requests = int(rng.poisson(max(0.0, rate) * width))
+            if requests <= 0:
+                continue
+            errors, failing = chain_failures(rng, requests, spec.error_rate, spec.error_burst, failing)
+            record.requests += requests
+            record.errors += errors
+            record.latency_sum_ms += mean * requests
+            buckets += rng.multinomial(requests, probs)
+        record.latency_buckets = [int(b) for b in buckets]
+        return record
 
     def gauges(self, version: str) -> Mapping[str, float]:
         values: dict[str, float] = {}
