@@ -15,7 +15,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 from safeship.config.names import shown
 
@@ -104,6 +104,17 @@ def _short(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_positive_duration), PlainSerializer(format_duration)]
-StepDuration = Annotated[float, BeforeValidator(parse_step_duration), PlainSerializer(format_duration)]
+def _schema(minimum: float, maximum: float) -> WithJsonSchema:
+    """What the API's schema says a duration is: seconds as a number, or text such as "30s"."""
+    return WithJsonSchema({"anyOf": [
+        {"type": "number", "minimum": minimum, "maximum": maximum},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"},
+    ], "description": f"seconds, or a duration such as \"30s\", \"5m\", \"1h\" (at most {_short(maximum)})"})
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration),
+                     _schema(0, MAX_DURATION)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_positive_duration), PlainSerializer(format_duration),
+                             _schema(0.001, MAX_DURATION)]
+StepDuration = Annotated[float, BeforeValidator(parse_step_duration), PlainSerializer(format_duration),
+                         _schema(0.001, MAX_STEP_DURATION)]
