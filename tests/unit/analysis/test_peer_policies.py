@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,11 +20,15 @@ from safeship.analysis.base import (
     Verdict,
 )
 from safeship.analysis.policies import POLICIES, get_policy
-from safeship.analysis.policies.argo import ArgoPolicy
+from safeship.analysis.policies.argo import ArgoPolicy, latency_bound
 from safeship.analysis.policies.flagger import FlaggerPolicy
-from safeship.analysis.policies.kayenta import KayentaPolicy, classify
+from safeship.analysis.policies.kayenta import POINT_SECONDS, KayentaPolicy, classify
 from safeship.analysis.policies.seed import SeedPolicy
-from safeship.config.models import AnalysisConfig, CustomMetricTrigger
+from safeship.config.models import (
+    AnalysisConfig,
+    CustomMetricTrigger,
+    ResponseTimeThresholdTrigger,
+)
 from safeship.errors import InputError
 from safeship.routing.base import TrafficCounters
 
@@ -175,8 +180,27 @@ def test_seed_after_promotion_checks_every_look_then_succeeds() -> None:
 # ---------------------------------------------------------------- flagger
 
 
-def test_flagger_steps_by_ten_to_fifty_then_promotes() -> None:
-    assert FlaggerPolicy().weights(CONFIGURED) == [10, 20, 30, 40, 50, 100]
+@dataclass(frozen=True)
+class PromotedContext(StepContext):
+    """A StepContext that says whether the look is past promotion (the engine's flag)."""
+
+    promoted: bool = False
+
+
+def promoted(time_in_step: float, duration: float = 300.0) -> StepContext:
+    return PromotedContext(
+        step_index=0,
+        time_in_step=time_in_step,
+        time_in_analysis=time_in_step,
+        compare=False,
+        step_duration=duration,
+        promoted=True,
+    )
+
+
+def test_flagger_walks_the_configured_weights_and_checks_once_a_minute() -> None:
+    assert FlaggerPolicy().weights(CONFIGURED) == [5, 10, 25, 50, 75, 100]
+    assert FlaggerPolicy().weights([20, 100]) == [20, 100]
     assert FlaggerPolicy().interval(AnalysisConfig()) == 60.0
 
 
@@ -188,11 +212,11 @@ def test_flagger_advances_one_step_per_passed_check() -> None:
 @pytest.mark.parametrize(
     ("minutes", "expected"),
     [
-        ([BAD] * 5, [W, W, W, W, F]),  # rollback only at the fifth failed check
-        ([BAD, GOOD, BAD, GOOD, BAD, BAD, BAD], [W, A, W, A, W, W, F]),  # passes reset nothing
-        ([traffic(1000, 11)] * 5, [W, W, W, W, F]),  # 98.9% < 99%
+        ([BAD] * 10, [W] * 9 + [F]),  # rollback only at the tenth failed check
+        ([BAD, GOOD] * 5 + [BAD] * 5, [W, A] * 5 + [W] * 4 + [F]),  # passes reset nothing
+        ([traffic(1000, 11)] * 10, [W] * 9 + [F]),  # 98.9% < 99%
         ([traffic(1000, 10)], [A]),  # 99.0% is in range
-        ([traffic(100, 0, latency_ms=800.0)] * 5, [W, W, W, W, F]),  # p99 800 ms > 500 ms
+        ([traffic(100, 0, latency_ms=800.0)] * 10, [W] * 9 + [F]),  # p99 800 ms > 500 ms
     ],
 )
 def test_flagger_counts_failed_checks_to_the_threshold(
@@ -201,15 +225,17 @@ def test_flagger_counts_failed_checks_to_the_threshold(
     decisions = run(FlaggerPolicy(), every_minute([look(c) for c in minutes]))
     assert verdicts(decisions) == expected
     if expected[-1] is F:
-        assert decisions[-1].evidence["failed_checks"] == 5
+        assert decisions[-1].evidence["failed_checks"] == 10
 
 
-def test_flagger_no_values_fail_a_check_but_an_empty_interval_later_passes() -> None:
+def test_flagger_no_values_and_nan_are_failed_checks() -> None:
     before_traffic = run(FlaggerPolicy(), every_minute([look(traffic(0))]))
     assert verdicts(before_traffic) == [W]
     assert "no values found" in before_traffic[0].reason
-    # once the canary has series, 0/0 is NaN and NaN is never out of range: Flagger advances
-    assert verdicts(run(FlaggerPolicy(), every_minute([look(GOOD), look(traffic(0))]))) == [A, A]
+    # since v1.18.0 a NaN result (0/0 once the canary has series) is no values found as well
+    later = run(FlaggerPolicy(), every_minute([look(GOOD), look(traffic(0))]))
+    assert verdicts(later) == [A, W]
+    assert later[1].evidence["failed_checks"] == 1
 
 
 def test_flagger_custom_metric_is_a_max_threshold_check() -> None:
@@ -217,17 +243,42 @@ def test_flagger_custom_metric_is_a_max_threshold_check() -> None:
         look(GOOD, gauges={"queue_depth": 0.4}),
         look(GOOD, gauges={"queue_depth": 0.7}),
         look(GOOD),  # no series: no values found
+        look(GOOD, gauges={"queue_depth": float("nan")}),  # NaN: no values found
     ]
     decisions = run(FlaggerPolicy(), every_minute(samples, triggers=[QUEUE_DEPTH]))
-    assert verdicts(decisions) == [A, W, W]
-    assert decisions[2].evidence["failed_checks"] == 2
+    assert verdicts(decisions) == [A, W, W, W]
+    assert decisions[3].evidence["failed_checks"] == 3
+
+
+def test_flagger_never_fails_after_promotion() -> None:
+    """Flagger runs no analysis once it promotes: failing traffic in the window changes nothing."""
+    looks = [(look(c, dt=30.0), promoted(30.0 * n)) for n, c in enumerate([BAD] * 10, 1)]
+    decisions = run(FlaggerPolicy(), looks)
+    assert verdicts(decisions) == [W] * 9 + [S]
+    assert all(d.evidence == {"promoted": True} for d in decisions)
+
+
+def test_flagger_without_the_engine_flag_infers_promotion_from_the_run() -> None:
+    compared = [(look(GOOD), context(60.0, step=0))]
+    window = [(look(BAD, dt=30.0), context(30.0 * n, compare=False, duration=90.0)) for n in (1, 2, 3)]
+    assert verdicts(run(FlaggerPolicy(), compared + window)) == [A, W, W, S]
+    # blue-green: the single-version analysis fails checks; after it succeeds, the window is free
+    analysis = [(look(GOOD), context(60.0, compare=False, duration=60.0))]
+    assert verdicts(run(FlaggerPolicy(), analysis + window)) == [S, W, W, S]
+
+
+def test_flagger_single_version_phase_before_promotion_counts_failed_checks() -> None:
+    looks = [(look(BAD), context(60.0 * n, compare=False, duration=900.0)) for n in range(1, 11)]
+    decisions = run(FlaggerPolicy(), looks)
+    assert verdicts(decisions) == [W] * 9 + [F]
 
 
 # ---------------------------------------------------------------- argo
 
 
-def test_argo_uses_the_documented_background_analysis_steps() -> None:
-    assert ArgoPolicy().weights(CONFIGURED) == [20, 40, 60, 80, 100]
+def test_argo_uses_the_configured_weights() -> None:
+    assert ArgoPolicy().weights(CONFIGURED) == [5, 10, 25, 50, 75, 100]
+    assert ArgoPolicy().weights([20, 40, 60, 80, 100]) == [20, 40, 60, 80, 100]
     assert ArgoPolicy().interval(AnalysisConfig()) == 60.0
 
 
@@ -259,6 +310,33 @@ def test_argo_failure_names_the_metric_and_limit() -> None:
     }
 
 
+def test_argo_fails_on_a_latency_regression() -> None:
+    slow = traffic(100, 0, latency_ms=800.0)  # every request 800 ms: p99 > 0.5 s
+    decisions = run(ArgoPolicy(), every_minute([look(slow)] * 4, duration=600.0))
+    assert verdicts(decisions) == [W, W, W, F]
+    assert decisions[-1].evidence["trigger"] == "latency"
+    assert decisions[-1].evidence["failed"] == 4
+    # the same canary at 300 ms passes the default P99 bound
+    fast = traffic(100, 0, latency_ms=300.0)
+    assert verdicts(run(ArgoPolicy(), every_minute([look(fast)] * 4, duration=240.0))) == [
+        W,
+        W,
+        W,
+        A,
+    ]
+
+
+def test_argo_latency_bound_is_the_configured_quantile_trigger() -> None:
+    p95 = ResponseTimeThresholdTrigger(type="response_time_threshold", threshold=0.2, statistic="p95")
+    mean = ResponseTimeThresholdTrigger(type="response_time_threshold", threshold=5.0)
+    assert latency_bound([mean]) == (0.99, 0.5)  # a mean trigger is no quantile bound
+    assert latency_bound([mean, p95]) == (0.95, 0.2)
+    medium = traffic(100, 0, latency_ms=300.0)  # fine under 0.5 s, too slow for the 0.2 s SLO
+    decisions = run(ArgoPolicy(), every_minute([look(medium)] * 4, duration=600.0, triggers=[p95]))
+    assert verdicts(decisions) == [W, W, W, F]
+    assert decisions[-1].evidence["trigger"] == "latency"
+
+
 def test_argo_custom_metric_success_condition() -> None:
     samples = [look(GOOD, gauges={"queue_depth": 0.9})] * 4
     decisions = run(ArgoPolicy(), every_minute(samples, duration=600.0, triggers=[QUEUE_DEPTH]))
@@ -271,17 +349,30 @@ def test_argo_single_version_phase_succeeds_after_its_duration() -> None:
     assert verdicts(run(ArgoPolicy(), looks)) == [W, S]
 
 
+def test_argo_post_promotion_analysis_fails_a_bad_release() -> None:
+    looks = [(look(BAD), context(60.0 * n, compare=False, duration=600.0)) for n in range(1, 5)]
+    assert verdicts(run(ArgoPolicy(), looks)) == [W, W, W, F]
+
+
+def test_argo_stops_its_analysis_once_the_rollout_completes() -> None:
+    looks = [(look(c, dt=30.0), promoted(30.0 * n)) for n, c in enumerate([BAD] * 10, 1)]
+    assert verdicts(run(ArgoPolicy(), looks)) == [W] * 9 + [S]
+    compared = [(look(GOOD), context(60.0 * n, step=0)) for n in (1, 2)]
+    window = [(look(BAD, dt=30.0), context(30.0 * n, compare=False, duration=150.0)) for n in range(1, 6)]
+    assert verdicts(run(ArgoPolicy(), compared + window)) == [W, A, W, W, W, W, S]
+
+
 # ---------------------------------------------------------------- kayenta
 
 
-def ten_second_points(
+def minute_points(
     canary: Sequence[TrafficCounters], baseline: Sequence[TrafficCounters], seconds: float
 ) -> list[tuple[TickSample, StepContext]]:
-    """One look per 10 s for `seconds`, cycling through the given per-look counters."""
+    """One look per 60 s data point for `seconds`, cycling through the given per-look counters."""
     looks = []
-    for n in range(int(seconds // 10)):
-        sample = look(canary[n % len(canary)], baseline[n % len(baseline)], dt=10.0, weight=5)
-        looks.append((sample, context(10.0 * (n + 1), duration=120.0)))
+    for n in range(int(seconds // 60)):
+        sample = look(canary[n % len(canary)], baseline[n % len(baseline)], dt=60.0, weight=5)
+        looks.append((sample, context(60.0 * (n + 1), duration=120.0)))
     return looks
 
 
@@ -291,13 +382,18 @@ BASELINE_POINTS = [traffic(950, e) for e in (3, 5, 4, 7, 6, 4, 5, 2)]  # about 0
 def test_kayenta_runs_one_canary_step_at_the_first_configured_weight() -> None:
     assert KayentaPolicy().weights(CONFIGURED) == [5, 100]
     assert KayentaPolicy().weights([100]) == [100]
-    assert KayentaPolicy().interval(AnalysisConfig()) == 10.0
+
+
+def test_kayenta_takes_one_data_point_per_documented_step_of_60_seconds() -> None:
+    # CanaryAnalysisExecutionRequestScope.step defaults to 60 s
+    assert POINT_SECONDS == 60.0
+    assert KayentaPolicy().interval(AnalysisConfig()) == 60.0
 
 
 def test_kayenta_fails_a_clearly_worse_candidate_at_the_first_judgement() -> None:
     worse = [traffic(50, e) for e in (4, 6, 5, 3, 7, 5)]  # about 10% failed
-    decisions = run(KayentaPolicy(), ten_second_points(worse, BASELINE_POINTS, 300))
-    assert verdicts(decisions) == [W] * 29 + [F]
+    decisions = run(KayentaPolicy(), minute_points(worse, BASELINE_POINTS, 300))
+    assert verdicts(decisions) == [W] * 4 + [F]
     metrics = decisions[-1].evidence["metrics"]
     assert metrics["error-rate"]["classification"] == "High"
     assert metrics["latency-mean-ms"]["classification"] == "Pass"
@@ -307,7 +403,7 @@ def test_kayenta_fails_a_clearly_worse_candidate_at_the_first_judgement() -> Non
 def test_kayenta_fails_a_slower_candidate() -> None:
     slower = [traffic(50, 0, latency_ms=ms) for ms in (110.0, 130.0, 120.0)]
     baseline = [traffic(950, 5, latency_ms=ms) for ms in (38.0, 42.0, 40.0, 41.0)]
-    decisions = run(KayentaPolicy(), ten_second_points(slower, baseline, 300))
+    decisions = run(KayentaPolicy(), minute_points(slower, baseline, 300))
     assert decisions[-1].verdict is F
     assert decisions[-1].evidence["metrics"]["latency-mean-ms"]["classification"] == "High"
 
@@ -320,15 +416,15 @@ def test_kayenta_fails_a_slower_candidate() -> None:
     ],
 )
 def test_kayenta_passes_a_candidate_like_its_baseline(canary: list[TrafficCounters]) -> None:
-    decisions = run(KayentaPolicy(), ten_second_points(canary, BASELINE_POINTS, 900))
+    decisions = run(KayentaPolicy(), minute_points(canary, BASELINE_POINTS, 900))
     judged = [(n, d) for n, d in enumerate(decisions) if "score" in d.evidence]
-    assert [n for n, _ in judged] == [29, 59, 89]  # every 5 minutes, 3 judgements
+    assert [n for n, _ in judged] == [4, 9, 14]  # every 5 minutes, 3 judgements
     assert verdicts([d for _, d in judged]) == [W, W, A]
     assert all(d.evidence["score"] == 100.0 for _, d in judged)
 
 
 def test_kayenta_without_canary_data_scores_zero() -> None:
-    decisions = run(KayentaPolicy(), ten_second_points([traffic(0)], BASELINE_POINTS, 300))
+    decisions = run(KayentaPolicy(), minute_points([traffic(0)], BASELINE_POINTS, 300))
     assert decisions[-1].verdict is F
     assert decisions[-1].evidence["score"] == 0.0
 

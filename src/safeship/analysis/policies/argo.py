@@ -1,35 +1,52 @@
 """Argo Rollouts' canary with a background AnalysisRun, as its documentation shows it.
 
-Sources:
+Sources, checked against Argo Rollouts v1.8 (https://argo-rollouts.readthedocs.io/en/stable/):
 
-* https://argoproj.github.io/argo-rollouts/features/analysis/ ("Background Analysis"): the
-  steps ``setWeight: 20, 40, 60, 80`` each followed by a ``pause``, and a background AnalysisRun
-  that "has no end time" and fails the rollout when a measurement fails more often than
-  ``failureLimit: 3``. The example pauses 10m per step and measures every 5m; that rollout takes
-  40 minutes, longer than the benchmark scenarios run, and Argo has no default pause, so this
-  model pauses ``ctx.step_duration`` (the configured step, the same budget as the seed) and
-  measures every ``interval: 1m`` (60s is the docs' own example of a repeated measurement).
-* https://argoproj.github.io/argo-rollouts/analysis/prometheus/: the success-rate template,
-  ``successCondition: result[0] >= 0.95``, ``failureLimit: 3``. The docs' query selects the whole
-  service; this model measures the canary's own requests (the way the docs' Kayenta example
-  selects pods by ``rollouts-pod-template-hash``), which can only make it stricter.
-* Limits: the analysis page ("Failure Conditions and Failure Limit") makes ``failureLimit`` the
-  number of failed measurements a run may have; the AnalysisRun spec defaults it to 0 (the first
-  failed measurement aborts) and ``consecutiveErrorLimit`` to 4 (the fifth error in a row fails).
-  Both are "more than" limits. Every documented success-rate template sets ``failureLimit: 3``,
-  which tolerates three noisy minutes, so this model uses 3.
-* No data, from the analysis page ("Handling Metric Results") and ``utils/evaluate/evaluate.go``:
-  with only a success condition, a false condition is a Failed measurement and NaN >= 0.95 is
-  false, so an interval without canary requests (PromQL 0/0 = NaN) counts as Failed. Before the
-  canary has any series the query returns an empty array and ``result[0]`` is an evaluation
-  error: an Error measurement (Argo retries errors sooner than the interval; this model measures
-  once a minute). Neither is a silent pass.
+* features/analysis/ ("Background Analysis"): ``setWeight`` steps each followed by a ``pause``,
+  and a background AnalysisRun that "has no end time" and fails the rollout when a measurement
+  fails more often than ``failureLimit: 3``; "if the rollout completes all of its canary steps,
+  the rollout is considered successful and the analysis run is stopped by the controller".
+* Weights: the user writes the ``setWeight`` steps, so this model walks the configured
+  ``traffic_percentages``, like every other policy in the comparison (the docs' example uses
+  20, 40, 60, 80). Argo has no default pause; the docs' example pauses 10m, longer than the
+  benchmark scenarios run, so a pause here is ``ctx.step_duration`` (the configured step, the
+  same budget as the seed's).
+* analysis/prometheus/ and features/analysis/: the success-rate template,
+  ``successCondition: result[0] >= 0.95``, ``failureLimit: 3``, measured every ``interval``
+  (the docs use 5m for background runs and 60s for repeated measurements; this model measures
+  every 60 s, so a bad canary is seen sooner). The docs' query selects the whole service; this
+  model measures the canary's own requests (as the docs' Kayenta example selects pods by
+  ``rollouts-pod-template-hash``), which can only make it stricter.
+* Latency: a second metric in the same template, the P99 of the canary's requests
+  (``histogram_quantile(0.99, ...)``) with ``successCondition: result[0] <= 0.5`` and the same
+  ``failureLimit: 3``. Argo's docs give no latency threshold, so the model takes the user's own:
+  a configured p99 (or p95) response-time trigger, as the bound on that quantile; without one,
+  500 ms, the same P99 bound as Flagger's builtin ``request-duration``, so both threshold-based
+  peers hold the same latency bar.
+* Limits (features/analysis/ "Failure Conditions and Failure Limit", "Consecutive Error Limit",
+  "Inconclusive Runs"; AnalysisRun spec): ``failureLimit`` defaults to 0 (the first failed
+  measurement aborts), ``consecutiveErrorLimit`` to 4 (the fifth error in a row fails),
+  ``inconclusiveLimit`` to 0; all are "more than" limits, counted per metric over the run.
+  Every documented success-rate template sets ``failureLimit: 3``, which tolerates three noisy
+  measurements; the docs leave the choice open, so this model takes 3, the more favourable to
+  Argo. With only a success condition a measurement is never Inconclusive, so
+  ``inconclusiveLimit`` never acts. ``count`` is unset: a background run has no end.
+* No data, from analysis/ ("Handling Metric Results") and ``utils/evaluate/evaluate.go``: with
+  only a success condition, a false condition is a Failed measurement and NaN >= 0.95 is
+  false, so an interval without canary requests (PromQL 0/0 = NaN) counts as Failed (and NaN
+  <= 0.5 for the latency query as well). Before the canary has any series the query returns an
+  empty array and ``result[0]`` is an evaluation error: an Error measurement. Neither is a
+  silent pass.
 * Each seed custom-metric trigger becomes one more metric in the template:
   ``successCondition: result[0] <= threshold``, same limits; a missing gauge is an Error.
 
-One AnalysisRun spans the whole rollout, so failure counts carry across steps. Single-version
-phases (``ctx.compare`` False: blue-green's post-promotion analysis, recreate, the monitoring
-window) keep measuring and succeed when the phase's duration is over.
+One AnalysisRun spans the canary steps, so failure counts carry across steps. Blue-green's
+single-version phase (``ctx.compare`` False before promotion) is Argo's
+``postPromotionAnalysis``: the same metrics after the traffic switch, successful when the phase
+is over; recreate's phase is treated the same way. After promotion (safeship's monitoring
+window) Argo has stopped the run, so this model judges nothing and passes when the window ends;
+it knows it is past promotion from ``StepContext.promoted`` when the engine provides it, or
+otherwise from the run so far (see ``flagger.after_promotion``).
 """
 
 from __future__ import annotations
@@ -39,14 +56,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from safeship.analysis.base import Decision, StepContext, ThresholdTrigger, TickSample, Verdict
-from safeship.config.models import AnalysisConfig, CustomMetricTrigger
+from safeship.analysis.policies.flagger import after_promotion, configured_weights
+from safeship.config.models import (
+    AnalysisConfig,
+    CustomMetricTrigger,
+    ResponseTimeThresholdTrigger,
+)
 
-STEP_WEIGHTS = (20, 40, 60, 80, 100)
 INTERVAL_SECONDS = 60.0
 MIN_SUCCESS_RATE = 0.95
+MAX_LATENCY_SECONDS = 0.5  # P99, when no p99/p95 response-time trigger is configured
 FAILURE_LIMIT = 3
 CONSECUTIVE_ERROR_LIMIT = 4
+INCONCLUSIVE_LIMIT = 0
 SUCCESS_RATE = "success-rate"
+LATENCY = "latency"
 _EPSILON = 1e-6
 
 Measurement = tuple[str, str, float | None]  # phase, message, value
@@ -56,17 +80,24 @@ class ArgoPolicy:
     name = "argo"
 
     def weights(self, configured: Sequence[int]) -> list[int]:
-        return list(STEP_WEIGHTS)
+        return configured_weights(configured)
 
     def interval(self, analysis: AnalysisConfig) -> float:
         return INTERVAL_SECONDS
 
     def start(self) -> dict[str, Any]:
-        return {"metrics": {}, "canary_has_series": False}
+        return {"metrics": {}, "canary_has_series": False, "compared": False, "succeeded": False}
 
     def observe(
         self, state: dict[str, Any], sample: TickSample, ctx: StepContext
     ) -> tuple[dict[str, Any], Decision]:
+        if after_promotion(state, ctx):
+            window_over = ctx.time_in_step + _EPSILON >= ctx.step_duration
+            return dict(state), Decision(
+                Verdict.SUCCESSFUL if window_over else Verdict.INCONCLUSIVE,
+                "rollout complete: the AnalysisRun was stopped",
+                {"promoted": True},
+            )
         had_series = bool(state.get("canary_has_series"))
         old_counts: dict[str, Any] = state.get("metrics", {})
         counts: dict[str, dict[str, int]] = {}
@@ -93,9 +124,11 @@ class ArgoPolicy:
                     f"consecutiveErrorLimit ({CONSECUTIVE_ERROR_LIMIT}): {message}",
                     found | {"errors_in_a_row": errors, "error_limit": CONSECUTIVE_ERROR_LIMIT},
                 )
-        new_state = {
+        new_state: dict[str, Any] = {
             "metrics": {**old_counts, **counts},
             "canary_has_series": had_series or sample.candidate.requests > 0,
+            "compared": bool(state.get("compared")) or ctx.compare,
+            "succeeded": bool(state.get("succeeded")),
         }
         if verdict is not None:
             return new_state, verdict
@@ -111,7 +144,17 @@ class ArgoPolicy:
             return new_state, Decision(
                 Verdict.ADVANCE, f"pause at {sample.candidate_weight}% over: next step", evidence
             )
+        new_state["succeeded"] = True
         return new_state, Decision(Verdict.SUCCESSFUL, "analysis ran its duration", evidence)
+
+
+def latency_bound(triggers: Sequence[ThresholdTrigger]) -> tuple[float, float]:
+    """(quantile, seconds) of the latency metric: the user's p99/p95 trigger, else P99 <= 0.5 s."""
+    for statistic, quantile in (("p99", 0.99), ("p95", 0.95)):
+        for trigger in triggers:
+            if isinstance(trigger, ResponseTimeThresholdTrigger) and trigger.statistic == statistic:
+                return quantile, float(trigger.threshold)
+    return 0.99, MAX_LATENCY_SECONDS
 
 
 def _measure(
@@ -119,6 +162,8 @@ def _measure(
 ) -> dict[str, Measurement]:
     """One measurement per metric: Successful, Failed or Error, as Argo's evaluator decides."""
     candidate = sample.candidate
+    quantile, bound = latency_bound(triggers)
+    name = f"p{round(quantile * 100)}"
     results: dict[str, Measurement] = {}
     if candidate.requests > 0:
         rate = 1.0 - candidate.failed / candidate.requests
@@ -128,14 +173,23 @@ def _measure(
             f"success rate {rate:.2%} {'>=' if ok else '<'} {MIN_SUCCESS_RATE:.0%}",
             round(rate, 5),
         )
-    elif had_series:
-        results[SUCCESS_RATE] = (
-            "Failed",
-            "no canary requests: result[0] is NaN, NaN >= 0.95 is false",
-            None,
+        seconds = candidate.quantile_ms(quantile) / 1000.0
+        fast = seconds <= bound
+        results[LATENCY] = (
+            "Successful" if fast else "Failed",
+            f"{name} latency {seconds:.3f}s {'<=' if fast else '>'} {bound:g}s",
+            round(seconds, 4),
         )
+    elif had_series:
+        for metric, condition in ((SUCCESS_RATE, f">= {MIN_SUCCESS_RATE}"), (LATENCY, f"<= {bound:g}")):
+            results[metric] = (
+                "Failed",
+                f"no canary requests: result[0] is NaN, NaN {condition} is false",
+                None,
+            )
     else:
-        results[SUCCESS_RATE] = ("Error", "empty query result: result[0] is out of range", None)
+        for metric in (SUCCESS_RATE, LATENCY):
+            results[metric] = ("Error", "empty query result: result[0] is out of range", None)
     for trigger in triggers:
         if not isinstance(trigger, CustomMetricTrigger):
             continue

@@ -1,6 +1,6 @@
 """Spinnaker's canary stage judged by Kayenta's NetflixACAJudge, from their documentation.
 
-Sources:
+Sources (Spinnaker 1.3x docs, Kayenta master):
 
 * https://spinnaker.io/docs/guides/user/canary/judge/ (How canary judgment works): per metric, a
   Mann-Whitney U test at a fixed 98% confidence level. A metric is High only when the test
@@ -18,19 +18,29 @@ Sources:
   in deck-kayenta) judges each time from the beginning. Orca fails the stage as soon as a score
   is at or below ``marginal``, and passes only if the last score reaches ``pass``; thresholds
   marginal 75 / pass 95 (deck-kayenta's own tests use these; the Argo Kayenta example uses 90).
+* Data points: one per ``step`` seconds, default 60 (kayenta-standalone-canary-analysis,
+  ``CanaryAnalysisExecutionRequestScope.step``: "The value defaults to 60 which means a data
+  point will be requested every 60 seconds"; the Argo Rollouts Kayenta example uses
+  ``step: 60`` too). So this model looks once a minute, one point per version and metric per
+  look.
 * Lifetime and interval have no defaults. Argo's Kayenta example runs ``count: 3`` judgements
-  with ``step: 60`` points over hours; the best-practices page wants 50 points per metric. To fit
-  the benchmark's 30-minute scenarios this model runs 3 judgements 5 minutes apart (15 minutes)
-  with one data point per 10 s look, 30 to 90 points per version and metric.
+  over hours; the best-practices page wants 50 points per metric. To fit the benchmark's
+  30-minute scenarios this model runs 3 judgements 5 minutes apart (15 minutes): 5, 10 and 15
+  points per version and metric.
+* Schedule: in Spinnaker the user builds the pipeline's stages. This model runs one canary
+  stage at the configured schedule's first weight (the same 5% the other policies start at),
+  then promotes. Walking every configured weight with a 15-minute analysis each would run past
+  the scenarios' end, and a per-step analysis of the configured step duration (2 minutes, 2
+  points) could never reject at 98% confidence; one stage is the most favourable faithful
+  pipeline.
 
-What the test compares: per 10 s point, each version's error rate (failed / requests), its mean
+What the test compares: per 60 s point, each version's error rate (failed / requests), its mean
 latency and each custom-metric gauge. The mean, not a p99, because the canary's few requests and
 the baseline's many would bias a per-point quantile; and the mean of the latency histogram
 (geometric bucket middles), not ``latency_sum_ms``, because the sim world writes the exact
-theoretical mean there, which would give noiseless points that differ by rounding alone. The
-schedule is Spinnaker's: one canary step at a modest weight (the configured schedule's first
-weight), then promotion. Single-version phases have no baseline to compare with, so Kayenta has
-nothing to judge there and they pass when their duration is over.
+theoretical mean there, which would give noiseless points that differ by rounding alone.
+Single-version phases have no baseline to compare with, so Kayenta has nothing to judge there
+and they pass when their duration is over.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from safeship.analysis.base import Decision, StepContext, TickSample, Verdict
 from safeship.config.models import AnalysisConfig, CustomMetricTrigger
 from safeship.routing.base import TrafficCounters
 
-POINT_SECONDS = 10.0
+POINT_SECONDS = 60.0  # the documented default data point step
 JUDGEMENT_INTERVAL_SECONDS = 300.0
 JUDGEMENT_COUNT = 3
 CONFIDENCE = 0.98

@@ -1,7 +1,8 @@
 """The seed's canary as written: fixed weights, one threshold check at the end of each step.
 
-Source: the seed document, ``../shared/seed/000_215e6147329b8e4c.txt`` (the system safeship
-re-implements). What this model takes from it:
+Source: the seed document, the design and code of the deployment system safeship re-implements
+(its ``CanaryDeploymentStrategy``, ``RollbackManager`` and its YAML configuration block). What
+this model takes from it:
 
 * ``CanaryDeploymentStrategy::deploy`` walks 5, 10, 25, 50, 75, 100 percent whatever is configured,
   and after each weight waits, then checks once (``is_performance_degraded``).
