@@ -408,7 +408,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         snapshot = await controller.router_snapshot()
-        body = render(lambda: snapshot, lambda: dict(controller.router.unrouted))
+        body = render(lambda: snapshot.counters, lambda: snapshot.unrouted)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/openapi.json", include_in_schema=False)

@@ -1,9 +1,10 @@
-"""The controller daemon's core: one LocalPlatform, one BuiltinRouter, one DeploymentEngine.
+"""The controller daemon's core: the platform, router and traffic source of the environments it
+runs (built from the registries by each environment's platform), and one DeploymentEngine.
 
 A background loop keeps every route's backends equal to the ready instances of each version and
 runs one task per active deployment. The engine does the deploying; this module only wires it,
 serialises it with backend syncing (one lock per route), and restores the picture after a restart:
-adopted processes, the route ports of `routes.json`, and the weights the store says were live.
+adopted instances, the route ports of `routes.json`, and the weights the store says were live.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 from safeship.analysis.base import Policy
 from safeship.analysis.probes import probe
 from safeship.analysis.providers.scrape import Target, scrape
-from safeship.clock import RealClock
+from safeship.api.store_setup import open_store
+from safeship.clock import Clock, RealClock
 from safeship.config.loader import load_config
-from safeship.config.models import CustomMetricTrigger, DeploymentRequest, RollbackConfiguration, SafeshipConfig
+from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Environment, SafeshipConfig
 from safeship.config.paths import state_dir, store_url
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
@@ -33,12 +35,13 @@ from safeship.engine.phases import Phase
 from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
-from safeship.platforms.base import InstanceState
-from safeship.platforms.local import LocalPlatform
-from safeship.routing.base import Backend, RouteKey, TrafficCounters
-from safeship.routing.builtin import BuiltinRouter
-from safeship.routing.remote import RemoteRouter
+from safeship.platforms import DEFAULT_PLATFORM, platform_class
+from safeship.platforms.base import Platform, PlatformSetup
+from safeship.routing import router_class
+from safeship.routing.backends import sync_backends
+from safeship.routing.base import RouteKey, Router, RouterSetup, RoutesSnapshot, TrafficCounters
 from safeship.store import DeploymentRecord, EventRecord, Store
+from safeship.traffic import TrafficSetup, TrafficSource, traffic_source_class
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,38 @@ def _policy_for(name: str) -> Policy:
     return get_policy(name)
 
 
+def controller_environments(config: SafeshipConfig) -> list[Environment]:
+    """The environments a controller daemon runs: those whose platform is registered and says its
+    deployments are driven by the controller (the others run in the foreground of a command, or
+    cannot run on this installation at all)."""
+    found = []
+    for environment in config.environment_management.environments:
+        try:
+            cls = platform_class(environment.platform)
+        except InputError:
+            continue  # not registered here: commands refuse it before anything starts
+        if cls.runs_in_controller:
+            found.append(environment)
+    return found
+
+
 class Controller:
+    """The controller daemon's core: it owns the platform, router and traffic source of the
+    environments whose platform runs in a controller, and one engine that deploys there.
+
+    Contract:
+    - What it runs is built from the registries: the environments' platform (one platform per
+      controller), that platform's router and traffic source (its class attributes `router` and
+      `traffic`). Nothing here depends on which platform or router it is.
+    - `start()` opens the router, adopts the instances a previous controller left running,
+      restores every route's backends and weights, listens, and then loops; `stop()` stops routing
+      and supervising, and leaves instances running for the next controller.
+    - A route's backends change only under the route's lock: either the reconcile loop
+      (`sync_route`) or a deployment tick holds it, never both.
+    - Commands (`submit`, `cancel`, `rollback`, `approve`) change the store through the engine and
+      wake the deployment; they never touch the world themselves.
+    """
+
     def __init__(
         self,
         config: SafeshipConfig,
@@ -90,25 +124,32 @@ class Controller:
         store: Store,
         sync_interval: float | None = None,
         secrets_root: Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.store = store
         self.secrets_root = secrets_root or state_dir.parent
-        self.platform = LocalPlatform(
-            state_dir=state_dir, ledger=store, prober=probe, clock=RealClock(), secrets_for=self.secrets_for,
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.environment_names = [e.name for e in controller_environments(config)]
+        platform_cls = platform_class(self._platform_name())
+        self.platform: Platform = platform_cls.create(PlatformSetup(
+            state_dir=state_dir, ledger=store, clock=self.clock, prober=probe, secrets_for=self.secrets_for,
             run_as_user=self._run_as_user,
-        )
-        self.router: BuiltinRouter | RemoteRouter = (
-            RemoteRouter(state_dir) if config.router_process else BuiltinRouter(close_grace=2.0)
-        )
-        world = World(self.platform, self.router, RealClock(), gauges=self.gauges)
+        ))
+        self.router: Router = router_class(platform_cls.router).create(RouterSetup(
+            state_dir=state_dir, clock=self.clock, own_process=config.router_process, close_grace=2.0,
+        ))
+        self.traffic: TrafficSource = traffic_source_class(platform_cls.traffic).create(TrafficSetup(
+            router=self.router, clock=self.clock, state_dir=state_dir,
+        ))
+        world = World(self.platform, self.router, self.clock, gauges=self.gauges)
         self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for, secrets_for=self.secrets_for)
         self.sync_interval = sync_interval or self._default_sync_interval()
-        self.routes: dict[RouteKey, int] = {}
+        self.routes: dict[RouteKey, int | None] = {}  # managed routes -> the port each listens on
         self.started_at = time.time()
         self._locks: dict[RouteKey, asyncio.Lock] = {}
-        self._seen: dict[RouteKey, set[str]] = {}
+        self._seen: dict[RouteKey, set[str]] = {}  # versions with instances at the last sync
         self._ready: dict[RouteKey, frozenset[str]] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -120,14 +161,21 @@ class Controller:
 
     @classmethod
     def from_config_file(cls, config_path: str | Path) -> Controller:
+        """The controller of the config at `config_path`: its store opened as every command opens
+        it (with the stored rollback settings applied and validated)."""
         config = load_config(config_path)
-        state_dir, url = resolve_paths(config, config_path)
-        store = Store(url)
-        for name, service in config.services.items():  # saved by `rollback-manager --configure`
-            saved = store.service_rollback_settings(name)
-            if saved is not None:
-                service.rollback = RollbackConfiguration.model_validate(saved)
-        return cls(config, state_dir=state_dir, store=store, secrets_root=Path(config_path).resolve().parent)
+        store = open_store(config, config_path)
+        return cls(config, state_dir=state_dir(config, config_path), store=store,
+                   secrets_root=Path(config_path).resolve().parent)
+
+    def _platform_name(self) -> str:
+        """The one platform of the environments this controller runs (the default one when it runs
+        none, so that the API still answers); two different ones are refused."""
+        names = sorted({e.platform for e in controller_environments(self.config)})
+        if len(names) > 1:
+            raise InputError(f"environments run on platforms {', '.join(names)}; one controller runs one "
+                             "platform at a time")
+        return names[0] if names else DEFAULT_PLATFORM
 
     def _default_sync_interval(self) -> float:
         """Half the shortest readiness interval: a backend that turns unready leaves the router
@@ -139,21 +187,12 @@ class Controller:
     # ------------------------------------------------------------ lifecycle
 
     def managed_routes(self) -> list[RouteKey]:
-        environments = self.config.environment_management.environments
-        return [
-            RouteKey(service, env.name)
-            for env in environments
-            if env.platform == "local"
-            for service in self.config.services
-        ]
+        return [RouteKey(service, name) for name in self.environment_names for service in self.config.services]
 
     async def start(self) -> None:
         """Adopt the processes left running, restore backends and weights, then listen and loop."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.router, RemoteRouter) and await self.router.connect():
-            log.info("started the router daemon")
-        if self.platform.limits is not None:
-            log.info("process limits in force: %s", self.platform.limits.support.describe())
+        await self.router.open()
         adopted = await self.platform.adopt()
         if adopted:
             log.info("adopted %d running instances", len(adopted))
@@ -177,15 +216,21 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.traffic.close()
         await self.router.close()
         await self.platform.close()
         self.store.close()
 
-    async def _listen(self, key: RouteKey, previous: int | None) -> int:
+    async def _listen(self, key: RouteKey, previous: int | None) -> int | None:
+        """The port the route listens on: the configured one, else the one it had, else any; None
+        for a router that does not listen."""
+        if not self.router.abilities.listens:
+            await self.router.ensure_route(key)
+            return None
         configured = self._configured_port(key)
         for port in dict.fromkeys(p for p in (configured, previous, 0) if p is not None):
             try:
-                return await self.router.add_route(key, host=HOST, port=port)
+                return await self.router.ensure_route(key, host=HOST, port=port)
             except SafeshipError as exc:
                 log.warning("route %s: %s; trying another port", key, exc)
         raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
@@ -193,15 +238,15 @@ class Controller:
     def _configured_port(self, key: RouteKey) -> int | None:
         return configured_port(self.config, key.service, key.environment)
 
-    async def router_snapshot(self) -> dict[RouteKey, dict[str, TrafficCounters]]:
-        if isinstance(self.router, RemoteRouter):
-            return await self.router.snapshot()
-        return self.router.snapshot()
+    async def router_snapshot(self) -> RoutesSnapshot:
+        """Every route's counters and unrouted requests, for /metrics."""
+        return await self.router.routes_snapshot()
 
     def _write_routes(self) -> None:
         routes = [
             {"service": k.service, "environment": k.environment, "host": HOST, "port": port}
             for k, port in self.routes.items()
+            if port is not None
         ]
         write_json_atomically(self.state_dir / ROUTES_FILE, {"routes": routes})
 
@@ -257,17 +302,9 @@ class Controller:
         """Backends of every version = its ready instances; wakes the route's deployment when the
         ready set changed, so a wait_ready step does not sleep through it."""
         instances = await self.platform.instances(key.service, key.environment)
-        by_version: dict[str, list[Backend]] = {version: [] for version in self._seen.get(key, ())}
-        for instance in instances:
-            if instance.state is InstanceState.STOPPED:
-                continue
-            backends = by_version.setdefault(instance.version, [])
-            if instance.ready:
-                backends.append(Backend(instance.id, instance.host, instance.port))
-        for version, backends in by_version.items():
-            await self.router.set_backends(key, version, backends)
-        self._seen[key] = {i.version for i in instances if i.state is not InstanceState.STOPPED}
-        ready = frozenset(b.instance_id for backends in by_version.values() for b in backends)
+        synced = await sync_backends(self.router, key, instances, seen=self._seen.get(key, ()))
+        self._seen[key] = synced.live_versions
+        ready = synced.ready_ids()
         if ready != self._ready.get(key):
             self._ready[key] = ready
             for deployment_id, route in self._driving.items():
@@ -347,10 +384,11 @@ class Controller:
 
     def submit(self, request: DeploymentRequest, *, policy: str | None = None) -> DeploymentRecord:
         environment = self.config.environment(request.environment)
-        if environment is not None and environment.platform != "local":
+        if environment is not None and environment.name not in self.environment_names:
+            runs = sorted({e.platform for e in controller_environments(self.config)})
             raise InputError(
                 f"environment {request.environment!r} uses platform {environment.platform!r}; "
-                "this controller runs only environments with platform: local"
+                f"this controller runs only environments with platform: {', '.join(runs) or DEFAULT_PLATFORM}"
             )
         self.secrets_for(request.service_name, request.environment)  # missing or unsafe: refused now
         record = self.engine.submit(request, policy=policy)
@@ -393,7 +431,7 @@ class Controller:
         return {"environment": environment, "instances_stopped": stopped, "routes_closed": routes}
 
     async def version_metrics(self, service: str, environment: str) -> dict[str, dict[str, Any]]:
-        counters = await self.router.counters(RouteKey(service, environment))
+        counters = await self.traffic.counters(RouteKey(service, environment))
         return {version: counters_json(c) for version, c in counters.items()}
 
     def environments(self) -> list[dict[str, Any]]:

@@ -32,8 +32,7 @@ from typing import Any, NoReturn
 from safeship.config.loader import load_config
 from safeship.config.models import Environment, SafeshipConfig
 from safeship.config.names import check_name
-from safeship.config.paths import store_url
-from safeship.errors import ConfigError, InputError, NotFoundError, SafeshipError
+from safeship.errors import InputError, NotFoundError, SafeshipError
 from safeship.store import DeploymentRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_STORE, EXIT_BUG = 0, 1, 2, 3, 4, 70
@@ -149,22 +148,11 @@ def load(config_path: str) -> SafeshipConfig:
 
 
 def open_store(config: SafeshipConfig, config_path: str) -> Store:
-    """Open the store and apply the rollback settings saved by `rollback-manager --configure`."""
-    from safeship.config.loader import validate
-    from safeship.config.models import RollbackConfiguration
-    from safeship.store import StoreURLError
+    """Open the store and apply the rollback settings saved by `rollback-manager --configure`
+    (the one implementation the controller uses too)."""
+    from safeship.api.store_setup import open_store as open_configured_store
 
-    try:
-        store = Store(store_url(config, config_path))
-    except StoreURLError as exc:
-        raise ConfigError(config_path, "store.url", exc.detail) from None
-    for name, service in config.services.items():
-        saved = store.service_rollback_settings(name)
-        if saved is not None:
-            service.rollback = validate(RollbackConfiguration, saved,
-                                        f"stored rollback settings of {name} (drop them with "
-                                        f"`rollback-manager --reset --service {name}`)")
-    return store
+    return open_configured_store(config, config_path)
 
 
 def known_service(config: SafeshipConfig, name: str | None, config_path: str) -> str | None:

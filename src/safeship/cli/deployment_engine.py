@@ -31,6 +31,7 @@ from safeship.config.paths import state_dir
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase, status_exit_code
 from safeship.errors import InputError
+from safeship.platforms import runs_in_controller
 from safeship.store import DeploymentRecord, Store
 
 
@@ -98,7 +99,7 @@ def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
     by = f"deployment-engine --cancel ({os.environ.get('USER', 'unknown')})"
     record = store.get_deployment(deployment_id)
     environment = config.environment(record.environment)
-    if environment is not None and environment.platform != "sim":
+    if environment is not None and runs_in_controller(environment.platform):
         from safeship.api.client import ControllerClient
 
         client = ControllerClient(state_dir(config, args.config))
@@ -133,7 +134,7 @@ def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> in
     policy_for(args.policy)  # an unknown policy is bad input: fail before anything starts
     check_platform(environment, args.config)  # before a controller is started for it
     validate_request(config, store, request)
-    if environment.platform == "sim":
+    if not runs_in_controller(environment.platform):
         return asyncio.run(_deploy_sim(args, config, store, request))
     return _deploy_remote(args, request)
 
@@ -177,7 +178,7 @@ def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
     """Record the approval; a sim deployment then runs to its end here, a local one in the controller."""
     record = store.get_deployment(deployment_id)
     environment = config.environment(record.environment)
-    if environment is not None and environment.platform != "sim":
+    if environment is not None and runs_in_controller(environment.platform):
         from safeship.api.client import ControllerClient
 
         client = ControllerClient(state_dir(config, args.config))
@@ -187,7 +188,7 @@ def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
         record = _engine_for_store(config, store).approve(deployment_id, by=args.approved_by)
     if not args.json:
         output.console.print(f"{deployment_id}: approved by {args.approved_by or 'unknown'}")
-    if environment is None or environment.platform != "sim" or args.detach:
+    if environment is None or runs_in_controller(environment.platform) or args.detach:
         return EXIT_OK
     return asyncio.run(_continue_sim(args, config, store, record))
 

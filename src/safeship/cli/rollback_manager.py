@@ -36,6 +36,7 @@ from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.paths import state_dir
 from safeship.engine.phases import Phase
 from safeship.errors import InputError
+from safeship.platforms import runs_in_controller
 from safeship.store import RollbackRecord, Store
 
 
@@ -143,7 +144,7 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
     deployment_id = require(args.deployment_id, "--deployment-id", "--rollback")
     record = store.get_deployment(deployment_id)
     environment = config.environment(record.environment)
-    if environment is not None and environment.platform != "sim":
+    if environment is not None and runs_in_controller(environment.platform):
         from safeship.api.client import ControllerClient
 
         client = ControllerClient(state_dir(config, config_path))

@@ -22,6 +22,7 @@ from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
 from safeship.config.names import check_name, inside
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, NotFoundError
+from safeship.platforms import runs_commands
 from safeship.platforms.limits import detect
 from safeship.routing.base import RouteKey
 from safeship.store import Store
@@ -234,7 +235,7 @@ class EnvironmentManager:
                             f"deployment of {hungriest} at double capacity; quota {quota.cpu:g}"))
         checks.append(Check("memory quota", memory <= quota.memory, f"services need {memory:g}Mi with room "
                             f"for one deployment of {hungriest} at double capacity; quota {quota.memory:g}Mi"))
-        if environment.platform == "local":
+        if runs_commands(environment.platform):
             checks += [self._command_check(service) for service in self.config.services]
             checks.append(Check("process limits", True, detect().describe()))
         usage = shutil.disk_usage(self.state_dir if self.state_dir.exists() else self.root)

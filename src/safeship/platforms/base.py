@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from safeship.clock import Clock
 
 
 class InstanceState(str, enum.Enum):
@@ -71,8 +74,40 @@ class Instance:
     def ready(self) -> bool:
         return self.state.is_serving
 
+    @property
+    def stopped(self) -> bool:
+        return self.state is InstanceState.STOPPED
+
+
+# index -> the spec of that instance; called only for instances that must be started
+SpecTemplate = Callable[[int], InstanceSpec]
+# called once, before any instance is stopped, with the instances of the version that keep
+# serving (ready, index < replicas): the caller's router drains the leaving ones there
+LeavingHook = Callable[[Sequence[Instance]], Awaitable[None]]
+StartedHook = Callable[[Instance], None]
+StoppedHook = Callable[[Instance], None]
+
 
 class Platform(Protocol):
+    """Where instances run: starts, stops, lists and scales the instances of a version of a
+    service in an environment, and keeps them alive (restarts with backoff) in between.
+
+    Contract:
+    - `start` returns at once (state STARTING); readiness comes later and is seen in `instances`.
+    - `stop` is called after the caller's router has drained the instance; it waits `drain`
+      seconds for in-flight work, then terminates. Stopping an unknown or stopped instance is a no-op.
+    - `scale` converges a version to `replicas` instances (indexes 0..replicas-1): missing indexes
+      are started from `template(index)`, higher ones are drained first (`on_leaving`) and then
+      stopped. It is idempotent.
+    - `adopt` takes over the instances a previous owner left running (a restarted controller)
+      and returns them; a platform whose instances do not outlive it returns [].
+    - Errors of the platform's own machinery (processes, sockets, an API) reach callers only as
+      `TemporaryError` (try again after `delay`) or `PermanentError`; bad specs as `InputError`.
+
+    What differs between platforms, and so decides how safeship drives them, is said by class
+    attributes of the registered class (see `PlatformTraits`).
+    """
+
     async def start(self, spec: InstanceSpec) -> Instance:
         """Start one instance and return at once (state STARTING); readiness comes later."""
         ...
@@ -85,7 +120,69 @@ class Platform(Protocol):
         """Every instance the platform knows for this service, with its current state."""
         ...
 
+    async def scale(
+        self,
+        service: str,
+        environment: str,
+        version: str,
+        replicas: int,
+        template: SpecTemplate,
+        *,
+        drain: float,
+        on_leaving: LeavingHook | None = None,
+        on_started: StartedHook | None = None,
+        on_stopped: StoppedHook | None = None,
+    ) -> None:
+        """Converge `version` to `replicas` instances (see the class contract)."""
+        ...
+
+    async def adopt(self) -> list[Instance]:
+        """Take over the instances left running by a previous owner; [] when there are none."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class PlatformTraits(Protocol):
+    """The class attributes of a registered platform class.
+
+    runs_in_controller: a deployment there is driven by the controller daemon (real time, real
+                        instances that outlive any one command); False: the command that deploys
+                        drives it in the foreground on a virtual clock.
+    runs_commands:      instances are processes started on this host from `services.<name>.command`,
+                        so their commands and this host's process limits can be checked beforehand.
+    router:             the name of the router (in `safeship.routing.ROUTERS`) that steers its traffic.
+    traffic:            the name of the traffic source (in `safeship.traffic.TRAFFIC_SOURCES`) that
+                        measures it.
+    """
+
+    runs_in_controller: ClassVar[bool]
+    runs_commands: ClassVar[bool]
+    router: ClassVar[str]
+    traffic: ClassVar[str]
+
+    def create(self, setup: PlatformSetup) -> Platform: ...
+
+
+@dataclass(frozen=True)
+class PlatformSetup:
+    """What a registered platform may be built from, by the controller that owns it.
+
+    state_dir:   where it may keep files (logs, state);
+    ledger:      where it records the instances it starts, so that a restarted owner adopts them;
+    clock:       the clock of its world;
+    prober:      how to probe an instance (`safeship.analysis.probes.probe`), or None for the
+                 platform's own default;
+    secrets_for: (service, environment) -> secret values to give the instances;
+    run_as_user: (service, environment) -> the user to run instances as, or None.
+    """
+
+    state_dir: Path
+    ledger: InstanceLedger
+    clock: Clock
+    prober: Any = None
+    secrets_for: Callable[[str, str], Mapping[str, str]] | None = None
+    run_as_user: Callable[[str, str], str | None] | None = None
 
 
 class InstanceLedger(Protocol):

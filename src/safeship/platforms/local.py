@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -23,20 +24,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from safeship.clock import Clock, RealClock
 from safeship.config.names import check_name, inside
-from safeship.errors import ConflictError, InputError, PermanentError
+from safeship.errors import ConflictError, InputError, PermanentError, TemporaryError
 from safeship.platforms.base import (
     Instance,
     InstanceLedger,
     InstanceSpec,
     InstanceState,
+    LeavingHook,
+    Platform,
+    PlatformSetup,
     ProbeSpec,
+    SpecTemplate,
+    StartedHook,
+    StoppedHook,
 )
 from safeship.platforms.ledger import (
     as_int,
@@ -62,6 +69,7 @@ from safeship.platforms.processes import (
     user_identity,
     wait_for_exit,
 )
+from safeship.platforms.scaling import scale_one_by_one
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,23 @@ INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")
 PLACEHOLDERS = ("port", "version", "service", "environment", "index")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PORT_ATTEMPTS = 50
+RETRY_DELAY_S = 2.0  # how long a caller waits before trying again after a passing OS failure
+# OS failures that may pass on their own (a port or process slot taken, a full disk); any other
+# OSError (permissions, a missing folder or binary) will not go away by retrying.
+_PASSING_ERRNOS = frozenset({errno.EADDRINUSE, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOSPC,
+                             errno.ENOMEM, errno.EINTR, errno.EBUSY})
+
+
+@contextlib.contextmanager
+def _os_errors(action: str) -> Iterator[None]:
+    """Translate an OSError of `action` into TemporaryError (it may pass) or PermanentError."""
+    try:
+        yield
+    except OSError as exc:
+        text = exc.strerror or str(exc)
+        if exc.errno in _PASSING_ERRNOS:
+            raise TemporaryError(f"{action}: {text}", delay=RETRY_DELAY_S) from exc
+        raise PermanentError(f"{action}: {text}") from exc
 
 
 class ProbeOutcome(Protocol):
@@ -132,7 +157,23 @@ class _Supervised:
 
 
 class LocalPlatform:
-    """Platform whose instances are processes on this host, each on its own loopback port."""
+    """Platform whose instances are processes on this host, each on its own loopback port.
+
+    Its processes outlive it: `close` leaves them running, and the next owner `adopt`s them from
+    the ledger. OS failures reach callers as TemporaryError or PermanentError."""
+
+    runs_in_controller: ClassVar[bool] = True
+    runs_commands: ClassVar[bool] = True
+    router: ClassVar[str] = "builtin"
+    traffic: ClassVar[str] = "router"
+
+    @classmethod
+    def create(cls, setup: PlatformSetup) -> Platform:
+        platform = cls(state_dir=setup.state_dir, ledger=setup.ledger, prober=setup.prober, clock=setup.clock,
+                       secrets_for=setup.secrets_for, run_as_user=setup.run_as_user)
+        if platform.limits is not None:
+            log.info("process limits in force: %s", platform.limits.support.describe())
+        return platform
 
     def __init__(
         self,
@@ -196,7 +237,8 @@ class LocalPlatform:
             ),
             log_path=self.log_path(spec),
         )
-        self._spawn(sup)
+        with _os_errors(f"could not start {instance_id}"):
+            self._spawn(sup)
         self._supervised[instance_id] = sup
         self._save(sup)
         sup.task = asyncio.create_task(self._supervise(sup), name=f"supervise {instance_id}")
@@ -206,15 +248,16 @@ class LocalPlatform:
         """Stop serving (the caller's router has drained it), wait `drain` seconds, SIGTERM the
         process group, SIGKILL it after the grace period, and forget the instance."""
         sup = self._supervised.get(instance.id)
-        if sup is None:
-            await self._stop_unsupervised(instance)
-        else:
-            if sup.stop_task is None:
-                sup.stop_task = asyncio.create_task(
-                    self._stop(sup, drain), name=f"stop {sup.instance.id}"
-                )
-            # Shielded: a caller that gives up waiting must not leave a half-stopped instance.
-            await asyncio.shield(sup.stop_task)
+        with _os_errors(f"could not stop {instance.id}"):
+            if sup is None:
+                await self._stop_unsupervised(instance)
+            else:
+                if sup.stop_task is None:
+                    sup.stop_task = asyncio.create_task(
+                        self._stop(sup, drain), name=f"stop {sup.instance.id}"
+                    )
+                # Shielded: a caller that gives up waiting must not leave a half-stopped instance.
+                await asyncio.shield(sup.stop_task)
         instance.state = InstanceState.STOPPED
         instance.pid = None
 
@@ -226,6 +269,23 @@ class LocalPlatform:
             if sup.instance.service == service and sup.instance.environment == environment
         ]
         return sorted(found, key=lambda inst: inst.id)
+
+    async def scale(
+        self,
+        service: str,
+        environment: str,
+        version: str,
+        replicas: int,
+        template: SpecTemplate,
+        *,
+        drain: float,
+        on_leaving: LeavingHook | None = None,
+        on_started: StartedHook | None = None,
+        on_stopped: StoppedHook | None = None,
+    ) -> None:
+        """One process per missing index; leaving ones drained first, then stopped one by one."""
+        await scale_one_by_one(self, service, environment, version, replicas, template, drain=drain,
+                               on_leaving=on_leaving, on_started=on_started, on_stopped=on_stopped)
 
     async def close(self, *, stop_instances: bool = False) -> None:
         """Stop supervising. Processes keep serving unless `stop_instances`; their ledger records
@@ -433,7 +493,7 @@ class LocalPlatform:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 message = f"could not start {inst.id}: {argv[0]}: {text}"
                 _log_line(log_file, message, sup.spec.secret_env)
-                raise PermanentError(self._redact(sup, message)) from None
+                raise PermanentError(self._redact(sup, message)) from exc
         sup.popen = popen
         if sup.limits is not None:
             sup.limits.attach(popen.pid)

@@ -3,11 +3,38 @@ the analysis benchmark and most unit tests."""
 
 from __future__ import annotations
 
-from safeship.platforms.base import Instance, InstanceSpec, InstanceState
+from typing import ClassVar
+
+from safeship.errors import InputError
+from safeship.platforms.base import (
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    LeavingHook,
+    Platform,
+    PlatformSetup,
+    SpecTemplate,
+    StartedHook,
+    StoppedHook,
+)
+from safeship.platforms.scaling import scale_one_by_one
 from safeship.simworld import SimInstance, SimWorld
 
 
 class SimPlatform:
+    """A `Platform` over a `SimWorld`: instances start, become ready and crash on its virtual
+    clock. Deployments on it are driven in the foreground by the command that deploys."""
+
+    runs_in_controller: ClassVar[bool] = False
+    runs_commands: ClassVar[bool] = False
+    router: ClassVar[str] = "sim"
+    traffic: ClassVar[str] = "router"
+
+    @classmethod
+    def create(cls, setup: PlatformSetup) -> Platform:
+        raise InputError("the sim platform is a simulated world, which the command that deploys builds "
+                         "on a virtual clock; no controller runs it")
+
     def __init__(self, world: SimWorld) -> None:
         self.world = world
         self.started: list[tuple[float, str]] = []  # (time, instance id), for tests
@@ -62,6 +89,25 @@ class SimPlatform:
             for sim in list(self.world.instances.values())
             if sim.service == service and sim.environment == environment
         ]
+
+    async def scale(
+        self,
+        service: str,
+        environment: str,
+        version: str,
+        replicas: int,
+        template: SpecTemplate,
+        *,
+        drain: float,
+        on_leaving: LeavingHook | None = None,
+        on_started: StartedHook | None = None,
+        on_stopped: StoppedHook | None = None,
+    ) -> None:
+        await scale_one_by_one(self, service, environment, version, replicas, template, drain=drain,
+                               on_leaving=on_leaving, on_started=on_started, on_stopped=on_stopped)
+
+    async def adopt(self) -> list[Instance]:
+        return []  # a simulated world does not outlive its owner
 
     async def close(self) -> None:
         return None

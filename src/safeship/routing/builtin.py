@@ -26,7 +26,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 from safeship.errors import ConflictError, InputError, NotFoundError, TemporaryError
-from safeship.routing.base import Backend, RouteKey, TrafficCounters
+from safeship.routing.base import (
+    Backend,
+    RouteKey,
+    Router,
+    RouterAbilities,
+    RouterSetup,
+    RoutesSnapshot,
+    TrafficCounters,
+)
 from safeship.routing.http11 import (
     CHUNK,
     CHUNKED,
@@ -255,6 +263,8 @@ class BuiltinRouter:
     ready backend (or a hold expired).
     """
 
+    abilities: RouterAbilities = RouterAbilities(hold=True, listens=True)
+
     def __init__(
         self,
         *,
@@ -277,7 +287,30 @@ class BuiltinRouter:
         self._watchdog: asyncio.Task[None] | None = None
         self.unrouted: dict[RouteKey, int] = {}
 
+    @classmethod
+    def create(cls, setup: RouterSetup) -> Router:
+        """The builtin router for a controller: in a daemon process of its own when
+        `setup.own_process` (routes keep serving while the controller restarts), else in the
+        caller's event loop."""
+        if setup.own_process:
+            from safeship.routing.remote import RemoteRouter
+
+            return RemoteRouter(setup.state_dir)
+        return cls(close_grace=setup.close_grace)
+
+    async def open(self) -> None:
+        return None  # listeners open per route, in this event loop
+
     # -- listeners ----------------------------------------------------------------------------
+
+    async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
+        """Make `route` known; with `port`, listen on `host:port` unless it listens already."""
+        state = self._state(route)
+        if state.server is not None:
+            return self.port(route)
+        if port is None:
+            return None
+        return await self.add_route(route, host=host, port=port)
 
     async def add_route(self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start listening for `route` on loopback; returns the bound port (port 0 picks one)."""
@@ -392,6 +425,9 @@ class BuiltinRouter:
             key: {name: _copy(version.counters) for name, version in state.versions.items()}
             for key, state in self._routes.items()
         }
+
+    async def routes_snapshot(self) -> RoutesSnapshot:
+        return RoutesSnapshot(counters=self.snapshot(), unrouted=dict(self.unrouted))
 
     def _state(self, route: RouteKey) -> _Route:
         state = self._routes.get(route)

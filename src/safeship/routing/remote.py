@@ -27,7 +27,15 @@ from safeship.errors import (
     SafeshipError,
     TemporaryError,
 )
-from safeship.routing.base import Backend, RouteKey, TrafficCounters
+from safeship.routing.base import (
+    Backend,
+    RouteKey,
+    Router,
+    RouterAbilities,
+    RouterSetup,
+    RoutesSnapshot,
+    TrafficCounters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,10 @@ _KINDS: dict[str, type[SafeshipError]] = {
     "TemporaryError": TemporaryError,
 }
 _MAX_UNIX_PATH = 100
+RETRY_DELAY_S = 1.0  # how long a caller waits before asking again after the daemon failed to answer
+# What talking to the daemon can raise: the socket failing, the daemon going away mid-answer, or
+# an answer that is not JSON. All are translated into TemporaryError at this edge.
+_TRANSPORT_ERRORS = (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError)
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -59,6 +71,15 @@ def daemon_pid(state_dir: Path) -> int | None:
 
 
 class RemoteRouter:
+    """A `Router` whose listeners live in the router daemon. Failures to reach the daemon are
+    `TemporaryError`; errors the daemon reports keep their kind."""
+
+    abilities: RouterAbilities = RouterAbilities(hold=True, listens=True)
+
+    @classmethod
+    def create(cls, setup: RouterSetup) -> Router:
+        return cls(setup.state_dir)
+
     def __init__(self, state_dir: Path, *, start_timeout: float = 15.0) -> None:
         self.state_dir = state_dir
         self.socket = socket_path(state_dir)
@@ -74,8 +95,19 @@ class RemoteRouter:
 
     # ------------------------------------------------------------ connection
 
+    async def open(self) -> None:
+        """Connect to the router daemon, starting one when none answers."""
+        if await self.connect():
+            log.info("started the router daemon")
+
     async def connect(self) -> bool:
         """Connect to the daemon, starting one if none answers; True when this call started it."""
+        try:
+            return await self._connect()
+        except _TRANSPORT_ERRORS as exc:
+            raise TemporaryError(f"the router daemon does not answer: {exc}", delay=RETRY_DELAY_S) from exc
+
+    async def _connect(self) -> bool:
         started = False
         if not await self._try_connect():
             self._spawn()
@@ -99,14 +131,18 @@ class RemoteRouter:
         return True
 
     def _spawn(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "router.log", "ab") as log_file:
-            subprocess.Popen(
-                [sys.executable, "-m", "safeship.routing.daemon", "--socket", str(self.socket),
-                 "--info", str(self.state_dir / INFO_FILE)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
-                env=dict(os.environ),
-            )
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.state_dir / "router.log", "ab") as log_file:
+                subprocess.Popen(
+                    [sys.executable, "-m", "safeship.routing.daemon", "--socket", str(self.socket),
+                     "--info", str(self.state_dir / INFO_FILE)],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                    env=dict(os.environ),
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TemporaryError(f"cannot start the router daemon in {self.state_dir}: {exc}",
+                                 delay=RETRY_DELAY_S) from exc
         log.info("started the router daemon for %s", self.state_dir)
 
     async def _replay(self) -> None:
@@ -128,7 +164,11 @@ class RemoteRouter:
             await self._drop()
         await self.connect()
         async with self._lock:
-            return await self._call_locked(request)
+            try:
+                return await self._call_locked(request)
+            except _TRANSPORT_ERRORS as exc:
+                raise TemporaryError(f"the router daemon did not answer {request.get('op')!r}: {exc}",
+                                     delay=RETRY_DELAY_S) from exc
 
     async def _call_locked(self, request: dict[str, Any]) -> Any:
         if self._writer is None or self._reader is None:
@@ -164,6 +204,14 @@ class RemoteRouter:
         for key in [k for k in self._backends if k[0] == route]:
             del self._backends[key]
 
+    async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
+        """Make `route` known; with `port`, listen on `host:port` unless it listens already."""
+        if route in self._routes:
+            return self._routes[route][1]
+        if port is None:
+            return None
+        return await self.add_route(route, host=host, port=port)
+
     def port(self, route: RouteKey) -> int:
         if route not in self._routes:
             raise NotFoundError(f"router daemon: no listener for {route}")
@@ -196,6 +244,10 @@ class RemoteRouter:
             found[key] = {v: TrafficCounters.from_json(c) for v, c in row["counters"].items()}
             self.unrouted[key] = int(row["unrouted"])
         return found
+
+    async def routes_snapshot(self) -> RoutesSnapshot:
+        counters = await self.snapshot()
+        return RoutesSnapshot(counters=counters, unrouted=dict(self.unrouted))
 
     async def close(self) -> None:
         """Disconnect; the daemon keeps serving (stop it with `stop_daemon`)."""

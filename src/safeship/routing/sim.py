@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from safeship.routing.base import Backend, RouteKey, TrafficCounters
+from safeship.errors import InputError
+from safeship.routing.base import (
+    Backend,
+    RouteKey,
+    Router,
+    RouterAbilities,
+    RouterSetup,
+    RoutesSnapshot,
+    TrafficCounters,
+)
 from safeship.simworld import SimWorld
 
 SLICE_S = 5.0  # traffic is generated in slices no longer than this
@@ -24,6 +33,16 @@ class _Route:
 
 
 class SimRouter:
+    """A `Router` over a `SimWorld`: it holds, counts and splits traffic, but listens on no port
+    (`ensure_route` ignores `port` and returns None)."""
+
+    abilities: RouterAbilities = RouterAbilities(hold=True, listens=False)
+
+    @classmethod
+    def create(cls, setup: RouterSetup) -> Router:
+        raise InputError("the sim router routes a simulated world, which the command that deploys "
+                         "builds on a virtual clock; no controller runs it")
+
     def __init__(self, world: SimWorld) -> None:
         self.world = world
         self.routes: dict[RouteKey, _Route] = {}
@@ -36,6 +55,23 @@ class SimRouter:
         return route
 
     # ------------------------------------------------------------ Router protocol
+
+    async def open(self) -> None:
+        return None
+
+    async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
+        self._catch_up(route)
+        return None
+
+    async def remove_route(self, route: RouteKey) -> None:
+        self.routes.pop(route, None)
+
+    async def routes_snapshot(self) -> RoutesSnapshot:
+        snapshot = RoutesSnapshot()
+        for key in list(self.routes):
+            snapshot.counters[key] = dict(await self.counters(key))
+            snapshot.unrouted[key] = self.routes[key].unrouted
+        return snapshot
 
     async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         state = self._catch_up(route)
