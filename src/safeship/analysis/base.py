@@ -67,6 +67,7 @@ class StepContext:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     step_duration: float = 120.0  # the configured step duration
     min_step_duration: float = 10.0
+    promoted: bool = False  # True in the monitoring window after promotion, when the candidate serves alone
 
 
 class Policy(Protocol):

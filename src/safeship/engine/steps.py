@@ -287,16 +287,16 @@ class StepRunner:
         policy: Policy = self.policy_for(tick.before.policy)
         return await self._look(tick, policy, interval=policy.interval(self.config.intelligent_deployment.analysis),
                                 duration=float(step["duration"]), compare=bool(step.get("compare")),
-                                policy_step=int(step.get("policy_step", 0)))
+                                policy_step=int(step.get("policy_step", 0)), promoted=False)
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`."""
         policy: Policy = self.policy_for(tick.before.policy)
         return await self._look(tick, policy, interval=float(step["interval"]), duration=float(step["duration"]),
-                                compare=False, policy_step=0)
+                                compare=False, policy_step=0, promoted=True)
 
     async def _look(self, tick: Tick, policy: Policy, *, interval: float, duration: float, compare: bool,
-                    policy_step: int) -> StepResult:
+                    policy_step: int, promoted: bool) -> StepResult:
         """One look when one is due: the first look of a step only takes the counters; later ones
         sample what happened since the last look and let the policy decide. A measurement that
         fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget."""
@@ -337,6 +337,7 @@ class StepRunner:
             analysis=self.config.intelligent_deployment.analysis,
             step_duration=duration,
             min_step_duration=self.config.intelligent_deployment.strategies.canary.min_step_duration,
+            promoted=promoted,
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -180,15 +179,8 @@ def test_seed_after_promotion_checks_every_look_then_succeeds() -> None:
 # ---------------------------------------------------------------- flagger
 
 
-@dataclass(frozen=True)
-class PromotedContext(StepContext):
-    """A StepContext that says whether the look is past promotion (the engine's flag)."""
-
-    promoted: bool = False
-
-
 def promoted(time_in_step: float, duration: float = 300.0) -> StepContext:
-    return PromotedContext(
+    return StepContext(
         step_index=0,
         time_in_step=time_in_step,
         time_in_analysis=time_in_step,
@@ -256,15 +248,6 @@ def test_flagger_never_fails_after_promotion() -> None:
     decisions = run(FlaggerPolicy(), looks)
     assert verdicts(decisions) == [W] * 9 + [S]
     assert all(d.evidence == {"promoted": True} for d in decisions)
-
-
-def test_flagger_without_the_engine_flag_infers_promotion_from_the_run() -> None:
-    compared = [(look(GOOD), context(60.0, step=0))]
-    window = [(look(BAD, dt=30.0), context(30.0 * n, compare=False, duration=90.0)) for n in (1, 2, 3)]
-    assert verdicts(run(FlaggerPolicy(), compared + window)) == [A, W, W, S]
-    # blue-green: the single-version analysis fails checks; after it succeeds, the window is free
-    analysis = [(look(GOOD), context(60.0, compare=False, duration=60.0))]
-    assert verdicts(run(FlaggerPolicy(), analysis + window)) == [S, W, W, S]
 
 
 def test_flagger_single_version_phase_before_promotion_counts_failed_checks() -> None:
@@ -358,7 +341,7 @@ def test_argo_stops_its_analysis_once_the_rollout_completes() -> None:
     looks = [(look(c, dt=30.0), promoted(30.0 * n)) for n, c in enumerate([BAD] * 10, 1)]
     assert verdicts(run(ArgoPolicy(), looks)) == [W] * 9 + [S]
     compared = [(look(GOOD), context(60.0 * n, step=0)) for n in (1, 2)]
-    window = [(look(BAD, dt=30.0), context(30.0 * n, compare=False, duration=150.0)) for n in range(1, 6)]
+    window = [(look(BAD, dt=30.0), promoted(30.0 * n, duration=150.0)) for n in range(1, 6)]
     assert verdicts(run(ArgoPolicy(), compared + window)) == [W, A, W, W, W, W, S]
 
 

@@ -45,8 +45,7 @@ single-version phase (``ctx.compare`` False before promotion) is Argo's
 ``postPromotionAnalysis``: the same metrics after the traffic switch, successful when the phase
 is over; recreate's phase is treated the same way. After promotion (safeship's monitoring
 window) Argo has stopped the run, so this model judges nothing and passes when the window ends;
-it knows it is past promotion from ``StepContext.promoted`` when the engine provides it, or
-otherwise from the run so far (see ``flagger.after_promotion``).
+it knows it is past promotion from ``StepContext.promoted``, which the engine sets.
 """
 
 from __future__ import annotations

@@ -42,10 +42,8 @@ recreate) run the same checks every interval, against the same failed-check coun
 phase's duration is over (Flagger's blue/green runs its checks for ``iterations`` intervals
 before promoting).
 
-How the model knows it is past promotion: ``StepContext.promoted`` when the engine provides it;
-otherwise it infers it: a single-version look after a compared phase (canary and rolling have
-no single-version step before promotion), or any look after this policy answered SUCCESSFUL
-(blue-green and recreate promote right after their analysis succeeds).
+How the model knows it is past promotion: the engine says so in ``StepContext.promoted`` (True
+in the monitoring window after promotion).
 """
 
 from __future__ import annotations
@@ -65,11 +63,8 @@ _EPSILON = 1e-6
 
 
 def after_promotion(state: dict[str, Any], ctx: StepContext) -> bool:
-    """Whether this look falls in the window after promotion (see the module docstring)."""
-    explicit = getattr(ctx, "promoted", None)
-    if explicit is not None:
-        return bool(explicit)
-    return not ctx.compare and bool(state.get("compared") or state.get("succeeded"))
+    """Whether this look falls in the window after promotion, which the engine says."""
+    return ctx.promoted
 
 
 def configured_weights(configured: Sequence[int]) -> list[int]:
