@@ -12,14 +12,15 @@ from safeship.routing import ROUTERS, router_class
 @pytest.mark.parametrize("name", sorted(PLATFORMS))
 def test_platforms_have_the_protocol_methods(name: str) -> None:
     cls = platform_class(name)
-    for method in ("start", "stop", "instances", "close"):
+    for method in ("start", "stop", "instances", "scale", "adopt", "close", "create"):
         assert callable(getattr(cls, method, None)), (name, method)
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))
 def test_routers_have_the_protocol_methods(name: str) -> None:
     cls = router_class(name)
-    for method in ("set_backends", "set_weights", "hold", "counters", "close"):
+    for method in ("open", "ensure_route", "remove_route", "set_backends", "set_weights", "hold", "counters",
+                   "routes_snapshot", "close", "create"):
         assert callable(getattr(cls, method, None)), (name, method)
 
 
@@ -28,3 +29,20 @@ def test_unknown_names_list_the_known_ones() -> None:
         platform_class("nomad")
     with pytest.raises(InputError, match="known routers: builtin, process, sim"):
         router_class("nginx")
+
+
+@pytest.mark.parametrize("name", sorted(PLATFORMS))
+def test_platforms_say_their_traits(name: str) -> None:
+    cls = platform_class(name)
+    assert isinstance(cls.runs_in_controller, bool) and isinstance(cls.runs_commands, bool)
+    assert router_class(cls.router) is not None
+    from safeship.traffic import traffic_source_class
+
+    assert traffic_source_class(cls.traffic) is not None
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_routers_say_their_abilities(name: str) -> None:
+    from safeship.routing.base import RouterAbilities
+
+    assert isinstance(router_class(name).abilities, RouterAbilities)
