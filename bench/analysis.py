@@ -46,8 +46,6 @@ def _run(job: tuple[str, str, int, str | None]) -> dict[str, Any]:
     strategy = DeploymentStrategy.parse(strategy_name) if strategy_name else None
     result = simulate(scenario, policy=policy, policy_for=get_policy, seed=seed, strategy=strategy)
     result["path"] = path
-    result.setdefault("strategy", strategy_name or "canary")
-    result.setdefault("candidate_failed_requests_horizon", result["candidate_failed_requests"])
     candidate = scenario.candidate
     result["never_ready"] = not candidate.ready
     result["gross"] = (candidate.error_rate is not None and candidate.error_rate >= GROSS_ERROR_RATE

@@ -35,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
                      help="analysis policy: safeship, seed, flagger, argo, kayenta (default: %(default)s)")
     sim.add_argument("--seed", type=_seed, default=None,
                      help="random seed for the simulated traffic, 0 to 2^32-1 (default: the scenario's)")
-    sim.add_argument("--strategy", default="canary",
-                     help="blue_green | canary | rolling | recreate (default: %(default)s)")
+    sim.add_argument("--strategy", default=None,
+                     help="blue_green | canary | rolling | recreate (default: the scenario's strategy, else canary)")
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1, or stop it with --stop")
     server.add_argument("--config", default="safeship.yaml", help="safeship.yaml to use (default: %(default)s)")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scenario = load_scenario(args.scenario)
     try:
-        strategy = DeploymentStrategy.parse(args.strategy)
+        strategy = None if args.strategy is None else DeploymentStrategy.parse(args.strategy)
     except ValueError as exc:
         raise InputError(f"--strategy: {exc}") from None
     policy_for(args.policy)

@@ -121,29 +121,50 @@ async def run_simulation(
     policy: str,
     policy_for: Callable[[str], Policy],
     seed: int | None = None,
-    strategy: DeploymentStrategy = DeploymentStrategy.CANARY,
+    strategy: DeploymentStrategy | None = None,
     config: SafeshipConfig | None = None,
 ) -> dict[str, Any]:
+    """Run one deployment of the scenario's candidate to its end, then let the virtual clock run on
+    to the scenario's horizon with the routing the deployment left: what the candidate serves after
+    a promotion counts in `candidate_failed_requests_horizon`, which is what its users saw."""
     sim = await build(scenario, policy_for=policy_for, seed=seed, config=config)
     request = DeploymentRequest(
-        service_name=SERVICE, version=CANDIDATE, environment=ENVIRONMENT, deployment_strategy=strategy
+        service_name=SERVICE, version=CANDIDATE, environment=ENVIRONMENT,
+        deployment_strategy=strategy or scenario.strategy,
     )
     record = sim.engine.submit(request, policy=policy)
     started = record.created_at
+    sim.world.start_deployment(started)  # incidents and the baseline's record count from here
     limit = started + scenario.duration_s
     end_counters: dict[str, TrafficCounters] | None = None
+    horizon_counters: dict[str, TrafficCounters] | None = None
+    promoted_at: float | None = None
     while True:
         wait, current = await sim.engine.step(record.id)
         if current.decision == "promote" and end_counters is None:
             end_counters = dict(await sim.router.counters(sim.route))
+            promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()
         if Phase(current.phase).is_final:
             break
         if sim.clock.now() >= limit and current.decision is None:
             break  # out of time without a decision: counted as no decision
-        sim.clock.advance(max(wait, 0.05))
+        step = max(wait, 0.05)
+        if horizon_counters is None and sim.clock.now() < limit <= sim.clock.now() + step:
+            ahead = limit - sim.clock.now()
+            sim.clock.advance(ahead)
+            horizon_counters = dict(await sim.router.counters(sim.route))
+            step -= ahead
+        sim.clock.advance(step)
     if current.phase != Phase.SUCCEEDED.value or end_counters is None:
         end_counters = dict(await sim.router.counters(sim.route))
-    return _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
+    if horizon_counters is None:
+        if sim.clock.now() < limit:
+            sim.clock.advance(limit - sim.clock.now())  # a promoted candidate serves on
+        horizon_counters = dict(await sim.router.counters(sim.route))
+    result = _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
+    result["promoted_at_s"] = None if promoted_at is None else round(promoted_at - started, 3)
+    result["candidate_failed_requests_horizon"] = horizon_counters.get(CANDIDATE, TrafficCounters()).failed
+    return result
 
 
 def _result(
@@ -179,7 +200,7 @@ def _result(
 
 
 def simulate(scenario: Scenario, *, policy: str, policy_for: Callable[[str], Policy], seed: int | None = None,
-             strategy: DeploymentStrategy = DeploymentStrategy.CANARY) -> dict[str, Any]:
+             strategy: DeploymentStrategy | None = None) -> dict[str, Any]:
     return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy))
 
 

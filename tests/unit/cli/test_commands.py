@@ -122,9 +122,7 @@ def test_environment_lifecycle_and_production_guard(config_file: Path, capsys) -
 
 
 def test_console_script_runs_simulate(tmp_path: Path) -> None:
-    scenario = Path(__file__).resolve().parents[3].parent / "shared" / "scenarios" / "gross-failure.yaml"
-    if not scenario.exists():
-        pytest.skip("shared scenarios not beside the repository")
+    scenario = Path(__file__).resolve().parents[3] / "scenarios" / "gross-failure-40pct.yaml"
     done = subprocess.run([sys.executable, "-m", "safeship.cli.main", "simulate", "--scenario", str(scenario),
                            "--json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
