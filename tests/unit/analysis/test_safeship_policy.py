@@ -229,10 +229,13 @@ def test_observe_never_mutates_its_input_and_keeps_json_state() -> None:
 
 
 def test_gross_failure_is_rolled_back_within_seconds() -> None:
+    """Within 15 s of the first request. Not within 2 or 3: until the candidate has served
+    `Dispersion.warmup` (48) requests, its failures are discounted as if they came in runs of
+    mean 10, since a run of 20 failures at the start and a gross failure look alike until then."""
     runs = outcomes(GROSS, 30)
     assert all(r.decision == "rollback" and r.phase == "canary" for r in runs)
-    assert max(r.t for r in runs) <= 6.0  # within 15 s of the first request, with room to spare
-    assert median([r.candidate_failed for r in runs]) <= 8
+    assert max(r.t for r in runs) <= 15.0
+    assert median([r.candidate_failed for r in runs]) <= 30
     first = runs[0]
     assert re.fullmatch(
         r"error rate [\d.]+% vs baseline [\d.]+% \(sequential test, e=[\d.e+]+ > \d+\)",

@@ -108,6 +108,7 @@ class SafeshipSettings:
     suspicion: float = 0.25  # hold while log e >= suspicion * log(1/alpha_i)
     custom_tolerance: float = 0.2  # a gauge may be this much (relative) above the baseline's
     restarts: judge.Restarts = field(default_factory=judge.Restarts)
+    dispersion: judge.Dispersion = field(default_factory=judge.Dispersion)
 
 
 class SafeshipPolicy:
@@ -139,6 +140,7 @@ class SafeshipPolicy:
             "taus": {},
             "gauges": {"order": [], "last": {}, "windows": {}},
             "single": None,
+            "disp": judge.new_dispersion(),
         }
 
     def observe(
@@ -168,11 +170,15 @@ class SafeshipPolicy:
     def _fold_compare(self, st: State, sample: TickSample, ctx: StepContext) -> State:
         b, c = sample.baseline, sample.candidate
         now, restarts = st["clock"], self.settings.restarts
+        block = self.settings.dispersion.block
+        disp = judge.update_dispersion(st.get("disp", {}), "base", b.requests, b.failed, block)
+        disp = judge.update_dispersion(disp, "cand", c.requests, c.failed, block)
+        phi = judge.dispersion_factor(disp, self.settings.dispersion)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
             tests.get("errors", judge.new_e_process()),
             b.requests, b.failed, c.requests, c.failed,
-            ctx.analysis.error_tolerance, now=now, restarts=restarts,
+            ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
         )  # fmt: skip
         taus = dict(st["taus"])
         for name, q in QUANTILES.items():
@@ -190,6 +196,8 @@ class SafeshipPolicy:
         base, cand = st["base"], st["cand"]
         return {
             **st,
+            "disp": disp,
+            "phi": phi,
             "tests": tests,
             "gauges": gauges,
             "taus": taus,
@@ -232,6 +240,10 @@ class SafeshipPolicy:
         if single is None:
             return st
         c = sample.candidate
+        disp = judge.update_dispersion(
+            st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion.block
+        )
+        phi = judge.dispersion_factor(disp, self.settings.dispersion)
         tests = dict(st["tests"])
         counts = {"single_errors": (c.requests, c.failed)}
         n_lat = sum(c.latency_buckets)
@@ -245,8 +257,9 @@ class SafeshipPolicy:
             tests[name] = judge.update_one_sample(
                 tests.get(name, judge.new_e_process()), n, x, single[name]["p0"],
                 now=st["clock"], restarts=self.settings.restarts,
+                dispersion=phi if name == "single_errors" else 1.0,
             )  # fmt: skip
-        return {**st, "tests": tests, "single": single}
+        return {**st, "tests": tests, "single": single, "disp": disp, "phi": phi}
 
     def _single_nulls(self, st: State, ctx: StepContext) -> dict[str, Any] | None:
         """Nulls for single-version phases, frozen at the first such look: tolerance x an upper
@@ -256,7 +269,10 @@ class SafeshipPolicy:
         if base["n"] <= 0:
             return None
         delta = judge.split_alpha(ctx.analysis.alpha, SHARES)["single"] / len(SINGLE_TESTS) / 2
-        bound = judge.rate_upper_bound(base["n"], base["x"], delta)
+        # Failures that come in runs carry less information than as many independent ones: the
+        # bound uses the quasi-binomial effective counts n / phi, x / phi.
+        phi = float(st.get("phi", 1.0))
+        bound = judge.rate_upper_bound(base["n"] / phi, base["x"] / phi, delta)
         nulls: dict[str, Any] = {
             "single_errors": {
                 "p0": ctx.analysis.error_tolerance * bound,
@@ -281,8 +297,11 @@ class SafeshipPolicy:
             key = _trigger_key(trigger)
             prior = tests.get(key, judge.new_e_process())
             if isinstance(trigger, ErrorRateThresholdTrigger):
+                if ctx.compare and _baseline_above(sample.baseline, trigger.threshold):
+                    continue  # both versions above the trigger: a shared incident, not a release
                 tests[key] = judge.update_one_sample(
-                    prior, c.requests, c.failed, trigger.threshold, now=now, restarts=restarts
+                    prior, c.requests, c.failed, trigger.threshold, now=now, restarts=restarts,
+                    dispersion=float(st.get("phi", 1.0)),
                 )
             elif isinstance(trigger, ResponseTimeThresholdTrigger):
                 tests[key] = _fold_response_time(prior, trigger, c, now, restarts)
@@ -395,6 +414,11 @@ def _trigger_key(trigger: ThresholdTrigger) -> str:
     if isinstance(trigger, ResponseTimeThresholdTrigger):
         return f"trigger:response_time:{trigger.statistic}:{trigger.threshold:g}"
     return f"trigger:error_rate:{trigger.threshold:g}"
+
+
+def _baseline_above(baseline: TrafficCounters, threshold: float) -> bool:
+    """The baseline failed more than `threshold` of its requests in this look."""
+    return baseline.requests > 0 and baseline.failed > threshold * baseline.requests
 
 
 def _trigger_by_key(triggers: Sequence[ThresholdTrigger], key: str) -> ThresholdTrigger | None:
