@@ -14,7 +14,6 @@ from rich.table import Table
 from safeship.analysis.policies import get_policy
 from safeship.config.models import DeploymentRequest, EnvironmentType, SafeshipConfig, ServiceConfig, SimProfile
 from safeship.config.models import Environment as EnvironmentModel
-from safeship.engine.notify import MemorySink
 from safeship.engine.simulate import sim_engine
 from safeship.routing.base import RouteKey
 from safeship.store import Store
@@ -47,8 +46,7 @@ async def run(console: Console) -> list[dict[str, Any]]:
         start = time.time()
         for version, _profile, behaviour in RELEASES:
             engine, clock = await sim_engine(config, store, service="user-service", environment="production",
-                                             candidate=version, policy_for=get_policy, start=start,
-                                             notifier=MemorySink())
+                                             candidate=version, policy_for=get_policy, start=start)
             record = engine.submit(DeploymentRequest(service_name="user-service", version=version,
                                                      environment="production"))
             console.print(f"deploying user-service {version} ({behaviour}) - {record.strategy_reason}")

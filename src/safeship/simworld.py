@@ -28,7 +28,7 @@ import numpy as np
 from safeship import histogram
 from safeship.clock import VirtualClock
 from safeship.config.scenario import Scenario
-from safeship.routing.base import TrafficCounters
+from safeship.traffic import TrafficCounters
 
 _UPPER_LOG = np.log(np.array(histogram.BOUNDS_MS))
 _SQRT2 = math.sqrt(2.0)

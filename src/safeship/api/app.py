@@ -100,6 +100,8 @@ class CancelBody(_Body):
 
 class RollbackBody(_Body):
     reason: str | None = Field(default=None, description="why, recorded in the rollback row")
+    force: bool = Field(default=False, description="roll back even with no earlier stable version to return "
+                                                   "to, which stops the service")
 
 
 class ApproveBody(_Body):
@@ -456,7 +458,9 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     @api.post("/deployments/{deployment_id}/rollback")
     async def rollback_deployment(deployment_id: DeploymentId, body: RollbackBody | None = None) -> dict[str, Any]:
         reason = (body.reason if body is not None else None) or "manual rollback"
-        return deployment_json(controller.rollback(_deployment_id(deployment_id), reason=reason), full=True)
+        force = body.force if body is not None else False
+        return deployment_json(controller.rollback(_deployment_id(deployment_id), reason=reason, force=force),
+                               full=True)
 
     @api.post("/deployments/{deployment_id}/approve")
     async def approve_deployment(deployment_id: DeploymentId, body: ApproveBody | None = None) -> dict[str, Any]:

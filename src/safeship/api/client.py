@@ -149,8 +149,8 @@ class ControllerClient:
     def cancel(self, deployment_id: str, by: str = "") -> dict[str, Any]:
         return self._call("POST", f"/deployments/{deployment_id}/cancel", {"by": by})
 
-    def rollback(self, deployment_id: str, reason: str = "manual rollback") -> dict[str, Any]:
-        return self._call("POST", f"/deployments/{deployment_id}/rollback", {"reason": reason})
+    def rollback(self, deployment_id: str, reason: str = "manual rollback", *, force: bool = False) -> dict[str, Any]:
+        return self._call("POST", f"/deployments/{deployment_id}/rollback", {"reason": reason, "force": force})
 
     def history(self, service: str) -> dict[str, Any]:
         return self._call("GET", f"/services/{service}/history")

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from safeship.analysis.base import Policy
 from safeship.analysis.probes import probe
 from safeship.analysis.providers.scrape import Target, scrape
 from safeship.api.store_setup import open_store
@@ -31,7 +30,11 @@ from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Envir
 from safeship.config.paths import state_dir, store_url
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
+from safeship.engine.notify import LogSink
+from safeship.engine.outbox import Outbox
 from safeship.engine.phases import Phase
+from safeship.engine.policies import policy_for
+from safeship.engine.status import DeploymentStatus
 from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
@@ -40,13 +43,12 @@ from safeship.platforms.base import Platform, PlatformSetup
 from safeship.routing import router_class
 from safeship.routing.backends import sync_backends
 from safeship.routing.base import RouteKey, Router, RouterSetup, RoutesSnapshot, TrafficCounters
-from safeship.store import DeploymentRecord, EventRecord, Store
+from safeship.store import DeploymentRecord, Store
 from safeship.traffic import TrafficSetup, TrafficSource, traffic_source_class
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-ERRORS_BEFORE_ROLLBACK = 5  # failed ticks in a row before the controller rolls the deployment back
 
 
 def resolve_paths(config: SafeshipConfig, config_path: str | Path) -> tuple[Path, str]:
@@ -74,14 +76,6 @@ def counters_json(counters: TrafficCounters) -> dict[str, Any]:
 
 
 POLICIES_MODULE = "safeship.analysis.policies"
-
-
-def _policy_for(name: str) -> Policy:
-    # Imported on first use: the policies pull in scipy (half a second), which a restarted
-    # controller should not spend before its routes listen again.
-    from safeship.analysis.policies import get_policy
-
-    return get_policy(name)
 
 
 def controller_environments(config: SafeshipConfig) -> list[Environment]:
@@ -143,8 +137,12 @@ class Controller:
         self.traffic: TrafficSource = traffic_source_class(platform_cls.traffic).create(TrafficSetup(
             router=self.router, clock=self.clock, state_dir=state_dir,
         ))
-        world = World(self.platform, self.router, self.clock, gauges=self.gauges)
-        self.engine = DeploymentEngine(config, store, world, policy_for=_policy_for, secrets_for=self.secrets_for)
+        world = World(self.platform, self.router, self.clock, gauges=self.gauges, traffic_source=self.traffic)
+        self.engine = DeploymentEngine(config, store, world, policy_for=policy_for, secrets_for=self.secrets_for)
+        # Notifications leave from the events table, after the transition that wrote them is saved.
+        self.outbox = Outbox(store, [LogSink()])
+        self._outbox_stop = asyncio.Event()
+        self._outbox_task: asyncio.Task[None] | None = None
         self.sync_interval = sync_interval or self._default_sync_interval()
         self.routes: dict[RouteKey, int | None] = {}  # managed routes -> the port each listens on
         self.started_at = time.time()
@@ -208,6 +206,7 @@ class Controller:
             asyncio.to_thread(importlib.import_module, POLICIES_MODULE)
         )
         self._loop = asyncio.create_task(self._reconcile_forever(), name="controller-reconcile")
+        self._outbox_task = asyncio.create_task(self.outbox.run(self._outbox_stop), name="controller-outbox")
 
     async def stop(self) -> None:
         """Stop routing and supervising; service processes keep running for the next controller."""
@@ -216,6 +215,9 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._outbox_stop.set()  # the pass in flight finishes; what is left is sent by the next controller
+        if self._outbox_task is not None:
+            await self._outbox_task
         await self.traffic.close()
         await self.router.close()
         await self.platform.close()
@@ -263,11 +265,11 @@ class Controller:
             service=key.service, environment=key.environment, limit=1
         )
         if latest:
-            status = latest[0].status
-            if Phase(latest[0].phase).is_active and status.get("weights"):
-                return {str(v): int(w) for v, w in status["weights"].items()}
-            if latest[0].phase == Phase.FAILED.value and status.get("restore_weights"):
-                return {str(v): int(w) for v, w in status["restore_weights"].items()}
+            phase = Phase(latest[0].phase)
+            served = DeploymentStatus.from_json(latest[0].status).live_weights(
+                active=phase.is_active, failed=phase is Phase.FAILED)
+            if served is not None:
+                return {str(v): int(w) for v, w in served.items()}
         stable = self.engine.current_version(key.service, key.environment)
         return {stable: 100} if stable else {}
 
@@ -325,8 +327,8 @@ class Controller:
                     errors = 0
                 except Exception as exc:
                     errors += 1
-                    wait = min(30.0, 2.0**errors)
-                    self._engine_error(deployment_id, exc, errors)
+                    wait = self.engine.tick_failed(deployment_id, exc, errors)
+                self.outbox.wake()
                 if math.isinf(wait):
                     return
                 with contextlib.suppress(TimeoutError):
@@ -335,27 +337,12 @@ class Controller:
             self._wakes.pop(deployment_id, None)
             self._driving.pop(deployment_id, None)
 
-    def _engine_error(self, deployment_id: str, exc: Exception, errors: int) -> None:
-        log.error(
-            "deployment %s: tick failed (%d in a row): %s",
-            deployment_id,
-            errors,
-            exc,
-            exc_info=not isinstance(exc, SafeshipError),
-        )
-        message = f"controller could not advance the deployment: {exc}"
-        if errors == 1:
-            event = EventRecord(deployment_id, time.time(), "controller_error", message)
-            self.store.add_events([event])
-        if errors == ERRORS_BEFORE_ROLLBACK:
-            with contextlib.suppress(SafeshipError):
-                self.engine.request_rollback(deployment_id, reason=message)
-
     def wake(self, deployment_id: str) -> None:
         event = self._wakes.get(deployment_id)
         if event is not None:
             event.set()
         self._kick.set()
+        self.outbox.wake()
 
     # ------------------------------------------------------------ what the API calls
 
@@ -400,8 +387,8 @@ class Controller:
         self.wake(deployment_id)
         return record
 
-    def rollback(self, deployment_id: str, *, reason: str) -> DeploymentRecord:
-        record = self.engine.request_rollback(deployment_id, reason=reason)
+    def rollback(self, deployment_id: str, *, reason: str, force: bool = False) -> DeploymentRecord:
+        record = self.engine.request_rollback(deployment_id, reason=reason, force=force)
         self.wake(deployment_id)
         return record
 

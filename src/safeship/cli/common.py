@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 from safeship.config.loader import load_config
 from safeship.config.models import Environment, SafeshipConfig
 from safeship.config.names import check_name
+from safeship.engine.policies import policy_for as policy_for
 from safeship.errors import InputError, NotFoundError, SafeshipError
 from safeship.store import DeploymentRecord, Store
 
@@ -184,10 +185,14 @@ def check_platform(environment: Environment, config_path: str) -> None:
             f"this safeship cannot run (it runs: {', '.join(sorted(PLATFORMS))}); nothing was started")
 
 
-def policy_for(name: str) -> Any:
-    from safeship.analysis.policies import get_policy
+def flush_notifications(store: Store) -> None:
+    """Deliver the notifications of what this command ran in the foreground (a simulated
+    environment) before it exits; a store that cannot be written leaves them for the next one."""
+    from safeship.engine.notify import LogSink
+    from safeship.engine.outbox import Outbox
 
-    return get_policy(name)
+    with contextlib.suppress(SafeshipError):
+        Outbox(store, [LogSink()]).deliver_pending()
 
 
 def emit(data: Any, *, as_json: bool, text: Callable[[], None]) -> None:

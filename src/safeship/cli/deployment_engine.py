@@ -17,6 +17,7 @@ from safeship.cli.common import (
     check_platform,
     deployment_json,
     emit,
+    flush_notifications,
     guarded,
     known_environment,
     known_service,
@@ -107,6 +108,7 @@ def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
             client.cancel(deployment_id, by=by)
             return store.get_deployment(deployment_id)
     cancelled: DeploymentRecord = _engine_for_store(config, store).cancel(deployment_id, by=by)
+    flush_notifications(store)
     return cancelled
 
 
@@ -205,6 +207,7 @@ async def _continue_sim(args: argparse.Namespace, config: SafeshipConfig, store:
 
 
 def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> int:
+    flush_notifications(store)  # a foreground (simulated) deployment: its notifications leave now
     data = deployment_json(final, store.events(final.id))
     if args.detach:
         return EXIT_OK

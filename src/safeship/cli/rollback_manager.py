@@ -23,6 +23,7 @@ from safeship.cli.common import (
     Parser,
     add_common,
     emit,
+    flush_notifications,
     guarded,
     known_service,
     load,
@@ -149,7 +150,7 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
 
         client = ControllerClient(state_dir(config, config_path))
         client.ensure_running(config_path)
-        client.rollback(deployment_id, args.reason)
+        client.rollback(deployment_id, args.reason, force=args.force)
         deadline = time.time() + config.rollback_for(record.service).rollback_timeout + 60
         while time.time() < deadline:
             data = client.get(deployment_id)
@@ -159,6 +160,7 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
         final = store.get_deployment(deployment_id)
     else:
         final = asyncio.run(_rollback_sim(config, store, record.id, args.reason, force=args.force))
+        flush_notifications(store)
     rows = [rollback_json(r) for r in store.rollbacks(deployment_id=deployment_id)]
     emit(rows[0] if rows else {}, as_json=args.json, text=lambda: output.console.print(
         f"{deployment_id}: {final.phase} - {final.reason or ''}"))

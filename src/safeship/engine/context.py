@@ -7,7 +7,7 @@ deployment as it was."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from safeship.clock import Clock
@@ -15,16 +15,28 @@ from safeship.engine.status import DeploymentStatus
 from safeship.platforms.base import Platform
 from safeship.routing.base import RouteKey, Router
 from safeship.store import DeploymentRecord, EventRecord, Retirement, RollbackRecord, StableVersion
+from safeship.traffic import TrafficSource
 
 GaugeSource = Callable[[RouteKey], Awaitable[Mapping[str, Mapping[str, float]]]]
 
 
 @dataclass
 class World:
+    """What the engine drives: where instances run, who steers traffic, what measures it."""
+
     platform: Platform
     router: Router
     clock: Clock
     gauges: GaugeSource | None = None
+    traffic_source: InitVar[TrafficSource | None] = None  # None: the router's own counters
+    traffic: TrafficSource = field(init=False)
+
+    def __post_init__(self, traffic_source: TrafficSource | None) -> None:
+        if traffic_source is None:
+            from safeship.routing.traffic import RouterTraffic
+
+            traffic_source = RouterTraffic(self.router, clock=self.clock)
+        self.traffic = traffic_source
 
 
 @dataclass(frozen=True)

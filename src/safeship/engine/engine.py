@@ -30,7 +30,6 @@ from safeship.config.models import (
 from safeship.config.names import check_name
 from safeship.engine import gates
 from safeship.engine.context import Failure, Tick, World
-from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
 from safeship.engine.process_mark import DriverMark, driver_mark
@@ -38,6 +37,7 @@ from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, RollbackProgress
 from safeship.engine.steps import POLL_S, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
+from safeship.platforms import runs_in_controller
 from safeship.store import (
     DeploymentRecord,
     EventRecord,
@@ -77,7 +77,6 @@ class DeploymentEngine:
         world: World,
         *,
         policy_for: PolicyFactory,
-        notifier: NotificationSink | None = None,
         secrets_for: Callable[[str, str], Mapping[str, str]] | None = None,
         default_policy: str = "safeship",
     ) -> None:
@@ -85,7 +84,6 @@ class DeploymentEngine:
         self.store = store
         self.world = world
         self.policy_for = policy_for
-        self.notifier = notifier or LogSink()
         self.default_policy = default_policy
         self.steps = StepRunner(config, world, policy_for, secrets_for)
         # The process that ticks deployments with this engine, recorded in their status so that a
@@ -384,7 +382,6 @@ class DeploymentEngine:
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
-        self._notify(tick)
         return wait, saved
 
     def retry_delay(self, error: BaseException, errors_in_a_row: int) -> float:
@@ -407,7 +404,7 @@ class DeploymentEngine:
             if errors_in_a_row == 1:
                 self.store.add_events([EventRecord(deployment_id, time.time(), "controller_error", message)])
             if errors_in_a_row == ERRORS_BEFORE_ROLLBACK:
-                self.request_rollback(deployment_id, reason=message)
+                self.request_rollback(deployment_id, reason=message, force=True)
         except SafeshipError as exc:
             log.warning("deployment %s: could not record the failed tick: %s", deployment_id, exc)
         return self.retry_delay(error, errors_in_a_row)
@@ -439,15 +436,13 @@ class DeploymentEngine:
         tick.event("phase", message or f"phase {phase.value}", phase=phase.value)
 
     async def _prepare(self, tick: Tick) -> None:
-        ensure = getattr(self.world.router, "ensure_route", None)
-        if ensure is not None:
-            await ensure(tick.route)
+        await self.world.router.ensure_route(tick.route)
         baseline = tick.before.from_version
         if baseline is not None:
             await self.steps.sync_backends(tick)
             # Read once so that a router that counts lazily (the simulated one) brings its traffic
             # up to the start of the rollout here; the counters themselves are not kept.
-            await self.world.router.counters(tick.route)
+            await self.world.traffic.counters(tick.route)
         self._enter(tick, Phase.PROGRESSING)
         tick.set(step_index=0, step_started_at=tick.now)
 
@@ -577,16 +572,6 @@ class DeploymentEngine:
         if tick.get("reason") is None:
             tick.set(reason=message)
 
-    def _notify(self, tick: Tick) -> None:
-        record = tick.before
-        for event in tick.events:
-            if event.kind != "phase":
-                continue
-            phase = str(event.data.get("phase"))
-            if phase in ("rolling_back", "rolled_back", "failed", "succeeded", "cancelled"):
-                self.notifier.notify(Notification(phase, record.id, record.service, record.environment,
-                                                  event.message, dict(tick.get("evidence") or {})))
-
 
 def validate_request(
     config: SafeshipConfig, store: Store, request: DeploymentRequest, *, policy_for: PolicyFactory | None = None
@@ -611,7 +596,7 @@ def validate_request(
             f"version {request.version!r} of {request.service_name} is not known "
             f"(known: {', '.join(service.versions)})"
         )
-    if environment.platform == "sim":
+    if not runs_in_controller(environment.platform):
         from safeship.engine.sim_driver import finish_stranded
 
         finish_stranded(config, store, request.service_name, request.environment, policy_for=policy_for)

@@ -28,6 +28,7 @@ from safeship.engine.policies import policy_for as default_policy_for
 from safeship.engine.process_mark import driver_mark, is_alive
 from safeship.engine.status import DeploymentStatus
 from safeship.errors import StaleStateError
+from safeship.platforms import runs_in_controller
 from safeship.store import DeploymentRecord, EventRecord, Store
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ T = TypeVar("T")
 
 def is_sim(config: SafeshipConfig, environment: str) -> bool:
     settings = config.environment(environment)
-    return settings is not None and settings.platform == "sim"
+    return settings is not None and not runs_in_controller(settings.platform)
 
 
 def has_live_driver(record: DeploymentRecord) -> bool:
@@ -74,8 +75,8 @@ def run_now(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return value
 
 
-async def drive(config: SafeshipConfig, store: Store, deployment_id: str, *, policy_for: PolicyFactory,
-                notifier: Any = None) -> DeploymentRecord:
+async def drive(config: SafeshipConfig, store: Store, deployment_id: str, *,
+                policy_for: PolicyFactory) -> DeploymentRecord:
     """Drive a sim deployment until it ends (or waits for approval) on a fresh sim world whose
     virtual clock starts after the deployment's last change."""
     from safeship.engine.simulate import sim_engine
@@ -85,14 +86,14 @@ async def drive(config: SafeshipConfig, store: Store, deployment_id: str, *, pol
         return record
     engine, _ = await sim_engine(config, store, service=record.service, environment=record.environment,
                                  candidate=record.version, policy_for=policy_for,
-                                 start=max(time.time(), record.updated_at + 1), notifier=notifier)
+                                 start=max(time.time(), record.updated_at + 1))
     return await engine.run(deployment_id, return_when_awaiting=True)
 
 
-def drive_now(config: SafeshipConfig, store: Store, deployment_id: str, *, policy_for: PolicyFactory,
-              notifier: Any = None) -> DeploymentRecord:
+def drive_now(config: SafeshipConfig, store: Store, deployment_id: str, *,
+              policy_for: PolicyFactory) -> DeploymentRecord:
     """`drive`, from synchronous code."""
-    return run_now(lambda: drive(config, store, deployment_id, policy_for=policy_for, notifier=notifier))
+    return run_now(lambda: drive(config, store, deployment_id, policy_for=policy_for))
 
 
 def take_over(config: SafeshipConfig, store: Store, record: DeploymentRecord, *,
@@ -146,4 +147,4 @@ class SimDrivingEngine(DeploymentEngine):
     def _then_drive(self, record: DeploymentRecord) -> DeploymentRecord:
         if not is_sim(self.config, record.environment) or Phase(record.phase).is_final:
             return record
-        return drive_now(self.config, self.store, record.id, policy_for=self.policy_for, notifier=self.notifier)
+        return drive_now(self.config, self.store, record.id, policy_for=self.policy_for)

@@ -22,6 +22,7 @@ from safeship.config.scenario import Scenario
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.notify import MemorySink
+from safeship.engine.outbox import Outbox
 from safeship.engine.phases import Phase
 from safeship.platforms.sim import SimPlatform
 from safeship.routing.base import RouteKey, TrafficCounters
@@ -64,7 +65,14 @@ class Simulation:
     platform: SimPlatform
     store: Store
     engine: DeploymentEngine
-    sink: MemorySink
+    memory: MemorySink
+    outbox: Outbox  # delivers to `memory` from the store's events, as the controller's outbox does
+
+    @property
+    def sink(self) -> MemorySink:
+        """The notifications of this simulation so far (pending ones are delivered first)."""
+        self.outbox.deliver_pending()
+        return self.memory
 
     @property
     def route(self) -> RouteKey:
@@ -85,11 +93,10 @@ async def build(
     router, platform = SimRouter(world), SimPlatform(world)
     cfg = sim_config(scenario, config, replicas)
     store = store or Store(cfg.store.url)
-    sink = MemorySink()
-    engine = DeploymentEngine(
-        cfg, store, World(platform, router, clock, gauges=_gauges(router)), policy_for=policy_for, notifier=sink
-    )
-    simulation = Simulation(scenario, clock, world, router, platform, store, engine, sink)
+    engine = DeploymentEngine(cfg, store, World(platform, router, clock, gauges=_gauges(router)),
+                              policy_for=policy_for)
+    memory = MemorySink()
+    simulation = Simulation(scenario, clock, world, router, platform, store, engine, memory, Outbox(store, [memory]))
     await _install_baseline(simulation)
     return simulation
 
@@ -239,7 +246,6 @@ async def sim_engine(
     candidate: str,
     policy_for: Callable[[str], Policy],
     start: float,
-    notifier: Any = None,
 ) -> tuple[DeploymentEngine, VirtualClock]:
     """An engine on a fresh sim world for one `platform: sim` environment, with the store's current
     version already serving. The virtual clock starts at `start` (wall time) and runs ahead of it."""
@@ -260,7 +266,7 @@ async def sim_engine(
         await router.set_backends(route, baseline, backends)
         await router.set_weights(route, {baseline: 100})
     engine = DeploymentEngine(config, store, World(platform, router, clock, gauges=_gauges(router)),
-                              policy_for=policy_for, notifier=notifier)
+                              policy_for=policy_for)
     return engine, clock
 
 

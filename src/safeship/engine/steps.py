@@ -19,6 +19,7 @@ from safeship.engine.policies import PolicyFactory
 from safeship.engine.status import CountSummary, SampleSummary
 from safeship.errors import PermanentError, TemporaryError
 from safeship.platforms.base import Instance, InstanceSpec, InstanceState, ProbeSpec
+from safeship.routing.backends import sync_backends
 from safeship.routing.base import Backend, TrafficCounters
 from safeship.store import Retirement, StableVersion
 from safeship.strategies.base import (
@@ -131,17 +132,9 @@ class StepRunner:
     async def sync_backends(self, tick: Tick) -> dict[str, int]:
         """Tell the router which instances of each version are ready; returns ready counts."""
         every = await self.world.platform.instances(tick.before.service, tick.before.environment)
-        by_version: dict[str, list[Backend]] = {}
-        for instance in every:
-            listed = by_version.setdefault(instance.version, [])
-            if instance.ready:
-                listed.append(Backend(instance.id, instance.host, instance.port))
-        for version in tick.status.versions_seen:
-            by_version.setdefault(version, [])
-        for version, backends in by_version.items():
-            await self.world.router.set_backends(tick.route, version, backends)
-        tick.status.versions_seen = sorted(set(tick.status.versions_seen) | set(by_version))
-        return {v: len(b) for v, b in by_version.items()}
+        synced = await sync_backends(self.world.router, tick.route, every, seen=tick.status.versions_seen)
+        tick.status.versions_seen = sorted(set(tick.status.versions_seen) | set(synced.backends))
+        return synced.ready_counts()
 
     def instance_spec(self, tick: Tick, version: str, index: int) -> InstanceSpec:
         service = self.config.services[tick.before.service]
@@ -170,20 +163,23 @@ class StepRunner:
 
     async def scale(self, tick: Tick, step: ScaleStep) -> StepResult:
         version, replicas = step["version"], int(step["replicas"])
-        running = await self.live_instances(tick, version)
-        used = {i.index for i in running}
-        for index in range(replicas):
-            if index not in used:
-                await self.world.platform.start(self.instance_spec(tick, version, index))
-                tick.event("instance_started", f"started {version} instance {index}", version=version)
-        leaving = [i for i in running if i.index >= replicas]
-        if leaving:
+
+        async def drain(staying: Sequence[Instance]) -> None:
             # Drain first: the router stops sending new requests before the process is told to stop.
-            keep = [Backend(i.id, i.host, i.port) for i in running if i.index < replicas and i.ready]
+            keep = [Backend(i.id, i.host, i.port) for i in staying]
             await self.world.router.set_backends(tick.route, version, keep)
-            for instance in leaving:
-                await self.world.platform.stop(instance, drain=self.drain_seconds())
-                tick.event("instance_stopped", f"stopped {version} instance {instance.index}", version=version)
+
+        def started(instance: Instance) -> None:
+            tick.event("instance_started", f"started {version} instance {instance.index}", version=version)
+
+        def stopped(instance: Instance) -> None:
+            tick.event("instance_stopped", f"stopped {version} instance {instance.index}", version=version)
+
+        await self.world.platform.scale(
+            tick.before.service, tick.before.environment, version, replicas,
+            lambda index: self.instance_spec(tick, version, index),
+            drain=self.drain_seconds(), on_leaving=drain, on_started=started, on_stopped=stopped,
+        )
         return DONE
 
     def drain_seconds(self) -> float:
@@ -259,6 +255,10 @@ class StepRunner:
         return DONE
 
     async def hold(self, tick: Tick, step: HoldStep) -> StepResult:
+        if not self.world.router.abilities.hold:
+            # Degrade and say so: recreate accepts a gap; without a hold, requests in it fail.
+            tick.event("hold_unsupported", "the router cannot hold new requests; requests in the recreate gap fail")
+            return DONE
         await self.world.router.hold(tick.route, float(step["max_wait"]))
         tick.event("hold", f"router holds new requests for up to {float(step['max_wait']):.0f}s")
         return DONE
@@ -303,7 +303,7 @@ class StepRunner:
         progress = tick.status.analysis
         marker = f"{tick.get('step_index')}:{tick.get('phase')}"
         try:
-            counters = await self.world.router.counters(tick.route)
+            counters = await self.world.traffic.counters(tick.route)
         except TemporaryError as exc:
             return self.judge(tick, Decision(Verdict.ERROR, f"measurement failed: {exc}"), interval)
         if progress.marker != marker:

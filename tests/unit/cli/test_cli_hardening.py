@@ -159,3 +159,15 @@ def test_init_writes_a_starter_that_loads(tmp_path: Path, capsys) -> None:
     assert code == 2 and str(target) in err
     code, _, err = call(deployment_engine.main, ["--list", "--config", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "safeship init" in err
+
+
+def test_a_foreground_deployment_delivers_its_notifications_before_the_command_exits(config_file: Path,
+                                                                                     capsys) -> None:
+    assert deploy(config_file, "v1.2.0", capsys)[0] == 0
+    assert deploy(config_file, "v1.3.0", capsys)[0] == 1
+    store = Store(f"sqlite:///{config_file.parent / '.safeship' / 'state.db'}")
+    try:
+        last = store.last_event_id()
+        assert last > 0 and store.cursor("notifications:log") == last  # nothing left pending
+    finally:
+        store.close()
