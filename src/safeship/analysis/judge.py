@@ -464,7 +464,7 @@ class Dispersion:
     i (shrunk towards the other versions' rate by `shrink` requests), so that a version's first
     run of failures is not taken for its rate: a gross failure fails in every block and shows no
     excess, one run of failures in an otherwise clean stream shows x (x - 1). Blocks with at most
-    one failure contribute only -n (n - 1) p^2; they are summed with the version's overall rate.
+    one failure contribute only -n (n - 1) p^2, with p the rate of such blocks.
     The estimate is shrunk towards `prior` with the weight of `prior_weight` failures and is
     never below 1.
 
@@ -537,14 +537,19 @@ def _excess(c: Mapping[str, Any], p_ref: float, shrink: float) -> float:
     """sum over one version's blocks of x (x - 1) - n (n - 1) p_(-i)^2, where p_(-i) leaves out
     block i and its neighbours with failures (a run cut by a block boundary is one run)."""
     n_v, x_v = float(c["n"]), float(c["x"])
-    p_v = x_v / n_v
-    excess = -float(c["q"]) * p_v * p_v
     blocks = {int(k): (float(n), float(x)) for k, n, x in c["clumps"]}
     if c["bn"] > 0:
         blocks[int(c["k"])] = (float(c["bn"]), float(c["bx"]))
+    # Blocks with at most one failure are expected to fail at the rate of such blocks: the
+    # version's rate would count the runs' failures in (and cancel them); this errs towards a
+    # larger phi when failures are independent.
+    quiet_n = n_v - sum(n for n, x in blocks.values() if x >= 2)
+    quiet_x = x_v - sum(x for n, x in blocks.values() if x >= 2)
+    p_q = quiet_x / quiet_n if quiet_n > 0 else 0.0
+    excess = -float(c["q"]) * p_q * p_q
     for k, (n_i, x_i) in blocks.items():
         if x_i < 2:
-            excess -= n_i * (n_i - 1.0) * p_v * p_v
+            excess -= n_i * (n_i - 1.0) * p_q * p_q
             continue
         near = [blocks[j] for j in (k - 1, k, k + 1) if j in blocks]
         n_out = n_v - sum(b[0] for b in near)

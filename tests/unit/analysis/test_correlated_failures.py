@@ -18,8 +18,11 @@ and the seed's error-rate trigger can roll back: this file tests failures, nothi
 Every A/A cell runs 200 seeded canaries and asserts at most 6 false rollbacks: if the policy's
 true false-rollback rate were 1%, 6 or fewer of 200 would happen with probability 0.89, so the
 bound is not tight enough to pass a policy far above 1% (at 3%, P(X <= 6) = 0.61; at 6%,
-P(X <= 6) = 0.04). The old judge, which assumed independent failures, rolled back 13% to 40% of
-these canaries when runs averaged 3 or 10 requests (see `SWEEP` below).
+P(X <= 6) = 0.04). The judge before the dispersion correction, which assumed independent
+failures, rolled back 10% (low traffic) and 30% (high) of these canaries when runs averaged 3
+requests, 40% and 80% at 10, and 93% with a shared incident at high traffic even with independent
+failures (the seed's 5% error trigger), in 30 canaries per cell; `test_the_harness_sees_runs_that
+_are_not_corrected_for` keeps that visible.
 
 `python tests/unit/analysis/test_correlated_failures.py [runs]` prints the whole sweep with
 Clopper-Pearson 95% upper bounds.
@@ -27,7 +30,6 @@ Clopper-Pearson 95% upper bounds.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ import pytest
 from scipy import stats
 
 from safeship import histogram
+from safeship.analysis import judge
 from safeship.analysis.base import StepContext, ThresholdTrigger, TickSample, Verdict
 from safeship.analysis.policies.safeship import SafeshipPolicy
 from safeship.config.models import (
@@ -223,7 +226,7 @@ def test_ten_times_the_error_rate_in_bursts_of_three_is_rolled_back() -> None:
     outcomes = [run_canary(world, seed) for seed in range(RUNS)]
     caught = [o for o in outcomes if o[0] == "rollback"]
     assert len(caught) >= 198
-    assert float(np.median([o[1] for o in caught])) <= 120.0
+    assert float(np.median([o[1] for o in caught])) <= 180.0
 
 
 def test_gross_failure_in_bursts_is_decided_within_fifteen_seconds() -> None:
@@ -235,11 +238,20 @@ def test_gross_failure_in_bursts_is_decided_within_fifteen_seconds() -> None:
     assert max(o[1] for o in outcomes) <= 15.0
 
 
-def test_gross_failure_of_independent_requests_is_decided_within_seconds() -> None:
+def test_gross_failure_of_independent_requests_is_decided_within_fifteen_seconds() -> None:
     world = World(rps=HIGH_RPS, cand_error=0.5)
     outcomes = [run_canary(world, seed) for seed in range(50)]
     assert all(o[0] == "rollback" for o in outcomes)
-    assert max(o[1] for o in outcomes) <= 10.0
+    assert max(o[1] for o in outcomes) <= 15.0
+
+
+def test_the_harness_sees_runs_that_are_not_corrected_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same harness with phi pinned to 1 (failures taken as independent) rolls back far more
+    than 6 of 200 identical releases whose failures come in runs of mean 10: the A/A cells can
+    fail. 40 canaries keep it quick; more than 6 of 40 already breaks the bound."""
+    monkeypatch.setattr(judge, "dispersion_factor", lambda state, settings: 1.0)
+    world = World(rps=HIGH_RPS, burst=10.0)
+    assert rollbacks(world, 40) > MAX_FALSE_ROLLBACKS
 
 
 # ---------------------------------------------------------------- the sweep, printed
@@ -256,4 +268,3 @@ def sweep(runs: int, factory: PolicyFactory = SafeshipPolicy, cells: Sequence[tu
 
 if __name__ == "__main__":
     sweep(int(sys.argv[1]) if len(sys.argv) > 1 else RUNS)
-    _ = math.inf

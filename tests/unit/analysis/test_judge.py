@@ -420,3 +420,96 @@ def test_log_mixture_is_a_stable_log_mean_exp() -> None:
     values = np.array([[0.0, math.log(3.0)], [1000.0, 1000.0]])
     assert judge.log_mixture(values) == pytest.approx([math.log(2.0), 1000.0])
     assert list(itertools.chain(judge.log_mixture(np.zeros((2, 3))))) == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- correlated failures: dispersion
+
+
+def test_a_dispersion_factor_tempers_every_likelihood_ratio() -> None:
+    """With dispersion phi the e-value is the mixture of LR_k^(1/phi), every look re-scaled."""
+    ticks = [(95, 1, 5, 2), (94, 0, 6, 1), (96, 2, 4, 3), (90, 0, 10, 4)]
+    plain = _feed_two_sample(ticks)
+    tempered = judge.new_e_process()
+    for n_b, x_b, n_c, x_c in ticks:
+        tempered = judge.update_two_sample(tempered, n_b, x_b, n_c, x_c, RHO0, dispersion=5.0)
+    llr = np.asarray(plain["runs"][0]["llr"])  # type: ignore[index]
+    expected = float(logsumexp(llr / 5.0) - math.log(llr.size))
+    assert judge.log_e_value(tempered) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert judge.log_e_value(tempered) < judge.log_e_value(plain)
+    # phi below 1 would sharpen the test: it is treated as 1
+    floor = judge.update_two_sample(judge.new_e_process(), 95, 1, 5, 2, RHO0, dispersion=0.5)
+    one = judge.update_two_sample(judge.new_e_process(), 95, 1, 5, 2, RHO0)
+    assert judge.log_e_value(floor) == judge.log_e_value(one)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_a_tempered_ratio_is_fair_for_clumps_no_larger_than_phi(size: int) -> None:
+    """A clump of `size` failures goes wholly to the candidate with the null's probability theta0:
+    E[LR_k^(size/phi)] <= 1 for size <= phi (Jensen), > 1 for the large alternatives when
+    size > phi: why phi must follow the clump size."""
+    phi = 3.0
+    theta0 = _theta(95, 5, RHO0)
+    for multiplier in judge.RATIO_GRID:
+        theta_k = _theta(95, 5, RHO0 * multiplier)
+        a, b = theta_k / theta0, (1 - theta_k) / (1 - theta0)
+        mean = theta0 * a ** (size / phi) + (1 - theta0) * b ** (size / phi)
+        if size <= phi:
+            assert mean <= 1.0 + 1e-12
+        elif multiplier >= 10:
+            assert mean > 1.0
+
+
+def _runs(rng: np.random.Generator, looks: int, n: int, error: float, burst: float) -> list[int]:
+    """Failures per look of `n` requests, failures in geometric runs of mean `burst`."""
+    out, failing = [], bool(rng.random() < error)
+    left = int(rng.geometric(1 / burst if failing else error / (burst * (1 - error))))
+    for _ in range(looks):
+        failed, todo = 0, n
+        while todo:
+            take = min(todo, left)
+            failed += take if failing else 0
+            todo, left = todo - take, left - take
+            if not left:
+                failing = not failing
+                left = int(rng.geometric(1 / burst if failing else error / (burst * (1 - error))))
+        out.append(failed)
+    return out
+
+
+def _phi(base: list[int], cand: list[int], n_b: int, n_c: int) -> float:
+    settings = judge.Dispersion()
+    state = judge.new_dispersion()
+    for x_b, x_c in zip(base, cand, strict=True):
+        state = judge.update_dispersion(state, "base", n_b, x_b, settings.block)
+        state = judge.update_dispersion(state, "cand", n_c, x_c, settings.block)
+    return judge.dispersion_factor(state, settings)
+
+
+@pytest.mark.parametrize(("burst", "low", "high"), [(1.0, 1.0, 2.0), (3.0, 3.0, 9.0), (10.0, 10.0, 30.0)])
+def test_the_dispersion_factor_follows_the_mean_run_length(
+    burst: float, low: float, high: float
+) -> None:
+    """300 looks of 95 + 5 requests at 2% errors: phi near 2 L - 1 for runs of mean L (seeded;
+    median of 20 streams)."""
+    rng = np.random.default_rng(7)
+    values = [
+        _phi(_runs(rng, 300, 95, 0.02, burst), _runs(rng, 300, 5, 0.02, burst), 95, 5)
+        for _ in range(20)
+    ]
+    assert low <= float(np.median(values)) <= high
+
+
+def test_a_steady_gross_failure_is_not_taken_for_runs() -> None:
+    """A candidate failing half its requests, independently: phi stays near 1 once the candidate
+    has served the warmup, while one run of 20 failures in an otherwise clean candidate raises
+    it far above that."""
+    rng = np.random.default_rng(3)
+    base = [int(v) for v in rng.binomial(95, 0.005, 40)]
+    gross = [int(v) for v in rng.binomial(5, 0.5, 40)]
+    # before the candidate served 48 requests, phi is at least 2 * 10 - 1
+    assert _phi(base[:9], gross[:9], 95, 5) >= 19.0
+    # then it falls towards 1 as blocks show a steady rate (the prior, 3, weighs 4 failures)
+    assert _phi(base[:14], gross[:14], 95, 5) < 8.0
+    assert _phi(base, gross, 95, 5) < 3.0
+    run = [0, 0, 5, 5, 5, 5] + [0] * 34
+    assert _phi(base, run, 95, 5) > 5.0

@@ -246,9 +246,11 @@ def test_gross_failure_is_rolled_back_within_seconds() -> None:
 
 
 def test_ten_times_the_error_rate_is_rolled_back_after_a_handful_of_failures() -> None:
+    """A dozen failed requests: phi, estimated from the counts, stays a little above 1 even for
+    independent failures (the prior weighs 4 failures at 3; blocks with runs are set apart)."""
     runs = outcomes(TEN_X, 40)
     assert all(r.decision == "rollback" and r.phase == "canary" for r in runs)
-    assert median([r.candidate_failed for r in runs]) <= 10
+    assert median([r.candidate_failed for r in runs]) <= 13
     assert median([r.t for r in runs]) <= 60
 
 

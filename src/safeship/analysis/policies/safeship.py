@@ -11,7 +11,13 @@ bound of the baseline rate. The moment any e-value reaches 1/alpha_i the policy 
 
 alpha (AnalysisConfig.alpha) is split across tests by fixed shares (weighted Bonferroni; see
 `SHARES`), so the chance of rolling back a release equal to its baseline, over every metric and
-every look, is at most alpha. Because every look is valid, the policy looks every second: gross
+every look, is at most alpha, also when failures come in runs (mean length up to 10) within a
+version and when an incident hits both versions in the same looks; `judge.py`, "Correlated
+failures", says how and what is not covered. For that the failure tests are quasi-likelihood
+tests: each version's failure counts feed a dispersion estimate phi (`judge.Dispersion`) and the
+errors, single_errors and error-rate-trigger tests use LR^(1/phi). While a baseline serves, the
+error-rate trigger skips looks in which the baseline itself failed above the trigger's threshold:
+both versions above it is an incident, which rolling back would not cure. Because every look is valid, the policy looks every second: gross
 failure is decided within a few seconds of the candidate's first request, and a look costs no
 statistical budget.
 
