@@ -162,6 +162,7 @@ DEFAULT_TRAFFIC_SOURCE = "router"
 # name -> "module:Class" (loaded on first use) or the class itself (registered at run time)
 TRAFFIC_SOURCES: dict[str, str | type] = {
     "router": "safeship.routing.traffic:RouterTraffic",
+    "sim": "safeship.routing.sim:SimTraffic",
 }
 
 

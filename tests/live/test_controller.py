@@ -204,7 +204,7 @@ def test_instances_that_die_or_never_get_ready_get_no_traffic(setup: Setup, cont
                "--version", "v1.5.0", "--environment", ENV, "--strategy", "canary",
                "--config", str(setup.config), "--json"]  # fmt: skip
         ran = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=240)
-        assert ran.returncode == 1, ran.stderr  # DESIGN.md: 1 = rolled back
+        assert ran.returncode == 1, ran.stderr  # exit 1: the deployment was rolled back
         final = json.loads(ran.stdout)
         assert final["phase"] == "rolled_back"
         assert final["evidence"]["trigger"] == "health_check_failure"

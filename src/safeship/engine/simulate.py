@@ -26,7 +26,7 @@ from safeship.engine.outbox import Outbox
 from safeship.engine.phases import Phase
 from safeship.platforms.sim import SimPlatform
 from safeship.routing.base import RouteKey, TrafficCounters
-from safeship.routing.sim import SimRouter
+from safeship.routing.sim import SimRouter, SimTraffic
 from safeship.simworld import SimWorld
 from safeship.store import StableVersion, Store
 
@@ -93,8 +93,8 @@ async def build(
     router, platform = SimRouter(world), SimPlatform(world)
     cfg = sim_config(scenario, config, replicas)
     store = store or Store(cfg.store.url)
-    engine = DeploymentEngine(cfg, store, World(platform, router, clock, gauges=_gauges(router)),
-                              policy_for=policy_for)
+    world_parts = World(platform, router, clock, gauges=_gauges(router), traffic_source=SimTraffic(router))
+    engine = DeploymentEngine(cfg, store, world_parts, policy_for=policy_for)
     memory = MemorySink()
     simulation = Simulation(scenario, clock, world, router, platform, store, engine, memory, Outbox(store, [memory]))
     await _install_baseline(simulation)
@@ -265,7 +265,8 @@ async def sim_engine(
             backends.append(Backend(instance.id, "127.0.0.1", instance.port))
         await router.set_backends(route, baseline, backends)
         await router.set_weights(route, {baseline: 100})
-    engine = DeploymentEngine(config, store, World(platform, router, clock, gauges=_gauges(router)),
+    engine = DeploymentEngine(config, store,
+                              World(platform, router, clock, gauges=_gauges(router), traffic_source=SimTraffic(router)),
                               policy_for=policy_for)
     return engine, clock
 

@@ -28,7 +28,7 @@ class SimPlatform:
     runs_in_controller: ClassVar[bool] = False
     runs_commands: ClassVar[bool] = False
     router: ClassVar[str] = "sim"
-    traffic: ClassVar[str] = "router"
+    traffic: ClassVar[str] = "sim"
 
     @classmethod
     def create(cls, setup: PlatformSetup) -> Platform:

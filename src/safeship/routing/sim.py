@@ -17,6 +17,7 @@ from safeship.routing.base import (
     TrafficCounters,
 )
 from safeship.simworld import SimWorld
+from safeship.traffic import TrafficSetup, TrafficWindow
 
 SLICE_S = 5.0  # traffic is generated in slices no longer than this
 
@@ -178,3 +179,38 @@ class SimRouter:
     def gauges(self, route: RouteKey) -> Mapping[str, Mapping[str, float]]:
         state = self._route(route)
         return {v: self.world.gauges(v) for v in state.backends if state.backends[v]}
+
+
+class SimTraffic:
+    """A `TrafficSource` over a `SimRouter`: live counts from the router, and the record of each
+    stable version before the deployment from the simulated world, drawn from the same model as
+    its live traffic (the world knows how long it served before the deployment, `history_s`)."""
+
+    name = "sim"
+
+    def __init__(self, router: SimRouter) -> None:
+        self.router = router
+
+    @classmethod
+    def create(cls, setup: TrafficSetup) -> SimTraffic:
+        if not isinstance(setup.router, SimRouter):
+            raise InputError("the sim traffic source reads the sim router only")
+        return cls(setup.router)
+
+    async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        return await self.router.counters(route)
+
+    async def before(self, route: RouteKey, at: float, span: float) -> TrafficWindow | None:
+        world = self.router.world
+        versions = {i.version for i in world.instances.values()
+                    if i.service == route.service and i.environment == route.environment}
+        found = {v: w for v in sorted(versions - {world.candidate_version})
+                 if (w := world.history_window(v, span, at)) is not None}
+        if not found:
+            return None
+        start = max(w[0] for w in found.values())
+        end = min(w[1] for w in found.values())
+        return TrafficWindow(start, end, {v: w[2] for v, w in found.items()})
+
+    async def close(self) -> None:
+        return None
