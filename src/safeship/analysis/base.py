@@ -68,6 +68,11 @@ class StepContext:
     step_duration: float = 120.0  # the configured step duration
     min_step_duration: float = 10.0
     promoted: bool = False  # True in the monitoring window after promotion, when the candidate serves alone
+    # The version being replaced, as it served alone over `history_span_s` before the deployment
+    # (cumulative counts, failures, latency histogram), fixed before the candidate's first request;
+    # None when there is no record. The control where no baseline serves beside the candidate.
+    history: TrafficCounters | None = None
+    history_span_s: float | None = None
 
 
 class Policy(Protocol):

@@ -226,6 +226,10 @@ class AnalysisConfig(Model):
     # minutes after the candidate gets traffic is still caught while the baseline serves beside it.
     # None: the policy's own default (safeship: 300 s).
     ramp_time: StepDuration | None = None
+    # How far back the version being replaced is measured before a deployment starts. Blue-green
+    # (after the switch) and recreate judge the new version against that record, since the two
+    # never serve side by side there.
+    history: StepDuration = 1800.0
 
 
 class RollbackConfiguration(Model):

@@ -443,8 +443,30 @@ class DeploymentEngine:
             # Read once so that a router that counts lazily (the simulated one) brings its traffic
             # up to the start of the rollout here; the counters themselves are not kept.
             await self.world.traffic.counters(tick.route)
+            await self._record_history(tick, baseline)
         self._enter(tick, Phase.PROGRESSING)
         tick.set(step_index=0, step_started_at=tick.now)
+
+    async def _record_history(self, tick: Tick, baseline: str) -> None:
+        """Fix the replaced version's own record before the candidate's first request: the control
+        for steps where the two versions do not serve side by side. A source that cannot say is
+        no error: those steps then fall back to the absolute triggers, and the event says so."""
+        span = self.config.intelligent_deployment.analysis.history
+        try:
+            window = await self.world.traffic.before(tick.route, tick.now, span)
+        except TemporaryError as exc:
+            log.warning("deployment %s: the record before it could not be read: %s", tick.before.id, exc)
+            window = None
+        record = window.counters.get(baseline) if window is not None else None
+        if window is None or record is None or record.requests == 0:
+            tick.event("history_unavailable", f"no record of {baseline} before the deployment; steps where "
+                       "it does not serve beside the candidate are judged by the absolute triggers only")
+            return
+        tick.status.analysis.history = record
+        tick.status.analysis.history_span_s = window.end - window.start
+        tick.event("history", f"{baseline} before the deployment: {record.requests} requests, "
+                   f"{record.failed} failed over {window.end - window.start:.0f}s",
+                   version=baseline, requests=record.requests, failed=record.failed)
 
     async def _progress(self, tick: Tick) -> float:
         plan = steps_from_json(tick.before.plan)

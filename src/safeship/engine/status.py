@@ -69,6 +69,12 @@ class AnalysisProgress:
     errors_in_a_row: int = 0  # failed measurements and temporary errors since the last good look
     last_sample: SampleSummary | None = None
     unready_since: dict[str, float] = field(default_factory=dict)  # instance id -> first seen unready
+    # The version being replaced, as it served alone before the deployment: fixed before the
+    # candidate's first request, and the control for steps where the versions do not serve side
+    # by side (blue-green after the switch, recreate). None: no record (a first deployment, or a
+    # traffic source that kept none that far back).
+    history: TrafficCounters | None = None
+    history_span_s: float | None = None
 
     @property
     def started(self) -> bool:
@@ -176,6 +182,8 @@ class DeploymentStatus:
             data["policy_state"] = analysis.policy_state
         if analysis.last_sample is not None:
             data["last_sample"] = _copy_summary(analysis.last_sample)
+        if analysis.history is not None:
+            data["history"] = {"span_s": analysis.history_span_s, "counters": analysis.history.to_json()}
         if self.rollback is not None:
             data["rollback"] = self.rollback.to_json()
         return data
@@ -187,6 +195,7 @@ class DeploymentStatus:
         freeze = data.get("freeze_override")
         rollback = data.get("rollback")
         snap = data.get("snap") or {}
+        history = data.get("history") or {}
         return cls(
             replicas=int(data["replicas"]) if data.get("replicas") is not None else None,
             driver=DriverMark.from_json(data.get("driver")),
@@ -206,6 +215,8 @@ class DeploymentStatus:
                 errors_in_a_row=int(data.get("errors_in_a_row") or 0),
                 last_sample=_copy_summary(data["last_sample"]) if data.get("last_sample") else None,
                 unready_since={str(i): float(t) for i, t in (data.get("unready_since") or {}).items()},
+                history=TrafficCounters.from_json(history["counters"]) if history.get("counters") else None,
+                history_span_s=_number(history.get("span_s")),
             ),
             rollback=RollbackProgress.from_json(rollback) if rollback else None,
         )

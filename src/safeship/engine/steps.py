@@ -338,6 +338,8 @@ class StepRunner:
             step_duration=duration,
             min_step_duration=self.config.intelligent_deployment.strategies.canary.min_step_duration,
             promoted=promoted,
+            history=progress.history,
+            history_span_s=progress.history_span_s,
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)
