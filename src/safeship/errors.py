@@ -1,13 +1,16 @@
 """Every error safeship raises, split by what should happen next.
 
-    SafeshipError
-    ├── InputError            bad config, arguments or API body: one sentence, exit 2, nothing changed
-    │   └── ConfigError       names the file, the field and the value
-    ├── ConflictError         the request clashes with state (an active deployment, a stale row version)
-    ├── NotFoundError         an id, service, version or environment that does not exist
-    ├── StoreError            the store cannot be used (corrupt, locked, read-only, unreachable): exit 4
-    ├── PermanentError        stop and roll back: retrying will not help
-    └── TemporaryError        retry after `delay` seconds (a probe timed out, a port is busy)
+    SafeshipError                     exit 1 when nothing more specific applies
+    ├── InputError                    bad config, arguments or API body: one sentence, exit 2, nothing changed
+    │   ├── ConfigError               names the file, the field and the value
+    │   └── NotFoundError             an id, service, version or environment that does not exist (API: 404)
+    ├── ConflictError                 the request clashes with state (an active deployment): exit 2 (API: 409)
+    │   └── StaleStateError           another engine advanced the deployment first; the tick's work is dropped
+    ├── StoreError                    the store cannot be used (corrupt, locked, read-only, unreachable): exit 4
+    ├── PermanentError                retrying will not help: the step fails with the reason, and rolls back
+    ├── TemporaryError(delay)         retry after `delay` seconds; after `analysis.error_limit` in a row the
+    │                                 step fails, and a driver rolls back after five failed ticks in a row
+    └── ControllerUnreachable         the controller daemon does not answer: exit 3
 
 Plug-ins translate subprocess, HTTP and Kubernetes errors into these at their edge, with
 ``raise ... from exc``.
