@@ -17,9 +17,11 @@ failures", says how and what is not covered. For that the failure tests are quas
 tests: each version's failure counts feed a dispersion estimate phi (`judge.Dispersion`) and the
 errors, single_errors and error-rate-trigger tests use LR^(1/phi). While a baseline serves, the
 error-rate trigger skips looks in which the baseline itself failed above the trigger's threshold:
-both versions above it is an incident, which rolling back would not cure. Because every look is valid, the policy looks every second: gross
-failure is decided within a few seconds of the candidate's first request, and a look costs no
-statistical budget.
+both versions above it is an incident, which rolling back would not cure.
+
+Because every look is valid, the policy looks every second and a look costs no statistical
+budget: gross failure is decided within 15 s of the candidate's first request (about 50 of its
+requests: before that, a run of failures and a gross failure look alike).
 
 Schedule. The configured weights are used as they are (seed default 5, 10, 25, 50, 75, 100). A
 step advances when all of these hold:
