@@ -6,8 +6,9 @@ x baseline), slow requests above the baseline's p95 and p99 buckets (null: slow 
 latency_tolerance x baseline's), and a sign test per custom gauge. The seed's absolute triggers
 run as one-sample tests on the candidate in every phase. In single-version phases (blue-green
 after the switch, recreate, post-promotion monitoring) the candidate is tested against the
-baseline rates remembered from the compare phase: the null is tolerance x an upper confidence
-bound of the baseline rate. The moment any e-value reaches 1/alpha_i the policy says FAILED.
+baseline rates remembered from the compare phase, or, where there was none (blue-green,
+recreate), the replaced version's own record from before the deployment (`StepContext.history`):
+the null is tolerance x an upper confidence bound of that rate. The moment any e-value reaches 1/alpha_i the policy says FAILED.
 
 alpha (AnalysisConfig.alpha) is split across tests by fixed shares (weighted Bonferroni; see
 `SHARES`), so the chance of rolling back a release equal to its baseline, over every metric and
@@ -274,17 +275,27 @@ class SafeshipPolicy:
         confidence bound of the baseline's rate (level 1 - delta, delta = half the test's alpha),
         so a wrong bound and a false alarm together stay within the test's alpha."""
         base = st["base"]
-        if base["n"] <= 0:
-            return None
-        delta = judge.split_alpha(ctx.analysis.alpha, SHARES)["single"] / len(SINGLE_TESTS) / 2
+        source = "compare"
         # Failures that come in runs carry less information than as many independent ones: the
         # bound uses the quasi-binomial effective counts n / phi, x / phi.
         phi = float(st.get("phi", 1.0))
+        if base["n"] <= 0 and ctx.history is not None and ctx.history.requests > 0:
+            # No compare phase (blue-green, recreate): the replaced version's own record from
+            # before the deployment is the control. Its run lengths are unknown, so its counts
+            # are discounted as for the longest runs the guarantee covers.
+            record = ctx.history
+            base = {"n": record.requests, "x": record.failed, "h": list(record.latency_buckets)}
+            phi = max(phi, 2 * self.settings.dispersion.burst - 1)
+            source = "history"
+        if base["n"] <= 0:
+            return None
+        delta = judge.split_alpha(ctx.analysis.alpha, SHARES)["single"] / len(SINGLE_TESTS) / 2
         bound = judge.rate_upper_bound(base["n"] / phi, base["x"] / phi, delta)
         nulls: dict[str, Any] = {
             "single_errors": {
                 "p0": ctx.analysis.error_tolerance * bound,
                 "rate": base["x"] / base["n"],
+                "source": source,
             }
         }
         n_hist = sum(base["h"])
@@ -294,7 +305,7 @@ class SafeshipPolicy:
                 continue
             slow = histogram.count_above(base["h"], tau)
             p0 = ctx.analysis.latency_tolerance * judge.rate_upper_bound(n_hist, slow, delta)
-            nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist}
+            nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist, "source": source}
         return nulls
 
     def _fold_triggers(self, st: State, sample: TickSample, ctx: StepContext) -> State:
@@ -541,7 +552,8 @@ def _describe(
     if name in SINGLE_TESTS:
         null = st["single"][name]
         what = "error rate" if name == "single_errors" else f"{name[-3:]} slow share"
-        before = f"baseline {_pct(null['rate'])} before the switch"
+        before = (f"the replaced version's {_pct(null['rate'])} before the deployment"
+                  if null.get("source") == "history" else f"baseline {_pct(null['rate'])} before the switch")
         return f"{what} {_pct(_rate(x, n))} vs {before} (null {_pct(null['p0'])})"
     if name.startswith("metric:"):
         return f"{name[7:]}: candidate worse than baseline in {x:.0f} of {n:.0f} looks"
