@@ -8,7 +8,8 @@ run as one-sample tests on the candidate in every phase. In single-version phase
 after the switch, recreate, post-promotion monitoring) the candidate is tested against the
 baseline rates remembered from the compare phase, or, where there was none (blue-green,
 recreate), the replaced version's own record from before the deployment (`StepContext.history`):
-the null is tolerance x an upper confidence bound of that rate. The moment any e-value reaches 1/alpha_i the policy says FAILED.
+the null is tolerance x an upper confidence bound of that rate.
+The moment any e-value reaches 1/alpha_i the policy says FAILED.
 
 alpha (AnalysisConfig.alpha) is split across tests by fixed shares (weighted Bonferroni; see
 `SHARES`), so the chance of rolling back a release equal to its baseline, over every metric and
