@@ -37,13 +37,9 @@ from safeship.platforms.base import (
     InstanceLedger,
     InstanceSpec,
     InstanceState,
-    LeavingHook,
     Platform,
     PlatformSetup,
     ProbeSpec,
-    SpecTemplate,
-    StartedHook,
-    StoppedHook,
 )
 from safeship.platforms.ledger import (
     as_int,
@@ -69,7 +65,7 @@ from safeship.platforms.processes import (
     user_identity,
     wait_for_exit,
 )
-from safeship.platforms.scaling import scale_one_by_one
+from safeship.platforms.scaling import ScalesOneByOne
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +152,7 @@ class _Supervised:
     limits: LimitPlan | None = None  # this process's memory/cpu limits, when they are enforced
 
 
-class LocalPlatform:
+class LocalPlatform(ScalesOneByOne):
     """Platform whose instances are processes on this host, each on its own loopback port.
 
     Its processes outlive it: `close` leaves them running, and the next owner `adopt`s them from
@@ -269,23 +265,6 @@ class LocalPlatform:
             if sup.instance.service == service and sup.instance.environment == environment
         ]
         return sorted(found, key=lambda inst: inst.id)
-
-    async def scale(
-        self,
-        service: str,
-        environment: str,
-        version: str,
-        replicas: int,
-        template: SpecTemplate,
-        *,
-        drain: float,
-        on_leaving: LeavingHook | None = None,
-        on_started: StartedHook | None = None,
-        on_stopped: StoppedHook | None = None,
-    ) -> None:
-        """One process per missing index; leaving ones drained first, then stopped one by one."""
-        await scale_one_by_one(self, service, environment, version, replicas, template, drain=drain,
-                               on_leaving=on_leaving, on_started=on_started, on_stopped=on_stopped)
 
     async def close(self, *, stop_instances: bool = False) -> None:
         """Stop supervising. Processes keep serving unless `stop_instances`; their ledger records

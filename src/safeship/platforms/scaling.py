@@ -48,3 +48,25 @@ async def scale_one_by_one(
         await platform.stop(instance, drain=drain)
         if on_stopped is not None:
             on_stopped(instance)
+
+
+class ScalesOneByOne:
+    """`Platform.scale` for platforms that start and stop single instances (`scale_one_by_one`)."""
+
+    async def scale(
+        self,
+        service: str,
+        environment: str,
+        version: str,
+        replicas: int,
+        template: SpecTemplate,
+        *,
+        drain: float,
+        on_leaving: LeavingHook | None = None,
+        on_started: StartedHook | None = None,
+        on_stopped: StoppedHook | None = None,
+    ) -> None:
+        """One instance per missing index; leaving ones drained first, then stopped one by one."""
+        platform: Platform = self  # type: ignore[assignment]  # mixed into a Platform
+        await scale_one_by_one(platform, service, environment, version, replicas, template, drain=drain,
+                               on_leaving=on_leaving, on_started=on_started, on_stopped=on_stopped)

@@ -10,18 +10,14 @@ from safeship.platforms.base import (
     Instance,
     InstanceSpec,
     InstanceState,
-    LeavingHook,
     Platform,
     PlatformSetup,
-    SpecTemplate,
-    StartedHook,
-    StoppedHook,
 )
-from safeship.platforms.scaling import scale_one_by_one
+from safeship.platforms.scaling import ScalesOneByOne
 from safeship.simworld import SimInstance, SimWorld
 
 
-class SimPlatform:
+class SimPlatform(ScalesOneByOne):
     """A `Platform` over a `SimWorld`: instances start, become ready and crash on its virtual
     clock. Deployments on it are driven in the foreground by the command that deploys."""
 
@@ -89,22 +85,6 @@ class SimPlatform:
             for sim in list(self.world.instances.values())
             if sim.service == service and sim.environment == environment
         ]
-
-    async def scale(
-        self,
-        service: str,
-        environment: str,
-        version: str,
-        replicas: int,
-        template: SpecTemplate,
-        *,
-        drain: float,
-        on_leaving: LeavingHook | None = None,
-        on_started: StartedHook | None = None,
-        on_stopped: StoppedHook | None = None,
-    ) -> None:
-        await scale_one_by_one(self, service, environment, version, replicas, template, drain=drain,
-                               on_leaving=on_leaving, on_started=on_started, on_stopped=on_stopped)
 
     async def adopt(self) -> list[Instance]:
         return []  # a simulated world does not outlive its owner
