@@ -5,6 +5,7 @@ depend on which platform or router it drives."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -191,7 +192,9 @@ def test_a_registered_platform_router_and_traffic_source_run_a_canary_and_a_roll
             router.asked.clear()
             canary = controller.submit(_request("v2", DeploymentStrategy.CANARY))
             assert await _drive(controller, clock, canary.id) == Phase.SUCCEEDED.value
-            assert [w.get("v2", 0) for route, w in router.asked if route == ROUTE] == [5, 25, 50, 100]
+            # the controller's own loop may tick too: a repeated split is the same split applied again
+            applied = [w.get("v2", 0) for route, w in router.asked if route == ROUTE]
+            assert [weight for weight, _ in itertools.groupby(applied)] == [5, 25, 50, 100]
             assert router.asked[-1] == (ROUTE, {"v2": 100})
 
             metrics = await controller.version_metrics(SERVICE, ENVIRONMENT)
