@@ -23,7 +23,7 @@ from typing import Any
 from rich.table import Table
 
 from safeship.api.client import ControllerClient
-from safeship.cli.output import ProgressPrinter, console
+from safeship.cli.output import ProgressPrinter, console, styled
 from safeship.loadgen import LoadGenerator, failed
 from safeship.routing.remote import stop_daemon
 from safeship.store import Store
@@ -49,7 +49,7 @@ def follow(client: ControllerClient, deployment_id: str, *, timeout: float = 120
 
 def deploy(client: ControllerClient, version: str) -> dict[str, Any]:
     created = client.deploy({"service_name": SERVICE, "version": version, "environment": ENVIRONMENT})
-    console.print(f"[bold]deploy {SERVICE} {version}[/bold] ({created['id']}): {created['strategy_reason']}")
+    console.print(styled(f"deploy {SERVICE} {version}", "bold"), f"({created['id']}): {created['strategy_reason']}")
     return follow(client, str(created["id"]))
 
 
@@ -135,12 +135,12 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     console.print(summary(rows))
     for r in rows:
-        console.print(f"[bold]{r['version']}[/bold] strategy: {r['why']}")
+        console.print(styled(r["version"], "bold"), f"strategy: {r['why']}")
         console.print(f"        outcome: {r['reason']}")
     expected = [("v1.3.0", "rolled_back"), ("v1.4.0", "succeeded")]
     ok = [(r["version"], r["phase"]) for r in rows] == expected
-    console.print(f"{'[green]as expected' if ok else '[red]unexpected'}[/] in {time.time() - began:.0f}s; "
-                  "everything the demo started has been stopped")
+    verdict = styled("as expected", "green") if ok else styled("unexpected", "red")
+    console.print(verdict, f"in {time.time() - began:.0f}s; everything the demo started has been stopped")
     return 0 if ok else 1
 
 
