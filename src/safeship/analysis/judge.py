@@ -87,10 +87,19 @@ times the binomial one (2 L - 1 for geometric runs of mean L). The tests therefo
 LR^(1/phi) (`update_two_sample(..., dispersion=phi)`; every past look is re-scaled by the
 current phi, as a quasi-likelihood deviance is), with phi estimated from the counts of both
 versions (`Dispersion`, `dispersion_factor`): blocks of a version's consecutive requests, the
-excess of x (x - 1) over its binomial value, with a version's rate taken without the block and
-its neighbours so that a run is not mistaken for a rate. phi is never below 1 and, until every
-version has served `Dispersion.warmup` requests, never below 2 * 10 - 1, the value for runs of
-mean 10. This is what the guarantee now claims:
+excess of x (x - 1) over its binomial value n (n - 1) p_L p_R. The rate is *local*: p_L and p_R
+are the version's rates in the 8 blocks on each side of the block, leaving out the block and its
+neighbours, so that a run is not mistaken for a rate (a run is short against the window and
+still stands out), and a change of rate is not mistaken for runs (a late-onset regression, clean
+then 3% against 0.5%, contributes excess only near the shift; compared with the version's
+global rate, every block after the shift showed excess and phi read 6 to 15, hiding the
+regression). The two sides share no block, so their product is unbiased for p^2 at a steady
+rate. Looks of more than `Dispersion.max_look` requests (a monitoring window's 30-s looks) are
+not folded in: in blocks that large any change of rate outweighs runs of 10 (the excess grows
+with n^2), so phi keeps the value of the smaller looks. The state is bounded: a block's term is
+summed once its window is complete, and only the last 16 blocks are kept. phi is never below 1
+and, until every version has served `Dispersion.warmup` requests, never below 2 * 10 - 1, the
+value for runs of mean 10. This is what the guarantee now claims:
 
     identical versions are rolled back with probability about alpha or less when failures
     come in geometric runs of mean length up to 10 requests within a version (each version's
@@ -114,6 +123,11 @@ Not covered:
   the nodes of one version only, a cache that only the baseline has warmed);
 * versions whose runs differ in length at the same failure rate: phi pools both versions and
   is dominated by the busier one;
+* runs that start only in looks larger than `Dispersion.max_look` (a version that serves its
+  whole life in 30-s looks at high traffic, or whose runs begin after the canary): phi is not
+  re-estimated there, and keeps the canary's value (or the warmup floor, if there was none);
+* a rate that changes within the window as often as runs do (a rate that flaps every few
+  blocks) is read as runs, as before;
 * phases where one version serves alone (blue-green after the switch, recreate, monitoring
   after promotion): runs are corrected for (phi, and the remembered baseline's rate bound uses
   the effective counts n / phi, x / phi), but there is no concurrent control, so a shared incident
@@ -457,16 +471,33 @@ class Dispersion:
     looks); the block still being filled counts too, so a run in progress raises phi at once.
     phi - 1 is estimated by
 
-        sum over blocks of [x (x - 1) - n (n - 1) p_(-i)^2]  /  failures,
+        sum over blocks of [x (x - 1) - n (n - 1) p_L p_R]  /  failures,
 
-    which is 0 on average for independent failures at a constant rate and E[S (S - 1)] / E[S]
-    when failures come in clumps of size S. p_(-i) is the version's failure rate *without* block
-    i (shrunk towards the other versions' rate by `shrink` requests), so that a version's first
-    run of failures is not taken for its rate: a gross failure fails in every block and shows no
-    excess, one run of failures in an otherwise clean stream shows x (x - 1). Blocks with at most
-    one failure contribute only -n (n - 1) p^2, with p the rate of such blocks.
+    which is about 0 for independent failures at a rate that changes slowly and E[S (S - 1)] /
+    E[S] when failures come in clumps of size S. p_L and p_R are *local* rates: the version's
+    failures over its requests in the `window` blocks on the left and on the right of block i,
+    leaving out block i and its two neighbours (a run cut by a block boundary is one run), each
+    shrunk towards the pooled rate of every version by `shrink` requests; where one side has no
+    blocks yet (the latest ones) the other side's rate is squared. Leaving block i out keeps a
+    version's first run of failures from being taken for its rate (one run in an otherwise
+    clean stream shows x (x - 1)), and a gross failure fails in every block and shows no
+    excess. Taking the rate locally keeps a change of
+    rate from being taken for runs: when the rate shifts (a late-onset regression) only the
+    blocks within `window` of the shift see a rate other than their own, while a run, shorter
+    than a block or two, still stands out against the blocks around it.
+
+    A block's term is final once `window` blocks follow it; it is then added to a running sum and
+    only the last 2 `window` blocks are kept, so the state stays small. The blocks still missing
+    part of their right-hand window are re-evaluated at every look with what there is.
     The estimate is shrunk towards `prior` with the weight of `prior_weight` failures and is
     never below 1.
+
+    Looks of more than `max_look` requests (the 30-s looks of a monitoring window at full
+    traffic) are not folded in. In a block that large, runs of up to `burst` failures add about
+    (2 `burst` - 2) per failure while any change of rate between neighbouring blocks adds
+    n (n - 1) (p1^2 - p0 p1), which grows with n^2: a late-onset regression of 0.5% -> 3% in
+    blocks of 1500 requests read as phi ~ 14. phi then keeps the value estimated from the
+    smaller looks before (and is at least 2 `burst` - 1 if there were none: the warmup floor).
 
     Until every version has served `warmup` requests, phi is at least 2 `burst` - 1, the value
     for geometric runs of mean `burst`: a version's first run of failures and a gross failure
@@ -474,6 +505,8 @@ class Dispersion:
     requests tell a run that ends from a rate that stays."""
 
     block: int = 16
+    window: int = 8
+    max_look: int = 1024
     prior: float = 3.0
     prior_weight: float = 4.0
     shrink: float = 16.0
@@ -491,41 +524,84 @@ def new_dispersion() -> State:
 
 
 def _new_counts() -> dict[str, Any]:
-    return {"n": 0.0, "x": 0.0, "q": 0.0, "k": 0, "bn": 0.0, "bx": 0.0, "clumps": []}
+    # n, x: the version's totals; bn, bx: the block being filled; ring: the last complete blocks
+    # as [n, x], oldest first; settled: the summed terms of the blocks dropped from the ring.
+    return {"n": 0.0, "x": 0.0, "bn": 0.0, "bx": 0.0, "ring": [], "settled": 0.0}
 
 
 def update_dispersion(
-    state: Mapping[str, Any], version: str, n: float, x: float, block: int
+    state: Mapping[str, Any], version: str, n: float, x: float, settings: Dispersion
 ) -> State:
-    """Fold one look's (requests, failures) of `version` into the dispersion counts."""
+    """Fold one look's (requests, failures) of `version` into the dispersion counts. A look of
+    more than `settings.max_look` requests is left out: phi keeps the value of the smaller looks
+    before it (see `Dispersion`)."""
     if n <= 0:
         return dict(state)
-    c = dict(state.get(version) or _new_counts())
-    c["n"], c["x"] = c["n"] + n, c["x"] + x
-    c["bn"], c["bx"] = c["bn"] + n, c["bx"] + x
-    if c["bn"] >= block:
-        if c["bx"] >= 2:
-            c["clumps"] = [*c["clumps"], [c["k"], c["bn"], c["bx"]]]
-        else:
-            c["q"] += c["bn"] * (c["bn"] - 1.0)
-        c["k"], c["bn"], c["bx"] = c["k"] + 1, 0.0, 0.0
+    if n > settings.max_look:
+        # the version is still registered: with no smaller look, the warmup floor holds
+        return {**state, version: state.get(version) or _new_counts()}
+    old = state.get(version) or {}
+    c = {key: old.get(key, value) for key, value in _new_counts().items()}
+    c["n"], c["x"] = float(c["n"]) + n, float(c["x"]) + x
+    c["bn"], c["bx"] = float(c["bn"]) + n, float(c["bx"]) + x
+    if c["bn"] >= settings.block:
+        ring = [*c["ring"], [c["bn"], c["bx"]]]
+        c["bn"], c["bx"] = 0.0, 0.0
+        w = settings.window
+        if len(ring) > w:
+            # the block `w` from the end now has its whole window: its term is final
+            i = len(ring) - 1 - w
+            blocks = [(float(b[0]), float(b[1])) for b in ring]
+            p_ref = _reference_rate({**state, version: c})
+            c["settled"] = float(c["settled"]) + _term(blocks, i, w, settings.shrink, p_ref)
+        c["ring"] = ring[-2 * w :]
     return {**state, version: c}
+
+
+def _reference_rate(state: Mapping[str, Any]) -> float:
+    """The rate the local rates are shrunk towards: every version's failures over requests,
+    pooled (the busier version's, mostly: a version's own rate would take its first run for its
+    rate, the other version's alone would pull a quiet version's local rates towards a run)."""
+    total_n = sum(float(v["n"]) for v in state.values())
+    return sum(float(v["x"]) for v in state.values()) / total_n if total_n > 0 else 0.0
+
+
+def _term(
+    blocks: Sequence[tuple[float, float]], i: int, window: int, shrink: float, p_ref: float
+) -> float:
+    """x (x - 1) - n (n - 1) p_L p_R for block i: p_L and p_R the rates of the blocks within
+    `window` of i on its left and on its right, not next to it, each shrunk towards p_ref by
+    `shrink` requests. The two sides share no block, so E[p_L p_R] = p^2 at a steady rate, where
+    the square of one pooled rate would be p^2 + Var and bias phi low. A side without blocks
+    (the first blocks, the latest ones) is replaced by the other side."""
+    n_i, x_i = blocks[i]
+    left = blocks[max(0, i - window) : max(0, i - 1)]
+    right = blocks[i + 2 : i + window + 1]
+    if x_i < 2:
+        # a block with at most one failure is expected to fail at the rate of such blocks: a
+        # run nearby would otherwise count its failures in twice (as its excess and as rate)
+        left = [b for b in left if b[1] < 2]
+        right = [b for b in right if b[1] < 2]
+    rates = [
+        (sum(b[1] for b in side) + shrink * p_ref) / (sum(b[0] for b in side) + shrink)
+        for side in (left, right)
+        if side
+    ]
+    if not rates:
+        rates = [p_ref]
+    p_sq = rates[0] * rates[-1]
+    return x_i * (x_i - 1.0) - n_i * (n_i - 1.0) * p_sq
 
 
 def dispersion_factor(state: Mapping[str, Any], settings: Dispersion) -> float:
     """phi >= 1 from the counts of every version (pooled): failures seen so far, shrunk to the
     prior while they are few."""
-    total_n = sum(float(c["n"]) for c in state.values())
-    total_x = sum(float(c["x"]) for c in state.values())
     excess, failures = 0.0, 0.0
     for c in state.values():
-        n_v, x_v = float(c["n"]), float(c["x"])
-        if n_v <= 0:
+        if float(c["n"]) <= 0:
             continue
-        other_n = total_n - n_v
-        p_ref = (total_x - x_v) / other_n if other_n > 0 else x_v / n_v
-        excess += _excess(c, p_ref, settings.shrink)
-        failures += x_v
+        excess += _excess(c, _reference_rate(state), settings)
+        failures += float(c["x"])
     prior = settings.prior_weight
     phi = (prior * settings.prior + failures + excess) / (prior + failures)
     if any(float(c["n"]) < settings.warmup for c in state.values()):
@@ -533,30 +609,19 @@ def dispersion_factor(state: Mapping[str, Any], settings: Dispersion) -> float:
     return max(1.0, phi)
 
 
-def _excess(c: Mapping[str, Any], p_ref: float, shrink: float) -> float:
-    """sum over one version's blocks of x (x - 1) - n (n - 1) p_(-i)^2, where p_(-i) leaves out
-    block i and its neighbours with failures (a run cut by a block boundary is one run)."""
-    n_v, x_v = float(c["n"]), float(c["x"])
-    blocks = {int(k): (float(n), float(x)) for k, n, x in c["clumps"]}
-    if c["bn"] > 0:
-        blocks[int(c["k"])] = (float(c["bn"]), float(c["bx"]))
-    # Blocks with at most one failure are expected to fail at the rate of such blocks: the
-    # version's rate would count the runs' failures in (and cancel them); this errs towards a
-    # larger phi when failures are independent.
-    quiet_n = n_v - sum(n for n, x in blocks.values() if x >= 2)
-    quiet_x = x_v - sum(x for n, x in blocks.values() if x >= 2)
-    p_q = quiet_x / quiet_n if quiet_n > 0 else 0.0
-    excess = -float(c["q"]) * p_q * p_q
-    for k, (n_i, x_i) in blocks.items():
-        if x_i < 2:
-            excess -= n_i * (n_i - 1.0) * p_q * p_q
-            continue
-        near = [blocks[j] for j in (k - 1, k, k + 1) if j in blocks]
-        n_out = n_v - sum(b[0] for b in near)
-        x_out = x_v - sum(b[1] for b in near)
-        p_i = (x_out + shrink * p_ref) / (n_out + shrink)
-        excess += x_i * (x_i - 1.0) - n_i * (n_i - 1.0) * p_i * p_i
-    return excess
+def _excess(c: Mapping[str, Any], p_ref: float, settings: Dispersion) -> float:
+    """The settled terms plus those of the blocks whose window is not yet complete (the last
+    `window` complete blocks and the block being filled)."""
+    blocks = [(float(b[0]), float(b[1])) for b in c.get("ring", [])]
+    if float(c.get("bn", 0.0)) > 0:
+        blocks.append((float(c["bn"]), float(c["bx"])))
+    w = settings.window
+    # blocks before this index had their term settled when the window behind them filled
+    first = max(0, len(c.get("ring", [])) - w)
+    open_terms = sum(
+        _term(blocks, i, w, settings.shrink, p_ref) for i in range(first, len(blocks))
+    )
+    return float(c.get("settled", 0.0)) + open_terms
 
 
 # ---------------------------------------------------------------- histograms and bounds

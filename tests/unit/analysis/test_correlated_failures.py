@@ -69,6 +69,7 @@ class World:
     cand_error: float | None = None  # None: the baseline's rate (an A/A release)
     burst: float = 1.0  # mean length of a run of failed requests, both versions
     incidents: tuple[tuple[float, float, float], ...] = ()  # (at_s, duration_s, error_rate)
+    cand_onset: float = 0.0  # the candidate fails no request before this time (a late onset)
 
     def incident_floor(self, t: float) -> float:
         return max((rate for at, dur, rate in self.incidents if at <= t < at + dur), default=0.0)
@@ -125,6 +126,7 @@ def run_canary(
     monitor: float = 300.0,
     monitor_look: float = 30.0,
     horizon: float = 1800.0,
+    phis: list[tuple[float, float]] | None = None,
 ) -> tuple[str, float, int]:
     """(decision, seconds since the candidate's first request, candidate failures seen)."""
     policy = policy or SafeshipPolicy()
@@ -146,7 +148,8 @@ def run_canary(
             n = int(rng.poisson(world.rps * dt))
             n_c = int(rng.binomial(n, weight / 100)) if compare else n
             n_b = n - n_c
-            x_b, x_c = base.draw(n_b, floor), cand.draw(n_c, floor)
+            x_b = base.draw(n_b, floor)
+            x_c = cand.draw(n_c, floor) if t >= world.cand_onset else 0
             cand_failed += x_c
             t, in_step = t + dt, in_step + dt
             sample = TickSample(
@@ -158,6 +161,8 @@ def run_canary(
                 triggers=SEED_TRIGGERS, analysis=analysis, step_duration=duration,
             )  # fmt: skip
             state, decision = policy.observe(state, sample, ctx)
+            if phis is not None:
+                phis.append((t, float(state.get("phi", 1.0))))
             if decision.verdict is Verdict.FAILED:
                 return "rollback", t, cand_failed
             if decision.verdict in (Verdict.ADVANCE, Verdict.SUCCESSFUL):
@@ -252,6 +257,20 @@ def test_the_harness_sees_runs_that_are_not_corrected_for(monkeypatch: pytest.Mo
     monkeypatch.setattr(judge, "dispersion_factor", lambda state, settings: 1.0)
     world = World(rps=HIGH_RPS, burst=10.0)
     assert rollbacks(world, 40) > MAX_FALSE_ROLLBACKS
+
+
+@pytest.mark.parametrize("onset", [150.0, 400.0])
+def test_a_late_onset_regression_is_not_taken_for_runs(onset: float) -> None:
+    """The candidate is clean, then fails 3% of requests against the baseline's 0.5% (100 rps,
+    independent failures), from the canary's second step (150 s) or from the monitoring window
+    (400 s, 30-s looks of 3000 requests). The shift is a change of rate, not runs: phi stays
+    below 3 after the onset and the release is rolled back in each of 10 seeded runs."""
+    world = World(rps=HIGH_RPS, cand_error=0.03, cand_onset=onset)
+    for seed in range(10):
+        phis: list[tuple[float, float]] = []
+        decision, _, _ = run_canary(world, seed, phis=phis)
+        assert decision == "rollback", seed
+        assert max(phi for t, phi in phis if t > onset) < 3.0, seed
 
 
 # ---------------------------------------------------------------- the sweep, printed

@@ -180,9 +180,9 @@ class SafeshipPolicy:
     def _fold_compare(self, st: State, sample: TickSample, ctx: StepContext) -> State:
         b, c = sample.baseline, sample.candidate
         now, restarts = st["clock"], self.settings.restarts
-        block = self.settings.dispersion.block
-        disp = judge.update_dispersion(st.get("disp", {}), "base", b.requests, b.failed, block)
-        disp = judge.update_dispersion(disp, "cand", c.requests, c.failed, block)
+        settings = self.settings.dispersion
+        disp = judge.update_dispersion(st.get("disp", {}), "base", b.requests, b.failed, settings)
+        disp = judge.update_dispersion(disp, "cand", c.requests, c.failed, settings)
         phi = judge.dispersion_factor(disp, self.settings.dispersion)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
@@ -251,7 +251,7 @@ class SafeshipPolicy:
             return st
         c = sample.candidate
         disp = judge.update_dispersion(
-            st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion.block
+            st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion
         )
         phi = judge.dispersion_factor(disp, self.settings.dispersion)
         tests = dict(st["tests"])
