@@ -19,11 +19,13 @@ BAD: dict[str, dict[str, Any]] = {
 }
 
 
-EVIDENCE_WORDS = {
-    "health_check_failure": ("died", "not ready"),
-    "error_rate_threshold": ("error rate",),
-    "response_time_threshold": ("latency", "response time", "slow"),
-    "custom_metric": ("queue_depth",),
+# safeship's comparison with the baseline may fire before the absolute trigger; it is then the
+# comparison test of the same metric that must have fired, never another one
+COMPARISON_TESTS = {
+    "health_check_failure": set(),
+    "error_rate_threshold": {"errors"},
+    "response_time_threshold": {"latency_p95", "latency_p99"},
+    "custom_metric": {"metric:queue_depth"},
 }
 
 
@@ -45,9 +47,13 @@ async def test_trigger_rolls_back_a_bad_release(trigger: str, policy: str) -> No
     assert len(rows) == 1
     row = rows[0]
     assert row.success and row.automatic and row.from_version == CANDIDATE and row.to_version == "baseline"
-    # The seed's policy names the trigger; safeship's comparison may fire first and names the metric.
-    assert row.reason.startswith(trigger) or any(w in row.reason for w in EVIDENCE_WORDS[trigger]), row.reason
-    assert row.evidence  # the numbers behind the decision are kept
+    fired = row.evidence.get("trigger")
+    if policy == "seed":
+        assert fired == trigger, row.evidence
+    else:
+        assert fired == trigger or (fired == "analysis" and row.evidence.get("test") in COMPARISON_TESTS[trigger]), (
+            row.evidence)
+    assert len(row.evidence) > 1  # the numbers behind the decision are kept, not only its name
     assert row.duration_s is not None and row.duration_s >= 0
 
 
@@ -75,3 +81,15 @@ async def test_auto_rollback_off_returns_traffic_to_the_last_step_that_passed() 
     assert seen.record.phase == "failed"
     assert seen.weights[-1] == {"baseline": 90, CANDIDATE: 10}
     assert "rollback-manager --rollback" in (seen.record.reason or "")
+
+
+@pytest.mark.parametrize("trigger", ["error_rate_threshold", "response_time_threshold"])
+async def test_with_no_control_the_absolute_trigger_itself_rolls_back(trigger: str) -> None:
+    """Recreate with no record of the replaced version: no comparison can run, so it must be the
+    seed's trigger that fires."""
+    bad = scenario(**BAD[trigger]).model_copy(update={"history_s": 0.0})
+    seen = await run(bad, DeploymentStrategy.RECREATE, policy=_policy("safeship"))
+    assert seen.record.phase == "rolled_back", seen.record.reason
+    assert any(e.kind == "history_unavailable" for e in seen.sim.store.events(seen.record.id))
+    [row] = seen.sim.store.rollbacks(deployment_id=seen.record.id)
+    assert row.evidence.get("trigger") == trigger, row.evidence
