@@ -82,6 +82,9 @@ class AvailabilityRequirement(str, enum.Enum):
 class BlueGreenConfig(Model):
     enabled: bool = True
     health_check_timeout: PositiveDuration = 300.0
+    # The switch confirmation: after all traffic moves to the new colour, every one of its
+    # instances must be ready and serving within this long, or the switch is undone (a rollback to
+    # the old colour, still warm). Readiness before the switch is bounded by health_check_timeout.
     traffic_switch_timeout: PositiveDuration = 120.0
     scale_down_delay: Duration = 30.0  # old colour kept this long so rollback is an instant switch
     post_switch_analysis: StepDuration = 60.0
@@ -92,7 +95,11 @@ class CanaryConfig(Model):
     traffic_percentages: list[Int] = Field(default_factory=lambda: [5, 10, 25, 50, 75, 100])
     step_duration: StepDuration = 120.0  # longest a step waits for evidence
     min_step_duration: Duration = Field(default=10.0, le=7 * 86400)  # shortest: even clear evidence waits this long
-    adaptive: bool = True  # advance early when the evidence says "no worse"
+    # true (default): a step may advance as soon as the analysis policy has enough evidence that
+    # the candidate is no worse (never before min_step_duration; safeship's policy also holds a
+    # step while a test is suspicious, up to 2 x step_duration). false: every canary step waits its
+    # full step_duration before advancing, whatever the evidence; a failure still rolls back at once.
+    adaptive: bool = True
 
     @field_validator("traffic_percentages")
     @classmethod
@@ -220,7 +227,11 @@ class AnalysisConfig(Model):
     # candidate error rate may be this many times baseline
     error_tolerance: Number = Field(default=1.2, ge=1.0, le=1000.0)
     latency_tolerance: Number = Field(default=1.5, ge=1.0, le=1000.0)  # share of slow requests may be this many times
-    interval: StepDuration = 5.0  # how often the judge looks (every look is valid)
+    # The longest time between the judge's looks. safeship's policy looks every second, or every
+    # `interval` when that is shorter (every look is valid, so a look costs no alpha); looking
+    # less often than every second would push gross-failure detection past its 15 s target. The
+    # peer policies (seed, argo, flagger, kayenta) use their own documented intervals.
+    interval: StepDuration = 5.0
     error_limit: Int = Field(default=4, ge=1, le=MAX_COUNT)  # consecutive provider errors before the analysis fails
     # The shortest time the canary spends before full traffic, so that a regression which starts
     # minutes after the candidate gets traffic is still caught while the baseline serves beside it.
@@ -417,15 +428,55 @@ class SafeshipConfig(Model):
         own = self.services[service].health_checks
         return own if own is not None else self.intelligent_deployment.health_checks
 
-    def rollback_for(self, service: str) -> RollbackConfiguration:
+    def rollback_for(self, service: str, request: DeploymentRequest | None = None) -> RollbackConfiguration:
+        """The rollback settings in force: the deployment request's own `rollback_config`, else
+        the service's (rollback-manager --configure), else intelligent_deployment.rollback."""
+        if request is not None and request.rollback_config is not None:
+            return request.rollback_config
         own = self.services[service].rollback if service in self.services else None
         return own if own is not None else self.intelligent_deployment.rollback
+
+    def service_for(self, service: str, request: DeploymentRequest | None = None) -> ServiceConfig:
+        """The service's settings for one deployment: `request.configuration` laid over
+        services.<name> (see DeploymentConfiguration). Replicas are not laid over here: the engine
+        takes them from the request itself."""
+        own = self.services[service]
+        given = request.configuration if request is not None else None
+        if given is None:
+            return own
+        update: dict[str, Any] = {}
+        if "resources" in given.model_fields_set:
+            wanted = given.resources
+            update["resources"] = own.resources.model_copy(
+                update={name: getattr(wanted, name) for name in wanted.model_fields_set})
+        if "health_checks" in given.model_fields_set:
+            update["health_checks"] = HealthCheckConfiguration.model_validate(
+                _merged(self.health_checks_for(service).model_dump(),
+                        given.health_checks.model_dump(exclude_unset=True)))
+        if given.environment_variables:
+            update["env"] = {**own.env, **given.environment_variables}
+        return own.model_copy(update=update) if update else own
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` laid over `base`, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in given.items():
+        below = merged.get(key)
+        merged[key] = _merged(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
 
 
 # ---------------------------------------------------------------- the seed's request types
 
 
 class DeploymentConfiguration(Model):
+    """Settings for this deployment's instances only, laid over services.<name>: `resources` and
+    `health_checks` field by field (what the request does not set stays the service's), and
+    `environment_variables` added to the service's env (the request wins on a clash). `secrets`
+    is refused when not empty: secrets are read per service from secrets/<environment>/, so set
+    them under services.<name>.secrets in safeship.yaml."""
+
     replicas: Int = Field(default=1, ge=1, le=MAX_COUNT)
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     health_checks: HealthCheckConfiguration = Field(default_factory=HealthCheckConfiguration)
@@ -439,6 +490,28 @@ class DeploymentRequest(Model):
     environment: str = Field(min_length=1)
     deployment_strategy: DeploymentStrategy | None = None  # None: safeship selects and says why
     configuration: DeploymentConfiguration | None = None  # None: from the service's config
+    # This deployment's rollback settings (triggers, auto_rollback, timeouts, monitoring window);
+    # None: the service's (rollback-manager --configure) or intelligent_deployment.rollback.
     rollback_config: RollbackConfiguration | None = None
     requested_by: str = ""
     override_freeze: str | None = None  # the reason, recorded with the deployment
+
+    def stored(self) -> dict[str, Any]:
+        """The request as the deployment keeps it: `configuration` holds only what was given, so
+        that the service's own settings fill the rest when the deployment's instances start."""
+        data = self.model_dump(mode="json")
+        if self.configuration is not None:
+            data["configuration"] = given = self.configuration.model_dump(mode="json", exclude_unset=True)
+            if "memory" in given.get("resources", {}):  # a bare number reads back as bytes
+                given["resources"]["memory"] = self.configuration.resources.memory * 2**20
+        return data
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any] | None) -> DeploymentRequest | None:
+        """A stored request (see `stored`), or None when there is none or it no longer parses."""
+        if not data:
+            return None
+        try:
+            return cls.model_validate(data)
+        except ValueError:
+            return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from safeship.config.models import (
     DeploymentStrategy,
     Environment,
     HealthCheckFailureTrigger,
+    RollbackConfiguration,
     SafeshipConfig,
     ServiceConfig,
 )
@@ -131,9 +133,11 @@ class DeploymentEngine:
             candidate=request.version,
             baseline=baseline,
             replicas=replicas,
-            settings=self.config.intelligent_deployment,
+            # the monitoring window after promotion is this deployment's own
+            settings=self.config.intelligent_deployment.model_copy(
+                update={"rollback": self.config.rollback_for(request.service_name, request)}),
             policy_weights=chosen.weights(self.config.intelligent_deployment.strategies.canary.traffic_percentages),
-            readiness_timeout=self.readiness_timeout(request.service_name),
+            readiness_timeout=self.readiness_timeout(request.service_name, request),
         )
         selection, plan = self._fit_quota(selection, plan_input, service, capacity, environment.name,
                                           explicit=request.deployment_strategy is not None)
@@ -156,7 +160,7 @@ class DeploymentEngine:
             step_index=0,
             plan=steps_to_json(plan),
             status=status.to_json(),
-            request=request.model_dump(mode="json"),
+            request=request.stored(),
             created_at=now,
             updated_at=now,
             phase_started_at=now,
@@ -215,8 +219,8 @@ class DeploymentEngine:
         self._enter(tick, Phase.PREPARING, f"approved by {by or 'unknown'}")
         return self.store.save_transition(record, tick.result(), tick.events)
 
-    def readiness_timeout(self, service: str) -> float:
-        triggers = self.config.rollback_for(service).triggers
+    def readiness_timeout(self, service: str, request: DeploymentRequest | None = None) -> float:
+        triggers = self.config.rollback_for(service, request).triggers
         found = [t.timeout for t in triggers if isinstance(t, HealthCheckFailureTrigger)]
         return found[0] if found else self.config.intelligent_deployment.strategies.blue_green.health_check_timeout
 
@@ -498,7 +502,7 @@ class DeploymentEngine:
 
     def _fail(self, tick: Tick, failure: Failure) -> None:
         tick.event("trigger", f"{failure.trigger}: {failure.reason}", **dict(failure.evidence))
-        rollback = self.config.rollback_for(tick.before.service)
+        rollback = self._rollback_settings(tick.before)
         if rollback.auto_rollback:
             self._begin_rollback(tick, failure, automatic=True)
             return
@@ -510,6 +514,10 @@ class DeploymentEngine:
         tick.set(decision="failed", decided_at=tick.now, reason=message, evidence=dict(failure.evidence))
         self._finish(tick, Phase.FAILED, message)
 
+    def _rollback_settings(self, record: DeploymentRecord) -> RollbackConfiguration:
+        """The deployment's rollback settings: its request's rollback_config, else the service's."""
+        return self.config.rollback_for(record.service, DeploymentRequest.from_stored(record.request))
+
     def _begin_rollback(self, tick: Tick, failure: Failure, *, automatic: bool, cancel: bool = False) -> None:
         record = tick.before
         promoted = record.decision == "promote" or tick.changes.get("decision") == "promote"
@@ -519,7 +527,7 @@ class DeploymentEngine:
             replicas = self.config.services[record.service].replicas
         plan: list[Step] = []
         if target is not None:
-            timeout = self.config.rollback_for(record.service).rollback_timeout
+            timeout = self._rollback_settings(record).rollback_timeout
             plan += [scale(target, replicas), wait_ready(target, replicas, timeout), weights({target: 100})]
         else:
             plan.append(weights({}))  # nothing to return to: no version takes traffic any more
@@ -546,7 +554,7 @@ class DeploymentEngine:
         state = tick.status.rollback
         if state is None:
             raise ValueError(f"deployment {tick.before.id} is rolling back without a rollback plan")
-        settings = self.config.rollback_for(tick.before.service)
+        settings = self._rollback_settings(tick.before)
         while state.step < len(state.plan):
             result = await self.steps.run(tick, state.plan[state.step])
             if result.failure is not None:
@@ -629,13 +637,34 @@ def validate_request(
             f"in {request.environment}; wait for it or cancel it with "
             f"`deployment-engine --cancel --deployment-id {active.id}`"
         )
-    return service, environment
+    _check_configuration(request)
+    return config.service_for(request.service_name, request), environment
+
+
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_configuration(request: DeploymentRequest) -> None:
+    """The request's per-deployment settings can act: refuses what cannot, in one sentence."""
+    given = request.configuration
+    if given is None:
+        return
+    if given.secrets:
+        raise InputError(
+            f"configuration.secrets: per-deployment secrets are not supported; set them under "
+            f"services.{request.service_name}.secrets in safeship.yaml")
+    for key in given.environment_variables:
+        if not _ENV_VAR.fullmatch(key):
+            raise InputError("configuration.environment_variables: a variable name must be letters, digits and "
+                             f"'_', not starting with a digit, got {key!r}")
 
 
 def _slower(step: Step) -> Step:
     """Twice the evidence per step after recent rollbacks."""
     if step["kind"] == "analyze":
         slower: AnalyzeStep = {**step, "duration": float(step["duration"]) * 2}
+        if "min_duration" in step:
+            slower["min_duration"] = float(step["min_duration"]) * 2
         return slower
     return step
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from safeship.analysis.base import Decision, Policy, StepContext, TickSample, Verdict
 from safeship.config.models import (
+    DeploymentRequest,
     HealthCheckFailureTrigger,
+    RollbackConfiguration,
     SafeshipConfig,
 )
 from safeship.engine.context import Failure, Tick, World
@@ -137,9 +139,11 @@ class StepRunner:
         return synced.ready_counts()
 
     def instance_spec(self, tick: Tick, version: str, index: int) -> InstanceSpec:
-        service = self.config.services[tick.before.service]
+        """How one instance starts: services.<name>, with the deployment request's `configuration`
+        (resources, health checks, environment variables) laid over it."""
+        service = self.config.service_for(tick.before.service, DeploymentRequest.from_stored(tick.before.request))
         environment = self.config.environment(tick.before.environment)
-        health = self.config.health_checks_for(tick.before.service)
+        health = service.health_checks or self.config.health_checks_for(tick.before.service)
         env = dict(environment.variables) if environment else {}
         env.update(service.env)
         env.update({"SAFESHIP_SERVICE": tick.before.service, "SAFESHIP_ENVIRONMENT": tick.before.environment})
@@ -279,15 +283,21 @@ class StepRunner:
 
     # ------------------------------------------------------------ analysis
 
+    def rollback_settings(self, tick: Tick) -> RollbackConfiguration:
+        """The deployment's rollback settings: its request's rollback_config, else the service's."""
+        return self.config.rollback_for(tick.before.service, DeploymentRequest.from_stored(tick.before.request))
+
     def triggers(self, tick: Tick) -> list[Any]:
-        return list(self.config.rollback_for(tick.before.service).triggers)
+        return list(self.rollback_settings(tick).triggers)
 
     async def analyze(self, tick: Tick, step: AnalyzeStep) -> StepResult:
         """Canary analysis: the policy judges the candidate, against the baseline with `compare`."""
         policy: Policy = self.policy_for(tick.before.policy)
+        shortest = step.get("min_duration")  # set by a canary with adaptive: false
         return await self._look(tick, policy, interval=policy.interval(self.config.intelligent_deployment.analysis),
                                 duration=float(step["duration"]), compare=bool(step.get("compare")),
-                                policy_step=int(step.get("policy_step", 0)), promoted=False)
+                                policy_step=int(step.get("policy_step", 0)), promoted=False,
+                                min_duration=None if shortest is None else float(shortest))
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`."""
@@ -296,7 +306,7 @@ class StepRunner:
                                 compare=False, policy_step=0, promoted=True)
 
     async def _look(self, tick: Tick, policy: Policy, *, interval: float, duration: float, compare: bool,
-                    policy_step: int, promoted: bool) -> StepResult:
+                    policy_step: int, promoted: bool, min_duration: float | None = None) -> StepResult:
         """One look when one is due: the first look of a step only takes the counters; later ones
         sample what happened since the last look and let the policy decide. A measurement that
         fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget."""
@@ -336,7 +346,8 @@ class StepRunner:
             triggers=[t for t in self.triggers(tick) if not isinstance(t, HealthCheckFailureTrigger)],
             analysis=self.config.intelligent_deployment.analysis,
             step_duration=duration,
-            min_step_duration=self.config.intelligent_deployment.strategies.canary.min_step_duration,
+            min_step_duration=(self.config.intelligent_deployment.strategies.canary.min_step_duration
+                               if min_duration is None else min_duration),
             promoted=promoted,
             history=progress.history,
             history_span_s=progress.history_span_s,

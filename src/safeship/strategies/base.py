@@ -8,7 +8,7 @@ idempotent: running it twice does no harm.
     wait_ready  {"version", "replicas", "timeout"}  until that many are ready; a crash or timeout fails
     weights     {"weights": {version: percent}}     sync ready backends and set traffic weights
     hold        {"max_wait"}                        queue new requests (recreate gap)
-    analyze     {"compare", "duration", "policy_step"}  the policy judges until advance / pass / fail
+    analyze     {"compare", "duration", "policy_step", "min_duration"?}  the policy judges until advance / pass / fail
     promote     {}                                  the decision: the candidate takes all traffic
     pause       {"duration"}                        wait (blue-green keeps the old colour this long)
     monitor     {"duration", "interval"}            post-promotion window: a failure still rolls back
@@ -51,6 +51,9 @@ class AnalyzeStep(TypedDict):
     duration: float  # seconds of evidence the policy is asked to gather
     compare: NotRequired[bool]  # judge the candidate against the baseline serving beside it
     policy_step: NotRequired[int]  # which of the policy's canary weights this step stands for
+    # the shortest the step lasts, whatever the evidence (absent: canary.min_step_duration);
+    # a canary with adaptive: false sets it to `duration`
+    min_duration: NotRequired[float]
 
 
 class PromoteStep(TypedDict):
@@ -88,7 +91,7 @@ class PlanInput:
     candidate: str
     baseline: str | None  # None on a first deployment
     replicas: int
-    settings: IntelligentDeployment
+    settings: IntelligentDeployment  # `rollback` is the deployment's own (request, service or default)
     policy_weights: Sequence[int]  # the analysis policy's canary weights, ending at 100
     readiness_timeout: float
 
@@ -111,8 +114,11 @@ def weights(split: dict[str, int]) -> WeightsStep:
     return {"kind": "weights", "weights": {v: w for v, w in split.items()}}
 
 
-def analyze(*, compare: bool, duration: float, policy_step: int) -> AnalyzeStep:
-    return {"kind": "analyze", "compare": compare, "duration": duration, "policy_step": policy_step}
+def analyze(*, compare: bool, duration: float, policy_step: int, min_duration: float | None = None) -> AnalyzeStep:
+    step: AnalyzeStep = {"kind": "analyze", "compare": compare, "duration": duration, "policy_step": policy_step}
+    if min_duration is not None:
+        step["min_duration"] = min_duration
+    return step
 
 
 def promote() -> PromoteStep:

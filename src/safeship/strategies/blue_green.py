@@ -16,6 +16,9 @@ class BlueGreenStrategy:
             scale(given.candidate, given.replicas),
             wait_ready(given.candidate, given.replicas, timeout),
             weights({given.candidate: 100}),
+            # The switch confirmation: the new colour, now taking all traffic, must have every
+            # instance ready within traffic_switch_timeout, or the switch is undone (rollback).
+            wait_ready(given.candidate, given.replicas, blue_green.traffic_switch_timeout),
             analyze(compare=False, duration=blue_green.post_switch_analysis, policy_step=0),
             promote(),
         ]

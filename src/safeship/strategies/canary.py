@@ -41,7 +41,9 @@ class CanaryStrategy:
                 break
             steps += [
                 weights(split(given.candidate, given.baseline, percent)),
-                analyze(compare=given.baseline is not None, duration=canary.step_duration, policy_step=index),
+                # adaptive: false holds every step for its full step_duration
+                analyze(compare=given.baseline is not None, duration=canary.step_duration, policy_step=index,
+                        min_duration=None if canary.adaptive else canary.step_duration),
             ]
         steps += [weights({given.candidate: 100}), promote(), monitor(given.settings)]
         if given.baseline is not None:

@@ -136,9 +136,11 @@ class SafeshipPolicy:
         return steps if steps and steps[-1] == 100 else [*steps, 100]
 
     def interval(self, analysis: AnalysisConfig) -> float:
-        """One second (or analysis.interval if shorter). Every look is valid, so looking often
-        costs no alpha; it decides gross failure within seconds of the first request (the
-        target is 15 s) and trims the overshoot of every other detection to under a second."""
+        """One second, or analysis.interval when that is shorter: the field is the longest time
+        between looks. Every look is valid, so looking often costs no alpha; it decides gross
+        failure within seconds of the first request (the target is 15 s, which looks every 5 s,
+        the field's default, would miss) and trims the overshoot of every other detection to
+        under a second."""
         return min(float(analysis.interval), self.settings.look_interval)
 
     def start(self) -> State:
