@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from safeship.cli import deployment_engine, environment_manager, main as safeship_main, rollback_manager
+from safeship.cli import deployment_engine, environment_manager, rollback_manager
+from safeship.cli import main as safeship_main
 
 CONFIG = """
 intelligent_deployment:
@@ -87,7 +88,7 @@ def test_any_command_line_works_or_is_refused_in_one_line(workdir: Path, capsys:
                                                           line: tuple[str, list[str]]) -> None:
     name, argv = line
     code = run(COMMANDS[name][0], argv)
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert code in DOCUMENTED_EXIT_CODES, (name, argv, err)
     assert "Traceback" not in err and "internal error" not in err, (name, argv, err)
     if code == 2:

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from safeship.cli import deployment_engine, main as safeship_main, rollback_manager
-from safeship.store import Store
-
 from test_commands import call, deploy  # type: ignore[import-not-found]
+
+from safeship.cli import deployment_engine, rollback_manager
+from safeship.cli import main as safeship_main
+from safeship.store import Store
 
 
 def rows_in_store(config: Path) -> int:
@@ -153,7 +153,7 @@ def test_piped_output_is_not_wrapped_and_a_closed_pipe_is_quiet(config_file: Pat
 
 def test_init_writes_a_starter_that_loads(tmp_path: Path, capsys) -> None:
     target = tmp_path / "safeship.yaml"
-    code, out, err = call(safeship_main.main, ["init", "--config", str(target)], capsys)
+    code, _, err = call(safeship_main.main, ["init", "--config", str(target)], capsys)
     assert code == 0 and target.exists(), err
     code, _, err = call(safeship_main.main, ["init", "--config", str(target)], capsys)
     assert code == 2 and str(target) in err
