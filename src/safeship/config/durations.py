@@ -17,22 +17,10 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-from safeship.config.names import shown
+from safeship.config.names import shown as show
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-def show(value: object) -> str:
-    """`value` as it may appear in an error: `names.shown`, also for values that have no repr
-    (an int of more than 4300 digits, a structure nested past the recursion limit)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        digits = int(value.bit_length() * math.log10(2)) + 1
-        return f"a number of about {digits} digits"
-    try:
-        return shown(value)
-    except (ValueError, RecursionError):
-        return f"a {type(value).__name__} too large to show"
-
 
 DAY = 86400.0
 MAX_DURATION = 30 * DAY

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from safeship.config.durations import show
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.names import NameKind, name_problem
+from safeship.config.names import shown as show
 from safeship.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from safeship.config.durations import Duration, PositiveDuration, StepDuration, show
+from safeship.config.durations import Duration, PositiveDuration, StepDuration
+from safeship.config.names import shown as show
 from safeship.config.quantities import Cpu, MemoryMb
 
 
