@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from safeship.analysis.base import Decision, StepContext, ThresholdTrigger, TickSample, Verdict
-from safeship.analysis.policies.flagger import after_promotion, configured_weights
+from safeship.analysis.policies.flagger import configured_weights
 from safeship.config.models import (
     AnalysisConfig,
     CustomMetricTrigger,
@@ -85,12 +85,12 @@ class ArgoPolicy:
         return INTERVAL_SECONDS
 
     def start(self) -> dict[str, Any]:
-        return {"metrics": {}, "canary_has_series": False, "compared": False, "succeeded": False}
+        return {"metrics": {}, "canary_has_series": False}
 
     def observe(
         self, state: dict[str, Any], sample: TickSample, ctx: StepContext
     ) -> tuple[dict[str, Any], Decision]:
-        if after_promotion(state, ctx):
+        if ctx.promoted:
             window_over = ctx.time_in_step + _EPSILON >= ctx.step_duration
             return dict(state), Decision(
                 Verdict.SUCCESSFUL if window_over else Verdict.INCONCLUSIVE,
@@ -126,8 +126,6 @@ class ArgoPolicy:
         new_state: dict[str, Any] = {
             "metrics": {**old_counts, **counts},
             "canary_has_series": had_series or sample.candidate.requests > 0,
-            "compared": bool(state.get("compared")) or ctx.compare,
-            "succeeded": bool(state.get("succeeded")),
         }
         if verdict is not None:
             return new_state, verdict
@@ -143,7 +141,6 @@ class ArgoPolicy:
             return new_state, Decision(
                 Verdict.ADVANCE, f"pause at {sample.candidate_weight}% over: next step", evidence
             )
-        new_state["succeeded"] = True
         return new_state, Decision(Verdict.SUCCESSFUL, "analysis ran its duration", evidence)
 
 

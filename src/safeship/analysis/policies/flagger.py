@@ -62,11 +62,6 @@ MAX_P99_MS = 500.0
 _EPSILON = 1e-6
 
 
-def after_promotion(state: dict[str, Any], ctx: StepContext) -> bool:
-    """Whether this look falls in the window after promotion, which the engine says."""
-    return ctx.promoted
-
-
 def configured_weights(configured: Sequence[int]) -> list[int]:
     """The configured weights below 100, in order, then 100 (promotion)."""
     steps = [int(w) for w in configured if 0 < int(w) < 100]
@@ -83,12 +78,12 @@ class FlaggerPolicy:
         return INTERVAL_SECONDS
 
     def start(self) -> dict[str, Any]:
-        return {"failed_checks": 0, "compared": False, "succeeded": False}
+        return {"failed_checks": 0}
 
     def observe(
         self, state: dict[str, Any], sample: TickSample, ctx: StepContext
     ) -> tuple[dict[str, Any], Decision]:
-        if after_promotion(state, ctx):
+        if ctx.promoted:
             window_over = ctx.time_in_step + _EPSILON >= ctx.step_duration
             return dict(state), Decision(
                 Verdict.SUCCESSFUL if window_over else Verdict.INCONCLUSIVE,
@@ -99,8 +94,6 @@ class FlaggerPolicy:
         failed_checks = int(state.get("failed_checks", 0)) + (failure is not None)
         new_state: dict[str, Any] = {
             "failed_checks": failed_checks,
-            "compared": bool(state.get("compared")) or ctx.compare,
-            "succeeded": bool(state.get("succeeded")),
         }
         evidence: dict[str, Any] = {
             **readings,
@@ -128,7 +121,6 @@ class FlaggerPolicy:
                 Verdict.ADVANCE, f"checks passed at {sample.candidate_weight}%: advance", evidence
             )
         if ctx.time_in_step + _EPSILON >= ctx.step_duration:
-            new_state["succeeded"] = True
             return new_state, Decision(Verdict.SUCCESSFUL, "checks passed to the end", evidence)
         return new_state, Decision(Verdict.INCONCLUSIVE, "checks passed; still watching", evidence)
 
