@@ -337,14 +337,67 @@ class FreezeWindowConfig(Model):
         return value
 
 
+_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def _plugin_name(value: str | None) -> str | None:
+    """A registry name (platform, router, traffic source): whether it is registered is checked by
+    the command that uses it, since plug-ins may be registered at run time."""
+    if value is not None and not _PLUGIN_NAME.fullmatch(value):
+        raise ValueError(f"expected a lowercase name such as 'local' or 'gateway-api', got {show(value)}")
+    return value
+
+
+PluginName = Annotated[str, BeforeValidator(_plugin_name)]
+
+
+class PrometheusSourceConfig(Model):
+    """Where the Prometheus traffic source reads (`traffic_source: prometheus`).
+
+    queries:   the query set: `generic` (http_requests_total / http_request_duration_seconds_bucket
+               with a version label), `istio` (istio_requests_total /
+               istio_request_duration_milliseconds_bucket) or `ingress-nginx`;
+    templates: overrides of single queries of that set, by name (see
+               safeship.analysis.providers.prometheus for the names and placeholders);
+    timeout:   for one query; a query that fails is a measurement error, never the end of a deployment.
+    """
+
+    url: str = Field(min_length=1)
+    queries: Literal["generic", "istio", "ingress-nginx"] = "generic"
+    templates: dict[str, str] = Field(default_factory=dict)
+    timeout: PositiveDuration = 5.0
+    version_label: str = Field(default="version", min_length=1)
+
+
+class GatewayRef(Model):
+    """The Gateway an HTTPRoute attaches to (`router: gateway-api`)."""
+
+    name: str = Field(min_length=1)
+    namespace: str = ""  # "": the environment's namespace
+    section_name: str = ""
+
+
 class Environment(Model):
     name: str = Field(min_length=1)
     type: EnvironmentType = EnvironmentType.DEVELOPMENT
+    # Kubernetes: the kubeconfig context that reaches this environment's cluster ("" for the
+    # current context) and the namespace its objects live in ("" for the environment's name).
     cluster: str = ""
     namespace: str = ""
+    kubeconfig: str | None = None  # None: $KUBECONFIG, else ~/.kube/config, else in-cluster
     resource_quotas: ResourceQuotas = Field(default_factory=ResourceQuotas)
     availability: AvailabilityRequirement | None = None  # default follows the type
-    platform: Literal["sim", "local", "kubernetes"] = "local"
+    # The registered platform that runs this environment's instances (local, sim, kubernetes...).
+    platform: PluginName = "local"
+    # Who steers traffic: None for the platform's own default (local: builtin; kubernetes:
+    # replicas). `traffic_router` is accepted as another spelling.
+    router: PluginName | None = Field(default=None, alias="traffic_router")
+    # Who measures it: None for the platform's default (the router's own counters).
+    traffic_source: PluginName | None = None
+    prometheus: PrometheusSourceConfig | None = None
+    gateway: GatewayRef | None = None  # router: gateway-api
+    ingress_namespace: str = "ingress-nginx"  # NetworkPolicy admits traffic from here
+    load_balancer: bool = False  # Kubernetes: a Service of type LoadBalancer per service
     router_port_base: Int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
     variables: dict[str, str] = Field(default_factory=dict)
     approval: Literal["none", "required"] = "none"
@@ -352,6 +405,18 @@ class Environment(Model):
     max_concurrent_deployments: Int | None = Field(default=None, ge=1, le=MAX_COUNT)
     config_maps: dict[str, dict[str, str]] = Field(default_factory=dict)  # name -> {key: value}
     run_as_user: str | None = None  # local platform: drop to this user when the controller is root
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> Environment:
+        if self.traffic_source == "prometheus" and self.prometheus is None:
+            raise ValueError("traffic_source prometheus needs a prometheus: block with its url")
+        if self.router == "gateway-api" and self.gateway is None:
+            raise ValueError("router gateway-api needs a gateway: block naming the Gateway to attach to")
+        return self
+
+    @property
+    def kube_namespace(self) -> str:
+        return self.namespace or self.name
 
     @property
     def availability_requirement(self) -> AvailabilityRequirement:
@@ -392,10 +457,26 @@ class SimProfile(Model):
     onset_s: Number = Field(default=0.0, ge=0, le=30 * 86400)
 
 
+class VolumeConfig(Model):
+    """A persistent volume a service mounts (Kubernetes: a PersistentVolumeClaim per environment)."""
+
+    name: str = Field(min_length=1)
+    size: MemoryMb = 1024.0
+    mount_path: str = Field(min_length=1)
+    storage_class: str | None = None
+    access_mode: Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
+
+
 class ServiceConfig(Model):
     criticality: Criticality = Criticality.MEDIUM
     replicas: Int = Field(default=2, ge=1, le=MAX_COUNT)
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)  # requests
+    limits: ResourceRequirements | None = None  # None: the requests are also the limits
+    # Kubernetes: the container image, with {version} replaced by the version deployed, and the
+    # port the container serves on (probes and Services use it).
+    image: str = ""
+    container_port: Int = Field(default=8080, ge=1, le=65535)
+    volumes: list[VolumeConfig] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     health_checks: HealthCheckConfiguration | None = None
