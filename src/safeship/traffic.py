@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from safeship import histogram
 from safeship.clock import Clock
+from safeship.config.models import Environment, SafeshipConfig
 from safeship.plugins import load, register_in
 
 
@@ -142,11 +143,14 @@ class TrafficSource(Protocol):
 @dataclass(frozen=True)
 class TrafficSetup:
     """What a registered traffic source may be built from. `router` is the environment's router
-    (the default source reads it); `clock` timestamps what the source records."""
+    (the default source reads it); `clock` timestamps what the source records; `config` and
+    `environment` are the settings it serves (None where a test builds it bare)."""
 
     router: Any  # a safeship.routing.base.Router; typed loosely since routing sits above this module
     clock: Clock
     state_dir: Path
+    config: SafeshipConfig | None = None
+    environment: Environment | None = None
 
 
 class TrafficSourceClass(Protocol):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from safeship.clock import Clock
+from safeship.config.models import Environment, SafeshipConfig
 
 
 class InstanceState(str, enum.Enum):
@@ -174,7 +175,9 @@ class PlatformSetup:
     prober:      how to probe an instance (`safeship.analysis.probes.probe`), or None for the
                  platform's own default;
     secrets_for: (service, environment) -> secret values to give the instances;
-    run_as_user: (service, environment) -> the user to run instances as, or None.
+    run_as_user: (service, environment) -> the user to run instances as, or None;
+    config, environment: the settings it runs (None where a test builds it bare); a platform built
+                 per environment (`PlatformTraits.per_environment`) gets its environment here.
     """
 
     state_dir: Path
@@ -183,6 +186,8 @@ class PlatformSetup:
     prober: Any = None
     secrets_for: Callable[[str, str], Mapping[str, str]] | None = None
     run_as_user: Callable[[str, str], str | None] | None = None
+    config: SafeshipConfig | None = None
+    environment: Environment | None = None
 
 
 class InstanceLedger(Protocol):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from safeship.clock import Clock
+from safeship.config.models import Environment, SafeshipConfig
 from safeship.errors import PermanentError
 from safeship.traffic import RouteKey, TrafficCounters
 
@@ -73,13 +74,17 @@ class RouterSetup:
     clock:         the clock of the world it routes in;
     own_process:   run the listeners in a process of their own, so that routes keep serving while
                    the caller restarts (the builtin router honours it);
-    close_grace:   seconds in-flight requests get when a route closes.
+    close_grace:   seconds in-flight requests get when a route closes;
+    config, environment: the settings it routes for (None where a test builds it bare); a router
+                   that lives in an environment's cluster reads its namespace and context there.
     """
 
     state_dir: Path
     clock: Clock
     own_process: bool = True
     close_grace: float = 2.0
+    config: SafeshipConfig | None = None
+    environment: Environment | None = None
 
 
 class Router(Protocol):
