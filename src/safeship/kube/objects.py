@@ -1,0 +1,443 @@
+"""The Kubernetes objects of a service's workload, built as plain dicts (no client, no cluster).
+
+Pure functions: the Kubernetes platform and its routers apply what these build, and `--render`
+prints it. Naming and labelling rules, in one place:
+
+- every object carries `app.kubernetes.io/name: <service>`, `app.kubernetes.io/managed-by:
+  safeship`, `app.kubernetes.io/part-of: safeship` and `safeship.io/environment: <environment>`;
+  objects of one version add `app.kubernetes.io/version: <version label>`;
+- a version's Deployment is `<service>-<version slug>` (DNS-1123), its pods are selected by the
+  service and version labels, and the exact version is kept in the `safeship.io/version`
+  annotation (a label value cannot hold every version: `+` and more than 63 characters);
+- Services: `<service>` (stable / active), `<service>-canary` (the second backend of the
+  gateway-api HTTPRoute) and `<service>-preview` (the new colour of a blue-green deployment);
+- secrets reach the pods as `secretKeyRef`s into the Secret `secret_name(service)` (the
+  environment manager writes it from the secret files), never as values;
+- volumes mount the PersistentVolumeClaim `pvc_name(service, volume)`;
+- HTTPRoute `<service>` (Gateway API v1) splits between `<service>` and `<service>-canary`;
+  Istio: DestinationRule `<service>` (a subset per version, by the version label) and
+  VirtualService `<service>` (route weights per subset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from safeship.config.models import (
+    DeploymentStrategy,
+    Environment,
+    HealthCheckFailureTrigger,
+    ProbeConfig,
+    SafeshipConfig,
+    ServiceConfig,
+)
+
+Obj = dict[str, Any]
+
+NAME_LABEL = "app.kubernetes.io/name"
+VERSION_LABEL = "app.kubernetes.io/version"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+ENVIRONMENT_LABEL = "safeship.io/environment"
+MANAGED_BY = "safeship"
+VERSION_ANNOTATION = "safeship.io/version"
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+HTTPROUTE_API = "gateway.networking.k8s.io/v1"
+ISTIO_API = "networking.istio.io/v1"
+ROUTERS = ("replicas", "gateway-api", "istio")  # the cluster routers these objects serve
+DEFAULT_ROUTER = "replicas"
+CONTAINER = "app"  # the container's name in every pod
+PORT_NAME = "http"
+
+_LABEL_MAX = 63
+
+
+# ---------------------------------------------------------------- names and labels
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def slug(text: str, limit: int = _LABEL_MAX) -> str:
+    """`text` as a DNS-1123 label of at most `limit` characters: lowercase, every run of other
+    characters replaced by `-`, no `-` at either end; cut to length with a short hash of the whole
+    text, so that two long names that share a prefix stay apart."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    if len(cleaned) <= limit:
+        return cleaned
+    head = cleaned[: limit - 9].rstrip("-")
+    return f"{head}-{_digest(text)}"
+
+
+def version_label(version: str) -> str:
+    """The value of `app.kubernetes.io/version` for `version`: a label value (at most 63 of
+    `[A-Za-z0-9._-]`, alphanumeric at both ends); `+` becomes `_`, a longer version is cut with a
+    hash. The exact version is in the `safeship.io/version` annotation."""
+    value = re.sub(r"[^A-Za-z0-9._-]", "_", version)
+    value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value) or "x"
+    if len(value) <= _LABEL_MAX:
+        return value
+    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: _LABEL_MAX - 9])
+    return f"{head}-{_digest(version)}"
+
+
+def labels(service: str, version: str | None = None, environment: str | None = None) -> dict[str, str]:
+    """The labels of every object safeship applies for `service` (and `version`, when the object
+    belongs to one version; `environment`, when known)."""
+    result = {NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY, PART_OF_LABEL: MANAGED_BY}
+    if environment is not None:
+        result[ENVIRONMENT_LABEL] = slug(environment)
+    if version is not None:
+        result[VERSION_LABEL] = version_label(version)
+    return result
+
+
+def selector(service: str, version: str | None = None) -> dict[str, str]:
+    """The pod selector of `service` (of one version, when given)."""
+    result = {NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY}
+    if version is not None:
+        result[VERSION_LABEL] = version_label(version)
+    return result
+
+
+def deployment_name(service: str, version: str) -> str:
+    """`<service>-<version slug>`, a DNS-1123 label."""
+    return slug(f"{service}-{version}")
+
+
+def stable_service_name(service: str) -> str:
+    return service
+
+
+def canary_service_name(service: str) -> str:
+    return slug(f"{service}-canary")
+
+
+def preview_service_name(service: str) -> str:
+    return slug(f"{service}-preview")
+
+
+def secret_name(service: str) -> str:
+    """The Secret holding `service`'s secret values, one key per `services.<name>.secrets` entry."""
+    return service
+
+
+def pvc_name(service: str, volume: str) -> str:
+    """The PersistentVolumeClaim of one of `service`'s volumes."""
+    return slug(f"{service}-{volume}")
+
+
+def subset_name(version: str) -> str:
+    """The Istio DestinationRule subset of `version`."""
+    return slug(version)
+
+
+def _metadata(name: str, namespace: str, object_labels: Mapping[str, str],
+              annotations: Mapping[str, str] | None = None) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": dict(object_labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+# ---------------------------------------------------------------- quantities
+
+
+def cpu_quantity(cores: float) -> str:
+    """Cores as a Kubernetes quantity in millicores (`0.1` -> `100m`); at least `1m`."""
+    return f"{max(1, round(cores * 1000))}m"
+
+
+def memory_quantity(megabytes: float) -> str:
+    """MiB as a Kubernetes quantity (`128` -> `128Mi`); at least `1Mi`."""
+    return f"{max(1, math.ceil(megabytes))}Mi"
+
+
+def _seconds(value: float, minimum: int = 1) -> int:
+    return max(minimum, math.ceil(value))
+
+
+# ---------------------------------------------------------------- pods
+
+
+def probe(config: ProbeConfig, port: int, *, liveness: bool) -> Obj:
+    """A container probe from one of the seed's health checks. Kubernetes requires
+    successThreshold 1 for liveness probes."""
+    result: Obj
+    if config.type == "http":
+        result = {"httpGet": {"path": config.path or "/", "port": port}}
+    elif config.type == "tcp":
+        result = {"tcpSocket": {"port": port}}
+    else:
+        result = {"exec": {"command": list(config.command)}}
+    result.update(
+        periodSeconds=_seconds(config.interval),
+        timeoutSeconds=_seconds(config.timeout),
+        failureThreshold=config.failure_threshold,
+        successThreshold=1 if liveness else config.success_threshold,
+        initialDelaySeconds=_seconds(config.initial_delay, minimum=0),
+    )
+    return result
+
+
+def _env(config: SafeshipConfig, environment: Environment, service: str, version: str) -> list[Obj]:
+    settings = config.services[service]
+    plain = dict(environment.variables)
+    plain.update(settings.env)
+    plain.update({"SAFESHIP_SERVICE": service, "SAFESHIP_ENVIRONMENT": environment.name, "SAFESHIP_VERSION": version})
+    result: list[Obj] = [{"name": name, "value": value} for name, value in sorted(plain.items())]
+    result += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(service), "key": name}}}
+        for name in sorted(set(settings.secrets)) if name not in plain
+    ]
+    return result
+
+
+def image_for(settings: ServiceConfig, service: str, version: str) -> str:
+    """The service's image with `{version}` replaced; without an `image`, `<service>:<version>`."""
+    template = settings.image or f"{service}:{{version}}"
+    return template.replace("{version}", version)
+
+
+def container(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj:
+    settings = config.services[service]
+    health = config.health_checks_for(service)
+    port = settings.container_port
+    limits = settings.limits or settings.resources
+    result: Obj = {
+        "name": CONTAINER,
+        "image": image_for(settings, service, version),
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "env": _env(config, environment, service, version),
+        "resources": {
+            "requests": {"cpu": cpu_quantity(settings.resources.cpu),
+                         "memory": memory_quantity(settings.resources.memory)},
+            "limits": {"cpu": cpu_quantity(limits.cpu), "memory": memory_quantity(limits.memory)},
+        },
+        "readinessProbe": probe(health.readiness, port, liveness=False),
+        "livenessProbe": probe(health.liveness, port, liveness=True),
+    }
+    if settings.command:
+        # `{port}` and `{version}` as the local platform fills them; other placeholders stay.
+        result["args"] = [part.replace("{port}", str(port)).replace("{version}", version) for part in settings.command]
+    if settings.volumes:
+        result["volumeMounts"] = [{"name": slug(v.name), "mountPath": v.mount_path} for v in settings.volumes]
+    return result
+
+
+def pod_template(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj:
+    settings = config.services[service]
+    spec: Obj = {
+        "containers": [container(config, environment, service, version)],
+        "terminationGracePeriodSeconds": _seconds(settings.grace_period, minimum=0),
+    }
+    if environment.run_as_user is not None and environment.run_as_user.isdigit():
+        uid = int(environment.run_as_user)
+        spec["securityContext"] = {"runAsUser": uid, "runAsNonRoot": uid != 0}
+    if settings.volumes:
+        spec["volumes"] = [
+            {"name": slug(v.name), "persistentVolumeClaim": {"claimName": pvc_name(service, v.name)}}
+            for v in settings.volumes
+        ]
+    return {
+        "metadata": {"labels": labels(service, version, environment.name),
+                     "annotations": {VERSION_ANNOTATION: version}},
+        "spec": spec,
+    }
+
+
+def progress_deadline(config: SafeshipConfig, service: str) -> int:
+    """`progressDeadlineSeconds`: the readiness time a deployment allows (the
+    health_check_failure trigger's timeout, else blue_green.health_check_timeout)."""
+    triggers = config.rollback_for(service).triggers
+    found = [t.timeout for t in triggers if isinstance(t, HealthCheckFailureTrigger)]
+    timeout = found[0] if found else config.intelligent_deployment.strategies.blue_green.health_check_timeout
+    return _seconds(timeout)
+
+
+def deployment(config: SafeshipConfig, environment: Environment, service: str, version: str, *,
+               replicas: int, strategy: DeploymentStrategy | str = DeploymentStrategy.ROLLING) -> Obj:
+    """The Deployment of one version: `replicas` pods of the service's template. Its own update
+    strategy is Recreate for the recreate strategy, else RollingUpdate with the configured
+    max_surge / max_unavailable."""
+    kind = _strategy(strategy)
+    rolling = config.intelligent_deployment.strategies.rolling
+    update: Obj = ({"type": "Recreate"} if kind is DeploymentStrategy.RECREATE else
+                   {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": rolling.max_surge, "maxUnavailable": rolling.max_unavailable}})
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(deployment_name(service, version), environment.kube_namespace,
+                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector(service, version)},
+            "template": pod_template(config, environment, service, version),
+            "strategy": update,
+            "progressDeadlineSeconds": progress_deadline(config, service),
+            "revisionHistoryLimit": 5,
+        },
+    }
+
+
+# ---------------------------------------------------------------- Services
+
+
+def service_object(config: SafeshipConfig, environment: Environment, service: str, name: str,
+                   version: str | None) -> Obj:
+    """A ClusterIP Service `name` over the pods of `service` (of `version` only, when given)."""
+    port = config.services[service].container_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, environment.kube_namespace, labels(service, None, environment.name),
+                              {VERSION_ANNOTATION: version} if version is not None else None),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(service, version),
+            "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+# ---------------------------------------------------------------- routers' objects
+
+
+def http_route(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
+               canary_weight: int) -> Obj:
+    """The HTTPRoute `<service>`: attached to `environment.gateway`, splitting between the stable
+    and the canary Service by weight."""
+    gateway = environment.gateway
+    if gateway is None:
+        raise ValueError(f"environment {environment.name!r} names no gateway for its HTTPRoute")
+    parent: Obj = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    port = config.services[service].container_port
+    refs = [
+        {"group": "", "kind": "Service", "name": stable_service_name(service), "port": port, "weight": stable_weight},
+        {"group": "", "kind": "Service", "name": canary_service_name(service), "port": port, "weight": canary_weight},
+    ]
+    return {
+        "apiVersion": HTTPROUTE_API,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": refs}],
+        },
+    }
+
+
+def destination_rule(environment: Environment, service: str, versions: Sequence[str]) -> Obj:
+    """The Istio DestinationRule `<service>`: one subset per version, selected by its version label."""
+    seen: dict[str, str] = {}
+    for version in versions:
+        seen.setdefault(subset_name(version), version)
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "DestinationRule",
+        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
+        "spec": {
+            "host": stable_service_name(service),
+            "subsets": [{"name": name, "labels": {VERSION_LABEL: version_label(version)}}
+                        for name, version in seen.items()],
+        },
+    }
+
+
+def virtual_service(config: SafeshipConfig, environment: Environment, service: str,
+                    weights: Mapping[str, int]) -> Obj:
+    """The Istio VirtualService `<service>`: one HTTP route whose destinations are the versions'
+    subsets with their weights (percent, summing to 100)."""
+    port = config.services[service].container_port
+    routes = [
+        {"destination": {"host": stable_service_name(service), "subset": subset_name(version),
+                         "port": {"number": port}},
+         "weight": int(weight)}
+        for version, weight in weights.items()
+    ]
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
+        "spec": {"hosts": [stable_service_name(service)], "http": [{"name": "safeship", "route": routes}]},
+    }
+
+
+# ---------------------------------------------------------------- one deploy
+
+
+def router_of(environment: Environment) -> str:
+    """The cluster router the environment uses (`replicas` unless it names one)."""
+    return environment.router or DEFAULT_ROUTER
+
+
+def _strategy(strategy: DeploymentStrategy | str) -> DeploymentStrategy:
+    return strategy if isinstance(strategy, DeploymentStrategy) else DeploymentStrategy.parse(strategy)
+
+
+def first_replicas(config: SafeshipConfig, service: str, strategy: DeploymentStrategy, replicas: int,
+                   previous: str | None) -> int:
+    """How many pods the new version's Deployment starts with: a canary beside a running version
+    starts with the share of its first step, every other deploy with all its replicas."""
+    if strategy is DeploymentStrategy.CANARY and previous is not None:
+        first = config.intelligent_deployment.strategies.canary.traffic_percentages[0]
+        return replicas if first >= 100 else max(1, math.ceil(replicas * first / 100))
+    return replicas
+
+
+def workload_objects(config: SafeshipConfig, environment: Environment, service: str, version: str,
+                     strategy: DeploymentStrategy | str, *, previous: str | None = None,
+                     replicas: int | None = None) -> list[Obj]:
+    """Every object a deploy of `version` with `strategy` applies at its start, in apply order:
+    the Services, the new version's Deployment, then the router's objects with all traffic still
+    on `previous` (or on `version` for a first deployment). `previous` is the version being
+    replaced; its own Deployment already runs and is not applied again.
+
+    By router (`environment.router`):
+    - `replicas` (default): `<service>` selects every version's pods (traffic follows the ready
+      pods); for blue-green it selects the active colour only, and `<service>-preview` the new one;
+    - `gateway-api`: `<service>` (stable) and `<service>-canary` each select one version, and the
+      HTTPRoute splits between them (`<service>-preview` too for blue-green);
+    - `istio`: `<service>` selects every version's pods, a DestinationRule names a subset per
+      version and a VirtualService weighs the subsets (`<service>-preview` too for blue-green).
+    """
+    if service not in config.services:
+        raise ValueError(f"service {service!r} is not configured")
+    kind = _strategy(strategy)
+    router = router_of(environment)
+    count = config.services[service].replicas if replicas is None else replicas
+    active = previous if previous is not None else version
+    objects: list[Obj] = []
+
+    if router == "gateway-api":
+        objects.append(service_object(config, environment, service, stable_service_name(service), active))
+        objects.append(service_object(config, environment, service, canary_service_name(service), version))
+    elif router == "replicas" and kind is DeploymentStrategy.BLUE_GREEN:
+        objects.append(service_object(config, environment, service, stable_service_name(service), active))
+    else:
+        objects.append(service_object(config, environment, service, stable_service_name(service), None))
+    if kind is DeploymentStrategy.BLUE_GREEN:
+        objects.append(service_object(config, environment, service, preview_service_name(service), version))
+
+    objects.append(deployment(config, environment, service, version,
+                              replicas=first_replicas(config, service, kind, count, previous), strategy=kind))
+
+    if router == "gateway-api":
+        objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))
+    elif router == "istio":
+        versions = [previous, version] if previous is not None and previous != version else [version]
+        objects.append(destination_rule(environment, service, versions))
+        weights = {v: (100 if v == active else 0) for v in versions}
+        objects.append(virtual_service(config, environment, service, weights))
+    return objects
