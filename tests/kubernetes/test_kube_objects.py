@@ -53,8 +53,7 @@ def env(config: SafeshipConfig, name: str) -> Environment:
 def check_valid(obj: dict[str, Any]) -> None:
     if obj["kind"] in BUILT_IN:
         kubernetes_validate.validate(obj, "1.30", strict=True)
-        return
-    try:  # the published CRD schemas, where the test suite has them
+    try:  # the published CRD schemas and the API server's own checks, where the test suite has them
         schemas = importlib.import_module("kube_schemas")
     except ImportError:
         return
