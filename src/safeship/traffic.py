@@ -167,6 +167,7 @@ DEFAULT_TRAFFIC_SOURCE = "router"
 TRAFFIC_SOURCES: dict[str, str | type] = {
     "router": "safeship.routing.traffic:RouterTraffic",
     "sim": "safeship.routing.sim:SimTraffic",
+    "prometheus": "safeship.analysis.providers.prometheus:PrometheusTraffic",
 }
 
 

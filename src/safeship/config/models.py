@@ -87,8 +87,17 @@ class BlueGreenConfig(Model):
     # instances must be ready and serving within this long, or the switch is undone (a rollback to
     # the old colour, still warm). Readiness before the switch is bounded by health_check_timeout.
     traffic_switch_timeout: PositiveDuration = 120.0
-    scale_down_delay: Duration = 30.0  # old colour kept this long so rollback is an instant switch
+    # The old colour is kept warm through the monitoring window and this long after it, so that a
+    # rollback is an instant switch back.
+    scale_down_delay: Duration = 30.0
     post_switch_analysis: StepDuration = 60.0
+    # After the switch only the new colour serves, so the analysis compares it with the old
+    # colour's record from before the deployment; an incident that starts meanwhile (a dependency
+    # down) looks like a regression. Before such a failure rolls back, the traffic is split
+    # confirm_percent (new) / the rest (old, still warm) for up to confirm_duration and the two are
+    # compared side by side: only a new colour worse than the old one is rolled back. 0 turns it off.
+    confirm_duration: Duration = Field(default=60.0, le=3600)
+    confirm_percent: Int = Field(default=50, ge=1, le=99)
 
 
 class CanaryConfig(Model):

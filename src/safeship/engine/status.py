@@ -57,6 +57,12 @@ class FreezeOverride:
         return {"window": self.window, "reason": self.reason, "by": self.by}
 
 
+class Confirming(TypedDict):
+    since: float
+    reason: str
+    trigger: str
+
+
 @dataclass
 class AnalysisProgress:
     """Where the analysis steps stand. Its state carries over from one analysis step to the next."""
@@ -75,6 +81,9 @@ class AnalysisProgress:
     # traffic source that kept none that far back).
     history: TrafficCounters | None = None
     history_span_s: float | None = None
+    # A confirmation split under way (see AnalyzeStep.confirm): when it started and the failure
+    # it checks. None: none.
+    confirming: Confirming | None = None
 
     @property
     def started(self) -> bool:
@@ -184,6 +193,8 @@ class DeploymentStatus:
             data["last_sample"] = _copy_summary(analysis.last_sample)
         if analysis.history is not None:
             data["history"] = {"span_s": analysis.history_span_s, "counters": analysis.history.to_json()}
+        if analysis.confirming is not None:
+            data["confirming"] = dict(analysis.confirming)
         if self.rollback is not None:
             data["rollback"] = self.rollback.to_json()
         return data
@@ -217,9 +228,17 @@ class DeploymentStatus:
                 unready_since={str(i): float(t) for i, t in (data.get("unready_since") or {}).items()},
                 history=TrafficCounters.from_json(history["counters"]) if history.get("counters") else None,
                 history_span_s=_number(history.get("span_s")),
+                confirming=_confirming(data.get("confirming")),
             ),
             rollback=RollbackProgress.from_json(rollback) if rollback else None,
         )
+
+
+def _confirming(data: Mapping[str, Any] | None) -> Confirming | None:
+    if not data:
+        return None
+    return {"since": float(data["since"]), "reason": str(data.get("reason", "")),
+            "trigger": str(data.get("trigger", "analysis"))}
 
 
 def _weights(data: Mapping[str, Any] | None) -> Weights | None:

@@ -26,6 +26,7 @@ from safeship.routing.base import Backend, TrafficCounters
 from safeship.store import Retirement, StableVersion
 from safeship.strategies.base import (
     AnalyzeStep,
+    ConfirmSplit,
     HoldStep,
     MonitorStep,
     PauseStep,
@@ -37,6 +38,7 @@ from safeship.strategies.base import (
 )
 
 POLL_S = 1.0  # how often waiting steps look again
+
 
 
 @dataclass(frozen=True)
@@ -291,27 +293,94 @@ class StepRunner:
         return list(self.rollback_settings(tick).triggers)
 
     async def analyze(self, tick: Tick, step: AnalyzeStep) -> StepResult:
-        """Canary analysis: the policy judges the candidate, against the baseline with `compare`."""
+        """Canary analysis: the policy judges the candidate, against the baseline with `compare`.
+        With `confirm`, a failure of the candidate alone is checked side by side first."""
         policy: Policy = self.policy_for(tick.before.policy)
+        interval = self._look_interval(policy)
+        confirm = step.get("confirm")
+        if confirm is not None and tick.status.analysis.confirming is not None:
+            return await self._confirm(tick, policy, confirm, interval, step_passes=True)
         shortest = step.get("min_duration")  # set by a canary with adaptive: false
-        return await self._look(tick, policy, interval=policy.interval(self.config.intelligent_deployment.analysis),
-                                duration=float(step["duration"]), compare=bool(step.get("compare")),
-                                policy_step=int(step.get("policy_step", 0)), promoted=False,
-                                min_duration=None if shortest is None else float(shortest))
+        result = await self._look(tick, policy, interval=interval,
+                                  duration=float(step["duration"]), compare=bool(step.get("compare")),
+                                  policy_step=int(step.get("policy_step", 0)), promoted=False,
+                                  min_duration=None if shortest is None else float(shortest))
+        return await self._maybe_confirm(tick, confirm, result)
+
+    async def _maybe_confirm(self, tick: Tick, confirm: ConfirmSplit | None, result: StepResult) -> StepResult:
+        """`result` of an analysis of the candidate alone, or the start of a confirmation split
+        when it failed and the step has `confirm`."""
+        failure = result.failure
+        progress = tick.status.analysis
+        # Only the policy's verdict is second-guessed: not what an instance itself shows (a crash,
+        # a readiness timeout) nor a spent measurement-error budget.
+        if (confirm is None or failure is None or failure.trigger == "health_check_failure"
+                or progress.errors_in_a_row > 0):
+            return result
+        progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger}
+        progress.policy_state = None  # the side-by-side comparison starts from nothing
+        candidate, percent = tick.before.version, int(confirm["percent"])
+        tick.event("confirming", f"{failure.reason}; checking it side by side: traffic {candidate}={percent}%, "
+                   f"{confirm['baseline']}={100 - percent}% for up to {float(confirm['duration']):.0f}s",
+                   trigger=failure.trigger)
+        await self.set_weights(tick, {"kind": "weights",
+                                      "weights": {confirm["baseline"]: 100 - percent, candidate: percent}})
+        return StepResult(done=False, wait=0.0)
+
+    async def _confirm(self, tick: Tick, policy: Policy, confirm: ConfirmSplit, interval: float, *,
+                       step_passes: bool) -> StepResult:
+        """One look of a confirmation split: the candidate against the baseline serving beside it.
+        When the candidate is cleared it takes all traffic again, and the step passes
+        (`step_passes`) or goes on judging it alone from a fresh start (a monitoring window)."""
+        progress = tick.status.analysis
+        confirming = progress.confirming
+        assert confirming is not None
+        duration = float(confirm["duration"])
+        result = await self._look(tick, policy, interval=interval, duration=duration, compare=True, policy_step=0,
+                                  promoted=False, min_duration=0.0, since=confirming["since"], marker="confirm")
+        if result.failure is not None:
+            failure = result.failure
+            evidence = {**failure.evidence, "confirmed_by_split": True, "first_failure": confirming["reason"]}
+            return StepResult(done=False, failure=Failure(failure.trigger, f"{failure.reason} (side by side with "
+                                                          f"{confirm['baseline']}, after: {confirming['reason']})",
+                                                          evidence))
+        if result.done or tick.now - confirming["since"] >= duration:
+            candidate = tick.before.version
+            tick.event("confirm_cleared", f"side by side, {candidate} is no worse than {confirm['baseline']}: "
+                       f"the earlier failure ({confirming['reason']}) came from the moment, not the release; "
+                       f"{candidate} takes all traffic again")
+            progress.confirming = None
+            progress.policy_state = None
+            await self.set_weights(tick, {"kind": "weights", "weights": {candidate: 100}})
+            return DONE if step_passes else StepResult(done=False, wait=0.0)
+        return result
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
-        """The window after promotion: the policy still judges the candidate, alone, every `interval`."""
+        """The window after promotion: the policy still judges the candidate, alone, every `interval`
+        (with `confirm`, a failure is checked side by side first)."""
         policy: Policy = self.policy_for(tick.before.policy)
-        return await self._look(tick, policy, interval=float(step["interval"]), duration=float(step["duration"]),
-                                compare=False, policy_step=0, promoted=True)
+        interval = float(step["interval"])
+        confirm = step.get("confirm")
+        if confirm is not None and tick.status.analysis.confirming is not None:
+            return await self._confirm(tick, policy, confirm, min(interval, self._look_interval(policy)),
+                                       step_passes=False)
+        result = await self._look(tick, policy, interval=interval, duration=float(step["duration"]),
+                                  compare=False, policy_step=0, promoted=True)
+        return await self._maybe_confirm(tick, confirm, result)
+
+    def _look_interval(self, policy: Policy) -> float:
+        return policy.interval(self.config.intelligent_deployment.analysis)
 
     async def _look(self, tick: Tick, policy: Policy, *, interval: float, duration: float, compare: bool,
-                    policy_step: int, promoted: bool, min_duration: float | None = None) -> StepResult:
+                    policy_step: int, promoted: bool, min_duration: float | None = None,
+                    since: float | None = None, marker: str = "") -> StepResult:
         """One look when one is due: the first look of a step only takes the counters; later ones
         sample what happened since the last look and let the policy decide. A measurement that
-        fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget."""
+        fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget.
+        `since`: when the part of the step being judged began (default: the step's start);
+        `marker` tells apart judgements within one step (a confirmation split)."""
         progress = tick.status.analysis
-        marker = f"{tick.get('step_index')}:{tick.get('phase')}"
+        marker = f"{tick.get('step_index')}:{tick.get('phase')}{':' + marker if marker else ''}"
         try:
             counters = await self.world.traffic.counters(tick.route)
         except TemporaryError as exc:
@@ -340,7 +409,7 @@ class StepRunner:
             return self.judge(tick, Decision(Verdict.ERROR, f"measurement failed: {exc}"), interval)
         ctx = StepContext(
             step_index=policy_step,
-            time_in_step=tick.now - tick.get("step_started_at"),
+            time_in_step=tick.now - (tick.get("step_started_at") if since is None else since),
             time_in_analysis=tick.now - _known(progress.started_at),
             compare=compare,
             triggers=[t for t in self.triggers(tick) if not isinstance(t, HealthCheckFailureTrigger)],

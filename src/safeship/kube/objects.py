@@ -25,6 +25,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from safeship.config.models import (
@@ -441,3 +442,84 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
         weights = {v: (100 if v == active else 0) for v in versions}
         objects.append(virtual_service(config, environment, service, weights))
     return objects
+
+
+# ---------------------------------------------------------------- reading what the cluster reports
+
+
+def object_version(obj: Mapping[str, Any]) -> str | None:
+    """The exact version an object (a pod, a Deployment, a Service that selects one version)
+    belongs to: its `safeship.io/version` annotation, else its version label or selector."""
+    meta = obj.get("metadata") or {}
+    found = (meta.get("annotations") or {}).get(VERSION_ANNOTATION)
+    if isinstance(found, str) and found:
+        return found
+    label = (meta.get("labels") or {}).get(VERSION_LABEL)
+    if isinstance(label, str) and label:
+        return label
+    chosen = ((obj.get("spec") or {}).get("selector") or {})
+    value = chosen.get(VERSION_LABEL) if isinstance(chosen, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == kind:
+            return condition
+    return None
+
+
+def pod_terminating(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """A pod that Services send traffic to: condition Ready True and not terminating."""
+    if pod_terminating(pod):
+        return False
+    ready = _condition(pod.get("status") or {}, "Ready")
+    return ready is not None and ready.get("status") == "True"
+
+
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A Deployment's progress as its controller reports it.
+
+    observed: the controller has seen the current spec (observedGeneration >= generation);
+    complete: observed, and every wanted pod is updated and available;
+    failed:   the Progressing condition says ProgressDeadlineExceeded (Kubernetes stops there and
+              rolls nothing back: safeship decides);
+    """
+
+    wanted: int
+    updated: int
+    ready: int
+    available: int
+    observed: bool
+    complete: bool
+    failed: bool
+    message: str = ""
+
+
+def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
+    """Read a Deployment's progress from observedGeneration, updatedReplicas, availableReplicas
+    and the Progressing condition."""
+    meta = deployment_obj.get("metadata") or {}
+    spec = deployment_obj.get("spec") or {}
+    status = deployment_obj.get("status") or {}
+    wanted = int(spec.get("replicas", 1) or 0)
+    generation = int(meta.get("generation") or 0)
+    observed = int(status.get("observedGeneration") or 0) >= generation and "observedGeneration" in status
+    updated = int(status.get("updatedReplicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    progressing = _condition(status, "Progressing")
+    failed = bool(progressing is not None and progressing.get("status") == "False"
+                  and progressing.get("reason") == PROGRESS_DEADLINE_EXCEEDED)
+    message = str(progressing.get("message") or "") if progressing is not None else ""
+    complete = observed and updated >= wanted and available >= wanted and total <= wanted and not failed
+    return Rollout(wanted, updated, ready, available, observed, complete, failed, message)

@@ -8,10 +8,11 @@ idempotent: running it twice does no harm.
     wait_ready  {"version", "replicas", "timeout"}  until that many are ready; a crash or timeout fails
     weights     {"weights": {version: percent}}     sync ready backends and set traffic weights
     hold        {"max_wait"}                        queue new requests (recreate gap)
-    analyze     {"compare", "duration", "policy_step", "min_duration"?}  the policy judges until advance / pass / fail
+    analyze     {"compare", "duration", "policy_step", "min_duration"?, "confirm"?}
+                                                    the policy judges until advance / pass / fail
     promote     {}                                  the decision: the candidate takes all traffic
     pause       {"duration"}                        wait (blue-green keeps the old colour this long)
-    monitor     {"duration", "interval"}            post-promotion window: a failure still rolls back
+    monitor     {"duration", "interval", "confirm"?}  post-promotion window: a failure still rolls back
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class HoldStep(TypedDict):
     max_wait: float  # seconds the router queues new requests while no backend serves
 
 
+class ConfirmSplit(TypedDict):
+    """How an analysis of the candidate alone confirms a failure before it rolls back: the
+    traffic is split `percent` (candidate) / the rest (`baseline`, still warm) for up to
+    `duration` seconds and the two are compared side by side. Worse than the baseline: the
+    failure stands. Not worse: the failure came from the moment (an incident every version saw),
+    not the release; the candidate takes all traffic again and the step passes."""
+
+    baseline: str
+    percent: int
+    duration: float
+
+
 class AnalyzeStep(TypedDict):
     kind: Literal["analyze"]
     duration: float  # seconds of evidence the policy is asked to gather
@@ -54,6 +67,7 @@ class AnalyzeStep(TypedDict):
     # the shortest the step lasts, whatever the evidence (absent: canary.min_step_duration);
     # a canary with adaptive: false sets it to `duration`
     min_duration: NotRequired[float]
+    confirm: NotRequired[ConfirmSplit]  # only on analyses of the candidate alone (compare false)
 
 
 class PromoteStep(TypedDict):
@@ -69,6 +83,7 @@ class MonitorStep(TypedDict):
     kind: Literal["monitor"]
     duration: float
     interval: float  # seconds between looks
+    confirm: NotRequired[ConfirmSplit]  # the replaced version is still warm: confirm a failure first
 
 
 Step = ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
@@ -114,10 +129,13 @@ def weights(split: dict[str, int]) -> WeightsStep:
     return {"kind": "weights", "weights": {v: w for v, w in split.items()}}
 
 
-def analyze(*, compare: bool, duration: float, policy_step: int, min_duration: float | None = None) -> AnalyzeStep:
+def analyze(*, compare: bool, duration: float, policy_step: int, min_duration: float | None = None,
+            confirm: ConfirmSplit | None = None) -> AnalyzeStep:
     step: AnalyzeStep = {"kind": "analyze", "compare": compare, "duration": duration, "policy_step": policy_step}
     if min_duration is not None:
         step["min_duration"] = min_duration
+    if confirm is not None:
+        step["confirm"] = confirm
     return step
 
 
@@ -133,9 +151,12 @@ def hold(max_wait: float) -> HoldStep:
     return {"kind": "hold", "max_wait": max_wait}
 
 
-def monitor(settings: IntelligentDeployment) -> MonitorStep:
+def monitor(settings: IntelligentDeployment, confirm: ConfirmSplit | None = None) -> MonitorStep:
     window = settings.rollback.monitoring
-    return {"kind": "monitor", "duration": window.duration, "interval": window.interval}
+    step: MonitorStep = {"kind": "monitor", "duration": window.duration, "interval": window.interval}
+    if confirm is not None:
+        step["confirm"] = confirm
+    return step
 
 
 def split(candidate: str, baseline: str | None, candidate_percent: int) -> dict[str, int]:

@@ -1,9 +1,29 @@
-"""Blue-green: start the whole new colour, switch all traffic at once, keep the old colour warm for
-`scale_down_delay` so that a rollback is an instant switch back."""
+"""Blue-green: start the whole new colour, switch all traffic at once, keep the old colour warm
+through the monitoring window and `scale_down_delay` after it, so that a rollback is an instant
+switch back and a failure of the new colour alone is confirmed side by side first."""
 
 from __future__ import annotations
 
-from safeship.strategies.base import PlanInput, Step, analyze, monitor, pause, promote, scale, wait_ready, weights
+from safeship.config.models import BlueGreenConfig
+from safeship.strategies.base import (
+    ConfirmSplit,
+    PlanInput,
+    Step,
+    analyze,
+    monitor,
+    pause,
+    promote,
+    scale,
+    wait_ready,
+    weights,
+)
+
+
+def _confirm(baseline: str | None, blue_green: BlueGreenConfig) -> ConfirmSplit | None:
+    """A failure of the new colour alone is confirmed side by side with the old one, still warm."""
+    if baseline is None or blue_green.confirm_duration <= 0:
+        return None
+    return {"baseline": baseline, "percent": blue_green.confirm_percent, "duration": blue_green.confirm_duration}
 
 
 class BlueGreenStrategy:
@@ -12,6 +32,7 @@ class BlueGreenStrategy:
     def plan(self, given: PlanInput) -> list[Step]:
         blue_green = given.settings.strategies.blue_green
         timeout = blue_green.health_check_timeout
+        confirm = _confirm(given.baseline, blue_green)
         steps: list[Step] = [
             scale(given.candidate, given.replicas),
             wait_ready(given.candidate, given.replicas, timeout),
@@ -19,10 +40,12 @@ class BlueGreenStrategy:
             # The switch confirmation: the new colour, now taking all traffic, must have every
             # instance ready within traffic_switch_timeout, or the switch is undone (rollback).
             wait_ready(given.candidate, given.replicas, blue_green.traffic_switch_timeout),
-            analyze(compare=False, duration=blue_green.post_switch_analysis, policy_step=0),
+            analyze(compare=False, duration=blue_green.post_switch_analysis, policy_step=0, confirm=confirm),
             promote(),
+            # The old colour stays warm through the monitoring window, so that a failure there is
+            # confirmed side by side and rolled back by a switch, then for scale_down_delay more.
+            monitor(given.settings, confirm),
         ]
         if given.baseline is not None:
             steps += [pause(blue_green.scale_down_delay), scale(given.baseline, 0)]
-        steps.append(monitor(given.settings))
         return steps
