@@ -1,0 +1,385 @@
+"""The Kubernetes objects of an environment, built as plain dicts (no client, no cluster).
+
+Pure functions: `environments.kubernetes` applies what these build for `environment-manager
+--prepare`, and `--render` prints it. `environment_objects` returns them in apply order:
+
+1. the Namespace, with Pod Security Admission labels (see below);
+2. a ResourceQuota `safeship-quota` (requests.* and limits.* from `resource_quotas`) and a
+   LimitRange `safeship-limits` (default requests and limits per container, so that every pod
+   counts against the quota even when it names no resources);
+3. the deployer's ServiceAccount, Role and RoleBinding, all `safeship-deployer`;
+4. NetworkPolicies: `safeship-default-deny-ingress`, then `safeship-allow-same-namespace` and
+   `safeship-allow-ingress` (from `ingress_namespace`, and from the Gateway's namespace when
+   `router: gateway-api` names one elsewhere);
+5. ConfigMaps from `config_maps`, one per map;
+6. Secrets: one per service that lists `secrets`, named as `kube.objects.secret_name` says, one key
+   per secret. The values come from the caller (read from `secrets/<environment>/`); without them
+   every value is `<redacted>`, which is what `--render` prints. A value is never logged here;
+7. PersistentVolumeClaims for the services' `volumes`;
+8. with `load_balancer: true`, a Service `<service>-lb` of type LoadBalancer per service, over the
+   service's ready pods on port 80.
+
+Every object is labelled `app.kubernetes.io/managed-by: safeship` (what `--cleanup` deletes by)
+and `safeship.io/environment: <environment>`.
+
+**Pod security.** The seed names a PodSecurityPolicy. PodSecurityPolicy was removed in Kubernetes
+1.25; its successor is Pod Security Admission, which enforces one of three levels per namespace
+through labels, plus RBAC Roles for what a user may do. safeship maps the seed's policies onto
+them:
+
+- a policy of type `PodSecurityPolicy` (or `PodSecurity`, `psa`, `pod-security`) sets the level
+  `pod-security.kubernetes.io/enforce` of every environment: the first of `privileged`,
+  `baseline` or `restricted` named in its rules' `resourceNames`, else in its `name`, else
+  `restricted`. Its rules themselves (`use` on `podsecuritypolicies`) have no meaning any more and
+  are not copied into a Role;
+- without such a policy the level follows the environment's type: `restricted` for production and
+  staging, `baseline` for development and testing;
+- `audit` and `warn` are always `restricted`, so that what a stricter level would refuse is
+  reported even where it is not enforced. Every `-version` label is `latest`;
+- policies of type `Role` or `RBAC` (any case) add their rules (apiGroups, resources, verbs,
+  resourceNames) to the deployer's Role, beside what safeship itself needs (`deployer_rules`).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from safeship.config.models import (
+    Environment,
+    EnvironmentType,
+    ResourceRequirements,
+    SafeshipConfig,
+    SecurityPolicy,
+)
+from safeship.errors import InputError
+from safeship.kube.objects import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    PART_OF_LABEL,
+    PORT_NAME,
+    cpu_quantity,
+    memory_quantity,
+    pvc_name,
+    router_of,
+    secret_name,
+    selector,
+    slug,
+)
+
+Obj = dict[str, Any]
+
+REDACTED = "<redacted>"
+QUOTA_NAME = "safeship-quota"
+LIMIT_RANGE_NAME = "safeship-limits"
+DEPLOYER = "safeship-deployer"  # the ServiceAccount, Role and RoleBinding
+DENY_POLICY = "safeship-default-deny-ingress"
+SAME_NAMESPACE_POLICY = "safeship-allow-same-namespace"
+INGRESS_POLICY = "safeship-allow-ingress"
+LOAD_BALANCER_PORT = 80
+
+PSA_PREFIX = "pod-security.kubernetes.io/"
+PSA_LEVELS = ("privileged", "baseline", "restricted")
+PSA_VERSION = "latest"
+_PSA_TYPES = {"podsecuritypolicy", "podsecurity", "psa", "pod-security", "pod_security"}
+_RBAC_TYPES = {"role", "rbac", "clusterrole"}
+_NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set by the API server on every Namespace
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+_WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
+_READ = ["get", "list", "watch"]
+
+
+# ---------------------------------------------------------------- names and labels
+
+
+def environment_labels(environment: Environment) -> dict[str, str]:
+    """The labels of every object the environment manager applies."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, PART_OF_LABEL: MANAGED_BY, ENVIRONMENT_LABEL: slug(environment.name)}
+
+
+def managed_selector(environment: Environment) -> dict[str, str]:
+    """The labels that pick out what safeship applied for `environment` (what cleanup deletes)."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, ENVIRONMENT_LABEL: slug(environment.name)}
+
+
+def namespace_of(environment: Environment) -> str:
+    """The environment's namespace; InputError unless it is a DNS-1123 label."""
+    name = environment.kube_namespace
+    if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
+        raise InputError(f"environment {environment.name!r}: namespace {name!r} is not a Kubernetes namespace "
+                         "name (a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters)")
+    return name
+
+
+def load_balancer_name(service: str) -> str:
+    return slug(f"{service}-lb")
+
+
+def _metadata(name: str, environment: Environment, extra_labels: Mapping[str, str] | None = None,
+              *, namespaced: bool = True) -> Obj:
+    meta: Obj = {"name": name}
+    if namespaced:
+        meta["namespace"] = namespace_of(environment)
+    meta["labels"] = {**environment_labels(environment), **(extra_labels or {})}
+    return meta
+
+
+# ---------------------------------------------------------------- pod security and RBAC
+
+
+def pod_security_level(config: SafeshipConfig, environment: Environment) -> str:
+    """The Pod Security Admission level enforced in `environment` (see the module docstring)."""
+    for policy in config.environment_management.security_policies:
+        if policy.type.strip().lower() in _PSA_TYPES:
+            return _level_of(policy)
+    if environment.type in (EnvironmentType.PRODUCTION, EnvironmentType.STAGING):
+        return "restricted"
+    return "baseline"
+
+
+def _level_of(policy: SecurityPolicy) -> str:
+    for rule in policy.rules:
+        for name in rule.resourceNames:
+            if name.strip().lower() in PSA_LEVELS:
+                return name.strip().lower()
+    for level in PSA_LEVELS:
+        if level in policy.name.lower():
+            return level
+    return "restricted"
+
+
+def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
+    level = pod_security_level(config, environment)
+    psa = {
+        f"{PSA_PREFIX}enforce": level,
+        f"{PSA_PREFIX}enforce-version": PSA_VERSION,
+        f"{PSA_PREFIX}audit": "restricted",
+        f"{PSA_PREFIX}audit-version": PSA_VERSION,
+        f"{PSA_PREFIX}warn": "restricted",
+        f"{PSA_PREFIX}warn-version": PSA_VERSION,
+    }
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": _metadata(namespace_of(environment), environment, psa, namespaced=False)}
+
+
+def deployer_rules(environment: Environment) -> list[Obj]:
+    """What safeship's deployer needs in the namespace: its Deployments (and their scale), the
+    ReplicaSets, pods and endpoints it reads progress and health from, its Services, and the
+    router's objects (HTTPRoutes for gateway-api; VirtualServices and DestinationRules for istio)."""
+    rules: list[Obj] = [
+        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": list(_WRITE)},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": list(_READ)},
+        {"apiGroups": [""], "resources": ["services"], "verbs": list(_WRITE)},
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "endpoints", "events", "configmaps",
+                                          "persistentvolumeclaims"], "verbs": list(_READ)},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(_READ)},
+    ]
+    router = router_of(environment)
+    if router == "gateway-api":
+        rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": list(_WRITE)})
+        rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes/status"],
+                      "verbs": ["get"]})
+    elif router == "istio":
+        rules.append({"apiGroups": ["networking.istio.io"], "resources": ["virtualservices", "destinationrules"],
+                      "verbs": list(_WRITE)})
+    return rules
+
+
+def policy_rules(config: SafeshipConfig) -> list[Obj]:
+    """The rules of the seed's policies of type Role/RBAC, as Role rules."""
+    rules: list[Obj] = []
+    for index, policy in enumerate(config.environment_management.security_policies):
+        if policy.type.strip().lower() not in _RBAC_TYPES:
+            continue
+        for number, rule in enumerate(policy.rules):
+            if not rule.verbs or not rule.resources:
+                raise InputError(f"environment_management.security_policies[{index}] ({policy.name!r}): rule "
+                                 f"{number} needs verbs and resources to become a Role rule")
+            converted: Obj = {"apiGroups": list(rule.apiGroups) or [""], "resources": list(rule.resources),
+                              "verbs": list(rule.verbs)}
+            if rule.resourceNames:
+                converted["resourceNames"] = list(rule.resourceNames)
+            rules.append(converted)
+    return rules
+
+
+def service_account(environment: Environment) -> Obj:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(DEPLOYER, environment)}
+
+
+def role(config: SafeshipConfig, environment: Environment) -> Obj:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _metadata(DEPLOYER, environment),
+            "rules": deployer_rules(environment) + policy_rules(config)}
+
+
+def role_binding(environment: Environment) -> Obj:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(DEPLOYER, environment),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DEPLOYER},
+        "subjects": [{"kind": "ServiceAccount", "name": DEPLOYER, "namespace": namespace_of(environment)}],
+    }
+
+
+# ---------------------------------------------------------------- quota and limits
+
+
+def resource_quota(environment: Environment) -> Obj:
+    quota = environment.resource_quotas
+    cpu, memory = cpu_quantity(quota.cpu), memory_quantity(quota.memory)
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": _metadata(QUOTA_NAME, environment),
+        "spec": {"hard": {"requests.cpu": cpu, "requests.memory": memory,
+                          "limits.cpu": cpu, "limits.memory": memory}},
+    }
+
+
+def limit_range(environment: Environment) -> Obj:
+    """Defaults for a container that names no resources: safeship's own default requests, as
+    requests and as limits; the quota is the most one container may ask for."""
+    default = ResourceRequirements()
+    values = {"cpu": cpu_quantity(default.cpu), "memory": memory_quantity(default.memory)}
+    limit: Obj = {"type": "Container", "default": dict(values), "defaultRequest": dict(values)}
+    quota = environment.resource_quotas
+    if quota.cpu >= default.cpu and quota.memory >= default.memory:
+        limit["max"] = {"cpu": cpu_quantity(quota.cpu), "memory": memory_quantity(quota.memory)}
+    return {"apiVersion": "v1", "kind": "LimitRange", "metadata": _metadata(LIMIT_RANGE_NAME, environment),
+            "spec": {"limits": [limit]}}
+
+
+# ---------------------------------------------------------------- network policies
+
+
+def network_policies(environment: Environment) -> list[Obj]:
+    """Default-deny ingress; then the namespace's own pods, and the ingress (and Gateway) namespace."""
+    everything: Obj = {}
+    sources = [environment.ingress_namespace]
+    gateway = environment.gateway
+    if router_of(environment) == "gateway-api" and gateway is not None and gateway.namespace:
+        sources.append(gateway.namespace)
+    sources = [s for i, s in enumerate(sources) if s and s not in sources[:i]]
+    for source in sources:
+        if len(source) > 63 or not _DNS_LABEL.fullmatch(source):
+            raise InputError(f"environment {environment.name!r}: {source!r} is not a namespace name, so no "
+                             "NetworkPolicy can admit traffic from it (ingress_namespace, gateway.namespace)")
+
+    def policy(name: str, ingress: list[Obj] | None) -> Obj:
+        spec: Obj = {"podSelector": dict(everything), "policyTypes": ["Ingress"]}
+        if ingress is not None:
+            spec["ingress"] = ingress
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": _metadata(name, environment), "spec": spec}
+
+    result = [
+        policy(DENY_POLICY, None),
+        policy(SAME_NAMESPACE_POLICY, [{"from": [{"podSelector": {}}]}]),
+    ]
+    if sources:
+        result.append(policy(INGRESS_POLICY, [{"from": [
+            {"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME: source}}} for source in sources]}]))
+    return result
+
+
+# ---------------------------------------------------------------- config maps, secrets, volumes
+
+
+def config_maps(environment: Environment) -> list[Obj]:
+    result = []
+    for name, values in environment.config_maps.items():
+        where = f"environment {environment.name!r}: config_maps.{name}"
+        if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+            raise InputError(f"{where}: {name!r} is not a Kubernetes object name (a DNS-1123 subdomain: "
+                             "lowercase letters, digits, '-' and '.')")
+        for key in values:
+            if len(key) > 253 or not _DATA_KEY.fullmatch(key) or key in (".", ".."):
+                raise InputError(f"{where}: key {key!r} is not a ConfigMap key (letters, digits, '-', '_' and '.')")
+        result.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(name, environment),
+                       "data": dict(values)})
+    return result
+
+
+def secret_keys(config: SafeshipConfig) -> dict[str, list[str]]:
+    """Each service that lists secrets, with its secret names (sorted, once each)."""
+    return {service: sorted(set(settings.secrets)) for service, settings in config.services.items()
+            if settings.secrets}
+
+
+def secrets(config: SafeshipConfig, environment: Environment, values: Mapping[str, str] | None) -> list[Obj]:
+    """One Secret per service that lists secrets. `values` by secret name; None shows every value
+    as `<redacted>` (for --render), in `stringData` so that the object stays valid."""
+    result = []
+    for service, names in secret_keys(config).items():
+        obj: Obj = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": _metadata(secret_name(service), environment, {NAME_LABEL: service})}
+        if values is None:
+            obj["stringData"] = dict.fromkeys(names, REDACTED)
+        else:
+            missing = [n for n in names if n not in values]
+            if missing:
+                raise InputError(f"environment {environment.name!r}: no value for secret {missing[0]!r} of {service}")
+            obj["data"] = {n: base64.b64encode(values[n].encode("utf-8")).decode("ascii") for n in names}
+        result.append(obj)
+    return result
+
+
+def persistent_volume_claims(config: SafeshipConfig, environment: Environment) -> list[Obj]:
+    result = []
+    for service, settings in config.services.items():
+        for volume in settings.volumes:
+            spec: Obj = {"accessModes": [volume.access_mode],
+                         "resources": {"requests": {"storage": memory_quantity(volume.size)}}}
+            if volume.storage_class is not None:
+                spec["storageClassName"] = volume.storage_class
+            result.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": _metadata(pvc_name(service, volume.name), environment, {NAME_LABEL: service}),
+                           "spec": spec})
+    return result
+
+
+def load_balancers(config: SafeshipConfig, environment: Environment) -> list[Obj]:
+    """With `load_balancer: true`, a LoadBalancer Service per service over its pods (every
+    version's ready pods: traffic through it follows the replicas, not a router's weights)."""
+    if not environment.load_balancer:
+        return []
+    return [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": _metadata(load_balancer_name(service), environment, {NAME_LABEL: service}),
+         "spec": {"type": "LoadBalancer", "selector": selector(service),
+                  "ports": [{"name": PORT_NAME, "port": LOAD_BALANCER_PORT, "targetPort": PORT_NAME,
+                             "protocol": "TCP"}]}}
+        for service in config.services
+    ]
+
+
+# ---------------------------------------------------------------- all of them
+
+
+def environment_objects(config: SafeshipConfig, environment: Environment, *,
+                        secret_values: Mapping[str, str] | None = None) -> list[Obj]:
+    """Every object `--prepare` applies for `environment`, in apply order (see the module
+    docstring). `secret_values` maps secret names to their values; None redacts them (`--render`)."""
+    return [
+        namespace(config, environment),
+        resource_quota(environment),
+        limit_range(environment),
+        service_account(environment),
+        role(config, environment),
+        role_binding(environment),
+        *network_policies(environment),
+        *config_maps(environment),
+        *secrets(config, environment, secret_values),
+        *persistent_volume_claims(config, environment),
+        *load_balancers(config, environment),
+    ]
