@@ -8,9 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from safeship.cli import output
-from safeship.cli.common import EXIT_FAILED, EXIT_OK, Parser, add_common, emit, guarded, load, open_store
+from safeship.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Parser,
+    add_common,
+    emit,
+    guarded,
+    known_environment,
+    load,
+    open_store,
+)
+from safeship.config.models import SafeshipConfig
 from safeship.config.paths import state_dir
 from safeship.environments.manager import Check, EnvironmentManager, summary
+from safeship.errors import InputError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     action.add_argument("--cleanup", action="store_true", help="stop instances, release ports, remove state")
     p.add_argument("--environment", required=True, help="the environment, as named under environment_management")
     p.add_argument("--force", action="store_true", help="allow --cleanup of a production environment")
+    p.add_argument("--render", action="store_true",
+                   help="with --prepare on a kubernetes environment: print the manifests it would apply "
+                        "as YAML (secrets redacted) and contact no cluster")
     add_common(p)
     return p
 
@@ -28,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.render and not args.prepare:
+        raise InputError("--render goes with --prepare (it prints what --prepare would apply)")
     config = load(args.config)
+    if args.render:
+        return _render(args, config)
     store = open_store(config, args.config)
     try:
         manager = EnvironmentManager(config, state_dir=state_dir(config, args.config),
@@ -45,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     result = summary(checks)
     emit(result, as_json=args.json, text=lambda: _print(checks))
     return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def _render(args: argparse.Namespace, config: SafeshipConfig) -> int:
+    """--prepare --render: the environment's manifests, from the config alone."""
+    from safeship.kube.environment import environment_objects, manifests, require_kubernetes
+
+    environment = known_environment(config, args.environment, args.config)
+    require_kubernetes(environment, args.config)
+    objects = environment_objects(config, environment)  # secret values are never read here
+    emit(objects, as_json=args.json, text=lambda: print(manifests(objects), end=""))
+    return EXIT_OK
 
 
 def _controller_cleanup(directory: Path) -> Callable[[str], Mapping[str, Any]] | None:

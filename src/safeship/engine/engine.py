@@ -354,9 +354,11 @@ class DeploymentEngine:
         wait, _ = await self.step(deployment_id)
         return wait
 
-    async def step(self, deployment_id: str) -> tuple[float, DeploymentRecord]:
-        """`advance`, also returning the deployment as it stands after the tick."""
-        record = self.store.get_deployment(deployment_id)
+    async def step(self, deployment_id: str, *, known: DeploymentRecord | None = None) -> tuple[float, DeploymentRecord]:
+        """`advance`, also returning the deployment as it stands after the tick. `known`: the record
+        the previous `step` returned, for a driver that is the deployment's only writer (a
+        simulation); it saves reading the row again, and a stale one is still refused on saving."""
+        record = known if known is not None and known.id == deployment_id else self.store.get_deployment(deployment_id)
         phase = Phase(record.phase)
         if phase.is_final or phase is Phase.AWAITING_APPROVAL:
             return (math.inf if phase.is_final else POLL_S), record

@@ -146,8 +146,9 @@ async def run_simulation(
     end_counters: dict[str, TrafficCounters] | None = None
     horizon_counters: dict[str, TrafficCounters] | None = None
     promoted_at: float | None = None
+    current = record
     while True:
-        wait, current = await sim.engine.step(record.id)
+        wait, current = await sim.engine.step(record.id, known=current)
         if current.decision == "promote" and end_counters is None:
             end_counters = dict(await sim.router.counters(sim.route))
             promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()

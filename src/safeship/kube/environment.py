@@ -383,3 +383,21 @@ def environment_objects(config: SafeshipConfig, environment: Environment, *,
         *persistent_volume_claims(config, environment),
         *load_balancers(config, environment),
     ]
+
+
+# ---------------------------------------------------------------- --render
+
+
+def manifests(objects: list[Obj]) -> str:
+    """`objects` as multi-document YAML, in order, keys in the order they were built."""
+    import yaml
+
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def require_kubernetes(environment: Environment, config_path: str) -> None:
+    """InputError unless `environment` runs on Kubernetes (what --render renders for)."""
+    if environment.platform != "kubernetes":
+        raise InputError(f"{config_path}: --render prints Kubernetes manifests, and environment "
+                         f"{environment.name!r} uses platform {environment.platform!r}, not kubernetes; "
+                         "nothing was rendered")

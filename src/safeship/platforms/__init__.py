@@ -12,6 +12,7 @@ from safeship.errors import InputError
 from safeship.plugins import load, register_in
 
 PLATFORMS: dict[str, str | type] = {
+    "kubernetes": "safeship.platforms.kubernetes:KubernetesPlatform",
     "local": "safeship.platforms.local:LocalPlatform",
     "sim": "safeship.platforms.sim:SimPlatform",
 }
