@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="safeship", help="analysis policy: safeship, seed, flagger, argo, kayenta")
     p.add_argument("--detach", action="store_true", help="return the deployment id at once")
     p.add_argument("--override-freeze", metavar="REASON", help="deploy inside a freeze window; the reason is recorded")
+    p.add_argument("--render", action="store_true",
+                   help="with --deploy on a kubernetes environment: print the manifests the deploy would apply "
+                        "at its start as YAML, and contact no cluster")
     p.add_argument("--approved-by", default=os.environ.get("USER", ""), help="who approves (default: $USER)")
     add_common(p)
     return p
@@ -62,9 +65,13 @@ def parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.render and not args.deploy:
+        raise InputError("--render goes with --deploy (it prints what --deploy would apply)")
     config = load(args.config)
     store = open_store(config, args.config)
     try:
+        if args.deploy and args.render:
+            return render(args, config, store)
         if args.deploy:
             return deploy(args, config, store)
         if args.list:
@@ -139,6 +146,44 @@ def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> in
     if not runs_in_controller(environment.platform):
         return asyncio.run(_deploy_sim(args, config, store, request))
     return _deploy_remote(args, request)
+
+
+def render(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
+    """--deploy --render: the objects the deploy would apply at its start (Services, the new
+    version's Deployment, the router's objects), for --strategy or the strategy safeship would
+    select, beside the version serving now. Reads the config and the store; contacts no cluster."""
+    from safeship.engine.gates import free_capacity
+    from safeship.engine.selection import select_strategy
+    from safeship.kube.environment import manifests, require_kubernetes
+    from safeship.kube.objects import workload_objects
+
+    request = _request(args)
+    environment = known_environment(config, request.environment, args.config)
+    require_kubernetes(environment, args.config)
+    known_service(config, request.service_name, args.config)
+    service = config.services[request.service_name]
+    if service.versions and request.version not in service.versions:
+        raise InputError(f"{args.config}: version {request.version!r} of {request.service_name} is not known "
+                         f"(known: {', '.join(service.versions)})")
+    recent = [d.phase for d in store.list_deployments(
+        service=request.service_name, environment=request.environment, limit=5)]
+    try:
+        selection = select_strategy(
+            service_name=request.service_name, service=service, environment=environment,
+            strategies=config.intelligent_deployment.strategies, explicit=request.deployment_strategy,
+            recent_outcomes=recent,
+            capacity=free_capacity(config, store, request.service_name, environment))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    previous = store.current_version(request.service_name, request.environment)
+    if previous == request.version:
+        previous = None
+    objects = workload_objects(config, environment, request.service_name, request.version, selection.strategy,
+                               previous=previous, replicas=service.replicas)
+    header = (f"# {request.service_name} {request.version} -> {request.environment} "
+              f"(from {previous or 'nothing'}); strategy {selection.reason}\n")
+    emit(objects, as_json=args.json, text=lambda: print(header + manifests(objects), end=""))
+    return EXIT_OK
 
 
 def _engine_for_store(config: SafeshipConfig, store: Store) -> Any:
