@@ -1,0 +1,302 @@
+"""The Kubernetes platform: one Deployment per version of a service, in one environment's namespace.
+
+- `scale(service, environment, version, n)` applies the version's Deployment
+  (`safeship.kube.objects.deployment`, named `<service>-<version slug>`) with `replicas: n` and
+  returns at once; Kubernetes starts and stops the pods, and `instances` shows how far it got.
+- `instances` lists the service's pods as `Instance`s: id `<environment>/<service>/<pod>`, host
+  the pod IP, port the service's `container_port`, the state from the pod's conditions and
+  container statuses, `restarts` from the restart counts, and `last_failure` naming what a kubelet
+  reports (`CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`), or `ProgressDeadlineExceeded`
+  when the Deployment's Progressing condition says so. The engine reads restarts and failed states
+  as HealthCheckFailure evidence.
+- Kubernetes never rolls back on its own when a deadline passes; safeship does. Every version keeps
+  its own Deployment and pod template, so a rollback scales the previous version's Deployment up
+  again: its template is the previous one, untouched, as `kubectl rollout undo` would restore it.
+- Pods outlive the controller: `adopt` returns the pods already there, and nothing is kept in the
+  instance ledger (the cluster is the record).
+- Traits: `runs_in_controller` (the controller drives deployments in real time), not
+  `runs_commands`, default router `replicas` (weights become replica ratios), traffic source
+  `prometheus`, and `per_environment`: a platform object serves one environment (its cluster
+  context and namespace), so the controller builds one per environment from
+  `PlatformSetup.environment`.
+
+`lightkube` is imported only through `safeship.kube.client`, inside methods, so users of the local
+platform never need it. API errors arrive translated (`TemporaryError` / `PermanentError`).
+
+API calls made here (all through `KubeClient`): GET, POST and PATCH (JSON merge patch) of
+apps/v1 Deployments; LIST of apps/v1 Deployments and v1 Pods by label; DELETE of v1 Pods (`stop`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from safeship.config.models import Environment, SafeshipConfig
+from safeship.errors import InputError
+from safeship.kube import objects
+from safeship.platforms.base import (
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    LeavingHook,
+    Platform,
+    PlatformSetup,
+    SpecTemplate,
+    StartedHook,
+    StoppedHook,
+)
+
+if TYPE_CHECKING:
+    from safeship.kube.client import KubeClient
+
+log = logging.getLogger(__name__)
+
+CRASH_LOOP = "CrashLoopBackOff"
+IMAGE_PULL = "ImagePullBackOff"
+OOM_KILLED = "OOMKilled"
+_IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_START_REASONS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+
+def _timestamp(text: object) -> float:
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def pod_state(pod: Mapping[str, Any]) -> tuple[InstanceState, int, str | None]:
+    """(state, restarts, last failure) of a pod, as its kubelet reports them."""
+    status = pod.get("status") or {}
+    containers = [c for c in status.get("containerStatuses") or [] if isinstance(c, Mapping)]
+    restarts = sum(int(c.get("restartCount") or 0) for c in containers)
+    failure: str | None = None
+    waiting_reasons = [str(((c.get("state") or {}).get("waiting") or {}).get("reason") or "") for c in containers]
+    terminated_reasons = [
+        str(((c.get("lastState") or {}).get("terminated") or {}).get("reason") or "") for c in containers
+    ] + [str(((c.get("state") or {}).get("terminated") or {}).get("reason") or "") for c in containers]
+    if OOM_KILLED in terminated_reasons:
+        failure = OOM_KILLED
+    elif CRASH_LOOP in waiting_reasons:
+        failure = CRASH_LOOP
+    if any(reason in _IMAGE_REASONS for reason in waiting_reasons):
+        return InstanceState.FAILED, restarts, IMAGE_PULL
+    start_error = next((r for r in waiting_reasons if r in _START_REASONS), None)
+    if start_error is not None:
+        return InstanceState.FAILED, restarts, start_error
+    if objects.pod_terminating(pod):
+        return InstanceState.STOPPED, restarts, failure
+    phase = status.get("phase")
+    if phase in ("Failed", "Succeeded"):
+        return InstanceState.FAILED, restarts, failure or str(status.get("reason") or f"pod {str(phase).lower()}")
+    if CRASH_LOOP in waiting_reasons:
+        return InstanceState.RESTARTING, restarts, failure
+    if objects.pod_ready(pod):
+        return InstanceState.READY, restarts, failure
+    if phase == "Running":
+        return InstanceState.UNREADY, restarts, failure
+    return InstanceState.STARTING, restarts, failure
+
+
+class KubernetesPlatform:
+    """`Platform` on a Kubernetes cluster: one Deployment per version (see the module docstring)."""
+
+    runs_in_controller: ClassVar[bool] = True
+    runs_commands: ClassVar[bool] = False
+    router: ClassVar[str] = "replicas"
+    traffic: ClassVar[str] = "prometheus"
+    # One platform object per environment: the controller builds it from `PlatformSetup.environment`.
+    per_environment: ClassVar[bool] = True
+
+    @classmethod
+    def create(cls, setup: PlatformSetup) -> Platform:
+        if setup.config is None or setup.environment is None:
+            raise InputError("the kubernetes platform serves one environment: its setup must carry the config "
+                             "and the environment")
+        return cls(setup.config, setup.environment)
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, *, client: KubeClient | None = None) -> None:
+        self.config = config
+        self.environment = environment
+        self.namespace = environment.kube_namespace
+        self._client = client
+        self._own_client = client is None
+
+    async def kube(self) -> KubeClient:
+        """The environment's API client, built on first use."""
+        if self._client is None:
+            from safeship.kube.client import KubeClient
+
+            self._client = KubeClient.for_environment(self.environment)
+        return self._client
+
+    def _mine(self, service: str, environment: str) -> bool:
+        return environment == self.environment.name and service in self.config.services
+
+    def _check(self, service: str, environment: str) -> None:
+        if environment != self.environment.name:
+            raise InputError(f"environment: this kubernetes platform serves {self.environment.name!r}, "
+                             f"not {environment!r}")
+        if service not in self.config.services:
+            raise InputError(f"service: {service!r} is not configured")
+
+    # ------------------------------------------------------------ Platform protocol
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        """Kubernetes starts pods through the version's Deployment: grow it to hold index `spec.index`."""
+        self._check(spec.service, spec.environment)
+        kube = await self.kube()
+        current = await kube.get("apps/v1", "Deployment", objects.deployment_name(spec.service, spec.version),
+                                 self.namespace)
+        replicas = int(((current or {}).get("spec") or {}).get("replicas") or 0)
+        await self._apply_deployment(spec.service, spec.version, max(replicas, spec.index + 1))
+        return self._placeholder(spec.service, spec.version, spec.index)
+
+    async def stop(self, instance: Instance, *, drain: float) -> None:
+        """Delete the instance's pod (its Deployment replaces it unless scaled down first). A pod
+        that is not there is a no-op; `drain` is the pod's own termination grace period."""
+        if instance.environment != self.environment.name:
+            return
+        pod = instance.id.rsplit("/", 1)[-1]
+        if "#" in pod:  # a placeholder for a pod not yet created
+            return
+        kube = await self.kube()
+        await kube.delete("v1", "Pod", pod, self.namespace)
+
+    async def instances(self, service: str, environment: str) -> list[Instance]:
+        if not self._mine(service, environment):
+            return []
+        kube = await self.kube()
+        pods = await kube.list("v1", "Pod", self.namespace, labels=objects.selector(service))
+        deployments = await kube.list("apps/v1", "Deployment", self.namespace, labels=objects.selector(service))
+        return self._instances(service, pods, deployments)
+
+    def _instances(self, service: str, pods: Sequence[Mapping[str, Any]],
+                   deployments: Sequence[Mapping[str, Any]]) -> list[Instance]:
+        port = self.config.services[service].container_port
+        failed: dict[str, str] = {}  # version -> the Deployment's failure message
+        wanted: dict[str, int] = {}
+        for item in deployments:
+            version = objects.object_version(item)
+            if version is None:
+                continue
+            progress = objects.rollout(item)
+            wanted[version] = progress.wanted
+            if progress.failed:
+                failed[version] = progress.message
+        by_version: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            version = objects.object_version(pod)
+            if version is not None:
+                by_version.setdefault(version, []).append(pod)
+        result: list[Instance] = []
+        for version in sorted(set(by_version) | set(failed)):
+            listed = sorted(by_version.get(version, []), key=lambda p: (
+                objects.pod_terminating(p), str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+                str((p.get("metadata") or {}).get("name") or "")))
+            for index, pod in enumerate(listed):
+                state, restarts, failure = pod_state(pod)
+                if version in failed and state in (InstanceState.STARTING, InstanceState.UNREADY):
+                    state, failure = InstanceState.FAILED, failure or objects.PROGRESS_DEADLINE_EXCEEDED
+                meta = pod.get("metadata") or {}
+                status = pod.get("status") or {}
+                result.append(Instance(
+                    id=f"{self.environment.name}/{service}/{meta.get('name')}",
+                    service=service,
+                    environment=self.environment.name,
+                    version=version,
+                    index=index,
+                    host=str(status.get("podIP") or ""),
+                    port=port,
+                    state=state,
+                    started_at=_timestamp(status.get("startTime") or meta.get("creationTimestamp")),
+                    restarts=restarts,
+                    last_failure=failure,
+                ))
+            if version in failed and wanted.get(version, 0) > 0 and not any(
+                    i.version == version and not i.ready for i in result):
+                # No pod shows it (none could be created): the Deployment itself is the evidence.
+                name = objects.deployment_name(service, version)
+                result.append(Instance(
+                    id=f"{self.environment.name}/{service}/{name}", service=service,
+                    environment=self.environment.name, version=version, index=len(listed),
+                    port=port, state=InstanceState.FAILED,
+                    last_failure=objects.PROGRESS_DEADLINE_EXCEEDED,
+                ))
+        return result
+
+    async def scale(
+        self,
+        service: str,
+        environment: str,
+        version: str,
+        replicas: int,
+        template: SpecTemplate,
+        *,
+        drain: float,
+        on_leaving: LeavingHook | None = None,
+        on_started: StartedHook | None = None,
+        on_stopped: StoppedHook | None = None,
+    ) -> None:
+        """Apply the version's Deployment with `replicas` and return; Kubernetes converges it.
+        Scaling down keeps the Deployment (at 0 replicas it is the template a rollback scales up)."""
+        self._check(service, environment)
+        if replicas < 0:
+            raise InputError(f"replicas: must be 0 or more, got {replicas}")
+        kube = await self.kube()
+        name = objects.deployment_name(service, version)
+        current = await kube.get("apps/v1", "Deployment", name, self.namespace)
+        if current is None and replicas == 0:
+            return
+        before = int(((current or {}).get("spec") or {}).get("replicas") or 0)
+        if replicas < before and on_leaving is not None:
+            every = await self.instances(service, environment)
+            staying = [i for i in every if i.version == version and i.ready][:replicas]
+            await on_leaving(staying)
+        if current is None or before != replicas:
+            await self._apply_deployment(service, version, replicas)
+        for index in range(before, replicas):
+            if on_started is not None:
+                on_started(self._placeholder(service, version, index))
+        for index in range(replicas, before):
+            if on_stopped is not None:
+                on_stopped(self._placeholder(service, version, index, InstanceState.STOPPED))
+
+    async def _apply_deployment(self, service: str, version: str, replicas: int) -> None:
+        kube = await self.kube()
+        desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
+        await kube.apply(desired)
+
+    def _placeholder(self, service: str, version: str, index: int,
+                     state: InstanceState = InstanceState.STARTING) -> Instance:
+        """An instance Kubernetes has been asked for but that has no pod name yet."""
+        name = objects.deployment_name(service, version)
+        return Instance(id=f"{self.environment.name}/{service}/{name}#{index}", service=service,
+                        environment=self.environment.name, version=version, index=index,
+                        port=self.config.services[service].container_port, state=state)
+
+    async def adopt(self) -> list[Instance]:
+        """The pods already running for the configured services: they outlive any controller."""
+        kube = await self.kube()
+        pods = await kube.list("v1", "Pod", self.namespace,
+                               labels={objects.MANAGED_BY_LABEL: objects.MANAGED_BY})
+        deployments = await kube.list("apps/v1", "Deployment", self.namespace,
+                                      labels={objects.MANAGED_BY_LABEL: objects.MANAGED_BY})
+        adopted: list[Instance] = []
+        for service in self.config.services:
+            mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(objects.NAME_LABEL)
+                    == service]
+            theirs = [d for d in deployments
+                      if ((d.get("metadata") or {}).get("labels") or {}).get(objects.NAME_LABEL) == service]
+            adopted += [i for i in self._instances(service, mine, theirs) if not i.stopped]
+        return adopted
+
+    async def close(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.close()
+            self._client = None
