@@ -10,6 +10,9 @@ from safeship.plugins import load, register_in
 
 ROUTERS: dict[str, str | type] = {
     "builtin": "safeship.routing.builtin:BuiltinRouter",
+    "gateway-api": "safeship.routing.kubernetes:GatewayApiRouter",
+    "istio": "safeship.routing.kubernetes:IstioRouter",
+    "replicas": "safeship.routing.kubernetes:ReplicasRouter",
     "process": "safeship.routing.remote:RemoteRouter",
     "sim": "safeship.routing.sim:SimRouter",
 }

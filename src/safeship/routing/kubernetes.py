@@ -1,0 +1,465 @@
+"""Routers for a Kubernetes cluster, chosen per environment with `router:` (`traffic_router:`).
+
+- `gateway-api` (`GatewayApiRouter`): an HTTPRoute `<service>` attached to the environment's
+  Gateway, whose two backendRefs are the Services `<service>` (stable) and `<service>-canary`,
+  each selecting one version's pods; the weights are the backendRefs' weights.
+- `istio` (`IstioRouter`): a DestinationRule `<service>` with a subset per version (by the
+  version label) and a VirtualService `<service>` weighing the subsets; `<service>` selects every
+  version's pods and Istio picks the subset.
+- `replicas` (`ReplicasRouter`): no traffic router at all. A split between versions becomes
+  replica counts of the versions' Deployments (`<service>` then selects every version's pods, so
+  traffic follows the ready pods), and the weight actually reached, the ready pods' ratio, is
+  reported (`weights_reached`). A single version at 100% is a switch of `<service>`'s selector to
+  that version only: the blue-green switch, instant, onto pods that are ready, with the other
+  colour kept warm for a switch back.
+
+Common to all three:
+- Abilities: no `hold` (a cluster has no queue for the recreate gap) and no `listens` (the
+  cluster's Services, Gateway or mesh take the traffic; `ensure_route` returns None).
+- `set_weights` applies the weights and returns only once the cluster shows them: the HTTPRoute's
+  parents report Accepted with observedGeneration >= metadata.generation; the VirtualService's
+  status.observedGeneration reaches its generation when its status carries one; for replicas,
+  every weighted version has the ready pods its share asks for. A wait that runs out
+  (`wait_s`) is a `TemporaryError`, which the engine retries within its error budget.
+- `set_backends` keeps the Services' selectors right. Services select pods by labels, and a pod
+  receives traffic only once it is ready, so backends are never listed one by one: the call makes
+  sure the Services exist and that a version with ready pods has a Service that selects it.
+- `counters` returns no traffic: these routers do not measure; the environment's traffic source
+  (`prometheus`) does.
+- `<service>-preview` follows the second version (the new colour of a blue-green deployment, the
+  canary of a canary), for whoever wants to reach it before it takes traffic.
+
+API calls made here (all through `safeship.kube.client.KubeClient`): GET, POST and PATCH (JSON
+merge patch) of v1 Services, gateway.networking.k8s.io/v1 HTTPRoutes, networking.istio.io/v1
+VirtualServices and DestinationRules; GET and PATCH (merge patch of spec.replicas) of apps/v1
+Deployments; LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and DestinationRules
+(`remove_route`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from safeship.clock import Clock, RealClock
+from safeship.config.models import Environment, SafeshipConfig
+from safeship.errors import InputError, PermanentError, TemporaryError
+from safeship.kube import objects
+from safeship.routing.base import (
+    Backend,
+    RouteKey,
+    Router,
+    RouterAbilities,
+    RouterSetup,
+    RoutesSnapshot,
+    TrafficCounters,
+    not_supported,
+)
+
+if TYPE_CHECKING:
+    from safeship.kube.client import KubeClient
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 60.0  # the longest set_weights waits for the cluster to show the weights
+POLL_S = 0.5  # how often it looks while it waits
+Obj = dict[str, Any]
+
+
+def _weights(weights: Mapping[str, int]) -> dict[str, int]:
+    """The weights as ints, checked: each 0..100, summing to 100."""
+    split: dict[str, int] = {}
+    for version, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise InputError(f"weights: the weight of {version!r} must be an integer in 0..100, got {weight!r}")
+        split[str(version)] = weight
+    if sum(split.values()) != 100:
+        raise InputError(f"weights: must sum to 100, got {sum(split.values())} in {split}")
+    return split
+
+
+class ClusterRouter:
+    """What the three cluster routers share: setup, the client, Services, the bounded wait."""
+
+    abilities: RouterAbilities = RouterAbilities(hold=False, listens=False)
+    name = "cluster"
+
+    @classmethod
+    def create(cls, setup: RouterSetup) -> Router:
+        if setup.config is None or setup.environment is None:
+            raise InputError(f"the {cls.name} router serves one environment's cluster: its setup must carry "
+                             "the config and the environment")
+        return cls(setup.config, setup.environment, clock=setup.clock)
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, *, clock: Clock | None = None,
+                 client: KubeClient | None = None, wait_s: float = WAIT_S, poll_s: float = POLL_S) -> None:
+        self.config = config
+        self.environment = environment
+        self.namespace = environment.kube_namespace
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self._client = client
+        self._own_client = client is None
+        self._reached: dict[RouteKey, dict[str, int]] = {}
+
+    async def kube(self) -> KubeClient:
+        if self._client is None:
+            from safeship.kube.client import KubeClient
+
+            self._client = KubeClient.for_environment(self.environment)
+        return self._client
+
+    def _check(self, route: RouteKey) -> None:
+        if route.environment != self.environment.name:
+            raise InputError(f"environment: this {self.name} router serves {self.environment.name!r}, "
+                             f"not {route.environment!r}")
+        if route.service not in self.config.services:
+            raise InputError(f"service: {route.service!r} is not configured")
+
+    # ------------------------------------------------------------ Router protocol, shared parts
+
+    async def open(self) -> None:
+        await self.kube()
+
+    async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
+        """Routes live in the cluster's objects, made when the first weights or backends come."""
+        self._check(route)
+        return None
+
+    async def remove_route(self, route: RouteKey) -> None:
+        """Delete the route's router objects (not the Services: pods may still be reached there)."""
+        self._check(route)
+        kube = await self.kube()
+        for api_version, kind in self._route_kinds():
+            await kube.delete(api_version, kind, route.service, self.namespace)
+        self._reached.pop(route, None)
+
+    def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        return ()
+
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+        raise NotImplementedError
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        raise NotImplementedError
+
+    async def hold(self, route: RouteKey, max_wait: float) -> None:
+        raise not_supported(self, "hold new requests (a cluster has no queue for the recreate gap)")
+
+    async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        """No traffic: these routers do not measure (the traffic source does)."""
+        return {}
+
+    async def routes_snapshot(self) -> RoutesSnapshot:
+        return RoutesSnapshot()
+
+    async def close(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.close()
+            self._client = None
+
+    def weights_reached(self, route: RouteKey) -> dict[str, int]:
+        """The weights the cluster showed at the last `set_weights` of `route` ({} before any)."""
+        return dict(self._reached.get(route, {}))
+
+    # ------------------------------------------------------------ Services
+
+    async def _service(self, name: str) -> Obj | None:
+        kube = await self.kube()
+        return await kube.get("v1", "Service", name, self.namespace)
+
+    async def _put_service(self, route: RouteKey, name: str, version: str | None,
+                           current: Mapping[str, Any] | None = None, *, known: bool = False) -> None:
+        """Make Service `name` select `version`'s pods (every version's, for None). `current` is
+        the Service as read (`known`: it was read, and None means absent)."""
+        kube = await self.kube()
+        if not known:
+            current = await self._service(name)
+        desired = objects.service_object(self.config, self.environment, route.service, name, version)
+        if current is None:
+            await kube.create(desired)
+            return
+        selected = dict((current.get("spec") or {}).get("selector") or {})
+        wanted = desired["spec"]["selector"]
+        if selected == wanted and objects.object_version(current) == version:
+            return
+        # A merge patch merges maps: keys the selector must lose are sent as null.
+        patch_selector: dict[str, Any] = {key: None for key in selected if key not in wanted}
+        patch_selector.update(wanted)
+        annotations: dict[str, Any] = {objects.VERSION_ANNOTATION: version}
+        await kube.patch("v1", "Service", name,
+                         {"metadata": {"labels": desired["metadata"]["labels"], "annotations": annotations},
+                          "spec": {"selector": patch_selector}}, self.namespace)
+
+    async def _ready_pods(self, service: str) -> dict[str, int]:
+        """Ready pods per version of `service`."""
+        kube = await self.kube()
+        pods = await kube.list("v1", "Pod", self.namespace, labels=objects.selector(service))
+        ready: dict[str, int] = {}
+        for pod in pods:
+            version = objects.object_version(pod)
+            if version is not None and objects.pod_ready(pod):
+                ready[version] = ready.get(version, 0) + 1
+        return ready
+
+    async def _wait(self, what: str, check: Any) -> Any:
+        """Call `check()` until it returns something other than None, for at most `wait_s`; then a
+        TemporaryError naming `what` and the last thing seen."""
+        deadline = self.clock.now() + self.wait_s
+        last: str = ""
+        while True:
+            result, seen = await check()
+            if result is not None:
+                return result
+            last = seen
+            if self.clock.now() >= deadline:
+                raise TemporaryError(f"{self.name} router: {what} not shown after {self.wait_s:g}s"
+                                     + (f" ({last})" if last else ""), delay=self.poll_s * 4)
+            await self.clock.sleep(self.poll_s)
+
+
+# ---------------------------------------------------------------- gateway-api
+
+
+class GatewayApiRouter(ClusterRouter):
+    """Gateway API: an HTTPRoute splitting between the stable and the canary Service."""
+
+    name = "gateway-api"
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
+        super().__init__(config, environment, **kwargs)
+        if environment.gateway is None:
+            raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
+                             "the Gateway to attach to")
+
+    def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        return ((objects.HTTPROUTE_API, "HTTPRoute"),)
+
+    async def _slots(self, service: str) -> tuple[Obj | None, Obj | None]:
+        stable = await self._service(objects.stable_service_name(service))
+        canary = await self._service(objects.canary_service_name(service))
+        return stable, canary
+
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The HTTPRoute's weight per Service name, as stored ({} when there is no route)."""
+        kube = await self.kube()
+        current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+        refs: dict[str, int] = {}
+        for rule in ((current or {}).get("spec") or {}).get("rules") or []:
+            for ref in rule.get("backendRefs") or []:
+                refs[str(ref.get("name"))] = int(ref.get("weight", 1))
+        return refs
+
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+        """Make sure a version with ready pods has a Service: the stable one when there is none
+        yet, else the canary (and preview) Service, unless that one carries another version's
+        traffic."""
+        self._check(route)
+        if not backends:
+            return
+        service = route.service
+        stable, canary = await self._slots(service)
+        if stable is None:
+            await self._put_service(route, objects.stable_service_name(service), version, None, known=True)
+            return
+        if version in (objects.object_version(stable), objects.object_version(canary or {})):
+            return
+        if canary is not None and (await self._route_weights(service)).get(objects.canary_service_name(service), 0):
+            return  # the canary Service serves another version's share: the next weights decide
+        await self._put_service(route, objects.canary_service_name(service), version, canary, known=True)
+        await self._put_service(route, objects.preview_service_name(service), version)
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        self._check(route)
+        split = _weights(weights)
+        positive = sorted((v for v, w in split.items() if w > 0), key=lambda v: (-split[v], v))
+        if len(positive) > 2:
+            raise PermanentError(f"gateway-api router: an HTTPRoute splits between two Services, "
+                                 f"not {len(positive)} versions ({split})")
+        service = route.service
+        stable, canary = await self._slots(service)
+        on_stable = objects.object_version(stable) if stable is not None else None
+        on_canary = objects.object_version(canary) if canary is not None else None
+        if len(positive) == 1:
+            # All traffic on one version: the stable Service selects it (a switch, onto ready pods).
+            new_stable, new_canary = positive[0], on_canary or positive[0]
+        else:
+            first, second = positive
+            if on_stable in positive:
+                new_stable = on_stable
+                new_canary = second if on_stable == first else first
+            elif on_canary in positive:
+                new_canary = on_canary
+                new_stable = second if on_canary == first else first
+            else:
+                new_stable, new_canary = first, second
+        stable_name, canary_name = objects.stable_service_name(service), objects.canary_service_name(service)
+        if new_stable != on_stable or stable is None:
+            await self._put_service(route, stable_name, new_stable, stable, known=True)
+        if new_canary != on_canary or canary is None:
+            await self._put_service(route, canary_name, new_canary, canary, known=True)
+        stable_weight = split.get(new_stable, 0) if len(positive) == 2 else 100
+        canary_weight = 100 - stable_weight
+        desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
+                                     canary_weight=canary_weight)
+        kube = await self.kube()
+        applied = await kube.apply(desired)
+        generation = int((applied.get("metadata") or {}).get("generation") or 0)
+
+        async def accepted() -> tuple[bool | None, str]:
+            current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+            if current is None:
+                return None, "the HTTPRoute is gone"
+            at = max(generation, int((current.get("metadata") or {}).get("generation") or 0))
+            parents = ((current.get("status") or {}).get("parents")) or []
+            seen = "no parent has reported on it"
+            for parent in parents:
+                for condition in parent.get("conditions") or []:
+                    if condition.get("type") != "Accepted":
+                        continue
+                    observed = int(condition.get("observedGeneration") or 0)
+                    seen = (f"Accepted={condition.get('status')} ({condition.get('reason', '')}) "
+                            f"at generation {observed} of {at}")
+                    if observed >= at and condition.get("status") == "True":
+                        return True, seen
+                    if observed >= at and condition.get("status") == "False":
+                        raise PermanentError(f"gateway-api router: the Gateway refused HTTPRoute {service}: "
+                                             f"{condition.get('reason', '')}: {condition.get('message', '')}")
+            return None, seen
+
+        await self._wait(f"HTTPRoute {service} weights {stable_weight}/{canary_weight}", accepted)
+        self._reached[route] = {v: w for v, w in split.items()}
+        log.info("gateway-api %s: %s=%d%% (%s), %s=%d%% (%s)", route, stable_name, stable_weight, new_stable,
+                 canary_name, canary_weight, new_canary)
+
+
+# ---------------------------------------------------------------- istio
+
+
+class IstioRouter(ClusterRouter):
+    """Istio: a DestinationRule subset per version and a VirtualService weighing them."""
+
+    name = "istio"
+
+    def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        return ((objects.ISTIO_API, "VirtualService"), (objects.ISTIO_API, "DestinationRule"))
+
+    async def _subsets(self, route: RouteKey, versions: Sequence[str]) -> None:
+        """The DestinationRule names a subset for every version in `versions`, keeping the others."""
+        kube = await self.kube()
+        current = await kube.get(objects.ISTIO_API, "DestinationRule", route.service, self.namespace)
+        known: list[str] = []
+        for subset in ((current or {}).get("spec") or {}).get("subsets") or []:
+            label = (subset.get("labels") or {}).get(objects.VERSION_LABEL)
+            version = next((v for v in versions if objects.subset_name(v) == subset.get("name")), None)
+            known.append(version if version is not None else str(label or subset.get("name")))
+        wanted = list(dict.fromkeys([*known, *versions]))
+        if current is not None and set(wanted) == set(known):
+            return
+        await kube.apply(objects.destination_rule(self.environment, route.service, wanted))
+
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+        """`<service>` selects every version's pods; the version gets a subset once it has ready pods."""
+        self._check(route)
+        if not backends:
+            return
+        await self._put_service(route, objects.stable_service_name(route.service), None)
+        await self._subsets(route, [version])
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        self._check(route)
+        split = _weights(weights)
+        await self._put_service(route, objects.stable_service_name(route.service), None)
+        await self._subsets(route, list(split))
+        kube = await self.kube()
+        applied = await kube.apply(objects.virtual_service(self.config, self.environment, route.service, split))
+        generation = int((applied.get("metadata") or {}).get("generation") or 0)
+
+        async def observed() -> tuple[bool | None, str]:
+            current = await kube.get(objects.ISTIO_API, "VirtualService", route.service, self.namespace)
+            if current is None:
+                return None, "the VirtualService is gone"
+            status = current.get("status") or {}
+            if "observedGeneration" not in status:
+                return True, "no status kept"  # Istio's status reporting is off: nothing to wait for
+            at = max(generation, int((current.get("metadata") or {}).get("generation") or 0))
+            seen = int(status.get("observedGeneration") or 0)
+            return (True if seen >= at else None), f"observedGeneration {seen} of {at}"
+
+        await self._wait(f"VirtualService {route.service} weights {split}", observed)
+        self._reached[route] = dict(split)
+        log.info("istio %s: %s", route, split)
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def replica_counts(total: int, split: Mapping[str, int]) -> dict[str, int]:
+    """Replicas per weighted version for a split of `total` pods: each version with a weight gets
+    its share, rounded, and at least one pod."""
+    return {version: max(1, round(total * weight / 100)) for version, weight in split.items() if weight > 0}
+
+
+class ReplicasRouter(ClusterRouter):
+    """No traffic router: weights become replica ratios; the weight reached is reported."""
+
+    name = "replicas"
+
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+        """`<service>` exists (selecting the first version that has ready pods); a second version
+        with ready pods is reachable at `<service>-preview` while `<service>` selects one version."""
+        self._check(route)
+        if not backends:
+            return
+        name = objects.stable_service_name(route.service)
+        current = await self._service(name)
+        if current is None:
+            await self._put_service(route, name, version, None, known=True)
+            return
+        selected = ((current.get("spec") or {}).get("selector") or {}).get(objects.VERSION_LABEL)
+        if selected is not None and objects.object_version(current) != version:
+            await self._put_service(route, objects.preview_service_name(route.service), version)
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        self._check(route)
+        split = _weights(weights)
+        service = route.service
+        positive = [v for v, w in split.items() if w > 0]
+        kube = await self.kube()
+        name = objects.stable_service_name(service)
+        if len(positive) == 1:
+            wanted = {positive[0]: 1}  # at least one ready pod before the switch
+            await self._ready(route, wanted, exact=False)
+            await self._put_service(route, name, positive[0])
+            self._reached[route] = {v: (100 if v == positive[0] else 0) for v in split}
+            return
+        counts = replica_counts(self.config.services[service].replicas, split)
+        for version, count in counts.items():
+            deployment = objects.deployment_name(service, version)
+            current = await kube.get("apps/v1", "Deployment", deployment, self.namespace)
+            if current is None:
+                raise PermanentError(f"replicas router: {version} of {service} has no Deployment "
+                                     f"({deployment}) to scale")
+            if int((current.get("spec") or {}).get("replicas") or 0) != count:
+                await kube.patch("apps/v1", "Deployment", deployment, {"spec": {"replicas": count}}, self.namespace)
+        await self._put_service(route, name, None)
+        ready = await self._ready(route, counts, exact=True)
+        total = sum(ready.get(v, 0) for v in counts) or 1
+        reached = {v: round(100 * ready.get(v, 0) / total) for v in split}
+        self._reached[route] = reached
+        log.info("replicas %s: asked %s, replicas %s, reached %s", route, split, counts, reached)
+
+    async def _ready(self, route: RouteKey, counts: Mapping[str, int], *, exact: bool) -> dict[str, int]:
+        """Wait until every version in `counts` has that many ready pods (exactly, with `exact`:
+        the ones leaving a scaled-down version are gone)."""
+
+        async def check() -> tuple[dict[str, int] | None, str]:
+            ready = await self._ready_pods(route.service)
+            seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
+            done = all((ready.get(v, 0) == n) if exact else (ready.get(v, 0) >= n) for v, n in counts.items())
+            return (ready if done else None), seen
+
+        result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
+        return result
