@@ -72,6 +72,8 @@ SERVER_ERROR_DELAY = 2.0
 CONNECT_DELAY = 5.0
 MAX_DELAY = 300.0
 REQUEST_TIMEOUT = 10.0
+# Metadata the server sets: left out of the object `apply` tries to create.
+_SERVER_SET = frozenset({"resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"})
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class _Failure:
     reason: str
     message: str
     details_kind: str
+    details_name: str
     retry_after: float | None
 
 
@@ -264,6 +267,7 @@ def _failure_of(response: Any) -> _Failure:
     reason = ""
     message = ""
     details_kind = ""
+    details_name = ""
     retry_after = None
     try:
         retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -278,12 +282,13 @@ def _failure_of(response: Any) -> _Failure:
         details = body.get("details")
         if isinstance(details, Mapping):
             details_kind = str(details.get("kind") or "")
+            details_name = str(details.get("name") or "")
             delay = details.get("retryAfterSeconds")
             if retry_after is None and isinstance(delay, int | float) and not isinstance(delay, bool) and delay > 0:
                 retry_after = min(float(delay), MAX_DELAY)
     if not message:
         message = reason or f"HTTP {code}"
-    return _Failure(code, reason, message, details_kind, retry_after)
+    return _Failure(code, reason, message, details_kind, details_name, retry_after)
 
 
 def _raise_for(what: str, failure: _Failure, exc: BaseException) -> NoReturn:
@@ -298,8 +303,15 @@ def _raise_for(what: str, failure: _Failure, exc: BaseException) -> NoReturn:
     raise PermanentError(text) from exc
 
 
-def _is_namespace_missing(failure: _Failure) -> bool:
-    return failure.code == 404 and failure.details_kind == "namespaces"
+def _is_namespace_missing(failure: _Failure, kind: str, namespace: str | None) -> bool:
+    """A 404 about the namespace the call targeted (not about the object, even a Namespace)."""
+    return (
+        failure.code == 404
+        and kind != "Namespace"
+        and namespace is not None
+        and failure.details_kind == "namespaces"
+        and failure.details_name in ("", namespace)
+    )
 
 
 class KubeClient:
@@ -387,7 +399,7 @@ class KubeClient:
                 result = await self._client.get(main, name, namespace=ns)
         except Exception as exc:
             failure = self._failure(exc, what)
-            if failure.code == 404 and not _is_namespace_missing(failure):
+            if failure.code == 404 and not _is_namespace_missing(failure, kind, ns):
                 return None
             _raise_for(what, failure, exc)
         return _plain(result)
@@ -435,8 +447,11 @@ class KubeClient:
             metadata["namespace"] = ns
         body["metadata"] = metadata
         what = _describe("create", kind, name, ns)
+        created = body
+        if apply:  # fields the server sets cannot be created; a resourceVersion still guards the patch
+            created = {**body, "metadata": {k: v for k, v in metadata.items() if k not in _SERVER_SET}}
         try:
-            result = await self._client.create(main(body))  # the namespace is in the metadata
+            result = await self._client.create(main(created))  # the namespace is in the metadata
         except Exception as exc:
             failure = self._failure(exc, what)
             if not (apply and failure.code == 409 and failure.reason == "AlreadyExists"):
@@ -507,7 +522,7 @@ class KubeClient:
                 await self._client.delete(main, name, namespace=ns, cascade=CascadeType.BACKGROUND)
         except Exception as exc:
             failure = self._failure(exc, what)
-            if failure.code == 404 and not _is_namespace_missing(failure):
+            if failure.code == 404 and not _is_namespace_missing(failure, kind, ns):
                 return
             _raise_for(what, failure, exc)
 

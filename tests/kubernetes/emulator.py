@@ -1,0 +1,1084 @@
+"""An in-memory Kubernetes API server for the tests, over real HTTP: kmock's `KubernetesEmulator`
+(discovery, storage, watch streams) extended to answer object requests as a real API server does.
+
+What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
+
+- **validation**: the result of every create, update and patch is checked with
+  `kube_schemas.validate_object` when that module is there (built-in kinds against the strict
+  schemas of Kubernetes 1.30 plus the API server's own checks; HTTPRoute, VirtualService and
+  DestinationRule against their CRD schemas), else with `kubernetes_validate` (strict, 1.30) for
+  built-in kinds only. A problem is a 422 `Invalid` Status naming it, as an API server answers;
+- **concurrency**: every write takes the next `metadata.resourceVersion` (one counter for the whole
+  server); an update or patch that carries another resourceVersion than the stored one is a 409
+  `Conflict`; `metadata.generation` starts at 1 and grows when `spec` changes; a write that changes
+  nothing is not a write (no new resourceVersion), as on a real server;
+- **patches**: JSON merge patch (RFC 7386: `null` deletes a key, lists are replaced whole). Other
+  patch types (JSON patch, strategic merge, server-side apply) are refused with 415;
+- **PUT** replaces an object (a real update: same checks as a patch);
+- **namespaces**: an object in a namespace that does not exist is a 404 `NotFound` whose details
+  name the namespace; deleting a namespace deletes what is in it;
+- **status subresources**: for kinds that have one, writes to the object keep its status and
+  writes to `/status` change only the status;
+- **server-set fields and defaults**: uid, creationTimestamp; a Deployment's replicas, strategy,
+  revisionHistoryLimit and progressDeadlineSeconds; a Service's type and clusterIP; a Pod's phase
+  Pending; a Namespace's phase Active and its `kubernetes.io/metadata.name` label;
+- **label selectors** on lists (`a=b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x,y)`);
+- **SelfSubjectAccessReview** answered from `permissions` (None: everything is allowed; else a
+  list of `Permission` rules, `*` matching anything);
+- **fault injection**: `fail(...)` answers the next matching requests with a given status.
+
+Direct access for tests and the cluster simulator, without HTTP (the same checks apply to `write`):
+`read`, `items`, `write` (create or replace, validated, bumping resourceVersion), `put` (store as
+given, unchecked), `remove`, `ensure_namespace`. Objects are plain dicts; `KINDS` says where each
+kind is served.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib
+import itertools
+import json
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+from kmock._internal import rendering
+
+from safeship.kube import client as kube_client
+
+Obj = dict[str, Any]
+
+KUBERNETES_VERSION = "1.30"
+MERGE_PATCH = "application/merge-patch+json"
+REFUSED_PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+)
+
+# Kinds served with a /status subresource (their status is written there only).
+STATUS_KINDS = {
+    "Namespace",
+    "Pod",
+    "Service",
+    "PersistentVolumeClaim",
+    "ResourceQuota",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Ingress",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "Gateway",
+    "HTTPRoute",
+    "VirtualService",
+    "DestinationRule",
+}
+# Kinds served by CustomResourceDefinitions (not in kubernetes_validate's schemas).
+CRD_GROUPS = {"gateway.networking.k8s.io", "networking.istio.io"}
+
+
+@dataclass(frozen=True)
+class ServedKind:
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def group(self) -> str:
+        return kube_client.split_api_version(self.api_version)[0]
+
+    @property
+    def version(self) -> str:
+        return kube_client.split_api_version(self.api_version)[1]
+
+    @property
+    def qualified(self) -> str:
+        """`deployments.apps`, `pods`: how an API server names the resource in its messages."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def resource(self) -> kmock.resource:
+        return kmock.resource(group=self.group, version=self.version, plural=self.plural)
+
+    @property
+    def has_status(self) -> bool:
+        return self.kind in STATUS_KINDS
+
+
+def served_kinds() -> dict[tuple[str, str, str], ServedKind]:
+    """(group, version, plural) -> kind, for every kind the client knows."""
+    kinds: dict[tuple[str, str, str], ServedKind] = {}
+    for (api_version, kind), info in kube_client.KINDS.items():
+        served = ServedKind(api_version, kind, info.plural, info.namespaced)
+        kinds[(served.group, served.version, served.plural)] = served
+    return kinds
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One allow rule for SelfSubjectAccessReview; "*" matches anything, namespace None any."""
+
+    verb: str = "*"
+    resource: str = "*"
+    group: str = "*"
+    namespace: str | None = None
+
+    def allows(self, verb: str, resource: str, group: str, namespace: str) -> bool:
+        return (
+            self.verb in ("*", verb)
+            and self.resource in ("*", resource)
+            and self.group in ("*", group)
+            and (self.namespace is None or self.namespace == namespace)
+        )
+
+
+@dataclass
+class Fault:
+    """Answer requests matching (method, plural, name) with `status` (and a Retry-After)."""
+
+    method: str
+    plural: str | None
+    name: str | None
+    status: int
+    message: str
+    retry_after: float | None
+    times: int
+
+    def matches(self, method: str, plural: str | None, name: str | None) -> bool:
+        return (
+            self.times > 0
+            and self.method in ("*", method)
+            and (self.plural is None or self.plural == plural)
+            and (self.name is None or self.name == name)
+        )
+
+
+class ApiFailure(Exception):
+    """A Status answer: raised inside the emulator, rendered as a Kubernetes Status."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+
+    def status(self) -> Obj:
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result: Obj = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+_SELECTOR_SET = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+
+
+def _split_selector(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_selector(text: str) -> Callable[[Mapping[str, str]], bool]:
+    """A label selector string as a predicate on labels; ValueError when it cannot be parsed."""
+    tests: list[Callable[[Mapping[str, str]], bool]] = []
+    for term in _split_selector(text):
+        found = _SELECTOR_SET.match(term)
+        if found:
+            key, op, values = found.group(1), found.group(2), {v.strip() for v in found.group(3).split(",")}
+            if op == "in":
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            key = term[1:].strip()
+            tests.append(lambda labels, k=key: k not in labels)
+        elif re.fullmatch(r"[A-Za-z0-9._/-]+", term):
+            tests.append(lambda labels, k=term: k in labels)
+        else:
+            raise ValueError(f"unable to parse requirement: {term!r}")
+    return lambda labels: all(test(labels) for test in tests)
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A LabelSelector object (matchLabels, matchExpressions) against labels. Empty matches all."""
+    if not selector:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key = expression.get("key")
+        op = expression.get("operator")
+        values = set(expression.get("values") or [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _field_path(parts: Iterable[Any]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "<object>"
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without_resource_version(obj: Mapping[str, Any]) -> Obj:
+    clean = copy.deepcopy(dict(obj))
+    metadata = dict(clean.get("metadata") or {})
+    metadata.pop("resourceVersion", None)
+    clean["metadata"] = metadata
+    return clean
+
+
+_builtin_validators: dict[tuple[str, str], Any] = {}
+
+
+def builtin_problems(obj: Mapping[str, Any]) -> list[str]:
+    """kubernetes_validate (strict, 1.30) for a built-in kind; validators are built once per kind."""
+    import jsonschema
+    from kubernetes_validate import utils as kv_utils
+    from referencing import Registry, Resource
+
+    api_version = str(obj.get("apiVersion"))
+    kind = str(obj.get("kind"))
+    key = (api_version, kind)
+    validator = _builtin_validators.get(key)
+    if validator is None:
+        version = [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) == KUBERNETES_VERSION][-1]
+        schema_dir = f"kubernetes-json-schema/v{version}-local-strict"
+        short = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+        try:
+            schema = kv_utils.schema_contents(f"{schema_dir}/{kind.lower()}-{short}.json", version)
+        except FileNotFoundError:
+            return [f"no kind {kind!r} in apiVersion {api_version!r} in Kubernetes {KUBERNETES_VERSION}"]
+        definitions = kv_utils.schema_contents(f"{schema_dir}/_definitions.json", version)
+        registry: Any = Resource.from_contents(schema) @ Registry()
+        registry = Resource.from_contents(definitions) @ registry
+        validator = jsonschema.Draft202012Validator(schema, registry=registry)
+        _builtin_validators[key] = validator
+    return [
+        f"{_field_path(error.absolute_path)}: {error.message}"
+        for error in sorted(validator.iter_errors(dict(obj)), key=lambda e: [str(p) for p in e.absolute_path])
+    ]
+
+
+def _schema_module() -> Any | None:
+    """tests/kubernetes/kube_schemas.py when it exists (imported lazily), else None."""
+    try:
+        return importlib.import_module("kube_schemas")
+    except ModuleNotFoundError as exc:
+        if exc.name == "kube_schemas":
+            return None
+        raise
+
+
+def object_problems(obj: Mapping[str, Any], *, use_schemas: bool = True) -> list[str]:
+    """What an API server would refuse in `obj`: kube_schemas.validate_object when it is there (every
+    kind), else kubernetes_validate for built-in kinds (custom resources unchecked)."""
+    module = _schema_module() if use_schemas else None
+    if module is not None:
+        result = module.validate_object(copy.deepcopy(dict(obj)))
+        if isinstance(result, str):
+            return [result] if result else []
+        return [str(problem) for problem in (result or [])]
+    group = kube_client.split_api_version(str(obj.get("apiVersion")))[0]
+    if group in CRD_GROUPS:
+        return []
+    return builtin_problems(obj)
+
+
+# ------------------------------------------------------------------ the server
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator answering object requests as an API server does (see the module docstring)."""
+
+    permissions: list[Permission] | None = None
+    validate: bool = True
+    use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
+    kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
+    faults: list[Fault] = attrs.field(factory=list)
+    _revision: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _pending: list[tuple[kmock.resource, Obj]] = attrs.field(factory=list, init=False)
+    _last_rv: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for served in self.kinds.values():
+            info = self.resources[served.resource]
+            info.kind = served.kind
+            info.namespaced = served.namespaced
+            info.singular = served.kind.lower()
+            info.verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
+            if served.has_status:
+                info.subresources = {"status"}
+
+    # -------------------------------------------------------------- configuration
+
+    def add_kind(self, api_version: str, kind: str, plural: str, *, namespaced: bool = True) -> ServedKind:
+        served = ServedKind(api_version, kind, plural, namespaced)
+        self.kinds[(served.group, served.version, plural)] = served
+        info = self.resources[served.resource]
+        info.kind = kind
+        info.namespaced = namespaced
+        return served
+
+    def fail(
+        self,
+        method: str,
+        plural: str | None = None,
+        *,
+        name: str | None = None,
+        status: int = 500,
+        message: str = "injected failure",
+        retry_after: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` requests of `method` ("*" any) on `plural` (None any) with `status`."""
+        self.faults.append(Fault(method.upper(), plural, name, status, message, retry_after, times))
+
+    def served(self, api_version: str, kind: str) -> ServedKind:
+        for served in self.kinds.values():
+            if served.api_version == api_version and served.kind == kind:
+                return served
+        info = kube_client.kind_info(api_version, kind)
+        return self.add_kind(api_version, kind, info.plural, namespaced=info.namespaced)
+
+    # -------------------------------------------------------------- storage
+
+    def _key(self, served: ServedKind, namespace: str | None, name: str) -> tuple[kmock.resource, str | None, str]:
+        return (served.resource, namespace if served.namespaced else None, name)
+
+    def _stored(self, served: ServedKind, namespace: str | None, name: str) -> Obj | None:
+        key = self._key(served, namespace, name)
+        if key not in self.objects:
+            return None
+        stored = self.objects[key]
+        if stored.deleted:
+            return None
+        return copy.deepcopy(stored.raw)
+
+    def _store(self, served: ServedKind, obj: Obj, event: str) -> Obj:
+        metadata = obj["metadata"]
+        key = self._key(served, metadata.get("namespace"), metadata["name"])
+        self._last_rv = next(self._revision)
+        metadata["resourceVersion"] = str(self._last_rv)
+        if event == "DELETED":
+            self.objects[key].delete()
+        elif key in self.objects:
+            self.objects[key].create(copy.deepcopy(obj))
+        else:
+            self.objects[key] = copy.deepcopy(obj)
+        self._pending.append((served.resource, {"type": event, "object": copy.deepcopy(obj)}))
+        return obj
+
+    async def publish(self) -> None:
+        """Send the events of the writes made so far to the watch streams."""
+        pending, self._pending = self._pending, []
+        for resource, event in pending:
+            await self._buses[resource].put(event)
+
+    def _namespace_exists(self, namespace: str) -> bool:
+        ns = self._stored(self.served("v1", "Namespace"), None, namespace)
+        return ns is not None and not (ns.get("metadata") or {}).get("deletionTimestamp")
+
+    def _listing(self, served: ServedKind, namespace: str | None) -> list[Obj]:
+        found = []
+        for (resource, ns, _name), stored in self.objects.items():
+            if resource != served.resource or stored.deleted:
+                continue
+            if served.namespaced and namespace is not None and ns != namespace:
+                continue
+            found.append(copy.deepcopy(stored.raw))
+        return found
+
+    # -------------------------------------------------------------- direct access (no HTTP)
+
+    def read(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        """The stored object, or None."""
+        return self._stored(self.served(api_version, kind), namespace, name)
+
+    def items(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Obj]:
+        """Stored objects of a kind (every namespace when None), matching every label."""
+        found = self._listing(self.served(api_version, kind), namespace)
+        if labels:
+            found = [
+                o for o in found if all(((o["metadata"].get("labels") or {}).get(k) == v) for k, v in labels.items())
+            ]
+        return found
+
+    def write(self, obj: Mapping[str, Any], *, status: bool = False) -> Obj:
+        """Create or replace `obj` with every check an API request gets (ApiFailure on a problem).
+        `status=True` writes only the status, as a request to /status does."""
+        served = self.served(str(obj.get("apiVersion")), str(obj.get("kind")))
+        metadata = obj.get("metadata") or {}
+        namespace = metadata.get("namespace") if served.namespaced else None
+        name = str(metadata.get("name"))
+        if self._stored(served, namespace, name) is None:
+            return self._create(served, namespace, copy.deepcopy(dict(obj)), dry_run=False)
+        return self._update(
+            served, namespace, name, copy.deepcopy(dict(obj)), subresource="status" if status else None, dry_run=False
+        )
+
+    def patch_object(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        patch: Mapping[str, Any],
+        namespace: str | None = None,
+        *,
+        status: bool = False,
+    ) -> Obj:
+        """A merge patch with every check an API request gets (ApiFailure on a problem)."""
+        served = self.served(api_version, kind)
+        ns = namespace if served.namespaced else None
+        return self._patch(served, ns, name, dict(patch), subresource="status" if status else None, dry_run=False)
+
+    def put(self, obj: Mapping[str, Any]) -> Obj:
+        """Store `obj` as given (no validation, no conflict check; a new resourceVersion)."""
+        served = self.served(str(obj.get("apiVersion")), str(obj.get("kind")))
+        body = copy.deepcopy(dict(obj))
+        metadata = body.setdefault("metadata", {})
+        if not served.namespaced:
+            metadata.pop("namespace", None)
+        existed = self._stored(served, metadata.get("namespace"), metadata["name"]) is not None
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("creationTimestamp", _now())
+        return self._store(served, body, "MODIFIED" if existed else "ADDED")
+
+    def remove(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete an object at once (finalizers ignored); False when it was not there."""
+        served = self.served(api_version, kind)
+        stored = self._stored(served, namespace if served.namespaced else None, name)
+        if stored is None:
+            return False
+        self._store(served, stored, "DELETED")
+        if served.kind == "Namespace":
+            self._delete_contents(name)
+        return True
+
+    def ensure_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
+        served = self.served("v1", "Namespace")
+        existing = self._stored(served, None, name)
+        if existing is not None:
+            return existing
+        obj: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+        return self._create(served, None, obj, dry_run=False)
+
+    def _delete_contents(self, namespace: str) -> None:
+        for (resource, ns, _name), stored in list(self.objects.items()):
+            if ns == namespace and not stored.deleted:
+                served = next(s for s in self.kinds.values() if s.resource == resource)
+                self._store(served, copy.deepcopy(stored.raw), "DELETED")
+
+    # -------------------------------------------------------------- semantics
+
+    def _not_found(self, served: ServedKind, name: str) -> ApiFailure:
+        return ApiFailure(
+            404,
+            "NotFound",
+            f'{served.qualified} "{name}" not found',
+            {"name": name, "group": served.group, "kind": served.plural},
+        )
+
+    def _require_namespace(self, served: ServedKind, namespace: str | None) -> None:
+        if not served.namespaced:
+            return
+        if not namespace:
+            raise ApiFailure(400, "BadRequest", f"the namespace of {served.qualified} objects must be given")
+        if not self._namespace_exists(namespace):
+            raise ApiFailure(
+                404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+            )
+
+    def _check(self, served: ServedKind, obj: Obj) -> None:
+        if not self.validate:
+            return
+        problems = object_problems(obj, use_schemas=self.use_schemas)
+        if problems:
+            name = (obj.get("metadata") or {}).get("name", "")
+            group = f".{served.group}" if served.group else ""
+            raise ApiFailure(
+                422,
+                "Invalid",
+                f'{served.kind}{group} "{name}" is invalid: ' + "; ".join(problems),
+                {
+                    "name": name,
+                    "group": served.group,
+                    "kind": served.kind,
+                    "causes": [{"reason": "FieldValueInvalid", "message": p} for p in problems],
+                },
+            )
+
+    def _defaults(self, served: ServedKind, obj: Obj) -> None:
+        spec = obj.get("spec")
+        if served.kind == "Deployment" and isinstance(spec, dict):
+            spec.setdefault("replicas", 1)
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+            strategy = spec.setdefault("strategy", {})
+            strategy.setdefault("type", "RollingUpdate")
+            if strategy["type"] == "RollingUpdate":
+                rolling = strategy.setdefault("rollingUpdate", {})
+                rolling.setdefault("maxSurge", "25%")
+                rolling.setdefault("maxUnavailable", "25%")
+        elif served.kind == "Service" and isinstance(spec, dict):
+            spec.setdefault("type", "ClusterIP")
+            if spec.get("clusterIP") is None and spec["type"] != "ExternalName":
+                spec["clusterIP"] = f"10.96.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+            for port in spec.get("ports") or []:
+                if isinstance(port, dict):
+                    port.setdefault("protocol", "TCP")
+                    port.setdefault("targetPort", port.get("port"))
+        elif served.kind == "Pod":
+            obj.setdefault("status", {}).setdefault("phase", "Pending")
+        elif served.kind == "Namespace":
+            obj.setdefault("status", {}).setdefault("phase", "Active")
+            labels = obj["metadata"].setdefault("labels", {})
+            labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+
+    def _create(self, served: ServedKind, namespace: str | None, body: Any, *, dry_run: bool) -> Obj:
+        if not isinstance(body, dict):
+            raise ApiFailure(400, "BadRequest", "the body of the request must be a JSON object")
+        body.setdefault("apiVersion", served.api_version)
+        body.setdefault("kind", served.kind)
+        if body["apiVersion"] != served.api_version or body["kind"] != served.kind:
+            raise ApiFailure(
+                400,
+                "BadRequest",
+                f"the object is a {body['kind']} of {body['apiVersion']}, "
+                f"sent to {served.qualified} of {served.api_version}",
+            )
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = body["metadata"] = {}
+        if not metadata.get("name"):
+            generate = metadata.get("generateName")
+            if not generate:
+                raise ApiFailure(
+                    422,
+                    "Invalid",
+                    f"{served.kind} is invalid: metadata.name: Required value: name or generateName is required",
+                    {"kind": served.kind},
+                )
+            metadata["name"] = f"{generate}{secrets.token_hex(3)[:5]}"
+        name = metadata["name"]
+        if served.namespaced:
+            body_ns = metadata.get("namespace")
+            if namespace and body_ns and body_ns != namespace:
+                raise ApiFailure(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
+            namespace = namespace or body_ns
+            self._require_namespace(served, namespace)
+            metadata["namespace"] = namespace
+        else:
+            metadata.pop("namespace", None)
+        if metadata.get("resourceVersion"):
+            raise ApiFailure(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+        if self._stored(served, namespace, name) is not None:
+            raise ApiFailure(
+                409,
+                "AlreadyExists",
+                f'{served.qualified} "{name}" already exists',
+                {"name": name, "group": served.group, "kind": served.plural},
+            )
+        metadata["uid"] = str(uuid.uuid4())
+        metadata["creationTimestamp"] = _now()
+        metadata.pop("deletionTimestamp", None)
+        if "spec" in body:
+            metadata["generation"] = 1
+        else:
+            metadata.pop("generation", None)
+        if served.has_status:
+            body.pop("status", None)
+        self._defaults(served, body)
+        self._check(served, body)
+        if dry_run:
+            return body
+        return self._store(served, body, "ADDED")
+
+    def _finish_update(self, served: ServedKind, old: Obj, new: Obj, *, subresource: str | None, dry_run: bool) -> Obj:
+        """Keep what a write may not change, bump generation, validate and store (unless a no-op)."""
+        if subresource == "status":
+            result = copy.deepcopy(old)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+        else:
+            result = new
+            if served.has_status:
+                if "status" in old:
+                    result["status"] = copy.deepcopy(old["status"])
+                else:
+                    result.pop("status", None)
+        old_meta = old["metadata"]
+        meta = result.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiFailure(400, "BadRequest", "metadata must be an object")
+        if meta.get("name") != old_meta["name"]:
+            raise ApiFailure(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({old_meta['name']})",
+            )
+        if served.namespaced and meta.get("namespace", old_meta.get("namespace")) != old_meta.get("namespace"):
+            raise ApiFailure(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        for kept in ("uid", "creationTimestamp", "namespace", "generation", "deletionTimestamp"):
+            if kept in old_meta:
+                meta[kept] = old_meta[kept]
+            else:
+                meta.pop(kept, None)
+        result["apiVersion"] = old["apiVersion"]
+        result["kind"] = old["kind"]
+        if old.get("spec") != result.get("spec") and "spec" in result:
+            meta["generation"] = int(old_meta.get("generation") or 0) + 1
+        if _without_resource_version(result) == _without_resource_version(old):
+            return old  # nothing changed: no write, no new resourceVersion
+        self._check(served, result)
+        if dry_run:
+            return result
+        return self._store(served, result, "MODIFIED")
+
+    def _current(self, served: ServedKind, namespace: str | None, name: str) -> Obj:
+        # Only creation checks the namespace (as the NamespaceLifecycle admission does): any
+        # other request in a namespace that is not there finds no object.
+        old = self._stored(served, namespace, name)
+        if old is None:
+            raise self._not_found(served, name)
+        return old
+
+    def _conflict_check(self, served: ServedKind, old: Obj, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata")
+        wanted = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        if wanted and str(wanted) != old["metadata"]["resourceVersion"]:
+            raise ApiFailure(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {served.qualified} "{old["metadata"]["name"]}": the object has '
+                "been modified; please apply your changes to the latest version and try again",
+                {"name": old["metadata"]["name"], "group": served.group, "kind": served.plural},
+            )
+
+    def _update(
+        self,
+        served: ServedKind,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> Obj:
+        old = self._current(served, namespace, name)
+        if not isinstance(body, dict):
+            raise ApiFailure(400, "BadRequest", "the body of the request must be a JSON object")
+        self._conflict_check(served, old, body)
+        return self._finish_update(served, old, body, subresource=subresource, dry_run=dry_run)
+
+    def _patch(
+        self,
+        served: ServedKind,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> Obj:
+        old = self._current(served, namespace, name)
+        if not isinstance(patch, dict):
+            raise ApiFailure(400, "BadRequest", "a merge patch must be a JSON object")
+        self._conflict_check(served, old, patch)
+        merged = merge_patch(old, patch)
+        return self._finish_update(served, old, merged, subresource=subresource, dry_run=dry_run)
+
+    def _delete(self, served: ServedKind, namespace: str | None, name: str, *, dry_run: bool) -> Obj:
+        old = self._current(served, namespace, name)
+        if dry_run:
+            return old
+        if old["metadata"].get("finalizers"):
+            if not old["metadata"].get("deletionTimestamp"):
+                old["metadata"]["deletionTimestamp"] = _now()
+                return self._store(served, old, "MODIFIED")
+            return old
+        self._store(served, old, "DELETED")
+        if served.kind == "Namespace":
+            self._delete_contents(name)
+        return old
+
+    def _review(self, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise ApiFailure(400, "BadRequest", "the body of the request must be a JSON object")
+        attributes = (body.get("spec") or {}).get("resourceAttributes") or {}
+        verb = str(attributes.get("verb") or "")
+        resource = str(attributes.get("resource") or "")
+        group = str(attributes.get("group") or "")
+        namespace = str(attributes.get("namespace") or "")
+        allowed = self.permissions is None or any(p.allows(verb, resource, group, namespace) for p in self.permissions)
+        answer = copy.deepcopy(body)
+        answer.setdefault("metadata", {})["creationTimestamp"] = None
+        answer["status"] = {"allowed": allowed}
+        if not allowed:
+            answer["status"]["reason"] = "no rule in the emulator's permissions allows it"
+        return answer
+
+    # -------------------------------------------------------------- HTTP
+
+    def _route(self, path: str) -> tuple[ServedKind, str | None, str | None, str | None] | None:
+        """(kind, namespace, name, subresource) of an object or collection path; None otherwise."""
+        parts = [p for p in path.strip("/").split("/") if p]
+        if len(parts) >= 2 and parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        if not rest:
+            return None
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and not (group == "" and rest[2] in ("status", "finalize")):
+            namespace, rest = rest[1], rest[2:]
+        plural = rest[0]
+        name = rest[1] if len(rest) > 1 else None
+        subresource = "/".join(rest[2:]) or None
+        served = self.kinds.get((group, version, plural))
+        if served is None:
+            raise ApiFailure(
+                404, "NotFound", "the server could not find the requested resource", {"group": group, "kind": plural}
+            )
+        return served, namespace, name, subresource
+
+    @property
+    def requests_made(self) -> list[rendering.Request]:
+        """Every request served so far, in order."""
+        return list(self._requests)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse a collection path whose resource is "namespaces" (/api/v1/namespaces):
+        # such requests are recorded and served here; everything else goes through kmock.
+        parts = [p for p in raw_request.path.strip("/").split("/") if p]
+        if parts[-1:] == ["namespaces"] and parts[:1] in (["api"], ["apis"]):
+            body = await raw_request.read()
+            try:
+                data = json.loads(body) if body else None
+            except ValueError:
+                data = None
+            request = rendering.Request(
+                id=len(self._requests),
+                raw_request=raw_request,
+                method=raw_request.method,
+                url=raw_request.url,
+                params=dict(raw_request.query),
+                headers=dict(raw_request.headers),
+                body=body,
+                text=body.decode(errors="replace"),
+                data=data,
+            )
+            self._requests.append(request)
+            return await self._handle(request)
+        return await super().__call__(raw_request)
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        method = str(request.method.value).upper()
+        path = request.url.path
+        try:
+            if method == "GET" and request.params.get("watch") in ("true", "1"):
+                return await super()._handle(request)
+            routed = self._route(path)
+            if routed is None:
+                return await super()._handle(request)
+            served, namespace, name, subresource = routed
+            for fault in self.faults:
+                if fault.matches(method, served.plural, name):
+                    fault.times -= 1
+                    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+                    reasons = {
+                        409: "Conflict",
+                        429: "TooManyRequests",
+                        403: "Forbidden",
+                        422: "Invalid",
+                        500: "InternalError",
+                        503: "ServiceUnavailable",
+                    }
+                    raise ApiFailure(fault.status, reasons.get(fault.status, "Unknown"), fault.message, headers=headers)
+            payload, code = self._serve(method, request, served, namespace, name, subresource)
+        except ApiFailure as failure:
+            await self.publish()
+            return aiohttp.web.json_response(failure.status(), status=failure.code, headers=failure.headers)
+        await self.publish()
+        return aiohttp.web.json_response(payload, status=code)
+
+    def _serve(
+        self,
+        method: str,
+        request: rendering.Request,
+        served: ServedKind,
+        namespace: str | None,
+        name: str | None,
+        subresource: str | None,
+    ) -> tuple[Obj, int]:
+        dry_run = request.params.get("dryRun") == "All"
+        if not served.namespaced:
+            namespace = None
+        if subresource not in (None, "status") or (subresource == "status" and not served.has_status):
+            raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+        if method == "GET" and name is None:
+            return self._list(served, namespace, request.params), 200
+        if method == "GET" and name is not None:
+            if served.namespaced and not namespace:
+                raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+            stored = self._stored(served, namespace, name)
+            if stored is None:
+                raise self._not_found(served, name)
+            return stored, 200
+        body = self._body(request)
+        if method == "POST" and name is None:
+            if served.kind == "SelfSubjectAccessReview":
+                return self._review(body), 201
+            return self._create(served, namespace, body, dry_run=dry_run), 201
+        if method == "PUT" and name is not None:
+            return self._update(served, namespace, name, body, subresource=subresource, dry_run=dry_run), 200
+        if method == "PATCH" and name is not None:
+            content_type = str(request.headers.get("Content-Type", "")).split(";")[0].strip().lower()
+            if content_type != MERGE_PATCH:
+                raise ApiFailure(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: {MERGE_PATCH}"
+                    + (f" (not {content_type})" if content_type else ""),
+                )
+            return self._patch(served, namespace, name, body, subresource=subresource, dry_run=dry_run), 200
+        if method == "DELETE" and name is not None:
+            return self._delete(served, namespace, name, dry_run=dry_run), 200
+        raise ApiFailure(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
+
+    @staticmethod
+    def _body(request: rendering.Request) -> Any:
+        if not request.body:
+            return None
+        try:
+            return json.loads(request.body)
+        except ValueError as exc:
+            raise ApiFailure(400, "BadRequest", f"the body of the request is not JSON: {exc}") from exc
+
+    def _list(self, served: ServedKind, namespace: str | None, params: Mapping[str, str]) -> Obj:
+        found = self._listing(served, namespace)
+        selector = params.get("labelSelector")
+        if selector:
+            try:
+                test = parse_selector(selector)
+            except ValueError as exc:
+                raise ApiFailure(400, "BadRequest", f"unable to parse requirement: {exc}") from exc
+            found = [o for o in found if test((o.get("metadata") or {}).get("labels") or {})]
+        field_selector = params.get("fieldSelector")
+        if field_selector:
+            for term in _split_selector(field_selector):
+                key, _, value = term.replace("==", "=").partition("=")
+                if key == "metadata.name":
+                    found = [o for o in found if o["metadata"]["name"] == value]
+                elif key == "metadata.namespace":
+                    found = [o for o in found if o["metadata"].get("namespace") == value]
+                else:
+                    raise ApiFailure(400, "BadRequest", f'field label not supported: "{key}"')
+        found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+        return {
+            "apiVersion": served.api_version,
+            "kind": f"{served.kind}List",
+            "metadata": {"resourceVersion": str(self.latest_resource_version)},
+            "items": found,
+        }
+
+    @property
+    def latest_resource_version(self) -> int:
+        """The resourceVersion of the last write."""
+        return self._last_rv
+
+
+@dataclass
+class ApiHandle:
+    """What the `kube_api` fixture yields: the emulator on loopback and a kubeconfig for it.
+
+    - `url`, `kubeconfig` (a Path), `context`, `namespace` (created, the environments' default);
+    - `environment(name="production", **fields)`: an `Environment` whose cluster, kubeconfig and
+      namespace point here (platform `kubernetes`);
+    - `client(namespace=None)`: a `KubeClient` for this server (close it, or `async with` it);
+    - `read`, `items`, `write`, `put`, `remove`, `ensure_namespace`: the emulator's direct access
+      (see `KubeEmulator`); `emulator` itself for `fail(...)`, `permissions`, `objects`, `requests`.
+    """
+
+    emulator: KubeEmulator
+    url: str
+    kubeconfig: Path
+    context: str
+    namespace: str = "default"
+
+    def environment(self, name: str = "production", **fields: Any) -> Any:
+        from safeship.config.models import Environment
+
+        values: dict[str, Any] = {
+            "name": name,
+            "platform": "kubernetes",
+            "cluster": self.context,
+            "kubeconfig": str(self.kubeconfig),
+            "namespace": self.namespace,
+        }
+        values.update(fields)
+        return Environment.model_validate(values)
+
+    def client(self, namespace: str | None = None) -> kube_client.KubeClient:
+        return kube_client.KubeClient.from_kubeconfig(
+            str(self.kubeconfig), context=self.context, namespace=namespace or self.namespace
+        )
+
+    def read(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        return self.emulator.read(api_version, kind, name, namespace or self.namespace)
+
+    def items(
+        self, api_version: str, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Obj]:
+        return self.emulator.items(api_version, kind, namespace or self.namespace, labels)
+
+    def write(self, obj: Mapping[str, Any], *, status: bool = False) -> Obj:
+        return self.emulator.write(self._in_namespace(obj), status=status)
+
+    def put(self, obj: Mapping[str, Any]) -> Obj:
+        return self.emulator.put(self._in_namespace(obj))
+
+    def remove(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        return self.emulator.remove(api_version, kind, name, namespace or self.namespace)
+
+    def ensure_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
+        return self.emulator.ensure_namespace(name, labels)
+
+    def _in_namespace(self, obj: Mapping[str, Any]) -> Obj:
+        body = copy.deepcopy(dict(obj))
+        served = self.emulator.served(str(body.get("apiVersion")), str(body.get("kind")))
+        if served.namespaced:
+            body.setdefault("metadata", {}).setdefault("namespace", self.namespace)
+        return body
+
+
+def write_kubeconfig(path: Path, url: str, context: str, namespace: str) -> Path:
+    """A kubeconfig with one cluster (the emulator), one token user and one context."""
+    import yaml
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": context, "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
+        "current-context": context,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@asynccontextmanager
+async def running_emulator(
+    directory: Path, *, context: str = "emulator", namespace: str = "default", **options: Any
+) -> AsyncIterator[ApiHandle]:
+    """Start a `KubeEmulator` on loopback with namespaces default, kube-system and `namespace`,
+    write a kubeconfig for it in `directory`, and stop it on the way out (also on failure)."""
+    emulator = KubeEmulator(**options)
+    async with emulator, kmock.Server(emulator) as server:
+        url = str(server.url).rstrip("/")
+        for name in dict.fromkeys(["default", "kube-system", namespace]):
+            emulator.ensure_namespace(name)
+        await emulator.publish()
+        kubeconfig = write_kubeconfig(directory / "kubeconfig", url, context, namespace)
+        yield ApiHandle(emulator=emulator, url=url, kubeconfig=kubeconfig, context=context, namespace=namespace)
