@@ -30,6 +30,7 @@ from safeship.store import Store
 MIN_FREE_DISK_MB = 200
 ENVIRONMENT_PORT_OFFSET = 100  # a service's port in the n-th environment: router_port + 100 n
 ROUTES_FILE = "routes.json"
+KUBERNETES = "kubernetes"  # environments on this platform are prepared on their cluster
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,21 @@ class EnvironmentManager:
     def secret_names(self) -> list[str]:
         return sorted({name for service in self.config.services.values() for name in service.secrets})
 
+    def _on_cluster(self, environment: Environment) -> Any:
+        """The environment on its Kubernetes cluster (`environments.kubernetes`, imported only here
+        so that the local platform never loads the Kubernetes code)."""
+        from safeship.environments.kubernetes import KubernetesEnvironment
+
+        return KubernetesEnvironment(self.config, environment, root=self.root, store=self.store)
+
     # ------------------------------------------------------------ prepare
 
     def prepare(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
+        if environment.platform == KUBERNETES:
+            from safeship.environments.kubernetes import run
+
+            return run(self._on_cluster(environment).prepare)
         paths = self.paths(environment)
         files = self._config_map_files(environment, paths["state"])  # every name checked before any write
         env_file = inside(paths["state"], "environment.env")
@@ -220,6 +232,10 @@ class EnvironmentManager:
 
     def validate(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
+        if environment.platform == KUBERNETES:
+            from safeship.environments.kubernetes import run
+
+            return run(self._on_cluster(environment).validate)
         checks = [self._writable(label, path) for label, path in self.paths(environment).items()]
         checks.append(self._secrets_check(name))
         owned = self.owned_ports()
@@ -286,6 +302,11 @@ class EnvironmentManager:
         its history. With a running controller, the controller stops them (it would restart
         processes killed behind its back); without one, the recorded PIDs are stopped here."""
         environment = environment_or_fail(self.config, name)
+        if environment.platform == KUBERNETES:
+            from safeship.environments.kubernetes import run
+
+            on_cluster = self._on_cluster(environment)
+            return run(lambda: on_cluster.cleanup(force=force))
         state = self.paths(environment)["state"]  # refused here, before anything is stopped
         if environment.type is EnvironmentType.PRODUCTION and not force:
             raise ConflictError(f"environment {name!r} is production: cleanup needs --force")

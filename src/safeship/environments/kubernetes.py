@@ -1,0 +1,417 @@
+"""Prepare, validate and clean up an environment on a Kubernetes cluster (seed §3).
+
+`environments.manager.EnvironmentManager` hands an environment whose platform is `kubernetes` to
+`KubernetesEnvironment`; the three verbs answer with the same `Check` list as on the local
+platform, and a machinery failure (the cluster cannot be reached, the server refuses) is a failed
+check naming it, never a traceback.
+
+- **prepare** applies `kube.environment.environment_objects` in order: the Namespace first (created
+  with safeship's labels; one that exists and that safeship did not create only gets the Pod
+  Security Admission labels), then the quota, limits, RBAC, network policies, config maps, secrets
+  (values read from `secrets/<environment>/`, sent to the cluster only: never printed, logged or
+  stored), volume claims and load balancers. Each is created, or merge-patched when it exists.
+  The store records what was applied (kinds and names, never a value).
+- **validate** checks that the cluster answers, that the namespace is Active, that every
+  ResourceQuota leaves room for the next deployment at its peak, that the deployer (the
+  kubeconfig's user) may do what a deployment does (one SelfSubjectAccessReview per verb and
+  resource), and that the secret files are there and private.
+- **cleanup** deletes, kind by kind, what carries `app.kubernetes.io/managed-by: safeship` and the
+  environment's label in the namespace, then the namespace itself when safeship created it. The
+  history (deployments, events, rollbacks) stays in the store; only the prepared state is dropped.
+
+Kubernetes API calls made here (all through `kube.client.KubeClient`):
+
+    prepare   GET namespaces/{ns}; POST namespaces, or PATCH namespaces/{ns} (merge patch:
+              labels only); for every other object POST, and on 409 AlreadyExists PATCH (merge patch)
+              resourcequotas, limitranges, serviceaccounts, roles, rolebindings, networkpolicies,
+              configmaps, secrets, persistentvolumeclaims, services
+    validate  GET namespaces/{ns}; GET (list) resourcequotas; POST selfsubjectaccessreviews
+    cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
+              httproutes | virtualservices + destinationrules, deployments, replicasets, pods,
+              services, persistentvolumeclaims, configmaps, secrets, networkpolicies,
+              rolebindings, roles, serviceaccounts, limitranges, resourcequotas; GET and DELETE
+              namespaces/{ns} when safeship created it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from safeship.config.models import Environment, EnvironmentType, SafeshipConfig, ServiceConfig
+from safeship.config.quantities import parse_cpu, parse_memory_mb
+from safeship.environments.manager import Check
+from safeship.environments.secrets import load_secrets, register, secrets_dir
+from safeship.errors import ConfigError, ConflictError, PermanentError, SafeshipError, TemporaryError
+from safeship.kube.environment import (
+    deployer_rules,
+    environment_objects,
+    managed_selector,
+    namespace_of,
+)
+from safeship.kube.objects import MANAGED_BY, MANAGED_BY_LABEL, router_of
+from safeship.store import Store
+
+if TYPE_CHECKING:
+    from safeship.kube.client import KubeClient
+
+_T = TypeVar("_T")
+
+# What cleanup deletes, in this order: traffic first, then workloads, then the environment's own
+# objects; RBAC last, so that a cleanup interrupted half-way can still be run again.
+_ROUTER_KINDS = {
+    "gateway-api": [("gateway.networking.k8s.io/v1", "HTTPRoute")],
+    "istio": [("networking.istio.io/v1", "VirtualService"), ("networking.istio.io/v1", "DestinationRule")],
+}
+_CLEANUP_KINDS = [
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "ReplicaSet"),
+    ("v1", "Pod"),
+    ("v1", "Service"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("v1", "ServiceAccount"),
+    ("v1", "LimitRange"),
+    ("v1", "ResourceQuota"),
+]
+_NO_SUBRESOURCE = "/"  # deployer rules on subresources (deployments/scale) are not reviewed one by one
+
+
+ClientFactory = Callable[[Environment], "KubeClient"]
+
+
+def _default_client(environment: Environment) -> KubeClient:
+    from safeship.kube.client import KubeClient
+
+    return KubeClient.for_environment(environment)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """What the next deployment of one service needs beyond what serves now, and in all."""
+
+    service: str
+    strategy: str
+    extra_pods: int
+    cpu: float  # cores requested per pod
+    memory: float  # MiB requested per pod
+    limit_cpu: float
+    limit_memory: float
+
+
+def peak_of(config: SafeshipConfig, service: str, settings: ServiceConfig) -> Peak:
+    """The most pods the next deployment of `service` adds at once, over the strategies enabled:
+    blue-green and canary (at its last step) run a second full set of replicas, rolling adds its
+    surge, recreate adds none."""
+    strategies = config.intelligent_deployment.strategies
+    options = []
+    if strategies.blue_green.enabled:
+        options.append((settings.replicas, "blue-green"))
+    if strategies.canary.enabled:
+        options.append((settings.replicas, "canary"))
+    if strategies.rolling.enabled:
+        options.append((min(strategies.rolling.max_surge, settings.replicas), "rolling"))
+    if strategies.recreate.enabled:
+        options.append((0, "recreate"))
+    extra, strategy = max(options, key=lambda option: option[0], default=(0, "none"))
+    limits = settings.limits or settings.resources
+    return Peak(service, strategy, extra, settings.resources.cpu, settings.resources.memory,
+                limits.cpu, limits.memory)
+
+
+class KubernetesEnvironment:
+    """prepare / validate / cleanup of one environment on its cluster (see the module docstring)."""
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, *, root: Path, store: Store,
+                 client_factory: ClientFactory | None = None) -> None:
+        self.config = config
+        self.environment = environment
+        self.root = root  # the config file's folder: secrets/<environment>/ lives here
+        self.store = store
+        self.client_factory = client_factory or _default_client
+
+    @property
+    def name(self) -> str:
+        return self.environment.name
+
+    def secret_names(self) -> list[str]:
+        return sorted({n for service in self.config.services.values() for n in service.secrets})
+
+    async def _client(self, checks: list[Check]) -> KubeClient | None:
+        try:
+            return self.client_factory(self.environment)
+        except SafeshipError as exc:
+            checks.append(Check("cluster", False, str(exc)))
+            return None
+
+    # ------------------------------------------------------------ prepare
+
+    async def prepare(self) -> list[Check]:
+        namespace = namespace_of(self.environment)
+        values = load_secrets(self.root, self.name, self.secret_names())  # missing or unsafe: refused now
+        register(values.values())
+        objects = environment_objects(self.config, self.environment, secret_values=values)
+        checks: list[Check] = []
+        applied: list[list[str]] = []
+        kube = await self._client(checks)
+        if kube is None:
+            return checks
+        async with kube:
+            for obj in objects:
+                kind, obj_name = obj["kind"], obj["metadata"]["name"]
+                try:
+                    if kind == "Namespace":
+                        detail = await self._prepare_namespace(kube, obj)
+                    else:
+                        await kube.apply(obj)
+                        detail = _applied_detail(obj)
+                except (TemporaryError, PermanentError) as exc:
+                    checks.append(Check(f"{kind} {obj_name}", False, str(exc)))
+                    left = len(objects) - len(applied) - 1
+                    checks.append(Check("prepare", False, f"stopped: {left} more objects not applied; "
+                                        "run --prepare again once the cause is fixed"))
+                    return checks
+                applied.append([kind, obj_name])
+                checks.append(Check(f"{kind} {obj_name}", True, detail))
+        self.store.save_environment_state(self.name, {
+            "platform": "kubernetes",
+            "cluster": self.environment.cluster,
+            "namespace": namespace,
+            "objects": applied,
+            "secrets": sorted(values),
+        }, time.time())
+        checks.append(Check("store", True, f"prepared state of {self.name} recorded ({len(applied)} objects)"))
+        return checks
+
+    async def _prepare_namespace(self, kube: KubeClient, obj: dict[str, Any]) -> str:
+        """Create the namespace; one that exists keeps its own labels and gets the Pod Security
+        labels, plus safeship's only when safeship created it."""
+        name = obj["metadata"]["name"]
+        existing = await kube.get("v1", "Namespace", name)
+        if existing is None:
+            await kube.create(obj)
+            return f"created, Pod Security level {_psa(obj)}"
+        labels = dict(obj["metadata"]["labels"])
+        ours = (existing.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+        if not ours:
+            labels = {k: v for k, v in labels.items() if k.startswith("pod-security.kubernetes.io/")}
+        await kube.patch("v1", "Namespace", name, {"metadata": {"labels": labels}})
+        owner = "created by safeship" if ours else "not created by safeship: only its Pod Security labels set"
+        return f"exists ({owner}), Pod Security level {_psa(obj)}"
+
+    # ------------------------------------------------------------ validate
+
+    async def validate(self) -> list[Check]:
+        namespace = namespace_of(self.environment)
+        checks: list[Check] = []
+        kube = await self._client(checks)
+        if kube is not None:
+            async with kube:
+                if await self._namespace_checks(kube, namespace, checks):
+                    checks.append(await self._quota_check(kube, namespace))
+                    checks.extend(await self._permission_checks(kube, namespace))
+        checks.append(self._secrets_check())
+        return checks
+
+    async def _namespace_checks(self, kube: KubeClient, namespace: str, checks: list[Check]) -> bool:
+        """The cluster answers and the namespace is Active; False when nothing more can be checked."""
+        where = f"context {self.environment.cluster or '(current)'}"
+        try:
+            found = await kube.get("v1", "Namespace", namespace)
+        except TemporaryError as exc:
+            checks.append(Check("cluster", False, f"{where}: {exc}"))
+            return False
+        except PermanentError as exc:
+            checks.append(Check("cluster", True, f"{where} answers"))
+            checks.append(Check("namespace", False, str(exc)))
+            return False
+        checks.append(Check("cluster", True, f"{where} answers"))
+        if found is None:
+            checks.append(Check("namespace", False, f"{namespace} does not exist; run environment-manager "
+                                f"--prepare --environment {self.name}"))
+            return False
+        phase = (found.get("status") or {}).get("phase")
+        checks.append(Check("namespace", phase == "Active", f"{namespace} is {phase or 'without a phase'}"))
+        return phase == "Active"
+
+    async def _quota_check(self, kube: KubeClient, namespace: str) -> Check:
+        try:
+            quotas = await kube.list("v1", "ResourceQuota", namespace=namespace)
+        except (TemporaryError, PermanentError) as exc:
+            return Check("quota", False, str(exc))
+        if not quotas:
+            return Check("quota", True, f"no ResourceQuota in {namespace}: nothing limits the next deployment")
+        peaks = [peak_of(self.config, name, settings) for name, settings in self.config.services.items()]
+        if not peaks:
+            return Check("quota", True, "no services configured")
+        problems: list[str] = []
+        notes: list[str] = []
+        for quota in quotas:
+            problems += _quota_problems(quota, peaks, self.config, notes)
+        hungriest = max(peaks, key=lambda p: p.extra_pods * p.cpu)
+        peak = (f"the next deployment at its peak ({hungriest.service}, {hungriest.strategy}: "
+                f"{hungriest.extra_pods} more pods of {hungriest.cpu:g} cpu / {hungriest.memory:g}Mi)")
+        if problems:
+            return Check("quota", False, f"no room for {peak}: " + "; ".join(problems))
+        detail = f"room for {peak} in {len(quotas)} ResourceQuota(s)"
+        return Check("quota", True, detail + (f" ({'; '.join(notes)})" if notes else ""))
+
+    async def _permission_checks(self, kube: KubeClient, namespace: str) -> list[Check]:
+        checks: list[Check] = []
+        for rule in deployer_rules(self.environment):
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    if _NO_SUBRESOURCE in resource:
+                        continue
+                    label = f"{resource}.{group}" if group else resource
+                    denied: list[str] = []
+                    try:
+                        for verb in rule["verbs"]:
+                            if not await kube.can_i(verb, resource, group=group, namespace=namespace):
+                                denied.append(verb)
+                    except (TemporaryError, PermanentError) as exc:
+                        checks.append(Check(f"may {label}", False, str(exc)))
+                        continue
+                    verbs = ", ".join(rule["verbs"])
+                    if denied:
+                        checks.append(Check(f"may {label}", False,
+                                            f"the deployer may not {', '.join(denied)} {label} in {namespace}"))
+                    else:
+                        checks.append(Check(f"may {label}", True, f"{verbs} in {namespace}"))
+        return checks
+
+    def _secrets_check(self) -> Check:
+        wanted = self.secret_names()
+        try:
+            found = load_secrets(self.root, self.name, wanted)
+        except ConfigError as exc:
+            return Check("secrets", False, str(exc))
+        return Check("secrets", True, f"{len(found)} of {len(wanted)} present and private in "
+                     f"{secrets_dir(self.root, self.name)}")
+
+    # ------------------------------------------------------------ cleanup
+
+    async def cleanup(self, *, force: bool) -> list[Check]:
+        namespace = namespace_of(self.environment)
+        if self.environment.type is EnvironmentType.PRODUCTION and not force:
+            raise ConflictError(f"environment {self.name!r} is production: cleanup needs --force")
+        active = self.store.list_deployments(environment=self.name, active_only=True, limit=10)
+        if active:
+            names = ", ".join(f"{d.service} {d.version} ({d.id})" for d in active)
+            raise ConflictError(f"environment {self.name!r} has deployments in progress ({names}); cancel them "
+                                "with `deployment-engine --cancel` first")
+        checks: list[Check] = []
+        kube = await self._client(checks)
+        if kube is None:
+            return checks
+        selector = managed_selector(self.environment)
+        kinds = _ROUTER_KINDS.get(router_of(self.environment), []) + _CLEANUP_KINDS
+        async with kube:
+            for api_version, kind in kinds:
+                try:
+                    found = await kube.list(api_version, kind, namespace=namespace, labels=selector)
+                    for obj in found:
+                        await kube.delete(api_version, kind, obj["metadata"]["name"], namespace=namespace)
+                except (TemporaryError, PermanentError) as exc:
+                    checks.append(Check(f"{kind} objects", False, str(exc)))
+                    checks.append(Check("cleanup", False, "stopped; run --cleanup again once the cause is fixed"))
+                    return checks
+                if found:
+                    names = ", ".join(sorted(o["metadata"]["name"] for o in found))
+                    checks.append(Check(f"{kind} objects", True, f"{len(found)} deleted ({names})"))
+            checks.append(await _cleanup_namespace(kube, namespace))
+        self.store.forget_environment(self.name)
+        checks.append(Check("store", True, f"prepared state of {self.name} dropped"))
+        checks.append(Check("history", True, f"deployments, rollbacks and events of {self.name} kept"))
+        return checks
+
+
+async def _cleanup_namespace(kube: KubeClient, namespace: str) -> Check:
+    try:
+        found = await kube.get("v1", "Namespace", namespace)
+        if found is None:
+            return Check("namespace", True, f"{namespace} is not there")
+        labels = (found.get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+            return Check("namespace", True, f"{namespace} kept: safeship did not create it")
+        await kube.delete("v1", "Namespace", namespace)
+    except (TemporaryError, PermanentError) as exc:
+        return Check("namespace", False, str(exc))
+    return Check("namespace", True, f"{namespace} deleted (safeship created it)")
+
+
+def _psa(namespace: dict[str, Any]) -> str:
+    return str(namespace["metadata"]["labels"].get("pod-security.kubernetes.io/enforce", "unset"))
+
+
+def _applied_detail(obj: dict[str, Any]) -> str:
+    if obj["kind"] == "Secret":  # key names only: a value is never shown
+        keys = sorted(obj.get("data") or obj.get("stringData") or {})
+        return f"applied ({len(keys)} keys: {', '.join(keys)})"
+    if obj["kind"] == "ConfigMap":
+        return f"applied ({len(obj.get('data') or {})} keys)"
+    return "applied"
+
+
+_QUOTA_RESOURCES = {
+    "requests.cpu": ("cpu", parse_cpu),
+    "cpu": ("cpu", parse_cpu),
+    "requests.memory": ("memory", parse_memory_mb),
+    "memory": ("memory", parse_memory_mb),
+    "limits.cpu": ("limit_cpu", parse_cpu),
+    "limits.memory": ("limit_memory", parse_memory_mb),
+}
+
+
+def _quota_problems(quota: dict[str, Any], peaks: list[Peak], config: SafeshipConfig, notes: list[str]) -> list[str]:
+    """What one ResourceQuota cannot hold: what is used now (its status, else every service at
+    full replicas) plus the hungriest next deployment."""
+    name = quota.get("metadata", {}).get("name", "?")
+    status = quota.get("status") or {}
+    hard = status.get("hard") or (quota.get("spec") or {}).get("hard") or {}
+    used = status.get("used")
+    if used is None:
+        notes.append(f"{name} reports no usage yet: every service counted at full replicas")
+    problems: list[str] = []
+    for resource, (field, parse) in _QUOTA_RESOURCES.items():
+        if resource not in hard:
+            continue
+        try:
+            limit = parse(hard[resource])
+            if used is not None:
+                now = parse(used.get(resource, 0))
+            else:
+                now = sum(config.services[p.service].replicas * getattr(p, field) for p in peaks)
+        except ValueError as exc:
+            problems.append(f"{name} {resource}: {exc}")
+            continue
+        need = max(p.extra_pods * getattr(p, field) for p in peaks)
+        if now + need > limit + 1e-9:
+            unit = "" if "cpu" in resource else "Mi"
+            problems.append(f"{name} {resource}: {_shown(now)}{unit} used + {_shown(need)}{unit} needed > "
+                            f"{_shown(limit)}{unit}")
+    return problems
+
+
+def _shown(value: float) -> str:
+    return f"{value:g}" if math.isfinite(value) else str(value)
+
+
+# ---------------------------------------------------------------- sync entry points
+
+
+def run(work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run one of the async verbs to its end from synchronous code (the command line)."""
+    async def main() -> _T:
+        return await work()
+
+    return asyncio.run(main())
