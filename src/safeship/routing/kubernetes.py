@@ -8,10 +8,11 @@
   version's pods and Istio picks the subset.
 - `replicas` (`ReplicasRouter`): no traffic router at all. A split between versions becomes
   replica counts of the versions' Deployments (`<service>` then selects every version's pods, so
-  traffic follows the ready pods), and the weight actually reached, the ready pods' ratio, is
-  reported (`weights_reached`). A single version at 100% is a switch of `<service>`'s selector to
-  that version only: the blue-green switch, instant, onto pods that are ready, with the other
-  colour kept warm for a switch back.
+  traffic follows the ready pods): a version whose share needs more pods than it runs is scaled
+  up (never down: the plan's scale steps do that), and the weight actually reached, the ready
+  pods' ratio, is reported (`weights_reached`) and logged. A single version at 100% is a switch
+  of `<service>`'s selector to that version only: the blue-green switch, instant, onto pods that
+  are ready, with the other colour kept warm for a switch back.
 
 Common to all three:
 - Abilities: no `hold` (a cluster has no queue for the recreate gap) and no `listens` (the
@@ -423,43 +424,60 @@ class ReplicasRouter(ClusterRouter):
             await self._put_service(route, objects.preview_service_name(route.service), version)
 
     async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        """A split: `<service>` selects every version's pods, a weighted version whose share of the
+        service's replicas needs more pods than it runs is scaled up to that share, and the call
+        waits until each weighted version has its share ready; the ratio of ready pods is the
+        weight reached. Versions are never scaled down here: the plan's own scale steps do that,
+        so the router and the plan never undo each other. One version at 100%: it gets at least the
+        service's replicas, and `<service>` switches to it once it has a ready pod."""
         self._check(route)
         split = _weights(weights)
         service = route.service
         positive = [v for v, w in split.items() if w > 0]
-        kube = await self.kube()
         name = objects.stable_service_name(service)
+        current = {v: await self._deployment(service, v) for v in positive}
+        total = self.config.services[service].replicas
         if len(positive) == 1:
-            wanted = {positive[0]: 1}  # at least one ready pod before the switch
-            await self._ready(route, wanted, exact=False)
-            await self._put_service(route, name, positive[0])
-            self._reached[route] = {v: (100 if v == positive[0] else 0) for v in split}
+            only = positive[0]
+            await self._scale_up(service, only, current[only], total)
+            await self._ready(route, {only: 1})
+            await self._put_service(route, name, only)
+            self._reached[route] = {v: (100 if v == only else 0) for v in split}
+            log.info("replicas %s: %s takes all traffic", route, only)
             return
-        counts = replica_counts(self.config.services[service].replicas, split)
+        counts = replica_counts(total, split)
         for version, count in counts.items():
-            deployment = objects.deployment_name(service, version)
-            current = await kube.get("apps/v1", "Deployment", deployment, self.namespace)
-            if current is None:
-                raise PermanentError(f"replicas router: {version} of {service} has no Deployment "
-                                     f"({deployment}) to scale")
-            if int((current.get("spec") or {}).get("replicas") or 0) != count:
-                await kube.patch("apps/v1", "Deployment", deployment, {"spec": {"replicas": count}}, self.namespace)
+            await self._scale_up(service, version, current[version], count)
         await self._put_service(route, name, None)
-        ready = await self._ready(route, counts, exact=True)
-        total = sum(ready.get(v, 0) for v in counts) or 1
-        reached = {v: round(100 * ready.get(v, 0) / total) for v in split}
+        ready = await self._ready(route, counts)
+        share = sum(ready.get(v, 0) for v in counts) or 1
+        reached = {v: round(100 * ready.get(v, 0) / share) for v in split}
         self._reached[route] = reached
-        log.info("replicas %s: asked %s, replicas %s, reached %s", route, split, counts, reached)
+        log.info("replicas %s: asked %s, reached %s with ready pods %s", route, split, reached,
+                 {v: ready.get(v, 0) for v in counts})
 
-    async def _ready(self, route: RouteKey, counts: Mapping[str, int], *, exact: bool) -> dict[str, int]:
-        """Wait until every version in `counts` has that many ready pods (exactly, with `exact`:
-        the ones leaving a scaled-down version are gone)."""
+    async def _deployment(self, service: str, version: str) -> Obj:
+        kube = await self.kube()
+        name = objects.deployment_name(service, version)
+        found = await kube.get("apps/v1", "Deployment", name, self.namespace)
+        if found is None:
+            raise PermanentError(f"replicas router: {version} of {service} has no Deployment ({name}) to scale")
+        return found
+
+    async def _scale_up(self, service: str, version: str, current: Mapping[str, Any], replicas: int) -> None:
+        if int((current.get("spec") or {}).get("replicas") or 0) >= replicas:
+            return
+        kube = await self.kube()
+        await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
+                         {"spec": {"replicas": replicas}}, self.namespace)
+
+    async def _ready(self, route: RouteKey, counts: Mapping[str, int]) -> dict[str, int]:
+        """Wait until every version in `counts` has at least that many ready pods."""
 
         async def check() -> tuple[dict[str, int] | None, str]:
             ready = await self._ready_pods(route.service)
             seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
-            done = all((ready.get(v, 0) == n) if exact else (ready.get(v, 0) >= n) for v, n in counts.items())
-            return (ready if done else None), seen
+            return (ready if all(ready.get(v, 0) >= n for v, n in counts.items()) else None), seen
 
         result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
         return result
