@@ -200,7 +200,8 @@ async def test_validate_names_what_the_deployer_may_not_do(kube_api: ApiHandle, 
     bad = failed(await on_cluster(kube_api, root, store).validate())
     assert bad["may deployments.apps"] == "the deployer may not create, update, patch, delete deployments.apps in prod"
     assert "may services" in bad and "may httproutes.gateway.networking.k8s.io" in bad
-    assert "may pods" not in bad  # reading pods is all a deployment needs of them
+    assert bad["may pods"] == "the deployer may not delete pods in prod"  # stopping one instance
+    assert "may replicasets.apps" not in bad  # reading them is all a deployment needs
 
 
 async def test_validate_without_the_namespace(kube_api: ApiHandle, root: Path, store: Store) -> None:

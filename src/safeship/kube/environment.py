@@ -172,13 +172,15 @@ def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
 
 def deployer_rules(environment: Environment) -> list[Obj]:
     """What safeship's deployer needs in the namespace: its Deployments (and their scale), the
-    ReplicaSets, pods and endpoints it reads progress and health from, its Services, and the
-    router's objects (HTTPRoutes for gateway-api; VirtualServices and DestinationRules for istio)."""
+    ReplicaSets, pods and endpoints it reads progress and health from (and a pod it stops), its
+    Services, and the router's objects (HTTPRoutes for gateway-api; VirtualServices and
+    DestinationRules for istio)."""
     rules: list[Obj] = [
         {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": list(_WRITE)},
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": list(_READ)},
         {"apiGroups": [""], "resources": ["services"], "verbs": list(_WRITE)},
-        {"apiGroups": [""], "resources": ["pods", "pods/log", "endpoints", "events", "configmaps",
+        {"apiGroups": [""], "resources": ["pods"], "verbs": [*_READ, "delete"]},  # stopping one instance
+        {"apiGroups": [""], "resources": ["pods/log", "endpoints", "events", "configmaps",
                                           "persistentvolumeclaims"], "verbs": list(_READ)},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(_READ)},
     ]
