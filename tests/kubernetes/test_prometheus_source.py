@@ -31,7 +31,7 @@ from safeship.analysis.base import StepContext, TickSample, Verdict
 from safeship.analysis.policies.safeship import SafeshipPolicy
 from safeship.analysis.providers.prometheus import PrometheusTraffic, rebucket
 from safeship.clock import RealClock
-from safeship.config.models import Environment, PrometheusSourceConfig
+from safeship.config.models import Environment, PrometheusSourceConfig, SafeshipConfig
 from safeship.errors import InputError, TemporaryError
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, traffic_source_class
 
@@ -74,6 +74,24 @@ def test_registered_and_built_from_the_environments_prometheus_block(tmp_path: P
     with pytest.raises(InputError, match="prometheus: block"):
         traffic_source_class("prometheus").create(
             TrafficSetup(router=None, clock=RealClock(), state_dir=tmp_path, environment=Environment(name="bare")))
+
+
+def test_a_source_built_from_the_config_serves_each_prometheus_environment(tmp_path: Path) -> None:
+    config = SafeshipConfig.model_validate({"environment_management": {"environments": [
+        {"name": "production", "namespace": "shop", "traffic_source": "prometheus",
+         "prometheus": {"url": "http://prom-a:9090", "queries": "istio"}},
+        {"name": "staging", "traffic_source": "prometheus", "prometheus": {"url": "http://prom-b:9090"}},
+        {"name": "development"},
+    ]}})
+    cls = traffic_source_class("prometheus")
+    assert cls.per_environment  # the controller builds one per environment
+    for environment in (config.environment("staging"), None):
+        built = cls.create(TrafficSetup(router=None, clock=RealClock(), state_dir=tmp_path, config=config,
+                                        environment=environment))
+        assert {name: (q.url, q.namespace, q.flavour) for name, q in built.queries.items()} == {
+            "production": ("http://prom-a:9090", "shop", "istio"),
+            "staging": ("http://prom-b:9090", "staging", "generic"),
+        }
 
 
 @pytest.mark.parametrize(("templates", "named"), [

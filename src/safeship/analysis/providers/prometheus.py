@@ -264,6 +264,7 @@ class PrometheusTraffic:
     whole config (`TrafficSetup.config`) serves every environment that has one."""
 
     name: ClassVar[str] = "prometheus"
+    per_environment: ClassVar[bool] = True  # each environment names its own Prometheus and namespace
 
     def __init__(self, environments: Iterable[Environment]) -> None:
         self.queries: dict[str, QuerySet] = {}
@@ -276,12 +277,14 @@ class PrometheusTraffic:
 
     @classmethod
     def create(cls, setup: TrafficSetup) -> PrometheusTraffic:
+        """The setup's environment's source; a setup that carries the whole config also serves the
+        config's other environments whose `traffic_source` is prometheus (a source shared between them)."""
         environments: list[Environment] = []
         if setup.environment is not None:
             environments.append(setup.environment)
-        elif setup.config is not None:
+        if setup.config is not None:
             environments += [e for e in setup.config.environment_management.environments
-                             if e.traffic_source == cls.name or e.prometheus is not None]
+                             if e.traffic_source == cls.name]  # the setup's own is built first
         return cls(environments)
 
     async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
