@@ -91,6 +91,7 @@ def test_registered_with_honest_abilities() -> None:
     for name, cls in (("gateway-api", GatewayApiRouter), ("istio", IstioRouter), ("replicas", ReplicasRouter)):
         assert router_class(name) is cls
         assert cls.abilities.hold is False and cls.abilities.listens is False
+        assert cls.per_environment is True  # built once per environment by the controller
 
 
 def test_create_needs_the_environment(tmp_path: Any) -> None:

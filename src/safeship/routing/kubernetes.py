@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from safeship.clock import Clock, RealClock
 from safeship.config.models import Environment, SafeshipConfig
@@ -85,6 +85,9 @@ class ClusterRouter:
 
     abilities: RouterAbilities = RouterAbilities(hold=False, listens=False)
     name = "cluster"
+    # One router object per environment (its cluster context and namespace): the controller builds
+    # one from each environment's `RouterSetup.environment`.
+    per_environment: ClassVar[bool] = True
 
     @classmethod
     def create(cls, setup: RouterSetup) -> Router:
