@@ -492,3 +492,66 @@ def _httproute_problems(obj: dict[str, Any], spec: dict[str, Any]) -> list[str]:
                 problems.append(f"spec.rules[{i}].backendRefs[{j}]: Invalid value: "
                                 "Must have port for Service reference")
     return problems
+
+
+# --- Pod Security Admission ---------------------------------------------------------------------
+
+_BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                          "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+
+
+def pod_security_problems(obj: dict[str, Any], level: str) -> list[str]:
+    """What Pod Security Admission at `level` (privileged, baseline, restricted; the checks of
+    Kubernetes 1.30, `latest`) refuses in a Pod or in a workload's pod template. The AppArmor,
+    SELinux, /proc mount and sysctl checks of baseline are left out: safeship sets none of them."""
+    if level == "privileged":
+        return []
+    if obj.get("kind") == "Pod":
+        spec, where = obj.get("spec") or {}, "spec"
+    else:
+        spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        where = "spec.template.spec"
+    pod_context = spec.get("securityContext") or {}
+    containers = [(f"{where}.{field}[{i}]", c) for field in ("initContainers", "containers")
+                  for i, c in enumerate(spec.get(field) or [])]
+    problems: list[str] = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            problems.append(f"{where}.{field}: forbidden at baseline")
+    for volume in spec.get("volumes") or []:
+        if "hostPath" in volume:
+            problems.append(f"{where}.volumes[{volume.get('name')}]: hostPath is forbidden at baseline")
+        elif level == "restricted" and not (set(volume) - {"name"}) <= _RESTRICTED_VOLUMES:
+            problems.append(f"{where}.volumes[{volume.get('name')}]: type not allowed at restricted")
+    if (pod_context.get("seccompProfile") or {}).get("type") == "Unconfined":
+        problems.append(f"{where}.securityContext.seccompProfile: Unconfined is forbidden at baseline")
+    for at, container in containers:
+        context = container.get("securityContext") or {}
+        if context.get("privileged"):
+            problems.append(f"{at}.securityContext.privileged: forbidden at baseline")
+        added = set((context.get("capabilities") or {}).get("add") or [])
+        allowed = {"NET_BIND_SERVICE"} if level == "restricted" else _BASELINE_CAPABILITIES
+        if added - allowed:
+            problems.append(f"{at}.securityContext.capabilities.add: {sorted(added - allowed)} not allowed")
+        if any(port.get("hostPort") for port in container.get("ports") or []):
+            problems.append(f"{at}.ports: hostPort is forbidden at baseline")
+        seccomp = (context.get("seccompProfile") or {}).get("type")
+        if seccomp == "Unconfined":
+            problems.append(f"{at}.securityContext.seccompProfile: Unconfined is forbidden at baseline")
+        if level != "restricted":
+            continue
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{at}.securityContext.allowPrivilegeEscalation: must be false at restricted")
+        if "ALL" not in ((context.get("capabilities") or {}).get("drop") or []):
+            problems.append(f"{at}.securityContext.capabilities.drop: must include ALL at restricted")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            problems.append(f"{at}.securityContext.runAsNonRoot: must be true (here or for the pod) at restricted")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            problems.append(f"{at}.securityContext.runAsUser: must not be 0 at restricted")
+        profile = seccomp or (pod_context.get("seccompProfile") or {}).get("type")
+        if profile not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{at}.securityContext.seccompProfile.type: must be RuntimeDefault or Localhost "
+                            "(here or for the pod) at restricted")
+    return problems
