@@ -23,6 +23,7 @@ from typing import Any
 
 from safeship.analysis.probes import probe
 from safeship.analysis.providers.scrape import Target, scrape
+from safeship.api.parts import Parts, PlatformByEnvironment, RouterByEnvironment, TrafficByEnvironment
 from safeship.api.store_setup import open_store
 from safeship.clock import Clock, RealClock
 from safeship.config.loader import load_config
@@ -40,11 +41,10 @@ from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
 from safeship.platforms import DEFAULT_PLATFORM, platform_class
 from safeship.platforms.base import Platform, PlatformSetup
-from safeship.routing import router_class
 from safeship.routing.backends import sync_backends
-from safeship.routing.base import RouteKey, Router, RouterSetup, RoutesSnapshot, TrafficCounters
+from safeship.routing.base import RouteKey, RouterSetup, RoutesSnapshot, TrafficCounters
 from safeship.store import DeploymentRecord, Store
-from safeship.traffic import TrafficSetup, TrafficSource, traffic_source_class
+from safeship.traffic import TrafficSetup, TrafficSource
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class Controller:
     environments whose platform runs in a controller, and one engine that deploys there.
 
     Contract:
-    - What it runs is built from the registries: the environments' platform (one platform per
-      controller), that platform's router and traffic source (its class attributes `router` and
-      `traffic`). Nothing here depends on which platform or router it is.
+    - What it runs is built from the registries, per environment (`api.parts`): the platform it
+      names, the router and traffic source it names or else its platform's defaults (the class
+      attributes `router` and `traffic`). Nothing here depends on which platform or router it is.
     - `start()` opens the router, adopts the instances a previous controller left running,
       restores every route's backends and weights, listens, and then loops; `stop()` stops routing
       and supervising, and leaves instances running for the next controller.
@@ -125,18 +125,20 @@ class Controller:
         self.store = store
         self.secrets_root = secrets_root or state_dir.parent
         self.clock: Clock = clock if clock is not None else RealClock()
-        self.environment_names = [e.name for e in controller_environments(config)]
-        platform_cls = platform_class(self._platform_name())
-        self.platform: Platform = platform_cls.create(PlatformSetup(
-            state_dir=state_dir, ledger=store, clock=self.clock, prober=probe, secrets_for=self.secrets_for,
-            run_as_user=self._run_as_user,
-        ))
-        self.router: Router = router_class(platform_cls.router).create(RouterSetup(
-            state_dir=state_dir, clock=self.clock, own_process=config.router_process, close_grace=2.0,
-        ))
-        self.traffic: TrafficSource = traffic_source_class(platform_cls.traffic).create(TrafficSetup(
-            router=self.router, clock=self.clock, state_dir=state_dir,
-        ))
+        environments = controller_environments(config)
+        self.environment_names = [e.name for e in environments]
+        self.parts = Parts(
+            environments,
+            PlatformSetup(state_dir=state_dir, ledger=store, clock=self.clock, prober=probe,
+                          secrets_for=self.secrets_for, run_as_user=self._run_as_user, config=config),
+            RouterSetup(state_dir=state_dir, clock=self.clock, own_process=config.router_process, close_grace=2.0,
+                        config=config),
+            lambda router, environment: TrafficSetup(router=router, clock=self.clock, state_dir=state_dir,
+                                                     config=config, environment=environment),
+        )
+        self.platform: Platform = PlatformByEnvironment(self.parts)
+        self.router = RouterByEnvironment(self.parts)
+        self.traffic: TrafficSource = TrafficByEnvironment(self.parts)
         world = World(self.platform, self.router, self.clock, gauges=self.gauges, traffic_source=self.traffic)
         self.engine = DeploymentEngine(config, store, world, policy_for=policy_for, secrets_for=self.secrets_for)
         # Notifications leave from the events table, after the transition that wrote them is saved.
@@ -165,15 +167,6 @@ class Controller:
         store = open_store(config, config_path)
         return cls(config, state_dir=state_dir(config, config_path), store=store,
                    secrets_root=Path(config_path).resolve().parent)
-
-    def _platform_name(self) -> str:
-        """The one platform of the environments this controller runs (the default one when it runs
-        none, so that the API still answers); two different ones are refused."""
-        names = sorted({e.platform for e in controller_environments(self.config)})
-        if len(names) > 1:
-            raise InputError(f"environments run on platforms {', '.join(names)}; one controller runs one "
-                             "platform at a time")
-        return names[0] if names else DEFAULT_PLATFORM
 
     def _default_sync_interval(self) -> float:
         """Half the shortest readiness interval: a backend that turns unready leaves the router
@@ -226,7 +219,7 @@ class Controller:
     async def _listen(self, key: RouteKey, previous: int | None) -> int | None:
         """The port the route listens on: the configured one, else the one it had, else any; None
         for a router that does not listen."""
-        if not self.router.abilities.listens:
+        if not self.router.abilities_for(key).listens:
             await self.router.ensure_route(key)
             return None
         configured = self._configured_port(key)
