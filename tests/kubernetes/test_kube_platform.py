@@ -234,3 +234,22 @@ async def test_api_errors_arrive_translated(kube_api: ApiHandle, platform: Kuber
     await asyncio.sleep(0)
     with pytest.raises(PermanentError):
         await scale(platform, "v1", 1)
+
+
+async def test_scaling_a_version_up_again_restores_its_own_template(kube_api: ApiHandle,
+                                                                    platform: KubernetesPlatform) -> None:
+    """A rollback scales the previous version's Deployment up: its template is the one it was
+    deployed with, whatever the config says now (as `kubectl rollout undo` restores it)."""
+    await scale(platform, "v1", 2)
+    template = deployment_of(kube_api, "v1")["spec"]["template"]  # type: ignore[index]
+    await scale(platform, "v1", 0)
+    changed = platform.config.model_copy(deep=True)
+    changed.services[SERVICE].image = "registry.example/other:{version}"
+    later = KubernetesPlatform(changed, platform.environment)
+    try:
+        await later.scale(SERVICE, "production", "v1", 2, lambda i: spec("v1", i), drain=0.0)
+    finally:
+        await later.close()
+    restored = deployment_of(kube_api, "v1")
+    assert restored is not None and restored["spec"]["replicas"] == 2
+    assert restored["spec"]["template"] == template

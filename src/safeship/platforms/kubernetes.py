@@ -12,6 +12,8 @@
 - Kubernetes never rolls back on its own when a deadline passes; safeship does. Every version keeps
   its own Deployment and pod template, so a rollback scales the previous version's Deployment up
   again: its template is the previous one, untouched, as `kubectl rollout undo` would restore it.
+  For that, a version's pod template is fixed when its Deployment is created: later scales patch
+  `spec.replicas` only (a config change reaches the cluster with the next version deployed).
 - Pods outlive the controller: `adopt` returns the pods already there, and nothing is kept in the
   instance ledger (the cluster is the record).
 - Traits: `runs_in_controller` (the controller drives deployments in real time), not
@@ -23,8 +25,9 @@
 `lightkube` is imported only through `safeship.kube.client`, inside methods, so users of the local
 platform never need it. API errors arrive translated (`TemporaryError` / `PermanentError`).
 
-API calls made here (all through `KubeClient`): GET, POST and PATCH (JSON merge patch) of
-apps/v1 Deployments; LIST of apps/v1 Deployments and v1 Pods by label; DELETE of v1 Pods (`stop`).
+API calls made here (all through `KubeClient`): GET and POST of apps/v1 Deployments; PATCH (JSON
+merge patch of `spec.replicas` only) of apps/v1 Deployments; LIST of apps/v1 Deployments and v1
+Pods by label; DELETE of v1 Pods (`stop`).
 """
 
 from __future__ import annotations
@@ -154,7 +157,8 @@ class KubernetesPlatform:
         current = await kube.get("apps/v1", "Deployment", objects.deployment_name(spec.service, spec.version),
                                  self.namespace)
         replicas = int(((current or {}).get("spec") or {}).get("replicas") or 0)
-        await self._apply_deployment(spec.service, spec.version, max(replicas, spec.index + 1))
+        await self.scale(spec.service, spec.environment, spec.version, max(replicas, spec.index + 1),
+                         lambda index: spec, drain=0.0)
         return self._placeholder(spec.service, spec.version, spec.index)
 
     async def stop(self, instance: Instance, *, drain: float) -> None:
@@ -258,19 +262,17 @@ class KubernetesPlatform:
             every = await self.instances(service, environment)
             staying = [i for i in every if i.version == version and i.ready][:replicas]
             await on_leaving(staying)
-        if current is None or before != replicas:
-            await self._apply_deployment(service, version, replicas)
+        if current is None:
+            await kube.create(objects.deployment(self.config, self.environment, service, version, replicas=replicas))
+        elif before != replicas:
+            # Only the count changes: the pod template stays the one the version was deployed with.
+            await kube.patch("apps/v1", "Deployment", name, {"spec": {"replicas": replicas}}, self.namespace)
         for index in range(before, replicas):
             if on_started is not None:
                 on_started(self._placeholder(service, version, index))
         for index in range(replicas, before):
             if on_stopped is not None:
                 on_stopped(self._placeholder(service, version, index, InstanceState.STOPPED))
-
-    async def _apply_deployment(self, service: str, version: str, replicas: int) -> None:
-        kube = await self.kube()
-        desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
-        await kube.apply(desired)
 
     def _placeholder(self, service: str, version: str, index: int,
                      state: InstanceState = InstanceState.STARTING) -> Instance:
