@@ -220,6 +220,15 @@ async def test_validate_an_unreachable_cluster(kube_api: ApiHandle, root: Path, 
     assert "cannot reach the API server" in bad["cluster"]
 
 
+async def test_a_kubeconfig_that_cannot_be_read_is_a_failed_check(kube_api: ApiHandle, root: Path, store: Store,
+                                                                   tmp_path: Path) -> None:
+    environment = on_cluster(kube_api, root, store, kubeconfig=str(tmp_path / "missing.kubeconfig"))
+    for verb in (environment.prepare, environment.validate):
+        bad = failed(await verb())
+        assert "cluster" in bad and "missing.kubeconfig" in bad["cluster"]
+    assert store.environment_state("production") is None
+
+
 async def test_cleanup_deletes_what_safeship_created_and_keeps_the_history(
         kube_api: ApiHandle, root: Path, store: Store) -> None:
     history(store)
