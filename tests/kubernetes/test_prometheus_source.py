@@ -177,7 +177,7 @@ async def test_generic_counters_per_version(prom_stack: PromStack) -> None:
     serve_generic(exporter, service="checkout-db", namespace=NAMESPACE, version="1.4.0", requests=77)
     prom_stack.caught_up()
 
-    counters = await source(prom_stack.url).counters(RouteKey("checkout", ENV))
+    counters = await source(prom_stack.url, timeout=1.5).counters(RouteKey("checkout", ENV))  # a fractional timeout
 
     assert {v: (c.requests, c.errors) for v, c in counters.items()} == {"1.4.0": (400, 2), "1.5.0-rc.1": (50, 25)}
     assert counters["1.4.0"].latency_sum_ms == pytest.approx(400 * 40)  # seconds to milliseconds

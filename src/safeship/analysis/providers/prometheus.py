@@ -365,7 +365,8 @@ class PrometheusTraffic:
 
     async def _query(self, http: httpx.AsyncClient, queries: QuerySet, name: str, promql: str,
                      at: float | None) -> list[tuple[dict[str, str], float]]:
-        params: dict[str, str] = {"query": promql, "timeout": f"{queries.timeout:g}s"}
+        # Prometheus reads a bare number as seconds; "0.5s" would be refused as a duration
+        params: dict[str, str] = {"query": promql, "timeout": f"{queries.timeout:.3f}"}
         if at is not None:
             params["time"] = f"{at:.3f}"
         where = f"Prometheus at {queries.url} ({queries.flavour} query {name})"
