@@ -24,7 +24,8 @@ SERVICE = "user-service"
 
 
 def make_config(kube_api: ApiHandle, **environment: Any) -> SafeshipConfig:
-    env = kube_api.environment("production", **environment).model_dump(by_alias=True, exclude_none=True)
+    env = {"name": "production", "platform": "kubernetes", "cluster": kube_api.context,
+           "kubeconfig": str(kube_api.kubeconfig), "namespace": kube_api.namespace, **environment}
     return SafeshipConfig.model_validate({
         "environment_management": {"environments": [env]},
         "services": {SERVICE: {"image": "registry.example/user-service:{version}", "replicas": 2,

@@ -31,7 +31,8 @@ def make_config(kube_api: ApiHandle, router: str, replicas: int = 2) -> Safeship
     extra: dict[str, Any] = {"traffic_router": router}
     if router == "gateway-api":
         extra["gateway"] = {"name": "public", "namespace": kube_api.namespace}
-    env = kube_api.environment("production", **extra).model_dump(by_alias=True, exclude_none=True)
+    env = {"name": "production", "platform": "kubernetes", "cluster": kube_api.context,
+           "kubeconfig": str(kube_api.kubeconfig), "namespace": kube_api.namespace, **extra}
     return SafeshipConfig.model_validate({
         "environment_management": {"environments": [env]},
         "services": {SERVICE: {"image": "registry.example/user-service:{version}", "replicas": replicas}},
