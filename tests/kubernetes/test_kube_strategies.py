@@ -8,7 +8,7 @@ simulator ticks in the background, and the loop gives it a moment between engine
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,7 @@ class Rig:
     traffic: ChosenTraffic
     fail_template: dict[str, str] = field(default_factory=dict)  # version -> failure the simulator plays
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    watch: Callable[[], None] | None = None  # called after every engine tick
 
     def deployment(self, version: str) -> dict[str, Any] | None:
         return self.kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, version))
@@ -153,6 +154,8 @@ class Rig:
         for _ in range(MAX_TICKS):
             wait = await self.engine.advance(record.id)
             self._mark_failing()
+            if self.watch is not None:
+                self.watch()
             current = self.store.get_deployment(record.id)
             assert current is not None
             self.snapshots.append({"phase": current.phase, "v1": self.replicas("v1"), "v2": self.replicas("v2"),
@@ -205,6 +208,26 @@ async def test_canary_moves_the_httproute_weights_and_promotes(rig_for: Any) -> 
     seen = [s["route"] for s in rig.snapshots if s["route"] is not None]
     assert {"user-service": 50, "user-service-canary": 50} in seen
     assert rig.selected() == "v2" and rig.route_weights() == {"user-service": 100, "user-service-canary": 0}
+    assert (rig.replicas("v1"), rig.replicas("v2")) == (0, 2)
+
+
+async def test_canary_moves_the_virtualservice_weights_and_promotes(rig_for: Any) -> None:
+    rig: Rig = await rig_for("istio")
+    seen: list[dict[str, int]] = []
+
+    def weights() -> dict[str, int] | None:
+        virtual = rig.kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
+        if virtual is None:
+            return None
+        return {r["destination"]["subset"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]}
+
+    rig.watch = lambda: seen.append(weights() or {})
+    record = await rig.deploy("v2", DeploymentStrategy.CANARY)
+    assert record.phase == Phase.SUCCEEDED.value, record.reason
+    assert {"v1": 50, "v2": 50} in seen
+    assert weights() == {"v2": 100}
+    rule = rig.kube_api.read(objects.ISTIO_API, "DestinationRule", SERVICE)
+    assert rule is not None and {s["name"] for s in rule["spec"]["subsets"]} >= {"v1", "v2"}
     assert (rig.replicas("v1"), rig.replicas("v2")) == (0, 2)
 
 

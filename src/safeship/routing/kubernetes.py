@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAIT_S = 60.0  # the longest set_weights waits for the cluster to show the weights
+WAIT_S = 30.0  # the longest set_weights waits for the cluster to show the weights
 POLL_S = 0.5  # how often it looks while it waits
 Obj = dict[str, Any]
 
