@@ -565,7 +565,11 @@ class ClusterSim:
     def _kubelet(self, pod: Obj) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        born = self._born.setdefault(uid, self.ticks)
+        if uid not in self._born:
+            # A pod first seen already running (put there by a test) is taken as started long ago.
+            running = (pod.get("status") or {}).get("phase") == "Running"
+            self._born[uid] = self.ticks - self.ready_after if running else self.ticks
+        born = self._born[uid]
         age = self.ticks - born
         failure = (meta.get("annotations") or {}).get(FAIL_ANNOTATION)
         containers = (pod.get("spec") or {}).get("containers") or []

@@ -521,15 +521,23 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return self._patch(served, ns, name, dict(patch), subresource="status" if status else None, dry_run=False)
 
     def put(self, obj: Mapping[str, Any]) -> Obj:
-        """Store `obj` as given (no validation, no conflict check; a new resourceVersion)."""
+        """Store `obj` as given: no validation, no conflict check, status kept; a new
+        resourceVersion, and a new generation when the spec changed (unless `obj` sets a higher one)."""
         served = self.served(str(obj.get("apiVersion")), str(obj.get("kind")))
         body = copy.deepcopy(dict(obj))
         metadata = body.setdefault("metadata", {})
         if not served.namespaced:
             metadata.pop("namespace", None)
-        existed = self._stored(served, metadata.get("namespace"), metadata["name"]) is not None
+        before = self._stored(served, metadata.get("namespace"), metadata["name"])
+        existed = before is not None
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", _now())
+        if "spec" in body:
+            # generation is the server's: one more when the spec changes (a higher one given is kept)
+            old_generation = int(before["metadata"].get("generation") or 0) if before is not None else 0
+            changed = before is None or before.get("spec") != body["spec"]
+            given = int(metadata.get("generation") or 0)
+            metadata["generation"] = max(given, old_generation + (1 if changed else 0))
         return self._store(served, body, "MODIFIED" if existed else "ADDED")
 
     def remove(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:

@@ -278,3 +278,12 @@ def test_plurals_follow_kubernetes_guess() -> None:
     assert guess_plural("Widget") == "widgets"
     assert guess_plural("Policy") == "policies"
     assert guess_plural("Ingress") == "ingresses"
+
+
+async def test_without_a_kubeconfig_the_default_loading_applies(
+    kube_api: ApiHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
+    environment = kube_api.environment(kubeconfig=None, cluster="")  # current context, $KUBECONFIG
+    async with KubeClient.for_environment(environment) as kube:
+        assert await kube.list("v1", "ConfigMap") == []

@@ -461,3 +461,19 @@ async def test_running_in_the_background_is_bounded_and_stops(kube_api: ApiHandl
     assert ticks <= 50
     await cluster_sim.stop()
     assert cluster_sim.ticks == ticks
+
+
+async def test_a_pod_put_there_running_is_not_restarted(kube_api: ApiHandle, cluster_sim: ClusterSim) -> None:
+    kube_api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "lone", "labels": {"app": "lone"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/lone:1"}]},
+            "status": {"phase": "Running", "podIP": "10.9.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+    )
+    for _ in range(3):
+        await cluster_sim.tick()
+        pod = kube_api.read("v1", "Pod", "lone")
+        assert pod is not None and pod_ready(pod) and pod["status"]["phase"] == "Running"

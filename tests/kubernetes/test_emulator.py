@@ -412,3 +412,13 @@ async def test_direct_writes_get_the_same_checks(kube_api: ApiHandle) -> None:
     assert caught.value.code == 422
     unchecked = kube_api.put(bad)  # put stores as given
     assert unchecked["spec"]["replicas"] == -1
+
+
+async def test_put_keeps_generation_server_managed(kube_api: ApiHandle) -> None:
+    first = kube_api.put(deployment())
+    assert first["metadata"]["generation"] == 1
+    changed = dict(first)
+    changed["spec"] = {**first["spec"], "replicas": 9}
+    assert kube_api.put(changed)["metadata"]["generation"] == 2
+    relabelled = kube_api.put({**changed, "metadata": {**changed["metadata"], "labels": {"x": "y"}}})
+    assert relabelled["metadata"]["generation"] == 2
