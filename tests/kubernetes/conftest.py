@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from clustersim import ClusterSim
 
 TEST_NAMESPACE = "test"
-TIMEOUT_SECONDS = 120
+TIMEOUT_SECONDS = 180  # per test; a test may set its own pytest.mark.timeout
 
 
 def pytest_configure(config: pytest.Config) -> None:

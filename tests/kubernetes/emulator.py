@@ -156,6 +156,8 @@ class Fault:
     message: str
     retry_after: float | None
     times: int
+    body: bytes | None = None  # sent as is (with `content_type`) instead of a Status
+    content_type: str = "application/json"
 
     def matches(self, method: str, plural: str | None, name: str | None) -> bool:
         return (
@@ -412,9 +414,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
         message: str = "injected failure",
         retry_after: float | None = None,
         times: int = 1,
+        body: bytes | None = None,
+        content_type: str = "application/json",
     ) -> None:
-        """Answer the next `times` requests of `method` ("*" any) on `plural` (None any) with `status`."""
-        self.faults.append(Fault(method.upper(), plural, name, status, message, retry_after, times))
+        """Answer the next `times` requests of `method` ("*" any) on `plural` (None any) with `status`:
+        a Status carrying `message`, or `body` as is (what a proxy in front of a server may send)."""
+        self.faults.append(Fault(method.upper(), plural, name, status, message, retry_after, times, body, content_type))
 
     def served(self, api_version: str, kind: str) -> ServedKind:
         for served in self.kinds.values():
@@ -894,6 +899,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 if fault.matches(method, served.plural, name):
                     fault.times -= 1
                     headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+                    if fault.body is not None:
+                        headers["Content-Type"] = fault.content_type
+                        return aiohttp.web.Response(body=fault.body, status=fault.status, headers=headers)
                     reasons = {
                         409: "Conflict",
                         429: "TooManyRequests",

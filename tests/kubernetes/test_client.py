@@ -287,3 +287,36 @@ async def test_without_a_kubeconfig_the_default_loading_applies(
     environment = kube_api.environment(kubeconfig=None, cluster="")  # current context, $KUBECONFIG
     async with KubeClient.for_environment(environment) as kube:
         assert await kube.list("v1", "ConfigMap") == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "expected"),
+    [
+        (502, b"<html>Bad Gateway</html>", "text/html", TemporaryError),
+        (500, b"{not json", "application/json", TemporaryError),
+        (403, b"denied by the proxy", "text/plain", PermanentError),
+    ],
+)
+async def test_error_answers_that_are_not_a_status_are_still_translated(
+    kube_api: ApiHandle, status: int, body: bytes, content_type: str, expected: type[Exception]
+) -> None:
+    kube_api.emulator.fail("PATCH", "configmaps", status=status, body=body, content_type=content_type)
+    kube_api.write({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    async with kube_api.client() as kube:
+        with pytest.raises(expected, match=f"HTTP {status}"):
+            await kube.patch("v1", "ConfigMap", "c", {"data": {"a": "1"}})
+
+
+async def test_a_success_answer_that_is_not_json_is_temporary(kube_api: ApiHandle) -> None:
+    kube_api.emulator.fail("GET", "configmaps", status=200, body=b"<html>portal</html>", content_type="text/html")
+    async with kube_api.client() as kube:
+        with pytest.raises(TemporaryError, match="unreadable response"):
+            await kube.get("v1", "ConfigMap", "c")
+
+
+async def test_empty_names_are_bad_input(kube_api: ApiHandle) -> None:
+    async with kube_api.client() as kube:
+        with pytest.raises(InputError, match="name must be a non-empty string"):
+            await kube.get("v1", "ConfigMap", "")
+        with pytest.raises(InputError, match="name must be a non-empty string"):
+            await kube.delete("v1", "ConfigMap", "a/b")

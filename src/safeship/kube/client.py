@@ -208,6 +208,11 @@ def _plain(obj: Any) -> JsonObj:
     return result
 
 
+def _require_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise InputError(f"Kubernetes {kind}: name must be a non-empty string without '/', got {name!r}")
+
+
 def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str, str | None]:
     """(apiVersion, kind, name, namespace) of an object, or InputError naming the missing field."""
     api_version = obj.get("apiVersion")
@@ -220,7 +225,7 @@ def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str, str | None]:
     if not isinstance(metadata, Mapping):
         raise InputError(f"Kubernetes object {kind}: metadata must be a mapping, got {metadata!r}")
     name = metadata.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or "/" in name:
         raise InputError(f"Kubernetes object {kind}: metadata.name must be a non-empty string, got {name!r}")
     namespace = metadata.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
@@ -389,6 +394,7 @@ class KubeClient:
 
     async def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> JsonObj | None:
         """The object, or None when it does not exist (a namespace that does not exist is permanent)."""
+        _require_name(kind, name)
         main, _, info = _resource_classes(api_version, kind)
         ns = self._namespace_for(info, namespace)
         what = _describe("get", kind, name, ns)
@@ -494,6 +500,7 @@ class KubeClient:
     ) -> JsonObj:
         from lightkube.types import PatchType
 
+        _require_name(kind, name)
         main, status_cls, info = _resource_classes(api_version, kind)
         ns = self._namespace_for(info, namespace)
         res = status_cls if status else main
@@ -510,6 +517,7 @@ class KubeClient:
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
         """Delete the object; its dependents go in the background. One that is not there: a no-op."""
+        _require_name(kind, name)
         from lightkube.types import CascadeType
 
         main, _, info = _resource_classes(api_version, kind)
@@ -558,9 +566,10 @@ class KubeClient:
         from lightkube.core.exceptions import ConfigError
 
         status_error: BaseException | None = exc
-        # lightkube reads Content-Type to decide how to wrap an HTTP error; an error response
-        # without that header surfaces as a KeyError raised while handling the HTTP error.
-        if isinstance(exc, KeyError) and isinstance(exc.__context__, httpx2.HTTPStatusError):
+        # lightkube reads Content-Type and then the JSON body to wrap an HTTP error: an error
+        # response without that header, or with a body that is not JSON, surfaces as a KeyError or
+        # ValueError raised while handling the HTTP error.
+        if isinstance(exc, KeyError | ValueError) and isinstance(exc.__context__, httpx2.HTTPStatusError):
             status_error = exc.__context__
         if isinstance(status_error, httpx2.HTTPStatusError):
             return _failure_of(status_error.response)
