@@ -153,6 +153,25 @@ async def test_gateway_api_canary_weights_in_the_httproute(kube_api: ApiHandle, 
         await router.set_weights(ROUTE, {"v1": 20, "v2": 40, "v3": 40})
 
 
+async def test_gateway_api_blue_green_switch_and_switch_back(kube_api: ApiHandle, cluster_sim: Any,
+                                                             make: Make) -> None:
+    router, _ = make("gateway-api")
+    async with cluster_sim.running():
+        await router.set_backends(ROUTE, "blue", BACKEND)
+        await router.set_weights(ROUTE, {"blue": 100})
+        await router.set_backends(ROUTE, "green", BACKEND)
+        assert selected_version(kube_api, "user-service-preview") == "green"
+        await router.set_weights(ROUTE, {"green": 100, "blue": 0})  # the switch: the stable Service moves
+        assert selected_version(kube_api, "user-service") == "green"
+        assert route_weights(kube_api) == {"user-service": 100, "user-service-canary": 0}
+        await router.set_backends(ROUTE, "blue", BACKEND)  # the old colour, still warm
+        await router.set_backends(ROUTE, "green", BACKEND)
+        assert selected_version(kube_api, "user-service-preview") == "green"
+        await router.set_weights(ROUTE, {"blue": 100, "green": 0})  # the switch back
+        assert selected_version(kube_api, "user-service") == "blue"
+        assert route_weights(kube_api) == {"user-service": 100, "user-service-canary": 0}
+
+
 async def test_gateway_api_waits_for_the_route_to_be_accepted(kube_api: ApiHandle, make: Make) -> None:
     router, _ = make("gateway-api", wait_s=0.5)
     await router.set_backends(ROUTE, "v1", BACKEND)

@@ -234,6 +234,7 @@ class GatewayApiRouter(ClusterRouter):
 
     def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
         super().__init__(config, environment, **kwargs)
+        self._served: dict[RouteKey, set[str]] = {}  # versions that had traffic through this router
         if environment.gateway is None:
             raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
                              "the Gateway to attach to")
@@ -259,7 +260,8 @@ class GatewayApiRouter(ClusterRouter):
     async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         """Make sure a version with ready pods has a Service: the stable one when there is none
         yet, else the canary (and preview) Service, unless that one carries another version's
-        traffic."""
+        traffic or this version already had traffic here (the old colour after a blue-green switch
+        stays off the preview Service)."""
         self._check(route)
         if not backends:
             return
@@ -270,6 +272,8 @@ class GatewayApiRouter(ClusterRouter):
             return
         if version in (objects.object_version(stable), objects.object_version(canary or {})):
             return
+        if version in self._served.get(route, set()):
+            return  # a version that had traffic here (the old colour after a switch) is not the new one
         if canary is not None and (await self._route_weights(service)).get(objects.canary_service_name(service), 0):
             return  # the canary Service serves another version's share: the next weights decide
         await self._put_service(route, objects.canary_service_name(service), version, canary, known=True)
@@ -335,6 +339,7 @@ class GatewayApiRouter(ClusterRouter):
 
         await self._wait(f"HTTPRoute {service} weights {stable_weight}/{canary_weight}", accepted)
         self._reached[route] = {v: w for v, w in split.items()}
+        self._served.setdefault(route, set()).update(positive)
         log.info("gateway-api %s: %s=%d%% (%s), %s=%d%% (%s)", route, stable_name, stable_weight, new_stable,
                  canary_name, canary_weight, new_canary)
 
