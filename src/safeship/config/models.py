@@ -91,13 +91,6 @@ class BlueGreenConfig(Model):
     # rollback is an instant switch back.
     scale_down_delay: Duration = 30.0
     post_switch_analysis: StepDuration = 60.0
-    # After the switch only the new colour serves, so the analysis compares it with the old
-    # colour's record from before the deployment; an incident that starts meanwhile (a dependency
-    # down) looks like a regression. Before such a failure rolls back, the traffic is split
-    # confirm_percent (new) / the rest (old, still warm) for up to confirm_duration and the two are
-    # compared side by side: only a new colour worse than the old one is rolled back. 0 turns it off.
-    confirm_duration: Duration = Field(default=60.0, le=3600)
-    confirm_percent: Int = Field(default=50, ge=1, le=99)
 
 
 class CanaryConfig(Model):
@@ -251,6 +244,15 @@ class AnalysisConfig(Model):
     # (after the switch) and recreate judge the new version against that record, since the two
     # never serve side by side there.
     history: StepDuration = 1800.0
+    # When only the candidate serves while the version it replaces is still warm (blue-green after
+    # the switch; the monitoring window of blue-green and canary), the analysis compares it with
+    # that version's record from before the deployment, and an incident that starts meanwhile (a
+    # dependency down) looks like a regression. Before such a failure rolls back, traffic is split
+    # confirm_percent (candidate) / the rest (the replaced version) for up to confirm_duration and
+    # the two are compared side by side: only a candidate worse than the replaced version is rolled
+    # back. 0 turns it off.
+    confirm_duration: Duration = Field(default=60.0, le=3600)
+    confirm_percent: Int = Field(default=50, ge=1, le=99)
 
 
 class RollbackConfiguration(Model):

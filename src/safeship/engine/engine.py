@@ -354,7 +354,8 @@ class DeploymentEngine:
         wait, _ = await self.step(deployment_id)
         return wait
 
-    async def step(self, deployment_id: str, *, known: DeploymentRecord | None = None) -> tuple[float, DeploymentRecord]:
+    async def step(self, deployment_id: str, *,
+                   known: DeploymentRecord | None = None) -> tuple[float, DeploymentRecord]:
         """`advance`, also returning the deployment as it stands after the tick. `known`: the record
         the previous `step` returned, for a driver that is the deployment's only writer (a
         simulation); it saves reading the row again, and a stale one is still refused on saving."""

@@ -336,15 +336,17 @@ class StepRunner:
         confirming = progress.confirming
         assert confirming is not None
         duration = float(confirm["duration"])
+        # The whole split is judged: the candidate is cleared only when `duration` has run out
+        # without the comparison failing, never on early evidence that it is no worse.
         result = await self._look(tick, policy, interval=interval, duration=duration, compare=True, policy_step=0,
-                                  promoted=False, min_duration=0.0, since=confirming["since"], marker="confirm")
+                                  promoted=False, min_duration=duration, since=confirming["since"], marker="confirm")
         if result.failure is not None:
             failure = result.failure
             evidence = {**failure.evidence, "confirmed_by_split": True, "first_failure": confirming["reason"]}
             return StepResult(done=False, failure=Failure(failure.trigger, f"{failure.reason} (side by side with "
                                                           f"{confirm['baseline']}, after: {confirming['reason']})",
                                                           evidence))
-        if result.done or tick.now - confirming["since"] >= duration:
+        if tick.now - confirming["since"] >= duration:
             candidate = tick.before.version
             tick.event("confirm_cleared", f"side by side, {candidate} is no worse than {confirm['baseline']}: "
                        f"the earlier failure ({confirming['reason']}) came from the moment, not the release; "

@@ -159,6 +159,15 @@ def monitor(settings: IntelligentDeployment, confirm: ConfirmSplit | None = None
     return step
 
 
+def confirm_split(given: PlanInput) -> ConfirmSplit | None:
+    """How a failure of the candidate alone is confirmed while the replaced version is still warm
+    (`analysis.confirm_duration`; 0 or no replaced version: it is not)."""
+    analysis = given.settings.analysis
+    if given.baseline is None or analysis.confirm_duration <= 0:
+        return None
+    return {"baseline": given.baseline, "percent": analysis.confirm_percent, "duration": analysis.confirm_duration}
+
+
 def split(candidate: str, baseline: str | None, candidate_percent: int) -> dict[str, int]:
     if baseline is None or candidate_percent >= 100:
         return {candidate: 100}

@@ -4,12 +4,11 @@ switch back and a failure of the new colour alone is confirmed side by side firs
 
 from __future__ import annotations
 
-from safeship.config.models import BlueGreenConfig
 from safeship.strategies.base import (
-    ConfirmSplit,
     PlanInput,
     Step,
     analyze,
+    confirm_split,
     monitor,
     pause,
     promote,
@@ -19,20 +18,13 @@ from safeship.strategies.base import (
 )
 
 
-def _confirm(baseline: str | None, blue_green: BlueGreenConfig) -> ConfirmSplit | None:
-    """A failure of the new colour alone is confirmed side by side with the old one, still warm."""
-    if baseline is None or blue_green.confirm_duration <= 0:
-        return None
-    return {"baseline": baseline, "percent": blue_green.confirm_percent, "duration": blue_green.confirm_duration}
-
-
 class BlueGreenStrategy:
     name = "blue_green"
 
     def plan(self, given: PlanInput) -> list[Step]:
         blue_green = given.settings.strategies.blue_green
         timeout = blue_green.health_check_timeout
-        confirm = _confirm(given.baseline, blue_green)
+        confirm = confirm_split(given)
         steps: list[Step] = [
             scale(given.candidate, given.replicas),
             wait_ready(given.candidate, given.replicas, timeout),

@@ -8,6 +8,7 @@ from safeship.strategies.base import (
     PlanInput,
     Step,
     analyze,
+    confirm_split,
     first_deployment,
     monitor,
     promote,
@@ -45,7 +46,9 @@ class CanaryStrategy:
                 analyze(compare=given.baseline is not None, duration=canary.step_duration, policy_step=index,
                         min_duration=None if canary.adaptive else canary.step_duration),
             ]
-        steps += [weights({given.candidate: 100}), promote(), monitor(given.settings)]
+        # The baseline stays warm through the monitoring window: a failure there is confirmed side
+        # by side before it rolls back.
+        steps += [weights({given.candidate: 100}), promote(), monitor(given.settings, confirm_split(given))]
         if given.baseline is not None:
             steps.append(scale(given.baseline, 0))
         return steps
