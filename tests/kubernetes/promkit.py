@@ -32,7 +32,12 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    UnknownMetricFamily,
+)
 
 PROMETHEUS = "/usr/bin/prometheus"
 SCRAPE_S = 1  # scrape and evaluation interval
@@ -97,7 +102,8 @@ class Exporter:
     # -- what the test sets
 
     def add(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        """Add to a counter (`name` without `_total`)."""
+        """Add to the counter series called `name` as Prometheus will store it: a name ending in
+        `_total` is served as a counter, any other (ingress-nginx's `..._requests`) untyped."""
         with self._lock:
             series = self._counters.setdefault(name, {})
             series[_key(labels)] = series.get(_key(labels), 0.0) + value
@@ -134,7 +140,9 @@ class Exporter:
             yield generation
             for name, series in self._counters.items():
                 names = sorted({k for key in series for k, _ in key})
-                family = CounterMetricFamily(name, f"test counter {name}", labels=names)
+                family: Any = (CounterMetricFamily(name.removesuffix("_total"), f"test counter {name}", labels=names)
+                               if name.endswith("_total") else
+                               UnknownMetricFamily(name, f"test counter {name}", labels=names))
                 for key, value in series.items():
                     given = dict(key)
                     family.add_metric([given.get(n, "") for n in names], value)
@@ -176,9 +184,9 @@ def serve_istio(exporter: Exporter, *, service: str, namespace: str, version: st
     base = {"reporter": "destination", "destination_service_name": service,
             "destination_workload_namespace": namespace, "destination_version": version}
     if requests - errors:
-        exporter.add("istio_requests", {**base, "response_code": "200"}, requests - errors)
+        exporter.add("istio_requests_total", {**base, "response_code": "200"}, requests - errors)
     if errors:
-        exporter.add("istio_requests", {**base, "response_code": "503"}, errors)
+        exporter.add("istio_requests_total", {**base, "response_code": "503"}, errors)
     if requests:
         exporter.observe("istio_request_duration_milliseconds", base, latency_ms, requests, ISTIO_BUCKETS_MS)
 
@@ -188,9 +196,9 @@ def serve_generic(exporter: Exporter, *, service: str, namespace: str, version: 
     """`requests` requests to one version under the common client-library names."""
     base = {"service": service, "namespace": namespace, version_label: version}
     if requests - errors:
-        exporter.add("http_requests", {**base, "code": "200"}, requests - errors)
+        exporter.add("http_requests_total", {**base, "code": "200"}, requests - errors)
     if errors:
-        exporter.add("http_requests", {**base, "code": "500"}, errors)
+        exporter.add("http_requests_total", {**base, "code": "500"}, errors)
     if requests:
         exporter.observe("http_request_duration_seconds", base, latency_s, requests, GENERIC_BUCKETS_S)
 

@@ -1,5 +1,5 @@
-"""The Prometheus traffic source against a real Prometheus: per-version counts for the Istio and
-generic query sets, latency histograms re-bucketed, template overrides, failed queries as
+"""The Prometheus traffic source against a real Prometheus: per-version counts for the Istio,
+generic and ingress-nginx query sets, latency histograms re-bucketed, template overrides, failed queries as
 TemporaryError, the record before a deployment, and counter resets.
 
 Every number asserted is one the test exporter served and Prometheus scraped (`caught_up` waits for
@@ -53,7 +53,7 @@ def last_sample_time(stack: PromStack, selector: str) -> float:
 def at_zero(exporter: Exporter, labels: dict[str, str]) -> None:
     """The generic series of one version, at zero: a later window's increase starts from a sample."""
     for code in ("200", "500"):
-        exporter.add("http_requests", {**labels, "code": code}, 0)
+        exporter.add("http_requests_total", {**labels, "code": code}, 0)
     exporter.observe("http_request_duration_seconds", labels, 0.0, 0, GENERIC_BUCKETS_S)
 
 
@@ -148,7 +148,7 @@ async def test_istio_counters_per_version(prom_stack: PromStack) -> None:
     serve_istio(exporter, service="reviews", namespace=NAMESPACE, version="v2", requests=100, errors=40,
                 latency_ms=300)
     # Not counted: the same requests as the calling sidecar reports them, another service, another namespace.
-    exporter.add("istio_requests", {"reporter": "source", "destination_service_name": "reviews",
+    exporter.add("istio_requests_total", {"reporter": "source", "destination_service_name": "reviews",
                                     "destination_workload_namespace": NAMESPACE, "destination_version": "v1",
                                     "response_code": "200"}, 900)
     serve_istio(exporter, service="ratings", namespace=NAMESPACE, version="v1", requests=55)
@@ -186,6 +186,26 @@ async def test_generic_counters_per_version(prom_stack: PromStack) -> None:
 
 
 @needs_prometheus
+async def test_ingress_nginx_counters_per_version(prom_stack: PromStack) -> None:
+    exporter = prom_stack.exporter
+    # The controller's series, with the version label a scrape rule added from the canary backend.
+    for version, canary, requests, errors in (("v3", "", 200, 1), ("v4", "shop-storefront-canary-80", 20, 5)):
+        labels = {"namespace": NAMESPACE, "ingress": "storefront", "service": "storefront", "canary": canary,
+                  "version": version}
+        exporter.add("nginx_ingress_controller_requests", {**labels, "status": "200"}, requests - errors)
+        exporter.add("nginx_ingress_controller_requests", {**labels, "status": "504"}, errors)
+        exporter.observe("nginx_ingress_controller_request_duration_seconds", labels, 0.2, requests,
+                         GENERIC_BUCKETS_S)
+    prom_stack.caught_up()
+
+    counters = await source(prom_stack.url, queries="ingress-nginx").counters(RouteKey("storefront", ENV))
+
+    assert {v: (c.requests, c.errors) for v, c in counters.items()} == {"v3": (200, 1), "v4": (20, 5)}
+    assert counters["v4"].latency_sum_ms == pytest.approx(20 * 200)
+    assert 100 < counters["v3"].quantile_ms(0.5) <= 250 * 1.15  # 0.2 s is in the (0.1, 0.25] bucket
+
+
+@needs_prometheus
 async def test_histogram_rebucketed_against_known_observations(prom_stack: PromStack) -> None:
     exporter = prom_stack.exporter
     bounds = histogram.BOUNDS_MS
@@ -195,7 +215,7 @@ async def test_histogram_rebucketed_against_known_observations(prom_stack: PromS
     observations = {3.0: 200, 40.0: 300, 900.0: 100, 60_000.0: 10}  # ms -> how many
     for latency, times in observations.items():
         exporter.observe("istio_request_duration_milliseconds", labels, latency, times, edges)
-    exporter.add("istio_requests", {**labels, "response_code": "200"}, 610)
+    exporter.add("istio_requests_total", {**labels, "response_code": "200"}, 610)
     prom_stack.caught_up()
 
     got = (await source(prom_stack.url, queries="istio").counters(RouteKey("search", ENV)))["v7"].latency_buckets
@@ -214,8 +234,8 @@ async def test_template_override_reads_other_series(prom_stack: PromStack) -> No
     exporter = prom_stack.exporter
     for track, requests, errors in (("stable", 300, 3), ("canary", 30, 12)):
         labels = {"app": "payments", "env": ENV, "track": track}
-        exporter.add("app_requests", {**labels, "status": "200"}, requests - errors)
-        exporter.add("app_requests", {**labels, "status": "502"}, errors)
+        exporter.add("app_requests_total", {**labels, "status": "200"}, requests - errors)
+        exporter.add("app_requests_total", {**labels, "status": "502"}, errors)
         exporter.observe("app_latency_ms", labels, 12.0, requests, ISTIO_BUCKETS_MS)
     prom_stack.caught_up()
     templates = {
