@@ -23,8 +23,9 @@ Every API call safeship makes is in this module, so the set is easy to list:
     DELETE  .../{resource}/{name}?propagationPolicy=Background      -
     POST    /apis/authorization.k8s.io/v1/selfsubjectaccessreviews  SelfSubjectAccessReview
 
-Only JSON merge patches (RFC 7386) are sent: `null` deletes a key and a list is replaced whole,
-which is simple and well defined for built-in kinds and custom resources alike. `apply` creates the
+POST and PATCH carry `fieldManager=safeship`. Only JSON merge patches (RFC 7386) are sent: `null`
+deletes a key and a list is replaced whole, which is simple and well defined for built-in kinds
+and custom resources alike. `apply` creates the
 object and, when it exists, merge-patches it with the desired object; the server keeps the fields
 the desired object does not name (status, defaults, other owners' labels).
 
@@ -35,7 +36,8 @@ Errors are translated here and nothing else escapes: 409, 429, 5xx and connectio
 `TemporaryError` whose delay is the server's Retry-After when it sends one; 403, 404 of a
 namespace, 422 and any other 4xx are a `PermanentError` carrying the server's Status message. An
 object that is not there is `None` for `get` and a no-op for `delete`; for `patch` it is permanent.
-A kubeconfig that cannot be read, or a context it does not hold, is a `PermanentError` too.
+A kubeconfig that cannot be read, or a context it does not hold, is a `PermanentError` too; an
+object without apiVersion, kind or name, or an empty name, is an `InputError` before any call.
 
 `lightkube` is imported inside functions only: users of the local platform never need it.
 """
@@ -56,7 +58,6 @@ from safeship.errors import InputError, PermanentError, TemporaryError
 
 if TYPE_CHECKING:
     import lightkube
-    import lightkube.core.resource
 
     from safeship.config.models import Environment
 
