@@ -25,9 +25,9 @@ Every API call safeship makes is in this module, so the set is easy to list:
 
 POST and PATCH carry `fieldManager=safeship`. Only JSON merge patches (RFC 7386) are sent: `null`
 deletes a key and a list is replaced whole, which is simple and well defined for built-in kinds
-and custom resources alike. `apply` creates the
-object and, when it exists, merge-patches it with the desired object; the server keeps the fields
-the desired object does not name (status, defaults, other owners' labels).
+and custom resources alike. `apply` creates the object and, when it exists, merge-patches it with
+the desired object; the server keeps the fields the desired object does not name (status,
+defaults, other owners' labels).
 
 The resource (plural) and scope of a kind come from `KINDS`; a kind not listed there is taken as
 namespaced with the plural Kubernetes itself would guess (`register_kind` adds one).
