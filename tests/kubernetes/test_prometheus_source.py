@@ -100,6 +100,7 @@ def test_a_source_built_from_the_config_serves_each_prometheus_environment(tmp_p
     ({"errors": 'http_requests_total{path=~"/a$"}'}, r"templates\.errors: .*write \$\$"),
     ({"latency_unit": "minutes"}, "latency_unit: 'minutes'"),
     ({"version": "not a label"}, "templates.version: 'not a label'"),
+    ({"latency_sum": " "}, "templates.latency_sum: empty"),
 ])
 def test_bad_templates_are_input_errors_naming_them(templates: dict[str, str], named: str) -> None:
     with pytest.raises(InputError, match=named):

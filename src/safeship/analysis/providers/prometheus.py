@@ -142,6 +142,7 @@ class QuerySet:
     templates: Mapping[str, Template]
     version_label: str  # the label that holds the version
     unit_ms: float  # milliseconds per unit of `le` and `_sum`
+    label_setting: str = "version"  # `prometheus.version_label`: what `$version_label` stands for
 
     @classmethod
     def build(cls, environment: Environment) -> QuerySet:
@@ -169,6 +170,8 @@ class QuerySet:
             texts[name] = text
         templates: dict[str, Template] = {}
         for name, text in texts.items():
+            if not text.strip():
+                raise InputError(f"{where}.templates.{name}: empty; remove it to use the {settings.queries} query")
             template = Template(text)
             if not template.is_valid():
                 raise InputError(f"{where}.templates.{name}: {text!r} has a '$' that starts no placeholder "
@@ -188,13 +191,13 @@ class QuerySet:
             raise InputError(f"{where}.templates.latency_unit: {unit!r} is not one of {', '.join(UNITS_MS)}")
         return cls(environment=environment, namespace=namespace, url=url, timeout=float(settings.timeout),
                    flavour=settings.queries, templates=templates, version_label=version_label,
-                   unit_ms=UNITS_MS[unit])
+                   unit_ms=UNITS_MS[unit], label_setting=settings.version_label)
 
     def selector(self, name: str, service: str) -> str:
         """The named selector for one service, placeholders filled in."""
         return self.templates[name].substitute(
             service=service, namespace=self.namespace, environment=self.environment,
-            version_label=self.version_label,
+            version_label=self.label_setting,
         ).strip()
 
 
