@@ -254,3 +254,14 @@ async def test_scaling_a_version_up_again_restores_its_own_template(kube_api: Ap
     restored = deployment_of(kube_api, "v1")
     assert restored is not None and restored["spec"]["replicas"] == 2
     assert restored["spec"]["template"] == template
+
+
+def test_the_plugins_load_without_the_client_library() -> None:
+    """A user of the local default never needs lightkube: importing the plug-ins does not load it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, safeship.platforms.kubernetes, safeship.routing.kubernetes, safeship.kube.objects; "
+            "print('lightkube' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
