@@ -265,3 +265,25 @@ def test_the_plugins_load_without_the_client_library() -> None:
             "print('lightkube' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
+
+
+async def test_a_deadline_passed_in_an_earlier_attempt_is_not_evidence(kube_api: ApiHandle,
+                                                                       platform: KubernetesPlatform) -> None:
+    await scale(platform, "v2", 1)
+    await scale(platform, "v2", 0)
+    stored = deployment_of(kube_api, "v2")
+    assert stored is not None
+    stale = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "lastUpdateTime": "2020-01-01T00:00:00Z", "lastTransitionTime": "2020-01-01T00:00:00Z"}
+    stored["status"] = {"observedGeneration": stored["metadata"]["generation"], "conditions": [stale]}
+    kube_api.put(stored)
+    await scale(platform, "v2", 1)  # a new attempt of the same version
+    kube_api.put(pod("again", "v2", ready=False))
+    (again,) = await platform.instances(SERVICE, "production")
+    assert again.state is InstanceState.UNREADY and again.last_failure is None
+    stored = deployment_of(kube_api, "v2")
+    assert stored is not None
+    stored["status"]["conditions"] = [{**stale, "lastUpdateTime": "2999-01-01T00:00:00Z"}]  # this attempt's own
+    kube_api.put(stored)
+    (again,) = await platform.instances(SERVICE, "production")
+    assert (again.state, again.last_failure) == (InstanceState.FAILED, "ProgressDeadlineExceeded")

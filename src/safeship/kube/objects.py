@@ -46,6 +46,9 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 ENVIRONMENT_LABEL = "safeship.io/environment"
 MANAGED_BY = "safeship"
 VERSION_ANNOTATION = "safeship.io/version"
+# When safeship last scaled a Deployment up from 0 (RFC 3339): a progress deadline reported before
+# then belongs to an earlier attempt of the version.
+SCALED_UP_ANNOTATION = "safeship.io/scaled-up-at"
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_API = "gateway.networking.k8s.io/v1"
@@ -502,6 +505,7 @@ class Rollout:
     complete: bool
     failed: bool
     message: str = ""
+    failed_at: str = ""  # the Progressing condition's lastUpdateTime (else lastTransitionTime) when failed
 
 
 def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
@@ -521,5 +525,8 @@ def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
     failed = bool(progressing is not None and progressing.get("status") == "False"
                   and progressing.get("reason") == PROGRESS_DEADLINE_EXCEEDED)
     message = str(progressing.get("message") or "") if progressing is not None else ""
+    failed_at = ""
+    if failed and progressing is not None:
+        failed_at = str(progressing.get("lastUpdateTime") or progressing.get("lastTransitionTime") or "")
     complete = observed and updated >= wanted and available >= wanted and total <= wanted and not failed
-    return Rollout(wanted, updated, ready, available, observed, complete, failed, message)
+    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at)

@@ -73,6 +73,10 @@ def _timestamp(text: object) -> float:
         return 0.0
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def pod_state(pod: Mapping[str, Any]) -> tuple[InstanceState, int, str | None]:
     """(state, restarts, last failure) of a pod, as its kubelet reports them."""
     status = pod.get("status") or {}
@@ -191,7 +195,9 @@ class KubernetesPlatform:
                 continue
             progress = objects.rollout(item)
             wanted[version] = progress.wanted
-            if progress.failed:
+            scaled_up = _timestamp(((item.get("metadata") or {}).get("annotations") or {}).get(
+                objects.SCALED_UP_ANNOTATION))
+            if progress.failed and (not scaled_up or _timestamp(progress.failed_at) >= scaled_up):
                 failed[version] = progress.message
         by_version: dict[str, list[Mapping[str, Any]]] = {}
         for pod in pods:
@@ -266,7 +272,10 @@ class KubernetesPlatform:
             await kube.create(objects.deployment(self.config, self.environment, service, version, replicas=replicas))
         elif before != replicas:
             # Only the count changes: the pod template stays the one the version was deployed with.
-            await kube.patch("apps/v1", "Deployment", name, {"spec": {"replicas": replicas}}, self.namespace)
+            patch: dict[str, Any] = {"spec": {"replicas": replicas}}
+            if before == 0:  # a new attempt: a progress deadline passed before now is not its own
+                patch["metadata"] = {"annotations": {objects.SCALED_UP_ANNOTATION: _now()}}
+            await kube.patch("apps/v1", "Deployment", name, patch, self.namespace)
         for index in range(before, replicas):
             if on_started is not None:
                 on_started(self._placeholder(service, version, index))
