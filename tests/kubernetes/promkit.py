@@ -117,6 +117,15 @@ class Exporter:
             histogram.observe(value, times)
             self.generation += 1
 
+    def include(self, collector: Any) -> None:
+        """Serve another collector's series too (call `touch` after changing what it reads)."""
+        self.registry.register(collector)
+
+    def touch(self) -> None:
+        """Say that something the exporter serves changed, so that `caught_up` waits for it."""
+        with self._lock:
+            self.generation += 1
+
     def restart(self, match: Mapping[str, str]) -> None:
         """Every series whose labels include `match` starts again from zero, as after a restart."""
         with self._lock:

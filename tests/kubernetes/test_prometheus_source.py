@@ -33,9 +33,11 @@ from safeship.analysis.providers.prometheus import PrometheusTraffic, rebucket
 from safeship.clock import RealClock
 from safeship.config.models import Environment, PrometheusSourceConfig, SafeshipConfig
 from safeship.errors import InputError, TemporaryError
+from safeship.routing.metrics import DURATION_BUCKETS_MS, TrafficCollector
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, traffic_source_class
 
 ENV, NAMESPACE = "production", "shop"
+DURATION_INDEXES = [histogram.bucket_of(bound) for bound in DURATION_BUCKETS_MS]  # the router's exposed bounds
 
 
 def source(url: str, **settings: Any) -> PrometheusTraffic:
@@ -100,7 +102,7 @@ def test_a_source_built_from_the_config_serves_each_prometheus_environment(tmp_p
     ({"errors": 'http_requests_total{path=~"/a$"}'}, r"templates\.errors: .*write \$\$"),
     ({"latency_unit": "minutes"}, "latency_unit: 'minutes'"),
     ({"version": "not a label"}, "templates.version: 'not a label'"),
-    ({"latency_sum": " "}, "templates.latency_sum: empty"),
+    ({"latency_sum": " "}, "templates.latency_sum: empty"),  # (connect_failures may be empty: not measured)
 ])
 def test_bad_templates_are_input_errors_naming_them(templates: dict[str, str], named: str) -> None:
     with pytest.raises(InputError, match=named):
@@ -253,6 +255,42 @@ async def test_template_override_reads_other_series(prom_stack: PromStack) -> No
     assert {v: (c.requests, c.errors) for v, c in counters.items()} == {"stable": (300, 3), "canary": (30, 12)}
     assert counters["canary"].latency_sum_ms == pytest.approx(30 * 12.0)
     assert sum(counters["stable"].latency_buckets) == 300
+
+
+@needs_prometheus
+async def test_safeships_own_router_metrics_read_back_through_promql(prom_stack: PromStack) -> None:
+    """One host (issue 12): the builtin router's /metrics exposition, scraped by Prometheus and read
+    back with templates, gives the router's own counters again, latency included."""
+    route = RouteKey("api", ENV)
+    served = {"v1": TrafficCounters(), "v2": TrafficCounters()}
+    for i in range(600):  # known observations: 0.5 ms .. ~9 s, spread over many buckets
+        served["v1"].observe(0.5 * 1.013 ** i, status=500 if i % 100 == 0 else 200)
+    for i in range(90):
+        served["v2"].observe(3.0 + i, status=None if i % 30 == 0 else (503 if i % 3 == 0 else 200))
+    prom_stack.exporter.include(TrafficCollector(lambda: {route: served}))
+    prom_stack.exporter.touch()
+    prom_stack.caught_up()
+    where = 'service="$service",environment="$environment"'
+    templates = {
+        "version": "version",
+        "requests": f"safeship_requests_total{{{where}}}",
+        "errors": f"safeship_request_errors_total{{{where}}}",
+        "connect_failures": f"safeship_connect_failures_total{{{where}}}",
+        "latency_buckets": f"safeship_request_duration_seconds_bucket{{{where}}}",
+        "latency_sum": f"safeship_request_duration_seconds_sum{{{where}}}",
+    }
+
+    got = await source(prom_stack.url, templates=templates).counters(route)
+
+    for version, original in served.items():
+        back = got[version]
+        assert (back.requests, back.errors, back.connect_failures) == (
+            original.requests, original.errors, original.connect_failures)
+        assert back.latency_sum_ms == pytest.approx(original.latency_sum_ms, rel=1e-6)
+        assert sum(back.latency_buckets) == original.requests
+        # at every bound the exposition has (every fourth of safeship's), the same count at or below it
+        for index in DURATION_INDEXES:
+            assert sum(back.latency_buckets[: index + 1]) == sum(original.latency_buckets[: index + 1]), index
 
 
 @needs_prometheus

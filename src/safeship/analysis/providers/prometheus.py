@@ -7,6 +7,8 @@ entries of it by name. The names:
     version          the label whose value is the version (a label name, not a query)
     requests         a series selector for the request counter
     errors           the same counter, selecting the 5xx responses
+    connect_failures optional (empty in every set): a counter of requests that got no response
+                     at all, e.g. `safeship_connect_failures_total` from safeship's own router
     latency_buckets  a selector for the latency histogram's `_bucket` series (with their `le`)
     latency_sum      a selector for that histogram's `_sum` series
     latency_unit     `seconds` or `milliseconds`: the unit of `le` and of `_sum`
@@ -58,8 +60,9 @@ mass is taken as log-uniform inside the bucket, the same assumption `histogram.q
 interpolates with). Two buckets have no finite log-width: the first, `(0, upper]`, is put whole
 into the safeship bucket that holds `upper` (no faster than its bound: conservative, and equal for
 both versions), and `+Inf`, `(last, inf)`, whole into the safeship bucket just above `last`
-(at least that slow). The spread shares are rounded to whole requests by largest remainder, so
-the histogram's total stays the Prometheus total.
+(at least that slow). Each Prometheus bucket's shares are rounded to whole requests by largest
+remainder within it, so the count at or below every Prometheus bound, and the total, stay
+Prometheus's (rounded, for increase()'s fractions).
 
 Failures. A query that fails (connection refused, timeout, a status other than 200,
 `"status": "error"`, an answer that is not an instant vector) is a `TemporaryError`, which the
@@ -75,7 +78,7 @@ import asyncio
 import bisect
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from string import Template
 from typing import Any, ClassVar
@@ -87,7 +90,8 @@ from safeship.config.models import Environment, PrometheusSourceConfig
 from safeship.errors import InputError, TemporaryError
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, TrafficWindow
 
-QUERY_NAMES = ("version", "requests", "errors", "latency_buckets", "latency_sum", "latency_unit")
+QUERY_NAMES = ("version", "requests", "errors", "connect_failures", "latency_buckets", "latency_sum", "latency_unit")
+OPTIONAL = frozenset({"connect_failures"})  # an empty template: not measured
 PLACEHOLDERS = ("service", "namespace", "environment", "version_label")
 UNITS_MS: Mapping[str, float] = {"seconds": 1000.0, "milliseconds": 1.0}
 
@@ -103,6 +107,7 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "latency_buckets": f"http_request_duration_seconds_bucket{{{_GENERIC}}}",
         "latency_sum": f"http_request_duration_seconds_sum{{{_GENERIC}}}",
         "latency_unit": "seconds",
+        "connect_failures": "",
     },
     "istio": {
         "version": "destination_version",
@@ -111,6 +116,7 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "latency_buckets": f"istio_request_duration_milliseconds_bucket{{{_ISTIO}}}",
         "latency_sum": f"istio_request_duration_milliseconds_sum{{{_ISTIO}}}",
         "latency_unit": "milliseconds",
+        "connect_failures": "",
     },
     "ingress-nginx": {
         "version": "$version_label",
@@ -119,6 +125,7 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "latency_buckets": f"nginx_ingress_controller_request_duration_seconds_bucket{{{_NGINX}}}",
         "latency_sum": f"nginx_ingress_controller_request_duration_seconds_sum{{{_NGINX}}}",
         "latency_unit": "seconds",
+        "connect_failures": "",
     },
 }
 
@@ -170,6 +177,9 @@ class QuerySet:
             texts[name] = text
         templates: dict[str, Template] = {}
         for name, text in texts.items():
+            if not text.strip() and name in OPTIONAL:
+                templates[name] = Template("")
+                continue
             if not text.strip():
                 raise InputError(f"{where}.templates.{name}: empty; remove it to use the {settings.queries} query")
             template = Template(text)
@@ -193,6 +203,10 @@ class QuerySet:
                    flavour=settings.queries, templates=templates, version_label=version_label,
                    unit_ms=UNITS_MS[unit], label_setting=settings.version_label)
 
+    def measures(self, name: str) -> bool:
+        """False for an optional query left empty."""
+        return bool(self.templates[name].template.strip())
+
     def selector(self, name: str, service: str) -> str:
         """The named selector for one service, placeholders filled in."""
         return self.templates[name].substitute(
@@ -214,48 +228,49 @@ def rebucket(cumulative: Mapping[float, float], unit_ms: float = 1000.0) -> list
 
     `cumulative` maps each `le` bound (in the exporter's unit; `math.inf` for `+Inf`) to the count
     at or below it; `unit_ms` converts that unit to milliseconds. See the module's docstring for
-    how the mass inside one Prometheus bucket is spread."""
-    spread = [0.0] * histogram.N_BUCKETS
-    bounds = sorted(cumulative)
-    below, lower = 0.0, 0.0
-    for le in bounds:
-        at_or_below = max(below, float(cumulative[le]))  # a cumulative count never goes down
-        count, below = at_or_below - below, at_or_below
+    how the mass inside one Prometheus bucket is spread. The cumulative counts are rounded first
+    (increase() answers fractions), so the count at or below every Prometheus bound is kept whole."""
+    result = [0] * histogram.N_BUCKETS
+    rounded_below, running, lower = 0, 0.0, 0.0
+    for le in sorted(cumulative):
+        running = max(running, float(cumulative[le]))  # a cumulative count never goes down
+        at_or_below = round(running)
+        count, rounded_below = at_or_below - rounded_below, at_or_below
         upper = le * unit_ms
         if count > 0:
-            _spread_one(spread, lower, upper, count)
+            for index, share in _whole(_spread_one(lower, upper, count)).items():
+                result[index] += share
         lower = upper
-    return _whole(spread)
+    return result
 
 
-def _spread_one(spread: list[float], lower: float, upper: float, count: float) -> None:
+def _spread_one(lower: float, upper: float, count: int) -> dict[int, float]:
+    """{safeship bucket: share of `count`} for the Prometheus bucket (lower, upper], in ms."""
     bounds = histogram.BOUNDS_MS
-    last = histogram.N_BUCKETS - 1
     if math.isinf(upper):
-        spread[min(bisect.bisect_right(bounds, lower), last)] += count  # at least `lower`: just above it
-        return
+        return {min(bisect.bisect_right(bounds, lower), histogram.N_BUCKETS - 1): float(count)}  # just above
     if lower <= 0.0 or upper <= lower:
-        spread[histogram.bucket_of(upper)] += count  # (0, upper]: at most `upper`
-        return
+        return {histogram.bucket_of(upper): float(count)}  # (0, upper]: at most `upper`
     log_lower, log_upper = math.log(lower), math.log(upper)
     width = log_upper - log_lower
-    first, final = histogram.bucket_of(lower), histogram.bucket_of(upper)
-    for index in range(first, final + 1):
+    shares: dict[int, float] = {}
+    for index in range(histogram.bucket_of(lower), histogram.bucket_of(upper) + 1):
         edge_low = math.log(bounds[index - 1]) if index > 0 else -math.inf
         edge_high = math.log(bounds[index]) if index < len(bounds) else math.inf
         overlap = min(edge_high, log_upper) - max(edge_low, log_lower)
         if overlap > 0:
-            spread[index] += count * overlap / width
+            shares[index] = count * overlap / width
+    return shares or {histogram.bucket_of(upper): float(count)}
 
 
-def _whole(spread: Sequence[float]) -> list[int]:
-    """Whole counts whose total is the rounded total of `spread` (largest remainder)."""
-    floors = [math.floor(x) for x in spread]
-    missing = round(sum(spread)) - sum(floors)
-    order = sorted(range(len(spread)), key=lambda i: spread[i] - floors[i], reverse=True)
+def _whole(shares: Mapping[int, float]) -> dict[int, int]:
+    """Whole counts whose total is the rounded total of `shares` (largest remainder)."""
+    floors = {index: math.floor(x) for index, x in shares.items()}
+    missing = round(sum(shares.values())) - sum(floors.values())
+    order = sorted(shares, key=lambda i: (shares[i] - floors[i], -i), reverse=True)
     for index in order[: max(0, missing)]:
         floors[index] += 1
-    return [int(x) for x in floors]
+    return floors
 
 
 # ------------------------------------------------------------------ the source
@@ -297,12 +312,15 @@ class PrometheusTraffic:
         def summed(name: str, by: str = version) -> str:
             return f"sum by ({by}) ({queries.selector(name, route.service)})"
 
-        results = await self._run(queries, {
+        promql = {
             "requests": summed("requests"),
             "errors": summed("errors"),
             "latency_buckets": summed("latency_buckets", f"{version}, le"),
             "latency_sum": summed("latency_sum"),
-        }, at=None)
+        }
+        if queries.measures("connect_failures"):
+            promql["connect_failures"] = summed("connect_failures")
+        results = await self._run(queries, promql, at=None)
         return _counters(results, version, queries.unit_ms)
 
     async def before(self, route: RouteKey, at: float, span: float) -> TrafficWindow | None:
@@ -315,14 +333,17 @@ class PrometheusTraffic:
             return f"sum by ({by}) (increase({queries.selector(name, route.service)}[{window}]))"
 
         step = _range(max(1.0, span / _BOUND_STEPS))
-        results = await self._run(queries, {
+        promql = {
             "requests": increase("requests"),
             "errors": increase("errors"),
             "latency_buckets": increase("latency_buckets", f"{version}, le"),
             "latency_sum": increase("latency_sum"),
             "first_sample": f"min(min_over_time(timestamp({queries.selector('requests', route.service)})"
                             f"[{window}:{step}]))",
-        }, at=at)
+        }
+        if queries.measures("connect_failures"):
+            promql["connect_failures"] = increase("connect_failures")
+        results = await self._run(queries, promql, at=at)
         counters = _counters(results, version, queries.unit_ms)
         if not counters:
             return None  # nothing recorded there
@@ -416,13 +437,14 @@ def _counters(results: Mapping[str, list[tuple[dict[str, str], float]]], version
 
     def per_version(name: str) -> dict[str, float]:
         found: dict[str, float] = {}
-        for labels, value in results[name]:
+        for labels, value in results.get(name, ()):
             version = labels.get(version_label, "")
             if version:
                 found[version] = found.get(version, 0.0) + value
         return found
 
     requests, errors, sums = per_version("requests"), per_version("errors"), per_version("latency_sum")
+    unanswered = per_version("connect_failures")
     buckets: dict[str, dict[float, float]] = {}
     for labels, value in results["latency_buckets"]:
         version, le = labels.get(version_label, ""), labels.get("le")
@@ -440,6 +462,7 @@ def _counters(results: Mapping[str, list[tuple[dict[str, str], float]]], version
         counters[version] = TrafficCounters(
             requests=round(requests.get(version, 0.0)),
             errors=round(errors.get(version, 0.0)),
+            connect_failures=round(unanswered.get(version, 0.0)),
             latency_sum_ms=sums.get(version, 0.0) * unit_ms,
             latency_buckets=rebucket(buckets[version], unit_ms) if version in buckets else histogram.empty(),
         )
