@@ -371,12 +371,20 @@ class SafeshipPolicy:
 
     def _failure(self, st: State, scores: Mapping[str, Score], ctx: StepContext) -> Decision | None:
         for name, score in scores.items():
-            if score.log_e < score.log_bound:
-                continue
             trigger = _trigger_by_key(ctx.triggers, name)
-            if isinstance(trigger, CustomMetricTrigger) and not judge.window_mean_exceeds(
-                st["gauges"]["windows"].get(name, []), trigger.threshold, trigger.duration
-            ):
+            if isinstance(trigger, CustomMetricTrigger):
+                # The seed's "gauge above threshold for `duration`": the window's mean must exceed
+                # it, and either the sign test has crossed or every look of a window that covers
+                # the duration was above (a monitoring window looks too seldom for the sign test).
+                window = st["gauges"]["windows"].get(name, [])
+                if not judge.window_mean_exceeds(window, trigger.threshold, trigger.duration):
+                    continue
+                crossed = score.log_e >= score.log_bound
+                if not crossed and not all(v > trigger.threshold for _, v in window):
+                    continue
+                stat = None if crossed else "the seed's rule: every look of the window above"
+                return _explain_failure(st, name, scores, trigger, self.settings.restarts, stat=stat)
+            if score.log_e < score.log_bound:
                 continue
             return _explain_failure(st, name, scores, trigger, self.settings.restarts)
         return None
@@ -501,6 +509,8 @@ def _explain_failure(
     scores: Mapping[str, Score],
     trigger: ThresholdTrigger | None,
     restarts: judge.Restarts,
+    *,
+    stat: str | None = None,
 ) -> Decision:
     score = scores[name]
     test = st["tests"][name]
@@ -518,7 +528,7 @@ def _explain_failure(
         **_evidence_counts(counts, trigger),
         "e_values": {other: s.e for other, s in scores.items()},
     }
-    stat = f"sequential test, e={_format_e(e)} > {bound:.0f}"
+    stat = stat or f"sequential test, e={_format_e(e)} > {bound:.0f}"
     return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger)} ({stat})", evidence)
 
 
