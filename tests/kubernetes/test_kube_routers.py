@@ -88,6 +88,17 @@ async def ready(platform: KubernetesPlatform, sim: Any, counts: dict[str, int]) 
     raise AssertionError(f"pods not ready: {counts}")
 
 
+def put_ready_pod(kube_api: ApiHandle, version: str) -> None:
+    """A ready pod of `version`, as a kubelet would report it (no simulator needed)."""
+    kube_api.put({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{version}-pod", "labels": objects.labels(SERVICE, version, "production"),
+                     "annotations": {objects.VERSION_ANNOTATION: version}},
+        "spec": {"containers": [{"name": "app", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+
+
 def test_registered_with_honest_abilities() -> None:
     for name, cls in (("gateway-api", GatewayApiRouter), ("istio", IstioRouter), ("replicas", ReplicasRouter)):
         assert router_class(name) is cls
@@ -117,7 +128,7 @@ async def test_no_hold_no_counters_and_bad_weights_refused(make: Make) -> None:
 
 async def test_gateway_api_canary_weights_in_the_httproute(kube_api: ApiHandle, cluster_sim: Any, make: Make) -> None:
     router, platform = make("gateway-api")
-    await ready(platform, cluster_sim, {"v1": 2})
+    await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
     async with cluster_sim.running():
         await router.set_backends(ROUTE, "v1", BACKEND)
         await router.set_weights(ROUTE, {"v1": 100})
@@ -155,12 +166,17 @@ async def test_gateway_api_canary_weights_in_the_httproute(kube_api: ApiHandle, 
 
 async def test_gateway_api_blue_green_switch_and_switch_back(kube_api: ApiHandle, cluster_sim: Any,
                                                              make: Make) -> None:
-    router, _ = make("gateway-api")
+    router, _ = make("gateway-api", wait_s=3.0)
+    put_ready_pod(kube_api, "blue")
     async with cluster_sim.running():
         await router.set_backends(ROUTE, "blue", BACKEND)
         await router.set_weights(ROUTE, {"blue": 100})
         await router.set_backends(ROUTE, "green", BACKEND)
         assert selected_version(kube_api, "user-service-preview") == "green"
+        with pytest.raises(TemporaryError, match="green: 0 of 1 ready"):  # only onto ready pods
+            await router.set_weights(ROUTE, {"green": 100, "blue": 0})
+        assert selected_version(kube_api, "user-service") == "blue"
+        put_ready_pod(kube_api, "green")
         await router.set_weights(ROUTE, {"green": 100, "blue": 0})  # the switch: the stable Service moves
         assert selected_version(kube_api, "user-service") == "green"
         assert route_weights(kube_api) == {"user-service": 100, "user-service-canary": 0}
@@ -174,8 +190,9 @@ async def test_gateway_api_blue_green_switch_and_switch_back(kube_api: ApiHandle
 
 async def test_gateway_api_waits_for_the_route_to_be_accepted(kube_api: ApiHandle, make: Make) -> None:
     router, _ = make("gateway-api", wait_s=0.5)
+    put_ready_pod(kube_api, "v1")
     await router.set_backends(ROUTE, "v1", BACKEND)
-    with pytest.raises(TemporaryError, match="not shown"):  # no gateway controller reports on it
+    with pytest.raises(TemporaryError, match=r"HTTPRoute .* not shown"):  # no gateway controller reports on it
         await router.set_weights(ROUTE, {"v1": 100})
     route = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
     assert route is not None

@@ -208,6 +208,17 @@ class ClusterRouter:
                 ready[version] = ready.get(version, 0) + 1
         return ready
 
+    async def _ready(self, route: RouteKey, counts: Mapping[str, int]) -> dict[str, int]:
+        """Wait until every version in `counts` has at least that many ready pods."""
+
+        async def check() -> tuple[dict[str, int] | None, str]:
+            ready = await self._ready_pods(route.service)
+            seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
+            return (ready if all(ready.get(v, 0) >= n for v, n in counts.items()) else None), seen
+
+        result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
+        return result
+
     async def _wait(self, what: str, check: Any) -> Any:
         """Call `check()` until it returns something other than None, for at most `wait_s`; then a
         TemporaryError naming `what` and the last thing seen."""
@@ -304,6 +315,8 @@ class GatewayApiRouter(ClusterRouter):
             else:
                 new_stable, new_canary = first, second
         stable_name, canary_name = objects.stable_service_name(service), objects.canary_service_name(service)
+        if len(positive) == 1 and new_stable != on_stable:
+            await self._ready(route, {new_stable: 1})  # a switch goes only onto ready pods
         if new_stable != on_stable or stable is None:
             await self._put_service(route, stable_name, new_stable, stable, known=True)
         if new_canary != on_canary or canary is None:
@@ -478,14 +491,3 @@ class ReplicasRouter(ClusterRouter):
         kube = await self.kube()
         await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
                          {"spec": {"replicas": replicas}}, self.namespace)
-
-    async def _ready(self, route: RouteKey, counts: Mapping[str, int]) -> dict[str, int]:
-        """Wait until every version in `counts` has at least that many ready pods."""
-
-        async def check() -> tuple[dict[str, int] | None, str]:
-            ready = await self._ready_pods(route.service)
-            seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
-            return (ready if all(ready.get(v, 0) >= n for v, n in counts.items()) else None), seen
-
-        result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
-        return result
