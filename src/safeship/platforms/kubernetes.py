@@ -91,13 +91,13 @@ def pod_state(pod: Mapping[str, Any]) -> tuple[InstanceState, int, str | None]:
         failure = OOM_KILLED
     elif CRASH_LOOP in waiting_reasons:
         failure = CRASH_LOOP
+    if objects.pod_terminating(pod):  # on its way out: no longer an instance, whatever it shows
+        return InstanceState.STOPPED, restarts, failure
     if any(reason in _IMAGE_REASONS for reason in waiting_reasons):
         return InstanceState.FAILED, restarts, IMAGE_PULL
     start_error = next((r for r in waiting_reasons if r in _START_REASONS), None)
     if start_error is not None:
         return InstanceState.FAILED, restarts, start_error
-    if objects.pod_terminating(pod):
-        return InstanceState.STOPPED, restarts, failure
     phase = status.get("phase")
     if phase in ("Failed", "Succeeded"):
         return InstanceState.FAILED, restarts, failure or str(status.get("reason") or f"pod {str(phase).lower()}")
