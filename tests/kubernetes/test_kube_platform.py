@@ -142,6 +142,9 @@ async def test_pod_states_become_instance_states_with_evidence(kube_api: ApiHand
     kube_api.put(pod("crash", "v3", waiting="CrashLoopBackOff", restarts=4))
     kube_api.put(pod("pull", "v4", phase="Pending", waiting="ImagePullBackOff", ip=""))
     kube_api.put(pod("oom", "v5", restarts=1, last_terminated="OOMKilled"))
+    leaving = pod("leaving", "v1", ready=True, waiting="ImagePullBackOff")
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    kube_api.put(leaving)
     found = {i.id.rsplit("/", 1)[-1]: i for i in await platform.instances(SERVICE, "production")}
     assert found["ok"].state is InstanceState.READY and found["ok"].ready
     assert (found["ok"].host, found["ok"].port) == ("10.1.0.1", 8080)
@@ -152,6 +155,7 @@ async def test_pod_states_become_instance_states_with_evidence(kube_api: ApiHand
         InstanceState.RESTARTING, 4, "CrashLoopBackOff")
     assert (found["pull"].state, found["pull"].last_failure) == (InstanceState.FAILED, "ImagePullBackOff")
     assert (found["oom"].restarts, found["oom"].last_failure) == (1, "OOMKilled")
+    assert found["leaving"].state is InstanceState.STOPPED  # terminating: gone from the Service already
     assert await platform.instances(SERVICE, "staging") == []
     assert await platform.instances("other-service", "production") == []
 
