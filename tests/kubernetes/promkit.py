@@ -24,10 +24,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -43,10 +43,18 @@ PROMETHEUS = "/usr/bin/prometheus"
 SCRAPE_S = 1  # scrape and evaluation interval
 MAX_WAIT_S = 30.0  # the most any wait here polls before it gives up (a bound, never an expectation)
 
-needs_prometheus = pytest.mark.skipif(
+_SKIP = pytest.mark.skipif(
     not os.access(PROMETHEUS, os.X_OK),
     reason=f"{PROMETHEUS} is not installed (Debian's `prometheus`; .ci/run installs it)",
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs_prometheus(test: F) -> F:
+    """Marks a test live (a real process on loopback) and skips it where Prometheus is not installed."""
+    marked: F = pytest.mark.live(_SKIP(test))
+    return marked
 
 # Buckets of the test histograms. Istio's are in milliseconds; the generic ones in seconds.
 ISTIO_BUCKETS_MS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)

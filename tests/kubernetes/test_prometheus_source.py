@@ -335,6 +335,15 @@ async def test_unreachable_and_silent_prometheus_are_temporary_errors(silent_por
 
 
 @needs_prometheus
+async def test_requests_without_the_version_label_are_a_temporary_error(prom_stack: PromStack) -> None:
+    serve_generic(prom_stack.exporter, service="ledger", namespace=NAMESPACE, version="v1", requests=10)
+    prom_stack.caught_up()
+    with pytest.raises(TemporaryError, match="requests of ledger carry no 'track' label"):
+        await source(prom_stack.url, version_label="track").counters(RouteKey("ledger", ENV))
+    assert (await source(prom_stack.url).counters(RouteKey("ledger", ENV)))["v1"].requests == 10
+
+
+@needs_prometheus
 async def test_an_answer_that_is_not_the_api_is_a_temporary_error(prom_stack: PromStack) -> None:
     # Prometheus's own web UI answers 404 outside the API: a wrong url prefix
     with pytest.raises(TemporaryError, match="HTTP 404"):

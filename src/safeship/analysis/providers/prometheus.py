@@ -67,6 +67,8 @@ Prometheus's (rounded, for increase()'s fractions).
 Failures. A query that fails (connection refused, timeout, a status other than 200,
 `"status": "error"`, an answer that is not an instant vector) is a `TemporaryError`, which the
 analysis counts against `analysis.error_limit`; nothing else escapes `counters` or `before`.
+So are requests of which none carries the version label: a label that is not there would
+otherwise measure nothing, look after look, and let every step run out its time unharmed.
 
 Clock. `before`'s `at` is the engine clock's time, which Prometheus reads as Unix time: true for
 the real clock. On a virtual clock (simulations) this source has nothing to read.
@@ -321,6 +323,12 @@ class PrometheusTraffic:
         if queries.measures("connect_failures"):
             promql["connect_failures"] = summed("connect_failures")
         results = await self._run(queries, promql, at=None)
+        if results["requests"] and not any(labels.get(version) for labels, _ in results["requests"]):
+            # Requests, but none of any version: a version label that is not there. Measuring
+            # nothing here would let every step run out its time "with no harm shown".
+            raise TemporaryError(f"Prometheus at {queries.url}: the {queries.flavour} requests of {route.service} "
+                                 f"carry no {version!r} label to tell versions apart (set "
+                                 "prometheus.version_label, or templates.version)", delay=_DELAY_S)
         return _counters(results, version, queries.unit_ms)
 
     async def before(self, route: RouteKey, at: float, span: float) -> TrafficWindow | None:
