@@ -328,8 +328,9 @@ async def test_a_bad_query_is_a_temporary_error(prom_stack: PromStack) -> None:
 
 async def test_unreachable_and_silent_prometheus_are_temporary_errors(silent_port: int) -> None:
     with pytest.raises(TemporaryError, match="cannot be reached") as refused:
-        await source(f"http://127.0.0.1:{free_port()}").counters(RouteKey("checkout", ENV))
+        await source(f"http://bob:s3cret@127.0.0.1:{free_port()}").counters(RouteKey("checkout", ENV))
     assert refused.value.delay > 0
+    assert "s3cret" not in str(refused.value) and "http://***@127.0.0.1" in str(refused.value)
     with pytest.raises(TemporaryError, match=r"did not answer within 0\.5s"):
         await source(f"http://127.0.0.1:{silent_port}", timeout=0.5).counters(RouteKey("checkout", ENV))
 

@@ -132,6 +132,7 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
 }
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_USERINFO = re.compile(r"^(https?://)[^/@]*@")
 _DELAY_S = 1.0  # how soon a failed query may be tried again
 _BOUND_STEPS = 500  # subquery steps used to find the first sample of a window
 
@@ -204,6 +205,11 @@ class QuerySet:
         return cls(environment=environment, namespace=namespace, url=url, timeout=float(settings.timeout),
                    flavour=settings.queries, templates=templates, version_label=version_label,
                    unit_ms=UNITS_MS[unit], label_setting=settings.version_label)
+
+    @property
+    def shown(self) -> str:
+        """The url as messages show it: credentials in it (`http://user:password@host`) masked."""
+        return _USERINFO.sub(r"\1***@", self.url)
 
     def measures(self, name: str) -> bool:
         """False for an optional query left empty."""
@@ -326,7 +332,7 @@ class PrometheusTraffic:
         if results["requests"] and not any(labels.get(version) for labels, _ in results["requests"]):
             # Requests, but none of any version: a version label that is not there. Measuring
             # nothing here would let every step run out its time "with no harm shown".
-            raise TemporaryError(f"Prometheus at {queries.url}: the {queries.flavour} requests of {route.service} "
+            raise TemporaryError(f"Prometheus at {queries.shown}: the {queries.flavour} requests of {route.service} "
                                  f"carry no {version!r} label to tell versions apart (set "
                                  "prometheus.version_label, or templates.version)", delay=_DELAY_S)
         return _counters(results, version, queries.unit_ms)
@@ -382,14 +388,14 @@ class PrometheusTraffic:
                     return_exceptions=True,
                 )
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            raise TemporaryError(f"Prometheus at {queries.url}: {exc}", delay=_DELAY_S) from exc
+            raise TemporaryError(f"Prometheus at {queries.shown}: {exc}", delay=_DELAY_S) from exc
         results: dict[str, list[tuple[dict[str, str], float]]] = {}
         for name, answer in zip(promql, answers, strict=True):
             if isinstance(answer, BaseException):
                 if isinstance(answer, TemporaryError):
                     raise answer
                 if isinstance(answer, Exception):
-                    raise TemporaryError(f"Prometheus at {queries.url}, query {name}: {answer}",
+                    raise TemporaryError(f"Prometheus at {queries.shown}, query {name}: {answer}",
                                          delay=_DELAY_S) from answer
                 raise answer  # cancellation and the like are not measurement failures
             results[name] = answer
@@ -401,7 +407,7 @@ class PrometheusTraffic:
         params: dict[str, str] = {"query": promql, "timeout": f"{queries.timeout:.3f}"}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        where = f"Prometheus at {queries.url} ({queries.flavour} query {name})"
+        where = f"Prometheus at {queries.shown} ({queries.flavour} query {name})"
         try:
             response = await http.get(f"{queries.url}/api/v1/query", params=params)
         except httpx.TimeoutException as exc:
