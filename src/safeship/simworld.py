@@ -170,12 +170,12 @@ class SimWorld:
             return False
         return self.scenario.candidate.ready if version == self.candidate_version else True
 
-    def life(self, instance: SimInstance) -> tuple[bool, bool, int, float | None]:
-        """(alive, ready, restarts, last crash time) at the current virtual time.
+    def life(self, instance: SimInstance, at: float | None = None) -> tuple[bool, bool, int, float | None]:
+        """(alive, ready, restarts, last crash time) at virtual time `at` (default: now).
 
         A crashing version dies `crash_after_s` after each (re)start and restarts after a backoff that
         doubles, as Kubernetes' CrashLoopBackOff does."""
-        now = self.clock.now()
+        now = self.clock.now() if at is None else at
         if instance.stopped_at is not None and instance.stopped_at <= now:
             return False, False, instance.restarts, instance.crashed_at
         crash_after = self._crash_after(instance.version)

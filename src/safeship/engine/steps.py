@@ -368,6 +368,8 @@ class StepRunner:
                                        step_passes=False)
         result = await self._look(tick, policy, interval=interval, duration=float(step["duration"]),
                                   compare=False, policy_step=0, promoted=True)
+        if not result.done and result.failure is None:
+            result = StepResult(done=False, wait=min(result.wait, POLL_S))  # instances are watched between looks
         return await self._maybe_confirm(tick, confirm, result)
 
     def _look_interval(self, policy: Policy) -> float:
@@ -397,9 +399,14 @@ class StepRunner:
                 progress.policy_state = policy.start()
             return StepResult(done=False, wait=interval)
         last_look = _known(progress.last_look)
-        if tick.now - last_look < interval - 1e-9:
-            return StepResult(done=False, wait=interval - (tick.now - last_look))
         candidate = tick.before.version
+        if tick.now - last_look < interval - 1e-9:
+            # Between looks at the traffic (every 30 s in a monitoring window), the candidate's
+            # instances are still watched every POLL_S: a crash does not wait for the next look.
+            failure = self.crash_failure(await self.live_instances(tick, candidate))
+            if failure is not None:
+                return StepResult(done=False, failure=failure)
+            return StepResult(done=False, wait=min(POLL_S, interval - (tick.now - last_look)))
         await self.sync_backends(tick)
         instances = await self.live_instances(tick, candidate)
         failure = self.crash_failure(instances) or self.unready_failure(tick, instances)

@@ -99,13 +99,14 @@ class SimRouter:
 
     # ------------------------------------------------------------ traffic
 
-    def _alive_backends(self, state: _Route, version: str) -> tuple[int, int]:
-        """(backends listed, of which alive) for a version."""
+    def _alive_backends(self, state: _Route, version: str, at: float) -> tuple[int, int]:
+        """(backends listed, of which alive at time `at`) for a version. Traffic is generated in
+        slices when it is read, so each slice asks about its own time, not the time of the read."""
         listed = state.backends.get(version, [])
         alive = 0
         for backend in listed:
             sim = self.world.instances.get(backend.instance_id)
-            if sim is not None and self.world.life(sim)[0]:
+            if sim is not None and self.world.life(sim, at)[0]:
                 alive += 1
         return len(listed), alive
 
@@ -145,7 +146,7 @@ class SimRouter:
                 self._serve(state, version, int(requests), t, versions)
 
     def _serve(self, state: _Route, version: str, requests: int, t: float, versions: list[str]) -> None:
-        listed, alive = self._alive_backends(state, version)
+        listed, alive = self._alive_backends(state, version, t)
         counters = state.counters.setdefault(version, TrafficCounters())
         dead_share = requests - round(requests * alive / listed) if listed else requests
         if dead_share:
@@ -153,7 +154,7 @@ class SimRouter:
             # on another version. They still count as failures of the version that dropped them.
             counters.requests += dead_share
             counters.connect_failures += dead_share
-            others = [v for v in versions if v != version and self._alive_backends(state, v)[1]]
+            others = [v for v in versions if v != version and self._alive_backends(state, v, t)[1]]
             if others:
                 self._record(state, others[0], dead_share, t)
             else:
