@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
@@ -24,11 +24,12 @@ from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
 from safeship.kube import objects
+from safeship.platforms.base import InstanceState
 from safeship.platforms.kubernetes import KubernetesPlatform
 from safeship.routing import router_class
 from safeship.routing.base import RouteKey
 from safeship.store import DeploymentRecord, Store
-from safeship.traffic import TrafficCounters, TrafficWindow
+from safeship.traffic import TrafficCounters, TrafficSetup, TrafficSource, TrafficWindow
 
 SERVICE = "user-service"
 ENVIRONMENT = "production"
@@ -83,13 +84,29 @@ class ChosenTraffic:
         return None
 
 
+class RegisteredTraffic(ChosenTraffic):
+    """The same, as a registered traffic source the controller builds (one shared instance)."""
+
+    name: ClassVar[str] = "kube-test-traffic"
+    built: ClassVar[ChosenTraffic | None] = None
+
+    @classmethod
+    def create(cls, setup: TrafficSetup) -> TrafficSource:
+        cls.built = cls()
+        return cls.built
+
+
 def make_config(kube_api: ApiHandle, router: str) -> SafeshipConfig:
+    return SafeshipConfig.model_validate(config_data(kube_api, router))
+
+
+def config_data(kube_api: ApiHandle, router: str) -> dict[str, Any]:
     extra: dict[str, Any] = {"traffic_router": router, "type": "production"}
     if router == "gateway-api":
         extra["gateway"] = {"name": "public", "namespace": kube_api.namespace}
     env = {"name": ENVIRONMENT, "platform": "kubernetes", "cluster": kube_api.context,
            "kubeconfig": str(kube_api.kubeconfig), "namespace": kube_api.namespace, **extra}
-    return SafeshipConfig.model_validate({
+    return {
         "intelligent_deployment": {
             "strategies": {
                 "canary": {"traffic_percentages": [50, 100], "step_duration": "3s", "min_step_duration": "0s"},
@@ -105,7 +122,7 @@ def make_config(kube_api: ApiHandle, router: str) -> SafeshipConfig:
         "environment_management": {"environments": [env]},
         "services": {SERVICE: {"image": "registry.example/user-service:{version}", "replicas": 2}},
         "store": {"url": "sqlite:///unused.db"},
-    })
+    }
 
 
 @dataclass
@@ -150,7 +167,7 @@ class Rig:
 
     async def deploy(self, version: str, strategy: DeploymentStrategy | None) -> DeploymentRecord:
         record = self.engine.submit(DeploymentRequest(service_name=SERVICE, version=version, environment=ENVIRONMENT,
-                                                      deployment_strategy=strategy), policy="test")
+                                                      deployment_strategy=strategy), policy=StepPolicy.name)
         for _ in range(MAX_TICKS):
             wait = await self.engine.advance(record.id)
             self._mark_failing()
@@ -286,3 +303,92 @@ async def test_a_failing_rollout_is_rolled_back(rig_for: Any, failure: str) -> N
     assert "health_check_failure" in triggers and any(e in triggers for e in evidence), triggers
     assert rig.selected() == "v1" and rig.route_weights() == {"user-service": 100, "user-service-canary": 0}
     assert (rig.replicas("v1"), rig.replicas("v2")) == (2, 0)
+
+
+async def test_the_controller_runs_a_canary_and_a_rollback_on_the_cluster(
+        kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller builds the platform and the router for the environment from the registries
+    (per environment), and its engine deploys and rolls back on the cluster; a later controller
+    adopts the pods."""
+    import yaml
+
+    from safeship import traffic
+    from safeship.analysis.policies import POLICIES
+    from safeship.api.controller import Controller
+    from safeship.api.store_setup import open_store
+    from safeship.config.loader import load_config
+
+    data = config_data(kube_api, "replicas")
+    data["environment_management"]["environments"][0]["traffic_source"] = RegisteredTraffic.name
+    data["store"] = {"url": f"sqlite:///{tmp_path / 'state' / 'state.db'}"}
+    data["state_dir"] = str(tmp_path / "state")
+    data["router_process"] = False
+    path = tmp_path / "safeship.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setitem(traffic.TRAFFIC_SOURCES, RegisteredTraffic.name, RegisteredTraffic)
+    monkeypatch.setitem(POLICIES, StepPolicy.name, StepPolicy)
+    clock = VirtualClock(1_700_000_000.0)
+    config = load_config(path)
+    controller = Controller(config, state_dir=tmp_path / "state", store=open_store(config, path), clock=clock)
+    route = RouteKey(SERVICE, ENVIRONMENT)
+
+    async def drive(deployment_id: str) -> str:
+        for _ in range(MAX_TICKS):
+            await controller.sync_route(route)
+            wait = await controller.engine.advance(deployment_id)
+            phase = controller.store.get_deployment(deployment_id).phase
+            if Phase(phase).is_final:
+                return phase
+            await asyncio.sleep(0.05)
+            clock.advance(max(min(wait, 5.0), 0.5))
+        raise AssertionError(f"{deployment_id} did not finish")
+
+    def selected() -> str | None:
+        found = kube_api.read("v1", "Service", SERVICE)
+        return None if found is None else found["spec"]["selector"].get(objects.VERSION_LABEL)
+
+    def replicas(version: str) -> int:
+        found = kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, version))
+        return -1 if found is None else int(found["spec"]["replicas"])
+
+    async with cluster_sim.running():
+        try:
+            # What start() does before its loops, which would tick deployments on the virtual clock
+            # beside this test's own driver: open the router, adopt, sync the route.
+            await controller.router.open()
+            assert await controller.platform.adopt() == []
+            await controller.sync_route(route)
+            first = controller.submit(DeploymentRequest(service_name=SERVICE, version="v1",
+                                                        environment=ENVIRONMENT), policy=StepPolicy.name)
+            assert await drive(first.id) == Phase.SUCCEEDED.value
+            assert selected() == "v1" and replicas("v1") == 2
+            canary = controller.submit(DeploymentRequest(service_name=SERVICE, version="v2",
+                                                         environment=ENVIRONMENT,
+                                                         deployment_strategy=DeploymentStrategy.CANARY),
+                                       policy=StepPolicy.name)
+            assert await drive(canary.id) == Phase.SUCCEEDED.value
+            assert selected() == "v2" and (replicas("v1"), replicas("v2")) == (0, 2)
+            controller.rollback(canary.id, reason="kubernetes controller test")
+            assert await drive(canary.id) == Phase.ROLLED_BACK.value
+            assert selected() == "v1" and (replicas("v1"), replicas("v2")) == (2, 0)
+            assert controller.store.current_version(SERVICE, ENVIRONMENT) == "v1"
+            errors = [e.message for d in (first, canary) for e in controller.store.events(d.id)
+                      if e.kind in ("temporary_error", "controller_error")]
+            assert errors == []
+            for _ in range(MAX_TICKS):  # the cluster removes v2's pods
+                live = await controller.platform.instances(SERVICE, ENVIRONMENT)
+                if {i.version for i in live if not i.stopped} == {"v1"}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await controller.stop()
+    # pods outlive the controller: a new one adopts them
+    again = Controller(config, state_dir=tmp_path / "state", store=open_store(config, path), clock=clock)
+    try:
+        adopted = await again.platform.adopt()
+        assert [(i.version, i.state) for i in adopted] == [("v1", InstanceState.READY)] * 2
+    finally:
+        await again.platform.close()
+        await again.router.close()
+        await again.traffic.close()
+        again.store.close()

@@ -17,7 +17,8 @@
 Common to all three:
 - Abilities: no `hold` (a cluster has no queue for the recreate gap) and no `listens` (the
   cluster's Services, Gateway or mesh take the traffic; `ensure_route` returns None).
-- `set_weights` applies the weights and returns only once the cluster shows them: the HTTPRoute's
+- `set_weights` applies the weights and returns only once the cluster shows them (waiting in real
+  time: a cluster's controllers report on their own clock, not the engine's): the HTTPRoute's
   parents report Accepted with observedGeneration >= metadata.generation; the VirtualService's
   status.observedGeneration reaches its generation when its status carries one; for replicas,
   every weighted version has the ready pods its share asks for. A wait that runs out
@@ -94,7 +95,8 @@ class ClusterRouter:
         if setup.config is None or setup.environment is None:
             raise InputError(f"the {cls.name} router serves one environment's cluster: its setup must carry "
                              "the config and the environment")
-        return cls(setup.config, setup.environment, clock=setup.clock)
+        # Not setup.clock: a cluster reports in real time, whatever clock the engine runs on.
+        return cls(setup.config, setup.environment)
 
     def __init__(self, config: SafeshipConfig, environment: Environment, *, clock: Clock | None = None,
                  client: KubeClient | None = None, wait_s: float = WAIT_S, poll_s: float = POLL_S) -> None:
@@ -222,7 +224,7 @@ class ClusterRouter:
     async def _wait(self, what: str, check: Any) -> Any:
         """Call `check()` until it returns something other than None, for at most `wait_s`; then a
         TemporaryError naming `what` and the last thing seen."""
-        deadline = self.clock.now() + self.wait_s
+        deadline = self.clock.now() + self.wait_s  # a real clock unless a test gives one
         last: str = ""
         while True:
             result, seen = await check()
