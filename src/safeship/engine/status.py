@@ -61,6 +61,7 @@ class Confirming(TypedDict):
     since: float
     reason: str
     trigger: str
+    start: dict[str, dict[str, Any]]  # cumulative counters per version when the split began (to_json)
 
 
 @dataclass
@@ -238,7 +239,7 @@ def _confirming(data: Mapping[str, Any] | None) -> Confirming | None:
     if not data:
         return None
     return {"since": float(data["since"]), "reason": str(data.get("reason", "")),
-            "trigger": str(data.get("trigger", "analysis"))}
+            "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {})}
 
 
 def _weights(data: Mapping[str, Any] | None) -> Weights | None:

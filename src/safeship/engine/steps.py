@@ -4,10 +4,12 @@ again, or what failed (with the evidence)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from safeship import histogram
 from safeship.analysis.base import Decision, Policy, StepContext, TickSample, Verdict
 from safeship.config.models import (
     DeploymentRequest,
@@ -317,7 +319,9 @@ class StepRunner:
         if (confirm is None or failure is None or failure.trigger == "health_check_failure"
                 or progress.errors_in_a_row > 0):
             return result
-        progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger}
+        start = await self.world.traffic.counters(tick.route)
+        progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger,
+                               "start": {v: c.to_json() for v, c in start.items()}}
         progress.policy_state = None  # the side-by-side comparison starts from nothing
         candidate, percent = tick.before.version, int(confirm["percent"])
         tick.event("confirming", f"{failure.reason}; checking it side by side: traffic {candidate}={percent}%, "
@@ -348,6 +352,11 @@ class StepRunner:
                                                           evidence))
         if tick.now - confirming["since"] >= duration:
             candidate = tick.before.version
+            verdict = await self._split_verdict(tick, confirm)
+            if verdict is not None:
+                return StepResult(done=False, failure=Failure(
+                    confirming["trigger"], f"{confirming['reason']}; side by side with {confirm['baseline']} for "
+                    f"{duration:.0f}s: {verdict}", {"confirmed_by_split": True, "split": verdict}))
             tick.event("confirm_cleared", f"side by side, {candidate} is no worse than {confirm['baseline']}: "
                        f"the earlier failure ({confirming['reason']}) came from the moment, not the release; "
                        f"{candidate} takes all traffic again")
@@ -356,6 +365,50 @@ class StepRunner:
             await self.set_weights(tick, {"kind": "weights", "weights": {candidate: 100}})
             return DONE if step_passes else StepResult(done=False, wait=0.0)
         return result
+
+    async def _split_verdict(self, tick: Tick, confirm: ConfirmSplit) -> str | None:
+        """At the end of a split that did not fail the sequential comparison: why the first failure
+        still stands, or None to clear the candidate.
+
+        The comparison may lack the requests to decide within the split (a quiet service). The
+        split exists to tell an incident, which raises every version, from a worse release, which
+        raises only the candidate. So the candidate is cleared when the baseline itself is clearly
+        raised over its record from before the deployment (z > 3: an incident under way), or when
+        the candidate is not worse than the baseline over the same seconds (z <= 1 on the failure
+        share and on the share of requests slower than the baseline's p99). Otherwise the first
+        failure stands. A good release reaches a split only after its own test failed, which
+        happens with probability at most alpha, so this second opinion can only lower the rate
+        of false rollbacks."""
+        progress = tick.status.analysis
+        confirming = progress.confirming
+        assert confirming is not None
+        now = await self.world.traffic.counters(tick.route)
+
+        def since_start(version: str) -> TrafficCounters:
+            start = confirming["start"].get(version)
+            current = now.get(version, TrafficCounters())
+            return current.minus(TrafficCounters.from_json(start)) if start else current
+
+        cand, base = since_start(tick.before.version), since_start(confirm["baseline"])
+        history = progress.history
+        if history is not None and history.requests and base.requests:
+            tau = histogram.bucket_of(history.quantile_ms(0.99))
+            raised_errors = _z_above(base.failed, base.requests, history.failed, history.requests)
+            raised_latency = _z_above(histogram.count_above(base.latency_buckets, tau), base.requests,
+                                      histogram.count_above(history.latency_buckets, tau), history.requests)
+            if max(raised_errors, raised_latency) > 3.0:
+                return None  # the baseline suffers too: an incident, not the release
+        worse_errors = _z_above(cand.failed, cand.requests, base.failed, base.requests)
+        if worse_errors > 1.0:
+            return f"{cand.failed} of {cand.requests} failed against {base.failed} of {base.requests}"
+        if base.requests:
+            tau = histogram.bucket_of(base.quantile_ms(0.99))
+            c_slow = histogram.count_above(cand.latency_buckets, tau)
+            b_slow = histogram.count_above(base.latency_buckets, tau)
+            if _z_above(c_slow, cand.requests, b_slow, base.requests) > 1.0:
+                return (f"{c_slow} of {cand.requests} requests slower than the baseline's p99 against "
+                        f"{b_slow} of {base.requests}")
+        return None
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`
@@ -484,6 +537,17 @@ class StepRunner:
             baseline_gauges=dict(gauges.get(baseline or "", {})) if compare else {},
             candidate_gauges=dict(gauges.get(tick.before.version, {})),
         )
+
+
+def _z_above(x1: float, n1: int, x2: float, n2: int) -> float:
+    """How far the share x1/n1 lies above x2/n2, in standard errors of their pooled share (a
+    two-proportion z statistic, half a request added to each count); 0 when either is empty."""
+    if n1 <= 0 or n2 <= 0:
+        return 0.0
+    p1, p2 = (x1 + 0.5) / (n1 + 1), (x2 + 0.5) / (n2 + 1)
+    pooled = (x1 + x2 + 1) / (n1 + n2 + 2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (p1 - p2) / spread if spread > 0 else 0.0
 
 
 def _copies(counters: Mapping[str, TrafficCounters]) -> dict[str, TrafficCounters]:
