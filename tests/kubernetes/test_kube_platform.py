@@ -291,3 +291,30 @@ async def test_a_deadline_passed_in_an_earlier_attempt_is_not_evidence(kube_api:
     kube_api.put(stored)
     (again,) = await platform.instances(SERVICE, "production")
     assert (again.state, again.last_failure) == (InstanceState.FAILED, "ProgressDeadlineExceeded")
+
+
+async def test_the_deployment_request_settings_reach_the_pod_template(kube_api: ApiHandle,
+                                                                     platform: KubernetesPlatform) -> None:
+    """What a deployment request lays over the service's config (the engine's instance spec) acts:
+    resource requests, probes and environment variables; secret values never enter the object."""
+    from safeship.platforms.base import ProbeSpec
+
+    given = InstanceSpec(service=SERVICE, environment="production", version="v3", index=0,
+                         env={"FEATURE": "on"}, secret_env={"DB_PASSWORD": "hunter2"}, cpu=0.5, memory_mb=300,
+                         readiness=ProbeSpec(kind="http", path="/custom-ready", interval=2.0, timeout=1.0),
+                         liveness=ProbeSpec(kind="tcp", interval=7.0, timeout=3.0, failure_threshold=4))
+    await platform.scale(SERVICE, "production", "v3", 1, lambda i: given, drain=0.0)
+    stored = deployment_of(kube_api, "v3")
+    assert stored is not None
+    (container,) = stored["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "300Mi"},
+                                      "limits": {"cpu": "500m", "memory": "300Mi"}}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/custom-ready", "port": 8080}
+    assert container["readinessProbe"]["periodSeconds"] == 2
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 8080}
+    assert container["livenessProbe"]["failureThreshold"] == 4
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FEATURE"]["value"] == "on"
+    assert env["DB_PASSWORD"] == {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "user-service",
+                                                                                       "key": "DB_PASSWORD"}}}
+    assert "hunter2" not in str(stored)

@@ -16,6 +16,7 @@ from safeship.clock import RealClock
 from safeship.config.models import SafeshipConfig
 from safeship.errors import InputError, PermanentError, TemporaryError
 from safeship.kube import objects
+from safeship.platforms.base import InstanceSpec
 from safeship.platforms.kubernetes import KubernetesPlatform
 from safeship.routing import router_class
 from safeship.routing.base import AbilityNotSupported, Backend, RouteKey, RouterSetup
@@ -76,10 +77,15 @@ def route_weights(kube_api: ApiHandle) -> dict[str, int]:
     return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
 
 
+async def scale(platform: KubernetesPlatform, version: str, replicas: int) -> None:
+    await platform.scale(SERVICE, "production", version, replicas,
+                         lambda i: InstanceSpec(SERVICE, "production", version, i), drain=0.0)
+
+
 async def ready(platform: KubernetesPlatform, sim: Any, counts: dict[str, int]) -> None:
     """Scale the versions and tick the simulator until their pods are ready."""
     for version, count in counts.items():
-        await platform.scale(SERVICE, "production", version, count, lambda i: None, drain=0.0)  # type: ignore[arg-type,return-value]
+        await scale(platform, version, count)
     for _ in range(TICKS):
         await sim.tick()
         found = await platform.instances(SERVICE, "production")
@@ -283,7 +289,7 @@ async def test_replicas_reach_the_ratio_and_say_so(kube_api: ApiHandle, cluster_
         assert router.weights_reached(ROUTE) == {"v1": 80, "v2": 20}  # 4 + 1 pods: the nearest it runs
         await router.set_weights(ROUTE, {"v1": 50, "v2": 50})  # v2 needs 2 pods of 4: scaled up
         assert router.weights_reached(ROUTE) == {"v1": 67, "v2": 33}
-        await platform.scale(SERVICE, "production", "v1", 2, lambda i: None, drain=0.0)  # type: ignore[arg-type,return-value]
+        await scale(platform, "v1", 2)
         for _ in range(TICKS * 10):  # the plan's own scale-down, as a rolling step does it
             if (await router._ready_pods(SERVICE)).get("v1") == 2:
                 break
@@ -298,8 +304,8 @@ async def test_replicas_reach_the_ratio_and_say_so(kube_api: ApiHandle, cluster_
 
 async def test_replicas_wait_runs_out_as_a_temporary_error(kube_api: ApiHandle, make: Make) -> None:
     router, platform = make("replicas", wait_s=0.3)
-    await platform.scale(SERVICE, "production", "v1", 2, lambda i: None, drain=0.0)  # type: ignore[arg-type,return-value]
-    await platform.scale(SERVICE, "production", "v2", 1, lambda i: None, drain=0.0)  # type: ignore[arg-type,return-value]
+    await scale(platform, "v1", 2)
+    await scale(platform, "v2", 1)
     with pytest.raises(TemporaryError, match="v1: 0 of 1 ready"):  # no kubelet makes pods ready here
         await router.set_weights(ROUTE, {"v1": 50, "v2": 50})
     with pytest.raises(PermanentError, match="no Deployment"):

@@ -1,8 +1,10 @@
 """The Kubernetes platform: one Deployment per version of a service, in one environment's namespace.
 
 - `scale(service, environment, version, n)` applies the version's Deployment
-  (`safeship.kube.objects.deployment`, named `<service>-<version slug>`) with `replicas: n` and
-  returns at once; Kubernetes starts and stops the pods, and `instances` shows how far it got.
+  (`safeship.kube.objects.deployment`, named `<service>-<version slug>`, with the resource
+  requests, probes and environment variables the deployment request lays over the service's
+  config, from the engine's instance spec) with `replicas: n` and returns at once; Kubernetes
+  starts and stops the pods, and `instances` shows how far it got.
 - `instances` lists the service's pods as `Instance`s: id `<environment>/<service>/<pod>`, host
   the pod IP, port the service's `container_port`, the state from the pod's conditions and
   container statuses, `restarts` from the restart counts, and `last_failure` naming what a kubelet
@@ -37,7 +39,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from safeship.config.models import Environment, SafeshipConfig
+from safeship.config.models import Environment, ProbeConfig, SafeshipConfig
 from safeship.errors import InputError
 from safeship.kube import objects
 from safeship.platforms.base import (
@@ -47,6 +49,7 @@ from safeship.platforms.base import (
     LeavingHook,
     Platform,
     PlatformSetup,
+    ProbeSpec,
     SpecTemplate,
     StartedHook,
     StoppedHook,
@@ -71,6 +74,14 @@ def _timestamp(text: object) -> float:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
+
+
+def _probe_config(spec: ProbeSpec) -> ProbeConfig:
+    kind = spec.kind if spec.kind in ("http", "tcp", "exec") else "http"
+    return ProbeConfig.model_validate({
+        "type": kind, "path": spec.path, "command": list(spec.command), "timeout": spec.timeout,
+        "interval": spec.interval, "failure_threshold": spec.failure_threshold,
+        "success_threshold": spec.success_threshold, "initial_delay": spec.initial_delay})
 
 
 def _now() -> str:
@@ -269,7 +280,8 @@ class KubernetesPlatform:
             staying = [i for i in every if i.version == version and i.ready][:replicas]
             await on_leaving(staying)
         if current is None:
-            await kube.create(objects.deployment(self.config, self.environment, service, version, replicas=replicas))
+            desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
+            await kube.create(self._with_request_settings(desired, service, template(0)))
         elif before != replicas:
             # Only the count changes: the pod template stays the one the version was deployed with.
             patch: dict[str, Any] = {"spec": {"replicas": replicas}}
@@ -282,6 +294,27 @@ class KubernetesPlatform:
         for index in range(replicas, before):
             if on_stopped is not None:
                 on_stopped(self._placeholder(service, version, index, InstanceState.STOPPED))
+
+    def _with_request_settings(self, desired: dict[str, Any], service: str, spec: InstanceSpec) -> dict[str, Any]:
+        """The Deployment with what the deployment request lays over the service's config (the
+        engine's instance spec): resource requests, probes and plain environment variables. Secret
+        values in the spec are never used: secrets stay references into the service's Secret."""
+        settings = self.config.services[service]
+        (container,) = desired["spec"]["template"]["spec"]["containers"]
+        requests = {"cpu": objects.cpu_quantity(spec.cpu), "memory": objects.memory_quantity(spec.memory_mb)}
+        limits = settings.limits
+        container["resources"] = {"requests": requests, "limits": requests if limits is None else {
+            "cpu": objects.cpu_quantity(max(limits.cpu, spec.cpu)),
+            "memory": objects.memory_quantity(max(limits.memory, spec.memory_mb)),
+        }}
+        port = settings.container_port
+        container["readinessProbe"] = objects.probe(_probe_config(spec.readiness), port, liveness=False)
+        container["livenessProbe"] = objects.probe(_probe_config(spec.liveness), port, liveness=True)
+        plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        plain.update(spec.env)
+        refs = [e for e in container["env"] if "valueFrom" in e and e["name"] not in plain]
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(plain.items())] + refs
+        return desired
 
     def _placeholder(self, service: str, version: str, index: int,
                      state: InstanceState = InstanceState.STARTING) -> Instance:
