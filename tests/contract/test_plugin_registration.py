@@ -176,13 +176,15 @@ def test_a_registered_platform_router_and_traffic_source_run_a_canary_and_a_roll
         clock = VirtualClock(start=1_700_000_000.0)
         World.world = _world(clock, candidate="v2")
         controller = _controller(tmp_path, clock)
-        assert isinstance(controller.platform, ContractPlatform)
-        assert isinstance(controller.router, ContractRouter)
-        assert isinstance(controller.traffic, ContractTraffic)
+        # built from the registries for the environment, behind the controller's dispatchers
+        assert isinstance(controller.parts.platforms[ENVIRONMENT], ContractPlatform)
+        assert isinstance(controller.parts.routers[ENVIRONMENT], ContractRouter)
+        assert isinstance(controller.parts.traffic[ENVIRONMENT], ContractTraffic)
         assert ContractPlatform.setups[-1].ledger is controller.store
         await controller.start()
         try:
-            router = controller.router
+            router = controller.parts.routers[ENVIRONMENT]
+            assert isinstance(router, ContractRouter)
             assert router.ensured[:1] == [ROUTE]  # the route was made known before any deployment
             assert controller.routes == {ROUTE: None}  # a router that does not listen has no port
 
@@ -223,7 +225,8 @@ def test_a_registered_platform_router_and_traffic_source_run_a_canary_and_a_roll
 def test_a_registered_platform_is_asked_its_traits_not_compared_by_name(registered: None) -> None:
     assert platforms.runs_in_controller("contract-platform")
     assert not platforms.runs_in_controller("sim") and platforms.runs_in_controller("local")
-    assert platforms.runs_in_controller("kubernetes")  # unknown: the controller is the one that refuses it
+    assert platforms.runs_in_controller("kubernetes")
+    assert platforms.runs_in_controller("nomad")  # unknown: the controller is the one that refuses it
     assert platforms.runs_commands("local") and not platforms.runs_commands("contract-platform")
     assert not platforms.runs_commands("kubernetes")
 

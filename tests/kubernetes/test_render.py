@@ -262,8 +262,6 @@ def test_the_example_renders_as_the_issue_asks(tmp_path: Path, capsys: pytest.Ca
     assert {"Namespace", "ResourceQuota", "NetworkPolicy", "Role", "RoleBinding"} <= {o["kind"] for o in objects}
 
 
-@pytest.mark.xfail(reason="kube.objects builds pods without the securityContext that Pod Security Admission "
-                          "'restricted' (the seed's policy) requires: a real cluster would refuse them", strict=False)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_rendered_pods_are_admitted_at_the_namespaces_pod_security_level(
         config_path: Path, capsys: pytest.CaptureFixture[str], strategy: str) -> None:

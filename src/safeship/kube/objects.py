@@ -226,6 +226,8 @@ def container(config: SafeshipConfig, environment: Environment, service: str, ve
         },
         "readinessProbe": probe(health.readiness, port, liveness=False),
         "livenessProbe": probe(health.liveness, port, liveness=True),
+        # What Pod Security Admission's "restricted" level (the seed's policy) asks of a container.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if settings.command:
         # `{port}` and `{version}` as the local platform fills them; other placeholders stay.
@@ -241,9 +243,12 @@ def pod_template(config: SafeshipConfig, environment: Environment, service: str,
         "containers": [container(config, environment, service, version)],
         "terminationGracePeriodSeconds": _seconds(settings.grace_period, minimum=0),
     }
+    # "restricted" also asks the pod to run as non-root under the runtime's default seccomp profile.
+    security: Obj = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     if environment.run_as_user is not None and environment.run_as_user.isdigit():
         uid = int(environment.run_as_user)
-        spec["securityContext"] = {"runAsUser": uid, "runAsNonRoot": uid != 0}
+        security.update(runAsUser=uid, runAsNonRoot=uid != 0)
+    spec["securityContext"] = security
     if settings.volumes:
         spec["volumes"] = [
             {"name": slug(v.name), "persistentVolumeClaim": {"claimName": pvc_name(service, v.name)}}

@@ -121,13 +121,13 @@ def test_configured_settings_can_be_shown_and_reset(config_file: Path, tmp_path:
     assert body["source"] == str(config_file) and body["rollback"]["auto_rollback"] is True
 
 
-def test_kubernetes_environment_is_refused_before_a_controller_starts(config_file: Path, capsys) -> None:
+def test_unregistered_platform_is_refused_before_a_controller_starts(config_file: Path, capsys) -> None:
     config_file.write_text(config_file.read_text().replace("platform: sim\n    - name: \"production\"",
-                                                           "platform: kubernetes\n    - name: \"production\""))
+                                                           "platform: nomad\n    - name: \"production\""))
     code, out, err = call(deployment_engine.main, ["--deploy", "--service", "user-service", "--version", "v1.2.0",
                                                    "--environment", "staging", "--config", str(config_file)],
                           capsys)
-    assert code == 2 and "platform 'kubernetes'" in err and "started" not in out
+    assert code == 2 and "platform 'nomad'" in err and "started" not in out
     assert not (config_file.parent / ".safeship" / "controller.json").exists()
     assert not list((config_file.parent / ".safeship").glob("*.pid")) if (config_file.parent / ".safeship").exists() \
         else True
