@@ -128,7 +128,8 @@ def test_recreate_uses_the_native_recreate_and_exec_probes_run_their_command() -
     check_valid(deployment)
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["securityContext"] == {"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["securityContext"] == {"runAsUser": 1000, "runAsNonRoot": True,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
     (container,) = pod["containers"]
     assert container["livenessProbe"]["exec"] == {"command": ["cat", "/tmp/alive"]}
     assert container["resources"]["limits"] == container["resources"]["requests"]  # no limits: the requests
