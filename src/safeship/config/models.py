@@ -367,14 +367,15 @@ class PrometheusSourceConfig(Model):
 
     queries:   the query set: `generic` (http_requests_total / http_request_duration_seconds_bucket
                with a version label), `istio` (istio_requests_total /
-               istio_request_duration_milliseconds_bucket) or `ingress-nginx`;
+               istio_request_duration_milliseconds_bucket), `ingress-nginx` or `safeship` (the
+               controller's own /metrics: safeship_requests_total and the rest);
     templates: overrides of single queries of that set, by name (see
                safeship.analysis.providers.prometheus for the names and placeholders);
     timeout:   for one query; a query that fails is a measurement error, never the end of a deployment.
     """
 
     url: str = Field(min_length=1)
-    queries: Literal["generic", "istio", "ingress-nginx"] = "generic"
+    queries: Literal["generic", "istio", "ingress-nginx", "safeship"] = "generic"
     templates: dict[str, str] = Field(default_factory=dict)
     timeout: PositiveDuration = 5.0
     version_label: str = Field(default="version", min_length=1)

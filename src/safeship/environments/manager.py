@@ -20,6 +20,7 @@ from typing import Any
 
 from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
 from safeship.config.names import check_name, inside
+from safeship.environments.scrape import write_scrape_config
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, NotFoundError
 from safeship.platforms import runs_commands
@@ -183,6 +184,9 @@ class EnvironmentManager:
         lines = [f"{k}={v}" for k, v in sorted(environment.variables.items())]
         env_file.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         checks.append(Check("variables", True, f"{len(lines)} variables written to {env_file}"))
+        if environment.traffic_source == "prometheus":  # a scrape job for the user's Prometheus
+            written = write_scrape_config(environment, self.state_dir, paths["state"])
+            checks.append(Check("prometheus scrape config", True, written))
         checks.append(Check("secrets", True, f"{len(secrets)} loaded from "
                             f"{secrets_dir(self.root, name)} ({', '.join(sorted(secrets)) or 'none'}), all 0600"))
         self.store.save_environment_state(name, {

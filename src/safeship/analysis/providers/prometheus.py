@@ -7,8 +7,8 @@ entries of it by name. The names:
     version          the label whose value is the version (a label name, not a query)
     requests         a series selector for the request counter
     errors           the same counter, selecting the 5xx responses
-    connect_failures optional (empty in every set): a counter of requests that got no response
-                     at all, e.g. `safeship_connect_failures_total` from safeship's own router
+    connect_failures optional (empty in every set but `safeship`): a counter of requests that got
+                     no response at all, e.g. `safeship_connect_failures_total` from safeship's own router
     latency_buckets  a selector for the latency histogram's `_bucket` series (with their `le`)
     latency_sum      a selector for that histogram's `_sum` series
     latency_unit     `seconds` or `milliseconds`: the unit of `le` and of `_sum`
@@ -42,6 +42,12 @@ The sets:
   no version: the version is read from `$version_label`, which the scrape adds (a
   `metric_relabel_configs` rule from the canary label, say), or override `version` with the
   label that carries it where each version has a Service of its own named after it.
+
+- `safeship`: the controller's own `/metrics` (`safeship.routing.metrics`): the router's
+  `safeship_requests_total`, `safeship_request_errors_total` (5xx), `safeship_connect_failures_total`
+  and `safeship_request_duration_seconds`, selected by `service` and `environment` (the
+  environment's name, not its namespace), the version in `version`. `environment-manager
+  --prepare` writes the scrape job for it (`safeship.environments.scrape`).
 
 Counts. `counters(route)` sums the raw counters per version: cumulative values, never `rate` or
 `increase`, so two reads differenced are exactly what Prometheus scraped in between. When a
@@ -100,6 +106,7 @@ UNITS_MS: Mapping[str, float] = {"seconds": 1000.0, "milliseconds": 1.0}
 _GENERIC = 'service="$service",namespace="$namespace"'
 _ISTIO = 'reporter="destination",destination_service_name="$service",destination_workload_namespace="$namespace"'
 _NGINX = 'namespace="$namespace",ingress="$service"'
+_SAFESHIP = 'service="$service",environment="$environment"'
 
 QUERY_SETS: Mapping[str, Mapping[str, str]] = {
     "generic": {
@@ -128,6 +135,15 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "latency_sum": f"nginx_ingress_controller_request_duration_seconds_sum{{{_NGINX}}}",
         "latency_unit": "seconds",
         "connect_failures": "",
+    },
+    "safeship": {
+        "version": "version",  # the controller's series always carry it (safeship.routing.metrics)
+        "requests": f"safeship_requests_total{{{_SAFESHIP}}}",
+        "errors": f"safeship_request_errors_total{{{_SAFESHIP}}}",
+        "latency_buckets": f"safeship_request_duration_seconds_bucket{{{_SAFESHIP}}}",
+        "latency_sum": f"safeship_request_duration_seconds_sum{{{_SAFESHIP}}}",
+        "latency_unit": "seconds",
+        "connect_failures": f"safeship_connect_failures_total{{{_SAFESHIP}}}",
     },
 }
 
