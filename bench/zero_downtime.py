@@ -1,0 +1,540 @@
+"""Zero-downtime benchmark: failed requests while real deployments switch versions under load.
+
+    python bench/zero_downtime.py [--json FILE] [--rate 500] [--routers builtin,haproxy]
+                                  [--strategies canary,blue_green,rolling,recreate]
+
+For each router and strategy: a real controller (`python -m safeship.api.server`) on a temp state
+dir, the local platform and the example service (examples/user_service, 2 replicas). It deploys
+v1.2.0, starts an open-loop load generator on the route port (`--rate` req/s asked, default 500),
+then deploys the healthy v1.4.0 and, once that is done, the bad v1.3.0 (8% of its requests answer
+HTTP 500), which the analysis rolls back on its own. The bench's config shortens the steps (canary
+steps of 2 s, 2 s monitoring windows); the judge and the triggers run for real.
+
+One row per router x strategy x release (healthy | bad), over the window from the deployment's
+start to its end (`created_at`..`finished_at` in the controller's record):
+
+- offered_rps: requests the generator really sent per second in that window (counted, not asked);
+  `min_second_rps` is the slowest whole second;
+- requests, failed_requests (HTTP 5xx or no answer), candidate_failed_requests (failures whose
+  answer carries the new version in X-Version, as the load generator reads it);
+- p99_ms: the 99th percentile of the answered requests' latency in the window;
+- time_to_rollback_s (bad rows): from the first request the bad version answered to the end of
+  the rollback; `rollback_clock` says `first_candidate_request`, or `deployment_start` when the bad
+  version never answered one.
+
+Prints one table, the machine (cores, platform) and the verdicts: 0 failed requests in every
+healthy row; in bad rows every failure was served by the bad version. Writes the rows to
+bench/results/zero_downtime.json (or --json FILE). The haproxy router is skipped, with the reason
+printed, while `safeship.routing.ROUTERS` has no "haproxy" or the binary is missing.
+
+Every process it starts (controller, router daemon, services, haproxy) is stopped by PID on the
+way out, Ctrl-C included: the controller by the PID it was started with, the router daemon by its
+recorded PID, the rest by the PIDs the ledger recorded and by a marker in their environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from safeship.api.client import ControllerClient  # noqa: E402
+from safeship.routing.remote import stop_daemon  # noqa: E402
+from safeship.store import Store  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "zero_downtime.json"
+SERVICE, ENVIRONMENT = "user-service", "production"
+ROUTE = f"{ENVIRONMENT}/{SERVICE}"
+FIRST, HEALTHY, BAD = "v1.2.0", "v1.4.0", "v1.3.0"
+ROUTERS = ["builtin", "haproxy"]
+STRATEGIES = ["canary", "blue_green", "rolling", "recreate"]
+FINAL = {"succeeded", "rolled_back", "failed", "cancelled"}
+MARK = "SAFESHIP_BENCH_MARK"
+WARMUP_S = 2.0  # load flows this long before the first measured deployment
+DEPLOY_TIMEOUT_S = 120.0  # longest one deployment may take before the bench gives up on it
+RUN_LIMIT_S = 600.0  # the whole bench's target
+
+CONFIG = """\
+state_dir: {state_dir}
+store: {{url: "sqlite:///{state_dir}/state.db"}}
+intelligent_deployment:
+  strategies:
+    canary: {{traffic_percentages: [25, 50, 100], step_duration: 2s, min_step_duration: 1s}}
+    blue_green: {{health_check_timeout: 20s, scale_down_delay: 1s, post_switch_analysis: 2s}}
+    rolling: {{max_surge: 1, max_unavailable: 0, step_analysis: 1s}}
+    recreate: {{max_wait: 15s, analysis: 2s}}
+  health_checks:
+    liveness: {{type: http, path: /health/live, interval: 0.5s, timeout: 1s, failure_threshold: 3}}
+    readiness: {{type: http, path: /health/ready, interval: 0.25s, timeout: 1s, failure_threshold: 2}}
+  rollback:
+    triggers:
+      - {{type: health_check_failure, timeout: 10s}}
+      - {{type: error_rate_threshold, threshold: 0.05, duration: 2s}}
+    monitoring: {{duration: 2s, interval: 0.5s}}
+    rollback_timeout: 20s
+  analysis: {{interval: 0.5s, ramp_time: 3s, confirm_duration: 10s}}
+environment_management:
+  environments:
+    - {{name: {environment}, type: production, platform: local, router: {router}}}
+services:
+  {service}:
+    replicas: 2
+    command: [python, -m, examples.user_service, --port, "{{port}}", --version, "{{version}}"]
+    versions: [v1.2.0, v1.3.0, v1.4.0]
+    grace_period: 3s
+    env: {{{mark}: "{mark_value}"}}
+"""
+
+
+class BenchError(Exception):
+    """A run could not be measured (the controller did not start, the first version did not ship...)."""
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent_at: float  # wall time the request was due (open loop: its latency counts from then)
+    status: int | None  # None: no answer (refused, reset, closed, timed out)
+    version: str | None  # X-Version of the answer
+    latency_s: float  # from the time it was due to the end of the answer (or of the failure)
+    resent: bool = False  # sent again on a new connection (see Load)
+
+
+class Load:
+    """A bounded open-loop HTTP/1.1 generator on raw asyncio streams, in a thread of its own.
+
+    Requests are due at a fixed rate whatever happened to earlier ones; each is sent on an idle
+    keep-alive connection or a new one (at most `max_connections`), and its latency counts from the
+    moment it was due, so a stall is seen in p99 rather than hidden by a lower offered rate. A
+    request whose reused keep-alive connection turns out closed before one byte of the answer came
+    back is sent again once on a new connection, as HTTP clients do for idempotent requests; those
+    are marked `resent`. It stops by itself after `max_s` seconds."""
+
+    def __init__(self, port: int, *, rate: float, max_s: float, max_connections: int = 512,
+                 timeout_s: float = 10.0) -> None:
+        self.port, self.rate, self.max_s, self.timeout_s = port, rate, max_s, timeout_s
+        self.outcomes: list[Outcome] = []
+        self._max_connections = max_connections
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="zero-downtime-load")
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 10)
+
+    def _run(self) -> None:
+        try:
+            import uvloop
+
+            uvloop.run(self._main())
+        except ImportError:
+            asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(self._max_connections)
+        pending: set[asyncio.Task[None]] = set()
+        began_wall, began = time.time(), time.monotonic()
+        sent = 0
+        while not self._stop.is_set() and time.monotonic() - began < self.max_s:
+            due = int((time.monotonic() - began) * self.rate)
+            while sent < due:
+                task = asyncio.create_task(self._one(sent, began_wall + sent / self.rate, began + sent / self.rate))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        if pending:
+            await asyncio.wait(pending, timeout=self.timeout_s + 5)
+        for _, writer in self._idle:
+            writer.close()
+
+    async def _one(self, n: int, due_wall: float, due: float) -> None:
+        status: int | None = None
+        version: str | None = None
+        resent = [False]
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    status, version = await self._exchange(n, resent)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                pass
+        self.outcomes.append(Outcome(due_wall, status, version, time.monotonic() - due, resent[0]))
+
+    async def _exchange(self, n: int, resent: list[bool]) -> tuple[int, str | None]:
+        request = f"GET /users/{n % 1000} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode()
+        reused = bool(self._idle)
+        reader, writer = self._idle.pop() if reused else await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            writer.close()
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            resent[0] = True  # the keep-alive connection was closed under us: once more, on a new one
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            length = int(headers.get("content-length", "0"))
+            if length:
+                await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self._idle.append((reader, writer))
+        return status, headers.get("x-version")
+
+    def between(self, start: float, end: float) -> list[Outcome]:
+        return [o for o in list(self.outcomes) if start <= o.sent_at <= end]
+
+
+def is_failure(outcome: Outcome) -> bool:
+    return outcome.status is None or outcome.status >= 500
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _has_mark(pid: int, mark: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{MARK}={mark}".encode() in environ
+
+
+def _marked(mark: str) -> set[int]:
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _has_mark(int(entry.name), mark):
+            found.add(int(entry.name))
+    return found
+
+
+class Run:
+    """One controller on its own temp state dir, and everything it starts."""
+
+    def __init__(self, router: str) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="safeship-zd-"))
+        self.state_dir = self.workdir / "state"
+        self.config = self.workdir / "safeship.yaml"
+        self.log = self.workdir / "controller.log"
+        self.mark = uuid.uuid4().hex
+        self.config.write_text(CONFIG.format(state_dir=self.state_dir, environment=ENVIRONMENT, router=router,
+                                             service=SERVICE, mark=MARK, mark_value=self.mark))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = ControllerClient(self.state_dir)
+        self.pids: set[int] = set()
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
+        env[MARK] = self.mark  # inherited by whatever the controller starts itself (router daemon, haproxy)
+        command = [sys.executable, "-m", "safeship.api.server", "--config", str(self.config)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = self.client.info()
+            if info and info.get("pid") == self.process.pid and self.client.is_running():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise BenchError(f"the controller did not start; its log ends: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-1500:]
+        return ""
+
+    def deploy(self, version: str, strategy: str) -> dict[str, Any]:
+        """Deploy and wait for the end; returns the controller's last view of the deployment."""
+        body = {"service_name": SERVICE, "version": version, "environment": ENVIRONMENT,
+                "deployment_strategy": strategy}
+        created = self.client.deploy(body)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            data = self.client.get(str(created["id"]))
+            if data["phase"] in FINAL:
+                return data
+            time.sleep(0.2)
+        raise BenchError(f"{strategy} deployment of {version} did not end within {DEPLOY_TIMEOUT_S:.0f}s")
+
+    def _ledger_pids(self) -> set[int]:
+        database = self.state_dir / "state.db"
+        if not database.exists():
+            return set()
+        store = Store(f"sqlite:///{database}")
+        try:
+            return {pid for r in store.load_instances() if isinstance(pid := r.get("pid"), int)}
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        """Controller (SIGTERM, then SIGKILL), router daemon, then every process that is ours."""
+        with contextlib.suppress(Exception):
+            self.pids |= self._ledger_pids()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        with contextlib.suppress(Exception):
+            stop_daemon(self.state_dir)
+        with contextlib.suppress(Exception):
+            self.pids |= self._ledger_pids()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            ours = {pid for pid in self.pids | _marked(self.mark) if _has_mark(pid, self.mark)}
+            for pid in ours:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while sig is signal.SIGTERM and time.monotonic() < deadline and any(_alive(p) for p in ours):
+                time.sleep(0.1)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat[stat.rfind(")") + 2 :].startswith("Z")
+
+
+@contextlib.contextmanager
+def running(router: str) -> Iterator[Run]:
+    run = Run(router)
+    try:
+        run.start()
+        yield run
+    finally:
+        run.stop()
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def row_for(router: str, strategy: str, release: str, version: str, record: dict[str, Any],
+            load: Load, started: float, ended: float) -> dict[str, Any]:
+    start = float(record.get("created_at") or started)
+    end = float(record.get("finished_at") or ended)
+    seen = load.between(start, end)
+    per_second = Counter(int(o.sent_at - start) for o in seen)
+    whole = int(end - start)  # seconds wholly inside the window
+    failures = [o for o in seen if is_failure(o)]
+    answered = [o.latency_s * 1000.0 for o in seen if o.status is not None]
+    p99 = percentile(answered, 0.99)
+    row: dict[str, Any] = {
+        "router": router, "strategy": strategy, "release": release, "version": version,
+        "phase": record["phase"],
+        "offered_rps": round(len(seen) / (end - start), 1) if end > start else 0.0,
+        "min_second_rps": min((per_second.get(s, 0) for s in range(whole)), default=None),
+        "requests": len(seen),
+        "failed_requests": len(failures),
+        "candidate_failed_requests": sum(1 for o in failures if o.version == version),
+        "no_answer_requests": sum(1 for o in failures if o.status is None),
+        "resent_requests": sum(1 for o in seen if o.resent),
+        "p99_ms": None if p99 is None else round(p99, 1),
+        "duration_s": round(end - start, 2),
+        "time_to_rollback_s": None,
+        "rollback_clock": None,
+        "reason": record.get("reason") or "",
+    }
+    if release == "bad":
+        first = min((o.sent_at for o in seen if o.version == version), default=None)
+        row["rollback_clock"] = "deployment_start" if first is None else "first_candidate_request"
+        if record["phase"] == "rolled_back" and record.get("finished_at"):
+            row["time_to_rollback_s"] = round(float(record["finished_at"]) - (first or start), 2)
+    return row
+
+
+def measure(router: str, strategy: str, rate: float) -> list[dict[str, Any]]:
+    """Both rows (healthy, bad) of one router and strategy, on a controller of their own."""
+    with running(router) as run:
+        first = run.deploy(FIRST, strategy)
+        if first["phase"] != "succeeded":
+            raise BenchError(f"the first version {FIRST} did not ship: {first['phase']}: {first['reason']}")
+        port = run.client.routes()[ROUTE]
+        rows: list[dict[str, Any]] = []
+        with Load(port, rate=rate, max_s=2 * DEPLOY_TIMEOUT_S + 60) as load:
+            time.sleep(WARMUP_S)
+            for release, version in (("healthy", HEALTHY), ("bad", BAD)):
+                started = time.time()
+                record = run.deploy(version, strategy)
+                ended = time.time()
+                time.sleep(1.0)  # requests sent near the end get their answers
+                rows.append(row_for(router, strategy, release, version, record, load, started, ended))
+        return rows
+
+
+# --- verdicts and output -------------------------------------------------------------------------
+
+
+def verdicts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
+    healthy = [r for r in rows if r["release"] == "healthy"]
+    bad = [r for r in rows if r["release"] == "bad"]
+    return [
+        ("every healthy release shipped (phase succeeded)", all(r["phase"] == "succeeded" for r in healthy)),
+        ("0 failed requests in every healthy row", all(r["failed_requests"] == 0 for r in healthy)),
+        ("every bad release was rolled back", all(r["phase"] == "rolled_back" for r in bad)),
+        ("in bad rows the only failures are ones the bad version served",
+         all(r["failed_requests"] == r["candidate_failed_requests"] for r in bad)),
+    ]
+
+
+COLUMNS = [("router", "router"), ("strategy", "strategy"), ("release", "release"), ("phase", "phase"),
+           ("offered_rps", "offered rps"), ("min_second_rps", "min 1s"), ("requests", "requests"),
+           ("failed_requests", "failed"), ("candidate_failed_requests", "by candidate"),
+           ("p99_ms", "p99 ms"), ("duration_s", "switch s"), ("time_to_rollback_s", "rollback s")]
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    grid = [[title for _, title in COLUMNS]] + [[cell(r[key]) for key, _ in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(COLUMNS))]
+    lines = ["  ".join(text.ljust(w) if i < 4 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths,
+                                                                                                   strict=True)))
+             for line in grid]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, load {load:.2f}"
+
+
+def haproxy_skip_reason() -> str | None:
+    from safeship.routing import ROUTERS as REGISTERED
+
+    if "haproxy" not in REGISTERED:
+        return "safeship.routing.ROUTERS has no 'haproxy' router registered yet"
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        return "the haproxy binary is not installed"
+    return None
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"where the rows go (default {RESULTS})")
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second asked of the generator")
+    parser.add_argument("--routers", default=",".join(ROUTERS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    args = parser.parse_args(argv)
+    args.routers = [r.strip() for r in args.routers.split(",") if r.strip()]
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for name in args.routers:
+        if name not in ROUTERS:
+            parser.error(f"--routers: unknown router {name!r}; known: {', '.join(ROUTERS)}")
+    for name in args.strategies:
+        if name not in STRATEGIES:
+            parser.error(f"--strategies: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if not args.rate > 0:
+        parser.error(f"--rate: must be above 0, not {args.rate}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.chdir(ROOT)  # the service command is `python -m examples.user_service`
+    began = time.monotonic()
+    print(f"machine: {machine()}")
+    print(f"asking {args.rate:.0f} req/s of the open-loop generator")
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    skipped: list[str] = []
+    for router in args.routers:
+        reason = haproxy_skip_reason() if router == "haproxy" else None
+        if reason is not None:
+            print(f"skipping router haproxy: {reason}")
+            skipped.append(f"haproxy: {reason}")
+            continue
+        for strategy in args.strategies:
+            print(f"{router} x {strategy}: ", end="", flush=True)
+            try:
+                got = measure(router, strategy, args.rate)
+            except BenchError as exc:
+                print(f"not measured: {exc}")
+                errors.append(f"{router} x {strategy}: {exc}")
+                continue
+            rows.extend(got)
+            print(", ".join(f"{r['release']} {r['phase']} {r['failed_requests']}/{r['requests']} failed" for r in got))
+    took = time.monotonic() - began
+    text = [f"machine: {machine()}", f"asked {args.rate:.0f} req/s; took {took:.0f} s", "", table(rows), ""]
+    offered = [r["offered_rps"] for r in rows]
+    if offered and min(offered) < args.rate * 0.95:
+        text.append(f"note: the generator offered {min(offered)}-{max(offered)} req/s, below the "
+                    f"{args.rate:.0f} asked, on this machine")
+    text += [f"skipped: {s}" for s in skipped] + [f"not measured: {e}" for e in errors]
+    results = verdicts(rows)
+    results.append((f"the run took under {RUN_LIMIT_S / 60:.0f} minutes", took < RUN_LIMIT_S))
+    results.append(("every router x strategy asked was measured", not errors))
+    text += [f"{'PASS' if ok else 'FAIL'}  {what}" for what, ok in results]
+    print("\n" + "\n".join(text))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine(), "asked_rps": args.rate, "took_s": round(took, 1),
+                                     "skipped": skipped, "errors": errors, "rows": rows}, indent=2) + "\n")
+    args.json.with_suffix(".txt").write_text("\n".join(text) + "\n")
+    print(f"rows written to {args.json}, the table to {args.json.with_suffix('.txt')}")
+    return 0 if rows and all(ok for _, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
