@@ -19,7 +19,8 @@ start to its end (`created_at`..`finished_at` in the controller's record):
   of the 500 asked on the 2-core machine this was written on, with its own queueing in the p99;
 - requests, failed_requests (HTTP 5xx or no answer), candidate_failed_requests (failures whose
   answer carries the new version in X-Version, as the load generator reads it);
-- p99_ms: the 99th percentile of the answered requests' latency in the window;
+- p99_ms: the 99th percentile of the answered requests' latency in the window, counted from the
+  moment each request was due (open loop: a request held in the recreate gap shows its wait);
 - time_to_rollback_s (bad rows): from the first request the bad version answered to the end of
   the rollback; `rollback_clock` says `first_candidate_request`, or `deployment_start` when the bad
   version never answered one. `decided_after_s` is from the same moment to the rollback decision;
@@ -29,7 +30,9 @@ start to its end (`created_at`..`finished_at` in the controller's record):
 Prints one table, the machine (cores, platform) and the verdicts: 0 failed requests in every
 healthy row; in bad rows every failure was served by the bad version. Writes the rows to
 bench/results/zero_downtime.json (or --json FILE). The haproxy router is skipped, with the reason
-printed, while `safeship.routing.ROUTERS` has no "haproxy" or the binary is missing.
+printed, while `safeship.routing.ROUTERS` has no "haproxy" or the binary is missing; its
+environment names `traffic_source: haproxy` (show stat counts, latency from HAProxy's per-request
+log lines) when that source is registered, and each row says its `traffic_source`.
 
 Every process it starts (controller, router daemon, services, haproxy) is stopped by PID on the
 way out, Ctrl-C included: the controller by the PID it was started with, the router daemon by its
@@ -101,7 +104,7 @@ intelligent_deployment:
   analysis: {{interval: 0.5s, ramp_time: 3s, confirm_duration: 10s}}
 environment_management:
   environments:
-    - {{name: {environment}, type: production, platform: local, router: {router}}}
+    - {{name: {environment}, type: production, platform: local, router: {router}{traffic}}}
 services:
   {service}:
     replicas: 2
@@ -271,8 +274,10 @@ class Run:
         self.config = self.workdir / "safeship.yaml"
         self.log = self.workdir / "controller.log"
         self.mark = uuid.uuid4().hex
+        self.traffic = traffic_source_for(router)
+        traffic = "" if self.traffic is None else f", traffic_source: {self.traffic}"
         self.config.write_text(CONFIG.format(state_dir=self.state_dir, environment=ENVIRONMENT, router=router,
-                                             service=SERVICE, mark=MARK, mark_value=self.mark))
+                                             traffic=traffic, service=SERVICE, mark=MARK, mark_value=self.mark))
         self.process: subprocess.Popen[bytes] | None = None
         self.client = ControllerClient(self.state_dir)
         self.pids: set[int] = set()
@@ -348,6 +353,14 @@ class Run:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def traffic_source_for(router: str) -> str | None:
+    """The traffic source the bench names for a router: HAProxy's own (show stat counts with
+    latency from its per-request log lines) when registered; None for the platform's default."""
+    from safeship.traffic import TRAFFIC_SOURCES
+
+    return "haproxy" if router == "haproxy" and "haproxy" in TRAFFIC_SOURCES else None
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -369,7 +382,7 @@ def running(router: str) -> Iterator[Run]:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def row_for(router: str, strategy: str, release: str, version: str, record: dict[str, Any],
+def row_for(router: str, traffic: str | None, strategy: str, release: str, version: str, record: dict[str, Any],
             load: Load, started: float, ended: float, after_until: float) -> dict[str, Any]:
     start = float(record.get("created_at") or started)
     end = float(record.get("finished_at") or ended)
@@ -382,7 +395,8 @@ def row_for(router: str, strategy: str, release: str, version: str, record: dict
     answered = [o.latency_s * 1000.0 for o in seen if o.status is not None]
     p99 = percentile(answered, 0.99)
     row: dict[str, Any] = {
-        "router": router, "strategy": strategy, "release": release, "version": version,
+        "router": router, "traffic_source": traffic or "router", "strategy": strategy, "release": release,
+        "version": version,
         "phase": record["phase"],
         "offered_rps": round(len(seen) / (end - start), 1) if end > start else 0.0,
         "min_second_rps": min((per_second.get(s, 0) for s in range(whole)), default=None),
@@ -433,7 +447,8 @@ def measure(router: str, strategy: str, rate: float) -> list[dict[str, Any]]:
         rows = []
         for i, (release, version, record, started, ended) in enumerate(done):
             after_until = (done[i + 1][2].get("created_at") or done[i + 1][3]) if i + 1 < len(done) else stopped
-            rows.append(row_for(router, strategy, release, version, record, load, started, ended, float(after_until)))
+            rows.append(row_for(router, run.traffic, strategy, release, version, record, load, started, ended,
+                                float(after_until)))
         return rows
 
 
