@@ -10,6 +10,7 @@ from safeship.plugins import load, register_in
 
 ROUTERS: dict[str, str | type] = {
     "builtin": "safeship.routing.builtin:BuiltinRouter",
+    "haproxy": "safeship.routing.haproxy:HAProxyRouter",
     "gateway-api": "safeship.routing.kubernetes:GatewayApiRouter",
     "istio": "safeship.routing.kubernetes:IstioRouter",
     "replicas": "safeship.routing.kubernetes:ReplicasRouter",

@@ -1,0 +1,766 @@
+"""HAProxy as a router, driven through its Runtime API (`router: haproxy` in an environment).
+
+What safeship writes and runs (all under `<state_dir>/haproxy/`):
+
+- `haproxy.cfg`: per route (service in an environment) one frontend bound on 127.0.0.1:<port> and
+  one backend, `balance roundrobin`, `retries 3` with `option redispatch`, HTTP health checks on
+  the service's readiness path (`option httpchk GET <path>`, `default-server check inter ...
+  fall ... rise ...`), a per-request log line sent to `log.sock` in the format `LOG_FORMAT` (a
+  Unix datagram socket that the log reader binds; unbound, HAProxy drops the lines), and the
+  admin socket `admin.sock` (`level admin`).
+- HAProxy runs in master-worker mode (`haproxy -W -D -p haproxy.pid -S master.sock -f
+  haproxy.cfg`). Why: the master's PID stays the same across reloads, so the PID file names the
+  same process for as long as HAProxy serves, and the master hands the listening sockets to the
+  new worker, so a reload refuses no connection. A restarted controller finds the master by
+  that PID file (checked against /proc) and reuses it instead of starting a second one.
+- A new or removed route rewrites the config and reloads through the master CLI (`reload` on
+  `master.sock`); the servers known at that moment are written into the new config with their
+  weights. Instances that come and go between reloads are dynamic servers (`add server`, `enable
+  server`, `enable health`; `set server ... state drain`, then `maint` and `del server`).
+
+Weights: a version's percentage is split evenly over its ready servers, and the per-server values
+are scaled so that the largest is 256 (HAProxy's maximum, for the finest resolution), rounded to
+the nearest integer; a version above 0% never rounds below 1 per server, and a version at 0% gets
+weight 0 on all its servers. Weights that rise are set before weights that fall, so a switch never
+passes through a moment where every server has weight 0.
+
+Counters (`show stat`, server rows): requests = `stot`, errors = `hrsp_5xx`, connect_failures =
+`econ` + `eresp` (no connection, or no response from the server; a request HAProxy then retried
+elsewhere still counts once against the version that failed it). `wretr` and `scur` are read
+(`scur` for draining) but not counted. HAProxy's counters restart at 0 on a reload and vanish
+with a deleted server, so each server's last values are folded into a per-version offset right
+before either happens, and what `counters` returns is also never below what it returned before.
+Latency buckets stay empty here: `show stat` has averages only; the log reader builds them.
+
+`close()` only forgets the connection state: HAProxy keeps serving, like the router daemon. Stop it
+with `stop_haproxy(state_dir)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from safeship.config.models import SafeshipConfig
+from safeship.errors import InputError, PermanentError, TemporaryError
+from safeship.routing.base import (
+    Backend,
+    RouteKey,
+    Router,
+    RouterAbilities,
+    RouterSetup,
+    RoutesSnapshot,
+    TrafficCounters,
+    not_supported,
+)
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR"  # the log reader parses exactly this
+INSTALL_HINT = "install it with `apt-get install --no-install-recommends haproxy` (Debian/Ubuntu) or your OS's package"
+MAX_WEIGHT = 256
+RETRY_DELAY_S = 1.0
+CLI_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 10.0
+DRAIN_POLL_S = 0.05
+_MAX_UNIX_PATH = 100
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+DEFAULT_READY_PATH = "/health/ready"
+
+
+# ---------------------------------------------------------------- paths and the binary
+
+
+def haproxy_dir(state_dir: Path) -> Path:
+    """Where the config, PID file and records live: `<state_dir>/haproxy`."""
+    return state_dir / "haproxy"
+
+
+def socket_dir(state_dir: Path) -> Path:
+    """Where the sockets live: `<state_dir>/haproxy`, or a short private folder in /tmp when that
+    path is too long for a Unix socket."""
+    preferred = haproxy_dir(state_dir)
+    if len(str(preferred / "admin.sock")) < _MAX_UNIX_PATH:
+        return preferred
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    return Path("/tmp") / f"safeship-haproxy-{digest}"
+
+
+def log_socket_path(state_dir: Path) -> Path:
+    """The Unix datagram socket HAProxy sends its per-request lines to (the log reader binds it)."""
+    return socket_dir(state_dir) / "log.sock"
+
+
+def admin_socket_path(state_dir: Path) -> Path:
+    return socket_dir(state_dir) / "admin.sock"
+
+
+def haproxy_binary() -> str | None:
+    """The `haproxy` program on PATH (or in /usr/sbin, where Debian puts it), or None."""
+    found = shutil.which("haproxy")
+    if found is None and Path("/usr/sbin/haproxy").is_file():
+        found = "/usr/sbin/haproxy"
+    return found
+
+
+def check_binary() -> tuple[bool, str]:
+    """(found, a sentence saying what was found or how to install it), for --prepare/--validate."""
+    binary = haproxy_binary()
+    if binary is None:
+        return False, f"haproxy not found on PATH; {INSTALL_HINT}"
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{binary} cannot run ({exc}); {INSTALL_HINT}"
+    first = out.splitlines()[0] if out else "version unknown"
+    return True, f"{binary}: {first}"
+
+
+def haproxy_pid(state_dir: Path) -> int | None:
+    """The PID of the HAProxy master serving `state_dir`, if recorded and alive as haproxy."""
+    try:
+        pid = int((haproxy_dir(state_dir) / "haproxy.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    ours = str(haproxy_dir(state_dir) / "haproxy.cfg").encode()
+    return pid if b"haproxy" in cmdline and ours in cmdline else None
+
+
+def stop_haproxy(state_dir: Path, *, timeout: float = 10.0) -> bool:
+    """Stop the HAProxy of `state_dir` (SIGUSR1: soft stop, then SIGTERM, then SIGKILL, by its
+    recorded PID only); True if one ran."""
+    pid = haproxy_pid(state_dir)
+    if pid is None:
+        return False
+    for sig, wait in ((signal.SIGUSR1, timeout / 2), (signal.SIGTERM, timeout / 2), (signal.SIGKILL, 1.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and haproxy_pid(state_dir) == pid:
+            time.sleep(0.05)
+        if haproxy_pid(state_dir) != pid:
+            return True
+    return True
+
+
+def server_name(instance_id: str) -> str:
+    """A valid HAProxy server name from an instance id (`env/service/<version>-<index>`): its last
+    part, with characters HAProxy refuses replaced by `_`."""
+    tail = instance_id.rsplit("/", 1)[-1] or "server"
+    return _NAME_BAD.sub("_", tail)[:100]
+
+
+def backend_name(route: RouteKey) -> str:
+    """The backend (and frontend) name of a route: `<environment>__<service>` (both are DNS
+    labels, which hold no `_`, so the name is unambiguous)."""
+    return f"{route.environment}__{route.service}"
+
+
+def route_of_backend(name: str) -> RouteKey | None:
+    environment, sep, service = name.partition("__")
+    return RouteKey(service, environment) if sep and environment and service else None
+
+
+def _free_port(host: str, port: int) -> int:
+    """`port` if it can be bound on `host` (0: any free one); OSError when it is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+# ---------------------------------------------------------------- weights
+
+
+def server_weights(percent: Mapping[str, int], servers: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Per-server weights (0..256) from version percentages: each version's share split evenly
+    over its servers, scaled so the largest is 256, rounded to nearest, at least 1 for a version
+    above 0%, and 0 for every server of a version at 0% (or not named)."""
+    raw: dict[str, float] = {}
+    for version, names in servers.items():
+        share = max(0, percent.get(version, 0))
+        for name in names:
+            raw[name] = share / len(names) if share > 0 else 0.0
+    top = max(raw.values(), default=0.0)
+    if top <= 0:
+        return {name: 0 for name in raw}
+    return {name: (max(1, round(value * MAX_WEIGHT / top)) if value > 0 else 0) for name, value in raw.items()}
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class _Server:
+    name: str
+    version: str
+    instance_id: str
+    host: str
+    port: int
+    weight: int = 0
+    draining: bool = False
+
+
+@dataclass
+class _Route:
+    port: int
+    host: str = "127.0.0.1"
+    servers: dict[str, _Server] = field(default_factory=dict)  # by server name
+    weights: dict[str, int] = field(default_factory=dict)  # percent per version, as last asked
+
+
+@dataclass
+class _Offsets:
+    """Per route: what servers counted before a reload or their deletion, per version."""
+
+    retired: dict[str, TrafficCounters] = field(default_factory=dict)
+    unrouted_retired: int = 0
+    returned: dict[str, TrafficCounters] = field(default_factory=dict)
+    unrouted_returned: int = 0
+
+
+class HAProxyRouter:
+    """A `Router` over a real HAProxy, driven through its admin socket. See the module text."""
+
+    abilities: RouterAbilities = RouterAbilities(hold=False, listens=True)
+    per_environment: ClassVar[bool] = False  # one HAProxy per state directory serves every environment
+
+    @classmethod
+    def create(cls, setup: RouterSetup) -> Router:
+        return cls(setup.state_dir, config=setup.config, close_grace=setup.close_grace)
+
+    def __init__(self, state_dir: Path, *, config: SafeshipConfig | None = None, close_grace: float = 2.0) -> None:
+        self.state_dir = state_dir
+        self.dir = haproxy_dir(state_dir)
+        self.sockets = socket_dir(state_dir)
+        self.config = config
+        self.close_grace = close_grace
+        self._routes: dict[RouteKey, _Route] = {}
+        self._offsets: dict[RouteKey, _Offsets] = {}
+        self._names: dict[RouteKey, dict[str, str]] = {}  # server name -> version, kept after deletion
+        self._lock = asyncio.Lock()
+        self._opened = False
+        self.started = False  # True when this object started HAProxy (False: it reused one)
+
+    # ------------------------------------------------------------ files
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "haproxy.cfg"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.sockets / "admin.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.sockets / "master.sock"
+
+    def _load_state(self) -> None:
+        try:
+            raw = json.loads((self.dir / "routes.json").read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            for row in raw.get("routes", []):
+                route = _Route(port=int(row["port"]), host=str(row.get("host", "127.0.0.1")),
+                               weights={str(k): int(v) for k, v in row.get("weights", {}).items()})
+                for s in row.get("servers", []):
+                    server = _Server(str(s["name"]), str(s["version"]), str(s["instance_id"]), str(s["host"]),
+                                     int(s["port"]), int(s.get("weight", 0)))
+                    route.servers[server.name] = server
+                    self._names.setdefault(RouteKey(str(row["service"]), str(row["environment"])), {})[
+                        server.name] = server.version
+                self._routes[RouteKey(str(row["service"]), str(row["environment"]))] = route
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self.dir / "routes.json", exc)
+            self._routes.clear()
+
+    def _save_state(self) -> None:
+        rows: list[dict[str, Any]] = []
+        for key, route in self._routes.items():
+            rows.append({
+                "service": key.service, "environment": key.environment, "host": route.host, "port": route.port,
+                "weights": route.weights,
+                "servers": [{"name": s.name, "version": s.version, "instance_id": s.instance_id, "host": s.host,
+                             "port": s.port, "weight": s.weight} for s in route.servers.values() if not s.draining],
+            })
+        target = self.dir / "routes.json"
+        temporary = target.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps({"routes": rows}, indent=1))
+            temporary.replace(target)
+        except OSError as exc:
+            raise TemporaryError(f"cannot write {target}: {exc}", delay=RETRY_DELAY_S) from exc
+
+    def _ready_probe(self, route: RouteKey) -> tuple[str | None, float, int, int]:
+        """(HTTP path or None for a TCP check, interval s, fall, rise) from the service's readiness."""
+        if self.config is None or route.service not in self.config.services:
+            return DEFAULT_READY_PATH, 1.0, 2, 1
+        probe = self.config.health_checks_for(route.service).readiness
+        path = probe.path if probe.type == "http" else None
+        return path, probe.interval, probe.failure_threshold, probe.success_threshold
+
+    def render(self) -> str:
+        """The whole HAProxy config for the routes known now."""
+        lines = [
+            "# written by safeship; rewritten on every route change",
+            "global",
+            f"    stats socket {self.admin_socket} mode 600 level admin expose-fd listeners",
+            "    stats timeout 30s",
+            "    hard-stop-after 30s",
+            "",
+            "defaults",
+            "    mode http",
+            "    timeout connect 2s",
+            "    timeout client 60s",
+            "    timeout server 60s",
+            "    timeout http-keep-alive 10s",
+            "    timeout queue 5s",
+            "",
+        ]
+        for key in sorted(self._routes, key=backend_name):
+            route = self._routes[key]
+            name = backend_name(key)
+            path, interval, fall, rise = self._ready_probe(key)
+            inter_ms = max(100, round(interval * 1000))
+            lines += [
+                f"frontend {name}",
+                f"    bind {route.host}:{route.port}",
+                f"    log unix@{log_socket_path(self.state_dir)} len 2048 format raw local0",
+                f'    log-format "{LOG_FORMAT}"',
+                f"    default_backend {name}",
+                "",
+                f"backend {name}",
+                "    balance roundrobin",
+                "    retries 3",
+                "    option redispatch",
+            ]
+            if path is not None:
+                lines.append(f"    option httpchk GET {path}")
+            lines.append(f"    default-server check inter {inter_ms} fall {fall} rise {rise}")
+            for server in route.servers.values():
+                if not server.draining:
+                    lines.append(f"    server {server.name} {server.host}:{server.port} weight {server.weight}")
+            lines.append("")
+        if not self._routes:
+            lines += ["frontend safeship_idle", f"    bind unix@{self.sockets / 'idle.sock'}",
+                      "    http-request deny", ""]
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------ the process
+
+    async def open(self) -> None:
+        """Start HAProxy for this state dir, or reuse the one a previous controller started."""
+        async with self._lock:
+            if self._opened and haproxy_pid(self.state_dir) is not None:
+                return
+            binary = haproxy_binary()
+            if binary is None:
+                raise PermanentError(f"router haproxy: the haproxy program is not installed; {INSTALL_HINT}")
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise PermanentError(f"router haproxy: cannot create {self.dir}: {exc}") from exc
+            if not self._routes:
+                self._load_state()
+            if haproxy_pid(self.state_dir) is None:
+                await asyncio.to_thread(self._start, binary)
+                self.started = True
+            self._opened = True
+
+    def _start(self, binary: str) -> None:
+        self._write_config(binary)
+        with contextlib.suppress(FileNotFoundError):
+            self.master_socket.unlink()
+        command = [binary, "-W", "-D", "-p", str(self.dir / "haproxy.pid"), "-S", f"{self.master_socket},mode,600",
+                   "-f", str(self.config_path)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TemporaryError(f"router haproxy: cannot start {binary}: {exc}", delay=RETRY_DELAY_S) from exc
+        if done.returncode != 0:
+            raise TemporaryError(f"router haproxy: haproxy exited {done.returncode}: "
+                                 f"{_last_line(done.stderr)}", delay=RETRY_DELAY_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if haproxy_pid(self.state_dir) is not None and self._answers():
+                log.info("started haproxy (pid %s) for %s", haproxy_pid(self.state_dir), self.state_dir)
+                return
+            time.sleep(0.05)
+        raise TemporaryError(f"router haproxy: haproxy did not answer on {self.admin_socket}", delay=RETRY_DELAY_S)
+
+    def _answers(self) -> bool:
+        try:
+            return "Pid:" in _ask(self.admin_socket, "show info")
+        except OSError:
+            return False
+
+    def _write_config(self, binary: str) -> None:
+        text = self.render()
+        temporary = self.config_path.with_suffix(".new")
+        try:
+            temporary.write_text(text)
+        except OSError as exc:
+            raise TemporaryError(f"router haproxy: cannot write {temporary}: {exc}", delay=RETRY_DELAY_S) from exc
+        checked = subprocess.run([binary, "-c", "-q", "-f", str(temporary)], capture_output=True, text=True,
+                                 timeout=30, check=False)
+        if checked.returncode != 0:
+            raise PermanentError(f"router haproxy: the config safeship wrote is refused: {_last_line(checked.stderr)}")
+        temporary.replace(self.config_path)
+
+    def _reload(self) -> None:
+        """Rewrite the config and reload through the master CLI; returns once a new worker answers."""
+        binary = haproxy_binary()
+        if binary is None:
+            raise PermanentError(f"router haproxy: the haproxy program is not installed; {INSTALL_HINT}")
+        if haproxy_pid(self.state_dir) is None:
+            self._start(binary)
+            return
+        self._write_config(binary)
+        before = self._worker_pid()
+        try:
+            _ask(self.master_socket, "reload", wait_close=False)
+        except OSError as exc:
+            raise TemporaryError(f"router haproxy: reload failed: {exc}", delay=RETRY_DELAY_S) from exc
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            now = self._worker_pid()
+            if now is not None and now != before:
+                return
+            time.sleep(0.05)
+        raise TemporaryError(f"router haproxy: no new worker answered within {RELOAD_TIMEOUT_S:g} s of a reload",
+                             delay=RETRY_DELAY_S)
+
+    def _worker_pid(self) -> int | None:
+        try:
+            for line in _ask(self.admin_socket, "show info").splitlines():
+                if line.startswith("Pid:"):
+                    return int(line.split(":", 1)[1])
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def _cli(self, command: str) -> str:
+        """One Runtime API command on the admin socket; its answer. Transport failures are temporary."""
+        try:
+            answer = _ask(self.admin_socket, command)
+        except OSError as exc:
+            raise TemporaryError(f"router haproxy: {command.split()[0:2]}: {exc}", delay=RETRY_DELAY_S) from exc
+        return answer
+
+    def _cli_ok(self, command: str) -> None:
+        answer = self._cli(command).strip()
+        if answer and not answer.startswith(("New server registered", "Server deleted")):
+            raise TemporaryError(f"router haproxy: {command!r} answered {answer.splitlines()[0]!r}",
+                                 delay=RETRY_DELAY_S)
+
+    # ------------------------------------------------------------ routes
+
+    async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
+        await self.open()
+        async with self._lock:
+            known = self._routes.get(route)
+            if known is not None:
+                return known.port
+            if port is None:
+                return None
+            try:
+                chosen = _free_port(host, port)
+            except OSError as exc:
+                raise TemporaryError(f"router haproxy: {host}:{port} for {route} cannot be bound: {exc}",
+                                     delay=RETRY_DELAY_S) from exc
+            self._routes[route] = _Route(port=chosen, host=host)
+            try:
+                await asyncio.to_thread(self._fold_all_and_reload)
+            except Exception:
+                del self._routes[route]
+                raise
+            self._save_state()
+            log.info("route %s: haproxy listens on %s:%d", route, host, chosen)
+            return chosen
+
+    async def remove_route(self, route: RouteKey) -> None:
+        async with self._lock:
+            if route not in self._routes:
+                return
+            self._fold_route(route, drop=True)
+            del self._routes[route]
+            self._offsets.pop(route, None)
+            await asyncio.to_thread(self._fold_all_and_reload)
+            self._save_state()
+
+    def _fold_all_and_reload(self) -> None:
+        """Fold every server's counters into its version's offset (a reload zeroes them), reload."""
+        saved = {key: _Offsets(dict(o.retired), o.unrouted_retired, o.returned, o.unrouted_returned)
+                 for key, o in self._offsets.items()}
+        if haproxy_pid(self.state_dir) is not None:
+            for key in list(self._routes):
+                self._fold_route(key, drop=False)
+        try:
+            self._reload()
+        except Exception:
+            self._offsets.update(saved)  # the counts were not zeroed after all
+            raise
+
+    # ------------------------------------------------------------ servers
+
+    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
+        async with self._lock:
+            known = self._route(route)
+            name_b = backend_name(route)
+            wanted = {b.instance_id: b for b in backends}
+            mine = {s.instance_id: s for s in known.servers.values() if s.version == version and not s.draining}
+            for instance_id, backend in wanted.items():
+                current = mine.get(instance_id)
+                if current is not None and (current.host, current.port) == (backend.host, backend.port):
+                    continue
+                if current is not None:  # same instance, new address: replace it
+                    await self._drain_and_delete(route, [current])
+                await asyncio.to_thread(self._add_server, route, known, version, backend)
+            leaving = [s for iid, s in mine.items() if iid not in wanted]
+            await asyncio.to_thread(self._apply_weights, route, known)
+            if leaving:
+                await self._drain_and_delete(route, leaving)
+            log.debug("route %s (%s): %s has %d servers", route, name_b, version, len(wanted))
+            self._save_state()
+
+    def _add_server(self, route: RouteKey, known: _Route, version: str, backend: Backend) -> None:
+        base = server_name(backend.instance_id)
+        name, n = base, 1
+        while name in known.servers:
+            n += 1
+            name = f"{base}-{n}"
+        _, interval, fall, rise = self._ready_probe(route)
+        inter_ms = max(100, round(interval * 1000))
+        target = f"{backend_name(route)}/{name}"
+        self._cli_ok(f"add server {target} {backend.host}:{backend.port} weight 0 check inter {inter_ms} "
+                     f"fall {fall} rise {rise}")
+        self._cli_ok(f"enable server {target}")
+        self._cli_ok(f"enable health {target}")
+        known.servers[name] = _Server(name, version, backend.instance_id, backend.host, backend.port)
+        self._names.setdefault(route, {})[name] = version
+        self._offsets.setdefault(route, _Offsets())
+
+    async def _drain_and_delete(self, route: RouteKey, leaving: Sequence[_Server]) -> None:
+        """Drain, wait (bounded by the close grace) for in-flight requests, then delete. A server
+        that still has connections after the grace is deleted at the next call instead."""
+        known = self._route(route)
+        b = backend_name(route)
+        for server in leaving:
+            await asyncio.to_thread(self._cli_ok, f"set server {b}/{server.name} state drain")
+            server.draining = True
+        deadline = time.monotonic() + max(0.5, self.close_grace)
+        while time.monotonic() < deadline:
+            busy = await asyncio.to_thread(self._busy, route, [s.name for s in leaving])
+            if not busy:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        for server in list(known.servers.values()):
+            if server.draining:
+                await asyncio.to_thread(self._delete, route, known, server)
+
+    def _busy(self, route: RouteKey, names: Sequence[str]) -> bool:
+        rows = self._stat_rows(route)
+        return any(int(rows[n].get("scur") or 0) > 0 for n in names if n in rows)
+
+    def _delete(self, route: RouteKey, known: _Route, server: _Server) -> None:
+        b = backend_name(route)
+        rows = self._stat_rows(route)
+        self._cli_ok(f"set server {b}/{server.name} state maint")
+        answer = self._cli(f"del server {b}/{server.name}").strip()
+        if answer.startswith("Server deleted") or "No such server" in answer:
+            offsets = self._offsets.setdefault(route, _Offsets())
+            row = rows.get(server.name)
+            if row is not None:
+                kept = offsets.retired.setdefault(server.version, TrafficCounters())
+                offsets.retired[server.version] = kept.plus(_counters(row))
+            del known.servers[server.name]
+        else:
+            log.info("route %s: %s not deleted yet: %s", route, server.name, answer.splitlines()[0] if answer else "")
+
+    def version_of(self, route: RouteKey, name: str) -> str | None:
+        """The version a server name of `route` belongs to (for the log reader), or None."""
+        known = self._routes.get(route)
+        server = known.servers.get(name) if known is not None else None
+        if server is not None:
+            return server.version
+        return self._names.get(route, {}).get(name)
+
+    # ------------------------------------------------------------ weights
+
+    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
+        for version, value in weights.items():
+            if not 0 <= int(value) <= 100:
+                raise InputError(f"weights: {version}: {value} is not a percentage between 0 and 100")
+        async with self._lock:
+            known = self._route(route)
+            known.weights = {str(v): int(p) for v, p in weights.items()}
+            await asyncio.to_thread(self._apply_weights, route, known)
+            self._save_state()
+
+    def _apply_weights(self, route: RouteKey, known: _Route) -> None:
+        by_version: dict[str, list[str]] = {}
+        for server in known.servers.values():
+            if not server.draining:
+                by_version.setdefault(server.version, []).append(server.name)
+        target = server_weights(known.weights, by_version)
+        b = backend_name(route)
+        # Rises first, then falls: no instant where every server is at 0.
+        order = sorted(target, key=lambda n: target[n] <= known.servers[n].weight)
+        for name in order:
+            self._cli_ok(f"set server {b}/{name} weight {target[name]}")
+            known.servers[name].weight = target[name]
+
+    async def hold(self, route: RouteKey, max_wait: float) -> None:
+        raise not_supported(self, "hold requests (HAProxy has no request hold for the recreate gap)")
+
+    # ------------------------------------------------------------ counters
+
+    def _stat_rows(self, route: RouteKey) -> dict[str, dict[str, str]]:
+        """`show stat` rows of the route's backend, by server name (and "BACKEND")."""
+        text = self._cli("show stat")
+        if not text.startswith("# "):
+            raise TemporaryError(f"router haproxy: show stat answered {text[:80]!r}", delay=RETRY_DELAY_S)
+        reader = csv.DictReader(io.StringIO(text[2:]))
+        b = backend_name(route)
+        return {row["svname"]: row for row in reader if row.get("pxname") == b}
+
+    def _fold_route(self, route: RouteKey, *, drop: bool) -> None:
+        """Move the route's current HAProxy counts into its offsets (before they are zeroed)."""
+        known = self._routes.get(route)
+        if known is None:
+            return
+        try:
+            rows = self._stat_rows(route)
+        except TemporaryError:
+            return
+        offsets = self._offsets.setdefault(route, _Offsets())
+        for server in known.servers.values():
+            row = rows.get(server.name)
+            if row is not None:
+                offsets.retired[server.version] = offsets.retired.get(server.version, TrafficCounters()).plus(
+                    _counters(row))
+        offsets.unrouted_retired += _unrouted(rows)
+
+    def _read(self, route: RouteKey) -> tuple[dict[str, TrafficCounters], int]:
+        known = self._route(route)
+        rows = self._stat_rows(route)
+        offsets = self._offsets.setdefault(route, _Offsets())
+        found: dict[str, TrafficCounters] = {v: c.plus(TrafficCounters()) for v, c in offsets.retired.items()}
+        for server in known.servers.values():
+            found.setdefault(server.version, TrafficCounters())
+            row = rows.get(server.name)
+            if row is not None:
+                found[server.version] = found[server.version].plus(_counters(row))
+        for version, counters in found.items():  # never below what was returned before
+            before = offsets.returned.get(version)
+            if before is not None:
+                found[version] = _at_least(counters, before)
+            offsets.returned[version] = found[version].plus(TrafficCounters())
+        unrouted = max(offsets.unrouted_returned, offsets.unrouted_retired + _unrouted(rows))
+        offsets.unrouted_returned = unrouted
+        return found, unrouted
+
+    async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        async with self._lock:
+            found, _ = await asyncio.to_thread(self._read, route)
+            return found
+
+    async def routes_snapshot(self) -> RoutesSnapshot:
+        snapshot = RoutesSnapshot()
+        async with self._lock:
+            for key in list(self._routes):
+                found, unrouted = await asyncio.to_thread(self._read, key)
+                snapshot.counters[key] = found
+                snapshot.unrouted[key] = unrouted
+        return snapshot
+
+    def port(self, route: RouteKey) -> int:
+        return self._route(route).port
+
+    def _route(self, route: RouteKey) -> _Route:
+        known = self._routes.get(route)
+        if known is None:
+            raise InputError(f"router haproxy: route {route} is not known; ensure_route it first")
+        return known
+
+    async def close(self) -> None:
+        """Forget the connection; HAProxy keeps serving the routes (stop it with `stop_haproxy`)."""
+        self._opened = False
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ask(path: Path, command: str, *, wait_close: bool = True) -> str:
+    """Send one command to a HAProxy CLI socket and read until it closes (bounded by a timeout)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(CLI_TIMEOUT_S)
+        conn.connect(str(path))
+        conn.sendall(command.encode() + b"\n")
+        if not wait_close:
+            return ""
+        chunks: list[bytes] = []
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _int(row: Mapping[str, str], key: str) -> int:
+    value = row.get(key) or "0"
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _counters(row: Mapping[str, str]) -> TrafficCounters:
+    return TrafficCounters(requests=_int(row, "stot"), errors=_int(row, "hrsp_5xx"),
+                           connect_failures=_int(row, "econ") + _int(row, "eresp"))
+
+
+def _unrouted(rows: Mapping[str, Mapping[str, str]]) -> int:
+    """503s HAProxy answered itself (no server): the backend's 5xx beyond its servers' own."""
+    backend = rows.get("BACKEND")
+    if backend is None:
+        return 0
+    servers = sum(_int(r, "hrsp_5xx") for name, r in rows.items() if name not in ("BACKEND", "FRONTEND"))
+    return max(0, _int(backend, "hrsp_5xx") - servers)
+
+
+def _at_least(now: TrafficCounters, before: TrafficCounters) -> TrafficCounters:
+    return TrafficCounters(
+        requests=max(now.requests, before.requests), errors=max(now.errors, before.errors),
+        connect_failures=max(now.connect_failures, before.connect_failures),
+        latency_sum_ms=max(now.latency_sum_ms, before.latency_sum_ms),
+        latency_buckets=[max(a, b) for a, b in zip(now.latency_buckets, before.latency_buckets, strict=True)],
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
