@@ -340,6 +340,10 @@ class Run:
                 self.process.wait(10)
         with contextlib.suppress(Exception):
             stop_daemon(self.state_dir)
+        with contextlib.suppress(Exception):  # HAProxy outlives the controller by design: stop it by its PID file
+            from safeship.routing.haproxy import stop_haproxy
+
+            stop_haproxy(self.state_dir, timeout=4.0)
         with contextlib.suppress(Exception):
             self.pids |= self._ledger_pids()
         for sig in (signal.SIGTERM, signal.SIGKILL):
