@@ -1,0 +1,204 @@
+"""HAProxyRouter against a real haproxy and real upstream processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from haproxykit import (  # noqa: F401  (fixtures)
+    Upstream,
+    Upstreams,
+    needs_haproxy,
+    router_fixture,
+    state_dir_fixture,
+    upstreams_fixture,
+)
+
+from safeship.errors import PermanentError
+from safeship.loadgen import LoadGenerator, failed
+from safeship.routing import haproxy as haproxy_module
+from safeship.routing.base import AbilityNotSupported, Backend, RouteKey, TrafficCounters
+from safeship.routing.haproxy import HAProxyRouter, haproxy_pid, server_weights
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]
+
+ROUTE = RouteKey(service="shop", environment="test")
+OTHER = RouteKey(service="cart", environment="test")
+
+
+def backend(upstream: Upstream, index: int) -> Backend:
+    return Backend(f"test/shop/{upstream.version}-{index}", "127.0.0.1", upstream.port)
+
+
+def send(port: int, n: int) -> list[int | None]:
+    """`n` requests one after another; the status of each (None: no answer)."""
+    statuses: list[int | None] = []
+    with httpx.Client(timeout=10.0) as client:
+        for i in range(n):
+            try:
+                statuses.append(client.get(f"http://127.0.0.1:{port}/users/{i}").status_code)
+            except httpx.HTTPError:
+                statuses.append(None)
+    return statuses
+
+
+def requests_of(counters: Mapping[str, TrafficCounters]) -> dict[str, int]:
+    return {version: c.requests for version, c in counters.items()}
+
+
+async def wait_up(router: HAProxyRouter, port: int) -> None:
+    """Until one request through the route answers 200 (bounded)."""
+    for _ in range(100):
+        statuses = await asyncio.to_thread(send, port, 1)
+        if statuses == [200]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the route never answered 200")
+
+
+def test_weights_rounding() -> None:
+    assert server_weights({"v1": 90, "v2": 10}, {"v1": ["a"], "v2": ["b"]}) == {"a": 256, "b": 28}
+    assert server_weights({"v1": 90, "v2": 10}, {"v1": ["a", "c"], "v2": ["b"]}) == {"a": 256, "c": 256, "b": 57}
+    assert server_weights({"v1": 100, "v2": 0}, {"v1": ["a"], "v2": ["b", "c"]}) == {"a": 256, "b": 0, "c": 0}
+    assert server_weights({"v1": 99, "v2": 1}, {"v1": ["a"] * 1, "v2": [f"s{i}" for i in range(10)]})["s0"] == 1
+
+
+def test_missing_binary_is_a_permanent_error_saying_how_to_install(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(haproxy_module, "haproxy_binary", lambda: None)
+    with pytest.raises(PermanentError, match="apt-get install"):
+        asyncio.run(HAProxyRouter(tmp_path).open())
+    found, detail = haproxy_module.check_binary()
+    assert not found and "apt-get install" in detail
+
+
+@needs_haproxy
+async def test_hold_is_not_supported(router: HAProxyRouter) -> None:
+    assert router.abilities.hold is False and router.abilities.listens is True
+    with pytest.raises(AbilityNotSupported):
+        await router.hold(ROUTE, 5.0)
+
+
+@needs_haproxy
+async def test_canary_weights_show_in_show_stat_shares(router: HAProxyRouter, upstreams: Upstreams) -> None:
+    stable = [upstreams.start("v1"), upstreams.start("v1")]
+    canary = upstreams.start("v2")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None and port > 0
+    assert await router.ensure_route(ROUTE, port=0) == port  # idempotent
+    await router.set_backends(ROUTE, "v1", [backend(u, i) for i, u in enumerate(stable)])
+    await router.set_backends(ROUTE, "v2", [backend(canary, 0)])
+    await router.set_weights(ROUTE, {"v1": 90, "v2": 10})
+    assert router.version_of(ROUTE, "v2-0") == "v2" and router.version_of(ROUTE, "v1-1") == "v1"
+    await wait_up(router, port)
+    before = requests_of(await router.counters(ROUTE))
+    n = 1000
+    statuses = await asyncio.to_thread(send, port, n)
+    assert statuses.count(200) == n
+    after = requests_of(await router.counters(ROUTE))
+    got = {v: after.get(v, 0) - before.get(v, 0) for v in ("v1", "v2")}
+    assert sum(got.values()) == n
+    share, asked = got["v2"] / n, 0.10
+    sd = math.sqrt(asked * (1 - asked) / n)
+    assert abs(share - asked) <= 4 * sd, f"v2 got {share:.3f} of {n} requests, asked {asked}"
+    assert all(c.errors == 0 and c.connect_failures == 0 for c in (await router.counters(ROUTE)).values())
+
+
+@needs_haproxy
+async def test_blue_green_switch_under_load_drops_nothing(router: HAProxyRouter, upstreams: Upstreams) -> None:
+    blue, green = upstreams.start("v1"), upstreams.start("v2")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(blue, 0)])
+    await router.set_backends(ROUTE, "v2", [backend(green, 0)])
+    await router.set_weights(ROUTE, {"v1": 100, "v2": 0})
+    await wait_up(router, port)
+    with LoadGenerator("127.0.0.1", port, rate=200, max_s=60) as load:
+        await asyncio.sleep(1.5)
+        await router.set_weights(ROUTE, {"v1": 0, "v2": 100})
+        await asyncio.sleep(1.5)
+    outcomes = load.outcomes
+    assert len(outcomes) >= 200
+    assert failed(outcomes) == 0
+    last = outcomes[-50:]
+    assert {o.version for o in last} == {"v2"}
+    counters = await router.counters(ROUTE)
+    assert counters["v2"].requests > 0 and counters["v1"].requests > 0
+    assert sum(c.failed for c in counters.values()) == 0
+
+
+@needs_haproxy
+async def test_leaving_instance_is_drained_and_no_request_fails(router: HAProxyRouter,
+                                                                upstreams: Upstreams) -> None:
+    first, second = upstreams.start("v1"), upstreams.start("v1")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(first, 0), backend(second, 1)])
+    await router.set_weights(ROUTE, {"v1": 100})
+    await wait_up(router, port)
+    seen: list[int] = []
+    with LoadGenerator("127.0.0.1", port, rate=200, max_s=60) as load:
+        await asyncio.sleep(1.0)
+        seen.append((await router.counters(ROUTE))["v1"].requests)
+        await router.set_backends(ROUTE, "v1", [backend(first, 0)])  # drains and deletes v1-1
+        second.stop()  # the caller stops the instance only after the router drained it
+        seen.append((await router.counters(ROUTE))["v1"].requests)
+        await asyncio.sleep(1.0)
+        seen.append((await router.counters(ROUTE))["v1"].requests)
+    assert len(load.outcomes) >= 200
+    assert failed(load.outcomes) == 0
+    assert seen == sorted(seen) and seen[-1] > seen[0]
+    assert router.version_of(ROUTE, "v1-1") == "v1"  # still known to the log reader after deletion
+
+
+@needs_haproxy
+async def test_reload_keeps_counters_monotonic_and_exact(router: HAProxyRouter, upstreams: Upstreams) -> None:
+    v1 = upstreams.start("v1")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(v1, 0)])
+    await router.set_weights(ROUTE, {"v1": 100})
+    await wait_up(router, port)
+    before = (await router.counters(ROUTE))["v1"].requests
+    assert (await asyncio.to_thread(send, port, 50)).count(200) == 50
+    master = haproxy_pid(router.state_dir)
+    other = await router.ensure_route(OTHER, port=0)  # a new route: config rewrite and reload
+    assert other is not None and other != port
+    assert haproxy_pid(router.state_dir) == master  # the same master, a new worker
+    middle = (await router.counters(ROUTE))["v1"].requests
+    assert middle == before + 50
+    assert (await asyncio.to_thread(send, port, 30)).count(200) == 30  # the route kept its server
+    after = (await router.counters(ROUTE))["v1"].requests
+    assert after == middle + 30
+    await router.remove_route(OTHER)
+    assert (await router.counters(ROUTE))["v1"].requests == after
+    snapshot = await router.routes_snapshot()
+    assert set(snapshot.counters) == {ROUTE}
+
+
+@needs_haproxy
+async def test_a_restarted_controller_reuses_the_running_haproxy(router: HAProxyRouter, state_dir: Path,
+                                                                 upstreams: Upstreams) -> None:
+    v1 = upstreams.start("v1")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(v1, 0)])
+    await router.set_weights(ROUTE, {"v1": 100})
+    await wait_up(router, port)
+    master = haproxy_pid(state_dir)
+    assert master is not None and router.started
+    await router.close()  # HAProxy keeps serving
+    assert (await asyncio.to_thread(send, port, 5)).count(200) == 5
+    again = HAProxyRouter(state_dir)
+    await again.open()
+    assert not again.started and haproxy_pid(state_dir) == master
+    assert await again.ensure_route(ROUTE, port=0) == port
+    assert again.version_of(ROUTE, "v1-0") == "v1"
+    counters = await again.counters(ROUTE)
+    assert counters["v1"].requests >= 5
+    assert os.path.exists(state_dir / "haproxy" / "haproxy.cfg")
