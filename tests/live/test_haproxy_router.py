@@ -202,3 +202,35 @@ async def test_a_restarted_controller_reuses_the_running_haproxy(router: HAProxy
     counters = await again.counters(ROUTE)
     assert counters["v1"].requests >= 5
     assert os.path.exists(state_dir / "haproxy" / "haproxy.cfg")
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_prepare_and_validate_check_for_haproxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                installed: bool) -> None:
+    from safeship.config.models import SafeshipConfig
+    from safeship.environments.manager import EnvironmentManager
+    from safeship.store import Store
+
+    if installed and haproxy_module.haproxy_binary() is None:
+        pytest.skip("the haproxy binary is not installed (apt-get install haproxy)")
+    if not installed:
+        monkeypatch.setattr(haproxy_module, "haproxy_binary", lambda: None)
+    config = SafeshipConfig.model_validate({
+        "environment_management": {"environments": [
+            {"name": "production", "type": "production", "platform": "local", "router": "haproxy"},
+            {"name": "staging", "type": "staging", "platform": "local"},
+        ]},
+        "services": {"shop": {"replicas": 1, "command": ["python", "-m", "http.server", "{port}"]}},
+    })
+    state = tmp_path / ".safeship"
+    state.mkdir()
+    store = Store(f"sqlite:///{state / 'state.db'}")
+    try:
+        manager = EnvironmentManager(config, state_dir=state, root=tmp_path, store=store)
+        for checks in (manager.validate("production"), manager.prepare("production")):
+            found = [c for c in checks if c.name == "haproxy"]
+            assert len(found) == 1 and found[0].ok is installed
+            assert ("apt-get install" in found[0].detail) is not installed
+        assert not [c for c in manager.validate("staging") if c.name == "haproxy"]  # builtin: no check
+    finally:
+        store.close()

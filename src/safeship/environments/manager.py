@@ -170,7 +170,7 @@ class EnvironmentManager:
         env_file = inside(paths["state"], "environment.env")
         secrets = load_secrets(self.root, name, self.secret_names())  # unsafe or missing: refused now
         register(secrets.values())
-        checks: list[Check] = []
+        checks: list[Check] = [*_router_check(environment)]
         for label, path in paths.items():
             path.mkdir(parents=True, exist_ok=True)
             checks.append(Check(f"{label} directory", True, f"{path} ready"))
@@ -242,6 +242,7 @@ class EnvironmentManager:
             return run(self._on_cluster(environment).validate)
         checks = [self._writable(label, path) for label, path in self.paths(environment).items()]
         checks.append(self._secrets_check(name))
+        checks += _router_check(environment)
         owned = self.owned_ports()
         for service in self.config.services:
             port = configured_port(self.config, service, name)
@@ -341,6 +342,16 @@ class EnvironmentManager:
             if sig is signal.SIGTERM and pids:
                 time.sleep(1.0)
         return len(pids)
+
+
+def _router_check(environment: Environment) -> list[Check]:
+    """`router: haproxy` needs the haproxy program: a failed check now, not an error mid-deploy."""
+    if environment.router != "haproxy":
+        return []
+    from safeship.routing.haproxy import check_binary
+
+    found, detail = check_binary()
+    return [Check("haproxy", found, detail)]
 
 
 def summary(checks: list[Check]) -> Mapping[str, Any]:
