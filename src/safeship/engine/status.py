@@ -62,6 +62,7 @@ class Confirming(TypedDict):
     reason: str
     trigger: str
     start: dict[str, dict[str, Any]]  # cumulative counters per version when the split began (to_json)
+    looks: list[list[int]]  # per look of the split: [candidate requests, failed, baseline requests, failed]
 
 
 @dataclass
@@ -239,7 +240,8 @@ def _confirming(data: Mapping[str, Any] | None) -> Confirming | None:
     if not data:
         return None
     return {"since": float(data["since"]), "reason": str(data.get("reason", "")),
-            "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {})}
+            "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {}),
+            "looks": [[int(v) for v in look] for look in data.get("looks") or []]}
 
 
 def _weights(data: Mapping[str, Any] | None) -> Weights | None:

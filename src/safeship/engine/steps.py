@@ -40,6 +40,11 @@ from safeship.strategies.base import (
 )
 
 POLL_S = 1.0  # how often waiting steps look again
+# A confirmation split whose candidate requests, at the baseline's failure rate (and at the 1% of
+# requests slower than its p99), would have shown this many events gave the sequential comparison
+# enough to decide; below it the split's own counts are read (see StepRunner._split_verdict).
+SPLIT_POWER = 10.0
+SPLIT_WORSE_Z = 1.5
 
 
 
@@ -321,7 +326,7 @@ class StepRunner:
             return result
         start = await self.world.traffic.counters(tick.route)
         progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger,
-                               "start": {v: c.to_json() for v, c in start.items()}}
+                               "start": {v: c.to_json() for v, c in start.items()}, "looks": []}
         progress.policy_state = None  # the side-by-side comparison starts from nothing
         candidate, percent = tick.before.version, int(confirm["percent"])
         tick.event("confirming", f"{failure.reason}; checking it side by side: traffic {candidate}={percent}%, "
@@ -344,6 +349,10 @@ class StepRunner:
         # without the comparison failing, never on early evidence that it is no worse.
         result = await self._look(tick, policy, interval=interval, duration=duration, compare=True, policy_step=0,
                                   promoted=False, min_duration=duration, since=confirming["since"], marker="confirm")
+        sample = progress.last_sample
+        if progress.last_look == tick.now and sample is not None:
+            confirming["looks"].append([sample["candidate"]["requests"], sample["candidate"]["failed"],
+                                        sample["baseline"]["requests"], sample["baseline"]["failed"]])
         if result.failure is not None:
             failure = result.failure
             evidence = {**failure.evidence, "confirmed_by_split": True, "first_failure": confirming["reason"]}
@@ -370,15 +379,15 @@ class StepRunner:
         """At the end of a split that did not fail the sequential comparison: why the first failure
         still stands, or None to clear the candidate.
 
-        The comparison may lack the requests to decide within the split (a quiet service). The
-        split exists to tell an incident, which raises every version, from a worse release, which
-        raises only the candidate. So the candidate is cleared when the baseline itself is clearly
-        raised over its record from before the deployment (z > 3: an incident under way), or when
-        the candidate is not worse than the baseline over the same seconds (z <= 1 on the failure
-        share and on the share of requests slower than the baseline's p99). Otherwise the first
-        failure stands. A good release reaches a split only after its own test failed, which
-        happens with probability at most alpha, so this second opinion can only lower the rate
-        of false rollbacks."""
+        The sequential comparison decides when the split gave it the requests to: where the
+        candidate's requests at the baseline's rates would have shown at least SPLIT_POWER
+        failures and as many slow requests, its silence clears the candidate. A quiet service's
+        split may lack them. The split exists to tell an incident, which raises every version,
+        from a worse release, which raises only the candidate; so there the candidate is cleared
+        when the baseline itself is clearly raised over its record from before the deployment
+        (z > 3: an incident under way), or when the candidate is not clearly worse than the
+        baseline over the same seconds (z <= 1.5 on the failure share and on the share of
+        requests slower than the baseline's p99). Otherwise the first failure stands."""
         progress = tick.status.analysis
         confirming = progress.confirming
         assert confirming is not None
@@ -391,6 +400,12 @@ class StepRunner:
 
         cand, base = since_start(tick.before.version), since_start(confirm["baseline"])
         history = progress.history
+        # the baseline's rate: over the split, or over its record when that is higher (a split of
+        # bursty failures may catch none of the baseline's runs)
+        base_rate = max((base.failed + 0.5) / (base.requests + 1),
+                        history.failed / history.requests if history is not None and history.requests else 0.0)
+        if cand.requests * min(base_rate, 0.01) >= SPLIT_POWER:
+            return None  # the comparison had the requests to decide, and did not fail
         if history is not None and history.requests and base.requests:
             tau = histogram.bucket_of(history.quantile_ms(0.99))
             raised_errors = _z_above(base.failed, base.requests, history.failed, history.requests)
@@ -398,14 +413,17 @@ class StepRunner:
                                       histogram.count_above(history.latency_buckets, tau), history.requests)
             if max(raised_errors, raised_latency) > 3.0:
                 return None  # the baseline suffers too: an incident, not the release
-        worse_errors = _z_above(cand.failed, cand.requests, base.failed, base.requests)
-        if worse_errors > 1.0:
+        # failures that come in runs vary more from look to look than independent ones: the z
+        # statistics are divided by the square root of the dispersion the split's looks show
+        spread = math.sqrt(_dispersion(confirming["looks"]))
+        worse_errors = _z_above(cand.failed, cand.requests, base.failed, base.requests) / spread
+        if worse_errors > SPLIT_WORSE_Z:
             return f"{cand.failed} of {cand.requests} failed against {base.failed} of {base.requests}"
         if base.requests:
             tau = histogram.bucket_of(base.quantile_ms(0.99))
             c_slow = histogram.count_above(cand.latency_buckets, tau)
             b_slow = histogram.count_above(base.latency_buckets, tau)
-            if _z_above(c_slow, cand.requests, b_slow, base.requests) > 1.0:
+            if _z_above(c_slow, cand.requests, b_slow, base.requests) / spread > SPLIT_WORSE_Z:
                 return (f"{c_slow} of {cand.requests} requests slower than the baseline's p99 against "
                         f"{b_slow} of {base.requests}")
         return None
@@ -537,6 +555,24 @@ class StepRunner:
             baseline_gauges=dict(gauges.get(baseline or "", {})) if compare else {},
             candidate_gauges=dict(gauges.get(tick.before.version, {})),
         )
+
+
+def _dispersion(looks: Sequence[Sequence[int]]) -> float:
+    """Pearson's dispersion of the failures per look around each version's own rate over the
+    looks (1 for independent failures, more for failures in runs); at least 1."""
+    total, terms = 0.0, 0
+    for n_at, x_at in ((0, 1), (2, 3)):
+        n = sum(look[n_at] for look in looks)
+        x = sum(look[x_at] for look in looks)
+        if n <= 0 or x <= 0 or x >= n:
+            continue
+        rate = x / n
+        for look in looks:
+            if look[n_at] > 0:
+                expected = look[n_at] * rate
+                total += (look[x_at] - expected) ** 2 / (expected * (1 - rate))
+                terms += 1
+    return max(1.0, total / (terms - 2)) if terms > 2 else 1.0
 
 
 def _z_above(x1: float, n1: int, x2: float, n2: int) -> float:
