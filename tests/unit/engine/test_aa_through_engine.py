@@ -25,8 +25,9 @@ TRAFFIC = {"low": 5, "high": 100}
 
 
 # An incident while both versions serve: a canary's steps take minutes, a rolling update of two
-# replicas about ten seconds. (In a single-version phase there is no concurrent control, and an
-# incident there is rolled back: the documented limit of the guarantee.)
+# replicas about ten seconds. (Blue-green after the switch confirms a failure side by side with the
+# old colour, which bench/aa_sweep.py measures; recreate has no version left to compare with, and an
+# incident in its analysis is rolled back: the documented limit of the guarantee.)
 INCIDENT_AT_S = {DeploymentStrategy.CANARY: 40.0, DeploymentStrategy.ROLLING: 4.0}
 
 
