@@ -168,6 +168,7 @@ TRAFFIC_SOURCES: dict[str, str | type] = {
     "router": "safeship.routing.traffic:RouterTraffic",
     "sim": "safeship.routing.sim:SimTraffic",
     "prometheus": "safeship.analysis.providers.prometheus:PrometheusTraffic",
+    "haproxy": "safeship.routing.haproxy_log:HAProxyLogTraffic",
 }
 
 
