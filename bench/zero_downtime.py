@@ -420,6 +420,10 @@ def row_for(router: str, traffic: str | None, strategy: str, release: str, versi
         "after_candidate_failed_requests": sum(1 for o in after_failures if o.version == version),
         "reason": record.get("reason") or "",
     }
+    expected = "succeeded" if release == "healthy" else "rolled_back"
+    if record["phase"] != expected:  # the controller's own account of what happened, for the reader
+        row["events"] = [{"after_s": round(float(e["at"]) - start, 2), "kind": e["kind"], "message": e["message"]}
+                         for e in record.get("events") or []][-40:]
     if release == "bad":
         first = min((o.sent_at for o in seen if o.version == version), default=None)
         row["rollback_clock"] = "deployment_start" if first is None else "first_candidate_request"
