@@ -26,11 +26,14 @@ from typing import Any
 
 import httpx
 import pytest
+from haproxykit import Upstreams, upstreams_fixture  # noqa: F401  (the upstreams fixture)
 
 from safeship import histogram
 from safeship.clock import RealClock, VirtualClock
 from safeship.errors import TemporaryError
-from safeship.routing.haproxy_log import SOCKET, HAProxyLogTraffic, parse_line, route_by_convention
+from safeship.routing.base import Backend
+from safeship.routing.haproxy import HAProxyRouter, backend_name, stop_haproxy
+from safeship.routing.haproxy_log import HAProxyLogTraffic, log_socket, parse_line, route_by_convention
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, traffic_source_class
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -132,6 +135,7 @@ def test_the_format_parses_and_anything_else_does_not() -> None:
                 "safeship 127.0.0.1 b s two 1 2 0", "safeship 127.0.0.1 b s 200 1 -5 0"):
         assert parse_line(bad) is None, bad
     assert route_by_convention(BACKEND) == ROUTE
+    assert route_by_convention(backend_name(ROUTE)) == ROUTE  # the haproxy router's own naming
     assert route_by_convention("no-separator") is None
 
 
@@ -212,7 +216,7 @@ async def test_before_answers_from_per_second_snapshots(state_dir: Path) -> None
 
 
 async def test_a_stale_socket_is_replaced_and_a_live_one_is_not_taken(state_dir: Path) -> None:
-    path = state_dir / SOCKET
+    path = log_socket(state_dir)
     path.parent.mkdir(parents=True)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     dead.bind(str(path))
@@ -363,3 +367,65 @@ async def test_real_haproxy_lines_give_versions_failures_and_latency(
     assert slow == 2  # the two /v2/slow requests, %Ta >= 300 ms
     assert histogram.count_above(v1.latency_buckets, histogram.bucket_of(250.0)) == 0
     assert v2.latency_sum_ms >= 600
+
+
+# ---------------------------------------------------------------- the haproxy router's own config
+
+
+async def send(port: int, n: int) -> dict[int, int]:
+    """`n` requests one after another through the route: how many got each status."""
+    got: dict[int, int] = {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for i in range(n):
+            status = (await client.get(f"/users/{i}")).status_code
+            got[status] = got.get(status, 0) + 1
+    return got
+
+
+async def all_logged(source: HAProxyLogTraffic, router: HAProxyRouter, route: RouteKey) -> None:
+    """Wait (bounded) until the log has a line for every request show stat counted."""
+    deadline = time.monotonic() + MAX_WAIT_S
+    while True:
+        counted = sum(c.requests for c in (await router.counters(route)).values())
+        logged = sum(sum(c.latency_buckets) for c in source.totals.get(route, {}).values())
+        if logged == counted:
+            return
+        assert time.monotonic() < deadline, f"{logged} lines logged for {counted} requests in show stat"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason=f"{HAPROXY} is not installed (Debian's haproxy)")
+async def test_the_haproxy_routers_lines_and_show_stat_merge_per_version(state_dir: Path,
+                                                                         upstreams: Upstreams) -> None:
+    route = RouteKey("shop", "test")
+    good, bad = upstreams.start("v1"), upstreams.start("v2", fail=True)
+    router = HAProxyRouter(state_dir, close_grace=2.0)
+    source = traffic_source_class("haproxy").create(TrafficSetup(router=router, clock=RealClock(),
+                                                                 state_dir=state_dir))
+    try:
+        port = await router.ensure_route(route, port=0)
+        assert port is not None
+        await router.set_backends(route, "v1", [Backend("test/shop/v1-0", "127.0.0.1", good.port)])
+        await router.set_backends(route, "v2", [Backend("test/shop/v2-0", "127.0.0.1", bad.port)])
+        await router.set_weights(route, {"v1": 50, "v2": 50})
+        for _ in range(100):  # until the route answers (bounded)
+            if 200 in await send(port, 1):
+                break
+            await asyncio.sleep(0.05)
+        await all_logged(source, router, route)
+        before = await source.counters(route)
+        statuses = await send(port, 200)
+        await all_logged(source, router, route)
+        after = await source.counters(route)
+        look = {v: after[v].minus(before.get(v, TrafficCounters())) for v in after}
+        assert look["v1"].requests + look["v2"].requests == 200  # show stat's counts
+        assert (look["v1"].errors, look["v2"].errors) == (0, statuses.get(500, 0))
+        assert look["v2"].requests == statuses.get(500, 0) > 0 and look["v1"].requests == statuses.get(200, 0)
+        for version in ("v1", "v2"):  # the log's latency: one line per request, no more, no fewer
+            assert sum(look[version].latency_buckets) == look[version].requests
+            assert look[version].latency_sum_ms >= 0
+        assert (source.malformed, source.unattributed) == (0, 0)
+    finally:
+        await source.close()
+        await router.close()
+        stop_haproxy(state_dir)

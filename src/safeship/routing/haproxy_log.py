@@ -15,7 +15,8 @@ What a line means:
 
 - route: the backend name. The router's `route_of(backend)` names it when the router has one;
   otherwise the backend is `<environment>__<service>`, the convention the haproxy router names its
-  backends by.
+  backends by (`safeship.routing.haproxy.backend_name`; DNS labels hold no `_`, so it is
+  unambiguous).
 - version: `router.version_of(route, server)`; a server the router no longer knows keeps the
   version it last had (a line can arrive after its server was removed). A line whose server maps
   to no version (`<NOSRV>`: no server could take it) is counted as `unattributed` and nowhere else.
@@ -51,7 +52,8 @@ inside the window: the record is shorter than asked, and says so by its bounds) 
 or before `at`, with their real times; None when fewer than two snapshots bound it. These windows
 are the log's counts (the router keeps no record of a past time to give).
 
-The socket: `<state_dir>/haproxy/log.sock`, mode 0600 (HAProxy runs as the same user; a HAProxy of
+The socket: `<state_dir>/haproxy/log.sock` (or where the haproxy router's `log_socket_path` puts
+it when that path is too long for a Unix socket), mode 0600 (HAProxy runs as the same user; a HAProxy of
 another user cannot write to it). A socket file left by a dead process is removed first; one that
 a live process reads (another controller on the same state dir) is left alone, and binding is
 tried again on the next read, so a second controller that is about to be refused its lock never
@@ -63,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -121,6 +124,22 @@ def parse_line(text: str) -> LogLine | None:
     return LogLine(fields[1], fields[2], fields[3], status, response, active, request)
 
 
+def log_socket(state_dir: Path) -> Path:
+    """Where the haproxy router's config sends its lines: its own `log_socket_path` when it has one
+    (it moves the socket to a short folder in /tmp when the state dir's path is too long for a Unix
+    socket), else `<state_dir>/haproxy/log.sock`."""
+    try:
+        router_module = importlib.import_module("safeship.routing.haproxy")
+    except ImportError:
+        router_module = None
+    where = getattr(router_module, "log_socket_path", None)
+    if callable(where):
+        found = where(state_dir)
+        if isinstance(found, Path):
+            return found
+    return state_dir / SOCKET
+
+
 def route_by_convention(backend: str) -> RouteKey | None:
     """`<environment>__<service>` as a route, or None for another name."""
     environment, separator, service = backend.partition(BACKEND_SEPARATOR)
@@ -160,7 +179,7 @@ class HAProxyLogTraffic:
                  queue: int = QUEUE) -> None:
         self.router = router
         self.clock: Clock = clock if clock is not None else RealClock()
-        self.path = state_dir / SOCKET
+        self.path = log_socket(state_dir)
         self._ring = ring
         self._queue_size = queue
         self.totals: dict[RouteKey, dict[str, TrafficCounters]] = {}
@@ -198,7 +217,7 @@ class HAProxyLogTraffic:
             raise PermanentError(f"haproxy log socket {path}: the path is {len(os.fsencode(path))} bytes, "
                                  f"longer than the {_UNIX_PATH_MAX} a Unix socket takes; use a shorter state_dir")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._live_reader():
                 log.warning("haproxy log socket %s is read by another process; not taking it", path)
                 return
