@@ -26,9 +26,11 @@ What a line means:
 - latency: `%Ta` into `safeship.histogram`'s buckets, and into the latency sum.
 
 A malformed line (wrong field count or tag, a number that is not one) is counted in `malformed` and
-skipped; it never stops the reader. Datagrams wait in a bounded queue between the socket and the
-parser; when it is full the newest is dropped and counted in `dropped` (a latency histogram with
-fewer requests, never a wrong one).
+skipped; it never stops the reader. A thread of its own receives the datagrams (the socket queues
+only ~10 before HAProxy drops lines, so it must be emptied at once, whatever the event loop is
+busy with) into a bounded buffer; a task on the event loop parses them. When the buffer is full
+the newest datagram is dropped and counted in `dropped` (a latency histogram with fewer requests,
+never a wrong one).
 
 `counters(route)`: the router's `show stat` counts (requests, 5xx, connect failures) with this
 source's latency histogram and latency sum laid over them. The router's counts win: HAProxy counts
@@ -42,8 +44,8 @@ count added to it, and a version the router stops reporting (its servers removed
 counts. Without a router (`router=None`, a test or a log-only setup), the log's own counts are used.
 
 `before(route, at, span)`: a ring of per-route snapshots of the log-derived counters, taken by
-the parser once a second while lines arrive (before it counts the datagram it just read, so a
-snapshot at time t holds what arrived before t), every `IDLE_SNAPSHOT_S` while none do (so an idle
+the parser once a second while lines arrive (before it counts the batch it just took, so a
+snapshot at time t holds what was counted before t), every `IDLE_SNAPSHOT_S` while none do (so an idle
 hour is a record of zero requests, not a gap), and at every `counters` and `before` call (at most
 once a second). A route's record starts with zero requests at the time the source started
 listening. Answered as `RouterTraffic` does: the difference
@@ -71,6 +73,8 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,6 +92,9 @@ LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR"  # what the router's config mu
 SOCKET = Path("haproxy") / "log.sock"  # under the state dir
 BACKEND_SEPARATOR = "__"  # <environment>__<service>
 QUEUE = 10_000  # datagrams waiting for the parser
+RECEIVE_WAIT_S = 0.2  # the receiving thread's recv timeout
+PARSE_EVERY_S = 0.05  # how often the parser looks at an empty buffer
+PARSE_BATCH = 1000  # datagrams parsed between two yields to the event loop
 DATAGRAM = 4096  # bytes read per datagram; a line is far shorter
 RING = 3600  # snapshots kept per route: an hour at one a second
 SNAPSHOT_S = 1.0  # the spacing of snapshots while lines arrive
@@ -194,7 +201,8 @@ class HAProxyLogTraffic:
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None  # the socket file this source made
         self._since = self.clock.now()  # lines are counted from here: every route had none before
-        self._queue: asyncio.Queue[bytes] | None = None
+        self._buffer: deque[bytes] = deque()  # filled by the receiving thread, emptied by the parser
+        self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._bind()
@@ -264,43 +272,54 @@ class HAProxyLogTraffic:
                                  "source: no latency to measure", delay=5.0)
 
     def _start(self) -> None:
-        """Start the reader and the parser on the running loop (once, and only once bound)."""
+        """Start the receiving thread and the parser on the running loop (once, and only once bound)."""
         if self._tasks or self._closed:
             return
         self._bind()
         if self._sock is None:
             return
-        self._queue = asyncio.Queue(maxsize=self._queue_size)
-        self._tasks = [asyncio.create_task(self._receive(self._sock, self._queue), name="haproxy-log-receive"),
-                       asyncio.create_task(self._parse(self._queue), name="haproxy-log-parse")]
+        self._sock.settimeout(RECEIVE_WAIT_S)  # the thread looks at `_closed` this often
+        self._thread = threading.Thread(target=self._receive, args=(self._sock,), name="haproxy-log-receive",
+                                        daemon=True)
+        self._thread.start()
+        self._tasks = [asyncio.create_task(self._parse(), name="haproxy-log-parse")]
 
-    async def _receive(self, sock: socket.socket, queue: asyncio.Queue[bytes]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _receive(self, sock: socket.socket) -> None:
+        """The receiving thread: datagrams into the bounded buffer, at once. A thread, not a task:
+        a Unix datagram socket queues only `net.unix.max_dgram_qlen` datagrams (10 by default)
+        before HAProxy's non-blocking sends fail and it drops lines, and an event loop busy for a
+        few milliseconds with the controller's other work would not empty it in time."""
+        while not self._closed:
             try:
-                data = await loop.sock_recv(sock, DATAGRAM)
+                data = sock.recv(DATAGRAM)
+            except TimeoutError:
+                continue
             except OSError as exc:  # a closed socket, or a passing error: logged, and read on
                 if self._closed:
                     return
                 log.warning("haproxy log socket %s: %s", self.path, exc)
-                await asyncio.sleep(0.1)
+                time.sleep(RECEIVE_WAIT_S)
                 continue
-            try:
-                queue.put_nowait(data)
-            except asyncio.QueueFull:
+            if len(self._buffer) >= self._queue_size:
                 self.dropped += 1
+            else:
+                self._buffer.append(data)
 
-    async def _parse(self, queue: asyncio.Queue[bytes]) -> None:
+    async def _parse(self) -> None:
+        """The parser: the buffer's datagrams into counters, on the event loop (where the router's
+        `version_of` and the readers of the counters live)."""
         while True:
-            try:
-                data = await asyncio.wait_for(queue.get(), timeout=SNAPSHOT_S)
-            except TimeoutError:
+            if not self._buffer:
                 self._snapshot(idle=True)
+                await asyncio.sleep(PARSE_EVERY_S)
                 continue
-            self._snapshot(idle=False)  # what came before this datagram, at the time it is read
-            for text in data.decode("utf-8", "replace").splitlines():
-                if text.strip():
-                    await self.take(text)
+            self._snapshot(idle=False)  # what was counted before this batch, at the time it is read
+            for _ in range(min(len(self._buffer), PARSE_BATCH)):
+                data = self._buffer.popleft()
+                for text in data.decode("utf-8", "replace").splitlines():
+                    if text.strip():
+                        await self.take(text)
+            await asyncio.sleep(0)  # the loop's other work between batches
 
     # ------------------------------------------------------------ lines
 
@@ -415,6 +434,9 @@ class HAProxyLogTraffic:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join, RECEIVE_WAIT_S * 10)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 found = os.lstat(self.path)
