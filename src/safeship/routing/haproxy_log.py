@@ -45,21 +45,21 @@ counts. Without a router (`router=None`, a test or a log-only setup), the log's 
 
 `before(route, at, span)`: a ring of per-route snapshots of the log-derived counters, taken by
 the parser once a second while lines arrive (before it counts the batch it just took, so a
-snapshot at time t holds what was counted before t), every `IDLE_SNAPSHOT_S` while none do (so an idle
-hour is a record of zero requests, not a gap), and at every `counters` and `before` call (at most
-once a second). A route's record starts with zero requests at the time the source started
-listening. Answered as `RouterTraffic` does: the difference
-between the latest snapshot at or before `at - span` (or, when none is that old, the first one
-inside the window: the record is shorter than asked, and says so by its bounds) and the latest at
-or before `at`, with their real times; None when fewer than two snapshots bound it. These windows
-are the log's counts (the router keeps no record of a past time to give).
+snapshot at time t holds what was counted before t), every `IDLE_SNAPSHOT_S` while none do (so an
+idle hour is a record of zero requests, not a gap), and at every `counters` and `before` call (at
+most once a second). A route's record starts with zero requests at the time the source started
+listening. Answered as `RouterTraffic` does: the difference between the latest snapshot at or
+before `at - span` (or, when none is that old, the first one inside the window: the record is
+shorter than asked, and says so by its bounds) and the latest at or before `at`, with their real
+times; None when fewer than two snapshots bound it. These windows are the log's counts (the router
+keeps no record of a past time to give).
 
 The socket: `<state_dir>/haproxy/log.sock` (or where the haproxy router's `log_socket_path` puts
-it when that path is too long for a Unix socket), mode 0600 (HAProxy runs as the same user; a HAProxy of
-another user cannot write to it). A socket file left by a dead process is removed first; one that
-a live process reads (another controller on the same state dir) is left alone, and binding is
-tried again on the next read, so a second controller that is about to be refused its lock never
-steals the log of the first.
+it when that path is too long for a Unix socket), mode 0600: HAProxy runs as the same user (a
+HAProxy of another user cannot write to it). A socket file left by a dead process is removed
+first; one that a live process reads (another controller on the same state dir) is left alone,
+and binding is tried again on the next read, so a second controller that is about to be refused
+its lock never steals the log of the first.
 """
 
 from __future__ import annotations
