@@ -236,12 +236,8 @@ class HAProxyLogTraffic:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)
-                old = os.umask(0o177)
-                try:
-                    sock.bind(path)
-                finally:
-                    os.umask(old)
-                os.chmod(path, 0o600)
+                sock.bind(path)  # in a 0700 folder when this source made it; the umask is not
+                os.chmod(path, 0o600)  # touched (it is the whole process's, threads included)
                 made = os.stat(path)
             except BaseException:
                 sock.close()
@@ -263,6 +259,13 @@ class HAProxyLogTraffic:
 
     def _ensure(self) -> None:
         """Reading, or a TemporaryError saying why not (a read must not measure nothing silently)."""
+        if self._closed:
+            raise TemporaryError(f"haproxy log source on {self.path} is closed", delay=5.0)
+        if self._tasks and self._tasks[0].done():  # the parser ended: a bug, logged; parse again
+            ended = self._tasks[0]
+            failure = ended.exception() if not ended.cancelled() else None
+            log.error("haproxy log parser stopped (%r); starting it again", failure)
+            self._tasks = [asyncio.create_task(self._parse(), name="haproxy-log-parse")]
         try:
             self._start()
         except PermanentError as exc:
