@@ -233,6 +233,7 @@ class _Offsets:
 
     retired: dict[str, TrafficCounters] = field(default_factory=dict)
     unrouted_retired: int = 0
+    deleted_5xx: int = 0  # 5xx of servers deleted since the last reload (still in the BACKEND row)
     returned: dict[str, TrafficCounters] = field(default_factory=dict)
     unrouted_returned: int = 0
 
@@ -259,6 +260,7 @@ class HAProxyRouter:
         self._lock = asyncio.Lock()
         self._opened = False
         self.started = False  # True when this object started HAProxy (False: it reused one)
+        self.restarts = 0  # times it started HAProxy again after finding it gone
 
     # ------------------------------------------------------------ files
 
@@ -464,10 +466,22 @@ class HAProxyRouter:
     def _cli(self, command: str) -> str:
         """One Runtime API command on the admin socket; its answer. Transport failures are temporary."""
         try:
-            answer = _ask(self.admin_socket, command)
+            return _ask(self.admin_socket, command)
         except OSError as exc:
-            raise TemporaryError(f"router haproxy: {command.split()[0:2]}: {exc}", delay=RETRY_DELAY_S) from exc
-        return answer
+            failure = exc
+        binary = haproxy_binary()
+        if self._opened and binary is not None and haproxy_pid(self.state_dir) is None:
+            # HAProxy went away (killed, host reboot): start it again from the routing picture
+            # kept here, which the config carries (routes, servers, weights), and ask once more.
+            log.warning("haproxy for %s is gone; starting it again", self.state_dir)
+            self._start(binary)
+            self.restarts += 1
+            try:
+                return _ask(self.admin_socket, command)
+            except OSError as exc:
+                failure = exc
+        raise TemporaryError(f"router haproxy: {' '.join(command.split()[:2])}: {failure}",
+                             delay=RETRY_DELAY_S) from failure
 
     def _cli_ok(self, command: str) -> None:
         answer = self._cli(command).strip()
@@ -512,7 +526,7 @@ class HAProxyRouter:
 
     def _fold_all_and_reload(self) -> None:
         """Fold every server's counters into its version's offset (a reload zeroes them), reload."""
-        saved = {key: _Offsets(dict(o.retired), o.unrouted_retired, o.returned, o.unrouted_returned)
+        saved = {key: _Offsets(dict(o.retired), o.unrouted_retired, o.deleted_5xx, o.returned, o.unrouted_returned)
                  for key, o in self._offsets.items()}
         if haproxy_pid(self.state_dir) is not None:
             for key in list(self._routes):
@@ -540,7 +554,7 @@ class HAProxyRouter:
                 await asyncio.to_thread(self._add_server, route, known, version, backend)
             leaving = [s for iid, s in mine.items() if iid not in wanted]
             await asyncio.to_thread(self._apply_weights, route, known)
-            if leaving:
+            if leaving or any(s.draining for s in known.servers.values()):
                 await self._drain_and_delete(route, leaving)
             log.debug("route %s (%s): %s has %d servers", route, name_b, version, len(wanted))
             self._save_state()
@@ -595,6 +609,7 @@ class HAProxyRouter:
             if row is not None:
                 kept = offsets.retired.setdefault(server.version, TrafficCounters())
                 offsets.retired[server.version] = kept.plus(_counters(row))
+                offsets.deleted_5xx += _int(row, "hrsp_5xx")
             del known.servers[server.name]
         else:
             log.info("route %s: %s not deleted yet: %s", route, server.name, answer.splitlines()[0] if answer else "")
@@ -661,7 +676,8 @@ class HAProxyRouter:
             if row is not None:
                 offsets.retired[server.version] = offsets.retired.get(server.version, TrafficCounters()).plus(
                     _counters(row))
-        offsets.unrouted_retired += _unrouted(rows)
+        offsets.unrouted_retired += _unrouted(rows, offsets.deleted_5xx)
+        offsets.deleted_5xx = 0
 
     def _read(self, route: RouteKey) -> tuple[dict[str, TrafficCounters], int]:
         known = self._route(route)
@@ -678,7 +694,7 @@ class HAProxyRouter:
             if before is not None:
                 found[version] = _at_least(counters, before)
             offsets.returned[version] = found[version].plus(TrafficCounters())
-        unrouted = max(offsets.unrouted_returned, offsets.unrouted_retired + _unrouted(rows))
+        unrouted = max(offsets.unrouted_returned, offsets.unrouted_retired + _unrouted(rows, offsets.deleted_5xx))
         offsets.unrouted_returned = unrouted
         return found, unrouted
 
@@ -743,13 +759,14 @@ def _counters(row: Mapping[str, str]) -> TrafficCounters:
                            connect_failures=_int(row, "econ") + _int(row, "eresp"))
 
 
-def _unrouted(rows: Mapping[str, Mapping[str, str]]) -> int:
-    """503s HAProxy answered itself (no server): the backend's 5xx beyond its servers' own."""
+def _unrouted(rows: Mapping[str, Mapping[str, str]], deleted_5xx: int = 0) -> int:
+    """503s HAProxy answered itself (no server): the backend's 5xx beyond its servers' own
+    (`deleted_5xx`: those of servers deleted since the last reload)."""
     backend = rows.get("BACKEND")
     if backend is None:
         return 0
     servers = sum(_int(r, "hrsp_5xx") for name, r in rows.items() if name not in ("BACKEND", "FRONTEND"))
-    return max(0, _int(backend, "hrsp_5xx") - servers)
+    return max(0, _int(backend, "hrsp_5xx") - servers - deleted_5xx)
 
 
 def _at_least(now: TrafficCounters, before: TrafficCounters) -> TrafficCounters:
