@@ -183,6 +183,11 @@ async def test_reload_keeps_counters_monotonic_and_exact(router: HAProxyRouter, 
     assert (await router.counters(ROUTE))["v1"].requests == after
     snapshot = await router.routes_snapshot()
     assert set(snapshot.counters) == {ROUTE}
+    exporter = haproxy_module.exporter_address(router.state_dir)
+    assert exporter is not None
+    with httpx.Client(timeout=10.0) as client:
+        metrics = client.get(f"http://{exporter}/metrics").text
+    assert 'haproxy_server_http_responses_total{proxy="test__shop",server="v1-0",code="2xx"}' in metrics
 
 
 @needs_haproxy

@@ -161,6 +161,16 @@ def stop_haproxy(state_dir: Path, *, timeout: float = 10.0) -> bool:
     return True
 
 
+def exporter_address(state_dir: Path, environment: object = None) -> str | None:
+    """`127.0.0.1:<port>` of HAProxy's Prometheus exporter (`/metrics`) for `state_dir`, once the
+    router has started HAProxy there; None before. One HAProxy serves every environment."""
+    try:
+        port = int(json.loads((haproxy_dir(state_dir) / "routes.json").read_text()).get("exporter_port", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return f"127.0.0.1:{port}" if 0 < port < 65536 else None
+
+
 def server_name(instance_id: str) -> str:
     """A valid HAProxy server name from an instance id (`env/service/<version>-<index>`): its last
     part, with characters HAProxy refuses replaced by `_`."""
@@ -261,6 +271,7 @@ class HAProxyRouter:
         self._opened = False
         self.started = False  # True when this object started HAProxy (False: it reused one)
         self.restarts = 0  # times it started HAProxy again after finding it gone
+        self.exporter_port = 0  # where HAProxy's Prometheus exporter listens (picked at first start)
 
     # ------------------------------------------------------------ files
 
@@ -282,6 +293,7 @@ class HAProxyRouter:
         except (OSError, ValueError):
             return
         try:
+            self.exporter_port = int(raw.get("exporter_port", 0))
             for row in raw.get("routes", []):
                 route = _Route(port=int(row["port"]), host=str(row.get("host", "127.0.0.1")),
                                weights={str(k): int(v) for k, v in row.get("weights", {}).items()})
@@ -308,7 +320,7 @@ class HAProxyRouter:
         target = self.dir / "routes.json"
         temporary = target.with_suffix(".tmp")
         try:
-            temporary.write_text(json.dumps({"routes": rows}, indent=1))
+            temporary.write_text(json.dumps({"exporter_port": self.exporter_port, "routes": rows}, indent=1))
             temporary.replace(target)
         except OSError as exc:
             raise TemporaryError(f"cannot write {target}: {exc}", delay=RETRY_DELAY_S) from exc
@@ -363,9 +375,13 @@ class HAProxyRouter:
                 if not server.draining:
                     lines.append(f"    server {server.name} {server.host}:{server.port} weight {server.weight}")
             lines.append("")
-        if not self._routes:
-            lines += ["frontend safeship_idle", f"    bind unix@{self.sockets / 'idle.sock'}",
-                      "    http-request deny", ""]
+        lines += [  # HAProxy's own Prometheus exporter, for a user's Prometheus (see `exporter_address`)
+            "frontend safeship_metrics",
+            f"    bind 127.0.0.1:{self.exporter_port}",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request deny",
+            "",
+        ]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ the process
@@ -386,7 +402,10 @@ class HAProxyRouter:
             if not self._routes:
                 self._load_state()
             if haproxy_pid(self.state_dir) is None:
+                if not self.exporter_port:
+                    self.exporter_port = _free_port("127.0.0.1", 0)
                 await asyncio.to_thread(self._start, binary)
+                self._save_state()
                 self.started = True
             self._opened = True
 
