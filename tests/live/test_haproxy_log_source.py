@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -27,13 +28,16 @@ from typing import Any
 import httpx
 import pytest
 from haproxykit import Upstreams, upstreams_fixture  # noqa: F401  (the upstreams fixture)
+from livekit import ROUTE as LIVE_ROUTE
+from livekit import Load, controller_with, deploy, wait_final
 
 from safeship import histogram
+from safeship.api.client import ControllerClient
 from safeship.clock import RealClock, VirtualClock
 from safeship.errors import TemporaryError
 from safeship.loadgen import LoadGenerator, failed
 from safeship.routing.base import Backend
-from safeship.routing.haproxy import HAProxyRouter, backend_name, stop_haproxy
+from safeship.routing.haproxy import HAProxyRouter, backend_name, haproxy_pid, stop_haproxy
 from safeship.routing.haproxy_log import HAProxyLogTraffic, log_socket, parse_line, route_by_convention
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, traffic_source_class
 
@@ -383,6 +387,17 @@ async def send(port: int, n: int) -> dict[int, int]:
     return got
 
 
+def stop_routers_haproxy(state_dir: Path, master: int | None) -> None:
+    """`stop_haproxy` by the PID file, then, should the master it started still run (its PID file
+    gone first), SIGKILL by the PID read when it started."""
+    stop_haproxy(state_dir)
+    if master is None:
+        return
+    with contextlib.suppress(OSError):
+        if b"haproxy" in Path(f"/proc/{master}/cmdline").read_bytes():
+            os.kill(master, signal.SIGKILL)
+
+
 async def all_logged(source: HAProxyLogTraffic, router: HAProxyRouter, route: RouteKey) -> None:
     """Wait (bounded) until the log has a line for every request show stat counted."""
     deadline = time.monotonic() + MAX_WAIT_S
@@ -403,8 +418,10 @@ async def test_the_haproxy_routers_lines_and_show_stat_merge_per_version(state_d
     router = HAProxyRouter(state_dir, close_grace=2.0)
     source = traffic_source_class("haproxy").create(TrafficSetup(router=router, clock=RealClock(),
                                                                  state_dir=state_dir))
+    master: int | None = None
     try:
         port = await router.ensure_route(route, port=0)
+        master = haproxy_pid(state_dir)
         assert port is not None
         await router.set_backends(route, "v1", [Backend("test/shop/v1-0", "127.0.0.1", good.port)])
         await router.set_backends(route, "v2", [Backend("test/shop/v2-0", "127.0.0.1", bad.port)])
@@ -429,7 +446,7 @@ async def test_the_haproxy_routers_lines_and_show_stat_merge_per_version(state_d
     finally:
         await source.close()
         await router.close()
-        stop_haproxy(state_dir)
+        stop_routers_haproxy(state_dir, master)
 
 
 @pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason=f"{HAPROXY} is not installed (Debian's haproxy)")
@@ -441,8 +458,10 @@ async def test_open_loop_load_loses_no_log_line(state_dir: Path, upstreams: Upst
     upstream = upstreams.start("v1")
     router = HAProxyRouter(state_dir, close_grace=2.0)
     source = HAProxyLogTraffic(router, state_dir)
+    master: int | None = None
     try:
         port = await router.ensure_route(route, port=0)
+        master = haproxy_pid(state_dir)
         assert port is not None
         await router.set_backends(route, "v1", [Backend("test/shop/v1-0", "127.0.0.1", upstream.port)])
         await router.set_weights(route, {"v1": 100})
@@ -463,4 +482,42 @@ async def test_open_loop_load_loses_no_log_line(state_dir: Path, upstreams: Upst
     finally:
         await source.close()
         await router.close()
-        stop_haproxy(state_dir)
+        stop_routers_haproxy(state_dir, master)
+
+
+# ---------------------------------------------------------------- through a real controller
+
+
+def on_haproxy_with_its_log(text: str) -> str:
+    """The live config with `router: haproxy` and `traffic_source: haproxy` (this source)."""
+    edited = text.replace("platform: local}", "platform: local, router: haproxy, traffic_source: haproxy}")
+    assert edited.count("traffic_source: haproxy") == 1
+    return edited
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason=f"{HAPROXY} is not installed (Debian's haproxy)")
+def test_a_controller_on_haproxy_reports_latency_from_the_log(tmp_path: Path) -> None:
+    """The controller builds this source from the registry for an environment that names it: a
+    canary through HAProxy under load succeeds with no failed request, and the version's metrics
+    carry a p99 and a mean, which show stat alone cannot give."""
+    state = tmp_path / "state"
+    try:
+        with controller_with(tmp_path, on_haproxy_with_its_log) as setup:
+            client = ControllerClient(setup.state_dir)
+            port = client.routes()[LIVE_ROUTE]
+            load = Load(port, rate=100)
+            with load:
+                first, phases = wait_final(client, deploy(client, "v1.2.0")["id"])  # nothing served before it
+                assert first["phase"] == "succeeded", (first["reason"], phases)
+                started = time.time()
+                done, phases = wait_final(client, deploy(client, "v1.4.0")["id"])
+                ended = time.time()
+                assert done["phase"] == "succeeded", (done["reason"], phases)
+                load.none_failed(started, ended, "the v1.4.0 canary through haproxy")
+                seen_by_controller = client.get(done["id"])["metrics"]["v1.4.0"]
+            assert seen_by_controller["requests"] > 0
+            assert isinstance(seen_by_controller["p99_ms"], float) and seen_by_controller["p99_ms"] > 0
+            assert isinstance(seen_by_controller["mean_ms"], float) and seen_by_controller["mean_ms"] >= 0
+    finally:
+        stop_haproxy(state)
