@@ -116,14 +116,21 @@ def _write(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def write_targets(state_dir: Path, folder: Path) -> str | None:
+    """Rewrite `folder`'s targets file with the controller that runs on `state_dir` now (none when
+    none runs); its address. A controller that calls this once it listens keeps Prometheus on it."""
+    address = controller_address(state_dir)
+    targets: list[Mapping[str, Any]] = [{"targets": [address]}] if address else []
+    _write(folder / TARGETS_FILE, json.dumps(targets, indent=2) + "\n")
+    return address
+
+
 def write_scrape_config(environment: Environment, state_dir: Path, folder: Path) -> str:
     """Write the snippet and its targets file into `folder` (the environment's state folder, which
     prepare made); the check line's detail: where the snippet is and what it scrapes."""
-    address = controller_address(state_dir)
     ensure_token(state_dir)
+    address = write_targets(state_dir, folder)
     haproxy = haproxy_exporter(state_dir, environment) if environment.router == HAPROXY_ROUTER else None
-    targets: list[Mapping[str, Any]] = [{"targets": [address]}] if address else []
-    _write(folder / TARGETS_FILE, json.dumps(targets, indent=2) + "\n")
     header = [
         f"# Prometheus scrape jobs for safeship environment {environment.name}, written by",
         f"# `environment-manager --prepare --environment {environment.name}`: add them under your",
