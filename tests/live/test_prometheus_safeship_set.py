@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -42,6 +45,7 @@ from safeship import histogram
 from safeship.analysis.providers.prometheus import PrometheusTraffic
 from safeship.config.models import Environment, PrometheusSourceConfig
 from safeship.environments.scrape import SNIPPET_FILE, write_scrape_config
+from safeship.routing.haproxy import HAProxyRouter, exporter_address, haproxy_binary, haproxy_pid, stop_haproxy
 from safeship.routing.metrics import CONTENT_TYPE_LATEST, DURATION_BUCKETS_MS, render
 from safeship.traffic import RouteKey, TrafficCounters
 
@@ -198,3 +202,40 @@ async def test_the_safeship_set_reads_the_controllers_series_scraped_as_prepare_
             assert (look.requests, look.errors, look.connect_failures) == (40, 20, 0)
             assert histogram.count_above(look.latency_buckets, histogram.bucket_of(200.0)) == 40
             assert second["v1"].minus(first["v1"]).requests == 0
+
+
+@needs_prometheus
+@pytest.mark.skipif(haproxy_binary() is None, reason="the haproxy binary is not installed (apt-get install haproxy)")
+async def test_the_snippets_haproxy_job_scrapes_haproxys_own_exporter(tmp_path: Path) -> None:
+    """For `router: haproxy`, prepare's snippet has a second job, on HAProxy's built-in exporter
+    where the router serves it; a real Prometheus scrapes it and holds HAProxy's series."""
+    state_dir = Path(tempfile.mkdtemp(prefix="psh", dir="/tmp"))  # short: HAProxy's sockets live here
+    router = HAProxyRouter(state_dir)
+    master: int | None = None
+    try:
+        port = await router.ensure_route(RouteKey("api", ENV), port=0)
+        master = haproxy_pid(state_dir)
+        assert port is not None and master is not None
+        folder = state_dir / "environments" / ENV
+        folder.mkdir(parents=True)
+        environment = Environment(name=ENV, router="haproxy", traffic_source="prometheus",
+                                  prometheus=PrometheusSourceConfig(url="http://127.0.0.1:1", queries="safeship"))
+        detail = write_scrape_config(environment, state_dir, folder)
+        exporter = exporter_address(state_dir)
+        assert exporter is not None and f"HAProxy's exporter at {exporter}" in detail
+        jobs = yaml.safe_load((folder / SNIPPET_FILE).read_text())["scrape_configs"]
+        assert [job["job_name"] for job in jobs] == [f"safeship-{ENV}", f"haproxy-{ENV}"]
+        for job in jobs:
+            job["scrape_interval"] = SCRAPE_S
+        with prometheus_with(jobs, tmp_path / "prometheus") as stack:
+            scraped(stack, f'up{{job="haproxy-{ENV}"}}', 1)
+            frontends = stack.query(f'haproxy_frontend_http_requests_total{{job="haproxy-{ENV}"}}')
+            assert f"{ENV}__api" in {series["metric"].get("proxy") for series in frontends}
+    finally:
+        await router.close()
+        stop_haproxy(state_dir)
+        if master is not None:  # its PID file gone first: by the PID read when it started
+            with contextlib.suppress(OSError):
+                if b"haproxy" in Path(f"/proc/{master}/cmdline").read_bytes():
+                    os.kill(master, signal.SIGKILL)
+        shutil.rmtree(state_dir, ignore_errors=True)
