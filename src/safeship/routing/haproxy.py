@@ -83,6 +83,7 @@ DRAIN_POLL_S = 0.05
 _MAX_UNIX_PATH = 100
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
 DEFAULT_READY_PATH = "/health/ready"
+DEFAULT_CHECK_TIMEOUT_S = 2.0
 
 
 # ---------------------------------------------------------------- paths and the binary
@@ -333,6 +334,11 @@ class HAProxyRouter:
         path = probe.path if probe.type == "http" else None
         return path, probe.interval, probe.failure_threshold, probe.success_threshold
 
+    def _check_timeout(self, route: RouteKey) -> float:
+        if self.config is None or route.service not in self.config.services:
+            return DEFAULT_CHECK_TIMEOUT_S
+        return float(self.config.health_checks_for(route.service).readiness.timeout)
+
     def render(self) -> str:
         """The whole HAProxy config for the routes known now."""
         lines = [
@@ -370,6 +376,9 @@ class HAProxyRouter:
             ]
             if path is not None:
                 lines.append(f"    option httpchk GET {path}")
+            # A check may take the probe's own timeout (the controller's prober allows as much), so
+            # that a busy host's slow answer does not mark the last server DOWN and cost requests.
+            lines.append(f"    timeout check {max(100, round(self._check_timeout(key) * 1000))}")
             lines.append(f"    default-server check inter {inter_ms} fall {fall} rise {rise}")
             for server in route.servers.values():
                 if not server.draining:
