@@ -21,10 +21,12 @@ from safeship.routing.haproxy import HAProxyRouter, haproxy_binary, stop_haproxy
 needs_haproxy = pytest.mark.skipif(haproxy_binary() is None,
                                    reason="the haproxy binary is not installed (apt-get install haproxy)")
 
-# An upstream: answers every path 200 (or 500 with --fail) with its version in X-Version; the
-# readiness path answers 200. HTTP/1.1 keep-alive, one thread per connection.
+# An upstream: answers every path 200 (or 500 with --fail) with its version in X-Version and its
+# port in X-Port (`/slow...` after 1 s); the readiness path answers 200. HTTP/1.1 keep-alive,
+# one thread per connection.
 UPSTREAM = r"""
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, version, fail = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
@@ -33,11 +35,14 @@ class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path.startswith("/slow"):
+            time.sleep(1.0)
         status = 200 if self.path.startswith("/health") or not fail else 500
         body = ('{"version": "%s"}' % version).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Version", version)
+        self.send_header("X-Port", str(port))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -274,3 +274,32 @@ async def test_haproxy_killed_is_started_again_with_its_routes_servers_and_weigh
         for i in range(20):
             versions.add(client.get(f"http://127.0.0.1:{port}/users/{i}").headers.get("x-version"))
     assert versions == {"v2"}  # the weights came back with the servers
+
+
+@needs_haproxy
+async def test_requests_in_flight_on_a_leaving_instance_finish(router: HAProxyRouter, upstreams: Upstreams) -> None:
+    staying, leaving = upstreams.start("v1"), upstreams.start("v1")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(staying, 0), backend(leaving, 1)])
+    await router.set_weights(ROUTE, {"v1": 100})
+    await wait_up(router, port)
+
+    def slow(i: int) -> tuple[int | None, str | None]:
+        try:
+            with httpx.Client(timeout=10.0) as client:
+                answer = client.get(f"http://127.0.0.1:{port}/slow/{i}")
+                return answer.status_code, answer.headers.get("x-port")
+        except httpx.HTTPError:
+            return None, None
+
+    in_flight = [asyncio.create_task(asyncio.to_thread(slow, i)) for i in range(8)]
+    await asyncio.sleep(0.4)  # the slow requests are on both instances now
+    await router.set_backends(ROUTE, "v1", [backend(staying, 0)])  # drain: waits for them, then deletes
+    leaving.stop()
+    answers = await asyncio.gather(*in_flight)
+    assert [status for status, _ in answers] == [200] * 8
+    assert str(leaving.port) in {p for _, p in answers}, "no slow request went to the leaving instance"
+    after = await asyncio.to_thread(send, port, 20)
+    assert after == [200] * 20
+    assert "v1-1" not in router._stat_rows(ROUTE)  # deleted from HAProxy
