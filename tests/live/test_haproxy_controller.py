@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from haproxykit import needs_haproxy
 from livekit import ROUTE, SERVICE, Load, controller_with, deploy, versions_in_ledger, wait_final, wait_for
@@ -58,5 +59,27 @@ def test_a_bad_release_is_rolled_back_on_haproxy_counters(tmp_path: Path) -> Non
                 load.none_failed(started, ended, f"the v1.4.0 canary through haproxy ({phases})")
                 assert third["metrics"]["v1.4.0"]["requests"] > 0
             assert haproxy_pid(setup.state_dir) == master  # one haproxy throughout, reloaded, never a second
+    finally:
+        stop_haproxy(state_dir)
+
+
+def test_recreate_on_haproxy_degrades_the_hold_and_says_so(tmp_path: Path) -> None:
+    """HAProxy has no request hold: a recreate deployment runs without one, records
+    `hold_unsupported`, and the new version then serves through HAProxy."""
+    state_dir = tmp_path / "state"
+    try:
+        with controller_with(tmp_path, on_haproxy) as setup:
+            client = ControllerClient(setup.state_dir)
+            port = client.routes()[ROUTE]
+            first, _ = wait_final(client, deploy(client, "v1.2.0")["id"])
+            assert first["phase"] == "succeeded", first["reason"]
+            second, _ = wait_final(client, deploy(client, "v1.4.0", deployment_strategy="recreate")["id"])
+            assert second["phase"] == "succeeded", second["reason"]
+            assert "hold_unsupported" in [e["kind"] for e in second["events"]]
+            wait_for(lambda: versions_in_ledger(setup) == ["v1.4.0", "v1.4.0"], 60, "v1.2.0 to stop")
+            with httpx.Client(timeout=10.0) as http:
+                answers = [http.get(f"http://127.0.0.1:{port}/users/{i}") for i in range(20)]
+            assert [a.status_code for a in answers] == [200] * 20
+            assert {a.headers.get("x-version") for a in answers} == {"v1.4.0"}
     finally:
         stop_haproxy(state_dir)
