@@ -24,8 +24,8 @@ start to its end (`created_at`..`finished_at` in the controller's record):
 - time_to_rollback_s (bad rows): from the first request the bad version answered to the end of
   the rollback; `rollback_clock` says `first_candidate_request`, or `deployment_start` when the bad
   version never answered one. `decided_after_s` is from the same moment to the rollback decision;
-- after_failed_requests: failures sent after the deployment ended, until the next one started (or
-  AFTER_S after the last one), while the replaced instances drain and stop.
+- after_failed_requests: failures sent after the deployment ended, until the next one started
+  (SETTLE_S later) or AFTER_S after the last one, while the replaced instances drain and stop.
 
 Prints one table, the machine (cores, platform) and the verdicts: 0 failed requests in every
 healthy row; in bad rows every failure was served by the bad version. Writes the rows to
@@ -33,6 +33,22 @@ bench/results/zero_downtime.json (or --json FILE). The haproxy router is skipped
 printed, while `safeship.routing.ROUTERS` has no "haproxy" or the binary is missing; its
 environment names `traffic_source: haproxy` (show stat counts, latency from HAProxy's per-request
 log lines) when that source is registered, and each row says its `traffic_source`.
+
+Last result (2026-12-01, 2 cores, Linux 6.18 x86_64, Python 3.11.7, load average 5-7 from other
+work on the machine; bench/results/zero_downtime.txt): 319 s for both routers x 4 strategies. The
+generator offered 500 req/s in every row (slowest whole second: 500).
+- Healthy releases: 0 failed requests in all 4 builtin rows and in the haproxy canary, blue-green
+  and rolling rows (p99 35-57 ms; builtin recreate 2.06 s: requests held through the gap). HAProxy
+  recreate failed 1015 of 3290 requests: HAProxy cannot hold requests in the recreate gap
+  (`hold_unsupported`), so they are answered 503 by HAProxy itself, none by the new version.
+- Bad releases: rolled back in 7 of 8 rows, with only the bad version's own failures (23-168),
+  2.1-5.2 s from its first request to the end of the rollback. HAProxy recreate promoted the bad
+  v1.3.0 ("no regression during the window" after a 2 s window that began with the gap's 503s);
+  its events are in the JSON.
+- Verdict: FAIL (haproxy x recreate, both rows). Variance between runs on this loaded machine:
+  an earlier run rolled back the healthy builtin rolling release in its monitoring window (p95
+  slow share 17% vs 2.3% before the switch: machine contention in a single-version phase, which
+  has no concurrent control), and one of 8 builtin blue-green runs promoted the bad release.
 
 Every process it starts (controller, router daemon, services, haproxy) is stopped by PID on the
 way out, Ctrl-C included: the controller by the PID it was started with, the router daemon by its
@@ -81,6 +97,9 @@ MARK = "SAFESHIP_BENCH_MARK"
 WARMUP_S = 2.0  # load flows this long before the first measured deployment
 DEPLOY_TIMEOUT_S = 120.0  # longest one deployment may take before the bench gives up on it
 RUN_LIMIT_S = 600.0  # the whole bench's target
+# Load flows this long between the healthy and the bad deployment: the replaced instances drain and
+# stop (grace_period 3 s), and the new version builds the record that blue-green and recreate judge against.
+SETTLE_S = 4.0
 AFTER_S = 5.0  # load keeps flowing this long after the last deployment ends (grace_period 3s + drain)
 
 CONFIG = """\
@@ -420,6 +439,7 @@ def row_for(router: str, traffic: str | None, strategy: str, release: str, versi
         "after_candidate_failed_requests": sum(1 for o in after_failures if o.version == version),
         "reason": record.get("reason") or "",
     }
+    row["event_kinds"] = sorted({str(e["kind"]) for e in record.get("events") or []})
     expected = "succeeded" if release == "healthy" else "rolled_back"
     if record["phase"] != expected:  # the controller's own account of what happened, for the reader
         row["events"] = [{"after_s": round(float(e["at"]) - start, 2), "kind": e["kind"], "message": e["message"]}
@@ -445,6 +465,8 @@ def measure(router: str, strategy: str, rate: float) -> list[dict[str, Any]]:
         with Load(port, rate=rate, max_s=2 * DEPLOY_TIMEOUT_S + 60) as load:
             time.sleep(WARMUP_S)
             for release, version in (("healthy", HEALTHY), ("bad", BAD)):
+                if done:
+                    time.sleep(SETTLE_S)
                 started = time.time()
                 record = run.deploy(version, strategy)
                 done.append((release, version, record, started, time.time()))
@@ -574,6 +596,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if offered and min(offered) < args.rate * 0.95:
         text.append(f"note: the generator offered {min(offered)}-{max(offered)} req/s, below the "
                     f"{args.rate:.0f} asked, on this machine")
+    for r in rows:
+        which = f"{r['router']} x {r['strategy']} ({r['release']})"
+        if "hold_unsupported" in r["event_kinds"]:
+            text.append(f"note: {which}: the router cannot hold requests in the recreate gap; they are answered "
+                        f"5xx ({r['failed_requests'] - r['candidate_failed_requests']} not served by the candidate)")
+        if r["phase"] != ("succeeded" if r["release"] == "healthy" else "rolled_back"):
+            text.append(f"note: {which} ended {r['phase']}: {r['reason']} (its events are in the JSON)")
     text += [f"skipped: {s}" for s in skipped] + [f"not measured: {e}" for e in errors]
     results = verdicts(rows)
     results.append((f"the run took under {RUN_LIMIT_S / 60:.0f} minutes", took < RUN_LIMIT_S))
