@@ -32,8 +32,19 @@ with a deleted server, so each server's last values are folded into a per-versio
 before either happens, and what `counters` returns is also never below what it returned before.
 Latency buckets stay empty here: `show stat` has averages only; the log reader builds them.
 
+What else it keeps: `routes.json` (routes, ports, servers with their versions and weights, the
+exporter's port), so that a restarted controller knows the servers of the HAProxy it reuses; an
+HAProxy found gone (killed) is started again from that picture at the next Runtime API call. A
+frontend on a loopback port of its own serves HAProxy's Prometheus exporter
+(`exporter_address(state_dir)`). Health checks may take the readiness probe's timeout (`timeout
+check`), so that a slow answer on a busy host does not mark the last server DOWN.
+
+For the log reader: `log_socket_path(state_dir)` (a short folder in /tmp replaces the state dir's
+when its path is too long for a Unix socket), `backend_name(route)` / `route_of_backend(name)`, and
+`HAProxyRouter.version_of(route, server_name)`, which still answers for deleted servers.
+
 `close()` only forgets the connection state: HAProxy keeps serving, like the router daemon. Stop it
-with `stop_haproxy(state_dir)`.
+with `stop_haproxy(state_dir)` (by its recorded PID, checked against /proc).
 """
 
 from __future__ import annotations
@@ -546,7 +557,6 @@ class HAProxyRouter:
         async with self._lock:
             if route not in self._routes:
                 return
-            self._fold_route(route, drop=True)
             del self._routes[route]
             self._offsets.pop(route, None)
             await asyncio.to_thread(self._fold_all_and_reload)
@@ -558,7 +568,7 @@ class HAProxyRouter:
                  for key, o in self._offsets.items()}
         if haproxy_pid(self.state_dir) is not None:
             for key in list(self._routes):
-                self._fold_route(key, drop=False)
+                self._fold_route(key)
         try:
             self._reload()
         except Exception:
@@ -689,7 +699,7 @@ class HAProxyRouter:
         b = backend_name(route)
         return {row["svname"]: row for row in reader if row.get("pxname") == b}
 
-    def _fold_route(self, route: RouteKey, *, drop: bool) -> None:
+    def _fold_route(self, route: RouteKey) -> None:
         """Move the route's current HAProxy counts into its offsets (before they are zeroed)."""
         known = self._routes.get(route)
         if known is None:
