@@ -27,7 +27,7 @@ def test_routers_have_the_protocol_methods(name: str) -> None:
 def test_unknown_names_list_the_known_ones() -> None:
     with pytest.raises(InputError, match="known platforms: kubernetes, local, sim"):
         platform_class("nomad")
-    with pytest.raises(InputError, match="known routers: builtin, gateway-api, istio, process, replicas, sim"):
+    with pytest.raises(InputError, match="known routers: builtin, gateway-api, haproxy, istio, process, replicas, sim"):
         router_class("nginx")
 
 

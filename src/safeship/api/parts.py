@@ -48,13 +48,17 @@ class Choice:
 
 
 def choice_for(environment: Environment | None) -> Choice:
-    """The platform, router and traffic source an environment names, the platform's defaults
-    filling what it leaves out. An unknown name is an InputError listing the known ones."""
+    """The platform, router and traffic source an environment names, the defaults filling what it
+    leaves out: the platform's router; the router's traffic source when its class names one
+    (`traffic`), else the platform's. An unknown name is an InputError listing the known ones."""
     platform = environment.platform if environment is not None else DEFAULT_PLATFORM
     cls = platform_class(platform)
     router = (environment.router if environment is not None else None) or cls.router
     router_class(router)  # unknown: refused here, with the known ones listed
-    traffic = (environment.traffic_source if environment is not None else None) or cls.traffic
+    # the environment's own, else its router's (a router may say which source measures it best),
+    # else its platform's
+    own = environment.traffic_source if environment is not None else None
+    traffic = own or getattr(router_class(router), "traffic", None) or cls.traffic
     traffic_source_class(traffic)
     return Choice(platform, router, traffic)
 

@@ -298,6 +298,11 @@ def stop_server(config_path: str) -> list[str]:
         lines.append("the routes no longer listen; the next controller opens them again on the same ports")
     else:
         lines.append(f"no router daemon runs for {state}")
+    from safeship.routing.haproxy import haproxy_pid, stop_haproxy
+
+    haproxy = haproxy_pid(state)
+    if haproxy is not None and stop_haproxy(state):
+        lines.append(f"stopped haproxy (pid {haproxy}); its routes no longer listen")
     return lines + _instances_left(config, config_path)
 
 

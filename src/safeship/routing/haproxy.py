@@ -265,6 +265,9 @@ class HAProxyRouter:
 
     abilities: RouterAbilities = RouterAbilities(hold=False, listens=True)
     per_environment: ClassVar[bool] = False  # one HAProxy per state directory serves every environment
+    # The traffic source an environment gets with this router unless it names one: show stat's
+    # counts with latency from HAProxy's per-request log (show stat has averages only).
+    traffic: ClassVar[str] = "haproxy"
 
     @classmethod
     def create(cls, setup: RouterSetup) -> Router:

@@ -112,3 +112,10 @@ async def test_an_environment_names_its_own_router_over_the_platform_default(reg
     assert choice_for(Environment(name="p", platform="local", router="fake-router")).router == "fake-router"
     with pytest.raises(InputError, match="unknown router 'nope'"):
         choice_for(Environment(name="p", platform="fake", router="nope"))
+
+
+def test_a_router_may_name_the_traffic_source_that_measures_it_best() -> None:
+    assert choice_for(Environment(name="p", platform="local")).traffic == "router"
+    assert choice_for(Environment(name="p", platform="local", router="haproxy")).traffic == "haproxy"
+    named = Environment(name="p", platform="local", router="haproxy", traffic_source="router")
+    assert choice_for(named).traffic == "router"  # the environment's own choice wins
