@@ -49,6 +49,10 @@ generator offered 500 req/s in every row (slowest whole second: 500).
   an earlier run rolled back the healthy builtin rolling release in its monitoring window (p95
   slow share 17% vs 2.3% before the switch: machine contention in a single-version phase, which
   has no concurrent control), and one of 8 builtin blue-green runs promoted the bad release.
+  Three of 5 further haproxy x recreate runs promoted the bad release. At 100 req/s (the live
+  test's rate) the 2 s canary steps give the judge thin evidence: the bad canary was promoted in
+  3 of 6 builtin runs ("step duration reached, no harm shown" at each step, then 2 s of
+  monitoring with `history_unavailable`); at 500 req/s it was rolled back every time.
 
 Every process it starts (controller, router daemon, services, haproxy) is stopped by PID on the
 way out, Ctrl-C included: the controller by the PID it was started with, the router daemon by its
@@ -444,6 +448,7 @@ def row_for(router: str, traffic: str | None, strategy: str, release: str, versi
     if record["phase"] != expected:  # the controller's own account of what happened, for the reader
         row["events"] = [{"after_s": round(float(e["at"]) - start, 2), "kind": e["kind"], "message": e["message"]}
                          for e in record.get("events") or []][-40:]
+        row["controller_metrics"] = record.get("metrics")  # what the controller's traffic source counted
     if release == "bad":
         first = min((o.sent_at for o in seen if o.version == version), default=None)
         row["rollback_clock"] = "deployment_start" if first is None else "first_candidate_request"
