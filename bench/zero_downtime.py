@@ -49,7 +49,9 @@ generator offered 500 req/s in every row (slowest whole second: 500).
   an earlier run rolled back the healthy builtin rolling release in its monitoring window (p95
   slow share 17% vs 2.3% before the switch: machine contention in a single-version phase, which
   has no concurrent control), and one of 8 builtin blue-green runs promoted the bad release.
-  Three of 5 further haproxy x recreate runs promoted the bad release. At 100 req/s (the live
+  Of 6 further haproxy x recreate runs, 2 promoted the bad release and 1 rolled back the healthy
+  one (all 3 before 15:05 UTC); the 3 runs after 15:10 rolled the bad release back, with ~1000
+  gap 503s per row. At 100 req/s (the live
   test's rate) the 2 s canary steps give the judge thin evidence: the bad canary was promoted in
   3 of 6 builtin runs ("step duration reached, no harm shown" at each step, then 2 s of
   monitoring with `history_unavailable`); at 500 req/s it was rolled back every time.
