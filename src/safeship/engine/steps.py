@@ -268,7 +268,10 @@ class StepRunner:
         return DONE
 
     async def hold(self, tick: Tick, step: HoldStep) -> StepResult:
-        if not self.world.router.abilities.hold:
+        # the route's own router's abilities where the world's router dispatches per environment
+        abilities_for = getattr(self.world.router, "abilities_for", None)
+        abilities = abilities_for(tick.route) if abilities_for is not None else self.world.router.abilities
+        if not abilities.hold:
             # Degrade and say so: recreate accepts a gap; without a hold, requests in it fail.
             tick.event("hold_unsupported", "the router cannot hold new requests; requests in the recreate gap fail")
             return DONE
