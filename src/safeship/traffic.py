@@ -8,6 +8,8 @@ the analysis and the engine read it, the routers implement it, and it imports ne
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,50 @@ class TrafficWindow:
     start: float
     end: float
     counters: Mapping[str, TrafficCounters]
+
+
+class SnapshotRing:
+    """Timestamped copies of a source's cumulative counters per route, the last `size` of them,
+    from which `window` answers `TrafficSource.before`.
+
+    `keep` drops a snapshot less than `min_spacing` seconds after the last one kept (or earlier
+    than it: a clock that went back), so the ring stays ordered. `window(route, at, span)` is the
+    difference between the latest snapshot at or before `at - span` and the latest at or before
+    `at`, with their real times as bounds; with `from_first`, the first snapshot stands in for
+    the start when none is that early (a source that kept an empty snapshot when it started). It
+    is None when there is no such pair, or when the counters went back in between (a restarted
+    router: that window measured nothing)."""
+
+    def __init__(self, size: int, *, min_spacing: float) -> None:
+        self.size = size
+        self.min_spacing = min_spacing
+        self._kept: dict[RouteKey, deque[tuple[float, dict[str, TrafficCounters]]]] = {}
+
+    def keep(self, route: RouteKey, now: float, counters: Mapping[str, TrafficCounters]) -> None:
+        kept = self._kept.setdefault(route, deque(maxlen=self.size))
+        if kept and now - kept[-1][0] < self.min_spacing:
+            return
+        kept.append((now, {version: c.plus(TrafficCounters()) for version, c in counters.items()}))
+
+    def window(self, route: RouteKey, at: float, span: float, *, from_first: bool = False) -> TrafficWindow | None:
+        kept = self._kept.get(route)
+        if not kept or span <= 0:
+            return None
+        times = [t for t, _ in kept]
+        start_i = bisect.bisect_right(times, at - span) - 1
+        if from_first:
+            start_i = max(start_i, 0)
+        end_i = bisect.bisect_right(times, at) - 1
+        if start_i < 0 or end_i <= start_i:
+            return None
+        (t0, first), (t1, last) = kept[start_i], kept[end_i]
+        window: dict[str, TrafficCounters] = {}
+        for version, counters in last.items():
+            delta = counters.minus(first.get(version, TrafficCounters()))
+            if delta.requests < 0 or any(b < 0 for b in delta.latency_buckets):
+                return None
+            window[version] = delta
+        return TrafficWindow(start=t0, end=t1, counters=window)
 
 
 class TrafficSource(Protocol):

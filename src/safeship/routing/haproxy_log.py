@@ -65,7 +65,6 @@ its lock never steals the log of the first.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import importlib
 import inspect
@@ -83,7 +82,7 @@ from typing import Any, ClassVar
 
 from safeship.clock import Clock, RealClock
 from safeship.errors import PermanentError, TemporaryError
-from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, TrafficWindow
+from safeship.traffic import RouteKey, SnapshotRing, TrafficCounters, TrafficSetup, TrafficWindow
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +186,8 @@ class HAProxyLogTraffic:
         self.router = router
         self.clock: Clock = clock if clock is not None else RealClock()
         self.path = log_socket(state_dir)
-        self._ring = ring
+        # the ring's spacing is the snapshot schedule's (`_snapshot`); it only keeps it ordered
+        self._ring = SnapshotRing(ring, min_spacing=1e-9)
         self._queue_size = queue
         self.totals: dict[RouteKey, dict[str, TrafficCounters]] = {}
         self.malformed = 0  # lines that are not in LOG_FORMAT
@@ -195,7 +195,6 @@ class HAProxyLogTraffic:
         self.dropped = 0  # datagrams the full queue had no room for
         self.lines = 0  # lines counted into `totals`
         self._servers: dict[tuple[RouteKey, str], str] = {}
-        self._kept: dict[RouteKey, deque[tuple[float, dict[str, TrafficCounters]]]] = {}
         self._last_snapshot = -float("inf")
         self._monotonic: dict[tuple[RouteKey, str], _Monotonic] = {}
         self._sock: socket.socket | None = None
@@ -338,7 +337,7 @@ class HAProxyLogTraffic:
             self.unattributed += 1
             return
         if route not in self.totals:  # a route's record starts at zero when the source started
-            self._kept.setdefault(route, deque(maxlen=self._ring)).append((self._since, {}))
+            self._ring.keep(route, self._since, {})
         counters = self.totals.setdefault(route, {}).setdefault(version, TrafficCounters())
         counters.observe(float(line.active_ms), status=None if line.connect_failure else line.status)
         self.lines += 1
@@ -376,10 +375,7 @@ class HAProxyLogTraffic:
             return
         self._last_snapshot = now
         for route, counters in self.totals.items():
-            kept = self._kept.setdefault(route, deque(maxlen=self._ring))
-            if kept and now <= kept[-1][0]:
-                continue  # a clock that went back: the ring stays ordered
-            kept.append((now, _copy(counters)))
+            self._ring.keep(route, now, counters)
 
     # ------------------------------------------------------------ TrafficSource
 
@@ -413,20 +409,9 @@ class HAProxyLogTraffic:
     async def before(self, route: RouteKey, at: float, span: float) -> TrafficWindow | None:
         self._ensure()
         self._snapshot(idle=False)  # the record up to now
-        kept = self._kept.get(route)
-        if not kept or span <= 0:
-            return None
-        times = [t for t, _ in kept]
         # the latest snapshot at or before the window's start, else the first one inside it (a
         # route's first is the source's start, when it had served nothing the source could see)
-        start_i = max(bisect.bisect_right(times, at - span) - 1, 0)
-        end_i = bisect.bisect_right(times, at) - 1
-        if end_i <= start_i:
-            return None
-        (t0, first), (t1, last) = kept[start_i], kept[end_i]
-        window = {version: counters.minus(first.get(version, TrafficCounters()))
-                  for version, counters in last.items()}
-        return TrafficWindow(start=t0, end=t1, counters=window)
+        return self._ring.window(route, at, span, from_first=True)
 
     async def close(self) -> None:
         """Stop reading and remove the socket file (the router belongs to whoever built it)."""
