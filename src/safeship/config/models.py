@@ -12,30 +12,15 @@ import enum
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from safeship.config.base import MAX_COUNT, Int, Model, Number
 from safeship.config.durations import Duration, PositiveDuration, StepDuration
 from safeship.config.names import shown as show
+from safeship.config.notifications import NotificationSinkConfig
+from safeship.config.pipeline import PipelineStage
 from safeship.config.quantities import Cpu, MemoryMb
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {str(value).lower()}")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_not_bool)]
-"""An int that refuses `true`/`false` (pydantic would read them as 1 and 0)."""
-Number = Annotated[float, BeforeValidator(_not_bool)]
-"""A finite float that refuses `true`/`false`."""
-
-MAX_COUNT = 10_000  # replicas, surge, thresholds: more is a typo, not a plan
-
+from safeship.config.webhooks import WebhookGateConfig
 
 # ---------------------------------------------------------------- enums
 
@@ -499,6 +484,8 @@ class ServiceConfig(Model):
     rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
     simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version
     rps: Number = Field(default=100.0, gt=0, le=1_000_000)  # sim world: requests per second
+    webhooks: list[WebhookGateConfig] = Field(default_factory=list)  # gates (see webhooks.py)
+    pipeline: list[PipelineStage] = Field(default_factory=list)  # stages before the deploy
 
 
 class StoreConfig(Model):
@@ -514,6 +501,7 @@ class SafeshipConfig(Model):
     # The local platform's router runs in a process of its own, so that routes keep serving while
     # the controller restarts; false runs it inside the controller.
     router_process: bool = True
+    notifications: list[NotificationSinkConfig] = Field(default_factory=list)
 
     def environment(self, name: str) -> Environment | None:
         return next((e for e in self.environment_management.environments if e.name == name), None)

@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from safeship.config.base import Int, Model, Number
 from safeship.config.loader import read_yaml, validate
-from safeship.config.models import DeploymentStrategy, Int, Model, Number
+from safeship.config.models import DeploymentStrategy
 from safeship.errors import ConfigError
 
 MAX_SECONDS = 7 * 86400.0
