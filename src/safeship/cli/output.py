@@ -85,7 +85,11 @@ def show_deployment(data: dict[str, Any]) -> None:
     table.add_row("created", when(data.get("created_at")))
     table.add_row("finished", when(data.get("finished_at")))
     console.print(table)
-    for event in data.get("events", [])[-15:]:
+    events = data.get("events", [])
+    # Looks (one per analysis interval) would crowd out the transitions; only the last is shown.
+    looks = [e for e in events if e["kind"] == "look"]
+    shown = [e for e in events if e["kind"] != "look" or e is looks[-1]]
+    for event in shown[-15:]:
         console.print(f"  {when(event['at'])}  {event['kind']:<16} {event['message']}")
 
 

@@ -510,6 +510,9 @@ class StepRunner:
         progress.last_look = tick.now
         progress.counters = _copies(counters)
         progress.last_sample = _summary(sample)
+        tick.event("look", _look_line(progress.last_sample, sample.candidate_weight, decision),
+                   candidate_weight=sample.candidate_weight, **progress.last_sample,
+                   verdict=decision.verdict.value, reason=decision.reason, evidence=dict(decision.evidence))
         return self.judge(tick, decision, interval)
 
     def judge(self, tick: Tick, decision: Decision, interval: float) -> StepResult:
@@ -599,6 +602,16 @@ def _known(at: float | None) -> float:
     if at is None:
         raise ValueError("the analysis has not looked yet")
     return at
+
+
+def _look_line(summary: SampleSummary, weight: int, decision: Decision) -> str:
+    """One look as a line of the event list: each version's failures and p99, and the verdict."""
+    def one(name: str, c: CountSummary) -> str:
+        p99 = "-" if c["p99_ms"] is None else f"{c['p99_ms']:g} ms"
+        return f"{name} {c['failed']}/{c['requests']} failed, p99 {p99}"
+
+    return (f"look at {weight}%: {one('candidate', summary['candidate'])}; {one('baseline', summary['baseline'])}"
+            f" -> {decision.verdict.value}")
 
 
 def _summary(sample: TickSample) -> SampleSummary:
