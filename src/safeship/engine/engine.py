@@ -107,6 +107,7 @@ class DeploymentEngine:
         if baseline == request.version:
             raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
         frozen = gates.check_freeze(environment, self.wall_now(), request.override_freeze)
+        gates.check_artifact(self.store, request.service_name, request.version)
         if environment.max_concurrent_deployments is not None:
             self._unstrand(None, environment.name)
         gates.check_concurrency(self.store, environment)
