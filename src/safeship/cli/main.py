@@ -1,4 +1,4 @@
-"""safeship: write a starter config, simulate a release, run or stop the controller."""
+"""safeship: write a starter config, simulate a release, run or stop the controller, run a pipeline."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     server.add_argument("--stop", action="store_true",
                         help="stop the running controller and its router daemon; service instances keep running")
+    from safeship.cli.pipeline import add_parser as add_pipeline
+
+    add_pipeline(sub)
     return p
 
 
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         output.console.print(f"wrote {written}; try `environment-manager --validate --environment development "
                              f"--config {args.config}`")
         return EXIT_OK
+    if args.command == "pipeline":
+        from safeship.cli.pipeline import main as pipeline_main
+
+        return pipeline_main(args)
     if args.command == "server":
         from safeship.api.server import serve, stop_server
 

@@ -10,12 +10,16 @@ from datetime import datetime
 from safeship.config.models import Environment, SafeshipConfig
 from safeship.engine.selection import Capacity
 from safeship.errors import ConflictError, InputError
-from safeship.store import Store
+from safeship.store import Store, sha256_of
 from safeship.strategies.base import Step
 
 
 class QuotaExceeded(InputError):
     """The deployment would not fit the environment's resource quota; nothing was started."""
+
+
+class ArtifactMismatch(ConflictError):
+    """The version's registered build artifact is missing or its bytes changed; nothing was started."""
 
 
 class FrozenError(ConflictError):
@@ -43,10 +47,23 @@ def check_freeze(environment: Environment, now: datetime, override_reason: str |
 
 def check_artifact(store: Store, service: str, version: str) -> None:
     """Refuses a version whose registered build artifact no longer hashes to what the pipeline
-    tested. Versions that no pipeline built have no artifact and pass.
-
-    TODO(pipeline): being written; until then no artifact is registered and every version passes."""
-    del store, service, version
+    tested (the file is gone, unreadable or changed), so that a deploy runs exactly the tested
+    bytes. Versions that no pipeline built have no artifact and pass."""
+    artifact = store.artifact(service, version)
+    if artifact is None:
+        return
+    try:
+        found = sha256_of(artifact.path)
+    except FileNotFoundError:
+        found = "none (the file is missing)"
+    except OSError as exc:
+        found = f"none (the file cannot be read: {exc.strerror or exc})"
+    if found != artifact.sha256:
+        raise ArtifactMismatch(
+            f"{service} {version}: the artifact {artifact.path} that pipeline run {artifact.run_id} built "
+            f"no longer matches: expected sha256 {artifact.sha256}, found {found}; nothing was started "
+            f"(run `safeship pipeline run` again to rebuild it)"
+        )
 
 
 def check_concurrency(store: Store, environment: Environment) -> None:

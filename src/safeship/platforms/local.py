@@ -8,6 +8,14 @@ process start time, port, spec without secret values) is written to the ledger o
 `adopt()` can resume supervising processes that kept serving while the controller was away.
 
 Linux only: process identity comes from /proc/<pid>/stat, exit detection from pidfd_open.
+
+Released bytes: when the ledger also knows build artifacts (the store does: `safeship pipeline
+run` registers one per version it built and tested), an instance of a version with an artifact
+runs those bytes. The file is hashed again before anything starts (a changed file refuses the
+start); a tarball (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) is unpacked once into
+`<state_dir>/releases/<service>/<version>-<sha256 prefix>/`, which becomes the instance's working
+directory (so `python -m package` imports the release's code first), and the `{artifact}`
+placeholder of the command names the file itself. Versions without an artifact run as before.
 """
 
 from __future__ import annotations
@@ -19,15 +27,17 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol, runtime_checkable
 
 from safeship.clock import Clock, RealClock
 from safeship.config.names import check_name, inside
@@ -66,13 +76,17 @@ from safeship.platforms.processes import (
     wait_for_exit,
 )
 from safeship.platforms.scaling import ScalesOneByOne
+from safeship.store import ArtifactRecord, sha256_of
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 PLATFORM_NAME = "local"
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")
-PLACEHOLDERS = ("port", "version", "service", "environment", "index")
+PLACEHOLDERS = ("port", "version", "service", "environment", "index", "artifact")
+ARTIFACT_ENV = "SAFESHIP_ARTIFACT"  # the release file an instance runs (set only when there is one)
+ARTIFACT_SHA_ENV = "SAFESHIP_ARTIFACT_SHA256"
+_TARBALLS = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PORT_ATTEMPTS = 50
 RETRY_DELAY_S = 2.0  # how long a caller waits before trying again after a passing OS failure
@@ -92,6 +106,13 @@ def _os_errors(action: str) -> Iterator[None]:
         if exc.errno in _PASSING_ERRNOS:
             raise TemporaryError(f"{action}: {text}", delay=RETRY_DELAY_S) from exc
         raise PermanentError(f"{action}: {text}") from exc
+
+
+@runtime_checkable
+class ArtifactSource(Protocol):
+    """A ledger that also knows the build artifact registered for a version (the store)."""
+
+    def artifact(self, service: str, version: str) -> ArtifactRecord | None: ...
 
 
 class ProbeOutcome(Protocol):
@@ -217,6 +238,7 @@ class LocalPlatform(ScalesOneByOne):
         already runs, PermanentError when the process cannot be started at all."""
         instance_id = instance_id_of(spec)
         _check_names(spec)
+        spec = self._with_release(spec)
         _render_command(spec.command, _template_values(spec, port=0))  # fail before spawning
         if instance_id in self._supervised:
             raise ConflictError(f"instance {instance_id} already exists")
@@ -456,7 +478,8 @@ class LocalPlatform(ScalesOneByOne):
         with open(sup.log_path, "ab") as log_file:
             _log_line(
                 log_file,
-                f"starting {inst.id} on port {port}: {' '.join(argv)}",
+                f"starting {inst.id} on port {port}: {' '.join(argv)}"
+                + (f" (in {spec.workdir})" if spec.workdir else ""),
                 sup.spec.secret_env,
             )
             try:
@@ -481,6 +504,19 @@ class LocalPlatform(ScalesOneByOne):
         inst.state = InstanceState.STARTING
         inst.started_at = self._clock.now()
         log.info("started %s: pid %d, port %d", inst.id, popen.pid, port)
+
+    def _with_release(self, spec: InstanceSpec) -> InstanceSpec:
+        """`spec` running the artifact registered for its version, verified (and unpacked when it
+        is a tarball); `spec` itself when no artifact is registered. PermanentError when the
+        file is gone or changed, or cannot be unpacked."""
+        if spec.workdir is not None or not isinstance(self._ledger, ArtifactSource):
+            return spec
+        artifact = self._ledger.artifact(spec.service, spec.version)
+        if artifact is None:
+            return spec
+        folder = unpack_release(self._state_dir / "releases", artifact)
+        env = {**spec.env, ARTIFACT_ENV: artifact.path, ARTIFACT_SHA_ENV: artifact.sha256}
+        return dataclasses.replace(spec, env=env, workdir=None if folder is None else str(folder))
 
     def _identity(self, spec: InstanceSpec) -> dict[str, Any]:
         """Drop to the environment's unprivileged user when the controller runs as root."""
@@ -639,13 +675,50 @@ def _check_names(spec: InstanceSpec) -> None:
 
 
 def _template_values(spec: InstanceSpec, *, port: int) -> dict[str, str]:
-    return {
+    values = {
         "port": str(port),
         "version": spec.version,
         "service": spec.service,
         "environment": spec.environment,
         "index": str(spec.index),
     }
+    if spec.env.get(ARTIFACT_ENV):
+        values["artifact"] = spec.env[ARTIFACT_ENV]
+    return values
+
+
+def unpack_release(releases: Path, artifact: ArtifactRecord) -> Path | None:
+    """The folder the tarball `artifact` is unpacked in (once per service, version and hash), or
+    None when the artifact is not a tarball. The file must still hash to `artifact.sha256`."""
+    try:
+        found = sha256_of(artifact.path)
+    except OSError as exc:
+        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} cannot be "
+                             f"read ({exc.strerror or exc}); expected sha256 {artifact.sha256}") from exc
+    if found != artifact.sha256:
+        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} changed: "
+                             f"expected sha256 {artifact.sha256}, found {found}")
+    if not artifact.path.endswith(_TARBALLS):
+        return None
+    folder = releases / artifact.service / f"{artifact.version}-{artifact.sha256[:16]}"
+    marker = folder / ".safeship-sha256"
+    with contextlib.suppress(OSError):
+        if marker.read_text().strip() == artifact.sha256:
+            return folder
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        with tarfile.open(artifact.path) as tar:
+            tar.extractall(partial, filter="data")  # no absolute paths, no links leaving the folder
+        (partial / ".safeship-sha256").write_text(artifact.sha256 + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    except (OSError, tarfile.TarError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} could not be "
+                             f"unpacked into {folder}: {exc}") from exc
+    return folder
 
 
 def _render_command(template: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -654,6 +727,11 @@ def _render_command(template: Sequence[str], values: Mapping[str, str]) -> list[
     argv: list[str] = []
     for arg in template:
         unknown = [m for m in _PLACEHOLDER.findall(arg) if m not in values]
+        if unknown == ["artifact"]:
+            raise InputError(
+                f"command argument {arg!r} uses {{artifact}}, but no build artifact is registered for this "
+                f"version; build it with `safeship pipeline run` first"
+            )
         if unknown:
             raise InputError(
                 f"command argument {arg!r} uses unknown placeholder {{{unknown[0]}}}; "

@@ -113,3 +113,31 @@ cursors = Table(
 # table was added to a database that already held events (those were handled before cursors
 # existed). Absent in a database that had cursors from the start; such consumers start at 0.
 CURSOR_START = "*start*"
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("service", String(200), primary_key=True),
+    Column("version", String(200), primary_key=True),
+    Column("path", Text, nullable=False),  # absolute path of the file the pipeline built
+    Column("sha256", String(64), nullable=False),
+    Column("run_id", String(64), nullable=False),  # the pipeline run that built and tested it
+    Column("registered_at", Float, nullable=False),
+)
+
+pipeline_runs = Table(
+    "pipeline_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("service", String(200), nullable=False, index=True),
+    Column("version", String(200), nullable=False),
+    Column("environment", String(200), nullable=False),
+    Column("status", String(32), nullable=False),  # running, failed, deploying, then the deployment's phase
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("stages", JSON, nullable=False),  # [{name, status, started_at, duration_s, exit_code, log_path, detail}]
+    Column("artifact_path", Text),
+    Column("artifact_sha256", String(64)),
+    Column("deployment_id", String(64)),
+    Column("message", Text),  # why it stopped, or the deployment's outcome
+)

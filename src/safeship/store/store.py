@@ -4,11 +4,13 @@ guarded by `row_version` so two engines can never both advance the same deployme
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
@@ -104,6 +106,51 @@ class Retirement:
     keep_version: str  # "" when no version keeps serving
     at: float
     deployment_healthy: bool
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """The release a pipeline run built and tested for one version of a service: the file's
+    absolute path and its sha256. A deploy of that version must find the same bytes there."""
+
+    service: str
+    version: str
+    path: str
+    sha256: str
+    run_id: str
+    registered_at: float
+
+
+def sha256_of(path: str | Path) -> str:
+    """The hex sha256 of the file at `path`, read in chunks; raises OSError when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PipelineRunRecord:
+    """One `safeship pipeline run`: its stages in order (each a dict with name, status,
+    started_at, duration_s, exit_code, log_path and detail), the artifact it built and the
+    deployment it started."""
+
+    id: str
+    service: str
+    version: str
+    environment: str
+    status: str
+    started_at: float
+    stages: list[dict[str, Any]]
+    finished_at: float | None = None
+    artifact_path: str | None = None
+    artifact_sha256: str | None = None
+    deployment_id: str | None = None
+    message: str | None = None
+
+    def replace(self, **changes: Any) -> PipelineRunRecord:
+        return dataclasses.replace(self, **changes)
 
 
 # Built once: this runs on every state transition, and building it costs more than running it.
@@ -509,4 +556,51 @@ class Store:
             ).first()
         return dict(row[0]) if row else None
 
+    # ------------------------------------------------------------ build artifacts and pipeline runs
 
+    def register_artifact(self, record: ArtifactRecord) -> None:
+        """Record `record` as the release of its service and version, in place of any earlier one."""
+        with self._begin() as conn:
+            conn.execute(
+                delete(schema.artifacts)
+                .where(schema.artifacts.c.service == record.service)
+                .where(schema.artifacts.c.version == record.version)
+            )
+            conn.execute(insert(schema.artifacts).values(**dataclasses.asdict(record)))
+
+    def artifact(self, service: str, version: str) -> ArtifactRecord | None:
+        """The release registered for `version` of `service`, None when no pipeline built one."""
+        query = (
+            select(schema.artifacts)
+            .where(schema.artifacts.c.service == service)
+            .where(schema.artifacts.c.version == version)
+        )
+        with self._connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else ArtifactRecord(**dict(row._mapping))
+
+    def save_pipeline_run(self, record: PipelineRunRecord) -> None:
+        """Insert the run, or write it in place of the row with its id."""
+        values = _shallow(record)
+        with self._begin() as conn:
+            conn.execute(delete(schema.pipeline_runs).where(schema.pipeline_runs.c.id == record.id))
+            conn.execute(insert(schema.pipeline_runs).values(**values))
+
+    def get_pipeline_run(self, run_id: str) -> PipelineRunRecord:
+        with self._connect() as conn:
+            row = conn.execute(select(schema.pipeline_runs).where(schema.pipeline_runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFoundError(f"pipeline run {run_id!r} not found")
+        return PipelineRunRecord(**dict(row._mapping))
+
+    def pipeline_runs(self, *, service: str | None = None, limit: int = 100) -> list[PipelineRunRecord]:
+        """The newest runs first, of `service` when given."""
+        query = (
+            select(schema.pipeline_runs)
+            .order_by(schema.pipeline_runs.c.started_at.desc(), schema.pipeline_runs.c.id.desc())
+            .limit(limit)
+        )
+        if service is not None:
+            query = query.where(schema.pipeline_runs.c.service == service)
+        with self._connect() as conn:
+            return [PipelineRunRecord(**dict(r._mapping)) for r in conn.execute(query)]
