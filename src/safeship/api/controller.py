@@ -31,10 +31,10 @@ from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Envir
 from safeship.config.paths import state_dir, store_url
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
-from safeship.engine.notify import LogSink
 from safeship.engine.outbox import Outbox
 from safeship.engine.phases import Phase
 from safeship.engine.policies import policy_for
+from safeship.engine.sinks import sinks_from_config
 from safeship.engine.status import DeploymentStatus
 from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
 from safeship.environments.secrets import load_secrets, register
@@ -141,8 +141,9 @@ class Controller:
         self.traffic: TrafficSource = TrafficByEnvironment(self.parts)
         world = World(self.platform, self.router, self.clock, gauges=self.gauges, traffic_source=self.traffic)
         self.engine = DeploymentEngine(config, store, world, policy_for=policy_for, secrets_for=self.secrets_for)
-        # Notifications leave from the events table, after the transition that wrote them is saved.
-        self.outbox = Outbox(store, [LogSink()])
+        # Notifications leave from the events table, after the transition that wrote them is saved,
+        # to the sinks the config declares (the log sink alone when it declares none).
+        self.outbox = Outbox(store, sinks_from_config(config, self.secrets_root))
         self._outbox_stop = asyncio.Event()
         self._outbox_task: asyncio.Task[None] | None = None
         self.sync_interval = sync_interval or self._default_sync_interval()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from safeship.engine.notify import NotificationSink, notification_for
+from safeship.engine.notify import Notification, NotificationSink, notification_for
+from safeship.environments.secrets import redactor
 from safeship.errors import NotFoundError
 from safeship.store import DeploymentRecord, EventRecord, Store
 
@@ -24,6 +27,10 @@ def sink_name(sink: NotificationSink) -> str:
     """A sink's `name` attribute when it has a non-empty one, else its class name."""
     name = getattr(sink, "name", None)
     return name if isinstance(name, str) and name else type(sink).__name__
+
+
+class DeliveryTimeout(TimeoutError):
+    """A sink did not return within its timeout; the outbox stopped waiting for it."""
 
 
 @dataclass
@@ -40,7 +47,19 @@ class _Lane:
     sink: NotificationSink
     name: str
     cursor: str
+    events: frozenset[str] | None  # the kinds this sink is told; None: all
+    timeout: float | None  # None: called inline, trusted to return
+    max_attempts: int
+    backoff: float
     retry: _Retry | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one drain of this lane at a time
+    busy: threading.Thread | None = None  # a call that outlived its timeout and has not returned
+    wake: asyncio.Event | None = None
+
+
+def _number(sink: NotificationSink, attribute: str) -> float | None:
+    value = getattr(sink, attribute, None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class Outbox:
@@ -48,26 +67,35 @@ class Outbox:
 
     Every transition writes its events in the same transaction as the deployment's new state, so
     an event that is stored stands for a transition that happened. The outbox reads the events
-    after a cursor stored in the same database, turns the ones that are notifications (entering
-    rolling_back, rolled_back, succeeded, failed or cancelled) into `Notification`s and hands them
-    to its sinks. Nothing is delivered before the transition is saved, and a slow sink delays only
-    the outbox, never a tick.
+    after a cursor stored in the same database, turns the ones people are told about into
+    `Notification`s (`notification_for`: started, step_advanced, awaiting_approval, promoted,
+    rollback_started, rolled_back, failed, succeeded, cancelled) and hands them to its sinks.
+    Nothing is delivered before the transition is saved, and a slow sink delays only its own
+    lane, never a tick nor another sink.
 
     Guarantee: at-least-once, in event order, per sink. Each sink has its own cursor, named
     `"{name}:{sink name}"`, moved past an event only after that sink took its notification, so a
     crash re-sends at most the notification in flight and never skips one; a new Outbox with the
-    same name and sink names (a restart) goes on where the last left off. The cursor `name` holds
-    the lowest of its sinks' cursors: every event up to it was dealt with by every sink.
+    same name and sink names (a restart) goes on where the last left off. Every delivery of one
+    event carries the same idempotency key (`Notification.key`), so a receiver can drop the
+    duplicates a crash may cause. The cursor `name` holds the lowest of its sinks' cursors: every
+    event up to it was dealt with by every sink.
+
+    Sinks are drained side by side, each in a thread of its own. A sink with a `timeout`
+    attribute is called in a thread of its own and waited for that long at most: a sink that
+    hangs counts as failed then, and is not called again until its hung call returns. A sink with
+    an `events` attribute is told only those kinds; its cursor moves past the others.
 
     A sink that raises (an `Exception`) does not stop the other sinks or the loop, and never fails
     a deployment: the failure is logged and stored as an event of kind `notification_failed`
-    (sink, error, event id, attempt, whether it will be retried). That sink stays at the event and
-    tries it again on a later pass, after `backoff` seconds doubling on each failure up to
-    `max_backoff`; after `max_attempts` failures of the same event it gives that event up (the
+    (sink, error, event id, idempotency key, attempt, whether it will be retried). That sink stays
+    at the event and tries it again on a later pass, after its `backoff` (the sink's attribute,
+    else the outbox's) doubling on each failure up to `max_backoff`; after `retries + 1` tries
+    (the sink's `retries` attribute, else the outbox's `max_attempts`) it gives that event up (the
     last `notification_failed` says so) and goes on with the next. Attempts are counted in memory,
     so a restart gives a failing event a fresh set.
 
-    Webhook sinks and the dashboard's live view read the same events table through their own
+    The dashboard's live view and other readers use the same events table through their own
     named cursors (`Store.events_since`, `Store.cursor`, `Store.advance_cursor`).
     """
 
@@ -96,11 +124,24 @@ class Outbox:
             base = sink_name(sink)
             seen[base] = seen.get(base, 0) + 1
             lane_name = base if seen[base] == 1 else f"{base}-{seen[base]}"
-            self._lanes.append(_Lane(sink, lane_name, f"{name}:{lane_name}"))
-        self._pass = threading.Lock()
+            events = getattr(sink, "events", None)
+            retries = _number(sink, "retries")
+            backoff_s = _number(sink, "backoff")
+            self._lanes.append(_Lane(
+                sink, lane_name, f"{name}:{lane_name}",
+                events=frozenset(events) if events is not None else None,
+                timeout=_number(sink, "timeout"),
+                max_attempts=int(retries) + 1 if retries is not None else max_attempts,
+                backoff=backoff_s if backoff_s is not None else backoff,
+            ))
+        self._store_lock = threading.RLock()  # one store call at a time from the lanes' threads
+        self._events: dict[str, list[EventRecord]] = {}  # each deployment's events read so far
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
         self._woken = False
+
+    @property
+    def sinks(self) -> list[NotificationSink]:
+        return [lane.sink for lane in self._lanes]
 
     @property
     def position(self) -> int:
@@ -115,34 +156,67 @@ class Outbox:
 
     def deliver_pending(self, limit: int = 500) -> int:
         """Deliver what every sink has not had yet, reading `limit` events at a time until each
-        sink has caught up or waits to retry. Returns the number of deliveries that succeeded
-        (one per notification per sink). Only store errors propagate; sinks' errors do not."""
-        with self._pass:
-            deployments: dict[str, DeploymentRecord | None] = {}
-            delivered = sum(self._drain(lane, limit, deployments) for lane in self._lanes)
-            if self._lanes:
-                lowest = min(self.store.cursor(lane.cursor) for lane in self._lanes)
-                if lowest > self.store.cursor(self.name):  # an idle pass writes nothing
-                    self.store.advance_cursor(self.name, lowest, at=self.clock())
-            return delivered
+        sink has caught up or waits to retry; the sinks side by side. Returns the number of
+        deliveries that succeeded (one per notification per sink). Only store errors propagate;
+        sinks' errors do not."""
+        if len(self._lanes) <= 1:
+            delivered = sum(self._deliver_lane(lane, limit) for lane in self._lanes)
+        else:
+            with ThreadPoolExecutor(len(self._lanes), thread_name_prefix="outbox") as pool:
+                futures = [pool.submit(self._deliver_lane, lane, limit) for lane in self._lanes]
+                delivered = sum(future.result() for future in futures)
+        self._advance_position()
+        return delivered
 
-    def _drain(self, lane: _Lane, limit: int, deployments: dict[str, DeploymentRecord | None]) -> int:
-        if lane.retry is not None and self.clock() < lane.retry.due:
-            return 0
+    def flush(self, wait: float) -> int:
+        """Deliver everything pending, retrying failed deliveries after their backoff, for at most
+        `wait` seconds more than one delivery's own timeout. What is left (a sink that is down)
+        stays pending for the next pass of whoever delivers. Returns the deliveries that
+        succeeded."""
+        deadline = time.monotonic() + wait
+        delivered = self.deliver_pending()
+        for _ in range(10_000):  # bounded; each round sleeps until a retry is due
+            dues = [lane.retry.due for lane in self._lanes if lane.retry is not None]
+            if not dues:
+                break
+            pause = max(0.0, min(dues) - self.clock())
+            if pause >= deadline - time.monotonic():
+                break
+            time.sleep(pause)
+            delivered += self.deliver_pending()
+        return delivered
+
+    def _deliver_lane(self, lane: _Lane, limit: int) -> int:
+        with lane.lock:
+            if lane.retry is not None and self.clock() < lane.retry.due:
+                return 0
+            return self._drain(lane, limit)
+
+    def _advance_position(self) -> None:
+        if not self._lanes:
+            return
+        with self._store_lock:
+            lowest = min(self.store.cursor(lane.cursor) for lane in self._lanes)
+            if lowest > self.store.cursor(self.name):  # an idle pass writes nothing
+                self.store.advance_cursor(self.name, lowest, at=self.clock())
+
+    def _drain(self, lane: _Lane, limit: int) -> int:
         delivered = 0
-        position = self.store.cursor(lane.cursor)
+        deployments: dict[str, DeploymentRecord | None] = {}
+        with self._store_lock:
+            position = self.store.cursor(lane.cursor)
         while True:
-            events = self.store.events_since(position, limit=limit)
+            with self._store_lock:
+                events = self.store.events_since(position, limit=limit)
             saved = position
             for event in events:
                 assert event.id is not None  # read from the store
-                deployment = self._deployment(event.deployment_id, deployments)
-                notification = notification_for(event, deployment)
-                if notification is not None:
+                notification = self._notification(event, deployments)
+                if notification is not None and (lane.events is None or notification.kind in lane.events):
                     try:
-                        lane.sink.notify(notification)
+                        self._call(lane, notification)
                     except Exception as exc:
-                        if self._failed(lane, event, notification.kind, exc):
+                        if self._failed(lane, event, notification, exc):
                             self._save(lane, position, saved)
                             return delivered
                     else:
@@ -155,34 +229,80 @@ class Outbox:
             if len(events) < limit:
                 return delivered
 
+    def _call(self, lane: _Lane, notification: Notification) -> None:
+        """`lane.sink.notify(notification)`, given at most the sink's timeout when it has one."""
+        if lane.timeout is None:
+            lane.sink.notify(notification)
+            return
+        if lane.busy is not None:
+            if lane.busy.is_alive():
+                raise DeliveryTimeout(f"an earlier delivery has not returned after {lane.timeout:g}s yet")
+            lane.busy = None
+        raised: list[BaseException] = []
+
+        def deliver() -> None:
+            try:
+                lane.sink.notify(notification)
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                raised.append(exc)
+
+        worker = threading.Thread(target=deliver, name=f"notify-{lane.name}", daemon=True)
+        worker.start()
+        worker.join(lane.timeout)
+        if worker.is_alive():
+            lane.busy = worker
+            raise DeliveryTimeout(f"no answer within {lane.timeout:g}s")
+        if raised:
+            raise raised[0]
+
     def _save(self, lane: _Lane, position: int, saved: int) -> int:
         if position > saved:
-            self.store.advance_cursor(lane.cursor, position, at=self.clock())
+            with self._store_lock:
+                self.store.advance_cursor(lane.cursor, position, at=self.clock())
             return position
         return saved
 
-    def _deployment(self, deployment_id: str, known: dict[str, DeploymentRecord | None]) -> DeploymentRecord | None:
-        if deployment_id not in known:
-            try:
-                known[deployment_id] = self.store.get_deployment(deployment_id)
-            except NotFoundError:
-                known[deployment_id] = None
-        return known[deployment_id]
+    def _notification(self, event: EventRecord,
+                      deployments: dict[str, DeploymentRecord | None]) -> Notification | None:
+        """`notification_for` the event, given its deployment's record and earlier events."""
+        assert event.id is not None
+        if event.kind not in ("created", "promoted", "phase", "weights"):
+            return None  # the common case (looks, instances) without reading anything else
+        with self._store_lock:
+            if event.deployment_id not in deployments:
+                try:
+                    deployments[event.deployment_id] = self.store.get_deployment(event.deployment_id)
+                except NotFoundError:
+                    deployments[event.deployment_id] = None
+            earlier = self._earlier(event)
+        return notification_for(event, deployments[event.deployment_id], earlier)
 
-    def _failed(self, lane: _Lane, event: EventRecord, kind: str, exc: Exception) -> bool:
+    def _earlier(self, event: EventRecord) -> list[EventRecord]:
+        """The deployment's events before `event`, read again when `event` is newer than the last read."""
+        assert event.id is not None
+        known = self._events.get(event.deployment_id)
+        if known is None or not known or (known[-1].id or 0) < event.id:
+            if len(self._events) > 200:
+                self._events.clear()  # a cache, not a copy of the table
+            known = self._events[event.deployment_id] = self.store.events(event.deployment_id)
+        ids = [e.id or 0 for e in known]
+        return known[: bisect.bisect_left(ids, event.id)]
+
+    def _failed(self, lane: _Lane, event: EventRecord, notification: Notification, exc: Exception) -> bool:
         """Log and record a failed delivery; True when the sink should stay at this event."""
         assert event.id is not None
+        kind = notification.kind
         attempts = lane.retry.attempts + 1 if lane.retry is not None and lane.retry.event_id == event.id else 1
-        retry = attempts < self.max_attempts
+        retry = attempts < lane.max_attempts
         now = self.clock()
-        error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+        error = redactor().redact_text(f"{type(exc).__name__}: {exc}")[:_ERROR_CHARS]
         outcome = "will retry" if retry else "gave up"
         log.warning(
             "notification %s of %s to sink %s failed (attempt %d of %d, %s): %s",
-            kind, event.deployment_id, lane.name, attempts, self.max_attempts, outcome, error,
+            kind, event.deployment_id, lane.name, attempts, lane.max_attempts, outcome, error,
         )
         lane.retry = (
-            _Retry(event.id, attempts, now + min(self.backoff * 2 ** (attempts - 1), self.max_backoff))
+            _Retry(event.id, attempts, now + min(lane.backoff * 2 ** (attempts - 1), self.max_backoff))
             if retry
             else None
         )
@@ -190,19 +310,21 @@ class Outbox:
             event.deployment_id,
             now,
             FAILED_KIND,
-            f"notification {kind} to {lane.name} failed (attempt {attempts} of {self.max_attempts}, "
+            f"notification {kind} to {lane.name} failed (attempt {attempts} of {lane.max_attempts}, "
             f"{outcome}): {error}",
             {
                 "sink": lane.name,
                 "error": error,
                 "event_id": event.id,
+                "key": notification.key,
                 "notification": kind,
                 "attempt": attempts,
                 "retry": retry,
             },
         )
         try:
-            self.store.add_events([record])
+            with self._store_lock:
+                self.store.add_events([record])
         except Exception:
             log.exception("could not record the failed notification %s of %s", kind, event.deployment_id)
         return retry
@@ -212,33 +334,48 @@ class Outbox:
     def wake(self) -> None:
         """Make a running `run` deliver now instead of after its poll interval. Safe to call from
         any thread, and before `run` starts (its first pass then happens at once anyway)."""
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
+        loop = self._loop
+        if loop is None:
             self._woken = True
             return
-        with contextlib.suppress(RuntimeError):  # the loop has closed; nothing runs to wake
-            loop.call_soon_threadsafe(wake.set)
+        for lane in self._lanes:
+            wake = lane.wake
+            if wake is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed; nothing runs to wake
+                    loop.call_soon_threadsafe(wake.set)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
-        """Deliver in a worker thread every `poll` seconds, or sooner after `wake()`, until
-        `stop` is set. A pass that fails (the store cannot be used) is logged and tried again on
-        the next one; sinks' failures are handled inside the pass."""
+        """Deliver every `poll` seconds, or sooner after `wake()`, until `stop` is set: one task
+        per sink, each delivering in a worker thread, so that a sink that hangs holds back only
+        itself. A pass that fails (the store cannot be used) is logged and tried again on the next
+        one; sinks' failures are handled inside the pass."""
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        if self._woken:
-            self._wake.set()
+        for lane in self._lanes:
+            lane.wake = asyncio.Event()
+            if self._woken:
+                lane.wake.set()
+        self._woken = False
         try:
-            while not stop.is_set():
-                self._wake.clear()
-                self._woken = False
-                try:
-                    await asyncio.to_thread(self.deliver_pending)
-                except Exception:
-                    log.exception("delivering notifications failed; trying again in %.1fs", poll)
-                await _first(stop, self._wake, poll)
+            await asyncio.gather(*(self._run_lane(lane, stop, poll) for lane in self._lanes))
         finally:
             self._loop = None
-            self._wake = None
+            for lane in self._lanes:
+                lane.wake = None
+
+    async def _run_lane(self, lane: _Lane, stop: asyncio.Event, poll: float) -> None:
+        wake = lane.wake
+        assert wake is not None
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await asyncio.to_thread(self._pass_of, lane)
+            except Exception:
+                log.exception("delivering notifications to %s failed; trying again in %.1fs", lane.name, poll)
+            await _first(stop, wake, poll)
+
+    def _pass_of(self, lane: _Lane) -> None:
+        self._deliver_lane(lane, 500)
+        self._advance_position()
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:

@@ -10,11 +10,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from safeship.engine.notify import NOTIFIED_PHASES, MemorySink, Notification, notification_for
+from safeship.engine.notify import MemorySink, Notification, notification_for
 from safeship.engine.outbox import FAILED_KIND, Outbox
 from safeship.store import DeploymentRecord, EventRecord, Store, schema
 
 SERVICE, ENVIRONMENT = "user-service", "production"
+
+
+# These tests follow the end of each deployment; the other kinds are covered in test_notification_kinds.py.
+TOLD = ("rollback_started", "rolled_back", "succeeded", "failed")
+
+
+class Sink(MemorySink):
+    def __init__(self, name: str = "memory") -> None:
+        super().__init__(name, events=TOLD)
 
 
 class Crash(BaseException):
@@ -32,6 +41,8 @@ class FakeClock:
 class Broken:
     """A sink whose first `failures` calls raise (all of them by default)."""
 
+    events = TOLD
+
     def __init__(self, name: str = "broken", failures: int = 10**9) -> None:
         self.name = name
         self.failures = failures
@@ -45,7 +56,7 @@ class Broken:
         self.received.append(notification)
 
 
-class DiesAfterDelivering(MemorySink):
+class DiesAfterDelivering(Sink):
     """Takes notification number `at` (1-based) and then the process dies before anything else."""
 
     def __init__(self, at: int) -> None:
@@ -58,7 +69,7 @@ class DiesAfterDelivering(MemorySink):
             raise Crash
 
 
-class DiesBeforeDelivering(MemorySink):
+class DiesBeforeDelivering(Sink):
     def __init__(self, at: int) -> None:
         super().__init__()
         self.at = at
@@ -105,7 +116,7 @@ def bad(store: Store, id_: str) -> None:
                    evidence={"trigger": "error_rate_threshold", "error_rate": 0.4})
 
 
-def delivered(*sinks: MemorySink | Broken) -> list[str]:
+def delivered(*sinks: Sink | Broken) -> list[str]:
     return [n.message for sink in sinks for n in sink.received]
 
 
@@ -121,21 +132,24 @@ def store(tmp_path: Path) -> Store:
 # ---------------------------------------------------------------- what is a notification
 
 
-def test_only_the_phases_that_were_notified_become_notifications(store: Store) -> None:
+def test_only_the_phases_people_are_told_about_become_notifications(store: Store) -> None:
     deployment = record("deploy-1", evidence={"trigger": "analysis"})
-    for name in NOTIFIED_PHASES:
+    told = {"awaiting_approval": "awaiting_approval", "rolling_back": "rollback_started",
+            "rolled_back": "rolled_back", "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+    for name, kind in told.items():
         made = notification_for(phase("deploy-1", name), deployment)
-        assert made == Notification(name, "deploy-1", SERVICE, ENVIRONMENT, f"deploy-1 {name}",
-                                    {"trigger": "analysis"})
-    for name in ("pending", "awaiting_approval", "preparing", "progressing", "monitoring"):
+        assert made is not None
+        assert (made.kind, made.deployment_id, made.service, made.environment, made.message) == (
+            kind, "deploy-1", SERVICE, ENVIRONMENT, f"deploy-1 {name}")
+    for name in ("pending", "preparing", "progressing", "monitoring"):
         assert notification_for(phase("deploy-1", name), deployment) is None
-    for kind in ("created", "strategy", "weights", "trigger", "promoted", FAILED_KIND):
+    for kind in ("strategy", "trigger", "look", FAILED_KIND):
         assert notification_for(EventRecord("deploy-1", 1.0, kind, "x", {"phase": "failed"}), deployment) is None
 
 
 def test_a_notification_without_its_deployment_is_still_made() -> None:
     made = notification_for(phase("deploy-gone", "failed"), None)
-    assert made is not None and made.kind == "failed" and made.service == "" and made.data == {}
+    assert made is not None and made.kind == "failed" and made.service == "" and made.evidence == {}
 
 
 # ---------------------------------------------------------------- delivery
@@ -144,39 +158,39 @@ def test_a_notification_without_its_deployment_is_still_made() -> None:
 def test_each_notification_is_delivered_once_in_order(store: Store) -> None:
     good(store, "deploy-1")
     bad(store, "deploy-2")
-    sink = MemorySink()
+    sink = Sink()
     outbox = Outbox(store, [sink])
 
     assert outbox.deliver_pending() == 3
     assert outbox.deliver_pending() == 0
 
     assert [(n.deployment_id, n.kind) for n in sink.received] == [
-        ("deploy-1", "succeeded"), ("deploy-2", "rolling_back"), ("deploy-2", "rolled_back")]
+        ("deploy-1", "succeeded"), ("deploy-2", "rollback_started"), ("deploy-2", "rolled_back")]
     rolled_back = sink.received[-1]
     assert (rolled_back.service, rolled_back.environment) == (SERVICE, ENVIRONMENT)
-    assert rolled_back.data == {"trigger": "error_rate_threshold", "error_rate": 0.4}
+    assert rolled_back.evidence == {"trigger": "error_rate_threshold", "error_rate": 0.4}
     assert outbox.position == store.last_event_id()
 
     run_deployment(store, "deploy-3", ["preparing", "failed"])
     assert outbox.deliver_pending() == 1
-    assert [n.kind for n in sink.received] == ["succeeded", "rolling_back", "rolled_back", "failed"]
+    assert [n.kind for n in sink.received] == ["succeeded", "rollback_started", "rolled_back", "failed"]
 
 
 def test_a_backlog_larger_than_one_page_is_delivered_in_one_call(store: Store) -> None:
     for i in range(4):
         good(store, f"deploy-{i}")
-    sink = MemorySink()
+    sink = Sink()
     assert Outbox(store, [sink]).deliver_pending(limit=3) == 4
     assert delivered(sink) == [f"deploy-{i} succeeded" for i in range(4)]
 
 
 def test_a_restart_delivers_nothing_twice(store: Store) -> None:
     good(store, "deploy-1")
-    first = MemorySink()
+    first = Sink()
     Outbox(store, [first]).deliver_pending()
     bad(store, "deploy-2")
 
-    second = MemorySink()
+    second = Sink()
     Outbox(store, [second]).deliver_pending()
 
     assert delivered(first) == ["deploy-1 succeeded"]
@@ -192,7 +206,7 @@ def test_a_crash_after_delivering_resends_only_the_notification_in_flight(store:
         Outbox(store, [dying]).deliver_pending()
     assert delivered(dying) == ["deploy-1 succeeded", "deploy-2 rolling_back"]
 
-    restarted = MemorySink()
+    restarted = Sink()
     Outbox(store, [restarted]).deliver_pending()
 
     # At least once: the one taken just before the crash comes again, nothing else does, none is lost.
@@ -206,7 +220,7 @@ def test_a_crash_before_delivering_loses_nothing(store: Store) -> None:
     with pytest.raises(Crash):
         Outbox(store, [dying]).deliver_pending()
 
-    restarted = MemorySink()
+    restarted = Sink()
     Outbox(store, [restarted]).deliver_pending()
 
     assert delivered(dying) + delivered(restarted) == [
@@ -215,7 +229,7 @@ def test_a_crash_before_delivering_loses_nothing(store: Store) -> None:
 
 def test_sinks_with_the_same_name_keep_separate_cursors(store: Store) -> None:
     good(store, "deploy-1")
-    one, two = MemorySink(), MemorySink()
+    one, two = Sink(), Sink()
     outbox = Outbox(store, [one, two])
     assert outbox.cursor_names() == ["notifications:memory", "notifications:memory-2"]
     assert outbox.deliver_pending() == 2
@@ -224,7 +238,7 @@ def test_sinks_with_the_same_name_keep_separate_cursors(store: Store) -> None:
 
 def test_outboxes_with_different_names_each_deliver_everything(store: Store) -> None:
     good(store, "deploy-1")
-    mine, theirs = MemorySink(), MemorySink()
+    mine, theirs = Sink(), Sink()
     Outbox(store, [mine]).deliver_pending()
     Outbox(store, [theirs], name="webhooks").deliver_pending()
     assert delivered(mine) == delivered(theirs) == ["deploy-1 succeeded"]
@@ -236,7 +250,7 @@ def test_outboxes_with_different_names_each_deliver_everything(store: Store) -> 
 def test_a_failing_sink_does_not_block_a_working_one(store: Store) -> None:
     good(store, "deploy-1")
     bad(store, "deploy-2")
-    broken, working = Broken(), MemorySink()
+    broken, working = Broken(), Sink()
     outbox = Outbox(store, [broken, working], clock=FakeClock())
 
     assert outbox.deliver_pending() == 3
@@ -295,7 +309,7 @@ def test_a_delivery_that_keeps_failing_is_given_up_after_max_attempts(store: Sto
 
 def test_the_outbox_cursor_never_moves_backwards(store: Store) -> None:
     good(store, "deploy-1")
-    Outbox(store, [MemorySink()]).deliver_pending()
+    Outbox(store, [Sink()]).deliver_pending()
     reached = store.cursor("notifications")
     assert reached == store.last_event_id()
 
@@ -303,7 +317,7 @@ def test_the_outbox_cursor_never_moves_backwards(store: Store) -> None:
     store.advance_cursor("notifications:memory", 1)
     assert store.cursor("notifications") == reached
 
-    again = MemorySink()
+    again = Sink()
     Outbox(store, [again]).deliver_pending()
     assert again.received == []
     assert store.cursor("notifications") == reached
@@ -314,7 +328,7 @@ def test_the_outbox_cursor_never_moves_backwards(store: Store) -> None:
 
 async def test_run_delivers_when_woken_and_stops_when_told(store: Store) -> None:
     good(store, "deploy-1")
-    sink = MemorySink()
+    sink = Sink()
     outbox = Outbox(store, [sink])
     stop = asyncio.Event()
     task = asyncio.create_task(outbox.run(stop, poll=3600.0))  # after its first pass only a wake delivers
@@ -339,7 +353,7 @@ async def test_run_delivers_when_woken_and_stops_when_told(store: Store) -> None
 
 async def test_run_goes_on_after_a_sink_fails(store: Store) -> None:
     good(store, "deploy-1")
-    broken, working = Broken(), MemorySink()
+    broken, working = Broken(), Sink()
     outbox = Outbox(store, [broken, working])
     stop = asyncio.Event()
     task = asyncio.create_task(outbox.run(stop, poll=3600.0))
@@ -364,7 +378,7 @@ async def test_run_goes_on_after_a_sink_fails(store: Store) -> None:
 def test_an_idle_pass_changes_no_cursor(store: Store) -> None:
     good(store, "deploy-1")
     clock = FakeClock()
-    outbox = Outbox(store, [MemorySink()], clock=clock)
+    outbox = Outbox(store, [Sink()], clock=clock)
     outbox.deliver_pending()
     with store.engine.connect() as conn:
         before = sorted(conn.execute(select(schema.cursors)).all())

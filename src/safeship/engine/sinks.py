@@ -1,0 +1,230 @@
+"""The notification sinks a config declares under `notifications:` (see docs/notifications.md).
+
+- `WebhookSink`: a POST of the notification's JSON body, signed with HMAC-SHA256 when it has a
+  secret, with an `Idempotency-Key` header a receiver can drop duplicates by;
+- `AppriseSink`: a title and a text through the `apprise` library, to any Apprise URL;
+- `CommandSink`: a program run without a shell, the body as JSON on its stdin;
+- `LogSink` (`engine/notify.py`): a log line.
+
+Each sink is synchronous and raises to be retried; the outbox calls it in a thread of its own,
+bounded by the sink's `timeout`, and reads its `name`, `events`, `retries` and `backoff`.
+`sinks_from_config` builds them; a config without `notifications:` gets the log sink alone."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from safeship.config.models import SafeshipConfig
+from safeship.config.notifications import NotificationSinkConfig, unique_sink_names
+from safeship.engine.notify import LogSink, Notification, NotificationSink
+from safeship.environments.secrets import register
+from safeship.errors import ConfigError
+
+SIGNATURE_HEADER = "X-Safeship-Signature"
+_OUTPUT_CHARS = 300  # of a failed command's stderr, in the failure event
+
+
+class DeliveryError(Exception):
+    """A sink's receiver refused or failed a notification; the outbox retries it."""
+
+
+def body_bytes(notification: Notification) -> bytes:
+    """The exact bytes a webhook or command receives: the body as compact JSON, keys in order."""
+    return json.dumps(notification.body(), separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The `X-Safeship-Signature` value of `body`: `sha256=` and the hex HMAC-SHA256."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class _Settings:
+    """What the outbox reads from every sink: its name, event filter, timeout, retries, backoff."""
+
+    def __init__(self, name: str, *, events: Iterable[str] | None = None, timeout: float = 5.0,
+                 retries: int = 5, backoff: float = 1.0) -> None:
+        self.name = name
+        self.events = frozenset(events) if events is not None else None
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+
+class WebhookSink(_Settings):
+    """POSTs `body_bytes(notification)` to `url`; a 2xx answer is a delivery, anything else raises.
+
+    Headers: `Content-Type: application/json`, `Idempotency-Key` (the same for every delivery of
+    one event), `X-Safeship-Event` (the kind), the configured `headers`, and with a `secret`
+    `X-Safeship-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`. The secret signs and
+    never travels. Redirects are not followed (a signed body goes only where it was configured)."""
+
+    def __init__(self, name: str, url: str, *, secret: bytes | None = None,
+                 headers: Mapping[str, str] | None = None, **settings: Any) -> None:
+        super().__init__(name, **settings)
+        self.url = url
+        self.secret = secret
+        self.headers = dict(headers or {})
+
+    def request_headers(self, notification: Notification, body: bytes) -> dict[str, str]:
+        headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": notification.key,
+                   "X-Safeship-Event": notification.kind}
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.secret, body)
+        return headers
+
+    def notify(self, notification: Notification) -> None:
+        body = body_bytes(notification)
+        try:
+            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+                answer = client.post(self.url, content=body, headers=self.request_headers(notification, body))
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"POST {self.url} failed: {type(exc).__name__}: {exc}") from exc
+        if not answer.is_success:
+            raise DeliveryError(f"POST {self.url} answered {answer.status_code} {answer.reason_phrase}")
+
+
+class AppriseSink(_Settings):
+    """Sends `notification.title` and `notification.text()` to every Apprise URL (Slack, Teams,
+    Discord, email, ntfy, json:// and the rest); a notify that does not succeed raises."""
+
+    def __init__(self, name: str, urls: Sequence[str], **settings: Any) -> None:
+        super().__init__(name, **settings)
+        self.urls = list(urls)
+
+    def _apprise(self) -> Any:
+        import apprise
+
+        # memory only: nothing written under the user's home by a controller
+        sender = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
+        for url in self.urls:
+            if not sender.add(url):
+                raise DeliveryError(f"apprise cannot use the URL {url!r}")
+        return sender
+
+    def check_urls(self) -> int | None:
+        """The index of the first URL Apprise cannot use, or None when it can use them all."""
+        import apprise
+
+        for index, url in enumerate(self.urls):
+            if not apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory")).add(url):
+                return index
+        return None
+
+    def notify(self, notification: Notification) -> None:
+        import apprise
+
+        kind = notification.kind
+        notify_type = (apprise.NotifyType.FAILURE if kind in ("rollback_started", "rolled_back", "failed", "cancelled")
+                       else apprise.NotifyType.SUCCESS if kind in ("promoted", "succeeded")
+                       else apprise.NotifyType.INFO)
+        result = self._apprise().notify(body=notification.text(), title=notification.title,
+                                        notify_type=notify_type, timeout=self.timeout)
+        if not result:
+            status = getattr(getattr(result, "status", None), "name", "failed")
+            raise DeliveryError(f"apprise could not deliver to {len(self.urls)} URL(s): {status}")
+
+
+class CommandSink(_Settings):
+    """Runs `command` (an argument list, no shell) in `cwd` with the body as JSON on stdin, and
+    `SAFESHIP_EVENT` and `SAFESHIP_IDEMPOTENCY_KEY` in its environment. Exit 0 is a delivery; any
+    other exit raises with the end of its stderr. Past `timeout` its whole process group is
+    killed and the delivery fails."""
+
+    def __init__(self, name: str, command: Sequence[str], *, cwd: Path | None = None, **settings: Any) -> None:
+        super().__init__(name, **settings)
+        self.command = list(command)
+        self.cwd = cwd
+
+    def notify(self, notification: Notification) -> None:
+        env = dict(os.environ, SAFESHIP_EVENT=notification.kind, SAFESHIP_IDEMPOTENCY_KEY=notification.key)
+        try:
+            child = subprocess.Popen(  # an argument list from the config, no shell
+                self.command, cwd=self.cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise DeliveryError(f"{self.command[0]} could not start: {exc}") from exc
+        try:
+            _, err = child.communicate(body_bytes(notification), timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            raise DeliveryError(f"{self.command[0]} did not finish within {self.timeout:g}s; killed") from None
+        except BaseException:
+            _kill_group(child)
+            raise
+        if child.returncode != 0:
+            tail = err.decode(errors="replace").strip()[-_OUTPUT_CHARS:]
+            raise DeliveryError(f"{self.command[0]} exited with {child.returncode}" + (f": {tail}" if tail else ""))
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """Kill the command and whatever it started (its own session), then reap it."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.communicate(timeout=5)
+
+
+# ---------------------------------------------------------------- from the config
+
+
+def sinks_from_config(config: SafeshipConfig, config_dir: Path, *, source: str = "safeship.yaml") -> list[
+        NotificationSink]:
+    """The sinks `notifications:` declares, in order; the log sink alone when it declares none.
+
+    `config_dir` is the config file's folder: `secret_file` and a command's working directory are
+    relative to it. A secret file that cannot be read, is empty, or an Apprise URL Apprise cannot
+    use is a ConfigError naming `source`, the field and the value. Each webhook secret joins the
+    process-wide redactor, so it is masked wherever it might be printed."""
+    if not config.notifications:
+        return [LogSink()]
+    try:
+        unique_sink_names(config.notifications)
+    except ValueError as exc:
+        raise ConfigError(source, "notifications", str(exc)) from None
+    return [_sink(index, sink, config_dir, source) for index, sink in enumerate(config.notifications)]
+
+
+def _sink(index: int, sink: NotificationSinkConfig, config_dir: Path, source: str) -> NotificationSink:
+    where = f"notifications[{index}]"
+    settings: dict[str, Any] = {"events": sink.events, "timeout": float(sink.timeout), "retries": int(sink.retries),
+                                "backoff": float(sink.backoff)}
+    if sink.type == "webhook":
+        assert sink.url is not None  # the model requires it
+        secret = _secret(sink.secret_file, config_dir, source, f"{where}.secret_file") if sink.secret_file else None
+        return WebhookSink(sink.name, sink.url, secret=secret, headers=sink.headers, **settings)
+    if sink.type == "apprise":
+        made = AppriseSink(sink.name, sink.urls, **settings)
+        bad = made.check_urls()
+        if bad is not None:
+            raise ConfigError(source, f"{where}.urls[{bad}]", f"apprise cannot use the URL {sink.urls[bad]!r}")
+        return made
+    if sink.type == "command":
+        return CommandSink(sink.name, sink.command, cwd=config_dir, **settings)
+    return LogSink(sink.name, events=sink.events)
+
+
+def _secret(name: str, config_dir: Path, source: str, field: str) -> bytes:
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else config_dir / path
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(source, field, f"cannot read the secret file {name!r} ({path}): {reason}") from None
+    if not text:
+        raise ConfigError(source, field, f"the secret file {name!r} ({path}) is empty")
+    register([text])
+    return text.encode()
