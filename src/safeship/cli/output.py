@@ -65,6 +65,9 @@ def progress_line(data: dict[str, Any], elapsed: float) -> str:
             rate = one.get("error_rate") or 0.0
             p99 = one.get("p99_ms")
             parts.append(f"{side} {rate:.2%} err p99 {p99:.0f}ms" if p99 is not None else f"{side} {rate:.2%} err")
+    gate = data.get("gate")
+    if gate and gate.get("held"):
+        parts.append(f"held by {gate.get('type')} gate {gate.get('name')!r}: {gate.get('last_answer')}")
     return " | ".join(parts)
 
 
@@ -82,6 +85,9 @@ def show_deployment(data: dict[str, Any]) -> None:
         table.add_row(label, clean(str(data.get(key) if data.get(key) is not None else "-")))
     table.add_row("step", f"{data['step']}/{data['steps']}")
     table.add_row("weights", clean(format_weights(data.get("weights", {}))))
+    gate = data.get("gate")
+    if gate:
+        table.add_row("gate", clean(gate_line(gate)))
     table.add_row("created", when(data.get("created_at")))
     table.add_row("finished", when(data.get("finished_at")))
     console.print(table)
@@ -91,6 +97,18 @@ def show_deployment(data: dict[str, Any]) -> None:
     shown = [e for e in events if e["kind"] != "look" or e is looks[-1]]
     for event in shown[-15:]:
         console.print(f"  {when(event['at'])}  {event['kind']:<16} {event['message']}")
+
+
+def gate_line(gate: dict[str, Any]) -> str:
+    """The webhook gate a deployment waits on, in one line: which, since when, its last answer."""
+    what = f"{gate.get('type')} gate {gate.get('name')!r}"
+    answer = gate.get("last_answer")
+    asked = f"{gate.get('attempts', 0)} time{'s' if gate.get('attempts') != 1 else ''}"
+    if gate.get("held"):
+        return f"held by {what} since {when(gate.get('since'))}; last answer {answer} (asked {asked})"
+    if answer is None:
+        return f"asking {what}"
+    return f"asking {what} again; last answer {answer} (asked {asked})"
 
 
 def show_list(rows: list[dict[str, Any]]) -> None:

@@ -30,14 +30,15 @@ from safeship.config.models import (
     ServiceConfig,
 )
 from safeship.config.names import check_name
-from safeship.engine import gates
+from safeship.config.webhooks import check_gates
+from safeship.engine import gates, webhooks
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
 from safeship.engine.process_mark import DriverMark, driver_mark
 from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, RollbackProgress
-from safeship.engine.steps import POLL_S, StepRunner
+from safeship.engine.steps import POLL_S, ROLLBACK_GATE_TRIGGER, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
 from safeship.platforms import runs_in_controller
 from safeship.store import (
@@ -50,7 +51,16 @@ from safeship.store import (
     new_id,
 )
 from safeship.strategies import STRATEGIES, PlanInput
-from safeship.strategies.base import AnalyzeStep, Step, scale, steps_from_json, steps_to_json, wait_ready, weights
+from safeship.strategies.base import (
+    AnalyzeStep,
+    Step,
+    scale,
+    steps_from_json,
+    steps_to_json,
+    wait_ready,
+    weights,
+    with_gates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +154,11 @@ class DeploymentEngine:
                                           explicit=request.deployment_strategy is not None)
         if selection.slow:
             plan = [_slower(step) for step in plan]
+        try:
+            check_gates(service.webhooks)
+        except ValueError as exc:
+            raise InputError(f"services.{request.service_name}.webhooks: {exc}") from None
+        plan = with_gates(plan, service.webhooks, request.version)
         now = self.clock.now()
         status = DeploymentStatus(replicas=replicas, driver=self.driver)
         if frozen is not None:
@@ -218,6 +233,58 @@ class DeploymentEngine:
         tick = Tick(record, self.clock.now())
         tick.status.approval = Approval(by or "unknown", tick.now)
         self._enter(tick, Phase.PREPARING, f"approved by {by or 'unknown'}")
+        return self.store.save_transition(record, tick.result(), tick.events)
+
+    def promote(self, deployment_id: str, *, by: str) -> DeploymentRecord:
+        """Promote now (as Argo's `promote --full`): the remaining steps of an active deployment up
+        to its promotion are skipped, analyses and webhook gates among them. The candidate is
+        still started to its full count and must be ready before it takes all traffic and is
+        promoted; the steps after the promotion (the monitoring window, the old version's scale
+        down) still run, and an old version a skipped step would have stopped is stopped at the
+        end. Refused (ConflictError) once the deployment ended, while it rolls back, while it
+        awaits approval, or once it was promoted. An event records who."""
+        record = self.store.get_deployment(deployment_id)
+        self._unstrand(record.service, record.environment, skip=record.id)
+        phase = Phase(record.phase)
+        if phase.is_final:
+            raise ConflictError(f"deployment {deployment_id} already ended ({record.phase}); nothing to promote")
+        if phase is Phase.ROLLING_BACK:
+            raise ConflictError(f"deployment {deployment_id} is rolling back; it cannot be promoted")
+        if phase is Phase.AWAITING_APPROVAL:
+            raise ConflictError(f"deployment {deployment_id} awaits approval; approve it first "
+                                f"(`deployment-engine --approve --deployment-id {deployment_id}`)")
+        if record.decision == "promote":
+            raise ConflictError(f"deployment {deployment_id} was already promoted")
+        plan = steps_from_json(record.plan)
+        index = record.step_index if phase in (Phase.PROGRESSING, Phase.MONITORING) else 0
+        promote_at = next((i for i, s in enumerate(plan) if s["kind"] == "promote"), None)
+        if promote_at is None or promote_at < index:
+            raise ConflictError(f"deployment {deployment_id} has no promotion left to skip to")
+        tick = Tick(record, self.clock.now())
+        replicas = tick.status.replicas
+        if replicas is None:
+            replicas = self.config.services[record.service].replicas
+        candidate, baseline = record.version, record.from_version
+        after = plan[promote_at:]
+        tail: list[Step] = [
+            scale(candidate, replicas),
+            wait_ready(candidate, replicas, self.readiness_timeout(record.service,
+                                                                   DeploymentRequest.from_stored(record.request))),
+            weights({candidate: 100}),
+            *after,
+        ]
+        stops_baseline = any(s["kind"] == "scale" and s["version"] == baseline and int(s["replicas"]) == 0
+                             for s in after)
+        if baseline is not None and not stops_baseline:
+            tail.append(scale(baseline, 0))
+        skipped = len(plan) - index - len(after)
+        tick.set(plan=steps_to_json(plan[:index] + tail), step_started_at=tick.now)
+        tick.status.gate = None
+        tick.status.analysis.confirming = None
+        who = by or "unknown"
+        tick.event("promote_now", f"promote now by {who}: {skipped} remaining steps before the promotion skipped; "
+                   f"{candidate} starts {replicas} instances and takes all traffic once they are ready",
+                   by=who, skipped=skipped)
         return self.store.save_transition(record, tick.result(), tick.events)
 
     def readiness_timeout(self, service: str, request: DeploymentRequest | None = None) -> float:
@@ -390,7 +457,33 @@ class DeploymentEngine:
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
+        if Phase(saved.phase).is_final:
+            await self._post_rollout(saved)
         return wait, saved
+
+    async def _post_rollout(self, record: DeploymentRecord) -> None:
+        """Tell the service's post-rollout gates that the deployment ended (asked once per end,
+        with their retries); what they answer is recorded as an event and changes nothing."""
+        service = self.config.services.get(record.service)
+        found = [g for g in (service.webhooks if service is not None else []) if g.type == "post-rollout"]
+        if not found:
+            return
+        weights_now = DeploymentStatus.from_json(record.status).weights
+        events = []
+        for gate in found:
+            body = webhooks.gate_body(record, gate, phase=record.phase, step=record.step_index, weights=weights_now,
+                                      reason=record.reason)
+            answer, attempts = await webhooks.ask_with_retries(gate, body)
+            events.append(EventRecord(
+                record.id, self.clock.now(), "gate_passed" if answer.ok else "gate_failed",
+                f"post-rollout gate {gate.name!r} answered {answer.text}"
+                f"{'' if answer.ok else f' after {attempts} attempts; nothing changes'}",
+                {"gate": gate.name, "type": gate.type, "answer": answer.text, "status": answer.status,
+                 "attempts": attempts}))
+        try:
+            self.store.add_events(events)
+        except SafeshipError as exc:
+            log.warning("deployment %s: post-rollout answers could not be recorded: %s", record.id, exc)
 
     def retry_delay(self, error: BaseException, errors_in_a_row: int) -> float:
         """Seconds to wait before ticking again after `advance` raised `error`, the
@@ -488,6 +581,12 @@ class DeploymentEngine:
                 self._enter(tick, Phase.MONITORING, f"monitoring {tick.before.version} for "
                             f"{float(step['duration']):.0f}s after promotion")
             result = await self.steps.run(tick, step)
+            if result.failure is not None and result.failure.trigger == ROLLBACK_GATE_TRIGGER:
+                # a person's rollback through a webhook: rolls back whatever auto_rollback says
+                failure = result.failure
+                tick.event("trigger", f"{failure.trigger}: {failure.reason}", **dict(failure.evidence))
+                self._begin_rollback(tick, failure, automatic=False)
+                return 0.0
             if result.failure is not None:
                 self._fail(tick, result.failure)
                 restore = tick.status.restore_weights
@@ -529,6 +628,7 @@ class DeploymentEngine:
         replicas = tick.status.replicas
         if replicas is None:
             replicas = self.config.services[record.service].replicas
+        tick.status.gate = None  # a gate that held the deployment holds it no more
         plan: list[Step] = []
         if target is not None:
             timeout = self._rollback_settings(record).rollback_timeout

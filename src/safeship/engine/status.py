@@ -93,6 +93,43 @@ class AnalysisProgress:
 
 
 @dataclass
+class GateProgress:
+    """The webhook gate step under way: how often it was asked, what it last answered, and since
+    when it holds the deployment (a confirm gate that has not answered 2xx)."""
+
+    marker: str  # "step_index:gate name": a new gate step starts from nothing
+    name: str
+    type: str
+    started_at: float
+    attempts: int = 0
+    next_at: float | None = None  # when it is asked next; None: now
+    last_answer: str | None = None
+    last_asked_at: float | None = None
+    held_since: float | None = None  # a confirm gate's first answer that was not 2xx
+
+    def to_json(self) -> dict[str, Any]:
+        return {"marker": self.marker, "name": self.name, "type": self.type, "started_at": self.started_at,
+                "attempts": self.attempts, "next_at": self.next_at, "last_answer": self.last_answer,
+                "last_asked_at": self.last_asked_at, "held_since": self.held_since}
+
+    def view(self) -> dict[str, Any]:
+        """As `--status` and the API show it."""
+        return {"name": self.name, "type": self.type, "held": self.held_since is not None,
+                "since": self.held_since if self.held_since is not None else self.started_at,
+                "last_answer": self.last_answer, "last_asked_at": self.last_asked_at, "attempts": self.attempts,
+                "next_at": self.next_at}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GateProgress:
+        return cls(
+            marker=str(data["marker"]), name=str(data["name"]), type=str(data["type"]),
+            started_at=float(data["started_at"]), attempts=int(data.get("attempts") or 0),
+            next_at=_number(data.get("next_at")), last_answer=data.get("last_answer"),
+            last_asked_at=_number(data.get("last_asked_at")), held_since=_number(data.get("held_since")),
+        )
+
+
+@dataclass
 class RollbackProgress:
     """A rollback under way: its own plan, where it stands in it, and why it started."""
 
@@ -151,6 +188,8 @@ class DeploymentStatus:
     versions_seen: list[str] = field(default_factory=list)  # versions given backends, to empty later
     analysis: AnalysisProgress = field(default_factory=AnalysisProgress)
     rollback: RollbackProgress | None = None
+    gate: GateProgress | None = None  # the webhook gate step under way
+    rollback_gates_asked: dict[str, float] = field(default_factory=dict)  # rollback gate -> last asked
 
     def live_weights(self, *, active: bool, failed: bool) -> Weights | None:
         """The split the route serves as far as this status knows: the last weights set while the
@@ -199,6 +238,10 @@ class DeploymentStatus:
             data["confirming"] = dict(analysis.confirming)
         if self.rollback is not None:
             data["rollback"] = self.rollback.to_json()
+        if self.gate is not None:
+            data["gate"] = self.gate.to_json()
+        if self.rollback_gates_asked:
+            data["rollback_gates_asked"] = dict(self.rollback_gates_asked)
         return data
 
     @classmethod
@@ -233,6 +276,8 @@ class DeploymentStatus:
                 confirming=_confirming(data.get("confirming")),
             ),
             rollback=RollbackProgress.from_json(rollback) if rollback else None,
+            gate=GateProgress.from_json(data["gate"]) if data.get("gate") else None,
+            rollback_gates_asked={str(k): float(v) for k, v in (data.get("rollback_gates_asked") or {}).items()},
         )
 
 

@@ -17,10 +17,12 @@ from safeship.config.models import (
     RollbackConfiguration,
     SafeshipConfig,
 )
+from safeship.config.webhooks import CONFIRM_TYPES, WebhookGateConfig
+from safeship.engine import webhooks
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
-from safeship.engine.status import CountSummary, SampleSummary
+from safeship.engine.status import CountSummary, GateProgress, SampleSummary
 from safeship.errors import PermanentError, TemporaryError
 from safeship.platforms.base import Instance, InstanceSpec, InstanceState, ProbeSpec
 from safeship.routing.backends import sync_backends
@@ -29,6 +31,7 @@ from safeship.store import Retirement, StableVersion
 from safeship.strategies.base import (
     AnalyzeStep,
     ConfirmSplit,
+    GateStep,
     HoldStep,
     MonitorStep,
     PauseStep,
@@ -45,6 +48,9 @@ POLL_S = 1.0  # how often waiting steps look again
 # enough to decide; below it the split's own counts are read (see StepRunner._split_verdict).
 SPLIT_POWER = 10.0
 SPLIT_WORSE_Z = 1.5
+# The trigger of a failure a rollback gate asked for: the engine rolls back as a person's
+# rollback would, whatever `auto_rollback` says.
+ROLLBACK_GATE_TRIGGER = "webhook_rollback"
 
 
 
@@ -106,6 +112,7 @@ class StepRunner:
             "monitor": self.monitor,
             "pause": self.pause,
             "promote": self.promote,
+            "gate": self.gate,
         }
 
     def register(self, kind: str, executor: StepExecutor) -> None:
@@ -293,6 +300,99 @@ class StepRunner:
         tick.event("promoted", f"{record.version} takes all traffic")
         return DONE
 
+    # ------------------------------------------------------------ webhook gates
+
+    def gates_of(self, tick: Tick) -> list[WebhookGateConfig]:
+        service = self.config.services.get(tick.before.service)
+        return list(service.webhooks) if service is not None else []
+
+    def gate_body(self, tick: Tick, gate: WebhookGateConfig) -> dict[str, Any]:
+        return webhooks.gate_body(tick.before, gate, phase=str(tick.get("phase")), step=int(tick.get("step_index")),
+                                  weights=tick.status.weights)
+
+    async def gate(self, tick: Tick, step: GateStep) -> StepResult:
+        """Ask a webhook gate; a 2xx passes the step. A confirm gate that answers otherwise holds
+        the deployment here and is asked again every `interval` (rollback gates are asked
+        meanwhile); a pre-rollout gate is asked `1 + retries` times, `backoff` apart and doubling,
+        and then fails the deployment with its last answer. One attempt per tick: a tick never
+        waits out a backoff or an interval."""
+        name, kind = str(step["gate"]), str(step["type"])
+        marker = f"{tick.get('step_index')}:{name}"
+        progress = tick.status.gate
+        if progress is None or progress.marker != marker:
+            progress = GateProgress(marker=marker, name=name, type=kind, started_at=tick.now)
+            tick.status.gate = progress
+        config = webhooks.find_gate(self.gates_of(tick), name)
+        if config is None or config.type != kind:
+            tick.status.gate = None
+            tick.event("gate_passed", f"{kind} gate {name!r} is no longer in the config; passed without asking",
+                       gate=name, type=kind, answer=None)
+            return DONE
+        if progress.held_since is not None:
+            asked_back = await self.ask_rollback_gates(tick)
+            if asked_back is not None:
+                tick.status.gate = None
+                return StepResult(done=False, failure=asked_back)
+        if progress.next_at is not None and tick.now < progress.next_at:
+            return StepResult(done=False, wait=self._gate_wait(tick, progress.next_at))
+        answer = await webhooks.ask(config, self.gate_body(tick, config))
+        progress.attempts += 1
+        progress.last_asked_at = tick.now
+        previous, progress.last_answer = progress.last_answer, answer.text
+        evidence: dict[str, Any] = {"gate": name, "type": kind, "answer": answer.text, "status": answer.status,
+                                    "attempts": progress.attempts}
+        if answer.ok:
+            held = (f" after holding the deployment for {tick.now - progress.held_since:.0f}s"
+                    if progress.held_since is not None else "")
+            tick.status.gate = None
+            tick.event("gate_passed", f"{kind} gate {name!r} answered {answer.text}{held}", **evidence)
+            return DONE
+        if kind not in CONFIRM_TYPES:  # pre-rollout: retried, then it fails the deployment
+            if progress.attempts > config.retries:
+                tick.status.gate = None
+                reason = (f"{kind} gate {name!r} failed: {answer.text} "
+                          f"({progress.attempts} attempt{'s' if progress.attempts != 1 else ''})")
+                tick.event("gate_failed", reason, **evidence)
+                return StepResult(done=False, failure=Failure("webhook", reason, evidence))
+            progress.next_at = tick.now + webhooks.backoff(config, progress.attempts)
+            return StepResult(done=False, wait=self._gate_wait(tick, progress.next_at))
+        if progress.held_since is None or answer.text != previous:
+            if progress.held_since is None:
+                progress.held_since = tick.now
+            tick.event("gate_held", f"{kind} gate {name!r} answered {answer.text}: the deployment waits here; "
+                       f"asking again every {config.interval:g}s", **evidence)
+        progress.next_at = tick.now + config.interval
+        return StepResult(done=False, wait=self._gate_wait(tick, progress.next_at))
+
+    def _gate_wait(self, tick: Tick, next_at: float) -> float:
+        """Seconds until the gate is asked again, or a rollback gate is due first."""
+        due = [next_at]
+        asked = tick.status.rollback_gates_asked
+        for gate in self.gates_of(tick):
+            if gate.type == "rollback":
+                due.append(asked.get(gate.name, tick.now) + gate.interval)
+        return max(0.0, min(due) - tick.now)
+
+    async def ask_rollback_gates(self, tick: Tick) -> Failure | None:
+        """Ask each rollback gate that is due (every `interval`, the first time at once); a 2xx
+        from one is a failure that rolls the deployment back, naming the gate. Any other answer,
+        or none, changes nothing."""
+        asked = tick.status.rollback_gates_asked
+        for gate in self.gates_of(tick):
+            if gate.type != "rollback":
+                continue
+            last = asked.get(gate.name)
+            if last is not None and tick.now - last < gate.interval:
+                continue
+            asked[gate.name] = tick.now
+            answer = await webhooks.ask(gate, self.gate_body(tick, gate))
+            if answer.ok:
+                reason = f"rollback gate {gate.name!r} answered {answer.text}: roll back"
+                evidence = {"gate": gate.name, "type": gate.type, "answer": answer.text, "status": answer.status}
+                tick.event("gate_rollback", reason, **evidence)
+                return Failure(ROLLBACK_GATE_TRIGGER, reason, evidence)
+        return None
+
     # ------------------------------------------------------------ analysis
 
     def rollback_settings(self, tick: Tick) -> RollbackConfiguration:
@@ -305,6 +405,9 @@ class StepRunner:
     async def analyze(self, tick: Tick, step: AnalyzeStep) -> StepResult:
         """Canary analysis: the policy judges the candidate, against the baseline with `compare`.
         With `confirm`, a failure of the candidate alone is checked side by side first."""
+        asked_back = await self.ask_rollback_gates(tick)
+        if asked_back is not None:
+            return StepResult(done=False, failure=asked_back)
         policy: Policy = self.policy_for(tick.before.policy)
         interval = self._look_interval(policy)
         confirm = step.get("confirm")
@@ -434,6 +537,9 @@ class StepRunner:
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`
         (with `confirm`, a failure is checked side by side first)."""
+        asked_back = await self.ask_rollback_gates(tick)
+        if asked_back is not None:
+            return StepResult(done=False, failure=asked_back)
         policy: Policy = self.policy_for(tick.before.policy)
         interval = float(step["interval"])
         confirm = step.get("confirm")

@@ -36,6 +36,8 @@ def deployment_view(
         "last_sample": status.analysis.last_sample,
         "approval": status.approval.to_json() if status.approval else None,
         "freeze_override": status.freeze_override.to_json() if status.freeze_override else None,
+        # the webhook gate the deployment waits on: which, since when, what it last answered
+        "gate": status.gate.view() if status.gate is not None else None,
     }
     if full:
         data["plan"] = record.plan

@@ -13,6 +13,7 @@ idempotent: running it twice does no harm.
     promote     {}                                  the decision: the candidate takes all traffic
     pause       {"duration"}                        wait (blue-green keeps the old colour this long)
     monitor     {"duration", "interval", "confirm"?}  post-promotion window: a failure still rolls back
+    gate        {"gate", "type"}                    ask the service's webhook gate of that name (with_gates)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 from safeship.config.models import IntelligentDeployment
+from safeship.config.webhooks import POSITIONAL_TYPES, WebhookGateConfig
 
 
 class ScaleStep(TypedDict):
@@ -86,7 +88,18 @@ class MonitorStep(TypedDict):
     confirm: NotRequired[ConfirmSplit]  # the replaced version is still warm: confirm a failure first
 
 
-Step = ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
+class GateStep(TypedDict):
+    """Ask the service's webhook gate `gate` (services.<name>.webhooks) and go on when it lets the
+    deployment pass; only the gate's name and type are kept in the plan, its url and settings are
+    read from the config when the step runs."""
+
+    kind: Literal["gate"]
+    gate: str
+    type: str  # confirm-rollout | pre-rollout | confirm-traffic-increase | confirm-promotion
+
+
+Step = (ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
+        | GateStep)
 
 
 def steps_from_json(plan: Sequence[Mapping[str, Any]]) -> list[Step]:
@@ -184,3 +197,58 @@ def first_deployment(given: PlanInput) -> list[Step]:
         promote(),
         monitor(given.settings),
     ]
+
+
+def gate(config: WebhookGateConfig) -> GateStep:
+    return {"kind": "gate", "gate": config.name, "type": config.type}
+
+
+def with_gates(plan: Sequence[Step], gates: Sequence[WebhookGateConfig], candidate: str) -> list[Step]:
+    """`plan` with a `gate` step for each of the service's positional webhook gates, where it runs:
+
+    - confirm-rollout: first, before anything of the rollout changes (the candidate starts later);
+    - pre-rollout: before the first step that gives the candidate traffic (it is ready by then);
+    - confirm-traffic-increase: before every weights step that raises the candidate's share,
+      except the switch to 100% that belongs to the promotion;
+    - confirm-promotion: before the promotion, that is before the promote step and the weights
+      steps right before it that give the candidate all traffic.
+
+    Gates of one type run in the order the config lists them. post-rollout and rollback gates are
+    not steps (the engine asks them). No gates: the plan unchanged."""
+    steps = list(plan)
+    wanted = [g for g in gates if g.type in POSITIONAL_TYPES]
+    if not wanted:
+        return steps
+
+    def of(kind: str) -> list[Step]:
+        return [gate(g) for g in wanted if g.type == kind]
+
+    promote_at = next((i for i, s in enumerate(steps) if s["kind"] == "promote"), len(steps))
+    promotion_starts = promote_at
+    while (promotion_starts > 0 and steps[promotion_starts - 1]["kind"] == "weights"
+           and _share(steps[promotion_starts - 1], candidate) >= 100):
+        promotion_starts -= 1
+    out: list[Step] = list(of("confirm-rollout"))
+    share, has_traffic = 0, False
+    for index, step in enumerate(steps):
+        if index == promotion_starts and promote_at < len(steps):
+            if not has_traffic:
+                out += of("pre-rollout")
+                has_traffic = True
+            out += of("confirm-promotion")
+        if step["kind"] == "weights":
+            new_share = _share(step, candidate)
+            if new_share > 0 and not has_traffic:
+                out += of("pre-rollout")
+                has_traffic = True
+            if new_share > share and index < promotion_starts:
+                out += of("confirm-traffic-increase")
+            share = new_share
+        out.append(step)
+    return out
+
+
+def _share(step: Step, candidate: str) -> int:
+    if step["kind"] != "weights":
+        return 0
+    return int(step["weights"].get(candidate, 0))
