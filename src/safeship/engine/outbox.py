@@ -33,6 +33,16 @@ class DeliveryTimeout(TimeoutError):
     """A sink did not return within its timeout; the outbox stopped waiting for it."""
 
 
+class _Busy(Exception):
+    """The sink's earlier call outlived its timeout and has not returned yet: not called again."""
+
+
+def _grace(timeout: float) -> float:
+    """How much longer than its own timeout a sink is waited for: a sink that bounds its own work
+    by it (an HTTP client's timeout) fails with its own error, and one that does not is cut off."""
+    return min(2.0, max(0.25, timeout / 10))
+
+
 @dataclass
 class _Retry:
     event_id: int
@@ -82,8 +92,9 @@ class Outbox:
     event up to it was dealt with by every sink.
 
     Sinks are drained side by side, each in a thread of its own. A sink with a `timeout`
-    attribute is called in a thread of its own and waited for that long at most: a sink that
-    hangs counts as failed then, and is not called again until its hung call returns. A sink with
+    attribute is called in a thread of its own and waited for that long at most (and a little
+    grace, so that a sink bounding its own work fails with its own error): a sink that hangs
+    counts as failed then, and is not called again until its hung call returns. A sink with
     an `events` attribute is told only those kinds; its cursor moves past the others.
 
     A sink that raises (an `Exception`) does not stop the other sinks or the loop, and never fails
@@ -215,6 +226,9 @@ class Outbox:
                 if notification is not None and (lane.events is None or notification.kind in lane.events):
                     try:
                         self._call(lane, notification)
+                    except _Busy:
+                        self._save(lane, position, saved)
+                        return delivered
                     except Exception as exc:
                         if self._failed(lane, event, notification, exc):
                             self._save(lane, position, saved)
@@ -236,7 +250,7 @@ class Outbox:
             return
         if lane.busy is not None:
             if lane.busy.is_alive():
-                raise DeliveryTimeout(f"an earlier delivery has not returned after {lane.timeout:g}s yet")
+                raise _Busy(lane.name)
             lane.busy = None
         raised: list[BaseException] = []
 
@@ -248,7 +262,7 @@ class Outbox:
 
         worker = threading.Thread(target=deliver, name=f"notify-{lane.name}", daemon=True)
         worker.start()
-        worker.join(lane.timeout)
+        worker.join(lane.timeout + _grace(lane.timeout))
         if worker.is_alive():
             lane.busy = worker
             raise DeliveryTimeout(f"no answer within {lane.timeout:g}s")
