@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from safeship.clock import VirtualClock
 from safeship.config.models import (
     DeploymentRequest,
     DeploymentStrategy,
@@ -520,7 +521,10 @@ class DeploymentEngine:
         """Advance until the deployment ends, sleeping on the engine's clock between ticks.
 
         `return_when_awaiting` returns as soon as it waits for a person's approval (a foreground
-        command on a virtual clock must not wait for one)."""
+        command on a virtual clock must not wait for one). On a virtual clock it also returns
+        when a webhook gate holds the deployment: its interval would pass at once, and the gate
+        would be asked again without pause; the next driver asks it again."""
+        virtual = isinstance(self.clock, VirtualClock)
         while True:
             wait, record = await self.step(deployment_id)
             if on_tick is not None:
@@ -528,6 +532,8 @@ class DeploymentEngine:
                 if maybe is not None:
                     await maybe
             if math.isinf(wait) or (return_when_awaiting and record.phase == Phase.AWAITING_APPROVAL.value):
+                return record
+            if virtual and held_by_gate(record):
                 return record
             if wait > 0:
                 await self.clock.sleep(wait)
@@ -705,6 +711,12 @@ class DeploymentEngine:
         tick.set(finished_at=tick.now)
         if tick.get("reason") is None:
             tick.set(reason=message)
+
+
+def held_by_gate(record: DeploymentRecord) -> bool:
+    """A confirm webhook gate holds the deployment (it did not answer 2xx when last asked)."""
+    gate = DeploymentStatus.from_json(record.status).gate
+    return gate is not None and gate.held_since is not None
 
 
 def validate_request(

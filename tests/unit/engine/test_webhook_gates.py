@@ -407,3 +407,17 @@ async def test_promote_now_is_refused_once_ended_while_rolling_back_or_after_the
     with pytest.raises(ConflictError, match="rolling back"):
         sim.engine.promote(deployment_id, by="alice")
     assert "promote_now" not in _kinds(sim, deployment_id)
+
+
+async def test_a_foreground_run_on_the_virtual_clock_returns_while_a_gate_holds(receiver: Receiver) -> None:
+    # virtual intervals pass at once: the run returns instead of asking the gate without pause
+    sim = await _sim(gate(receiver, "ask-ops", "confirm-promotion"))
+    receiver.answers["ask-ops"] = 500
+    deployment_id = _submit(sim)
+    record = await sim.engine.run(deployment_id)
+    assert record.phase == "progressing" and _held(record)
+    assert len(receiver.got("ask-ops")) == 1
+    receiver.answers["ask-ops"] = 200
+    sim.clock.advance(10.0)
+    final = await sim.engine.run(deployment_id)  # the next driver asks again
+    assert final.phase == "succeeded" and len(receiver.got("ask-ops")) == 2
