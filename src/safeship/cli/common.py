@@ -191,18 +191,21 @@ FLUSH_WAIT_S = 10.0  # how long a foreground command goes on retrying a sink tha
 def flush_notifications(store: Store, config: SafeshipConfig | None = None,
                         config_path: str | Path | None = None, *, wait: float = FLUSH_WAIT_S) -> None:
     """Deliver the notifications of what this command ran in the foreground (a simulated
-    environment) before it exits, to the sinks `config` declares (the log sink alone without
-    one). A failed delivery is retried for up to `wait` seconds more than one delivery's timeout;
-    what is still undelivered then (a receiver that is down), or a store that cannot be written,
-    is left for the next command or the controller, with a `notification_failed` event."""
+    environment) before it exits, to the sinks `config` declares (read from `config_path` when
+    only that is given; the log sink alone without either). A failed delivery is retried for up
+    to `wait` seconds more than one delivery's timeout; what is still undelivered then (a
+    receiver that is down), or a store that cannot be written, is left for the next command or
+    the controller, with a `notification_failed` event."""
     from safeship.engine.notify import LogSink, NotificationSink
     from safeship.engine.outbox import Outbox
     from safeship.engine.sinks import sinks_from_config
 
     sinks: list[NotificationSink] = [LogSink()]
-    if config is not None:
+    if config is not None or config_path is not None:
         folder = Path(config_path).resolve().parent if config_path is not None else Path.cwd()
         try:
+            if config is None:
+                config = load_config(str(config_path))
             sinks = sinks_from_config(config, folder, source=str(config_path or "safeship.yaml"))
         except SafeshipError as exc:
             # The deployment has run; its notifications stay pending until the config is fixed.

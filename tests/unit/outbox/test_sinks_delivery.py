@@ -398,3 +398,22 @@ def test_a_bad_sink_is_refused_when_the_config_loads(tmp_path: Path, sinks: str,
     with pytest.raises(ConfigError) as caught:
         configured(tmp_path, sinks)
     assert "notifications[0]" in str(caught.value) and words in str(caught.value)
+
+
+async def test_a_foreground_command_delivers_to_the_sinks_of_its_config_file(
+        tmp_path: Path, store: Store, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+    from safeship.cli.common import flush_notifications
+
+    await bad_release(store)
+    path = tmp_path / "safeship.yaml"
+    path.write_text(f"notifications:\n  - {{name: hook, type: webhook, url: '{receiver.url}', "
+                    "secret_file: gone.secret}\n")
+    flush_notifications(store, config_path=path)  # the secret file is missing: nothing is sent
+    assert receiver.seen == [] and store.cursor("notifications:hook") == 0
+    assert "warning: notifications not sent" in capsys.readouterr().err
+
+    (tmp_path / "gone.secret").write_text(SECRET)
+    flush_notifications(store, config_path=path)  # fixed: what waited is delivered
+    assert [seen.json()["event"] for seen in receiver.seen] == [
+        "started", "step_advanced", "rollback_started", "rolled_back"]
+    assert store.cursor("notifications:hook") > 0
