@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 ERRORS_BEFORE_ROLLBACK = 5  # ticks in a row that raised before the engine rolls the deployment back
 MAX_RETRY_DELAY_S = 30.0  # the longest wait between ticks that raised
+PROMOTE_ATTEMPTS = 3  # reads of a deployment a promote-now request makes while ticks move it
 
 
 class DeploymentEngine:
@@ -243,9 +244,19 @@ class DeploymentEngine:
         promoted; the steps after the promotion (the monitoring window, the old version's scale
         down) still run, and an old version a skipped step would have stopped is stopped at the
         end. Refused (ConflictError) once the deployment ended, while it rolls back, while it
-        awaits approval, or once it was promoted. An event records who."""
+        awaits approval, or once it was promoted. An event records who. A tick that moved the
+        deployment meanwhile is read again (a few times) before the request gives up."""
         record = self.store.get_deployment(deployment_id)
         self._unstrand(record.service, record.environment, skip=record.id)
+        for _ in range(PROMOTE_ATTEMPTS - 1):
+            try:
+                return self._promote_once(self.store.get_deployment(deployment_id), by)
+            except StaleStateError:
+                continue
+        return self._promote_once(self.store.get_deployment(deployment_id), by)
+
+    def _promote_once(self, record: DeploymentRecord, by: str) -> DeploymentRecord:
+        deployment_id = record.id
         phase = Phase(record.phase)
         if phase.is_final:
             raise ConflictError(f"deployment {deployment_id} already ended ({record.phase}); nothing to promote")
@@ -267,13 +278,9 @@ class DeploymentEngine:
             replicas = self.config.services[record.service].replicas
         candidate, baseline = record.version, record.from_version
         after = plan[promote_at:]
-        tail: list[Step] = [
-            scale(candidate, replicas),
-            wait_ready(candidate, replicas, self.readiness_timeout(record.service,
-                                                                   DeploymentRequest.from_stored(record.request))),
-            weights({candidate: 100}),
-            *after,
-        ]
+        timeout = self.readiness_timeout(record.service, DeploymentRequest.from_stored(record.request))
+        tail: list[Step] = [scale(candidate, replicas), wait_ready(candidate, replicas, timeout),
+                            weights({candidate: 100}), *after]
         stops_baseline = any(s["kind"] == "scale" and s["version"] == baseline and int(s["replicas"]) == 0
                              for s in after)
         if baseline is not None and not stops_baseline:

@@ -105,8 +105,8 @@ def _config() -> SafeshipConfig:
     }})
 
 
-async def _sim(*gates: WebhookGateConfig) -> Simulation:
-    sim = await build(scenario(error_rate=0.005), policy_for=lambda _n: StepPolicy(), config=_config())
+async def _sim(*gates: WebhookGateConfig, store: Any = None) -> Simulation:
+    sim = await build(scenario(error_rate=0.005), policy_for=lambda _n: StepPolicy(), config=_config(), store=store)
     sim.engine.config.services[SERVICE].webhooks = list(gates)
     return sim
 
@@ -421,3 +421,46 @@ async def test_a_foreground_run_on_the_virtual_clock_returns_while_a_gate_holds(
     sim.clock.advance(10.0)
     final = await sim.engine.run(deployment_id)  # the next driver asks again
     assert final.phase == "succeeded" and len(receiver.got("ask-ops")) == 2
+
+
+async def test_a_second_engine_resumes_a_hold_where_the_first_left_it(receiver: Receiver, tmp_path: Any) -> None:
+    from safeship.engine.context import World
+    from safeship.engine.engine import DeploymentEngine
+    from safeship.store import Store
+
+    sim = await _sim(gate(receiver, "ask-ops", "confirm-promotion"), store=Store(f"sqlite:///{tmp_path / 'state.db'}"))
+    receiver.answers["ask-ops"] = 500
+    deployment_id = _submit(sim)
+    held = await _until(sim, deployment_id, _held)
+    since = held.status["gate"]["held_since"]
+    sim.engine = DeploymentEngine(sim.engine.config, Store(sim.store.url),
+                                  World(sim.platform, sim.router, sim.clock, None), policy_for=lambda _n: StepPolicy())
+    sim.store = sim.engine.store
+    sim.clock.advance(10.0)
+    await sim.engine.advance(deployment_id)
+    again = sim.store.get_deployment(deployment_id)
+    assert again.status["gate"]["held_since"] == since and again.status["gate"]["attempts"] == 2
+    receiver.answers["ask-ops"] = 200
+    seen = await drive(sim, deployment_id)
+    assert seen.record.phase == "succeeded"
+
+
+async def test_promote_now_releases_a_held_gate_without_asking_it_again(receiver: Receiver) -> None:
+    sim = await _sim(gate(receiver, "ask-ops", "confirm-promotion"))
+    receiver.answers["ask-ops"] = 500
+    deployment_id = _submit(sim)
+    await _until(sim, deployment_id, _held)
+    promoted = sim.engine.promote(deployment_id, by="carol")
+    assert deployment_view(promoted)["gate"] is None
+    seen = await drive(sim, deployment_id)
+    assert seen.record.phase == "succeeded" and len(receiver.got("ask-ops")) == 1
+    assert sim.router.weight_log[-1][2] == {CANDIDATE: 100}
+
+
+async def test_promote_now_waits_for_an_approval_first() -> None:
+    sim = await _sim()
+    sim.engine.config.environment_management.environments[0].approval = "required"
+    deployment_id = _submit(sim)
+    await sim.engine.advance(deployment_id)
+    with pytest.raises(ConflictError, match="awaits approval; approve it first"):
+        sim.engine.promote(deployment_id, by="dave")
