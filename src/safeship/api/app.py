@@ -108,6 +108,10 @@ class ApproveBody(_Body):
     by: str | None = Field(default=None, description="who approves, recorded with the deployment")
 
 
+class PromoteBody(_Body):
+    by: str | None = Field(default=None, description="who promotes, recorded in an event")
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(description="one sentence")
     kind: str | None = Field(default=None, description='"store" when the store cannot be used (503)')
@@ -354,7 +358,10 @@ class GuardedRoute(APIRoute):
 # ---------------------------------------------------------------- the app
 
 
-def create_app(controller: Controller, token: str) -> FastAPI:
+def create_app(controller: Controller, token: str, *, dashboard: bool = True) -> FastAPI:
+    """The API, and unless `dashboard` is False the web dashboard beside it (at / and under /ui;
+    see `safeship.api.dashboard`): pages need the session cookie its login page sets, the API
+    keeps needing the bearer token."""
     app = FastAPI(
         title="safeship controller",
         version="1",
@@ -467,6 +474,15 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         by = (body.by if body is not None else None) or ""
         return deployment_json(controller.approve(_deployment_id(deployment_id), by=by), full=True)
 
+    @api.post("/deployments/{deployment_id}/promote")
+    async def promote_deployment(deployment_id: DeploymentId, body: PromoteBody | None = None) -> dict[str, Any]:
+        """Promote now: skip the remaining steps up to the promotion (409 once promoted, ended,
+        rolling back or awaiting approval)."""
+        by = (body.by if body is not None else None) or ""
+        record = controller.engine.promote(_deployment_id(deployment_id), by=by)
+        controller.wake(record.id)
+        return deployment_json(record, full=True)
+
     @api.get("/services/{service}/history")
     async def service_history(service: Service, limit: Limit = 100) -> dict[str, Any]:
         _names("service", service, services)
@@ -492,5 +508,9 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return clean_dict(await controller.cleanup_environment(environment))
 
     app.include_router(api)
+    if dashboard:
+        from safeship.api.dashboard import mount
+
+        mount(app, controller, token)
     return app
 

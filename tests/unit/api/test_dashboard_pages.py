@@ -1,0 +1,269 @@
+"""The dashboard's pages render for every state a deployment can be in, and show what the store
+holds: the overview's rows, a deployment's plan, chart data, evidence and events, the history
+with its filters, and the environments' quota, freeze windows and validate results."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apikit import TOKEN
+from fastapi.testclient import TestClient
+
+from safeship.api.app import create_app
+from safeship.api.controller import Controller
+from safeship.api.dashboard import views
+from safeship.store import DeploymentRecord, EventRecord, RollbackRecord, StableVersion
+
+SERVICE, ENV = "user-service", "production"
+PLAN = [
+    {"kind": "scale", "version": "v1.3.0", "replicas": 2},
+    {"kind": "wait_ready", "version": "v1.3.0"},
+    {"kind": "weights", "weights": {"v1.3.0": 25, "v1.2.0": 75}},
+    {"kind": "analyze", "duration": 3.0},
+    {"kind": "weights", "weights": {"v1.3.0": 100, "v1.2.0": 0}},
+    {"kind": "promote"},
+    {"kind": "monitor", "duration": 2.0},
+]
+PHASES = ["pending", "awaiting_approval", "preparing", "progressing", "monitoring", "succeeded",
+          "rolling_back", "rolled_back", "failed", "cancelled"]
+
+
+def record(id_: str, phase: str, *, step: int = 0, weight: int | None = None, created: float = 100.0,
+           evidence: dict[str, object] | None = None, version: str = "v1.3.0") -> DeploymentRecord:
+    status: dict[str, object] = {}
+    if weight is not None:
+        status["weights"] = {version: weight, "v1.2.0": 100 - weight}
+    final = phase in ("succeeded", "rolled_back", "failed", "cancelled")
+    return DeploymentRecord(
+        id=id_, service=SERVICE, environment=ENV, version=version, from_version="v1.2.0",
+        strategy="canary", strategy_reason="critical service with high availability: canary",
+        policy="safeship", phase=phase, step_index=step, plan=PLAN, status=status, request={},
+        created_at=created, updated_at=created + 10, phase_started_at=created, step_started_at=created,
+        evidence=evidence, finished_at=created + 30 if final else None,
+        reason="error rate 8% above the 5% trigger" if phase in ("rolled_back", "rolling_back") else None,
+    )
+
+
+def look(id_: str, at: float, weight: int, failed: int, e_errors: float) -> EventRecord:
+    data = {
+        "candidate_weight": weight,
+        "candidate": {"requests": 100, "failed": failed, "error_rate": failed / 100, "p99_ms": 12.5},
+        "baseline": {"requests": 300, "failed": 0, "error_rate": 0.0, "p99_ms": 10.0},
+        "dt": 0.5, "verdict": "inconclusive", "reason": "too little candidate traffic yet",
+        "evidence": {"candidate_requests": 100, "candidate_failed": failed, "baseline_requests": 300,
+                     "baseline_failed": 0, "e_values": {"errors": e_errors, "latency_p99": 1.0}},
+    }
+    return EventRecord(id_, at, "look", f"look at {weight}%", data)
+
+
+def rolled_back_deployment(controller: Controller, id_: str = "deploy-00000000bd") -> None:
+    store = controller.store
+    before = record(id_, "pending", created=200.0)
+    store.create_deployment(before, [EventRecord(id_, 200.0, "created", "deploy user-service v1.3.0"),
+                                     EventRecord(id_, 200.0, "strategy", "canary", {"strategy": "canary"})])
+    evidence = {"trigger": "error_rate_threshold", "test": "errors", "e_value": 1234.5, "bound": 250.0,
+                "alpha": 0.004, "candidate": {"requests": 300, "events": 24, "rate": 0.08},
+                "e_values": {"errors": 1234.5, "latency_p99": 0.8}}
+    events = [
+        EventRecord(id_, 201.0, "phase", "progressing", {"phase": "progressing"}),
+        EventRecord(id_, 202.0, "weights", "traffic v1.3.0=25%, v1.2.0=75%",
+                    {"weights": {"v1.3.0": 25, "v1.2.0": 75}}),
+        look(id_, 203.0, 25, 4, 12.0),
+        look(id_, 204.0, 25, 9, 400.0),
+        EventRecord(id_, 204.0, "trigger", "error_rate_threshold: error rate 8% above the 5% trigger", evidence),
+        EventRecord(id_, 204.0, "phase", "rolling back", {"phase": "rolling_back"}),
+        EventRecord(id_, 206.0, "weights", "traffic v1.2.0=100%", {"weights": {"v1.2.0": 100}}),
+        EventRecord(id_, 207.0, "phase", "rolled back", {"phase": "rolled_back"}),
+    ]
+    after = record(id_, "rolled_back", step=3, weight=0, created=200.0, evidence=evidence)
+    rollback = RollbackRecord(id="rb-0001", deployment_id=id_, service=SERVICE, environment=ENV,
+                              from_version="v1.3.0", to_version="v1.2.0", reason="error rate 8% above the 5% trigger",
+                              evidence=evidence, automatic=True, started_at=204.0, duration_s=3.0, success=True,
+                              timestamp=207.0)
+    store.save_transition(before, after, events, rollback=rollback)
+
+
+@pytest.fixture
+def logged_in(client: TestClient) -> TestClient:
+    answer = client.post("/ui/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
+    assert answer.status_code == 303
+    return client
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_every_page_renders_for_a_deployment_in_each_phase(
+    logged_in: TestClient, controller: Controller, phase: str
+) -> None:
+    id_ = "deploy-0000000001"
+    weight = 25 if phase in ("progressing", "monitoring", "rolling_back") else None
+    step = 6 if phase == "monitoring" else 3  # monitoring runs after the promotion
+    controller.store.create_deployment(
+        record(id_, phase, step=step, weight=weight),
+        [EventRecord(id_, 100.0, "created", "deploy"), look(id_, 101.0, 25, 0, 1.5)],
+    )
+    for path in ("/", f"/ui/deployments/{id_}", "/ui/history", "/ui/environments",
+                 f"/ui/deployments/{id_}/timeline.json"):
+        answer = logged_in.get(path)
+        assert answer.status_code == 200, (path, answer.text[-2000:])
+    page = logged_in.get(f"/ui/deployments/{id_}").text
+    assert phase.replace("_", " ") in page
+    assert "critical service with high availability: canary" in page  # the strategy and why
+    buttons = set(re.findall(r'data-action="(\w+)"', page))
+    expected = {
+        "awaiting_approval": {"approve", "promote", "abort"},
+        "pending": {"promote", "abort"}, "preparing": {"promote", "abort"},
+        "progressing": {"promote", "abort", "rollback"}, "monitoring": {"abort", "rollback"},
+        "succeeded": {"rollback"},
+    }.get(phase, set())
+    assert buttons == expected
+    overview = logged_in.get("/").text
+    if phase in ("succeeded", "rolled_back", "failed", "cancelled"):
+        assert "last: " in overview
+    else:
+        assert f'href="/ui/deployments/{id_}"' in overview and f"{step + 1}/7" in overview
+
+
+def test_the_overview_shows_stable_version_active_deployment_weight_and_health(
+    logged_in: TestClient, controller: Controller
+) -> None:
+    controller.store.record_stable(StableVersion(SERVICE, ENV, "v1.2.0", None, 1.0, None, True))
+    controller.store.create_deployment(record("deploy-0000000002", "progressing", step=3, weight=25))
+    page = logged_in.get("/").text
+    row = page[page.index(f'data-service="{SERVICE}" data-environment="{ENV}"'):]
+    row = row[: row.index("</tr>")]
+    assert 'class="stable">v1.2.0<' in row
+    assert "deploying" in row and "canary" in row and "progressing" in row
+    assert "4/7" in row and "analyze 3s" in row and "25%" in row
+    billing = page[page.index('data-service="billing" data-environment="production"'):]
+    assert "not serving" in billing[: billing.index("</tr>")]
+
+
+def test_a_rolled_back_deployment_shows_its_marker_evidence_and_rollback(
+    logged_in: TestClient, controller: Controller
+) -> None:
+    rolled_back_deployment(controller)
+    page = logged_in.get("/ui/deployments/deploy-00000000bd").text
+    assert 'data-marker="rollback"' in page and 'data-marker="trigger"' in page
+    assert 'class="step stopped"' in page and "analyze 3s" in page  # where it stopped
+    # each test's e-value against its bound: errors crossed 250, p99 did not
+    errors = page[page.index("<code>errors</code>"):]
+    errors = errors[: errors.index("</tr>")]
+    assert "1.23e+03" in errors and "250" in errors and "crossed" in errors
+    p99 = page[page.index("<code>latency_p99</code>"):]
+    assert "crossed" not in p99[: p99.index("</tr>")]
+    assert "v1.3.0" in page and "error rate 8% above the 5% trigger" in page
+    timeline = logged_in.get("/ui/deployments/deploy-00000000bd/timeline.json").json()
+    x, weight, err_c, err_b, p99_c, p99_b = timeline["columns"]
+    assert weight == [25.0, 25.0, 25.0, 0.0]
+    assert err_c == [None, 4.0, 9.0, None] and err_b == [None, 0.0, 0.0, None]
+    assert p99_c[1:3] == [12.5, 12.5] and p99_b[1:3] == [10.0, 10.0]
+    assert x == sorted(x)
+    kinds = [m["kind"] for m in timeline["markers"]]
+    assert kinds == ["step", "trigger", "rollback", "step", "rollback"]
+
+
+def test_history_filters_by_service_environment_and_outcome(logged_in: TestClient, controller: Controller) -> None:
+    rolled_back_deployment(controller)
+    controller.store.create_deployment(record("deploy-00000000ok", "succeeded", created=300.0, version="v1.4.0"))
+    page = logged_in.get("/ui/history").text
+    assert "deploy-00000000bd" in page and "deploy-00000000ok" in page
+    rollback_row = page[page.index('<tr class="rollback"'):]
+    rollback_row = rollback_row[: rollback_row.index("</tr>")]
+    assert all(s in rollback_row for s in ("v1.3.0", "v1.2.0", "error rate 8% above", "3.0s", "automatic"))
+    assert 'href="/ui/deployments/deploy-00000000bd"' in rollback_row
+    only_ok = logged_in.get("/ui/history?outcome=succeeded").text
+    assert "deploy-00000000ok" in only_ok and 'data-deployment="deploy-00000000bd" data-phase' not in only_ok
+    assert "Nothing matches" in logged_in.get("/ui/history?service=billing").text
+    assert "Nothing matches" in logged_in.get("/ui/history?environment=staging").text
+    bad = logged_in.get("/ui/history?service=..%2Fetc")
+    assert bad.status_code == 400 and "service filter" in bad.text
+
+
+def test_the_environments_page_shows_quota_freeze_windows_and_validate_results(
+    tmp_path: Path, config_file: Path
+) -> None:
+    text = config_file.read_text().replace(
+        "- {name: production, type: production, platform: local}",
+        "- {name: production, type: production, platform: local, resource_quotas: {cpu: 2, memory: 1024},"
+        " freeze_windows: [{name: mornings, start: '00:00', end: '12:00'}, {name: evenings, start: '12:00',"
+        " end: '00:00'}]}",
+    )
+    config_file.write_text(text)
+    controller = Controller.from_config_file(config_file)
+    try:
+        controller.store.record_stable(StableVersion(SERVICE, ENV, "v1.2.0", None, 1.0, None, True))
+        with TestClient(create_app(controller, TOKEN)) as client:
+            client.post("/ui/login", data={"token": TOKEN}, follow_redirects=False)
+            page = client.get("/ui/environments").text
+            assert "mornings (daily 00:00-12:00 UTC)" in page and "evenings (daily 12:00-00:00 UTC)" in page
+            assert page.count("in force now") == 1  # the two windows cover the day
+            replicas = controller.config.services[SERVICE].replicas
+            cpu = replicas * controller.config.services[SERVICE].resources.cpu
+            assert f"cpu: {round(cpu, 3)} of 2.0 cores" in page
+            assert "Not validated since this controller started" in page
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+            assert csrf is not None
+            refused = client.post("/ui/environments/production/validate", data={}, follow_redirects=False)
+            assert refused.status_code == 403
+            done = client.post("/ui/environments/production/validate", data={"csrf": csrf.group(1)},
+                               follow_redirects=False)
+            assert done.status_code == 303
+            page = client.get("/ui/environments").text
+            assert "cpu quota" in page and "disk space" in page
+    finally:
+        controller.store.close()
+
+
+def test_an_unknown_deployment_page_is_404_in_one_sentence(logged_in: TestClient) -> None:
+    answer = logged_in.get("/ui/deployments/deploy-ffffffffff")
+    assert answer.status_code == 404 and "not found" in answer.text
+    assert logged_in.get("/ui/deployments/deploy%20x").status_code == 404
+
+
+def test_the_stream_sends_the_events_written_after_its_cursor(
+    config_file: Path, controller: Controller
+) -> None:
+    app = create_app(controller, TOKEN, dashboard=False)
+    from safeship.api.dashboard import mount
+
+    mount(app, controller, TOKEN, stream_max_s=1.0, stream_poll_s=0.05)
+    controller.store.create_deployment(record("deploy-0000000003", "progressing"),
+                                       [EventRecord("deploy-0000000003", 1.0, "created", "first")])
+    with TestClient(app) as client:
+        client.post("/ui/login", data={"token": TOKEN}, follow_redirects=False)
+        with client.stream("GET", "/ui/stream?after=0&deployment=deploy-0000000003") as answer:
+            assert answer.status_code == 200
+            text = "".join(answer.iter_text())  # the stream ends by itself after stream_max_s
+    changes = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and "kind" in line]
+    assert [(c["deployment_id"], c["kind"], c["message"]) for c in changes] == [
+        ("deploy-0000000003", "created", "first")]
+    assert "id: " in text  # a reconnecting browser resumes from the last id it saw
+
+
+def test_policy_bounds_follow_the_split_of_alpha() -> None:
+    bounds = views.policy_bounds(["errors", "latency_p95", "latency_p99", "trigger:error_rate:0.05"], 0.01)
+    assert bounds["errors"] == pytest.approx(250.0)  # 0.40 of alpha
+    assert bounds["latency_p99"] == pytest.approx(800.0)  # half of 0.25
+    assert bounds["trigger:error_rate:0.05"] == pytest.approx(1 / 0.0015)
+
+
+def test_chart_columns_line_up(controller: Controller) -> None:
+    rolled_back_deployment(controller)
+    chart = views.timeline(controller.store.get_deployment("deploy-00000000bd"),
+                           controller.store.events("deploy-00000000bd"))
+    columns = chart.to_json()["columns"]
+    assert len({len(c) for c in columns}) == 1
+
+
+@pytest.fixture
+def no_dashboard(controller: Controller) -> Iterator[TestClient]:
+    with TestClient(create_app(controller, TOKEN, dashboard=False)) as client:
+        yield client
+
+
+def test_the_app_without_the_dashboard_has_no_pages(no_dashboard: TestClient) -> None:
+    assert no_dashboard.get("/", follow_redirects=False).status_code == 404
