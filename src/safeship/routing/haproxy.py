@@ -109,7 +109,7 @@ def socket_dir(state_dir: Path) -> Path:
     """Where the sockets live: `<state_dir>/haproxy`, or a short private folder in /tmp when that
     path is too long for a Unix socket."""
     preferred = haproxy_dir(state_dir)
-    if len(str(preferred / "admin.sock")) < _MAX_UNIX_PATH:
+    if len(str(preferred / "master.sock")) < _MAX_UNIX_PATH:  # the longest of the three names
         return preferred
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
     return Path("/tmp") / f"safeship-haproxy-{digest}"
