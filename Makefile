@@ -13,8 +13,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Tests that run in-process (simulations, the API in-process, fuzzing) run on two workers; tests
+# that start real controllers, routers, HAProxy, Prometheus or a browser run one at a time, so
+# that their processes and traffic do not compete with each other on a small machine.
+SERIAL_TESTS := tests/live tests/kubernetes tests/browser
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(foreach d,$(SERIAL_TESTS),--ignore=$(d))
+	$(BIN)/python -m pytest -q $(wildcard $(SERIAL_TESTS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
