@@ -49,7 +49,8 @@ class ProgressPrinter:
         self._printed_at = 0.0
 
     def update(self, data: dict[str, Any], elapsed: float) -> None:
-        key = (data["phase"], data["step"], str(data.get("weights")))
+        gate = data.get("gate") or {}
+        key = (data["phase"], data["step"], str(data.get("weights")), gate.get("held"), gate.get("last_answer"))
         if key != self._key or elapsed - self._printed_at >= self.heartbeat:
             console.print(progress_line(data, elapsed))
             self._key, self._printed_at = key, elapsed

@@ -225,7 +225,7 @@ def with_gates(plan: Sequence[Step], gates: Sequence[WebhookGateConfig], candida
 
     promote_at = next((i for i, s in enumerate(steps) if s["kind"] == "promote"), len(steps))
     promotion_starts = promote_at
-    while (promotion_starts > 0 and steps[promotion_starts - 1]["kind"] == "weights"
+    while (promote_at < len(steps) and promotion_starts > 0 and steps[promotion_starts - 1]["kind"] == "weights"
            and _share(steps[promotion_starts - 1], candidate) >= 100):
         promotion_starts -= 1
     out: list[Step] = list(of("confirm-rollout"))

@@ -200,6 +200,13 @@ def test_blue_green_recreate_rolling_and_first_deployments_place_their_gates() -
         "promote", "monitor"]
 
 
+def test_gates_of_one_type_run_in_the_order_the_config_lists_them() -> None:
+    gates = [WebhookGateConfig(name=name, type="confirm-promotion", url="http://127.0.0.1:9/x")
+             for name in ("qa", "ops", "security")]
+    plan = with_gates(STRATEGIES[DeploymentStrategy.BLUE_GREEN].plan(_plan_input()), gates, CANDIDATE)
+    assert [s["gate"] for s in plan if s["kind"] == "gate"] == ["qa", "ops", "security"]
+
+
 async def test_the_stored_plan_carries_the_gate_steps_and_not_their_urls(receiver: Receiver) -> None:
     sim = await _sim(gate(receiver, "ask-ops", "confirm-promotion", metadata={"team": "payments"}))
     record = sim.store.get_deployment(_submit(sim))
