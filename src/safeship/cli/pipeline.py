@@ -269,9 +269,13 @@ def _deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store, reco
                 code = deploy(deploy_args, config, store)
         else:
             code = deploy(deploy_args, config, store)
-    except SafeshipError as exc:
-        record = record.replace(status="refused", finished_at=time.time(), message=f"deploy refused: {exc}")
-        store.save_pipeline_run(record)
+    except BaseException as exc:  # refused at admission, the controller unreachable, Ctrl-C, a bug
+        refused = isinstance(exc, InputError | ConflictError)
+        record = record.replace(status="refused" if refused else "failed", finished_at=time.time(),
+                                message=f"the deploy {'was refused' if refused else 'did not finish'}: "
+                                        f"{exc or type(exc).__name__}")
+        with contextlib.suppress(SafeshipError):
+            store.save_pipeline_run(record)
         raise
     finally:
         started = [d for d in store.list_deployments(service=record.service, environment=record.environment,
