@@ -149,6 +149,7 @@ class Outbox:
         self._events: dict[str, list[EventRecord]] = {}  # each deployment's events read so far
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken = False
+        self._halt = threading.Event()  # set when `run` is told to stop: no new delivery begins
 
     @property
     def sinks(self) -> list[NotificationSink]:
@@ -222,6 +223,9 @@ class Outbox:
             saved = position
             for event in events:
                 assert event.id is not None  # read from the store
+                if self._halt.is_set():
+                    self._save(lane, position, saved)
+                    return delivered
                 notification = self._notification(event, deployments)
                 if notification is not None and (lane.events is None or notification.kind in lane.events):
                     try:
@@ -360,29 +364,44 @@ class Outbox:
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Deliver every `poll` seconds, or sooner after `wake()`, until `stop` is set: one task
-        per sink, each delivering in a worker thread, so that a sink that hangs holds back only
-        itself. A pass that fails (the store cannot be used) is logged and tried again on the next
-        one; sinks' failures are handled inside the pass."""
-        self._loop = asyncio.get_running_loop()
+        per sink, each delivering in a thread of the outbox's own pool (never the event loop's
+        default executor, which the controller needs), so that a sink that hangs holds back only
+        itself. Once `stop` is set no new notification is begun; the ones in flight end within
+        their sink's timeout. A pass that fails (the store cannot be used) is logged and tried
+        again on the next one; sinks' failures are handled inside the pass."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._halt.clear()
         for lane in self._lanes:
             lane.wake = asyncio.Event()
             if self._woken:
                 lane.wake.set()
         self._woken = False
+        pool = ThreadPoolExecutor(max(1, len(self._lanes)), thread_name_prefix="outbox")
+
+        async def halt_on_stop() -> None:
+            await stop.wait()
+            self._halt.set()
+
+        watcher = asyncio.ensure_future(halt_on_stop())
         try:
-            await asyncio.gather(*(self._run_lane(lane, stop, poll) for lane in self._lanes))
+            await asyncio.gather(*(self._run_lane(loop, pool, lane, stop, poll) for lane in self._lanes))
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            pool.shutdown(wait=False)
+            self._halt.clear()  # the passes have ended; a later deliver_pending delivers again
             self._loop = None
             for lane in self._lanes:
                 lane.wake = None
 
-    async def _run_lane(self, lane: _Lane, stop: asyncio.Event, poll: float) -> None:
+    async def _run_lane(self, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, lane: _Lane,
+                        stop: asyncio.Event, poll: float) -> None:
         wake = lane.wake
         assert wake is not None
         while not stop.is_set():
             wake.clear()
             try:
-                await asyncio.to_thread(self._pass_of, lane)
+                await loop.run_in_executor(pool, self._pass_of, lane)
             except Exception:
                 log.exception("delivering notifications to %s failed; trying again in %.1fs", lane.name, poll)
             await _first(stop, wake, poll)

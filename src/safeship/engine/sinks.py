@@ -89,9 +89,15 @@ class WebhookSink(_Settings):
             with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
                 answer = client.post(self.url, content=body, headers=self.request_headers(notification, body))
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"POST {self.url} failed: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryError(f"POST to {self.origin} failed: {type(exc).__name__}: {exc}") from exc
         if not answer.is_success:
-            raise DeliveryError(f"POST {self.url} answered {answer.status_code} {answer.reason_phrase}")
+            raise DeliveryError(f"POST to {self.origin} answered {answer.status_code} {answer.reason_phrase}")
+
+    @property
+    def origin(self) -> str:
+        """The URL's scheme, host and port: what errors name (a path or query may hold a token)."""
+        url = httpx.URL(self.url)
+        return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
 
 
 class AppriseSink(_Settings):

@@ -4,6 +4,7 @@ stored cursor, across restarts, and past sinks that fail."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -389,3 +390,39 @@ def test_an_idle_pass_changes_no_cursor(store: Store) -> None:
 
     with store.engine.connect() as conn:
         assert sorted(conn.execute(select(schema.cursors)).all()) == before
+
+
+class Slow(Sink):
+    """Takes each notification after a short while; `timeout` makes the outbox bound each call."""
+
+    timeout = 5.0
+
+    def __init__(self) -> None:
+        super().__init__("slow")
+        self.started = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self, notification: Notification) -> None:
+        super().notify(notification)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.started.set)
+        threading.Event().wait(0.05)
+
+
+async def test_a_stopped_run_begins_no_new_delivery_and_a_later_pass_goes_on(store: Store) -> None:
+    for i in range(30):
+        good(store, f"deploy-{i}")
+    slow = Slow()
+    slow.loop = asyncio.get_running_loop()
+    memory = Sink()
+    outbox = Outbox(store, [slow, memory])
+    stop = asyncio.Event()
+    task = asyncio.create_task(outbox.run(stop, poll=3600.0))
+    await asyncio.wait_for(slow.started.wait(), timeout=30)
+    stop.set()
+    await asyncio.wait_for(task, timeout=30)
+    told, memory_told = len(slow.received), len(memory.received)
+    assert 1 <= told < 30  # the backlog was left where it stood, from its stored cursor
+
+    assert outbox.deliver_pending() == (30 - told) + (30 - memory_told)  # a later pass goes on
+    assert delivered(slow) == delivered(memory) == [f"deploy-{i} succeeded" for i in range(30)]
