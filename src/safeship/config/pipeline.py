@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from safeship.config.base import Model
 from safeship.config.durations import PositiveDuration
@@ -88,3 +89,12 @@ def check_stages(stages: Sequence[PipelineStage]) -> None:
     building = [s.name for s in stages if s.artifact is not None]
     if len(building) > 1:
         raise ValueError(f"stages {', '.join(building)} all name an artifact; one stage builds the release")
+
+
+def _checked(stages: list[PipelineStage]) -> list[PipelineStage]:
+    check_stages(stages)
+    return stages
+
+
+# `services.<name>.pipeline`'s type, checked as a whole when the config is loaded.
+Pipeline = Annotated[list[PipelineStage], AfterValidator(_checked)]
