@@ -261,6 +261,12 @@ def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> 
             f"{final.id}: awaiting approval in {final.environment}; approve with "
             f"`deployment-engine --approve --deployment-id {final.id}`"))
         return EXIT_OK
+    gate = data.get("gate") or {}
+    if gate.get("held"):
+        emit(data, as_json=args.json, text=lambda: output.console.print(
+            f"{final.id}: held by {gate['type']} gate {gate['name']!r} ({gate['last_answer']}); it goes on once the "
+            f"gate answers 2xx: `deployment-engine --status --deployment-id {final.id}`"))
+        return EXIT_OK
     emit(data, as_json=args.json, text=lambda: output.console.print(
         f"{final.id}: {final.phase} - {final.reason or ''}"))
     return Phase(final.phase).exit_code

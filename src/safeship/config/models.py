@@ -20,7 +20,7 @@ from safeship.config.names import shown as show
 from safeship.config.notifications import NotificationSinkConfig
 from safeship.config.pipeline import PipelineStage
 from safeship.config.quantities import Cpu, MemoryMb
-from safeship.config.webhooks import WebhookGateConfig
+from safeship.config.webhooks import WebhookGateConfig, check_gates
 
 # ---------------------------------------------------------------- enums
 
@@ -486,6 +486,12 @@ class ServiceConfig(Model):
     rps: Number = Field(default=100.0, gt=0, le=1_000_000)  # sim world: requests per second
     webhooks: list[WebhookGateConfig] = Field(default_factory=list)  # gates (see webhooks.py)
     pipeline: list[PipelineStage] = Field(default_factory=list)  # stages before the deploy
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_gates(cls, value: list[WebhookGateConfig]) -> list[WebhookGateConfig]:
+        check_gates(value)
+        return value
 
 
 class StoreConfig(Model):
