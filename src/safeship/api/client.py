@@ -170,6 +170,9 @@ class ControllerClient:
     def approve(self, deployment_id: str, by: str = "") -> dict[str, Any]:
         return self._call("POST", f"/deployments/{deployment_id}/approve", {"by": by})
 
+    def promote(self, deployment_id: str, by: str = "") -> dict[str, Any]:
+        return self._call("POST", f"/deployments/{deployment_id}/promote", {"by": by})
+
     def _call(
         self,
         method: str,

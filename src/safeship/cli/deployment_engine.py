@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                         help="list recent deployments (optionally of --service and --environment)")
     action.add_argument("--approve", action="store_true",
                         help="approve a deployment awaiting approval (--deployment-id)")
+    action.add_argument("--promote", action="store_true",
+                        help="promote now: skip the remaining steps and analysis and give the candidate all "
+                             "traffic (--deployment-id)")
     p.add_argument("--service", help="the service to deploy or list, as named under services: in the config")
     p.add_argument("--version", help="the version to deploy, e.g. v1.3.0")
     p.add_argument("--environment", help="the environment to deploy to or list, e.g. production")
@@ -57,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--render", action="store_true",
                    help="with --deploy on a kubernetes environment: print the manifests the deploy would apply "
                         "at its start as YAML, and contact no cluster")
-    p.add_argument("--approved-by", default=os.environ.get("USER", ""), help="who approves (default: $USER)")
+    p.add_argument("--approved-by", default=os.environ.get("USER", ""),
+                   help="who approves or promotes (default: $USER)")
     add_common(p)
     return p
 
@@ -82,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                        environment=args.environment)]
             emit(rows, as_json=args.json, text=lambda: output.show_list(rows))
             return EXIT_OK
-        action = "--status" if args.status else "--cancel" if args.cancel else "--approve"
+        action = ("--status" if args.status else "--cancel" if args.cancel
+                  else "--promote" if args.promote else "--approve")
         deployment_id = require(args.deployment_id, "--deployment-id", action)
-        if args.approve:
+        if args.approve or args.promote:
             return approve(args, config, store, deployment_id)
         if args.cancel:
             record = _cancel(args, config, store, deployment_id)
@@ -222,7 +227,8 @@ async def _deploy_sim(args: argparse.Namespace, config: SafeshipConfig, store: S
 
 
 def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> int:
-    """Record the approval; a sim deployment then runs to its end here, a local one in the controller."""
+    """Record the approval (--approve) or the order to promote now (--promote); a sim deployment
+    then runs to its end here, a local one in the controller."""
     record = store.get_deployment(deployment_id)
     environment = config.environment(record.environment)
     if environment is not None and runs_in_controller(environment.platform):
@@ -230,11 +236,17 @@ def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
 
         client = ControllerClient(state_dir(config, args.config))
         client.ensure_running(args.config)
-        client.approve(deployment_id, by=args.approved_by)
+        if args.promote:
+            client.promote(deployment_id, by=args.approved_by)
+        else:
+            client.approve(deployment_id, by=args.approved_by)
     else:
-        record = _engine_for_store(config, store).approve(deployment_id, by=args.approved_by)
+        engine = _engine_for_store(config, store)
+        act = engine.promote if args.promote else engine.approve
+        record = act(deployment_id, by=args.approved_by)
     if not args.json:
-        output.console.print(f"{deployment_id}: approved by {args.approved_by or 'unknown'}")
+        done = "promoted now" if args.promote else "approved"
+        output.console.print(f"{deployment_id}: {done} by {args.approved_by or 'unknown'}")
     if environment is None or runs_in_controller(environment.platform) or args.detach:
         return EXIT_OK
     return asyncio.run(_continue_sim(args, config, store, record))
