@@ -40,7 +40,7 @@ class _Busy(Exception):
 def _grace(timeout: float) -> float:
     """How much longer than its own timeout a sink is waited for: a sink that bounds its own work
     by it (an HTTP client's timeout) fails with its own error, and one that does not is cut off."""
-    return min(2.0, max(0.25, timeout / 10))
+    return min(2.0, max(0.5, timeout / 10))
 
 
 @dataclass
