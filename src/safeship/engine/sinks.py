@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import signal
@@ -111,8 +112,7 @@ class AppriseSink(_Settings):
     def _apprise(self) -> Any:
         import apprise
 
-        # memory only: nothing written under the user's home by a controller
-        sender = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
+        sender = apprise.Apprise(asset=_asset())
         for url in self.urls:
             if not sender.add(url):
                 raise DeliveryError(f"apprise cannot use the URL {url!r}")
@@ -123,7 +123,7 @@ class AppriseSink(_Settings):
         import apprise
 
         for index, url in enumerate(self.urls):
-            if not apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory")).add(url):
+            if not apprise.Apprise(asset=_asset()).add(url):
                 return index
         return None
 
@@ -134,11 +134,24 @@ class AppriseSink(_Settings):
         notify_type = (apprise.NotifyType.FAILURE if kind in ("rollback_started", "rolled_back", "failed", "cancelled")
                        else apprise.NotifyType.SUCCESS if kind in ("promoted", "succeeded")
                        else apprise.NotifyType.INFO)
-        result = self._apprise().notify(body=notification.text(), title=notification.title,
-                                        notify_type=notify_type, timeout=self.timeout)
+        sender = self._apprise()
+        bounded = {"timeout": self.timeout} if "timeout" in inspect.signature(sender.notify).parameters else {}
+        result = sender.notify(body=notification.text(), title=notification.title, notify_type=notify_type,
+                               **bounded)
         if not result:
             status = getattr(getattr(result, "status", None), "name", "failed")
             raise DeliveryError(f"apprise could not deliver to {len(self.urls)} URL(s): {status}")
+
+
+def _asset() -> Any:
+    """Apprise's settings: its persistent store in memory only, so a controller writes nothing under
+    the user's home (older Apprise releases have no such store and take no such setting)."""
+    import apprise
+
+    try:
+        return apprise.AppriseAsset(storage_mode="memory")
+    except TypeError:
+        return apprise.AppriseAsset()
 
 
 class CommandSink(_Settings):
