@@ -214,12 +214,13 @@ class Outbox:
 
     def _drain(self, lane: _Lane, limit: int) -> int:
         delivered = 0
-        deployments: dict[str, DeploymentRecord | None] = {}
         with self._store_lock:
             position = self.store.cursor(lane.cursor)
         while True:
             with self._store_lock:
                 events = self.store.events_since(position, limit=limit)
+            # Deployments are read after their events, so a record is never older than its events.
+            deployments: dict[str, DeploymentRecord | None] = {}
             saved = position
             for event in events:
                 assert event.id is not None  # read from the store
