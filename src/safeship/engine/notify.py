@@ -178,7 +178,7 @@ def _kind_of(event: EventRecord, deployment: DeploymentRecord | None, earlier: S
         phase, before = _before(deployment, earlier)
         if phase != "progressing" or (earlier and earlier[-1].kind == "confirm_cleared"):
             return None  # a rollback, the monitoring window, or the end of a side-by-side check
-        after = _weights(event) or {}
+        after = _weights(event, {})
         return "step_advanced" if after.get(deployment.version, 0) > before.get(deployment.version, 0) else None
     return None
 
@@ -191,7 +191,7 @@ def _as_of(event: EventRecord, deployment: DeploymentRecord | None,
     if event.kind == "phase":
         phase = str(event.data.get("phase", phase))
     elif event.kind == "weights":
-        weights = _weights(event) or weights
+        weights = _weights(event, weights)
     return phase, weights
 
 
@@ -206,14 +206,16 @@ def _before(deployment: DeploymentRecord | None, earlier: Iterable[EventRecord])
         if before.kind == "phase":
             phase = str(before.data.get("phase", phase))
         elif before.kind == "weights":
-            weights = _weights(before) or weights
+            weights = _weights(before, weights)
     return phase, weights
 
 
-def _weights(event: EventRecord) -> dict[str, int] | None:
+def _weights(event: EventRecord, otherwise: dict[str, int]) -> dict[str, int]:
+    """The split a weights event set ({} when no version takes traffic), or `otherwise` when the
+    event does not say."""
     split = event.data.get("weights")
     if not isinstance(split, Mapping):
-        return None
+        return otherwise
     return {str(v): int(w) for v, w in split.items() if isinstance(w, int | float)}
 
 

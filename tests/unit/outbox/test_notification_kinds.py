@@ -112,3 +112,11 @@ def test_waiting_for_approval_and_a_cancel_are_told() -> None:
     done = notification_for(_event(2, "phase", phase="cancelled"), cancelled)
     assert done is not None and done.kind == "cancelled" and (done.from_version, done.to_version) == ("v2", "v1")
     assert done.reason == "cancelled by ops"
+
+
+def test_a_rollback_to_nothing_is_told_with_no_version_taking_traffic() -> None:
+    forced = _record(from_version=None, status={"rollback": {"to_version": None}}, reason="forced")
+    events = [_event(1, "phase", phase="progressing"), _event(2, "weights", weights={"v2": 100}),
+              _event(3, "phase", phase="rolling_back"), _event(4, "weights", weights={})]
+    told = notification_for(_event(5, "phase", phase="rolled_back"), forced, events)
+    assert told is not None and told.weights == {} and (told.from_version, told.to_version) == ("v2", None)
