@@ -46,6 +46,7 @@
           if (!timeline) { return; }
           var ctx = u.ctx, drawn = [];
           var top = u.bbox.top, height = u.bbox.height;
+          var line = 13 * devicePixelRatio, lastX = -1e9, row = 0;
           ctx.save();
           timeline.markers.forEach(function (m) {
             var x = Math.round(u.valToPos(m.at, "x", true));
@@ -56,11 +57,18 @@
             ctx.setLineDash(m.kind === "step" ? [4 * devicePixelRatio, 4 * devicePixelRatio] : []);
             ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
             if (m.kind !== "step") {
+              /* labels of markers close together go one under the other; the full text is in
+                 the list under the chart */
+              row = x - lastX < 90 * devicePixelRatio ? row + 1 : 0;
+              lastX = x;
+              var text = m.kind === "rollback" ? "⟲ " + m.label : (m.kind === "trigger" ? "trigger" : m.label);
               ctx.setLineDash([]);
               ctx.fillStyle = ctx.strokeStyle;
               ctx.font = (11 * devicePixelRatio) + "px system-ui, sans-serif";
-              ctx.fillText(m.kind === "rollback" ? "⟲ " + m.label : m.label, x + 4 * devicePixelRatio,
-                           top + 12 * devicePixelRatio);
+              var width = ctx.measureText(text).width;
+              var right = u.bbox.left + u.bbox.width;
+              var tx = x + 4 * devicePixelRatio + width > right ? x - 4 * devicePixelRatio - width : x + 4 * devicePixelRatio;
+              ctx.fillText(text, tx, top + line * (row + 1));
             }
           });
           ctx.restore();
