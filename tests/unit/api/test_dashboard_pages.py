@@ -188,7 +188,7 @@ def test_the_environments_page_shows_quota_freeze_windows_and_validate_results(
 ) -> None:
     text = config_file.read_text().replace(
         "- {name: production, type: production, platform: local}",
-        "- {name: production, type: production, platform: local, resource_quotas: {cpu: 2, memory: 1024},"
+        "- {name: production, type: production, platform: local, resource_quotas: {cpu: 2, memory: 1Gi},"
         " freeze_windows: [{name: mornings, start: '00:00', end: '12:00'}, {name: evenings, start: '12:00',"
         " end: '00:00'}]}",
     )
@@ -267,3 +267,63 @@ def no_dashboard(controller: Controller) -> Iterator[TestClient]:
 
 def test_the_app_without_the_dashboard_has_no_pages(no_dashboard: TestClient) -> None:
     assert no_dashboard.get("/", follow_redirects=False).status_code == 404
+
+
+class Browser:
+    """A stand-in for the request of a stream: the client goes away after `stays` checks."""
+
+    def __init__(self, stays: int) -> None:
+        self.stays = stays
+        self.checks = 0
+
+    async def is_disconnected(self) -> bool:
+        self.checks += 1
+        return self.checks > self.stays
+
+
+async def test_the_stream_ends_when_the_client_goes_away(controller: Controller) -> None:
+    from safeship.api.dashboard.routes import Dashboard, _events
+
+    board = Dashboard(controller, TOKEN, stream_max_s=3600.0, stream_poll_s=0.01)
+    browser = Browser(stays=3)
+    sent = [item async for item in _events(board, browser, None, 0)]  # type: ignore[arg-type]
+    assert [item["event"] for item in sent] == ["hello"]
+    assert browser.checks == 4  # it stopped at the first check after the client left
+
+
+async def test_the_stream_holds_no_lock_between_reads(
+    controller: Controller, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safeship.api.dashboard.routes import Dashboard, _events
+    from safeship.store import Store
+
+    id_ = "deploy-0000000004"
+    controller.store.create_deployment(record(id_, "progressing"), [EventRecord(id_, 1.0, "created", "first")])
+    board = Dashboard(controller, TOKEN, stream_max_s=3600.0, stream_poll_s=0.01)
+    stream = _events(board, Browser(stays=1000), id_, 0)  # type: ignore[arg-type]
+    try:
+        assert (await anext(stream))["event"] == "hello"
+        first = json.loads((await anext(stream))["data"])
+        assert first["message"] == "first"
+        monkeypatch.setenv("SAFESHIP_STORE_BUSY_TIMEOUT", "0.5")
+        writer = Store(f"sqlite:///{config_file.parent / 'state' / 'state.db'}")
+        try:  # another process writes while the stream waits between reads
+            writer.add_events([EventRecord(id_, 2.0, "weights", "second", {"weights": {"v1.3.0": 25}})])
+        finally:
+            writer.close()
+        second = await anext(stream)
+        assert json.loads(second["data"])["message"] == "second"
+        assert int(second["id"]) > first["id"]
+    finally:
+        await stream.aclose()
+
+
+def test_a_long_deployment_page_shows_its_newest_events(logged_in: TestClient, controller: Controller) -> None:
+    id_ = "deploy-0000000005"
+    looks = [look(id_, 100.0 + i, 25, 0, 1.0) for i in range(views.EVENTS_SHOWN + 20)]
+    controller.store.create_deployment(record(id_, "progressing", step=3, weight=25), looks)
+    page = logged_in.get(f"/ui/deployments/{id_}").text
+    assert page.count('<tr class="event look">') == views.EVENTS_SHOWN
+    assert "20 older events are not shown here" in page
+    timeline = logged_in.get(f"/ui/deployments/{id_}/timeline.json").json()
+    assert len(timeline["columns"][0]) == views.EVENTS_SHOWN + 20  # the chart has every look

@@ -29,6 +29,7 @@ from safeship.engine.status import DeploymentStatus
 from safeship.environments.freeze import active_window, describe, parse_window
 from safeship.store import DeploymentRecord, EventRecord, RollbackRecord
 
+EVENTS_SHOWN = 400  # newest first; the API and --status have them all
 OUTCOMES = ("succeeded", "rolled_back", "failed", "cancelled", "active")
 MARKER_PHASES = {
     Phase.ROLLING_BACK.value: ("rollback", "rollback started"),
@@ -355,7 +356,8 @@ def deployment_page(controller: Controller, deployment_id: str) -> dict[str, Any
         "evidence": evidence_rows(evidence, policy=record.policy, alpha=alpha),
         "evidence_counts": counts_rows(evidence),
         "last_look": look,
-        "events": list(reversed(events)),
+        "events": list(reversed(events))[:EVENTS_SHOWN],
+        "events_hidden": max(0, len(events) - EVENTS_SHOWN),
         "last_event_id": max((e.id or 0 for e in events), default=0),
         "rollbacks": store.rollbacks(deployment_id=deployment_id),
         "actions": actions(record),
