@@ -144,3 +144,32 @@ def test_logout_needs_the_csrf_token_and_ends_the_session(client: TestClient) ->
 def test_the_stream_and_chart_data_need_the_session(client: TestClient) -> None:
     assert client.get("/ui/stream").status_code == 401
     assert client.get("/ui/deployments/deploy-0123456789/timeline.json").status_code == 401
+
+
+def test_promote_now_through_the_api_needs_the_token(client: TestClient, controller: Controller) -> None:
+    created = client.post("/deployments", json=DEPLOY, headers=AUTH).json()
+    url = f"/deployments/{created['id']}/promote"
+    assert client.post(url).status_code == 401
+    assert not [e for e in controller.store.events(created["id"]) if e.kind == "promote_now"]
+
+    answer = client.post(url, json={"by": "alice"}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    [event] = [e for e in controller.store.events(created["id"]) if e.kind == "promote_now"]
+    assert "promote now by alice" in event.message
+    assert client.post("/deployments/deploy-ffffffffff/promote", headers=AUTH).status_code == 404
+    client.post(f"/deployments/{created['id']}/cancel", headers=AUTH)
+    refused = client.post(url, headers=AUTH)
+    assert refused.status_code == 409, refused.text
+
+
+def test_the_promote_button_promotes_now_once(client: TestClient, controller: Controller) -> None:
+    created = client.post("/deployments", json=DEPLOY, headers=AUTH).json()
+    csrf = log_in(client)
+    page = client.get(f"/ui/deployments/{created['id']}").text
+    assert 'data-action="promote"' in page
+    done = client.post(f"/ui/deployments/{created['id']}/promote", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
+    [event] = [e for e in controller.store.events(created["id"]) if e.kind == "promote_now"]
+    assert "promote now by dashboard" in event.message
+    page = client.get(done.headers["location"]).text
+    assert "Promote requested" in page and 'data-action="promote"' not in page

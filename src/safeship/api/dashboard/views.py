@@ -311,26 +311,27 @@ def plan_rows(record: DeploymentRecord) -> list[dict[str, Any]]:
     return rows
 
 
-def can_promote(record: DeploymentRecord) -> bool:
-    """Promote now would be taken: the deployment runs, was not promoted, and a promotion is
-    still ahead in its plan (`Engine.promote` decides; this only chooses whether to offer it)."""
+def can_promote(record: DeploymentRecord, events: Sequence[EventRecord] = ()) -> bool:
+    """Promote now would be taken: the deployment runs, was neither promoted nor told to promote
+    now, and a promotion is still ahead in its plan (`Engine.promote` decides; this only chooses
+    whether to offer it)."""
     phase = Phase(record.phase)
     if phase not in (Phase.PENDING, Phase.PREPARING, Phase.PROGRESSING, Phase.MONITORING):
         return False
-    if record.decision == "promote":
+    if record.decision == "promote" or any(e.kind == "promote_now" for e in events):
         return False
     start = record.step_index if phase in (Phase.PROGRESSING, Phase.MONITORING) else 0
     return any(step.get("kind") == "promote" for step in record.plan[start:])
 
 
-def actions(record: DeploymentRecord) -> dict[str, bool]:
+def actions(record: DeploymentRecord, events: Sequence[EventRecord] = ()) -> dict[str, bool]:
     """Which buttons the page offers; the engine still decides (a refused action is shown).
     Promote approves a deployment that awaits approval, and otherwise promotes it now."""
     phase = Phase(record.phase)
     awaiting = phase is Phase.AWAITING_APPROVAL
     return {
         "approve": awaiting,
-        "promote": awaiting or can_promote(record),
+        "promote": awaiting or can_promote(record, events),
         "abort": phase.is_active and phase is not Phase.ROLLING_BACK,
         "rollback": phase in (Phase.PROGRESSING, Phase.MONITORING, Phase.SUCCEEDED),
     }
@@ -360,7 +361,7 @@ def deployment_page(controller: Controller, deployment_id: str) -> dict[str, Any
         "events_hidden": max(0, len(events) - EVENTS_SHOWN),
         "last_event_id": max((e.id or 0 for e in events), default=0),
         "rollbacks": store.rollbacks(deployment_id=deployment_id),
-        "actions": actions(record),
+        "actions": actions(record, events),
     }
 
 
