@@ -327,3 +327,14 @@ def test_a_long_deployment_page_shows_its_newest_events(logged_in: TestClient, c
     assert "20 older events are not shown here" in page
     timeline = logged_in.get(f"/ui/deployments/{id_}/timeline.json").json()
     assert len(timeline["columns"][0]) == views.EVENTS_SHOWN + 20  # the chart has every look
+
+
+def test_validate_results_kept_in_the_store_are_shown_when_newer(logged_in: TestClient, controller: Controller) -> None:
+    checks = [{"check": "disk space", "ok": False, "detail": "3Mi free (at least 200Mi wanted)"}]
+    controller.store.save_environment_state(
+        "production", {"ports": {"user-service": None}, "last_validate": {"at": 5.0, "ok": False, "checks": checks}},
+        at=5.0,
+    )
+    page = logged_in.get("/ui/environments").text
+    assert "checks failed" in page and "3Mi free (at least 200Mi wanted)" in page
+    assert "Prepared state" in page

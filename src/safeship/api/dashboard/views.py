@@ -426,19 +426,20 @@ def quota_usage(config: SafeshipConfig, controller: Controller, environment: Env
 
 
 def environments_page(controller: Controller, validations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per environment: its last validate results (from the store's environment state when it
-    keeps them, else the last run from this dashboard), its prepared state, quota bars, freeze
-    windows."""
+    """Per environment: its last validate results (the newer of the run from this dashboard and
+    a `last_validate` record in the store's environment state, `{at, ok, checks}`, should
+    validate keep one there), its prepared state, quota bars, freeze windows."""
     now = datetime.now(UTC)
     found = []
     for environment in controller.config.environment_management.environments:
         state = controller.store.environment_state(environment.name) or {}
-        stored = state.get("last_validate") or state.get("validate")
-        validate = validations.get(environment.name) or (stored if isinstance(stored, Mapping) else None)
+        stored = state.get("last_validate")
+        runs = [r for r in (validations.get(environment.name), stored) if isinstance(r, Mapping)]
+        validate = max(runs, key=lambda r: float(r.get("at") or 0.0), default=None)  # the newer one
         found.append({
             "environment": environment,
             "validate": validate,
-            "prepared": {k: v for k, v in state.items() if k not in ("last_validate", "validate")},
+            "prepared": {k: v for k, v in state.items() if k != "last_validate"},
             "quota": quota_usage(controller.config, controller, environment),
             "freeze": freeze_windows(environment, now),
             "runs_here": environment.name in controller.environment_names,
