@@ -338,3 +338,24 @@ def test_validate_results_kept_in_the_store_are_shown_when_newer(logged_in: Test
     page = logged_in.get("/ui/environments").text
     assert "checks failed" in page and "3Mi free (at least 200Mi wanted)" in page
     assert "Prepared state" in page
+
+
+def test_a_failure_below_a_page_is_one_sentence_and_a_status(
+    logged_in: TestClient, controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safeship.errors import StoreError
+
+    def locked(*_args: object, **_kwargs: object) -> None:
+        raise StoreError("the store is locked by PID 42 (deployment-engine)")
+
+    monkeypatch.setattr(controller.store, "list_deployments", locked)
+    answer = logged_in.get("/ui/history")
+    assert answer.status_code == 503 and "locked by PID 42" in answer.text
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(controller.store, "list_deployments", broken)
+    answer = logged_in.get("/ui/history")
+    assert answer.status_code == 500 and "the controller failed (RuntimeError)" in answer.text
+    assert "a bug" not in answer.text

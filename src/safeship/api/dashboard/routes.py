@@ -37,6 +37,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
 
 from safeship.api.controller import Controller
@@ -44,7 +45,7 @@ from safeship.api.dashboard import views
 from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_MAX_AGE_S, Sessions
 from safeship.engine.phases import Phase
 from safeship.environments.manager import EnvironmentManager
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
+from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StoreError
 from safeship.redaction import redactor
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,12 @@ def build_router(board: Dashboard) -> APIRouter:
             return await handler(request)
         except SafeshipError as exc:
             return board.refused(request, exc, _status(exc))
+        except OperationalError as exc:  # the store is locked, read-only or gone: try again later
+            return board.refused(request, StoreError(f"the store cannot be used right now: {exc.orig}"), 503)
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return board.page(request, "message.html", status=500, title="Failed",
+                              message=f"the controller failed ({type(exc).__name__}); the traceback is in its log")
 
     # ------------------------------------------------------------ login
 
