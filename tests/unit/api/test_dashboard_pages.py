@@ -156,6 +156,8 @@ def test_a_rolled_back_deployment_shows_its_marker_evidence_and_rollback(
     p99 = page[page.index("<code>latency_p99</code>"):]
     assert "crossed" not in p99[: p99.index("</tr>")]
     assert "v1.3.0" in page and "error rate 8% above the 5% trigger" in page
+    assert "Failed requests, candidate against baseline: its e-value 1234 reached the bound 250" in page
+    assert "chance of at most 0.4%" in page and "The candidate: 24 of 300 requests in the window (8%)" in page
     timeline = logged_in.get("/ui/deployments/deploy-00000000bd/timeline.json").json()
     x, weight, err_c, err_b, p99_c, p99_b = timeline["columns"]
     assert weight == [25.0, 25.0, 25.0, 0.0]
@@ -359,3 +361,15 @@ def test_a_failure_below_a_page_is_one_sentence_and_a_status(
     answer = logged_in.get("/ui/history")
     assert answer.status_code == 500 and "the controller failed (RuntimeError)" in answer.text
     assert "a bug" not in answer.text
+
+
+def test_while_it_runs_the_evidence_names_the_test_closest_to_its_bound(
+    logged_in: TestClient, controller: Controller
+) -> None:
+    id_ = "deploy-0000000006"
+    controller.store.create_deployment(record(id_, "progressing", step=3, weight=25),
+                                       [look(id_, 101.0, 25, 3, 40.0)])
+    page = logged_in.get(f"/ui/deployments/{id_}").text
+    assert "From the last look" in page
+    assert "No test has reached its bound; the closest is failed requests, candidate against baseline" in page
+    assert "So far the candidate failed 3 of 100 requests, the baseline 0 of 300." in page

@@ -268,6 +268,43 @@ def evidence_rows(evidence: Mapping[str, Any] | None, *, policy: str, alpha: flo
     return rows
 
 
+def evidence_words(evidence: Mapping[str, Any] | None, rows: Sequence[EvidenceRow]) -> list[str]:
+    """The evidence in a few sentences: which test decided (or which is closest to deciding),
+    with the counts it saw."""
+    if not evidence:
+        return []
+    said: list[str] = []
+    test, e_value, bound = evidence.get("test"), evidence.get("e_value"), evidence.get("bound")
+    if isinstance(test, str) and isinstance(e_value, int | float) and isinstance(bound, int | float) and bound > 0:
+        words = test_words(test)
+        said.append(f"{words[:1].upper() + words[1:]}: its e-value {_number(float(e_value))} reached the bound "
+                    f"{_number(float(bound))}, so a release no worse than its baseline shows evidence this strong "
+                    f"with a chance of at most {100.0 / float(bound):.2g}%.")
+    else:
+        judged = [r for r in rows if r.bound is not None and math.isfinite(r.e_value)]
+        crossed = [r for r in judged if r.crossed]
+        if judged and not crossed:
+            closest = max(judged, key=lambda r: math.log(max(r.e_value, 1e-300)) / math.log(r.bound or 2.0))
+            said.append(f"No test has reached its bound; the closest is {closest.meaning} "
+                        f"(e-value {_number(closest.e_value)} of {_number(closest.bound)}).")
+    for side in ("candidate", "baseline"):
+        counts = evidence.get(side)
+        if isinstance(counts, Mapping) and isinstance(counts.get("requests"), int | float):
+            events, requests = counts.get("events", 0), counts["requests"]
+            rate = counts.get("rate")
+            share = f" ({100.0 * float(rate):.2g}%)" if isinstance(rate, int | float) else ""
+            said.append(f"The {side}: {_number(events)} of {_number(requests)} requests in the window{share}.")
+    if not any(isinstance(evidence.get(side), Mapping) for side in ("candidate", "baseline")):
+        requests, failed = evidence.get("candidate_requests"), evidence.get("candidate_failed")
+        base_requests, base_failed = evidence.get("baseline_requests"), evidence.get("baseline_failed")
+        if isinstance(requests, int | float) and isinstance(failed, int | float):
+            line = f"So far the candidate failed {_number(failed)} of {_number(requests)} requests"
+            if isinstance(base_requests, int | float) and isinstance(base_failed, int | float):
+                line += f", the baseline {_number(base_failed)} of {_number(base_requests)}"
+            said.append(line + ".")
+    return said
+
+
 def counts_rows(evidence: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """The numbers of the evidence other than e-values, as (name, value) pairs."""
     if not evidence:
@@ -347,6 +384,7 @@ def deployment_page(controller: Controller, deployment_id: str) -> dict[str, Any
         look_evidence = look.data.get("evidence")
         evidence = dict(look_evidence) if isinstance(look_evidence, Mapping) else None
     alpha = float(controller.config.intelligent_deployment.analysis.alpha)
+    rows = evidence_rows(evidence, policy=record.policy, alpha=alpha)
     return {
         "record": record,
         "weights": dict(DeploymentStatus.from_json(record.status).weights or {}),
@@ -354,7 +392,8 @@ def deployment_page(controller: Controller, deployment_id: str) -> dict[str, Any
         "plan": plan_rows(record),
         "timeline": timeline(record, events).to_json(),
         "evidence_source": "decision" if record.evidence else ("last look" if evidence else ""),
-        "evidence": evidence_rows(evidence, policy=record.policy, alpha=alpha),
+        "evidence": rows,
+        "evidence_words": evidence_words(evidence, rows),
         "evidence_counts": counts_rows(evidence),
         "last_look": look,
         "events": list(reversed(events))[:EVENTS_SHOWN],
