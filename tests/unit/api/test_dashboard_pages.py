@@ -373,3 +373,17 @@ def test_while_it_runs_the_evidence_names_the_test_closest_to_its_bound(
     assert "From the last look" in page
     assert "No test has reached its bound; the closest is failed requests, candidate against baseline" in page
     assert "So far the candidate failed 3 of 100 requests, the baseline 0 of 300." in page
+
+
+def test_chart_data_embedded_in_the_page_cannot_end_its_script_element(
+    logged_in: TestClient, controller: Controller
+) -> None:
+    id_ = "deploy-0000000007"
+    controller.store.create_deployment(record(id_, "progressing", step=3, weight=25), [
+        EventRecord(id_, 100.0, "trigger", "custom_metric: </script><script>alert(1)</script>", {}),
+    ])
+    page = logged_in.get(f"/ui/deployments/{id_}").text
+    assert "</script><script>alert(1)" not in page
+    embedded = page[page.index('id="timeline-data">') + len('id="timeline-data">'):]
+    data = json.loads(embedded[: embedded.index("</script>")])
+    assert data["markers"][0]["label"] == "custom_metric: </script><script>alert(1)</script>"

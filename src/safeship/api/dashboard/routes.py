@@ -101,6 +101,11 @@ def _evalue(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _script_json(value: Any) -> str:
+    """JSON to embed in a <script type="application/json"> element: no '<' can end the element."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _local_path(value: str | None) -> str:
     """Where to go after logging in: a path on this server, never another site."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
@@ -254,7 +259,7 @@ def build_router(board: Dashboard) -> APIRouter:
         async def show(request: Request) -> Response:
             data = views.deployment_page(controller, _deployment_id(deployment_id))
             return board.page(request, "deployment.html", title=data["record"].id, done=DONE.get(done, ""),
-                              timeline_json=json.dumps(data["timeline"]), **data)
+                              timeline_json=_script_json(data["timeline"]), **data)
         return await guarded(request, show)
 
     @router.get("/ui/deployments/{deployment_id}/timeline.json")
