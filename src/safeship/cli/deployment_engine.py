@@ -120,7 +120,7 @@ def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
             client.cancel(deployment_id, by=by)
             return store.get_deployment(deployment_id)
     cancelled: DeploymentRecord = _engine_for_store(config, store).cancel(deployment_id, by=by)
-    flush_notifications(store)
+    flush_notifications(store, config, args.config)
     return cancelled
 
 
@@ -264,7 +264,7 @@ async def _continue_sim(args: argparse.Namespace, config: SafeshipConfig, store:
 
 
 def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> int:
-    flush_notifications(store)  # a foreground (simulated) deployment: its notifications leave now
+    flush_notifications(store, config_path=args.config)  # a foreground (simulated) deployment: they leave now
     data = deployment_json(final, store.events(final.id))
     if args.detach:
         return EXIT_OK

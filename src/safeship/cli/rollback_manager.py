@@ -160,7 +160,7 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
         final = store.get_deployment(deployment_id)
     else:
         final = asyncio.run(_rollback_sim(config, store, record.id, args.reason, force=args.force))
-        flush_notifications(store)
+        flush_notifications(store, config, config_path)
     rows = [rollback_json(r) for r in store.rollbacks(deployment_id=deployment_id)]
     emit(rows[0] if rows else {}, as_json=args.json, text=lambda: output.console.print(
         f"{deployment_id}: {final.phase} - {final.reason or ''}"))

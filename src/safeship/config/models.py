@@ -17,8 +17,8 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_
 from safeship.config.base import MAX_COUNT, Int, Model, Number
 from safeship.config.durations import Duration, PositiveDuration, StepDuration
 from safeship.config.names import shown as show
-from safeship.config.notifications import NotificationSinkConfig
-from safeship.config.pipeline import PipelineStage
+from safeship.config.notifications import NotificationSinks
+from safeship.config.pipeline import Pipeline
 from safeship.config.quantities import Cpu, MemoryMb
 from safeship.config.webhooks import WebhookGateConfig, check_gates
 
@@ -485,7 +485,7 @@ class ServiceConfig(Model):
     simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version
     rps: Number = Field(default=100.0, gt=0, le=1_000_000)  # sim world: requests per second
     webhooks: list[WebhookGateConfig] = Field(default_factory=list)  # gates (see webhooks.py)
-    pipeline: list[PipelineStage] = Field(default_factory=list)  # stages before the deploy
+    pipeline: Pipeline = Field(default_factory=list)  # stages before the deploy (checked as a whole)
 
     @field_validator("webhooks")
     @classmethod
@@ -507,7 +507,7 @@ class SafeshipConfig(Model):
     # The local platform's router runs in a process of its own, so that routes keep serving while
     # the controller restarts; false runs it inside the controller.
     router_process: bool = True
-    notifications: list[NotificationSinkConfig] = Field(default_factory=list)
+    notifications: NotificationSinks = Field(default_factory=list)
 
     def environment(self, name: str) -> Environment | None:
         return next((e for e in self.environment_management.environments if e.name == name), None)

@@ -235,6 +235,16 @@ class EnvironmentManager:
     # ------------------------------------------------------------ validate
 
     def validate(self, name: str) -> list[Check]:
+        """The environment's checks; the results are kept with the environment's state, so the
+        dashboard shows the last validation whoever ran it."""
+        checks = self._checks(name)
+        state = self.store.environment_state(name) or {}
+        state["last_validate"] = {"at": time.time(), "ok": all(c.ok for c in checks),
+                                  "checks": [c.to_json() for c in checks]}
+        self.store.save_environment_state(name, state, time.time())
+        return checks
+
+    def _checks(self, name: str) -> list[Check]:
         environment = environment_or_fail(self.config, name)
         if environment.platform == KUBERNETES:
             from safeship.environments.kubernetes import run

@@ -374,7 +374,6 @@ def test_without_notifications_the_log_sink_alone(tmp_path: Path) -> None:
      "notifications[0].secret_file", "missing.secret"),
     ("  - {name: hook, type: webhook, url: 'http://127.0.0.1:9/', secret_file: empty.secret}\n",
      "notifications[0].secret_file", "is empty"),
-    ("  - {name: a, type: log}\n  - {name: a, type: log}\n", "notifications", "two sinks are named 'a'"),
     ("  - {name: chat, type: apprise, urls: ['nothing-like-a-url']}\n", "notifications[0].urls[0]",
      "nothing-like-a-url"),
 ])
@@ -418,3 +417,9 @@ async def test_a_foreground_command_delivers_to_the_sinks_of_its_config_file(
     assert [seen.json()["event"] for seen in receiver.seen] == [
         "started", "step_advanced", "rollback_started", "rolled_back"]
     assert store.cursor("notifications:hook") > 0
+
+
+def test_two_sinks_of_one_name_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        configured(tmp_path, "  - {name: a, type: log}\n  - {name: a, type: log}\n")
+    assert "notifications: two sinks are named 'a'" in str(caught.value)

@@ -484,6 +484,7 @@ def _summary(st: State, scores: Mapping[str, Score]) -> dict[str, Any]:
         "baseline_requests": base["n"],
         "baseline_failed": base["x"],
         "e_values": {name: round(score.e, 3) for name, score in scores.items()},
+        "bounds": {name: round(1.0 / score.alpha, 3) for name, score in scores.items()},
     }
 
 
@@ -527,6 +528,7 @@ def _explain_failure(
         "window_start_s": window_start,  # on the policy's clock: seconds of analysis looked at
         **_evidence_counts(counts, trigger),
         "e_values": {other: s.e for other, s in scores.items()},
+        "bounds": {other: 1.0 / s.alpha for other, s in scores.items()},
     }
     stat = stat or f"sequential test, e={_format_e(e)} > {bound:.0f}"
     return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger)} ({stat})", evidence)

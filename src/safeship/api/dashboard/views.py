@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from safeship.analysis.judge import split_alpha
-from safeship.analysis.policies.safeship import QUANTILES, SHARES, SINGLE_TESTS
 from safeship.api.controller import Controller
 from safeship.config.models import Environment, SafeshipConfig
 from safeship.engine.gates import free_capacity
@@ -67,6 +65,8 @@ def candidate_weight(record: DeploymentRecord) -> int | None:
 def step_label(step: Mapping[str, Any]) -> str:
     """One plan step in words: its kind and what it does."""
     kind = str(step.get("kind", "?"))
+    if kind == "gate":
+        return f"gate {step.get('type', '?')} {step.get('gate', '?')!r}"
     if kind == "weights":
         split = step.get("weights") or {}
         return "weights " + ", ".join(f"{v} {w}%" for v, w in split.items())
@@ -227,33 +227,18 @@ def test_words(name: str) -> str:
     return name
 
 
-def policy_bounds(names: Sequence[str], alpha: float) -> dict[str, float]:
-    """The rejection bound (1/alpha_i) of each test of safeship's policy, for the looks whose
-    evidence lists only e-values. It follows the policy's split of alpha (`SafeshipPolicy._alphas`:
-    shares per family, triggers in equal parts, gauges by halves in order of discovery)."""
-    parts = split_alpha(alpha, SHARES)
-    alphas: dict[str, float] = {"errors": parts["errors"]}
-    alphas.update({name: parts["latency"] / len(QUANTILES) for name in QUANTILES})
-    alphas.update({name: parts["single"] / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS})
-    triggers = [n for n in names if n.startswith("trigger:")]
-    alphas.update({n: parts["triggers"] / len(triggers) for n in triggers})
-    gauges = [n for n in names if n.startswith("metric:")]
-    alphas.update({n: parts["metrics"] / 2 ** (i + 1) for i, n in enumerate(gauges)})
-    return {name: 1.0 / a for name, a in alphas.items() if name in names and a > 0}
-
-
-def evidence_rows(evidence: Mapping[str, Any] | None, *, policy: str, alpha: float) -> list[EvidenceRow]:
+def evidence_rows(evidence: Mapping[str, Any] | None) -> list[EvidenceRow]:
     """Each test's e-value against its bound (crossing the bound rejects "no worse than the
-    baseline" at the test's share of alpha). Bounds come from the evidence when it holds them
-    (`bounds`, or `bound` for the test that failed), else, for safeship's policy, from alpha."""
+    baseline" at the test's share of alpha). Bounds come from the evidence (`bounds`, which
+    safeship's policy records for every test, or `bound` for the test that failed); a policy that
+    records none shows its e-values without a bound."""
     if not evidence:
         return []
     values = evidence.get("e_values")
     if not isinstance(values, Mapping):
         return []
-    names = [str(n) for n in values]
     given = evidence.get("bounds")
-    bounds: dict[str, float] = policy_bounds(names, alpha) if policy == "safeship" else {}
+    bounds: dict[str, float] = {}
     if isinstance(given, Mapping):
         bounds.update({str(k): float(v) for k, v in given.items() if isinstance(v, int | float)})
     failed_test, failed_bound = evidence.get("test"), evidence.get("bound")
@@ -383,8 +368,7 @@ def deployment_page(controller: Controller, deployment_id: str) -> dict[str, Any
     if not evidence and look is not None:
         look_evidence = look.data.get("evidence")
         evidence = dict(look_evidence) if isinstance(look_evidence, Mapping) else None
-    alpha = float(controller.config.intelligent_deployment.analysis.alpha)
-    rows = evidence_rows(evidence, policy=record.policy, alpha=alpha)
+    rows = evidence_rows(evidence)
     return {
         "record": record,
         "weights": dict(DeploymentStatus.from_json(record.status).weights or {}),
