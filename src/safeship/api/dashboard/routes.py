@@ -40,12 +40,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
 
+from safeship.api.app import status_of
 from safeship.api.controller import Controller
 from safeship.api.dashboard import views
 from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_MAX_AGE_S, Sessions
 from safeship.engine.phases import Phase
 from safeship.environments.manager import EnvironmentManager
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StoreError
+from safeship.errors import InputError, NotFoundError, SafeshipError, StoreError
 from safeship.redaction import redactor
 
 log = logging.getLogger(__name__)
@@ -175,15 +176,8 @@ class Dashboard:
 
 
 def _status(exc: SafeshipError) -> int:
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, InputError):
-        return 400
-    if isinstance(exc, ConflictError):
-        return 409
-    return 503
+    """The API's status for the error (one table for both), and 403 for a refused CSRF token."""
+    return 403 if isinstance(exc, Forbidden) else status_of(exc)
 
 
 def mount(app: FastAPI, controller: Controller, token: str, **options: float) -> Dashboard:
