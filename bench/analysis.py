@@ -137,7 +137,13 @@ def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], count: i
     scored.sort(key=lambda x: (x[0], x[1]), reverse=True)
     out = []
     folder = RESULTS / "worst"
-    for grade, ratio, r in scored[:count]:
+    seen: set[str] = set()
+    for grade, ratio, r in scored:
+        if r["scenario"] in seen:
+            continue  # one line per release: its worst seed
+        seen.add(r["scenario"])
+        if len(seen) > count:
+            break
         release = given[r["scenario"]]
         path = release["path"]
         if path is None:

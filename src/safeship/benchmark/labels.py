@@ -20,8 +20,8 @@ that carry it, and whether its weight reaches a load-dependent threshold). Then:
 - latency: the expected excess requests slower than the baseline's p99, against the noise of 1%
   of the same requests, twice;
 - a release is **must-catch** when either excess reaches both MIN_EXCESS events and Z_MUST
-  standard deviations; when an instance crashes inside the windows; or when a custom metric
-  crosses its threshold inside them. Every other bad release is **should-catch**.
+  standard deviations; when it never becomes ready; when an instance crashes inside the
+  windows; or when a custom metric crosses its threshold inside them. Every other bad release is **should-catch**.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def label_release(scenario: Scenario, *, bad: bool, replicas: int = 2) -> Label:
     slow_sd = math.sqrt(2.0 * float(requests.sum()) * SLOW_SHARE)
     common = {"excess_errors": excess_errors, "error_sd": error_sd, "excess_slow": excess_slow,
               "slow_sd": slow_sd, "window_s": total}
+    if not cand.ready:
+        return Label("must", "the candidate never passes its readiness probe", **common)
     if cand.crash_after_s is not None and cand.crash_after_s - READY_DELAY_S <= total:
         return Label("must", f"an instance crashes {cand.crash_after_s:g}s after start, inside the "
                      f"{total:.0f}s judged", **common)
