@@ -1,7 +1,7 @@
 """The analysis benchmark: releases x seeds x policies on the same engine and simulated traffic.
 
     python bench/analysis.py --generate N [--gen-seed S] [--seeds K]      # drawn releases
-    python bench/analysis.py --scenarios DIR [DIR ...] [--seeds K]        # scenario files
+    python bench/analysis.py --scenarios DIR [DIR ...] [--seeds K] [--strategies a,b]  # scenario files
 
 Generated releases come from the distribution in bench/README.md, a quarter per strategy, each
 labelled good, must-catch or should-catch by a rule on its own parameters
@@ -78,6 +78,7 @@ def releases(args: argparse.Namespace) -> list[dict[str, Any]]:
     """[{spec, label, incidents, path, kind}] for the releases to run."""
     from safeship.benchmark.generate import REPLICAS, draw
     from safeship.benchmark.labels import label_release
+    from safeship.config.models import DeploymentStrategy
     from safeship.config.scenario import load_scenario
 
     out = []
@@ -87,14 +88,17 @@ def releases(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "shapes": list(release.shapes), "why": release.label.reason,
                         "incidents": [list(w) for w in release.incident_windows]})
         return out
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for folder in args.scenarios:
         for path in sorted(Path(folder).glob("*.yaml")):
-            scenario = load_scenario(path)
-            label = label_release(scenario, bad=scenario.expect == "rollback", replicas=REPLICAS)
-            spec = scenario.model_dump(mode="json", exclude_none=True)
-            out.append({"spec": spec, "label": label.kind, "path": str(path), "kind": "file", "shapes": [],
-                        "why": label.reason,
-                        "incidents": [[i.at_s, i.at_s + i.duration_s] for i in scenario.traffic.incidents]})
+            loaded = load_scenario(path)
+            for strategy in strategies or [loaded.strategy.value]:
+                scenario = loaded.model_copy(update={"strategy": DeploymentStrategy.parse(strategy)})
+                label = label_release(scenario, bad=scenario.expect == "rollback", replicas=REPLICAS)
+                spec = scenario.model_dump(mode="json", exclude_none=True)
+                out.append({"spec": spec, "label": label.kind, "path": str(path), "kind": "file", "shapes": [],
+                            "why": label.reason,
+                            "incidents": [[i.at_s, i.at_s + i.duration_s] for i in scenario.traffic.incidents]})
     return out
 
 
@@ -238,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="*", default=[str(ROOT / "scenarios")])
     parser.add_argument("--seeds", type=int, default=None,
                         help="runs per release (default: 1 for generated releases, 20 for files)")
+    parser.add_argument("--strategies", default="",
+                        help="scenario files: run each under each of these strategies (default: the file's own)")
     parser.add_argument("--policies", default="", help="comma-separated (default: every registered policy)")
     parser.add_argument("--out", default=str(RESULTS / "analysis.json"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
