@@ -130,11 +130,20 @@ async def run_simulation(
     seed: int | None = None,
     strategy: DeploymentStrategy | None = None,
     config: SafeshipConfig | None = None,
+    horizon_after_promotion_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run one deployment of the scenario's candidate to its end, then let the virtual clock run on
-    to the scenario's horizon with the routing the deployment left: what the candidate serves after
-    a promotion counts in `candidate_failed_requests_horizon`, which is what its users saw."""
+    to the horizon with the routing the deployment left: what the candidate serves after a
+    promotion counts in `candidate_failed_requests_horizon`, which is what its users saw.
+
+    The horizon is the scenario's `duration_s` after the start; with `horizon_after_promotion_s`
+    > 0 it is at least that long after a promotion, so that a wrongly promoted bad release is
+    charged for what it serves for that long, however late it was promoted. `horizon_s` in the
+    result is the horizon used, in seconds from the start."""
     sim = await build(scenario, policy_for=policy_for, seed=seed, config=config)
+    # Every count in the result is of the users' requests: a router that also carries synthetic
+    # traffic (a load test) says which were the users' through `user_counters`.
+    counts = getattr(sim.router, "user_counters", sim.router.counters)
     request = DeploymentRequest(
         service_name=SERVICE, version=CANDIDATE, environment=ENVIRONMENT,
         deployment_strategy=strategy or scenario.strategy,
@@ -146,32 +155,41 @@ async def run_simulation(
     end_counters: dict[str, TrafficCounters] | None = None
     horizon_counters: dict[str, TrafficCounters] | None = None
     promoted_at: float | None = None
+
+    def horizon() -> float:
+        if promoted_at is None or horizon_after_promotion_s <= 0:
+            return limit
+        return max(limit, promoted_at + horizon_after_promotion_s)
+
     current = record
     while True:
         wait, current = await sim.engine.step(record.id, known=current)
         if current.decision == "promote" and end_counters is None:
-            end_counters = dict(await sim.router.counters(sim.route))
+            end_counters = dict(await counts(sim.route))
             promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()
         if Phase(current.phase).is_final:
             break
         if sim.clock.now() >= limit and current.decision is None:
             break  # out of time without a decision: counted as no decision
         step = max(wait, 0.05)
-        if horizon_counters is None and sim.clock.now() < limit <= sim.clock.now() + step:
-            ahead = limit - sim.clock.now()
+        end = horizon()
+        if horizon_counters is None and sim.clock.now() < end <= sim.clock.now() + step:
+            ahead = end - sim.clock.now()
             sim.clock.advance(ahead)
-            horizon_counters = dict(await sim.router.counters(sim.route))
+            horizon_counters = dict(await counts(sim.route))
             step -= ahead
         sim.clock.advance(step)
     if current.phase != Phase.SUCCEEDED.value or end_counters is None:
-        end_counters = dict(await sim.router.counters(sim.route))
+        end_counters = dict(await counts(sim.route))
+    end = horizon()
     if horizon_counters is None:
-        if sim.clock.now() < limit:
-            sim.clock.advance(limit - sim.clock.now())  # a promoted candidate serves on
-        horizon_counters = dict(await sim.router.counters(sim.route))
+        if sim.clock.now() < end:
+            sim.clock.advance(end - sim.clock.now())  # a promoted candidate serves on
+        horizon_counters = dict(await counts(sim.route))
     result = _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
     result["promoted_at_s"] = None if promoted_at is None else round(promoted_at - started, 3)
     result["candidate_failed_requests_horizon"] = horizon_counters.get(CANDIDATE, TrafficCounters()).failed
+    result["horizon_s"] = round(end - started, 3)
     return result
 
 
@@ -208,8 +226,9 @@ def _result(
 
 
 def simulate(scenario: Scenario, *, policy: str, policy_for: Callable[[str], Policy], seed: int | None = None,
-             strategy: DeploymentStrategy | None = None) -> dict[str, Any]:
-    return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy))
+             strategy: DeploymentStrategy | None = None, horizon_after_promotion_s: float = 0.0) -> dict[str, Any]:
+    return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy,
+                                      horizon_after_promotion_s=horizon_after_promotion_s))
 
 
 def scenario_for_service(config: SafeshipConfig, service: str, baseline: str | None, candidate: str) -> Scenario:
