@@ -14,13 +14,21 @@ chain's overdispersion and consecutive slices are correlated as the chain makes 
 Incidents (`traffic.incidents`) are placed relative to the deployment's start
 (`start_deployment`): while one is in force every version fails at least its error rate and its
 latencies are multiplied by its factor.
+
+A candidate's regression may be confined to a share of the traffic, to some of its instances and
+to the "on" part of a cycle (see `safeship.config.scenario`); `serve` is told the candidate's
+routed share and the instance, and a version keeps one failure chain per behaviour (regressed or
+not), so the runs of a regressed instance do not leak into a healthy one's. The router cuts
+traffic into slices at every point where behaviour steps (`next_step`), so a slice never
+straddles one and may be long where nothing happens.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,12 +40,13 @@ from safeship.traffic import TrafficCounters
 
 _UPPER_LOG = np.log(np.array(histogram.BOUNDS_MS))
 _SQRT2 = math.sqrt(2.0)
-_erf = np.vectorize(math.erf)
+_EDGE_EPS = 1e-6  # a change closer than this after a point counts as behind it, so slicing advances
 
 
 def bucket_probabilities(mu: float, sigma: float) -> np.ndarray:
     """P(latency in each histogram bucket) for a log-normal(mu, sigma) in ms."""
-    cdf = 0.5 * (1.0 + _erf((_UPPER_LOG - mu) / (sigma * _SQRT2)))
+    scaled = ((_UPPER_LOG - mu) / (sigma * _SQRT2)).tolist()
+    cdf = 0.5 * (1.0 + np.array([math.erf(x) for x in scaled]))
     probs = np.diff(np.concatenate(([0.0], cdf, [1.0])))
     probs = np.clip(probs, 0.0, None)
     return np.asarray(probs / probs.sum())
@@ -102,6 +111,60 @@ def chain_failures(
 
 
 @dataclass
+class _Timeline:
+    """When one instance's process dies and comes back: crash, restart, crash, restart, ... in
+    order, extended only as far as anyone asks. Kept per instance so that asking about a crash
+    loop does not replay it from the start each time."""
+
+    started_at: float
+    crash_after: float | None
+    backoff: float
+    events: list[float] = field(default_factory=list)
+
+    def _extend(self, t: float) -> None:
+        if self.crash_after is None:
+            return
+        while not self.events or self.events[-1] <= t:
+            start = self.events[-1] if self.events else self.started_at
+            crashed = start + self.crash_after
+            self.events += [crashed, crashed + self.backoff * 2 ** min(len(self.events) // 2, 5)]
+
+    def at(self, t: float) -> tuple[bool, int, float | None, float]:
+        """(alive, restarts, last crash time, last start) at t."""
+        if self.crash_after is None:
+            return True, 0, None, self.started_at
+        self._extend(t)
+        seen = bisect.bisect_right(self.events, t)
+        crashes = (seen + 1) // 2
+        crashed_at = self.events[2 * crashes - 2] if crashes else None
+        if seen % 2:
+            return False, crashes, crashed_at, self.started_at
+        return True, crashes, crashed_at, self.events[seen - 1] if seen else self.started_at
+
+    def next_change(self, t: float) -> float:
+        if self.crash_after is None:
+            return math.inf
+        self._extend(t + _EDGE_EPS)
+        return self.events[bisect.bisect_right(self.events, t + _EDGE_EPS)]
+
+
+@dataclass(frozen=True)
+class _Regime:
+    """How a version serves while nothing changes: failures, latency histogram, mean latency."""
+
+    error_rate: float
+    burst: float
+    mu: float
+    sigma: float
+    probs: np.ndarray
+    mean_ms: float
+    chain: bool  # which failure chain of its version: the regressed candidate's or the plain one
+
+
+_MAX_REGIMES = 4096  # a ramp makes a new regime every slice; forget them all past this many
+
+
+@dataclass
 class SimInstance:
     id: str
     service: str
@@ -131,7 +194,10 @@ class SimWorld:
     deployment_start: float | None = None  # virtual time the deployment started; incidents count from it
     never_ready: set[str] = field(default_factory=set)  # versions that never pass readiness (tests)
     _probs_cache: dict[tuple[float, float], np.ndarray] = field(default_factory=dict)
-    _failing: dict[str, bool | None] = field(default_factory=dict)  # each version's failure-chain state
+    _failing: dict[tuple[str, bool], bool | None] = field(default_factory=dict)  # per (version, behaviour)
+    _timelines: dict[str, _Timeline] = field(default_factory=dict)
+    _regimes: dict[tuple[bool, bool, float, float, float], _Regime] = field(default_factory=dict)
+    _incident_edges: list[float] | None = None
     _history_cache: dict[tuple[str, float, float], TrafficCounters] = field(default_factory=dict)
     _next_port: int = 20000
 
@@ -170,6 +236,14 @@ class SimWorld:
             return False
         return self.scenario.candidate.ready if version == self.candidate_version else True
 
+    def _timeline(self, instance: SimInstance) -> _Timeline:
+        crash_after = self._crash_after(instance.version)
+        line = self._timelines.get(instance.id)
+        if line is None or (line.started_at, line.crash_after, line.backoff) != (
+                instance.started_at, crash_after, self.restart_backoff_s):
+            line = self._timelines[instance.id] = _Timeline(instance.started_at, crash_after, self.restart_backoff_s)
+        return line
+
     def life(self, instance: SimInstance, at: float | None = None) -> tuple[bool, bool, int, float | None]:
         """(alive, ready, restarts, last crash time) at virtual time `at` (default: now).
 
@@ -178,18 +252,46 @@ class SimWorld:
         now = self.clock.now() if at is None else at
         if instance.stopped_at is not None and instance.stopped_at <= now:
             return False, False, instance.restarts, instance.crashed_at
-        crash_after = self._crash_after(instance.version)
-        start, restarts, crashed_at = instance.started_at, 0, None
-        if crash_after is not None:
-            while start + crash_after <= now:
-                crashed_at = start + crash_after
-                restart_at = crashed_at + self.restart_backoff_s * 2 ** min(restarts, 5)
-                restarts += 1
-                if restart_at > now:
-                    return False, False, restarts, crashed_at
-                start = restart_at
+        alive, restarts, crashed_at, start = self._timeline(instance).at(now)
+        if not alive:
+            return False, False, restarts, crashed_at
         ready = self._ready_ever(instance.version) and now - start >= self.ready_delay_s
         return True, ready, restarts, crashed_at
+
+    def alive(self, instance: SimInstance, at: float) -> bool:
+        if instance.stopped_at is not None and instance.stopped_at <= at:
+            return False
+        return self._crash_after(instance.version) is None or self._timeline(instance).at(at)[0]
+
+    def next_step(self, t: float, instances: Iterable[SimInstance], candidate: bool) -> float:
+        """The first time after t at which serving may change by a step: an incident starts or
+        ends, one of `instances` dies or comes back, a bursty rate jumps, and, when `candidate`
+        (it is served), its regression starts, ends its ramp or switches on or off. Traffic cut
+        at these points can be drawn in long slices; inside a ramp see `changing`."""
+        best = self.scenario.traffic.next_rate_step(t)
+        if self.deployment_start is not None and self.scenario.traffic.incidents:
+            if self._incident_edges is None:
+                self._incident_edges = self.scenario.traffic.incident_edges()
+            since = t - self.deployment_start
+            after = bisect.bisect_right(self._incident_edges, since + _EDGE_EPS)
+            if after < len(self._incident_edges):
+                best = min(best, self.deployment_start + self._incident_edges[after])
+        first = self.candidate_first_traffic
+        if candidate and first is not None:
+            best = min(best, first + self.scenario.next_regression_change(t - first))
+        for instance in instances:
+            if self._crash_after(instance.version) is not None:
+                best = min(best, self._timeline(instance).next_change(t))
+            if instance.stopped_at is not None and instance.stopped_at > t + _EDGE_EPS:
+                best = min(best, instance.stopped_at)
+        return best
+
+    def changing(self, t: float) -> bool:
+        """Whether the candidate's behaviour moves continuously at t, so that its traffic must be
+        drawn in short slices: it is ramping, or has not had its first request (from which onset
+        and cycles count)."""
+        first = self.candidate_first_traffic
+        return first is None or self.scenario.ramping(t - first)
 
     # ------------------------------------------------------------ traffic
 
@@ -200,18 +302,41 @@ class SimWorld:
             cached = self._probs_cache[key] = bucket_probabilities(*key)
         return cached
 
-    def behaviour(self, version: str, t: float) -> tuple[float, float, float]:
-        """(error rate, mu, sigma) of `version` at virtual time t, incidents included."""
+    def _regime(self, version: str, t: float, weight_percent: float | None, instance: int | None) -> _Regime:
         scenario = self.scenario
-        if version != self.candidate_version:
-            mu, sigma = scenario.baseline.latency_ms.mu_sigma
-            error_rate = scenario.baseline.error_rate
-        else:
+        candidate = version == self.candidate_version
+        active, progress = False, 0.0
+        if candidate:
             since = None if self.candidate_first_traffic is None else t - self.candidate_first_traffic
-            mu, sigma = scenario.candidate_latency(since)
-            error_rate = scenario.candidate_error_rate(since)
+            active = scenario.regression_active(since, weight_percent, instance)
+            progress = scenario.progress(since) if active else 0.0
         floor, factor = self.incident_at(t)
-        return max(error_rate, floor), mu + math.log(factor), sigma
+        key = (candidate, active, progress, floor, factor)
+        regime = self._regimes.get(key)
+        if regime is None:
+            if len(self._regimes) >= _MAX_REGIMES:
+                self._regimes.clear()
+            if active:
+                error_rate, burst = scenario.error_rate_at(progress), scenario.candidate_error_burst()
+                mu, sigma = scenario.latency_at(progress)
+            else:  # the baseline, or a candidate whose regression is confined elsewhere
+                error_rate, burst = scenario.baseline.error_rate, scenario.baseline.error_burst
+                mu, sigma = scenario.baseline.latency_ms.mu_sigma
+            mu += math.log(factor)
+            regime = self._regimes[key] = _Regime(
+                max(error_rate, floor), burst, mu, sigma, self._probs(mu, sigma),
+                math.exp(mu + sigma * sigma / 2), active,
+            )
+        return regime
+
+    def behaviour(
+        self, version: str, t: float, *, weight_percent: float | None = None, instance: int | None = None
+    ) -> tuple[float, float, float]:
+        """(error rate, mu, sigma) of `version` at virtual time t, incidents included, while the
+        candidate serves `weight_percent` of the traffic, on the instance of that index (None:
+        not known, which does not confine the regression)."""
+        regime = self._regime(version, t, weight_percent, instance)
+        return regime.error_rate, regime.mu, regime.sigma
 
     def incident_at(self, t: float) -> tuple[float, float]:
         """(error-rate floor, latency factor) the scenario's incidents impose at virtual time t."""
@@ -219,29 +344,43 @@ class SimWorld:
         return self.scenario.traffic.incident_at(since)
 
     def error_burst(self, version: str) -> float:
-        """Mean length of a run of failed requests of `version`."""
+        """Mean length of a run of failed requests of `version` while its regression is present."""
         if version == self.candidate_version:
             return self.scenario.candidate_error_burst()
         return self.scenario.baseline.error_burst
 
     def arrivals(self, t0: float, t1: float) -> int:
         """Requests to the service in [t0, t1), all versions together."""
-        rate = self.scenario.traffic.rate_at((t0 + t1) / 2)
-        return int(self.rng.poisson(max(0.0, rate) * (t1 - t0)))
+        return int(self.rng.poisson(self.scenario.traffic.requests_between(t0, t1)))
 
-    def serve(self, version: str, requests: int, t: float) -> tuple[int, list[int], float]:
-        """(errors, latency histogram, latency sum in ms) for `requests` served by `version` at t."""
+    def serve_array(
+        self, version: str, requests: int, t: float, *, weight_percent: float | None = None,
+        instance: int | None = None,
+    ) -> tuple[int, np.ndarray, float]:
+        """`serve`, with the latency histogram as a numpy array (for adding in place)."""
         if requests <= 0:
-            return 0, histogram.empty(), 0.0
+            return 0, np.zeros(histogram.N_BUCKETS, dtype=np.int64), 0.0
         if version == self.candidate_version and self.candidate_first_traffic is None:
             self.candidate_first_traffic = t
-        error_rate, mu, sigma = self.behaviour(version, t)
-        errors, self._failing[version] = chain_failures(
-            self.rng, requests, error_rate, self.error_burst(version), self._failing.get(version)
+        regime = self._regime(version, t, weight_percent, instance)
+        chain = (version, regime.chain)
+        errors, self._failing[chain] = chain_failures(
+            self.rng, requests, regime.error_rate, regime.burst, self._failing.get(chain)
         )
-        buckets = self.rng.multinomial(requests, self._probs(mu, sigma))
-        mean = math.exp(mu + sigma * sigma / 2)
-        return errors, [int(b) for b in buckets], mean * requests
+        return errors, self.rng.multinomial(requests, regime.probs), regime.mean_ms * requests
+
+    def serve(
+        self, version: str, requests: int, t: float, *, weight_percent: float | None = None,
+        instance: int | None = None,
+    ) -> tuple[int, list[int], float]:
+        """(errors, latency histogram, latency sum in ms) for `requests` served by `version` at t,
+        while the candidate serves `weight_percent` of the traffic (None: not known, taken as
+        enough for its regression), on the instance of index `instance` (None: not known, taken
+        as a regressed one)."""
+        errors, buckets, latency_sum = self.serve_array(
+            version, requests, t, weight_percent=weight_percent, instance=instance
+        )
+        return errors, buckets.tolist(), latency_sum
 
     def history_window(
         self, version: str, span_s: float | None = None, end: float | None = None
@@ -300,13 +439,20 @@ class SimWorld:
         record.latency_buckets = [int(b) for b in buckets]
         return record
 
-    def gauges(self, version: str) -> Mapping[str, float]:
+    def gauges(
+        self, version: str, *, weight_percent: float | None = None, instances: Sequence[int] | None = None
+    ) -> Mapping[str, float]:
+        """One reading of each custom metric of `version`: the mean over its `instances` (indexes;
+        None: not known), as an average over a version's pods reads, while the candidate serves
+        `weight_percent` of the traffic."""
         values: dict[str, float] = {}
         for name, spec in self.scenario.candidate.metrics.items():
             if version == self.candidate_version and spec.candidate is not None:
-                since = self.clock.now() - (self.candidate_first_traffic or self.clock.now())
-                share = self.scenario._progress(since if self.candidate_first_traffic is not None else None)
-                centre = spec.baseline + (spec.candidate - spec.baseline) * share
+                first = self.candidate_first_traffic
+                since = None if first is None else self.clock.now() - first
+                indexes: Sequence[int | None] = instances if instances else [None]
+                share = sum(self.scenario.regression_share(since, weight_percent, i) for i in indexes) / len(indexes)
+                centre = spec.centre(share)
             else:
                 centre = spec.baseline
             values[name] = centre + (float(self.rng.normal(0.0, spec.noise)) if spec.noise else 0.0)

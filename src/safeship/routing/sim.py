@@ -1,11 +1,26 @@
 """A simulated router on a virtual clock. Traffic for the time that passed is generated lazily,
-with the weights that were in force, whenever anyone asks the router anything."""
+with the weights that were in force, whenever anyone asks the router anything.
+
+Traffic is drawn in slices. Weights, backends and test traffic change only between catch-ups, and
+the world says when behaviour steps inside one (`SimWorld.next_step`), so a slice ends at every
+such step and is otherwise as long as MAX_SLICE_S: a promoted candidate serving alone for an hour
+costs a few dozen slices. Slices stay SLICE_S short while the candidate ramps or has not had its
+first request, and a swinging traffic pattern keeps them to a twentieth of its period. The counts
+do not depend on the slicing: arrivals are Poisson of the rate's integral over the slice, and the
+failure chain's draws are exact for any number of requests.
+
+Besides its users' traffic, a version may get synthetic test traffic (`set_test_traffic`), as
+from a load tester aimed at it directly: `counters` (what metrics see) include it,
+`user_counters` (what users experienced) do not."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from safeship import histogram
 from safeship.errors import InputError
 from safeship.routing.base import (
     Backend,
@@ -16,21 +31,59 @@ from safeship.routing.base import (
     RoutesSnapshot,
     TrafficCounters,
 )
-from safeship.simworld import SimWorld
+from safeship.simworld import SimInstance, SimWorld
 from safeship.traffic import TrafficSetup, TrafficWindow
 
-SLICE_S = 5.0  # traffic is generated in slices no longer than this
+SLICE_S = 5.0  # traffic is generated in slices this short while the candidate's behaviour moves
+MAX_SLICE_S = 60.0  # and in slices no longer than this while nothing changes
+
+
+@dataclass
+class _Tally:
+    """Cumulative counts of one version, with the histogram as an array that slices add to in place."""
+
+    requests: int = 0
+    errors: int = 0
+    connect_failures: int = 0
+    latency_sum_ms: float = 0.0
+    buckets: np.ndarray = field(default_factory=lambda: np.zeros(histogram.N_BUCKETS, dtype=np.int64))
+
+    def counters(self, other: _Tally | None = None) -> TrafficCounters:
+        """These counts (plus `other`'s) as the routers' counters."""
+        if other is None:
+            return TrafficCounters(self.requests, self.errors, self.connect_failures, self.latency_sum_ms,
+                                   self.buckets.tolist())
+        return TrafficCounters(
+            self.requests + other.requests, self.errors + other.errors,
+            self.connect_failures + other.connect_failures, self.latency_sum_ms + other.latency_sum_ms,
+            (self.buckets + other.buckets).tolist(),
+        )
 
 
 @dataclass
 class _Route:
     weights: dict[str, int] = field(default_factory=dict)
     backends: dict[str, list[Backend]] = field(default_factory=dict)
-    counters: dict[str, TrafficCounters] = field(default_factory=dict)
+    counters: dict[str, _Tally] = field(default_factory=dict)  # users' traffic
+    test_counters: dict[str, _Tally] = field(default_factory=dict)  # synthetic test traffic
+    test_rps: dict[str, float] = field(default_factory=dict)
     hold_until: float | None = None
     held: int = 0  # requests queued during a hold, served when it is released
     unrouted: int = 0  # requests that found no backend at all (failed)
     last_t: float = 0.0
+
+
+@dataclass
+class _Plan:
+    """What stays fixed while the router catches up: weights, backends and test traffic change only
+    when someone calls it, and it catches up before every change."""
+
+    serving: dict[str, int]  # weights of the versions that have backends
+    probs: list[float]
+    weight_percent: float  # the candidate's routed share of the users' traffic, in percent
+    members: dict[str, list[SimInstance | None]]  # each version's listed backends (None: gone)
+    watched: list[SimInstance]  # the instances whose deaths and restarts matter
+    candidate: bool  # whether the candidate gets any traffic
 
 
 class SimRouter:
@@ -86,100 +139,198 @@ class SimRouter:
             state.hold_until = None
             self._release_held(state)
 
+    async def set_test_traffic(self, route: RouteKey, version: str, rps: float) -> None:
+        """From now on send `rps` requests a second of synthetic traffic to `version`'s backends,
+        whatever the users' weights are (0 stops it). They are not taken from the users' requests.
+        While the version has no live backend they are not counted: that is the load tester's
+        failure, not a user's."""
+        if not rps >= 0:
+            raise InputError(f"test traffic must be a rate of at least 0 requests/s, got {rps}")
+        state = self._catch_up(route)
+        if rps > 0:
+            state.test_rps[version] = float(rps)
+        else:
+            state.test_rps.pop(version, None)
+
     async def hold(self, route: RouteKey, max_wait: float) -> None:
         state = self._catch_up(route)
         state.hold_until = self.world.clock.now() + max_wait
 
     async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        """Users' and test traffic together, per version: what a metrics system sees."""
         state = self._catch_up(route)
-        return {v: c.plus(TrafficCounters()) for v, c in state.counters.items()}
+        versions = list(state.counters) + [v for v in state.test_counters if v not in state.counters]
+        return {v: self._sum(state, v) for v in versions}
+
+    async def user_counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
+        """Users' traffic only, per version: what users experienced."""
+        state = self._catch_up(route)
+        return {v: c.counters() for v, c in state.counters.items()}
 
     async def close(self) -> None:
         return None
 
+    @staticmethod
+    def _sum(state: _Route, version: str) -> TrafficCounters:
+        user, test = state.counters.get(version), state.test_counters.get(version)
+        if user is None:
+            return test.counters() if test is not None else TrafficCounters()
+        return user.counters(test)
+
     # ------------------------------------------------------------ traffic
 
-    def _alive_backends(self, state: _Route, version: str, at: float) -> tuple[int, int]:
-        """(backends listed, of which alive at time `at`) for a version. Traffic is generated in
-        slices when it is read, so each slice asks about its own time, not the time of the read."""
-        listed = state.backends.get(version, [])
-        alive = 0
-        for backend in listed:
-            sim = self.world.instances.get(backend.instance_id)
-            if sim is not None and self.world.life(sim, at)[0]:
-                alive += 1
-        return len(listed), alive
+    def _plan(self, state: _Route) -> _Plan:
+        world = self.world
+        serving = {v: w for v, w in state.weights.items() if state.backends.get(v)}
+        total = sum(serving.values())
+        versions = set(serving) | set(state.test_rps)
+        members = {v: [world.instances.get(b.instance_id) for b in state.backends.get(v, [])] for v in versions}
+        return _Plan(
+            serving=serving,
+            probs=[w / total for w in serving.values()],
+            weight_percent=100.0 * serving.get(world.candidate_version, 0) / total if total else 0.0,
+            members=members,
+            watched=[i for listed in members.values() for i in listed if i is not None],
+            candidate=world.candidate_version in versions,
+        )
 
     def _catch_up(self, key: RouteKey) -> _Route:
         state = self._route(key)
         now = self.world.clock.now()
+        if state.last_t >= now:
+            return state
+        plan = self._plan(state)
+        longest = min(MAX_SLICE_S, max(SLICE_S, self.world.scenario.traffic.steady_slice_s()))
         while state.last_t < now:
-            t1 = min(now, state.last_t + SLICE_S)
-            self._generate(state, state.last_t, t1)
+            t0 = state.last_t
+            t1 = min(now, t0 + longest, self.world.next_step(t0, plan.watched, plan.candidate))
+            if plan.candidate and self.world.changing(t0):
+                t1 = min(t1, t0 + SLICE_S)
+            if state.hold_until is not None and t0 < state.hold_until:
+                t1 = min(t1, state.hold_until)
+            self._generate(state, plan, t0, t1)
             state.last_t = t1
         return state
 
-    def _generate(self, state: _Route, t0: float, t1: float) -> None:
+    def _alive(self, plan: _Plan, t: float) -> dict[str, list[SimInstance]]:
+        """Each version's backends alive at t. Traffic is generated in slices when it is read, so
+        each slice asks about its own time, not the time of the read."""
+        return {v: [i for i in listed if i is not None and self.world.alive(i, t)]
+                for v, listed in plan.members.items()}
+
+    def _generate(self, state: _Route, plan: _Plan, t0: float, t1: float) -> None:
+        t = (t0 + t1) / 2
+        alive = self._alive(plan, t)
         arrivals = self.world.arrivals(t0, t1)
         if arrivals == 0:
-            return
-        if state.hold_until is not None:
+            pass
+        elif state.hold_until is not None:
             if t1 <= state.hold_until:
                 state.held += arrivals
-                return
-            state.unrouted += state.held + arrivals  # the hold expired: these got 503
-            state.held = 0
-            state.hold_until = None
-            return
-        serving = {v: w for v, w in state.weights.items() if state.backends.get(v)}
-        if not serving:
+            else:
+                state.unrouted += state.held + arrivals  # the hold expired: these got 503
+                state.held = 0
+                state.hold_until = None
+        elif not plan.serving:
             state.unrouted += arrivals
-            return
-        self._split(state, serving, arrivals, (t0 + t1) / 2)
+        else:
+            self._split(state, plan, alive, arrivals, t)
+        for version, rps in state.test_rps.items():
+            if alive[version]:
+                self._test(state, plan, alive, version, int(self.world.rng.poisson(rps * (t1 - t0))), t)
 
-    def _split(self, state: _Route, weights: Mapping[str, int], arrivals: int, t: float) -> None:
-        versions = list(weights)
-        total = sum(weights.values())
-        shares = self.world.rng.multinomial(arrivals, [weights[v] / total for v in versions])
-        for version, requests in zip(versions, shares, strict=True):
+    def _split(self, state: _Route, plan: _Plan, alive: Mapping[str, list[SimInstance]], arrivals: int,
+               t: float) -> None:
+        # One version takes everything; a multinomial over one category would draw nothing anyway.
+        shares = [arrivals] if len(plan.probs) == 1 else self.world.rng.multinomial(arrivals, plan.probs).tolist()
+        for version, requests in zip(plan.serving, shares, strict=True):
             if requests:
-                self._serve(state, version, int(requests), t, versions)
+                self._serve(state, plan, alive, version, requests, t)
 
-    def _serve(self, state: _Route, version: str, requests: int, t: float, versions: list[str]) -> None:
-        listed, alive = self._alive_backends(state, version, t)
-        counters = state.counters.setdefault(version, TrafficCounters())
-        dead_share = requests - round(requests * alive / listed) if listed else requests
+    def _serve(self, state: _Route, plan: _Plan, alive: Mapping[str, list[SimInstance]], version: str,
+               requests: int, t: float) -> None:
+        listed, up = len(plan.members[version]), len(alive[version])
+        tally = state.counters.setdefault(version, _Tally())
+        dead_share = requests - round(requests * up / listed) if listed else requests
         if dead_share:
             # Connections to a dead instance fail before any byte; the builtin router retries them once
             # on another version. They still count as failures of the version that dropped them.
-            counters.requests += dead_share
-            counters.connect_failures += dead_share
-            others = [v for v in versions if v != version and self._alive_backends(state, v, t)[1]]
+            tally.requests += dead_share
+            tally.connect_failures += dead_share
+            others = [v for v in plan.serving if v != version and alive[v]]
             if others:
-                self._record(state, others[0], dead_share, t)
+                self._record(state.counters, plan, alive[others[0]], others[0], dead_share, t)
             else:
                 state.unrouted += dead_share
-        self._record(state, version, requests - dead_share, t)
+        self._record(state.counters, plan, alive[version], version, requests - dead_share, t)
 
-    def _record(self, state: _Route, version: str, requests: int, t: float) -> None:
+    def _test(self, state: _Route, plan: _Plan, alive: Mapping[str, list[SimInstance]], version: str,
+              requests: int, t: float) -> None:
+        """Test traffic spreads over the version's listed backends like users' traffic; the share
+        sent to a dead one fails to connect, and the load tester does not retry it elsewhere."""
         if requests <= 0:
             return
-        errors, buckets, latency_sum = self.world.serve(version, requests, t)
-        counters = state.counters.setdefault(version, TrafficCounters())
-        counters.requests += requests
-        counters.errors += errors
-        counters.latency_sum_ms += latency_sum
-        counters.latency_buckets = [a + b for a, b in zip(counters.latency_buckets, buckets, strict=True)]
+        tally = state.test_counters.setdefault(version, _Tally())
+        dead_share = requests - round(requests * len(alive[version]) / len(plan.members[version]))
+        tally.requests += dead_share
+        tally.connect_failures += dead_share
+        self._record(state.test_counters, plan, alive[version], version, requests - dead_share, t)
+
+    def _record(self, tallies: dict[str, _Tally], plan: _Plan, up: Sequence[SimInstance], version: str,
+                requests: int, t: float) -> None:
+        """Serve `requests` on `version`'s live instances `up`, each with its own behaviour: when
+        only some of them carry the candidate's regression, the requests are split among them
+        in proportion (a binomial draw, which is the multinomial by instance summed by behaviour)."""
+        if requests <= 0 or not up:
+            return
+        bad = self.world.scenario.candidate.bad_instances
+        if version != self.world.candidate_version or bad is None:
+            self._draw(tallies, plan, version, requests, t, None)
+            return
+        regressed = [i for i in up if i.index < bad]
+        healthy = len(up) - len(regressed)
+        if not healthy or not regressed:
+            self._draw(tallies, plan, version, requests, t, up[0].index)
+            return
+        sick = int(self.world.rng.binomial(requests, len(regressed) / len(up)))
+        self._draw(tallies, plan, version, sick, t, regressed[0].index)
+        self._draw(tallies, plan, version, requests - sick, t, next(i.index for i in up if i.index >= bad))
+
+    def _draw(self, tallies: dict[str, _Tally], plan: _Plan, version: str, requests: int, t: float,
+              instance: int | None) -> None:
+        if requests <= 0:
+            return
+        errors, buckets, latency_sum = self.world.serve_array(
+            version, requests, t, weight_percent=plan.weight_percent, instance=instance
+        )
+        tally = tallies.setdefault(version, _Tally())
+        tally.requests += requests
+        tally.errors += errors
+        tally.latency_sum_ms += latency_sum
+        tally.buckets += buckets
 
     def _release_held(self, state: _Route) -> None:
         if state.held:
-            serving = {v: w for v, w in state.weights.items() if state.backends.get(v)}
-            self._split(state, serving, state.held, self.world.clock.now())
+            plan = self._plan(state)
+            if plan.serving:
+                now = self.world.clock.now()
+                self._split(state, plan, self._alive(plan, now), state.held, now)
             state.held = 0
 
     def gauges(self, route: RouteKey) -> Mapping[str, Mapping[str, float]]:
+        """Each version's custom metrics, averaged over its live instances."""
         state = self._route(route)
-        return {v: self.world.gauges(v) for v in state.backends if state.backends[v]}
+        plan = self._plan(state)
+        now = self.world.clock.now()
+        readings: dict[str, Mapping[str, float]] = {}
+        for version, listed in state.backends.items():
+            if not listed:
+                continue
+            known = [self.world.instances.get(b.instance_id) for b in listed]
+            present = [i for i in known if i is not None]
+            up = [i.index for i in present if self.world.alive(i, now)] or [i.index for i in present]
+            readings[version] = self.world.gauges(version, weight_percent=plan.weight_percent, instances=up or None)
+        return readings
 
 
 class SimTraffic:
