@@ -176,7 +176,9 @@ def chart(rows: list[Any], path: Path) -> None:
         mine = [r for r in rows if r.strategy == strategy]
         names = [r.policy for r in mine]
         values = [max(r.blast_mean, 0.1) for r in mine]
-        errors = [r.blast_error for r in mine]
+        # a log axis cannot show an interval reaching below zero: its lower arm stops short of it
+        errors = [[min(r.blast_error, 0.9 * v) for r, v in zip(mine, values, strict=True)],
+                  [r.blast_error for r in mine]]
         colours = ["tab:green" if n == "safeship" else "tab:grey" if n.endswith("-tuned") else "tab:blue"
                    for n in names]
         ax.bar(range(len(mine)), values, yerr=errors, color=colours, capsize=3)
