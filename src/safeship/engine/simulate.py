@@ -92,7 +92,9 @@ async def build(
     world = SimWorld(scenario, clock, candidate_version=CANDIDATE, seed=scenario.seed if seed is None else seed)
     router, platform = SimRouter(world), SimPlatform(world)
     cfg = sim_config(scenario, config, replicas)
-    store = store or Store(cfg.store.url)
+    # The simulation's own store is in memory and private to it: its transitions are written when
+    # anything reads the database (see Store.save_transition), not on every tick.
+    store = store or Store(cfg.store.url, deferred=True)
     world_parts = World(platform, router, clock, gauges=_gauges(router), traffic_source=SimTraffic(router))
     engine = DeploymentEngine(cfg, store, world_parts, policy_for=policy_for)
     memory = MemorySink()
@@ -186,6 +188,7 @@ async def run_simulation(
         if sim.clock.now() < end:
             sim.clock.advance(end - sim.clock.now())  # a promoted candidate serves on
         horizon_counters = dict(await counts(sim.route))
+    sim.store.flush()  # the database holds the whole deployment when the simulation returns
     result = _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
     result["promoted_at_s"] = None if promoted_at is None else round(promoted_at - started, 3)
     result["candidate_failed_requests_horizon"] = horizon_counters.get(CANDIDATE, TrafficCounters()).failed

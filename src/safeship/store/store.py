@@ -1,5 +1,11 @@
 """The store: one SQLite file (or any SQLAlchemy URL). Every state transition is one transaction,
-guarded by `row_version` so two engines can never both advance the same deployment."""
+guarded by `row_version` so two engines can never both advance the same deployment.
+
+A store on a private in-memory database (`Store("sqlite://", deferred=True)`, what a simulation
+uses) may keep its transitions in memory and write them in one transaction when anything reads
+or writes the database otherwise, or on `flush()`: a deployment's intermediate rows, which no
+one could read, are then never written, only its latest one; its events and side records are
+all written, in the order they were saved (see `Store.save_transition`)."""
 
 from __future__ import annotations
 
@@ -13,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from safeship.errors import NotFoundError, StaleStateError
 from safeship.redaction import redactor
@@ -162,6 +169,10 @@ _GUARDED_UPDATE = (
 
 
 _FREE_TEXT = ("reason", "evidence", "request", "message", "data")
+_DEPLOYMENT_FIELDS = tuple(f.name for f in dataclasses.fields(DeploymentRecord) if f.name not in ("id", "row_version"))
+# Columns stored as JSON: compared by identity only, since a new dict is as good as a change and
+# comparing two large statuses costs about as much as writing one.
+_JSON_FIELDS = frozenset(c.name for c in schema.deployments.columns if isinstance(c.type, JSON))
 
 
 def _shallow(record: Any) -> dict[str, Any]:
@@ -174,6 +185,37 @@ def _shallow(record: Any) -> dict[str, Any]:
             if name in values:
                 values[name] = masker.redact(values[name])
     return values
+
+
+def _changed(before: DeploymentRecord, after: DeploymentRecord) -> dict[str, Any]:
+    """The columns of `after` that differ from `before`, free text masked as `_shallow` does. A
+    transition rewrites only these: the plan and the request of a deployment rarely change, and
+    writing them again on every tick meant serialising them again."""
+    values: dict[str, Any] = {}
+    for name in _DEPLOYMENT_FIELDS:
+        new = getattr(after, name)
+        if new is getattr(before, name):
+            continue
+        if name not in _JSON_FIELDS and new == getattr(before, name):
+            continue
+        values[name] = new
+    masker = redactor()
+    if masker.values:
+        for name in _FREE_TEXT:
+            if name in values:
+                values[name] = masker.redact(values[name])
+    return values
+
+
+@dataclass
+class _Pending:
+    """A deployment's transitions saved but not yet written (a deferred store): the row as the
+    database holds it, the latest row, and the side records of every transition, in order."""
+
+    written: DeploymentRecord
+    latest: DeploymentRecord
+    side: list[tuple[list[EventRecord], RollbackRecord | None, StableVersion | None, Retirement | None,
+                     DeploymentRecord]] = field(default_factory=list)
 
 
 def new_id(prefix: str) -> str:
@@ -189,6 +231,28 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
         cursor.close()
 
     return on_connect
+
+
+_SCHEMA_DDL: dict[str, tuple[str, ...]] = {}  # dialect name -> the statements of _schema_ddl
+
+
+def _schema_ddl(dialect: Dialect) -> tuple[str, ...]:
+    """The statements that create every table and index on an empty database, compiled once per
+    process: compiling them cost more than running them, on every in-memory store."""
+    found = _SCHEMA_DDL.get(dialect.name)
+    if found is None:
+        statements: list[str] = []
+        for table in schema.metadata.sorted_tables:
+            statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+            statements.extend(str(CreateIndex(index).compile(dialect=dialect)).strip()
+                              for index in sorted(table.indexes, key=lambda i: i.name or ""))
+        found = _SCHEMA_DDL[dialect.name] = tuple(statements)
+    return found
+
+
+def _is_private_memory(target: edge.Target) -> bool:
+    """A plain `sqlite://` database: in memory, on one connection of its own, seen by no one else."""
+    return target.is_sqlite and target.sqlite_path is None and "uri" not in target.url.query
 
 
 def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
@@ -213,7 +277,13 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas(int(waited * 1000)))
     try:
         with edge.at_edge(target, waited):
-            _create_schema(engine, read_only=target.read_only)
+            if _is_private_memory(target):
+                # a new, empty database that no one else can see: nothing to inspect or upgrade
+                with engine.begin() as conn:
+                    for statement in _schema_ddl(engine.dialect):
+                        conn.exec_driver_sql(statement)
+            else:
+                _create_schema(engine, read_only=target.read_only)
     except BaseException:
         engine.dispose()
         raise
@@ -253,25 +323,41 @@ def _deployment_from_row(row: Any) -> DeploymentRecord:
 
 
 class Store:
-    def __init__(self, url: str = "sqlite:///.safeship/state.db") -> None:
+    def __init__(self, url: str = "sqlite:///.safeship/state.db", *, deferred: bool = False) -> None:
+        """`deferred`: keep transitions in memory until anything else touches the database (see
+        `save_transition`); only for a plain in-memory SQLite database (`sqlite://`), which no
+        other store or process can write, so that this store knows every row's version."""
         self.url = url
         self._target = edge.parse(url)
+        if deferred and not _is_private_memory(self._target):
+            raise ValueError(f"a deferred store needs a private in-memory SQLite database, not {self._target.shown}")
+        self.deferred = deferred
+        self._pending: dict[str, _Pending] = {}  # deployment id -> its unwritten transitions
+        self._side_order: list[str] = []  # deployment ids, one per unwritten transition, in order
+        self._versions: dict[str, int] = {}  # deployment id -> row_version, for rows this store wrote
         self._busy_timeout_s = edge.busy_timeout_s()
         self.engine = open_engine(url, busy_timeout_s=self._busy_timeout_s)
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """One transaction; a store that cannot be used raises StoreError (exit 4)."""
+        """One transaction; a store that cannot be used raises StoreError (exit 4). A deferred
+        store first writes what it kept, so every statement sees every transition saved."""
+        if self._side_order:
+            self.flush()
         with edge.at_edge(self._target, self._busy_timeout_s), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
         """A connection for reading; a store that cannot be used raises StoreError (exit 4)."""
+        if self._side_order:
+            self.flush()
         with edge.at_edge(self._target, self._busy_timeout_s), self.engine.connect() as conn:
             yield conn
 
     def close(self) -> None:
+        if self._side_order:
+            self.flush()
         self.engine.dispose()
 
     # ------------------------------------------------------------ deployments
@@ -281,6 +367,8 @@ class Store:
         with self._begin() as conn:
             conn.execute(insert(schema.deployments).values(**_shallow(record)))
             self._insert_events(conn, events)
+        if self.deferred:
+            self._versions[record.id] = record.row_version
 
     def save_transition(
         self,
@@ -294,38 +382,115 @@ class Store:
     ) -> DeploymentRecord:
         """Write `after` in place of `before` in one transaction, with its events and side records.
 
-        Raises StaleStateError when another engine moved the row first."""
-        values = _shallow(after)
-        values.pop("id")
+        Raises StaleStateError when another engine moved the row first. Only the columns that
+        changed are written.
+
+        A deferred store checks the row's version against the one it wrote last and keeps the
+        transition in memory instead; the next statement of any kind (a read too), `flush` or
+        `close` writes every kept transition in one transaction: each deployment's latest row,
+        and the events and side records of every transition in the order they were saved, so
+        the database then holds exactly what writing each transition at once would have left."""
+        if self.deferred:
+            known = self._versions.get(before.id)
+            if known is not None:
+                if known != before.row_version:
+                    raise StaleStateError(f"deployment {before.id} was advanced by another engine")
+                saved = after.replace(row_version=before.row_version + 1)
+                pending = self._pending.get(before.id)
+                if pending is None:
+                    pending = self._pending[before.id] = _Pending(written=before, latest=saved)
+                pending.latest = saved
+                pending.side.append((list(events), rollback, stable, retire, before))
+                self._side_order.append(before.id)
+                self._versions[before.id] = saved.row_version
+                return saved
+        with self._begin() as conn:
+            self._write_transition(conn, before, after, events, rollback=rollback, stable=stable, retire=retire)
+        if self.deferred:
+            self._versions[before.id] = before.row_version + 1
+        return after.replace(row_version=before.row_version + 1)
+
+    def _write_transition(
+        self,
+        conn: Connection,
+        before: DeploymentRecord,
+        after: DeploymentRecord,
+        events: Iterable[EventRecord] = (),
+        *,
+        rollback: RollbackRecord | None = None,
+        stable: StableVersion | None = None,
+        retire: Retirement | None = None,
+    ) -> None:
+        values = _changed(before, after)
         values["row_version"] = before.row_version + 1
         values["match_id"], values["match_row_version"] = before.id, before.row_version
-        with self._begin() as conn:
-            result = conn.execute(_GUARDED_UPDATE, values)
-            if result.rowcount != 1:
-                raise StaleStateError(f"deployment {before.id} was advanced by another engine")
-            self._insert_events(conn, events)
-            if rollback is not None:
-                self._upsert_rollback(conn, rollback)
-            if retire is not None:
-                service, environment, keep_version, at = (retire.service, retire.environment,
-                                                          retire.keep_version, retire.at)
+        result = conn.execute(_GUARDED_UPDATE, values)
+        if result.rowcount != 1:
+            raise StaleStateError(f"deployment {before.id} was advanced by another engine")
+        self._write_side(conn, before, events, rollback, stable, retire)
+
+    def _write_side(
+        self,
+        conn: Connection,
+        before: DeploymentRecord,
+        events: Iterable[EventRecord],
+        rollback: RollbackRecord | None,
+        stable: StableVersion | None,
+        retire: Retirement | None,
+    ) -> None:
+        self._insert_events(conn, events)
+        if rollback is not None:
+            self._upsert_rollback(conn, rollback)
+        if retire is not None:
+            service, environment, keep_version, at = (retire.service, retire.environment,
+                                                      retire.keep_version, retire.at)
+            conn.execute(
+                update(schema.stable_versions)
+                .where(schema.stable_versions.c.service == service)
+                .where(schema.stable_versions.c.environment == environment)
+                .where(schema.stable_versions.c.retired_at.is_(None))
+                .where(schema.stable_versions.c.version != keep_version)
+                .values(retired_at=at)
+            )
+            if not retire.deployment_healthy:
                 conn.execute(
                     update(schema.stable_versions)
-                    .where(schema.stable_versions.c.service == service)
-                    .where(schema.stable_versions.c.environment == environment)
-                    .where(schema.stable_versions.c.retired_at.is_(None))
-                    .where(schema.stable_versions.c.version != keep_version)
-                    .values(retired_at=at)
+                    .where(schema.stable_versions.c.deployment_id == before.id)
+                    .values(healthy=False, retired_at=at)
                 )
-                if not retire.deployment_healthy:
-                    conn.execute(
-                        update(schema.stable_versions)
-                        .where(schema.stable_versions.c.deployment_id == before.id)
-                        .values(healthy=False, retired_at=at)
-                    )
-            if stable is not None:
-                conn.execute(insert(schema.stable_versions).values(**dataclasses.asdict(stable)))
-        return after.replace(row_version=before.row_version + 1)
+        if stable is not None:
+            conn.execute(insert(schema.stable_versions).values(**dataclasses.asdict(stable)))
+
+    def flush(self) -> None:
+        """Write what a deferred store kept (nothing to do otherwise), in one transaction: the
+        side records of every transition in the order they were saved, consecutive events in
+        one statement, then each deployment's latest row in place of the one written before."""
+        if not self._side_order:
+            return
+        pending, order = self._pending, self._side_order
+        taken = dict.fromkeys(pending, 0)
+        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.begin() as conn:
+            events: list[EventRecord] = []
+            for deployment_id in order:
+                item = pending[deployment_id]
+                batch, rollback, stable, retire, before = item.side[taken[deployment_id]]
+                taken[deployment_id] += 1
+                events.extend(batch)
+                if rollback is None and stable is None and retire is None:
+                    continue
+                self._insert_events(conn, events)
+                events = []
+                self._write_side(conn, before, (), rollback, stable, retire)
+            self._insert_events(conn, events)
+            for item in pending.values():
+                written, latest = item.written, item.latest
+                values = _changed(written, latest)
+                values["row_version"] = latest.row_version
+                values["match_id"], values["match_row_version"] = written.id, written.row_version
+                if conn.execute(_GUARDED_UPDATE, values).rowcount != 1:
+                    raise StaleStateError(f"deployment {written.id} was advanced by another engine")
+        # kept until written: a flush that failed leaves them for the next one
+        self._pending, self._side_order = {}, []
 
     def get_deployment(self, deployment_id: str) -> DeploymentRecord:
         with self._connect() as conn:
