@@ -8,7 +8,7 @@ evidence. Health (readiness, crashes) is the engine's business; policies judge t
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ from safeship.config.models import (
     AnalysisConfig,
     CustomMetricTrigger,
     ErrorRateThresholdTrigger,
+    IntelligentDeployment,
     ResponseTimeThresholdTrigger,
 )
 from safeship.routing.base import TrafficCounters
@@ -76,6 +77,24 @@ class StepContext:
 
 
 class Policy(Protocol):
+    """A canary schedule and a judge.
+
+    Two optional members, read with `uses_safeship_mechanisms` and `plan_shaper` (a Protocol
+    cannot declare a member optional, so they are documented here and read with getattr):
+
+    * ``safeship_mechanisms: bool`` (absent: False). True only for safeship's own policy: its
+      deployments confirm a failure of the candidate alone side by side before rolling back
+      (the plan's ``confirm``) and fix the replaced version's record before the deployment
+      (``StepContext.history``). These are safeship's inventions; a model of another tool gets
+      neither, or the comparison would credit that tool with them.
+    * ``plan(strategy, given, own) -> list[PlanStep] | None``: the whole rollout of a model of
+      another tool, per strategy (``strategy`` is a ``DeploymentStrategy`` value; ``given``
+      what the strategy was asked, see `PlanRequest`; ``own`` the strategy's own plan as JSON
+      steps, for a model that only adjusts it). None: the strategy's own plan. The steps are
+      the plan's JSON objects (``safeship.strategies.base`` describes each kind), built here as
+      plain mappings because the analysis layer does not import the strategies.
+    """
+
     name: str
 
     def weights(self, configured: Sequence[int]) -> list[int]:
@@ -95,3 +114,54 @@ class Policy(Protocol):
     ) -> tuple[dict[str, Any], Decision]:
         """Fold one sample into the state and decide. Must not mutate `state` in place."""
         ...
+
+
+PlanStep = dict[str, Any]  # one plan step as the store keeps it (kinds: safeship.strategies.base)
+
+
+class PlanRequest(Protocol):
+    """What a strategy is asked to plan, as a policy that shapes the plan sees it
+    (``safeship.strategies.base.PlanInput`` has these fields)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def candidate(self) -> str: ...
+
+    @property
+    def baseline(self) -> str | None: ...  # None on a first deployment
+
+    @property
+    def replicas(self) -> int: ...
+
+    @property
+    def settings(self) -> IntelligentDeployment: ...
+
+    @property
+    def policy_weights(self) -> Sequence[int]: ...  # the policy's own `weights`
+
+    @property
+    def readiness_timeout(self) -> float: ...
+
+
+class ShapesPlan(Protocol):
+    """The optional `plan` member of a Policy (see Policy)."""
+
+    def plan(self, strategy: str, given: PlanRequest, own: Sequence[PlanStep]) -> list[PlanStep] | None: ...
+
+
+PlanShaper = Callable[[str, PlanRequest, Sequence[PlanStep]], list[PlanStep] | None]
+
+
+def uses_safeship_mechanisms(policy: object) -> bool:
+    """True when the policy's deployments get safeship's own mechanisms (the confirmation split,
+    the record before the deployment); False for models of other tools and any policy that
+    does not say."""
+    return getattr(policy, "safeship_mechanisms", False) is True
+
+
+def plan_shaper(policy: object) -> PlanShaper | None:
+    """The policy's `plan` member when it has one, else None (the strategies plan alone)."""
+    found = getattr(policy, "plan", None)
+    return found if callable(found) else None

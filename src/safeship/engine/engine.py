@@ -114,6 +114,8 @@ class DeploymentEngine:
         """Validate, pass the gates, select a strategy, plan, and persist the deployment as pending.
 
         Every refusal happens here, before anything starts, and changes nothing."""
+        from safeship.analysis.base import plan_shaper, uses_safeship_mechanisms
+
         service, environment = validate_request(self.config, self.store, request, policy_for=self.policy_for)
         baseline = self.current_version(request.service_name, request.environment)
         if baseline == request.version:
@@ -151,6 +153,9 @@ class DeploymentEngine:
                 update={"rollback": self.config.rollback_for(request.service_name, request)}),
             policy_weights=chosen.weights(self.config.intelligent_deployment.strategies.canary.traffic_percentages),
             readiness_timeout=self.readiness_timeout(request.service_name, request),
+            # a model of another tool gets no confirmation split and plans that tool's own rollout
+            confirm=uses_safeship_mechanisms(chosen),
+            shape=plan_shaper(chosen),
         )
         selection, plan = self._fit_quota(selection, plan_input, service, capacity, environment.name,
                                           explicit=request.deployment_strategy is not None)
@@ -564,7 +569,13 @@ class DeploymentEngine:
     async def _record_history(self, tick: Tick, baseline: str) -> None:
         """Fix the replaced version's own record before the candidate's first request: the control
         for steps where the two versions do not serve side by side. A source that cannot say is
-        no error: those steps then fall back to the absolute triggers, and the event says so."""
+        no error: those steps then fall back to the absolute triggers, and the event says so.
+        Only safeship's own policy uses this record: for a model of another tool nothing is read
+        or recorded."""
+        from safeship.analysis.base import uses_safeship_mechanisms
+
+        if not uses_safeship_mechanisms(self.policy_for(tick.before.policy)):
+            return
         span = self.config.intelligent_deployment.analysis.history
         try:
             window = await self.world.traffic.before(tick.route, tick.now, span)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safeship import histogram
-from safeship.analysis.base import Decision, Policy, StepContext, TickSample, Verdict
+from safeship.analysis.base import Decision, Policy, StepContext, TickSample, Verdict, uses_safeship_mechanisms
 from safeship.config.models import (
     DeploymentRequest,
     HealthCheckFailureTrigger,
@@ -38,6 +38,7 @@ from safeship.strategies.base import (
     PromoteStep,
     ScaleStep,
     Step,
+    TestTrafficStep,
     WaitReadyStep,
     WeightsStep,
 )
@@ -113,6 +114,7 @@ class StepRunner:
             "pause": self.pause,
             "promote": self.promote,
             "gate": self.gate,
+            "test_traffic": self.test_traffic,
         }
 
     def register(self, kind: str, executor: StepExecutor) -> None:
@@ -195,6 +197,8 @@ class StepRunner:
         def stopped(instance: Instance) -> None:
             tick.event("instance_stopped", f"stopped {version} instance {instance.index}", version=version)
 
+        if replicas == 0:
+            await self.stop_test_traffic(tick, version)  # a load tester has nothing left to test
         await self.world.platform.scale(
             tick.before.service, tick.before.environment, version, replicas,
             lambda index: self.instance_spec(tick, version, index),
@@ -298,7 +302,36 @@ class StepRunner:
                                     tick.now, None, True)
         tick.retire = Retirement(record.service, record.environment, record.version, tick.now, True)
         tick.event("promoted", f"{record.version} takes all traffic")
+        # the load tester's work ends with the promotion, also when a promote-now skipped its stop
+        await self.stop_test_traffic(tick, record.version)
         return DONE
+
+    # ------------------------------------------------------------ load-tester traffic
+
+    async def test_traffic(self, tick: Tick, step: TestTrafficStep) -> StepResult:
+        """A load tester sends `rps` requests/s to `version` beside the users' weighted traffic (0
+        stops it), through the router's `set_test_traffic` when it has one. A router without one
+        cannot send it: the step only records that, and the analysis then sees no such requests."""
+        version, rps = str(step["version"]), max(0.0, float(step["rps"]))
+        setter = getattr(self.world.router, "set_test_traffic", None)
+        if setter is None:
+            if rps > 0:
+                tick.event("test_traffic_unsupported", f"test traffic is only simulated: the router cannot send "
+                           f"{rps:g} requests/s to {version}, so that version gets no load-tester requests",
+                           version=version, rps=rps)
+            return DONE
+        await setter(tick.route, version, rps)
+        message = (f"load tester sends {rps:g} requests/s to {version}" if rps > 0
+                   else f"load tester stops sending requests to {version}")
+        tick.event("test_traffic", message, version=version, rps=rps)
+        return DONE
+
+    async def stop_test_traffic(self, tick: Tick, version: str) -> None:
+        """Stop the load tester's requests to `version`, when this deployment's plan sends any."""
+        setter = getattr(self.world.router, "set_test_traffic", None)
+        if setter is None or not any(s.get("kind") == "test_traffic" for s in tick.before.plan):
+            return
+        await setter(tick.route, version, 0.0)
 
     # ------------------------------------------------------------ webhook gates
 
@@ -409,8 +442,9 @@ class StepRunner:
         if asked_back is not None:
             return StepResult(done=False, failure=asked_back)
         policy: Policy = self.policy_for(tick.before.policy)
-        interval = self._look_interval(policy)
-        confirm = step.get("confirm")
+        own = step.get("interval")  # a model of another tool may look at its own pace in this step
+        interval = float(own) if own is not None and float(own) > 0 else self._look_interval(policy)
+        confirm = self._confirm_of(policy, step.get("confirm"))
         if confirm is not None and tick.status.analysis.confirming is not None:
             return await self._confirm(tick, policy, confirm, interval, step_passes=True)
         shortest = step.get("min_duration")  # set by a canary with adaptive: false
@@ -419,6 +453,12 @@ class StepRunner:
                                   policy_step=int(step.get("policy_step", 0)), promoted=False,
                                   min_duration=None if shortest is None else float(shortest))
         return await self._maybe_confirm(tick, confirm, result)
+
+    @staticmethod
+    def _confirm_of(policy: Policy, confirm: ConfirmSplit | None) -> ConfirmSplit | None:
+        """A step's confirmation split, for safeship's own policy only: a model of another tool
+        never has its failure second-guessed by safeship's split, whatever a stored plan says."""
+        return confirm if uses_safeship_mechanisms(policy) else None
 
     async def _maybe_confirm(self, tick: Tick, confirm: ConfirmSplit | None, result: StepResult) -> StepResult:
         """`result` of an analysis of the candidate alone, or the start of a confirmation split
@@ -542,7 +582,7 @@ class StepRunner:
             return StepResult(done=False, failure=asked_back)
         policy: Policy = self.policy_for(tick.before.policy)
         interval = float(step["interval"])
-        confirm = step.get("confirm")
+        confirm = self._confirm_of(policy, step.get("confirm"))
         if confirm is not None and tick.status.analysis.confirming is not None:
             return await self._confirm(tick, policy, confirm, min(interval, self._look_interval(policy)),
                                        step_passes=False)
@@ -607,8 +647,9 @@ class StepRunner:
             min_step_duration=(self.config.intelligent_deployment.strategies.canary.min_step_duration
                                if min_duration is None else min_duration),
             promoted=promoted,
-            history=progress.history,
-            history_span_s=progress.history_span_s,
+            # the record before the deployment is safeship's own control; other tools have none
+            history=progress.history if uses_safeship_mechanisms(policy) else None,
+            history_span_s=progress.history_span_s if uses_safeship_mechanisms(policy) else None,
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

@@ -8,17 +8,23 @@ idempotent: running it twice does no harm.
     wait_ready  {"version", "replicas", "timeout"}  until that many are ready; a crash or timeout fails
     weights     {"weights": {version: percent}}     sync ready backends and set traffic weights
     hold        {"max_wait"}                        queue new requests (recreate gap)
-    analyze     {"compare", "duration", "policy_step", "min_duration"?, "confirm"?}
+    analyze     {"compare", "duration", "policy_step", "min_duration"?, "confirm"?, "interval"?}
                                                     the policy judges until advance / pass / fail
+    test_traffic {"version", "rps"}                 a load tester sends `rps` requests/s to that
+                                                    version (0 stops it); users' weights unchanged
     promote     {}                                  the decision: the candidate takes all traffic
     pause       {"duration"}                        wait (blue-green keeps the old colour this long)
     monitor     {"duration", "interval", "confirm"?}  post-promotion window: a failure still rolls back
     gate        {"gate", "type"}                    ask the service's webhook gate of that name (with_gates)
+
+A plan is the strategy's own unless the deployment's analysis policy shapes it (`shaped`): the
+models of other tools run those tools' own rollouts (a blue/green analysis on load-tester traffic
+before the switch, say) with the same step kinds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
@@ -70,6 +76,19 @@ class AnalyzeStep(TypedDict):
     # a canary with adaptive: false sets it to `duration`
     min_duration: NotRequired[float]
     confirm: NotRequired[ConfirmSplit]  # only on analyses of the candidate alone (compare false)
+    # seconds between looks for this step (absent: the policy's own interval); a model of another
+    # tool whose analyses differ by phase (Argo's background run and its blue-green runs) sets it
+    interval: NotRequired[float]
+
+
+class TestTrafficStep(TypedDict):
+    """A load tester's synthetic requests to one version, beside the users' weighted traffic: what
+    Flagger's load-tester webhook and a blue/green preview test send to a version that takes no
+    user traffic yet. 0 stops it."""
+
+    kind: Literal["test_traffic"]
+    version: str
+    rps: float
 
 
 class PromoteStep(TypedDict):
@@ -99,7 +118,7 @@ class GateStep(TypedDict):
 
 
 Step = (ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
-        | GateStep)
+        | GateStep | TestTrafficStep)
 
 
 def steps_from_json(plan: Sequence[Mapping[str, Any]]) -> list[Step]:
@@ -113,6 +132,11 @@ def steps_to_json(plan: Sequence[Step]) -> list[dict[str, Any]]:
     return [dict(step) for step in plan]
 
 
+# A policy's own rollout for a strategy: (strategy name, what was asked, the strategy's own plan as
+# JSON steps) -> its plan as JSON steps, or None for the strategy's own (analysis.base.Policy.plan)
+PlanShape = Callable[[str, "PlanInput", Sequence[dict[str, Any]]], "list[dict[str, Any]] | None"]
+
+
 @dataclass(frozen=True)
 class PlanInput:
     service: str
@@ -122,6 +146,10 @@ class PlanInput:
     settings: IntelligentDeployment  # `rollback` is the deployment's own (request, service or default)
     policy_weights: Sequence[int]  # the analysis policy's canary weights, ending at 100
     readiness_timeout: float
+    # safeship's own confirmation split (`confirm` on analyses of the candidate alone); False for
+    # the models of other tools, which have no such thing
+    confirm: bool = True
+    shape: PlanShape | None = None  # the analysis policy's own rollout, when it models another tool
 
 
 class Strategy(Protocol):
@@ -176,9 +204,39 @@ def confirm_split(given: PlanInput) -> ConfirmSplit | None:
     """How a failure of the candidate alone is confirmed while the replaced version is still warm
     (`analysis.confirm_duration`; 0 or no replaced version: it is not)."""
     analysis = given.settings.analysis
-    if given.baseline is None or analysis.confirm_duration <= 0:
+    if given.baseline is None or analysis.confirm_duration <= 0 or not given.confirm:
         return None
     return {"baseline": given.baseline, "percent": analysis.confirm_percent, "duration": analysis.confirm_duration}
+
+
+def test_traffic(version: str, rps: float) -> TestTrafficStep:
+    return {"kind": "test_traffic", "version": version, "rps": float(rps)}
+
+
+def shaped(strategy: str, given: PlanInput, own: list[Step]) -> list[Step]:
+    """The plan a deployment runs under `strategy`: the policy's own rollout when it shapes one
+    (`given.shape`), else `own`. Without safeship's confirmation split (`given.confirm` False)
+    no step of it carries a `confirm`, whoever built it."""
+    plan = own
+    if given.shape is not None:
+        found = given.shape(strategy, given, steps_to_json(own))
+        if found is not None:
+            plan = steps_from_json(found)
+    if given.confirm:
+        return plan
+    return [_without_confirm(step) for step in plan]
+
+
+def _without_confirm(step: Step) -> Step:
+    if step["kind"] == "analyze" and "confirm" in step:
+        analysis: AnalyzeStep = {**step}
+        del analysis["confirm"]
+        return analysis
+    if step["kind"] == "monitor" and "confirm" in step:
+        window: MonitorStep = {**step}
+        del window["confirm"]
+        return window
+    return step
 
 
 def split(candidate: str, baseline: str | None, candidate_percent: int) -> dict[str, int]:

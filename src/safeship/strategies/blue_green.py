@@ -13,6 +13,7 @@ from safeship.strategies.base import (
     pause,
     promote,
     scale,
+    shaped,
     wait_ready,
     weights,
 )
@@ -22,6 +23,9 @@ class BlueGreenStrategy:
     name = "blue_green"
 
     def plan(self, given: PlanInput) -> list[Step]:
+        return shaped(self.name, given, self.own_plan(given))
+
+    def own_plan(self, given: PlanInput) -> list[Step]:
         blue_green = given.settings.strategies.blue_green
         timeout = blue_green.health_check_timeout
         confirm = confirm_split(given)

@@ -13,6 +13,7 @@ from safeship.strategies.base import (
     monitor,
     promote,
     scale,
+    shaped,
     split,
     wait_ready,
     weights,
@@ -23,6 +24,9 @@ class CanaryStrategy:
     name = "canary"
 
     def plan(self, given: PlanInput) -> list[Step]:
+        return shaped(self.name, given, self.own_plan(given))
+
+    def own_plan(self, given: PlanInput) -> list[Step]:
         canary = given.settings.strategies.canary
         if given.baseline is None:
             return first_deployment(given)

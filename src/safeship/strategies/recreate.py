@@ -3,13 +3,27 @@ the router for up to `max_wait` instead of failing."""
 
 from __future__ import annotations
 
-from safeship.strategies.base import PlanInput, Step, analyze, hold, monitor, promote, scale, wait_ready, weights
+from safeship.strategies.base import (
+    PlanInput,
+    Step,
+    analyze,
+    hold,
+    monitor,
+    promote,
+    scale,
+    shaped,
+    wait_ready,
+    weights,
+)
 
 
 class RecreateStrategy:
     name = "recreate"
 
     def plan(self, given: PlanInput) -> list[Step]:
+        return shaped(self.name, given, self.own_plan(given))
+
+    def own_plan(self, given: PlanInput) -> list[Step]:
         recreate = given.settings.strategies.recreate
         steps: list[Step] = []
         if given.baseline is not None:

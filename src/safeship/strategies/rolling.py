@@ -12,6 +12,7 @@ from safeship.strategies.base import (
     monitor,
     promote,
     scale,
+    shaped,
     wait_ready,
     weights,
 )
@@ -43,6 +44,9 @@ class RollingStrategy:
     name = "rolling"
 
     def plan(self, given: PlanInput) -> list[Step]:
+        return shaped(self.name, given, self.own_plan(given))
+
+    def own_plan(self, given: PlanInput) -> list[Step]:
         rolling = given.settings.strategies.rolling
         if given.baseline is None:
             return first_deployment(given)

@@ -123,6 +123,7 @@ class SafeshipSettings:
 
 class SafeshipPolicy:
     name = "safeship"
+    safeship_mechanisms = True  # the confirmation split and the record before the deployment (analysis.base)
 
     def __init__(self, settings: SafeshipSettings | None = None) -> None:
         self.settings = settings or SafeshipSettings()
