@@ -15,6 +15,7 @@ from a load tester aimed at it directly: `counters` (what metrics see) include i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -144,8 +145,8 @@ class SimRouter:
         whatever the users' weights are (0 stops it). They are not taken from the users' requests.
         While the version has no live backend they are not counted: that is the load tester's
         failure, not a user's."""
-        if not rps >= 0:
-            raise InputError(f"test traffic must be a rate of at least 0 requests/s, got {rps}")
+        if not (math.isfinite(rps) and rps >= 0):
+            raise InputError(f"test traffic must be a finite rate of at least 0 requests/s, got {rps}")
         state = self._catch_up(route)
         if rps > 0:
             state.test_rps[version] = float(rps)

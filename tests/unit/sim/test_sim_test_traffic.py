@@ -59,11 +59,12 @@ def test_zero_stops_it() -> None:
     run(go)
 
 
-def test_a_negative_rate_is_refused() -> None:
+@pytest.mark.parametrize("rps", [-1.0, float("nan"), float("inf")])
+def test_an_impossible_rate_is_refused(rps: float) -> None:
     async def go() -> None:
         bench = await Bench(scenario()).setup({"baseline": 100})
         with pytest.raises(InputError):
-            await bench.router.set_test_traffic(ROUTE, "candidate", -1)
+            await bench.router.set_test_traffic(ROUTE, "candidate", rps)
 
     run(go)
 
