@@ -121,7 +121,8 @@ def run_all(jobs: list[Any], workers: int) -> list[dict[str, Any]]:
     return results
 
 
-def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], count: int = 10) -> list[dict[str, Any]]:
+def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], folder: Path,
+          count: int = 10) -> list[dict[str, Any]]:
     """The releases safeship handled worst: must-catch misses, then false rollbacks, then
     should-catch misses, then the largest blast radius against the best peer."""
     from safeship.benchmark.stats import FLOOR, best_peer, per_scenario_means
@@ -140,7 +141,6 @@ def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], count: i
         scored.append((grade, ratio if r["label"] != "good" else 0.0, r))
     scored.sort(key=lambda x: (x[0], x[1]), reverse=True)
     out = []
-    folder = RESULTS / "worst"
     seen: set[str] = set()
     for grade, ratio, r in scored:
         if r["scenario"] in seen:
@@ -154,7 +154,7 @@ def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], count: i
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{r['scenario']}.yaml"
             target.write_text(yaml.safe_dump(release["spec"], sort_keys=False))
-            path = str(target.relative_to(ROOT))
+            path = str(target.relative_to(ROOT)) if target.is_relative_to(ROOT) else str(target)
         what = {3: "must-catch missed", 2: "false rollback", 1: "should-catch missed", 0: "blast radius"}[grade]
         out.append({"scenario": r["scenario"], "strategy": r["strategy"], "seed": r["seed"], "what": what,
                     "label": r["label"], "why_labelled": release["why"], "decision": r["decision"],
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {strategy}")
         print(table([r for r in rows if r.strategy == strategy]))
     by_name = {g["spec"]["name"]: g for g in given}
-    worst_rows = worst(runs, by_name)
+    worst_rows = worst(runs, by_name, Path(args.out).parent / "worst")
     print("\nworst releases for safeship:")
     for w in worst_rows:
         print(f"  {w['what']:<20} {w['scenario']:<40} {w['decision']:<8} {w['replay']}")
