@@ -42,6 +42,8 @@ from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, R
 from safeship.engine.steps import POLL_S, ROLLBACK_GATE_TRIGGER, StepRunner
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
 from safeship.platforms import runs_in_controller
+from safeship.platforms.base import InstanceState
+from safeship.routing.base import RouteKey
 from safeship.store import (
     DeploymentRecord,
     EventRecord,
@@ -83,6 +85,10 @@ class DeploymentEngine:
     ERRORS_BEFORE_ROLLBACK such ticks in a row. `cancel`, `approve` and `request_rollback` only
     record the change; the next tick acts on it.
     """
+
+    # False: every tick is built whole, also the ones that only watch a monitoring window's
+    # instances between its looks (see `_watching_wait`); tests compare the two.
+    shortcut_watching: bool = True
 
     def __init__(
         self,
@@ -444,7 +450,11 @@ class DeploymentEngine:
         phase = Phase(record.phase)
         if phase.is_final or phase is Phase.AWAITING_APPROVAL:
             return (math.inf if phase.is_final else POLL_S), record
-        tick = Tick(record, self.clock.now())
+        now = self.clock.now()
+        watching = self._watching_wait(record, now) if self.shortcut_watching else None
+        if watching is not None and await self._nothing_crashed(record):
+            return watching, record  # what the whole tick would have returned, having changed nothing
+        tick = Tick(record, now)
         if self.driver is not None and tick.status.driver != self.driver:
             tick.status.driver = self.driver
         wait = 0.0
@@ -473,6 +483,53 @@ class DeploymentEngine:
         if Phase(saved.phase).is_final:
             await self._post_rollout(saved)
         return wait, saved
+
+    def _watching_wait(self, record: DeploymentRecord, now: float) -> float | None:
+        """The wait a tick of `record` at `now` returns when all it does is watch, else None.
+
+        Between two looks at the traffic of a monitoring window, a tick (StepRunner.monitor, then
+        StepRunner._look) reads the traffic counters, checks the candidate's instances for a crash
+        and, finding none, changes nothing and asks to be ticked again in POLL_S, or at the next
+        look if that comes first. That holds while the plan's current step is a monitor step run
+        by the runner's own executor, its look marker is set, no confirmation split is under way,
+        no rollback gate is to be asked and this engine's mark is already recorded; building and
+        comparing the whole tick for it costs more than the watching itself, once a second for
+        every monitoring window (`step` watches without the tick: `_nothing_crashed`)."""
+        if record.phase != Phase.MONITORING.value:
+            return None
+        plan, index, status = record.plan, record.step_index, record.status
+        if not 0 <= index < len(plan) or plan[index].get("kind") != "monitor":
+            return None
+        if self.steps.executors.get("monitor") != self.steps.monitor:
+            return None
+        last_look = status.get("last_look")
+        if (status.get("look_marker") != f"{index}:{record.phase}" or status.get("confirming")
+                or not isinstance(last_look, int | float)):
+            return None
+        if self.driver is not None and DriverMark.from_json(status.get("driver")) != self.driver:
+            return None
+        service = self.config.services.get(record.service)
+        if service is not None and any(gate.type == "rollback" for gate in service.webhooks):
+            return None
+        interval = float(plan[index]["interval"])
+        since = now - float(last_look)
+        if not since < interval - 1e-9:
+            return None  # a look is due
+        return min(POLL_S, interval - since)
+
+    async def _nothing_crashed(self, record: DeploymentRecord) -> bool:
+        """A watching tick's reads (see `_watching_wait`) without the tick: the traffic counters,
+        read as the tick reads them first (a source that counts lazily, such as the simulated
+        router, generates its traffic up to now when read, so it must be read at the same
+        times), and the candidate's instances. True when none of them crashed; False when one
+        did or a read failed, and a whole tick then acts on it."""
+        try:
+            await self.world.traffic.counters(RouteKey(record.service, record.environment))
+            every = await self.world.platform.instances(record.service, record.environment)
+        except Exception:  # the whole tick reads again and deals with it
+            return False
+        live = [i for i in every if i.version == record.version and i.state is not InstanceState.STOPPED]
+        return StepRunner.crash_failure(live) is None
 
     async def _post_rollout(self, record: DeploymentRecord) -> None:
         """Tell the service's post-rollout gates that the deployment ended (asked once per end,

@@ -133,6 +133,7 @@ async def run_simulation(
     strategy: DeploymentStrategy | None = None,
     config: SafeshipConfig | None = None,
     horizon_after_promotion_s: float = 0.0,
+    store: Store | None = None,
 ) -> dict[str, Any]:
     """Run one deployment of the scenario's candidate to its end, then let the virtual clock run on
     to the horizon with the routing the deployment left: what the candidate serves after a
@@ -141,8 +142,9 @@ async def run_simulation(
     The horizon is the scenario's `duration_s` after the start; with `horizon_after_promotion_s`
     > 0 it is at least that long after a promotion, so that a wrongly promoted bad release is
     charged for what it serves for that long, however late it was promoted. `horizon_s` in the
-    result is the horizon used, in seconds from the start."""
-    sim = await build(scenario, policy_for=policy_for, seed=seed, config=config)
+    result is the horizon used, in seconds from the start. `store`: where the deployment is
+    recorded (default: a deferred in-memory store of its own, see `build`)."""
+    sim = await build(scenario, policy_for=policy_for, seed=seed, config=config, store=store)
     # Every count in the result is of the users' requests: a router that also carries synthetic
     # traffic (a load test) says which were the users' through `user_counters`.
     counts = getattr(sim.router, "user_counters", sim.router.counters)
