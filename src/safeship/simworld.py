@@ -228,6 +228,12 @@ class SimWorld:
         self.instances[instance.id] = instance
         return instance
 
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever an instance is added to or removed from `instances` (spawns count up
+        the ports; removals shrink the mapping), so a caller can keep what it derived from them."""
+        return self._next_port, len(self.instances)
+
     def _crash_after(self, version: str) -> float | None:
         return self.scenario.candidate.crash_after_s if version == self.candidate_version else None
 

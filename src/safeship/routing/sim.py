@@ -72,6 +72,8 @@ class _Route:
     held: int = 0  # requests queued during a hold, served when it is released
     unrouted: int = 0  # requests that found no backend at all (failed)
     last_t: float = 0.0
+    plan: _Plan | None = None  # kept until weights, backends, test traffic or the world's instances change
+    plan_generation: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -131,10 +133,12 @@ class SimRouter:
     async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         state = self._catch_up(route)
         state.backends[version] = list(backends)
+        state.plan = None
 
     async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
         state = self._catch_up(route)
         state.weights = {v: int(w) for v, w in weights.items() if w > 0}
+        state.plan = None
         self.weight_log.append((self.world.clock.now(), route, dict(state.weights)))
         if state.hold_until is not None and any(state.backends.get(v) for v in state.weights):
             state.hold_until = None
@@ -152,6 +156,7 @@ class SimRouter:
             state.test_rps[version] = float(rps)
         else:
             state.test_rps.pop(version, None)
+        state.plan = None
 
     async def hold(self, route: RouteKey, max_wait: float) -> None:
         state = self._catch_up(route)
@@ -182,18 +187,21 @@ class SimRouter:
 
     def _plan(self, state: _Route) -> _Plan:
         world = self.world
+        if state.plan is not None and state.plan_generation == world.generation:
+            return state.plan
         serving = {v: w for v, w in state.weights.items() if state.backends.get(v)}
         total = sum(serving.values())
         versions = set(serving) | set(state.test_rps)
         members = {v: [world.instances.get(b.instance_id) for b in state.backends.get(v, [])] for v in versions}
-        return _Plan(
+        state.plan, state.plan_generation = _Plan(
             serving=serving,
             probs=[w / total for w in serving.values()],
-            weight_percent=100.0 * serving.get(world.candidate_version, 0) / total if total else 0.0,
+            weight_percent=_weight_percent(serving, world.candidate_version),
             members=members,
             watched=[i for listed in members.values() for i in listed if i is not None],
             candidate=world.candidate_version in versions,
-        )
+        ), world.generation
+        return state.plan
 
     def _catch_up(self, key: RouteKey) -> _Route:
         state = self._route(key)
@@ -321,7 +329,8 @@ class SimRouter:
     def gauges(self, route: RouteKey) -> Mapping[str, Mapping[str, float]]:
         """Each version's custom metrics, averaged over its live instances."""
         state = self._route(route)
-        plan = self._plan(state)
+        weight_percent = _weight_percent({v: w for v, w in state.weights.items() if state.backends.get(v)},
+                                         self.world.candidate_version)
         now = self.world.clock.now()
         readings: dict[str, Mapping[str, float]] = {}
         for version, listed in state.backends.items():
@@ -330,8 +339,14 @@ class SimRouter:
             known = [self.world.instances.get(b.instance_id) for b in listed]
             present = [i for i in known if i is not None]
             up = [i.index for i in present if self.world.alive(i, now)] or [i.index for i in present]
-            readings[version] = self.world.gauges(version, weight_percent=plan.weight_percent, instances=up or None)
+            readings[version] = self.world.gauges(version, weight_percent=weight_percent, instances=up or None)
         return readings
+
+
+def _weight_percent(serving: Mapping[str, int], candidate: str) -> float:
+    """The candidate's routed share, in percent of the weight of the versions that have backends."""
+    total = sum(serving.values())
+    return 100.0 * serving.get(candidate, 0) / total if total else 0.0
 
 
 class SimTraffic:
