@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from safeship.routing.sim import MAX_SLICE_S, SLICE_S
 from safeship.simworld import SimInstance
 
 
-def straddled(slices: list[tuple[float, float]], edges: list[float]) -> list[tuple[float, float, float]]:
+def straddled(slices: list[tuple[float, float]], edges: Sequence[float]) -> list[tuple[float, float, float]]:
     """(t0, t1, edge) for every slice with an edge strictly inside it."""
     return [(t0, t1, e) for t0, t1 in slices for e in edges if t0 + 1e-6 < e < t1 - 1e-6]
 
