@@ -21,7 +21,7 @@ from safeship.analysis.base import (
 from safeship.analysis.policies import POLICIES, get_policy
 from safeship.analysis.policies.argo import ArgoPolicy, latency_bound
 from safeship.analysis.policies.flagger import FlaggerPolicy
-from safeship.analysis.policies.kayenta import POINT_SECONDS, KayentaPolicy, classify
+from safeship.analysis.policies.kayenta import POINT_SECONDS, KayentaPolicy, KayentaTunedPolicy, classify
 from safeship.analysis.policies.seed import SeedPolicy
 from safeship.config.models import (
     AnalysisConfig,
@@ -112,7 +112,8 @@ GOOD, BAD = traffic(100, 0), traffic(100, 10)  # 0% and 10% failed
 
 
 def test_get_policy_knows_every_registered_name() -> None:
-    assert set(POLICIES) == {"safeship", "seed", "flagger", "argo", "kayenta"}
+    assert set(POLICIES) == {"safeship", "seed", "flagger", "argo", "kayenta",
+                             "flagger-tuned", "argo-tuned", "kayenta-tuned"}
     for name in POLICIES:
         assert get_policy(name).name == name
 
@@ -250,10 +251,18 @@ def test_flagger_never_fails_after_promotion() -> None:
     assert all(d.evidence == {"promoted": True} for d in decisions)
 
 
-def test_flagger_single_version_phase_before_promotion_counts_failed_checks() -> None:
-    looks = [(look(BAD), context(60.0 * n, compare=False, duration=900.0)) for n in range(1, 11)]
+def test_flagger_single_version_phase_before_promotion_is_its_blue_green_analysis() -> None:
+    """Without a baseline beside the candidate the run is Flagger's blue/green analysis: the
+    documented threshold 2, and 10 passing iterations before it is done."""
+    looks = [(look(BAD), context(60.0 * n, compare=False, duration=900.0)) for n in range(1, 3)]
     decisions = run(FlaggerPolicy(), looks)
-    assert verdicts(decisions) == [W] * 9 + [F]
+    assert verdicts(decisions) == [W, F]
+    assert decisions[-1].evidence["threshold"] == 2
+    good = [(look(GOOD), context(60.0 * n, compare=False, duration=60.0)) for n in range(1, 11)]
+    assert verdicts(run(FlaggerPolicy(), good)) == [W] * 9 + [S]  # iterations, not the step's time
+    # a failed check halts the iteration count instead of advancing it
+    mixed = [(look(c), context(60.0 * n, compare=False)) for n, c in enumerate([BAD] + [GOOD] * 10, 1)]
+    assert verdicts(run(FlaggerPolicy(), mixed)) == [W] * 10 + [S]
 
 
 # ---------------------------------------------------------------- argo
@@ -262,7 +271,7 @@ def test_flagger_single_version_phase_before_promotion_counts_failed_checks() ->
 def test_argo_uses_the_configured_weights() -> None:
     assert ArgoPolicy().weights(CONFIGURED) == [5, 10, 25, 50, 75, 100]
     assert ArgoPolicy().weights([20, 40, 60, 80, 100]) == [20, 40, 60, 80, 100]
-    assert ArgoPolicy().interval(AnalysisConfig()) == 60.0
+    assert ArgoPolicy().interval(AnalysisConfig()) == 300.0  # the background run's interval: 5m
 
 
 @pytest.mark.parametrize(
@@ -290,6 +299,7 @@ def test_argo_failure_names_the_metric_and_limit() -> None:
         "value": pytest.approx(0.9),
         "failed": 4,
         "failure_limit": 3,
+        "run": "background",
     }
 
 
@@ -391,19 +401,28 @@ def test_kayenta_fails_a_slower_candidate() -> None:
     assert decisions[-1].evidence["metrics"]["latency-mean-ms"]["classification"] == "High"
 
 
-@pytest.mark.parametrize(
-    "canary",
-    [
-        BASELINE_POINTS,  # the very same points
-        [traffic(50, e) for e in (0, 0, 1, 0, 0, 0, 0, 0, 1, 0)],  # same rate, fewer requests
-    ],
-)
-def test_kayenta_passes_a_candidate_like_its_baseline(canary: list[TrafficCounters]) -> None:
-    decisions = run(KayentaPolicy(), minute_points(canary, BASELINE_POINTS, 900))
+def test_kayenta_passes_a_candidate_like_its_baseline() -> None:
+    decisions = run(KayentaPolicy(), minute_points(BASELINE_POINTS, BASELINE_POINTS, 900))
     judged = [(n, d) for n, d in enumerate(decisions) if "score" in d.evidence]
     assert [n for n, _ in judged] == [4, 9, 14]  # every 5 minutes, 3 judgements
     assert verdicts([d for _, d in judged]) == [W, W, A]
     assert all(d.evidence["score"] == 100.0 for _, d in judged)
+
+
+def test_kayenta_default_direction_either_fails_a_quiet_canary_with_fewer_errors() -> None:
+    """The judge's default direction is "either": a canary with the same error rate but so few
+    requests that most minutes show no failure at all reads as significantly lower, Low."""
+    quiet = [traffic(50, e) for e in (0, 0, 1, 0, 0, 0, 0, 0, 1, 0)]
+    decisions = run(KayentaPolicy(), minute_points(quiet, BASELINE_POINTS, 900))
+    assert decisions[-1].verdict is F
+    assert decisions[-1].evidence["metrics"]["error-rate"]["classification"] == "Low"
+
+
+def test_kayenta_tuned_judges_every_minute() -> None:
+    decisions = run(KayentaTunedPolicy(), minute_points(BASELINE_POINTS, BASELINE_POINTS, 900))
+    judged = [n for n, d in enumerate(decisions) if "score" in d.evidence]
+    assert judged == list(range(15))
+    assert decisions[-1].verdict is A
 
 
 def test_kayenta_without_canary_data_scores_zero() -> None:
@@ -425,10 +444,17 @@ def test_kayenta_has_nothing_to_judge_without_a_baseline() -> None:
         ([], [1.0], "Nodata"),
         ([1.0, None], [None], "Nodata"),  # NaN points are removed
         ([1.0 + i / 100 for i in range(20)], [3.0 + i / 100 for i in range(20)], "High"),
-        ([3.0 + i / 100 for i in range(20)], [1.0 + i / 100 for i in range(20)], "Pass"),  # lower
+        ([3.0 + i / 100 for i in range(20)], [1.0 + i / 100 for i in range(20)], "Low"),  # lower
     ],
 )
 def test_kayenta_classifies_a_metric(
     baseline: list[float | None], canary: list[float | None], expected: str
 ) -> None:
     assert classify(baseline, canary)["classification"] == expected
+
+
+def test_kayenta_direction_increase_lets_a_lower_canary_pass() -> None:
+    baseline, canary = [3.0 + i / 100 for i in range(20)], [1.0 + i / 100 for i in range(20)]
+    assert classify(baseline, canary, "increase")["classification"] == "Pass"
+    assert classify(canary, baseline, "decrease")["classification"] == "Pass"
+    assert classify(canary, baseline, "increase")["classification"] == "High"

@@ -1,14 +1,18 @@
 """The deployment policies, registered by name: safeship's own and models of other systems.
 
+Each model of another tool has two rows: its name runs the tool's documented defaults, and
+`<name>-tuned` the most aggressive settings its docs give (shortest interval, lowest failure
+threshold), so that no row of the comparison rests on a setting chosen for the tool to lose.
+
 An unknown name is an error that lists the known ones; nothing falls back to a default.
 """
 
 from __future__ import annotations
 
 from safeship.analysis.base import Policy
-from safeship.analysis.policies.argo import ArgoPolicy
-from safeship.analysis.policies.flagger import FlaggerPolicy
-from safeship.analysis.policies.kayenta import KayentaPolicy
+from safeship.analysis.policies.argo import ArgoPolicy, ArgoTunedPolicy
+from safeship.analysis.policies.flagger import FlaggerPolicy, FlaggerTunedPolicy
+from safeship.analysis.policies.kayenta import KayentaPolicy, KayentaTunedPolicy
 from safeship.analysis.policies.safeship import SafeshipPolicy
 from safeship.analysis.policies.seed import SeedPolicy
 from safeship.errors import InputError
@@ -19,6 +23,9 @@ POLICIES: dict[str, type[Policy]] = {
     "flagger": FlaggerPolicy,
     "argo": ArgoPolicy,
     "kayenta": KayentaPolicy,
+    "flagger-tuned": FlaggerTunedPolicy,
+    "argo-tuned": ArgoTunedPolicy,
+    "kayenta-tuned": KayentaTunedPolicy,
 }
 
 
@@ -32,4 +39,14 @@ def get_policy(name: str) -> Policy:
     return factory()
 
 
-__all__ = ["POLICIES", "ArgoPolicy", "FlaggerPolicy", "KayentaPolicy", "SeedPolicy", "get_policy"]
+__all__ = [
+    "POLICIES",
+    "ArgoPolicy",
+    "ArgoTunedPolicy",
+    "FlaggerPolicy",
+    "FlaggerTunedPolicy",
+    "KayentaPolicy",
+    "KayentaTunedPolicy",
+    "SeedPolicy",
+    "get_policy",
+]

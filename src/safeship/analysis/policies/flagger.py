@@ -1,4 +1,4 @@
-"""Flagger's canary analysis (Flagger v1.18.0 and later), with its documented defaults.
+"""Flagger's canary and blue/green analysis (Flagger v1.18.0 and later), with its documented defaults.
 
 Sources, checked against Flagger's main branch (v1.3x):
 
@@ -13,15 +13,19 @@ Sources, checked against Flagger's main branch (v1.3x):
   after a passing check at the last weight below 100 (``maxWeight`` is the last step weight,
   ``pkg/controller/scheduler.go`` ``maxWeight``/``nextStepWeight``).
 * Threshold: the code default is 1 (``GetAnalysisThreshold``, ``pkg/apis/flagger/v1beta1/
-  canary.go``), the documented spec above sets 10, tutorials use 5. The docs leave the choice
-  open, so this model takes 10, the one most favourable to Flagger: it takes ten failed checks
-  to roll back a good release, and a failed check already halts advancement, so a bad release
-  never gets more traffic while the count grows.
+  canary.go``: "returns the canary threshold (default 1)"), the documented Canary Release spec
+  above sets 10, tutorials use 5. The default row takes the documented spec's 10; the tuned row
+  (``flagger-tuned``) takes the code default 1, the lowest there is.
+* Interval: "schedule interval (default 60s)" (same page; ``GetAnalysisInterval`` in
+  ``canary.go``, which also refuses anything under 10 s). The default row checks every 60 s;
+  the tuned row every 30 s, the shortest interval Flagger's docs use
+  (``docs/gitbook/tutorials/kubernetes-blue-green.md``: ``interval: 30s``).
 * https://fluxcd.io/flagger/usage/metrics/ ("Builtin metrics"): ``request-success-rate`` with
   ``thresholdRange.min: 99`` (percent of non-5xx responses over the metric ``interval: 1m``)
   and ``request-duration`` with ``thresholdRange.max: 500`` (the P99, milliseconds). A custom
   metric (MetricTemplate) fails above its ``thresholdRange.max``; the seed's custom-metric
-  triggers become such metrics.
+  triggers become such metrics. A check reads the requests since the previous check (one
+  interval), not the metric's own 1m window.
 * ``pkg/controller/scheduler.go`` and ``scheduler_metrics.go``: the first metric out of range
   fails the run; ``FailedChecks`` only grows during a run (nothing but a new revision resets
   it), and the canary rolls back once ``FailedChecks >= threshold``. Flagger acts on the count
@@ -37,26 +41,68 @@ Sources, checked against Flagger's main branch (v1.3x):
   Flagger routes traffic to the primary and runs no more checks. So in safeship's
   post-promotion monitoring window this model judges nothing and passes when the window ends.
 
-Before promotion, single-version phases (``ctx.compare`` False: blue-green after the switch,
-recreate) run the same checks every interval, against the same failed-check count, until the
-phase's duration is over (Flagger's blue/green runs its checks for ``iterations`` intervals
-before promoting).
+Blue/green (``plan``), from the same deployment-strategies page ("Blue/Green Deployments") and
+the Kubernetes blue/green tutorial (``docs/gitbook/tutorials/kubernetes-blue-green.md``):
+
+* The spec replaces ``stepWeight``/``maxWeight`` with ``iterations: 10`` and ``threshold: 2``
+  ("max number of failed iterations before rollback") at ``interval: 1m``: "Flagger will run
+  conformance and load tests on the canary pods for ten minutes. If the metrics analysis
+  succeeds, live traffic will be switched from the old version to the new one". The rollout
+  steps: scale up the canary (green), run load tests and metric checks on the canary pods every
+  interval, abort when the failure threshold is reached, then route traffic to the canary and
+  promote. A failed check halts the iteration count ("Advance canary iteration 1/10" is logged
+  only for passing checks), so the switch comes after ``iterations`` passing checks.
+* The green pods take no user traffic during the analysis: the only requests they see are the
+  load tester's, the tutorial's webhook ``hey -z 1m -q 10 -c 2`` (10 requests/s from each of 2
+  workers, for one minute at every interval): 20 requests/s. This model sends that (the plan's
+  ``test_traffic`` step) while the analysis runs, stops it, switches all user traffic at once
+  and runs no analysis after the switch (promotion ends it, see above).
+* The tuned row runs the tutorial's ``interval: 30s`` with the code-default threshold 1 and the
+  same 10 iterations (five minutes, the tutorial's "analysis for five minutes").
+
+Recreate and rolling (Flagger has neither; its strategies are canary, A/B testing and
+blue/green): recreate leaves the new version alone with all user traffic, so this model runs
+Flagger's blue/green analysis there (``iterations`` passing checks, ``threshold`` failed ones,
+on the users' requests, the only traffic there is); a rolling update's batches are canary steps
+whose weights follow the instance counts, one passing check each.
 
 How the model knows it is past promotion: the engine says so in ``StepContext.promoted`` (True
 in the monitoring window after promotion).
 """
-
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from safeship.analysis.base import Decision, StepContext, ThresholdTrigger, TickSample, Verdict
+from safeship.analysis.base import (
+    Decision,
+    PlanRequest,
+    PlanStep,
+    StepContext,
+    ThresholdTrigger,
+    TickSample,
+    Verdict,
+)
+from safeship.analysis.policies import plans
 from safeship.config.models import AnalysisConfig, CustomMetricTrigger
 
+# analysis.interval, "schedule interval (default 60s)": usage/deployment-strategies.md (every spec
+# there writes 1m); GetAnalysisInterval, pkg/apis/flagger/v1beta1/canary.go
 INTERVAL_SECONDS = 60.0
+# analysis.threshold of the Canary Release spec, usage/deployment-strategies.md
 THRESHOLD = 10
+# analysis.iterations and analysis.threshold of the Blue/Green spec, usage/deployment-strategies.md
+BLUE_GREEN_ITERATIONS = 10
+BLUE_GREEN_THRESHOLD = 2
+# the load-test webhook of tutorials/kubernetes-blue-green.md, `hey -z 1m -q 10 -c 2`: 2 workers
+# at 10 requests/s each, restarted every interval
+LOAD_TEST_RPS = 20.0
+# flagger-tuned: `interval: 30s` of tutorials/kubernetes-blue-green.md, the shortest in the docs;
+# threshold 1, the code default (GetAnalysisThreshold, canary.go: "default 1")
+TUNED_INTERVAL_SECONDS = 30.0
+TUNED_THRESHOLD = 1
+# the builtin metrics' thresholdRange, usage/metrics.md
 MIN_SUCCESS_RATE_PERCENT = 99.0
 MAX_P99_MS = 500.0
 _EPSILON = 1e-6
@@ -69,16 +115,37 @@ def configured_weights(configured: Sequence[int]) -> list[int]:
 
 
 class FlaggerPolicy:
+    """Flagger with its documented analysis specs (see the module's sources)."""
+
     name = "flagger"
+    safeship_mechanisms = False
+    interval_s = INTERVAL_SECONDS
+    threshold = THRESHOLD  # failed checks that roll a canary (traffic-shifting) analysis back
+    blue_green_iterations = BLUE_GREEN_ITERATIONS  # passing checks before the blue/green switch
+    blue_green_threshold = BLUE_GREEN_THRESHOLD  # failed checks that abort a blue/green analysis
+    load_test_rps = LOAD_TEST_RPS
 
     def weights(self, configured: Sequence[int]) -> list[int]:
         return configured_weights(configured)
 
     def interval(self, analysis: AnalysisConfig) -> float:
-        return INTERVAL_SECONDS
+        return self.interval_s
+
+    def plan(self, strategy: str, given: PlanRequest, own: Sequence[PlanStep]) -> list[PlanStep] | None:
+        """Blue/green: the analysis on load-tester traffic before the switch, none after it.
+        Recreate: the blue/green analysis on the new version's users. Canary and rolling: the
+        strategy's own plan."""
+        if given.baseline is None:
+            return None
+        analysis_s = self.blue_green_iterations * self.interval_s
+        if strategy == "blue_green":
+            return plans.preview_blue_green(given, rps=self.load_test_rps, before_switch_s=analysis_s)
+        if strategy == "recreate":
+            return plans.with_analyses(own, duration=analysis_s)
+        return None
 
     def start(self) -> dict[str, Any]:
-        return {"failed_checks": 0}
+        return {"failed_checks": 0, "iterations": 0}
 
     def observe(
         self, state: dict[str, Any], sample: TickSample, ctx: StepContext
@@ -90,39 +157,62 @@ class FlaggerPolicy:
                 "promoted: Flagger runs no analysis after promotion",
                 {"promoted": True},
             )
+        # Without a baseline beside it (blue/green, recreate) the run is Flagger's blue/green
+        # analysis: its own threshold, and `iterations` passing checks before it is done.
+        single = not ctx.compare
+        threshold = self.blue_green_threshold if single else self.threshold
         failure, readings = _check(sample, ctx.triggers)
         failed_checks = int(state.get("failed_checks", 0)) + (failure is not None)
-        new_state: dict[str, Any] = {
-            "failed_checks": failed_checks,
-        }
+        iterations = int(state.get("iterations", 0)) + (single and failure is None)
+        new_state: dict[str, Any] = {"failed_checks": failed_checks, "iterations": iterations}
         evidence: dict[str, Any] = {
             **readings,
             "failed_checks": failed_checks,
-            "threshold": THRESHOLD,
+            "threshold": threshold,
             "weight": sample.candidate_weight,
         }
+        if single:
+            evidence["iterations"] = iterations
         if failure is not None:
             metric, message = failure
             evidence["trigger"] = metric
-            if failed_checks >= THRESHOLD:
+            if failed_checks >= threshold:
                 return new_state, Decision(
                     Verdict.FAILED,
-                    f"failed checks threshold reached ({failed_checks} of {THRESHOLD}); "
+                    f"failed checks threshold reached ({failed_checks} of {threshold}); "
                     f"last: {message}",
                     evidence,
                 )
             return new_state, Decision(
                 Verdict.INCONCLUSIVE,
-                f"halt advancement: {message} (failed check {failed_checks} of {THRESHOLD})",
+                f"halt advancement: {message} (failed check {failed_checks} of {threshold})",
                 evidence,
             )
         if ctx.compare:
             return new_state, Decision(
                 Verdict.ADVANCE, f"checks passed at {sample.candidate_weight}%: advance", evidence
             )
-        if ctx.time_in_step + _EPSILON >= ctx.step_duration:
-            return new_state, Decision(Verdict.SUCCESSFUL, "checks passed to the end", evidence)
-        return new_state, Decision(Verdict.INCONCLUSIVE, "checks passed; still watching", evidence)
+        if iterations >= self.blue_green_iterations:
+            return new_state, Decision(
+                Verdict.SUCCESSFUL,
+                f"checks passed: iteration {iterations} of {self.blue_green_iterations}, promote",
+                evidence,
+            )
+        return new_state, Decision(
+            Verdict.INCONCLUSIVE,
+            f"advance canary iteration {iterations} of {self.blue_green_iterations}",
+            evidence,
+        )
+
+
+class FlaggerTunedPolicy(FlaggerPolicy):
+    """Flagger at its most aggressive documented settings: checks every 30 s, and the first
+    failed check rolls back (canary and blue/green alike)."""
+
+    name = "flagger-tuned"
+    interval_s = TUNED_INTERVAL_SECONDS
+    threshold = TUNED_THRESHOLD
+    blue_green_threshold = TUNED_THRESHOLD
 
 
 def _check(

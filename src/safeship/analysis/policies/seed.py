@@ -49,6 +49,8 @@ _EPSILON = 1e-6
 
 class SeedPolicy:
     name = "seed"
+    # the seed has no confirmation split and no record before the deployment: those are safeship's
+    safeship_mechanisms = False
 
     def weights(self, configured: Sequence[int]) -> list[int]:
         return list(SEED_WEIGHTS)
