@@ -104,6 +104,8 @@ async def test_no_peer_gets_the_confirmation_split_or_the_record_before_the_depl
         assert not any("confirm" in step for step in run.record.plan), run.record.plan
         # once the candidate took all traffic, the only other split is a rollback's
         assert all(w in ({CANDIDATE: 100}, {BASELINE: 100}) for w in after_all_traffic(run.weights)), run.weights
+        if strategy is not DeploymentStrategy.CANARY:  # where 50% is no configured canary weight
+            assert {BASELINE: 50, CANDIDATE: 50} not in run.weights, run.weights
         assert Phase(run.record.phase).is_final
 
 

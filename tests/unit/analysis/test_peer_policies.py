@@ -19,8 +19,8 @@ from safeship.analysis.base import (
     Verdict,
 )
 from safeship.analysis.policies import POLICIES, get_policy
-from safeship.analysis.policies.argo import ArgoPolicy, latency_bound
-from safeship.analysis.policies.flagger import FlaggerPolicy
+from safeship.analysis.policies.argo import ArgoPolicy, ArgoTunedPolicy, latency_bound
+from safeship.analysis.policies.flagger import FlaggerPolicy, FlaggerTunedPolicy
 from safeship.analysis.policies.kayenta import POINT_SECONDS, KayentaPolicy, KayentaTunedPolicy, classify
 from safeship.analysis.policies.seed import SeedPolicy
 from safeship.config.models import (
@@ -353,6 +353,33 @@ def test_argo_stops_its_analysis_once_the_rollout_completes() -> None:
     compared = [(look(GOOD), context(60.0 * n, step=0)) for n in (1, 2)]
     window = [(look(BAD, dt=30.0), promoted(30.0 * n, duration=150.0)) for n in range(1, 6)]
     assert verdicts(run(ArgoPolicy(), compared + window)) == [W, A, W, W, W, W, S]
+
+
+# ---------------------------------------------------------------- tuned rows
+
+
+def test_flagger_tuned_checks_every_30_seconds_and_rolls_back_at_the_first_failed_check() -> None:
+    tuned = FlaggerTunedPolicy()
+    assert tuned.interval(AnalysisConfig()) == 30.0
+    assert verdicts(run(tuned, [(look(BAD, dt=30.0), context(30.0))])) == [F]
+    assert verdicts(run(tuned, [(look(BAD, dt=30.0), context(30.0, compare=False))])) == [F]
+
+
+def test_argo_tuned_measures_every_60_seconds_and_aborts_at_the_first_failed_measurement() -> None:
+    tuned = ArgoTunedPolicy()
+    assert tuned.interval(AnalysisConfig()) == 60.0
+    decision = run(tuned, [(look(BAD), context(60.0))])[-1]
+    assert decision.verdict is F and decision.evidence["failure_limit"] == 0
+
+
+def test_argo_counts_each_single_version_run_from_nothing() -> None:
+    """Blue-green's pre- and post-promotion runs are two AnalysisRuns: failures of the first do
+    not count in the second."""
+    pre = [(look(BAD), context(60.0 * n, compare=False, step=0, duration=300.0)) for n in (1, 2, 3)]
+    post = [(look(BAD), context(60.0 * n, compare=False, step=1, duration=300.0)) for n in (1, 2, 3, 4)]
+    decisions = run(ArgoPolicy(), pre + post)
+    assert verdicts(decisions) == [W, W, W, W, W, W, F]
+    assert decisions[-1].evidence["failed"] == 4 and decisions[-1].evidence["run"] == "run-1"
 
 
 # ---------------------------------------------------------------- kayenta
