@@ -1,6 +1,7 @@
 """Blue-green: start the whole new colour, switch all traffic at once, keep the old colour warm
 through the monitoring window and `scale_down_delay` after it, so that a rollback is an instant
-switch back and a failure of the new colour alone is confirmed side by side first."""
+switch back and (under safeship's own policy) a failure of the new colour alone is confirmed side
+by side first. A model of another tool plans that tool's own blue-green instead (`shaped`)."""
 
 from __future__ import annotations
 
