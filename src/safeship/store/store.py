@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from safeship.errors import NotFoundError, StaleStateError
@@ -255,6 +255,33 @@ def _is_private_memory(target: edge.Target) -> bool:
     return target.is_sqlite and target.sqlite_path is None and "uri" not in target.url.query
 
 
+_MEMORY_ENGINES: dict[int, Engine] = {}  # busy timeout (ms) -> the engine of _private_memory_connection
+
+
+def _private_memory_connection(busy_timeout_s: float) -> Connection:
+    """A connection to a new, empty in-memory database with the schema in place.
+
+    Every such database of the process is opened through one engine, whose connections are each
+    a database of their own (NullPool on `sqlite://`): SQLAlchemy compiles a statement once per
+    engine, and compiling every statement again for each simulation's store cost more than
+    running them."""
+    waited_ms = int(busy_timeout_s * 1000)
+    engine = _MEMORY_ENGINES.get(waited_ms)
+    if engine is None:
+        engine = create_engine("sqlite://", poolclass=NullPool, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas(waited_ms))
+        engine = _MEMORY_ENGINES.setdefault(waited_ms, engine)
+    conn = engine.connect()
+    try:
+        with conn.begin():
+            for statement in _schema_ddl(engine.dialect):
+                conn.exec_driver_sql(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
     """An engine on `url` with the schema in place. InputError (exit 2) for a URL that cannot be
     one, StoreError (exit 4) for a database that cannot be used; never a driver's own error."""
@@ -336,7 +363,37 @@ class Store:
         self._side_order: list[str] = []  # deployment ids, one per unwritten transition, in order
         self._versions: dict[str, int] = {}  # deployment id -> row_version, for rows this store wrote
         self._busy_timeout_s = edge.busy_timeout_s()
-        self.engine = open_engine(url, busy_timeout_s=self._busy_timeout_s)
+        # A private in-memory database is one connection, held for the store's life (see
+        # _private_memory_connection); any other is reached through an engine of its own.
+        self._connection: Connection | None = None
+        self._engine: Engine | None = None
+        if _is_private_memory(self._target):
+            with edge.at_edge(self._target, self._busy_timeout_s):
+                self._connection = _private_memory_connection(self._busy_timeout_s)
+        else:
+            self._engine = open_engine(url, busy_timeout_s=self._busy_timeout_s)
+
+    @property
+    def engine(self) -> Engine:
+        """A SQLAlchemy engine on this store's database. A private in-memory store's is made when
+        first asked for, over the store's own connection (the store itself does not use it)."""
+        if self._engine is None:
+            held = self._connection
+            assert held is not None
+            # the engine holds the store's connection, so the database lives as long as either
+            self._engine = create_engine("sqlite://", creator=lambda: held.connection.driver_connection,
+                                         poolclass=StaticPool)
+        return self._engine
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with edge.at_edge(self._target, self._busy_timeout_s):
+            if self._connection is None:
+                with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with self._connection.begin():
+                    yield self._connection
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -344,7 +401,7 @@ class Store:
         store first writes what it kept, so every statement sees every transition saved."""
         if self._side_order:
             self.flush()
-        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.begin() as conn:
+        with self._transaction() as conn:
             yield conn
 
     @contextmanager
@@ -352,13 +409,24 @@ class Store:
         """A connection for reading; a store that cannot be used raises StoreError (exit 4)."""
         if self._side_order:
             self.flush()
-        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.connect() as conn:
-            yield conn
+        with edge.at_edge(self._target, self._busy_timeout_s):
+            if self._connection is None:
+                with self.engine.connect() as conn:
+                    yield conn
+            else:
+                try:
+                    yield self._connection
+                finally:
+                    if self._connection.in_transaction():
+                        self._connection.rollback()  # a read began one; the next write begins its own
 
     def close(self) -> None:
         if self._side_order:
             self.flush()
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
+        if self._connection is not None:
+            self._connection.close()
 
     # ------------------------------------------------------------ deployments
 
@@ -469,7 +537,7 @@ class Store:
             return
         pending, order = self._pending, self._side_order
         taken = dict.fromkeys(pending, 0)
-        with edge.at_edge(self._target, self._busy_timeout_s), self.engine.begin() as conn:
+        with self._transaction() as conn:
             events: list[EventRecord] = []
             for deployment_id in order:
                 item = pending[deployment_id]
