@@ -149,8 +149,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -280,12 +281,13 @@ def _one_sample_step(n: float, x: float, p0: float, multipliers: Sequence[float]
 
 def _mean_bet_step(buckets: Sequence[int], mu0: float, bets: Sequence[float]) -> list[float]:
     table = _bet_table(mu0, tuple(bets))
+    if len(buckets) > len(table):
+        raise IndexError(f"a histogram of {len(buckets)} buckets, not {len(table)}")
     out = [0.0] * len(bets)
-    for index, count in enumerate(buckets):
+    # bucket by bucket, each bet's sum grows by count * row[k], in the same order as ever
+    for count, row in zip(buckets, table, strict=False):
         if count:
-            row = table[index]
-            for k in range(len(out)):
-                out[k] += count * row[k]
+            out = [o + count * r for o, r in zip(out, row, strict=True)]
     return out
 
 
@@ -390,19 +392,15 @@ def _advance(
             changed = True
     informative = any(step)
     floor = math.floor
-    updated = [
-        {
-            "j": run["j"],
-            "lw": run["lw"],
+    updated = []
+    for run in runs:
+        llr = run["llr"]
+        if informative:
             # Rounded down to 1e-6: a compact state; rounding down only ever lowers E_t, so the
             # Ville bound still holds. A tick without information leaves the lists as they were.
-            "llr": [floor((a + b) * 1e6) / 1e6 for a, b in zip(run["llr"], step, strict=True)]
-            if informative
-            else run["llr"],
-            "n": [a + b for a, b in zip(run["n"], counts, strict=True)],
-        }
-        for run in runs
-    ]
+            llr = [floor((a + b) * 1e6) / 1e6 for a, b in zip(llr, step, strict=True)]
+        n = [a + b for a, b in zip(run["n"], counts, strict=True)]
+        updated.append({"j": run["j"], "lw": run["lw"], "llr": llr, "n": n})
     log_e = _log_e_of(updated, phi) if informative or changed else float(state["log_e"])
     out: State = {"origin": origin, "runs": updated, "log_e": log_e}
     if phi != 1.0:
@@ -427,9 +425,19 @@ def _run_log_e(run: Mapping[str, Any], phi: float = 1.0) -> float:
 
 
 def _log_e_of(runs: Sequence[Mapping[str, Any]], phi: float = 1.0) -> float:
-    logs = [_run_log_e(run, phi) for run in runs]
+    # `_run_log_e` of each run, written out here (the same operations in the same order): this
+    # runs for every test at every look, and the calls cost as much as the arithmetic
+    exp, log = math.exp, math.log
+    logs = []
+    for run in runs:
+        llr = [float(v) / phi for v in run["llr"]] if phi != 1.0 else run["llr"]
+        top = float(max(llr))
+        total = 0.0
+        for value in llr:
+            total += exp(value - top)
+        logs.append(float(run["lw"]) + top + log(total / len(llr)))
     top = max(logs)
-    return top + math.log(sum(math.exp(v - top) for v in logs))
+    return top + log(sum([exp(v - top) for v in logs]))
 
 
 def log_e_value(state: Mapping[str, Any]) -> float:
@@ -597,10 +605,11 @@ def dispersion_factor(state: Mapping[str, Any], settings: Dispersion) -> float:
     """phi >= 1 from the counts of every version (pooled): failures seen so far, shrunk to the
     prior while they are few."""
     excess, failures = 0.0, 0.0
+    p_ref = _reference_rate(state)  # the same for every version: worked out once
     for c in state.values():
         if float(c["n"]) <= 0:
             continue
-        excess += _excess(c, _reference_rate(state), settings)
+        excess += _excess(c, p_ref, settings)
         failures += float(c["x"])
     prior = settings.prior_weight
     phi = (prior * settings.prior + failures + excess) / (prior + failures)
@@ -618,10 +627,57 @@ def _excess(c: Mapping[str, Any], p_ref: float, settings: Dispersion) -> float:
     w = settings.window
     # blocks before this index had their term settled when the window behind them filled
     first = max(0, len(c.get("ring", [])) - w)
-    open_terms = sum(
-        _term(blocks, i, w, settings.shrink, p_ref) for i in range(first, len(blocks))
-    )
+    open_terms = sum(_open_terms(blocks, first, w, settings.shrink, p_ref))
     return float(c.get("settled", 0.0)) + open_terms
+
+
+def _open_terms(
+    blocks: Sequence[tuple[float, float]], first: int, window: int, shrink: float, p_ref: float
+) -> list[float]:
+    """`_term(blocks, i, window, shrink, p_ref)` for every block i from `first` on, with each
+    side's counts taken as differences of running sums instead of summed block by block: at
+    every look this is done for a dozen or more blocks per version, each summing up to two
+    windows. Counts are whole numbers (requests, failures), whose sums a float holds exactly in
+    any order, so every term is exactly `_term`'s; other counts are left to `_term` itself."""
+    ns = [b[0] for b in blocks]
+    xs = [b[1] for b in blocks]
+    if not (all(map(float.is_integer, ns)) and all(map(float.is_integer, xs))):
+        return [_term(blocks, i, window, shrink, p_ref) for i in range(first, len(blocks))]
+    # running sums of n and x over all blocks, and over the blocks with fewer than 2 failures
+    # (the only ones a block with fewer than 2 failures is compared with), and how many those are
+    few = [x < 2 for x in xs]
+    all_n = [0.0, *accumulate(ns)]
+    all_x = [0.0, *accumulate(xs)]
+    few_n = [0.0, *accumulate(n if f else 0.0 for n, f in zip(ns, few, strict=True))]
+    few_x = [0.0, *accumulate(x if f else 0.0 for x, f in zip(xs, few, strict=True))]
+    few_k = [0, *accumulate(few)]
+    count = len(blocks)
+    pulled = shrink * p_ref
+    terms = []
+    for i in range(first, count):
+        n_i, x_i = ns[i], xs[i]
+        if few[i]:
+            sum_n, sum_x, present = few_n, few_x, few_k
+        else:
+            sum_n, sum_x, present = all_n, all_x, None
+        # the same sides as `_term`: [i - window, i - 1) on the left, [i + 2, i + window + 1) on the right
+        lo, hi = max(0, i - window), max(0, i - 1)
+        left = hi > lo and (present is None or present[hi] > present[lo])
+        r_lo, r_hi = i + 2, min(count, i + window + 1)
+        right = r_hi > r_lo and (present is None or present[r_hi] > present[r_lo])
+        if left:
+            rate = (sum_x[hi] - sum_x[lo] + pulled) / (sum_n[hi] - sum_n[lo] + shrink)
+            if right:
+                p_sq = rate * ((sum_x[r_hi] - sum_x[r_lo] + pulled) / (sum_n[r_hi] - sum_n[r_lo] + shrink))
+            else:
+                p_sq = rate * rate
+        elif right:
+            rate = (sum_x[r_hi] - sum_x[r_lo] + pulled) / (sum_n[r_hi] - sum_n[r_lo] + shrink)
+            p_sq = rate * rate
+        else:
+            p_sq = p_ref * p_ref
+        terms.append(x_i * (x_i - 1.0) - n_i * (n_i - 1.0) * p_sq)
+    return terms
 
 
 # ---------------------------------------------------------------- histograms and bounds
@@ -648,6 +704,32 @@ def threshold_bucket(baseline_buckets: Sequence[int], q: float, min_count: int =
         if seen >= rank:
             return index
     return len(baseline_buckets) - 1
+
+
+def threshold_buckets(
+    baseline_buckets: Sequence[int], qs: Iterable[float], min_count: int = 200
+) -> list[int | None]:
+    """`threshold_bucket` for each of `qs`, from one pass over the histogram (the policy asks
+    for two quantiles of the same histogram at every look)."""
+    wanted = list(qs)
+    total = sum(baseline_buckets)
+    if total < min_count:
+        return [None] * len(wanted)
+    last = len(baseline_buckets) - 1
+    found: list[int | None] = [last] * len(wanted)
+    if last < 0:
+        return found
+    # the ranks in increasing order, each found by going on from where the one before was
+    order = sorted(range(len(wanted)), key=lambda k: wanted[k] * total)
+    index, seen = -1, 0
+    for k in order:
+        rank = wanted[k] * total
+        while seen < rank and index < last:
+            index += 1
+            seen += baseline_buckets[index]
+        if seen >= rank:
+            found[k] = max(index, 0)
+    return found
 
 
 def rate_upper_bound(n: float, x: float, delta: float) -> float:

@@ -62,6 +62,7 @@ stay inconclusive, never fail, and the schedule advances on time.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,9 @@ class SafeshipPolicy:
 
     def __init__(self, settings: SafeshipSettings | None = None) -> None:
         self.settings = settings or SafeshipSettings()
+        # (alpha, trigger keys, gauge order) -> each test's share of alpha: the same at nearly
+        # every look, and worked out again at every one before
+        self._alpha_cache: dict[tuple[float, tuple[str, ...], tuple[str, ...]], dict[str, float]] = {}
 
     # ------------------------------------------------------------ Policy protocol
 
@@ -169,9 +173,10 @@ class SafeshipPolicy:
             new = self._fold_compare(new, sample, ctx)
         else:
             new = self._fold_single(new, sample, ctx)
-        new = self._fold_triggers(new, sample, ctx)
-        scores = self._scores(new, ctx)
-        failure = self._failure(new, scores, ctx)
+        keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
+        new = self._fold_triggers(new, sample, ctx, keys)
+        scores = self._scores(new, ctx, keys)
+        failure = self._failure(new, scores, ctx, keys)
         if failure is not None:
             return new, failure
         if ctx.compare:
@@ -194,15 +199,16 @@ class SafeshipPolicy:
             ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
         )  # fmt: skip
         taus = dict(st["taus"])
-        for name, q in QUANTILES.items():
-            tau = judge.threshold_bucket(st["base"]["h"], q, self.settings.latency_warmup)
+        found = judge.threshold_buckets(st["base"]["h"], QUANTILES.values(), self.settings.latency_warmup)
+        n_b, n_c = sum(b.latency_buckets), sum(c.latency_buckets)
+        for name, tau in zip(QUANTILES, found, strict=True):
             if tau is None:
                 continue
             taus[name] = tau
             tests[name] = judge.update_two_sample(
                 tests.get(name, judge.new_e_process()),
-                sum(b.latency_buckets), histogram.count_above(b.latency_buckets, tau),
-                sum(c.latency_buckets), histogram.count_above(c.latency_buckets, tau),
+                n_b, histogram.count_above(b.latency_buckets, tau),
+                n_c, histogram.count_above(c.latency_buckets, tau),
                 ctx.analysis.latency_tolerance, now=now, restarts=restarts,
             )  # fmt: skip
         tests, gauges = self._fold_gauge_comparisons(st, tests, sample, ctx)
@@ -217,7 +223,7 @@ class SafeshipPolicy:
             "base": {
                 "n": base["n"] + b.requests,
                 "x": base["x"] + b.failed,
-                "h": [u + v for u, v in zip(base["h"], b.latency_buckets, strict=True)],
+                "h": _added(base["h"], b.latency_buckets),
             },
             "cand": {"n": cand["n"] + c.requests, "x": cand["x"] + c.failed},
         }
@@ -312,12 +318,13 @@ class SafeshipPolicy:
             nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist, "source": source}
         return nulls
 
-    def _fold_triggers(self, st: State, sample: TickSample, ctx: StepContext) -> State:
+    def _fold_triggers(
+        self, st: State, sample: TickSample, ctx: StepContext, keys: Sequence[str]
+    ) -> State:
         tests = dict(st["tests"])
         gauges = st["gauges"]
         now, restarts, c = st["clock"], self.settings.restarts, sample.candidate
-        for trigger in ctx.triggers:
-            key = _trigger_key(trigger)
+        for trigger, key in zip(ctx.triggers, keys, strict=True):
             prior = tests.get(key, judge.new_e_process())
             if isinstance(trigger, ErrorRateThresholdTrigger):
                 if ctx.compare and _baseline_above(sample.baseline, trigger.threshold):
@@ -347,32 +354,46 @@ class SafeshipPolicy:
 
     # ------------------------------------------------------------ deciding
 
-    def _alphas(self, st: State, ctx: StepContext) -> dict[str, float]:
+    def _alphas(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
+        cache_key = (ctx.analysis.alpha, tuple(keys), tuple(st["gauges"]["order"]))
+        found = self._alpha_cache.get(cache_key)
+        if found is None:
+            if len(self._alpha_cache) >= 64:
+                self._alpha_cache.clear()
+            found = self._alpha_cache[cache_key] = self._split(st, ctx, keys)
+        return found
+
+    def _split(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
         parts = judge.split_alpha(ctx.analysis.alpha, SHARES)
         alphas = {
             "errors": parts["errors"],
             **{name: parts["latency"] / len(QUANTILES) for name in QUANTILES},
             **{name: parts["single"] / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS},
         }
-        triggers = [_trigger_key(t) for t in ctx.triggers]
+        triggers = list(keys)
         for key in triggers:
             alphas[key] = parts["triggers"] / len(triggers)
         for index, name in enumerate(st["gauges"]["order"]):
             alphas[f"metric:{name}"] = parts["metrics"] / 2 ** (index + 1)
         return alphas
 
-    def _scores(self, st: State, ctx: StepContext) -> dict[str, Score]:
+    def _scores(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, Score]:
         """(log e, alpha) of every test that has a share of alpha, computed once per look."""
-        alphas = self._alphas(st, ctx)
+        alphas = self._alphas(st, ctx, keys)
         return {
             name: Score(judge.log_e_value(test), alphas[name])
             for name, test in st["tests"].items()
             if name in alphas
         }
 
-    def _failure(self, st: State, scores: Mapping[str, Score], ctx: StepContext) -> Decision | None:
+    def _failure(
+        self, st: State, scores: Mapping[str, Score], ctx: StepContext, keys: Sequence[str]
+    ) -> Decision | None:
+        by_key: dict[str, ThresholdTrigger] = {}
+        for key, each in zip(keys, ctx.triggers, strict=True):
+            by_key.setdefault(key, each)  # the first trigger with the key, as _trigger_by_key finds
         for name, score in scores.items():
-            trigger = _trigger_by_key(ctx.triggers, name)
+            trigger = by_key.get(name)
             if isinstance(trigger, CustomMetricTrigger):
                 # The seed's "gauge above threshold for `duration`": the window's mean must exceed
                 # it, and either the sign test has crossed or every look of a window that covers
@@ -445,6 +466,13 @@ def _trigger_key(trigger: ThresholdTrigger) -> str:
     if isinstance(trigger, ResponseTimeThresholdTrigger):
         return f"trigger:response_time:{trigger.statistic}:{trigger.threshold:g}"
     return f"trigger:error_rate:{trigger.threshold:g}"
+
+
+def _added(histogram_a: Sequence[int], histogram_b: Sequence[int]) -> list[int]:
+    """Two histograms added bucket by bucket (of one length, as every histogram)."""
+    if len(histogram_a) != len(histogram_b):
+        raise ValueError(f"histograms of {len(histogram_a)} and {len(histogram_b)} buckets cannot be added")
+    return list(map(operator.add, histogram_a, histogram_b))
 
 
 def _baseline_above(baseline: TrafficCounters, threshold: float) -> bool:
