@@ -6,6 +6,7 @@ deployment as it was."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -70,8 +71,9 @@ class Tick:
     def __post_init__(self) -> None:
         self.status = DeploymentStatus.from_json(self.before.status)
         # The status as read, in the form result() writes, so that keys dropped on loading do not
-        # count as a change.
-        self._status_as_read = self.status.to_json()
+        # count as a change. A status that a tick's result() wrote is in that form already.
+        written = _written_status(self.before.status)
+        self._status_as_read = written if written is not None else self.status.to_json()
 
     @property
     def route(self) -> RouteKey:
@@ -91,4 +93,31 @@ class Tick:
         return bool(self.changes or self.events or self.status.to_json() != self._status_as_read)
 
     def result(self) -> DeploymentRecord:
-        return self.before.replace(**self.changes, status=self.status.to_json(), updated_at=self.now)
+        return self._result(self.status.to_json())
+
+    def outcome(self) -> DeploymentRecord | None:
+        """`result()` when the tick is `dirty`, else None: the status is written out once for both."""
+        status = self.status.to_json()
+        if not (self.changes or self.events or status != self._status_as_read):
+            return None
+        return self._result(status)
+
+    def _result(self, status: dict[str, Any]) -> DeploymentRecord:
+        _WRITTEN.append((id(status), status))
+        return self.before.replace(**self.changes, status=status, updated_at=self.now)
+
+
+# The statuses the latest results carry, by identity (each held, so that its id is not reused
+# while it is here). DeploymentStatus.to_json of DeploymentStatus.from_json of such a status is
+# equal to it, so the next tick of the record that carries it need not write it out again to know
+# its form as read. A driver that passes on the record a tick returned (a simulation) finds it
+# here; any other status is written out as before.
+_WRITTEN: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
+
+
+def _written_status(status: dict[str, Any]) -> dict[str, Any] | None:
+    key = id(status)
+    for known, kept in tuple(_WRITTEN):  # a snapshot: another thread's tick may append meanwhile
+        if known == key and kept is status:
+            return status
+    return None

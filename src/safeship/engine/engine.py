@@ -471,11 +471,12 @@ class DeploymentEngine:
             wait = await self._progress(tick)
         elif phase is Phase.ROLLING_BACK:
             wait = await self._roll_back(tick)
-        if not tick.dirty:
+        after = tick.outcome()
+        if after is None:
             return wait, record
         try:
             saved = self.store.save_transition(
-                record, tick.result(), tick.events, rollback=tick.rollback, stable=tick.stable,
+                record, after, tick.events, rollback=tick.rollback, stable=tick.stable,
                 retire=tick.retire,
             )
         except StaleStateError:
