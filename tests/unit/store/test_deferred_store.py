@@ -123,3 +123,22 @@ def test_a_new_in_memory_store_has_the_schema_create_all_makes() -> None:
         expected = conn.execute(query).all()
     with Store("sqlite://").engine.connect() as conn:
         assert conn.execute(query).all() == expected
+
+
+def test_events_are_written_as_the_sqlalchemy_insert_writes_them() -> None:
+    data: dict[str, Any] = {"e_values": {"errors": 1e-300, "p99": 12.5}, "nested": [1, 2.5, None, True, "naïve ✓"],
+                            "nan": float("nan"), "big": 10**20}
+    events = [EventRecord("deploy-a", 1.25, "look", "look at 5%: ✓ \u2028 line", data),
+              EventRecord("deploy-a", 2.0, "phase", "phase", {})]
+    store = Store("sqlite://")
+    store.add_events(events)
+    with store.engine.begin() as conn:  # the same events through SQLAlchemy's insert and JSON type
+        conn.execute(insert(schema.events), [
+            {k: v for k, v in _shallow(e).items() if k != "id"} | {"data": dict(e.data)} for e in events])
+    with store.engine.connect() as conn:
+        written = [tuple(r) for r in conn.execute(text("SELECT deployment_id, at, kind, message, data FROM events "
+                                                       "ORDER BY id"))]
+    assert written[:2] == written[2:]
+    read = store.events("deploy-a")
+    assert [(e.at, e.kind, e.message) for e in read[:2]] == [(e.at, e.kind, e.message) for e in events]
+    assert read[0].data["e_values"] == data["e_values"] and read[0].data["big"] == 10**20
