@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +146,40 @@ async def run_simulation(
     charged for what it serves for that long, however late it was promoted. `horizon_s` in the
     result is the horizon used, in seconds from the start. `store`: where the deployment is
     recorded (default: a deferred in-memory store of its own, see `build`)."""
+    with _collector_paused():
+        return await _run(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy,
+                          config=config, horizon_after_promotion_s=horizon_after_promotion_s, store=store)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while one simulation runs (as it was after).
+
+    A simulation allocates hundreds of thousands of short-lived containers (the policy's state at
+    every look, counters, events), and each of those allocations counts towards a collection
+    that walks the long-lived objects of the process again: about a sixth of a simulation's
+    time. Nothing a simulation keeps while it runs needs the collector (what it drops is freed by
+    reference counting); whatever cycles it leaves are collected after it, as before."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def _run(
+    scenario: Scenario,
+    *,
+    policy: str,
+    policy_for: Callable[[str], Policy],
+    seed: int | None,
+    strategy: DeploymentStrategy | None,
+    config: SafeshipConfig | None,
+    horizon_after_promotion_s: float,
+    store: Store | None,
+) -> dict[str, Any]:
     sim = await build(scenario, policy_for=policy_for, seed=seed, config=config, store=store)
     # Every count in the result is of the users' requests: a router that also carries synthetic
     # traffic (a load test) says which were the users' through `user_counters`.
