@@ -93,6 +93,11 @@ SINGLE_TESTS = ("single_errors", "single_p95", "single_p99")
 TRIGGER_SHARE_OF_SLOW = {"p95": 0.05, "p99": 0.01}  # "p95 above T" <=> more than 5% slower than T
 
 
+# (alpha, trigger keys, gauge order) -> each test's share of alpha (SafeshipPolicy._alphas): the
+# same at nearly every look, and the engine asks for a new policy object at every look
+_ALPHAS: dict[tuple[float, tuple[str, ...], tuple[str, ...]], dict[str, float]] = {}
+
+
 @dataclass(frozen=True)
 class Score:
     log_e: float
@@ -128,9 +133,6 @@ class SafeshipPolicy:
 
     def __init__(self, settings: SafeshipSettings | None = None) -> None:
         self.settings = settings or SafeshipSettings()
-        # (alpha, trigger keys, gauge order) -> each test's share of alpha: the same at nearly
-        # every look, and worked out again at every one before
-        self._alpha_cache: dict[tuple[float, tuple[str, ...], tuple[str, ...]], dict[str, float]] = {}
 
     # ------------------------------------------------------------ Policy protocol
 
@@ -356,12 +358,12 @@ class SafeshipPolicy:
 
     def _alphas(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
         cache_key = (ctx.analysis.alpha, tuple(keys), tuple(st["gauges"]["order"]))
-        found = self._alpha_cache.get(cache_key)
+        found = _ALPHAS.get(cache_key)
         if found is None:
-            if len(self._alpha_cache) >= 64:
-                self._alpha_cache.clear()
-            found = self._alpha_cache[cache_key] = self._split(st, ctx, keys)
-        return found
+            if len(_ALPHAS) >= 64:
+                _ALPHAS.clear()
+            found = _ALPHAS[cache_key] = self._split(st, ctx, keys)
+        return dict(found)  # a copy: the cached one is shared by every look of every policy
 
     def _split(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
         parts = judge.split_alpha(ctx.analysis.alpha, SHARES)
