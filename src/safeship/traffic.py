@@ -9,8 +9,9 @@ the analysis and the engine read it, the routers implement it, and it imports ne
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -65,7 +66,7 @@ class TrafficCounters:
             errors=self.errors - earlier.errors,
             connect_failures=self.connect_failures - earlier.connect_failures,
             latency_sum_ms=self.latency_sum_ms - earlier.latency_sum_ms,
-            latency_buckets=[a - b for a, b in zip(self.latency_buckets, earlier.latency_buckets, strict=True)],
+            latency_buckets=_bucketwise(operator.sub, self.latency_buckets, earlier.latency_buckets),
         )
 
     def plus(self, other: TrafficCounters) -> TrafficCounters:
@@ -74,7 +75,7 @@ class TrafficCounters:
             errors=self.errors + other.errors,
             connect_failures=self.connect_failures + other.connect_failures,
             latency_sum_ms=self.latency_sum_ms + other.latency_sum_ms,
-            latency_buckets=[a + b for a, b in zip(self.latency_buckets, other.latency_buckets, strict=True)],
+            latency_buckets=_bucketwise(operator.add, self.latency_buckets, other.latency_buckets),
         )
 
     def quantile_ms(self, q: float) -> float:
@@ -108,6 +109,14 @@ class TrafficCounters:
             latency_buckets=list(buckets) if isinstance(buckets, list) else histogram.empty(),
         )
 
+
+
+def _bucketwise(op: Callable[[int, int], int], a: list[int], b: list[int]) -> list[int]:
+    """`op` of two histograms bucket by bucket (map runs it in C: counters are copied and
+    differenced at every look and every read of a simulated router)."""
+    if len(a) != len(b):
+        raise ValueError(f"histograms of {len(a)} and {len(b)} buckets do not match")
+    return list(map(op, a, b))
 
 
 @dataclass(frozen=True)
