@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -41,6 +42,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HORIZON_AFTER_PROMOTION_S = 3600.0
 INCIDENT_AFTERMATH_S = 60.0  # a decision this soon after a shared incident still counts as in it
+
+
+SIMULATION_LIMIT_S = 60  # a simulation that runs longer is stopped and counted as undecided (timed out)
+
+
+class SimulationTooLong(Exception):
+    pass
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise SimulationTooLong
 
 
 def _policies() -> list[str]:
@@ -59,7 +71,18 @@ def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]]]) -> dict[s
     extra: dict[str, Any] = {}
     if "horizon_after_promotion_s" in inspect.signature(simulate).parameters:
         extra["horizon_after_promotion_s"] = HORIZON_AFTER_PROMOTION_S
-    result = simulate(scenario, policy=policy, policy_for=get_policy, seed=seed, **extra)
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(SIMULATION_LIMIT_S)
+    try:
+        result = simulate(scenario, policy=policy, policy_for=get_policy, seed=seed, **extra)
+    except SimulationTooLong:
+        return {"policy": policy, "strategy": scenario.strategy.value, "scenario": scenario.name, "seed": seed,
+                "label": label, "expected": scenario.expect, "decision": "none", "time_to_decision_s": None,
+                "promoted_at_s": None, "candidate_requests": 0, "candidate_failed_requests_horizon": 0,
+                "max_candidate_weight": 0, "rollback_kind": None, "in_incident": False, "timed_out": True,
+                "reason": f"the simulation ran past {SIMULATION_LIMIT_S}s and was stopped"}
+    finally:
+        signal.alarm(0)
     decided = result["time_to_decision_s"]
     return {
         "policy": policy, "strategy": result["strategy"], "scenario": scenario.name, "seed": seed,
@@ -70,7 +93,7 @@ def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]]]) -> dict[s
         "max_candidate_weight": result["max_candidate_weight"],
         "rollback_kind": result.get("rollback_kind"),
         "in_incident": any(a <= decided <= b + INCIDENT_AFTERMATH_S for a, b in incidents),
-        "reason": result["reason"][:300],
+        "reason": result["reason"][:300], "timed_out": False,
     }
 
 
@@ -270,12 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - started
     rows = make_rows(runs)
     blast_errors(rows, runs)
+    timed_out = [r for r in runs if r.get("timed_out")]
+    for r in timed_out:
+        print(f"timed out: {r['policy']} on {r['scenario']} seed {r['seed']}", file=sys.stderr)
     labels = defaultdict(int)
     for g in given:
         labels[g["label"]] += 1
     meta = {"simulations": len(jobs), "elapsed_s": round(elapsed, 1), "workers": args.workers,
             "releases": len(given), "labels": ", ".join(f"{n} {k}" for k, n in sorted(labels.items())),
-            "generate": args.generate, "gen_seed": args.gen_seed, "seeds": args.seeds, "policies": policies}
+            "timed_out": len(timed_out), "generate": args.generate, "gen_seed": args.gen_seed,
+            "seeds": args.seeds, "policies": policies}
     for strategy in sorted({r.strategy for r in rows}):
         print(f"\n== {strategy}")
         print(table([r for r in rows if r.strategy == strategy]))
