@@ -165,3 +165,43 @@ def plan_shaper(policy: object) -> PlanShaper | None:
     """The policy's `plan` member when it has one, else None (the strategies plan alone)."""
     found = getattr(policy, "plan", None)
     return found if callable(found) else None
+
+
+# ---------------------------------------------------------------- settling a side-by-side split
+
+
+@dataclass(frozen=True)
+class SplitEvidence:
+    """What a side-by-side split showed after an alarm on the candidate alone, for the policy
+    that raised the alarm to settle (`settle_split`). Counts are deltas."""
+
+    alarm: Mapping[str, Any]  # the alarm's evidence (its test, e-value, bound, counts)
+    reason: str  # the alarm's sentence
+    baseline_version: str  # the replaced version serving beside the candidate
+    candidate: TrafficCounters  # since the split began
+    baseline: TrafficCounters  # since the split began
+    recent_baseline: TrafficCounters  # since the split was last settled (the whole split at first)
+    history: TrafficCounters | None  # the replaced version's record before the deployment
+    seconds: float  # since the split began
+    incident_since: float | None  # seconds into the split when an incident was first shown
+
+
+class SplitKind(str, enum.Enum):
+    ROLLBACK = "rollback"  # the alarm stands
+    INCIDENT = "incident"  # the replaced version is raised as well: hold the split and watch
+    RESUME = "resume"  # the incident passed: the candidate takes its traffic again
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    kind: SplitKind
+    sentence: str
+    ledger: dict[str, Any] | None = None  # RESUME: the policy state to go on with
+
+
+def split_settler(policy: object) -> Callable[[dict[str, Any], SplitEvidence], SplitOutcome] | None:
+    """The policy's optional ``settle_split(ledger, evidence) -> SplitOutcome``: how an alarm
+    raised on the candidate alone is settled after a side-by-side split (``ledger`` is the policy
+    state at the alarm). A policy without it lets every alarm stand."""
+    found = getattr(policy, "settle_split", None)
+    return found if callable(found) else None

@@ -762,3 +762,14 @@ def window_mean_exceeds(
     if looks[-1][0] - looks[0][0] < duration * (1.0 - 1.0 / len(looks)):
         return False
     return sum(v for _, v in looks) / len(looks) > threshold
+
+
+def z_above(x1: float, n1: int, x2: float, n2: int) -> float:
+    """How far the share x1/n1 lies above x2/n2, in standard errors of their pooled share (a
+    two-proportion z statistic, half a request added to each count); 0 when either is empty."""
+    if n1 <= 0 or n2 <= 0:
+        return 0.0
+    p1, p2 = (x1 + 0.5) / (n1 + 1), (x2 + 0.5) / (n2 + 1)
+    pooled = (x1 + x2 + 1) / (n1 + n2 + 2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (p1 - p2) / spread if spread > 0 else 0.0

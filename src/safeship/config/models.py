@@ -238,6 +238,11 @@ class AnalysisConfig(Model):
     # back. 0 turns it off.
     confirm_duration: Duration = Field(default=60.0, le=3600)
     confirm_percent: Int = Field(default=50, ge=1, le=99)
+    # A look that expects candidate requests (its weight is above 0 and the traffic beside it, or
+    # the replaced version's record, says about 10 should have come) and sees none is blind.
+    # hold (Argo's "inconclusive"): the step waits, never advances or promotes, until data comes
+    # back; rollback: a blind candidate is rolled back.
+    on_no_data: Literal["hold", "rollback"] = "hold"
 
 
 class RollbackConfiguration(Model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from safeship.engine.process_mark import DriverMark
 from safeship.routing.base import TrafficCounters
@@ -63,6 +63,12 @@ class Confirming(TypedDict):
     trigger: str
     start: dict[str, dict[str, Any]]  # cumulative counters per version when the split began (to_json)
     looks: list[list[int]]  # per look of the split: [candidate requests, failed, baseline requests, failed]
+    ledger: NotRequired[dict[str, Any] | None]  # the policy state at the alarm, settled at the split's end
+    alarm: NotRequired[dict[str, Any]]  # the alarm's evidence
+    incident_since: NotRequired[float | None]  # seconds into the split when an incident was shown
+    settled_at: NotRequired[float | None]  # when the split was last settled
+    recent: NotRequired[dict[str, dict[str, Any]]]  # cumulative counters at the last settling (to_json)
+    incident: NotRequired[str]  # the incident's sentence while the split holds
 
 
 @dataclass
@@ -284,9 +290,17 @@ class DeploymentStatus:
 def _confirming(data: Mapping[str, Any] | None) -> Confirming | None:
     if not data:
         return None
-    return {"since": float(data["since"]), "reason": str(data.get("reason", "")),
-            "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {}),
-            "looks": [[int(v) for v in look] for look in data.get("looks") or []]}
+    found: Confirming = {
+        "since": float(data["since"]), "reason": str(data.get("reason", "")),
+        "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {}),
+        "looks": [[int(v) for v in look] for look in data.get("looks") or []],
+        "ledger": data.get("ledger"), "alarm": dict(data.get("alarm") or {}),
+        "incident_since": _number(data.get("incident_since")), "settled_at": _number(data.get("settled_at")),
+        "recent": dict(data.get("recent") or {}),
+    }
+    if data.get("incident"):
+        found["incident"] = str(data["incident"])
+    return found
 
 
 def _weights(data: Mapping[str, Any] | None) -> Weights | None:

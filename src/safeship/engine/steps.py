@@ -9,8 +9,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from safeship import histogram
-from safeship.analysis.base import Decision, Policy, StepContext, TickSample, Verdict, uses_safeship_mechanisms
+from safeship.analysis.base import (
+    Decision,
+    Policy,
+    SplitEvidence,
+    SplitKind,
+    SplitOutcome,
+    StepContext,
+    TickSample,
+    Verdict,
+    split_settler,
+    uses_safeship_mechanisms,
+)
 from safeship.config.models import (
     DeploymentRequest,
     HealthCheckFailureTrigger,
@@ -44,11 +54,8 @@ from safeship.strategies.base import (
 )
 
 POLL_S = 1.0  # how often waiting steps look again
-# A confirmation split whose candidate requests, at the baseline's failure rate (and at the 1% of
-# requests slower than its p99), would have shown this many events gave the sequential comparison
-# enough to decide; below it the split's own counts are read (see StepRunner._split_verdict).
-SPLIT_POWER = 10.0
-SPLIT_WORSE_Z = 1.5
+# A split that showed an incident is settled again this often, on what its recent seconds show.
+SETTLE_EVERY_S = 30.0
 # The trigger of a failure a rollback gate asked for: the engine rolls back as a person's
 # rollback would, whatever `auto_rollback` says.
 ROLLBACK_GATE_TRIGGER = "webhook_rollback"
@@ -461,118 +468,102 @@ class StepRunner:
         return confirm if uses_safeship_mechanisms(policy) else None
 
     async def _maybe_confirm(self, tick: Tick, confirm: ConfirmSplit | None, result: StepResult) -> StepResult:
-        """`result` of an analysis of the candidate alone, or the start of a confirmation split
-        when it failed and the step has `confirm`."""
+        """`result` of an analysis of the candidate alone, or the start of a side-by-side split
+        when it failed and the step has `confirm`. The alarm's ledger (the policy state) is kept
+        with the split: the split can confirm the alarm sooner, or show that its cause is shared,
+        never clear it for lack of proof."""
         failure = result.failure
         progress = tick.status.analysis
-        # Only the policy's verdict is second-guessed: not what an instance itself shows (a crash,
-        # a readiness timeout) nor a spent measurement-error budget.
+        # Only the policy's verdict is looked at again: not what an instance itself shows (a
+        # crash, a readiness timeout) nor a spent measurement-error budget.
         if (confirm is None or failure is None or failure.trigger == "health_check_failure"
                 or progress.errors_in_a_row > 0):
             return result
         start = await self.world.traffic.counters(tick.route)
         progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger,
-                               "start": {v: c.to_json() for v, c in start.items()}, "looks": []}
-        progress.policy_state = None  # the side-by-side comparison starts from nothing
+                               "start": {v: c.to_json() for v, c in start.items()}, "looks": [],
+                               "ledger": progress.policy_state, "alarm": dict(failure.evidence),
+                               "incident_since": None, "settled_at": None,
+                               "recent": {v: c.to_json() for v, c in start.items()}}
+        progress.policy_state = None  # the side-by-side comparison is a test of its own
         candidate, percent = tick.before.version, int(confirm["percent"])
-        tick.event("confirming", f"{failure.reason}; checking it side by side: traffic {candidate}={percent}%, "
-                   f"{confirm['baseline']}={100 - percent}% for up to {float(confirm['duration']):.0f}s",
-                   trigger=failure.trigger)
+        tick.event("confirming", f"{failure.reason}; checking {confirm['baseline']} beside it: traffic "
+                   f"{candidate}={percent}%, {confirm['baseline']}={100 - percent}% for "
+                   f"{float(confirm['duration']):.0f}s", trigger=failure.trigger)
         await self.set_weights(tick, {"kind": "weights",
                                       "weights": {confirm["baseline"]: 100 - percent, candidate: percent}})
         return StepResult(done=False, wait=0.0)
 
     async def _confirm(self, tick: Tick, policy: Policy, confirm: ConfirmSplit, interval: float, *,
                        step_passes: bool) -> StepResult:
-        """One look of a confirmation split: the candidate against the baseline serving beside it.
-        When the candidate is cleared it takes all traffic again, and the step passes
-        (`step_passes`) or goes on judging it alone from a fresh start (a monitoring window)."""
+        """One look of a side-by-side split. The comparison with the replaced version serving
+        beside the candidate may confirm the alarm at any look; once `duration` has run, the
+        policy settles the alarm (`settle_split`): it stands (roll back), or the replaced version
+        is raised too (an incident: hold the split, settling again every SETTLE_EVERY_S), or the
+        incident has passed (the candidate takes its traffic again and the analysis resumes with
+        the ledger the policy hands back)."""
         progress = tick.status.analysis
         confirming = progress.confirming
         assert confirming is not None
         duration = float(confirm["duration"])
-        # The whole split is judged: the candidate is cleared only when `duration` has run out
-        # without the comparison failing, never on early evidence that it is no worse.
         result = await self._look(tick, policy, interval=interval, duration=duration, compare=True, policy_step=0,
-                                  promoted=False, min_duration=duration, since=confirming["since"], marker="confirm")
-        sample = progress.last_sample
-        if progress.last_look == tick.now and sample is not None:
-            confirming["looks"].append([sample["candidate"]["requests"], sample["candidate"]["failed"],
-                                        sample["baseline"]["requests"], sample["baseline"]["failed"]])
+                                  promoted=False, min_duration=math.inf, since=confirming["since"],
+                                  marker="confirm")
         if result.failure is not None:
             failure = result.failure
             evidence = {**failure.evidence, "confirmed_by_split": True, "first_failure": confirming["reason"]}
             return StepResult(done=False, failure=Failure(failure.trigger, f"{failure.reason} (side by side with "
                                                           f"{confirm['baseline']}, after: {confirming['reason']})",
                                                           evidence))
-        if tick.now - confirming["since"] >= duration:
-            candidate = tick.before.version
-            verdict = await self._split_verdict(tick, confirm)
-            if verdict is not None:
-                return StepResult(done=False, failure=Failure(
-                    confirming["trigger"], f"{confirming['reason']}; side by side with {confirm['baseline']} for "
-                    f"{duration:.0f}s: {verdict}", {"confirmed_by_split": True, "split": verdict}))
-            tick.event("confirm_cleared", f"side by side, {candidate} is no worse than {confirm['baseline']}: "
-                       f"the earlier failure ({confirming['reason']}) came from the moment, not the release; "
-                       f"{candidate} takes all traffic again")
-            progress.confirming = None
-            progress.policy_state = None
-            await self.set_weights(tick, {"kind": "weights", "weights": {candidate: 100}})
-            return DONE if step_passes else StepResult(done=False, wait=0.0)
-        return result
+        settled = confirming.get("settled_at")
+        due = confirming["since"] + duration if settled is None else float(settled) + SETTLE_EVERY_S
+        if tick.now < due:
+            return StepResult(done=False, wait=min(interval, due - tick.now))
+        outcome = await self._settle(tick, policy, confirm)
+        if outcome.kind is SplitKind.ROLLBACK:
+            return StepResult(done=False, failure=Failure(
+                confirming["trigger"], outcome.sentence,
+                {**confirming.get("alarm", {}), "confirmed_by_split": True}))
+        if outcome.kind is SplitKind.INCIDENT:
+            if confirming.get("incident_since") is None:
+                confirming["incident_since"] = tick.now - confirming["since"]
+                tick.event("incident", outcome.sentence, version=confirm["baseline"])
+            confirming["incident"] = outcome.sentence  # what the status shows while the split holds
+            return StepResult(done=False, wait=min(interval, SETTLE_EVERY_S))
+        candidate = tick.before.version
+        tick.event("confirm_cleared", outcome.sentence)
+        progress.confirming = None
+        progress.policy_state = outcome.ledger
+        progress.marker = None  # the next look starts its counts afresh, after the split
+        await self.set_weights(tick, {"kind": "weights", "weights": {candidate: 100}})
+        return StepResult(done=False, wait=0.0)
 
-    async def _split_verdict(self, tick: Tick, confirm: ConfirmSplit) -> str | None:
-        """At the end of a split that did not fail the sequential comparison: why the first failure
-        still stands, or None to clear the candidate.
-
-        The sequential comparison decides when the split gave it the requests to: where the
-        candidate's requests at the baseline's rates would have shown at least SPLIT_POWER
-        failures and as many slow requests, its silence clears the candidate. A quiet service's
-        split may lack them. The split exists to tell an incident, which raises every version,
-        from a worse release, which raises only the candidate; so there the candidate is cleared
-        when the baseline itself is clearly raised over its record from before the deployment
-        (z > 3: an incident under way), or when the candidate is not clearly worse than the
-        baseline over the same seconds (z <= 1.5 on the failure share and on the share of
-        requests slower than the baseline's p99). Otherwise the first failure stands."""
+    async def _settle(self, tick: Tick, policy: Policy, confirm: ConfirmSplit) -> SplitOutcome:
+        """Ask the policy to settle the split's alarm on what the split showed so far."""
         progress = tick.status.analysis
         confirming = progress.confirming
         assert confirming is not None
         now = await self.world.traffic.counters(tick.route)
 
-        def since_start(version: str) -> TrafficCounters:
-            start = confirming["start"].get(version)
+        def since(marks: Mapping[str, Any], version: str) -> TrafficCounters:
+            mark = marks.get(version)
             current = now.get(version, TrafficCounters())
-            return current.minus(TrafficCounters.from_json(start)) if start else current
+            return current.minus(TrafficCounters.from_json(mark)) if mark else current
 
-        cand, base = since_start(tick.before.version), since_start(confirm["baseline"])
-        history = progress.history
-        # the baseline's rate: over the split, or over its record when that is higher (a split of
-        # bursty failures may catch none of the baseline's runs)
-        base_rate = max((base.failed + 0.5) / (base.requests + 1),
-                        history.failed / history.requests if history is not None and history.requests else 0.0)
-        if cand.requests * min(base_rate, 0.01) >= SPLIT_POWER:
-            return None  # the comparison had the requests to decide, and did not fail
-        if history is not None and history.requests and base.requests:
-            tau = histogram.bucket_of(history.quantile_ms(0.99))
-            raised_errors = _z_above(base.failed, base.requests, history.failed, history.requests)
-            raised_latency = _z_above(histogram.count_above(base.latency_buckets, tau), base.requests,
-                                      histogram.count_above(history.latency_buckets, tau), history.requests)
-            if max(raised_errors, raised_latency) > 3.0:
-                return None  # the baseline suffers too: an incident, not the release
-        # failures that come in runs vary more from look to look than independent ones: the z
-        # statistics are divided by the square root of the dispersion the split's looks show
-        spread = math.sqrt(_dispersion(confirming["looks"]))
-        worse_errors = _z_above(cand.failed, cand.requests, base.failed, base.requests) / spread
-        if worse_errors > SPLIT_WORSE_Z:
-            return f"{cand.failed} of {cand.requests} failed against {base.failed} of {base.requests}"
-        if base.requests:
-            tau = histogram.bucket_of(base.quantile_ms(0.99))
-            c_slow = histogram.count_above(cand.latency_buckets, tau)
-            b_slow = histogram.count_above(base.latency_buckets, tau)
-            if _z_above(c_slow, cand.requests, b_slow, base.requests) / spread > SPLIT_WORSE_Z:
-                return (f"{c_slow} of {cand.requests} requests slower than the baseline's p99 against "
-                        f"{b_slow} of {base.requests}")
-        return None
+        old = confirm["baseline"]
+        evidence = SplitEvidence(
+            alarm=confirming.get("alarm") or {}, reason=confirming["reason"], baseline_version=old,
+            candidate=since(confirming["start"], tick.before.version), baseline=since(confirming["start"], old),
+            recent_baseline=since(confirming.get("recent") or confirming["start"], old),
+            history=progress.history, seconds=tick.now - confirming["since"],
+            incident_since=confirming.get("incident_since"),
+        )
+        confirming["settled_at"] = tick.now
+        confirming["recent"] = {v: c.to_json() for v, c in now.items()}
+        settle = split_settler(policy)
+        if settle is None:
+            return SplitOutcome(SplitKind.ROLLBACK, f"{confirming['reason']}: the alarm stands")
+        return settle(dict(confirming.get("ledger") or policy.start()), evidence)
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`
@@ -710,35 +701,6 @@ class StepRunner:
         )
 
 
-def _dispersion(looks: Sequence[Sequence[int]]) -> float:
-    """Pearson's dispersion of the failures per look around each version's own rate over the
-    looks (1 for independent failures, more for failures in runs); at least 1."""
-    total, terms = 0.0, 0
-    for n_at, x_at in ((0, 1), (2, 3)):
-        n = sum(look[n_at] for look in looks)
-        x = sum(look[x_at] for look in looks)
-        if n <= 0 or x <= 0 or x >= n:
-            continue
-        rate = x / n
-        for look in looks:
-            if look[n_at] > 0:
-                expected = look[n_at] * rate
-                total += (look[x_at] - expected) ** 2 / (expected * (1 - rate))
-                terms += 1
-    return max(1.0, total / (terms - 2)) if terms > 2 else 1.0
-
-
-def _z_above(x1: float, n1: int, x2: float, n2: int) -> float:
-    """How far the share x1/n1 lies above x2/n2, in standard errors of their pooled share (a
-    two-proportion z statistic, half a request added to each count); 0 when either is empty."""
-    if n1 <= 0 or n2 <= 0:
-        return 0.0
-    p1, p2 = (x1 + 0.5) / (n1 + 1), (x2 + 0.5) / (n2 + 1)
-    pooled = (x1 + x2 + 1) / (n1 + n2 + 2)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    return (p1 - p2) / spread if spread > 0 else 0.0
-
-
 def _copies(counters: Mapping[str, TrafficCounters]) -> dict[str, TrafficCounters]:
     """The counters as they are now, whatever the router does with its own objects later."""
     return {version: c.plus(TrafficCounters()) for version, c in counters.items()}
@@ -758,7 +720,7 @@ def _look_line(summary: SampleSummary, weight: int, decision: Decision) -> str:
         return f"{name} {c['failed']}/{c['requests']} failed, p99 {p99}"
 
     return (f"look at {weight}%: {one('candidate', summary['candidate'])}; {one('baseline', summary['baseline'])}"
-            f" -> {decision.verdict.value}")
+            f" -> {decision.verdict.value}{': ' + decision.reason if decision.reason else ''}")
 
 
 def _summary(sample: TickSample) -> SampleSummary:

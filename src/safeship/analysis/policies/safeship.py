@@ -69,7 +69,16 @@ from typing import Any
 
 from safeship import histogram
 from safeship.analysis import judge
-from safeship.analysis.base import Decision, StepContext, ThresholdTrigger, TickSample, Verdict
+from safeship.analysis.base import (
+    Decision,
+    SplitEvidence,
+    SplitKind,
+    SplitOutcome,
+    StepContext,
+    ThresholdTrigger,
+    TickSample,
+    Verdict,
+)
 from safeship.config.models import (
     AnalysisConfig,
     CustomMetricTrigger,
@@ -177,13 +186,56 @@ class SafeshipPolicy:
             new = self._fold_single(new, sample, ctx)
         keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
         new = self._fold_triggers(new, sample, ctx, keys)
+        new = _fold_blind(new, sample, ctx)
         scores = self._scores(new, ctx, keys)
         failure = self._failure(new, scores, ctx, keys)
         if failure is not None:
             return new, failure
+        blind = new.get("blind")
+        if blind is not None and blind["expected"] >= NO_DATA_EXPECTED:
+            return new, _no_data(blind, new["clock"], ctx)
         if ctx.compare:
             return new, self._schedule(new, scores, sample, ctx)
         return new, self._single_schedule(new, scores, ctx)
+
+    # ------------------------------------------------------------ settling a split
+
+    def settle_split(self, ledger: State, split: SplitEvidence) -> SplitOutcome:
+        """An alarm raised on the candidate alone stands unless the version it replaces, serving
+        beside it in the split, is shown raised too over its own record: then the cause is
+        shared (an incident) and the split holds until that version is back within its record;
+        the deployment then resumes with its ledger, the alarm set aside on that evidence. No
+        alarm is cleared for lack of proof: a split that shows nothing either way (a quiet
+        service, a regression that only shows at full traffic) leaves the alarm standing."""
+        old, record = split.baseline_version, split.history
+        if record is None or record.requests <= 0:
+            return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; no record of {old} from before the "
+                                "deployment tells an incident from the release: the alarm stands")
+        if split.incident_since is None:
+            raised = _raised_over_record(split.baseline, record)
+            if raised is None:
+                return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; side by side for {split.seconds:.0f}s "
+                                    f"{old} is not raised over its record "
+                                    f"({_share(split.baseline)} vs {_share(record)}): the alarm stands")
+            return SplitOutcome(SplitKind.INCIDENT, f"incident: {old} shows the same {raised} "
+                                f"({_share(split.baseline)} vs {_share(record)} in its record); holding")
+        held = split.seconds - split.incident_since
+        if _raised_over_record(split.recent_baseline, record, z=INCIDENT_PASSED_Z) is not None:
+            if held >= MAX_INCIDENT_HOLD_S:
+                return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; the incident on {old} has not passed "
+                                    f"in {held:.0f}s: rolling back to be safe")
+            return SplitOutcome(SplitKind.INCIDENT, f"incident: {old} still raised "
+                                f"({_share(split.recent_baseline)} vs {_share(record)} in its record); holding")
+        # Set aside, on the evidence that their cause was shared, the alarm and every test whose
+        # control is a record or a fixed threshold: the incident raised them all alike. The
+        # side-by-side tests (candidate against the version beside it in the same looks) are
+        # immune to a shared shock and keep their evidence.
+        name = str(split.alarm.get("test", ""))
+        tests = {key: (judge.new_e_process() if key == name or not key.startswith(SIDE_BY_SIDE) else test)
+                 for key, test in ledger.get("tests", {}).items()}
+        return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
+                            f"{held:.0f}s; resuming with the side-by-side evidence, the alarm on "
+                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests})
 
     # ------------------------------------------------------------ folding one tick in
 
@@ -460,6 +512,63 @@ class SafeshipPolicy:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+SIDE_BY_SIDE = ("errors", "latency_p95", "latency_p99", "metric:")  # tests against the version beside it
+INCIDENT_Z = 3.0  # the replaced version is raised over its record: an incident under way
+INCIDENT_PASSED_Z = 1.0  # ... and back within it once its recent share is no more than this above
+MAX_INCIDENT_HOLD_S = 600.0  # an incident that lasts longer is not waited out: roll back
+
+
+def _raised_over_record(counts: TrafficCounters, record: TrafficCounters, z: float = INCIDENT_Z) -> str | None:
+    """"errors" or "latency" when `counts` lie more than z standard errors above the record's
+    failure share or its share of requests slower than its own p99; None otherwise."""
+    if counts.requests <= 0:
+        return None
+    if judge.z_above(counts.failed, counts.requests, record.failed, record.requests) > z:
+        return "errors"
+    tau = histogram.bucket_of(record.quantile_ms(0.99))
+    slow = histogram.count_above(counts.latency_buckets, tau)
+    record_slow = histogram.count_above(record.latency_buckets, tau)
+    if judge.z_above(slow, sum(counts.latency_buckets), record_slow, sum(record.latency_buckets)) > z:
+        return "latency"
+    return None
+
+
+def _share(counts: TrafficCounters) -> str:
+    return f"{counts.failed}/{counts.requests} failed" if counts.requests else "no requests"
+
+
+NO_DATA_EXPECTED = 10.0  # candidate requests expected but not seen: P(none | Poisson 10) = 5e-5
+
+
+def _fold_blind(st: State, sample: TickSample, ctx: StepContext) -> State:
+    """Count how many candidate requests the looks since the candidate's last one should have
+    seen: from the traffic beside it and its weight, or, where it serves alone, from the replaced
+    version's record. A look with a candidate request ends the blind spell."""
+    weight = min(100, max(0, sample.candidate_weight))
+    if sample.candidate.requests > 0 or weight <= 0:
+        return {**st, "blind": None} if st.get("blind") is not None else st
+    if weight < 100:
+        expected = sample.baseline.requests * weight / (100 - weight)
+    elif ctx.history is not None and ctx.history_span_s:
+        expected = ctx.history.requests / ctx.history_span_s * sample.dt
+    else:
+        expected = 0.0
+    blind = st.get("blind") or {"since": st["clock"] - sample.dt, "expected": 0.0}
+    return {**st, "blind": {**blind, "expected": float(blind["expected"]) + expected}}
+
+
+def _no_data(blind: Mapping[str, Any], now: float, ctx: StepContext) -> Decision:
+    seconds = now - float(blind["since"])
+    evidence = {"no_data": {"since_s": round(float(blind["since"]), 3), "seconds": round(seconds, 3),
+                            "expected_requests": round(float(blind["expected"]), 1)}}
+    what = (f"no data for the candidate for {seconds:.0f}s (about {float(blind['expected']):.0f} of its requests "
+            "expected)")
+    if ctx.analysis.on_no_data == "rollback":
+        return Decision(Verdict.FAILED, f"{what}: rolling back (analysis.on_no_data: rollback)",
+                        {**evidence, "trigger": "no_data"})
+    return Decision(Verdict.INCONCLUSIVE, f"{what}: holding", evidence)
 
 
 def _trigger_key(trigger: ThresholdTrigger) -> str:
