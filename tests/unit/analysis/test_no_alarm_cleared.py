@@ -159,3 +159,12 @@ def test_the_engine_holds_no_statistics() -> None:
     found = subprocess.run(["grep", "-rn", r"def _dispersion\|def _z_above\|sqrt", str(ROOT / "src/safeship/engine")],
                            capture_output=True, text=True, check=False)
     assert found.stdout == ""
+
+
+def test_rolling_judges_its_monitoring_window_against_the_record_not_ten_seconds_side_by_side() -> None:
+    # 3x and 5x at 100 req/s: missed in 20 of 20 and 18 of 20 seeds against ~10 s of baseline
+    for factor in (3, 5):
+        runs = _decisions(_scenario("rolling", {"error_rate": 0.005 * factor}), range(1, 9))
+        assert sum(r["decision"] == "rollback" for r in runs) >= 7, (factor, [r["reason"] for r in runs])
+    good = _decisions(_scenario("rolling", {}, expect="promote"), range(1, 9))
+    assert [r["decision"] for r in good] == ["promote"] * 8

@@ -343,10 +343,11 @@ class SafeshipPolicy:
         # Failures that come in runs carry less information than as many independent ones: the
         # bound uses the quasi-binomial effective counts n / phi, x / phi.
         phi = float(st.get("phi", 1.0))
-        if base["n"] <= 0 and ctx.history is not None and ctx.history.requests > 0:
-            # No compare phase (blue-green, recreate): the replaced version's own record from
-            # before the deployment is the control. Its run lengths are unknown, so its counts
-            # are discounted as for the longest runs the guarantee covers.
+        if ctx.history is not None and ctx.history.requests > base["n"]:
+            # No compare phase (blue-green, recreate), or one too short to know the replaced
+            # version's rate (rolling: about 10 s side by side): the replaced version's own record
+            # from before the deployment is the control. Its run lengths are unknown, so its
+            # counts are discounted as for the longest runs the guarantee covers.
             record = ctx.history
             base = {"n": record.requests, "x": record.failed, "h": list(record.latency_buckets)}
             phi = max(phi, 2 * self.settings.dispersion.burst - 1)
