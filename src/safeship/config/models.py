@@ -107,6 +107,10 @@ class RollingConfig(Model):
     max_unavailable: Int = Field(default=1, ge=0, le=MAX_COUNT)
     max_surge: Int = Field(default=1, ge=0, le=MAX_COUNT)
     step_analysis: StepDuration = 10.0
+    # Every batch is judged at least this long, so that each new instance has served this long
+    # before the next batch moves: a crash or leak that shows seconds after an instance starts
+    # is caught while the old instances still take part of the traffic.
+    min_instance_seconds: Duration = Field(default=20.0, le=7 * 86400)
 
     @model_validator(mode="after")
     def _progress_possible(self) -> RollingConfig:

@@ -63,7 +63,9 @@ class RollingStrategy:
             # Weights first, so instances about to leave are drained before they stop.
             steps += [weights(share), scale(given.baseline, old)]
             if old:
-                steps.append(analyze(compare=True, duration=rolling.step_analysis, policy_step=step_index))
+                least = rolling.min_instance_seconds
+                steps.append(analyze(compare=True, duration=max(rolling.step_analysis, least), policy_step=step_index,
+                                     min_duration=least))
                 step_index += 1
         steps += [weights({given.candidate: 100}), promote(), monitor(given.settings)]
         return steps

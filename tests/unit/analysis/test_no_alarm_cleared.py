@@ -168,3 +168,10 @@ def test_rolling_judges_its_monitoring_window_against_the_record_not_ten_seconds
         assert sum(r["decision"] == "rollback" for r in runs) >= 7, (factor, [r["reason"] for r in runs])
     good = _decisions(_scenario("rolling", {}, expect="promote"), range(1, 9))
     assert [r["decision"] for r in good] == ["promote"] * 8
+
+
+def test_a_rolling_instance_that_crashes_seconds_after_its_step_is_caught_before_the_next_batch() -> None:
+    # a crash 14 s after start: with 10 s steps the release reached all traffic before it
+    runs = _decisions(_scenario("rolling", {"crash_after_s": 14}), range(1, 4))
+    for r in runs:
+        assert r["decision"] == "rollback" and r["max_candidate_weight"] < 50, r
