@@ -34,7 +34,7 @@ demo-sim: $(STAMP)
 	$(BIN)/python -m safeship.demo_sim
 
 bench-analysis: $(STAMP)
-	$(BIN)/python bench/analysis.py
+	$(BIN)/python bench/analysis.py --generate 2000 --gen-seed 1
 
 bench-router: $(STAMP)
 	$(BIN)/python bench/router.py
