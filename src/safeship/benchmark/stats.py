@@ -148,30 +148,28 @@ def rows(runs: Sequence[dict[str, Any]]) -> list[Row]:
 
 HEADER = (f"{'policy':<15} {'false rollbacks':>24} {'incident RB':>8} {'must-catch missed':>24} "
           f"{'should-catch missed':>24} {'undec':>5} {'blast mean':>10} {'vs best':>7} {'promote s':>9}")
+WIDTHS = (-15, 24, 8, 24, 24, 5, 10, 7, 9)  # negative: left-aligned
+
+
+def cells(row: Row) -> list[str]:
+    """One row's figures as the tables show them."""
+    ratio = "-" if math.isnan(row.blast_ratio) else f"{row.blast_ratio:.3f}"
+    promote = "-" if math.isnan(row.promote_time_mean) else f"{row.promote_time_mean:.0f}"
+    return [row.policy, row.false_rollbacks.show(), str(row.incident_rollbacks.hits), row.must_missed.show(),
+            row.should_missed.show(), str(row.undecided), f"{row.blast_mean:.1f}", ratio, promote]
 
 
 def table(strategy_rows: Sequence[Row]) -> str:
     lines = [HEADER, "-" * len(HEADER)]
     for r in strategy_rows:
-        ratio = "-" if math.isnan(r.blast_ratio) else f"{r.blast_ratio:.3f}"
-        promote = "-" if math.isnan(r.promote_time_mean) else f"{r.promote_time_mean:.0f}"
-        lines.append(f"{r.policy:<15} {r.false_rollbacks.show():>24} {r.incident_rollbacks.hits:>8} "
-                     f"{r.must_missed.show():>24} {r.should_missed.show():>24} {r.undecided:>5} "
-                     f"{r.blast_mean:>10.1f} {ratio:>7} {promote:>9}")
+        lines.append(" ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells(r), WIDTHS, strict=True)))
     return "\n".join(lines)
 
 
 def markdown_table(strategy_rows: Sequence[Row]) -> str:
     head = ("| policy | false rollbacks | incident rollbacks | must-catch missed | should-catch missed | "
             "undecided | blast radius (mean) | vs best peer (geo. mean) | time to promote (mean s) |")
-    lines = [head, "|" + "---|" * 9]
-    for r in strategy_rows:
-        ratio = "-" if math.isnan(r.blast_ratio) else f"{r.blast_ratio:.3f}"
-        promote = "-" if math.isnan(r.promote_time_mean) else f"{r.promote_time_mean:.0f}"
-        lines.append(f"| {r.policy} | {r.false_rollbacks.show()} | {r.incident_rollbacks.hits} | "
-                     f"{r.must_missed.show()} | {r.should_missed.show()} | {r.undecided} | {r.blast_mean:.1f} | "
-                     f"{ratio} | {promote} |")
-    return "\n".join(lines)
+    return "\n".join([head, "|" + "---|" * 9] + ["| " + " | ".join(cells(r)) + " |" for r in strategy_rows])
 
 
 # The judge's targets, per strategy (false rollbacks exclude rollbacks the policy labelled incidents).
