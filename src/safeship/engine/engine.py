@@ -57,6 +57,7 @@ from safeship.strategies import STRATEGIES, PlanInput
 from safeship.strategies.base import (
     AnalyzeStep,
     Step,
+    incident_check,
     scale,
     steps_from_json,
     steps_to_json,
@@ -67,6 +68,7 @@ from safeship.strategies.base import (
 
 log = logging.getLogger(__name__)
 
+INCIDENT_CHECK_S = 60.0  # how long a restored version is measured against its record after a rollback
 ERRORS_BEFORE_ROLLBACK = 5  # ticks in a row that raised before the engine rolls the deployment back
 MAX_RETRY_DELAY_S = 30.0  # the longest wait between ticks that raised
 PROMOTE_ATTEMPTS = 3  # reads of a deployment a promote-now request makes while ticks move it
@@ -718,6 +720,8 @@ class DeploymentEngine:
         else:
             plan.append(weights({}))  # nothing to return to: no version takes traffic any more
         plan.append(scale(record.version, 0))
+        if target is not None and automatic and not cancel and self._uncontrolled_alarm(tick, failure):
+            plan.append(incident_check(target, INCIDENT_CHECK_S))
         rollback_id = new_id("rollback")
         tick.status.rollback = RollbackProgress(
             id=rollback_id, plan=plan, step=0, attempt=1, started_at=tick.now, to_version=target,
@@ -735,6 +739,18 @@ class DeploymentEngine:
         self._enter(tick, Phase.ROLLING_BACK, f"{'cancel' if cancel else 'rollback'} to {target or 'nothing'}: "
                     f"{failure.reason}")
         tick.set(step_started_at=tick.now)
+
+    def _uncontrolled_alarm(self, tick: Tick, failure: Failure) -> bool:
+        """An alarm of safeship's own policy that compared the candidate with a record or a fixed
+        threshold, not with a version serving beside it, and that no split checked: its cause may
+        have been shared by every version, which the restored version will tell."""
+        from safeship.analysis.base import uses_safeship_mechanisms
+
+        if tick.status.analysis.history is None or failure.evidence.get("confirmed_by_split"):
+            return False
+        if not uses_safeship_mechanisms(self.policy_for(tick.before.policy)):
+            return False
+        return str(failure.evidence.get("test", "")).startswith(("single_", "trigger:"))
 
     async def _roll_back(self, tick: Tick) -> float:
         state = tick.status.rollback

@@ -263,6 +263,8 @@ def _result(
         "first_candidate_request_s": None if first is None else round(first - record.created_at, 3),
         "strategy": record.strategy,
         "phase": record.phase,
+        # "incident" when the rollback was labelled one: the restored version was hurt as much
+        "rollback_kind": (record.evidence or {}).get("rollback_kind") if decision == "rollback" else None,
     }
 
 

@@ -43,6 +43,7 @@ from safeship.strategies.base import (
     ConfirmSplit,
     GateStep,
     HoldStep,
+    IncidentCheckStep,
     MonitorStep,
     PauseStep,
     PromoteStep,
@@ -122,6 +123,7 @@ class StepRunner:
             "promote": self.promote,
             "gate": self.gate,
             "test_traffic": self.test_traffic,
+            "incident_check": self.incident_check,
         }
 
     def register(self, kind: str, executor: StepExecutor) -> None:
@@ -331,6 +333,39 @@ class StepRunner:
         message = (f"load tester sends {rps:g} requests/s to {version}" if rps > 0
                    else f"load tester stops sending requests to {version}")
         tick.event("test_traffic", message, version=version, rps=rps)
+        return DONE
+
+    async def incident_check(self, tick: Tick, step: IncidentCheckStep) -> StepResult:
+        """Measure the restored version for `duration` seconds and ask the policy whether it is
+        raised over its own record; if so, the rollback is labelled an incident (its reason,
+        evidence, history and event say so)."""
+        version, duration = step["version"], float(step["duration"])
+        progress = tick.status.analysis
+        counters = await self.world.traffic.counters(tick.route)
+        marker = f"incident_check:{version}"
+        if progress.marker != marker:
+            progress.marker = marker
+            progress.counters = _copies(counters)
+            progress.last_look = tick.now
+            return StepResult(done=False, wait=duration)
+        waited = tick.now - _known(progress.last_look)
+        if waited < duration:
+            return StepResult(done=False, wait=duration - waited)
+        counts = counters.get(version, TrafficCounters()).minus(progress.counters.get(version, TrafficCounters()))
+        record = progress.history
+        check = getattr(self.policy_for(tick.before.policy), "incident_over_record", None)
+        raised = check(counts, record) if callable(check) and record is not None else None
+        if raised is None:
+            tick.event("incident_check", f"{version} is within its record after the rollback "
+                       f"({counts.failed}/{counts.requests} failed): the release was at fault", version=version)
+            return DONE
+        sentence = (f"incident: {version} raised the same {raised} after the rollback "
+                    f"({counts.failed}/{counts.requests} failed vs {record.failed}/{record.requests} in its record)"
+                    if record is not None else f"incident: {version} raised the same {raised}")
+        tick.event("incident", sentence, version=version, rollback_kind="incident")
+        evidence = dict(tick.get("evidence") or {})
+        tick.set(reason=f"{sentence}; rolled back on: {tick.get('reason')}",
+                 evidence={**evidence, "rollback_kind": "incident", "incident": sentence})
         return DONE
 
     async def stop_test_traffic(self, tick: Tick, version: str) -> None:

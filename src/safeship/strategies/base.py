@@ -117,8 +117,18 @@ class GateStep(TypedDict):
     type: str  # confirm-rollout | pre-rollout | confirm-traffic-increase | confirm-promotion
 
 
+class IncidentCheckStep(TypedDict):
+    """The last step of a rollback from a phase with no concurrent control: the restored version
+    is measured against its own record from before the deployment for `duration` seconds; if it
+    is raised just as much, the rollback is labelled an incident (every version was hurt)."""
+
+    kind: Literal["incident_check"]
+    version: str
+    duration: float
+
+
 Step = (ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
-        | GateStep | TestTrafficStep)
+        | GateStep | TestTrafficStep | IncidentCheckStep)
 
 
 def steps_from_json(plan: Sequence[Mapping[str, Any]]) -> list[Step]:
@@ -207,6 +217,10 @@ def confirm_split(given: PlanInput) -> ConfirmSplit | None:
     if given.baseline is None or analysis.confirm_duration <= 0 or not given.confirm:
         return None
     return {"baseline": given.baseline, "percent": analysis.confirm_percent, "duration": analysis.confirm_duration}
+
+
+def incident_check(version: str, duration: float) -> IncidentCheckStep:
+    return {"kind": "incident_check", "version": version, "duration": float(duration)}
 
 
 def test_traffic(version: str, rps: float) -> TestTrafficStep:

@@ -175,3 +175,18 @@ def test_a_rolling_instance_that_crashes_seconds_after_its_step_is_caught_before
     runs = _decisions(_scenario("rolling", {"crash_after_s": 14}), range(1, 4))
     for r in runs:
         assert r["decision"] == "rollback" and r["max_candidate_weight"] < 50, r
+
+
+def test_an_incident_with_no_version_beside_the_candidate_is_rolled_back_and_labelled() -> None:
+    # recreate and rolling's monitoring window have nothing to compare with side by side: the
+    # release is rolled back (safe), then the restored version shows the incident was shared
+    incident = [{"at_s": 20, "duration_s": 200, "error_rate": 0.1}]
+    for strategy in ("recreate", "rolling"):
+        at = 20 if strategy == "recreate" else 100
+        runs = _decisions(_scenario(strategy, {}, incidents=[{**incident[0], "at_s": at}], expect="promote"),
+                          range(1, 4))
+        for r in runs:
+            assert (r["decision"], r["rollback_kind"]) == ("rollback", "incident"), (strategy, r["reason"])
+            assert r["reason"].startswith("incident: baseline raised the same errors after the rollback")
+    worse = _decisions(_scenario("recreate", {"error_rate": 0.03}), range(1, 4))
+    assert [(r["decision"], r["rollback_kind"]) for r in worse] == [("rollback", None)] * 3

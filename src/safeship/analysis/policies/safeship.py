@@ -237,6 +237,12 @@ class SafeshipPolicy:
                             f"{held:.0f}s; resuming with the side-by-side evidence, the alarm on "
                             f"{name or 'the candidate'} set aside", {**ledger, "tests": tests})
 
+    def incident_over_record(self, counts: TrafficCounters, record: TrafficCounters) -> str | None:
+        """After a rollback from a phase with no concurrent control: how the restored version,
+        serving alone again, is raised over its own record ("errors" or "latency"), or None. A
+        raised restored version means the alarm's cause was shared: an incident."""
+        return _raised_over_record(counts, record)
+
     # ------------------------------------------------------------ folding one tick in
 
     def _fold_compare(self, st: State, sample: TickSample, ctx: StepContext) -> State:
