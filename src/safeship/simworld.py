@@ -164,6 +164,22 @@ class _Regime:
 _MAX_REGIMES = 4096  # a ramp makes a new regime every slice; forget them all past this many
 
 
+def record_dispersion(slices: Sequence[tuple[int, int]]) -> float:
+    """Pearson's dispersion of failures over a record's slices ((requests, failures) each): the
+    chi-square of the counts around the record's own rate over its degrees of freedom, raised by
+    two of its standard errors (sqrt(2 / df)) so that a record that happened to look calm is not
+    taken for calmer than it is; at least 1. A record without failures has nothing to show: 1."""
+    total = sum(n for n, _ in slices)
+    failed = sum(x for _, x in slices)
+    used = [(n, x) for n, x in slices if n > 0]
+    if failed <= 0 or failed >= total or len(used) < 3:
+        return 1.0
+    rate = failed / total
+    chi2 = sum((x - n * rate) ** 2 / (n * rate * (1 - rate)) for n, x in used)
+    df = len(used) - 1
+    return max(1.0, chi2 / df) * (1.0 + 2.0 * math.sqrt(2.0 / df))
+
+
 @dataclass
 class SimInstance:
     id: str
@@ -198,7 +214,7 @@ class SimWorld:
     _timelines: dict[str, _Timeline] = field(default_factory=dict)
     _regimes: dict[tuple[bool, bool, float, float, float], _Regime] = field(default_factory=dict)
     _incident_edges: list[float] | None = None
-    _history_cache: dict[tuple[str, float, float], TrafficCounters] = field(default_factory=dict)
+    _history_cache: dict[tuple[str, float, float], tuple[TrafficCounters, float]] = field(default_factory=dict)
     _next_port: int = 20000
 
     def __post_init__(self) -> None:
@@ -412,14 +428,24 @@ class SimWorld:
         cached = self._history_cache.get(key)
         if cached is None:
             cached = self._history_cache[key] = self._draw_history(version, begin, stop)
-        return begin, stop, cached.plus(TrafficCounters())
+        return begin, stop, cached[0].plus(TrafficCounters())
+
+    def history_dispersion(self, version: str, span_s: float | None = None, end: float | None = None) -> float | None:
+        """The dispersion of `history_window`'s failures slice by slice (see `record_dispersion`);
+        None when there is no record."""
+        window = self.history_window(version, span_s, end)
+        if window is None:
+            return None
+        start = self.deployment_start if self.deployment_start is not None else self.clock.now()
+        stop = min(start, end) if end is not None else start
+        return self._history_cache[(version, window[0], stop)][1]
 
     def history(self, version: str, span_s: float | None = None, end: float | None = None) -> TrafficCounters:
         """The counters of `history_window`; empty when there is no record."""
         window = self.history_window(version, span_s, end)
         return TrafficCounters() if window is None else window[2]
 
-    def _draw_history(self, version: str, begin: float, stop: float) -> TrafficCounters:
+    def _draw_history(self, version: str, begin: float, stop: float) -> tuple[TrafficCounters, float]:
         seed = np.random.SeedSequence([self.seed, 0x48495354, zlib.crc32(version.encode())])
         rng = np.random.default_rng(seed)
         spec = self.scenario.baseline
@@ -431,6 +457,7 @@ class SimWorld:
         record = TrafficCounters()
         buckets = np.zeros(len(probs), dtype=np.int64)
         failing: bool | None = None
+        per_slice: list[tuple[int, int]] = []
         for i in range(slices):
             t0 = begin + i * width
             rate = self.scenario.traffic.rate_at(t0 + width / 2)
@@ -438,12 +465,13 @@ class SimWorld:
             if requests <= 0:
                 continue
             errors, failing = chain_failures(rng, requests, spec.error_rate, spec.error_burst, failing)
+            per_slice.append((requests, errors))
             record.requests += requests
             record.errors += errors
             record.latency_sum_ms += mean * requests
             buckets += rng.multinomial(requests, probs)
         record.latency_buckets = [int(b) for b in buckets]
-        return record
+        return record, record_dispersion(per_slice)
 
     def gauges(
         self, version: str, *, weight_percent: float | None = None, instances: Sequence[int] | None = None

@@ -126,6 +126,10 @@ class TrafficWindow:
     start: float
     end: float
     counters: Mapping[str, TrafficCounters]
+    # Per version, when the source can tell: the variance of its failures per slice of the window
+    # over the binomial variance (Pearson's dispersion, 1 for independent failures, about
+    # 2 x run length - 1 for failures in runs). Absent: unknown.
+    dispersion: Mapping[str, float] = field(default_factory=dict)
 
 
 class SnapshotRing:

@@ -74,6 +74,7 @@ class StepContext:
     # None when there is no record. The control where no baseline serves beside the candidate.
     history: TrafficCounters | None = None
     history_span_s: float | None = None
+    history_dispersion: float | None = None  # the record's own dispersion of failures; None: unknown
 
 
 class Policy(Protocol):

@@ -649,9 +649,12 @@ class DeploymentEngine:
             return
         tick.status.analysis.history = record
         tick.status.analysis.history_span_s = window.end - window.start
+        tick.status.analysis.history_dispersion = window.dispersion.get(baseline)
+        spread = window.dispersion.get(baseline)
         tick.event("history", f"{baseline} before the deployment: {record.requests} requests, "
-                   f"{record.failed} failed over {window.end - window.start:.0f}s",
-                   version=baseline, requests=record.requests, failed=record.failed)
+                   f"{record.failed} failed over {window.end - window.start:.0f}s"
+                   + (f", failures {spread:.1f}x as dispersed as independent ones" if spread is not None else ""),
+                   version=baseline, requests=record.requests, failed=record.failed, dispersion=spread)
 
     async def _progress(self, tick: Tick) -> float:
         plan = steps_from_json(tick.before.plan)

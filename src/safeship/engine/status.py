@@ -89,6 +89,7 @@ class AnalysisProgress:
     # traffic source that kept none that far back).
     history: TrafficCounters | None = None
     history_span_s: float | None = None
+    history_dispersion: float | None = None  # the record's own dispersion of failures, when known
     # A confirmation split under way (see AnalyzeStep.confirm): when it started and the failure
     # it checks. None: none.
     confirming: Confirming | None = None
@@ -239,7 +240,8 @@ class DeploymentStatus:
         if analysis.last_sample is not None:
             data["last_sample"] = _copy_summary(analysis.last_sample)
         if analysis.history is not None:
-            data["history"] = {"span_s": analysis.history_span_s, "counters": analysis.history.to_json()}
+            data["history"] = {"span_s": analysis.history_span_s, "counters": analysis.history.to_json(),
+                               "dispersion": analysis.history_dispersion}
         if analysis.confirming is not None:
             data["confirming"] = dict(analysis.confirming)
         if self.rollback is not None:
@@ -279,6 +281,7 @@ class DeploymentStatus:
                 unready_since={str(i): float(t) for i, t in (data.get("unready_since") or {}).items()},
                 history=TrafficCounters.from_json(history["counters"]) if history.get("counters") else None,
                 history_span_s=_number(history.get("span_s")),
+                history_dispersion=_number(history.get("dispersion")),
                 confirming=_confirming(data.get("confirming")),
             ),
             rollback=RollbackProgress.from_json(rollback) if rollback else None,

@@ -676,6 +676,7 @@ class StepRunner:
             # the record before the deployment is safeship's own control; other tools have none
             history=progress.history if uses_safeship_mechanisms(policy) else None,
             history_span_s=progress.history_span_s if uses_safeship_mechanisms(policy) else None,
+            history_dispersion=progress.history_dispersion if uses_safeship_mechanisms(policy) else None,
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

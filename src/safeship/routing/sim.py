@@ -378,7 +378,8 @@ class SimTraffic:
             return None
         start = max(w[0] for w in found.values())
         end = min(w[1] for w in found.values())
-        return TrafficWindow(start, end, {v: w[2] for v, w in found.items()})
+        dispersion = {v: d for v in found if (d := world.history_dispersion(v, span, at)) is not None}
+        return TrafficWindow(start, end, {v: w[2] for v, w in found.items()}, dispersion)
 
     async def close(self) -> None:
         return None

@@ -352,11 +352,14 @@ class SafeshipPolicy:
         if ctx.history is not None and ctx.history.requests > base["n"]:
             # No compare phase (blue-green, recreate), or one too short to know the replaced
             # version's rate (rolling: about 10 s side by side): the replaced version's own record
-            # from before the deployment is the control. Its run lengths are unknown, so its
-            # counts are discounted as for the longest runs the guarantee covers.
+            # from before the deployment is the control. Its failures may come in runs, so its
+            # counts are discounted by its dispersion.
             record = ctx.history
             base = {"n": record.requests, "x": record.failed, "h": list(record.latency_buckets)}
-            phi = max(phi, 2 * self.settings.dispersion.burst - 1)
+            # the record's own dispersion where its source measured it, slice by slice; else the
+            # longest runs the guarantee covers
+            known = ctx.history_dispersion
+            phi = max(phi, known if known is not None else 2 * self.settings.dispersion.burst - 1)
             source = "history"
         if base["n"] <= 0:
             return None
