@@ -183,7 +183,8 @@ def worst(runs: list[dict[str, Any]], given: dict[str, dict[str, Any]], folder: 
                     "label": r["label"], "why_labelled": release["why"], "decision": r["decision"],
                     "candidate_failed_requests_horizon": r["candidate_failed_requests_horizon"],
                     "vs_best_peer": round(ratio, 3), "reason": r["reason"],
-                    "replay": f"safeship simulate --scenario {path} --seed {r['seed']} --policy safeship"})
+                    "replay": f"safeship simulate --scenario {path} --seed {r['seed']} --policy safeship "
+                              f"--horizon-after-promotion {HORIZON_AFTER_PROMOTION_S:g}"})
     return out
 
 

@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
                      help="random seed for the simulated traffic, 0 to 2^32-1 (default: the scenario's)")
     sim.add_argument("--strategy", default=None,
                      help="blue_green | canary | rolling | recreate (default: the scenario's strategy, else canary)")
+    sim.add_argument("--horizon-after-promotion", type=float, default=0.0, metavar="SECONDS",
+                     help="charge a promoted candidate's failed requests for at least this long after its "
+                          "promotion, as the analysis benchmark does with 3600 (default: the scenario's duration_s)")
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1, or stop it with --stop")
     server.add_argument("--config", default="safeship.yaml", help="safeship.yaml to use (default: %(default)s)")
@@ -84,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise InputError(f"--strategy: {exc}") from None
     policy_for(args.policy)
-    result = simulate(scenario, policy=args.policy, policy_for=policy_for, seed=args.seed, strategy=strategy)
+    horizon = args.horizon_after_promotion
+    if not 0 <= horizon <= 7 * 86400:
+        raise InputError(f"--horizon-after-promotion: must be 0 to 604800 seconds, got {horizon:g}")
+    result = simulate(scenario, policy=args.policy, policy_for=policy_for, seed=args.seed, strategy=strategy,
+                      horizon_after_promotion_s=horizon)
     if args.json:
         print(json.dumps(result))
     else:
