@@ -219,6 +219,9 @@ class AnalysisConfig(Model):
     # candidate error rate may be this many times baseline
     error_tolerance: Number = Field(default=1.2, ge=1.0, le=1000.0)
     latency_tolerance: Number = Field(default=1.5, ge=1.0, le=1000.0)  # share of slow requests may be this many times
+    # A request counts as slow only when it is slower than the control's p95 (or p99) plus this
+    # many milliseconds: a 2 ms service may accept a release 20 ms slower without a rollback.
+    latency_tolerance_ms: Number = Field(default=0.0, ge=0.0, le=3_600_000.0)
     # The longest time between the judge's looks. safeship's policy looks every second, or every
     # `interval` when that is shorter (every look is valid, so a look costs no alpha); looking
     # less often than every second would push gross-failure detection past its 15 s target. The

@@ -28,6 +28,14 @@ intelligent_deployment:
       enabled: true
       max_unavailable: 1
       max_surge: 1
+      min_instance_seconds: "20s"    # each batch is judged at least this long before the next moves
+
+  analysis:
+    # What the service accepts of a new version before it is called worse:
+    error_tolerance: 1.2             # its failure rate up to 1.2x the old version's
+    latency_tolerance: 1.5           # its share of requests slower than the old p95/p99, up to 1.5x...
+    latency_tolerance_ms: 0          # ...counting as slow only what is this many ms above those
+    on_no_data: hold                 # no requests seen where some were expected: hold (or rollback)
 
   health_checks:
     # type: http (GET path, 2xx = healthy), tcp (the port accepts), or exec (command exits 0)

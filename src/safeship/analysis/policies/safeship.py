@@ -261,10 +261,10 @@ class SafeshipPolicy:
         taus = dict(st["taus"])
         found = judge.threshold_buckets(st["base"]["h"], QUANTILES.values(), self.settings.latency_warmup)
         n_b, n_c = sum(b.latency_buckets), sum(c.latency_buckets)
-        for name, tau in zip(QUANTILES, found, strict=True):
-            if tau is None:
+        for name, found_tau in zip(QUANTILES, found, strict=True):
+            if found_tau is None:
                 continue
-            taus[name] = tau
+            tau = taus[name] = _slower_by(found_tau, ctx.analysis.latency_tolerance_ms)
             tests[name] = judge.update_two_sample(
                 tests.get(name, judge.new_e_process()),
                 n_b, histogram.count_above(b.latency_buckets, tau),
@@ -377,6 +377,7 @@ class SafeshipPolicy:
             tau = judge.threshold_bucket(base["h"], q, self.settings.latency_warmup)
             if tau is None:
                 continue
+            tau = _slower_by(tau, ctx.analysis.latency_tolerance_ms)
             slow = histogram.count_above(base["h"], tau)
             p0 = ctx.analysis.latency_tolerance * judge.rate_upper_bound(n_hist, slow, delta)
             nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist, "source": source}
@@ -639,7 +640,21 @@ def _summary(st: State, scores: Mapping[str, Score]) -> dict[str, Any]:
 
 
 def _pct(rate: float) -> str:
-    return f"{100 * rate:.2g}%"
+    """A share as people write it: 100%, 48%, 1.5%, 0.52%, 0.007%."""
+    percent = 100 * rate
+    if percent >= 10 or percent == 0:
+        return f"{percent:.0f}%"
+    if percent >= 1:
+        return f"{percent:.1f}%"
+    return f"{percent:.2g}%"
+
+
+def _slower_by(tau: int, tolerance_ms: float) -> int:
+    """The slow-request bucket `tau` moved up by the declared absolute latency tolerance."""
+    if tolerance_ms <= 0:
+        return tau
+    bound = histogram.BOUNDS_MS[min(tau, len(histogram.BOUNDS_MS) - 1)]
+    return max(tau, histogram.bucket_of(bound + tolerance_ms))
 
 
 def _broken_counters(sample: TickSample) -> str:
