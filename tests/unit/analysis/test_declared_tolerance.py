@@ -38,4 +38,4 @@ def test_a_release_beyond_the_declared_milliseconds_is_still_rolled_back() -> No
 
 
 def test_shares_are_written_as_people_write_them() -> None:
-    assert [_pct(x) for x in (1.0, 0.48, 0.015, 0.0052, 0.0)] == ["100%", "48%", "1.5%", "0.52%", "0%"]
+    assert [_pct(x) for x in (1.0, 0.48, 0.05, 0.015, 0.0052, 0.0)] == ["100%", "48%", "5%", "1.5%", "0.52%", "0%"]

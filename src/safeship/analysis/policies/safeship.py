@@ -640,12 +640,12 @@ def _summary(st: State, scores: Mapping[str, Score]) -> dict[str, Any]:
 
 
 def _pct(rate: float) -> str:
-    """A share as people write it: 100%, 48%, 1.5%, 0.52%, 0.007%."""
+    """A share as people write it: 100%, 48%, 5%, 1.5%, 0.52%, 0.007%."""
     percent = 100 * rate
     if percent >= 10 or percent == 0:
         return f"{percent:.0f}%"
     if percent >= 1:
-        return f"{percent:.1f}%"
+        return f"{percent:.1f}".rstrip("0").rstrip(".") + "%"
     return f"{percent:.2g}%"
 
 
