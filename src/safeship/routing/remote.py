@@ -109,15 +109,26 @@ class RemoteRouter:
 
     async def _connect(self) -> bool:
         started = False
-        if not await self._try_connect():
-            self._spawn()
-            started = True
-            deadline = time.monotonic() + self.start_timeout
-            while not await self._try_connect():
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if not await self._try_connect():
+                if not started:
+                    self._spawn()
+                    started = True
+                while not await self._try_connect():
+                    if time.monotonic() > deadline:
+                        raise TemporaryError(f"the router daemon did not start; see {self.state_dir / 'router.log'}")
+                    await asyncio.sleep(0.05)
+            try:
+                pid = int((await self._call_locked({"op": "ping"}))["pid"])
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # A daemon that was dying, or one that lost the race to start, took the connection
+                # and closed it: connect again (and start one if none listens) until the deadline.
+                await self._drop()
                 if time.monotonic() > deadline:
-                    raise TemporaryError(f"the router daemon did not start; see {self.state_dir / 'router.log'}")
+                    raise
                 await asyncio.sleep(0.05)
-        pid = int((await self._call_locked({"op": "ping"}))["pid"])
         if self._daemon_pid is not None and pid != self._daemon_pid:
             await self._replay()
         self._daemon_pid = pid
