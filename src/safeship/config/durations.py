@@ -50,7 +50,10 @@ def _seconds(value: Any) -> float:
             raise ValueError(f"a duration must be a finite number of seconds, got {show(value)}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {show(value)}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf  # an integer too large for a float: refused as too long by the caller
     if isinstance(value, str):
         text = value.strip().lower()
         if text and _PART.sub("", text) == "":

@@ -242,3 +242,14 @@ def test_every_error_is_a_safeship_error_for_a_scenario(tmp_path: Path) -> None:
         with pytest.raises(SafeshipError) as caught:
             load_scenario(path)
         assert "\n" not in str(caught.value)
+
+
+def test_an_integer_duration_too_large_for_a_float_is_refused_in_one_sentence() -> None:
+    # found by the config fuzzer: float(10**400) raised OverflowError, a crash instead of exit 2
+    import pytest
+
+    from safeship.config.durations import parse_duration, parse_positive_duration, parse_step_duration
+
+    for parse in (parse_duration, parse_positive_duration, parse_step_duration):
+        with pytest.raises(ValueError, match="must be at most"):
+            parse(10**400)
