@@ -424,21 +424,20 @@ class SimWorld:
         begin = max(stop - span, start - self.scenario.history_s)
         if version == self.candidate_version or begin >= stop:
             return None
-        key = (version, begin, stop)
-        cached = self._history_cache.get(key)
-        if cached is None:
-            cached = self._history_cache[key] = self._draw_history(version, begin, stop)
-        return begin, stop, cached[0].plus(TrafficCounters())
+        return begin, stop, self._record(version, begin, stop)[0].plus(TrafficCounters())
 
     def history_dispersion(self, version: str, span_s: float | None = None, end: float | None = None) -> float | None:
         """The dispersion of `history_window`'s failures slice by slice (see `record_dispersion`);
         None when there is no record."""
         window = self.history_window(version, span_s, end)
-        if window is None:
-            return None
-        start = self.deployment_start if self.deployment_start is not None else self.clock.now()
-        stop = min(start, end) if end is not None else start
-        return self._history_cache[(version, window[0], stop)][1]
+        return None if window is None else self._record(version, window[0], window[1])[1]
+
+    def _record(self, version: str, begin: float, stop: float) -> tuple[TrafficCounters, float]:
+        key = (version, begin, stop)
+        cached = self._history_cache.get(key)
+        if cached is None:
+            cached = self._history_cache[key] = self._draw_history(version, begin, stop)
+        return cached
 
     def history(self, version: str, span_s: float | None = None, end: float | None = None) -> TrafficCounters:
         """The counters of `history_window`; empty when there is no record."""

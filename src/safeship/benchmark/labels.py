@@ -122,20 +122,10 @@ def label_release(scenario: Scenario, *, bad: bool, replicas: int = 2) -> Label:
 
 
 def _regression_share(scenario: Scenario, t: np.ndarray, weight: np.ndarray, replicas: int) -> np.ndarray:
-    """How much of the candidate's regression is in force at each second (0..1)."""
-    cand = scenario.candidate
-    progress = np.array([scenario._progress(float(x)) for x in t])
-    share = progress
-    intermittent = getattr(cand, "intermittent", None)
-    if intermittent is not None:
-        period, duty = float(intermittent.period_s), float(intermittent.duty)
-        share = share * ((t % period) < duty * period)
-    threshold = getattr(cand, "min_weight_percent", None) or 0.0
-    share = share * (weight >= threshold)
-    bad_instances = getattr(cand, "bad_instances", None)
-    if bad_instances is not None:
-        share = share * min(1.0, bad_instances / replicas)
-    return np.asarray(share, dtype=float)
+    """How much of the candidate's regression is in force at each second (0..1), averaged over its
+    instances: the simulator's own rule (`Scenario.regression_share`)."""
+    carried = scenario.regressed_instances(replicas) / replicas
+    return np.array([scenario.regression_share(float(s), float(w)) * carried for s, w in zip(t, weight, strict=True)])
 
 
 def _slow_share(scenario: Scenario) -> float:

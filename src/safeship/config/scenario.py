@@ -307,8 +307,6 @@ class Scenario(Model):
             return 1.0
         return min(1.0, (since_traffic - self.candidate.onset_s) / self.candidate.ramp_s)
 
-    _progress = progress  # the name it had before it was public; callers outside this module use it
-
 
 def load_scenario(path: str | Path) -> Scenario:
     data: Any = read_yaml(Path(path))

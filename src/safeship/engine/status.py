@@ -62,7 +62,6 @@ class Confirming(TypedDict):
     reason: str
     trigger: str
     start: dict[str, dict[str, Any]]  # cumulative counters per version when the split began (to_json)
-    looks: list[list[int]]  # per look of the split: [candidate requests, failed, baseline requests, failed]
     ledger: NotRequired[dict[str, Any] | None]  # the policy state at the alarm, settled at the split's end
     alarm: NotRequired[dict[str, Any]]  # the alarm's evidence
     incident_since: NotRequired[float | None]  # seconds into the split when an incident was shown
@@ -296,7 +295,6 @@ def _confirming(data: Mapping[str, Any] | None) -> Confirming | None:
     found: Confirming = {
         "since": float(data["since"]), "reason": str(data.get("reason", "")),
         "trigger": str(data.get("trigger", "analysis")), "start": dict(data.get("start") or {}),
-        "looks": [[int(v) for v in look] for look in data.get("looks") or []],
         "ledger": data.get("ledger"), "alarm": dict(data.get("alarm") or {}),
         "incident_since": _number(data.get("incident_since")), "settled_at": _number(data.get("settled_at")),
         "recent": dict(data.get("recent") or {}),

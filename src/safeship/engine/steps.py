@@ -516,7 +516,7 @@ class StepRunner:
             return result
         start = await self.world.traffic.counters(tick.route)
         progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger,
-                               "start": {v: c.to_json() for v, c in start.items()}, "looks": [],
+                               "start": {v: c.to_json() for v, c in start.items()},
                                "ledger": progress.policy_state, "alarm": dict(failure.evidence),
                                "incident_since": None, "settled_at": None,
                                "recent": {v: c.to_json() for v, c in start.items()}}
