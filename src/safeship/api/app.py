@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
+from safeship import tokens
 from safeship.api.controller import Controller
 from safeship.config.models import DeploymentRequest
 from safeship.config.names import PATTERNS, NameKind, name_problem, shown
@@ -57,7 +57,7 @@ from safeship.store import DeploymentRecord, EventRecord, RollbackRecord
 
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "token"
+TOKEN_FILE = tokens.TOKEN_FILE
 MAX_LIMIT = 1000
 # Deployment ids are `deploy-` and ten hex digits; anything that cannot be an id is not looked up.
 DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -135,17 +135,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def load_or_create_token(state_dir: Path) -> str:
-    """The API token, created (mode 0600) on first use."""
-    path = state_dir / TOKEN_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        token = secrets.token_urlsafe(32)
-        file.write(token + "\n")
-    return token
+    """The API token, created (mode 0600, written aside and renamed into place) on first use.
+    A token file that is too short, empty or readable by other users is an InputError naming the
+    file (see `safeship.tokens`): it never switches authentication off."""
+    return tokens.load_or_create_token(state_dir)
 
 
 def status_of(exc: SafeshipError) -> int:

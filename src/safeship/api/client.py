@@ -8,6 +8,7 @@ TemporaryError otherwise; no answer at all is ControllerUnreachable (exit code 3
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,9 +30,9 @@ from safeship.errors import (
     StoreError,
     TemporaryError,
 )
+from safeship.tokens import TOKEN_FILE, private_dir, token_problem
 
 CONTROLLER_FILE = "controller.json"
-TOKEN_FILE = "token"
 SERVER_MODULE = "safeship.api.server"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
@@ -84,8 +85,13 @@ class ControllerClient:
         """Start a controller in the background unless one answers; True if this call started it."""
         if self.is_running():
             return False
+        token = self.state_dir / TOKEN_FILE
+        problem = token_problem(token) if token.exists() else None
+        if problem is not None:  # the controller would refuse it: say why here, as bad input
+            raise InputError(f"the API token file {token} {problem}; the controller does not start with it")
         logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
+        private_dir(logs)
         command = [
             sys.executable,
             "-m",
@@ -93,7 +99,10 @@ class ControllerClient:
             "--config",
             str(Path(config_path).resolve()),
         ]
-        with open(logs / "controller.log", "ab") as log_file:
+        fd = os.open(logs / "controller.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)  # a log an older safeship made readable by others
+        with os.fdopen(fd, "ab") as log_file:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,

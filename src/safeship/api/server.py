@@ -35,6 +35,7 @@ from safeship.api.controller import Controller, write_json_atomically
 from safeship.config.models import SafeshipConfig
 from safeship.environments.secrets import install, redactor
 from safeship.errors import ConflictError, InputError, SafeshipError
+from safeship.tokens import tighten_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class _Server(uvicorn.Server):
 
 
 def _lock(state_dir: Path) -> IO[str]:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    tighten_dir(state_dir)  # 0700: the token, the store and the logs are this user's alone
     handle = open(state_dir / LOCK_FILE, "a")  # noqa: SIM115 - held for the process's lifetime
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

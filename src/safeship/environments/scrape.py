@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ from typing import Any
 import yaml
 
 from safeship.config.models import Environment
+from safeship.tokens import TOKEN_FILE, write_new_token
 
 SNIPPET_FILE = "prometheus-scrape.yaml"
 TARGETS_FILE = "prometheus-targets.json"
 CONTROLLER_FILE = "controller.json"  # written by the controller once it listens: {pid, host, port, ...}
-TOKEN_FILE = "token"  # the controller's API token
 SCRAPE_INTERVAL = "5s"  # the analysis looks every few seconds; a slower scrape would blur its windows
 HAPROXY_ROUTER = "haproxy"
 
@@ -97,15 +96,10 @@ def snippet(environment: Environment, state_dir: Path, folder: Path, *, haproxy:
 
 
 def ensure_token(state_dir: Path) -> Path:
-    """`<state_dir>/token`, made (0600, exclusively) when it is not there yet."""
+    """`<state_dir>/token`, made (0600, written aside and renamed into place) when it is not there
+    yet; the controller checks it when it starts (`safeship.tokens`)."""
     path = state_dir / TOKEN_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(32) + "\n")
+    write_new_token(path)
     return path
 
 

@@ -474,8 +474,8 @@ class LocalPlatform(ScalesOneByOne):
         sup.limits = self.limits.for_instance(inst.id, spec.memory_mb, spec.cpu) if self.limits else None
         if sup.limits is not None:
             sup.env.update(sup.limits.extra_env)
-        sup.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(sup.log_path, "ab") as log_file:
+        sup.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _private_log(sup.log_path) as log_file:
             _log_line(
                 log_file,
                 f"starting {inst.id} on port {port}: {' '.join(argv)}"
@@ -579,7 +579,7 @@ class LocalPlatform(ScalesOneByOne):
             # Out of memory is a HealthCheckFailure with that evidence, not just "exit code 1".
             description = sup.limits.explain_exit(code, _log_tail(sup.log_path)) or description
             sup.limits.release()
-        with contextlib.suppress(OSError), open(sup.log_path, "ab") as log_file:
+        with contextlib.suppress(OSError), _private_log(sup.log_path) as log_file:
             _log_line(log_file, f"pid {pid} {description}", sup.spec.secret_env)
         self._clear_process(sup)
         return description
@@ -685,6 +685,11 @@ def _template_values(spec: InstanceSpec, *, port: int) -> dict[str, str]:
     if spec.env.get(ARTIFACT_ENV):
         values["artifact"] = spec.env[ARTIFACT_ENV]
     return values
+
+
+def _private_log(path: Path) -> BinaryIO:
+    """An instance's log, opened to append; made 0600 (it may hold what the service prints)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
 
 
 def unpack_release(releases: Path, artifact: ArtifactRecord) -> Path | None:

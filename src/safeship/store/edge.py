@@ -152,7 +152,7 @@ def ensure_directory(target: Target) -> None:
         return
     directory = target.sqlite_path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the folder it makes is this user's alone
     except FileExistsError as exc:
         raise StoreError(
             f"store {target.shown}: cannot create its directory {directory}: "
@@ -164,6 +164,22 @@ def ensure_directory(target: Target) -> None:
             f"store {target.shown}: cannot create its directory {directory} ({exc.strerror or exc}); "
             "create it with write permission or point store.url elsewhere"
         ) from exc
+
+
+def keep_private(target: Target) -> None:
+    """Make the SQLite file (mode 0600) before SQLite does (0644), and take group and other access
+    away from one this user owns, with its -wal and -shm files: they hold every deployment's
+    reasons and events. SQLite gives a new -wal or -shm file the database's own mode."""
+    if target.sqlite_path is None or target.read_only:
+        return
+    path = target.sqlite_path
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            info = file.stat()
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+                file.chmod(stat.S_IMODE(info.st_mode) & ~0o077)
 
 
 # ---------------------------------------------------------------- translating driver errors

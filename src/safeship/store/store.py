@@ -290,6 +290,7 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
     target = edge.parse(url)
     waited = edge.busy_timeout_s() if busy_timeout_s is None else busy_timeout_s
     edge.ensure_directory(target)
+    edge.keep_private(target)
     connect_url = edge.sqlite_connect_url(target) if target.is_sqlite else target.url
     try:
         if target.is_sqlite and target.sqlite_path is None and "uri" not in target.url.query:
