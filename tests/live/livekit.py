@@ -60,6 +60,7 @@ services:
     command: [python, -m, examples.user_service, --port, "{{port}}", --version, "{{version}}"]
     versions: [v1.2.0, v1.3.0, v1.4.0, v1.5.0, v1.6.0]
     grace_period: 5s
+    ports: {{{env}: 0}}  # any free port: a test must not want one another run may hold
     env: {{{mark}: "{mark_value}"}}
 """
 

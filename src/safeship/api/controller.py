@@ -37,18 +37,22 @@ from safeship.engine.policies import policy_for
 from safeship.engine.sinks import sinks_from_config
 from safeship.engine.status import DeploymentStatus
 from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
+from safeship.environments.ports import describe_holder
 from safeship.environments.secrets import load_secrets, register
 from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
 from safeship.platforms import DEFAULT_PLATFORM, platform_class
 from safeship.platforms.base import Platform, PlatformSetup
 from safeship.routing.backends import sync_backends
 from safeship.routing.base import RouteKey, RouterSetup, RoutesSnapshot, TrafficCounters
-from safeship.store import DeploymentRecord, Store
+from safeship.store import DeploymentRecord, EventRecord, Store
 from safeship.traffic import TrafficSetup, TrafficSource
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+BIND_RETRY_S = 1.0  # a route whose port is held tries it again after this, doubling...
+BIND_RETRY_MAX_S = 30.0  # ...up to this
+CONTROLLER_EVENTS = "controller"  # the deployment_id of events about the controller's routes
 
 
 def resolve_paths(config: SafeshipConfig, config_path: str | Path) -> tuple[Path, str]:
@@ -159,6 +163,7 @@ class Controller:
         self._loop: asyncio.Task[None] | None = None
         self._policies_loaded: asyncio.Task[object] | None = None
         self._stopping = False
+        self._waiting: dict[RouteKey, asyncio.Task[None]] = {}  # routes retrying their own port
 
     @classmethod
     def from_config_file(cls, config_path: str | Path) -> Controller:
@@ -205,7 +210,8 @@ class Controller:
     async def stop(self) -> None:
         """Stop routing and supervising; service processes keep running for the next controller."""
         self._stopping = True
-        tasks = [t for t in [self._loop, self._policies_loaded, *self._runners.values()] if t is not None]
+        tasks = [t for t in [self._loop, self._policies_loaded, *self._runners.values(), *self._waiting.values()]
+                 if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -218,21 +224,68 @@ class Controller:
         self.store.close()
 
     async def _listen(self, key: RouteKey, previous: int | None) -> int | None:
-        """The port the route listens on: the configured one, else the one it had, else any; None
-        for a router that does not listen."""
+        """The port the route listens on; None for a router that does not listen.
+
+        The route's port is the user's (config/ports.py): a port that cannot be bound is never
+        swapped for another. The route waits for it, retried with backoff in the background, and
+        the controller says so in the log and in a `port_unavailable` event, naming the process
+        that holds it where /proc shows it. Only a route whose config asks for any free port
+        (`ports.<environment>: 0`) keeps the port it had while that is free, else takes another."""
         if not self.router.abilities_for(key).listens:
             await self.router.ensure_route(key)
             return None
         configured = self._configured_port(key)
-        for port in dict.fromkeys(p for p in (configured, previous, 0) if p is not None):
-            try:
-                return await self.router.ensure_route(key, host=HOST, port=port)
-            except SafeshipError as exc:
-                log.warning("route %s: %s; trying another port", key, exc)
-        raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
+        if configured is None:
+            for port in dict.fromkeys(p for p in (previous, 0) if p is not None):
+                try:
+                    return await self.router.ensure_route(key, host=HOST, port=port)
+                except SafeshipError as exc:
+                    log.warning("route %s: %s; its config asks for any free port, so it takes another", key, exc)
+            raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
+        try:
+            return await self.router.ensure_route(key, host=HOST, port=configured)
+        except SafeshipError as exc:
+            self._port_unavailable(key, configured, exc)
+        self._waiting[key] = asyncio.create_task(self._bind_later(key, configured), name=f"bind {key}")
+        return configured
 
     def _configured_port(self, key: RouteKey) -> int | None:
         return configured_port(self.config, key.service, key.environment)
+
+    def _port_unavailable(self, key: RouteKey, port: int, exc: Exception, *, retry_in: float = BIND_RETRY_S,
+                          first: bool = True) -> None:
+        """Says loudly that `key` cannot listen on its own port, and who holds it."""
+        held = describe_holder(port)
+        message = (f"route {key}: cannot listen on its port {HOST}:{port}, {held}; the route waits for that "
+                   f"port (never another), retrying in {retry_in:g}s: stop what holds it, or set "
+                   f"services.{key.service}.ports.{key.environment} to another port")
+        log.error("%s (%s)", message, exc)
+        if first:
+            self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "port_unavailable", message, {
+                "service": key.service, "environment": key.environment, "port": port, "holder": held})])
+
+    async def _bind_later(self, key: RouteKey, port: int) -> None:
+        """Retry the route's own port with backoff until it binds or the controller stops."""
+        delay = BIND_RETRY_S
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                try:
+                    async with self._locks[key]:
+                        await self.router.ensure_route(key, host=HOST, port=port)
+                except SafeshipError as exc:
+                    delay = min(delay * 2, BIND_RETRY_MAX_S)
+                    self._port_unavailable(key, port, exc, retry_in=delay, first=False)
+                    continue
+                message = f"route {key}: listening on its port {HOST}:{port} now"
+                log.warning("%s", message)
+                self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "port_bound", message, {
+                    "service": key.service, "environment": key.environment, "port": port})])
+                self._waiting.pop(key, None)
+                self._write_routes()
+                return
+        finally:
+            self._waiting.pop(key, None)
 
     async def router_snapshot(self) -> RoutesSnapshot:
         """Every route's counters and unrouted requests, for /metrics."""
@@ -240,7 +293,8 @@ class Controller:
 
     def _write_routes(self) -> None:
         routes = [
-            {"service": k.service, "environment": k.environment, "host": HOST, "port": port}
+            {"service": k.service, "environment": k.environment, "host": HOST, "port": port,
+             "listening": k not in self._waiting}
             for k, port in self.routes.items()
             if port is not None
         ]
@@ -400,6 +454,9 @@ class Controller:
                                 "cancel them before cleaning up")
         stopped, routes = 0, 0
         for key in [k for k in list(self.routes) if k.environment == environment]:
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None:  # no longer wanted on its port
+                waiting.cancel()
             async with self._locks[key]:
                 await self.router.remove_route(key)  # no new requests first, then the processes
                 instances = await self.platform.instances(key.service, environment)

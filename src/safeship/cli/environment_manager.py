@@ -88,5 +88,8 @@ def _controller_cleanup(directory: Path) -> Callable[[str], Mapping[str, Any]] |
 
 def _print(checks: list[Check]) -> None:
     for check in checks:
-        mark = output.styled("ok  ", "green") if check.ok else output.styled("FAIL", "red")
+        if not check.ok:
+            mark = output.styled("FAIL", "red")
+        else:
+            mark = output.styled("warn", "yellow") if check.warning else output.styled("ok  ", "green")
         output.console.print(mark, f"{check.name}: {check.detail}")

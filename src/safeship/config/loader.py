@@ -311,3 +311,45 @@ def _check_references(config: SafeshipConfig, source: str) -> None:
                 raise ConfigError(source, f"{where}.secrets[{index}]", "a secret is injected as an environment "
                                   "variable: letters, digits and '_', not starting with a digit, "
                                   f"got {show(secret)}")
+    _check_ports(config, source)
+
+
+def _check_ports(config: SafeshipConfig, source: str) -> None:
+    """Route ports are the user's (config/ports.py): `ports:` names configured environments, the
+    old rules that counted places in a list are refused with the ports they gave, and no two routes
+    want the same port."""
+    from safeship.config.ports import route_port, route_port_rule
+
+    environments = [e.name for e in config.environment_management.environments]
+    for index, env in enumerate(config.environment_management.environments):
+        if env.router_port_base:
+            given = ", ".join(f"{name}: {env.router_port_base + n}" for n, name in enumerate(config.services))
+            raise ConfigError(source, f"environment_management.environments[{index}].router_port_base",
+                              "counts each service's place in services:, so adding a service moves the others; "
+                              f"write each service's ports.{env.name} instead (this gave {given}), "
+                              f"got {env.router_port_base}")
+    for name, service in config.services.items():
+        if service.router_port:
+            given = ", ".join(f"{env}: {service.router_port + 100 * n}" for n, env in enumerate(environments))
+            raise ConfigError(source, f"services.{name}.router_port",
+                              "counts each environment's place in the list (+100 each), so adding an environment "
+                              f"moves the others; write the ports instead: ports: {{{given}}}, "
+                              f"got {service.router_port}")
+        for environment in service.ports:
+            if environment not in environments:
+                raise ConfigError(source, f"services.{name}.ports.{_key(environment)}",
+                                  f"there is no environment {show(environment)} under environment_management "
+                                  f"(known: {', '.join(environments) or 'none'})")
+    taken: dict[int, tuple[str, str]] = {}
+    for environment in environments:
+        for name in config.services:
+            port = route_port(config, name, environment)
+            if port is None:
+                continue
+            if port in taken:
+                other = taken[port]
+                raise ConfigError(source, f"services.{name}.ports.{environment}",
+                                  f"{name} in {environment} would listen on port {port}, as {other[0]} in "
+                                  f"{other[1]} does ({route_port_rule(config, name, environment)}); "
+                                  f"give one of them another port")
+            taken[port] = (name, environment)

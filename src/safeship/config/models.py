@@ -407,7 +407,7 @@ class Environment(Model):
     gateway: GatewayRef | None = None  # router: gateway-api
     ingress_namespace: str = "ingress-nginx"  # NetworkPolicy admits traffic from here
     load_balancer: bool = False  # Kubernetes: a Service of type LoadBalancer per service
-    router_port_base: Int = Field(default=0, ge=0, le=65535)  # 0: pick free ports
+    router_port_base: Int = Field(default=0, ge=0, le=65535)  # refused unless 0: see services.<name>.ports
     variables: dict[str, str] = Field(default_factory=dict)
     approval: Literal["none", "required"] = "none"
     freeze_windows: list[FreezeWindowConfig] = Field(default_factory=list)
@@ -491,7 +491,10 @@ class ServiceConfig(Model):
     health_checks: HealthCheckConfiguration | None = None
     command: list[str] = Field(default_factory=list)  # local platform: {port}, {version}, ...
     versions: list[str] = Field(default_factory=list)  # known releases; empty: any version
-    router_port: Int = Field(default=0, ge=0, le=65535)
+    router_port: Int = Field(default=0, ge=0, le=65535)  # refused unless 0: see `ports` (config/ports.py)
+    # The route's port per environment (0: any free port); an environment left out gets a port
+    # hashed from the two names (config/ports.py), never one from the order of a list.
+    ports: dict[str, Annotated[Int, Field(ge=0, le=65535)]] = Field(default_factory=dict)
     grace_period: Duration = Field(default=10.0, le=86400)
     rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
     simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version

@@ -20,6 +20,8 @@ from typing import Any
 
 from safeship.config.models import Environment, EnvironmentType, SafeshipConfig
 from safeship.config.names import check_name, inside
+from safeship.config.ports import route_port, route_port_rule
+from safeship.environments.ports import describe_holder, ephemeral_range
 from safeship.environments.scrape import write_scrape_config
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, NotFoundError
@@ -29,7 +31,6 @@ from safeship.routing.base import RouteKey
 from safeship.store import Store
 
 MIN_FREE_DISK_MB = 200
-ENVIRONMENT_PORT_OFFSET = 100  # a service's port in the n-th environment: router_port + 100 n
 ROUTES_FILE = "routes.json"
 KUBERNETES = "kubernetes"  # environments on this platform are prepared on their cluster
 
@@ -39,9 +40,10 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # passed, but something the user should change
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+        return {"check": self.name, "ok": self.ok, "detail": self.detail, "warning": self.warning}
 
 
 def environment_or_fail(config: SafeshipConfig, name: str) -> Environment:
@@ -58,39 +60,15 @@ def environment_or_fail(config: SafeshipConfig, name: str) -> Environment:
 
 
 def configured_port(config: SafeshipConfig, service: str, environment: str) -> int | None:
-    """The route port of a service in an environment, or None when one is picked at start.
-
-    `services.<name>.router_port` is the port in the first environment listed under
-    `environment_management.environments`; each environment listed after it adds 100, so one
-    config can run every environment on one host without two routes wanting the same port."""
-    settings = config.services[service]
-    names = [e.name for e in config.environment_management.environments]
-    if settings.router_port:
-        return settings.router_port + ENVIRONMENT_PORT_OFFSET * names.index(environment)
-    env = config.environment(environment)
-    if env is not None and env.router_port_base:
-        return env.router_port_base + list(config.services).index(service)
-    return None
+    """The route port of a service in an environment, or None when any free port will do
+    (`services.<name>.ports.<environment>: 0`). The rule is in config/ports.py: the port the
+    config gives, else one hashed from the two names; never one from the order of a list."""
+    return route_port(config, service, environment)
 
 
 def port_rule(config: SafeshipConfig, service: str, environment: str) -> str:
     """Where `configured_port` got its number, in words, for prepare and validate to print."""
-    settings = config.services[service]
-    names = [e.name for e in config.environment_management.environments]
-    if settings.router_port:
-        position = names.index(environment)
-        if position == 0:
-            return f"router_port {settings.router_port}: {environment} is the first environment listed"
-        return (f"router_port {settings.router_port} + {ENVIRONMENT_PORT_OFFSET * position} for {environment}: "
-                f"+{ENVIRONMENT_PORT_OFFSET} per environment listed before it")
-    env = config.environment(environment)
-    if env is not None and env.router_port_base:
-        position = list(config.services).index(service)
-        if position == 0:
-            return f"router_port_base {env.router_port_base} of {environment}: {service} is the first service listed"
-        return (f"router_port_base {env.router_port_base} of {environment} + {position}: "
-                f"+1 per service listed before {service}")
-    return "picked by the controller when it starts"
+    return route_port_rule(config, service, environment)
 
 
 def required_capacity(config: SafeshipConfig) -> tuple[float, float, str]:
@@ -227,7 +205,8 @@ class EnvironmentManager:
                 continue
             owner = port_owner(port, owned)
             if owner == "taken":
-                raise ConflictError(f"port {port} for {service} in {environment.name} is taken by another process")
+                raise ConflictError(f"port {port} for {service} in {environment.name} is taken by another process "
+                                    f"({describe_holder(port)})")
             rule = port_rule(self.config, service, environment.name)
             checks.append(Check(f"{service} port", True, f"127.0.0.1:{port} ({rule}) reserved ({owner})"))
         return ports
@@ -253,13 +232,7 @@ class EnvironmentManager:
         checks = [self._writable(label, path) for label, path in self.paths(environment).items()]
         checks.append(self._secrets_check(name))
         checks += _router_check(environment)
-        owned = self.owned_ports()
-        for service in self.config.services:
-            port = configured_port(self.config, service, name)
-            if port is not None:
-                owner = port_owner(port, owned)
-                rule = port_rule(self.config, service, name)
-                checks.append(Check(f"{service} port", owner != "taken", f"127.0.0.1:{port} ({rule}) is {owner}"))
+        checks += self._port_checks(name)
         cpu, memory, hungriest = required_capacity(self.config)
         quota = environment.resource_quotas
         checks.append(Check("cpu quota", cpu <= quota.cpu, f"services need {cpu:g} cores with room for one "
@@ -273,6 +246,32 @@ class EnvironmentManager:
         free_mb = usage.free / 2**20
         checks.append(Check("disk space", free_mb >= MIN_FREE_DISK_MB,
                             f"{free_mb:.0f}Mi free (at least {MIN_FREE_DISK_MB}Mi wanted)"))
+        return checks
+
+    def _port_checks(self, name: str) -> list[Check]:
+        """Each route's port: free or ours, else failed naming the process that holds it; a port in
+        the kernel's ephemeral range passes with a warning, since any outgoing connection may be
+        handed it while the controller is down."""
+        owned = self.owned_ports()
+        low, high = ephemeral_range()
+        checks = []
+        for service in self.config.services:
+            port = configured_port(self.config, service, name)
+            if port is None:
+                checks.append(Check(f"{service} port", True, "any free port, picked by the controller "
+                                    f"(services.{service}.ports.{name}: 0)"))
+                continue
+            owner = port_owner(port, owned)
+            rule = port_rule(self.config, service, name)
+            detail = f"127.0.0.1:{port} ({rule}) is {owner}"
+            if owner == "taken":
+                detail += f": {describe_holder(port)}"
+            warning = low <= port <= high
+            if warning:
+                detail += (f"; warning: {port} is inside the ephemeral port range {low}-{high} "
+                           "(/proc/sys/net/ipv4/ip_local_port_range), which the kernel hands to outgoing "
+                           "connections: choose a port outside it")
+            checks.append(Check(f"{service} port", owner != "taken", detail, warning=warning))
         return checks
 
     @staticmethod

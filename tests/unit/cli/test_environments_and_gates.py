@@ -28,7 +28,7 @@ services:
   user-service:
     replicas: 2
     secrets: [DB_PASSWORD]
-    router_port: {port}
+    ports: {{staging: {port}}}
     command: ["python", "-m", "examples.user_service", "--port", "{{port}}", "--version", "{{version}}"]
 """
 SECRET = "s3cr3t-planted-value-7f1c"

@@ -29,7 +29,7 @@ BASE: dict[str, Any] = {
     "services": {
         "user-service": {
             "replicas": 1,
-            "router_port": 18080,
+            "ports": {"development": 18080, "staging": 18180, "production": 18280},
             "command": ["python", "-m", "examples.user_service", "--port", "{port}", "--version", "{version}"],
         }
     },
@@ -166,7 +166,7 @@ def test_validate_fails_a_state_path_that_cannot_become_a_directory(project: Pro
 # ---------------------------------------------------------------- where a route port comes from
 
 
-def test_router_port_moves_by_100_per_environment_listed_before() -> None:
+def test_the_ports_written_are_the_ports() -> None:
     config = make_config()
     ports = [configured_port(config, "user-service", name) for name in ("development", "staging", "production")]
     assert ports == [18080, 18180, 18280]
@@ -175,6 +175,4 @@ def test_router_port_moves_by_100_per_environment_listed_before() -> None:
 def test_prepare_and_validate_say_where_the_port_comes_from(project: Project) -> None:
     checks = {check.name: check for check in project.manager.validate("production")}
     detail = checks["user-service port"].detail
-    assert detail.startswith("127.0.0.1:18280 (router_port 18080 + 200 for production")
-    first = {check.name: check for check in project.manager.validate("development")}
-    assert first["user-service port"].detail.startswith("127.0.0.1:18080 (router_port 18080: development is the first")
+    assert detail.startswith("127.0.0.1:18280 (services.user-service.ports.production) is ")
