@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 _T = TypeVar("_T")
@@ -137,6 +138,36 @@ def install(redactor: Redactor, logger: logging.Logger | None = None) -> Redacti
         if log_filter not in handler.filters:
             handler.addFilter(log_filter)
     return log_filter
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be logged: its password, path, query values and fragment masked, then every
+    known secret value too. A webhook or gate URL often carries a credential (`?token=...`,
+    `https://user:pass@host/`, or the path itself, as Slack's `/services/T0/B0/XXXX`); a URL of
+    another scheme (Apprise's `slack://TokenA/TokenB/...`) keeps only its scheme."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.scheme not in ("http", "https"):
+        return f"{parts.scheme}://{MASK}" if parts.scheme else MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = "&".join(f"{pair.split('=', 1)[0]}={MASK}" if pair else pair for pair in parts.query.split("&"))
+    path = parts.path if parts.path in ("", "/") else f"/{MASK}"
+    shown = urlunsplit((parts.scheme, netloc, path, query, MASK if parts.fragment else ""))
+    return _shared.redact_text(shown)
+
+
+def redact_urls(text: str, urls: Iterable[str]) -> str:
+    """`text` with each of `urls` replaced by its redacted form, and every known secret masked."""
+    for url in sorted(set(urls), key=len, reverse=True):
+        if url:
+            text = text.replace(url, redact_url(url))
+    return _shared.redact_text(text)
 
 
 # ---------------------------------------------------------------- the process-wide redactor

@@ -10,8 +10,6 @@ deployment succeeds anyway, and that sink's failures are `notification_failed` e
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from livekit import Controller, Setup, deploy, wait_final, wait_for
 
 from safeship.api.client import ControllerClient
 from safeship.engine.notify import notification_for
+from safeship.signing import verify
 from safeship.store import Store
 
 pytestmark = [pytest.mark.live]
@@ -121,6 +120,7 @@ def test_a_controller_killed_before_delivering_delivers_after_restart_once_per_k
         tmp_path: Path, setup: Setup, receivers: tuple[Receiver, Receiver]) -> None:
     hook, stuck = receivers
     (tmp_path / "hook.secret").write_text(SECRET + "\n")
+    (tmp_path / "hook.secret").chmod(0o600)
     with open(setup.config, "a") as config:
         config.write(
             "notifications:\n"
@@ -160,8 +160,7 @@ def test_a_controller_killed_before_delivering_delivers_after_restart_once_per_k
     for key, delivery in by_key.items():
         body = json.loads(delivery.body)
         assert (body["idempotency_key"], body["event"]) == (key, keys[key])
-        expected = "sha256=" + hmac.new(SECRET.encode(), delivery.body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(delivery.signature, expected)
+        assert verify(SECRET.encode(), delivery.body, delivery.signature, max_age_s=3600)
         assert SECRET.encode() not in delivery.body
     # The receiver that never answered slowed nothing down: the deployment succeeded, and its sink's
     # tries ended in notification_failed events.

@@ -116,7 +116,7 @@ def test_an_app_built_with_a_real_token_still_refuses_an_empty_bearer(tmp_path: 
     controller = Controller.from_config_file(config)
     try:
         token = load_or_create_token(state)
-        with TestClient(create_app(controller, token)) as client:
+        with TestClient(create_app(controller, token), base_url="http://127.0.0.1") as client:
             assert client.get("/deployments", headers={"Authorization": "Bearer "}).status_code == 401
             assert client.get("/deployments", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:

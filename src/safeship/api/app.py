@@ -35,7 +35,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import Receive, Scope, Send
 
 from safeship import tokens
 from safeship.api.controller import Controller
@@ -348,13 +351,53 @@ class GuardedRoute(APIRoute):
         return guarded
 
 
+# ---------------------------------------------------------------- trusted hosts
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def trusted_hosts(listen_host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host header names the controller answers: loopback, the host it listens on, and the
+    config's `api_hosts`. IPv6 addresses are written in brackets, as they come in the header."""
+    listen = f"[{listen_host}]" if ":" in listen_host and not listen_host.startswith("[") else listen_host
+    return list(dict.fromkeys(name.lower() for name in (*LOOPBACK_HOSTS, listen, *extra)))
+
+
+class TrustedHosts(TrustedHostMiddleware):
+    """Starlette's TrustedHostMiddleware, answering a refused Host header the way every other error
+    is answered: 400 with one sentence in `detail`. Requests it lets through go on to Starlette's
+    own check, so a header it cannot parse is still refused there."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            given = Headers(scope=scope).get("host", "")
+            if _host_name(given) not in self.allowed_hosts:
+                answer = JSONResponse(
+                    {"detail": f"Host header {shown(given)} is not a name this controller answers to (it answers "
+                               f"{', '.join(self.allowed_hosts)}; add others under api_hosts in the config)"},
+                    status_code=400)
+                await answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, without its port: `[::1]` of `[::1]:8080`, `localhost` of `localhost`."""
+    if header.startswith("["):
+        return header[: header.find("]") + 1].lower() if "]" in header else header.lower()
+    return header.rsplit(":", 1)[0].lower() if header.count(":") == 1 else header.lower()
+
+
 # ---------------------------------------------------------------- the app
 
 
-def create_app(controller: Controller, token: str, *, dashboard: bool = True) -> FastAPI:
+def create_app(controller: Controller, token: str, *, dashboard: bool = True, listen_host: str = "127.0.0.1",
+               extra_hosts: Sequence[str] = ()) -> FastAPI:
     """The API, and unless `dashboard` is False the web dashboard beside it (at / and under /ui;
     see `safeship.api.dashboard`): pages need the session cookie its login page sets, the API
-    keeps needing the bearer token."""
+    keeps needing the bearer token. Only requests whose Host header is one of `trusted_hosts`
+    (loopback, `listen_host`, the config's `api_hosts` and `extra_hosts`) are answered, so a page
+    that DNS rebinding points at the controller reads nothing, /healthz and /metrics included."""
     app = FastAPI(
         title="safeship controller",
         version="1",
@@ -501,6 +544,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True) ->
         return clean_dict(await controller.cleanup_environment(environment))
 
     app.include_router(api)
+    hosts = trusted_hosts(listen_host, [*controller.config.api_hosts, *extra_hosts])
+    app.add_middleware(TrustedHosts, allowed_hosts=hosts, www_redirect=False)
     if dashboard:
         from safeship.api.dashboard import mount
 

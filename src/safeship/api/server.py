@@ -109,7 +109,7 @@ async def _serve(config_path: str, host: str, port: int) -> None:
         try:
             sock = _listen(host, port)
             config = uvicorn.Config(
-                create_app(controller, token),
+                create_app(controller, token, listen_host=host),
                 host=host,
                 port=port,
                 loop="uvloop" if _uvloop_available() else "asyncio",
@@ -307,6 +307,13 @@ def stop_server(config_path: str) -> list[str]:
     return lines + _instances_left(config, config_path)
 
 
+def quiet_http_clients() -> None:
+    """httpx and httpcore log every request at INFO with its whole URL, so a webhook's or gate's
+    credential (`?token=...`) would reach the controller's log: they log warnings only."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {SERVER_MODULE}", description=__doc__)
     parser.add_argument("--config", default=os.environ.get("SAFESHIP_CONFIG", "safeship.yaml"))
@@ -317,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_http_clients()
     try:
         serve(args.config, port=args.port)
     except SafeshipError as exc:

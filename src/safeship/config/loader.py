@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.names import NameKind, name_problem
 from safeship.config.names import shown as show
+from safeship.config.secret_files import read_secret_file
 from safeship.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -247,7 +248,19 @@ def load_config(path: str | Path) -> SafeshipConfig:
         raise ConfigError(str(path), "", f"the top level must be a mapping of sections, got a {_kind(data)}")
     config = validate(SafeshipConfig, data, str(path))
     _check_references(config, str(path))
+    _read_secret_files(config, path.resolve().parent, str(path))
     return config
+
+
+def _read_secret_files(config: SafeshipConfig, config_dir: Path, source: str) -> None:
+    """Read every secret file the config names for signing, refusing one that cannot be read, is
+    empty, or that group or other users may read (see config/secret_files.py)."""
+    for index, sink in enumerate(config.notifications):
+        if sink.secret_file is not None:
+            read_secret_file(sink.secret_file, config_dir, source, f"notifications[{index}].secret_file")
+    for name, service in config.services.items():
+        for index, gate in enumerate(service.webhooks):
+            gate.load_secret(config_dir, source, f"services.{_key(name)}.webhooks[{index}].secret_file")
 
 
 def load_rollback_settings(path: str | Path) -> RollbackConfiguration:

@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_
 
 from safeship.config.base import MAX_COUNT, Int, Model, Number
 from safeship.config.durations import Duration, PositiveDuration, StepDuration
+from safeship.config.hosts import ApiHosts
 from safeship.config.names import shown as show
 from safeship.config.notifications import NotificationSinks
 from safeship.config.pipeline import Pipeline
@@ -523,6 +524,9 @@ class SafeshipConfig(Model):
     # the controller restarts; false runs it inside the controller.
     router_process: bool = True
     notifications: NotificationSinks = Field(default_factory=list)
+    # Host names the controller's API and dashboard answer to besides 127.0.0.1, localhost, ::1 and
+    # the host it listens on (config/hosts.py); any other Host header is refused with 400.
+    api_hosts: ApiHosts = Field(default_factory=list)
 
     def environment(self, name: str) -> Environment | None:
         return next((e for e in self.environment_management.environments if e.name == name), None)

@@ -17,12 +17,14 @@ See docs/webhooks.md for where each runs in a plan and what the body holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from safeship.config.base import Int, Model
 from safeship.config.durations import Duration, PositiveDuration
+from safeship.config.secret_files import read_secret_file
 
 GATE_TYPES = (
     "confirm-rollout",
@@ -59,6 +61,21 @@ class WebhookGateConfig(Model):
     backoff: Duration = 1.0  # before the first retry; doubles with each one
     interval: PositiveDuration = 10.0  # a held confirm gate, and a rollback gate, are asked this often
     metadata: dict[str, str] = Field(default_factory=dict)  # sent as is in the body
+    # A file (relative to the config file's folder) whose content signs each request, as a webhook
+    # notification's `secret_file` does: `X-Safeship-Signature: t=<unix seconds>,v1=<hex HMAC>`.
+    secret_file: str | None = Field(default=None, min_length=1)
+    _secret: bytes | None = PrivateAttr(default=None)  # read by the loader (config/secret_files.py)
+
+    def signing_secret(self) -> bytes | None:
+        """The secret that signs this gate's requests: the one the loader read, or, for a config
+        built without it, the file read now (relative to the working folder); None without one."""
+        if self.secret_file is not None and self._secret is None:
+            self._secret = read_secret_file(self.secret_file, Path.cwd(), "webhook gate", f"{self.name}.secret_file")
+        return self._secret
+
+    def load_secret(self, config_dir: Path, source: str, field: str) -> None:
+        if self.secret_file is not None:
+            self._secret = read_secret_file(self.secret_file, config_dir, source, field)
 
     @field_validator("url")
     @classmethod

@@ -13,8 +13,6 @@ bounded by the sink's `timeout`, and reads its `name`, `events`, `retries` and `
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import inspect
 import json
 import os
@@ -28,11 +26,12 @@ import httpx
 
 from safeship.config.models import SafeshipConfig
 from safeship.config.notifications import NotificationSinkConfig, unique_sink_names
+from safeship.config.secret_files import read_secret_file
 from safeship.engine.notify import LogSink, Notification, NotificationSink
-from safeship.environments.secrets import register
 from safeship.errors import ConfigError
+from safeship.redaction import redact_url, redact_urls
+from safeship.signing import SIGNATURE_HEADER, signature
 
-SIGNATURE_HEADER = "X-Safeship-Signature"
 _OUTPUT_CHARS = 300  # of a failed command's stderr, in the failure event
 
 
@@ -43,11 +42,6 @@ class DeliveryError(Exception):
 def body_bytes(notification: Notification) -> bytes:
     """The exact bytes a webhook or command receives: the body as compact JSON, keys in order."""
     return json.dumps(notification.body(), separators=(",", ":"), sort_keys=True, default=str).encode()
-
-
-def signature(secret: bytes, body: bytes) -> str:
-    """The `X-Safeship-Signature` value of `body`: `sha256=` and the hex HMAC-SHA256."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 class _Settings:
@@ -67,8 +61,9 @@ class WebhookSink(_Settings):
 
     Headers: `Content-Type: application/json`, `Idempotency-Key` (the same for every delivery of
     one event), `X-Safeship-Event` (the kind), the configured `headers`, and with a `secret`
-    `X-Safeship-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`. The secret signs and
-    never travels. Redirects are not followed (a signed body goes only where it was configured)."""
+    `X-Safeship-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<exact body bytes>">`
+    (see `safeship.signing`). The secret signs and never travels. Redirects are not followed (a
+    signed body goes only where it was configured)."""
 
     def __init__(self, name: str, url: str, *, secret: bytes | None = None,
                  headers: Mapping[str, str] | None = None, **settings: Any) -> None:
@@ -90,7 +85,8 @@ class WebhookSink(_Settings):
             with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
                 answer = client.post(self.url, content=body, headers=self.request_headers(notification, body))
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"POST to {self.origin} failed: {type(exc).__name__}: {exc}") from exc
+            detail = redact_urls(str(exc), [self.url])  # never the credential a URL may carry
+            raise DeliveryError(f"POST to {self.origin} failed: {type(exc).__name__}: {detail}") from exc
         if not answer.is_success:
             raise DeliveryError(f"POST to {self.origin} answered {answer.status_code} {answer.reason_phrase}")
 
@@ -115,7 +111,7 @@ class AppriseSink(_Settings):
         sender = apprise.Apprise(asset=_asset())
         for url in self.urls:
             if not sender.add(url):
-                raise DeliveryError(f"apprise cannot use the URL {url!r}")
+                raise DeliveryError(f"apprise cannot use the URL {redact_url(url)!r}")
         return sender
 
     def check_urls(self) -> int | None:
@@ -204,9 +200,9 @@ def sinks_from_config(config: SafeshipConfig, config_dir: Path, *, source: str =
     """The sinks `notifications:` declares, in order; the log sink alone when it declares none.
 
     `config_dir` is the config file's folder: `secret_file` and a command's working directory are
-    relative to it. A secret file that cannot be read, is empty, or an Apprise URL Apprise cannot
-    use is a ConfigError naming `source`, the field and the value. Each webhook secret joins the
-    process-wide redactor, so it is masked wherever it might be printed."""
+    relative to it. A secret file that cannot be read, is empty or readable by others, or an
+    Apprise URL Apprise cannot use is a ConfigError naming `source`, the field and the value. Each
+    webhook secret joins the process-wide redactor, so it is masked wherever it might be printed."""
     if not config.notifications:
         return [LogSink()]
     try:
@@ -222,28 +218,16 @@ def _sink(index: int, sink: NotificationSinkConfig, config_dir: Path, source: st
                                 "backoff": float(sink.backoff)}
     if sink.type == "webhook":
         assert sink.url is not None  # the model requires it
-        secret = _secret(sink.secret_file, config_dir, source, f"{where}.secret_file") if sink.secret_file else None
+        secret = (read_secret_file(sink.secret_file, config_dir, source, f"{where}.secret_file")
+                  if sink.secret_file else None)
         return WebhookSink(sink.name, sink.url, secret=secret, headers=sink.headers, **settings)
     if sink.type == "apprise":
         made = AppriseSink(sink.name, sink.urls, **settings)
         bad = made.check_urls()
         if bad is not None:
-            raise ConfigError(source, f"{where}.urls[{bad}]", f"apprise cannot use the URL {sink.urls[bad]!r}")
+            raise ConfigError(source, f"{where}.urls[{bad}]",
+                              f"apprise cannot use the URL {redact_url(sink.urls[bad])!r}")
         return made
     if sink.type == "command":
         return CommandSink(sink.name, sink.command, cwd=config_dir, **settings)
     return LogSink(sink.name, events=sink.events)
-
-
-def _secret(name: str, config_dir: Path, source: str, field: str) -> bytes:
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else config_dir / path
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ConfigError(source, field, f"cannot read the secret file {name!r} ({path}): {reason}") from None
-    if not text:
-        raise ConfigError(source, field, f"the secret file {name!r} ({path}) is empty")
-    register([text])
-    return text.encode()

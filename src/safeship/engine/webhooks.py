@@ -11,6 +11,7 @@ down holds or fails the deployment with that reason instead of breaking the tick
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,9 @@ from typing import Any
 import httpx
 
 from safeship.config.webhooks import WebhookGateConfig
+from safeship.errors import ConfigError
+from safeship.redaction import redact_urls
+from safeship.signing import SIGNATURE_HEADER, signature
 from safeship.store import DeploymentRecord
 
 log = logging.getLogger(__name__)
@@ -72,20 +76,33 @@ def gate_body(
     return body
 
 
+def request_headers(gate: WebhookGateConfig, content: bytes) -> dict[str, str]:
+    """The headers of one ask: with a `secret_file`, `X-Safeship-Signature: t=<unix seconds>,v1=<hex
+    HMAC-SHA256 of "<t>.<body>">`, as webhook notifications are signed (see `safeship.signing`)."""
+    headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
+    secret = gate.signing_secret()
+    if secret is not None:
+        headers[SIGNATURE_HEADER] = signature(secret, content)
+    return headers
+
+
 async def ask(gate: WebhookGateConfig, body: Mapping[str, Any]) -> Answer:
     """POST `body` to the gate once, within its timeout; never raises (but on cancellation)."""
     try:
+        content = json.dumps(dict(body), separators=(",", ":"), default=str).encode()
         async with asyncio.timeout(gate.timeout):
             async with httpx.AsyncClient(timeout=gate.timeout, follow_redirects=False) as client:
-                response = await client.post(gate.url, json=dict(body), headers={"User-Agent": USER_AGENT})
+                response = await client.post(gate.url, content=content, headers=request_headers(gate, content))
     except TimeoutError:
         return Answer(False, f"timed out after {gate.timeout:g}s")
     except httpx.TimeoutException:
         return Answer(False, f"timed out after {gate.timeout:g}s")
     except httpx.HTTPError as exc:
-        return Answer(False, f"connection failed: {_short(exc)}")
+        return Answer(False, f"connection failed: {_short(exc, gate.url)}")
+    except ConfigError as exc:  # the secret file of a gate built without the loader
+        return Answer(False, f"not asked: {exc}")
     except (OSError, ValueError) as exc:  # a url httpx cannot use, a socket error it did not wrap
-        return Answer(False, f"request failed: {_short(exc)}")
+        return Answer(False, f"request failed: {_short(exc, gate.url)}")
     code = response.status_code
     return Answer(200 <= code < 300, f"HTTP {code}", code)
 
@@ -107,6 +124,8 @@ def backoff(gate: WebhookGateConfig, attempts: int) -> float:
     return float(min(300.0, gate.backoff * 2 ** max(0, attempts - 1)))
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+def _short(exc: BaseException, url: str) -> str:
+    """The error as it goes into events and the log: the gate's URL in it redacted (it may carry a
+    credential), and cut short."""
+    text = redact_urls(str(exc) or type(exc).__name__, [url])
     return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."

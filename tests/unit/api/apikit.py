@@ -13,6 +13,7 @@ from safeship.api.app import create_app
 from safeship.api.controller import Controller
 
 TOKEN = "test-token"
+LOCAL = "http://127.0.0.1"  # the controller answers only Host headers that name it (not "testserver")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVICE = "user-service"
 
@@ -54,5 +55,5 @@ def controller(config_file: Path) -> Iterator[Controller]:
 
 @pytest.fixture
 def client(controller: Controller) -> Iterator[TestClient]:
-    with TestClient(create_app(controller, TOKEN), raise_server_exceptions=True) as test_client:
+    with TestClient(create_app(controller, TOKEN), base_url=LOCAL, raise_server_exceptions=True) as test_client:
         yield test_client

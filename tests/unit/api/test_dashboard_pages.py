@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apikit import TOKEN
+from apikit import LOCAL, TOKEN
 from fastapi.testclient import TestClient
 
 from safeship.api.app import create_app
@@ -200,7 +200,7 @@ def test_the_environments_page_shows_quota_freeze_windows_and_validate_results(
     controller = Controller.from_config_file(config_file)
     try:
         controller.store.record_stable(StableVersion(SERVICE, ENV, "v1.2.0", None, 1.0, None, True))
-        with TestClient(create_app(controller, TOKEN)) as client:
+        with TestClient(create_app(controller, TOKEN), base_url=LOCAL) as client:
             client.post("/ui/login", data={"token": TOKEN}, follow_redirects=False)
             page = client.get("/ui/environments").text
             assert "mornings (daily 00:00-12:00 UTC)" in page and "evenings (daily 12:00-00:00 UTC)" in page
@@ -237,7 +237,7 @@ def test_the_stream_sends_the_events_written_after_its_cursor(
     mount(app, controller, TOKEN, stream_max_s=1.0, stream_poll_s=0.05)
     controller.store.create_deployment(record("deploy-0000000003", "progressing"),
                                        [EventRecord("deploy-0000000003", 1.0, "created", "first")])
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         client.post("/ui/login", data={"token": TOKEN}, follow_redirects=False)
         with client.stream("GET", "/ui/stream?after=0&deployment=deploy-0000000003") as answer:
             assert answer.status_code == 200
@@ -258,7 +258,7 @@ def test_chart_columns_line_up(controller: Controller) -> None:
 
 @pytest.fixture
 def no_dashboard(controller: Controller) -> Iterator[TestClient]:
-    with TestClient(create_app(controller, TOKEN, dashboard=False)) as client:
+    with TestClient(create_app(controller, TOKEN, dashboard=False), base_url=LOCAL) as client:
         yield client
 
 

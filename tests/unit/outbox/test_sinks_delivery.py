@@ -6,8 +6,6 @@ real program with the event on stdin."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import sys
 import threading
@@ -28,6 +26,7 @@ from safeship.engine.policies import policy_for
 from safeship.engine.simulate import CANDIDATE, ENVIRONMENT, SERVICE, build
 from safeship.engine.sinks import AppriseSink, CommandSink, WebhookSink, sinks_from_config
 from safeship.errors import ConfigError
+from safeship.signing import verify
 from safeship.store import EventRecord, Store
 
 SECRET = "whsec-7d1f0c9a-notify-test"  # unique: it joins the process-wide redactor
@@ -153,6 +152,7 @@ async def test_the_webhook_signature_verifies_and_the_secret_stays_out_of_the_bo
         tmp_path: Path, store: Store, receiver: Receiver) -> None:
     deployment = await bad_release(store)
     (tmp_path / "hook.secret").write_text(SECRET + "\n")
+    (tmp_path / "hook.secret").chmod(0o600)
     path, config = configured(tmp_path, f"  - {{name: hook, type: webhook, url: '{receiver.url}', "
                                         "secret_file: hook.secret, headers: {X-Team: payments}}\n")
     sinks = sinks_from_config(config, path.parent, source=str(path))
@@ -162,8 +162,7 @@ async def test_the_webhook_signature_verifies_and_the_secret_stays_out_of_the_bo
     bodies = [seen.json() for seen in receiver.seen]
     assert [b["event"] for b in bodies] == ["started", "step_advanced", "rollback_started", "rolled_back"]
     for seen, body in zip(receiver.seen, bodies, strict=True):
-        expected = "sha256=" + hmac.new(SECRET.encode(), seen.body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(seen.headers["x-safeship-signature"], expected)
+        assert verify(SECRET.encode(), seen.body, seen.headers["x-safeship-signature"])
         assert seen.headers["idempotency-key"] == body["idempotency_key"] == f"{deployment}:{body['event_id']}"
         assert seen.headers["content-type"] == "application/json" and seen.headers["x-team"] == "payments"
         assert SECRET.encode() not in seen.body
@@ -174,8 +173,7 @@ async def test_the_webhook_signature_verifies_and_the_secret_stays_out_of_the_bo
     assert "error rate" in rolled_back["reason"] and rolled_back["evidence"]["trigger"] == "analysis"
     assert bodies[1]["weights"][CANDIDATE] > 0 and bodies[1]["phase"] == "progressing"
     # A body signed with another secret does not verify.
-    forged = "sha256=" + hmac.new(b"another secret", receiver.seen[0].body, hashlib.sha256).hexdigest()
-    assert not hmac.compare_digest(receiver.seen[0].headers["x-safeship-signature"], forged)
+    assert not verify(b"another secret", receiver.seen[0].body, receiver.seen[0].headers["x-safeship-signature"])
 
 
 def test_secret_values_are_masked_in_every_body() -> None:
@@ -375,12 +373,14 @@ def test_without_notifications_the_log_sink_alone(tmp_path: Path) -> None:
     ("  - {name: hook, type: webhook, url: 'http://127.0.0.1:9/', secret_file: empty.secret}\n",
      "notifications[0].secret_file", "is empty"),
     ("  - {name: chat, type: apprise, urls: ['nothing-like-a-url']}\n", "notifications[0].urls[0]",
-     "nothing-like-a-url"),
+     "apprise cannot use the URL"),  # the URL itself is not repeated: an Apprise URL is a credential
 ])
 def test_a_sink_that_cannot_be_built_is_a_config_error(tmp_path: Path, sinks: str, field: str, words: str) -> None:
     (tmp_path / "empty.secret").write_text("\n")
-    path, config = configured(tmp_path, sinks)
-    with pytest.raises(ConfigError) as caught:
+    (tmp_path / "empty.secret").chmod(0o600)
+    path = tmp_path / "safeship.yaml"
+    with pytest.raises(ConfigError) as caught:  # when the config loads, or when its sinks are built
+        path, config = configured(tmp_path, sinks)
         sinks_from_config(config, tmp_path, source=str(path))
     assert caught.value.field == field and words in str(caught.value) and str(path) in str(caught.value)
 
@@ -413,6 +413,7 @@ async def test_a_foreground_command_delivers_to_the_sinks_of_its_config_file(
     assert "warning: notifications not sent" in capsys.readouterr().err
 
     (tmp_path / "gone.secret").write_text(SECRET)
+    (tmp_path / "gone.secret").chmod(0o600)
     flush_notifications(store, config_path=path)  # fixed: what waited is delivered
     assert [seen.json()["event"] for seen in receiver.seen] == [
         "started", "step_advanced", "rollback_started", "rolled_back"]
