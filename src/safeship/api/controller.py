@@ -147,7 +147,9 @@ class Controller:
         self.engine = DeploymentEngine(config, store, world, policy_for=policy_for, secrets_for=self.secrets_for)
         # Notifications leave from the events table, after the transition that wrote them is saved,
         # to the sinks the config declares (the log sink alone when it declares none).
-        self.outbox = Outbox(store, sinks_from_config(config, self.secrets_root))
+        # A sink new to the store starts at the events from now on, unless its config says `since: start`.
+        self.outbox = Outbox(store, sinks_from_config(config, self.secrets_root), new_sinks_from=store.last_event_id(),
+                             replay={s.name for s in config.notifications if s.since == "start"})
         self._outbox_stop = asyncio.Event()
         self._outbox_task: asyncio.Task[None] | None = None
         self.sync_interval = sync_interval or self._default_sync_interval()

@@ -189,13 +189,16 @@ FLUSH_WAIT_S = 10.0  # how long a foreground command goes on retrying a sink tha
 
 
 def flush_notifications(store: Store, config: SafeshipConfig | None = None,
-                        config_path: str | Path | None = None, *, wait: float = FLUSH_WAIT_S) -> None:
+                        config_path: str | Path | None = None, *, wait: float = FLUSH_WAIT_S,
+                        new_from: int | None = None) -> None:
     """Deliver the notifications of what this command ran in the foreground (a simulated
     environment) before it exits, to the sinks `config` declares (read from `config_path` when
     only that is given; the log sink alone without either). A failed delivery is retried for up
     to `wait` seconds more than one delivery's timeout; what is still undelivered then (a
     receiver that is down), or a store that cannot be written, is left for the next command or
-    the controller, with a `notification_failed` event."""
+    the controller, with a `notification_failed` event. `new_from`: the last event id before this
+    command wrote any; a sink new to the store starts after it (unless `since: start`), so it is
+    told what this command did and not the backlog."""
     from safeship.engine.notify import LogSink, NotificationSink
     from safeship.engine.outbox import Outbox
     from safeship.engine.sinks import sinks_from_config
@@ -212,8 +215,9 @@ def flush_notifications(store: Store, config: SafeshipConfig | None = None,
             with contextlib.suppress(OSError):
                 print(f"warning: notifications not sent: {clean(str(exc))}", file=sys.stderr)
             return
+    replay = {s.name for s in config.notifications if s.since == "start"} if config is not None else set()
     with contextlib.suppress(SafeshipError):
-        Outbox(store, sinks).flush(wait)
+        Outbox(store, sinks, new_sinks_from=new_from, replay=replay).flush(wait)
 
 
 def emit(data: Any, *, as_json: bool, text: Callable[[], None]) -> None:

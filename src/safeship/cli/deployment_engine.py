@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--render goes with --deploy (it prints what --deploy would apply)")
     config = load(args.config)
     store = open_store(config, args.config)
+    args.events_before = store.last_event_id()  # a notification sink new to the store starts after it
     try:
         if args.deploy and args.render:
             return render(args, config, store)
@@ -120,7 +121,7 @@ def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
             client.cancel(deployment_id, by=by)
             return store.get_deployment(deployment_id)
     cancelled: DeploymentRecord = _engine_for_store(config, store).cancel(deployment_id, by=by)
-    flush_notifications(store, config, args.config)
+    flush_notifications(store, config, args.config, new_from=getattr(args, "events_before", None))
     return cancelled
 
 
@@ -264,7 +265,8 @@ async def _continue_sim(args: argparse.Namespace, config: SafeshipConfig, store:
 
 
 def _report(args: argparse.Namespace, store: Store, final: DeploymentRecord) -> int:
-    flush_notifications(store, config_path=args.config)  # a foreground (simulated) deployment: they leave now
+    # a foreground (simulated) deployment: its notifications leave now
+    flush_notifications(store, config_path=args.config, new_from=getattr(args, "events_before", None))
     data = deployment_json(final, store.events(final.id))
     if args.detach:
         return EXIT_OK

@@ -260,7 +260,7 @@ def _deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store, reco
     deploy_args = argparse.Namespace(
         service=record.service, version=record.version, environment=record.environment, strategy=args.strategy,
         policy=args.policy, override_freeze=args.override_freeze, detach=False, json=args.json,
-        config=args.config, render=False)
+        config=args.config, render=False, events_before=store.last_event_id())
     captured = io.StringIO()
     code = EXIT_FAILED
     try:

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         main_config = args.safeship_config or default_config
     config = load(main_config)
     store = open_store(config, main_config)
+    args.events_before = store.last_event_id()  # a notification sink new to the store starts after it
     try:
         if args.configure:
             return configure(args, config, store)
@@ -160,7 +161,7 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
         final = store.get_deployment(deployment_id)
     else:
         final = asyncio.run(_rollback_sim(config, store, record.id, args.reason, force=args.force))
-        flush_notifications(store, config, config_path)
+        flush_notifications(store, config, config_path, new_from=getattr(args, "events_before", None))
     rows = [rollback_json(r) for r in store.rollbacks(deployment_id=deployment_id)]
     emit(rows[0] if rows else {}, as_json=args.json, text=lambda: output.console.print(
         f"{deployment_id}: {final.phase} - {final.reason or ''}"))

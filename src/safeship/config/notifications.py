@@ -31,7 +31,7 @@ _TYPE_FIELDS = {
     "command": {"command"},
     "log": set(),
 }
-_COMMON_FIELDS = {"name", "type", "events", "timeout", "retries", "backoff"}
+_COMMON_FIELDS = {"name", "type", "events", "timeout", "retries", "backoff", "since"}
 
 
 class NotificationSinkConfig(Model):
@@ -45,7 +45,9 @@ class NotificationSinkConfig(Model):
 
     Every type takes `events` (only these event kinds; all when left out), `timeout` (the longest
     one delivery may take), `retries` (tries after the first failed one) and `backoff` (the wait
-    before the first retry, doubling each time, at most a minute)."""
+    before the first retry, doubling each time, at most a minute), and `since`: where a sink new
+    to this store starts, `now` (the default: the events from when the controller or command that
+    first runs with it starts) or `start` (every event the store holds, the backlog included)."""
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
     type: Literal["webhook", "apprise", "command", "log"]
@@ -58,6 +60,7 @@ class NotificationSinkConfig(Model):
     timeout: PositiveDuration = 5.0
     retries: Int = Field(default=5, ge=0, le=100)
     backoff: Duration = 1.0
+    since: Literal["now", "start"] = "now"
 
     @field_validator("events")
     @classmethod

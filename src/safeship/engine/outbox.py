@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -106,6 +106,11 @@ class Outbox:
     last `notification_failed` says so) and goes on with the next. Attempts are counted in memory,
     so a restart gives a failing event a fresh set.
 
+    A sink that has no stored cursor yet (one just added to the config) starts at the first event
+    after `new_sinks_from` when that is given (the controller gives the last event id when it
+    starts: a new webhook is not sent the whole backlog), unless its name is in `replay`
+    (`since: start` in its config). Without `new_sinks_from` it starts at the first event.
+
     The dashboard's live view and other readers use the same events table through their own
     named cursors (`Store.events_since`, `Store.cursor`, `Store.advance_cursor`).
     """
@@ -120,6 +125,8 @@ class Outbox:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         clock: Callable[[], float] = time.time,
+        new_sinks_from: int | None = None,
+        replay: Collection[str] = (),
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -145,6 +152,10 @@ class Outbox:
                 max_attempts=int(retries) + 1 if retries is not None else max_attempts,
                 backoff=backoff_s if backoff_s is not None else backoff,
             ))
+        if new_sinks_from is not None:  # a sink without a cursor starts there, unless it replays the backlog
+            for lane in self._lanes:
+                if lane.name not in replay:
+                    store.start_cursor(lane.cursor, new_sinks_from, at=clock())
         self._store_lock = threading.RLock()  # one store call at a time from the lanes' threads
         self._events: dict[str, list[EventRecord]] = {}  # each deployment's events read so far
         self._loop: asyncio.AbstractEventLoop | None = None

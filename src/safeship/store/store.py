@@ -9,6 +9,7 @@ all written, in the order they were saved (see `Store.save_transition`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -666,6 +667,18 @@ class Store:
         with self._connect() as conn:
             found = {row.name: int(row.position) for row in conn.execute(query)}
         return found.get(name, found.get(schema.CURSOR_START, 0))
+
+    def start_cursor(self, name: str, position: int, *, at: float | None = None) -> int:
+        """Give consumer `name` a cursor at `position` unless it has one already (a consumer that
+        is new starts there instead of at the first event). Returns the position it holds."""
+        if not name or name == schema.CURSOR_START:
+            raise ValueError(f"{name!r} cannot name a cursor")
+        table = schema.cursors
+        with contextlib.suppress(sa_exc.IntegrityError), self._begin() as conn:  # another writer was first
+            if conn.execute(select(table.c.position).where(table.c.name == name)).first() is None:
+                conn.execute(insert(table).values(name=name, position=position,
+                                                  updated_at=time.time() if at is None else at))
+        return self.cursor(name)
 
     def advance_cursor(self, name: str, to_id: int, *, at: float | None = None) -> int:
         """Move consumer `name`'s cursor to `to_id`; a cursor never moves backwards, so a lower
