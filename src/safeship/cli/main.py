@@ -8,8 +8,18 @@ import logging
 from pathlib import Path
 
 from safeship.cli import output
-from safeship.cli.common import EXIT_OK, Parser, guarded, policy_for
-from safeship.config.models import DeploymentStrategy
+from safeship.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Parser,
+    guarded,
+    known_environment,
+    known_service,
+    load,
+    policy_for,
+    require,
+)
+from safeship.config.models import DeploymentStrategy, SafeshipConfig
 from safeship.errors import InputError
 
 
@@ -40,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--horizon-after-promotion", type=float, default=0.0, metavar="SECONDS",
                      help="charge a promoted candidate's failed requests for at least this long after its "
                           "promotion, as the analysis benchmark does with 3600 (default: the scenario's duration_s)")
+    sim.add_argument("--config", default=None,
+                     help="run as --service in --environment of this safeship.yaml: its strategy selection, steps, "
+                          "triggers and tolerances (default: safeship's defaults)")
+    sim.add_argument("--service", help="with --config: the service whose settings the scenario runs with")
+    sim.add_argument("--environment", help="with --config: the environment whose settings the scenario runs with")
+    sim.add_argument("--check", action="store_true",
+                     help="exit 1 when the decision differs from the scenario's expect")
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1, or stop it with --stop")
     server.add_argument("--config", default="safeship.yaml", help="safeship.yaml to use (default: %(default)s)")
@@ -81,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from safeship.config.scenario import load_scenario
     from safeship.engine.simulate import simulate
 
+    config, target = _simulated_target(args)
     scenario = load_scenario(args.scenario)
     try:
         strategy = None if args.strategy is None else DeploymentStrategy.parse(args.strategy)
@@ -91,13 +109,35 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= horizon <= 7 * 86400:
         raise InputError(f"--horizon-after-promotion: must be 0 to 604800 seconds, got {horizon:g}")
     result = simulate(scenario, policy=args.policy, policy_for=policy_for, seed=args.seed, strategy=strategy,
-                      horizon_after_promotion_s=horizon)
+                      horizon_after_promotion_s=horizon, config=config, target=target)
+    if target is not None:
+        result["service"], result["environment"] = target
     if args.json:
         print(json.dumps(result))
     else:
-        for key, value in result.items():
-            output.console.print(output.styled(f"{key:>26}", "bold"), f" {value}")
+        for key, value in result.items():  # nothing to say (no rollback, no promotion) is "-", never "None"
+            output.console.print(output.styled(f"{key:>26}", "bold"), f" {'-' if value is None else value}")
+    if args.check and not result["correct"]:
+        if not args.json:
+            output.console.print(f"check failed: the decision was {result['decision']}, the scenario expects "
+                                 f"{result['expected']}")
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def _simulated_target(args: argparse.Namespace) -> tuple[SafeshipConfig | None, tuple[str, str] | None]:
+    """The config and (service, environment) `--config --service --environment` name, each checked
+    before anything runs; (None, None) without --config."""
+    if args.config is None:
+        if args.service is not None or args.environment is not None:
+            raise InputError("--service and --environment go with --config (the safeship.yaml they are in)")
+        return None, None
+    service = require(args.service, "--service", "simulate --config")
+    environment = require(args.environment, "--environment", "simulate --config")
+    config = load(args.config)
+    known_service(config, service, args.config)
+    known_environment(config, environment, args.config)
+    return config, (service, environment)
 
 
 if __name__ == "__main__":

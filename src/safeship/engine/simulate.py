@@ -39,21 +39,35 @@ CANDIDATE = "candidate"
 REPLICAS = 2
 
 
-def sim_config(scenario: Scenario, base: SafeshipConfig | None = None, replicas: int = REPLICAS) -> SafeshipConfig:
+def sim_config(scenario: Scenario, base: SafeshipConfig | None = None, replicas: int = REPLICAS,
+               target: tuple[str, str] | None = None) -> SafeshipConfig:
     """The config a simulation runs with: the given (or default) settings, one service, one
-    environment, and the scenario's custom-metric thresholds as the seed's CustomMetric triggers."""
+    environment, and the scenario's custom-metric thresholds as the seed's CustomMetric triggers.
+
+    `target` (service, environment) of `base`: that service's settings (replicas, criticality,
+    health checks, its own rollback settings) and that environment's type, availability and
+    quotas, so that strategy selection, steps, triggers and tolerances are the ones a deploy there
+    would use; what reaches outside the simulation (commands, gates, pipeline, secrets, approval,
+    freeze windows, routers) is left out."""
     config = (base or SafeshipConfig()).model_copy(deep=True)
-    config.services = {SERVICE: ServiceConfig(replicas=replicas)}
-    config.environment_management.environments = [
-        Environment(name=ENVIRONMENT, type=EnvironmentType.PRODUCTION, platform="sim")
-    ]
-    triggers: list[Any] = [
-        t for t in config.intelligent_deployment.rollback.triggers if not isinstance(t, CustomMetricTrigger)
-    ]
+    service = ServiceConfig(replicas=replicas)
+    environment = Environment(name=ENVIRONMENT, type=EnvironmentType.PRODUCTION, platform="sim")
+    rollback = config.intelligent_deployment.rollback
+    if target is not None:
+        own, where = config.services[target[0]], config.environment(target[1])
+        assert where is not None  # the command checked both names
+        rollback = config.rollback_for(target[0]).model_copy(deep=True)
+        service = own.model_copy(update={"command": [], "webhooks": [], "pipeline": [], "secrets": [],
+                                         "simulate": {}, "rollback": rollback, "ports": {}})
+        environment = Environment(name=ENVIRONMENT, type=where.type, availability=where.availability,
+                                  resource_quotas=where.resource_quotas, platform="sim")
+    config.services = {SERVICE: service}
+    config.environment_management.environments = [environment]
+    triggers: list[Any] = [t for t in rollback.triggers if not isinstance(t, CustomMetricTrigger)]
     for name, metric in scenario.candidate.metrics.items():
         if metric.fail_above is not None:
             triggers.append(CustomMetricTrigger(type="custom_metric", metric=name, threshold=metric.fail_above))
-    config.intelligent_deployment.rollback.triggers = triggers
+    rollback.triggers = triggers
     config.store.url = "sqlite://"
     return config
 
@@ -89,11 +103,12 @@ async def build(
     config: SafeshipConfig | None = None,
     store: Store | None = None,
     replicas: int = REPLICAS,
+    target: tuple[str, str] | None = None,
 ) -> Simulation:
     clock = VirtualClock(start=1_000_000.0)
     world = SimWorld(scenario, clock, candidate_version=CANDIDATE, seed=scenario.seed if seed is None else seed)
     router, platform = SimRouter(world), SimPlatform(world)
-    cfg = sim_config(scenario, config, replicas)
+    cfg = sim_config(scenario, config, replicas, target)
     # The simulation's own store is in memory and private to it: its transitions are written when
     # anything reads the database (see Store.save_transition), not on every tick.
     store = store or Store(cfg.store.url, deferred=True)
@@ -136,6 +151,7 @@ async def run_simulation(
     config: SafeshipConfig | None = None,
     horizon_after_promotion_s: float = 0.0,
     store: Store | None = None,
+    target: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one deployment of the scenario's candidate to its end, then let the virtual clock run on
     to the horizon with the routing the deployment left: what the candidate serves after a
@@ -145,10 +161,13 @@ async def run_simulation(
     > 0 it is at least that long after a promotion, so that a wrongly promoted bad release is
     charged for what it serves for that long, however late it was promoted. `horizon_s` in the
     result is the horizon used, in seconds from the start. `store`: where the deployment is
-    recorded (default: a deferred in-memory store of its own, see `build`)."""
+    recorded (default: a deferred in-memory store of its own, see `build`). `target`: run as the
+    service and environment of `config` so named (see `sim_config`); the strategy is then the one
+    the config selects there unless `strategy` is given, not the scenario's."""
     with _collector_paused():
         return await _run(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy,
-                          config=config, horizon_after_promotion_s=horizon_after_promotion_s, store=store)
+                          config=config, horizon_after_promotion_s=horizon_after_promotion_s, store=store,
+                          target=target)
 
 
 @contextmanager
@@ -179,14 +198,16 @@ async def _run(
     config: SafeshipConfig | None,
     horizon_after_promotion_s: float,
     store: Store | None,
+    target: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    sim = await build(scenario, policy_for=policy_for, seed=seed, config=config, store=store)
+    sim = await build(scenario, policy_for=policy_for, seed=seed, config=config, store=store, target=target,
+                      replicas=config.services[target[0]].replicas if config is not None and target else REPLICAS)
     # Every count in the result is of the users' requests: a router that also carries synthetic
     # traffic (a load test) says which were the users' through `user_counters`.
     counts = getattr(sim.router, "user_counters", sim.router.counters)
     request = DeploymentRequest(
         service_name=SERVICE, version=CANDIDATE, environment=ENVIRONMENT,
-        deployment_strategy=strategy or scenario.strategy,
+        deployment_strategy=strategy or (None if target is not None else scenario.strategy),
     )
     record = sim.engine.submit(request, policy=policy)
     started = record.created_at
@@ -269,9 +290,11 @@ def _result(
 
 
 def simulate(scenario: Scenario, *, policy: str, policy_for: Callable[[str], Policy], seed: int | None = None,
-             strategy: DeploymentStrategy | None = None, horizon_after_promotion_s: float = 0.0) -> dict[str, Any]:
+             strategy: DeploymentStrategy | None = None, horizon_after_promotion_s: float = 0.0,
+             config: SafeshipConfig | None = None, target: tuple[str, str] | None = None) -> dict[str, Any]:
     return asyncio.run(run_simulation(scenario, policy=policy, policy_for=policy_for, seed=seed, strategy=strategy,
-                                      horizon_after_promotion_s=horizon_after_promotion_s))
+                                      horizon_after_promotion_s=horizon_after_promotion_s, config=config,
+                                      target=target))
 
 
 def scenario_for_service(config: SafeshipConfig, service: str, baseline: str | None, candidate: str) -> Scenario:
