@@ -120,7 +120,7 @@ class Dashboard:
     def __init__(self, controller: Controller, token: str, *, stream_max_s: float = STREAM_MAX_S,
                  stream_poll_s: float = STREAM_POLL_S) -> None:
         self.controller = controller
-        self.sessions = Sessions(token)
+        self.sessions = Sessions(token, state_dir=controller.state_dir)
         self.templates = _templates()
         self.stream_max_s = stream_max_s
         self.stream_poll_s = stream_poll_s
@@ -236,6 +236,7 @@ def build_router(board: Dashboard) -> APIRouter:
             board.check_csrf(request, await board.form(request))
         except SafeshipError as exc:
             return board.refused(request, exc, _status(exc))
+        board.sessions.revoke_all()  # a copy of this cookie (or any other session) is refused from now on
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
