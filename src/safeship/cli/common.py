@@ -37,6 +37,7 @@ from safeship.errors import InputError, NotFoundError, SafeshipError
 from safeship.store import DeploymentRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_STORE, EXIT_BUG = 0, 1, 2, 3, 4, 70
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 # C0 and C1 controls (newline and ANSI escapes among them) and the bidi overrides that reorder a
 # terminal line; \t is harmless and kept

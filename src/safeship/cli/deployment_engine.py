@@ -11,6 +11,7 @@ from typing import Any
 from safeship.cli import output
 from safeship.cli.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     Parser,
     add_common,
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             record = _cancel(args, config, store, deployment_id)
             data = deployment_json(record, store.events(record.id))
             message = (f"{record.id}: {record.phase} - {record.reason or ''}" if Phase(record.phase).is_final
-                       else f"{record.id}: cancelling; traffic returns to {record.from_version or 'nothing'}")
+                       else f"{record.id}: cancelling; traffic returns to {record.from_version}"
+                       if record.from_version else f"{record.id}: cancelling; a first deployment: its instances stop")
             emit(data, as_json=args.json, text=lambda: output.console.print(message))
             return EXIT_OK
         record = store.get_deployment(deployment_id)
@@ -187,7 +189,7 @@ def render(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> in
     objects = workload_objects(config, environment, request.service_name, request.version, selection.strategy,
                                previous=previous, replicas=service.replicas)
     header = (f"# {request.service_name} {request.version} -> {request.environment} "
-              f"(from {previous or 'nothing'}); strategy {selection.reason}\n")
+              f"({f'from {previous}' if previous else 'first deployment'}); strategy {selection.reason}\n")
     emit(objects, as_json=args.json, text=lambda: print(header + manifests(objects), end=""))
     return EXIT_OK
 
@@ -305,13 +307,22 @@ def _deploy_remote(args: argparse.Namespace, request: DeploymentRequest) -> int:
     started = time.time()
     printer = output.ProgressPrinter()
     deadline = started + 6 * 3600
-    while time.time() < deadline:
-        data = client.get(deployment_id)
-        if not args.json:
-            printer.update(data, time.time() - started)
-        if Phase(data["phase"]).is_final:
-            summary = f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"
-            emit(data, as_json=args.json, text=lambda: output.console.print(summary))  # noqa: B023
-            return Phase(data["phase"]).exit_code
-        time.sleep(1.0)
+    try:
+        while time.time() < deadline:
+            data = client.get(deployment_id)
+            if not args.json:
+                printer.update(data, time.time() - started)
+            if Phase(data["phase"]).is_final:
+                summary = f"{deployment_id}: {data['phase']} - {data.get('reason') or ''}"
+                emit(data, as_json=args.json, text=lambda: output.console.print(summary))  # noqa: B023
+                return Phase(data["phase"]).exit_code
+            time.sleep(1.0)
+    except KeyboardInterrupt:  # only this command stops watching; the controller goes on deploying
+        config_flag = f" --config {args.config}" if args.config != "safeship.yaml" else ""
+        emit({"id": deployment_id, "watching": False, "deployment": "continues on the controller"},
+             as_json=args.json, text=lambda: output.console.print(
+                 f"\n{deployment_id}: stopped watching; the deployment continues on the controller.\n"
+                 f"  watch it:  deployment-engine --status --deployment-id {deployment_id}{config_flag}\n"
+                 f"  cancel it: deployment-engine --cancel --deployment-id {deployment_id}{config_flag}"))
+        return EXIT_INTERRUPTED
     return EXIT_FAILED

@@ -187,5 +187,8 @@ def _history_table(rows: list[dict[str, Any]]) -> None:
         state = {True: "ok", False: "FAILED", None: "running"}[r["success"]]
         kind = "auto" if r["automatic"] else "manual"
         duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
-        output.console.print(f"{when(r['timestamp'])}  {r['service']} {r['from_version']} -> {r['to_version']}  "
-                             f"{kind} {state} in {duration}  [{r['deployment_id']}] {r['reason']}")
+        # A forced rollback of a first deployment returns to no version: say so, never "-> None".
+        moving = (f"{r['from_version']} -> {r['to_version']}" if r["to_version"]
+                  else f"{r['from_version']} rolled back, no earlier version to serve")
+        output.console.print(f"{when(r['timestamp'])}  {r['service']} {moving}  "
+                             f"{kind} {state} in {duration}  [{r['deployment_id']}] {r['reason'] or ''}")

@@ -112,7 +112,13 @@ class Notification:
         """The body as a few lines of plain text (Apprise messages, log lines)."""
         body = self.body()
         lines = [str(body["message"])]
-        moving = f"{body['from_version'] or 'nothing'} -> {body['to_version'] or 'nothing'}"
+        before, after = body["from_version"], body["to_version"]
+        if before and after:
+            moving = f"{before} -> {after}"
+        elif after:
+            moving = f"{after}, the first deployment"
+        else:
+            moving = f"{before}, no version left serving" if before else "no version"
         lines.append(f"deployment {body['deployment_id']} ({body['strategy'] or '?'}): {moving}, "
                      f"phase {body['phase'] or '?'}")
         if body["weights"]:
