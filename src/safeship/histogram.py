@@ -47,3 +47,17 @@ def quantile(buckets: Sequence[int], q: float) -> float:
 def count_above(buckets: Sequence[int], threshold_bucket: int) -> int:
     """Requests in buckets strictly above `threshold_bucket` (slower than its upper bound)."""
     return int(sum(buckets[threshold_bucket + 1 :]))
+
+
+def count_slower(buckets: Sequence[int], latency_ms: float) -> float:
+    """Requests slower than `latency_ms`: every request of the buckets above the one holding it,
+    and of that bucket the share above it, taking latencies as spread log-uniformly inside it
+    (as `quantile` does). A bound between two bucket bounds is then counted as it was declared,
+    not rounded to the 15% grid."""
+    index = bucket_of(latency_ms)
+    if index >= len(BOUNDS_MS):
+        return float(buckets[-1]) if latency_ms <= BOUNDS_MS[-1] else 0.0
+    upper = BOUNDS_MS[index]
+    lower = BOUNDS_MS[index - 1] if index > 0 else upper / _RATIO
+    share = math.log(upper / max(latency_ms, lower)) / math.log(upper / lower)
+    return float(sum(buckets[index + 1 :])) + min(1.0, max(0.0, share)) * buckets[index]

@@ -75,6 +75,14 @@ class StepContext:
     history: TrafficCounters | None = None
     history_span_s: float | None = None
     history_dispersion: float | None = None  # the record's own dispersion of failures; None: unknown
+    # The deployment's strategy ("canary", "blue_green", "rolling", "recreate"; "" when not known),
+    # fixed before its first look: a policy may share its error budget by where the strategy
+    # gathers its evidence (side by side, or against the record).
+    strategy: str = ""
+    # The seconds the deployment's plan gives its analysis before full traffic (its analyze steps'
+    # durations, laid end to end): how long a deployment that used all of them would have been
+    # judged before the monitoring window began.
+    planned_analysis_s: float = 0.0
 
 
 class Policy(Protocol):

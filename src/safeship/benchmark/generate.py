@@ -30,6 +30,10 @@ INDEPENDENT_SHARE = 0.4
 P50_RANGE_MS = (2.0, 500.0)  # log-uniform
 TAIL_RATIO_RANGE = (1.5, 20.0)  # p99 / p50, log-uniform
 INCIDENT_COUNTS = ((0, 0.6), (1, 0.3), (2, 0.1))
+# How long the replaced version served alone before the deployment (its record's longest span),
+# log-uniform: from a release ten minutes after the last one to a version a few days old. Drawn
+# from a generator of its own, so that every other part of a release is as it was without it.
+RECORD_RANGE_S = (600.0, 259_200.0)
 INCIDENT_DURATION_RANGE_S = (5.0, 300.0)  # log-uniform
 INCIDENT_START_RANGE_S = (0.0, 1500.0)  # uniform, from the deployment's start: any phase
 GOOD_SHARE = 0.4
@@ -104,6 +108,7 @@ def draw_one(gen_seed: int, index: int) -> Release:
         "description": _describe(kind, shapes, rps, baseline, candidate, incidents),
         "seed": int(rng.integers(0, 2**31)),
         "duration_s": HORIZON_S,
+        "history_s": round(_log_uniform(np.random.default_rng([gen_seed, index, 0x4849]), *RECORD_RANGE_S), 1),
         "strategy": strategy,
         "traffic": traffic,
         "baseline": baseline,

@@ -14,14 +14,17 @@ Over those windows the rule integrates, second by second, the candidate's expect
 how much of its regression is in force (onset, ramp, intermittent duty, the share of instances
 that carry it, and whether its weight reaches a load-dependent threshold). Then:
 
-- errors: the expected excess failed requests against the noise of the baseline's own failures
-  over the same requests, counted twice (the candidate's and an equally large control's) and
-  inflated by the baseline's failure runs (variance x (2 * run length - 1));
-- latency: the expected excess requests slower than the baseline's p99, against the noise of 1%
-  of the same requests, twice;
+- errors: the expected failed requests beyond what the service declares it accepts (the default
+  `analysis.error_tolerance`, 1.2x the baseline's rate), against the noise of the baseline's own
+  failures over the same requests, counted twice (the candidate's and an equally large
+  control's) and inflated by the baseline's failure runs (variance x (2 * run length - 1));
+- latency: the expected requests slower than the most the candidate's p99 may be (the default
+  `analysis.latency_tolerance`, 1.25x the baseline's p99) beyond the 1% a p99 allows, against the
+  noise of 1% of the same requests, twice;
 - a release is **must-catch** when either excess reaches both MIN_EXCESS events and Z_MUST
   standard deviations; when it never becomes ready; when an instance crashes inside the
-  windows; or when a custom metric crosses its threshold inside them. Every other bad release is **should-catch**.
+  windows; or when a custom metric crosses its threshold early enough to stay above it for its
+  trigger's duration (60 s) inside them. Every other bad release is **should-catch**.
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safeship.config.models import MonitoringConfig, StrategiesConfig
+from safeship.config.models import AnalysisConfig, CustomMetricTrigger, MonitoringConfig, StrategiesConfig
 from safeship.config.scenario import Scenario
 
 MIN_EXCESS = 20.0  # events: below this no test on any policy's data could be held to catching it
 Z_MUST = 5.0  # standard deviations of the control's own noise
-SLOW_SHARE = 0.01  # the share of the baseline's requests above its own p99
+SLOW_SHARE = 0.01  # the share of requests a p99 leaves above it
+TOLERANCE = AnalysisConfig()  # what a service accepts unless it says otherwise
+# A custom metric's trigger fires once the gauge has been above its threshold this long (the
+# seed's rule, and the default `duration` of a custom_metric trigger).
+METRIC_TRIGGER_S = float(CustomMetricTrigger.model_fields["duration"].default)
 READY_DELAY_S = 2.0  # a new instance takes traffic about this long after it starts
 
 
@@ -96,11 +103,13 @@ def label_release(scenario: Scenario, *, bad: bool, replicas: int = 2) -> Label:
     cand = scenario.candidate
     base_error = scenario.baseline.error_rate
     full_error = base_error if cand.error_rate is None else cand.error_rate
-    excess_errors = float(np.sum(requests * share) * max(0.0, full_error - base_error))
+    accepted = (TOLERANCE.error_tolerance - 1.0) * base_error  # above the baseline's own rate
+    excess_errors = float(np.sum(requests * np.maximum(0.0, share * (full_error - base_error) - accepted)))
     inflation = 2.0 * scenario.baseline.error_burst - 1.0
     error_sd = math.sqrt(2.0 * inflation * float(requests.sum()) * base_error)
-    slow_full = _slow_share(scenario)
-    excess_slow = float(np.sum(requests * share) * max(0.0, slow_full - SLOW_SHARE))
+    slow_base, slow_full = _slow_shares(scenario)
+    slow = (1.0 - share) * slow_base + share * slow_full
+    excess_slow = float(np.sum(requests * np.maximum(0.0, slow - SLOW_SHARE)))
     slow_sd = math.sqrt(2.0 * float(requests.sum()) * SLOW_SHARE)
     common = {"excess_errors": excess_errors, "error_sd": error_sd, "excess_slow": excess_slow,
               "slow_sd": slow_sd, "window_s": total}
@@ -110,13 +119,14 @@ def label_release(scenario: Scenario, *, bad: bool, replicas: int = 2) -> Label:
         return Label("must", f"an instance crashes {cand.crash_after_s:g}s after start, inside the "
                      f"{total:.0f}s judged", **common)
     crossing = _metric_crossing(scenario)
-    if crossing is not None and crossing <= total:
-        return Label("must", f"a custom metric crosses its threshold {crossing:.0f}s in, inside the "
-                     f"{total:.0f}s judged", **common)
-    for excess, sd, what in ((excess_errors, error_sd, "failed"), (excess_slow, slow_sd, "slow")):
+    if crossing is not None and crossing + METRIC_TRIGGER_S <= total:
+        return Label("must", f"a custom metric crosses its threshold {crossing:.0f}s in and stays above it "
+                     f"for the trigger's {METRIC_TRIGGER_S:.0f}s inside the {total:.0f}s judged", **common)
+    for excess, sd, what in ((excess_errors, error_sd, "failed"), (excess_slow, slow_sd, "too slow")):
         if excess >= MIN_EXCESS and excess >= Z_MUST * sd:
-            return Label("must", f"{excess:.0f} excess {what} requests expected in the {total:.0f}s judged "
-                         f"({excess / sd if sd else math.inf:.1f} sd of the control's noise)", **common)
+            return Label("must", f"{excess:.0f} {what} requests beyond the tolerance expected in the "
+                         f"{total:.0f}s judged ({excess / sd if sd else math.inf:.1f} sd of the control's noise)",
+                         **common)
     return Label("should", f"excess failed {excess_errors:.1f} (sd {error_sd:.1f}), excess slow "
                  f"{excess_slow:.1f} (sd {slow_sd:.1f}) in the {total:.0f}s judged", **common)
 
@@ -128,16 +138,20 @@ def _regression_share(scenario: Scenario, t: np.ndarray, weight: np.ndarray, rep
     return np.array([scenario.regression_share(float(s), float(w)) * carried for s, w in zip(t, weight, strict=True)])
 
 
-def _slow_share(scenario: Scenario) -> float:
-    """The share of the fully regressed candidate's requests slower than the baseline's p99."""
-    if scenario.candidate.latency_ms is None:
-        return SLOW_SHARE
+def _slow_shares(scenario: Scenario) -> tuple[float, float]:
+    """The shares of the baseline's and of the fully regressed candidate's requests slower than
+    the most the candidate's p99 may be: the baseline's p99 times the declared tolerance."""
     base_mu, base_sigma = scenario.baseline.latency_ms.mu_sigma
-    mu, sigma = scenario.candidate.latency_ms.mu_sigma
-    bound = base_mu + 2.3263478740408408 * base_sigma
+    p99 = math.exp(base_mu + 2.3263478740408408 * base_sigma)
+    bound = math.log(max(TOLERANCE.latency_tolerance * p99, p99 + TOLERANCE.latency_tolerance_ms))
+    latency = scenario.candidate.latency_ms or scenario.baseline.latency_ms
+    return _share_above(bound, base_mu, base_sigma), _share_above(bound, *latency.mu_sigma)
+
+
+def _share_above(log_bound: float, mu: float, sigma: float) -> float:
     if sigma <= 0:
-        return 1.0 if mu > bound else 0.0
-    return 0.5 * math.erfc((bound - mu) / (sigma * math.sqrt(2.0)))
+        return 1.0 if mu > log_bound else 0.0
+    return 0.5 * math.erfc((log_bound - mu) / (sigma * math.sqrt(2.0)))
 
 
 def _metric_crossing(scenario: Scenario) -> float | None:

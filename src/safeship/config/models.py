@@ -219,9 +219,11 @@ class AnalysisConfig(Model):
     alpha: Number = Field(default=0.01, gt=0, lt=0.5)  # chance of rolling back a release equal to baseline
     # candidate error rate may be this many times baseline
     error_tolerance: Number = Field(default=1.2, ge=1.0, le=1000.0)
-    latency_tolerance: Number = Field(default=1.5, ge=1.0, le=1000.0)  # share of slow requests may be this many times
-    # A request counts as slow only when it is slower than the control's p95 (or p99) plus this
-    # many milliseconds: a 2 ms service may accept a release 20 ms slower without a rollback.
+    # The candidate's p95 and p99 may be this many times the control's (the version beside it, or
+    # the replaced version's record) ...
+    latency_tolerance: Number = Field(default=1.25, ge=1.0, le=1000.0)
+    # ... or this many milliseconds more, whichever allows more: a 2 ms service may accept a
+    # release 20 ms slower without a rollback.
     latency_tolerance_ms: Number = Field(default=0.0, ge=0.0, le=3_600_000.0)
     # The longest time between the judge's looks. safeship's policy looks every second, or every
     # `interval` when that is shorter (every look is valid, so a look costs no alpha); looking
@@ -233,10 +235,12 @@ class AnalysisConfig(Model):
     # minutes after the candidate gets traffic is still caught while the baseline serves beside it.
     # None: the policy's own default (safeship: 300 s).
     ramp_time: StepDuration | None = None
-    # How far back the version being replaced is measured before a deployment starts. Blue-green
-    # (after the switch) and recreate judge the new version against that record, since the two
-    # never serve side by side there.
-    history: StepDuration = 1800.0
+    # How far back the version being replaced is measured before a deployment starts (at most: a
+    # version that served for less is measured for as long as it served). Blue-green (after the
+    # switch), recreate and every monitoring window judge the new version against that record,
+    # since the two never serve side by side there; a day's record holds every hour of the day
+    # and, for a quiet or bursty service, enough failures to know its rate.
+    history: StepDuration = 86400.0
     # When only the candidate serves while the version it replaces is still warm (blue-green after
     # the switch; the monitoring window of blue-green and canary), the analysis compares it with
     # that version's record from before the deployment, and an incident that starts meanwhile (a

@@ -33,8 +33,8 @@ intelligent_deployment:
   analysis:
     # What the service accepts of a new version before it is called worse:
     error_tolerance: 1.2             # its failure rate up to 1.2x the old version's
-    latency_tolerance: 1.5           # its share of requests slower than the old p95/p99, up to 1.5x...
-    latency_tolerance_ms: 0          # ...counting as slow only what is this many ms above those
+    latency_tolerance: 1.25          # its p95 and p99 up to 1.25x the old version's...
+    latency_tolerance_ms: 0          # ...or this many ms above them, whichever allows more
     on_no_data: hold                 # no requests seen where some were expected: hold (or rollback)
 
   health_checks:

@@ -677,6 +677,9 @@ class StepRunner:
             history=progress.history if uses_safeship_mechanisms(policy) else None,
             history_span_s=progress.history_span_s if uses_safeship_mechanisms(policy) else None,
             history_dispersion=progress.history_dispersion if uses_safeship_mechanisms(policy) else None,
+            strategy=tick.before.strategy,
+            planned_analysis_s=sum(float(step.get("duration", 0.0))
+                                   for step in tick.before.plan if step.get("kind") == "analyze"),
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

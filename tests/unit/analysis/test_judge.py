@@ -53,7 +53,7 @@ def test_one_tick_two_sample_lr_is_the_binomial_pmf_ratio(
 )
 def test_one_sample_lr_is_the_binomial_pmf_ratio(n: int, x: int, p0: float) -> None:
     got = judge.one_sample_log_lr(n, x, p0)
-    for multiplier, log_lr in zip(judge.RATIO_GRID, got, strict=True):
+    for multiplier, log_lr in zip(judge.FINE_GRID, got, strict=True):
         odds = p0 / (1 - p0) * multiplier
         p_alt = odds / (1 + odds)
         expected = math.log(stats.binom.pmf(x, n, p_alt) / stats.binom.pmf(x, n, p0))

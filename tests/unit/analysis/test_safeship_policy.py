@@ -405,7 +405,7 @@ def test_a_failure_reports_its_counts_rates_and_e_values() -> None:
     runs = outcomes(TEN_X, 1)
     evidence = runs[0].evidence
     assert evidence["test"] == "errors" and evidence["trigger"] == "analysis"
-    assert evidence["bound"] == pytest.approx(250.0)  # alpha 0.01, 40% of it for errors
+    assert evidence["bound"] == pytest.approx(1 / 0.0035)  # alpha 0.01, 35% of it for errors
     candidate, baseline = evidence["candidate"], evidence["baseline"]
     assert candidate["rate"] > 4 * baseline["rate"]
     assert candidate["events"] <= runs[0].candidate_failed

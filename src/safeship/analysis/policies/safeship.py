@@ -91,12 +91,27 @@ State = dict[str, Any]
 
 # Shares of alpha. Errors get the most: they are the commonest regression and the costliest.
 SHARES: Mapping[str, float] = {
-    "errors": 0.40,
-    "latency": 0.25,  # p95 and p99, half each
+    "errors": 0.35,
+    "latency": 0.20,  # p95 and p99, half each
     "triggers": 0.15,  # the seed's absolute triggers, equal parts
     "metrics": 0.05,  # custom gauges vs baseline: 1/2, 1/4, ... of this, in order of discovery
-    "single": 0.15,  # single-version phases: errors, p95, p99; half of each for the baseline bound
+    "single": 0.25,  # single-version phases (the monitoring window): see SINGLE_SHARES
 }
+# The same budget shared by where each strategy gathers its evidence, fixed before the first look.
+# A canary judges side by side for minutes and alone only in its monitoring window (SHARES).
+# Blue-green and recreate never serve two versions side by side except in a confirmation split:
+# nearly all their evidence is the candidate alone against the record, so the single-version
+# tests get the side-by-side tests' shares. Rolling judges side by side for tens of seconds and
+# alone for its whole monitoring window: in between.
+SHARES_BY_STRATEGY: Mapping[str, Mapping[str, float]] = {
+    "blue_green": {"errors": 0.05, "latency": 0.05, "triggers": 0.15, "metrics": 0.05, "single": 0.70},
+    "recreate": {"errors": 0.05, "latency": 0.05, "triggers": 0.15, "metrics": 0.05, "single": 0.70},
+    "rolling": {"errors": 0.20, "latency": 0.15, "triggers": 0.15, "metrics": 0.05, "single": 0.45},
+}
+# Within the single-version share: errors half (of which half bounds the record's rate, half is
+# the test's), each latency quantile a quarter.
+SINGLE_SHARES: Mapping[str, float] = {"single_errors": 0.25, "single_p95": 0.25, "single_p99": 0.25}
+RECORD_BOUND_SHARE = 0.25  # of the single-version share: the record's error-rate bound
 QUANTILES: Mapping[str, float] = {"latency_p95": 0.95, "latency_p99": 0.99}
 SINGLE_TESTS = ("single_errors", "single_p95", "single_p99")
 TRIGGER_SHARE_OF_SLOW = {"p95": 0.05, "p99": 0.01}  # "p95 above T" <=> more than 5% slower than T
@@ -104,7 +119,7 @@ TRIGGER_SHARE_OF_SLOW = {"p95": 0.05, "p99": 0.01}  # "p95 above T" <=> more tha
 
 # (alpha, trigger keys, gauge order) -> each test's share of alpha (SafeshipPolicy._alphas): the
 # same at nearly every look, and the engine asks for a new policy object at every look
-_ALPHAS: dict[tuple[float, tuple[str, ...], tuple[str, ...]], dict[str, float]] = {}
+_ALPHAS: dict[tuple[float, str, tuple[str, ...], tuple[str, ...]], dict[str, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,7 @@ class SafeshipPolicy:
             "base": {"n": 0, "x": 0, "h": histogram.empty()},
             "cand": {"n": 0, "x": 0},
             "tests": {},
-            "taus": {},
+            "bounds_ms": {},
             "gauges": {"order": [], "last": {}, "windows": {}},
             "single": None,
             "disp": judge.new_dispersion(),
@@ -187,6 +202,7 @@ class SafeshipPolicy:
         keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
         new = self._fold_triggers(new, sample, ctx, keys)
         new = _fold_blind(new, sample, ctx)
+        new = _checkpoint(new)
         scores = self._scores(new, ctx, keys)
         failure = self._failure(new, scores, ctx, keys)
         if failure is not None:
@@ -226,16 +242,21 @@ class SafeshipPolicy:
                                     f"in {held:.0f}s: rolling back to be safe")
             return SplitOutcome(SplitKind.INCIDENT, f"incident: {old} still raised "
                                 f"({_share(split.recent_baseline)} vs {_share(record)} in its record); holding")
-        # Set aside, on the evidence that their cause was shared, the alarm and every test whose
-        # control is a record or a fixed threshold: the incident raised them all alike. The
-        # side-by-side tests (candidate against the version beside it in the same looks) are
-        # immune to a shared shock and keep their evidence.
+        # Set aside, on the evidence that their cause was shared, what the incident added to the
+        # alarm and to every test whose control is a record or a fixed threshold: the incident
+        # raised them all alike. Each goes back to its value at the last checkpoint from before
+        # the incident (at least INCIDENT_MARGIN_S before the alarm), so the evidence gathered
+        # before it stands: a regression shown before an incident is not cleared by the
+        # incident. The side-by-side tests (candidate against the version beside it in the same
+        # looks) are immune to a shared shock and keep all their evidence.
         name = str(split.alarm.get("test", ""))
-        tests = {key: (judge.new_e_process() if key == name or not key.startswith(SIDE_BY_SIDE) else test)
+        before = _checkpoint_before(ledger, float(ledger.get("clock", 0.0)) - INCIDENT_MARGIN_S)
+        tests = {key: (before.get(key, judge.new_e_process())
+                       if key == name or not key.startswith(SIDE_BY_SIDE) else test)
                  for key, test in ledger.get("tests", {}).items()}
         return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
-                            f"{held:.0f}s; resuming with the side-by-side evidence, the alarm on "
-                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests})
+                            f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
+                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
 
     def incident_over_record(self, counts: TrafficCounters, record: TrafficCounters) -> str | None:
         """After a rollback from a phase with no concurrent control: how the restored version,
@@ -258,18 +279,23 @@ class SafeshipPolicy:
             b.requests, b.failed, c.requests, c.failed,
             ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
         )  # fmt: skip
-        taus = dict(st["taus"])
-        found = judge.threshold_buckets(st["base"]["h"], QUANTILES.values(), self.settings.latency_warmup)
+        bounds, controls = dict(st["bounds_ms"]), dict(st.get("controls_ms", {}))
         n_b, n_c = sum(b.latency_buckets), sum(c.latency_buckets)
-        for name, found_tau in zip(QUANTILES, found, strict=True):
-            if found_tau is None:
+        for name, q in QUANTILES.items():
+            found = self._tolerated(st["base"]["h"], q, ctx)
+            if found is None:
                 continue
-            tau = taus[name] = _slower_by(found_tau, ctx.analysis.latency_tolerance_ms)
-            tests[name] = judge.update_two_sample(
+            bound, controls[name] = found
+            bounds[name] = bound
+            allowed = 1.0 - q
+            if _beyond(n_b, histogram.count_slower(b.latency_buckets, bound), allowed):
+                # the baseline itself is beyond the bound in this look: a slowdown both versions
+                # share (an incident, load), which rolling back would not cure; which looks are
+                # left out depends on the baseline's requests only, so the test stays valid
+                continue
+            tests[name] = judge.update_one_sample(
                 tests.get(name, judge.new_e_process()),
-                n_b, histogram.count_above(b.latency_buckets, tau),
-                n_c, histogram.count_above(c.latency_buckets, tau),
-                ctx.analysis.latency_tolerance, now=now, restarts=restarts,
+                n_c, histogram.count_slower(c.latency_buckets, bound), allowed, now=now, restarts=restarts,
             )  # fmt: skip
         tests, gauges = self._fold_gauge_comparisons(st, tests, sample, ctx)
         base, cand = st["base"], st["cand"]
@@ -279,7 +305,8 @@ class SafeshipPolicy:
             "phi": phi,
             "tests": tests,
             "gauges": gauges,
-            "taus": taus,
+            "bounds_ms": bounds,
+            "controls_ms": controls,
             "base": {
                 "n": base["n"] + b.requests,
                 "x": base["x"] + b.failed,
@@ -287,6 +314,14 @@ class SafeshipPolicy:
             },
             "cand": {"n": cand["n"] + c.requests, "x": cand["x"] + c.failed},
         }
+
+    def _tolerated(self, control: Sequence[int], q: float, ctx: StepContext) -> tuple[float, float] | None:
+        """The latency (ms) a request may not exceed at quantile q under the declared tolerance
+        (`analysis.latency_tolerance` times the control's, or `latency_tolerance_ms` more), and
+        the control's q-quantile in ms."""
+        analysis = ctx.analysis
+        return judge.tolerated_bound(control, q, analysis.latency_tolerance, analysis.latency_tolerance_ms,
+                                      self.settings.latency_warmup)
 
     def _fold_gauge_comparisons(
         self, st: State, tests: dict[str, Any], sample: TickSample, ctx: StepContext
@@ -324,13 +359,13 @@ class SafeshipPolicy:
         )
         phi = judge.dispersion_factor(disp, self.settings.dispersion)
         tests = dict(st["tests"])
-        counts = {"single_errors": (c.requests, c.failed)}
+        counts: dict[str, tuple[float, float]] = {"single_errors": (c.requests, c.failed)}
         n_lat = sum(c.latency_buckets)
         for name in ("single_p95", "single_p99"):
             if name in single:
                 counts[name] = (
                     n_lat,
-                    histogram.count_above(c.latency_buckets, single[name]["tau"]),
+                    histogram.count_slower(c.latency_buckets, single[name]["bound_ms"]),
                 )
         for name, (n, x) in counts.items():
             tests[name] = judge.update_one_sample(
@@ -363,7 +398,7 @@ class SafeshipPolicy:
             source = "history"
         if base["n"] <= 0:
             return None
-        delta = judge.split_alpha(ctx.analysis.alpha, SHARES)["single"] / len(SINGLE_TESTS) / 2
+        delta = _shares(ctx)["single"] * ctx.analysis.alpha * RECORD_BOUND_SHARE
         bound = judge.rate_upper_bound(base["n"] / phi, base["x"] / phi, delta)
         nulls: dict[str, Any] = {
             "single_errors": {
@@ -374,13 +409,14 @@ class SafeshipPolicy:
         }
         n_hist = sum(base["h"])
         for name, q in (("single_p95", 0.95), ("single_p99", 0.99)):
-            tau = judge.threshold_bucket(base["h"], q, self.settings.latency_warmup)
-            if tau is None:
+            found = self._tolerated(base["h"], q, ctx)
+            if found is None:
                 continue
-            tau = _slower_by(tau, ctx.analysis.latency_tolerance_ms)
-            slow = histogram.count_above(base["h"], tau)
-            p0 = ctx.analysis.latency_tolerance * judge.rate_upper_bound(n_hist, slow, delta)
-            nulls[name] = {"p0": p0, "tau": tau, "rate": slow / n_hist, "source": source}
+            bound, control_ms = found
+            # the declared tolerance on the quantile: at most 1 - q of the candidate's requests
+            # may be slower than the bound; the record's own uncertainty is in its quantile's rank
+            nulls[name] = {"p0": 1.0 - q, "bound_ms": bound, "control_ms": control_ms, "source": source,
+                           "rate": histogram.count_slower(base["h"], bound) / n_hist}
         return nulls
 
     def _fold_triggers(
@@ -420,7 +456,7 @@ class SafeshipPolicy:
     # ------------------------------------------------------------ deciding
 
     def _alphas(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
-        cache_key = (ctx.analysis.alpha, tuple(keys), tuple(st["gauges"]["order"]))
+        cache_key = (ctx.analysis.alpha, ctx.strategy, tuple(keys), tuple(st["gauges"]["order"]))
         found = _ALPHAS.get(cache_key)
         if found is None:
             if len(_ALPHAS) >= 64:
@@ -429,11 +465,11 @@ class SafeshipPolicy:
         return dict(found)  # a copy: the cached one is shared by every look of every policy
 
     def _split(self, st: State, ctx: StepContext, keys: Sequence[str]) -> dict[str, float]:
-        parts = judge.split_alpha(ctx.analysis.alpha, SHARES)
+        parts = judge.split_alpha(ctx.analysis.alpha, _shares(ctx))
         alphas = {
             "errors": parts["errors"],
             **{name: parts["latency"] / len(QUANTILES) for name in QUANTILES},
-            **{name: parts["single"] / len(SINGLE_TESTS) / 2 for name in SINGLE_TESTS},
+            **{name: parts["single"] * share for name, share in SINGLE_SHARES.items()},
         }
         triggers = list(keys)
         for key in triggers:
@@ -502,11 +538,16 @@ class SafeshipPolicy:
     def _single_schedule(
         self, st: State, scores: Mapping[str, Score], ctx: StepContext
     ) -> Decision:
-        if ctx.time_in_step >= ctx.step_duration:
-            return Decision(
-                Verdict.SUCCESSFUL, "no regression during the window", _summary(st, scores)
-            )
-        return Decision(Verdict.INCONCLUSIVE, "watching")
+        if ctx.time_in_step < ctx.step_duration:
+            return Decision(Verdict.INCONCLUSIVE, "watching")
+        # A release promoted before its plan's analysis time ran out (the evidence sufficed) is
+        # watched, at full traffic, for as long as the whole plan and the monitoring window would
+        # have judged it: promoting early must not shorten the watch. A regression that starts
+        # ten minutes in is caught as it would have been by the configured schedule.
+        watch = ctx.planned_analysis_s + ctx.step_duration
+        if ctx.promoted and ctx.time_in_analysis < watch:
+            return Decision(Verdict.INCONCLUSIVE, f"watching until {watch:.0f}s, the plan's whole analysis time")
+        return Decision(Verdict.SUCCESSFUL, "no regression during the window", _summary(st, scores))
 
     def _suspect(self, scores: Mapping[str, Score]) -> str | None:
         for name, score in scores.items():
@@ -529,6 +570,42 @@ SIDE_BY_SIDE = ("errors", "latency_p95", "latency_p99", "metric:")  # tests agai
 INCIDENT_Z = 3.0  # the replaced version is raised over its record: an incident under way
 INCIDENT_PASSED_Z = 1.0  # ... and back within it once its recent share is no more than this above
 MAX_INCIDENT_HOLD_S = 600.0  # an incident that lasts longer is not waited out: roll back
+
+
+CHECKPOINT_S = 20.0  # the record and threshold tests are kept this often ...
+CHECKPOINTS = 3  # ... this many times back
+INCIDENT_MARGIN_S = 20.0  # an incident is taken to have begun this long before its alarm
+
+
+def _checkpoint(st: State) -> State:
+    """Keep, every CHECKPOINT_S, the tests an incident can raise (those against a record or a
+    fixed threshold), so that an incident's part of their evidence can be taken out again."""
+    points = st.get("checkpoints") or []
+    clock = float(st["clock"])
+    if points and clock - float(points[-1][0]) < CHECKPOINT_S:
+        return st
+    kept = {key: test for key, test in st["tests"].items() if not key.startswith(SIDE_BY_SIDE)}
+    return {**st, "checkpoints": [*points[-(CHECKPOINTS - 1):], [clock, kept]]}
+
+
+def _checkpoint_before(st: State, clock: float) -> dict[str, Any]:
+    """The record and threshold tests as they were at the last checkpoint at or before `clock`
+    (none: fresh tests)."""
+    found: dict[str, Any] = {}
+    for at, tests in st.get("checkpoints") or []:
+        if float(at) <= clock:
+            found = dict(tests)
+    return found
+
+
+def _shares(ctx: StepContext) -> Mapping[str, float]:
+    return SHARES_BY_STRATEGY.get(ctx.strategy, SHARES)
+
+
+def _beyond(n: float, x: float, allowed: float) -> bool:
+    """More than three binomial standard deviations above the share `allowed` (and at least one
+    request): a look whose control is itself beyond a latency bound."""
+    return x >= 1 and x > n * allowed + 3.0 * math.sqrt(n * allowed * (1.0 - allowed))
 
 
 def _raised_over_record(counts: TrafficCounters, record: TrafficCounters, z: float = INCIDENT_Z) -> str | None:
@@ -649,14 +726,6 @@ def _pct(rate: float) -> str:
     return f"{percent:.2g}%"
 
 
-def _slower_by(tau: int, tolerance_ms: float) -> int:
-    """The slow-request bucket `tau` moved up by the declared absolute latency tolerance."""
-    if tolerance_ms <= 0:
-        return tau
-    bound = histogram.BOUNDS_MS[min(tau, len(histogram.BOUNDS_MS) - 1)]
-    return max(tau, histogram.bucket_of(bound + tolerance_ms))
-
-
 def _broken_counters(sample: TickSample) -> str:
     """Which version's counters decreased (a restarted router): that look measured nothing."""
     for version, counters in (("baseline", sample.baseline), ("candidate", sample.candidate)):
@@ -721,23 +790,31 @@ def _describe(
     if name == "errors":
         n_b, x_b, n_c, x_c = counts
         return f"error rate {_pct(_rate(x_c, n_c))} vs baseline {_pct(_rate(x_b, n_b))}"
-    if name in QUANTILES:
-        n_b, x_b, n_c, x_c = counts
-        ms = histogram.BOUNDS_MS[min(st["taus"][name], len(histogram.BOUNDS_MS) - 1)]
-        return (
-            f"{name.removeprefix('latency_')} latency: {_pct(_rate(x_c, n_c))} of candidate"
-            f" requests slower than {ms:.0f} ms vs {_pct(_rate(x_b, n_b))} of baseline requests"
-        )
     n, x = counts
+    if name in QUANTILES:
+        quantile = name.removeprefix("latency_")
+        return _describe_latency(quantile, n, x, st["bounds_ms"][name], st["controls_ms"][name], "the baseline's")
     if name in SINGLE_TESTS:
         null = st["single"][name]
-        what = "error rate" if name == "single_errors" else f"{name[-3:]} slow share"
+        history = null.get("source") == "history"
+        if name != "single_errors":
+            whose = "the replaced version's before the deployment" if history else "the baseline's before the switch"
+            return _describe_latency(name[-3:], n, x, null["bound_ms"], null["control_ms"], whose)
         before = (f"the replaced version's {_pct(null['rate'])} before the deployment"
-                  if null.get("source") == "history" else f"baseline {_pct(null['rate'])} before the switch")
-        return f"{what} {_pct(_rate(x, n))} vs {before} (null {_pct(null['p0'])})"
+                  if history else f"baseline {_pct(null['rate'])} before the switch")
+        return f"error rate {_pct(_rate(x, n))} vs {before} (null {_pct(null['p0'])})"
     if name.startswith("metric:"):
         return f"{name[7:]}: candidate worse than baseline in {x:.0f} of {n:.0f} looks"
     return _describe_trigger(trigger, n, x)
+
+
+def _describe_latency(quantile: str, n: float, x: float, bound: float, control_ms: float, whose: str) -> str:
+    """"p99 latency: 3.1% of candidate requests slower than 250 ms, the most its p99 may be
+    (the baseline's 190 ms, with the declared tolerance); at most 1% may be"."""
+    allowed = 1.0 - QUANTILES[f"latency_{quantile}"]
+    return (f"{quantile} latency: {_pct(_rate(x, n))} of candidate requests slower than {bound:.0f} ms, the most "
+            f"its {quantile} may be ({whose} {control_ms:.0f} ms, with the declared tolerance); at most "
+            f"{_pct(allowed)} may be")
 
 
 def _describe_trigger(trigger: ThresholdTrigger | None, n: float, x: float) -> str:
