@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import stat
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from livekit import controller_with, wait_for
+from livekit import Controller as LiveController
+from livekit import Setup, controller_with, deploy, wait_final, wait_for
 
 from safeship.api.client import ControllerClient
 from safeship.signing import verify
@@ -64,6 +66,17 @@ def receiver() -> Iterator[Receiver]:
         running.close()
 
 
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """umask 022, under which a file opened without a mode is world-readable (0644); set before the
+    controller starts, which inherits it."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
 def _a_rollback(state_dir: Path) -> None:
     """A deployment that rolled back, written to the store as the engine writes one; the running
     controller's outbox picks its events up within a second."""
@@ -101,7 +114,7 @@ def _mode(path: Path) -> int:
 
 
 def test_a_real_controller_keeps_credentials_out_of_its_log_signs_and_checks_hosts(
-        tmp_path: Path, receiver: Receiver) -> None:
+        usual_umask: None, tmp_path: Path, receiver: Receiver) -> None:
     secret = tmp_path / "hook.secret"
     secret.write_text(SECRET + "\n")
     secret.chmod(0o600)
@@ -139,3 +152,16 @@ def test_a_real_controller_keeps_credentials_out_of_its_log_signs_and_checks_hos
     assert "safeship controller listening" in log  # it is the controller's log
     assert CREDENTIAL not in log
     assert SECRET not in log
+
+
+def test_instance_logs_are_private_under_the_usual_umask(
+        usual_umask: None, setup: Setup, controller: LiveController) -> None:
+    client = ControllerClient(setup.state_dir)
+    done, _ = wait_final(client, deploy(client, "v1.2.0")["id"])
+    assert done["phase"] == "succeeded", done["reason"]
+    logs = sorted((setup.state_dir / "logs").rglob("*.log"))
+    assert logs, "the instances wrote no log"
+    for log in logs:
+        assert _mode(log) == 0o600, log
+    for folder in {log.parent for log in logs}:
+        assert _mode(folder) == 0o700, folder
