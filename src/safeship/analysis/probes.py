@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from safeship.platforms.base import ProbeSpec
 
@@ -53,7 +54,7 @@ async def _run(
     if spec.kind == "tcp":
         return await _tcp(host, port)
     if spec.kind == "exec":
-        return await _exec(spec.command, host=host, port=port, env=env)
+        return await _exec(spec.command, host=host, port=port, env=env, uid=spec.uid, gid=spec.gid)
     return False, f"unknown probe kind {spec.kind!r} (known: http, tcp, exec)"
 
 
@@ -117,12 +118,15 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def _exec(
-    command: tuple[str, ...], *, host: str, port: int, env: Mapping[str, str] | None
+    command: tuple[str, ...], *, host: str, port: int, env: Mapping[str, str] | None,
+    uid: int | None = None, gid: int | None = None,
 ) -> tuple[bool, str]:
     if not command:
         return False, "exec probe has no command"
     # {host} and {port} aim the command at the instance it checks (a container has localhost).
     argv = [arg.replace("{host}", host).replace("{port}", str(port)) for arg in command]
+    # The platform's run_as_user: the probe runs as the instance it checks does, never as root.
+    identity: dict[str, Any] = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -130,6 +134,7 @@ async def _exec(
         stderr=asyncio.subprocess.STDOUT,
         env=dict(env) if env is not None else None,
         start_new_session=True,  # so a timeout kills the command's children too
+        **identity,
     )
     try:
         output, _ = await proc.communicate()

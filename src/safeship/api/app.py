@@ -253,6 +253,23 @@ def _well_formed(kind: NameKind, value: str | None, where: str) -> str | None:
     return value
 
 
+def _nothing_to_run(body: DeploymentRequest) -> None:
+    """What runs on this host comes from safeship.yaml only: a body that sets an exec probe, a
+    probe command or environment variables (LD_PRELOAD, PYTHONPATH, ...) would let any token holder
+    run commands as the controller's user, so it is refused with 422."""
+    given = body.configuration
+    if given is None:
+        return
+    if given.environment_variables:
+        raise Unprocessable("request body: configuration.environment_variables: environment variables are set only "
+                            "under services.<name>.env in safeship.yaml, never by an API request")
+    for name in ("liveness", "readiness"):
+        probe = getattr(given.health_checks, name)
+        if probe.type == "exec" or "command" in probe.model_fields_set:
+            raise Unprocessable(f"request body: configuration.health_checks.{name}: exec probes and probe commands "
+                                "are set only in safeship.yaml, never by an API request")
+
+
 def _names(kind: NameKind, value: str, known: Sequence[str]) -> None:
     """404 unless `value` (from the path) is one of the configured `known` names; the sentence says
     which names there are and, when `value` cannot be a name at all, why."""
@@ -465,6 +482,7 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         _well_formed("service", body.service_name, "request body: service_name")
         _well_formed("environment", body.environment, "request body: environment")
         _well_formed("version", body.version, "request body: version")
+        _nothing_to_run(body)
         record = controller.submit(body.request(), policy=body.policy)
         return deployment_json(record, full=True)
 

@@ -37,6 +37,10 @@ class ProbeSpec:
     failure_threshold: int = 3
     success_threshold: int = 1
     initial_delay: float = 0.0
+    # exec: the user and group the command runs as (the environment's run_as_user, when the
+    # controller is root); None: the controller's own.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)

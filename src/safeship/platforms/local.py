@@ -451,6 +451,9 @@ class LocalPlatform(ScalesOneByOne):
         if spec.kind == "exec" and spec.command and spec.command[0] in ("python", "python3"):
             spec = dataclasses.replace(spec, command=(sys.executable, *spec.command[1:]))
         try:
+            if spec.kind == "exec":  # as the instance runs: the environment's run_as_user
+                identity = self._identity(sup.spec)
+                spec = dataclasses.replace(spec, uid=identity.get("user"), gid=identity.get("group"))
             outcome = await self._prober(spec, host=HOST, port=sup.instance.port, env=sup.env)
             ok, detail = bool(outcome.ok), str(outcome.detail)
         except Exception as exc:  # a broken prober counts as a failed probe, never a dead loop
