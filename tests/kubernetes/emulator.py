@@ -20,8 +20,14 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
 - **status subresources**: for kinds that have one, writes to the object keep its status and
   writes to `/status` change only the status;
 - **server-set fields and defaults**: uid, creationTimestamp; a Deployment's replicas, strategy,
-  revisionHistoryLimit and progressDeadlineSeconds; a Service's type and clusterIP; a Pod's phase
-  Pending; a Namespace's phase Active and its `kubernetes.io/metadata.name` label;
+  revisionHistoryLimit and progressDeadlineSeconds; a Service's type, clusterIP and clusterIPs (an
+  update that leaves them out keeps them); a Pod's phase Pending; a Namespace's phase Active and
+  its `kubernetes.io/metadata.name` label;
+- **immutable fields**: an update is a 422 with the API server's own message when it changes a
+  Deployment's `spec.selector`, a Service's cluster IP, a RoleBinding's `roleRef`, or a
+  PersistentVolumeClaim's spec other than its storage request (any change, such as
+  `storageClassName`; the storage request too while the claim is not Bound) or lowers its storage
+  request (see `immutable_problems`);
 - **label selectors** on lists (`a=b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x,y)`);
 - **SelfSubjectAccessReview** answered from `permissions` (None: everything is allowed; else a
   list of `Permission` rules, `*` matching anything);
@@ -367,6 +373,93 @@ def object_problems(obj: Mapping[str, Any], *, use_schemas: bool = True) -> list
     return builtin_problems(obj)
 
 
+# ------------------------------------------------------------------ immutable fields
+
+# The API server's messages, verbatim (Kubernetes 1.30):
+# - k8s.io/apimachinery/pkg/api/validation/generic.go: FieldImmutableErrorMsg = "field is immutable",
+#   used by ValidateImmutableField for a Deployment's selector, which
+#   k8s.io/kubernetes/pkg/registry/apps/deployment/strategy.go (ValidateUpdate) checks for apps/v1;
+# - k8s.io/kubernetes/pkg/apis/core/validation/validation.go: validateUpgradeDowngradeClusterIPs
+#   ("may not change once set") and ValidatePersistentVolumeClaimUpdate;
+# - k8s.io/kubernetes/pkg/apis/rbac/validation/validation.go: ValidateRoleBindingUpdate.
+FIELD_IMMUTABLE = "field is immutable"
+CLUSTER_IP_CHANGED = "may not change once set"
+PVC_SPEC_IMMUTABLE = ("spec is immutable after creation except resources.requests and "
+                      "volumeAttributesClassName for bound claims")
+PVC_SMALLER = "field can not be less than previous value"
+ROLE_REF_CHANGED = "cannot change roleRef"
+
+_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "n": 1e-9, "u": 1e-6,
+             "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes quantity (`2Gi`, `500M`, `1e3`, 3) as a number, or None when it is not one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?",
+                         str(value))
+    if match is None:
+        return None
+    number = float(match.group(1))
+    if match.group(2) is not None:
+        return number * 10 ** int(match.group(2))
+    return number * _SUFFIXES.get(match.group(3) or "", 1)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _keep_cluster_ips(old: Mapping[str, Any], new: Obj) -> None:
+    """An update that leaves a Service's clusterIP (and clusterIPs) out or empty keeps the
+    allocated ones, as the service registry does before it validates."""
+    old_spec, spec = old.get("spec") or {}, new.get("spec")
+    if not isinstance(spec, dict):
+        return
+    for key in ("clusterIP", "clusterIPs"):
+        if not spec.get(key) and old_spec.get(key):
+            spec[key] = copy.deepcopy(old_spec[key])
+
+
+def immutable_problems(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What the API server refuses to change in an update of `old` to `new`, in its own words."""
+    old_spec, spec = old.get("spec") or {}, new.get("spec") or {}
+    problems: list[str] = []
+    if kind == "Deployment" and spec.get("selector") != old_spec.get("selector"):
+        problems.append(f"spec.selector: Invalid value: {_shown(spec.get('selector'))}: {FIELD_IMMUTABLE}")
+    elif kind == "Service" and "ExternalName" not in (spec.get("type"), old_spec.get("type")):
+        before, after = old_spec.get("clusterIPs") or [], spec.get("clusterIPs") or []
+        if len(before) == len(after):
+            problems += [f"spec.clusterIPs[{i}]: Invalid value: {_shown(after)}: {CLUSTER_IP_CHANGED}"
+                         for i, ip in enumerate(before) if after[i] != ip]
+        if old_spec.get("clusterIP") and spec.get("clusterIP") != old_spec.get("clusterIP") and not problems:
+            problems.append(f"spec.clusterIPs[0]: Invalid value: {_shown([spec.get('clusterIP')])}: "
+                            f"{CLUSTER_IP_CHANGED}")
+    elif kind == "RoleBinding" or kind == "ClusterRoleBinding":
+        if new.get("roleRef") != old.get("roleRef"):
+            problems.append(f"roleRef: Invalid value: {_shown(new.get('roleRef'))}: {ROLE_REF_CHANGED}")
+    elif kind == "PersistentVolumeClaim":
+        bound = ((new.get("status") or {}).get("phase")) == "Bound"
+        before, after = copy.deepcopy(dict(old_spec)), copy.deepcopy(dict(spec))
+        if not before.get("volumeName") and "volumeName" in after:
+            before["volumeName"] = after["volumeName"]  # the volume controller sets it once
+        if before.get("storageClassName") is None and "storageClassName" in after:
+            before["storageClassName"] = after["storageClassName"]  # from nil to a class is allowed
+        old_size = ((old_spec.get("resources") or {}).get("requests") or {}).get("storage")
+        new_size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+        if bound:
+            after.setdefault("resources", {}).setdefault("requests", {})["storage"] = old_size
+        if before != after:
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            diff = ", ".join(f"{k}: {_shown(before.get(k))} -> {_shown(after.get(k))}" for k in changed)
+            problems.append(f"spec: Forbidden: {PVC_SPEC_IMMUTABLE}\n{diff}")
+        old_amount, new_amount = quantity(old_size), quantity(new_size)
+        if old_amount is not None and new_amount is not None and new_amount < old_amount:
+            problems.append(f"spec.resources.requests.storage: Forbidden: {PVC_SMALLER}")
+    return problems
+
+
 # ------------------------------------------------------------------ the server
 
 
@@ -595,19 +688,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return
         problems = object_problems(obj, use_schemas=self.use_schemas)
         if problems:
-            name = (obj.get("metadata") or {}).get("name", "")
-            group = f".{served.group}" if served.group else ""
-            raise ApiFailure(
-                422,
-                "Invalid",
-                f'{served.kind}{group} "{name}" is invalid: ' + "; ".join(problems),
-                {
-                    "name": name,
-                    "group": served.group,
-                    "kind": served.kind,
-                    "causes": [{"reason": "FieldValueInvalid", "message": p} for p in problems],
-                },
-            )
+            raise self._invalid(served, str((obj.get("metadata") or {}).get("name", "")), problems)
+
+    @staticmethod
+    def _invalid(served: ServedKind, name: str, problems: list[str]) -> ApiFailure:
+        group = f".{served.group}" if served.group else ""
+        return ApiFailure(
+            422,
+            "Invalid",
+            f'{served.kind}{group} "{name}" is invalid: ' + "; ".join(problems),
+            {
+                "name": name,
+                "group": served.group,
+                "kind": served.kind,
+                "causes": [{"reason": "FieldValueInvalid", "message": p} for p in problems],
+            },
+        )
 
     def _defaults(self, served: ServedKind, obj: Obj) -> None:
         spec = obj.get("spec")
@@ -625,6 +721,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             spec.setdefault("type", "ClusterIP")
             if spec.get("clusterIP") is None and spec["type"] != "ExternalName":
                 spec["clusterIP"] = f"10.96.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+            if spec.get("clusterIP") and not spec.get("clusterIPs"):
+                spec["clusterIPs"] = [spec["clusterIP"]]
             for port in spec.get("ports") or []:
                 if isinstance(port, dict):
                     port.setdefault("protocol", "TCP")
@@ -737,10 +835,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 meta.pop(kept, None)
         result["apiVersion"] = old["apiVersion"]
         result["kind"] = old["kind"]
+        if served.kind == "Service" and subresource != "status":
+            _keep_cluster_ips(old, result)
         if old.get("spec") != result.get("spec") and "spec" in result:
             meta["generation"] = int(old_meta.get("generation") or 0) + 1
         if _without_resource_version(result) == _without_resource_version(old):
             return old  # nothing changed: no write, no new resourceVersion
+        if subresource != "status":
+            problems = immutable_problems(served.kind, old, result)
+            if problems:
+                raise self._invalid(served, str(old_meta["name"]), problems)
         self._check(served, result)
         if dry_run:
             return result

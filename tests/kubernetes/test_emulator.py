@@ -422,3 +422,89 @@ async def test_put_keeps_generation_server_managed(kube_api: ApiHandle) -> None:
     assert kube_api.put(changed)["metadata"]["generation"] == 2
     relabelled = kube_api.put({**changed, "metadata": {**changed["metadata"], "labels": {"x": "y"}}})
     assert relabelled["metadata"]["generation"] == 2
+
+
+# ------------------------------------------------------------------ immutable fields
+#
+# Each refusal is the API server's own 422 message, quoted from the Kubernetes source named beside it.
+
+SERVICES = "/api/v1/namespaces/test/services"
+CLAIMS = "/api/v1/namespaces/test/persistentvolumeclaims"
+BINDINGS = "/apis/rbac.authorization.k8s.io/v1/namespaces/test/rolebindings"
+
+
+async def test_a_deployment_selector_cannot_change(kube_api: ApiHandle, http: httpx.AsyncClient) -> None:
+    # k8s.io/kubernetes/pkg/registry/apps/deployment/strategy.go (ValidateUpdate, apps/v1) calls
+    # ValidateImmutableField(newDeployment.Spec.Selector, ...), whose message is
+    # k8s.io/apimachinery/pkg/api/validation/generic.go: FieldImmutableErrorMsg = "field is immutable"
+    created = (await http.post(DEPLOYMENTS, json=deployment())).json()
+    changed = {"spec": {"selector": {"matchLabels": {"app": "web", "tier": "x"}},
+                        "template": {"metadata": {"labels": {"app": "web", "tier": "x"}}}}}
+    response = await patch(http, f"{DEPLOYMENTS}/web", changed)
+    assert response.status_code == 422
+    message = response.json()["message"]
+    assert message.startswith('Deployment.apps "web" is invalid: spec.selector: Invalid value: ')
+    assert message.endswith(": field is immutable")
+    assert kube_api.read("apps/v1", "Deployment", "web") == created
+    # the rest of the spec still changes
+    assert (await patch(http, f"{DEPLOYMENTS}/web", {"spec": {"replicas": 5}})).status_code == 200
+
+
+async def test_a_service_cluster_ip_cannot_change(http: httpx.AsyncClient) -> None:
+    # k8s.io/kubernetes/pkg/apis/core/validation/validation.go, validateUpgradeDowngradeClusterIPs:
+    # field.Invalid(field.NewPath("spec", "clusterIPs").Index(i), service.Spec.ClusterIPs, "may not change once set")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    created = (await http.post(SERVICES, json=service)).json()
+    allocated = created["spec"]["clusterIP"]
+    assert created["spec"]["clusterIPs"] == [allocated]
+    response = await patch(http, f"{SERVICES}/web", {"spec": {"clusterIP": "10.96.0.250", "clusterIPs": ["10.96.0.250"]}})
+    assert response.status_code == 422
+    assert response.json()["message"] == ('Service "web" is invalid: spec.clusterIPs[0]: Invalid value: '
+                                          '["10.96.0.250"]: may not change once set')
+    # an update that leaves the cluster IP out keeps it, as the service registry does
+    replaced = await http.put(f"{SERVICES}/web", json={**service, "spec": {**service["spec"], "ports": [{"port": 81}]}})
+    assert replaced.status_code == 200
+    assert replaced.json()["spec"]["clusterIP"] == allocated
+
+
+async def test_a_claim_keeps_its_storage_class_and_never_shrinks(http: httpx.AsyncClient) -> None:
+    # k8s.io/kubernetes/pkg/apis/core/validation/validation.go, ValidatePersistentVolumeClaimUpdate:
+    # field.Forbidden(field.NewPath("spec"), "spec is immutable after creation except resources.requests and
+    # volumeAttributesClassName for bound claims\n<diff>") and
+    # field.Forbidden(field.NewPath("spec", "resources", "requests", "storage"), "field can not be less than previous value")
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                      "resources": {"requests": {"storage": "2Gi"}}}}
+    assert (await http.post(CLAIMS, json=claim)).status_code == 201
+    moved = await patch(http, f"{CLAIMS}/data", {"spec": {"storageClassName": "slow"}})
+    assert moved.status_code == 422
+    assert moved.json()["message"].startswith(
+        'PersistentVolumeClaim "data" is invalid: spec: Forbidden: spec is immutable after creation except '
+        "resources.requests and volumeAttributesClassName for bound claims\n")
+    assert 'storageClassName: "fast" -> "slow"' in moved.json()["message"]
+    # bound: the request may grow, never shrink
+    bound = await patch(http, f"{CLAIMS}/data/status", {"status": {"phase": "Bound"}})
+    assert bound.status_code == 200
+    assert (await patch(http, f"{CLAIMS}/data", {"spec": {"resources": {"requests": {"storage": "4Gi"}}}})).status_code == 200
+    shrunk = await patch(http, f"{CLAIMS}/data", {"spec": {"resources": {"requests": {"storage": "3072Mi"}}}})
+    assert shrunk.status_code == 422
+    assert shrunk.json()["message"] == ('PersistentVolumeClaim "data" is invalid: spec.resources.requests.storage: '
+                                        "Forbidden: field can not be less than previous value")
+
+
+async def test_a_role_binding_role_ref_cannot_change(http: httpx.AsyncClient) -> None:
+    # k8s.io/kubernetes/pkg/apis/rbac/validation/validation.go, ValidateRoleBindingUpdate:
+    # field.Invalid(field.NewPath("roleRef"), roleBinding.RoleRef, "cannot change roleRef")
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+               "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": "test"}]}
+    assert (await http.post(BINDINGS, json=binding)).status_code == 201
+    response = await patch(http, f"{BINDINGS}/deployer", {"roleRef": {"name": "admin"}})
+    assert response.status_code == 422
+    message = response.json()["message"]
+    assert message.startswith('RoleBinding.rbac.authorization.k8s.io "deployer" is invalid: roleRef: Invalid value: ')
+    assert message.endswith(": cannot change roleRef")
+    # subjects may change
+    more = {"subjects": [*binding["subjects"], {"kind": "ServiceAccount", "name": "ci", "namespace": "test"}]}
+    assert (await patch(http, f"{BINDINGS}/deployer", more)).status_code == 200
