@@ -458,7 +458,8 @@ async def test_a_service_cluster_ip_cannot_change(http: httpx.AsyncClient) -> No
     created = (await http.post(SERVICES, json=service)).json()
     allocated = created["spec"]["clusterIP"]
     assert created["spec"]["clusterIPs"] == [allocated]
-    response = await patch(http, f"{SERVICES}/web", {"spec": {"clusterIP": "10.96.0.250", "clusterIPs": ["10.96.0.250"]}})
+    moved = {"spec": {"clusterIP": "10.96.0.250", "clusterIPs": ["10.96.0.250"]}}
+    response = await patch(http, f"{SERVICES}/web", moved)
     assert response.status_code == 422
     assert response.json()["message"] == ('Service "web" is invalid: spec.clusterIPs[0]: Invalid value: '
                                           '["10.96.0.250"]: may not change once set')
@@ -472,7 +473,8 @@ async def test_a_claim_keeps_its_storage_class_and_never_shrinks(http: httpx.Asy
     # k8s.io/kubernetes/pkg/apis/core/validation/validation.go, ValidatePersistentVolumeClaimUpdate:
     # field.Forbidden(field.NewPath("spec"), "spec is immutable after creation except resources.requests and
     # volumeAttributesClassName for bound claims\n<diff>") and
-    # field.Forbidden(field.NewPath("spec", "resources", "requests", "storage"), "field can not be less than previous value")
+    # field.Forbidden(field.NewPath("spec", "resources", "requests", "storage"),
+    #                 "field can not be less than previous value")
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
              "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
                       "resources": {"requests": {"storage": "2Gi"}}}}
@@ -486,8 +488,11 @@ async def test_a_claim_keeps_its_storage_class_and_never_shrinks(http: httpx.Asy
     # bound: the request may grow, never shrink
     bound = await patch(http, f"{CLAIMS}/data/status", {"status": {"phase": "Bound"}})
     assert bound.status_code == 200
-    assert (await patch(http, f"{CLAIMS}/data", {"spec": {"resources": {"requests": {"storage": "4Gi"}}}})).status_code == 200
-    shrunk = await patch(http, f"{CLAIMS}/data", {"spec": {"resources": {"requests": {"storage": "3072Mi"}}}})
+    def size(storage: str) -> dict[str, Any]:
+        return {"spec": {"resources": {"requests": {"storage": storage}}}}
+
+    assert (await patch(http, f"{CLAIMS}/data", size("4Gi"))).status_code == 200
+    shrunk = await patch(http, f"{CLAIMS}/data", size("3072Mi"))
     assert shrunk.status_code == 422
     assert shrunk.json()["message"] == ('PersistentVolumeClaim "data" is invalid: spec.resources.requests.storage: '
                                         "Forbidden: field can not be less than previous value")
