@@ -27,6 +27,7 @@ import httpx
 from safeship.config.models import SafeshipConfig
 from safeship.config.notifications import NotificationSinkConfig, unique_sink_names
 from safeship.config.secret_files import read_secret_file
+from safeship.engine import outgoing
 from safeship.engine.notify import LogSink, Notification, NotificationSink
 from safeship.errors import ConfigError
 from safeship.redaction import redact_url, redact_urls
@@ -63,7 +64,8 @@ class WebhookSink(_Settings):
     one event), `X-Safeship-Event` (the kind), the configured `headers`, and with a `secret`
     `X-Safeship-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<exact body bytes>">`
     (see `safeship.signing`). The secret signs and never travels. Redirects are not followed (a
-    signed body goes only where it was configured)."""
+    signed body goes only where it was configured). The whole POST is bounded by `timeout` and at
+    most 64 KiB of the answer is read (`engine/outgoing.py`)."""
 
     def __init__(self, name: str, url: str, *, secret: bytes | None = None,
                  headers: Mapping[str, str] | None = None, **settings: Any) -> None:
@@ -82,13 +84,14 @@ class WebhookSink(_Settings):
     def notify(self, notification: Notification) -> None:
         body = body_bytes(notification)
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
-                answer = client.post(self.url, content=body, headers=self.request_headers(notification, body))
+            answer = outgoing.post_blocking(self.url, body, self.request_headers(notification, body), self.timeout)
+        except TimeoutError as exc:
+            raise DeliveryError(f"POST to {self.origin} timed out after {self.timeout:g}s") from exc
         except httpx.HTTPError as exc:
             detail = redact_urls(str(exc), [self.url])  # never the credential a URL may carry
             raise DeliveryError(f"POST to {self.origin} failed: {type(exc).__name__}: {detail}") from exc
         if not answer.is_success:
-            raise DeliveryError(f"POST to {self.origin} answered {answer.status_code} {answer.reason_phrase}")
+            raise DeliveryError(f"POST to {self.origin} answered {answer.status} {answer.reason}")
 
     @property
     def origin(self) -> str:

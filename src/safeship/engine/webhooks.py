@@ -3,7 +3,8 @@
 A gate lets the deployment pass on a 2xx answer; any other status, a timeout or a connection that
 fails is not a pass. What a non-pass does depends on the gate's type (see config/webhooks.py and
 docs/webhooks.md); this module only asks. Every ask is one attempt, asynchronous
-(`httpx.AsyncClient`), bounded as a whole by the gate's `timeout`; it never raises: transport
+(`engine/outgoing.py`: at most 64 KiB of the answer is read), bounded as a whole by the gate's
+`timeout`; it never raises: transport
 failures are answers too ("timed out after 2s", "connection failed: ..."), so that a gate that is
 down holds or fails the deployment with that reason instead of breaking the tick.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from safeship.config.webhooks import WebhookGateConfig
+from safeship.engine import outgoing
 from safeship.errors import ConfigError
 from safeship.redaction import redact_urls
 from safeship.signing import SIGNATURE_HEADER, signature
@@ -90,9 +92,7 @@ async def ask(gate: WebhookGateConfig, body: Mapping[str, Any]) -> Answer:
     """POST `body` to the gate once, within its timeout; never raises (but on cancellation)."""
     try:
         content = json.dumps(dict(body), separators=(",", ":"), default=str).encode()
-        async with asyncio.timeout(gate.timeout):
-            async with httpx.AsyncClient(timeout=gate.timeout, follow_redirects=False) as client:
-                response = await client.post(gate.url, content=content, headers=request_headers(gate, content))
+        reply = await outgoing.post(gate.url, content, request_headers(gate, content), gate.timeout)
     except TimeoutError:
         return Answer(False, f"timed out after {gate.timeout:g}s")
     except httpx.TimeoutException:
@@ -103,8 +103,7 @@ async def ask(gate: WebhookGateConfig, body: Mapping[str, Any]) -> Answer:
         return Answer(False, f"not asked: {exc}")
     except (OSError, ValueError) as exc:  # a url httpx cannot use, a socket error it did not wrap
         return Answer(False, f"request failed: {_short(exc, gate.url)}")
-    code = response.status_code
-    return Answer(200 <= code < 300, f"HTTP {code}", code)
+    return Answer(reply.is_success, f"HTTP {reply.status}", reply.status)
 
 
 async def ask_with_retries(gate: WebhookGateConfig, body: Mapping[str, Any]) -> tuple[Answer, int]:
