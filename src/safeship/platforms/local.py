@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -76,7 +78,7 @@ from safeship.platforms.processes import (
     wait_for_exit,
 )
 from safeship.platforms.scaling import ScalesOneByOne
-from safeship.store import ArtifactRecord, sha256_of
+from safeship.store import ArtifactRecord
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ PLACEHOLDERS = ("port", "version", "service", "environment", "index", "artifact"
 ARTIFACT_ENV = "SAFESHIP_ARTIFACT"  # the release file an instance runs (set only when there is one)
 ARTIFACT_SHA_ENV = "SAFESHIP_ARTIFACT_SHA256"
 _TARBALLS = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+MAX_RELEASE_MEMBERS = 100_000  # members of a release tarball
+MAX_RELEASE_BYTES = 4 * 2**30  # what a release tarball unpacks to, at most
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PORT_ATTEMPTS = 50
 RETRY_DELAY_S = 2.0  # how long a caller waits before trying again after a passing OS failure
@@ -697,36 +701,89 @@ def _private_log(path: Path) -> BinaryIO:
 
 def unpack_release(releases: Path, artifact: ArtifactRecord) -> Path | None:
     """The folder the tarball `artifact` is unpacked in (once per service, version and hash), or
-    None when the artifact is not a tarball. The file must still hash to `artifact.sha256`."""
+    None when the artifact is not a tarball. The file is opened once: the bytes hashed (they must
+    still hash to `artifact.sha256`) are the bytes unpacked, even if the path is replaced meanwhile.
+    A tarball of more than MAX_RELEASE_MEMBERS members or MAX_RELEASE_BYTES unpacked, or with a
+    member that is absolute, climbs out with `..`, or links outside the folder, is refused."""
+    what = f"the artifact {artifact.path} of {artifact.service} {artifact.version}"
     try:
-        found = sha256_of(artifact.path)
+        handle = open(artifact.path, "rb")  # noqa: SIM115 (closed below, after the unpacking)
     except OSError as exc:
-        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} cannot be "
-                             f"read ({exc.strerror or exc}); expected sha256 {artifact.sha256}") from exc
-    if found != artifact.sha256:
-        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} changed: "
-                             f"expected sha256 {artifact.sha256}, found {found}")
-    if not artifact.path.endswith(_TARBALLS):
-        return None
-    folder = releases / artifact.service / f"{artifact.version}-{artifact.sha256[:16]}"
-    marker = folder / ".safeship-sha256"
-    with contextlib.suppress(OSError):
-        if marker.read_text().strip() == artifact.sha256:
-            return folder
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
-        with tarfile.open(artifact.path) as tar:
-            tar.extractall(partial, filter="data")  # no absolute paths, no links leaving the folder
-        (partial / ".safeship-sha256").write_text(artifact.sha256 + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
-    except (OSError, tarfile.TarError) as exc:
+        raise PermanentError(f"{what} cannot be read ({exc.strerror or exc}); "
+                             f"expected sha256 {artifact.sha256}") from exc
+    with handle:
+        digest = hashlib.sha256()
+        try:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        except OSError as exc:
+            raise PermanentError(f"{what} cannot be read ({exc.strerror or exc}); "
+                                 f"expected sha256 {artifact.sha256}") from exc
+        found = digest.hexdigest()
+        if found != artifact.sha256:
+            raise PermanentError(f"{what} changed: expected sha256 {artifact.sha256}, found {found}")
+        if not artifact.path.endswith(_TARBALLS):
+            return None
+        folder = releases / artifact.service / f"{artifact.version}-{artifact.sha256[:16]}"
+        marker = folder / ".safeship-sha256"
+        with contextlib.suppress(OSError):
+            if marker.read_text().strip() == artifact.sha256:
+                return folder
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        raise PermanentError(f"the artifact {artifact.path} of {artifact.service} {artifact.version} could not be "
-                             f"unpacked into {folder}: {exc}") from exc
+        try:
+            handle.seek(0)
+            with tarfile.open(fileobj=handle) as tar:
+                members = _release_members(tar, what)
+                partial.mkdir(parents=True)
+                tar.extractall(partial, members=members, filter="data")  # the checks again, as a backstop
+            (partial / ".safeship-sha256").write_text(artifact.sha256 + "\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+        except (OSError, tarfile.TarError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise PermanentError(f"{what} could not be unpacked into {folder}: {exc}") from exc
     return folder
+
+
+def _release_members(tar: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
+    """The tarball's members, read header by header; PermanentError (one sentence naming the
+    member) when there are too many, they unpack to too much, or one would land or point outside
+    the folder."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in tar:
+        if len(members) >= MAX_RELEASE_MEMBERS:
+            raise PermanentError(f"{what} could not be unpacked: it has more than {MAX_RELEASE_MEMBERS} members")
+        total += member.size
+        if total > MAX_RELEASE_BYTES:
+            raise PermanentError(f"{what} could not be unpacked: it unpacks to more than {MAX_RELEASE_BYTES} bytes")
+        if _leaves_folder(member.name):
+            raise PermanentError(f"{what} could not be unpacked: member {member.name!r} would land outside the "
+                                 "release folder")
+        if member.issym() or member.islnk():
+            target = member.linkname if member.islnk() else posixpath.join(posixpath.dirname(member.name),
+                                                                          member.linkname)
+            if member.linkname.startswith("/") or _leaves_folder(target):
+                raise PermanentError(f"{what} could not be unpacked: member {member.name!r} links to "
+                                     f"{member.linkname!r}, outside the release folder")
+        members.append(member)
+    return members
+
+
+def _leaves_folder(name: str) -> bool:
+    """An absolute name, or one whose `..` climb above the folder it is unpacked in."""
+    if name.startswith("/"):
+        return True
+    depth = 0
+    for part in name.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 def _render_command(template: Sequence[str], values: Mapping[str, str]) -> list[str]:
