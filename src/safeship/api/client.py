@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from safeship.api.daemons import SERVER_MODULE, alive, cmdline, is_controller, listens_on
 from safeship.environments.manager import read_routes
 from safeship.errors import (
     ConflictError,
@@ -33,7 +34,6 @@ from safeship.errors import (
 from safeship.tokens import TOKEN_FILE, private_dir, token_problem
 
 CONTROLLER_FILE = "controller.json"
-SERVER_MODULE = "safeship.api.server"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
 
@@ -55,13 +55,33 @@ class ControllerClient:
             return None
         return data if isinstance(data, dict) and "port" in data else None
 
-    def base_url(self) -> str:
+    def not_running_because(self) -> str | None:
+        """Why controller.json does not lead to a running controller, or None when it does: its PID
+        must be alive, be a safeship controller of this state directory, and itself listen on the
+        recorded port. Checked before the token is sent anywhere, so a stale record whose port
+        another program took never receives it."""
+        record = self.state_dir / CONTROLLER_FILE
         info = self.info()
         if info is None:
-            raise ControllerUnreachable(
-                f"no safeship controller is running for {self.state_dir} "
-                f"({self.state_dir / CONTROLLER_FILE} does not exist)"
-            )
+            return f"{record} does not exist"
+        try:
+            pid, port = int(info["pid"]), int(info["port"])
+        except (KeyError, TypeError, ValueError):
+            return f"{record} names no pid and port"
+        if not alive(pid):
+            return f"{record} is stale: pid {pid} no longer runs"
+        if not is_controller(pid, self.state_dir):
+            command = " ".join(cmdline(pid))[:80] or "a process /proc does not show"
+            return f"{record} is stale: pid {pid} is not a safeship controller ({command})"
+        if not listens_on(pid, port):
+            return f"{record} is stale: the controller (pid {pid}) does not listen on port {port}"
+        return None
+
+    def base_url(self) -> str:
+        why = self.not_running_because()
+        info = self.info()
+        if why is not None or info is None:
+            raise ControllerUnreachable(f"no safeship controller is running for {self.state_dir} ({why})")
         return f"http://{info.get('host', '127.0.0.1')}:{int(info['port'])}"
 
     def token(self) -> str:
@@ -132,12 +152,12 @@ class ControllerClient:
         if info is None:
             return False
         pid = int(info["pid"])
-        if not _is_our_server(pid):
+        if not is_controller(pid, self.state_dir):
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            if not _is_our_server(pid):
+            if not is_controller(pid, self.state_dir):
                 return True
             time.sleep(0.05)
         return False
@@ -234,15 +254,3 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1].removeprefix("error: ") if lines else ""
-
-
-def _is_our_server(pid: int) -> bool:
-    """The PID runs `python -m safeship.api.server` and is not a zombie."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat[stat.rfind(")") + 2 :].startswith("Z"):
-        return False
-    return SERVER_MODULE.encode() in argv

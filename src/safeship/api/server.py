@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -24,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +31,18 @@ import uvicorn
 
 from safeship.api.app import create_app, load_or_create_token
 from safeship.api.controller import Controller, write_json_atomically
+from safeship.api.daemons import (
+    CONTROLLER_LOCK,
+    ROUTER_LOCK,
+    SERVER_MODULE,
+    LockHeld,
+    alive,
+    cmdline,
+    hold_lock,
+    is_controller,
+    is_router_command,
+    lock_holder,
+)
 from safeship.config.models import SafeshipConfig
 from safeship.environments.secrets import install, redactor
 from safeship.errors import ConflictError, InputError, SafeshipError
@@ -40,8 +51,6 @@ from safeship.tokens import tighten_dir
 log = logging.getLogger(__name__)
 
 CONTROLLER_FILE = "controller.json"
-LOCK_FILE = "controller.lock"
-SERVER_MODULE = "safeship.api.server"
 
 
 def _uvloop_available() -> bool:
@@ -70,18 +79,18 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _lock(state_dir: Path) -> IO[str]:
+def _lock(state_dir: Path, config_path: str) -> IO[str]:
+    """The controller's lock on `<state_dir>/controller.lock`, held for the process's life: one
+    controller per state directory. A second one is refused (exit 2), naming the holder."""
     tighten_dir(state_dir)  # 0700: the token, the store and the logs are this user's alone
-    handle = open(state_dir / LOCK_FILE, "a")  # noqa: SIM115 - held for the process's lifetime
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+        return hold_lock(state_dir / CONTROLLER_LOCK)
+    except LockHeld as held:
+        holder = f"pid {held.pid}" if held.pid is not None else "another process"
         raise ConflictError(
-            f"another safeship controller already runs on {state_dir} "
-            f"(see {state_dir / CONTROLLER_FILE})"
+            f"another safeship controller ({holder}) holds {state_dir / CONTROLLER_LOCK}, so this one does not "
+            f"start; stop it with `safeship server --stop --config {config_path}`"
         ) from None
-    return handle
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -97,13 +106,17 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(config_path: str, host: str, port: int) -> None:
-    controller = Controller.from_config_file(config_path)
-    install(redactor())  # secret values never reach the controller's log
-    state_dir = controller.state_dir
-    lock = _lock(state_dir)
+async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[dict[str, Any]], None]) -> None:
+    from safeship.config.loader import load_config
+    from safeship.config.paths import state_dir as state_dir_of
+
+    state_dir = state_dir_of(load_config(config_path), config_path)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(state_dir, config_path)  # before anything is opened, adopted or started
     info_path = state_dir / CONTROLLER_FILE
     try:
+        controller = Controller.from_config_file(config_path)
+        install(redactor())  # secret values never reach the controller's log
         token = load_or_create_token(state_dir)
         await controller.start()
         try:
@@ -125,8 +138,10 @@ async def _serve(config_path: str, host: str, port: int) -> None:
                 "port": bound,
                 "started_at": time.time(),
                 "config": str(Path(config_path).resolve()),
+                "state_dir": str(state_dir),
             }
             write_json_atomically(info_path, info)
+            on_listen(info)
             log.info(
                 "safeship controller listening on http://%s:%d (pid %d)", host, bound, os.getpid()
             )
@@ -150,40 +165,24 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coroutine)
 
 
-def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
-    """Run the controller until SIGTERM or SIGINT."""
+def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 0,
+          on_listen: Callable[[dict[str, Any]], None] = lambda info: None) -> None:
+    """Run the controller until SIGTERM or SIGINT; `on_listen` is told controller.json's record once
+    it listens."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
         raise InputError(f"the controller listens on loopback only, got --host {host!r}")
-    _run(_serve(config_path, host, port))
+    _run(_serve(config_path, host, port, on_listen))
 
 
 # ---------------------------------------------------------------- stopping
 
 
-ROUTER_MODULE = "safeship.routing.daemon"
 STOP_TIMEOUT = 20.0  # SIGTERM grace: uvicorn drains for 5 s, then the controller closes its router
 KILL_TIMEOUT = 5.0
-
-
-def _runs(pid: int, module: str) -> bool:
-    """The PID runs `python -m <module>` and has not exited (a zombie has)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return module.encode() in argv and _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat[stat.rfind(")") + 2 :].startswith("Z")
 
 
 def _recorded_pid(path: Path) -> int | None:
@@ -196,45 +195,63 @@ def _recorded_pid(path: Path) -> int | None:
     return pid if pid > 0 else None
 
 
-def _wait_gone(pid: int, module: str, timeout: float) -> bool:
+def _is_router(pid: int, state: Path) -> bool:
+    return alive(pid) and (lock_holder(state / ROUTER_LOCK) == pid or is_router_command(cmdline(pid)))
+
+
+def _find(record: Path, lock: Path, state: Path, is_it: Callable[[int, Path], bool]) -> int | None:
+    """The daemon's PID: the one its record names, when that PID really is it; else whoever holds
+    its lock (a daemon whose record is gone or was overwritten)."""
+    recorded = _recorded_pid(record)
+    if recorded is not None and is_it(recorded, state):
+        return recorded
+    holder = lock_holder(lock)
+    if holder is not None and holder != os.getpid() and alive(holder):
+        return holder
+    return None
+
+
+def _wait_gone(pid: int, still: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _runs(pid, module):
+    while still():
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
     return True
 
 
-def _stop_pid(pid: int, module: str, timeout: float) -> str | None:
+def _stop_pid(pid: int, still: Callable[[], bool], timeout: float) -> str | None:
     """SIGTERM, then SIGKILL after `timeout`; how it went, or None if it would not die.
-    Each signal goes only to a PID that still runs our module."""
-    if _runs(pid, module):
+    Each signal goes only to a PID `still` says is still the daemon."""
+    if still():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    if _wait_gone(pid, module, timeout):
+    if _wait_gone(pid, still, timeout):
         return "stopped"
-    if _runs(pid, module):
+    if still():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if _wait_gone(pid, module, KILL_TIMEOUT):
+    if _wait_gone(pid, still, KILL_TIMEOUT):
         return f"killed (it did not stop within {timeout:g}s of SIGTERM)"
     return None
 
 
-def _stop_daemon(record: Path, module: str, what: str, extra: Sequence[Path] = ()) -> tuple[bool, list[str]]:
-    """Stop the daemon whose pid `record` holds, if it is alive and really runs `module`; remove the
-    record (and `extra` files) when the daemon is gone and left them behind.
+def _stop_daemon(state: Path, record: Path, lock: Path, is_it: Callable[[int, Path], bool], what: str,
+                 extra: Sequence[Path] = ()) -> tuple[bool, list[str]]:
+    """Stop the daemon of `state` (the PID its record names or its lock's holder, and only while
+    /proc says it is that daemon); remove the record (and `extra` files) once it is gone.
     Returns whether a running daemon was found, and what happened, in human lines."""
-    pid = _recorded_pid(record)
-    if pid is None or not _runs(pid, module):
+    pid = _find(record, lock, state, is_it)
+    if pid is None:
         if not record.exists():
             return False, []
+        recorded = _recorded_pid(record)
         for path in (record, *extra):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        why = f"pid {pid} no longer runs it" if pid is not None else "it names no pid"
+        why = f"pid {recorded} no longer runs it" if recorded is not None else "it names no pid"
         return False, [f"removed the stale {record} ({why})"]
-    outcome = _stop_pid(pid, module, STOP_TIMEOUT)
+    outcome = _stop_pid(pid, lambda: alive(pid) and (is_it(pid, state) or lock_holder(lock) == pid), STOP_TIMEOUT)
     if outcome is None:
         return True, [f"the {what} (pid {pid}) still runs after SIGKILL; see `ps -p {pid}`"]
     for path in (record, *extra):
@@ -263,16 +280,16 @@ def _instances_left(config: SafeshipConfig, config_path: str) -> list[str]:
         return [f"service instances: could not read the store ({exc}); they were not touched"]
     finally:
         store.close()
-    alive: list[str] = []
+    running: list[str] = []
     for record in records:
         pid = record.get("pid")
-        if isinstance(pid, int) and pid > 0 and _alive(pid):
-            alive.append(f"{record.get('id', '?')} (pid {pid})")
-    if not alive:
+        if isinstance(pid, int) and pid > 0 and alive(pid):
+            running.append(f"{record.get('id', '?')} (pid {pid})")
+    if not running:
         return []
     return [
-        f"keeps running: {len(alive)} service instance{'s' if len(alive) != 1 else ''} "
-        f"({', '.join(sorted(alive))}); the next controller adopts them"
+        f"keeps running: {len(running)} service instance{'s' if len(running) != 1 else ''} "
+        f"({', '.join(sorted(running))}); the next controller adopts them"
     ]
 
 
@@ -289,11 +306,20 @@ def stop_server(config_path: str) -> list[str]:
 
     config = load_config(config_path)
     state = state_dir_of(config, config_path)
-    ran, lines = _stop_daemon(state / CONTROLLER_FILE, SERVER_MODULE, "controller")
+    controller_lock = state / CONTROLLER_LOCK
+    ran, lines = _stop_daemon(state, state / CONTROLLER_FILE, controller_lock, is_controller, "controller")
     if not ran:
         lines.append(f"no safeship controller runs for {state}")
-    # The router goes second: a controller still running would start a new one.
-    ran, router = _stop_daemon(state / INFO_FILE, ROUTER_MODULE, "router daemon", [socket_path(state)])
+    # The router goes second, and only once no controller runs: a running one would start another.
+    still = lock_holder(controller_lock)
+    router_pid = _find(state / INFO_FILE, state / ROUTER_LOCK, state, _is_router)
+    if still is not None and alive(still):
+        if router_pid is not None:
+            lines.append(f"left the router daemon (pid {router_pid}) running: the controller (pid {still}) "
+                         "still runs, and the routes are its")
+        return lines + _instances_left(config, config_path)
+    ran, router = _stop_daemon(state, state / INFO_FILE, state / ROUTER_LOCK, _is_router, "router daemon",
+                               [socket_path(state)])
     lines += router
     if ran:
         lines.append("the routes no longer listen; the next controller opens them again on the same ports")

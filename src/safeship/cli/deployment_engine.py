@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from safeship.cli import output
@@ -13,6 +14,7 @@ from safeship.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     Parser,
     add_common,
     check_platform,
@@ -27,12 +29,12 @@ from safeship.cli.common import (
     policy_for,
     require,
 )
-from safeship.config.models import DeploymentRequest, DeploymentStrategy, SafeshipConfig
+from safeship.config.models import DeploymentRequest, DeploymentStrategy, Environment, SafeshipConfig
 from safeship.config.names import check_name
 from safeship.config.paths import state_dir
 from safeship.engine.engine import validate_request
 from safeship.engine.phases import Phase, status_exit_code
-from safeship.errors import InputError
+from safeship.errors import ConflictError, InputError
 from safeship.platforms import runs_in_controller
 from safeship.store import DeploymentRecord, Store
 
@@ -57,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="blue_green | canary | rolling | recreate (default: selected, with a reason)")
     p.add_argument("--policy", default="safeship", help="analysis policy: safeship, seed, flagger, argo, kayenta")
     p.add_argument("--detach", action="store_true", help="return the deployment id at once")
+    p.add_argument("--watch", action="store_true",
+                   help="with --status: print the deployment's progress (phase, step, weights, last decision) "
+                        "as it changes, until it ends")
     p.add_argument("--override-freeze", metavar="REASON", help="deploy inside a freeze window; the reason is recorded")
     p.add_argument("--render", action="store_true",
                    help="with --deploy on a kubernetes environment: print the manifests the deploy would apply "
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.render and not args.deploy:
         raise InputError("--render goes with --deploy (it prints what --deploy would apply)")
+    if args.watch and not args.status:
+        raise InputError("--watch goes with --status (it follows the deployment --status shows)")
+    if args.watch and args.json:
+        raise InputError("--watch prints lines for people; use --status --json for one JSON object")
     config = load(args.config)
     store = open_store(config, args.config)
     args.events_before = store.last_event_id()  # a notification sink new to the store starts after it
@@ -94,13 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.approve or args.promote:
             return approve(args, config, store, deployment_id)
         if args.cancel:
-            record = _cancel(args, config, store, deployment_id)
-            data = deployment_json(record, store.events(record.id))
-            message = (f"{record.id}: {record.phase} - {record.reason or ''}" if Phase(record.phase).is_final
-                       else f"{record.id}: cancelling; traffic returns to {record.from_version}"
-                       if record.from_version else f"{record.id}: cancelling; a first deployment: its instances stop")
-            emit(data, as_json=args.json, text=lambda: output.console.print(message))
-            return EXIT_OK
+            return cancel(args, config, store, deployment_id)
+        if args.watch:
+            return watch(args, config, store, deployment_id)
         record = store.get_deployment(deployment_id)
         data = deployment_json(record, store.events(record.id))
         emit(data, as_json=args.json, text=lambda: output.show_deployment(data))
@@ -109,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
 
 
-def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> DeploymentRecord:
-    """Through the controller when it runs the deployment (it wakes the deployment at once);
-    otherwise straight in the store, where the next tick of whoever drives it picks it up."""
+def cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> int:
+    """Through the controller when it runs the deployment, waiting until it acted (the deployment
+    ended); with no controller running, the cancel is checked and recorded in the store, and the
+    command says it is queued for the next controller (exit 3). A sim deployment is cancelled here."""
     by = f"deployment-engine --cancel ({os.environ.get('USER', 'unknown')})"
     record = store.get_deployment(deployment_id)
     environment = config.environment(record.environment)
@@ -121,10 +127,92 @@ def _cancel(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
         client = ControllerClient(state_dir(config, args.config))
         if client.is_running():
             client.cancel(deployment_id, by=by)
-            return store.get_deployment(deployment_id)
+            return wait_acted(args, store, client, deployment_id,
+                              config.rollback_for(record.service).rollback_timeout + 60)
+        _engine_for_store(config, store).cancel(deployment_id, by=by)  # refused (exit 2) before anything
+        return queued(args, store, deployment_id, client.not_running_because() or "it does not answer")
     cancelled: DeploymentRecord = _engine_for_store(config, store).cancel(deployment_id, by=by)
     flush_notifications(store, config, args.config, new_from=getattr(args, "events_before", None))
-    return cancelled
+    data = deployment_json(cancelled, store.events(cancelled.id))
+    message = (f"{cancelled.id}: {cancelled.phase} - {cancelled.reason or ''}" if Phase(cancelled.phase).is_final
+               else f"{cancelled.id}: cancelling; traffic returns to {cancelled.from_version}"
+               if cancelled.from_version else f"{cancelled.id}: cancelling; a first deployment: its instances stop")
+    emit(data, as_json=args.json, text=lambda: output.console.print(message))
+    return EXIT_OK
+
+
+def queued(args: argparse.Namespace, store: Store, deployment_id: str, why: str) -> int:
+    """A request recorded in the store for a controller that does not run: say so, exit 3."""
+    config_flag = f" --config {args.config}" if args.config != "safeship.yaml" else ""
+    data = deployment_json(store.get_deployment(deployment_id)) | {"queued": True, "why": why}
+    emit(data, as_json=args.json, text=lambda: output.console.print(
+        f"{deployment_id}: queued: the controller will act when it runs (no controller runs: {why}); "
+        f"start it with `safeship server{config_flag}`"))
+    return EXIT_UNREACHABLE
+
+
+def wait_acted(args: argparse.Namespace, store: Store, client: Any, deployment_id: str, timeout: float) -> int:
+    """Poll the deployment once a second until it ended (the controller acted), then say how."""
+    record = wait_ended(store, client, deployment_id, timeout)
+    if record is None:
+        return queued(args, store, deployment_id, client.not_running_because() or "it stopped answering")
+    data = deployment_json(record, store.events(record.id))
+    if not Phase(record.phase).is_final:
+        emit(data, as_json=args.json, text=lambda: output.console.print(
+            f"{deployment_id}: still {record.phase} after {timeout:.0f}s; the controller goes on; follow it with "
+            f"`deployment-engine --status --watch --deployment-id {deployment_id}`"))
+        return EXIT_OK
+    emit(data, as_json=args.json, text=lambda: output.console.print(
+        f"{deployment_id}: {record.phase} - {record.reason or ''}"))
+    return EXIT_OK if record.phase == Phase.CANCELLED.value else Phase(record.phase).exit_code
+
+
+WATCH_POLL_S = 1.0  # --watch and the waits after --cancel/--rollback read the store once a second
+
+
+def wait_ended(store: Store, client: Any, deployment_id: str, timeout: float) -> DeploymentRecord | None:
+    """The deployment once it ended, or as it is after `timeout`; None when the controller stopped
+    running meanwhile (what was asked stays recorded for the next one)."""
+    deadline = time.monotonic() + timeout
+    record = store.get_deployment(deployment_id)
+    while not Phase(record.phase).is_final and time.monotonic() < deadline:
+        time.sleep(WATCH_POLL_S)
+        if not client.is_running():
+            return None
+        record = store.get_deployment(deployment_id)
+    return record
+
+
+def watch(args: argparse.Namespace, config: SafeshipConfig, store: Store, deployment_id: str) -> int:
+    """--status --watch: a progress line (phase, step, weights, the last decision) whenever it
+    changes, from the store, read once a second, until the deployment ends (or, for a deployment
+    the controller runs, until no controller runs: exit 3)."""
+    record = store.get_deployment(deployment_id)
+    environment = config.environment(record.environment)
+    client = None
+    if environment is not None and runs_in_controller(environment.platform):
+        from safeship.api.client import ControllerClient
+
+        client = ControllerClient(state_dir(config, args.config))
+    printer = output.ProgressPrinter(heartbeat=30.0)
+    output.console.print(f"{record.id}: {record.service} {record.version} -> {record.environment} "
+                         f"({record.strategy}); watching until it ends (Ctrl-C stops watching only)")
+    try:
+        while True:
+            data = deployment_json(record, store.events(record.id))
+            printer.update(data, time.time() - record.created_at)
+            if Phase(record.phase).is_final:
+                output.console.print(f"{record.id}: {record.phase} - {record.reason or ''}")
+                return status_exit_code(record.phase)
+            if client is not None and not client.is_running():
+                output.console.print(f"{record.id}: {record.phase}; it waits for a controller "
+                                     f"({client.not_running_because()}); start one with `safeship server`")
+                return EXIT_UNREACHABLE
+            time.sleep(WATCH_POLL_S)
+            record = store.get_deployment(deployment_id)
+    except KeyboardInterrupt:
+        output.console.print(f"\n{deployment_id}: stopped watching")
+        return EXIT_INTERRUPTED
 
 
 def _request(args: argparse.Namespace) -> DeploymentRequest:
@@ -153,7 +241,27 @@ def deploy(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> in
     validate_request(config, store, request)
     if not runs_in_controller(environment.platform):
         return asyncio.run(_deploy_sim(args, config, store, request))
+    _check_before_start(args, config, store, request, environment)
     return _deploy_remote(args, request)
+
+
+def _check_before_start(args: argparse.Namespace, config: SafeshipConfig, store: Store,
+                        request: DeploymentRequest, environment: Environment) -> None:
+    """What the controller would refuse, checked here before one is started for it: the version
+    already serving, a freeze window, a changed artifact, concurrency, and missing or unsafe secrets."""
+    from datetime import UTC, datetime
+
+    from safeship.engine import gates
+    from safeship.environments.secrets import load_secrets
+
+    if store.current_version(request.service_name, request.environment) == request.version:
+        raise ConflictError(f"{request.service_name} {request.version} already serves {request.environment}")
+    gates.check_freeze(environment, datetime.now(tz=UTC), request.override_freeze)
+    gates.check_artifact(store, request.service_name, request.version)
+    gates.check_concurrency(store, environment)
+    names = config.services[request.service_name].secrets
+    if names:
+        load_secrets(Path(args.config).resolve().parent, environment.name, names)
 
 
 def render(args: argparse.Namespace, config: SafeshipConfig, store: Store) -> int:
@@ -238,11 +346,16 @@ def approve(args: argparse.Namespace, config: SafeshipConfig, store: Store, depl
         from safeship.api.client import ControllerClient
 
         client = ControllerClient(state_dir(config, args.config))
-        client.ensure_running(args.config)
-        if args.promote:
-            client.promote(deployment_id, by=args.approved_by)
-        else:
-            client.approve(deployment_id, by=args.approved_by)
+        if client.is_running():
+            if args.promote:
+                client.promote(deployment_id, by=args.approved_by)
+            else:
+                client.approve(deployment_id, by=args.approved_by)
+        else:  # checked and recorded first (a refusal starts nothing), then a controller acts on it
+            engine = _engine_for_store(config, store)
+            (engine.promote if args.promote else engine.approve)(deployment_id, by=args.approved_by)
+            if client.ensure_running(args.config) and not args.json:
+                output.console.print("started the safeship controller in the background")
     else:
         engine = _engine_for_store(config, store)
         act = engine.promote if args.promote else engine.approve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from safeship.cli import output
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         logger = logging.getLogger("safeship")  # the daemon logs everything, to its own log file
         logger.handlers.clear()
         logger.propagate = True
-        serve(args.config, port=args.port)
+        serve(args.config, port=args.port, on_listen=lambda info: _listening(info, args.config))
         return EXIT_OK
     from safeship.config.scenario import load_scenario
     from safeship.engine.simulate import simulate
@@ -123,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{result['expected']}")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _listening(info: dict[str, object], config_path: str) -> None:
+    """What `safeship server` prints once it listens: where, the token file, its PID, how to stop it."""
+    from safeship.tokens import TOKEN_FILE
+
+    state = Path(str(info["state_dir"]))
+    output.console.print(f"safeship controller listening on http://{info['host']}:{info['port']} (pid {info['pid']})")
+    output.console.print(f"token: {state / TOKEN_FILE}")
+    output.console.print(f"stop it with `safeship server --stop --config {config_path}`")
+    sys.stdout.flush()
 
 
 def _simulated_target(args: argparse.Namespace) -> tuple[SafeshipConfig | None, tuple[str, str] | None]:

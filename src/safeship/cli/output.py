@@ -50,7 +50,9 @@ class ProgressPrinter:
 
     def update(self, data: dict[str, Any], elapsed: float) -> None:
         gate = data.get("gate") or {}
-        key = (data["phase"], data["step"], str(data.get("weights")), gate.get("held"), gate.get("last_answer"))
+        decisions = [e for e in data.get("events") or [] if e.get("kind") != "look"]
+        key = (data["phase"], data["step"], str(data.get("weights")), gate.get("held"), gate.get("last_answer"),
+               decisions[-1]["message"] if decisions else None)
         if key != self._key or elapsed - self._printed_at >= self.heartbeat:
             console.print(progress_line(data, elapsed))
             self._key, self._printed_at = key, elapsed
@@ -69,6 +71,9 @@ def progress_line(data: dict[str, Any], elapsed: float) -> str:
     gate = data.get("gate")
     if gate and gate.get("held"):
         parts.append(f"held by {gate.get('type')} gate {gate.get('name')!r}: {gate.get('last_answer')}")
+    events = data.get("events") or []
+    if events:  # the last thing decided or done, in the engine's own sentence
+        parts.append(f"{events[-1].get('kind')}: {events[-1].get('message')}")
     return " | ".join(parts)
 
 

@@ -148,17 +148,20 @@ def rollback(args: argparse.Namespace, config: SafeshipConfig, store: Store, con
     environment = config.environment(record.environment)
     if environment is not None and runs_in_controller(environment.platform):
         from safeship.api.client import ControllerClient
+        from safeship.cli.deployment_engine import queued, wait_ended
+        from safeship.engine.simulate import inert_engine
 
         client = ControllerClient(state_dir(config, config_path))
-        client.ensure_running(config_path)
+        args.config = config_path  # what `queued` names in the command it suggests
+        if not client.is_running():  # checked and recorded (a refusal is exit 2, nothing started)
+            inert_engine(config, store, policy_for=policy_for).request_rollback(
+                deployment_id, reason=args.reason, force=args.force)
+            return queued(args, store, deployment_id, client.not_running_because() or "it does not answer")
         client.rollback(deployment_id, args.reason, force=args.force)
-        deadline = time.time() + config.rollback_for(record.service).rollback_timeout + 60
-        while time.time() < deadline:
-            data = client.get(deployment_id)
-            if Phase(data["phase"]).is_final:
-                break
-            time.sleep(1.0)
-        final = store.get_deployment(deployment_id)
+        ended = wait_ended(store, client, deployment_id, config.rollback_for(record.service).rollback_timeout + 60)
+        if ended is None:
+            return queued(args, store, deployment_id, client.not_running_because() or "it stopped answering")
+        final = ended
     else:
         final = asyncio.run(_rollback_sim(config, store, record.id, args.reason, force=args.force))
         flush_notifications(store, config, config_path, new_from=getattr(args, "events_before", None))

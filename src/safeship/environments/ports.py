@@ -22,7 +22,8 @@ def ephemeral_range(proc: Path = PROC) -> tuple[int, int]:
     return low, high
 
 
-def _listening_inodes(port: int, proc: Path) -> set[str]:
+def listening_inodes(port: int, proc: Path = PROC) -> set[str]:
+    """The inodes of the sockets listening on TCP `port` (IPv4 and IPv6), from /proc/net/tcp*."""
     inodes: set[str] = set()
     for table in ("net/tcp", "net/tcp6"):
         try:
@@ -42,7 +43,7 @@ def _listening_inodes(port: int, proc: Path) -> set[str]:
 def holder(port: int, proc: Path = PROC) -> tuple[int, str] | None:
     """(pid, command line) of a process listening on TCP `port`, when /proc shows one we may
     look into; None otherwise."""
-    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port, proc) if inode != "0"}
+    inodes = {f"socket:[{inode}]" for inode in listening_inodes(port, proc) if inode != "0"}
     if not inodes:
         return None
     for entry in proc.iterdir():

@@ -6,6 +6,9 @@ keep counting, so a controller crash is not an outage and the analysis sees no c
 
     python -m safeship.routing.daemon --socket STATE/router.sock --info STATE/router.json
 
+It holds an exclusive flock on `router.lock` beside its info file for its whole life: a second
+daemon for the same state directory exits 2, naming the PID that holds it.
+
 Control protocol: one JSON object per line each way. A request is {"op": NAME, ...}; the answer
 is {"ok": true, "result": ...} or {"ok": false, "error": "one sentence", "kind": "InputError"}.
 """
@@ -26,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from safeship.errors import SafeshipError
+from safeship.locks import LockHeld, hold_lock
 from safeship.routing.base import Backend, RouteKey
 from safeship.routing.builtin import BuiltinRouter
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "router.lock"
 
 Handler = Callable[[BuiltinRouter, dict[str, Any]], Awaitable[Any]]
 
@@ -143,13 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock_path = args.info.with_name(LOCK_FILE)
+    try:
+        lock = hold_lock(lock_path)  # held until this process ends: one router daemon per state directory
+    except LockHeld as held:
+        holder = f"pid {held.pid}" if held.pid is not None else "another process"
+        print(f"error: another router daemon ({holder}) holds {lock_path}, so this one does not start", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot open the router daemon's lock {lock_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(args.socket, args.info))
+    try:
+        runner(serve(args.socket, args.info))
+    finally:
+        lock.close()
     return 0
 
 
