@@ -80,6 +80,7 @@ from safeship.routing.base import (
     TrafficCounters,
     not_supported,
 )
+from safeship.routing.private import check_private
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,7 @@ class HAProxyRouter:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+                check_private(self.sockets, "router haproxy: the socket folder", self.state_dir)
             except OSError as exc:
                 raise PermanentError(f"router haproxy: cannot create {self.dir}: {exc}") from exc
             if not self._routes:

@@ -82,6 +82,7 @@ from typing import Any, ClassVar
 
 from safeship.clock import Clock, RealClock
 from safeship.errors import PermanentError, TemporaryError
+from safeship.routing.private import check_private
 from safeship.traffic import RouteKey, SnapshotRing, TrafficCounters, TrafficSetup, TrafficWindow
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class HAProxyLogTraffic:
         self.router = router
         self.clock: Clock = clock if clock is not None else RealClock()
         self.path = log_socket(state_dir)
+        self._state_dir = state_dir
         # the ring's spacing is the snapshot schedule's (`_snapshot`); it only keeps it ordered
         self._ring = SnapshotRing(ring, min_spacing=1e-9)
         self._queue_size = queue
@@ -225,6 +227,7 @@ class HAProxyLogTraffic:
                                  f"longer than the {_UNIX_PATH_MAX} a Unix socket takes; use a shorter state_dir")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_private(self.path.parent, "haproxy log socket folder", self._state_dir)
             if self._live_reader():
                 log.warning("haproxy log socket %s is read by another process; not taking it", path)
                 return

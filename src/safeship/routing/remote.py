@@ -36,6 +36,7 @@ from safeship.routing.base import (
     RoutesSnapshot,
     TrafficCounters,
 )
+from safeship.routing.private import check_private
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class RemoteRouter:
         return started
 
     async def _try_connect(self) -> bool:
+        check_private(self.socket, "the router daemon's socket", self.state_dir)  # another user's, in /tmp: refused
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(str(self.socket), limit=2**22)
         except OSError:
