@@ -306,6 +306,17 @@ async def test_gives_up_after_the_restart_budget(make_platform: MakePlatform, ma
     assert failed.last_failure == "exited with code 1; gave up after 2 restarts"
 
 
+async def test_an_instance_that_dies_is_reported_with_the_last_lines_of_its_log(
+    make_platform: MakePlatform, mark: str
+) -> None:
+    platform = make_platform(backoff_base=0.1, max_restarts=0)
+    code = "import sys; print('binding', flush=True); sys.exit('OSError: [Errno 98] Address already in use')"
+    await platform.start(script_spec(mark, code))
+    failed = await wait_for(platform, lambda i: i.state is InstanceState.FAILED)
+    assert failed.last_failure == ("exited with code 1; last lines: binding | OSError: [Errno 98] Address already "
+                                   "in use; gave up after 0 restarts")
+
+
 async def test_memory_limit_is_applied_only_when_enforced(
     make_platform: MakePlatform, ledger: MemoryLedger, mark: str
 ) -> None:

@@ -1,4 +1,5 @@
-"""safeship: write a starter config, simulate a release, run or stop the controller, run a pipeline."""
+"""safeship: write a starter config, simulate a release, run or stop the controller, run a pipeline,
+print logs."""
 
 from __future__ import annotations
 
@@ -64,9 +65,11 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     server.add_argument("--stop", action="store_true",
                         help="stop the running controller and its router daemon; service instances keep running")
+    from safeship.cli.logs import add_parser as add_logs
     from safeship.cli.pipeline import add_parser as add_pipeline
 
     add_pipeline(sub)
+    add_logs(sub)
     return p
 
 
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from safeship.cli.pipeline import main as pipeline_main
 
         return pipeline_main(args)
+    if args.command == "logs":
+        from safeship.cli.logs import main as logs_main
+
+        return logs_main(args)
     if args.command == "server":
         from safeship.api.server import serve, stop_server
 

@@ -589,7 +589,8 @@ class LocalPlatform(ScalesOneByOne):
         with contextlib.suppress(OSError), _private_log(sup.log_path) as log_file:
             _log_line(log_file, f"pid {pid} {description}", sup.spec.secret_env)
         self._clear_process(sup)
-        return description
+        last = _last_lines(sup.log_path, sup.spec.secret_env)  # why it died, in its own words
+        return f"{description}; last lines: {last}" if last else description
 
     def _clear_process(self, sup: _Supervised) -> None:
         sup.popen, sup.start_ticks = None, None
@@ -833,6 +834,14 @@ def _log_tail(path: Path, size: int = 4096) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def _last_lines(path: Path, secrets: Mapping[str, str], count: int = 3, width: int = 200) -> str:
+    """The instance's last `count` lines of output (not safeship's own lines), joined with ' | ',
+    each cut to `width` characters, secrets masked; '' when it printed nothing."""
+    lines = [line.strip() for line in _log_tail(path).splitlines()]
+    own = [line for line in lines if line and not line.startswith("--- safeship ")]
+    return " | ".join(_redact(line[:width], secrets) for line in own[-count:])
 
 
 def _log_line(log_file: BinaryIO, message: str, secrets: Mapping[str, str]) -> None:
