@@ -23,7 +23,7 @@ from safeship.config.models import SafeshipConfig
 from safeship.environments.kubernetes import KubernetesEnvironment
 from safeship.environments.manager import Check
 from safeship.errors import ConflictError
-from safeship.kube.objects import workload_objects
+from safeship.kube.objects import deployment_name, workload_objects
 from safeship.store import DeploymentRecord, EventRecord, Store
 
 SECRET = "planted-s3cret-value-5e7a"
@@ -54,7 +54,8 @@ def config_data(kube_api: ApiHandle, **environment: Any) -> dict[str, Any]:
         "services": {"user-service": {
             "criticality": "high", "replicas": 2, "image": "registry.example/user-service:{version}",
             "resources": {"cpu": "250m", "memory": "128Mi"}, "secrets": ["DB_PASSWORD"],
-            "volumes": [{"name": "cache", "size": "1Gi", "mount_path": "/cache"}],
+            "volumes": [{"name": "cache", "size": "1Gi", "mount_path": "/cache",
+                         "access_mode": "ReadWriteMany"}],
         }},
         "store": {"url": f"sqlite:///{kube_api.kubeconfig.parent / 'state.db'}"},
     }
@@ -240,7 +241,7 @@ async def test_cleanup_deletes_what_safeship_created_and_keeps_the_history(
             await kube.apply(obj)
         await kube.create({"apiVersion": "v1", "kind": "ConfigMap",
                            "metadata": {"name": "someone-elses", "namespace": "test"}, "data": {"a": "b"}})
-    assert names(kube_api, "apps/v1", "Deployment", "test") == ["user-service-v1-3-0"]
+    assert names(kube_api, "apps/v1", "Deployment", "test") == [deployment_name("user-service", "v1.3.0")]
     checks = await environment.cleanup(force=True)
     assert failed(checks) == {}
     for api_version, kind in [("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Secret"),

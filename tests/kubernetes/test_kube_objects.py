@@ -12,7 +12,7 @@ import pytest
 from safeship.config.models import DeploymentStrategy, Environment, SafeshipConfig
 from safeship.kube import objects
 
-BUILT_IN = {"Deployment", "Service"}
+BUILT_IN = {"Deployment", "Service", "PodDisruptionBudget"}
 
 
 def make_config(**service: Any) -> SafeshipConfig:
@@ -80,8 +80,10 @@ def test_every_object_is_valid_and_labelled(strategy: DeploymentStrategy, enviro
         assert meta["labels"][objects.MANAGED_BY_LABEL] == "safeship"
         assert meta["namespace"] == env(config, environment).kube_namespace
     (deployment,) = by_kind(objs, "Deployment")
-    assert deployment["metadata"]["name"] == "user-service-v1-3-0-build-7"
-    assert deployment["metadata"]["labels"][objects.VERSION_LABEL] == "v1.3.0_build.7"
+    assert deployment["metadata"]["name"] == objects.deployment_name("user-service", "v1.3.0+build.7")
+    assert deployment["metadata"]["name"].startswith("user-service-v1-3-0-build-7-")
+    assert deployment["metadata"]["labels"][objects.VERSION_LABEL] == objects.version_label("v1.3.0+build.7")
+    assert deployment["metadata"]["labels"][objects.VERSION_LABEL].startswith("v1.3.0_build.7-")
     assert deployment["metadata"]["annotations"][objects.VERSION_ANNOTATION] == "v1.3.0+build.7"
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
@@ -182,4 +184,102 @@ def test_names_and_label_values_stay_within_kubernetes_limits() -> None:
     assert objects.version_label(long_version + "x") != label
     name = objects.deployment_name("a" * 60, long_version)
     assert len(name) <= 63 and name == name.lower() and not name.endswith("-")
-    assert objects.deployment_name("user-service", "V1.2.0") == "user-service-v1-2-0"
+    assert objects.deployment_name("user-service", "V1.2.0").startswith("user-service-v1-2-0-")
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("v1.3.0", "v1-3-0"),  # sanitising makes both v1-3-0
+    ("V1.2.0", "v1.2.0"),  # lowercasing
+    ("1.4.0+b", "1.4.0_b"),  # a label value has no '+'
+    ("1" * 100 + "a", "1" * 100 + "b"),  # cut to length
+    ("v1-3-0", "v1-3-0-" + "0b27bac7"),  # a version that looks like another's hashed form
+])
+def test_names_derived_from_versions_never_collide(first: str, second: str) -> None:
+    """Two versions get two Deployments, labels and Istio subsets, never one: each name that had to
+    differ from its version carries a hash of the exact version."""
+    assert objects.deployment_name("user-service", first) != objects.deployment_name("user-service", second)
+    assert objects.version_label(first) != objects.version_label(second)
+    assert objects.subset_name(first) != objects.subset_name(second)
+    config = make_config()
+    first_deployment, second_deployment = (
+        next(o for o in objects.workload_objects(config, env(config, "staging"), "user-service", v, "canary")
+             if o["kind"] == "Deployment") for v in (first, second))
+    assert first_deployment["spec"]["selector"] != second_deployment["spec"]["selector"]
+    check_valid(first_deployment)
+    check_valid(second_deployment)
+
+
+def test_deployment_names_never_collide_across_services() -> None:
+    # 'api' at v2-1 and 'api-v2' at 1 both read api-v2-1
+    assert objects.deployment_name("api", "v2-1") != objects.deployment_name("api-v2", "1")
+    assert objects.deployment_name("api", "v2-1").startswith("api-v2-1-")
+
+
+def test_a_version_that_is_already_a_name_keeps_it_readable() -> None:
+    assert objects.version_label("v1.3.0") == "v1.3.0"  # what Prometheus queries see
+    assert objects.subset_name("v2") == "v2"
+    assert objects.deployment_name("user-service", "v1.3.0").startswith("user-service-v1-3-0-")
+
+
+POD_SETTINGS: dict[str, Any] = {
+    "service_account": "user-service-runtime",
+    "image_pull_secrets": ["registry-creds"],
+    "annotations": {"prometheus.io/scrape": "true"},
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {objects.NAME_LABEL: "user-service"}}}}]}},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}],
+    "topology_spread_constraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                     "whenUnsatisfiable": "ScheduleAnyway"}],
+    "run_as_user": 10001,
+    "pre_stop_sleep": "4s",
+    "min_available": "50%",
+}
+
+
+def test_pod_settings_reach_the_pod_and_stay_valid() -> None:
+    from kube_schemas import pod_security_problems
+
+    config = make_config(pod=POD_SETTINGS, grace_period="30s")
+    objs = objects.workload_objects(config, env(config, "production"), "user-service", "v1.3.0", "canary")
+    for obj in objs:
+        check_valid(obj)
+    (deployment,) = by_kind(objs, "Deployment")
+    template = deployment["spec"]["template"]
+    spec = template["spec"]
+    assert spec["serviceAccountName"] == "user-service-runtime"
+    assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert spec["affinity"] == POD_SETTINGS["affinity"]
+    assert spec["tolerations"] == POD_SETTINGS["tolerations"]
+    # a spread constraint without a selector spreads this version's pods
+    assert spec["topologySpreadConstraints"] == [{**POD_SETTINGS["topology_spread_constraints"][0], "labelSelector": {
+        "matchLabels": objects.selector("user-service", "v1.3.0")}}]
+    assert template["metadata"]["annotations"] == {"prometheus.io/scrape": "true",
+                                                   objects.VERSION_ANNOTATION: "v1.3.0"}
+    # drain: the container serves on for 4 s after the pod is marked terminating, within its 30 s
+    assert spec["terminationGracePeriodSeconds"] == 30
+    (container,) = spec["containers"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 4}}}
+    # a numeric UID, so that runAsNonRoot holds on an image whose USER is a name
+    assert spec["securityContext"]["runAsUser"] == 10001 and spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_security_problems(deployment, "restricted") == []
+    # one PodDisruptionBudget per version, over that version's pods
+    (budget,) = by_kind(objs, "PodDisruptionBudget")
+    assert budget["metadata"]["name"] == deployment["metadata"]["name"]
+    assert budget["spec"] == {"minAvailable": "50%",
+                              "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}
+
+
+def test_without_pod_settings_the_pod_has_a_default_pre_stop_sleep_and_no_budget() -> None:
+    config = make_config()
+    objs = objects.workload_objects(config, env(config, "staging"), "user-service", "v2", "rolling")
+    assert by_kind(objs, "PodDisruptionBudget") == []
+    (deployment,) = by_kind(objs, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert spec["terminationGracePeriodSeconds"] == 10
+    assert "serviceAccountName" not in spec and "runAsUser" not in spec["securityContext"]
+    no_sleep = make_config(pod={"pre_stop_sleep": 0})
+    (deployment,) = by_kind(objects.workload_objects(no_sleep, env(no_sleep, "staging"), "user-service", "v2",
+                                                     "rolling"), "Deployment")
+    assert "lifecycle" not in deployment["spec"]["template"]["spec"]["containers"][0]

@@ -318,3 +318,63 @@ async def test_the_deployment_request_settings_reach_the_pod_template(kube_api: 
     assert env["DB_PASSWORD"] == {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "user-service",
                                                                                        "key": "DB_PASSWORD"}}}
     assert "hunter2" not in str(stored)
+
+
+class RecordingClock(RealClock):
+    """The real clock, recording each sleep with what the Deployment asked for at that moment."""
+
+    def __init__(self, kube_api: ApiHandle) -> None:
+        self.kube_api = kube_api
+        self.sleeps: list[tuple[float, int | None]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        found = deployment_of(self.kube_api, "v1")
+        self.sleeps.append((seconds, found["spec"]["replicas"] if found else None))
+
+
+async def test_scaling_down_waits_the_drain_before_the_deployment_shrinks(kube_api: ApiHandle) -> None:
+    config = make_config(kube_api)
+    environment = config.environment("production")
+    assert environment is not None
+    clock = RecordingClock(kube_api)
+    platform = KubernetesPlatform(config, environment, clock=clock)
+    try:
+        await scale(platform, "v1", 2)
+        kube_api.put(pod("a", "v1", ready=True))
+        kube_api.put(pod("b", "v1", ready=True))
+        order: list[str] = []
+
+        async def leaving(staying: Any) -> None:
+            order.append("router drained")
+
+        await platform.scale(SERVICE, "production", "v1", 1, lambda i: spec("v1", i), drain=7.5,
+                             on_leaving=leaving)
+        assert order == ["router drained"]
+        assert clock.sleeps == [(7.5, 2)]  # waited while the Deployment still asked for 2
+        assert deployment_of(kube_api, "v1")["spec"]["replicas"] == 1  # type: ignore[index]
+        await platform.scale(SERVICE, "production", "v1", 3, lambda i: spec("v1", i), drain=7.5)
+        assert clock.sleeps == [(7.5, 2)]  # scaling up waits for nothing
+        await platform.stop(Instance(id="production/user-service/a", service=SERVICE, environment="production",
+                                     version="v1", index=0), drain=2.0)
+        assert clock.sleeps[-1] == (2.0, 3) and kube_api.read("v1", "Pod", "a") is None
+    finally:
+        await platform.close()
+
+
+async def test_a_version_gets_its_disruption_budget_with_its_deployment(kube_api: ApiHandle, tmp_path: Path) -> None:
+    config = make_config(kube_api)
+    config.services[SERVICE].pod.min_available = 1
+    environment = config.environment("production")
+    assert environment is not None
+    platform = KubernetesPlatform(config, environment)
+    try:
+        await scale(platform, "v1.3.0", 2)
+        name = objects.deployment_name(SERVICE, "v1.3.0")
+        budget = kube_api.read("policy/v1", "PodDisruptionBudget", name)
+        assert budget is not None
+        assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": objects.selector(SERVICE, "v1.3.0")}}
+        await scale(platform, "v1-3-0", 1)  # another version, another Deployment and budget
+        assert kube_api.read("policy/v1", "PodDisruptionBudget", objects.deployment_name(SERVICE, "v1-3-0"))
+        assert len(kube_api.items("apps/v1", "Deployment")) == 2
+    finally:
+        await platform.close()

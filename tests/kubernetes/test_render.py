@@ -46,7 +46,8 @@ def config_path(tmp_path: Path) -> Path:
         environment["load_balancer"] = environment["name"] == "production"
     service = data["services"]["user-service"]
     service["secrets"] = ["DB_PASSWORD", "API_TOKEN"]
-    service["volumes"] = [{"name": "cache", "size": "2Gi", "mount_path": "/var/cache/app"}]
+    service["volumes"] = [{"name": "cache", "size": "2Gi", "mount_path": "/var/cache/app",
+                           "access_mode": "ReadWriteMany"}]
     path = tmp_path / "safeship.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     for environment in ENVIRONMENTS:

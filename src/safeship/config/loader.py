@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from safeship.config.kubernetes import check_kubernetes
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.names import NameKind, name_problem
 from safeship.config.names import shown as show
@@ -248,6 +249,7 @@ def load_config(path: str | Path) -> SafeshipConfig:
         raise ConfigError(str(path), "", f"the top level must be a mapping of sections, got a {_kind(data)}")
     config = validate(SafeshipConfig, data, str(path))
     _check_references(config, str(path))
+    check_kubernetes(config, str(path))
     _read_secret_files(config, path.resolve().parent, str(path))
     return config
 

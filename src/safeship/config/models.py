@@ -481,6 +481,28 @@ class VolumeConfig(Model):
     access_mode: Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
 
 
+class PodConfig(Model):
+    """Kubernetes: what a service's pods carry besides their container (`platform: kubernetes`;
+    checked when the config loads by config/kubernetes.py, documented in docs/kubernetes.md).
+    `affinity`, `tolerations` and `topology_spread_constraints` are written as Kubernetes writes
+    them (camelCase keys) and copied into the pod spec."""
+
+    service_account: str | None = None  # serviceAccountName; None: the namespace's `default`
+    image_pull_secrets: list[str] = Field(default_factory=list)  # Secret names
+    annotations: dict[str, str] = Field(default_factory=dict)
+    affinity: dict[str, Any] | None = None
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # A constraint without labelSelector spreads the pods of its own version.
+    topology_spread_constraints: list[dict[str, Any]] = Field(default_factory=list)
+    # runAsUser; None: the environment's numeric run_as_user, else the image's USER (numeric)
+    run_as_user: Int | None = Field(default=None, ge=0, le=2**31 - 1)
+    # A preStop sleep, so that endpoints stop sending before the container gets SIGTERM; within
+    # grace_period (terminationGracePeriodSeconds). 0: none.
+    pre_stop_sleep: Duration = Field(default=5.0, le=3600)
+    # A PodDisruptionBudget per version with this minAvailable (a count or "50%"); None: none.
+    min_available: Int | str | None = None
+
+
 class ServiceConfig(Model):
     criticality: Criticality = Criticality.MEDIUM
     replicas: Int = Field(default=2, ge=1, le=MAX_COUNT)
@@ -506,6 +528,7 @@ class ServiceConfig(Model):
     rps: Number = Field(default=100.0, gt=0, le=1_000_000)  # sim world: requests per second
     webhooks: list[WebhookGateConfig] = Field(default_factory=list)  # gates (see webhooks.py)
     pipeline: Pipeline = Field(default_factory=list)  # stages before the deploy (checked as a whole)
+    pod: PodConfig = Field(default_factory=PodConfig)  # Kubernetes: the pod's own settings
 
     @field_validator("webhooks")
     @classmethod

@@ -69,6 +69,7 @@ _ROUTER_KINDS = {
     "istio": [("networking.istio.io/v1", "VirtualService"), ("networking.istio.io/v1", "DestinationRule")],
 }
 _CLEANUP_KINDS = [
+    ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "ReplicaSet"),
     ("v1", "Pod"),

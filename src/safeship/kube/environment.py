@@ -47,13 +47,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from safeship.config.models import (
-    Environment,
-    EnvironmentType,
-    ResourceRequirements,
-    SafeshipConfig,
-    SecurityPolicy,
-)
+from safeship.config.kubernetes import pod_security_level
+from safeship.config.models import Environment, ResourceRequirements, SafeshipConfig
 from safeship.errors import InputError
 from safeship.kube.objects import (
     ENVIRONMENT_LABEL,
@@ -83,9 +78,7 @@ INGRESS_POLICY = "safeship-allow-ingress"
 LOAD_BALANCER_PORT = 80
 
 PSA_PREFIX = "pod-security.kubernetes.io/"
-PSA_LEVELS = ("privileged", "baseline", "restricted")
 PSA_VERSION = "latest"
-_PSA_TYPES = {"podsecuritypolicy", "podsecurity", "psa", "pod-security", "pod_security"}
 _RBAC_TYPES = {"role", "rbac", "clusterrole"}
 _NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set by the API server on every Namespace
 
@@ -135,27 +128,6 @@ def _metadata(name: str, environment: Environment, extra_labels: Mapping[str, st
 # ---------------------------------------------------------------- pod security and RBAC
 
 
-def pod_security_level(config: SafeshipConfig, environment: Environment) -> str:
-    """The Pod Security Admission level enforced in `environment` (see the module docstring)."""
-    for policy in config.environment_management.security_policies:
-        if policy.type.strip().lower() in _PSA_TYPES:
-            return _level_of(policy)
-    if environment.type in (EnvironmentType.PRODUCTION, EnvironmentType.STAGING):
-        return "restricted"
-    return "baseline"
-
-
-def _level_of(policy: SecurityPolicy) -> str:
-    for rule in policy.rules:
-        for name in rule.resourceNames:
-            if name.strip().lower() in PSA_LEVELS:
-                return name.strip().lower()
-    for level in PSA_LEVELS:
-        if level in policy.name.lower():
-            return level
-    return "restricted"
-
-
 def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
     level = pod_security_level(config, environment)
     psa = {
@@ -173,7 +145,7 @@ def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
 def deployer_rules(environment: Environment) -> list[Obj]:
     """What safeship's deployer needs in the namespace: its Deployments (and their scale), the
     ReplicaSets, pods and endpoints it reads progress and health from (and a pod it stops), its
-    Services, and the router's objects (HTTPRoutes for gateway-api; VirtualServices and
+    Services and PodDisruptionBudgets, and the router's objects (HTTPRoutes for gateway-api; VirtualServices and
     DestinationRules for istio)."""
     rules: list[Obj] = [
         {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": list(_WRITE)},
@@ -183,6 +155,7 @@ def deployer_rules(environment: Environment) -> list[Obj]:
         {"apiGroups": [""], "resources": ["pods/log", "endpoints", "events", "configmaps",
                                           "persistentvolumeclaims"], "verbs": list(_READ)},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(_READ)},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_WRITE)},
     ]
     router = router_of(environment)
     if router == "gateway-api":

@@ -6,9 +6,14 @@ prints it. Naming and labelling rules, in one place:
 - every object carries `app.kubernetes.io/name: <service>`, `app.kubernetes.io/managed-by:
   safeship`, `app.kubernetes.io/part-of: safeship` and `safeship.io/environment: <environment>`;
   objects of one version add `app.kubernetes.io/version: <version label>`;
-- a version's Deployment is `<service>-<version slug>` (DNS-1123), its pods are selected by the
-  service and version labels, and the exact version is kept in the `safeship.io/version`
-  annotation (a label value cannot hold every version: `+` and more than 63 characters);
+- a version's Deployment (and its PodDisruptionBudget) is `<service>-<version, cleaned>-<hash>`
+  (DNS-1123, `user-service-v1-3-0-af3ff44c`), the hash being 8 hex digits of the exact service
+  and version, so that no two versions or services share one (`v1.3.0` and `v1-3-0`; `api` at
+  `v2-1` and `api-v2` at `1`);
+  its pods are selected by the service and version labels, and the exact version is kept in the
+  `safeship.io/version` annotation (a label value cannot hold every version: `+` and more than 63
+  characters). A version label or slug that had to differ from the version carries a hash of the
+  exact version too, so that each maps one version only;
 - Services: `<service>` (stable / active), `<service>-canary` (the second backend of the
   gateway-api HTTPRoute) and `<service>-preview` (the new colour of a blue-green deployment);
 - secrets reach the pods as `secretKeyRef`s into the Secret `secret_name(service)` (the
@@ -21,6 +26,7 @@ prints it. Naming and labelling rules, in one place:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
@@ -79,15 +85,33 @@ def slug(text: str, limit: int = _LABEL_MAX) -> str:
     return f"{head}-{_digest(text)}"
 
 
+# What a hashed value ends with: a version that ends so itself is hashed too, so that it can never
+# be taken for another version's hashed form.
+_HASHED = re.compile(r"-[0-9a-f]{8}$")
+
+
 def version_label(version: str) -> str:
     """The value of `app.kubernetes.io/version` for `version`: a label value (at most 63 of
-    `[A-Za-z0-9._-]`, alphanumeric at both ends); `+` becomes `_`, a longer version is cut with a
-    hash. The exact version is in the `safeship.io/version` annotation."""
+    `[A-Za-z0-9._-]`, alphanumeric at both ends). A version that is such a value is its own label;
+    any other (`+`, more than 63 characters) is cleaned (`+` becomes `_`), cut, and given a hash of
+    the exact version, so that no two versions share a label. The exact version is in the
+    `safeship.io/version` annotation."""
     value = re.sub(r"[^A-Za-z0-9._-]", "_", version)
     value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value) or "x"
-    if len(value) <= _LABEL_MAX:
+    if value == version and len(value) <= _LABEL_MAX and not _HASHED.search(value):
         return value
-    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: _LABEL_MAX - 9])
+    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: _LABEL_MAX - 9]) or "x"
+    return f"{head}-{_digest(version)}"
+
+
+def version_slug(version: str) -> str:
+    """`version` as a DNS-1123 label, one per version: the version itself when it is one (`v2`,
+    `1-4-0`), else lowercased with every run of other characters made `-`, cut, and given a hash of
+    the exact version (`v1.3.0` -> `v1-3-0-<hash>`, apart from `v1-3-0`)."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-") or "x"
+    if cleaned == version and len(cleaned) <= _LABEL_MAX and not _HASHED.search(cleaned):
+        return cleaned
+    head = cleaned[: _LABEL_MAX - 9].rstrip("-") or "x"
     return f"{head}-{_digest(version)}"
 
 
@@ -111,8 +135,10 @@ def selector(service: str, version: str | None = None) -> dict[str, str]:
 
 
 def deployment_name(service: str, version: str) -> str:
-    """`<service>-<version slug>`, a DNS-1123 label."""
-    return slug(f"{service}-{version}")
+    """`<service>-<version slug>-<hash of service and version>`, a DNS-1123 label of at most 63
+    characters; two different (service, version) pairs never share it (up to the 32-bit hash)."""
+    head = slug(f"{service}-{version}", _LABEL_MAX - 9)
+    return f"{head}-{_digest(f'{service}/{version}')}"
 
 
 def stable_service_name(service: str) -> str:
@@ -138,8 +164,8 @@ def pvc_name(service: str, volume: str) -> str:
 
 
 def subset_name(version: str) -> str:
-    """The Istio DestinationRule subset of `version`."""
-    return slug(version)
+    """The Istio DestinationRule subset of `version` (its slug: one per version)."""
+    return version_slug(version)
 
 
 def _metadata(name: str, namespace: str, object_labels: Mapping[str, str],
@@ -234,6 +260,10 @@ def container(config: SafeshipConfig, environment: Environment, service: str, ve
         result["args"] = [part.replace("{port}", str(port)).replace("{version}", version) for part in settings.command]
     if settings.volumes:
         result["volumeMounts"] = [{"name": slug(v.name), "mountPath": v.mount_path} for v in settings.volumes]
+    if settings.pod.pre_stop_sleep > 0:
+        # Endpoints, kube-proxy and routers learn of a terminating pod a little after the kubelet
+        # does: the container keeps serving this long before it gets SIGTERM.
+        result["lifecycle"] = {"preStop": {"sleep": {"seconds": _seconds(settings.pod.pre_stop_sleep)}}}
     return result
 
 
@@ -244,9 +274,13 @@ def pod_template(config: SafeshipConfig, environment: Environment, service: str,
         "terminationGracePeriodSeconds": _seconds(settings.grace_period, minimum=0),
     }
     # "restricted" also asks the pod to run as non-root under the runtime's default seccomp profile.
+    # runAsNonRoot alone needs a numeric USER in the image (the kubelet cannot tell whether a user
+    # name is root), so the UID is written whenever the config gives one.
     security: Obj = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if environment.run_as_user is not None and environment.run_as_user.isdigit():
+    uid = settings.pod.run_as_user
+    if uid is None and environment.run_as_user is not None and environment.run_as_user.isdigit():
         uid = int(environment.run_as_user)
+    if uid is not None:
         security.update(runAsUser=uid, runAsNonRoot=uid != 0)
     spec["securityContext"] = security
     if settings.volumes:
@@ -254,9 +288,23 @@ def pod_template(config: SafeshipConfig, environment: Environment, service: str,
             {"name": slug(v.name), "persistentVolumeClaim": {"claimName": pvc_name(service, v.name)}}
             for v in settings.volumes
         ]
+    pod = settings.pod
+    if pod.service_account:
+        spec["serviceAccountName"] = pod.service_account
+    if pod.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in pod.image_pull_secrets]
+    if pod.affinity:
+        spec["affinity"] = copy.deepcopy(pod.affinity)
+    if pod.tolerations:
+        spec["tolerations"] = copy.deepcopy(pod.tolerations)
+    if pod.topology_spread_constraints:
+        spec["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": selector(service, version)}, **copy.deepcopy(constraint)}
+            for constraint in pod.topology_spread_constraints
+        ]
     return {
         "metadata": {"labels": labels(service, version, environment.name),
-                     "annotations": {VERSION_ANNOTATION: version}},
+                     "annotations": {**pod.annotations, VERSION_ANNOTATION: version}},
         "spec": spec,
     }
 
@@ -293,6 +341,21 @@ def deployment(config: SafeshipConfig, environment: Environment, service: str, v
             "progressDeadlineSeconds": progress_deadline(config, service),
             "revisionHistoryLimit": 5,
         },
+    }
+
+
+def disruption_budget(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj | None:
+    """The PodDisruptionBudget of one version (named as its Deployment, over its pods), with
+    `services.<name>.pod.min_available`; None when that is not set."""
+    wanted = config.services[service].pod.min_available
+    if wanted is None:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(deployment_name(service, version), environment.kube_namespace,
+                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}),
+        "spec": {"minAvailable": wanted, "selector": {"matchLabels": selector(service, version)}},
     }
 
 
@@ -409,9 +472,10 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
                      strategy: DeploymentStrategy | str, *, previous: str | None = None,
                      replicas: int | None = None) -> list[Obj]:
     """Every object a deploy of `version` with `strategy` applies at its start, in apply order:
-    the Services, the new version's Deployment, then the router's objects with all traffic still
-    on `previous` (or on `version` for a first deployment). `previous` is the version being
-    replaced; its own Deployment already runs and is not applied again.
+    the Services, the new version's Deployment (and PodDisruptionBudget), then the router's
+    objects with all traffic still on `previous` (or on `version` for a first deployment).
+    `previous` is the version being replaced; its own Deployment already runs and is not applied
+    again.
 
     By router (`environment.router`):
     - `replicas` (default): `<service>` selects every version's pods (traffic follows the ready
@@ -441,6 +505,9 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
 
     objects.append(deployment(config, environment, service, version,
                               replicas=first_replicas(config, service, kind, count, previous), strategy=kind))
+    budget = disruption_budget(config, environment, service, version)
+    if budget is not None:
+        objects.append(budget)
 
     if router == "gateway-api":
         objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))

@@ -28,8 +28,8 @@
 platform never need it. API errors arrive translated (`TemporaryError` / `PermanentError`).
 
 API calls made here (all through `KubeClient`): GET and POST of apps/v1 Deployments; PATCH (JSON
-merge patch of `spec.replicas` only) of apps/v1 Deployments; LIST of apps/v1 Deployments and v1
-Pods by label; DELETE of v1 Pods (`stop`).
+merge patch of `spec.replicas` only) of apps/v1 Deployments; POST (or merge patch) of policy/v1
+PodDisruptionBudgets; LIST of apps/v1 Deployments and v1 Pods by label; DELETE of v1 Pods (`stop`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from safeship.clock import Clock, RealClock
 from safeship.config.models import Environment, ProbeConfig, SafeshipConfig
 from safeship.errors import InputError
 from safeship.kube import objects
@@ -136,14 +137,16 @@ class KubernetesPlatform:
         if setup.config is None or setup.environment is None:
             raise InputError("the kubernetes platform serves one environment: its setup must carry the config "
                              "and the environment")
-        return cls(setup.config, setup.environment)
+        return cls(setup.config, setup.environment, clock=setup.clock)
 
-    def __init__(self, config: SafeshipConfig, environment: Environment, *, client: KubeClient | None = None) -> None:
+    def __init__(self, config: SafeshipConfig, environment: Environment, *, client: KubeClient | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.environment = environment
         self.namespace = environment.kube_namespace
         self._client = client
         self._own_client = client is None
+        self._clock: Clock = clock if clock is not None else RealClock()
 
     async def kube(self) -> KubeClient:
         """The environment's API client, built on first use."""
@@ -177,13 +180,16 @@ class KubernetesPlatform:
         return self._placeholder(spec.service, spec.version, spec.index)
 
     async def stop(self, instance: Instance, *, drain: float) -> None:
-        """Delete the instance's pod (its Deployment replaces it unless scaled down first). A pod
-        that is not there is a no-op; `drain` is the pod's own termination grace period."""
+        """Wait `drain` seconds (the caller's router has drained the instance), then delete its pod
+        (its Deployment replaces it unless scaled down first); the pod then has its preStop sleep
+        and termination grace period. A pod that is not there is a no-op."""
         if instance.environment != self.environment.name:
             return
         pod = instance.id.rsplit("/", 1)[-1]
         if "#" in pod:  # a placeholder for a pod not yet created
             return
+        if drain > 0:
+            await self._clock.sleep(drain)
         kube = await self.kube()
         await kube.delete("v1", "Pod", pod, self.namespace)
 
@@ -265,7 +271,11 @@ class KubernetesPlatform:
         on_stopped: StoppedHook | None = None,
     ) -> None:
         """Apply the version's Deployment with `replicas` and return; Kubernetes converges it.
-        Scaling down keeps the Deployment (at 0 replicas it is the template a rollback scales up)."""
+        Scaling down calls `on_leaving` (the router drains the leaving pods), waits `drain` seconds for
+        their in-flight requests, then lowers the count; each pod then has its preStop sleep and
+        termination grace period. Scaling down keeps the Deployment (at 0 replicas it is the
+        template a rollback scales up). A new Deployment comes with its PodDisruptionBudget when
+        `pod.min_available` is set."""
         self._check(service, environment)
         if replicas < 0:
             raise InputError(f"replicas: must be 0 or more, got {replicas}")
@@ -279,9 +289,14 @@ class KubernetesPlatform:
             every = await self.instances(service, environment)
             staying = [i for i in every if i.version == version and i.ready][:replicas]
             await on_leaving(staying)
+        if replicas < before and drain > 0:
+            await self._clock.sleep(drain)
         if current is None:
             desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
             await kube.create(self._with_request_settings(desired, service, template(0)))
+            budget = objects.disruption_budget(self.config, self.environment, service, version)
+            if budget is not None:
+                await kube.apply(budget)
         elif before != replicas:
             # Only the count changes: the pod template stays the one the version was deployed with.
             patch: dict[str, Any] = {"spec": {"replicas": replicas}}
