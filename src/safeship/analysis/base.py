@@ -193,6 +193,9 @@ class SplitEvidence:
     history: TrafficCounters | None  # the replaced version's record before the deployment
     seconds: float  # since the split began
     incident_since: float | None  # seconds into the split when an incident was first shown
+    # Asked before the split's time is up: only an incident is acted on (any other answer waits
+    # for the split's end), so the policy should answer INCIDENT only on strong evidence.
+    early: bool = False
 
 
 class SplitKind(str, enum.Enum):

@@ -199,7 +199,7 @@ class DeploymentEngine:
         )
         events = [
             EventRecord(record.id, now, "created", f"deploy {request.service_name} {request.version} to "
-                        f"{request.environment} (from {baseline or 'nothing'})"
+                        f"{request.environment} ({'from ' + baseline if baseline else 'first deployment'})"
                         f"{' by ' + request.requested_by if request.requested_by else ''}"),
             EventRecord(record.id, now, "strategy", selection.reason, {"strategy": selection.strategy.value}),
         ]
@@ -514,7 +514,7 @@ class DeploymentEngine:
         service = self.config.services.get(record.service)
         if service is not None and any(gate.type == "rollback" for gate in service.webhooks):
             return None
-        interval = float(plan[index]["interval"])
+        interval = self.steps.monitor_interval(self.policy_for(record.policy), plan[index])
         since = now - float(last_look)
         if not since < interval - 1e-9:
             return None  # a look is due
@@ -739,8 +739,9 @@ class DeploymentEngine:
                 reason=f"{failure.trigger}: {failure.reason}", evidence=dict(failure.evidence),
                 automatic=automatic, started_at=tick.now, duration_s=None, success=None, timestamp=tick.now,
             )
-        self._enter(tick, Phase.ROLLING_BACK, f"{'cancel' if cancel else 'rollback'} to {target or 'nothing'}: "
-                    f"{failure.reason}")
+        undo = "cancel" if cancel else "rollback"
+        self._enter(tick, Phase.ROLLING_BACK, f"{undo} to {target}: {failure.reason}" if target else
+                    f"{undo}, with no earlier version to serve (first deployment): {failure.reason}")
         tick.set(step_started_at=tick.now)
 
     def _uncontrolled_alarm(self, tick: Tick, failure: Failure) -> bool:
@@ -794,8 +795,9 @@ class DeploymentEngine:
                                             tick.now, None, True)
             tick.retire = Retirement(record.service, record.environment, target or "", tick.now, False)
             phase = Phase.CANCELLED if state.cancel else Phase.ROLLED_BACK
-            self._finish(tick, phase, f"{'cancelled' if state.cancel else 'rolled back'} to "
-                         f"{target or 'nothing'} in {duration:.1f}s")
+            undone = "cancelled" if state.cancel else "rolled back"
+            self._finish(tick, phase, f"{undone} to {target} in {duration:.1f}s" if target else
+                         f"{undone} in {duration:.1f}s; no earlier version to serve (first deployment)")
         else:
             self._finish(tick, Phase.FAILED, f"rollback failed after {state.attempt} attempts: {why}; "
                          "the service needs a person now")

@@ -57,6 +57,8 @@ from safeship.strategies.base import (
 POLL_S = 1.0  # how often waiting steps look again
 # A split that showed an incident is settled again this often, on what its recent seconds show.
 SETTLE_EVERY_S = 30.0
+# From this long into a split, the policy is asked at every look whether an incident shows already.
+EARLY_SETTLE_S = 5.0
 # The trigger of a failure a rollback gate asked for: the engine rolls back as a person's
 # rollback would, whatever `auto_rollback` says.
 ROLLBACK_GATE_TRIGGER = "webhook_rollback"
@@ -553,8 +555,16 @@ class StepRunner:
         settled = confirming.get("settled_at")
         due = confirming["since"] + duration if settled is None else float(settled) + SETTLE_EVERY_S
         if tick.now < due:
-            return StepResult(done=False, wait=min(interval, due - tick.now))
-        outcome = await self._settle(tick, policy, confirm)
+            # Before the split's time is up, the policy is asked at every look whether the
+            # replaced version already shows an incident (one that may end before the split
+            # does); only that answer is acted on early.
+            if settled is not None or tick.now - confirming["since"] < EARLY_SETTLE_S:
+                return StepResult(done=False, wait=min(interval, due - tick.now))
+            outcome = await self._settle(tick, policy, confirm, early=True)
+            if outcome.kind is not SplitKind.INCIDENT:
+                return StepResult(done=False, wait=min(interval, due - tick.now))
+        else:
+            outcome = await self._settle(tick, policy, confirm)
         if outcome.kind is SplitKind.ROLLBACK:
             return StepResult(done=False, failure=Failure(
                 confirming["trigger"], outcome.sentence,
@@ -573,8 +583,9 @@ class StepRunner:
         await self.set_weights(tick, {"kind": "weights", "weights": {candidate: 100}})
         return StepResult(done=False, wait=0.0)
 
-    async def _settle(self, tick: Tick, policy: Policy, confirm: ConfirmSplit) -> SplitOutcome:
-        """Ask the policy to settle the split's alarm on what the split showed so far."""
+    async def _settle(self, tick: Tick, policy: Policy, confirm: ConfirmSplit, *, early: bool = False) -> SplitOutcome:
+        """Ask the policy to settle the split's alarm on what the split showed so far (`early`:
+        before the split's time is up, when only an incident is acted on)."""
         progress = tick.status.analysis
         confirming = progress.confirming
         assert confirming is not None
@@ -591,14 +602,16 @@ class StepRunner:
             candidate=since(confirming["start"], tick.before.version), baseline=since(confirming["start"], old),
             recent_baseline=since(confirming.get("recent") or confirming["start"], old),
             history=progress.history, seconds=tick.now - confirming["since"],
-            incident_since=confirming.get("incident_since"),
+            incident_since=confirming.get("incident_since"), early=early,
         )
-        confirming["settled_at"] = tick.now
-        confirming["recent"] = {v: c.to_json() for v, c in now.items()}
         settle = split_settler(policy)
         if settle is None:
             return SplitOutcome(SplitKind.ROLLBACK, f"{confirming['reason']}: the alarm stands")
-        return settle(dict(confirming.get("ledger") or policy.start()), evidence)
+        outcome = settle(dict(confirming.get("ledger") or policy.start()), evidence)
+        if not early or outcome.kind is SplitKind.INCIDENT:
+            confirming["settled_at"] = tick.now
+            confirming["recent"] = {v: c.to_json() for v, c in now.items()}
+        return outcome
 
     async def monitor(self, tick: Tick, step: MonitorStep) -> StepResult:
         """The window after promotion: the policy still judges the candidate, alone, every `interval`
@@ -607,7 +620,7 @@ class StepRunner:
         if asked_back is not None:
             return StepResult(done=False, failure=asked_back)
         policy: Policy = self.policy_for(tick.before.policy)
-        interval = float(step["interval"])
+        interval = self.monitor_interval(policy, step)
         confirm = self._confirm_of(policy, step.get("confirm"))
         if confirm is not None and tick.status.analysis.confirming is not None:
             return await self._confirm(tick, policy, confirm, min(interval, self._look_interval(policy)),
@@ -617,6 +630,14 @@ class StepRunner:
         if not result.done and result.failure is None:
             result = StepResult(done=False, wait=min(result.wait, POLL_S))  # instances are watched between looks
         return await self._maybe_confirm(tick, confirm, result)
+
+    def monitor_interval(self, policy: Policy, step: Mapping[str, Any]) -> float:
+        """Seconds between the looks of a monitoring window. safeship's policy looks as often
+        there as in any other phase (every look is valid): an alarm then fires while an incident
+        lasts, not up to a window's interval after it, so the split that follows still sees the
+        incident on the old version. Other tools keep the window's documented interval."""
+        interval = float(step["interval"])
+        return min(interval, self._look_interval(policy)) if uses_safeship_mechanisms(policy) else interval
 
     def _look_interval(self, policy: Policy) -> float:
         return policy.interval(self.config.intelligent_deployment.analysis)

@@ -228,7 +228,8 @@ class SafeshipPolicy:
             return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; no record of {old} from before the "
                                 "deployment tells an incident from the release: the alarm stands")
         if split.incident_since is None:
-            raised = _raised_over_record(split.baseline, record)
+            # asked at every look of the split before its end: a stricter bar for the many looks
+            raised = _raised_over_record(split.baseline, record, z=INCIDENT_EARLY_Z if split.early else INCIDENT_Z)
             if raised is None:
                 return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; side by side for {split.seconds:.0f}s "
                                     f"{old} is not raised over its record "
@@ -272,7 +273,10 @@ class SafeshipPolicy:
         settings = self.settings.dispersion
         disp = judge.update_dispersion(st.get("disp", {}), "base", b.requests, b.failed, settings)
         disp = judge.update_dispersion(disp, "cand", c.requests, c.failed, settings)
-        phi = judge.dispersion_factor(disp, self.settings.dispersion)
+        # The replaced version's record, where it measured its own failure runs, says how
+        # clustered this service's failures are: never judge them as less clustered than that
+        # (the first looks of a canary hold too few runs to tell a run from a regression).
+        phi = max(judge.dispersion_factor(disp, self.settings.dispersion), ctx.history_dispersion or 1.0)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
             tests.get("errors", judge.new_e_process()),
@@ -280,6 +284,7 @@ class SafeshipPolicy:
             ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
         )  # fmt: skip
         bounds, controls = dict(st["bounds_ms"]), dict(st.get("controls_ms", {}))
+        pending = dict(st.get("latency_pending") or {})
         n_b, n_c = sum(b.latency_buckets), sum(c.latency_buckets)
         for name, q in QUANTILES.items():
             found = self._tolerated(st["base"]["h"], q, ctx)
@@ -288,15 +293,22 @@ class SafeshipPolicy:
             bound, controls[name] = found
             bounds[name] = bound
             allowed = 1.0 - q
-            if _beyond(n_b, histogram.count_slower(b.latency_buckets, bound), allowed):
-                # the baseline itself is beyond the bound in this look: a slowdown both versions
-                # share (an incident, load), which rolling back would not cure; which looks are
-                # left out depends on the baseline's requests only, so the test stays valid
-                continue
-            tests[name] = judge.update_one_sample(
-                tests.get(name, judge.new_e_process()),
-                n_c, histogram.count_slower(c.latency_buckets, bound), allowed, now=now, restarts=restarts,
-            )  # fmt: skip
+            # Is the baseline itself beyond the bound in this look (a slowdown both versions
+            # share: an incident, load, which rolling back would not cure), or did it serve
+            # nothing to tell? A candidate look counts only when the baseline was clear in it
+            # and in the look after it (a shared slowdown that starts within a look may show on
+            # the baseline only in the next): each look is held for one look. Which looks count
+            # depends on the baseline's requests only, so the test stays valid.
+            held = pending.get(name)
+            beyond = _beyond(n_b, histogram.count_slower(b.latency_buckets, bound), allowed)
+            if n_b <= 0 and held is not None and len(held) > 3:
+                beyond = bool(held[3])  # nothing served: as the baseline's last look with requests
+            clear = n_b > 0 and not beyond
+            if held is not None and held[2] and clear:
+                tests[name] = judge.update_one_sample(
+                    tests.get(name, judge.new_e_process()), held[0], held[1], allowed, now=now, restarts=restarts,
+                )  # fmt: skip
+            pending[name] = [n_c, histogram.count_slower(c.latency_buckets, bound), clear, beyond]
         tests, gauges = self._fold_gauge_comparisons(st, tests, sample, ctx)
         base, cand = st["base"], st["cand"]
         return {
@@ -307,6 +319,7 @@ class SafeshipPolicy:
             "gauges": gauges,
             "bounds_ms": bounds,
             "controls_ms": controls,
+            "latency_pending": pending,
             "base": {
                 "n": base["n"] + b.requests,
                 "x": base["x"] + b.failed,
@@ -425,11 +438,18 @@ class SafeshipPolicy:
         tests = dict(st["tests"])
         gauges = st["gauges"]
         now, restarts, c = st["clock"], self.settings.restarts, sample.candidate
+        looked = [sample.baseline.requests, sample.baseline.failed]
+        recent = [*(st.get("recent_base") or [])[-(RECENT_LOOKS - 1):], looked]
+        if ctx.compare:
+            st = {**st, "recent_base": recent}
         for trigger, key in zip(ctx.triggers, keys, strict=True):
             prior = tests.get(key, judge.new_e_process())
             if isinstance(trigger, ErrorRateThresholdTrigger):
-                if ctx.compare and _baseline_above(sample.baseline, trigger.threshold):
-                    continue  # both versions above the trigger: a shared incident, not a release
+                if ctx.compare and _baseline_above(recent, trigger.threshold):
+                    # the baseline above the trigger over its last few looks, or nothing served
+                    # to tell: a shared incident, not the release (the looks left out depend on
+                    # the baseline's counts only)
+                    continue
                 tests[key] = judge.update_one_sample(
                     prior, c.requests, c.failed, trigger.threshold, now=now, restarts=restarts,
                     dispersion=float(st.get("phi", 1.0)),
@@ -522,6 +542,12 @@ class SafeshipPolicy:
         suspect = self._suspect(scores)
         if suspect is not None and in_step < 2 * longest:
             return Decision(Verdict.INCONCLUSIVE, f"holding: {suspect} is growing", evidence)
+        shared = _shared_slowdown(st)
+        if shared is not None and in_step < 2 * longest:
+            # traffic does not move while both versions are beyond a bound: the looks of a shared
+            # slowdown prove nothing about the candidate, and the next weight would meet it alone
+            return Decision(Verdict.INCONCLUSIVE, f"holding: the baseline is beyond its {shared} bound too "
+                            "(an incident both versions see)", evidence)
         if in_step >= longest:
             return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
         share = min(100, max(0, sample.candidate_weight)) / 100
@@ -568,6 +594,7 @@ class SafeshipPolicy:
 
 SIDE_BY_SIDE = ("errors", "latency_p95", "latency_p99", "metric:")  # tests against the version beside it
 INCIDENT_Z = 3.0  # the replaced version is raised over its record: an incident under way
+INCIDENT_EARLY_Z = 4.5  # ... shown before the split's end, at any of its looks
 INCIDENT_PASSED_Z = 1.0  # ... and back within it once its recent share is no more than this above
 MAX_INCIDENT_HOLD_S = 600.0  # an incident that lasts longer is not waited out: roll back
 
@@ -674,9 +701,22 @@ def _added(histogram_a: Sequence[int], histogram_b: Sequence[int]) -> list[int]:
     return list(map(operator.add, histogram_a, histogram_b))
 
 
-def _baseline_above(baseline: TrafficCounters, threshold: float) -> bool:
-    """The baseline failed more than `threshold` of its requests in this look."""
-    return baseline.requests > 0 and baseline.failed > threshold * baseline.requests
+RECENT_LOOKS = 5  # the baseline's last looks that tell whether it is above a trigger itself
+
+
+def _shared_slowdown(st: State) -> str | None:
+    """The latency quantile ("p95", "p99") whose bound the baseline was beyond in the last look."""
+    for name, held in (st.get("latency_pending") or {}).items():
+        if len(held) > 3 and held[3]:
+            return str(name).removeprefix("latency_")
+    return None
+
+
+def _baseline_above(recent: Sequence[Sequence[float]], threshold: float) -> bool:
+    """The baseline, over its recent looks ([requests, failed] each, this one last), served
+    nothing in this look or failed more than `threshold` of its requests."""
+    requests, failed = sum(n for n, _ in recent), sum(x for _, x in recent)
+    return recent[-1][0] <= 0 or failed > threshold * requests
 
 
 def _trigger_by_key(triggers: Sequence[ThresholdTrigger], key: str) -> ThresholdTrigger | None:
