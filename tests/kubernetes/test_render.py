@@ -37,7 +37,7 @@ def call(main: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tupl
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    """examples/kubernetes.yaml with a secret, a volume, a config map and a load balancer added,
+    """examples/kubernetes.yaml with a secret, a volume, pod settings, a config map and a load balancer added,
     and a kubeconfig that does not exist; the secret's file holds SECRET."""
     data = yaml.safe_load(EXAMPLE.read_text())
     for environment in data["environment_management"]["environments"]:
@@ -46,6 +46,8 @@ def config_path(tmp_path: Path) -> Path:
         environment["load_balancer"] = environment["name"] == "production"
     service = data["services"]["user-service"]
     service["secrets"] = ["DB_PASSWORD", "API_TOKEN"]
+    service["pod"] = {"run_as_user": 10001, "min_available": 1, "image_pull_secrets": ["registry-creds"],
+                      "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]}
     service["volumes"] = [{"name": "cache", "size": "2Gi", "mount_path": "/var/cache/app",
                            "access_mode": "ReadWriteMany"}]
     path = tmp_path / "safeship.yaml"
@@ -115,6 +117,14 @@ def test_deploy_render_for_every_strategy(config_path: Path, capsys: pytest.Capt
     assert SECRET not in out
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
     assert refs == {"API_TOKEN": "user-service", "DB_PASSWORD": "user-service"}
+    # the pod: block, and a PodDisruptionBudget beside the version's Deployment
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"]["runAsUser"] == 10001
+    assert pod_spec["imagePullSecrets"] == [{"name": "registry-creds"}] and pod_spec["tolerations"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    [budget] = by_kind(objects, "PodDisruptionBudget")
+    assert budget["metadata"]["name"] == deployment["metadata"]["name"]
+    assert budget["spec"]["minAvailable"] == 1
     names = {o["metadata"]["name"] for o in by_kind(objects, "Service")}
     assert ("user-service-preview" in names) == (strategy == "blue_green")
     if environment == "production":
