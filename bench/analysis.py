@@ -61,8 +61,8 @@ def _policies() -> list[str]:
     return sorted(POLICIES, key=lambda p: (p != "safeship", p))
 
 
-def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]]]) -> dict[str, Any]:
-    policy, spec, seed, label, incidents = job
+def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]], bool]) -> dict[str, Any]:
+    policy, spec, seed, label, incidents, retry = job
     from safeship.analysis.policies import get_policy
     from safeship.config.scenario import Scenario
     from safeship.engine.simulate import simulate
@@ -71,6 +71,11 @@ def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]]]) -> dict[s
     extra: dict[str, Any] = {}
     if "horizon_after_promotion_s" in inspect.signature(simulate).parameters:
         extra["horizon_after_promotion_s"] = HORIZON_AFTER_PROMOTION_S
+    if retry and policy == "safeship":
+        from safeship.config.models import SafeshipConfig
+
+        extra["config"] = config = SafeshipConfig()
+        config.intelligent_deployment.analysis.retry_after_incident = True
     signal.signal(signal.SIGALRM, _out_of_time)
     signal.alarm(SIMULATION_LIMIT_S)
     try:
@@ -92,6 +97,7 @@ def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]]]) -> dict[s
         "candidate_failed_requests_horizon": result["candidate_failed_requests_horizon"],
         "max_candidate_weight": result["max_candidate_weight"],
         "rollback_kind": result.get("rollback_kind"),
+        "retry_decision": result.get("retry_decision"),
         "in_incident": any(a <= decided <= b + INCIDENT_AFTERMATH_S for a, b in incidents),
         "reason": result["reason"][:300], "timed_out": False,
     }
@@ -273,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", default="", help="comma-separated (default: every registered policy)")
     parser.add_argument("--out", default=str(RESULTS / "analysis.json"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--retry-after-incident", action="store_true",
+                        help="run safeship with analysis.retry_after_incident: an incident rollback deploys the "
+                             "release again once the restored version is back within its record")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.generate else 20
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if not given:
         print(f"no releases: no scenario files in {args.scenarios}", file=sys.stderr)
         return 2
-    jobs = [(policy, g["spec"], int(g["spec"].get("seed", 0)) + k, g["label"], g["incidents"])
+    jobs = [(policy, g["spec"], int(g["spec"].get("seed", 0)) + k, g["label"], g["incidents"],
+             args.retry_after_incident)
             for g in given for policy in policies for k in range(args.seeds)]
     started = time.time()
     runs = run_all(jobs, args.workers)
@@ -320,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ["policy", "strategy", "scenario", "seed", "label", "decision", "time_to_decision_s", "promoted_at_s",
-            "candidate_failed_requests_horizon", "max_candidate_weight", "rollback_kind", "in_incident"]
+            "candidate_failed_requests_horizon", "max_candidate_weight", "rollback_kind", "in_incident",
+            "retry_decision"]
     out.write_text(json.dumps({"meta": meta, "tables": [r.to_json() for r in rows], "worst": worst_rows,
                                "runs": [[r[k] for k in keys] for r in runs], "run_fields": keys},
                               separators=(",", ":")))

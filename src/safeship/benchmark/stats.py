@@ -70,6 +70,8 @@ class Row:
     false_rollbacks: Count = field(default_factory=lambda: Count(0, 0))
     incident_rollbacks: Count = field(default_factory=lambda: Count(0, 0))
     rollbacks_in_incidents: Count = field(default_factory=lambda: Count(0, 0))  # of the false ones
+    # incident rollbacks whose retry (analysis.retry_after_incident) promoted, over those retried
+    retried_promoted: Count = field(default_factory=lambda: Count(0, 0))
     must_missed: Count = field(default_factory=lambda: Count(0, 0))
     should_missed: Count = field(default_factory=lambda: Count(0, 0))
     undecided: int = 0
@@ -85,6 +87,7 @@ class Row:
         return {"policy": self.policy, "strategy": self.strategy,
                 "false_rollbacks": self.false_rollbacks.to_json(),
                 "incident_rollbacks": self.incident_rollbacks.to_json(),
+                "incident_retries_promoted": self.retried_promoted.to_json(),
                 "false_rollbacks_during_incidents": self.rollbacks_in_incidents.to_json(),
                 "must_catch_missed": self.must_missed.to_json(),
                 "should_catch_missed": self.should_missed.to_json(),
@@ -129,6 +132,8 @@ def rows(runs: Sequence[dict[str, Any]]) -> list[Row]:
                   false_rollbacks=Count(len(false_ones), len(good)),
                   incident_rollbacks=Count(len(rolled) - len(false_ones), len(good)),
                   rollbacks_in_incidents=Count(sum(1 for r in false_ones if r.get("in_incident")), len(good)),
+                  retried_promoted=Count(sum(1 for r in mine if r.get("retry_decision") == "promote"),
+                                         sum(1 for r in mine if r.get("retry_decision") is not None)),
                   must_missed=Count(sum(1 for r in must if r["decision"] != "rollback"), len(must)),
                   should_missed=Count(sum(1 for r in should if r["decision"] != "rollback"), len(should)),
                   undecided=sum(1 for r in mine if r["decision"] == "none"))
@@ -155,7 +160,10 @@ def cells(row: Row) -> list[str]:
     """One row's figures as the tables show them."""
     ratio = "-" if math.isnan(row.blast_ratio) else f"{row.blast_ratio:.3f}"
     promote = "-" if math.isnan(row.promote_time_mean) else f"{row.promote_time_mean:.0f}"
-    return [row.policy, row.false_rollbacks.show(), str(row.incident_rollbacks.hits), row.must_missed.show(),
+    incidents = str(row.incident_rollbacks.hits)
+    if row.retried_promoted.runs:
+        incidents += f" ({row.retried_promoted.hits}/{row.retried_promoted.runs} retries promoted)"
+    return [row.policy, row.false_rollbacks.show(), incidents, row.must_missed.show(),
             row.should_missed.show(), str(row.undecided), f"{row.blast_mean:.1f}", ratio, promote]
 
 

@@ -255,6 +255,10 @@ class AnalysisConfig(Model):
     # hold (Argo's "inconclusive"): the step waits, never advances or promotes, until data comes
     # back; rollback: a blind candidate is rolled back.
     on_no_data: Literal["hold", "rollback"] = "hold"
+    # A rollback labelled an incident (the restored version was raised just as much, so the
+    # release was not at fault): deploy the same version again once the restored version is back
+    # within its record (watched every 30 s for up to 30 minutes after the rollback).
+    retry_after_incident: bool = False
 
 
 class RollbackConfiguration(Model):

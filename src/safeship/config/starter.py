@@ -36,6 +36,7 @@ intelligent_deployment:
     latency_tolerance: 1.25          # its p95 and p99 up to 1.25x the old version's...
     latency_tolerance_ms: 0          # ...or this many ms above them, whichever allows more
     on_no_data: hold                 # no requests seen where some were expected: hold (or rollback)
+    retry_after_incident: false      # deploy again after a rollback the old version's own incident caused
 
   health_checks:
     # type: http (GET path, 2xx = healthy), tcp (the port accepts), or exec (command exits 0)

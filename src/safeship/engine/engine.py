@@ -485,7 +485,31 @@ class DeploymentEngine:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
         if Phase(saved.phase).is_final:
             await self._post_rollout(saved)
+            self._retry_after_incident(saved)
         return wait, saved
+
+    def _retry_after_incident(self, record: DeploymentRecord) -> DeploymentRecord | None:
+        """The same release deployed again after a rollback that ended asking for it (an incident
+        that passed, `analysis.retry_after_incident`); the new deployment is named in an event of
+        the old one (`retry_deployment` in its data) and by its `requested_by`. A retry that cannot start (the
+        version was meanwhile deployed, a freeze, another deployment under way) is an event too."""
+        evidence = record.evidence or {}
+        if record.phase != Phase.ROLLED_BACK.value or not evidence.get("retry_after_incident"):
+            return None
+        request = DeploymentRequest.from_stored(record.request)
+        if request is None:
+            return None
+        retry_request = request.model_copy(update={"requested_by": f"retry after the incident of {record.id}"})
+        try:
+            retry = self.submit(retry_request, policy=record.policy)
+        except SafeshipError as exc:
+            self.store.add_events([EventRecord(record.id, self.clock.now(), "retry",
+                                               f"the retry of {record.version} could not start: {exc}")])
+            return None
+        self.store.add_events([EventRecord(record.id, self.clock.now(), "retry",
+                                           f"retrying {record.version}: deployment {retry.id}",
+                                           {"retry_deployment": retry.id})])
+        return retry
 
     def _watching_wait(self, record: DeploymentRecord, now: float) -> float | None:
         """The wait a tick of `record` at `now` returns when all it does is watch, else None.

@@ -240,6 +240,20 @@ async def _run(
             horizon_counters = dict(await counts(sim.route))
             step -= ahead
         sim.clock.advance(step)
+    first = current
+    retry, retry_promoted_at = _retry_of(sim, current), None
+    if retry is not None and sim.clock.now() < limit:
+        # an incident rollback that asked for the same release again: the retry runs on to its end
+        current = retry
+        while True:
+            wait, current = await sim.engine.step(retry.id, known=current)
+            if current.decision == "promote" and retry_promoted_at is None:
+                end_counters = dict(await counts(sim.route))
+                retry_promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()
+                promoted_at = retry_promoted_at
+            if Phase(current.phase).is_final or sim.clock.now() >= limit + scenario.duration_s:
+                break
+            sim.clock.advance(max(wait, 0.05))
     if current.phase != Phase.SUCCEEDED.value or end_counters is None:
         end_counters = dict(await counts(sim.route))
     end = horizon()
@@ -248,11 +262,24 @@ async def _run(
             sim.clock.advance(end - sim.clock.now())  # a promoted candidate serves on
         horizon_counters = dict(await counts(sim.route))
     sim.store.flush()  # the database holds the whole deployment when the simulation returns
-    result = _result(sim, current, end_counters, seed if seed is not None else scenario.seed, policy)
+    result = _result(sim, first, end_counters, seed if seed is not None else scenario.seed, policy)
+    # the retry after an incident rollback, when there was one: its decision and when it was made
+    result["retry_decision"] = None if current is first else _result(sim, current, end_counters, 0, policy)["decision"]
+    if retry_promoted_at is not None:
+        result["retry_promoted_at_s"] = round(retry_promoted_at - started, 3)
     result["promoted_at_s"] = None if promoted_at is None else round(promoted_at - started, 3)
     result["candidate_failed_requests_horizon"] = horizon_counters.get(CANDIDATE, TrafficCounters()).failed
     result["horizon_s"] = round(end - started, 3)
     return result
+
+
+def _retry_of(sim: Simulation, record: Any) -> Any:
+    """The deployment that retried `record` after its incident rollback, or None."""
+    if not (record.evidence or {}).get("retry_after_incident"):
+        return None
+    newest = sim.store.list_deployments(service=SERVICE, environment=ENVIRONMENT, limit=1)
+    wanted = f"retry after the incident of {record.id}"
+    return next((d for d in newest if d.id != record.id and (d.request or {}).get("requested_by") == wanted), None)
 
 
 def _result(

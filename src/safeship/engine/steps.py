@@ -5,6 +5,7 @@ again, or what failed (with the evidence)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,9 @@ POLL_S = 1.0  # how often waiting steps look again
 SETTLE_EVERY_S = 30.0
 # From this long into a split, the policy is asked at every look whether an incident shows already.
 EARLY_SETTLE_S = 5.0
+# After an incident rollback, how long the restored version may take to come back within its
+# record before the release is retried (`analysis.retry_after_incident`); longer: no retry.
+RETRY_WAIT_S = 1800.0
 # The trigger of a failure a rollback gate asked for: the engine rolls back as a person's
 # rollback would, whatever `auto_rollback` says.
 ROLLBACK_GATE_TRIGGER = "webhook_rollback"
@@ -344,6 +348,8 @@ class StepRunner:
         version, duration = step["version"], float(step["duration"])
         progress = tick.status.analysis
         counters = await self.world.traffic.counters(tick.route)
+        if progress.marker == f"incident_wait:{version}":
+            return await self._wait_incident_passed(tick, version, counters)
         marker = f"incident_check:{version}"
         if progress.marker != marker:
             progress.marker = marker
@@ -368,7 +374,44 @@ class StepRunner:
         evidence = dict(tick.get("evidence") or {})
         tick.set(reason=f"{sentence}; rolled back on: {tick.get('reason')}",
                  evidence={**evidence, "rollback_kind": "incident", "incident": sentence})
-        return DONE
+        if not self.config.intelligent_deployment.analysis.retry_after_incident:
+            return DONE
+        progress.marker = f"incident_wait:{version}"
+        progress.started_at = tick.now
+        progress.counters = _copies(counters)
+        progress.last_look = tick.now
+        return StepResult(done=False, wait=SETTLE_EVERY_S)
+
+    async def _wait_incident_passed(self, tick: Tick, version: str, counters: Mapping[str, TrafficCounters]
+                                    ) -> StepResult:
+        """After an incident rollback with `analysis.retry_after_incident`: every SETTLE_EVERY_S,
+        ask the policy whether the restored version's last seconds are back within its record;
+        then the rollback ends and asks for the same release again (`retry_after_incident` in its
+        evidence). Not back within RETRY_WAIT_S: it ends without a retry, and says so."""
+        progress = tick.status.analysis
+        waited = tick.now - _known(progress.last_look)
+        if waited < SETTLE_EVERY_S:
+            return StepResult(done=False, wait=SETTLE_EVERY_S - waited)
+        recent = counters.get(version, TrafficCounters()).minus(progress.counters.get(version, TrafficCounters()))
+        progress.counters = _copies(counters)
+        progress.last_look = tick.now
+        passed = getattr(self.policy_for(tick.before.policy), "incident_passed", None)
+        record = progress.history
+        since = tick.now - _known(progress.started_at)
+        if callable(passed) and record is not None and passed(recent, record):
+            at = time.strftime("%H:%M:%S", time.gmtime(tick.now))
+            sentence = (f"incident: {version} is back within its record ({recent.failed}/{recent.requests} failed "
+                        f"in the last {SETTLE_EVERY_S:.0f}s), {since:.0f}s after the rollback: retrying "
+                        f"{tick.before.version} at {at} UTC")
+            tick.event("incident", sentence, version=version, retry=True)
+            evidence = dict(tick.get("evidence") or {})
+            tick.set(reason=f"{tick.get('reason')}; {sentence}", evidence={**evidence, "retry_after_incident": True})
+            return DONE
+        if since >= RETRY_WAIT_S:
+            tick.event("incident", f"incident: {version} is still raised {since:.0f}s after the rollback: "
+                       f"not retrying {tick.before.version}", version=version, retry=False)
+            return DONE
+        return StepResult(done=False, wait=SETTLE_EVERY_S)
 
     async def stop_test_traffic(self, tick: Tick, version: str) -> None:
         """Stop the load tester's requests to `version`, when this deployment's plan sends any."""

@@ -259,6 +259,11 @@ class SafeshipPolicy:
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
                             f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
 
+    def incident_passed(self, counts: TrafficCounters, record: TrafficCounters) -> bool:
+        """After an incident rollback: the restored version's recent `counts` are back within its
+        record (no more than INCIDENT_PASSED_Z standard errors above it, errors and latency)."""
+        return counts.requests > 0 and _raised_over_record(counts, record, z=INCIDENT_PASSED_Z) is None
+
     def incident_over_record(self, counts: TrafficCounters, record: TrafficCounters) -> str | None:
         """After a rollback from a phase with no concurrent control: how the restored version,
         serving alone again, is raised over its own record ("errors" or "latency"), or None. A
