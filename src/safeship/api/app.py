@@ -265,7 +265,7 @@ def _nothing_to_run(body: DeploymentRequest) -> None:
                             "under services.<name>.env in safeship.yaml, never by an API request")
     for name in ("liveness", "readiness"):
         probe = getattr(given.health_checks, name)
-        if probe.type == "exec" or "command" in probe.model_fields_set:
+        if probe.type == "exec" or probe.command:  # an empty command (a whole request dumped) runs nothing
             raise Unprocessable(f"request body: configuration.health_checks.{name}: exec probes and probe commands "
                                 "are set only in safeship.yaml, never by an API request")
 
