@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from securitykit import built_controller, write_config
 
 from safeship.api.app import create_app
 from safeship.api.controller import Controller
@@ -16,30 +17,10 @@ from safeship.config.loader import load_config
 from safeship.errors import ConfigError
 
 TOKEN = "t" * 43
-CONFIG = """\
-state_dir: {state}
-store: {{url: "sqlite:///{state}/state.db"}}
-router_process: false
-api_hosts: [deploy.internal]
-environment_management:
-  environments:
-    - {{name: staging, type: staging, platform: sim}}
-services:
-  user-service:
-    replicas: 1
-    command: [run, "{{port}}"]
-"""
-
-
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[Controller]:
-    path = tmp_path / "safeship.yaml"
-    path.write_text(CONFIG.format(state=tmp_path / "state"))
-    built = Controller.from_config_file(path)
-    try:
+    with built_controller(write_config(tmp_path, extra="api_hosts: [deploy.internal]\n")) as built:
         yield built
-    finally:
-        built.store.close()
 
 
 @pytest.fixture

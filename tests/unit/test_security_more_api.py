@@ -13,38 +13,21 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from securitykit import built_controller, write_config
 
 from safeship.analysis.probes import probe
 from safeship.api.app import create_app
-from safeship.api.controller import Controller
 from safeship.platforms.base import ProbeSpec
 
 TOKEN = "t" * 43
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CONFIG = """\
-state_dir: {state}
-store: {{url: "sqlite:///{state}/state.db"}}
-router_process: false
-environment_management:
-  environments:
-    - {{name: staging, type: staging, platform: local}}
-services:
-  user-service:
-    replicas: 1
-    command: [run, "{{port}}"]
-"""
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    path = tmp_path / "safeship.yaml"
-    path.write_text(CONFIG.format(state=tmp_path / "state"))
-    controller = Controller.from_config_file(path)
-    try:
-        with TestClient(create_app(controller, TOKEN), base_url="http://127.0.0.1") as test_client:
-            yield test_client
-    finally:
-        controller.store.close()
+    with (built_controller(write_config(tmp_path, platform="local")) as controller,
+          TestClient(create_app(controller, TOKEN), base_url="http://127.0.0.1") as test_client):
+        yield test_client
 
 
 def deploy(client: TestClient, configuration: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from securitykit import built_controller, write_config
 
 from safeship.api.app import create_app
 from safeship.api.controller import Controller
@@ -18,34 +19,15 @@ from safeship.api.dashboard.auth import COOKIE, GENERATION_FILE, SESSION_MAX_AGE
 
 TOKEN = "s" * 43
 LOCAL = "http://127.0.0.1"
-CONFIG = """\
-state_dir: {state}
-store: {{url: "sqlite:///{state}/state.db"}}
-router_process: false
-environment_management:
-  environments:
-    - {{name: staging, type: staging, platform: sim}}
-services:
-  user-service:
-    replicas: 1
-    command: [run, "{{port}}"]
-"""
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "safeship.yaml"
-    path.write_text(CONFIG.format(state=tmp_path / "state"))
-    return path
+    return write_config(tmp_path)
 
 
 @pytest.fixture
 def controller(config: Path) -> Iterator[Controller]:
-    built = Controller.from_config_file(config)
-    try:
+    with built_controller(config) as built:
         yield built
-    finally:
-        built.store.close()
 
 
 def _client(controller: Controller) -> TestClient:

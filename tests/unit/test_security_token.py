@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from securitykit import USER_SERVICE, write_config
 
 from safeship.api.app import create_app, load_or_create_token
 from safeship.api.client import ControllerClient
@@ -18,25 +19,8 @@ from safeship.errors import InputError
 from safeship.tokens import MIN_TOKEN_CHARS
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = """\
-state_dir: {state_dir}
-store: {{url: "sqlite:///{state_dir}/state.db"}}
-router_process: false
-environment_management:
-  environments:
-    - {{name: staging, type: staging, platform: sim}}
-services:
-  user-service:
-    replicas: 1
-    command: [python, -m, examples.user_service, --port, "{{port}}", --version, "{{version}}"]
-"""
-
-
 def _config(tmp_path: Path) -> tuple[Path, Path]:
-    state = tmp_path / "state"
-    config = tmp_path / "safeship.yaml"
-    config.write_text(CONFIG.format(state_dir=state))
-    return config, state
+    return write_config(tmp_path, command=USER_SERVICE), tmp_path / "state"
 
 
 def _start_controller(config: Path) -> subprocess.CompletedProcess[str]:

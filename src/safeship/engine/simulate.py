@@ -222,38 +222,35 @@ async def _run(
             return limit
         return max(limit, promoted_at + horizon_after_promotion_s)
 
-    current = record
-    while True:
-        wait, current = await sim.engine.step(record.id, known=current)
-        if current.decision == "promote" and end_counters is None:
-            end_counters = dict(await counts(sim.route))
-            promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()
-        if Phase(current.phase).is_final:
-            break
-        if sim.clock.now() >= limit and current.decision is None:
-            break  # out of time without a decision: counted as no decision
-        step = max(wait, 0.05)
-        end = horizon()
-        if horizon_counters is None and sim.clock.now() < end <= sim.clock.now() + step:
-            ahead = end - sim.clock.now()
-            sim.clock.advance(ahead)
-            horizon_counters = dict(await counts(sim.route))
-            step -= ahead
-        sim.clock.advance(step)
-    first = current
-    retry, retry_promoted_at = _retry_of(sim, current), None
+    async def drive(current: Any) -> tuple[Any, float | None]:
+        """Step one deployment to its end (or out of time); when it was promoted, and since then
+        the counters at its promotion are `end_counters`."""
+        nonlocal end_counters, horizon_counters, promoted_at
+        promoted_here: float | None = None
+        while True:
+            wait, current = await sim.engine.step(current.id, known=current)
+            if current.decision == "promote" and promoted_here is None:
+                end_counters = dict(await counts(sim.route))
+                promoted_at = promoted_here = current.decided_at if current.decided_at is not None else sim.clock.now()
+            if Phase(current.phase).is_final:
+                return current, promoted_here
+            if sim.clock.now() >= limit and current.decision is None:
+                return current, promoted_here  # out of time without a decision: counted as no decision
+            step = max(wait, 0.05)
+            end = horizon()
+            if horizon_counters is None and sim.clock.now() < end <= sim.clock.now() + step:
+                ahead = end - sim.clock.now()
+                sim.clock.advance(ahead)
+                horizon_counters = dict(await counts(sim.route))
+                step -= ahead
+            sim.clock.advance(step)
+
+    first, _ = await drive(record)
+    current, retry_promoted_at = first, None
+    retry = _retry_of(sim, first)
     if retry is not None and sim.clock.now() < limit:
         # an incident rollback that asked for the same release again: the retry runs on to its end
-        current = retry
-        while True:
-            wait, current = await sim.engine.step(retry.id, known=current)
-            if current.decision == "promote" and retry_promoted_at is None:
-                end_counters = dict(await counts(sim.route))
-                retry_promoted_at = current.decided_at if current.decided_at is not None else sim.clock.now()
-                promoted_at = retry_promoted_at
-            if Phase(current.phase).is_final or sim.clock.now() >= limit + scenario.duration_s:
-                break
-            sim.clock.advance(max(wait, 0.05))
+        current, retry_promoted_at = await drive(retry)
     if current.phase != Phase.SUCCEEDED.value or end_counters is None:
         end_counters = dict(await counts(sim.route))
     end = horizon()
