@@ -99,7 +99,10 @@ not folded in: in blocks that large any change of rate outweighs runs of 10 (the
 with n^2), so phi keeps the value of the smaller looks. The state is bounded: a block's term is
 summed once its window is complete, and only the last 16 blocks are kept. phi is never below 1
 and, until every version has served `Dispersion.warmup` requests, never below 2 * 10 - 1, the
-value for runs of mean 10. This is what the guarantee now claims:
+value for runs of mean 10. Where the replaced version's record measured its own dispersion
+before the deployment (`dispersion_factor(..., known=...)`), that value is the prior and the
+warmup floor instead, and side by side phi is never below it. This is what the guarantee now
+claims:
 
     identical versions are rolled back with probability about alpha or less when failures
     come in geometric runs of mean length up to 10 requests within a version (each version's
@@ -606,9 +609,16 @@ def _term(
     return x_i * (x_i - 1.0) - n_i * (n_i - 1.0) * p_sq
 
 
-def dispersion_factor(state: Mapping[str, Any], settings: Dispersion) -> float:
+def dispersion_factor(state: Mapping[str, Any], settings: Dispersion, known: float | None = None) -> float:
     """phi >= 1 from the counts of every version (pooled): failures seen so far, shrunk to the
-    prior while they are few."""
+    prior while they are few.
+
+    `known`: the dispersion the service's own record measured before the deployment (the
+    replaced version's failures, slice by slice, over hours). When given it is both the prior
+    and the warmup floor, in place of the generic `prior` and the worst case 2 `burst` - 1: the
+    service has shown how its failures cluster, so a new version that fails in runs no longer
+    than its record's is judged as such from its first request, and one whose record shows
+    independent failures is not judged as if they came in runs of 10."""
     excess, failures = 0.0, 0.0
     p_ref = _reference_rate(state)  # the same for every version: worked out once
     for c in state.values():
@@ -617,9 +627,9 @@ def dispersion_factor(state: Mapping[str, Any], settings: Dispersion) -> float:
         excess += _excess(c, p_ref, settings)
         failures += float(c["x"])
     prior = settings.prior_weight
-    phi = (prior * settings.prior + failures + excess) / (prior + failures)
+    phi = (prior * (settings.prior if known is None else known) + failures + excess) / (prior + failures)
     if any(float(c["n"]) < settings.warmup for c in state.values()):
-        phi = max(phi, settings.worst)
+        phi = max(phi, settings.worst if known is None else known)
     return max(1.0, phi)
 
 

@@ -80,3 +80,17 @@ def test_the_record_is_no_longer_than_the_version_served() -> None:
     _, events = _run_with_events(scenario.model_copy(update={"expect": "promote"}), seed=1)
     history = [message for _, kind, message in events if kind == "history"]
     assert history and "over 600s" in history[0], history
+
+
+def test_a_quiet_service_is_judged_with_its_records_own_dispersion() -> None:
+    # 4x the errors at 3 req/s: with the fixed discount for runs of 10 (phi = 19), whatever the
+    # record showed, this was missed in 30 of 30 seeds under blue-green, recreate and canary. The
+    # record shows independent failures, and the candidate is judged so from its first request.
+    plain = {"error_rate": 0.01, "latency_ms": {"p50": 40, "p99": 200}}
+    for strategy in ("blue_green", "recreate", "canary"):
+        bad = _scenario(strategy, {"error_rate": 0.04}, rps=3, baseline=plain)
+        runs = [simulate(bad, policy="safeship", policy_for=get_policy, seed=s) for s in range(1, 6)]
+        assert [r["decision"] for r in runs] == ["rollback"] * 5, (strategy, [r["reason"] for r in runs])
+        good = _scenario(strategy, {}, rps=3, baseline=plain).model_copy(update={"expect": "promote"})
+        runs = [simulate(good, policy="safeship", policy_for=get_policy, seed=s) for s in range(1, 6)]
+        assert [r["decision"] for r in runs] == ["promote"] * 5, (strategy, [r["reason"] for r in runs])

@@ -281,7 +281,8 @@ class SafeshipPolicy:
         # The replaced version's record, where it measured its own failure runs, says how
         # clustered this service's failures are: never judge them as less clustered than that
         # (the first looks of a canary hold too few runs to tell a run from a regression).
-        phi = max(judge.dispersion_factor(disp, self.settings.dispersion), ctx.history_dispersion or 1.0)
+        known = ctx.history_dispersion
+        phi = max(judge.dispersion_factor(disp, self.settings.dispersion, known), known or 1.0)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
             tests.get("errors", judge.new_e_process()),
@@ -375,7 +376,7 @@ class SafeshipPolicy:
         disp = judge.update_dispersion(
             st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion
         )
-        phi = judge.dispersion_factor(disp, self.settings.dispersion)
+        phi = judge.dispersion_factor(disp, self.settings.dispersion, ctx.history_dispersion)
         tests = dict(st["tests"])
         counts: dict[str, tuple[float, float]] = {"single_errors": (c.requests, c.failed)}
         n_lat = sum(c.latency_buckets)
