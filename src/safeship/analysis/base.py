@@ -196,6 +196,9 @@ class SplitEvidence:
     # Asked before the split's time is up: only an incident is acted on (any other answer waits
     # for the split's end), so the policy should answer INCIDENT only on strong evidence.
     early: bool = False
+    # how clustered the record's failures are (its dispersion, >= 1; None: not measured): a run
+    # of failures on the old version in a split is no incident when its record shows such runs
+    history_dispersion: float | None = None
 
 
 class SplitKind(str, enum.Enum):

@@ -362,7 +362,8 @@ class StepRunner:
         counts = counters.get(version, TrafficCounters()).minus(progress.counters.get(version, TrafficCounters()))
         record = progress.history
         check = getattr(self.policy_for(tick.before.policy), "incident_over_record", None)
-        raised = check(counts, record) if callable(check) and record is not None else None
+        raised = (check(counts, record, dispersion=progress.history_dispersion)
+                  if callable(check) and record is not None else None)
         if raised is None:
             tick.event("incident_check", f"{version} is within its record after the rollback "
                        f"({counts.failed}/{counts.requests} failed): the release was at fault", version=version)
@@ -398,7 +399,7 @@ class StepRunner:
         passed = getattr(self.policy_for(tick.before.policy), "incident_passed", None)
         record = progress.history
         since = tick.now - _known(progress.started_at)
-        if callable(passed) and record is not None and passed(recent, record):
+        if callable(passed) and record is not None and passed(recent, record, dispersion=progress.history_dispersion):
             at = time.strftime("%H:%M:%S", time.gmtime(tick.now))
             sentence = (f"incident: {version} is back within its record ({recent.failed}/{recent.requests} failed "
                         f"in the last {SETTLE_EVERY_S:.0f}s), {since:.0f}s after the rollback: retrying "
@@ -644,7 +645,8 @@ class StepRunner:
             alarm=confirming.get("alarm") or {}, reason=confirming["reason"], baseline_version=old,
             candidate=since(confirming["start"], tick.before.version), baseline=since(confirming["start"], old),
             recent_baseline=since(confirming.get("recent") or confirming["start"], old),
-            history=progress.history, seconds=tick.now - confirming["since"],
+            history=progress.history, history_dispersion=progress.history_dispersion,
+            seconds=tick.now - confirming["since"],
             incident_since=confirming.get("incident_since"), early=early,
         )
         settle = split_settler(policy)

@@ -86,3 +86,28 @@ def test_a_busy_service_whose_failures_come_in_runs_is_judged_with_its_records_r
     bursty = {"error_rate": 0.021, "error_burst": 5.0, "latency_ms": {"p50": 10, "p99": 110}}
     runs = _decisions(_good("canary", rps=900, baseline=bursty), range(1, 9))
     assert sum(r["decision"] == "promote" for r in runs) >= 7, [r["reason"] for r in runs]
+
+
+def test_a_run_of_failures_on_the_old_version_is_no_incident_when_its_record_shows_such_runs() -> None:
+    # gen1-00977: 1.6% of requests fail in runs of 15 (the record reads 29x the dispersion of
+    # independent failures). 71 of 2,243 in the split's first 5 s read as an incident in plain
+    # standard errors, three times in a row, and a release with twice the errors was promoted.
+    record = TrafficCounters(requests=51_280_188, errors=821_065, latency_buckets=_at(5.0, 51_280_188))
+    early = TrafficCounters(requests=2243, errors=71, latency_buckets=_at(5.0, 2243))
+    split = SplitEvidence(alarm={"test": "single_errors"}, reason="error rate 3.2% vs 1.6%", baseline_version="v1",
+                          candidate=early, baseline=early, recent_baseline=early, history=record, seconds=5.0,
+                          incident_since=None, early=True, history_dispersion=29.2)
+    assert SafeshipPolicy().settle_split(SafeshipPolicy().start(), split).kind is SplitKind.ROLLBACK
+    plain = SplitEvidence(**{**split.__dict__, "history_dispersion": None})
+    assert SafeshipPolicy().settle_split(SafeshipPolicy().start(), plain).kind is SplitKind.INCIDENT
+
+
+def test_a_doubled_error_rate_on_a_busy_bursty_service_is_not_set_aside() -> None:
+    bursty = {"error_rate": 0.016, "error_burst": 14.8, "latency_ms": {"p50": 3, "p99": 24}}
+    scenario = Scenario.model_validate({
+        "name": "bursty", "strategy": "blue_green", "duration_s": 1800, "history_s": 43_894,
+        "traffic": {"rps": 1168}, "baseline": bursty,
+        "candidate": {"error_rate": 0.034, "error_burst": 12.4}, "expect": "rollback",
+    })
+    runs = _decisions(scenario, range(1, 4))
+    assert [r["decision"] for r in runs] == ["rollback"] * 3, [r["reason"] for r in runs]

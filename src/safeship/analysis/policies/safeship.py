@@ -229,7 +229,8 @@ class SafeshipPolicy:
                                 "deployment tells an incident from the release: the alarm stands")
         if split.incident_since is None:
             # asked at every look of the split before its end: a stricter bar for the many looks
-            raised = _raised_over_record(split.baseline, record, z=INCIDENT_EARLY_Z if split.early else INCIDENT_Z)
+            raised = _raised_over_record(split.baseline, record, z=INCIDENT_EARLY_Z if split.early else INCIDENT_Z,
+                                         dispersion=split.history_dispersion)
             if raised is None:
                 return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; side by side for {split.seconds:.0f}s "
                                     f"{old} is not raised over its record "
@@ -237,7 +238,8 @@ class SafeshipPolicy:
             return SplitOutcome(SplitKind.INCIDENT, f"incident: {old} shows the same {raised} "
                                 f"({_share(split.baseline)} vs {_share(record)} in its record); holding")
         held = split.seconds - split.incident_since
-        if _raised_over_record(split.recent_baseline, record, z=INCIDENT_PASSED_Z) is not None:
+        if _raised_over_record(split.recent_baseline, record, z=INCIDENT_PASSED_Z,
+                               dispersion=split.history_dispersion) is not None:
             if held >= MAX_INCIDENT_HOLD_S:
                 return SplitOutcome(SplitKind.ROLLBACK, f"{split.reason}; the incident on {old} has not passed "
                                     f"in {held:.0f}s: rolling back to be safe")
@@ -259,16 +261,20 @@ class SafeshipPolicy:
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
                             f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
 
-    def incident_passed(self, counts: TrafficCounters, record: TrafficCounters) -> bool:
+    def incident_passed(self, counts: TrafficCounters, record: TrafficCounters, *,
+                        dispersion: float | None = None) -> bool:
         """After an incident rollback: the restored version's recent `counts` are back within its
-        record (no more than INCIDENT_PASSED_Z standard errors above it, errors and latency)."""
-        return counts.requests > 0 and _raised_over_record(counts, record, z=INCIDENT_PASSED_Z) is None
+        record (no more than INCIDENT_PASSED_Z standard errors above it, errors and latency;
+        `dispersion`: the record's, see `_raised_over_record`)."""
+        return counts.requests > 0 and _raised_over_record(counts, record, z=INCIDENT_PASSED_Z,
+                                                           dispersion=dispersion) is None
 
-    def incident_over_record(self, counts: TrafficCounters, record: TrafficCounters) -> str | None:
+    def incident_over_record(self, counts: TrafficCounters, record: TrafficCounters, *,
+                             dispersion: float | None = None) -> str | None:
         """After a rollback from a phase with no concurrent control: how the restored version,
         serving alone again, is raised over its own record ("errors" or "latency"), or None. A
         raised restored version means the alarm's cause was shared: an incident."""
-        return _raised_over_record(counts, record)
+        return _raised_over_record(counts, record, dispersion=dispersion)
 
     # ------------------------------------------------------------ folding one tick in
 
@@ -641,12 +647,17 @@ def _beyond(n: float, x: float, allowed: float) -> bool:
     return x >= 1 and x > n * allowed + 3.0 * math.sqrt(n * allowed * (1.0 - allowed))
 
 
-def _raised_over_record(counts: TrafficCounters, record: TrafficCounters, z: float = INCIDENT_Z) -> str | None:
+def _raised_over_record(counts: TrafficCounters, record: TrafficCounters, z: float = INCIDENT_Z,
+                        dispersion: float | None = None) -> str | None:
     """"errors" or "latency" when `counts` lie more than z standard errors above the record's
     failure share or its share of requests slower than its own p99; None otherwise."""
     if counts.requests <= 0:
         return None
-    if judge.z_above(counts.failed, counts.requests, record.failed, record.requests) > z:
+    # failures that come in runs vary more than independent ones: their z is read in standard
+    # errors widened by the record's dispersion (a run of 15 on a service whose record shows
+    # runs of 15 is no incident)
+    spread = math.sqrt(max(1.0, dispersion or 1.0))
+    if judge.z_above(counts.failed, counts.requests, record.failed, record.requests) > z * spread:
         return "errors"
     tau = histogram.bucket_of(record.quantile_ms(0.99))
     slow = histogram.count_above(counts.latency_buckets, tau)
