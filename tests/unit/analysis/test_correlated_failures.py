@@ -254,7 +254,7 @@ def test_the_harness_sees_runs_that_are_not_corrected_for(monkeypatch: pytest.Mo
     """The same harness with phi pinned to 1 (failures taken as independent) rolls back far more
     than 6 of 200 identical releases whose failures come in runs of mean 10: the A/A cells can
     fail. 40 canaries keep it quick; more than 6 of 40 already breaks the bound."""
-    monkeypatch.setattr(judge, "dispersion_factor", lambda state, settings: 1.0)
+    monkeypatch.setattr(judge, "dispersion_factor", lambda state, settings, known=None: 1.0)
     world = World(rps=HIGH_RPS, burst=10.0)
     assert rollbacks(world, 40) > MAX_FALSE_ROLLBACKS
 
