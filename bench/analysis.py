@@ -84,7 +84,8 @@ def _run(job: tuple[str, dict[str, Any], int, str, list[list[float]], bool]) -> 
         return {"policy": policy, "strategy": scenario.strategy.value, "scenario": scenario.name, "seed": seed,
                 "label": label, "expected": scenario.expect, "decision": "none", "time_to_decision_s": None,
                 "promoted_at_s": None, "candidate_requests": 0, "candidate_failed_requests_horizon": 0,
-                "max_candidate_weight": 0, "rollback_kind": None, "in_incident": False, "timed_out": True,
+                "max_candidate_weight": 0, "rollback_kind": None, "retry_decision": None, "in_incident": False,
+                "timed_out": True,
                 "reason": f"the simulation ran past {SIMULATION_LIMIT_S}s and was stopped"}
     finally:
         signal.alarm(0)
