@@ -70,7 +70,8 @@ class Row:
     false_rollbacks: Count = field(default_factory=lambda: Count(0, 0))
     incident_rollbacks: Count = field(default_factory=lambda: Count(0, 0))
     rollbacks_in_incidents: Count = field(default_factory=lambda: Count(0, 0))  # of the false ones
-    # incident rollbacks whose retry (analysis.retry_after_incident) promoted, over those retried
+    # good releases' incident rollbacks whose retry (analysis.retry_after_incident) promoted, over
+    # those retried
     retried_promoted: Count = field(default_factory=lambda: Count(0, 0))
     must_missed: Count = field(default_factory=lambda: Count(0, 0))
     should_missed: Count = field(default_factory=lambda: Count(0, 0))
@@ -112,6 +113,12 @@ def best_peer(blast: dict[tuple[str, str, str], float], strategy: str, scenario:
     return min(theirs) if theirs else None
 
 
+def _missed(run: dict[str, Any]) -> bool:
+    """A bad release promoted, left undecided, or rolled back and then promoted by its retry after
+    an incident rollback (`analysis.retry_after_incident`): its users got it all the same."""
+    return run["decision"] != "rollback" or run.get("retry_decision") == "promote"
+
+
 def rows(runs: Sequence[dict[str, Any]]) -> list[Row]:
     """One row per (policy, strategy). A run needs: policy, strategy, scenario, decision, expected,
     label ('good', 'must', 'should'), candidate_failed_requests_horizon, promoted_at_s,
@@ -132,10 +139,10 @@ def rows(runs: Sequence[dict[str, Any]]) -> list[Row]:
                   false_rollbacks=Count(len(false_ones), len(good)),
                   incident_rollbacks=Count(len(rolled) - len(false_ones), len(good)),
                   rollbacks_in_incidents=Count(sum(1 for r in false_ones if r.get("in_incident")), len(good)),
-                  retried_promoted=Count(sum(1 for r in mine if r.get("retry_decision") == "promote"),
-                                         sum(1 for r in mine if r.get("retry_decision") is not None)),
-                  must_missed=Count(sum(1 for r in must if r["decision"] != "rollback"), len(must)),
-                  should_missed=Count(sum(1 for r in should if r["decision"] != "rollback"), len(should)),
+                  retried_promoted=Count(sum(1 for r in good if r.get("retry_decision") == "promote"),
+                                         sum(1 for r in good if r.get("retry_decision") is not None)),
+                  must_missed=Count(sum(1 for r in must if _missed(r)), len(must)),
+                  should_missed=Count(sum(1 for r in should if _missed(r)), len(should)),
                   undecided=sum(1 for r in mine if r["decision"] == "none"))
         bad_names = sorted({r["scenario"] for r in mine if r["label"] != "good"})
         row.blast_mean = mean([blast[(policy, strategy, name)] for name in bad_names])
@@ -162,7 +169,7 @@ def cells(row: Row) -> list[str]:
     promote = "-" if math.isnan(row.promote_time_mean) else f"{row.promote_time_mean:.0f}"
     incidents = str(row.incident_rollbacks.hits)
     if row.retried_promoted.runs:
-        incidents += f" ({row.retried_promoted.hits}/{row.retried_promoted.runs} retries promoted)"
+        incidents += f" ({row.retried_promoted.hits}/{row.retried_promoted.runs} good ones retried and promoted)"
     return [row.policy, row.false_rollbacks.show(), incidents, row.must_missed.show(),
             row.should_missed.show(), str(row.undecided), f"{row.blast_mean:.1f}", ratio, promote]
 

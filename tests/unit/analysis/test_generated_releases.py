@@ -79,3 +79,49 @@ def test_a_crash_inside_the_windows_is_must_catch_and_one_long_after_is_not() ->
 def test_rolling_windows_follow_the_instance_counts() -> None:
     shares = [round(w) for w, _ in strategy_windows("rolling", replicas=2)]
     assert shares == [33, 50, 67, 100]
+
+
+def _latency(strategy: str, rps: float, base_p99: float, candidate_p99: float) -> Scenario:
+    return Scenario.model_validate({
+        "name": "t", "strategy": strategy, "traffic": {"rps": rps},
+        "baseline": {"error_rate": 0.001, "latency_ms": {"p50": 126, "p99": base_p99}},
+        "candidate": {"latency_ms": {"p50": 126, "p99": candidate_p99}}, "expect": "rollback",
+    })
+
+
+def test_a_release_within_the_declared_tolerance_is_never_must_catch() -> None:
+    # p99 190 -> 211 ms (x1.11) at 1,500 req/s was must-catch, while a good release was x1.10: no
+    # policy could be right on both. Must-catch counts what lies beyond 1.25x the p99, and beyond
+    # 1.2x the errors.
+    for strategy in STRATEGIES:
+        assert label_release(_latency(strategy, 1500, 190, 211), bad=True).kind == "should", strategy
+        assert label_release(_latency(strategy, 1500, 190, 400), bad=True).kind == "must", strategy
+        within = _scenario(strategy, 2000, 0.01, {"error_rate": 0.0119})
+        assert label_release(within, bad=True).kind == "should", strategy
+
+
+def test_a_metric_must_stay_above_its_threshold_for_the_triggers_minute_inside_the_windows() -> None:
+    def growth(ramp_s: float) -> Scenario:
+        return Scenario.model_validate({
+            "name": "t", "strategy": "blue_green", "traffic": {"rps": 100}, "baseline": {"error_rate": 0.001},
+            "candidate": {"ramp_s": ramp_s, "metrics": {"memory_mb": {
+                "baseline": 300, "candidate": 900, "fail_above": 600}}}, "expect": "rollback",
+        })
+    # the gauge crosses 600 MB half way through its ramp; blue-green judges 360 s
+    assert label_release(growth(560), bad=True).kind == "must"  # crosses at 280 s, above it until 340 s
+    assert label_release(growth(640), bad=True).kind == "should"  # crosses at 320 s: the trigger cannot fire in time
+
+
+def test_a_retried_release_counts_by_what_its_users_got() -> None:
+    from safeship.benchmark.stats import rows
+
+    def run(label: str, decision: str, retry: str | None, kind: str | None) -> dict[str, object]:
+        return {"policy": "safeship", "strategy": "recreate", "scenario": f"s-{label}-{retry}", "label": label,
+                "decision": decision, "expected": "rollback", "candidate_failed_requests_horizon": 0,
+                "promoted_at_s": None, "rollback_kind": kind, "in_incident": True, "retry_decision": retry}
+
+    row = rows([run("good", "rollback", "promote", "incident"), run("good", "rollback", "rollback", "incident"),
+                run("must", "rollback", "promote", "incident"), run("must", "rollback", None, None)])[0]
+    assert (row.incident_rollbacks.hits, row.false_rollbacks.hits) == (2, 0)
+    assert (row.retried_promoted.hits, row.retried_promoted.runs) == (1, 2)
+    assert (row.must_missed.hits, row.must_missed.runs) == (1, 2)  # promoted on its retry: missed
