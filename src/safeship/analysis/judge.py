@@ -152,7 +152,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -701,13 +701,9 @@ def _open_terms(
 def threshold_bucket(baseline_buckets: Sequence[int], q: float, min_count: int = 200) -> int | None:
     """The bucket holding the baseline's q-quantile; None while fewer than `min_count` requests.
 
-    Latency is tested as a count of "slow" requests, those above this bucket, with the same
-    two-sample test as errors. Under H0 (candidate no slower than baseline) the slow share is
-    equal, so the rate ratio is 1 <= tolerance. Compared with a sequential quantile test, this
-    needs no per-request latencies, only the router's fixed buckets, is exact for Bernoulli
-    requests, copes with changing weights, and a tail regression (the p99 triples) shows as a
-    large ratio of slow shares, which the counting test detects fastest. The bucket must be fixed
-    before the tick's data is seen, so callers pass baseline data from earlier ticks only.
+    The bucket must be fixed before the tick's data is seen, so callers pass baseline data from
+    earlier ticks only. (safeship's latency tests count requests beyond a declared bound on the
+    quantile instead: `tolerated_bound`.)
     """
     total = sum(baseline_buckets)
     if total < min_count:
@@ -719,32 +715,6 @@ def threshold_bucket(baseline_buckets: Sequence[int], q: float, min_count: int =
         if seen >= rank:
             return index
     return len(baseline_buckets) - 1
-
-
-def threshold_buckets(
-    baseline_buckets: Sequence[int], qs: Iterable[float], min_count: int = 200
-) -> list[int | None]:
-    """`threshold_bucket` for each of `qs`, from one pass over the histogram (the policy asks
-    for two quantiles of the same histogram at every look)."""
-    wanted = list(qs)
-    total = sum(baseline_buckets)
-    if total < min_count:
-        return [None] * len(wanted)
-    last = len(baseline_buckets) - 1
-    found: list[int | None] = [last] * len(wanted)
-    if last < 0:
-        return found
-    # the ranks in increasing order, each found by going on from where the one before was
-    order = sorted(range(len(wanted)), key=lambda k: wanted[k] * total)
-    index, seen = -1, 0
-    for k in order:
-        rank = wanted[k] * total
-        while seen < rank and index < last:
-            index += 1
-            seen += baseline_buckets[index]
-        if seen >= rank:
-            found[k] = max(index, 0)
-    return found
 
 
 def tolerated_bound(

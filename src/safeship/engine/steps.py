@@ -378,7 +378,6 @@ class StepRunner:
         if not self.config.intelligent_deployment.analysis.retry_after_incident:
             return DONE
         progress.marker = f"incident_wait:{version}"
-        progress.started_at = tick.now
         progress.counters = _copies(counters)
         progress.last_look = tick.now
         return StepResult(done=False, wait=SETTLE_EVERY_S)
@@ -398,7 +397,7 @@ class StepRunner:
         progress.last_look = tick.now
         passed = getattr(self.policy_for(tick.before.policy), "incident_passed", None)
         record = progress.history
-        since = tick.now - _known(progress.started_at)
+        since = tick.now - _known(tick.get("step_started_at"))  # this step began as traffic went back
         if callable(passed) and record is not None and passed(recent, record, dispersion=progress.history_dispersion):
             at = time.strftime("%H:%M:%S", time.gmtime(tick.now))
             sentence = (f"incident: {version} is back within its record ({recent.failed}/{recent.requests} failed "

@@ -313,7 +313,7 @@ class SafeshipPolicy:
             # depends on the baseline's requests only, so the test stays valid.
             held = pending.get(name)
             beyond = _beyond(n_b, histogram.count_slower(b.latency_buckets, bound), allowed)
-            if n_b <= 0 and held is not None and len(held) > 3:
+            if n_b <= 0 and held is not None:
                 beyond = bool(held[3])  # nothing served: as the baseline's last look with requests
             clear = n_b > 0 and not beyond
             if held is not None and held[2] and clear:
@@ -724,7 +724,7 @@ RECENT_LOOKS = 5  # the baseline's last looks that tell whether it is above a tr
 def _shared_slowdown(st: State) -> str | None:
     """The latency quantile ("p95", "p99") whose bound the baseline was beyond in the last look."""
     for name, held in (st.get("latency_pending") or {}).items():
-        if len(held) > 3 and held[3]:
+        if held[3]:
             return str(name).removeprefix("latency_")
     return None
 
