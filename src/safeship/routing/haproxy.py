@@ -146,12 +146,30 @@ def check_binary() -> tuple[bool, str]:
     return True, f"{binary}: {first}"
 
 
+PID_READS = 10  # an empty PID file (a reload rewriting it) is read again this many times ...
+PID_READ_GAP_S = 0.05  # ... this far apart
+
+
 def haproxy_pid(state_dir: Path) -> int | None:
-    """The PID of the HAProxy master serving `state_dir`, if recorded and alive as haproxy."""
+    """The PID of the HAProxy master serving `state_dir`, if recorded and alive as haproxy.
+
+    A reload rewrites the PID file in place, so it can be read empty for a moment: an empty or
+    partial read is read again a few times (at most PID_READS, PID_READ_GAP_S apart)."""
+    pid_file = haproxy_dir(state_dir) / "haproxy.pid"
+    for attempt in range(PID_READS):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            break
+        except (ValueError, IndexError):
+            if attempt + 1 < PID_READS:
+                time.sleep(PID_READ_GAP_S)
+        except OSError:
+            return None
+    else:
+        return None
     try:
-        pid = int((haproxy_dir(state_dir) / "haproxy.pid").read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
     ours = str(haproxy_dir(state_dir) / "haproxy.cfg").encode()
     return pid if b"haproxy" in cmdline and ours in cmdline else None
