@@ -171,6 +171,12 @@ RATIO_GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 # so their grid starts closer to the null, for log(9/7) = 0.25 nats more per decision. The
 # two-sample tests keep the coarser grid: their gross-failure target (15 s) has no room for it.
 FINE_GRID: tuple[float, ...] = (1.1, 1.25, *RATIO_GRID)
+# Alternatives for the tests of the opposite null, "the candidate is worse than tolerated"
+# (early promotion): multiples of the null's ratio or odds below 1, from "a bit better than the
+# tolerance" to "far better". For these alternatives the same likelihood ratios have mean <= 1
+# whenever the rate is at or above the null's (the identities in "The tests" with the signs
+# turned), so the tests are e-processes for that null.
+WITHIN_GRID: tuple[float, ...] = (0.9, 0.75, 0.5, 0.25, 0.1)
 # Fractions of wealth each request bets on "mean > mu0": small bets for heavy-tailed latencies and
 # mild regressions, large ones for gross ones.
 BET_GRID: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 0.9)
@@ -719,6 +725,7 @@ def threshold_bucket(baseline_buckets: Sequence[int], q: float, min_count: int =
 
 def tolerated_bound(
     control_buckets: Sequence[int], q: float, ratio: float, absolute_ms: float = 0.0, min_count: int = 200,
+    *, lower: bool = False,
 ) -> tuple[float, float] | None:
     """(bound, the control's q-quantile), in ms, for "the candidate's q-quantile may be `ratio`
     times the control's, or `absolute_ms` more, whichever is larger"; None while the control has
@@ -728,11 +735,16 @@ def tolerated_bound(
     deviations, interpolated log-linearly inside its bucket), so that a control seen for a short
     while is not taken for faster than it is. A candidate within the tolerance has at most a
     share 1 - q of its requests slower than the bound (`histogram.count_slower`), whatever the
-    shape of its distribution: that share is what the one-sample test checks."""
+    shape of its distribution: that share is what the one-sample test checks.
+
+    `lower`: read the control's quantile at the lower confidence rank instead (q n minus two
+    standard deviations), for a test that must show the candidate *within* the tolerance: a
+    control seen for a short while is then not taken for slower than it is."""
     total = sum(control_buckets)
     if total < min_count or not 0.0 < q < 1.0:
         return None
-    rank = min(1.0, q + 2.0 * math.sqrt(q * (1.0 - q) / total))
+    spread = 2.0 * math.sqrt(q * (1.0 - q) / total)
+    rank = max(0.0, q - spread) if lower else min(1.0, q + spread)
     control_ms = histogram.quantile(control_buckets, rank)
     if not math.isfinite(control_ms):
         return None

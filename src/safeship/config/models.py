@@ -225,6 +225,14 @@ class AnalysisConfig(Model):
     # ... or this many milliseconds more, whichever allows more: a 2 ms service may accept a
     # release 20 ms slower without a rollback.
     latency_tolerance_ms: Number = Field(default=0.0, ge=0.0, le=3_600_000.0)
+    # Early promotion (safeship's policy): a canary or rolling step may end before its pacing
+    # allows once the candidate is shown, side by side, within the tolerance on errors, p95 and
+    # p99 (each with its own test at early_promotion_alpha). An error rate at or below
+    # error_tolerance_abs counts as within tolerance whatever the baseline's: without it a
+    # service that fails nothing could never show it. The rollback tests stay relative.
+    early_promotion: bool = True
+    early_promotion_alpha: Number = Field(default=0.05, gt=0, lt=0.5)
+    error_tolerance_abs: Number = Field(default=0.001, ge=0.0, lt=1.0)
     # The longest time between the judge's looks. safeship's policy looks every second, or every
     # `interval` when that is shorter (every look is valid, so a look costs no alpha); looking
     # less often than every second would push gross-failure detection past its 15 s target. The

@@ -35,6 +35,8 @@ intelligent_deployment:
     error_tolerance: 1.2             # its failure rate up to 1.2x the old version's
     latency_tolerance: 1.25          # its p95 and p99 up to 1.25x the old version's...
     latency_tolerance_ms: 0          # ...or this many ms above them, whichever allows more
+    early_promotion: true            # end a step early once the new version is shown within all of these
+    error_tolerance_abs: 0.001       # ...an error rate this low counting as within, whatever the old one's
     on_no_data: hold                 # no requests seen where some were expected: hold (or rollback)
     retry_after_incident: false      # deploy again after a rollback the old version's own incident caused
 

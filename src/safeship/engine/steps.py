@@ -48,6 +48,7 @@ from safeship.strategies.base import (
     MonitorStep,
     PauseStep,
     PromoteStep,
+    ProveStep,
     ScaleStep,
     Step,
     TestTrafficStep,
@@ -130,6 +131,7 @@ class StepRunner:
             "gate": self.gate,
             "test_traffic": self.test_traffic,
             "incident_check": self.incident_check,
+            "prove": self.prove,
         }
 
     def register(self, kind: str, executor: StepExecutor) -> None:
@@ -541,6 +543,32 @@ class StepRunner:
                                   min_duration=None if shortest is None else float(shortest))
         return await self._maybe_confirm(tick, confirm, result)
 
+    async def prove(self, tick: Tick, step: ProveStep) -> StepResult:
+        """Before a switch, when the replaced version left no record to judge the candidate alone
+        against (safeship's policy only): split the traffic and let the policy judge the two side
+        by side for up to the step's `duration`. The step passes when the policy lets it; the counts of
+        the split are then the control of the analysis after the switch. With a record, or under
+        a model of another tool, nothing happens here."""
+        policy: Policy = self.policy_for(tick.before.policy)
+        if not uses_safeship_mechanisms(policy) or tick.status.analysis.history is not None:
+            return DONE
+        asked_back = await self.ask_rollback_gates(tick)
+        if asked_back is not None:
+            return StepResult(done=False, failure=asked_back)
+        candidate, baseline, percent = tick.before.version, step["baseline"], int(step["percent"])
+        split = {baseline: 100 - percent, candidate: percent}
+        if tick.status.weights != split:
+            tick.event("proving", f"no record of {baseline} from before the deployment to judge {candidate} "
+                       f"alone against: judging them side by side, {candidate}={percent}%, "
+                       f"{baseline}={100 - percent}%, for {float(step['duration']):.0f}s before the switch",
+                       version=baseline)
+            await self.set_weights(tick, {"kind": "weights", "weights": split})
+        duration = float(step["duration"])
+        # the split lasts its duration, or less when the policy shows the candidate within the
+        # declared tolerance sooner (early promotion)
+        return await self._look(tick, policy, interval=self._look_interval(policy), duration=duration,
+                                compare=True, policy_step=0, promoted=False)
+
     @staticmethod
     def _confirm_of(policy: Policy, confirm: ConfirmSplit | None) -> ConfirmSplit | None:
         """A step's confirmation split, for safeship's own policy only: a model of another tool
@@ -560,12 +588,13 @@ class StepRunner:
                 or progress.errors_in_a_row > 0):
             return result
         start = await self.world.traffic.counters(tick.route)
+        # The split's looks add to the deployment's ledger (`progress.policy_state`): the policy
+        # keeps the alarm's tests as they were and lets only the side-by-side ones decide.
         progress.confirming = {"since": tick.now, "reason": failure.reason, "trigger": failure.trigger,
                                "start": {v: c.to_json() for v, c in start.items()},
-                               "ledger": progress.policy_state, "alarm": dict(failure.evidence),
+                               "ledger": None, "alarm": dict(failure.evidence),
                                "incident_since": None, "settled_at": None,
                                "recent": {v: c.to_json() for v, c in start.items()}}
-        progress.policy_state = None  # the side-by-side comparison is a test of its own
         candidate, percent = tick.before.version, int(confirm["percent"])
         tick.event("confirming", f"{failure.reason}; checking {confirm['baseline']} beside it: traffic "
                    f"{candidate}={percent}%, {confirm['baseline']}={100 - percent}% for "
@@ -588,7 +617,7 @@ class StepRunner:
         duration = float(confirm["duration"])
         result = await self._look(tick, policy, interval=interval, duration=duration, compare=True, policy_step=0,
                                   promoted=False, min_duration=math.inf, since=confirming["since"],
-                                  marker="confirm")
+                                  marker="confirm", split=True)
         if result.failure is not None:
             failure = result.failure
             evidence = {**failure.evidence, "confirmed_by_split": True, "first_failure": confirming["reason"]}
@@ -651,7 +680,9 @@ class StepRunner:
         settle = split_settler(policy)
         if settle is None:
             return SplitOutcome(SplitKind.ROLLBACK, f"{confirming['reason']}: the alarm stands")
-        outcome = settle(dict(confirming.get("ledger") or policy.start()), evidence)
+        # a split stored by an older safeship kept the ledger apart, under "ledger"
+        ledger = confirming.get("ledger") or progress.policy_state or policy.start()
+        outcome = settle(dict(ledger), evidence)
         if not early or outcome.kind is SplitKind.INCIDENT:
             confirming["settled_at"] = tick.now
             confirming["recent"] = {v: c.to_json() for v, c in now.items()}
@@ -688,7 +719,7 @@ class StepRunner:
 
     async def _look(self, tick: Tick, policy: Policy, *, interval: float, duration: float, compare: bool,
                     policy_step: int, promoted: bool, min_duration: float | None = None,
-                    since: float | None = None, marker: str = "") -> StepResult:
+                    since: float | None = None, marker: str = "", split: bool = False) -> StepResult:
         """One look when one is due: the first look of a step only takes the counters; later ones
         sample what happened since the last look and let the policy decide. A measurement that
         fails with a TemporaryError is a Verdict.ERROR, within the analysis error budget.
@@ -745,6 +776,7 @@ class StepRunner:
             strategy=tick.before.strategy,
             planned_analysis_s=sum(float(step.get("duration", 0.0))
                                    for step in tick.before.plan if step.get("kind") == "analyze"),
+            split=split,
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

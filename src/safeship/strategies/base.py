@@ -16,6 +16,9 @@ idempotent: running it twice does no harm.
     pause       {"duration"}                        wait (blue-green keeps the old colour this long)
     monitor     {"duration", "interval", "confirm"?}  post-promotion window: a failure still rolls back
     gate        {"gate", "type"}                    ask the service's webhook gate of that name (with_gates)
+    prove       {"baseline", "percent", "duration"}  with no record of the replaced version from before
+                                                    the deployment (safeship's policy): split and judge
+                                                    side by side before the switch; with one: nothing
 
 A plan is the strategy's own unless the deployment's analysis policy shapes it (`shaped`): the
 models of other tools run those tools' own rollouts (a blue/green analysis on load-tester traffic
@@ -117,6 +120,20 @@ class GateStep(TypedDict):
     type: str  # confirm-rollout | pre-rollout | confirm-traffic-increase | confirm-promotion
 
 
+class ProveStep(TypedDict):
+    """Before blue-green's switch, when the replaced version has no record from before the
+    deployment to judge the new colour alone against: the traffic is split `percent` (candidate)
+    / the rest (`baseline`) and the two are judged side by side for `duration` seconds, so the new
+    colour takes all traffic only after a comparison that could have shown it worse. The split's
+    baseline counts are then the control of the analysis after the switch. With a record (or
+    under another tool's model) the step does nothing."""
+
+    kind: Literal["prove"]
+    baseline: str
+    percent: int
+    duration: float
+
+
 class IncidentCheckStep(TypedDict):
     """The last step of a rollback from a phase with no concurrent control: the restored version
     is measured against its own record from before the deployment for `duration` seconds; if it
@@ -128,7 +145,7 @@ class IncidentCheckStep(TypedDict):
 
 
 Step = (ScaleStep | WaitReadyStep | WeightsStep | HoldStep | AnalyzeStep | PromoteStep | PauseStep | MonitorStep
-        | GateStep | TestTrafficStep | IncidentCheckStep)
+        | GateStep | TestTrafficStep | IncidentCheckStep | ProveStep)
 
 
 def steps_from_json(plan: Sequence[Mapping[str, Any]]) -> list[Step]:
@@ -219,6 +236,13 @@ def confirm_split(given: PlanInput) -> ConfirmSplit | None:
     return {"baseline": given.baseline, "percent": analysis.confirm_percent, "duration": analysis.confirm_duration}
 
 
+def prove(confirm: ConfirmSplit) -> ProveStep:
+    """The side-by-side proof before a switch when the replaced version has no record (ProveStep),
+    with the confirmation split's share and length."""
+    return {"kind": "prove", "baseline": confirm["baseline"], "percent": int(confirm["percent"]),
+            "duration": float(confirm["duration"])}
+
+
 def incident_check(version: str, duration: float) -> IncidentCheckStep:
     return {"kind": "incident_check", "version": version, "duration": float(duration)}
 
@@ -230,7 +254,7 @@ def test_traffic(version: str, rps: float) -> TestTrafficStep:
 def shaped(strategy: str, given: PlanInput, own: list[Step]) -> list[Step]:
     """The plan a deployment runs under `strategy`: the policy's own rollout when it shapes one
     (`given.shape`), else `own`. Without safeship's confirmation split (`given.confirm` False)
-    no step of it carries a `confirm`, whoever built it."""
+    no step of it carries a `confirm` and it has no `prove` step, whoever built it."""
     plan = own
     if given.shape is not None:
         found = given.shape(strategy, given, steps_to_json(own))
@@ -238,7 +262,7 @@ def shaped(strategy: str, given: PlanInput, own: list[Step]) -> list[Step]:
             plan = steps_from_json(found)
     if given.confirm:
         return plan
-    return [_without_confirm(step) for step in plan]
+    return [_without_confirm(step) for step in plan if step["kind"] != "prove"]
 
 
 def _without_confirm(step: Step) -> Step:
@@ -280,7 +304,8 @@ def with_gates(plan: Sequence[Step], gates: Sequence[WebhookGateConfig], candida
 
     - confirm-rollout: first, before anything of the rollout changes (the candidate starts later);
     - pre-rollout: before the first step that gives the candidate traffic (it is ready by then);
-    - confirm-traffic-increase: before every weights step that raises the candidate's share,
+      a `prove` step counts as one, as it gives the candidate its share when it runs;
+    - confirm-traffic-increase: before every weights (or prove) step that raises the candidate's share,
       except the switch to 100% that belongs to the promotion;
     - confirm-promotion: before the promotion, that is before the promote step and the weights
       steps right before it that give the candidate all traffic.
@@ -308,7 +333,7 @@ def with_gates(plan: Sequence[Step], gates: Sequence[WebhookGateConfig], candida
                 out += of("pre-rollout")
                 has_traffic = True
             out += of("confirm-promotion")
-        if step["kind"] == "weights":
+        if step["kind"] in ("weights", "prove"):  # a prove step may give the candidate its share
             new_share = _share(step, candidate)
             if new_share > 0 and not has_traffic:
                 out += of("pre-rollout")
@@ -321,6 +346,8 @@ def with_gates(plan: Sequence[Step], gates: Sequence[WebhookGateConfig], candida
 
 
 def _share(step: Step, candidate: str) -> int:
+    if step["kind"] == "prove":
+        return int(step["percent"])
     if step["kind"] != "weights":
         return 0
     return int(step["weights"].get(candidate, 0))

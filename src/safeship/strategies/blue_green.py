@@ -13,6 +13,7 @@ from safeship.strategies.base import (
     monitor,
     pause,
     promote,
+    prove,
     scale,
     shaped,
     wait_ready,
@@ -33,6 +34,12 @@ class BlueGreenStrategy:
         steps: list[Step] = [
             scale(given.candidate, given.replicas),
             wait_ready(given.candidate, given.replicas, timeout),
+        ]
+        if confirm is not None:
+            # Without a record of the old colour from before the deployment, the new colour alone
+            # would have nothing to be judged against: it is first judged beside the old colour.
+            steps.append(prove(confirm))
+        steps += [
             weights({given.candidate: 100}),
             # The switch confirmation: the new colour, now taking all traffic, must have every
             # instance ready within traffic_switch_timeout, or the switch is undone (rollback).

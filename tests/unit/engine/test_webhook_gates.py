@@ -186,7 +186,8 @@ def test_blue_green_recreate_rolling_and_first_deployments_place_their_gates() -
 
     assert kinds(DeploymentStrategy.BLUE_GREEN) == [
         "gate:confirm-rollout", "scale", "wait_ready", "gate:pre-rollout", "gate:confirm-traffic-increase",
-        "weights", "wait_ready", "analyze", "gate:confirm-promotion", "promote", "monitor", "pause", "scale"]
+        "prove", "gate:confirm-traffic-increase", "weights", "wait_ready", "analyze", "gate:confirm-promotion",
+        "promote", "monitor", "pause", "scale"]
     assert kinds(DeploymentStrategy.RECREATE) == [
         "gate:confirm-rollout", "hold", "scale", "scale", "wait_ready", "gate:pre-rollout",
         "gate:confirm-traffic-increase", "weights", "analyze", "gate:confirm-promotion", "promote", "monitor"]

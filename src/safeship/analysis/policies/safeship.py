@@ -195,11 +195,22 @@ class SafeshipPolicy:
                 Verdict.ERROR, f"{broken}: the router's counters went back"
             )
         new = {**state, "clock": float(state.get("clock", 0.0)) + max(0.0, sample.dt)}
+        keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
+        if ctx.split:
+            # A confirmation split: the side-by-side tests go on in the same ledger; the record
+            # and threshold tests (one of which raised the alarm) and their checkpoints wait for
+            # settle_split, which needs them as they were when the split began.
+            new.setdefault("split_from", float(state.get("clock", 0.0)))
+            new = _fold_blind(self._fold_compare(new, sample, ctx), sample, ctx)
+            scores = {name: score for name, score in self._scores(new, ctx, keys).items()
+                      if name.startswith(SIDE_BY_SIDE)}
+            failure = self._failure(new, scores, ctx, keys)
+            return new, failure or Decision(Verdict.INCONCLUSIVE, "side by side after an alarm",
+                                            _summary(new, scores))
         if ctx.compare:
             new = self._fold_compare(new, sample, ctx)
         else:
             new = self._fold_single(new, sample, ctx)
-        keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
         new = self._fold_triggers(new, sample, ctx, keys)
         new = _fold_blind(new, sample, ctx)
         new = _checkpoint(new)
@@ -253,13 +264,15 @@ class SafeshipPolicy:
         # incident. The side-by-side tests (candidate against the version beside it in the same
         # looks) are immune to a shared shock and keep all their evidence.
         name = str(split.alarm.get("test", ""))
-        before = _checkpoint_before(ledger, float(ledger.get("clock", 0.0)) - INCIDENT_MARGIN_S)
+        alarm_at = float(ledger.get("split_from", ledger.get("clock", 0.0)))
+        before = _checkpoint_before(ledger, alarm_at - INCIDENT_MARGIN_S)
         tests = {key: (before.get(key, judge.new_e_process())
                        if key == name or not key.startswith(SIDE_BY_SIDE) else test)
                  for key, test in ledger.get("tests", {}).items()}
+        resumed = {key: value for key, value in ledger.items() if key != "split_from"}
         return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
-                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
+                            f"{name or 'the candidate'} set aside", {**resumed, "tests": tests, "checkpoints": []})
 
     def incident_passed(self, counts: TrafficCounters, record: TrafficCounters, *,
                         dispersion: float | None = None) -> bool:
@@ -295,6 +308,20 @@ class SafeshipPolicy:
             b.requests, b.failed, c.requests, c.failed,
             ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
         )  # fmt: skip
+        analysis = ctx.analysis
+        within = dict(st.get("within") or {})
+        if analysis.early_promotion:
+            # The opposite null, "the candidate is worse than tolerated", for early promotion:
+            # relative to the version beside it, or above the declared absolute error rate.
+            within["errors"] = judge.update_two_sample(
+                within.get("errors", judge.new_e_process()), b.requests, b.failed, c.requests, c.failed,
+                analysis.error_tolerance, multipliers=judge.WITHIN_GRID, dispersion=phi,
+            )  # fmt: skip
+            if analysis.error_tolerance_abs > 0:
+                within["errors_abs"] = judge.update_one_sample(
+                    within.get("errors_abs", judge.new_e_process()), c.requests, c.failed,
+                    analysis.error_tolerance_abs, multipliers=judge.WITHIN_GRID, dispersion=phi,
+                )  # fmt: skip
         bounds, controls = dict(st["bounds_ms"]), dict(st.get("controls_ms", {}))
         pending = dict(st.get("latency_pending") or {})
         n_b, n_c = sum(b.latency_buckets), sum(c.latency_buckets)
@@ -304,6 +331,9 @@ class SafeshipPolicy:
                 continue
             bound, controls[name] = found
             bounds[name] = bound
+            # the bound for showing the candidate within the tolerance: the control's quantile
+            # read at its lower confidence rank, so that a short record does not flatter it
+            strict = self._tolerated(st["base"]["h"], q, ctx, lower=True)
             allowed = 1.0 - q
             # Is the baseline itself beyond the bound in this look (a slowdown both versions
             # share: an incident, load, which rolling back would not cure), or did it serve
@@ -320,7 +350,13 @@ class SafeshipPolicy:
                 tests[name] = judge.update_one_sample(
                     tests.get(name, judge.new_e_process()), held[0], held[1], allowed, now=now, restarts=restarts,
                 )  # fmt: skip
-            pending[name] = [n_c, histogram.count_slower(c.latency_buckets, bound), clear, beyond]
+                if analysis.early_promotion and len(held) > 4 and held[4] is not None:
+                    within[name] = judge.update_one_sample(
+                        within.get(name, judge.new_e_process()), held[0], held[4], allowed,
+                        multipliers=judge.WITHIN_GRID,
+                    )  # fmt: skip
+            slow_strict = None if strict is None else histogram.count_slower(c.latency_buckets, strict[0])
+            pending[name] = [n_c, histogram.count_slower(c.latency_buckets, bound), clear, beyond, slow_strict]
         tests, gauges = self._fold_gauge_comparisons(st, tests, sample, ctx)
         base, cand = st["base"], st["cand"]
         return {
@@ -332,6 +368,7 @@ class SafeshipPolicy:
             "bounds_ms": bounds,
             "controls_ms": controls,
             "latency_pending": pending,
+            "within": within,
             "base": {
                 "n": base["n"] + b.requests,
                 "x": base["x"] + b.failed,
@@ -340,13 +377,14 @@ class SafeshipPolicy:
             "cand": {"n": cand["n"] + c.requests, "x": cand["x"] + c.failed},
         }
 
-    def _tolerated(self, control: Sequence[int], q: float, ctx: StepContext) -> tuple[float, float] | None:
+    def _tolerated(self, control: Sequence[int], q: float, ctx: StepContext, *,
+                   lower: bool = False) -> tuple[float, float] | None:
         """The latency (ms) a request may not exceed at quantile q under the declared tolerance
         (`analysis.latency_tolerance` times the control's, or `latency_tolerance_ms` more), and
-        the control's q-quantile in ms."""
+        the control's q-quantile in ms (`lower`: read at its lower confidence rank)."""
         analysis = ctx.analysis
         return judge.tolerated_bound(control, q, analysis.latency_tolerance, analysis.latency_tolerance_ms,
-                                      self.settings.latency_warmup)
+                                      self.settings.latency_warmup, lower=lower)
 
     def _fold_gauge_comparisons(
         self, st: State, tests: dict[str, Any], sample: TickSample, ctx: StepContext
@@ -562,6 +600,9 @@ class SafeshipPolicy:
                             "(an incident both versions see)", evidence)
         if in_step >= longest:
             return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
+        shown = _within_tolerance(st, ctx)
+        if shown is not None:
+            return Decision(Verdict.ADVANCE, shown, evidence)
         share = min(100, max(0, sample.candidate_weight)) / 100
         ramp = ctx.analysis.ramp_time if ctx.analysis.ramp_time is not None else self.settings.ramp_time
         envelope = ramp * share**self.settings.ramp_shape
@@ -614,6 +655,33 @@ MAX_INCIDENT_HOLD_S = 600.0  # an incident that lasts longer is not waited out: 
 CHECKPOINT_S = 20.0  # the record and threshold tests are kept this often ...
 CHECKPOINTS = 3  # ... this many times back
 INCIDENT_MARGIN_S = 20.0  # an incident is taken to have begun this long before its alarm
+
+
+def _within_tolerance(st: State, ctx: StepContext) -> str | None:
+    """Early promotion: the sentence saying the candidate is shown within the declared tolerance
+    on errors and on both latency quantiles, or None. Each metric's test of "worse than
+    tolerated" must be rejected at early_promotion_alpha on its own (errors: relative to the
+    version beside it, or above the absolute rate); only then is the union "worse on some
+    metric" rejected, at that same level (an intersection-union test)."""
+    analysis = ctx.analysis
+    if not analysis.early_promotion:
+        return None
+    within = st.get("within") or {}
+    needed = -math.log(analysis.early_promotion_alpha)
+
+    def shown(key: str) -> float | None:
+        test = within.get(key)
+        log_e = judge.log_e_value(test) if test is not None else -math.inf
+        return math.exp(min(log_e, 690.0)) if log_e >= needed else None
+
+    errors = shown("errors") or shown("errors_abs")
+    latency = [shown(name) for name in QUANTILES]
+    if errors is None or any(e is None for e in latency):
+        return None
+    return (f"within the declared tolerance on evidence (errors e={_format_e(errors)}, "
+            + ", ".join(f"{name.removeprefix('latency_')} e={_format_e(e or 0.0)}"
+                        for name, e in zip(QUANTILES, latency, strict=True))
+            + f" >= {1 / analysis.early_promotion_alpha:.0f}): the step ends early")
 
 
 def _checkpoint(st: State) -> State:
