@@ -142,12 +142,12 @@ class Dashboard:
         """The principal of the request's session: None without a valid cookie, or when the token
         it was issued to has been revoked since. Looked up once per request, and noted for the
         audit row."""
-        if "principal" in request.scope:
-            found: Principal | None = request.scope["principal"]
+        if "safeship.principal" in request.scope:
+            found: Principal | None = request.scope["safeship.principal"]
             return found
         subject = self.sessions.session_subject(request.cookies.get(COOKIE))
         principal = self.authority.for_session(subject) if subject is not None else None
-        request.scope["principal"] = principal
+        request.scope["safeship.principal"] = principal
         if principal is not None:
             note(request.state, principal=principal, actor=f"dashboard: {principal.name}")
         return principal
