@@ -1,10 +1,13 @@
-"""The controller's HTTP API. Every resource needs the bearer token from `<state_dir>/token`
-except /healthz and /metrics; /openapi.json (the schema of what the API takes) needs it too.
+"""The controller's HTTP API. Every resource needs a bearer token (the local admin token in
+`<state_dir>/token`, or one made by `safeship token create`) except /healthz and /metrics;
+/openapi.json (the schema of what the API takes) needs one too. What a token may do is its role's
+(`safeship.api.roles`); every mutating call is written to the audit table (`safeship.api.audit`).
 
 Errors are one sentence in `{"detail": ...}`:
 
 - 400 the request is well formed but refused (a gate, a platform this controller does not run);
 - 401 no token or a wrong one;
+- 403 the token's role or environments do not allow the action (see `safeship.api.roles`);
 - 404 an unknown deployment, service, environment or version. A path names a resource, so a path
   segment that names none (not configured, or not even a valid name, such as `..`) is 404 too, and
   the sentence says which and why;
@@ -17,13 +20,13 @@ Errors are one sentence in `{"detail": ...}`:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import hmac
 import logging
 import math
 import os
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +44,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import Receive, Scope, Send
 
 from safeship import tokens
+from safeship.api.audit import AuditTrail, note
 from safeship.api.controller import Controller
+from safeship.api.roles import Authority, Forbidden, Permission, Principal
 from safeship.config.models import DeploymentRequest
 from safeship.config.names import PATTERNS, NameKind, name_problem, shown
 from safeship.engine.views import deployment_view
@@ -56,7 +61,7 @@ from safeship.errors import (
     TemporaryError,
 )
 from safeship.routing.metrics import CONTENT_TYPE_LATEST, render
-from safeship.store import DeploymentRecord, EventRecord, RollbackRecord
+from safeship.store import AuditRecord, DeploymentRecord, EventRecord, RollbackRecord
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +131,8 @@ def _error(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("refused: the request is well formed but cannot be done"),
-    401: _error("no bearer token, or a wrong one"),
+    401: _error("no bearer token, or a wrong or revoked one"),
+    403: _error("the token's role or environments do not allow this"),
     404: _error("unknown deployment, service, environment or version"),
     409: _error("clashes with the current state"),
     422: _error("the body or query is not what the resource takes"),
@@ -148,6 +154,8 @@ def status_of(exc: SafeshipError) -> int:
     """The HTTP status of every safeship error; one table for the whole API."""
     if isinstance(exc, Unauthorized):
         return 401
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, Unprocessable):
         return 422
     if isinstance(exc, NotFoundError):
@@ -308,19 +316,30 @@ EnvironmentFilter = Annotated[
 ]
 BearerCredentials = Annotated[
     HTTPAuthorizationCredentials | None,
-    Depends(HTTPBearer(auto_error=False, description="the token in <state_dir>/token")),
+    Depends(HTTPBearer(auto_error=False,
+                       description="the token in <state_dir>/token, or one made by `safeship token create`")),
 ]
 
 
-def bearer_guard(token: str) -> Callable[[HTTPAuthorizationCredentials | None], Awaitable[None]]:
-    expected = token.encode()
+async def caller(request: Request, credentials: BearerCredentials) -> Principal:
+    """The principal of the request's bearer token (401 for none, a wrong or a revoked one),
+    noted on the request for the audit row."""
+    authority: Authority = request.app.state.authority
+    given = credentials.credentials if credentials is not None else ""
+    principal = await asyncio.to_thread(authority.for_token, given) if given else None
+    if principal is None:
+        note(request.state, actor="unknown token" if given else "no token")
+        raise Unauthorized("missing, wrong or revoked bearer token (the local admin token is in <state_dir>/token)")
+    note(request.state, principal=principal)
+    return principal
 
-    async def guard(credentials: BearerCredentials) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("missing or wrong bearer token (it is in <state_dir>/token)")
 
-    return guard
+Caller = Annotated[Principal, Depends(caller)]
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    """An audit row as the API and `safeship audit --json` show it (`at`: UTC seconds)."""
+    return dataclasses.asdict(record)
 
 
 def error_response(exc: SafeshipError) -> JSONResponse:
@@ -443,7 +462,15 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(HTTPException, on_http)
     app.router.route_class = GuardedRoute
-    api = APIRouter(dependencies=[Depends(bearer_guard(token))], responses=ERRORS, route_class=GuardedRoute)
+    app.state.authority = Authority(controller.store, token)
+    api = APIRouter(dependencies=[Depends(caller)], responses=ERRORS, route_class=GuardedRoute)
+
+    def deployment_for(request: Request, who: Principal, deployment_id: str, doing: str) -> DeploymentRecord:
+        """The deployment, once the caller may act on it in its environment (404 first, then 403)."""
+        record = controller.store.get_deployment(_deployment_id(deployment_id))
+        note(request.state, target=f"{record.id} ({record.service}/{record.environment})")
+        who.require(Permission.DEPLOY, record.environment, f"{doing} deployments")
+        return record
 
     environments = [e.name for e in controller.config.environment_management.environments]
     services = list(controller.config.services)
@@ -478,12 +505,15 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         return app.openapi()
 
     @api.post("/deployments", status_code=201)
-    async def create_deployment(body: DeploymentBody) -> dict[str, Any]:
+    async def create_deployment(request: Request, who: Caller, body: DeploymentBody) -> dict[str, Any]:
         _well_formed("service", body.service_name, "request body: service_name")
         _well_formed("environment", body.environment, "request body: environment")
         _well_formed("version", body.version, "request body: version")
+        note(request.state, target=f"{body.service_name}/{body.environment} {body.version}")
+        who.require(Permission.DEPLOY, body.environment, "deploy")
         _nothing_to_run(body)
         record = controller.submit(body.request(), policy=body.policy)
+        note(request.state, target=f"{record.id} ({record.service}/{record.environment} {record.version})")
         return deployment_json(record, full=True)
 
     @api.get("/deployments")
@@ -512,28 +542,35 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         return data
 
     @api.post("/deployments/{deployment_id}/cancel")
-    async def cancel_deployment(deployment_id: DeploymentId, body: CancelBody | None = None) -> dict[str, Any]:
+    async def cancel_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+                                body: CancelBody | None = None) -> dict[str, Any]:
+        record = deployment_for(request, who, deployment_id, "cancel")
         by = (body.by if body is not None else None) or ""
-        return deployment_json(controller.cancel(_deployment_id(deployment_id), by=by), full=True)
+        return deployment_json(controller.cancel(record.id, by=by), full=True)
 
     @api.post("/deployments/{deployment_id}/rollback")
-    async def rollback_deployment(deployment_id: DeploymentId, body: RollbackBody | None = None) -> dict[str, Any]:
+    async def rollback_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+                                  body: RollbackBody | None = None) -> dict[str, Any]:
+        record = deployment_for(request, who, deployment_id, "roll back")
         reason = (body.reason if body is not None else None) or "manual rollback"
         force = body.force if body is not None else False
-        return deployment_json(controller.rollback(_deployment_id(deployment_id), reason=reason, force=force),
-                               full=True)
+        return deployment_json(controller.rollback(record.id, reason=reason, force=force), full=True)
 
     @api.post("/deployments/{deployment_id}/approve")
-    async def approve_deployment(deployment_id: DeploymentId, body: ApproveBody | None = None) -> dict[str, Any]:
+    async def approve_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+                                 body: ApproveBody | None = None) -> dict[str, Any]:
+        record = deployment_for(request, who, deployment_id, "approve")
         by = (body.by if body is not None else None) or ""
-        return deployment_json(controller.approve(_deployment_id(deployment_id), by=by), full=True)
+        return deployment_json(controller.approve(record.id, by=by), full=True)
 
     @api.post("/deployments/{deployment_id}/promote")
-    async def promote_deployment(deployment_id: DeploymentId, body: PromoteBody | None = None) -> dict[str, Any]:
+    async def promote_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+                                 body: PromoteBody | None = None) -> dict[str, Any]:
         """Promote now: skip the remaining steps up to the promotion (409 once promoted, ended,
         rolling back or awaiting approval)."""
+        found = deployment_for(request, who, deployment_id, "promote")
         by = (body.by if body is not None else None) or ""
-        record = controller.engine.promote(_deployment_id(deployment_id), by=by)
+        record = controller.engine.promote(found.id, by=by)
         controller.wake(record.id)
         return deployment_json(record, full=True)
 
@@ -557,11 +594,20 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         return clean_dict({"environments": controller.environments()})
 
     @api.post("/environments/{environment}/cleanup")
-    async def cleanup_environment(environment: Environment) -> dict[str, Any]:
+    async def cleanup_environment(request: Request, who: Caller, environment: Environment) -> dict[str, Any]:
         _names("environment", environment, environments)  # before anything is touched
+        who.require(Permission.ADMIN, environment, "clean environments up")
         return clean_dict(await controller.cleanup_environment(environment))
 
+    @api.get("/audit")
+    async def audit(who: Caller, limit: Limit = 100, actor: str | None = None) -> dict[str, Any]:
+        """The audit table, newest first (admins not limited to environments only)."""
+        who.require(Permission.ADMIN, None, "read the audit table")
+        rows = await asyncio.to_thread(controller.store.audit, limit=_clamp(limit), actor=actor)
+        return {"audit": [audit_json(r) for r in rows]}
+
     app.include_router(api)
+    app.add_middleware(AuditTrail, store=controller.store)
     hosts = trusted_hosts(listen_host, [*controller.config.api_hosts, *extra_hosts])
     app.add_middleware(TrustedHosts, allowed_hosts=hosts, www_redirect=False)
     if dashboard:

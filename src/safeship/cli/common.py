@@ -114,22 +114,33 @@ def guarded(run: Callable[[list[str] | None], int]) -> Callable[[list[str] | Non
         as_json = _wants_json(args)
         _configure_logging(args)
         _json_errors.append(as_json)
+        ended: tuple[int, str] | None = None  # exit code and sentence, for the audit row
         try:
-            return run(argv)
+            code = run(argv)
+            ended = (code, "")
+            return code
         except SafeshipError as exc:
+            ended = (exc.exit_code, str(exc))
             die(str(exc), exc.exit_code, as_json=as_json)
         except KeyboardInterrupt:
+            ended = (EXIT_INTERRUPTED, "interrupted")
             die("interrupted", 130, as_json=as_json)
         except BrokenPipeError:
+            ended = (EXIT_OK, "")
             _silence_stdout()
             raise SystemExit(EXIT_OK) from None
         except Exception as exc:
+            ended = (EXIT_BUG, f"internal error ({type(exc).__name__})")
             if os.environ.get("SAFESHIP_DEBUG") == "1":
                 traceback.print_exc()
             die(f"internal error ({type(exc).__name__}: {exc}); this is a bug in safeship, "
                 "run again with SAFESHIP_DEBUG=1 to see the traceback", EXIT_BUG, as_json=as_json)
         finally:
             _json_errors.pop()
+            if ended is not None:  # a command that changes something leaves an audit row (cli/audit_trail.py)
+                from safeship.cli.audit_trail import record
+
+                record(run.__module__, args, *ended)
 
     return main
 

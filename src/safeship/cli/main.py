@@ -65,11 +65,13 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     server.add_argument("--stop", action="store_true",
                         help="stop the running controller and its router daemon; service instances keep running")
+    from safeship.cli.access import add_parser as add_access
     from safeship.cli.logs import add_parser as add_logs
     from safeship.cli.pipeline import add_parser as add_pipeline
 
     add_pipeline(sub)
     add_logs(sub)
+    add_access(sub)
     return p
 
 
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from safeship.cli.logs import main as logs_main
 
         return logs_main(args)
+    if args.command in ("token", "audit"):
+        from safeship.cli.access import main as access_main
+
+        return access_main(args)
     if args.command == "server":
         from safeship.api.server import serve, stop_server
 

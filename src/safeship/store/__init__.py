@@ -1,10 +1,11 @@
 """Persistence: deployments, events, rollbacks, stable versions, instance ledger, build artifacts and
-pipeline runs."""
+pipeline runs, API tokens (hashed) and the append-only audit table."""
 
 from safeship.store.edge import BUSY_TIMEOUT_ENV, StoreURLError
 from safeship.store.store import (
     ACTIVE_PHASES,
     ArtifactRecord,
+    AuditRecord,
     DeploymentRecord,
     EventRecord,
     PipelineRunRecord,
@@ -12,6 +13,7 @@ from safeship.store.store import (
     RollbackRecord,
     StableVersion,
     Store,
+    TokenRecord,
     new_id,
     sha256_of,
 )
@@ -20,6 +22,7 @@ __all__ = [
     "ACTIVE_PHASES",
     "BUSY_TIMEOUT_ENV",
     "ArtifactRecord",
+    "AuditRecord",
     "DeploymentRecord",
     "EventRecord",
     "PipelineRunRecord",
@@ -28,6 +31,7 @@ __all__ = [
     "StableVersion",
     "Store",
     "StoreURLError",
+    "TokenRecord",
     "new_id",
     "sha256_of",
 ]

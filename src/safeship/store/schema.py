@@ -141,3 +141,39 @@ pipeline_runs = Table(
     Column("deployment_id", String(64)),
     Column("message", Text),  # why it stopped, or the deployment's outcome
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),  # tok-0123456789: names the token in sessions and rows
+    Column("name", String(200), nullable=False, unique=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),  # the token itself is never stored
+    Column("role", String(32), nullable=False),  # viewer, deployer or admin
+    Column("environments", JSON),  # the environments it is limited to; null: all of them
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)
+
+# Append-only: rows are inserted, never changed or removed. On SQLite the triggers in
+# AUDIT_TRIGGERS refuse an UPDATE or DELETE of the table whoever sends it.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),  # wall time (UTC seconds)
+    Column("actor", String(200), nullable=False),  # token name, "local admin", "dashboard: <name>", "cli: <user>"
+    Column("role", String(32)),  # the actor's role; null when no token was recognised
+    Column("action", String(300), nullable=False),  # "POST /deployments", "safeship token create"
+    Column("target", String(300), nullable=False, default=""),  # service/environment, deployment id, token name
+    Column("source", String(200), nullable=False, default=""),  # client address, or "cli" with a PID
+    Column("status", Integer, nullable=False),  # HTTP status, or the command's exit code
+    Column("outcome", Text, nullable=False, default=""),  # "ok", or the refusal's one sentence
+)
+
+AUDIT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: rows cannot be changed'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: rows cannot be deleted'); END",
+)

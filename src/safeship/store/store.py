@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from safeship.errors import NotFoundError, StaleStateError
+from safeship.errors import ConflictError, NotFoundError, StaleStateError
 from safeship.redaction import redactor
 from safeship.store import edge, schema
 
@@ -128,6 +128,36 @@ class ArtifactRecord:
     sha256: str
     run_id: str
     registered_at: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token made by `safeship token create`: its SHA-256, never the token itself.
+    `environments` is None for a token of every environment."""
+
+    id: str
+    name: str
+    token_sha256: str
+    role: str
+    environments: list[str] | None
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One row of the append-only audit table; `id` is None until it is written."""
+
+    at: float
+    actor: str
+    action: str
+    status: int
+    role: str | None = None
+    target: str = ""
+    source: str = ""
+    outcome: str = ""
+    id: int | None = None
 
 
 def sha256_of(path: str | Path) -> str:
@@ -249,6 +279,8 @@ def _schema_ddl(dialect: Dialect) -> tuple[str, ...]:
             statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
             statements.extend(str(CreateIndex(index).compile(dialect=dialect)).strip()
                               for index in sorted(table.indexes, key=lambda i: i.name or ""))
+        if dialect.name == "sqlite":
+            statements.extend(schema.AUDIT_TRIGGERS)
         found = _SCHEMA_DDL[dialect.name] = tuple(statements)
     return found
 
@@ -331,6 +363,10 @@ def _create_schema(engine: Engine, *, read_only: bool) -> None:
         schema.metadata.create_all(engine, tables=[t for t in schema.metadata.sorted_tables if t.name in present])
         return
     schema.metadata.create_all(engine)
+    if engine.dialect.name == "sqlite":  # an audit table made by create_all gets its guards too
+        with engine.begin() as conn:
+            for statement in schema.AUDIT_TRIGGERS:
+                conn.exec_driver_sql(statement)
     if schema.cursors.name in present or schema.events.name not in present:
         return
     try:
@@ -869,3 +905,71 @@ class Store:
             query = query.where(schema.pipeline_runs.c.service == service)
         with self._connect() as conn:
             return [PipelineRunRecord(**dict(r._mapping)) for r in conn.execute(query)]
+
+    # ------------------------------------------------------------ API tokens and the audit table
+
+    def create_token(self, record: TokenRecord) -> None:
+        """Insert a new token; ConflictError when a token of that name exists (revoked ones too:
+        their name stays in the audit table, so it is never given to another token)."""
+        with self._begin() as conn:
+            taken = conn.execute(select(schema.api_tokens.c.id).where(schema.api_tokens.c.name == record.name)).first()
+            if taken is not None:
+                raise ConflictError(f"a token named {record.name!r} exists already (names are never reused, "
+                                    "even after `safeship token revoke`)")
+            conn.execute(insert(schema.api_tokens).values(**dataclasses.asdict(record)))
+
+    def tokens(self, *, include_revoked: bool = True) -> list[TokenRecord]:
+        """Every token, oldest first."""
+        query = select(schema.api_tokens).order_by(schema.api_tokens.c.created_at, schema.api_tokens.c.id)
+        if not include_revoked:
+            query = query.where(schema.api_tokens.c.revoked_at.is_(None))
+        with self._connect() as conn:
+            return [TokenRecord(**dict(r._mapping)) for r in conn.execute(query)]
+
+    def token_by_sha256(self, digest: str) -> TokenRecord | None:
+        """The token (revoked or not) whose SHA-256 is `digest`."""
+        with self._connect() as conn:
+            row = conn.execute(select(schema.api_tokens).where(schema.api_tokens.c.token_sha256 == digest)).first()
+        return None if row is None else TokenRecord(**dict(row._mapping))
+
+    def token_by_id(self, token_id: str) -> TokenRecord | None:
+        with self._connect() as conn:
+            row = conn.execute(select(schema.api_tokens).where(schema.api_tokens.c.id == token_id)).first()
+        return None if row is None else TokenRecord(**dict(row._mapping))
+
+    def touch_token(self, token_id: str, at: float) -> None:
+        """Record that the token was used at `at`."""
+        with self._begin() as conn:
+            conn.execute(update(schema.api_tokens).where(schema.api_tokens.c.id == token_id).values(last_used_at=at))
+
+    def revoke_token(self, name: str, at: float) -> TokenRecord:
+        """Revoke the token named `name` (from then on it is refused); NotFoundError for a name no
+        token has, ConflictError for one revoked already."""
+        with self._begin() as conn:
+            row = conn.execute(select(schema.api_tokens).where(schema.api_tokens.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no token is named {name!r} (`safeship token list` shows them)")
+            if row.revoked_at is not None:
+                raise ConflictError(f"the token {name!r} was revoked already")
+            conn.execute(update(schema.api_tokens).where(schema.api_tokens.c.id == row.id).values(revoked_at=at))
+            return TokenRecord(**{**dict(row._mapping), "revoked_at": at})
+
+    def append_audit(self, record: AuditRecord) -> int:
+        """Append one row to the audit table (the only way rows get there); its id."""
+        values = {k: v for k, v in dataclasses.asdict(record).items() if k != "id"}
+        masker = redactor()
+        if masker.values:
+            values["outcome"] = masker.redact(values["outcome"])
+        with self._begin() as conn:
+            result = conn.execute(insert(schema.audit).values(**values))
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def audit(self, *, limit: int = 100, actor: str | None = None) -> list[AuditRecord]:
+        """The newest rows first, of `actor` when given."""
+        query = select(schema.audit).order_by(schema.audit.c.id.desc()).limit(limit)
+        if actor is not None:
+            query = query.where(schema.audit.c.actor == actor)
+        with self._connect() as conn:
+            return [AuditRecord(**dict(r._mapping)) for r in conn.execute(query)]

@@ -40,7 +40,8 @@ def help_flags(command: str) -> set[str]:
 def test_the_table_covers_every_command() -> None:
     assert set(table()) == {
         "deployment-engine", "rollback-manager", "environment-manager", "safeship init", "safeship simulate",
-        "safeship server", "safeship logs", "safeship pipeline run", "safeship pipeline history"}
+        "safeship server", "safeship logs", "safeship pipeline run", "safeship pipeline history",
+        "safeship token create", "safeship token list", "safeship token revoke", "safeship audit"}
 
 
 @pytest.mark.parametrize("command", sorted(table()))

@@ -1,9 +1,11 @@
 """The dashboard's session cookie and CSRF tokens, both derived from the API token.
 
-- Logging in with the API token sets a session cookie (HttpOnly, SameSite=Strict, Path=/). The
-  cookie is not the token: it is its issue time, the session generation, a random nonce and an
-  HMAC of the three under the token, so a new token (a new `<state_dir>/token`, read when the
-  controller starts) ends every session.
+- Logging in with an API token (the local admin token, or one `safeship token create` made) sets a
+  session cookie (HttpOnly, SameSite=Strict, Path=/). The cookie is not the token: it is its issue
+  time, the session generation, a random nonce, the id of the token that logged in (nothing for the
+  local admin token) and an HMAC of them under the local admin token, so a new `<state_dir>/token`
+  (read when the controller starts) ends every session. The token id is looked up on every
+  request: revoking a token ends its sessions at once.
 - The server refuses a session older than SESSION_MAX_AGE_S (12 hours) whatever the browser keeps,
   and one of an earlier generation: logging out bumps the generation (kept in
   `<state_dir>/dashboard-sessions`, mode 0600, so a restart does not bring old cookies back), which
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ CSRF_HEADER = "x-csrf-token"
 SESSION_MAX_AGE_S = 12 * 3600
 CLOCK_SKEW_S = 60  # a session issued this far in the future is still taken (another clock)
 GENERATION_FILE = "dashboard-sessions"
+SUBJECT = re.compile(r"(?:tok-[0-9a-f]{1,32})?")  # a token id, or '' for the local admin token
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +66,35 @@ class Sessions:
         """The token typed on the login page is the API token (compared in constant time)."""
         return hmac.compare_digest(given.strip().encode(), self._token)
 
-    def new_session(self) -> str:
+    def new_session(self, subject: str = "") -> str:
+        """A session cookie for the token whose id is `subject` ('' for the local admin token)."""
+        if SUBJECT.fullmatch(subject) is None:
+            raise ValueError(f"a session subject is a token id, not {subject!r}")
         value = f"{int(self._clock())}.{self.generation}.{secrets.token_urlsafe(18)}"
+        if subject:
+            value = f"{value}.{subject}"
         return f"{value}.{self._mac('session', value)}"
+
+    def session_subject(self, cookie: str | None) -> str | None:
+        """The token id the session was issued to ('' for the local admin token), if the cookie is
+        signed under this token, of the current generation and at most SESSION_MAX_AGE_S old; else
+        None."""
+        if not cookie or cookie.count(".") not in (3, 4):
+            return None
+        value, mac = cookie.rsplit(".", 1)
+        if not hmac.compare_digest(mac.encode(), self._mac("session", value).encode()):
+            return None
+        issued, generation, nonce, *rest = value.split(".")
+        subject = rest[0] if rest else ""
+        if not (issued.isdigit() and generation.isdigit() and nonce) or SUBJECT.fullmatch(subject) is None:
+            return None
+        age = self._clock() - int(issued)
+        fresh = int(generation) == self.generation and -CLOCK_SKEW_S <= age <= SESSION_MAX_AGE_S
+        return subject if fresh else None
 
     def valid_session(self, cookie: str | None) -> bool:
         """Signed under this token, of the current generation, and at most SESSION_MAX_AGE_S old."""
-        if not cookie or cookie.count(".") != 3:
-            return False
-        value, mac = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(mac.encode(), self._mac("session", value).encode()):
-            return False
-        issued, generation, nonce = value.split(".")
-        if not (issued.isdigit() and generation.isdigit() and nonce):
-            return False
-        age = self._clock() - int(issued)
-        return int(generation) == self.generation and -CLOCK_SKEW_S <= age <= SESSION_MAX_AGE_S
+        return self.session_subject(cookie) is not None
 
     def revoke_all(self) -> None:
         """End every session issued so far (logout): the generation goes up by one, and is written

@@ -12,12 +12,14 @@ Paths (the JSON API keeps every other path, bearer-only):
     GET  /ui/history                         deployments and rollbacks, filtered
     GET  /ui/environments                    validate results, quota bars, freeze windows
     POST /ui/environments/{name}/validate    run the validate checks now (CSRF token required)
+    GET  /ui/audit                           the audit table (admins not limited to environments)
     GET  /ui/stream                          server-sent events from the events cursor
     GET  /ui/static/...                      CSS, JS, uPlot
 
-A page without a valid session cookie redirects to the login page; the chart data and the stream
-answer 401 instead. An action without the right CSRF token is refused with 403 and changes
-nothing.
+A page without a valid session cookie (or whose token was revoked since) redirects to the login
+page; the chart data and the stream answer 401 instead. An action without the right CSRF token is
+refused with 403 and changes nothing, and so is one the session's role does not allow (pages show
+only the buttons it allows). Every POST is written to the audit table (`safeship.api.audit`).
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
 
-from safeship.api.app import status_of
+from safeship.api.app import audit_json, status_of
+from safeship.api.audit import note
 from safeship.api.controller import Controller
 from safeship.api.dashboard import views
 from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_MAX_AGE_S, Sessions
+from safeship.api.roles import Authority, Permission, Principal
 from safeship.engine.phases import Phase
 from safeship.environments.manager import EnvironmentManager
 from safeship.errors import InputError, NotFoundError, SafeshipError, StoreError
@@ -60,6 +64,9 @@ DONE = {
     "abort": "Abort requested: the deployment is being cancelled.",
     "rollback": "Rollback requested.",
 }
+DOING = {"approve": "approve deployments", "promote": "promote deployments", "abort": "cancel deployments",
+         "rollback": "roll back deployments"}
+AUDIT_ROWS = 200
 MAX_FORM_BYTES = 16 * 1024
 STREAM_POLL_S = 0.5
 STREAM_MAX_S = 300.0  # then the browser reconnects with Last-Event-ID and resumes where it was
@@ -121,6 +128,7 @@ class Dashboard:
                  stream_poll_s: float = STREAM_POLL_S) -> None:
         self.controller = controller
         self.sessions = Sessions(token, state_dir=controller.state_dir)
+        self.authority = Authority(controller.store, token)
         self.templates = _templates()
         self.stream_max_s = stream_max_s
         self.stream_poll_s = stream_poll_s
@@ -130,9 +138,23 @@ class Dashboard:
 
     # ------------------------------------------------------------ helpers
 
+    def who(self, request: Request) -> Principal | None:
+        """The principal of the request's session: None without a valid cookie, or when the token
+        it was issued to has been revoked since. Looked up once per request, and noted for the
+        audit row."""
+        if "safeship.principal" in request.scope:
+            found: Principal | None = request.scope["safeship.principal"]
+            return found
+        subject = self.sessions.session_subject(request.cookies.get(COOKIE))
+        principal = self.authority.for_session(subject) if subject is not None else None
+        request.scope["safeship.principal"] = principal
+        if principal is not None:
+            note(request.state, principal=principal, actor=f"dashboard: {principal.name}")
+        return principal
+
     def session(self, request: Request) -> str | None:
         cookie = request.cookies.get(COOKIE)
-        return cookie if self.sessions.valid_session(cookie) else None
+        return cookie if self.who(request) is not None else None
 
     def page(self, request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         cookie = self.session(request)
@@ -140,6 +162,10 @@ class Dashboard:
             csrf=self.sessions.csrf_for(cookie) if cookie else "",
             csrf_field=CSRF_FIELD,
             path=request.url.path,
+            who=self.who(request),
+            READ=Permission.READ,
+            DEPLOY=Permission.DEPLOY,
+            ADMIN=Permission.ADMIN,
             **values,
         )
         return HTMLResponse(body, status_code=status, headers={
@@ -171,12 +197,20 @@ class Dashboard:
             raise Forbidden("missing or wrong CSRF token: reload the page and try again")
 
     def refused(self, request: Request, exc: SafeshipError, status: int) -> HTMLResponse:
-        return self.page(request, "message.html", status=status, title="Refused",
-                         message=redactor().redact(str(exc)))
+        message = redactor().redact(str(exc))
+        note(request.state, outcome=message)
+        return self.page(request, "message.html", status=status, title="Refused", message=message)
+
+    def require(self, request: Request, permission: Permission, environment: str | None, doing: str) -> None:
+        """Forbidden (a 403 page) unless the session's role allows `doing` in `environment`."""
+        principal = self.who(request)
+        assert principal is not None  # pages check the session first
+        principal.require(permission, environment, doing)
 
 
 def _status(exc: SafeshipError) -> int:
-    """The API's status for the error (one table for both), and 403 for a refused CSRF token."""
+    """The API's status for the error (one table for both, 403 for a role that does not allow the
+    action), and 403 for a refused CSRF token."""
     return 403 if isinstance(exc, Forbidden) else status_of(exc)
 
 
@@ -222,20 +256,29 @@ def build_router(board: Dashboard) -> APIRouter:
         except InputError as exc:
             return board.page(request, "login.html", status=400, next="/", error=str(exc))
         target = _local_path(form.get("next"))
-        if not board.sessions.token_matches(form.get("token", "")):
-            return board.page(request, "login.html", status=401, next=target,
-                              error="That is not the token (it is in <state_dir>/token).")
+        given = form.get("token", "")
+        principal = await asyncio.to_thread(board.authority.for_token, given) if given.strip() else None
+        if principal is None:
+            error = ("That is not the token: use the local admin token in <state_dir>/token, or one that "
+                     "`safeship token create` printed and no one has revoked.")
+            note(request.state, actor="dashboard: unknown token" if given.strip() else "dashboard: no token",
+                 outcome=error)
+            return board.page(request, "login.html", status=401, next=target, error=error)
+        note(request.state, principal=principal, actor=f"dashboard: {principal.name}", target="session",
+             outcome="logged in")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, board.sessions.new_session(), max_age=SESSION_MAX_AGE_S, path="/",
-                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(COOKIE, board.sessions.new_session(principal.token_id or ""), max_age=SESSION_MAX_AGE_S,
+                            path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
     @router.post("/ui/logout")
     async def logout(request: Request) -> Response:
+        board.who(request)  # the audit row names who logged out
         try:
             board.check_csrf(request, await board.form(request))
         except SafeshipError as exc:
             return board.refused(request, exc, _status(exc))
+        note(request.state, target="every session", outcome="logged out")
         board.sessions.revoke_all()  # a copy of this cookie (or any other session) is refused from now on
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
@@ -253,6 +296,9 @@ def build_router(board: Dashboard) -> APIRouter:
     async def deployment(request: Request, deployment_id: str, done: str = "") -> Response:
         async def show(request: Request) -> Response:
             data = views.deployment_page(controller, _deployment_id(deployment_id))
+            principal = board.who(request)
+            allowed = principal is not None and principal.may(Permission.DEPLOY, data["record"].environment)
+            data["actions"] = {name: shown and allowed for name, shown in data["actions"].items()}
             return board.page(request, "deployment.html", title=data["record"].id, done=DONE.get(done, ""),
                               timeline_json=_script_json(data["timeline"]), **data)
         return await guarded(request, show)
@@ -276,7 +322,10 @@ def build_router(board: Dashboard) -> APIRouter:
             if action not in ACTIONS:
                 raise NotFoundError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
             record = controller.store.get_deployment(_deployment_id(deployment_id))
+            note(request.state, target=f"{record.id} ({record.service}/{record.environment})")
+            board.require(request, Permission.DEPLOY, record.environment, DOING[action])
             if action in CONFIRMED and form.get("confirmed") != "yes":
+                note(request.state, outcome="not done: the page asks to confirm it")
                 return board.page(request, "confirm.html", title="Confirm", record=record, action=action)
             by = "dashboard"
             if action == "approve" or (action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value):
@@ -316,6 +365,8 @@ def build_router(board: Dashboard) -> APIRouter:
         async def run(request: Request) -> Response:
             board.check_csrf(request, await board.form(request))
             controller.require_environment(name)
+            note(request.state, target=name)
+            board.require(request, Permission.DEPLOY, name, "validate environments")
             manager = EnvironmentManager(controller.config, state_dir=controller.state_dir,
                                          root=controller.secrets_root, store=controller.store)
             checks = await asyncio.to_thread(manager.validate, name)
@@ -323,6 +374,15 @@ def build_router(board: Dashboard) -> APIRouter:
                                        "checks": [c.to_json() for c in checks], "source": "dashboard"}
             return RedirectResponse(f"/ui/environments#env-{name}", status_code=303)
         return await guarded(request, run)
+
+    @router.get("/ui/audit")
+    async def audit(request: Request, actor: str = "") -> Response:
+        async def show(request: Request) -> Response:
+            board.require(request, Permission.ADMIN, None, "read the audit table")
+            rows = await asyncio.to_thread(controller.store.audit, limit=AUDIT_ROWS, actor=actor or None)
+            return board.page(request, "audit.html", title="Audit", rows=[audit_json(r) for r in rows],
+                              actor=actor, shown=AUDIT_ROWS)
+        return await guarded(request, show)
 
     # ------------------------------------------------------------ live updates
 
