@@ -11,6 +11,9 @@ Why it looks the way it does:
   `asyncio.timeout()` per await, which would allocate a timer on every request.
 - Small request bodies are read whole so that a request whose upstream fails before answering
   can be replayed on another instance; large and chunked bodies are streamed.
+- A route may listen on any address and terminate TLS (`tls=`, see routing/tls.py): the
+  certificate follows its files for new connections while open ones keep theirs, and an optional
+  second port answers plain HTTP with a redirect to https.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
 
+from safeship.config.models import SafeshipConfig
 from safeship.errors import ConflictError, InputError, NotFoundError, TemporaryError
 from safeship.routing.base import (
     Backend,
@@ -54,11 +57,14 @@ from safeship.routing.http11 import (
     copy_exact,
     copy_until_eof,
 )
+from safeship.routing.tls import ReloadingContext, TlsListener, redirect_answer, tls_for
 
 log = logging.getLogger(__name__)
 
 _MAX_INTERIM = 8  # 1xx responses relayed before the final one
 _WATCH_INTERVAL = 0.25
+_TLS_HANDSHAKE_TIMEOUT = 10.0
+_REDIRECT_TIMEOUT = 10.0  # a redirect port's client has this long to send its request head
 
 _monotonic = time.monotonic
 
@@ -172,10 +178,12 @@ class _Route:
         "closing",
         "held_until",
         "key",
+        "redirect",
         "released",
         "server",
         "sessions",
         "table",
+        "tls",
         "total_weight",
         "versions",
         "weights_since_hold",
@@ -184,6 +192,8 @@ class _Route:
     def __init__(self, key: RouteKey) -> None:
         self.key = key
         self.server: asyncio.Server | None = None
+        self.redirect: asyncio.Server | None = None  # the HTTP -> HTTPS redirect port, if any
+        self.tls: ReloadingContext | None = None
         self.versions: dict[str, _Version] = {}
         self.table: list[tuple[int, _Version]] = []  # cumulative weight, version
         self.total_weight = 0
@@ -274,6 +284,7 @@ class BuiltinRouter:
         pool_idle_timeout: float = 2.0,
         max_idle_per_backend: int = 64,
         close_grace: float = 10.0,
+        config: SafeshipConfig | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._upstream_timeout = upstream_timeout
@@ -283,6 +294,7 @@ class BuiltinRouter:
         self._pool_idle_timeout = pool_idle_timeout
         self._max_idle = max_idle_per_backend
         self._close_grace = close_grace
+        self._config = config  # where `ensure_route` finds a route's TLS settings
         self._routes: dict[RouteKey, _Route] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.unrouted: dict[RouteKey, int] = {}
@@ -295,8 +307,8 @@ class BuiltinRouter:
         if setup.own_process:
             from safeship.routing.remote import RemoteRouter
 
-            return RemoteRouter(setup.state_dir)
-        return cls(close_grace=setup.close_grace)
+            return RemoteRouter(setup.state_dir, config=setup.config)
+        return cls(close_grace=setup.close_grace, config=setup.config)
 
     async def open(self) -> None:
         return None  # listeners open per route, in this event loop
@@ -304,33 +316,50 @@ class BuiltinRouter:
     # -- listeners ----------------------------------------------------------------------------
 
     async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
-        """Make `route` known; with `port`, listen on `host:port` unless it listens already."""
+        """Make `route` known; with `port`, listen on `host:port` unless it listens already (with
+        TLS when the config given to the router sets it for the route)."""
         state = self._state(route)
         if state.server is not None:
             return self.port(route)
         if port is None:
             return None
-        return await self.add_route(route, host=host, port=port)
+        return await self.add_route(route, host=host, port=port, tls=tls_for(self._config, route))
 
-    async def add_route(self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start listening for `route` on loopback; returns the bound port (port 0 picks one)."""
-        if not _is_loopback(host):
-            raise InputError(f"builtin router: host must be a loopback address, got {host!r}")
+    async def add_route(
+        self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0, tls: TlsListener | None = None
+    ) -> int:
+        """Start listening for `route` on `host:port`; returns the bound port (port 0 picks one).
+        With `tls`, the listener terminates TLS and `tls.redirect_http`, when set, answers plain
+        HTTP on that port with a redirect to this one."""
         state = self._state(route)
         if state.server is not None:
             raise ConflictError(f"builtin router: {route} already listens on {self.port(route)}")
+        context = ReloadingContext(tls) if tls is not None else None  # InputError when the pair does not load
         handler = functools.partial(self._serve_client, state)
         try:
             state.server = await asyncio.start_server(
-                handler, host, port, limit=HEAD_LIMIT, backlog=1024
+                handler, host, port, limit=HEAD_LIMIT, backlog=1024,
+                ssl=context.opening if context is not None else None,
+                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT if context is not None else None,
             )
         except OSError as exc:
             raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
+        state.tls = context
+        if tls is not None and tls.redirect_http is not None:
+            try:
+                state.redirect = await asyncio.start_server(
+                    functools.partial(self._redirect_client, state), host, tls.redirect_http, limit=HEAD_LIMIT
+                )
+            except OSError as exc:
+                state.server.close()
+                state.server = state.tls = None
+                raise TemporaryError(f"builtin router: cannot listen on {host}:{tls.redirect_http} for the "
+                                     f"https redirect of {route}: {exc}") from exc
         self.unrouted.setdefault(route, 0)
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="builtin-router-watchdog")
         bound = self.port(route)
-        log.info("builtin router: %s listening on %s:%d", route, host, bound)
+        log.info("builtin router: %s listening on %s:%d%s", route, host, bound, " (TLS)" if tls else "")
         return bound
 
     def port(self, route: RouteKey) -> int:
@@ -348,6 +377,8 @@ class BuiltinRouter:
         state.closing = True
         if state.server is not None:
             state.server.close()
+        if state.redirect is not None:
+            state.redirect.close()
         state.released.set()
         for session in list(state.sessions):
             if not session.busy:
@@ -436,6 +467,25 @@ class BuiltinRouter:
         return state
 
     # -- serving clients ----------------------------------------------------------------------
+
+    async def _redirect_client(
+        self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The redirect port: one request head, answered with the https location, then close."""
+        try:
+            async with asyncio.timeout(_REDIRECT_TIMEOUT):
+                head = await reader.readuntil(END_OF_HEAD)
+                server = route.server
+                if server is None or route.closing:
+                    return
+                writer.write(redirect_answer(head.lstrip(b"\r\n"), server.sockets[0].getsockname()[1]))
+                await writer.drain()
+        except asyncio.LimitOverrunError:
+            writer.write(_CANNED[431, True])
+        except (*STREAM_ERRORS, TimeoutError):
+            pass
+        finally:
+            writer.close()
 
     async def _serve_client(
         self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -792,15 +842,6 @@ def _ms_since(started: float) -> float:
 
 def _copy(counters: TrafficCounters) -> TrafficCounters:
     return counters.plus(TrafficCounters())
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_weights(route: RouteKey, weights: Mapping[str, int]) -> None:

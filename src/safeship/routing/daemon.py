@@ -32,6 +32,7 @@ from safeship.errors import SafeshipError
 from safeship.locks import LockHeld, hold_lock
 from safeship.routing.base import Backend, RouteKey
 from safeship.routing.builtin import BuiltinRouter
+from safeship.routing.tls import TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ async def _add_route(router: BuiltinRouter, request: dict[str, Any]) -> int:
     key = _route(request)
     with contextlib.suppress(SafeshipError):
         return router.port(key)  # already listening (a controller that restarted asks again)
-    return await router.add_route(key, host=str(request.get("host", "127.0.0.1")), port=int(request.get("port", 0)))
+    return await router.add_route(key, host=str(request.get("host", "127.0.0.1")), port=int(request.get("port", 0)),
+                                  tls=TlsListener.from_json(request.get("tls")))
 
 
 async def _remove_route(router: BuiltinRouter, request: dict[str, Any]) -> None:
