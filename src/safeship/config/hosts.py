@@ -72,7 +72,7 @@ def split_listen(value: str) -> tuple[str, int | None]:
     port: int | None = None
     if port_text is not None:
         if not _LISTEN_PORT.fullmatch(port_text) or int(port_text) > 65535:
-            raise ValueError(f"the port must be a number in 0..65535, got {port_text!r}")
+            raise ValueError("the port must be a number in 0..65535")
         port = int(port_text)
     return host, port
 
