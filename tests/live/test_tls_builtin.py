@@ -1,7 +1,8 @@
 """TLS on the builtin router, in its own daemon process as the controller runs it (under uvloop),
 with a real upstream and clients that trust only the test CA: a renewed certificate reaches the
 next connection while an open keep-alive connection keeps working, a half-written pair is not
-served, and the redirect port sends plain HTTP to https."""
+served, the upstream is told the client came over https, and the redirect port sends plain HTTP
+to https."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tlskit
 from tlskit import Pki, TlsClient, install, make_pki, plain_request
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(120)]
@@ -29,7 +31,8 @@ class _Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body = f"hello from {self.path}\n".encode()
+        proto = self.headers.get_all("X-Forwarded-Proto") or []
+        body = f"hello from {self.path} proto={','.join(proto)}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -145,7 +148,7 @@ def test_a_renewed_certificate_serves_new_connections_and_open_ones_keep_working
             fresh.close()
 
             status, _, body = kept.get("/c")  # the keep-alive connection opened before the swap
-            assert (status, body) == (200, b"hello from /c\n")
+            assert (status, body) == (200, b"hello from /c proto=https\n")
             assert kept.common_name() == "first"
 
             # Half a renewal: the new certificate is in place, its key is not yet. The pair does not
@@ -163,6 +166,17 @@ def test_a_renewed_certificate_serves_new_connections_and_open_ones_keep_working
             assert kept.get("/e")[0] == 200
         finally:
             kept.close()
+
+
+def test_the_upstream_is_told_https_whatever_the_client_claims(tmp_path: Path, pki: Pki) -> None:
+    with tls_route(tmp_path, pki) as (port, _redirect, _files):
+        client = TlsClient(port, pki.ca)
+        try:
+            client.sock.sendall(b"GET /p HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: http\r\n"
+                                b"x-forwarded-proto: gopher\r\n\r\n")
+            assert tlskit.read_response(client.file)[2] == b"hello from /p proto=https\n"
+        finally:
+            client.close()
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(tmp_path: Path, pki: Pki) -> None:

@@ -38,6 +38,7 @@ def test_a_tls_route_on_ipv6_with_a_redirect_is_a_config_haproxy_accepts(tmp_pat
     pem = router.pem_path(route)
     assert f"    bind ipv6@::1:18443 ssl crt {pem} alpn http/1.1\n" in text
     assert "frontend prod__web_https_redirect\n    bind ipv6@::1:18080\n" in text
+    assert "    http-request set-header X-Forwarded-Proto https\n" in text
     assert "code 301 if { method GET HEAD }" in text and "code 308\n" in text
     assert pem.stat().st_mode & 0o777 == 0o600
     assert pem.read_text() == cert.read_text().rstrip("\n") + "\n" + key.read_text().rstrip("\n") + "\n"

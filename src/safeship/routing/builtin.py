@@ -13,7 +13,8 @@ Why it looks the way it does:
   can be replayed on another instance; large and chunked bodies are streamed.
 - A route may listen on any address and terminate TLS (`tls=`, see routing/tls.py): the
   certificate follows its files for new connections while open ones keep theirs, and an optional
-  second port answers plain HTTP with a redirect to https.
+  second port answers plain HTTP with a redirect to https. Requests on a TLS route reach the
+  upstream with `X-Forwarded-Proto: https` (replacing any the client sent).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from safeship.routing.http11 import (
     copy_chunked,
     copy_exact,
     copy_until_eof,
+    with_forwarded_proto,
 )
 from safeship.routing.tls import ReloadingContext, TlsListener, redirect_answer, tls_for
 
@@ -548,6 +550,8 @@ class BuiltinRouter:
                 writer.write(CONTINUE)
             session.deadline = _monotonic() + self._upstream_timeout
             request.body = await reader.readexactly(request.length)
+        if route.tls is not None:  # the upstream learns the client came over https
+            request.head = with_forwarded_proto(request.head, b"https")
         if route.held_until is not None and not await self._wait_for_release(route, session):
             return self._unrouted(route, request, writer)
         upstream = route.choose()

@@ -20,7 +20,8 @@ What safeship writes and runs (all under `<state_dir>/haproxy/`):
   (`set ssl cert`, `commit ssl cert`): the next handshake gets the new certificate, and no
   connection is closed or refused (no reload happens). With `redirect_http`, a second frontend on
   that port answers plain HTTP with a redirect to the same host and path over https (301 for GET
-  and HEAD, 308 otherwise; 400 without a Host header).
+  and HEAD, 308 otherwise; 400 without a Host header). Requests on a TLS route reach the servers
+  with `X-Forwarded-Proto: https` (replacing any the client sent).
 - A new or removed route rewrites the config and reloads through the master CLI (`reload` on
   `master.sock`); the servers known at that moment are written into the new config with their
   weights. Instances that come and go between reloads are dynamic servers (`add server`, `enable
@@ -451,6 +452,7 @@ class HAProxyRouter:
                 f"    bind {_address(route.host)}:{route.port}{tls}",
                 f"    log unix@{log_socket_path(self.state_dir)} len 2048 format raw local0",
                 f'    log-format "{LOG_FORMAT}"',
+                *(["    http-request set-header X-Forwarded-Proto https"] if route.tls is not None else []),
                 f"    default_backend {name}",
                 "",
                 f"backend {name}",
