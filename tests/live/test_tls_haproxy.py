@@ -92,6 +92,8 @@ async def test_a_renewed_certificate_reaches_new_connections_without_a_reload(
             assert pem.read_text().startswith(files[0].read_text().rstrip("\n"))  # a reload would serve it too
         finally:
             kept.close()
+        await router.remove_route(ROUTE)
+        assert not pem.exists()  # the key's copy goes with its route
     finally:
         await router.close()
 

@@ -649,6 +649,10 @@ class HAProxyRouter:
             self._offsets.pop(route, None)
             await asyncio.to_thread(self._fold_all_and_reload)
             self._save_state()
+            self._stamps.pop(route, None)
+            self._refused.pop(route, None)
+            with contextlib.suppress(FileNotFoundError):
+                self.pem_path(route).unlink()  # the key's copy goes with the route
 
     def _fold_all_and_reload(self) -> None:
         """Fold every server's counters into its version's offset (a reload zeroes them), reload."""

@@ -88,7 +88,11 @@ class ReloadingContext:
 
     def __init__(self, listener: TlsListener) -> None:
         self.listener = listener
-        self._stamp = file_stamp(listener) if _readable(listener) else None
+        try:
+            self._stamp: Stamp | None = file_stamp(listener)  # taken first: a change while loading reloads
+        except OSError as exc:
+            raise InputError(f"cannot read {listener.cert_file} or {listener.key_file}: "
+                             f"{exc.strerror or exc}") from None
         self.current = server_context(listener)
         self.current.sni_callback = self._pick
         self.opening = self.current  # the context the server socket keeps; it only dispatches
@@ -118,14 +122,6 @@ class ReloadingContext:
         fresh = self.refresh()
         if fresh is not self.opening:
             connection.context = fresh
-
-
-def _readable(listener: TlsListener) -> bool:
-    try:
-        file_stamp(listener)
-    except OSError:
-        return False
-    return True
 
 
 def combined_pem(listener: TlsListener) -> str:
