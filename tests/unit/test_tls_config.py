@@ -102,7 +102,8 @@ def test_the_key_must_be_its_owners_alone(tmp_path: Path, pair: tuple[Path, Path
     os.chmod(pair[1], 0o644)
     message = refused(tmp_path, "    tls: {production: {cert_file: certs/first.pem, key_file: certs/first.key}}")
     assert "services.web.tls.production.key_file" in message
-    assert f"has mode 0644, which lets other users read it; run chmod 600 {pair[1]}" in message
+    assert f"the secret file {pair[1]} has mode 0644, which lets other users read it; run chmod 600 {pair[1]}" \
+        in message
 
 
 @pytest.mark.parametrize(("cert", "key", "field", "says"), [

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-import stat
 from pathlib import Path
 
 from safeship.config.hosts import LOOPBACK, split_listen
 from safeship.config.models import SafeshipConfig, TlsConfig
+from safeship.config.secret_files import read_secret_file, secret_path
 from safeship.errors import ConfigError
 
 PORT_RANGE_START = 20000
@@ -126,18 +126,16 @@ def check_listeners(config: SafeshipConfig, source: str, config_dir: Path) -> No
 
 
 def _load_pair(tls: TlsConfig, config_dir: Path, source: str, field: str) -> None:
-    cert = _absolute(tls.cert_file, config_dir)
-    key = _absolute(tls.key_file, config_dir)
-    for path, which in ((cert, "cert_file"), (key, "key_file")):
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-            path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(source, f"{field}.{which}", f"cannot read {path}: "
-                                                           f"{exc.strerror or type(exc).__name__}") from None
-        if which == "key_file" and mode & 0o077:
-            raise ConfigError(source, f"{field}.key_file", f"the key file {path} has mode {mode:04o}, which lets "
-                                                            f"other users read it; run chmod 600 {path}")
+    cert = secret_path(tls.cert_file, config_dir)
+    key = secret_path(tls.key_file, config_dir)
+    try:
+        cert.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, f"{field}.cert_file", f"cannot read {cert}: "
+                                                         f"{exc.strerror or type(exc).__name__}") from None
+    # The key is a secret file: readable, not empty, its owner's alone (0600), and masked wherever
+    # it might be printed.
+    read_secret_file(tls.key_file, config_dir, source, f"{field}.key_file")
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
@@ -146,6 +144,3 @@ def _load_pair(tls: TlsConfig, config_dir: Path, source: str, field: str) -> Non
     tls.cert_file, tls.key_file = str(cert), str(key)
 
 
-def _absolute(name: str, config_dir: Path) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else config_dir / path
