@@ -106,10 +106,10 @@ def pki(tmp_path: Path) -> Pki:
 @contextlib.contextmanager
 def tls_route(
     tmp_path: Path, pki: Pki, *, redirect: bool = False
-) -> Iterator[tuple[int, int | None, tuple[Path, Path]]]:
+) -> Iterator[tuple[Daemon, int, int | None, tuple[Path, Path]]]:
     """A daemon with route web/prod on 127.0.0.1 (any free port) over TLS with the pair `first`,
-    in place at live/cert.pem and live/key.pem, routed to one upstream; yields (https port,
-    redirect port, the pair's files)."""
+    in place at live/cert.pem and live/key.pem, routed to one upstream; yields (the daemon, https
+    port, redirect port, the pair's files)."""
     live = tmp_path / "live"
     live.mkdir()
     files = (live / "cert.pem", live / "key.pem")
@@ -123,7 +123,7 @@ def tls_route(
                                     "redirect_http": redirect_port})
             daemon.call("set_backends", version="v1", backends=[["i1", "127.0.0.1", upstream_port]])
             daemon.call("set_weights", weights={"v1": 100})
-            yield port, redirect_port, files
+            yield daemon, port, redirect_port, files
     finally:
         daemon.stop()
 
@@ -135,7 +135,7 @@ def _free_port() -> int:
 
 
 def test_a_renewed_certificate_serves_new_connections_and_open_ones_keep_working(tmp_path: Path, pki: Pki) -> None:
-    with tls_route(tmp_path, pki) as (port, _redirect, files):
+    with tls_route(tmp_path, pki) as (_daemon, port, _redirect, files):
         kept = TlsClient(port, pki.ca)
         try:
             assert kept.common_name() == "first"
@@ -169,7 +169,7 @@ def test_a_renewed_certificate_serves_new_connections_and_open_ones_keep_working
 
 
 def test_the_upstream_is_told_https_whatever_the_client_claims(tmp_path: Path, pki: Pki) -> None:
-    with tls_route(tmp_path, pki) as (port, _redirect, _files):
+    with tls_route(tmp_path, pki) as (_daemon, port, _redirect, _files):
         client = TlsClient(port, pki.ca)
         try:
             client.sock.sendall(b"GET /p HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: http\r\n"
@@ -179,14 +179,35 @@ def test_the_upstream_is_told_https_whatever_the_client_claims(tmp_path: Path, p
             client.close()
 
 
+def test_a_controller_that_restarts_with_other_tls_files_gets_them_served(tmp_path: Path, pki: Pki) -> None:
+    with tls_route(tmp_path, pki) as (daemon, port, _redirect, _files):
+        cert, key = pki.issue("elsewhere")
+        redirect = _free_port()
+        again = daemon.call("add_route", host="127.0.0.1", port=0,  # what a restarted controller asks
+                            tls={"cert_file": str(cert), "key_file": str(key), "redirect_http": redirect})
+        assert again == port
+        client = TlsClient(port, pki.ca)
+        try:
+            assert client.common_name() == "elsewhere"
+            assert client.get("/x")[0] == 200
+        finally:
+            client.close()
+        status, headers, _ = plain_request(redirect, "GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert (status, headers["location"]) == (301, f"https://localhost:{port}/x")
+        assert daemon.call("add_route", host="127.0.0.1", port=0, tls=None) == port
+        still = TlsClient(port, pki.ca)  # TLS off takes a router restart; until then it serves as before
+        assert still.common_name() == "elsewhere"
+        still.close()
+
+
 def test_a_client_that_does_not_trust_the_certificate_is_refused(tmp_path: Path, pki: Pki) -> None:
     other = make_pki(tmp_path / "other")
-    with tls_route(tmp_path, pki) as (port, _redirect, _files), pytest.raises(ssl.SSLCertVerificationError):
+    with tls_route(tmp_path, pki) as (_daemon, port, _redirect, _files), pytest.raises(ssl.SSLCertVerificationError):
         TlsClient(port, other.ca)
 
 
 def test_the_redirect_port_sends_plain_http_to_https(tmp_path: Path, pki: Pki) -> None:
-    with tls_route(tmp_path, pki, redirect=True) as (port, redirect, _files):
+    with tls_route(tmp_path, pki, redirect=True) as (_daemon, port, redirect, _files):
         assert redirect is not None
         status, headers, _ = plain_request(redirect, "GET /users/7?x=1 HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
         assert (status, headers["location"]) == (301, f"https://localhost:{port}/users/7?x=1")

@@ -322,10 +322,42 @@ class BuiltinRouter:
         TLS when the config given to the router sets it for the route)."""
         state = self._state(route)
         if state.server is not None:
+            if self._config is not None:
+                await self.update_tls(route, tls_for(self._config, route))
             return self.port(route)
         if port is None:
             return None
         return await self.add_route(route, host=host, port=port, tls=tls_for(self._config, route))
+
+    async def update_tls(self, route: RouteKey, tls: TlsListener | None) -> None:
+        """Bring a listening route's TLS files and redirect port to `tls` (a controller that
+        restarted with an edited config). New connections get the new files; open ones keep
+        theirs. Turning TLS on or off needs a new listener on the same port, which would refuse
+        connections for a moment: that waits for the router to restart, and says so in its log."""
+        state = self._routes.get(route)
+        if state is None or state.server is None:
+            return
+        current = state.tls
+        if (current is None) != (tls is None):
+            log.warning("builtin router: %s: the config turns TLS %s, which takes effect when the router "
+                        "restarts; it serves as before until then", route, "on" if tls is not None else "off")
+            return
+        if current is None or tls is None or current.listener == tls:
+            return
+        current.retarget(tls)
+        if tls.redirect_http != (state.redirect.sockets[0].getsockname()[1] if state.redirect else None):
+            if state.redirect is not None:
+                state.redirect.close()
+                state.redirect = None
+            if tls.redirect_http is not None:
+                host = state.server.sockets[0].getsockname()[0]
+                try:
+                    state.redirect = await asyncio.start_server(
+                        functools.partial(self._redirect_client, state), host, tls.redirect_http, limit=HEAD_LIMIT
+                    )
+                except OSError as exc:
+                    raise TemporaryError(f"builtin router: cannot listen on {host}:{tls.redirect_http} for the "
+                                         f"https redirect of {route}: {exc}") from exc
 
     async def add_route(
         self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0, tls: TlsListener | None = None

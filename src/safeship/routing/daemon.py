@@ -47,10 +47,14 @@ def _route(request: dict[str, Any]) -> RouteKey:
 
 async def _add_route(router: BuiltinRouter, request: dict[str, Any]) -> int:
     key = _route(request)
-    with contextlib.suppress(SafeshipError):
-        return router.port(key)  # already listening (a controller that restarted asks again)
-    return await router.add_route(key, host=str(request.get("host", "127.0.0.1")), port=int(request.get("port", 0)),
-                                  tls=TlsListener.from_json(request.get("tls")))
+    tls = TlsListener.from_json(request.get("tls"))
+    try:
+        port = router.port(key)  # already listening (a controller that restarted asks again) ...
+    except SafeshipError:
+        return await router.add_route(key, host=str(request.get("host", "127.0.0.1")),
+                                      port=int(request.get("port", 0)), tls=tls)
+    await router.update_tls(key, tls)  # ... perhaps with other TLS files in its config
+    return port
 
 
 async def _remove_route(router: BuiltinRouter, request: dict[str, Any]) -> None:

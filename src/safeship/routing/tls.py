@@ -99,6 +99,13 @@ class ReloadingContext:
         self.loads = 1  # pairs loaded, the first included
         self._refused: Stamp | None = None
 
+    def retarget(self, listener: TlsListener) -> None:
+        """Read other files from now on (the config names new ones); the next handshake loads them,
+        or keeps the current pair while they do not load."""
+        self.listener = listener
+        self._stamp = self._refused = None
+        self.refresh()
+
     def refresh(self) -> ssl.SSLContext:
         """The newest context: loaded again when the files' stamps changed and the pair loads."""
         try:
