@@ -113,3 +113,23 @@ async def test_the_redirect_frontend_sends_plain_http_to_https(
         assert (await asyncio.to_thread(plain_request, redirect, "GET / HTTP/1.0\r\n\r\n"))[0] == 400
     finally:
         await router.close()
+
+
+async def test_a_restarted_controller_with_other_tls_files_gets_them_served(
+        tmp_path: Path, state_dir: Path, upstreams: Upstreams) -> None:
+    pki = make_pki(tmp_path / "pki")
+    router, port, _files = await _tls_route(tmp_path, state_dir, upstreams, pki)
+    await router.close()
+    moved = pki.issue("elsewhere")
+    restarted = HAProxyRouter(state_dir, config=_config(moved, None), close_grace=2.0)  # reuses the running HAProxy
+    try:
+        assert await restarted.ensure_route(ROUTE, port=0) == port
+        assert not restarted.started
+        client = await asyncio.to_thread(TlsClient, port, pki.ca)
+        try:
+            assert client.common_name() == "elsewhere"
+            assert (await asyncio.to_thread(client.get, "/"))[0] == 200
+        finally:
+            client.close()
+    finally:
+        await restarted.close()

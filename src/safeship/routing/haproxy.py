@@ -613,12 +613,15 @@ class HAProxyRouter:
             known = self._routes.get(route)
             tls = tls_for(self.config, route) if self.config is not None else None
             if known is not None:
-                if self.config is not None and known.tls != tls:  # the config's TLS changed since
-                    previous, known.tls = known.tls, tls
+                wanted_host = host if port is not None else known.host
+                wanted_tls = tls if self.config is not None else known.tls
+                if (known.host, known.tls) != (wanted_host, wanted_tls):  # the config changed since
+                    previous = known.host, known.tls
+                    known.host, known.tls = wanted_host, wanted_tls
                     try:
                         await asyncio.to_thread(self._fold_all_and_reload)
                     except Exception:
-                        known.tls = previous
+                        known.host, known.tls = previous
                         raise
                     self._save_state()
                 self._watch_certificates()
