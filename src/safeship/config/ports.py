@@ -142,5 +142,3 @@ def _load_pair(tls: TlsConfig, config_dir: Path, source: str, field: str) -> Non
         raise ConfigError(source, field, f"{cert} and {key} do not load as a PEM certificate and its private "
                                          f"key ({getattr(exc, 'reason', None) or exc})") from None
     tls.cert_file, tls.key_file = str(cert), str(key)
-
-

@@ -11,6 +11,9 @@ daemon for the same state directory exits 2, naming the PID that holds it.
 
 Control protocol: one JSON object per line each way. A request is {"op": NAME, ...}; the answer
 is {"ok": true, "result": ...} or {"ok": false, "error": "one sentence", "kind": "InputError"}.
+`add_route` may carry "tls": {"cert_file", "key_file", "redirect_http"} (routing/tls.py); asked
+again for a route that listens, it brings the route's TLS files and redirect port to what it
+carries.
 """
 
 from __future__ import annotations
