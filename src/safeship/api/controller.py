@@ -29,6 +29,7 @@ from safeship.clock import Clock, RealClock
 from safeship.config.loader import load_config
 from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Environment, SafeshipConfig
 from safeship.config.paths import state_dir, store_url
+from safeship.config.ports import route_host
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
 from safeship.engine.outbox import Outbox
@@ -49,7 +50,6 @@ from safeship.traffic import TrafficSetup, TrafficSource
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 BIND_RETRY_S = 1.0  # a route whose port is held tries it again after this, doubling...
 BIND_RETRY_MAX_S = 30.0  # ...up to this
 CONTROLLER_EVENTS = "controller"  # the deployment_id of events about the controller's routes
@@ -240,16 +240,19 @@ class Controller:
         if configured is None:
             for port in dict.fromkeys(p for p in (previous, 0) if p is not None):
                 try:
-                    return await self.router.ensure_route(key, host=HOST, port=port)
+                    return await self.router.ensure_route(key, host=self._host(key), port=port)
                 except SafeshipError as exc:
                     log.warning("route %s: %s; its config asks for any free port, so it takes another", key, exc)
             raise InputError(f"route {key}: no port to listen on")  # port 0 failing means no sockets
         try:
-            return await self.router.ensure_route(key, host=HOST, port=configured)
+            return await self.router.ensure_route(key, host=self._host(key), port=configured)
         except SafeshipError as exc:
             self._port_unavailable(key, configured, exc)
         self._waiting[key] = asyncio.create_task(self._bind_later(key, configured), name=f"bind {key}")
         return configured
+
+    def _host(self, key: RouteKey) -> str:
+        return route_host(self.config, key.service, key.environment)  # services.<name>.listen, else loopback
 
     def _configured_port(self, key: RouteKey) -> int | None:
         return configured_port(self.config, key.service, key.environment)
@@ -258,7 +261,7 @@ class Controller:
                           first: bool = True) -> None:
         """Says loudly that `key` cannot listen on its own port, and who holds it."""
         held = describe_holder(port)
-        message = (f"route {key}: cannot listen on its port {HOST}:{port}, {held}; the route waits for that "
+        message = (f"route {key}: cannot listen on its port {self._host(key)}:{port}, {held}; the route waits for that "
                    f"port (never another), retrying in {retry_in:g}s: stop what holds it, or set "
                    f"services.{key.service}.ports.{key.environment} to another port")
         log.error("%s (%s)", message, exc)
@@ -274,12 +277,12 @@ class Controller:
                 await asyncio.sleep(delay)
                 try:
                     async with self._locks[key]:
-                        await self.router.ensure_route(key, host=HOST, port=port)
+                        await self.router.ensure_route(key, host=self._host(key), port=port)
                 except SafeshipError as exc:
                     delay = min(delay * 2, BIND_RETRY_MAX_S)
                     self._port_unavailable(key, port, exc, retry_in=delay, first=False)
                     continue
-                message = f"route {key}: listening on its port {HOST}:{port} now"
+                message = f"route {key}: listening on its port {self._host(key)}:{port} now"
                 log.warning("%s", message)
                 self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "port_bound", message, {
                     "service": key.service, "environment": key.environment, "port": port})])
@@ -295,7 +298,7 @@ class Controller:
 
     def _write_routes(self) -> None:
         routes = [
-            {"service": k.service, "environment": k.environment, "host": HOST, "port": port,
+            {"service": k.service, "environment": k.environment, "host": self._host(k), "port": port,
              "listening": k not in self._waiting}
             for k, port in self.routes.items()
             if port is not None

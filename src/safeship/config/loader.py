@@ -24,6 +24,7 @@ from safeship.config.kubernetes import check_kubernetes
 from safeship.config.models import RollbackConfiguration, SafeshipConfig
 from safeship.config.names import NameKind, name_problem
 from safeship.config.names import shown as show
+from safeship.config.ports import check_listeners
 from safeship.config.secret_files import read_secret_file
 from safeship.errors import ConfigError
 
@@ -249,6 +250,7 @@ def load_config(path: str | Path) -> SafeshipConfig:
         raise ConfigError(str(path), "", f"the top level must be a mapping of sections, got a {_kind(data)}")
     config = validate(SafeshipConfig, data, str(path))
     _check_references(config, str(path))
+    check_listeners(config, str(path), path.resolve().parent)
     check_kubernetes(config, str(path))
     _read_secret_files(config, path.resolve().parent, str(path))
     return config

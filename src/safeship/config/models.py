@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_
 
 from safeship.config.base import MAX_COUNT, Int, Model, Number
 from safeship.config.durations import Duration, PositiveDuration, StepDuration
-from safeship.config.hosts import ApiHosts
+from safeship.config.hosts import ApiHosts, ListenAddress
 from safeship.config.names import shown as show
 from safeship.config.notifications import NotificationSinks
 from safeship.config.pipeline import Pipeline
@@ -515,6 +515,24 @@ class PodConfig(Model):
     min_available: Int | str | None = None
 
 
+class TlsConfig(Model):
+    """`services.<name>.tls.<environment>`: the route's router terminates TLS with this certificate.
+
+    cert_file:     PEM, the certificate then its intermediates (a full chain, as certbot writes it);
+    key_file:      PEM, its private key; only its owner may read it (mode 0600, else the config is
+                   refused). Relative paths are read from the config file's folder. When either
+                   file changes on disk, the next connection gets the new pair and open connections
+                   keep theirs; a pair that does not load (half written) is ignored until it does;
+    redirect_http: a port on the route's listen address that answers every plain HTTP request with
+                   a redirect to the same host and path over https (301 for GET and HEAD, 308
+                   otherwise); None: none.
+    """
+
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)
+    redirect_http: Int | None = Field(default=None, ge=1, le=65535)
+
+
 class ServiceConfig(Model):
     criticality: Criticality = Criticality.MEDIUM
     replicas: Int = Field(default=2, ge=1, le=MAX_COUNT)
@@ -534,6 +552,11 @@ class ServiceConfig(Model):
     # The route's port per environment (0: any free port); an environment left out gets a port
     # hashed from the two names (config/ports.py), never one from the order of a list.
     ports: dict[str, Annotated[Int, Field(ge=0, le=65535)]] = Field(default_factory=dict)
+    # Where the route listens per environment, as HOST:PORT or HOST ("0.0.0.0:443", "[::]:443");
+    # a port written here is the route's port (then ports.<environment> must not be set too).
+    # An environment left out listens on 127.0.0.1 only.
+    listen: dict[str, ListenAddress] = Field(default_factory=dict)
+    tls: dict[str, TlsConfig] = Field(default_factory=dict)  # per environment: see TlsConfig
     grace_period: Duration = Field(default=10.0, le=86400)
     rollback: RollbackConfiguration | None = None  # per-service override (rollback-manager --configure)
     simulate: dict[str, SimProfile] = Field(default_factory=dict)  # sim world: behaviour per version

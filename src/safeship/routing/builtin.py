@@ -11,6 +11,10 @@ Why it looks the way it does:
   `asyncio.timeout()` per await, which would allocate a timer on every request.
 - Small request bodies are read whole so that a request whose upstream fails before answering
   can be replayed on another instance; large and chunked bodies are streamed.
+- A route may listen on any address and terminate TLS (`tls=`, see routing/tls.py): the
+  certificate follows its files for new connections while open ones keep theirs, and an optional
+  second port answers plain HTTP with a redirect to https. Requests on a TLS route reach the
+  upstream with `X-Forwarded-Proto: https` (replacing any the client sent).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
 
+from safeship.config.models import SafeshipConfig
 from safeship.errors import ConflictError, InputError, NotFoundError, TemporaryError
 from safeship.routing.base import (
     Backend,
@@ -53,12 +57,16 @@ from safeship.routing.http11 import (
     copy_chunked,
     copy_exact,
     copy_until_eof,
+    with_forwarded_proto,
 )
+from safeship.routing.tls import ReloadingContext, TlsListener, redirect_answer, tls_for
 
 log = logging.getLogger(__name__)
 
 _MAX_INTERIM = 8  # 1xx responses relayed before the final one
 _WATCH_INTERVAL = 0.25
+_TLS_HANDSHAKE_TIMEOUT = 10.0
+_REDIRECT_TIMEOUT = 10.0  # a redirect port's client has this long to send its request head
 
 _monotonic = time.monotonic
 
@@ -172,10 +180,12 @@ class _Route:
         "closing",
         "held_until",
         "key",
+        "redirect",
         "released",
         "server",
         "sessions",
         "table",
+        "tls",
         "total_weight",
         "versions",
         "weights_since_hold",
@@ -184,6 +194,8 @@ class _Route:
     def __init__(self, key: RouteKey) -> None:
         self.key = key
         self.server: asyncio.Server | None = None
+        self.redirect: asyncio.Server | None = None  # the HTTP -> HTTPS redirect port, if any
+        self.tls: ReloadingContext | None = None
         self.versions: dict[str, _Version] = {}
         self.table: list[tuple[int, _Version]] = []  # cumulative weight, version
         self.total_weight = 0
@@ -274,6 +286,7 @@ class BuiltinRouter:
         pool_idle_timeout: float = 2.0,
         max_idle_per_backend: int = 64,
         close_grace: float = 10.0,
+        config: SafeshipConfig | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._upstream_timeout = upstream_timeout
@@ -283,6 +296,7 @@ class BuiltinRouter:
         self._pool_idle_timeout = pool_idle_timeout
         self._max_idle = max_idle_per_backend
         self._close_grace = close_grace
+        self._config = config  # where `ensure_route` finds a route's TLS settings
         self._routes: dict[RouteKey, _Route] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.unrouted: dict[RouteKey, int] = {}
@@ -295,8 +309,8 @@ class BuiltinRouter:
         if setup.own_process:
             from safeship.routing.remote import RemoteRouter
 
-            return RemoteRouter(setup.state_dir)
-        return cls(close_grace=setup.close_grace)
+            return RemoteRouter(setup.state_dir, config=setup.config)
+        return cls(close_grace=setup.close_grace, config=setup.config)
 
     async def open(self) -> None:
         return None  # listeners open per route, in this event loop
@@ -304,33 +318,82 @@ class BuiltinRouter:
     # -- listeners ----------------------------------------------------------------------------
 
     async def ensure_route(self, route: RouteKey, *, port: int | None = None, host: str = "127.0.0.1") -> int | None:
-        """Make `route` known; with `port`, listen on `host:port` unless it listens already."""
+        """Make `route` known; with `port`, listen on `host:port` unless it listens already (with
+        TLS when the config given to the router sets it for the route)."""
         state = self._state(route)
         if state.server is not None:
+            if self._config is not None:
+                await self.update_tls(route, tls_for(self._config, route))
             return self.port(route)
         if port is None:
             return None
-        return await self.add_route(route, host=host, port=port)
+        return await self.add_route(route, host=host, port=port, tls=tls_for(self._config, route))
 
-    async def add_route(self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start listening for `route` on loopback; returns the bound port (port 0 picks one)."""
-        if not _is_loopback(host):
-            raise InputError(f"builtin router: host must be a loopback address, got {host!r}")
+    async def update_tls(self, route: RouteKey, tls: TlsListener | None) -> None:
+        """Bring a listening route's TLS files and redirect port to `tls` (a controller that
+        restarted with an edited config). New connections get the new files; open ones keep
+        theirs. Turning TLS on or off needs a new listener on the same port, which would refuse
+        connections for a moment: that waits for the router to restart, and says so in its log."""
+        state = self._routes.get(route)
+        if state is None or state.server is None:
+            return
+        current = state.tls
+        if (current is None) != (tls is None):
+            log.warning("builtin router: %s: the config turns TLS %s, which takes effect when the router "
+                        "restarts; it serves as before until then", route, "on" if tls is not None else "off")
+            return
+        if current is None or tls is None or current.listener == tls:
+            return
+        current.retarget(tls)
+        if tls.redirect_http != (state.redirect.sockets[0].getsockname()[1] if state.redirect else None):
+            if state.redirect is not None:
+                state.redirect.close()
+                state.redirect = None
+            if tls.redirect_http is not None:
+                host = state.server.sockets[0].getsockname()[0]
+                try:
+                    state.redirect = await asyncio.start_server(
+                        functools.partial(self._redirect_client, state), host, tls.redirect_http, limit=HEAD_LIMIT
+                    )
+                except OSError as exc:
+                    raise TemporaryError(f"builtin router: cannot listen on {host}:{tls.redirect_http} for the "
+                                         f"https redirect of {route}: {exc}") from exc
+
+    async def add_route(
+        self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0, tls: TlsListener | None = None
+    ) -> int:
+        """Start listening for `route` on `host:port`; returns the bound port (port 0 picks one).
+        With `tls`, the listener terminates TLS and `tls.redirect_http`, when set, answers plain
+        HTTP on that port with a redirect to this one."""
         state = self._state(route)
         if state.server is not None:
             raise ConflictError(f"builtin router: {route} already listens on {self.port(route)}")
+        context = ReloadingContext(tls) if tls is not None else None  # InputError when the pair does not load
         handler = functools.partial(self._serve_client, state)
         try:
             state.server = await asyncio.start_server(
-                handler, host, port, limit=HEAD_LIMIT, backlog=1024
+                handler, host, port, limit=HEAD_LIMIT, backlog=1024,
+                ssl=context.opening if context is not None else None,
+                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT if context is not None else None,
             )
         except OSError as exc:
             raise TemporaryError(f"builtin router: cannot listen on {host}:{port}: {exc}") from exc
+        state.tls = context
+        if tls is not None and tls.redirect_http is not None:
+            try:
+                state.redirect = await asyncio.start_server(
+                    functools.partial(self._redirect_client, state), host, tls.redirect_http, limit=HEAD_LIMIT
+                )
+            except OSError as exc:
+                state.server.close()
+                state.server = state.tls = None
+                raise TemporaryError(f"builtin router: cannot listen on {host}:{tls.redirect_http} for the "
+                                     f"https redirect of {route}: {exc}") from exc
         self.unrouted.setdefault(route, 0)
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="builtin-router-watchdog")
         bound = self.port(route)
-        log.info("builtin router: %s listening on %s:%d", route, host, bound)
+        log.info("builtin router: %s listening on %s:%d%s", route, host, bound, " (TLS)" if tls else "")
         return bound
 
     def port(self, route: RouteKey) -> int:
@@ -348,6 +411,8 @@ class BuiltinRouter:
         state.closing = True
         if state.server is not None:
             state.server.close()
+        if state.redirect is not None:
+            state.redirect.close()
         state.released.set()
         for session in list(state.sessions):
             if not session.busy:
@@ -437,6 +502,25 @@ class BuiltinRouter:
 
     # -- serving clients ----------------------------------------------------------------------
 
+    async def _redirect_client(
+        self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The redirect port: one request head, answered with the https location, then close."""
+        try:
+            async with asyncio.timeout(_REDIRECT_TIMEOUT):
+                head = await reader.readuntil(END_OF_HEAD)
+                server = route.server
+                if server is None or route.closing:
+                    return
+                writer.write(redirect_answer(head.lstrip(b"\r\n"), server.sockets[0].getsockname()[1]))
+                await writer.drain()
+        except asyncio.LimitOverrunError:
+            writer.write(_CANNED[431, True])
+        except (*STREAM_ERRORS, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
     async def _serve_client(
         self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -498,6 +582,8 @@ class BuiltinRouter:
                 writer.write(CONTINUE)
             session.deadline = _monotonic() + self._upstream_timeout
             request.body = await reader.readexactly(request.length)
+        if route.tls is not None:  # the upstream learns the client came over https
+            request.head = with_forwarded_proto(request.head, b"https")
         if route.held_until is not None and not await self._wait_for_release(route, session):
             return self._unrouted(route, request, writer)
         upstream = route.choose()
@@ -792,15 +878,6 @@ def _ms_since(started: float) -> float:
 
 def _copy(counters: TrafficCounters) -> TrafficCounters:
     return counters.plus(TrafficCounters())
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_weights(route: RouteKey, weights: Mapping[str, int]) -> None:

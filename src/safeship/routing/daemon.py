@@ -11,6 +11,9 @@ daemon for the same state directory exits 2, naming the PID that holds it.
 
 Control protocol: one JSON object per line each way. A request is {"op": NAME, ...}; the answer
 is {"ok": true, "result": ...} or {"ok": false, "error": "one sentence", "kind": "InputError"}.
+`add_route` may carry "tls": {"cert_file", "key_file", "redirect_http"} (routing/tls.py); asked
+again for a route that listens, it brings the route's TLS files and redirect port to what it
+carries.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from safeship.errors import SafeshipError
 from safeship.locks import LockHeld, hold_lock
 from safeship.routing.base import Backend, RouteKey
 from safeship.routing.builtin import BuiltinRouter
+from safeship.routing.tls import TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,14 @@ def _route(request: dict[str, Any]) -> RouteKey:
 
 async def _add_route(router: BuiltinRouter, request: dict[str, Any]) -> int:
     key = _route(request)
-    with contextlib.suppress(SafeshipError):
-        return router.port(key)  # already listening (a controller that restarted asks again)
-    return await router.add_route(key, host=str(request.get("host", "127.0.0.1")), port=int(request.get("port", 0)))
+    tls = TlsListener.from_json(request.get("tls"))
+    try:
+        port = router.port(key)  # already listening (a controller that restarted asks again) ...
+    except SafeshipError:
+        return await router.add_route(key, host=str(request.get("host", "127.0.0.1")),
+                                      port=int(request.get("port", 0)), tls=tls)
+    await router.update_tls(key, tls)  # ... perhaps with other TLS files in its config
+    return port
 
 
 async def _remove_route(router: BuiltinRouter, request: dict[str, Any]) -> None:

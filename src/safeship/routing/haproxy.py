@@ -13,6 +13,15 @@ What safeship writes and runs (all under `<state_dir>/haproxy/`):
   same process for as long as HAProxy serves, and the master hands the listening sockets to the
   new worker, so a reload refuses no connection. A restarted controller finds the master by
   that PID file (checked against /proc) and reuses it instead of starting a second one.
+- A route with TLS (`services.<name>.tls.<environment>`) binds `ssl crt tls/<backend>.pem`: its
+  certificate chain and key, joined into one file (mode 0600) as HAProxy reads them. While the
+  controller runs, a watcher looks at the user's two files every `CERT_WATCH_S` seconds; when they
+  changed and load as a pair, it rewrites that PEM and hands it to HAProxy through the Runtime API
+  (`set ssl cert`, `commit ssl cert`): the next handshake gets the new certificate, and no
+  connection is closed or refused (no reload happens). With `redirect_http`, a second frontend on
+  that port answers plain HTTP with a redirect to the same host and path over https (301 for GET
+  and HEAD, 308 otherwise; 400 without a Host header). Requests on a TLS route reach the servers
+  with `X-Forwarded-Proto: https` (replacing any the client sent).
 - A new or removed route rewrites the config and reloads through the master CLI (`reload` on
   `master.sock`); the servers known at that moment are written into the new config with their
   weights. Instances that come and go between reloads are dynamic servers (`add server`, `enable
@@ -81,6 +90,7 @@ from safeship.routing.base import (
     not_supported,
 )
 from safeship.routing.private import check_private
+from safeship.routing.tls import Stamp, TlsListener, combined_pem, file_stamp, tls_for
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,7 @@ _MAX_UNIX_PATH = 100
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
 DEFAULT_READY_PATH = "/health/ready"
 DEFAULT_CHECK_TIMEOUT_S = 2.0
+CERT_WATCH_S = 1.0  # how often the certificate files of TLS routes are looked at
 
 
 # ---------------------------------------------------------------- paths and the binary
@@ -220,9 +231,15 @@ def route_of_backend(name: str) -> RouteKey | None:
     return RouteKey(service, environment) if sep and environment and service else None
 
 
+def _address(host: str) -> str:
+    """A listen address as HAProxy's `bind` reads it before `:port` (IPv6 literals with `ipv6@`)."""
+    return f"ipv6@{host}" if ":" in host else host
+
+
 def _free_port(host: str, port: int) -> int:
     """`port` if it can be bound on `host` (0: any free one); OSError when it is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
         return int(probe.getsockname()[1])
@@ -266,6 +283,7 @@ class _Route:
     host: str = "127.0.0.1"
     servers: dict[str, _Server] = field(default_factory=dict)  # by server name
     weights: dict[str, int] = field(default_factory=dict)  # percent per version, as last asked
+    tls: TlsListener | None = None
 
 
 @dataclass
@@ -306,6 +324,10 @@ class HAProxyRouter:
         self.started = False  # True when this object started HAProxy (False: it reused one)
         self.restarts = 0  # times it started HAProxy again after finding it gone
         self.exporter_port = 0  # where HAProxy's Prometheus exporter listens (picked at first start)
+        self._stamps: dict[RouteKey, Stamp] = {}  # the certificate files' stamps HAProxy serves
+        self._refused: dict[RouteKey, Stamp] = {}  # stamps of pairs that did not load (logged once)
+        self._watcher: asyncio.Task[None] | None = None
+        self.certificate_updates = 0  # certificates handed to HAProxy through the Runtime API
 
     # ------------------------------------------------------------ files
 
@@ -321,6 +343,23 @@ class HAProxyRouter:
     def master_socket(self) -> Path:
         return self.sockets / "master.sock"
 
+    def pem_path(self, route: RouteKey) -> Path:
+        """The certificate chain and key of a TLS route, joined as HAProxy reads them."""
+        return self.dir / "tls" / f"{backend_name(route)}.pem"
+
+    def _write_pems(self) -> None:
+        """Join every TLS route's pair into its PEM file (0600) and note the files' stamps; a pair
+        that does not load is a PermanentError naming its files (the config would be refused)."""
+        for key, route in self._routes.items():
+            if route.tls is None:
+                continue
+            try:
+                stamp = file_stamp(route.tls)
+                _write_private(self.pem_path(key), combined_pem(route.tls))
+            except (InputError, OSError) as exc:
+                raise PermanentError(f"router haproxy: route {key}: {exc}") from exc
+            self._stamps[key] = stamp
+
     def _load_state(self) -> None:
         try:
             raw = json.loads((self.dir / "routes.json").read_text())
@@ -330,7 +369,8 @@ class HAProxyRouter:
             self.exporter_port = int(raw.get("exporter_port", 0))
             for row in raw.get("routes", []):
                 route = _Route(port=int(row["port"]), host=str(row.get("host", "127.0.0.1")),
-                               weights={str(k): int(v) for k, v in row.get("weights", {}).items()})
+                               weights={str(k): int(v) for k, v in row.get("weights", {}).items()},
+                               tls=TlsListener.from_json(row.get("tls")))
                 for s in row.get("servers", []):
                     server = _Server(str(s["name"]), str(s["version"]), str(s["instance_id"]), str(s["host"]),
                                      int(s["port"]), int(s.get("weight", 0)))
@@ -347,7 +387,7 @@ class HAProxyRouter:
         for key, route in self._routes.items():
             rows.append({
                 "service": key.service, "environment": key.environment, "host": route.host, "port": route.port,
-                "weights": route.weights,
+                "weights": route.weights, "tls": route.tls.to_json() if route.tls is not None else None,
                 "servers": [{"name": s.name, "version": s.version, "instance_id": s.instance_id, "host": s.host,
                              "port": s.port, "weight": s.weight} for s in route.servers.values() if not s.draining],
             })
@@ -395,11 +435,24 @@ class HAProxyRouter:
             name = backend_name(key)
             path, interval, fall, rise = self._ready_probe(key)
             inter_ms = max(100, round(interval * 1000))
+            tls = f" ssl crt {self.pem_path(key)} alpn http/1.1" if route.tls is not None else ""
+            if route.tls is not None and route.tls.redirect_http is not None:
+                # Host without its port (regsub), then this route's https port, then path and query.
+                location = f"https://%[req.hdr(host),regsub(:[0-9]+$,)]:{route.port}%[pathq]"
+                lines += [
+                    f"frontend {name}_https_redirect",
+                    f"    bind {_address(route.host)}:{route.tls.redirect_http}",
+                    "    http-request deny deny_status 400 unless { req.hdr(host) -m found }",
+                    f"    http-request redirect location {location} code 301 if {{ method GET HEAD }}",
+                    f"    http-request redirect location {location} code 308",
+                    "",
+                ]
             lines += [
                 f"frontend {name}",
-                f"    bind {route.host}:{route.port}",
+                f"    bind {_address(route.host)}:{route.port}{tls}",
                 f"    log unix@{log_socket_path(self.state_dir)} len 2048 format raw local0",
                 f'    log-format "{LOG_FORMAT}"',
+                *(["    http-request set-header X-Forwarded-Proto https"] if route.tls is not None else []),
                 f"    default_backend {name}",
                 "",
                 f"backend {name}",
@@ -481,6 +534,7 @@ class HAProxyRouter:
             return False
 
     def _write_config(self, binary: str) -> None:
+        self._write_pems()
         text = self.render()
         temporary = self.config_path.with_suffix(".new")
         try:
@@ -557,7 +611,20 @@ class HAProxyRouter:
         await self.open()
         async with self._lock:
             known = self._routes.get(route)
+            tls = tls_for(self.config, route) if self.config is not None else None
             if known is not None:
+                wanted_host = host if port is not None else known.host
+                wanted_tls = tls if self.config is not None else known.tls
+                if (known.host, known.tls) != (wanted_host, wanted_tls):  # the config changed since
+                    previous = known.host, known.tls
+                    known.host, known.tls = wanted_host, wanted_tls
+                    try:
+                        await asyncio.to_thread(self._fold_all_and_reload)
+                    except Exception:
+                        known.host, known.tls = previous
+                        raise
+                    self._save_state()
+                self._watch_certificates()
                 return known.port
             if port is None:
                 return None
@@ -566,14 +633,15 @@ class HAProxyRouter:
             except OSError as exc:
                 raise TemporaryError(f"router haproxy: {host}:{port} for {route} cannot be bound: {exc}",
                                      delay=RETRY_DELAY_S) from exc
-            self._routes[route] = _Route(port=chosen, host=host)
+            self._routes[route] = _Route(port=chosen, host=host, tls=tls)
             try:
                 await asyncio.to_thread(self._fold_all_and_reload)
             except Exception:
                 del self._routes[route]
                 raise
             self._save_state()
-            log.info("route %s: haproxy listens on %s:%d", route, host, chosen)
+            log.info("route %s: haproxy listens on %s:%d%s", route, host, chosen, " (TLS)" if tls else "")
+            self._watch_certificates()
             return chosen
 
     async def remove_route(self, route: RouteKey) -> None:
@@ -584,6 +652,10 @@ class HAProxyRouter:
             self._offsets.pop(route, None)
             await asyncio.to_thread(self._fold_all_and_reload)
             self._save_state()
+            self._stamps.pop(route, None)
+            self._refused.pop(route, None)
+            with contextlib.suppress(FileNotFoundError):
+                self.pem_path(route).unlink()  # the key's copy goes with the route
 
     def _fold_all_and_reload(self) -> None:
         """Fold every server's counters into its version's offset (a reload zeroes them), reload."""
@@ -785,6 +857,63 @@ class HAProxyRouter:
     async def close(self) -> None:
         """Forget the connection; HAProxy keeps serving the routes (stop it with `stop_haproxy`)."""
         self._opened = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    # ------------------------------------------------------------ certificates
+
+    def _watch_certificates(self) -> None:
+        if self._watcher is None and any(r.tls is not None for r in self._routes.values()):
+            self._watcher = asyncio.create_task(self._watch(), name="haproxy-certificates")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_WATCH_S)
+            try:
+                async with self._lock:
+                    await asyncio.to_thread(self.update_certificates)
+            except Exception as exc:  # the next look tries again; routing goes on meanwhile
+                log.warning("router haproxy: updating a certificate failed: %s", exc)
+
+    def update_certificates(self) -> int:
+        """Hand HAProxy every TLS route's pair that changed on disk since it got it (and loads as a
+        pair) through the Runtime API, without a reload; returns how many it updated."""
+        updated = 0
+        for key, route in list(self._routes.items()):
+            if route.tls is None:
+                continue
+            try:
+                stamp = file_stamp(route.tls)
+            except OSError:
+                continue  # replaced by rename, caught between unlink and rename: next look
+            if stamp == self._stamps.get(key) or stamp == self._refused.get(key):
+                continue
+            try:
+                text = combined_pem(route.tls)
+            except InputError as exc:
+                self._refused[key] = stamp
+                log.warning("router haproxy: route %s keeps the certificate it serves: %s", key, exc)
+                continue
+            path = self.pem_path(key)
+            _write_private(path, text)  # what a reload or a restart reads
+            answer = self._cli(f"set ssl cert {path} <<\n{text}")
+            if "Transaction" not in answer:
+                raise TemporaryError(f"router haproxy: set ssl cert {path} answered {_last_line(answer)!r}",
+                                     delay=RETRY_DELAY_S)
+            answer = self._cli(f"commit ssl cert {path}")
+            if "Success" not in answer:
+                raise TemporaryError(f"router haproxy: commit ssl cert {path} answered {_last_line(answer)!r}",
+                                     delay=RETRY_DELAY_S)
+            self._stamps[key] = stamp
+            self._refused.pop(key, None)
+            self.certificate_updates += 1
+            updated += 1
+            log.info("router haproxy: route %s serves the certificate in %s to new connections", key,
+                     route.tls.cert_file)
+        return updated
 
 
 # ---------------------------------------------------------------- helpers
@@ -805,6 +934,18 @@ def _ask(path: Path, command: str, *, wait_close: bool = True) -> str:
                 break
             chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600 from the start) by a rename, so a reader never sees half."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.new")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
 
 
 def _int(row: Mapping[str, str], key: str) -> int:

@@ -184,6 +184,14 @@ def _drop_headers(head: bytes, names: tuple[bytes, ...]) -> bytes:
     return b"\r\n".join(line for line in lines if not line.lower().startswith(names))
 
 
+def with_forwarded_proto(head: bytes, proto: bytes) -> bytes:
+    """`head` with `X-Forwarded-Proto: proto` in place of any the client sent, so that a client on
+    plain HTTP cannot claim https (nor one on TLS claim http)."""
+    if b"x-forwarded-proto:" in head.lower():
+        head = _drop_headers(head, (b"x-forwarded-proto:",))
+    return head[:-2] + b"X-Forwarded-Proto: " + proto + b"\r\n\r\n"
+
+
 class PeerFailed(Exception):
     """A body relay stopped because one side failed; `upstream` tells which side."""
 

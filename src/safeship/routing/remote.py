@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from safeship.config.models import SafeshipConfig
 from safeship.errors import (
     ConflictError,
     InputError,
@@ -37,6 +38,7 @@ from safeship.routing.base import (
     TrafficCounters,
 )
 from safeship.routing.private import check_private
+from safeship.routing.tls import TlsListener, tls_for
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,18 @@ class RemoteRouter:
 
     @classmethod
     def create(cls, setup: RouterSetup) -> Router:
-        return cls(setup.state_dir)
+        return cls(setup.state_dir, config=setup.config)
 
-    def __init__(self, state_dir: Path, *, start_timeout: float = 15.0) -> None:
+    def __init__(self, state_dir: Path, *, start_timeout: float = 15.0, config: SafeshipConfig | None = None) -> None:
         self.state_dir = state_dir
+        self.config = config  # where a route's TLS settings come from
         self.socket = socket_path(state_dir)
         self.start_timeout = start_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
         self._daemon_pid: int | None = None
-        self._routes: dict[RouteKey, tuple[str, int]] = {}  # what to replay into a new daemon
+        self._routes: dict[RouteKey, tuple[str, int, TlsListener | None]] = {}  # what to replay into a new daemon
         self._backends: dict[tuple[RouteKey, str], list[Backend]] = {}
         self._weights: dict[RouteKey, dict[str, int]] = {}
         self.unrouted: dict[RouteKey, int] = {}
@@ -160,8 +163,9 @@ class RemoteRouter:
 
     async def _replay(self) -> None:
         log.warning("the router daemon was restarted; putting routes, backends and weights back")
-        for key, (host, port) in self._routes.items():
-            await self._call_locked({"op": "add_route", **_key(key), "host": host, "port": port})
+        for key, (host, port, tls) in self._routes.items():
+            await self._call_locked({"op": "add_route", **_key(key), "host": host, "port": port,
+                                     "tls": tls.to_json() if tls is not None else None})
         for (key, version), backends in self._backends.items():
             await self._call_locked({"op": "set_backends", **_key(key), "version": version,
                                      "backends": [[b.instance_id, b.host, b.port] for b in backends]})
@@ -205,9 +209,12 @@ class RemoteRouter:
 
     # ------------------------------------------------------------ routes
 
-    async def add_route(self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0) -> int:
-        bound = int(await self._call({"op": "add_route", **_key(route), "host": host, "port": port}))
-        self._routes[route] = (host, bound)
+    async def add_route(
+        self, route: RouteKey, *, host: str = "127.0.0.1", port: int = 0, tls: TlsListener | None = None
+    ) -> int:
+        bound = int(await self._call({"op": "add_route", **_key(route), "host": host, "port": port,
+                                      "tls": tls.to_json() if tls is not None else None}))
+        self._routes[route] = (host, bound, tls)
         return bound
 
     async def remove_route(self, route: RouteKey) -> None:
@@ -223,7 +230,7 @@ class RemoteRouter:
             return self._routes[route][1]
         if port is None:
             return None
-        return await self.add_route(route, host=host, port=port)
+        return await self.add_route(route, host=host, port=port, tls=tls_for(self.config, route))
 
     def port(self, route: RouteKey) -> int:
         if route not in self._routes:
