@@ -87,6 +87,9 @@ class StepContext:
     # side by side and the look adds to the same ledger, but only the side-by-side tests may
     # decide; the tests that raised the alarm wait, unchanged, for `settle_split`.
     split: bool = False
+    # The versions' names, for the sentences that explain a decision ("" when not known).
+    candidate_version: str = ""
+    baseline_version: str = ""
 
 
 class Policy(Protocol):

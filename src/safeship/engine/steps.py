@@ -777,6 +777,8 @@ class StepRunner:
             planned_analysis_s=sum(float(step.get("duration", 0.0))
                                    for step in tick.before.plan if step.get("kind") == "analyze"),
             split=split,
+            candidate_version=candidate,
+            baseline_version=tick.before.from_version or "",
         )
         state = progress.policy_state if progress.policy_state is not None else policy.start()
         state, decision = policy.observe(state, sample, ctx)

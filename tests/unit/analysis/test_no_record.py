@@ -44,7 +44,9 @@ def test_a_bad_release_without_a_record_never_takes_all_traffic() -> None:
     # the router was asked for the split and for the old colour back, never for the new one alone
     assert {"baseline": 50, "candidate": 50} in weights
     assert all(w.get("candidate", 0) < 100 for w in weights), weights
-    assert "error rate 2% vs baseline" in result["reason"]
+    # the sentence names the control: the old colour, side by side
+    assert "error rate 2% vs 0.2" in result["reason"] and "for baseline side by side" in result["reason"], (
+        result["reason"])
 
 
 def test_a_good_release_without_a_record_is_promoted_after_the_side_by_side_proof() -> None:

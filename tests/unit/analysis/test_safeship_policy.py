@@ -238,7 +238,8 @@ def test_gross_failure_is_rolled_back_within_seconds() -> None:
     assert median([r.candidate_failed for r in runs]) <= 30
     first = runs[0]
     assert re.fullmatch(
-        r"error rate [\d.]+% vs baseline [\d.]+% \(sequential test, e=[\d.e+]+ > \d+\)",
+        r"error rate [\d.]+% vs [\d.]+% for the baseline side by side(, [\d.]+x)? "
+        r"\(sequential test, e=[\d.e+]+ > \d+\)",
         first.reason,
     )
     assert first.evidence["trigger"] == "analysis"

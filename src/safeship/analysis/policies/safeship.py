@@ -495,6 +495,12 @@ class SafeshipPolicy:
         for trigger, key in zip(ctx.triggers, keys, strict=True):
             prior = tests.get(key, judge.new_e_process())
             if isinstance(trigger, ErrorRateThresholdTrigger):
+                # what the seed's rule itself sees: the candidate's looks of its last `duration`
+                # (a shared incident included: traffic does not move through one either)
+                looks = [*(st.get("promise") or {}).get(key, []), [now, c.requests, c.failed]]
+                promise = {**(st.get("promise") or {}),
+                           key: [look for look in looks if now - look[0] < max(trigger.duration, 1e-9)]}
+                st = {**st, "promise": promise}
                 if ctx.compare and _baseline_above(recent, trigger.threshold):
                     # the baseline above the trigger over its last few looks, or nothing served
                     # to tell: a shared incident, not the release (the looks left out depend on
@@ -576,10 +582,10 @@ class SafeshipPolicy:
                 if not crossed and not all(v > trigger.threshold for _, v in window):
                     continue
                 stat = None if crossed else "the seed's rule: every look of the window above"
-                return _explain_failure(st, name, scores, trigger, self.settings.restarts, stat=stat)
+                return _explain_failure(st, name, scores, trigger, self.settings.restarts, ctx, stat=stat)
             if score.log_e < score.log_bound:
                 continue
-            return _explain_failure(st, name, scores, trigger, self.settings.restarts)
+            return _explain_failure(st, name, scores, trigger, self.settings.restarts, ctx)
         return None
 
     def _schedule(
@@ -598,6 +604,9 @@ class SafeshipPolicy:
             # slowdown prove nothing about the candidate, and the next weight would meet it alone
             return Decision(Verdict.INCONCLUSIVE, f"holding: the baseline is beyond its {shared} bound too "
                             "(an incident both versions see)", evidence)
+        promised = _promise_pending(st, ctx)
+        if promised is not None:
+            return Decision(Verdict.INCONCLUSIVE, promised, evidence)
         if in_step >= longest:
             return Decision(Verdict.ADVANCE, "step duration reached, no harm shown", evidence)
         shown = _within_tolerance(st, ctx)
@@ -626,6 +635,9 @@ class SafeshipPolicy:
         watch = ctx.planned_analysis_s + ctx.step_duration
         if ctx.promoted and ctx.time_in_analysis < watch:
             return Decision(Verdict.INCONCLUSIVE, f"watching until {watch:.0f}s, the plan's whole analysis time")
+        promised = _promise_pending(st, ctx)
+        if promised is not None:
+            return Decision(Verdict.INCONCLUSIVE, promised)
         return Decision(Verdict.SUCCESSFUL, "no regression during the window", _summary(st, scores))
 
     def _suspect(self, scores: Mapping[str, Score]) -> str | None:
@@ -655,6 +667,32 @@ MAX_INCIDENT_HOLD_S = 600.0  # an incident that lasts longer is not waited out: 
 CHECKPOINT_S = 20.0  # the record and threshold tests are kept this often ...
 CHECKPOINTS = 3  # ... this many times back
 INCIDENT_MARGIN_S = 20.0  # an incident is taken to have begun this long before its alarm
+
+
+def _promise_pending(st: State, ctx: StepContext) -> str | None:
+    """The seed's error-rate rule is the user's promise ("roll back above 5% for 2 s"). Its test
+    needs more evidence than the rule states: with a few dozen requests, 8% is not yet proven
+    above 5%. While the candidate's own rate over the rule's last `duration` is above the
+    threshold, the release is kept where it is (no step up, no promotion) until the test decides
+    or the rate falls back: never moved on without that evidence. Only a hold, never a rollback."""
+    for trigger in ctx.triggers:
+        if not isinstance(trigger, ErrorRateThresholdTrigger):
+            continue
+        key = _trigger_key(trigger)
+        looks = (st.get("promise") or {}).get(key, [])
+        n, x = sum(look[1] for look in looks), sum(look[2] for look in looks)
+        if n > 0 and x / n > trigger.threshold:
+            return (f"holding: error rate {_pct(x / n)} over the last {trigger.duration:.0f}s, above the "
+                    f"{_pct(trigger.threshold)} trigger and not yet proven either way")
+        # ... and over every look its test has counted: at a few requests a second the rule's own
+        # window often holds no failure at all, while the release fails above the threshold
+        runs = st["tests"].get(key, {}).get("runs") or []
+        if runs:
+            n, x = (float(v) for v in runs[0]["n"][:2])
+            if n > 0 and x / n > trigger.threshold:
+                return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, above the "
+                        f"{_pct(trigger.threshold)} trigger and not yet proven either way")
+    return None
 
 
 def _within_tolerance(st: State, ctx: StepContext) -> str | None:
@@ -763,8 +801,8 @@ def _no_data(blind: Mapping[str, Any], now: float, ctx: StepContext) -> Decision
     seconds = now - float(blind["since"])
     evidence = {"no_data": {"since_s": round(float(blind["since"]), 3), "seconds": round(seconds, 3),
                             "expected_requests": round(float(blind["expected"]), 1)}}
-    what = (f"no data for the candidate for {seconds:.0f}s (about {float(blind['expected']):.0f} of its requests "
-            "expected)")
+    what = (f"no data for {ctx.candidate_version or 'the candidate'} for {seconds:.0f}s (about "
+            f"{float(blind['expected']):.0f} of its requests expected)")
     if ctx.analysis.on_no_data == "rollback":
         return Decision(Verdict.FAILED, f"{what}: rolling back (analysis.on_no_data: rollback)",
                         {**evidence, "trigger": "no_data"})
@@ -869,6 +907,7 @@ def _explain_failure(
     scores: Mapping[str, Score],
     trigger: ThresholdTrigger | None,
     restarts: judge.Restarts,
+    ctx: StepContext,
     *,
     stat: str | None = None,
 ) -> Decision:
@@ -890,7 +929,8 @@ def _explain_failure(
         "bounds": {other: 1.0 / s.alpha for other, s in scores.items()},
     }
     stat = stat or f"sequential test, e={_format_e(e)} > {bound:.0f}"
-    return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger)} ({stat})", evidence)
+    return Decision(Verdict.FAILED, f"{_describe(st, name, counts, trigger, ctx.baseline_version)} ({stat})",
+                    evidence)
 
 
 def _evidence_counts(counts: Sequence[float], trigger: ThresholdTrigger | None) -> dict[str, Any]:
@@ -910,26 +950,32 @@ def _rate(events: float, trials: float) -> float:
 
 
 def _describe(
-    st: State, name: str, counts: Sequence[float], trigger: ThresholdTrigger | None
+    st: State, name: str, counts: Sequence[float], trigger: ThresholdTrigger | None, old: str = ""
 ) -> str:
+    """The decision in one sentence, naming its control: "3.1x the errors of v1.4.0 side by side
+    (1.5% vs 0.49%)", "error rate 1.3% vs v1.4.0's 0.5% before the deployment (null 0.61%)"."""
+    control = old or "the baseline"
     if name == "errors":
         n_b, x_b, n_c, x_c = counts
-        return f"error rate {_pct(_rate(x_c, n_c))} vs baseline {_pct(_rate(x_b, n_b))}"
+        rate_b, rate_c = _rate(x_b, n_b), _rate(x_c, n_c)
+        said = f"error rate {_pct(rate_c)} vs {_pct(rate_b)} for {control} side by side"
+        if rate_b <= 0:
+            return said
+        ratio = rate_c / rate_b
+        return f"{said}, {ratio:.1f}x" if ratio < 10 else f"{said}, {ratio:.0f}x"
     n, x = counts
     if name in QUANTILES:
         quantile = name.removeprefix("latency_")
-        return _describe_latency(quantile, n, x, st["bounds_ms"][name], st["controls_ms"][name], "the baseline's")
+        return _describe_latency(quantile, n, x, st["bounds_ms"][name], st["controls_ms"][name],
+                                 f"{control}'s side by side")
     if name in SINGLE_TESTS:
         null = st["single"][name]
-        history = null.get("source") == "history"
+        when = "before the deployment" if null.get("source") == "history" else "before the switch"
         if name != "single_errors":
-            whose = "the replaced version's before the deployment" if history else "the baseline's before the switch"
-            return _describe_latency(name[-3:], n, x, null["bound_ms"], null["control_ms"], whose)
-        before = (f"the replaced version's {_pct(null['rate'])} before the deployment"
-                  if history else f"baseline {_pct(null['rate'])} before the switch")
-        return f"error rate {_pct(_rate(x, n))} vs {before} (null {_pct(null['p0'])})"
+            return _describe_latency(name[-3:], n, x, null["bound_ms"], null["control_ms"], f"{control}'s {when}")
+        return f"error rate {_pct(_rate(x, n))} vs {control}'s {_pct(null['rate'])} {when} (null {_pct(null['p0'])})"
     if name.startswith("metric:"):
-        return f"{name[7:]}: candidate worse than baseline in {x:.0f} of {n:.0f} looks"
+        return f"{name[7:]}: candidate worse than {control} in {x:.0f} of {n:.0f} looks"
     return _describe_trigger(trigger, n, x)
 
 
