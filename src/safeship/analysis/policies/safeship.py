@@ -264,7 +264,7 @@ class SafeshipPolicy:
         # incident. The side-by-side tests (candidate against the version beside it in the same
         # looks) are immune to a shared shock and keep all their evidence.
         name = str(split.alarm.get("test", ""))
-        alarm_at = float(ledger.get("split_from", ledger.get("clock", 0.0)))
+        alarm_at = float(ledger.get("split_from") or ledger.get("clock") or 0.0)
         before = _checkpoint_before(ledger, alarm_at - INCIDENT_MARGIN_S)
         tests = {key: (before.get(key, judge.new_e_process())
                        if key == name or not key.startswith(SIDE_BY_SIDE) else test)
