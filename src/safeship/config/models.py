@@ -372,7 +372,8 @@ class PrometheusSourceConfig(Model):
     """Where the Prometheus traffic source reads (`traffic_source: prometheus`).
 
     queries:   the query set: `generic` (http_requests_total / http_request_duration_seconds_bucket
-               with a version label), `istio` (istio_requests_total /
+               with a version label), `kubernetes` (the same series selected by the pods' own
+               app.kubernetes.io labels), `istio` (istio_requests_total /
                istio_request_duration_milliseconds_bucket), `ingress-nginx` or `safeship` (the
                controller's own /metrics: safeship_requests_total and the rest);
     templates: overrides of single queries of that set, by name (see
@@ -381,7 +382,7 @@ class PrometheusSourceConfig(Model):
     """
 
     url: str = Field(min_length=1)
-    queries: Literal["generic", "istio", "ingress-nginx", "safeship"] = "generic"
+    queries: Literal["generic", "kubernetes", "istio", "ingress-nginx", "safeship"] = "generic"
     templates: dict[str, str] = Field(default_factory=dict)
     timeout: PositiveDuration = 5.0
     version_label: str = Field(default="version", min_length=1)

@@ -27,13 +27,15 @@ prints it. Naming and labelling rules, in one place:
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from safeship.config.kubernetes import LABEL_MAX as _LABEL_MAX
+from safeship.config.kubernetes import digest as _digest
+from safeship.config.kubernetes import version_label, version_slug
 from safeship.config.models import (
     DeploymentStrategy,
     Environment,
@@ -64,14 +66,9 @@ DEFAULT_ROUTER = "replicas"
 CONTAINER = "app"  # the container's name in every pod
 PORT_NAME = "http"
 
-_LABEL_MAX = 63
 
 
 # ---------------------------------------------------------------- names and labels
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def slug(text: str, limit: int = _LABEL_MAX) -> str:
@@ -83,36 +80,6 @@ def slug(text: str, limit: int = _LABEL_MAX) -> str:
         return cleaned
     head = cleaned[: limit - 9].rstrip("-")
     return f"{head}-{_digest(text)}"
-
-
-# What a hashed value ends with: a version that ends so itself is hashed too, so that it can never
-# be taken for another version's hashed form.
-_HASHED = re.compile(r"-[0-9a-f]{8}$")
-
-
-def version_label(version: str) -> str:
-    """The value of `app.kubernetes.io/version` for `version`: a label value (at most 63 of
-    `[A-Za-z0-9._-]`, alphanumeric at both ends). A version that is such a value is its own label;
-    any other (`+`, more than 63 characters) is cleaned (`+` becomes `_`), cut, and given a hash of
-    the exact version, so that no two versions share a label. The exact version is in the
-    `safeship.io/version` annotation."""
-    value = re.sub(r"[^A-Za-z0-9._-]", "_", version)
-    value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value) or "x"
-    if value == version and len(value) <= _LABEL_MAX and not _HASHED.search(value):
-        return value
-    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: _LABEL_MAX - 9]) or "x"
-    return f"{head}-{_digest(version)}"
-
-
-def version_slug(version: str) -> str:
-    """`version` as a DNS-1123 label, one per version: the version itself when it is one (`v2`,
-    `1-4-0`), else lowercased with every run of other characters made `-`, cut, and given a hash of
-    the exact version (`v1.3.0` -> `v1-3-0-<hash>`, apart from `v1-3-0`)."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-") or "x"
-    if cleaned == version and len(cleaned) <= _LABEL_MAX and not _HASHED.search(cleaned):
-        return cleaned
-    head = cleaned[: _LABEL_MAX - 9].rstrip("-") or "x"
-    return f"{head}-{_digest(version)}"
 
 
 def labels(service: str, version: str | None = None, environment: str | None = None) -> dict[str, str]:
