@@ -5,12 +5,14 @@ Prometheus, the gateway's data plane and a load balancer reach the pods."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from emulator import ApiHandle
+from netpol import Peer, admits
 from promkit import (
     GENERIC_BUCKETS_S,
     PromStack,
@@ -21,9 +23,10 @@ from promkit import (
 from safeship.analysis.providers.prometheus import PrometheusTraffic
 from safeship.cli import environment_manager
 from safeship.config.loader import load_config
-from safeship.config.models import SafeshipConfig
+from safeship.config.models import Environment, SafeshipConfig
 from safeship.errors import ConfigError
 from safeship.kube import objects
+from safeship.kube.environment import gateway_namespace, monitoring_namespace, network_policies
 from safeship.traffic import RouteKey
 
 SERVICE = "checkout"
@@ -102,3 +105,68 @@ def test_known_versions_that_would_share_a_label_are_refused(tmp_path: Path,
     assert code == 2 and err.count("\n") == 1 and f"services.{SERVICE}.versions" in err
     # versions whose labels differ load, however alike they look once cleaned
     assert load_config(write_config(tmp_path, ["v1.3.0", "v1-3-0", "1.4.0+b", "1.4.0_b"])).services
+
+
+# ---------------------------------------------------------------- item 1: scrape access
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kubernetes.yaml"
+
+
+def from_namespace(name: str) -> Peer:
+    """A pod of namespace `name` (the API server labels every Namespace with its name)."""
+    return Peer(namespace=name, namespace_labels={"kubernetes.io/metadata.name": name},
+                pod_labels={"app.kubernetes.io/name": "prometheus"})
+
+
+def test_prometheus_and_the_gateway_data_plane_reach_the_pods_of_every_example_environment() -> None:
+    config = load_config(EXAMPLE)
+    reached: dict[str, dict[str, bool]] = {}
+    for environment in config.environment_management.environments:
+        policies = network_policies(environment)
+        pod = objects.labels("user-service", "v1.3.0", environment.name)
+        prometheus_host = urllib.parse.urlsplit(environment.prometheus.url).hostname if environment.prometheus else ""
+        sources = {"prometheus": str(prometheus_host).split(".")[1], "gateway": gateway_namespace(environment),
+                   "a stranger": "default"}
+        reached[environment.name] = {
+            who: admits(policies, environment.kube_namespace, pod, from_namespace(name), 8080, "http")[0]
+            for who, name in sources.items() if name}
+    assert reached == {
+        "development": {"prometheus": True, "a stranger": False},  # replicas: no gateway
+        "staging": {"prometheus": True, "gateway": True, "a stranger": False},  # istio-system for both
+        "production": {"prometheus": True, "gateway": True, "a stranger": False},  # monitoring, gateway
+    }
+    production = config.environment("production")
+    assert production is not None and gateway_namespace(production) == "gateway"
+    assert monitoring_namespace(production) == "monitoring"
+
+
+def test_named_namespaces_and_a_load_balancer_are_admitted_and_nothing_else(tmp_path: Path) -> None:
+    config = load_config(EXAMPLE)
+    production = config.environment("production")
+    assert production is not None
+    named = production.model_copy(update={"monitoring_namespace": "observability", "gateway_namespace": "envoy"})
+    pod = objects.labels("user-service", "v1.3.0", "production")
+
+    def admitted(environment: Environment, source: Peer, port: int = 8080, name: str = "http") -> bool:
+        return admits(network_policies(environment), "prod", pod, source, port, name)[0]
+
+    assert admitted(named, from_namespace("observability")) and admitted(named, from_namespace("envoy"))
+    assert not admitted(named, from_namespace("monitoring"))  # named elsewhere: not admitted any more
+    assert not admitted(named, Peer(outside=True))
+    # a load balancer's traffic comes from outside the cluster, to the service's port only
+    balanced = named.model_copy(update={"load_balancer": True})
+    assert admitted(balanced, Peer(outside=True))
+    assert not admitted(balanced, Peer(outside=True), 9090, "metrics")
+    alone = admits(network_policies(production), "prod", pod, Peer(outside=True), 8080, "http")
+    assert alone == (False, ["safeship-default-deny-ingress", "safeship-allow-same-namespace",
+                             "safeship-allow-ingress", "safeship-allow-monitoring"])
+    # a namespace that is no namespace name is refused when the config loads
+    text = EXAMPLE.read_text().replace('      ingress_namespace: "gateway"\n',
+                                       '      ingress_namespace: "gateway"\n      monitoring_namespace: "Mon"\n', 1)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.field == "environment_management.environments[2].monitoring_namespace"
+    assert "'Mon'" in caught.value.detail

@@ -115,7 +115,8 @@ async def test_prepare_creates_the_environment(kube_api: ApiHandle, root: Path, 
     assert quota is not None and quota["spec"]["hard"]["requests.cpu"] == "4000m"
     assert names(kube_api, "v1", "LimitRange") == ["safeship-limits"]
     assert names(kube_api, "networking.k8s.io/v1", "NetworkPolicy") == [
-        "safeship-allow-ingress", "safeship-allow-same-namespace", "safeship-default-deny-ingress"]
+        "safeship-allow-ingress", "safeship-allow-monitoring", "safeship-allow-same-namespace",
+        "safeship-default-deny-ingress"]
     assert names(kube_api, "v1", "ServiceAccount") == ["safeship-deployer"]
     role = kube_api.read("rbac.authorization.k8s.io/v1", "Role", "safeship-deployer", "prod")
     assert role is not None

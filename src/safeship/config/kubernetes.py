@@ -35,6 +35,7 @@ SHARED_STRATEGIES = ("canary", "blue_green", "rolling")  # strategies that run t
 SINGLE_NODE_MODES = {"ReadWriteOnce": "ReadWriteOnce lets the pods of one node only",
                      "ReadWriteOncePod": "ReadWriteOncePod lets one pod only"}
 
+_DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -136,6 +137,12 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
         if user is not None and not user.isdigit():
             raise ConfigError(source, field, "a pod runs as a numeric UID (securityContext.runAsUser), not a user "
                               f"name, on platform kubernetes; write the image's numeric UID, got {show(user)}")
+        for name in ("monitoring_namespace", "gateway_namespace"):
+            value = getattr(environment, name)
+            if value and (len(value) > 63 or not _DNS_1123_LABEL.fullmatch(value)):
+                raise ConfigError(source, f"environment_management.environments[{index}].{name}",
+                                  "must be a namespace name (a DNS-1123 label: lowercase letters, digits and '-', "
+                                  f"at most 63), since a NetworkPolicy admits traffic from it, got {show(value)}")
         if user is not None and int(user) == 0 and environment.name in restricted:
             raise ConfigError(source, field, f"environment {environment.name!r} enforces the 'restricted' Pod Security "
                               "level, which refuses pods running as root (runAsUser 0); use a non-zero UID, got '0'")

@@ -416,6 +416,11 @@ class Environment(Model):
     prometheus: PrometheusSourceConfig | None = None
     gateway: GatewayRef | None = None  # router: gateway-api
     ingress_namespace: str = "ingress-nginx"  # NetworkPolicy admits traffic from here
+    # Kubernetes: NetworkPolicies also admit Prometheus' namespace (None: the `<namespace>` of
+    # prometheus.url's `<name>.<namespace>.svc` host, else "monitoring"; "": none) and the gateway's
+    # data plane (None: the Gateway's namespace for gateway-api, istio-system for istio; "": none).
+    monitoring_namespace: str | None = None
+    gateway_namespace: str | None = None
     load_balancer: bool = False  # Kubernetes: a Service of type LoadBalancer per service
     router_port_base: Int = Field(default=0, ge=0, le=65535)  # refused unless 0: see services.<name>.ports
     variables: dict[str, str] = Field(default_factory=dict)

@@ -8,9 +8,13 @@ Pure functions: `environments.kubernetes` applies what these build for `environm
    LimitRange `safeship-limits` (default requests and limits per container, so that every pod
    counts against the quota even when it names no resources);
 3. the deployer's ServiceAccount, Role and RoleBinding, all `safeship-deployer`;
-4. NetworkPolicies: `safeship-default-deny-ingress`, then `safeship-allow-same-namespace` and
-   `safeship-allow-ingress` (from `ingress_namespace`, and from the Gateway's namespace when
-   `router: gateway-api` names one elsewhere);
+4. NetworkPolicies: `safeship-default-deny-ingress`, then `safeship-allow-same-namespace`,
+   `safeship-allow-ingress` (from `ingress_namespace` and the gateway's data plane,
+   `gateway_namespace`: by default the Gateway's namespace for gateway-api, `istio-system` for
+   istio), `safeship-allow-monitoring` (from Prometheus' namespace, `monitoring_namespace`: by
+   default the one in `prometheus.url`'s `<name>.<namespace>.svc` host, else `monitoring`) and,
+   with `load_balancer: true`, `safeship-allow-load-balancer` (the pods' `http` port from any
+   source: a LoadBalancer's traffic comes from outside the cluster);
 5. ConfigMaps from `config_maps`, one per map;
 6. Secrets: one per service that lists `secrets`, named as `kube.objects.secret_name` says, one key
    per secret. The values come from the caller (read from `secrets/<environment>/`); without them
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +80,10 @@ DEPLOYER = "safeship-deployer"  # the ServiceAccount, Role and RoleBinding
 DENY_POLICY = "safeship-default-deny-ingress"
 SAME_NAMESPACE_POLICY = "safeship-allow-same-namespace"
 INGRESS_POLICY = "safeship-allow-ingress"
+MONITORING_POLICY = "safeship-allow-monitoring"
+LOAD_BALANCER_POLICY = "safeship-allow-load-balancer"
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+ISTIO_NAMESPACE = "istio-system"
 LOAD_BALANCER_PORT = 80
 
 PSA_PREFIX = "pod-security.kubernetes.io/"
@@ -237,33 +246,71 @@ def limit_range(environment: Environment) -> Obj:
 # ---------------------------------------------------------------- network policies
 
 
+def monitoring_namespace(environment: Environment) -> str:
+    """The namespace Prometheus scrapes from: `monitoring_namespace`, else the namespace in
+    `prometheus.url`'s host (`prometheus.<namespace>.svc`), else `monitoring` ("" when set so)."""
+    if environment.monitoring_namespace is not None:
+        return environment.monitoring_namespace
+    if environment.prometheus is not None:
+        host = urllib.parse.urlsplit(environment.prometheus.url.strip()).hostname or ""
+        parts = host.split(".")
+        if len(parts) >= 3 and parts[2] == "svc":
+            return parts[1]
+    return DEFAULT_MONITORING_NAMESPACE
+
+
+def gateway_namespace(environment: Environment) -> str:
+    """The namespace of the gateway's data plane (the proxies that send ingress traffic to the
+    pods): `gateway_namespace`, else the Gateway's (gateway-api) or `istio-system` (istio)."""
+    if environment.gateway_namespace is not None:
+        return environment.gateway_namespace
+    router = router_of(environment)
+    if router == "gateway-api" and environment.gateway is not None:
+        return environment.gateway.namespace or namespace_of(environment)
+    if router == "istio":
+        return ISTIO_NAMESPACE
+    return ""
+
+
 def network_policies(environment: Environment) -> list[Obj]:
-    """Default-deny ingress; then the namespace's own pods, and the ingress (and Gateway) namespace."""
+    """Default-deny ingress; then the namespace's own pods, the ingress and gateway data-plane
+    namespaces, Prometheus' namespace and, with `load_balancer`, the services' port from anywhere
+    (a LoadBalancer's traffic comes from outside the cluster)."""
     everything: Obj = {}
-    sources = [environment.ingress_namespace]
+    sources = [environment.ingress_namespace, gateway_namespace(environment)]
     gateway = environment.gateway
     if router_of(environment) == "gateway-api" and gateway is not None and gateway.namespace:
         sources.append(gateway.namespace)
     sources = [s for i, s in enumerate(sources) if s and s not in sources[:i]]
-    for source in sources:
-        if len(source) > 63 or not _DNS_LABEL.fullmatch(source):
+    monitoring = monitoring_namespace(environment)
+    for source in [*sources, monitoring]:
+        if source and (len(source) > 63 or not _DNS_LABEL.fullmatch(source)):
             raise InputError(f"environment {environment.name!r}: {source!r} is not a namespace name, so no "
-                             "NetworkPolicy can admit traffic from it (ingress_namespace, gateway.namespace)")
+                             "NetworkPolicy can admit traffic from it (ingress_namespace, gateway_namespace, "
+                             "gateway.namespace, monitoring_namespace)")
 
-    def policy(name: str, ingress: list[Obj] | None) -> Obj:
-        spec: Obj = {"podSelector": dict(everything), "policyTypes": ["Ingress"]}
+    def policy(name: str, ingress: list[Obj] | None, pods: Obj | None = None) -> Obj:
+        spec: Obj = {"podSelector": dict(pods or everything), "policyTypes": ["Ingress"]}
         if ingress is not None:
             spec["ingress"] = ingress
         return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": _metadata(name, environment), "spec": spec}
+
+    def from_namespaces(names: list[str]) -> list[Obj]:
+        return [{"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME: name}}} for name in names]
 
     result = [
         policy(DENY_POLICY, None),
         policy(SAME_NAMESPACE_POLICY, [{"from": [{"podSelector": {}}]}]),
     ]
     if sources:
-        result.append(policy(INGRESS_POLICY, [{"from": [
-            {"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME: source}}} for source in sources]}]))
+        result.append(policy(INGRESS_POLICY, [{"from": from_namespaces(sources)}]))
+    if monitoring and monitoring not in sources:
+        result.append(policy(MONITORING_POLICY, [{"from": from_namespaces([monitoring])}]))
+    if environment.load_balancer:
+        result.append(policy(LOAD_BALANCER_POLICY,
+                             [{"ports": [{"port": PORT_NAME, "protocol": "TCP"}]}],  # no `from`: every source
+                             {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY}}))
     return result
 
 
