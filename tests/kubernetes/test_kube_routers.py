@@ -4,7 +4,6 @@ weight the replicas router actually reaches."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -284,21 +283,21 @@ async def test_replicas_reach_the_ratio_and_say_so(kube_api: ApiHandle, cluster_
     router, platform = make("replicas", replicas=4)
     await ready(platform, cluster_sim, {"v1": 4, "v2": 1})
     await router.set_backends(ROUTE, "v1", BACKEND)
+
+    def replicas() -> dict[str, int]:
+        return {v: kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, v))["spec"]["replicas"]
+                for v in ("v1", "v2")}  # type: ignore[index]
+
     async with cluster_sim.running():
         await router.set_weights(ROUTE, {"v1": 75, "v2": 25})
-        assert router.weights_reached(ROUTE) == {"v1": 80, "v2": 20}  # 4 + 1 pods: the nearest it runs
-        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})  # v2 needs 2 pods of 4: scaled up
-        assert router.weights_reached(ROUTE) == {"v1": 67, "v2": 33}
-        await scale(platform, "v1", 2)
-        for _ in range(TICKS * 10):  # the plan's own scale-down, as a rolling step does it
-            if (await router._ready_pods(SERVICE)).get("v1") == 2:
-                break
-            await asyncio.sleep(0.05)
-        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})
+        assert router.weights_reached(ROUTE) == {"v1": 75, "v2": 25}  # v1 scaled down to 3 of 4 pods
+        assert replicas() == {"v1": 3, "v2": 1}
+        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})  # v2 scaled up first, then v1 down
         assert router.weights_reached(ROUTE) == {"v1": 50, "v2": 50}
-    replicas = {v: kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, v))["spec"]["replicas"]
-                for v in ("v1", "v2")}  # type: ignore[index]
-    assert replicas == {"v1": 2, "v2": 2}  # never scaled down by the router
+        assert replicas() == {"v1": 2, "v2": 2}
+        await router.set_weights(ROUTE, {"v1": 90, "v2": 10})  # nearest with 4 or 5 pods: 1 of 5
+        assert router.weights_reached(ROUTE) == {"v1": 80, "v2": 20}
+        assert replicas() == {"v1": 4, "v2": 1}
     assert selected_version(kube_api, "user-service") is None  # every version's pods: traffic follows them
 
 

@@ -8,11 +8,13 @@
   version's pods and Istio picks the subset.
 - `replicas` (`ReplicasRouter`): no traffic router at all. A split between versions becomes
   replica counts of the versions' Deployments (`<service>` then selects every version's pods, so
-  traffic follows the ready pods): a version whose share needs more pods than it runs is scaled
-  up (never down: the plan's scale steps do that), and the weight actually reached, the ready
-  pods' ratio, is reported (`weights_reached`) and logged. A single version at 100% is a switch
-  of `<service>`'s selector to that version only: the blue-green switch, instant, onto pods that
-  are ready, with the other colour kept warm for a switch back.
+  traffic follows the ready pods): both versions are scaled, up and down, to the pod ratio nearest
+  the weights with the service's replicas to one pod more in all (`replica_counts`; 2 replicas:
+  5% -> 1 of 3 pods, 50% -> 1 of 2, 75% -> 2 of 3), and the weight actually reached, the ready
+  pods' ratio, is reported (`weights_reached`), logged, and what the engine judges and paces by.
+  A single version at 100% is a switch of `<service>`'s selector to that version only: the
+  blue-green switch, instant, onto pods that are ready, with the other colour kept warm for a
+  switch back.
 
 Common to all three:
 - Abilities: no `hold` (a cluster has no queue for the recreate gap) and no `listens` (the
@@ -41,6 +43,7 @@ Deployments; LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -210,13 +213,14 @@ class ClusterRouter:
                 ready[version] = ready.get(version, 0) + 1
         return ready
 
-    async def _ready(self, route: RouteKey, counts: Mapping[str, int]) -> dict[str, int]:
-        """Wait until every version in `counts` has at least that many ready pods."""
+    async def _ready(self, route: RouteKey, counts: Mapping[str, int], *, exact: bool = False) -> dict[str, int]:
+        """Wait until every version in `counts` has at least (`exact`: exactly) that many ready pods."""
 
         async def check() -> tuple[dict[str, int] | None, str]:
             ready = await self._ready_pods(route.service)
             seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
-            return (ready if all(ready.get(v, 0) >= n for v, n in counts.items()) else None), seen
+            done = all((ready.get(v, 0) == n) if exact else (ready.get(v, 0) >= n) for v, n in counts.items())
+            return (ready if done else None), seen
 
         result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
         return result
@@ -420,10 +424,53 @@ class IstioRouter(ClusterRouter):
 # ---------------------------------------------------------------- replicas
 
 
-def replica_counts(total: int, split: Mapping[str, int]) -> dict[str, int]:
-    """Replicas per weighted version for a split of `total` pods: each version with a weight gets
-    its share, rounded, and at least one pod."""
-    return {version: max(1, round(total * weight / 100)) for version, weight in split.items() if weight > 0}
+EXTRA_PODS = 1  # how many pods above the service's replicas a split may run in all
+
+
+def replica_counts(total: int, split: Mapping[str, int], extra: int = EXTRA_PODS) -> dict[str, int]:
+    """Replicas per weighted version for a split: the counts whose pod ratio is nearest the
+    weights, each weighted version with at least one pod, between `total` and `total + extra`
+    pods in all (fewer pods first when two are as near). One version at 100%: `total` pods.
+
+    Two versions are searched exhaustively (the nearest ratio there is); more are apportioned by
+    largest remainder at each size."""
+    weighted = {v: w for v, w in split.items() if w > 0}
+    if len(weighted) == 1:
+        return {next(iter(weighted)): total}
+    names = sorted(weighted, key=lambda v: (-weighted[v], v))
+    best: tuple[float, int, dict[str, int]] | None = None
+    for size in range(max(total, len(names)), max(total, len(names)) + extra + 1):
+        for counts in _candidates(names, weighted, size):
+            error = max(abs(100 * counts[v] / size - weighted[v]) for v in names)
+            if best is None or error < best[0] - 1e-9:
+                best = (error, size, counts)
+    assert best is not None
+    return {v: best[2][v] for v in weighted}
+
+
+def _candidates(names: Sequence[str], weights: Mapping[str, int], size: int) -> list[dict[str, int]]:
+    if len(names) == 2:
+        first, second = names
+        return [{first: size - count, second: count} for count in range(1, size)]
+    shares = {v: size * weights[v] / 100 for v in names}
+    counts = {v: max(1, math.floor(shares[v])) for v in names}
+    for v in sorted(names, key=lambda v: shares[v] - math.floor(shares[v]), reverse=True):
+        if sum(counts.values()) >= size:
+            break
+        counts[v] += 1
+    return [counts] if sum(counts.values()) == size else []
+
+
+def ratio(counts: Mapping[str, int], versions: Sequence[str]) -> dict[str, int]:
+    """The percent of the pods each version runs, whole numbers summing to 100 (largest remainder)."""
+    total = sum(counts.values())
+    if not total:
+        return {v: 0 for v in versions}
+    exact = {v: 100 * counts.get(v, 0) / total for v in versions}
+    whole = {v: math.floor(x) for v, x in exact.items()}
+    for v in sorted(versions, key=lambda v: exact[v] - whole[v], reverse=True)[: 100 - sum(whole.values())]:
+        whole[v] += 1
+    return whole
 
 
 class ReplicasRouter(ClusterRouter):
@@ -447,12 +494,14 @@ class ReplicasRouter(ClusterRouter):
             await self._put_service(route, objects.preview_service_name(route.service), version)
 
     async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
-        """A split: `<service>` selects every version's pods, a weighted version whose share of the
-        service's replicas needs more pods than it runs is scaled up to that share, and the call
-        waits until each weighted version has its share ready; the ratio of ready pods is the
-        weight reached. Versions are never scaled down here: the plan's own scale steps do that,
-        so the router and the plan never undo each other. One version at 100%: it gets at least the
-        service's replicas, and `<service>` switches to it once it has a ready pod."""
+        """A split: `<service>` selects every version's pods, and each weighted version's
+        Deployment is scaled, up or down, to the count of `replica_counts` (the pod ratio nearest
+        the weights, with the service's replicas to one more pod in all); the call waits until
+        each has exactly that many ready pods, and the ratio of ready pods is the weight reached
+        (`weights_reached`). Scaling up comes before scaling down, so the service never has fewer
+        ready pods than before. One version at 100%: it gets at least the service's replicas, and
+        `<service>` switches to it once it has a ready pod (the other is left as it is: warm for a
+        switch back; the plan's own scale steps retire it)."""
         self._check(route)
         split = _weights(weights)
         service = route.service
@@ -472,9 +521,14 @@ class ReplicasRouter(ClusterRouter):
         for version, count in counts.items():
             await self._scale_up(service, version, current[version], count)
         await self._put_service(route, name, None)
-        ready = await self._ready(route, counts)
-        share = sum(ready.get(v, 0) for v in counts) or 1
-        reached = {v: round(100 * ready.get(v, 0) / share) for v in split}
+        await self._ready(route, {v: n for v, n in counts.items() if n > _replicas(current[v])})
+        kube = await self.kube()
+        for version, count in counts.items():
+            if count < _replicas(current[version]):
+                await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
+                                 {"spec": {"replicas": count}}, self.namespace)
+        ready = await self._ready(route, counts, exact=True)
+        reached = ratio({v: ready.get(v, 0) for v in counts}, list(split))
         self._reached[route] = reached
         log.info("replicas %s: asked %s, reached %s with ready pods %s", route, split, reached,
                  {v: ready.get(v, 0) for v in counts})
@@ -488,8 +542,12 @@ class ReplicasRouter(ClusterRouter):
         return found
 
     async def _scale_up(self, service: str, version: str, current: Mapping[str, Any], replicas: int) -> None:
-        if int((current.get("spec") or {}).get("replicas") or 0) >= replicas:
+        if _replicas(current) >= replicas:
             return
         kube = await self.kube()
         await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
                          {"spec": {"replicas": replicas}}, self.namespace)
+
+
+def _replicas(deployment: Mapping[str, Any]) -> int:
+    return int((deployment.get("spec") or {}).get("replicas") or 0)
