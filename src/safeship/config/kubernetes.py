@@ -146,6 +146,8 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
         if user is not None and int(user) == 0 and environment.name in restricted:
             raise ConfigError(source, field, f"environment {environment.name!r} enforces the 'restricted' Pod Security "
                               "level, which refuses pods running as root (runAsUser 0); use a non-zero UID, got '0'")
+    for index, environment in clusters:
+        _check_gateway(config, environment, f"environment_management.environments[{index}].gateway", source)
     strategies = config.intelligent_deployment.strategies
     shared = [name for name in SHARED_STRATEGIES if getattr(strategies, name).enabled]
     where_runs = f"environment {clusters[0][1].name!r} runs on Kubernetes"
@@ -165,6 +167,33 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
                                   f"that only recreate is left, got {volume.access_mode!r}")
         _check_pod(service.pod, service.grace_period, f"services.{name}.pod", restricted, source)
         _check_versions(service.versions, f"services.{name}.versions", source)
+
+
+_MATCH_KEYS = {"path", "headers", "queryParams", "method"}
+
+
+def _check_gateway(config: SafeshipConfig, environment: Environment, where: str, source: str) -> None:
+    """The gateway block's matches use Gateway API's keys, and two services on one Gateway do not
+    claim the same requests (their HTTPRoutes' hostnames or matches must name the service)."""
+    gateway = environment.gateway
+    if gateway is None or (environment.router or "replicas") != "gateway-api":
+        return
+    for index, match in enumerate(gateway.matches):
+        unknown = sorted(set(match) - _MATCH_KEYS)
+        if unknown:
+            raise ConfigError(source, f"{where}.matches[{index}]", f"unknown field {show(unknown[0])} (an "
+                              f"HTTPRouteMatch has {', '.join(sorted(_MATCH_KEYS))})")
+    named = any("{service}" in h for h in gateway.hostnames) or "{service}" in str(gateway.matches)
+    if len(config.services) > 1 and not named:
+        first, second = list(config.services)[:2]
+        raise ConfigError(source, where, f"the HTTPRoutes of {first} and {second} would both claim "
+                          f"{_claim(gateway.hostnames, gateway.matches)} on Gateway {gateway.name!r}; put "
+                          "{service} in gateway.hostnames or gateway.matches so that each claims its own")
+
+
+def _claim(hostnames: Sequence[str], matches: Sequence[Mapping[str, Any]]) -> str:
+    where = f"hostnames {', '.join(hostnames)}" if hostnames else "every hostname"
+    return f"{where} with {'the configured matches' if matches else 'PathPrefix /'}"
 
 
 def _check_versions(versions: Sequence[str], where: str, source: str) -> None:

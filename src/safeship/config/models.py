@@ -389,11 +389,16 @@ class PrometheusSourceConfig(Model):
 
 
 class GatewayRef(Model):
-    """The Gateway an HTTPRoute attaches to (`router: gateway-api`)."""
+    """The Gateway an HTTPRoute attaches to (`router: gateway-api`), and what safeship's rule of
+    each service's HTTPRoute claims: `hostnames` and `matches` (Gateway API HTTPRouteMatch objects,
+    as Kubernetes writes them), where `{service}` is replaced by the service's name. The default,
+    no hostnames and `PathPrefix /`, claims everything the listener gets."""
 
     name: str = Field(min_length=1)
     namespace: str = ""  # "": the environment's namespace
     section_name: str = ""
+    hostnames: list[str] = Field(default_factory=list)
+    matches: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Environment(Model):

@@ -349,10 +349,58 @@ def service_object(config: SafeshipConfig, environment: Environment, service: st
 # ---------------------------------------------------------------- routers' objects
 
 
+DEFAULT_MATCHES: tuple[Obj, ...] = ({"path": {"type": "PathPrefix", "value": "/"}},)
+
+
+def _filled(value: Any, service: str) -> Any:
+    """`value` with `{service}` replaced in every string inside it."""
+    if isinstance(value, str):
+        return value.replace("{service}", service)
+    if isinstance(value, Mapping):
+        return {k: _filled(v, service) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, service) for v in value]
+    return value
+
+
+def route_hostnames(environment: Environment, service: str) -> list[str]:
+    """The hostnames of `service`'s HTTPRoute: `gateway.hostnames`, `{service}` filled in."""
+    gateway = environment.gateway
+    return [_filled(h, service) for h in gateway.hostnames] if gateway is not None else []
+
+
+def route_matches(environment: Environment, service: str) -> list[Obj]:
+    """The matches of safeship's rule: `gateway.matches`, `{service}` filled in (default `PathPrefix /`)."""
+    gateway = environment.gateway
+    given = gateway.matches if gateway is not None and gateway.matches else DEFAULT_MATCHES
+    return [_filled(copy.deepcopy(dict(m)), service) for m in given]
+
+
+def route_rule(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
+               canary_weight: int) -> Obj:
+    """safeship's rule of `service`'s HTTPRoute: the configured matches, to `<service>` and
+    `<service>-canary` with their weights."""
+    port = config.services[service].container_port
+    refs = [
+        {"group": "", "kind": "Service", "name": stable_service_name(service), "port": port, "weight": stable_weight},
+        {"group": "", "kind": "Service", "name": canary_service_name(service), "port": port, "weight": canary_weight},
+    ]
+    return {"matches": route_matches(environment, service), "backendRefs": refs}
+
+
+def is_own_rule(rule: Mapping[str, Any], service: str) -> bool:
+    """Whether an HTTPRoute rule is safeship's: its backends are `<service>` and `<service>-canary`
+    (a rule added by hand names other backends, or none)."""
+    names = {str(ref.get("name")) for ref in rule.get("backendRefs") or [] if ref.get("kind", "Service") == "Service"}
+    return names == {stable_service_name(service), canary_service_name(service)}
+
+
 def http_route(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
                canary_weight: int) -> Obj:
-    """The HTTPRoute `<service>`: attached to `environment.gateway`, splitting between the stable
-    and the canary Service by weight."""
+    """The HTTPRoute `<service>`: attached to `environment.gateway`, with its hostnames, and one
+    rule (safeship's, `route_rule`) splitting between the stable and the canary Service by weight.
+    Once it exists, the router changes only that rule (`merged_rules`): rules and filters added by
+    hand stay."""
     gateway = environment.gateway
     if gateway is None:
         raise ValueError(f"environment {environment.name!r} names no gateway for its HTTPRoute")
@@ -361,20 +409,48 @@ def http_route(config: SafeshipConfig, environment: Environment, service: str, *
         parent["namespace"] = gateway.namespace
     if gateway.section_name:
         parent["sectionName"] = gateway.section_name
-    port = config.services[service].container_port
-    refs = [
-        {"group": "", "kind": "Service", "name": stable_service_name(service), "port": port, "weight": stable_weight},
-        {"group": "", "kind": "Service", "name": canary_service_name(service), "port": port, "weight": canary_weight},
-    ]
+    spec: Obj = {"parentRefs": [parent]}
+    hostnames = route_hostnames(environment, service)
+    if hostnames:
+        spec["hostnames"] = hostnames
+    spec["rules"] = [route_rule(config, environment, service, stable_weight=stable_weight,
+                                canary_weight=canary_weight)]
     return {
         "apiVersion": HTTPROUTE_API,
         "kind": "HTTPRoute",
         "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
-        "spec": {
-            "parentRefs": [parent],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": refs}],
-        },
+        "spec": spec,
     }
+
+
+def merged_rules(current: Sequence[Mapping[str, Any]], own: Mapping[str, Any], service: str) -> list[Obj]:
+    """The rules of an HTTPRoute after safeship's rule changes to `own`: the first rule that is
+    safeship's (`is_own_rule`) gets `own`'s matches and backends' weights, keeping every other key
+    of it and of its backends (filters, timeouts); further copies of it are dropped; every other
+    rule stays as it is, in its place. Without one, `own` is added last."""
+    result: list[Obj] = []
+    placed = False
+    wanted = {str(ref["name"]): ref for ref in own["backendRefs"]}
+    for rule in current:
+        if not is_own_rule(rule, service):
+            result.append(copy.deepcopy(dict(rule)))
+            continue
+        if placed:
+            continue
+        merged = copy.deepcopy(dict(rule))
+        merged["matches"] = copy.deepcopy(own["matches"])
+        refs = []
+        for ref in rule.get("backendRefs") or []:
+            kept = copy.deepcopy(dict(ref))
+            if str(ref.get("name")) in wanted:
+                kept.update(copy.deepcopy(wanted[str(ref.get("name"))]))
+            refs.append(kept)
+        merged["backendRefs"] = refs
+        result.append(merged)
+        placed = True
+    if not placed:
+        result.append(copy.deepcopy(dict(own)))
+    return result
 
 
 def destination_rule(environment: Environment, service: str, versions: Sequence[str]) -> Obj:

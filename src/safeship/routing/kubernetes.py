@@ -2,7 +2,10 @@
 
 - `gateway-api` (`GatewayApiRouter`): an HTTPRoute `<service>` attached to the environment's
   Gateway, whose two backendRefs are the Services `<service>` (stable) and `<service>-canary`,
-  each selecting one version's pods; the weights are the backendRefs' weights.
+  each selecting one version's pods; the weights are the backendRefs' weights. The route's
+  hostnames and safeship's rule's matches come from the `gateway:` block; once the route exists,
+  only safeship's rule (the one whose backends are those two Services) changes, with its filters
+  and every other rule left as they are (a patch guarded by the route's resourceVersion).
 - `istio` (`IstioRouter`): a DestinationRule `<service>` with a subset per version (by the
   version label) and a VirtualService `<service>` weighing the subsets; `<service>` selects every
   version's pods and Istio picks the subset.
@@ -21,8 +24,10 @@ Common to all three:
   cluster's Services, Gateway or mesh take the traffic; `ensure_route` returns None).
 - `set_weights` applies the weights and returns only once the cluster shows them (waiting in real
   time: a cluster's controllers report on their own clock, not the engine's): the HTTPRoute's
-  parents report Accepted with observedGeneration >= metadata.generation; the VirtualService's
-  status.observedGeneration reaches its generation when its status carries one; for replicas,
+  parents report Accepted and ResolvedRefs True with observedGeneration >= metadata.generation
+  (Accepted False is a PermanentError; ResolvedRefs False, a backend Service the controller has
+  not seen yet, is waited out); the VirtualService's status.observedGeneration reaches its
+  generation when its status carries one; for replicas,
   every weighted version has the ready pods its share asks for. A wait that runs out
   (`wait_s`) is a `TemporaryError`, which the engine retries within its error budget.
 - `set_backends` keeps the Services' selectors right. Services select pods by labels, and a pod
@@ -270,6 +275,8 @@ class GatewayApiRouter(ClusterRouter):
         current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
         refs: dict[str, int] = {}
         for rule in ((current or {}).get("spec") or {}).get("rules") or []:
+            if not objects.is_own_rule(rule, service):
+                continue
             for ref in rule.get("backendRefs") or []:
                 refs[str(ref.get("name"))] = int(ref.get("weight", 1))
         return refs
@@ -332,7 +339,23 @@ class GatewayApiRouter(ClusterRouter):
         desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
                                      canary_weight=canary_weight)
         kube = await self.kube()
-        applied = await kube.apply(desired)
+        current_route = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+        if current_route is None:
+            applied = await kube.create(desired)
+        else:
+            # Only safeship's rule changes: rules and filters added by hand stay. The resourceVersion
+            # makes a concurrent edit a conflict (retried) rather than lost.
+            spec = current_route.get("spec") or {}
+            patch_spec: Obj = {"parentRefs": desired["spec"]["parentRefs"],
+                               "rules": objects.merged_rules(spec.get("rules") or [], desired["spec"]["rules"][0],
+                                                             service)}
+            if "hostnames" in desired["spec"]:
+                patch_spec["hostnames"] = desired["spec"]["hostnames"]
+            meta = current_route.get("metadata") or {}
+            applied = await kube.patch(objects.HTTPROUTE_API, "HTTPRoute", service,
+                                       {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                                                     "labels": desired["metadata"]["labels"]},
+                                        "spec": patch_spec}, self.namespace)
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
         async def accepted() -> tuple[bool | None, str]:
@@ -343,17 +366,26 @@ class GatewayApiRouter(ClusterRouter):
             parents = ((current.get("status") or {}).get("parents")) or []
             seen = "no parent has reported on it"
             for parent in parents:
-                for condition in parent.get("conditions") or []:
-                    if condition.get("type") != "Accepted":
-                        continue
-                    observed = int(condition.get("observedGeneration") or 0)
-                    seen = (f"Accepted={condition.get('status')} ({condition.get('reason', '')}) "
-                            f"at generation {observed} of {at}")
-                    if observed >= at and condition.get("status") == "True":
-                        return True, seen
-                    if observed >= at and condition.get("status") == "False":
-                        raise PermanentError(f"gateway-api router: the Gateway refused HTTPRoute {service}: "
-                                             f"{condition.get('reason', '')}: {condition.get('message', '')}")
+                conditions = {c.get("type"): c for c in parent.get("conditions") or [] if isinstance(c, Mapping)}
+                accepted_now, resolved = conditions.get("Accepted"), conditions.get("ResolvedRefs")
+                if accepted_now is None:
+                    continue
+                observed = int(accepted_now.get("observedGeneration") or 0)
+                seen = (f"Accepted={accepted_now.get('status')} ({accepted_now.get('reason', '')}) "
+                        f"at generation {observed} of {at}")
+                if observed >= at and accepted_now.get("status") == "False":
+                    raise PermanentError(f"gateway-api router: the Gateway refused HTTPRoute {service}: "
+                                         f"{accepted_now.get('reason', '')}: {accepted_now.get('message', '')}")
+                if observed < at or accepted_now.get("status") != "True":
+                    continue
+                if resolved is None or int(resolved.get("observedGeneration") or 0) < at:
+                    seen += ", ResolvedRefs not reported yet"
+                    continue
+                if resolved.get("status") != "True":
+                    seen += (f", ResolvedRefs={resolved.get('status')} ({resolved.get('reason', '')}: "
+                             f"{resolved.get('message', '')})")
+                    continue
+                return True, seen
             return None, seen
 
         await self._wait(f"HTTPRoute {service} weights {stable_weight}/{canary_weight}", accepted)
