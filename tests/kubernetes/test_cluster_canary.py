@@ -4,8 +4,8 @@ say (not what safeship asked for), and the judge sees the candidate's requests a
 the weight the cluster reached.
 
 `ClusterTraffic` plays the users: every read sends 1000 requests, split as the data plane would
-split them from the objects stored in the emulator: the HTTPRoute's backendRefs and the versions
-their Services select (gateway-api), the VirtualService's weights by subset (istio), or the ready
+split them from the objects stored in the emulator: the HTTPRoute's backendRefs (gateway-api) or
+the VirtualService's destinations (istio), each to the ready pods its Service selects, or the ready
 pods behind `<service>` (replicas: a Service balances over its ready endpoints)."""
 
 from __future__ import annotations
@@ -90,13 +90,12 @@ class ClusterTraffic:
             return _apportion(USERS, shares)
         if self.router == "istio":
             virtual = self.kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
-            pods = self._ready_pods(objects.selector(SERVICE))
-            by_subset = {objects.subset_name(v): v for v in pods}
             shares = {}
             for route in (virtual or {}).get("spec", {}).get("http", [{}])[0].get("route", []):
-                version = by_subset.get(route["destination"].get("subset"))
-                if version is not None:
-                    shares[version] = shares.get(version, 0.0) + float(route.get("weight", 0))
+                pods = self._behind(route["destination"]["host"])
+                for version, count in pods.items():
+                    share = float(route.get("weight", 0)) * count / sum(pods.values())
+                    shares[version] = shares.get(version, 0.0) + share
             return _apportion(USERS, shares)
         return _apportion(USERS, self._behind(SERVICE))
 

@@ -215,20 +215,20 @@ async def test_gateway_api_waits_for_the_route_to_be_accepted(kube_api: ApiHandl
 # ---------------------------------------------------------------- istio
 
 
-async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, make: Make) -> None:
-    router, _ = make("istio")
+async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, cluster_sim: Any, make: Make) -> None:
+    router, platform = make("istio")
+    await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
     await router.set_backends(ROUTE, "v1", BACKEND)
     await router.set_weights(ROUTE, {"v1": 100})
     await router.set_backends(ROUTE, "v2", BACKEND)
     await router.set_weights(ROUTE, {"v1": 90, "v2": 10})
     virtual = kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
     assert virtual is not None
-    assert {r["destination"]["subset"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]} == {
-        "v1": 90, "v2": 10}
-    rule = kube_api.read(objects.ISTIO_API, "DestinationRule", SERVICE)
-    assert rule is not None
-    assert {s["name"]: s["labels"][objects.VERSION_LABEL] for s in rule["spec"]["subsets"]} == {"v1": "v1", "v2": "v2"}
-    assert selected_version(kube_api, "user-service") is None  # every version's pods; Istio picks the subset
+    assert {r["destination"]["host"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]} == {
+        "user-service": 90, "user-service-canary": 10}
+    # each Service selects one version: a client outside the mesh reaches the stable version only
+    assert selected_version(kube_api, "user-service") == "v1"
+    assert selected_version(kube_api, "user-service-canary") == "v2"
     assert router.weights_reached(ROUTE) == {"v1": 90, "v2": 10}
     await router.remove_route(ROUTE)
     assert kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE) is None
@@ -236,6 +236,8 @@ async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, make: Ma
 
 async def test_istio_waits_for_the_observed_generation(kube_api: ApiHandle, make: Make) -> None:
     router, _ = make("istio", wait_s=0.5)
+    put_ready_pod(kube_api, "v1")
+    put_ready_pod(kube_api, "v2")
     await router.set_weights(ROUTE, {"v1": 100})
     virtual = kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
     assert virtual is not None

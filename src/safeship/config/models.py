@@ -401,6 +401,22 @@ class GatewayRef(Model):
     matches: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class IstioSettings(Model):
+    """How the istio router's VirtualService is bound (`router: istio`).
+
+    gateways: the VirtualService's `gateways`: `mesh` (the sidecars) and `<namespace>/<name>` of
+              the Istio Gateways whose ingress traffic must follow the weights; empty: the mesh only;
+    hosts:    hostnames the VirtualService also claims (those the gateways serve), `{service}`
+              replaced by the service's name;
+    mode:     `sidecar` (the namespace is labelled `istio-injection: enabled`) or `ambient`
+              (`istio.io/dataplane-mode: ambient`).
+    """
+
+    gateways: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    mode: Literal["sidecar", "ambient"] = "sidecar"
+
+
 class Environment(Model):
     name: str = Field(min_length=1)
     type: EnvironmentType = EnvironmentType.DEVELOPMENT
@@ -420,6 +436,7 @@ class Environment(Model):
     traffic_source: PluginName | None = None
     prometheus: PrometheusSourceConfig | None = None
     gateway: GatewayRef | None = None  # router: gateway-api
+    istio: IstioSettings = Field(default_factory=IstioSettings)  # router: istio
     ingress_namespace: str = "ingress-nginx"  # NetworkPolicy admits traffic from here
     # Kubernetes: NetworkPolicies also admit Prometheus' namespace (None: the `<namespace>` of
     # prometheus.url's `<name>.<namespace>.svc` host, else "monitoring"; "": none) and the gateway's

@@ -49,9 +49,12 @@ from safeship.environments.manager import Check
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, PermanentError, SafeshipError, TemporaryError
 from safeship.kube.environment import (
+    ISTIO_CNI,
+    ISTIO_CNI_NAMESPACES,
     deployer_rules,
     environment_objects,
     managed_selector,
+    mesh_problem,
     namespace_of,
 )
 from safeship.kube.objects import MANAGED_BY, MANAGED_BY_LABEL, router_of
@@ -242,7 +245,21 @@ class KubernetesEnvironment:
             return False
         phase = (found.get("status") or {}).get("phase")
         checks.append(Check("namespace", phase == "Active", f"{namespace} is {phase or 'without a phase'}"))
+        if phase == "Active" and router_of(self.environment) == "istio":
+            checks.append(await self._mesh_check(kube, found))
         return phase == "Active"
+
+    async def _mesh_check(self, kube: KubeClient, namespace_obj: dict[str, Any]) -> Check:
+        """The pods would be in the Istio mesh (kube.environment.mesh_problem)."""
+        cni = False
+        for where in ISTIO_CNI_NAMESPACES:
+            try:
+                cni = cni or await kube.get("apps/v1", "DaemonSet", ISTIO_CNI, where) is not None
+            except (TemporaryError, PermanentError):
+                continue  # not readable there: counted as absent, and the message says what to do
+        problem = mesh_problem(self.config, self.environment, namespace_obj, cni)
+        mode = self.environment.istio.mode
+        return Check("mesh", problem is None, problem or f"pods join the Istio mesh ({mode})")
 
     async def _quota_check(self, kube: KubeClient, namespace: str) -> Check:
         try:

@@ -3,7 +3,9 @@
 Pure functions: `environments.kubernetes` applies what these build for `environment-manager
 --prepare`, and `--render` prints it. `environment_objects` returns them in apply order:
 
-1. the Namespace, with Pod Security Admission labels (see below);
+1. the Namespace, with Pod Security Admission labels (see below) and, for router istio, the
+   mesh's label (`istio-injection: enabled`, or `istio.io/dataplane-mode: ambient` with
+   `istio.mode: ambient`);
 2. a ResourceQuota `safeship-quota` (requests.* and limits.* from `resource_quotas`) and a
    LimitRange `safeship-limits` (default requests and limits per container, so that every pod
    counts against the quota even when it names no resources);
@@ -148,7 +150,53 @@ def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
         f"{PSA_PREFIX}warn-version": PSA_VERSION,
     }
     return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": _metadata(namespace_of(environment), environment, psa, namespaced=False)}
+            "metadata": _metadata(namespace_of(environment), environment, {**psa, **mesh_labels(environment)},
+                                  namespaced=False)}
+
+
+ISTIO_INJECTION_LABEL = "istio-injection"
+ISTIO_DATAPLANE_LABEL = "istio.io/dataplane-mode"
+
+
+ISTIO_CNI = "istio-cni-node"  # the DaemonSet of the Istio CNI node agent
+ISTIO_CNI_NAMESPACES = (ISTIO_NAMESPACE, "kube-system")
+
+
+def mesh_problem(config: SafeshipConfig, environment: Environment, namespace_obj: Mapping[str, Any],
+                 cni: bool) -> str | None:
+    """Why the environment's pods would not be in the Istio mesh, or None when they would be
+    (router istio only). `cni`: the Istio CNI node agent runs. Sidecar injection adds the
+    `istio-init` container, which needs NET_ADMIN and NET_RAW: the `baseline` and `restricted` Pod
+    Security levels refuse it unless the Istio CNI agent sets up the redirection instead."""
+    if router_of(environment) != "istio":
+        return None
+    name = namespace_of(environment)
+    labels = (namespace_obj.get("metadata") or {}).get("labels") or {}
+    if environment.istio.mode == "ambient":
+        if labels.get(ISTIO_DATAPLANE_LABEL) != "ambient":
+            return (f"namespace {name} lacks the label {ISTIO_DATAPLANE_LABEL}=ambient, so its pods are not in the "
+                    "ambient mesh and the VirtualService's weights do not apply to them")
+        return None
+    if labels.get(ISTIO_INJECTION_LABEL) != "enabled" and not labels.get("istio.io/rev"):
+        return (f"namespace {name} has neither {ISTIO_INJECTION_LABEL}=enabled nor istio.io/rev, so its pods get no "
+                "sidecar and the VirtualService's weights do not apply to traffic from the mesh")
+    level = pod_security_level(config, environment)
+    if level != "privileged" and not cni:
+        return (f"namespace {name} enforces the {level!r} Pod Security level, which refuses the istio-init "
+                f"container sidecar injection adds (NET_ADMIN, NET_RAW), and no Istio CNI agent ({ISTIO_CNI} in "
+                f"{' or '.join(ISTIO_CNI_NAMESPACES)}) runs; install Istio with its CNI agent, or use "
+                "istio.mode: ambient")
+    return None
+
+
+def mesh_labels(environment: Environment) -> dict[str, str]:
+    """The namespace labels that put its pods in the Istio mesh (router istio): sidecar injection,
+    or the ambient data plane."""
+    if router_of(environment) != "istio":
+        return {}
+    if environment.istio.mode == "ambient":
+        return {ISTIO_DATAPLANE_LABEL: "ambient"}
+    return {ISTIO_INJECTION_LABEL: "enabled"}
 
 
 def deployer_rules(environment: Environment) -> list[Obj]:

@@ -19,9 +19,8 @@ prints it. Naming and labelling rules, in one place:
 - secrets reach the pods as `secretKeyRef`s into the Secret `secret_name(service)` (the
   environment manager writes it from the secret files), never as values;
 - volumes mount the PersistentVolumeClaim `pvc_name(service, volume)`;
-- HTTPRoute `<service>` (Gateway API v1) splits between `<service>` and `<service>-canary`;
-  Istio: DestinationRule `<service>` (a subset per version, by the version label) and
-  VirtualService `<service>` (route weights per subset).
+- HTTPRoute `<service>` (Gateway API v1) splits between `<service>` and `<service>-canary`, and
+  so does the Istio VirtualService `<service>`.
 """
 
 from __future__ import annotations
@@ -454,7 +453,9 @@ def merged_rules(current: Sequence[Mapping[str, Any]], own: Mapping[str, Any], s
 
 
 def destination_rule(environment: Environment, service: str, versions: Sequence[str]) -> Obj:
-    """The Istio DestinationRule `<service>`: one subset per version, selected by its version label."""
+    """An Istio DestinationRule `<service>` with one subset per version, selected by its version
+    label: not applied by the istio router (its VirtualService weighs per-version Services), kept
+    for a mesh policy that wants subsets."""
     seen: dict[str, str] = {}
     for version in versions:
         seen.setdefault(subset_name(version), version)
@@ -470,22 +471,32 @@ def destination_rule(environment: Environment, service: str, versions: Sequence[
     }
 
 
-def virtual_service(config: SafeshipConfig, environment: Environment, service: str,
-                    weights: Mapping[str, int]) -> Obj:
-    """The Istio VirtualService `<service>`: one HTTP route whose destinations are the versions'
-    subsets with their weights (percent, summing to 100)."""
+ISTIO_ROUTE_NAME = "safeship"  # the VirtualService's HTTP route safeship writes
+
+
+def virtual_service(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
+                    canary_weight: int) -> Obj:
+    """The Istio VirtualService `<service>`: one HTTP route (`safeship`) weighing the stable and
+    the canary Service (percent, summing to 100), bound to `istio.gateways` (the mesh when none)
+    for the hosts `<service>` and `istio.hosts`."""
     port = config.services[service].container_port
     routes = [
-        {"destination": {"host": stable_service_name(service), "subset": subset_name(version),
-                         "port": {"number": port}},
-         "weight": int(weight)}
-        for version, weight in weights.items()
+        {"destination": {"host": name, "port": {"number": port}}, "weight": int(weight)}
+        for name, weight in ((stable_service_name(service), stable_weight),
+                             (canary_service_name(service), canary_weight))
     ]
+    settings = environment.istio
+    hosts = list(dict.fromkeys([stable_service_name(service),
+                                *(h.replace("{service}", service) for h in settings.hosts)]))
+    spec: Obj = {"hosts": hosts}
+    if settings.gateways:
+        spec["gateways"] = list(settings.gateways)
+    spec["http"] = [{"name": ISTIO_ROUTE_NAME, "route": routes}]
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
         "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
-        "spec": {"hosts": [stable_service_name(service)], "http": [{"name": "safeship", "route": routes}]},
+        "spec": spec,
     }
 
 
@@ -525,8 +536,8 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
       pods); for blue-green it selects the active colour only, and `<service>-preview` the new one;
     - `gateway-api`: `<service>` (stable) and `<service>-canary` each select one version, and the
       HTTPRoute splits between them (`<service>-preview` too for blue-green);
-    - `istio`: `<service>` selects every version's pods, a DestinationRule names a subset per
-      version and a VirtualService weighs the subsets (`<service>-preview` too for blue-green).
+    - `istio`: as gateway-api, with a VirtualService weighing the two Services
+      (`<service>-preview` too for blue-green).
     """
     if service not in config.services:
         raise ValueError(f"service {service!r} is not configured")
@@ -536,7 +547,7 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     active = previous if previous is not None else version
     objects: list[Obj] = []
 
-    if router == "gateway-api":
+    if router in ("gateway-api", "istio"):
         objects.append(service_object(config, environment, service, stable_service_name(service), active))
         objects.append(service_object(config, environment, service, canary_service_name(service), version))
     elif router == "replicas" and kind is DeploymentStrategy.BLUE_GREEN:
@@ -555,10 +566,7 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     if router == "gateway-api":
         objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))
     elif router == "istio":
-        versions = [previous, version] if previous is not None and previous != version else [version]
-        objects.append(destination_rule(environment, service, versions))
-        weights = {v: (100 if v == active else 0) for v in versions}
-        objects.append(virtual_service(config, environment, service, weights))
+        objects.append(virtual_service(config, environment, service, stable_weight=100, canary_weight=0))
     return objects
 
 

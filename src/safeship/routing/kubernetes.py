@@ -6,9 +6,11 @@
   hostnames and safeship's rule's matches come from the `gateway:` block; once the route exists,
   only safeship's rule (the one whose backends are those two Services) changes, with its filters
   and every other rule left as they are (a patch guarded by the route's resourceVersion).
-- `istio` (`IstioRouter`): a DestinationRule `<service>` with a subset per version (by the
-  version label) and a VirtualService `<service>` weighing the subsets; `<service>` selects every
-  version's pods and Istio picks the subset.
+- `istio` (`IstioRouter`): the same two Services, weighed by a VirtualService `<service>` whose
+  `gateways` are the environment's `istio.gateways` (the mesh's sidecars by default; name the
+  ingress gateways too so that traffic from outside follows the weights) and whose `hosts` are
+  `<service>` plus `istio.hosts`. As each Service selects one version, a client outside the mesh
+  reaches the stable version only, never a split by pod count.
 - `replicas` (`ReplicasRouter`): no traffic router at all. A split between versions becomes
   replica counts of the versions' Deployments (`<service>` then selects every version's pods, so
   traffic follows the ready pods): both versions are scaled, up and down, to the pod ratio nearest
@@ -249,37 +251,27 @@ class ClusterRouter:
 # ---------------------------------------------------------------- gateway-api
 
 
-class GatewayApiRouter(ClusterRouter):
-    """Gateway API: an HTTPRoute splitting between the stable and the canary Service."""
-
-    name = "gateway-api"
+class TwoServiceRouter(ClusterRouter):
+    """What gateway-api and istio share: `<service>` (stable) and `<service>-canary` each select
+    one version's pods, and a routing object weighs the two Services. A client that does not go
+    through that object (no sidecar, no gateway) reaches the stable version only."""
 
     def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
         super().__init__(config, environment, **kwargs)
         self._served: dict[RouteKey, set[str]] = {}  # versions that had traffic through this router
-        if environment.gateway is None:
-            raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
-                             "the Gateway to attach to")
 
-    def _route_kinds(self) -> Sequence[tuple[str, str]]:
-        return ((objects.HTTPROUTE_API, "HTTPRoute"),)
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The routing object's weight per Service name, as stored ({} when there is none)."""
+        raise NotImplementedError
+
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
+        """Write the two Services' weights and wait until the cluster shows them."""
+        raise NotImplementedError
 
     async def _slots(self, service: str) -> tuple[Obj | None, Obj | None]:
         stable = await self._service(objects.stable_service_name(service))
         canary = await self._service(objects.canary_service_name(service))
         return stable, canary
-
-    async def _route_weights(self, service: str) -> dict[str, int]:
-        """The HTTPRoute's weight per Service name, as stored ({} when there is no route)."""
-        kube = await self.kube()
-        current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
-        refs: dict[str, int] = {}
-        for rule in ((current or {}).get("spec") or {}).get("rules") or []:
-            if not objects.is_own_rule(rule, service):
-                continue
-            for ref in rule.get("backendRefs") or []:
-                refs[str(ref.get("name"))] = int(ref.get("weight", 1))
-        return refs
 
     async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         """Make sure a version with ready pods has a Service: the stable one when there is none
@@ -336,6 +328,41 @@ class GatewayApiRouter(ClusterRouter):
             await self._put_service(route, canary_name, new_canary, canary, known=True)
         stable_weight = split.get(new_stable, 0) if len(positive) == 2 else 100
         canary_weight = 100 - stable_weight
+        await self._apply_weights(route, stable_weight, canary_weight)
+        self._reached[route] = {v: w for v, w in split.items()}
+        self._served.setdefault(route, set()).update(positive)
+        log.info("%s %s: %s=%d%% (%s), %s=%d%% (%s)", self.name, route, stable_name, stable_weight, new_stable,
+                 canary_name, canary_weight, new_canary)
+
+
+class GatewayApiRouter(TwoServiceRouter):
+    """Gateway API: an HTTPRoute splitting between the stable and the canary Service."""
+
+    name = "gateway-api"
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
+        super().__init__(config, environment, **kwargs)
+        if environment.gateway is None:
+            raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
+                             "the Gateway to attach to")
+
+    def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        return ((objects.HTTPROUTE_API, "HTTPRoute"),)
+
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The HTTPRoute's weight per Service name, as stored ({} when there is no route)."""
+        kube = await self.kube()
+        current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+        refs: dict[str, int] = {}
+        for rule in ((current or {}).get("spec") or {}).get("rules") or []:
+            if not objects.is_own_rule(rule, service):
+                continue
+            for ref in rule.get("backendRefs") or []:
+                refs[str(ref.get("name"))] = int(ref.get("weight", 1))
+        return refs
+
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
+        service = route.service
         desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
                                      canary_weight=canary_weight)
         kube = await self.kube()
@@ -389,52 +416,39 @@ class GatewayApiRouter(ClusterRouter):
             return None, seen
 
         await self._wait(f"HTTPRoute {service} weights {stable_weight}/{canary_weight}", accepted)
-        self._reached[route] = {v: w for v, w in split.items()}
-        self._served.setdefault(route, set()).update(positive)
-        log.info("gateway-api %s: %s=%d%% (%s), %s=%d%% (%s)", route, stable_name, stable_weight, new_stable,
-                 canary_name, canary_weight, new_canary)
 
 
 # ---------------------------------------------------------------- istio
 
 
-class IstioRouter(ClusterRouter):
-    """Istio: a DestinationRule subset per version and a VirtualService weighing them."""
+class IstioRouter(TwoServiceRouter):
+    """Istio: a VirtualService weighing `<service>` and `<service>-canary`, for the mesh and the
+    gateways the environment's `istio.gateways` names."""
 
     name = "istio"
 
     def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        # DestinationRule: what earlier versions of this router kept a subset per version in
         return ((objects.ISTIO_API, "VirtualService"), (objects.ISTIO_API, "DestinationRule"))
 
-    async def _subsets(self, route: RouteKey, versions: Sequence[str]) -> None:
-        """The DestinationRule names a subset for every version in `versions`, keeping the others."""
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The VirtualService's weight per Service host, as stored ({} when there is none)."""
         kube = await self.kube()
-        current = await kube.get(objects.ISTIO_API, "DestinationRule", route.service, self.namespace)
-        known: list[str] = []
-        for subset in ((current or {}).get("spec") or {}).get("subsets") or []:
-            label = (subset.get("labels") or {}).get(objects.VERSION_LABEL)
-            version = next((v for v in versions if objects.subset_name(v) == subset.get("name")), None)
-            known.append(version if version is not None else str(label or subset.get("name")))
-        wanted = list(dict.fromkeys([*known, *versions]))
-        if current is not None and set(wanted) == set(known):
-            return
-        await kube.apply(objects.destination_rule(self.environment, route.service, wanted))
+        current = await kube.get(objects.ISTIO_API, "VirtualService", service, self.namespace)
+        weights: dict[str, int] = {}
+        for http in ((current or {}).get("spec") or {}).get("http") or []:
+            if http.get("name") != objects.ISTIO_ROUTE_NAME:
+                continue
+            for destination in http.get("route") or []:
+                host = str((destination.get("destination") or {}).get("host"))
+                weights[host] = int(destination.get("weight", 0))
+        return weights
 
-    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
-        """`<service>` selects every version's pods; the version gets a subset once it has ready pods."""
-        self._check(route)
-        if not backends:
-            return
-        await self._put_service(route, objects.stable_service_name(route.service), None)
-        await self._subsets(route, [version])
-
-    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
-        self._check(route)
-        split = _weights(weights)
-        await self._put_service(route, objects.stable_service_name(route.service), None)
-        await self._subsets(route, list(split))
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
         kube = await self.kube()
-        applied = await kube.apply(objects.virtual_service(self.config, self.environment, route.service, split))
+        desired = objects.virtual_service(self.config, self.environment, route.service,
+                                          stable_weight=stable_weight, canary_weight=canary_weight)
+        applied = await kube.apply(desired)
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
         async def observed() -> tuple[bool | None, str]:
@@ -443,14 +457,12 @@ class IstioRouter(ClusterRouter):
                 return None, "the VirtualService is gone"
             status = current.get("status") or {}
             if "observedGeneration" not in status:
-                return True, "no status kept"  # Istio's status reporting is off: nothing to wait for
+                return True, "no status kept"  # Istio's status reporting is off (its default): nothing to wait for
             at = max(generation, int((current.get("metadata") or {}).get("generation") or 0))
             seen = int(status.get("observedGeneration") or 0)
             return (True if seen >= at else None), f"observedGeneration {seen} of {at}"
 
-        await self._wait(f"VirtualService {route.service} weights {split}", observed)
-        self._reached[route] = dict(split)
-        log.info("istio %s: %s", route, split)
+        await self._wait(f"VirtualService {route.service} weights {stable_weight}/{canary_weight}", observed)
 
 
 # ---------------------------------------------------------------- replicas

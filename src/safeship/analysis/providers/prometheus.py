@@ -39,8 +39,10 @@ The sets:
   both (a ServiceMonitor) would be counted twice.
 - `istio`: `istio_requests_total` and `istio_request_duration_milliseconds` as the sidecars report
   them (`reporter="destination"`, so a request is counted once), selected by
-  `destination_service_name` and `destination_workload_namespace`, 5xx by `response_code`,
-  the version in `destination_version` (the pods' `version` label).
+  `destination_canonical_service` (the pods' `app.kubernetes.io/name`, whichever Service,
+  `<service>` or `<service>-canary`, the request was sent to) and `destination_workload_namespace`,
+  5xx by `response_code`, the version in `destination_version` (the pods'
+  `app.kubernetes.io/version`).
 - `ingress-nginx`: the controller's `nginx_ingress_controller_requests` and
   `nginx_ingress_controller_request_duration_seconds`, selected by the Ingress (`ingress`, named
   after the service) and its `namespace`, 5xx by `status`. That exporter labels a request with
@@ -120,7 +122,7 @@ PLACEHOLDERS = ("service", "namespace", "environment", "version_label")
 UNITS_MS: Mapping[str, float] = {"seconds": 1000.0, "milliseconds": 1.0}
 
 _GENERIC = 'service="$service",namespace="$namespace"'
-_ISTIO = 'reporter="destination",destination_service_name="$service",destination_workload_namespace="$namespace"'
+_ISTIO = 'reporter="destination",destination_canonical_service="$service",destination_workload_namespace="$namespace"'
 _NGINX = 'namespace="$namespace",ingress="$service"'
 _SAFESHIP = 'service="$service",environment="$environment"'
 # The pod's own labels, as Prometheus' Kubernetes discovery gives them (`labelmap` of
