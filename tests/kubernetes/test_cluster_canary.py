@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from clustersim import put_gateway
 from emulator import ApiHandle
 from test_kube_strategies import Rig, config_data
 
@@ -144,6 +145,8 @@ async def canary_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path) -> A
         data = config_data(kube_api, router)
         data["intelligent_deployment"]["strategies"]["canary"]["traffic_percentages"] = STEPS
         config = SafeshipConfig.model_validate(data)
+        if router == "gateway-api":
+            put_gateway(kube_api.emulator, "public", kube_api.namespace)  # the Gateway the route attaches to
         environment = config.environment("production")
         assert environment is not None
         platform = KubernetesPlatform(config, environment)

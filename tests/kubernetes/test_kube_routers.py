@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from clustersim import put_gateway
 from emulator import ApiHandle
 
 from safeship.clock import RealClock
@@ -49,6 +50,8 @@ async def make(kube_api: ApiHandle) -> AsyncIterator[Make]:
 
     def build(router: str, *, replicas: int = 2, wait_s: float = 20.0) -> tuple[Any, KubernetesPlatform]:
         config = make_config(kube_api, router, replicas)
+        if router == "gateway-api":
+            put_gateway(kube_api.emulator, "public", kube_api.namespace)  # the Gateway the route attaches to
         environment = config.environment("production")
         assert environment is not None
         cls = router_class(router)

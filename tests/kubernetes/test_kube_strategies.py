@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
+from clustersim import put_gateway
 from emulator import ApiHandle
 
 from safeship.analysis.base import Decision, StepContext, TickSample, Verdict
@@ -191,6 +192,8 @@ async def rig_for(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path) -> Asyn
 
     async def build(router: str) -> Rig:
         config = make_config(kube_api, router)
+        if router == "gateway-api":
+            put_gateway(kube_api.emulator, "public", kube_api.namespace)  # the Gateway the route attaches to
         environment = config.environment(ENVIRONMENT)
         assert environment is not None
         platform = KubernetesPlatform(config, environment)
