@@ -199,3 +199,63 @@ async def test_a_canary_reaches_each_weight_and_the_judge_sees_the_candidate(can
         assert abs(share - weight) <= 1, (weight, candidate, baseline)
     if router == "replicas":
         assert expected == {33, 50, 67}  # 5/10/25% -> 1 of 3 pods, 50% -> 1 of 2, 75% -> 2 of 3
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kubernetes.yaml"
+
+
+async def test_the_example_prepares_and_deploys_with_its_gateway(kube_api: ApiHandle, cluster_sim: Any,
+                                                               tmp_path: Path) -> None:
+    """examples/kubernetes.yaml's production environment, pointed at the stand-in cluster (its
+    namespace too, where the test's users look), with the Gateway `gateway/public` it names: its
+    listener admits routes from the namespaces labelled for it, as docs/kubernetes.md says."""
+    import yaml
+
+    from safeship.environments.kubernetes import KubernetesEnvironment
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["environment_management"]["environments"] = [
+        {**e, "cluster": kube_api.context, "kubeconfig": str(kube_api.kubeconfig), "namespace": kube_api.namespace}
+        for e in data["environment_management"]["environments"] if e["name"] == "production"]
+    data["intelligent_deployment"]["strategies"]["canary"]["step_duration"] = "3s"
+    data["intelligent_deployment"]["rollback"]["monitoring"] = {"duration": "2s", "interval": "1s"}
+    data["store"] = {"url": f"sqlite:///{tmp_path / 'state.db'}"}
+    config = SafeshipConfig.model_validate(data)
+    environment = config.environment("production")
+    assert environment is not None and environment.gateway is not None
+    put_gateway(kube_api.emulator, "public", "gateway", allowed_from="Selector",
+                selector={"gateway-access": "public"})
+    namespace = kube_api.read("v1", "Namespace", kube_api.namespace, None)
+    assert namespace is not None
+    namespace["metadata"].setdefault("labels", {})["gateway-access"] = "public"
+    kube_api.write(namespace)
+    (tmp_path / "secrets" / "production").mkdir(parents=True)
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    platform = KubernetesPlatform(config, environment)
+    steering = router_class("gateway-api")(config, environment, clock=RealClock(), wait_s=30.0, poll_s=0.05)
+    try:
+        checks = await KubernetesEnvironment(config, environment, root=tmp_path, store=store).prepare()
+        assert [c.detail for c in checks if not c.ok] == []
+        policy = RecordingPolicy()
+        engine = DeploymentEngine(config, store, World(platform, steering, VirtualClock(1_000_000.0),
+                                                       traffic_source=ClusterTraffic(kube_api, "gateway-api")),
+                                  policy_for=lambda _name: policy)
+        rig = Rig(kube_api, cluster_sim, config, engine, store, VirtualClock(0.0), None)  # type: ignore[arg-type]
+        rig.clock = engine.world.clock  # type: ignore[assignment]
+        async with cluster_sim.running():
+            first = await rig.deploy("v1.2.0", None)
+            assert first.phase == Phase.SUCCEEDED.value, first.reason
+            policy.looks.clear()
+            record = await rig.deploy("v1.3.0", DeploymentStrategy.CANARY)
+        assert record.phase == Phase.SUCCEEDED.value, record.reason
+        assert {weight for weight, _, _ in policy.looks} == {5, 10, 25, 50, 75}
+        assert all(candidate > 0 for _, candidate, _ in policy.looks)
+        stored = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
+        assert stored is not None and stored["spec"]["hostnames"] == ["user-service.example.com"]
+        assert stored["spec"]["parentRefs"][0] == {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                                   "name": "public", "namespace": "gateway"}
+    finally:
+        await steering.close()
+        await platform.close()
+        store.close()
