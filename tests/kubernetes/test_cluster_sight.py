@@ -19,6 +19,7 @@ from promkit import (
     needs_prometheus,
     prom_stack_fixture,  # noqa: F401  (the prom_stack fixture)
 )
+from test_kube_environment import failed, on_cluster, root, store  # noqa: F401
 
 from safeship.analysis.providers.prometheus import PrometheusTraffic
 from safeship.cli import environment_manager
@@ -27,6 +28,7 @@ from safeship.config.models import Environment, SafeshipConfig
 from safeship.errors import ConfigError
 from safeship.kube import objects
 from safeship.kube.environment import gateway_namespace, monitoring_namespace, network_policies
+from safeship.store import Store
 from safeship.traffic import RouteKey
 
 SERVICE = "checkout"
@@ -170,3 +172,38 @@ def test_named_namespaces_and_a_load_balancer_are_admitted_and_nothing_else(tmp_
         load_config(path)
     assert caught.value.field == "environment_management.environments[2].monitoring_namespace"
     assert "'Mon'" in caught.value.detail
+
+
+# ---------------------------------------------------------------- --validate: what the policies let in
+
+
+async def test_validate_names_the_policies_that_would_block_prometheus(kube_api: ApiHandle, root: Path,  # noqa: F811
+                                                                       store: Store) -> None:  # noqa: F811
+    environment = on_cluster(kube_api, root, store, traffic_source="prometheus",
+                             prometheus={"url": "http://prometheus.monitoring.svc:9090"})
+    await environment.prepare()
+    checks = await environment.validate()
+    assert failed(checks) == {}
+    assert {c.name: c.detail for c in checks}["reachability"] == (
+        "NetworkPolicies admit the ingress controller (namespace gateway), Prometheus (namespace monitoring)")
+    # someone removes the policy that lets Prometheus scrape
+    kube_api.remove("networking.k8s.io/v1", "NetworkPolicy", "safeship-allow-monitoring", "prod")
+    bad = failed(await environment.validate())
+    assert list(bad) == ["reachability"]
+    assert bad["reachability"] == (
+        "Prometheus (namespace monitoring) cannot reach user-service's pods on port 8080: NetworkPolicy "
+        "safeship-allow-ingress, safeship-allow-same-namespace, safeship-default-deny-ingress isolate them and "
+        "none admits it")
+
+
+async def test_validate_names_the_policies_that_would_block_the_load_balancer(
+        kube_api: ApiHandle, root: Path, store: Store) -> None:  # noqa: F811
+    environment = on_cluster(kube_api, root, store, load_balancer=True)
+    await environment.prepare()
+    assert failed(await environment.validate()) == {}
+    kube_api.remove("networking.k8s.io/v1", "NetworkPolicy", "safeship-allow-load-balancer", "prod")
+    bad = failed(await environment.validate())
+    assert list(bad) == ["reachability"]
+    assert bad["reachability"].startswith("the load balancer's clients (outside the cluster) cannot reach "
+                                          "user-service's pods on port 8080: NetworkPolicy "
+                                          "safeship-allow-ingress, safeship-allow-monitoring")

@@ -51,8 +51,10 @@ from safeship.errors import ConfigError, ConflictError, PermanentError, Safeship
 from safeship.kube.environment import (
     ISTIO_CNI,
     ISTIO_CNI_NAMESPACES,
+    blocked_flows,
     deployer_rules,
     environment_objects,
+    implied_flows,
     managed_selector,
     mesh_problem,
     namespace_of,
@@ -247,7 +249,27 @@ class KubernetesEnvironment:
         checks.append(Check("namespace", phase == "Active", f"{namespace} is {phase or 'without a phase'}"))
         if phase == "Active" and router_of(self.environment) == "istio":
             checks.append(await self._mesh_check(kube, found))
+        if phase == "Active":
+            checks.append(await self._reachability_check(kube, namespace))
         return phase == "Active"
+
+    async def _reachability_check(self, kube: KubeClient, namespace: str) -> Check:
+        """The namespace's NetworkPolicies let in what the config implies (kube.environment.blocked_flows)."""
+        try:
+            policies = await kube.list("networking.k8s.io/v1", "NetworkPolicy", namespace=namespace)
+            sources: dict[str, dict[str, str]] = {}
+            for _, peer in implied_flows(self.environment):
+                if peer.namespace and peer.namespace not in sources:
+                    found = await kube.get("v1", "Namespace", peer.namespace)
+                    if found is not None:
+                        sources[peer.namespace] = dict((found.get("metadata") or {}).get("labels") or {})
+        except (TemporaryError, PermanentError) as exc:
+            return Check("reachability", False, str(exc))
+        problems = blocked_flows(self.config, self.environment, policies, sources)
+        if problems:
+            return Check("reachability", False, "; ".join(problems))
+        flows = ", ".join(what for what, _ in implied_flows(self.environment)) or "nothing outside the namespace"
+        return Check("reachability", True, f"NetworkPolicies admit {flows}")
 
     async def _mesh_check(self, kube: KubeClient, namespace_obj: dict[str, Any]) -> Check:
         """The pods would be in the Istio mesh (kube.environment.mesh_problem)."""

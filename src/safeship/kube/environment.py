@@ -51,12 +51,13 @@ from __future__ import annotations
 import base64
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from safeship.config.kubernetes import pod_security_level
 from safeship.config.models import Environment, ResourceRequirements, SafeshipConfig
 from safeship.errors import InputError
+from safeship.kube.netpol import Peer, admits
 from safeship.kube.objects import (
     ENVIRONMENT_LABEL,
     MANAGED_BY,
@@ -65,6 +66,7 @@ from safeship.kube.objects import (
     PART_OF_LABEL,
     PORT_NAME,
     cpu_quantity,
+    labels,
     memory_quantity,
     pvc_name,
     router_of,
@@ -360,6 +362,44 @@ def network_policies(environment: Environment) -> list[Obj]:
                              [{"ports": [{"port": PORT_NAME, "protocol": "TCP"}]}],  # no `from`: every source
                              {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY}}))
     return result
+
+
+def implied_flows(environment: Environment) -> list[tuple[str, Peer]]:
+    """The traffic the config implies into the namespace's pods, as (what, source): the ingress
+    controller, the gateway's data plane, Prometheus, and a load balancer's clients."""
+    def from_namespace(name: str) -> Peer:
+        return Peer(namespace=name, namespace_labels={_NAMESPACE_NAME: name})
+
+    flows: list[tuple[str, Peer]] = []
+    seen: set[str] = set()
+    for what, name in (("the ingress controller", environment.ingress_namespace),
+                       ("the gateway", gateway_namespace(environment)),
+                       ("Prometheus", monitoring_namespace(environment))):
+        if name and name not in seen:
+            seen.add(name)
+            flows.append((f"{what} (namespace {name})", from_namespace(name)))
+    if environment.load_balancer:
+        flows.append(("the load balancer's clients (outside the cluster)", Peer(outside=True)))
+    return flows
+
+
+def blocked_flows(config: SafeshipConfig, environment: Environment, policies: Sequence[Mapping[str, Any]],
+                  namespace_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """One sentence per implied flow (`implied_flows`) that the namespace's NetworkPolicies would
+    block, naming the policies that isolate the pods; `namespace_labels` holds the source
+    namespaces' labels as the cluster has them (a namespace missing there has only its name label)."""
+    problems: list[str] = []
+    namespace = namespace_of(environment)
+    for what, source in implied_flows(environment):
+        if not source.outside and source.namespace in namespace_labels:
+            source = Peer(namespace=source.namespace, namespace_labels=namespace_labels[source.namespace])
+        for service, settings in config.services.items():
+            pods = {**selector(service), **labels(service, "any", environment.name)}
+            allowed, isolating = admits(policies, namespace, pods, source, settings.container_port, PORT_NAME)
+            if not allowed:
+                problems.append(f"{what} cannot reach {service}'s pods on port {settings.container_port}: "
+                                f"NetworkPolicy {', '.join(sorted(isolating))} isolate them and none admits it")
+    return problems
 
 
 # ---------------------------------------------------------------- config maps, secrets, volumes
