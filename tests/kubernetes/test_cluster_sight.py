@@ -207,3 +207,18 @@ async def test_validate_names_the_policies_that_would_block_the_load_balancer(
     assert bad["reachability"].startswith("the load balancer's clients (outside the cluster) cannot reach "
                                           "user-service's pods on port 8080: NetworkPolicy "
                                           "safeship-allow-ingress, safeship-allow-monitoring")
+
+
+def test_generic_queries_that_cannot_see_the_canary_are_refused(tmp_path: Path) -> None:
+    # Item 1: `generic` selects service="<service>"; with gateway-api the candidate is behind <service>-canary.
+    text = EXAMPLE.read_text()
+    production = text.index('    - name: "production"')
+    path = tmp_path / "generic.yaml"
+    path.write_text(text[:production] + text[production:].replace("queries: kubernetes", "queries: generic", 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.field == "environment_management.environments[2].prometheus.queries"
+    assert "use queries: kubernetes" in caught.value.detail
+    # the development environment (router replicas: <service> selects every version) may keep it
+    path.write_text(text.replace("queries: kubernetes", "queries: generic", 1))
+    assert load_config(path).environment("development") is not None

@@ -148,6 +148,14 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
                               "level, which refuses pods running as root (runAsUser 0); use a non-zero UID, got '0'")
     for index, environment in clusters:
         _check_gateway(config, environment, f"environment_management.environments[{index}].gateway", source)
+        prometheus = environment.prometheus
+        if (environment.router == "gateway-api" and prometheus is not None and prometheus.queries == "generic"
+                and "requests" not in prometheus.templates):
+            raise ConfigError(source, f"environment_management.environments[{index}].prometheus.queries",
+                              "the generic queries select service=\"<service>\", which with router gateway-api is "
+                              "the stable Service only (the candidate's pods are behind <service>-canary), so the "
+                              "analysis would never see the candidate; use queries: kubernetes (the pods' own "
+                              "labels), or override templates.requests, got 'generic'")
     strategies = config.intelligent_deployment.strategies
     shared = [name for name in SHARED_STRATEGIES if getattr(strategies, name).enabled]
     where_runs = f"environment {clusters[0][1].name!r} runs on Kubernetes"
