@@ -11,7 +11,10 @@ check naming it, never a traceback.
   (values read from `secrets/<environment>/`, sent to the cluster only: never printed, logged or
   stored), volume claims and load balancers. Each is created, or merge-patched when it exists.
   The store records what was applied (kinds and names, never a value).
-- **validate** checks that the cluster answers, that the namespace is Active, that every
+- **validate** checks that the cluster answers, that the namespace is Active, that its
+  NetworkPolicies let in the traffic the config implies (the ingress controller, the gateway,
+  Prometheus, a load balancer: `kube.environment.blocked_flows`), for router istio that its pods
+  would join the mesh (`kube.environment.mesh_problem`), that every
   ResourceQuota leaves room for the next deployment at its peak, that the deployer (the
   kubeconfig's user) may do what a deployment does (one SelfSubjectAccessReview per verb and
   resource), and that the secret files are there and private.
@@ -25,7 +28,8 @@ Kubernetes API calls made here (all through `kube.client.KubeClient`):
               labels only); for every other object POST, and on 409 AlreadyExists PATCH (merge patch)
               resourcequotas, limitranges, serviceaccounts, roles, rolebindings, networkpolicies,
               configmaps, secrets, persistentvolumeclaims, services
-    validate  GET namespaces/{ns}; GET (list) resourcequotas; POST selfsubjectaccessreviews
+    validate  GET namespaces/{ns} (and the source namespaces); GET (list) networkpolicies,
+              resourcequotas; GET daemonsets/istio-cni-node (istio); POST selfsubjectaccessreviews
     cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
               httproutes | virtualservices + destinationrules, deployments, replicasets, pods,
               services, persistentvolumeclaims, configmaps, secrets, networkpolicies,

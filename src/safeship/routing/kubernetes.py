@@ -41,10 +41,10 @@ Common to all three:
   canary of a canary), for whoever wants to reach it before it takes traffic.
 
 API calls made here (all through `safeship.kube.client.KubeClient`): GET, POST and PATCH (JSON
-merge patch) of v1 Services, gateway.networking.k8s.io/v1 HTTPRoutes, networking.istio.io/v1
-VirtualServices and DestinationRules; GET and PATCH (merge patch of spec.replicas) of apps/v1
-Deployments; LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and DestinationRules
-(`remove_route`).
+merge patch) of v1 Services, gateway.networking.k8s.io/v1 HTTPRoutes and networking.istio.io/v1
+VirtualServices; GET and PATCH (merge patch of spec.replicas, up and down) of apps/v1 Deployments;
+LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and DestinationRules (the latter
+left by earlier versions of the istio router; `remove_route`).
 """
 
 from __future__ import annotations
