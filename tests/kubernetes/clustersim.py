@@ -28,9 +28,14 @@ One tick is one pass of every controller over what the emulator holds, `tick_sec
 - **endpoints controller**: an Endpoints object per Service with a selector: ready pods as
   addresses, the others as notReadyAddresses, ports resolved from the pods' named ports.
 - **garbage collector**: objects whose owner (ownerReferences uid) is gone are deleted.
-- **Gateway API and Istio**: HTTPRoute status.parents[] per parentRef with Accepted and
-  ResolvedRefs (False, BackendNotFound, when a backend Service is missing) at the route's
-  observedGeneration; VirtualService and DestinationRule status.observedGeneration.
+- **Gateway API and Istio**: HTTPRoute status.parents[] per parentRef with Accepted (False when
+  the Gateway is missing or none of its listeners admits the route: NoMatchingParent,
+  NotAllowedByListeners, NoMatchingListenerHostname) and ResolvedRefs (False, BackendNotFound,
+  when a backend Service is missing) at the route's observedGeneration; VirtualService and
+  DestinationRule status.observedGeneration only with `istio_status=True` (Istio's status
+  reporting, off by default).
+- **namespace controller**: a Terminating namespace (deleted, held by its `kubernetes`
+  finalizer) is emptied and then goes.
 
 Every write goes through the emulator's own checks (validation, resourceVersion), so status the
 simulator writes is status a real API server would accept. A tick runs without awaiting between
@@ -109,6 +114,32 @@ def _condition(conditions: list[Obj], kind: str) -> Obj | None:
     return next((c for c in conditions if c.get("type") == kind), None)
 
 
+def _hostnames_meet(first: str, second: str) -> bool:
+    """Whether two hostnames (either may be a `*.` wildcard) can match one request's host."""
+    def fits(host: str, pattern: str) -> bool:
+        return host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]) and host != pattern[2:])
+    return fits(first, second) or fits(second, first) or first == second
+
+
+def put_gateway(emulator: KubeEmulator, name: str, namespace: str, *, allowed_from: str = "Same",
+                selector: Mapping[str, str] | None = None, hostname: str | None = None,
+                section: str = "http") -> Obj:
+    """A Gateway with one HTTP listener on port 80 (`allowedRoutes.namespaces.from: allowed_from`)."""
+    namespaces: Obj = {"from": allowed_from}
+    if selector is not None:
+        namespaces["selector"] = {"matchLabels": dict(selector)}
+    listener: Obj = {"name": section, "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": namespaces}}
+    if hostname is not None:
+        listener["hostname"] = hostname
+    emulator.ensure_namespace(namespace)
+    existing = emulator.read("gateway.networking.k8s.io/v1", "Gateway", name, namespace)
+    if existing is not None:
+        emulator.remove("gateway.networking.k8s.io/v1", "Gateway", name, namespace)
+    return emulator.write({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                           "metadata": {"name": name, "namespace": namespace},
+                           "spec": {"gatewayClassName": "test", "listeners": [listener]}})
+
+
 def pod_ready(pod: Mapping[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = _condition(list(conditions), "Ready")
@@ -130,6 +161,7 @@ class ClusterSim:
         ready_after: int = 2,
         tick_seconds: float = 1.0,
         namespaces: list[str] | None = None,
+        istio_status: bool = False,
     ) -> None:
         if not 0 <= running_after <= ready_after:
             raise ValueError("running_after must be between 0 and ready_after")
@@ -138,6 +170,9 @@ class ClusterSim:
         self.ready_after = ready_after
         self.tick_seconds = tick_seconds
         self.namespaces = namespaces
+        # Istio writes status.observedGeneration only with its status reporting on
+        # (values.pilot.env.PILOT_ENABLE_STATUS / meshConfig defaultConfig); it is off by default.
+        self.istio_status = istio_status
         self.ticks = 0
         self.now = 0.0  # sim seconds since the simulator started
         self._born: dict[str, int] = {}  # pod uid -> tick it was first seen
@@ -241,10 +276,17 @@ class ClusterSim:
         for api_version in ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"):
             for route in self._all(api_version, "HTTPRoute"):
                 self._http_route(route)
-        for api_version in ("networking.istio.io/v1", "networking.istio.io/v1beta1"):
-            for kind in ("VirtualService", "DestinationRule"):
-                for obj in self._all(api_version, kind):
-                    self._observed(obj)
+        if self.istio_status:
+            for api_version in ("networking.istio.io/v1", "networking.istio.io/v1beta1"):
+                for kind in ("VirtualService", "DestinationRule"):
+                    for obj in self._all(api_version, kind):
+                        self._observed(obj)
+        for namespace in self._all("v1", "Namespace"):
+            if namespace["metadata"].get("deletionTimestamp") and self._in_scope_name(namespace["metadata"]["name"]):
+                self.emulator.finalize_namespace(namespace["metadata"]["name"])
+
+    def _in_scope_name(self, namespace: str) -> bool:
+        return self.namespaces is None or namespace in self.namespaces
 
     def _collect_garbage(self) -> None:
         """Delete ReplicaSets whose Deployment is gone, then Pods whose ReplicaSet is gone."""
@@ -771,6 +813,7 @@ class ClusterSim:
                     "lastTransitionTime": before["lastTransitionTime"] if same and before else self.timestamp(),
                 }
 
+            accepted = self._gateway_verdict(route, parent_ref)
             if missing:
                 resolved = condition(
                     "ResolvedRefs",
@@ -784,10 +827,62 @@ class ClusterSim:
                 {
                     "parentRef": copy.deepcopy(parent_ref),
                     "controllerName": CONTROLLER_NAME,
-                    "conditions": [condition("Accepted", "True", "Accepted", "Route is accepted"), resolved],
+                    "conditions": [condition("Accepted", *accepted), resolved],
                 }
             )
         self._write_status(route, {"parents": parents})
+
+    def _gateway_verdict(self, route: Obj, parent_ref: Obj) -> tuple[str, str, str]:
+        """(status, reason, message) of the Accepted condition for one parentRef, decided as a
+        Gateway controller does from the Gateway's listeners (reasons: Gateway API's
+        apis/v1/shared_types.go): the Gateway must exist (else NoMatchingParent), a listener must
+        match sectionName and port (NoMatchingParent), allow the route's namespace and kind
+        (`allowedRoutes`, default `from: Same`; else NotAllowedByListeners), and share a hostname
+        with the route when both name some (NoMatchingListenerHostname)."""
+        if parent_ref.get("kind", "Gateway") != "Gateway":
+            return "True", "Accepted", "Route is accepted"
+        route_ns = route["metadata"]["namespace"]
+        gateway_ns = parent_ref.get("namespace") or route_ns
+        gateway = self.emulator.read("gateway.networking.k8s.io/v1", "Gateway", parent_ref["name"], gateway_ns)
+        if gateway is None:
+            return "False", "NoMatchingParent", f"Gateway {gateway_ns}/{parent_ref['name']} not found"
+        listeners = [
+            listener for listener in (gateway.get("spec") or {}).get("listeners") or []
+            if parent_ref.get("sectionName") in (None, listener.get("name"))
+            and parent_ref.get("port") in (None, listener.get("port"))
+        ]
+        if not listeners:
+            return "False", "NoMatchingParent", "no listener matches the parentRef's sectionName and port"
+        namespace_obj = self.emulator.read("v1", "Namespace", route_ns, None) or {}
+        namespace_labels = (namespace_obj.get("metadata") or {}).get("labels") or {}
+
+        def allows(listener: Obj) -> bool:
+            allowed = listener.get("allowedRoutes") or {}
+            namespaces = allowed.get("namespaces") or {}
+            source = namespaces.get("from", "Same")
+            if source == "Same" and route_ns != gateway_ns:
+                return False
+            if source == "Selector" and not selector_matches(namespaces.get("selector") or {}, namespace_labels):
+                return False
+            kinds = allowed.get("kinds")
+            return not kinds or any(k.get("kind") == "HTTPRoute"
+                                    and k.get("group", "gateway.networking.k8s.io") == "gateway.networking.k8s.io"
+                                    for k in kinds)
+
+        admitting = [listener for listener in listeners if allows(listener)]
+        if not admitting:
+            return "False", "NotAllowedByListeners", "no listener allows routes from this namespace and of this kind"
+        hostnames = (route.get("spec") or {}).get("hostnames") or []
+
+        def intersects(listener: Obj) -> bool:
+            wanted = listener.get("hostname")
+            if not wanted or not hostnames:
+                return True
+            return any(_hostnames_meet(wanted, h) for h in hostnames)
+
+        if not any(intersects(listener) for listener in admitting):
+            return "False", "NoMatchingListenerHostname", "no listener hostname matches the route's hostnames"
+        return "True", "Accepted", "Route is accepted"
 
     def _observed(self, obj: Obj) -> None:
         generation = obj["metadata"].get("generation", 1)

@@ -657,6 +657,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         obj: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
         return self._create(served, None, obj, dry_run=False)
 
+    def finalize_namespace(self, name: str) -> bool:
+        """What the namespace controller does for a Terminating namespace: delete everything in it,
+        then remove its `kubernetes` finalizer, so that it goes. False when it is not terminating."""
+        served = self.served("v1", "Namespace")
+        stored = self._stored(served, None, name)
+        if stored is None or not (stored.get("metadata") or {}).get("deletionTimestamp"):
+            return False
+        self._delete_contents(name)
+        self._store(served, stored, "DELETED")
+        return True
+
     def _delete_contents(self, namespace: str) -> None:
         for (resource, ns, _name), stored in list(self.objects.items()):
             if ns == namespace and not stored.deleted:
@@ -673,11 +684,28 @@ class KubeEmulator(kmock.KubernetesEmulator):
             {"name": name, "group": served.group, "kind": served.plural},
         )
 
+    def _refuse_terminating(self, served: ServedKind, namespace: str | None, name: str) -> None:
+        """k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go refuses new objects
+        in a namespace being deleted: `unable to create new content in namespace %s because it is
+        being terminated`, a Forbidden with the cause NamespaceTerminating."""
+        ns = self._stored(self.served("v1", "Namespace"), None, namespace) if namespace else None
+        if ns is not None and (ns.get("metadata") or {}).get("deletionTimestamp"):
+            raise ApiFailure(
+                403, "Forbidden",
+                f'{served.qualified} "{name}" is forbidden: unable to create new content in namespace {namespace} '
+                "because it is being terminated",
+                {"name": name, "group": served.group, "kind": served.plural,
+                 "causes": [{"reason": "NamespaceTerminating",
+                             "message": f"namespace {namespace} is being terminated", "field": "metadata.namespace"}]})
+
     def _require_namespace(self, served: ServedKind, namespace: str | None) -> None:
         if not served.namespaced:
             return
         if not namespace:
             raise ApiFailure(400, "BadRequest", f"the namespace of {served.qualified} objects must be given")
+        ns = self._stored(self.served("v1", "Namespace"), None, namespace)
+        if ns is not None and (ns.get("metadata") or {}).get("deletionTimestamp"):
+            return  # terminating: reads and deletes go on; creating is refused by _refuse_terminating
         if not self._namespace_exists(namespace):
             raise ApiFailure(
                 404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
@@ -731,6 +759,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             obj.setdefault("status", {}).setdefault("phase", "Pending")
         elif served.kind == "Namespace":
             obj.setdefault("status", {}).setdefault("phase", "Active")
+            # the API server gives every Namespace the `kubernetes` finalizer, which the namespace
+            # controller removes once the namespace is empty
+            if isinstance(spec, dict) or spec is None:
+                obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
             labels = obj["metadata"].setdefault("labels", {})
             labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
 
@@ -770,6 +802,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 )
             namespace = namespace or body_ns
             self._require_namespace(served, namespace)
+            self._refuse_terminating(served, namespace, str(name))
             metadata["namespace"] = namespace
         else:
             metadata.pop("namespace", None)
@@ -906,6 +939,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _delete(self, served: ServedKind, namespace: str | None, name: str, *, dry_run: bool) -> Obj:
         old = self._current(served, namespace, name)
         if dry_run:
+            return old
+        if served.kind == "Namespace" and (old.get("spec") or {}).get("finalizers"):
+            # Terminating until the namespace controller has emptied it and removed its finalizer
+            # (a cluster simulator's tick, or `finalize_namespace`)
+            if not old["metadata"].get("deletionTimestamp"):
+                old["metadata"]["deletionTimestamp"] = _now()
+                old.setdefault("status", {})["phase"] = "Terminating"
+                return self._store(served, old, "MODIFIED")
             return old
         if old["metadata"].get("finalizers"):
             if not old["metadata"].get("deletionTimestamp"):

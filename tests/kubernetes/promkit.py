@@ -198,7 +198,7 @@ class Exporter:
 def serve_istio(exporter: Exporter, *, service: str, namespace: str, version: str, requests: int,
                 errors: int = 0, latency_ms: float = 20.0) -> None:
     """`requests` requests to one version as Istio's sidecars report them (`errors` of them 503)."""
-    base = {"reporter": "destination", "destination_service_name": service,
+    base = {"reporter": "destination", "destination_service_name": service, "destination_canonical_service": service,
             "destination_workload_namespace": namespace, "destination_version": version}
     if requests - errors:
         exporter.add("istio_requests_total", {**base, "response_code": "200"}, requests - errors)

@@ -8,7 +8,7 @@ import copy
 from typing import Any
 
 import pytest
-from clustersim import FAIL_ANNOTATION, HASH_LABEL, REVISION, ClusterSim, pod_ready, rolling_bounds
+from clustersim import FAIL_ANNOTATION, HASH_LABEL, REVISION, ClusterSim, pod_ready, put_gateway, rolling_bounds
 from emulator import ApiHandle
 
 MAX_TICKS = 200
@@ -365,6 +365,7 @@ async def test_endpoints_list_ready_pods_of_each_service(kube_api: ApiHandle, cl
 
 
 async def test_http_route_status_follows_its_generation(kube_api: ApiHandle, cluster_sim: ClusterSim) -> None:
+    put_gateway(kube_api.emulator, "public", kube_api.namespace)
     kube_api.write(
         {
             "apiVersion": "v1",
@@ -435,6 +436,7 @@ async def test_http_route_status_follows_its_generation(kube_api: ApiHandle, clu
     assert all(c["observedGeneration"] == 2 for c in conditions.values())
 
 
+@pytest.mark.cluster_sim(istio_status=True)
 async def test_istio_objects_get_their_observed_generation(kube_api: ApiHandle, cluster_sim: ClusterSim) -> None:
     kube_api.write(
         {

@@ -277,12 +277,28 @@ async def test_an_object_in_a_missing_namespace_is_404_naming_the_namespace(http
     assert status["details"] == {"name": "ghost", "kind": "namespaces"}
 
 
-async def test_deleting_a_namespace_deletes_its_objects(kube_api: ApiHandle, http: httpx.AsyncClient) -> None:
+async def test_a_deleted_namespace_is_terminating_until_emptied(kube_api: ApiHandle, http: httpx.AsyncClient) -> None:
     kube_api.ensure_namespace("temp")
     assert (await http.post("/apis/apps/v1/namespaces/temp/deployments", json=deployment())).status_code == 201
-    namespaces = (await http.get("/api/v1/namespaces")).json()
-    assert "temp" in [n["metadata"]["name"] for n in namespaces["items"]]
+    created = (await http.get("/api/v1/namespaces/temp")).json()
+    assert created["spec"]["finalizers"] == ["kubernetes"]  # given by the API server to every Namespace
     assert (await http.delete("/api/v1/namespaces/temp")).status_code == 200
+    # Terminating, held by its finalizer: its objects are still there, and nothing new may come in.
+    terminating = (await http.get("/api/v1/namespaces/temp")).json()
+    assert terminating["status"]["phase"] == "Terminating" and terminating["metadata"]["deletionTimestamp"]
+    assert kube_api.emulator.read("apps/v1", "Deployment", "web", "temp") is not None
+    refused = await http.post("/apis/apps/v1/namespaces/temp/deployments", json=deployment("other"))
+    # k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go:
+    #   "unable to create new content in namespace %s because it is being terminated" (Forbidden,
+    #   cause NamespaceTerminating)
+    assert refused.status_code == 403
+    body = refused.json()
+    assert body["reason"] == "Forbidden"
+    assert body["message"] == ('deployments.apps "other" is forbidden: unable to create new content in namespace temp '
+                               "because it is being terminated")
+    assert body["details"]["causes"][0]["reason"] == "NamespaceTerminating"
+    # the namespace controller empties it, then it goes
+    assert kube_api.emulator.finalize_namespace("temp")
     assert kube_api.emulator.read("apps/v1", "Deployment", "web", "temp") is None
     assert (await http.get("/api/v1/namespaces/temp")).status_code == 404
 

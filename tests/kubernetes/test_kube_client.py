@@ -84,6 +84,9 @@ async def test_custom_resources_and_cluster_scoped_kinds_use_the_same_calls(kube
         assert "namespace" not in ns["metadata"]
         assert (await kube.get("v1", "Namespace", "extra")) is not None
         await kube.delete("v1", "Namespace", "extra")
+        terminating = await kube.get("v1", "Namespace", "extra")  # until the namespace controller empties it
+        assert terminating is not None and terminating["status"]["phase"] == "Terminating"
+        assert kube_api.emulator.finalize_namespace("extra")
         assert await kube.get("v1", "Namespace", "extra") is None
 
 

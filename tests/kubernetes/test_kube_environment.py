@@ -115,7 +115,8 @@ async def test_prepare_creates_the_environment(kube_api: ApiHandle, root: Path, 
     assert quota is not None and quota["spec"]["hard"]["requests.cpu"] == "4000m"
     assert names(kube_api, "v1", "LimitRange") == ["safeship-limits"]
     assert names(kube_api, "networking.k8s.io/v1", "NetworkPolicy") == [
-        "safeship-allow-ingress", "safeship-allow-same-namespace", "safeship-default-deny-ingress"]
+        "safeship-allow-ingress", "safeship-allow-monitoring", "safeship-allow-same-namespace",
+        "safeship-default-deny-ingress"]
     assert names(kube_api, "v1", "ServiceAccount") == ["safeship-deployer"]
     role = kube_api.read("rbac.authorization.k8s.io/v1", "Role", "safeship-deployer", "prod")
     assert role is not None
@@ -263,6 +264,10 @@ async def test_cleanup_deletes_the_namespace_safeship_created(kube_api: ApiHandl
     checks = await environment.cleanup(force=True)
     assert failed(checks) == {}
     assert next(c.detail for c in checks if c.name == "namespace") == "prod deleted (safeship created it)"
+    # Terminating, held by its finalizer until the namespace controller has emptied it
+    terminating = kube_api.read("v1", "Namespace", "prod", None)
+    assert terminating is not None and terminating["status"]["phase"] == "Terminating"
+    assert kube_api.emulator.finalize_namespace("prod")
     assert kube_api.read("v1", "Namespace", "prod", None) is None
 
 
@@ -312,4 +317,5 @@ async def test_the_commands_on_a_cluster(kube_api: ApiHandle, root: Path) -> Non
     code, out, err = await asyncio.to_thread(run_cli, "--cleanup", "--force", "--environment", "production",
                                              "--config", str(config), "--json")
     assert code == 0, err
-    assert kube_api.read("v1", "Namespace", "prod", None) is None
+    terminating = kube_api.read("v1", "Namespace", "prod", None)  # until the namespace controller empties it
+    assert terminating is not None and terminating["status"]["phase"] == "Terminating"

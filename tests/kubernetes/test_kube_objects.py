@@ -154,18 +154,18 @@ def test_gateway_api_objects_split_between_stable_and_canary() -> None:
     assert deployment["spec"]["replicas"] == 1  # a canary starts with its first step's share of 4
 
 
-def test_istio_objects_name_a_subset_per_version() -> None:
+def test_istio_objects_weigh_a_service_per_version() -> None:
     config = make_config()
     objs = objects.workload_objects(config, env(config, "staging"), "user-service", "v2", "canary", previous="v1")
-    (rule,) = by_kind(objs, "DestinationRule")
-    assert rule["apiVersion"] == "networking.istio.io/v1"
-    assert rule["spec"]["subsets"] == [{"name": "v1", "labels": {objects.VERSION_LABEL: "v1"}},
-                                       {"name": "v2", "labels": {objects.VERSION_LABEL: "v2"}}]
+    assert not by_kind(objs, "DestinationRule")
     (virtual,) = by_kind(objs, "VirtualService")
+    assert virtual["apiVersion"] == "networking.istio.io/v1"
     routes = virtual["spec"]["http"][0]["route"]
-    assert {r["destination"]["subset"]: r["weight"] for r in routes} == {"v1": 100, "v2": 0}
-    (service,) = by_kind(objs, "Service")
-    assert objects.VERSION_LABEL not in service["spec"]["selector"]  # Istio picks the subset
+    assert {r["destination"]["host"]: r["weight"] for r in routes} == {"user-service": 100, "user-service-canary": 0}
+    assert virtual["spec"]["hosts"] == ["user-service"] and "gateways" not in virtual["spec"]  # the mesh only
+    selected = {s["metadata"]["name"]: s["spec"]["selector"].get(objects.VERSION_LABEL)
+                for s in by_kind(objs, "Service")}
+    assert selected == {"user-service": "v1", "user-service-canary": "v2"}
 
 
 def test_blue_green_has_an_active_and_a_preview_service() -> None:

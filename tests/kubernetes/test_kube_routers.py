@@ -4,12 +4,12 @@ weight the replicas router actually reaches."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from clustersim import put_gateway
 from emulator import ApiHandle
 
 from safeship.clock import RealClock
@@ -50,6 +50,8 @@ async def make(kube_api: ApiHandle) -> AsyncIterator[Make]:
 
     def build(router: str, *, replicas: int = 2, wait_s: float = 20.0) -> tuple[Any, KubernetesPlatform]:
         config = make_config(kube_api, router, replicas)
+        if router == "gateway-api":
+            put_gateway(kube_api.emulator, "public", kube_api.namespace)  # the Gateway the route attaches to
         environment = config.environment("production")
         assert environment is not None
         cls = router_class(router)
@@ -216,20 +218,20 @@ async def test_gateway_api_waits_for_the_route_to_be_accepted(kube_api: ApiHandl
 # ---------------------------------------------------------------- istio
 
 
-async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, make: Make) -> None:
-    router, _ = make("istio")
+async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, cluster_sim: Any, make: Make) -> None:
+    router, platform = make("istio")
+    await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
     await router.set_backends(ROUTE, "v1", BACKEND)
     await router.set_weights(ROUTE, {"v1": 100})
     await router.set_backends(ROUTE, "v2", BACKEND)
     await router.set_weights(ROUTE, {"v1": 90, "v2": 10})
     virtual = kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
     assert virtual is not None
-    assert {r["destination"]["subset"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]} == {
-        "v1": 90, "v2": 10}
-    rule = kube_api.read(objects.ISTIO_API, "DestinationRule", SERVICE)
-    assert rule is not None
-    assert {s["name"]: s["labels"][objects.VERSION_LABEL] for s in rule["spec"]["subsets"]} == {"v1": "v1", "v2": "v2"}
-    assert selected_version(kube_api, "user-service") is None  # every version's pods; Istio picks the subset
+    assert {r["destination"]["host"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]} == {
+        "user-service": 90, "user-service-canary": 10}
+    # each Service selects one version: a client outside the mesh reaches the stable version only
+    assert selected_version(kube_api, "user-service") == "v1"
+    assert selected_version(kube_api, "user-service-canary") == "v2"
     assert router.weights_reached(ROUTE) == {"v1": 90, "v2": 10}
     await router.remove_route(ROUTE)
     assert kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE) is None
@@ -237,6 +239,8 @@ async def test_istio_weights_in_the_virtualservice(kube_api: ApiHandle, make: Ma
 
 async def test_istio_waits_for_the_observed_generation(kube_api: ApiHandle, make: Make) -> None:
     router, _ = make("istio", wait_s=0.5)
+    put_ready_pod(kube_api, "v1")
+    put_ready_pod(kube_api, "v2")
     await router.set_weights(ROUTE, {"v1": 100})
     virtual = kube_api.read(objects.ISTIO_API, "VirtualService", SERVICE)
     assert virtual is not None
@@ -284,21 +288,21 @@ async def test_replicas_reach_the_ratio_and_say_so(kube_api: ApiHandle, cluster_
     router, platform = make("replicas", replicas=4)
     await ready(platform, cluster_sim, {"v1": 4, "v2": 1})
     await router.set_backends(ROUTE, "v1", BACKEND)
+
+    def replicas() -> dict[str, int]:
+        return {v: kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, v))["spec"]["replicas"]
+                for v in ("v1", "v2")}  # type: ignore[index]
+
     async with cluster_sim.running():
         await router.set_weights(ROUTE, {"v1": 75, "v2": 25})
-        assert router.weights_reached(ROUTE) == {"v1": 80, "v2": 20}  # 4 + 1 pods: the nearest it runs
-        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})  # v2 needs 2 pods of 4: scaled up
-        assert router.weights_reached(ROUTE) == {"v1": 67, "v2": 33}
-        await scale(platform, "v1", 2)
-        for _ in range(TICKS * 10):  # the plan's own scale-down, as a rolling step does it
-            if (await router._ready_pods(SERVICE)).get("v1") == 2:
-                break
-            await asyncio.sleep(0.05)
-        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})
+        assert router.weights_reached(ROUTE) == {"v1": 75, "v2": 25}  # v1 scaled down to 3 of 4 pods
+        assert replicas() == {"v1": 3, "v2": 1}
+        await router.set_weights(ROUTE, {"v1": 50, "v2": 50})  # v2 scaled up first, then v1 down
         assert router.weights_reached(ROUTE) == {"v1": 50, "v2": 50}
-    replicas = {v: kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, v))["spec"]["replicas"]
-                for v in ("v1", "v2")}  # type: ignore[index]
-    assert replicas == {"v1": 2, "v2": 2}  # never scaled down by the router
+        assert replicas() == {"v1": 2, "v2": 2}
+        await router.set_weights(ROUTE, {"v1": 90, "v2": 10})  # nearest with 4 or 5 pods: 1 of 5
+        assert router.weights_reached(ROUTE) == {"v1": 80, "v2": 20}
+        assert replicas() == {"v1": 4, "v2": 1}
     assert selected_version(kube_api, "user-service") is None  # every version's pods: traffic follows them
 
 

@@ -71,7 +71,7 @@ def test_registered_and_built_from_the_environments_prometheus_block(tmp_path: P
     assert built.queries[ENV].url == "http://127.0.0.1:9090"
     assert built.queries[ENV].namespace == ENV  # no namespace: the environment's name
     assert built.queries[ENV].selector("requests", "cart") == (
-        'istio_requests_total{reporter="destination",destination_service_name="cart",'
+        'istio_requests_total{reporter="destination",destination_canonical_service="cart",'
         'destination_workload_namespace="production"}')
     with pytest.raises(InputError, match="prometheus: block"):
         traffic_source_class("prometheus").create(
@@ -151,7 +151,7 @@ async def test_istio_counters_per_version(prom_stack: PromStack) -> None:
     serve_istio(exporter, service="reviews", namespace=NAMESPACE, version="v2", requests=100, errors=40,
                 latency_ms=300)
     # Not counted: the same requests as the calling sidecar reports them, another service, another namespace.
-    exporter.add("istio_requests_total", {"reporter": "source", "destination_service_name": "reviews",
+    exporter.add("istio_requests_total", {"reporter": "source", "destination_canonical_service": "reviews",
                                     "destination_workload_namespace": NAMESPACE, "destination_version": "v1",
                                     "response_code": "200"}, 900)
     serve_istio(exporter, service="ratings", namespace=NAMESPACE, version="v1", requests=55)
@@ -213,7 +213,7 @@ async def test_histogram_rebucketed_against_known_observations(prom_stack: PromS
     exporter = prom_stack.exporter
     bounds = histogram.BOUNDS_MS
     edges = (bounds[20], bounds[40], bounds[60])  # Prometheus buckets on safeship bounds (ms)
-    labels = {"reporter": "destination", "destination_service_name": "search",
+    labels = {"reporter": "destination", "destination_canonical_service": "search",
               "destination_workload_namespace": NAMESPACE, "destination_version": "v7"}
     observations = {3.0: 200, 40.0: 300, 900.0: 100, 60_000.0: 10}  # ms -> how many
     for latency, times in observations.items():

@@ -133,7 +133,7 @@ def test_deploy_render_for_every_strategy(config_path: Path, capsys: pytest.Capt
         assert weights == [100, 0]  # all traffic stays where it is until the deploy moves it
         assert route["spec"]["parentRefs"][0]["name"] == "public"
     elif environment == "staging":
-        assert [o["kind"] for o in objects[-2:]] == ["DestinationRule", "VirtualService"]
+        assert [o["kind"] for o in objects[-1:]] == ["VirtualService"] and not by_kind(objects, "DestinationRule")
     else:
         assert not by_kind(objects, "HTTPRoute") and not by_kind(objects, "VirtualService")
 
@@ -158,11 +158,12 @@ def test_deploy_render_beside_the_serving_version(config_path: Path, capsys: pyt
     assert code == 0, err
     assert "(from v1.2.0)" in out.splitlines()[0]
     assert_valid(objects)
-    [rule] = by_kind(objects, "DestinationRule")
-    assert [s["labels"]["app.kubernetes.io/version"] for s in rule["spec"]["subsets"]] == ["v1.2.0", "v1.3.0"]
+    selected = {s["metadata"]["name"]: s["spec"]["selector"]["app.kubernetes.io/version"]
+                for s in by_kind(objects, "Service")}
+    assert selected == {"user-service": "v1.2.0", "user-service-canary": "v1.3.0"}
     [virtual] = by_kind(objects, "VirtualService")
-    weights = {r["destination"]["subset"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]}
-    assert sorted(weights.values()) == [0, 100]
+    weights = {r["destination"]["host"]: r["weight"] for r in virtual["spec"]["http"][0]["route"]}
+    assert weights == {"user-service": 100, "user-service-canary": 0}
     [deployment] = by_kind(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1  # a canary beside a serving version starts small
 

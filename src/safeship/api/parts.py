@@ -181,6 +181,11 @@ class RouterByEnvironment:
     async def hold(self, route: RouteKey, max_wait: float) -> None:
         await self._of(route).hold(route, max_wait)
 
+    def weights_reached(self, route: RouteKey) -> dict[str, int]:
+        """The weights the route's router reached ({} from a router that does not say)."""
+        reached = getattr(self._of(route), "weights_reached", None)
+        return dict(reached(route)) if reached is not None else {}
+
     async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
         return await self._of(route).counters(route)
 

@@ -20,6 +20,7 @@ of Pod Security Admission half-way through. Each refusal is one sentence naming 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ SHARED_STRATEGIES = ("canary", "blue_green", "rolling")  # strategies that run t
 SINGLE_NODE_MODES = {"ReadWriteOnce": "ReadWriteOnce lets the pods of one node only",
                      "ReadWriteOncePod": "ReadWriteOncePod lets one pod only"}
 
+_DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -47,6 +49,55 @@ _KEYS: dict[str, set[str]] = {
                                     "whenUnsatisfiable"},
 }
 _SPREAD_REQUIRED = ("maxSkew", "topologyKey", "whenUnsatisfiable")
+
+
+
+# ---------------------------------------------------------------- version labels
+# Here, not in safeship.kube.objects (which uses them), because the config checks at load time
+# that no two of a service's known versions share a label or a subset.
+
+LABEL_MAX = 63
+
+
+def digest(text: str) -> str:
+    """8 hex digits of SHA-256 of `text`."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+# What a hashed value ends with: a version that ends so itself is hashed too, so that it can never
+# be taken for another version's hashed form.
+_HASHED = re.compile(r"-[0-9a-f]{8}$")
+
+
+def is_hashed(value: str) -> bool:
+    """Whether a version label or slug carries a hash (so is not the version itself): a version
+    that is its own label never ends in `-<8 hex digits>`, since such a version is hashed too."""
+    return bool(_HASHED.search(value))
+
+
+def version_label(version: str) -> str:
+    """The value of `app.kubernetes.io/version` for `version`: a label value (at most 63 of
+    `[A-Za-z0-9._-]`, alphanumeric at both ends). A version that is such a value is its own label;
+    any other (`+`, more than 63 characters) is cleaned (`+` becomes `_`), cut, and given a hash of
+    the exact version, so that no two versions share a label. The exact version is in the
+    `safeship.io/version` annotation."""
+    value = re.sub(r"[^A-Za-z0-9._-]", "_", version)
+    value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value) or "x"
+    if value == version and len(value) <= LABEL_MAX and not _HASHED.search(value):
+        return value
+    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: LABEL_MAX - 9]) or "x"
+    return f"{head}-{digest(version)}"
+
+
+def version_slug(version: str) -> str:
+    """`version` as a DNS-1123 label, one per version: the version itself when it is one (`v2`,
+    `1-4-0`), else lowercased with every run of other characters made `-`, cut, and given a hash of
+    the exact version (`v1.3.0` -> `v1-3-0-<hash>`, apart from `v1-3-0`)."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-") or "x"
+    if cleaned == version and len(cleaned) <= LABEL_MAX and not _HASHED.search(cleaned):
+        return cleaned
+    head = cleaned[: LABEL_MAX - 9].rstrip("-") or "x"
+    return f"{head}-{digest(version)}"
 
 
 def pod_security_level(config: SafeshipConfig, environment: Environment) -> str:
@@ -86,9 +137,25 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
         if user is not None and not user.isdigit():
             raise ConfigError(source, field, "a pod runs as a numeric UID (securityContext.runAsUser), not a user "
                               f"name, on platform kubernetes; write the image's numeric UID, got {show(user)}")
+        for name in ("monitoring_namespace", "gateway_namespace"):
+            value = getattr(environment, name)
+            if value and (len(value) > 63 or not _DNS_1123_LABEL.fullmatch(value)):
+                raise ConfigError(source, f"environment_management.environments[{index}].{name}",
+                                  "must be a namespace name (a DNS-1123 label: lowercase letters, digits and '-', "
+                                  f"at most 63), since a NetworkPolicy admits traffic from it, got {show(value)}")
         if user is not None and int(user) == 0 and environment.name in restricted:
             raise ConfigError(source, field, f"environment {environment.name!r} enforces the 'restricted' Pod Security "
                               "level, which refuses pods running as root (runAsUser 0); use a non-zero UID, got '0'")
+    for index, environment in clusters:
+        _check_gateway(config, environment, f"environment_management.environments[{index}].gateway", source)
+        prometheus = environment.prometheus
+        if (environment.router == "gateway-api" and prometheus is not None and prometheus.queries == "generic"
+                and "requests" not in prometheus.templates):
+            raise ConfigError(source, f"environment_management.environments[{index}].prometheus.queries",
+                              "the generic queries select service=\"<service>\", which with router gateway-api is "
+                              "the stable Service only (the candidate's pods are behind <service>-canary), so the "
+                              "analysis would never see the candidate; use queries: kubernetes (the pods' own "
+                              "labels), or override templates.requests, got 'generic'")
     strategies = config.intelligent_deployment.strategies
     shared = [name for name in SHARED_STRATEGIES if getattr(strategies, name).enabled]
     where_runs = f"environment {clusters[0][1].name!r} runs on Kubernetes"
@@ -107,6 +174,48 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
                                   "wait for it; use ReadWriteMany (or ReadOnlyMany), or disable those strategies so "
                                   f"that only recreate is left, got {volume.access_mode!r}")
         _check_pod(service.pod, service.grace_period, f"services.{name}.pod", restricted, source)
+        _check_versions(service.versions, f"services.{name}.versions", source)
+
+
+_MATCH_KEYS = {"path", "headers", "queryParams", "method"}
+
+
+def _check_gateway(config: SafeshipConfig, environment: Environment, where: str, source: str) -> None:
+    """The gateway block's matches use Gateway API's keys, and two services on one Gateway do not
+    claim the same requests (their HTTPRoutes' hostnames or matches must name the service)."""
+    gateway = environment.gateway
+    if gateway is None or (environment.router or "replicas") != "gateway-api":
+        return
+    for index, match in enumerate(gateway.matches):
+        unknown = sorted(set(match) - _MATCH_KEYS)
+        if unknown:
+            raise ConfigError(source, f"{where}.matches[{index}]", f"unknown field {show(unknown[0])} (an "
+                              f"HTTPRouteMatch has {', '.join(sorted(_MATCH_KEYS))})")
+    named = any("{service}" in h for h in gateway.hostnames) or "{service}" in str(gateway.matches)
+    if len(config.services) > 1 and not named:
+        first, second = list(config.services)[:2]
+        raise ConfigError(source, where, f"the HTTPRoutes of {first} and {second} would both claim "
+                          f"{_claim(gateway.hostnames, gateway.matches)} on Gateway {gateway.name!r}; put "
+                          "{service} in gateway.hostnames or gateway.matches so that each claims its own")
+
+
+def _claim(hostnames: Sequence[str], matches: Sequence[Mapping[str, Any]]) -> str:
+    where = f"hostnames {', '.join(hostnames)}" if hostnames else "every hostname"
+    return f"{where} with {'the configured matches' if matches else 'PathPrefix /'}"
+
+
+def _check_versions(versions: Sequence[str], where: str, source: str) -> None:
+    """Two known versions whose version label (or Istio subset) would be one value are refused: the
+    pods, Prometheus' series and the subsets of the two could not be told apart."""
+    for kind, of in (("app.kubernetes.io/version label", version_label), ("Istio subset", version_slug)):
+        seen: dict[str, int] = {}
+        for index, version in enumerate(versions):
+            value = of(version)
+            first = seen.setdefault(value, index)
+            if versions[first] != version:
+                raise ConfigError(source, where, f"entries {first} and {index} ({show(versions[first])} and "
+                                  f"{show(version)}) would share the {kind} {show(value)}, so their pods and "
+                                  "metrics could not be told apart on Kubernetes; rename one of them")
 
 
 def _listed(names: list[str]) -> str:

@@ -380,7 +380,8 @@ class PrometheusSourceConfig(Model):
     """Where the Prometheus traffic source reads (`traffic_source: prometheus`).
 
     queries:   the query set: `generic` (http_requests_total / http_request_duration_seconds_bucket
-               with a version label), `istio` (istio_requests_total /
+               with a version label), `kubernetes` (the same series selected by the pods' own
+               app.kubernetes.io labels), `istio` (istio_requests_total /
                istio_request_duration_milliseconds_bucket), `ingress-nginx` or `safeship` (the
                controller's own /metrics: safeship_requests_total and the rest);
     templates: overrides of single queries of that set, by name (see
@@ -389,18 +390,39 @@ class PrometheusSourceConfig(Model):
     """
 
     url: str = Field(min_length=1)
-    queries: Literal["generic", "istio", "ingress-nginx", "safeship"] = "generic"
+    queries: Literal["generic", "kubernetes", "istio", "ingress-nginx", "safeship"] = "generic"
     templates: dict[str, str] = Field(default_factory=dict)
     timeout: PositiveDuration = 5.0
     version_label: str = Field(default="version", min_length=1)
 
 
 class GatewayRef(Model):
-    """The Gateway an HTTPRoute attaches to (`router: gateway-api`)."""
+    """The Gateway an HTTPRoute attaches to (`router: gateway-api`), and what safeship's rule of
+    each service's HTTPRoute claims: `hostnames` and `matches` (Gateway API HTTPRouteMatch objects,
+    as Kubernetes writes them), where `{service}` is replaced by the service's name. The default,
+    no hostnames and `PathPrefix /`, claims everything the listener gets."""
 
     name: str = Field(min_length=1)
     namespace: str = ""  # "": the environment's namespace
     section_name: str = ""
+    hostnames: list[str] = Field(default_factory=list)
+    matches: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class IstioSettings(Model):
+    """How the istio router's VirtualService is bound (`router: istio`).
+
+    gateways: the VirtualService's `gateways`: `mesh` (the sidecars) and `<namespace>/<name>` of
+              the Istio Gateways whose ingress traffic must follow the weights; empty: the mesh only;
+    hosts:    hostnames the VirtualService also claims (those the gateways serve), `{service}`
+              replaced by the service's name;
+    mode:     `sidecar` (the namespace is labelled `istio-injection: enabled`) or `ambient`
+              (`istio.io/dataplane-mode: ambient`).
+    """
+
+    gateways: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    mode: Literal["sidecar", "ambient"] = "sidecar"
 
 
 class Environment(Model):
@@ -422,7 +444,13 @@ class Environment(Model):
     traffic_source: PluginName | None = None
     prometheus: PrometheusSourceConfig | None = None
     gateway: GatewayRef | None = None  # router: gateway-api
+    istio: IstioSettings = Field(default_factory=IstioSettings)  # router: istio
     ingress_namespace: str = "ingress-nginx"  # NetworkPolicy admits traffic from here
+    # Kubernetes: NetworkPolicies also admit Prometheus' namespace (None: the `<namespace>` of
+    # prometheus.url's `<name>.<namespace>.svc` host, else "monitoring"; "": none) and the gateway's
+    # data plane (None: the Gateway's namespace for gateway-api, istio-system for istio; "": none).
+    monitoring_namespace: str | None = None
+    gateway_namespace: str | None = None
     load_balancer: bool = False  # Kubernetes: a Service of type LoadBalancer per service
     router_port_base: Int = Field(default=0, ge=0, le=65535)  # refused unless 0: see services.<name>.ports
     variables: dict[str, str] = Field(default_factory=dict)

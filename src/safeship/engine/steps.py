@@ -288,11 +288,18 @@ class StepRunner:
 
     async def set_weights(self, tick: Tick, step: WeightsStep) -> StepResult:
         await self.sync_backends(tick)
-        split = {v: int(w) for v, w in step["weights"].items()}
-        await self.world.router.set_weights(tick.route, split)
+        asked = {v: int(w) for v, w in step["weights"].items()}
+        await self.world.router.set_weights(tick.route, asked)
+        # A router that can only come near the weights (replicas: pod ratios) says what it reached;
+        # the analysis judges, and the steps pace, by that.
+        reached = getattr(self.world.router, "weights_reached", None)
+        shown = dict(reached(tick.route)) if reached is not None else {}
+        split = shown if set(shown) == set(asked) and sum(shown.values()) == 100 else asked
         if tick.status.weights != split:
             tick.status.weights = split
-            tick.event("weights", "traffic " + ", ".join(f"{v}={w}%" for v, w in split.items()), weights=split)
+            tick.event("weights", "traffic " + ", ".join(f"{v}={w}%" for v, w in split.items())
+                       + (f" (asked {', '.join(f'{v}={w}%' for v, w in asked.items())})" if split != asked else ""),
+                       weights=split)
         return DONE
 
     async def hold(self, tick: Tick, step: HoldStep) -> StepResult:

@@ -11,7 +11,10 @@ check naming it, never a traceback.
   (values read from `secrets/<environment>/`, sent to the cluster only: never printed, logged or
   stored), volume claims and load balancers. Each is created, or merge-patched when it exists.
   The store records what was applied (kinds and names, never a value).
-- **validate** checks that the cluster answers, that the namespace is Active, that every
+- **validate** checks that the cluster answers, that the namespace is Active, that its
+  NetworkPolicies let in the traffic the config implies (the ingress controller, the gateway,
+  Prometheus, a load balancer: `kube.environment.blocked_flows`), for router istio that its pods
+  would join the mesh (`kube.environment.mesh_problem`), that every
   ResourceQuota leaves room for the next deployment at its peak, that the deployer (the
   kubeconfig's user) may do what a deployment does (one SelfSubjectAccessReview per verb and
   resource), and that the secret files are there and private.
@@ -25,7 +28,8 @@ Kubernetes API calls made here (all through `kube.client.KubeClient`):
               labels only); for every other object POST, and on 409 AlreadyExists PATCH (merge patch)
               resourcequotas, limitranges, serviceaccounts, roles, rolebindings, networkpolicies,
               configmaps, secrets, persistentvolumeclaims, services
-    validate  GET namespaces/{ns}; GET (list) resourcequotas; POST selfsubjectaccessreviews
+    validate  GET namespaces/{ns} (and the source namespaces); GET (list) networkpolicies,
+              resourcequotas; GET daemonsets/istio-cni-node (istio); POST selfsubjectaccessreviews
     cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
               httproutes | virtualservices + destinationrules, deployments, replicasets, pods,
               services, persistentvolumeclaims, configmaps, secrets, networkpolicies,
@@ -49,9 +53,14 @@ from safeship.environments.manager import Check
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, PermanentError, SafeshipError, TemporaryError
 from safeship.kube.environment import (
+    ISTIO_CNI,
+    ISTIO_CNI_NAMESPACES,
+    blocked_flows,
     deployer_rules,
     environment_objects,
+    implied_flows,
     managed_selector,
+    mesh_problem,
     namespace_of,
 )
 from safeship.kube.objects import MANAGED_BY, MANAGED_BY_LABEL, router_of
@@ -242,7 +251,41 @@ class KubernetesEnvironment:
             return False
         phase = (found.get("status") or {}).get("phase")
         checks.append(Check("namespace", phase == "Active", f"{namespace} is {phase or 'without a phase'}"))
+        if phase == "Active" and router_of(self.environment) == "istio":
+            checks.append(await self._mesh_check(kube, found))
+        if phase == "Active":
+            checks.append(await self._reachability_check(kube, namespace))
         return phase == "Active"
+
+    async def _reachability_check(self, kube: KubeClient, namespace: str) -> Check:
+        """The namespace's NetworkPolicies let in what the config implies (kube.environment.blocked_flows)."""
+        try:
+            policies = await kube.list("networking.k8s.io/v1", "NetworkPolicy", namespace=namespace)
+            sources: dict[str, dict[str, str]] = {}
+            for _, peer in implied_flows(self.environment):
+                if peer.namespace and peer.namespace not in sources:
+                    found = await kube.get("v1", "Namespace", peer.namespace)
+                    if found is not None:
+                        sources[peer.namespace] = dict((found.get("metadata") or {}).get("labels") or {})
+        except (TemporaryError, PermanentError) as exc:
+            return Check("reachability", False, str(exc))
+        problems = blocked_flows(self.config, self.environment, policies, sources)
+        if problems:
+            return Check("reachability", False, "; ".join(problems))
+        flows = ", ".join(what for what, _ in implied_flows(self.environment)) or "nothing outside the namespace"
+        return Check("reachability", True, f"NetworkPolicies admit {flows}")
+
+    async def _mesh_check(self, kube: KubeClient, namespace_obj: dict[str, Any]) -> Check:
+        """The pods would be in the Istio mesh (kube.environment.mesh_problem)."""
+        cni = False
+        for where in ISTIO_CNI_NAMESPACES:
+            try:
+                cni = cni or await kube.get("apps/v1", "DaemonSet", ISTIO_CNI, where) is not None
+            except (TemporaryError, PermanentError):
+                continue  # not readable there: counted as absent, and the message says what to do
+        problem = mesh_problem(self.config, self.environment, namespace_obj, cni)
+        mode = self.environment.istio.mode
+        return Check("mesh", problem is None, problem or f"pods join the Istio mesh ({mode})")
 
     async def _quota_check(self, kube: KubeClient, namespace: str) -> Check:
         try:

@@ -3,14 +3,20 @@
 Pure functions: `environments.kubernetes` applies what these build for `environment-manager
 --prepare`, and `--render` prints it. `environment_objects` returns them in apply order:
 
-1. the Namespace, with Pod Security Admission labels (see below);
+1. the Namespace, with Pod Security Admission labels (see below) and, for router istio, the
+   mesh's label (`istio-injection: enabled`, or `istio.io/dataplane-mode: ambient` with
+   `istio.mode: ambient`);
 2. a ResourceQuota `safeship-quota` (requests.* and limits.* from `resource_quotas`) and a
    LimitRange `safeship-limits` (default requests and limits per container, so that every pod
    counts against the quota even when it names no resources);
 3. the deployer's ServiceAccount, Role and RoleBinding, all `safeship-deployer`;
-4. NetworkPolicies: `safeship-default-deny-ingress`, then `safeship-allow-same-namespace` and
-   `safeship-allow-ingress` (from `ingress_namespace`, and from the Gateway's namespace when
-   `router: gateway-api` names one elsewhere);
+4. NetworkPolicies: `safeship-default-deny-ingress`, then `safeship-allow-same-namespace`,
+   `safeship-allow-ingress` (from `ingress_namespace` and the gateway's data plane,
+   `gateway_namespace`: by default the Gateway's namespace for gateway-api, `istio-system` for
+   istio), `safeship-allow-monitoring` (from Prometheus' namespace, `monitoring_namespace`: by
+   default the one in `prometheus.url`'s `<name>.<namespace>.svc` host, else `monitoring`) and,
+   with `load_balancer: true`, `safeship-allow-load-balancer` (the pods' `http` port from any
+   source: a LoadBalancer's traffic comes from outside the cluster);
 5. ConfigMaps from `config_maps`, one per map;
 6. Secrets: one per service that lists `secrets`, named as `kube.objects.secret_name` says, one key
    per secret. The values come from the caller (read from `secrets/<environment>/`); without them
@@ -44,12 +50,14 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from safeship.config.kubernetes import pod_security_level
 from safeship.config.models import Environment, ResourceRequirements, SafeshipConfig
 from safeship.errors import InputError
+from safeship.kube.netpol import Peer, admits
 from safeship.kube.objects import (
     ENVIRONMENT_LABEL,
     MANAGED_BY,
@@ -58,6 +66,7 @@ from safeship.kube.objects import (
     PART_OF_LABEL,
     PORT_NAME,
     cpu_quantity,
+    labels,
     memory_quantity,
     pvc_name,
     router_of,
@@ -75,6 +84,10 @@ DEPLOYER = "safeship-deployer"  # the ServiceAccount, Role and RoleBinding
 DENY_POLICY = "safeship-default-deny-ingress"
 SAME_NAMESPACE_POLICY = "safeship-allow-same-namespace"
 INGRESS_POLICY = "safeship-allow-ingress"
+MONITORING_POLICY = "safeship-allow-monitoring"
+LOAD_BALANCER_POLICY = "safeship-allow-load-balancer"
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+ISTIO_NAMESPACE = "istio-system"
 LOAD_BALANCER_PORT = 80
 
 PSA_PREFIX = "pod-security.kubernetes.io/"
@@ -139,7 +152,53 @@ def namespace(config: SafeshipConfig, environment: Environment) -> Obj:
         f"{PSA_PREFIX}warn-version": PSA_VERSION,
     }
     return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": _metadata(namespace_of(environment), environment, psa, namespaced=False)}
+            "metadata": _metadata(namespace_of(environment), environment, {**psa, **mesh_labels(environment)},
+                                  namespaced=False)}
+
+
+ISTIO_INJECTION_LABEL = "istio-injection"
+ISTIO_DATAPLANE_LABEL = "istio.io/dataplane-mode"
+
+
+ISTIO_CNI = "istio-cni-node"  # the DaemonSet of the Istio CNI node agent
+ISTIO_CNI_NAMESPACES = (ISTIO_NAMESPACE, "kube-system")
+
+
+def mesh_problem(config: SafeshipConfig, environment: Environment, namespace_obj: Mapping[str, Any],
+                 cni: bool) -> str | None:
+    """Why the environment's pods would not be in the Istio mesh, or None when they would be
+    (router istio only). `cni`: the Istio CNI node agent runs. Sidecar injection adds the
+    `istio-init` container, which needs NET_ADMIN and NET_RAW: the `baseline` and `restricted` Pod
+    Security levels refuse it unless the Istio CNI agent sets up the redirection instead."""
+    if router_of(environment) != "istio":
+        return None
+    name = namespace_of(environment)
+    labels = (namespace_obj.get("metadata") or {}).get("labels") or {}
+    if environment.istio.mode == "ambient":
+        if labels.get(ISTIO_DATAPLANE_LABEL) != "ambient":
+            return (f"namespace {name} lacks the label {ISTIO_DATAPLANE_LABEL}=ambient, so its pods are not in the "
+                    "ambient mesh and the VirtualService's weights do not apply to them")
+        return None
+    if labels.get(ISTIO_INJECTION_LABEL) != "enabled" and not labels.get("istio.io/rev"):
+        return (f"namespace {name} has neither {ISTIO_INJECTION_LABEL}=enabled nor istio.io/rev, so its pods get no "
+                "sidecar and the VirtualService's weights do not apply to traffic from the mesh")
+    level = pod_security_level(config, environment)
+    if level != "privileged" and not cni:
+        return (f"namespace {name} enforces the {level!r} Pod Security level, which refuses the istio-init "
+                f"container sidecar injection adds (NET_ADMIN, NET_RAW), and no Istio CNI agent ({ISTIO_CNI} in "
+                f"{' or '.join(ISTIO_CNI_NAMESPACES)}) runs; install Istio with its CNI agent, or use "
+                "istio.mode: ambient")
+    return None
+
+
+def mesh_labels(environment: Environment) -> dict[str, str]:
+    """The namespace labels that put its pods in the Istio mesh (router istio): sidecar injection,
+    or the ambient data plane."""
+    if router_of(environment) != "istio":
+        return {}
+    if environment.istio.mode == "ambient":
+        return {ISTIO_DATAPLANE_LABEL: "ambient"}
+    return {ISTIO_INJECTION_LABEL: "enabled"}
 
 
 def deployer_rules(environment: Environment) -> list[Obj]:
@@ -237,34 +296,110 @@ def limit_range(environment: Environment) -> Obj:
 # ---------------------------------------------------------------- network policies
 
 
+def monitoring_namespace(environment: Environment) -> str:
+    """The namespace Prometheus scrapes from: `monitoring_namespace`, else the namespace in
+    `prometheus.url`'s host (`prometheus.<namespace>.svc`), else `monitoring` ("" when set so)."""
+    if environment.monitoring_namespace is not None:
+        return environment.monitoring_namespace
+    if environment.prometheus is not None:
+        host = urllib.parse.urlsplit(environment.prometheus.url.strip()).hostname or ""
+        parts = host.split(".")
+        if len(parts) >= 3 and parts[2] == "svc":
+            return parts[1]
+    return DEFAULT_MONITORING_NAMESPACE
+
+
+def gateway_namespace(environment: Environment) -> str:
+    """The namespace of the gateway's data plane (the proxies that send ingress traffic to the
+    pods): `gateway_namespace`, else the Gateway's (gateway-api) or `istio-system` (istio)."""
+    if environment.gateway_namespace is not None:
+        return environment.gateway_namespace
+    router = router_of(environment)
+    if router == "gateway-api" and environment.gateway is not None:
+        return environment.gateway.namespace or namespace_of(environment)
+    if router == "istio":
+        return ISTIO_NAMESPACE
+    return ""
+
+
 def network_policies(environment: Environment) -> list[Obj]:
-    """Default-deny ingress; then the namespace's own pods, and the ingress (and Gateway) namespace."""
+    """Default-deny ingress; then the namespace's own pods, the ingress and gateway data-plane
+    namespaces, Prometheus' namespace and, with `load_balancer`, the services' port from anywhere
+    (a LoadBalancer's traffic comes from outside the cluster)."""
     everything: Obj = {}
-    sources = [environment.ingress_namespace]
+    sources = [environment.ingress_namespace, gateway_namespace(environment)]
     gateway = environment.gateway
     if router_of(environment) == "gateway-api" and gateway is not None and gateway.namespace:
         sources.append(gateway.namespace)
     sources = [s for i, s in enumerate(sources) if s and s not in sources[:i]]
-    for source in sources:
-        if len(source) > 63 or not _DNS_LABEL.fullmatch(source):
+    monitoring = monitoring_namespace(environment)
+    for source in [*sources, monitoring]:
+        if source and (len(source) > 63 or not _DNS_LABEL.fullmatch(source)):
             raise InputError(f"environment {environment.name!r}: {source!r} is not a namespace name, so no "
-                             "NetworkPolicy can admit traffic from it (ingress_namespace, gateway.namespace)")
+                             "NetworkPolicy can admit traffic from it (ingress_namespace, gateway_namespace, "
+                             "gateway.namespace, monitoring_namespace)")
 
-    def policy(name: str, ingress: list[Obj] | None) -> Obj:
-        spec: Obj = {"podSelector": dict(everything), "policyTypes": ["Ingress"]}
+    def policy(name: str, ingress: list[Obj] | None, pods: Obj | None = None) -> Obj:
+        spec: Obj = {"podSelector": dict(pods or everything), "policyTypes": ["Ingress"]}
         if ingress is not None:
             spec["ingress"] = ingress
         return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": _metadata(name, environment), "spec": spec}
+
+    def from_namespaces(names: list[str]) -> list[Obj]:
+        return [{"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME: name}}} for name in names]
 
     result = [
         policy(DENY_POLICY, None),
         policy(SAME_NAMESPACE_POLICY, [{"from": [{"podSelector": {}}]}]),
     ]
     if sources:
-        result.append(policy(INGRESS_POLICY, [{"from": [
-            {"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME: source}}} for source in sources]}]))
+        result.append(policy(INGRESS_POLICY, [{"from": from_namespaces(sources)}]))
+    if monitoring and monitoring not in sources:
+        result.append(policy(MONITORING_POLICY, [{"from": from_namespaces([monitoring])}]))
+    if environment.load_balancer:
+        result.append(policy(LOAD_BALANCER_POLICY,
+                             [{"ports": [{"port": PORT_NAME, "protocol": "TCP"}]}],  # no `from`: every source
+                             {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY}}))
     return result
+
+
+def implied_flows(environment: Environment) -> list[tuple[str, Peer]]:
+    """The traffic the config implies into the namespace's pods, as (what, source): the ingress
+    controller, the gateway's data plane, Prometheus, and a load balancer's clients."""
+    def from_namespace(name: str) -> Peer:
+        return Peer(namespace=name, namespace_labels={_NAMESPACE_NAME: name})
+
+    flows: list[tuple[str, Peer]] = []
+    seen: set[str] = set()
+    for what, name in (("the ingress controller", environment.ingress_namespace),
+                       ("the gateway", gateway_namespace(environment)),
+                       ("Prometheus", monitoring_namespace(environment))):
+        if name and name not in seen:
+            seen.add(name)
+            flows.append((f"{what} (namespace {name})", from_namespace(name)))
+    if environment.load_balancer:
+        flows.append(("the load balancer's clients (outside the cluster)", Peer(outside=True)))
+    return flows
+
+
+def blocked_flows(config: SafeshipConfig, environment: Environment, policies: Sequence[Mapping[str, Any]],
+                  namespace_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """One sentence per implied flow (`implied_flows`) that the namespace's NetworkPolicies would
+    block, naming the policies that isolate the pods; `namespace_labels` holds the source
+    namespaces' labels as the cluster has them (a namespace missing there has only its name label)."""
+    problems: list[str] = []
+    namespace = namespace_of(environment)
+    for what, source in implied_flows(environment):
+        if not source.outside and source.namespace in namespace_labels:
+            source = Peer(namespace=source.namespace, namespace_labels=namespace_labels[source.namespace])
+        for service, settings in config.services.items():
+            pods = {**selector(service), **labels(service, "any", environment.name)}
+            allowed, isolating = admits(policies, namespace, pods, source, settings.container_port, PORT_NAME)
+            if not allowed:
+                problems.append(f"{what} cannot reach {service}'s pods on port {settings.container_port}: "
+                                f"NetworkPolicy {', '.join(sorted(isolating))} isolate them and none admits it")
+    return problems
 
 
 # ---------------------------------------------------------------- config maps, secrets, volumes

@@ -19,21 +19,22 @@ prints it. Naming and labelling rules, in one place:
 - secrets reach the pods as `secretKeyRef`s into the Secret `secret_name(service)` (the
   environment manager writes it from the secret files), never as values;
 - volumes mount the PersistentVolumeClaim `pvc_name(service, volume)`;
-- HTTPRoute `<service>` (Gateway API v1) splits between `<service>` and `<service>-canary`;
-  Istio: DestinationRule `<service>` (a subset per version, by the version label) and
-  VirtualService `<service>` (route weights per subset).
+- HTTPRoute `<service>` (Gateway API v1) splits between `<service>` and `<service>-canary`, and
+  so does the Istio VirtualService `<service>`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from safeship.config.kubernetes import LABEL_MAX as _LABEL_MAX
+from safeship.config.kubernetes import digest as _digest
+from safeship.config.kubernetes import version_label, version_slug
 from safeship.config.models import (
     DeploymentStrategy,
     Environment,
@@ -64,14 +65,9 @@ DEFAULT_ROUTER = "replicas"
 CONTAINER = "app"  # the container's name in every pod
 PORT_NAME = "http"
 
-_LABEL_MAX = 63
 
 
 # ---------------------------------------------------------------- names and labels
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def slug(text: str, limit: int = _LABEL_MAX) -> str:
@@ -83,36 +79,6 @@ def slug(text: str, limit: int = _LABEL_MAX) -> str:
         return cleaned
     head = cleaned[: limit - 9].rstrip("-")
     return f"{head}-{_digest(text)}"
-
-
-# What a hashed value ends with: a version that ends so itself is hashed too, so that it can never
-# be taken for another version's hashed form.
-_HASHED = re.compile(r"-[0-9a-f]{8}$")
-
-
-def version_label(version: str) -> str:
-    """The value of `app.kubernetes.io/version` for `version`: a label value (at most 63 of
-    `[A-Za-z0-9._-]`, alphanumeric at both ends). A version that is such a value is its own label;
-    any other (`+`, more than 63 characters) is cleaned (`+` becomes `_`), cut, and given a hash of
-    the exact version, so that no two versions share a label. The exact version is in the
-    `safeship.io/version` annotation."""
-    value = re.sub(r"[^A-Za-z0-9._-]", "_", version)
-    value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value) or "x"
-    if value == version and len(value) <= _LABEL_MAX and not _HASHED.search(value):
-        return value
-    head = re.sub(r"[^A-Za-z0-9]+$", "", value[: _LABEL_MAX - 9]) or "x"
-    return f"{head}-{_digest(version)}"
-
-
-def version_slug(version: str) -> str:
-    """`version` as a DNS-1123 label, one per version: the version itself when it is one (`v2`,
-    `1-4-0`), else lowercased with every run of other characters made `-`, cut, and given a hash of
-    the exact version (`v1.3.0` -> `v1-3-0-<hash>`, apart from `v1-3-0`)."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-") or "x"
-    if cleaned == version and len(cleaned) <= _LABEL_MAX and not _HASHED.search(cleaned):
-        return cleaned
-    head = cleaned[: _LABEL_MAX - 9].rstrip("-") or "x"
-    return f"{head}-{_digest(version)}"
 
 
 def labels(service: str, version: str | None = None, environment: str | None = None) -> dict[str, str]:
@@ -382,10 +348,58 @@ def service_object(config: SafeshipConfig, environment: Environment, service: st
 # ---------------------------------------------------------------- routers' objects
 
 
+DEFAULT_MATCHES: tuple[Obj, ...] = ({"path": {"type": "PathPrefix", "value": "/"}},)
+
+
+def _filled(value: Any, service: str) -> Any:
+    """`value` with `{service}` replaced in every string inside it."""
+    if isinstance(value, str):
+        return value.replace("{service}", service)
+    if isinstance(value, Mapping):
+        return {k: _filled(v, service) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, service) for v in value]
+    return value
+
+
+def route_hostnames(environment: Environment, service: str) -> list[str]:
+    """The hostnames of `service`'s HTTPRoute: `gateway.hostnames`, `{service}` filled in."""
+    gateway = environment.gateway
+    return [_filled(h, service) for h in gateway.hostnames] if gateway is not None else []
+
+
+def route_matches(environment: Environment, service: str) -> list[Obj]:
+    """The matches of safeship's rule: `gateway.matches`, `{service}` filled in (default `PathPrefix /`)."""
+    gateway = environment.gateway
+    given = gateway.matches if gateway is not None and gateway.matches else DEFAULT_MATCHES
+    return [_filled(copy.deepcopy(dict(m)), service) for m in given]
+
+
+def route_rule(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
+               canary_weight: int) -> Obj:
+    """safeship's rule of `service`'s HTTPRoute: the configured matches, to `<service>` and
+    `<service>-canary` with their weights."""
+    port = config.services[service].container_port
+    refs = [
+        {"group": "", "kind": "Service", "name": stable_service_name(service), "port": port, "weight": stable_weight},
+        {"group": "", "kind": "Service", "name": canary_service_name(service), "port": port, "weight": canary_weight},
+    ]
+    return {"matches": route_matches(environment, service), "backendRefs": refs}
+
+
+def is_own_rule(rule: Mapping[str, Any], service: str) -> bool:
+    """Whether an HTTPRoute rule is safeship's: its backends are `<service>` and `<service>-canary`
+    (a rule added by hand names other backends, or none)."""
+    names = {str(ref.get("name")) for ref in rule.get("backendRefs") or [] if ref.get("kind", "Service") == "Service"}
+    return names == {stable_service_name(service), canary_service_name(service)}
+
+
 def http_route(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
                canary_weight: int) -> Obj:
-    """The HTTPRoute `<service>`: attached to `environment.gateway`, splitting between the stable
-    and the canary Service by weight."""
+    """The HTTPRoute `<service>`: attached to `environment.gateway`, with its hostnames, and one
+    rule (safeship's, `route_rule`) splitting between the stable and the canary Service by weight.
+    Once it exists, the router changes only that rule (`merged_rules`): rules and filters added by
+    hand stay."""
     gateway = environment.gateway
     if gateway is None:
         raise ValueError(f"environment {environment.name!r} names no gateway for its HTTPRoute")
@@ -394,24 +408,54 @@ def http_route(config: SafeshipConfig, environment: Environment, service: str, *
         parent["namespace"] = gateway.namespace
     if gateway.section_name:
         parent["sectionName"] = gateway.section_name
-    port = config.services[service].container_port
-    refs = [
-        {"group": "", "kind": "Service", "name": stable_service_name(service), "port": port, "weight": stable_weight},
-        {"group": "", "kind": "Service", "name": canary_service_name(service), "port": port, "weight": canary_weight},
-    ]
+    spec: Obj = {"parentRefs": [parent]}
+    hostnames = route_hostnames(environment, service)
+    if hostnames:
+        spec["hostnames"] = hostnames
+    spec["rules"] = [route_rule(config, environment, service, stable_weight=stable_weight,
+                                canary_weight=canary_weight)]
     return {
         "apiVersion": HTTPROUTE_API,
         "kind": "HTTPRoute",
         "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
-        "spec": {
-            "parentRefs": [parent],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": refs}],
-        },
+        "spec": spec,
     }
 
 
+def merged_rules(current: Sequence[Mapping[str, Any]], own: Mapping[str, Any], service: str) -> list[Obj]:
+    """The rules of an HTTPRoute after safeship's rule changes to `own`: the first rule that is
+    safeship's (`is_own_rule`) gets `own`'s matches and backends' weights, keeping every other key
+    of it and of its backends (filters, timeouts); further copies of it are dropped; every other
+    rule stays as it is, in its place. Without one, `own` is added last."""
+    result: list[Obj] = []
+    placed = False
+    wanted = {str(ref["name"]): ref for ref in own["backendRefs"]}
+    for rule in current:
+        if not is_own_rule(rule, service):
+            result.append(copy.deepcopy(dict(rule)))
+            continue
+        if placed:
+            continue
+        merged = copy.deepcopy(dict(rule))
+        merged["matches"] = copy.deepcopy(own["matches"])
+        refs = []
+        for ref in rule.get("backendRefs") or []:
+            kept = copy.deepcopy(dict(ref))
+            if str(ref.get("name")) in wanted:
+                kept.update(copy.deepcopy(wanted[str(ref.get("name"))]))
+            refs.append(kept)
+        merged["backendRefs"] = refs
+        result.append(merged)
+        placed = True
+    if not placed:
+        result.append(copy.deepcopy(dict(own)))
+    return result
+
+
 def destination_rule(environment: Environment, service: str, versions: Sequence[str]) -> Obj:
-    """The Istio DestinationRule `<service>`: one subset per version, selected by its version label."""
+    """An Istio DestinationRule `<service>` with one subset per version, selected by its version
+    label: not applied by the istio router (its VirtualService weighs per-version Services), kept
+    for a mesh policy that wants subsets."""
     seen: dict[str, str] = {}
     for version in versions:
         seen.setdefault(subset_name(version), version)
@@ -427,22 +471,32 @@ def destination_rule(environment: Environment, service: str, versions: Sequence[
     }
 
 
-def virtual_service(config: SafeshipConfig, environment: Environment, service: str,
-                    weights: Mapping[str, int]) -> Obj:
-    """The Istio VirtualService `<service>`: one HTTP route whose destinations are the versions'
-    subsets with their weights (percent, summing to 100)."""
+ISTIO_ROUTE_NAME = "safeship"  # the VirtualService's HTTP route safeship writes
+
+
+def virtual_service(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
+                    canary_weight: int) -> Obj:
+    """The Istio VirtualService `<service>`: one HTTP route (`safeship`) weighing the stable and
+    the canary Service (percent, summing to 100), bound to `istio.gateways` (the mesh when none)
+    for the hosts `<service>` and `istio.hosts`."""
     port = config.services[service].container_port
     routes = [
-        {"destination": {"host": stable_service_name(service), "subset": subset_name(version),
-                         "port": {"number": port}},
-         "weight": int(weight)}
-        for version, weight in weights.items()
+        {"destination": {"host": name, "port": {"number": port}}, "weight": int(weight)}
+        for name, weight in ((stable_service_name(service), stable_weight),
+                             (canary_service_name(service), canary_weight))
     ]
+    settings = environment.istio
+    hosts = list(dict.fromkeys([stable_service_name(service),
+                                *(h.replace("{service}", service) for h in settings.hosts)]))
+    spec: Obj = {"hosts": hosts}
+    if settings.gateways:
+        spec["gateways"] = list(settings.gateways)
+    spec["http"] = [{"name": ISTIO_ROUTE_NAME, "route": routes}]
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
         "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
-        "spec": {"hosts": [stable_service_name(service)], "http": [{"name": "safeship", "route": routes}]},
+        "spec": spec,
     }
 
 
@@ -482,8 +536,8 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
       pods); for blue-green it selects the active colour only, and `<service>-preview` the new one;
     - `gateway-api`: `<service>` (stable) and `<service>-canary` each select one version, and the
       HTTPRoute splits between them (`<service>-preview` too for blue-green);
-    - `istio`: `<service>` selects every version's pods, a DestinationRule names a subset per
-      version and a VirtualService weighs the subsets (`<service>-preview` too for blue-green).
+    - `istio`: as gateway-api, with a VirtualService weighing the two Services
+      (`<service>-preview` too for blue-green).
     """
     if service not in config.services:
         raise ValueError(f"service {service!r} is not configured")
@@ -493,7 +547,7 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     active = previous if previous is not None else version
     objects: list[Obj] = []
 
-    if router == "gateway-api":
+    if router in ("gateway-api", "istio"):
         objects.append(service_object(config, environment, service, stable_service_name(service), active))
         objects.append(service_object(config, environment, service, canary_service_name(service), version))
     elif router == "replicas" and kind is DeploymentStrategy.BLUE_GREEN:
@@ -512,10 +566,7 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     if router == "gateway-api":
         objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))
     elif router == "istio":
-        versions = [previous, version] if previous is not None and previous != version else [version]
-        objects.append(destination_rule(environment, service, versions))
-        weights = {v: (100 if v == active else 0) for v in versions}
-        objects.append(virtual_service(config, environment, service, weights))
+        objects.append(virtual_service(config, environment, service, stable_weight=100, canary_weight=0))
     return objects
 
 

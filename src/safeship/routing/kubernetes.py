@@ -2,25 +2,34 @@
 
 - `gateway-api` (`GatewayApiRouter`): an HTTPRoute `<service>` attached to the environment's
   Gateway, whose two backendRefs are the Services `<service>` (stable) and `<service>-canary`,
-  each selecting one version's pods; the weights are the backendRefs' weights.
-- `istio` (`IstioRouter`): a DestinationRule `<service>` with a subset per version (by the
-  version label) and a VirtualService `<service>` weighing the subsets; `<service>` selects every
-  version's pods and Istio picks the subset.
+  each selecting one version's pods; the weights are the backendRefs' weights. The route's
+  hostnames and safeship's rule's matches come from the `gateway:` block; once the route exists,
+  only safeship's rule (the one whose backends are those two Services) changes, with its filters
+  and every other rule left as they are (a patch guarded by the route's resourceVersion).
+- `istio` (`IstioRouter`): the same two Services, weighed by a VirtualService `<service>` whose
+  `gateways` are the environment's `istio.gateways` (the mesh's sidecars by default; name the
+  ingress gateways too so that traffic from outside follows the weights) and whose `hosts` are
+  `<service>` plus `istio.hosts`. As each Service selects one version, a client outside the mesh
+  reaches the stable version only, never a split by pod count.
 - `replicas` (`ReplicasRouter`): no traffic router at all. A split between versions becomes
   replica counts of the versions' Deployments (`<service>` then selects every version's pods, so
-  traffic follows the ready pods): a version whose share needs more pods than it runs is scaled
-  up (never down: the plan's scale steps do that), and the weight actually reached, the ready
-  pods' ratio, is reported (`weights_reached`) and logged. A single version at 100% is a switch
-  of `<service>`'s selector to that version only: the blue-green switch, instant, onto pods that
-  are ready, with the other colour kept warm for a switch back.
+  traffic follows the ready pods): both versions are scaled, up and down, to the pod ratio nearest
+  the weights with the service's replicas to one pod more in all (`replica_counts`; 2 replicas:
+  5% -> 1 of 3 pods, 50% -> 1 of 2, 75% -> 2 of 3), and the weight actually reached, the ready
+  pods' ratio, is reported (`weights_reached`), logged, and what the engine judges and paces by.
+  A single version at 100% is a switch of `<service>`'s selector to that version only: the
+  blue-green switch, instant, onto pods that are ready, with the other colour kept warm for a
+  switch back.
 
 Common to all three:
 - Abilities: no `hold` (a cluster has no queue for the recreate gap) and no `listens` (the
   cluster's Services, Gateway or mesh take the traffic; `ensure_route` returns None).
 - `set_weights` applies the weights and returns only once the cluster shows them (waiting in real
   time: a cluster's controllers report on their own clock, not the engine's): the HTTPRoute's
-  parents report Accepted with observedGeneration >= metadata.generation; the VirtualService's
-  status.observedGeneration reaches its generation when its status carries one; for replicas,
+  parents report Accepted and ResolvedRefs True with observedGeneration >= metadata.generation
+  (Accepted False is a PermanentError; ResolvedRefs False, a backend Service the controller has
+  not seen yet, is waited out); the VirtualService's status.observedGeneration reaches its
+  generation when its status carries one; for replicas,
   every weighted version has the ready pods its share asks for. A wait that runs out
   (`wait_s`) is a `TemporaryError`, which the engine retries within its error budget.
 - `set_backends` keeps the Services' selectors right. Services select pods by labels, and a pod
@@ -32,15 +41,16 @@ Common to all three:
   canary of a canary), for whoever wants to reach it before it takes traffic.
 
 API calls made here (all through `safeship.kube.client.KubeClient`): GET, POST and PATCH (JSON
-merge patch) of v1 Services, gateway.networking.k8s.io/v1 HTTPRoutes, networking.istio.io/v1
-VirtualServices and DestinationRules; GET and PATCH (merge patch of spec.replicas) of apps/v1
-Deployments; LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and DestinationRules
-(`remove_route`).
+merge patch) of v1 Services, gateway.networking.k8s.io/v1 HTTPRoutes and networking.istio.io/v1
+VirtualServices; GET and PATCH (merge patch of spec.replicas, up and down) of apps/v1 Deployments;
+LIST of v1 Pods by label; DELETE of HTTPRoutes, VirtualServices and DestinationRules (the latter
+left by earlier versions of the istio router; `remove_route`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -210,13 +220,14 @@ class ClusterRouter:
                 ready[version] = ready.get(version, 0) + 1
         return ready
 
-    async def _ready(self, route: RouteKey, counts: Mapping[str, int]) -> dict[str, int]:
-        """Wait until every version in `counts` has at least that many ready pods."""
+    async def _ready(self, route: RouteKey, counts: Mapping[str, int], *, exact: bool = False) -> dict[str, int]:
+        """Wait until every version in `counts` has at least (`exact`: exactly) that many ready pods."""
 
         async def check() -> tuple[dict[str, int] | None, str]:
             ready = await self._ready_pods(route.service)
             seen = ", ".join(f"{v}: {ready.get(v, 0)} of {n} ready" for v, n in counts.items())
-            return (ready if all(ready.get(v, 0) >= n for v, n in counts.items()) else None), seen
+            done = all((ready.get(v, 0) == n) if exact else (ready.get(v, 0) >= n) for v, n in counts.items())
+            return (ready if done else None), seen
 
         result: dict[str, int] = await self._wait(f"ready pods for {dict(counts)}", check)
         return result
@@ -240,35 +251,27 @@ class ClusterRouter:
 # ---------------------------------------------------------------- gateway-api
 
 
-class GatewayApiRouter(ClusterRouter):
-    """Gateway API: an HTTPRoute splitting between the stable and the canary Service."""
-
-    name = "gateway-api"
+class TwoServiceRouter(ClusterRouter):
+    """What gateway-api and istio share: `<service>` (stable) and `<service>-canary` each select
+    one version's pods, and a routing object weighs the two Services. A client that does not go
+    through that object (no sidecar, no gateway) reaches the stable version only."""
 
     def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
         super().__init__(config, environment, **kwargs)
         self._served: dict[RouteKey, set[str]] = {}  # versions that had traffic through this router
-        if environment.gateway is None:
-            raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
-                             "the Gateway to attach to")
 
-    def _route_kinds(self) -> Sequence[tuple[str, str]]:
-        return ((objects.HTTPROUTE_API, "HTTPRoute"),)
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The routing object's weight per Service name, as stored ({} when there is none)."""
+        raise NotImplementedError
+
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
+        """Write the two Services' weights and wait until the cluster shows them."""
+        raise NotImplementedError
 
     async def _slots(self, service: str) -> tuple[Obj | None, Obj | None]:
         stable = await self._service(objects.stable_service_name(service))
         canary = await self._service(objects.canary_service_name(service))
         return stable, canary
-
-    async def _route_weights(self, service: str) -> dict[str, int]:
-        """The HTTPRoute's weight per Service name, as stored ({} when there is no route)."""
-        kube = await self.kube()
-        current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
-        refs: dict[str, int] = {}
-        for rule in ((current or {}).get("spec") or {}).get("rules") or []:
-            for ref in rule.get("backendRefs") or []:
-                refs[str(ref.get("name"))] = int(ref.get("weight", 1))
-        return refs
 
     async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
         """Make sure a version with ready pods has a Service: the stable one when there is none
@@ -325,10 +328,61 @@ class GatewayApiRouter(ClusterRouter):
             await self._put_service(route, canary_name, new_canary, canary, known=True)
         stable_weight = split.get(new_stable, 0) if len(positive) == 2 else 100
         canary_weight = 100 - stable_weight
+        await self._apply_weights(route, stable_weight, canary_weight)
+        self._reached[route] = {v: w for v, w in split.items()}
+        self._served.setdefault(route, set()).update(positive)
+        log.info("%s %s: %s=%d%% (%s), %s=%d%% (%s)", self.name, route, stable_name, stable_weight, new_stable,
+                 canary_name, canary_weight, new_canary)
+
+
+class GatewayApiRouter(TwoServiceRouter):
+    """Gateway API: an HTTPRoute splitting between the stable and the canary Service."""
+
+    name = "gateway-api"
+
+    def __init__(self, config: SafeshipConfig, environment: Environment, **kwargs: Any) -> None:
+        super().__init__(config, environment, **kwargs)
+        if environment.gateway is None:
+            raise InputError(f"environment {environment.name!r}: router gateway-api needs a gateway: block naming "
+                             "the Gateway to attach to")
+
+    def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        return ((objects.HTTPROUTE_API, "HTTPRoute"),)
+
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The HTTPRoute's weight per Service name, as stored ({} when there is no route)."""
+        kube = await self.kube()
+        current = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+        refs: dict[str, int] = {}
+        for rule in ((current or {}).get("spec") or {}).get("rules") or []:
+            if not objects.is_own_rule(rule, service):
+                continue
+            for ref in rule.get("backendRefs") or []:
+                refs[str(ref.get("name"))] = int(ref.get("weight", 1))
+        return refs
+
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
+        service = route.service
         desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
                                      canary_weight=canary_weight)
         kube = await self.kube()
-        applied = await kube.apply(desired)
+        current_route = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+        if current_route is None:
+            applied = await kube.create(desired)
+        else:
+            # Only safeship's rule changes: rules and filters added by hand stay. The resourceVersion
+            # makes a concurrent edit a conflict (retried) rather than lost.
+            spec = current_route.get("spec") or {}
+            patch_spec: Obj = {"parentRefs": desired["spec"]["parentRefs"],
+                               "rules": objects.merged_rules(spec.get("rules") or [], desired["spec"]["rules"][0],
+                                                             service)}
+            if "hostnames" in desired["spec"]:
+                patch_spec["hostnames"] = desired["spec"]["hostnames"]
+            meta = current_route.get("metadata") or {}
+            applied = await kube.patch(objects.HTTPROUTE_API, "HTTPRoute", service,
+                                       {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                                                     "labels": desired["metadata"]["labels"]},
+                                        "spec": patch_spec}, self.namespace)
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
         async def accepted() -> tuple[bool | None, str]:
@@ -339,66 +393,62 @@ class GatewayApiRouter(ClusterRouter):
             parents = ((current.get("status") or {}).get("parents")) or []
             seen = "no parent has reported on it"
             for parent in parents:
-                for condition in parent.get("conditions") or []:
-                    if condition.get("type") != "Accepted":
-                        continue
-                    observed = int(condition.get("observedGeneration") or 0)
-                    seen = (f"Accepted={condition.get('status')} ({condition.get('reason', '')}) "
-                            f"at generation {observed} of {at}")
-                    if observed >= at and condition.get("status") == "True":
-                        return True, seen
-                    if observed >= at and condition.get("status") == "False":
-                        raise PermanentError(f"gateway-api router: the Gateway refused HTTPRoute {service}: "
-                                             f"{condition.get('reason', '')}: {condition.get('message', '')}")
+                conditions = {c.get("type"): c for c in parent.get("conditions") or [] if isinstance(c, Mapping)}
+                accepted_now, resolved = conditions.get("Accepted"), conditions.get("ResolvedRefs")
+                if accepted_now is None:
+                    continue
+                observed = int(accepted_now.get("observedGeneration") or 0)
+                seen = (f"Accepted={accepted_now.get('status')} ({accepted_now.get('reason', '')}) "
+                        f"at generation {observed} of {at}")
+                if observed >= at and accepted_now.get("status") == "False":
+                    raise PermanentError(f"gateway-api router: the Gateway refused HTTPRoute {service}: "
+                                         f"{accepted_now.get('reason', '')}: {accepted_now.get('message', '')}")
+                if observed < at or accepted_now.get("status") != "True":
+                    continue
+                if resolved is None or int(resolved.get("observedGeneration") or 0) < at:
+                    seen += ", ResolvedRefs not reported yet"
+                    continue
+                if resolved.get("status") != "True":
+                    seen += (f", ResolvedRefs={resolved.get('status')} ({resolved.get('reason', '')}: "
+                             f"{resolved.get('message', '')})")
+                    continue
+                return True, seen
             return None, seen
 
         await self._wait(f"HTTPRoute {service} weights {stable_weight}/{canary_weight}", accepted)
-        self._reached[route] = {v: w for v, w in split.items()}
-        self._served.setdefault(route, set()).update(positive)
-        log.info("gateway-api %s: %s=%d%% (%s), %s=%d%% (%s)", route, stable_name, stable_weight, new_stable,
-                 canary_name, canary_weight, new_canary)
 
 
 # ---------------------------------------------------------------- istio
 
 
-class IstioRouter(ClusterRouter):
-    """Istio: a DestinationRule subset per version and a VirtualService weighing them."""
+class IstioRouter(TwoServiceRouter):
+    """Istio: a VirtualService weighing `<service>` and `<service>-canary`, for the mesh and the
+    gateways the environment's `istio.gateways` names."""
 
     name = "istio"
 
     def _route_kinds(self) -> Sequence[tuple[str, str]]:
+        # DestinationRule: what earlier versions of this router kept a subset per version in
         return ((objects.ISTIO_API, "VirtualService"), (objects.ISTIO_API, "DestinationRule"))
 
-    async def _subsets(self, route: RouteKey, versions: Sequence[str]) -> None:
-        """The DestinationRule names a subset for every version in `versions`, keeping the others."""
+    async def _route_weights(self, service: str) -> dict[str, int]:
+        """The VirtualService's weight per Service host, as stored ({} when there is none)."""
         kube = await self.kube()
-        current = await kube.get(objects.ISTIO_API, "DestinationRule", route.service, self.namespace)
-        known: list[str] = []
-        for subset in ((current or {}).get("spec") or {}).get("subsets") or []:
-            label = (subset.get("labels") or {}).get(objects.VERSION_LABEL)
-            version = next((v for v in versions if objects.subset_name(v) == subset.get("name")), None)
-            known.append(version if version is not None else str(label or subset.get("name")))
-        wanted = list(dict.fromkeys([*known, *versions]))
-        if current is not None and set(wanted) == set(known):
-            return
-        await kube.apply(objects.destination_rule(self.environment, route.service, wanted))
+        current = await kube.get(objects.ISTIO_API, "VirtualService", service, self.namespace)
+        weights: dict[str, int] = {}
+        for http in ((current or {}).get("spec") or {}).get("http") or []:
+            if http.get("name") != objects.ISTIO_ROUTE_NAME:
+                continue
+            for destination in http.get("route") or []:
+                host = str((destination.get("destination") or {}).get("host"))
+                weights[host] = int(destination.get("weight", 0))
+        return weights
 
-    async def set_backends(self, route: RouteKey, version: str, backends: Sequence[Backend]) -> None:
-        """`<service>` selects every version's pods; the version gets a subset once it has ready pods."""
-        self._check(route)
-        if not backends:
-            return
-        await self._put_service(route, objects.stable_service_name(route.service), None)
-        await self._subsets(route, [version])
-
-    async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
-        self._check(route)
-        split = _weights(weights)
-        await self._put_service(route, objects.stable_service_name(route.service), None)
-        await self._subsets(route, list(split))
+    async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
         kube = await self.kube()
-        applied = await kube.apply(objects.virtual_service(self.config, self.environment, route.service, split))
+        desired = objects.virtual_service(self.config, self.environment, route.service,
+                                          stable_weight=stable_weight, canary_weight=canary_weight)
+        applied = await kube.apply(desired)
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
         async def observed() -> tuple[bool | None, str]:
@@ -407,23 +457,64 @@ class IstioRouter(ClusterRouter):
                 return None, "the VirtualService is gone"
             status = current.get("status") or {}
             if "observedGeneration" not in status:
-                return True, "no status kept"  # Istio's status reporting is off: nothing to wait for
+                return True, "no status kept"  # Istio's status reporting is off (its default): nothing to wait for
             at = max(generation, int((current.get("metadata") or {}).get("generation") or 0))
             seen = int(status.get("observedGeneration") or 0)
             return (True if seen >= at else None), f"observedGeneration {seen} of {at}"
 
-        await self._wait(f"VirtualService {route.service} weights {split}", observed)
-        self._reached[route] = dict(split)
-        log.info("istio %s: %s", route, split)
+        await self._wait(f"VirtualService {route.service} weights {stable_weight}/{canary_weight}", observed)
 
 
 # ---------------------------------------------------------------- replicas
 
 
-def replica_counts(total: int, split: Mapping[str, int]) -> dict[str, int]:
-    """Replicas per weighted version for a split of `total` pods: each version with a weight gets
-    its share, rounded, and at least one pod."""
-    return {version: max(1, round(total * weight / 100)) for version, weight in split.items() if weight > 0}
+EXTRA_PODS = 1  # how many pods above the service's replicas a split may run in all
+
+
+def replica_counts(total: int, split: Mapping[str, int], extra: int = EXTRA_PODS) -> dict[str, int]:
+    """Replicas per weighted version for a split: the counts whose pod ratio is nearest the
+    weights, each weighted version with at least one pod, between `total` and `total + extra`
+    pods in all (fewer pods first when two are as near). One version at 100%: `total` pods.
+
+    Two versions are searched exhaustively (the nearest ratio there is); more are apportioned by
+    largest remainder at each size."""
+    weighted = {v: w for v, w in split.items() if w > 0}
+    if len(weighted) == 1:
+        return {next(iter(weighted)): total}
+    names = sorted(weighted, key=lambda v: (-weighted[v], v))
+    best: tuple[float, int, dict[str, int]] | None = None
+    for size in range(max(total, len(names)), max(total, len(names)) + extra + 1):
+        for counts in _candidates(names, weighted, size):
+            error = max(abs(100 * counts[v] / size - weighted[v]) for v in names)
+            if best is None or error < best[0] - 1e-9:
+                best = (error, size, counts)
+    assert best is not None
+    return {v: best[2][v] for v in weighted}
+
+
+def _candidates(names: Sequence[str], weights: Mapping[str, int], size: int) -> list[dict[str, int]]:
+    if len(names) == 2:
+        first, second = names
+        return [{first: size - count, second: count} for count in range(1, size)]
+    shares = {v: size * weights[v] / 100 for v in names}
+    counts = {v: max(1, math.floor(shares[v])) for v in names}
+    for v in sorted(names, key=lambda v: shares[v] - math.floor(shares[v]), reverse=True):
+        if sum(counts.values()) >= size:
+            break
+        counts[v] += 1
+    return [counts] if sum(counts.values()) == size else []
+
+
+def ratio(counts: Mapping[str, int], versions: Sequence[str]) -> dict[str, int]:
+    """The percent of the pods each version runs, whole numbers summing to 100 (largest remainder)."""
+    total = sum(counts.values())
+    if not total:
+        return {v: 0 for v in versions}
+    exact = {v: 100 * counts.get(v, 0) / total for v in versions}
+    whole = {v: math.floor(x) for v, x in exact.items()}
+    for v in sorted(versions, key=lambda v: exact[v] - whole[v], reverse=True)[: 100 - sum(whole.values())]:
+        whole[v] += 1
+    return whole
 
 
 class ReplicasRouter(ClusterRouter):
@@ -447,12 +538,14 @@ class ReplicasRouter(ClusterRouter):
             await self._put_service(route, objects.preview_service_name(route.service), version)
 
     async def set_weights(self, route: RouteKey, weights: Mapping[str, int]) -> None:
-        """A split: `<service>` selects every version's pods, a weighted version whose share of the
-        service's replicas needs more pods than it runs is scaled up to that share, and the call
-        waits until each weighted version has its share ready; the ratio of ready pods is the
-        weight reached. Versions are never scaled down here: the plan's own scale steps do that,
-        so the router and the plan never undo each other. One version at 100%: it gets at least the
-        service's replicas, and `<service>` switches to it once it has a ready pod."""
+        """A split: `<service>` selects every version's pods, and each weighted version's
+        Deployment is scaled, up or down, to the count of `replica_counts` (the pod ratio nearest
+        the weights, with the service's replicas to one more pod in all); the call waits until
+        each has exactly that many ready pods, and the ratio of ready pods is the weight reached
+        (`weights_reached`). Scaling up comes before scaling down, so the service never has fewer
+        ready pods than before. One version at 100%: it gets at least the service's replicas, and
+        `<service>` switches to it once it has a ready pod (the other is left as it is: warm for a
+        switch back; the plan's own scale steps retire it)."""
         self._check(route)
         split = _weights(weights)
         service = route.service
@@ -472,9 +565,14 @@ class ReplicasRouter(ClusterRouter):
         for version, count in counts.items():
             await self._scale_up(service, version, current[version], count)
         await self._put_service(route, name, None)
-        ready = await self._ready(route, counts)
-        share = sum(ready.get(v, 0) for v in counts) or 1
-        reached = {v: round(100 * ready.get(v, 0) / share) for v in split}
+        await self._ready(route, {v: n for v, n in counts.items() if n > _replicas(current[v])})
+        kube = await self.kube()
+        for version, count in counts.items():
+            if count < _replicas(current[version]):
+                await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
+                                 {"spec": {"replicas": count}}, self.namespace)
+        ready = await self._ready(route, counts, exact=True)
+        reached = ratio({v: ready.get(v, 0) for v in counts}, list(split))
         self._reached[route] = reached
         log.info("replicas %s: asked %s, reached %s with ready pods %s", route, split, reached,
                  {v: ready.get(v, 0) for v in counts})
@@ -488,8 +586,12 @@ class ReplicasRouter(ClusterRouter):
         return found
 
     async def _scale_up(self, service: str, version: str, current: Mapping[str, Any], replicas: int) -> None:
-        if int((current.get("spec") or {}).get("replicas") or 0) >= replicas:
+        if _replicas(current) >= replicas:
             return
         kube = await self.kube()
         await kube.patch("apps/v1", "Deployment", objects.deployment_name(service, version),
                          {"spec": {"replicas": replicas}}, self.namespace)
+
+
+def _replicas(deployment: Mapping[str, Any]) -> int:
+    return int((deployment.get("spec") or {}).get("replicas") or 0)

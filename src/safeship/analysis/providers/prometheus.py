@@ -31,10 +31,18 @@ The sets:
   `http_request_duration_seconds` with the version in `$version_label`: what a service's own
   `/metrics` exposes under the common client-library names, with `service` and `namespace` added by
   the scrape (a Kubernetes service monitor does; on one host, label the scrape target).
+- `kubernetes`: the same series as `generic`, selected by the pods' own labels as Prometheus'
+  Kubernetes discovery gives them (a PodMonitor, or a `role: pod` scrape with `labelmap` of
+  `__meta_kubernetes_pod_label_(.+)`): `app_kubernetes_io_name="$service"` and `namespace`, the
+  version in `app_kubernetes_io_version`. Not the Service name: with the gateway-api router the
+  candidate's pods are behind `<service>-canary`, and a pod behind two Services scraped through
+  both (a ServiceMonitor) would be counted twice.
 - `istio`: `istio_requests_total` and `istio_request_duration_milliseconds` as the sidecars report
   them (`reporter="destination"`, so a request is counted once), selected by
-  `destination_service_name` and `destination_workload_namespace`, 5xx by `response_code`,
-  the version in `destination_version` (the pods' `version` label).
+  `destination_canonical_service` (the pods' `app.kubernetes.io/name`, whichever Service,
+  `<service>` or `<service>-canary`, the request was sent to) and `destination_workload_namespace`,
+  5xx by `response_code`, the version in `destination_version` (the pods'
+  `app.kubernetes.io/version`).
 - `ingress-nginx`: the controller's `nginx_ingress_controller_requests` and
   `nginx_ingress_controller_request_duration_seconds`, selected by the Ingress (`ingress`, named
   after the service) and its `namespace`, 5xx by `status`. That exporter labels a request with
@@ -48,6 +56,14 @@ The sets:
   and `safeship_request_duration_seconds`, selected by `service` and `environment` (the
   environment's name, not its namespace), the version in `version`. `environment-manager
   --prepare` writes the scrape job for it (`safeship.environments.scrape`).
+
+Versions. A version that is not a valid Kubernetes label value (`1.2.3+build.4`, more than 63
+characters) is labelled `<cleaned>-<8 hex digits of its hash>` on its pods
+(`safeship.kube.objects.version_label`), and Prometheus reads that value. Each value is named back
+to its exact version: a value without such a hash is the version itself; a hashed one is looked up
+among the service's `versions` (the config refuses two that would share a label), then among the
+Deployments the environment's cluster runs (their `safeship.io/version` annotation), read when a
+hashed value is first seen. A value found nowhere is counted as it is, with a warning.
 
 Counts. `counters(route)` sums the raw counters per version: cumulative values, never `rate` or
 `increase`, so two reads differenced are exactly what Prometheus scraped in between. When a
@@ -84,6 +100,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -94,7 +111,8 @@ from typing import Any, ClassVar
 import httpx
 
 from safeship import histogram
-from safeship.config.models import Environment, PrometheusSourceConfig
+from safeship.config.kubernetes import is_hashed, version_label
+from safeship.config.models import Environment, PrometheusSourceConfig, SafeshipConfig
 from safeship.errors import InputError, TemporaryError
 from safeship.traffic import RouteKey, TrafficCounters, TrafficSetup, TrafficWindow
 
@@ -104,9 +122,13 @@ PLACEHOLDERS = ("service", "namespace", "environment", "version_label")
 UNITS_MS: Mapping[str, float] = {"seconds": 1000.0, "milliseconds": 1.0}
 
 _GENERIC = 'service="$service",namespace="$namespace"'
-_ISTIO = 'reporter="destination",destination_service_name="$service",destination_workload_namespace="$namespace"'
+_ISTIO = 'reporter="destination",destination_canonical_service="$service",destination_workload_namespace="$namespace"'
 _NGINX = 'namespace="$namespace",ingress="$service"'
 _SAFESHIP = 'service="$service",environment="$environment"'
+# The pod's own labels, as Prometheus' Kubernetes discovery gives them (`labelmap` of
+# `__meta_kubernetes_pod_label_(.+)` turns `app.kubernetes.io/name` into `app_kubernetes_io_name`):
+# every version's pods, whichever Service (`<service>`, `<service>-canary`) sends them traffic.
+_KUBERNETES = 'app_kubernetes_io_name="$service",namespace="$namespace"'
 
 QUERY_SETS: Mapping[str, Mapping[str, str]] = {
     "generic": {
@@ -115,6 +137,15 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "errors": f'http_requests_total{{{_GENERIC},code=~"5.."}}',
         "latency_buckets": f"http_request_duration_seconds_bucket{{{_GENERIC}}}",
         "latency_sum": f"http_request_duration_seconds_sum{{{_GENERIC}}}",
+        "latency_unit": "seconds",
+        "connect_failures": "",
+    },
+    "kubernetes": {
+        "version": "app_kubernetes_io_version",
+        "requests": f"http_requests_total{{{_KUBERNETES}}}",
+        "errors": f'http_requests_total{{{_KUBERNETES},code=~"5.."}}',
+        "latency_buckets": f"http_request_duration_seconds_bucket{{{_KUBERNETES}}}",
+        "latency_sum": f"http_request_duration_seconds_sum{{{_KUBERNETES}}}",
         "latency_unit": "seconds",
         "connect_failures": "",
     },
@@ -146,6 +177,8 @@ QUERY_SETS: Mapping[str, Mapping[str, str]] = {
         "connect_failures": f"safeship_connect_failures_total{{{_SAFESHIP}}}",
     },
 }
+
+log = logging.getLogger(__name__)
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _USERINFO = re.compile(r"^(https?://)[^/@]*@")
@@ -308,11 +341,18 @@ class PrometheusTraffic:
     name: ClassVar[str] = "prometheus"
     per_environment: ClassVar[bool] = True  # each environment names its own Prometheus and namespace
 
-    def __init__(self, environments: Iterable[Environment]) -> None:
+    def __init__(self, environments: Iterable[Environment], config: SafeshipConfig | None = None) -> None:
         self.queries: dict[str, QuerySet] = {}
+        self.environments: dict[str, Environment] = {}
         for environment in environments:
             if environment.name not in self.queries:
                 self.queries[environment.name] = QuerySet.build(environment)
+                self.environments[environment.name] = environment
+        # label value -> exact version, per route: from the service's known versions, then from the
+        # cluster's Deployments (their safeship.io/version annotation) for a label not yet known
+        self._names: dict[RouteKey, dict[str, str]] = {}
+        self._known: dict[str, list[str]] = (
+            {name: list(service.versions) for name, service in config.services.items()} if config is not None else {})
         if not self.queries:
             raise InputError("traffic source prometheus: no environment to read for (it needs one with a "
                              "prometheus: block naming its url)")
@@ -327,7 +367,7 @@ class PrometheusTraffic:
         if setup.config is not None:
             environments += [e for e in setup.config.environment_management.environments
                              if e.traffic_source == cls.name]  # the setup's own is built first
-        return cls(environments)
+        return cls(environments, setup.config)
 
     async def counters(self, route: RouteKey) -> Mapping[str, TrafficCounters]:
         queries = self._for(route)
@@ -351,7 +391,7 @@ class PrometheusTraffic:
             raise TemporaryError(f"Prometheus at {queries.shown}: the {queries.flavour} requests of {route.service} "
                                  f"carry no {version!r} label to tell versions apart (set "
                                  "prometheus.version_label, or templates.version)", delay=_DELAY_S)
-        return _counters(results, version, queries.unit_ms)
+        return _counters(results, version, queries.unit_ms, await self._versions(route, results, version))
 
     async def before(self, route: RouteKey, at: float, span: float) -> TrafficWindow | None:
         if not (span > 0 and math.isfinite(span) and math.isfinite(at)):
@@ -374,7 +414,7 @@ class PrometheusTraffic:
         if queries.measures("connect_failures"):
             promql["connect_failures"] = increase("connect_failures")
         results = await self._run(queries, promql, at=at)
-        counters = _counters(results, version, queries.unit_ms)
+        counters = _counters(results, version, queries.unit_ms, await self._versions(route, results, version))
         if not counters:
             return None  # nothing recorded there
         first = [float(value) for _, value in results["first_sample"]]
@@ -383,6 +423,47 @@ class PrometheusTraffic:
 
     async def close(self) -> None:
         return None  # every read opens and closes its own connections
+
+    # ------------------------------------------------------------ label values to versions
+
+    async def _versions(self, route: RouteKey, results: Mapping[str, list[tuple[dict[str, str], float]]],
+                        label: str) -> dict[str, str]:
+        """{label value: exact version} for every value of `label` in `results`.
+
+        On Kubernetes a version that is not a valid label value (`1.2.3+build.4`, more than 63
+        characters) is labelled `<cleaned>-<hash of the version>` (safeship.kube.objects), and
+        Prometheus reads that label. A value without such a hash is the version itself; one with
+        it is looked up among the service's known versions (`services.<name>.versions`), then
+        among the versions the environment's cluster runs (each Deployment's `safeship.io/version`
+        annotation). A value found nowhere is kept as it is, and logged."""
+        values = {labels.get(label, "") for answer in results.values() for labels, _ in answer}
+        names = self._names.setdefault(route, {})
+        for version in self._known.get(route.service, ()):
+            names.setdefault(version_label(version), version)
+        missing = {v for v in values if v and is_hashed(v) and v not in names}
+        environment = self.environments.get(route.environment)
+        if missing and environment is not None and environment.platform == "kubernetes":
+            for version in await self._cluster_versions(environment, route.service):
+                names.setdefault(version_label(version), version)
+        for value in sorted(v for v in missing if v not in names):
+            log.warning("Prometheus: %s label %r of %s matches no version safeship knows; counted as is",
+                        label, value, route)
+        return {v: names.get(v, v) for v in values if v}
+
+    @staticmethod
+    async def _cluster_versions(environment: Environment, service: str) -> list[str]:
+        from safeship.kube import objects
+        from safeship.kube.client import KubeClient
+
+        try:
+            async with KubeClient.for_environment(environment) as kube:
+                found = await kube.list("apps/v1", "Deployment", environment.kube_namespace,
+                                        labels=objects.selector(service))
+        except Exception as exc:
+            raise TemporaryError(f"Prometheus source: the versions of {service} could not be read from the "
+                                 f"cluster of environment {environment.name} to name its hashed version "
+                                 f"labels: {exc}", delay=_DELAY_S) from exc
+        return [v for v in (objects.object_version(d) for d in found) if v]
 
     # ------------------------------------------------------------ HTTP
 
@@ -461,14 +542,20 @@ def _vector(data: Any, where: str) -> list[tuple[dict[str, str], float]]:
     return series
 
 
-def _counters(results: Mapping[str, list[tuple[dict[str, str], float]]], version_label: str,
-              unit_ms: float) -> dict[str, TrafficCounters]:
-    """Per-version counters from the four answers; series without a version are left out."""
+def _counters(results: Mapping[str, list[tuple[dict[str, str], float]]], label: str,
+              unit_ms: float, names: Mapping[str, str] | None = None) -> dict[str, TrafficCounters]:
+    """Per-version counters from the four answers, the label values named by `names` (label value
+    -> version); series without a version are left out."""
+    named = names or {}
+
+    def of(labels: Mapping[str, str]) -> str:
+        value = labels.get(label, "")
+        return named.get(value, value)
 
     def per_version(name: str) -> dict[str, float]:
         found: dict[str, float] = {}
         for labels, value in results.get(name, ()):
-            version = labels.get(version_label, "")
+            version = of(labels)
             if version:
                 found[version] = found.get(version, 0.0) + value
         return found
@@ -477,7 +564,7 @@ def _counters(results: Mapping[str, list[tuple[dict[str, str], float]]], version
     unanswered = per_version("connect_failures")
     buckets: dict[str, dict[float, float]] = {}
     for labels, value in results["latency_buckets"]:
-        version, le = labels.get(version_label, ""), labels.get("le")
+        version, le = of(labels), labels.get("le")
         if not version or le is None:
             continue
         try:
