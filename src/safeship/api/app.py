@@ -445,22 +445,29 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
     app.router.route_class = GuardedRoute
     api = APIRouter(dependencies=[Depends(bearer_guard(token))], responses=ERRORS, route_class=GuardedRoute)
 
-    environments = [e.name for e in controller.config.environment_management.environments]
-    services = list(controller.config.services)
+    # The names the controller's config has *now*: a request naming one it does not have reloads the
+    # config first when the file changed (`Controller.refresh_for`), so a new environment is known.
+    def environments() -> list[str]:
+        return [e.name for e in controller.config.environment_management.environments]
 
-    def known_service(value: str | None, where: str) -> str | None:
+    def services() -> list[str]:
+        return list(controller.config.services)
+
+    async def known_service(value: str | None, where: str) -> str | None:
         """A service filter from the query: 422 if malformed, 404 if not configured."""
         if _well_formed("service", value, where) is None:
             return None
         assert value is not None
-        _names("service", value, services)
+        await controller.refresh_for(service=value)
+        _names("service", value, services())
         return value
 
-    def known_environment(value: str | None, where: str) -> str | None:
+    async def known_environment(value: str | None, where: str) -> str | None:
         if _well_formed("environment", value, where) is None:
             return None
         assert value is not None
-        _names("environment", value, environments)
+        await controller.refresh_for(environment=value)
+        _names("environment", value, environments())
         return value
 
     @app.get("/healthz")
@@ -483,6 +490,7 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         _well_formed("environment", body.environment, "request body: environment")
         _well_formed("version", body.version, "request body: version")
         _nothing_to_run(body)
+        await controller.refresh_for(service=body.service_name, environment=body.environment)
         record = controller.submit(body.request(), policy=body.policy)
         return deployment_json(record, full=True)
 
@@ -494,8 +502,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         limit: Limit = 100,
     ) -> dict[str, Any]:
         found = controller.store.list_deployments(
-            service=known_service(service, "query parameter: service"),
-            environment=known_environment(environment, "query parameter: environment"),
+            service=await known_service(service, "query parameter: service"),
+            environment=await known_environment(environment, "query parameter: environment"),
             active_only=active,
             limit=_clamp(limit),
         )
@@ -539,7 +547,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.get("/services/{service}/history")
     async def service_history(service: Service, limit: Limit = 100) -> dict[str, Any]:
-        _names("service", service, services)
+        await controller.refresh_for(service=service)
+        _names("service", service, services())
         found = controller.store.list_deployments(service=service, limit=_clamp(limit))
         return {
             "service": service,
@@ -549,7 +558,7 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.get("/rollbacks")
     async def rollbacks(service: ServiceFilter = None) -> dict[str, Any]:
-        rows = controller.store.rollbacks(service=known_service(service, "query parameter: service"))
+        rows = controller.store.rollbacks(service=await known_service(service, "query parameter: service"))
         return {"rollbacks": [rollback_json(r) for r in rows]}
 
     @api.get("/environments")
@@ -558,7 +567,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.post("/environments/{environment}/cleanup")
     async def cleanup_environment(environment: Environment) -> dict[str, Any]:
-        _names("environment", environment, environments)  # before anything is touched
+        await controller.refresh_for(environment=environment)
+        _names("environment", environment, environments())  # before anything is touched
         return clean_dict(await controller.cleanup_environment(environment))
 
     app.include_router(api)

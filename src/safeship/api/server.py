@@ -119,6 +119,9 @@ async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[di
         install(redactor())  # secret values never reach the controller's log
         token = load_or_create_token(state_dir)
         await controller.start()
+        loop = asyncio.get_running_loop()
+        # `safeship server --reload` sends SIGHUP: read the config again, without stopping anything
+        loop.add_signal_handler(signal.SIGHUP, controller.reload_soon, "SIGHUP, from `safeship server --reload`")
         try:
             sock = _listen(host, port)
             config = uvicorn.Config(
@@ -147,6 +150,7 @@ async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[di
             )
             await _Server(config).serve(sockets=[sock])
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await controller.stop()
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -331,6 +335,51 @@ def stop_server(config_path: str) -> list[str]:
     if haproxy is not None and stop_haproxy(state):
         lines.append(f"stopped haproxy (pid {haproxy}); its routes no longer listen")
     return lines + _instances_left(config, config_path)
+
+
+RELOAD_TIMEOUT = 15.0
+RELOAD_KINDS = ("config_reloaded", "config_reload_refused")
+
+
+def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
+    """`safeship server --reload`: check the config, then SIGHUP the running controller of its state
+    folder (only a PID /proc shows is that controller) and wait for the `config_reloaded` or
+    `config_reload_refused` event it records. Returns the controller's sentence; InputError (exit 2)
+    for a config that does not load or that the controller refused (it keeps its running config),
+    ControllerUnreachable (exit 3) when no controller runs or none answered."""
+    from safeship.api.controller import CONTROLLER_EVENTS
+    from safeship.config.loader import load_config
+    from safeship.config.paths import state_dir as state_dir_of
+    from safeship.config.paths import store_url
+    from safeship.errors import ControllerUnreachable
+    from safeship.store import Store
+
+    config = load_config(config_path)  # a config that does not load is refused here, and nothing is sent
+    state = state_dir_of(config, config_path)
+    pid = _find(state / CONTROLLER_FILE, state / CONTROLLER_LOCK, state, is_controller)
+    if pid is None or not is_controller(pid, state):
+        raise ControllerUnreachable(f"no safeship controller runs for {state}, so there is nothing to reload; the "
+                                    "next controller reads the config when it starts")
+    store = Store(store_url(config, config_path))
+    try:
+        after = store.last_event_id()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in store.events_since(after, deployment_id=CONTROLLER_EVENTS):
+                after = event.id or after
+                if event.kind in RELOAD_KINDS and "SIGHUP" in str(event.data.get("why", "")):
+                    if event.kind == "config_reload_refused":
+                        raise InputError(f"the controller (pid {pid}) refused the reload and keeps its running "
+                                         f"config: {event.data.get('error')}")
+                    return event.message
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise ControllerUnreachable(f"the controller (pid {pid}) was sent SIGHUP but recorded no reload within "
+                                f"{timeout:g}s; see {state / 'logs' / 'controller.log'}")
 
 
 def quiet_http_clients() -> None:

@@ -191,7 +191,6 @@ def mount(app: FastAPI, controller: Controller, token: str, **options: float) ->
 def build_router(board: Dashboard) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     controller = board.controller
-    environment_names = [e.name for e in controller.config.environment_management.environments]
 
     async def guarded(request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
         """Pages: no session, to the login page; a safeship error, a page that says it in one
@@ -295,10 +294,11 @@ def build_router(board: Dashboard) -> APIRouter:
     @router.get("/ui/history")
     async def history(request: Request, service: str = "", environment: str = "", outcome: str = "") -> Response:
         async def show(request: Request) -> Response:
+            environments = [e.name for e in controller.config.environment_management.environments]
             data = views.history(
                 controller,
                 service=_choice(service, list(controller.config.services), "service"),
-                environment=_choice(environment, environment_names, "environment"),
+                environment=_choice(environment, environments, "environment"),
                 outcome=_choice(outcome, list(views.OUTCOMES), "outcome"),
             )
             return board.page(request, "history.html", title="History", **data)
