@@ -421,6 +421,7 @@ class Controller:
             raise InputError("this controller was not started from a config file, so it cannot reload one")
         async with self._reload_lock:
             path = self.config_path
+            digest = _digest(path)  # of the bytes about to be read: a later edit is read again
             try:
                 new = await asyncio.to_thread(load_config, path)
                 apply_stored_settings(new, self.store)
@@ -432,7 +433,8 @@ class Controller:
                 self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "config_reload_refused", message,
                                                    {"why": why, "error": str(exc), "config": str(path)})])
                 raise InputError(str(exc)) from None
-            digest = _digest(path)
+            if self._loop is None or self._stopping:  # routes are opened by start(), and not while stopping
+                raise InputError("the controller is not running, so it does not reload its config")
             summary = await self._apply(new, added)
             self._config_digest = digest
             message = f"config reloaded from {path} ({why}): {summary}"
@@ -478,6 +480,7 @@ class Controller:
             raise InputError(f"{source}: router_process: changed from {self.config.router_process} to "
                              f"{new.router_process}; a reload keeps the routers where they run")
         environments = {e.name: e for e in controller_environments(new)}
+        index = {e.name: i for i, e in enumerate(new.environment_management.environments)}
         for name in self.environment_names:
             if name not in environments:
                 serving = sorted(k.service for k in self.routes if k.environment == name)
@@ -492,7 +495,7 @@ class Controller:
                 field = next(f for f in ("platform", "router", "traffic") if getattr(before, f) != getattr(after, f))
                 label = "traffic_source" if field == "traffic" else field
                 raise InputError(
-                    f"{source}: environment_management.environments[{name}].{label}: changed from "
+                    f"{source}: environment_management.environments[{index[name]}].{label}: changed from "
                     f"{getattr(before, field)!r} to {getattr(after, field)!r}; a reload does not move running "
                     f"routes (clean the environment up first, or restart the controller)")
         for key in self.routes:
