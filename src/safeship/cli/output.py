@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from safeship.cli.common import clean, format_weights, when
+from safeship.engine.views import step_of
 
 
 class _SafeConsole(Console):
@@ -60,7 +61,7 @@ class ProgressPrinter:
 
 def progress_line(data: dict[str, Any], elapsed: float) -> str:
     sample = data.get("last_sample") or {}
-    parts = [f"[+{elapsed:6.1f}s] {data['phase']:<12} step {data['step']}/{data['steps']}",
+    parts = [f"[+{elapsed:6.1f}s] {data['phase']:<12} step {step_of(data['step'], data['steps'])}",
              format_weights(data.get("weights", {}))]
     for side in ("baseline", "candidate"):
         one = sample.get(side) or {}
@@ -89,7 +90,7 @@ def show_deployment(data: dict[str, Any]) -> None:
                        ("why", "strategy_reason"), ("policy", "policy"), ("phase", "phase"),
                        ("decision", "decision"), ("reason", "reason")]:
         table.add_row(label, clean(str(data.get(key) if data.get(key) is not None else "-")))
-    table.add_row("step", f"{data['step']}/{data['steps']}")
+    table.add_row("step", step_of(data["step"], data["steps"]))
     table.add_row("weights", clean(format_weights(data.get("weights", {}))))
     gate = data.get("gate")
     if gate:

@@ -45,6 +45,7 @@ from safeship.api.controller import Controller
 from safeship.api.dashboard import views
 from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_MAX_AGE_S, Sessions
 from safeship.engine.phases import Phase
+from safeship.engine.views import step_of
 from safeship.environments.manager import EnvironmentManager
 from safeship.errors import InputError, NotFoundError, SafeshipError, StoreError
 from safeship.redaction import redactor
@@ -80,6 +81,7 @@ def _templates() -> Environment:
     )
     env.filters["when"] = views.when
     env.filters["took"] = views.took
+    env.filters["step_of"] = step_of  # "3/5", as the commands print it
     env.filters["redact"] = lambda value: redactor().redact(str(value)) if value is not None else ""
     env.filters["evalue"] = _evalue
     env.filters["phase"] = lambda value: str(value or "").replace("_", " ")
