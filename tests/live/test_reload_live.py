@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,11 +88,15 @@ def test_a_deploy_to_a_new_environment_reloads_the_config_and_server_reload_adds
         # The case: `edge` is added while the controller runs; the deploy names it.
         setup.config.write_text(with_edge(setup.config.read_text()))
         done = run("deployment-engine", "--deploy", "--service", SERVICE, "--version", "v1.2.0", "--environment",
-                   EDGE, "--detach", config=setup.config)
-        assert done.returncode == 0, done.stderr
-        deployment_id = done.stdout.strip().split()[-1]
-        final, _ = wait_final(client, deployment_id)
+                   EDGE, "-v", config=setup.config)
+        assert done.returncode == 0, done.stdout + done.stderr
+        deployment_id = re.findall(r"deploy-[0-9a-f]+", done.stdout)[0]
+        final = client.get(deployment_id)
         assert final["phase"] == "succeeded", final["reason"]
+        # -v streamed the controller's events for this deployment, each once, in the order it recorded them
+        streamed = re.findall(rf"INFO safeship\.events: \S+ \S+ UTC {deployment_id} (\w+): ", done.stderr)
+        assert streamed == [e["kind"] for e in final["events"]][: len(streamed)], done.stderr[-3000:]
+        assert {"created", "promoted"} <= set(streamed)
         routes = client.routes()
         assert routes[ROUTE] == port  # the running route kept its port
         edge_port = routes[f"{EDGE}/{SERVICE}"]

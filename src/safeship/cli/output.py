@@ -8,7 +8,9 @@ terminal: piped output keeps one record per line for grep.
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -57,6 +59,26 @@ class ProgressPrinter:
         if key != self._key or elapsed - self._printed_at >= self.heartbeat:
             console.print(progress_line(data, elapsed))
             self._key, self._printed_at = key, elapsed
+
+
+class EventStream:
+    """`-v`: the controller's events for one deployment, each once, in the order it recorded them,
+    as log lines on stderr (`INFO safeship.events: 2026-12-06 07:10:02 UTC deploy-... weights: ...`).
+    Without -v the `safeship` logger drops them, like every other log line."""
+
+    def __init__(self, deployment_id: str) -> None:
+        self.deployment_id = deployment_id
+        self.shown = 0
+        self.log = logging.getLogger("safeship.events")
+
+    def update(self, events: list[dict[str, Any]]) -> None:
+        from safeship.redaction import redactor
+
+        for event in events[self.shown:]:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(event.get("at") or 0.0)))
+            message = redactor().redact(str(event.get("message") or ""))
+            self.log.info("%s UTC %s %s: %s", at, self.deployment_id, event.get("kind"), clean(message))
+        self.shown = max(self.shown, len(events))
 
 
 def progress_line(data: dict[str, Any], elapsed: float) -> str:

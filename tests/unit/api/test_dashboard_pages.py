@@ -390,8 +390,8 @@ def test_the_dashboard_and_the_cli_show_the_same_step_and_say_times_are_utc(
     logged_in: TestClient, controller: Controller, phase: str, step: int, shown: str
 ) -> None:
     from safeship.cli.common import deployment_json
-    from safeship.cli.output import progress_line, show_deployment
     from safeship.cli.output import console as cli_console
+    from safeship.cli.output import progress_line, show_deployment
 
     id_ = "deploy-0000000009"
     at = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
