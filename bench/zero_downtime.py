@@ -102,6 +102,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from safeship.api.client import ControllerClient  # noqa: E402
+from safeship.errors import SafeshipError  # noqa: E402
 from safeship.routing.remote import stop_daemon  # noqa: E402
 from safeship.store import Store  # noqa: E402
 
@@ -308,7 +309,7 @@ def _marked(mark: str) -> set[int]:
 class Run:
     """One controller on its own temp state dir, and everything it starts."""
 
-    def __init__(self, router: str) -> None:
+    def __init__(self, router: str, *, any_port: bool = False) -> None:
         self.router = router
         self.workdir = Path(tempfile.mkdtemp(prefix="safeship-zd-"))
         self.state_dir = self.workdir / "state"
@@ -319,6 +320,11 @@ class Run:
         traffic = "" if self.traffic is None else f", traffic_source: {self.traffic}"
         self.config.write_text(CONFIG.format(state_dir=self.state_dir, environment=ENVIRONMENT, router=router,
                                              traffic=traffic, service=SERVICE, mark=MARK, mark_value=self.mark))
+        if any_port:  # a free port, kept across restarts and reloads: another run may hold the named one
+            text = self.config.read_text()
+            self.config.write_text(text.replace("    grace_period: 3s\n",
+                                                f"    grace_period: 3s\n    ports: {{{ENVIRONMENT}: 0}}\n"))
+            assert f"ports: {{{ENVIRONMENT}: 0}}" in self.config.read_text()
         self.process: subprocess.Popen[bytes] | None = None
         self.client = ControllerClient(self.state_dir)
         self.pids: set[int] = set()
@@ -454,8 +460,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(router: str) -> Iterator[Run]:
-    run = Run(router)
+def running(router: str, *, any_port: bool = False) -> Iterator[Run]:
+    run = Run(router, any_port=any_port)
     try:
         run.start()
         yield run
@@ -555,7 +561,7 @@ def largest_gap_s(outcomes: Sequence[Outcome]) -> float | None:
 def measure_restarts(router: str, rate: float, restarts: int, reloads: int) -> dict[str, Any]:
     """One row: the route under load while the controller restarts `restarts` times and reloads its
     config `reloads` times, alternating."""
-    with running(router) as run:
+    with running(router, any_port=True) as run:
         first = run.deploy(FIRST, "canary")
         if first["phase"] != "succeeded":
             raise BenchError(f"the first version {FIRST} did not ship: {first['phase']}: {first['reason']}")
@@ -630,7 +636,7 @@ def main_restarts(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("interrupted; every process the bench started has been stopped; no rows written")
             return 130
-        except BenchError as exc:
+        except (BenchError, SafeshipError) as exc:
             errors.append(f"{router}: {exc}")
             print(f"{router}: not measured: {exc}")
     took = time.monotonic() - began

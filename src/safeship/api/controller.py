@@ -349,7 +349,7 @@ class Controller:
             self._kick.clear()
 
     async def reconcile_once(self) -> None:
-        for key in self.routes:
+        for key in list(self.routes):  # a reload may add routes meanwhile
             if not self._locks[key].locked():  # a tick in progress owns the route's backends
                 await self.sync_route(key)
         if self._policies_loaded is None or not self._policies_loaded.done():
@@ -435,7 +435,15 @@ class Controller:
                 raise InputError(str(exc)) from None
             if self._loop is None or self._stopping:  # routes are opened by start(), and not while stopping
                 raise InputError("the controller is not running, so it does not reload its config")
-            summary = await self._apply(new, added)
+            try:
+                summary = await self._apply(new, added)
+            except SafeshipError as exc:  # the config is in force; a route that could not open is said here
+                message = (f"config reload from {path} ({why}) applied, but not all its routes opened: {exc}; "
+                           "reload again once that is fixed")
+                log.error("%s", message)
+                self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "config_reload_failed", message,
+                                                   {"why": why, "error": str(exc), "config": str(path)})])
+                raise
             self._config_digest = digest
             message = f"config reloaded from {path} ({why}): {summary}"
             log.warning("%s", message)
@@ -447,8 +455,12 @@ class Controller:
     def reload_soon(self, why: str) -> None:
         """Reload in the background (SIGHUP): a refusal is already logged and recorded as an event."""
         async def run() -> None:
-            with contextlib.suppress(InputError):
+            try:
                 await self.reload(why=why)
+            except SafeshipError:
+                pass  # refused or incomplete: logged and recorded as an event already
+            except Exception:
+                log.exception("config reload (%s) failed", why)
 
         task = asyncio.create_task(run(), name="config reload")
         self._reloads.add(task)

@@ -338,7 +338,7 @@ def stop_server(config_path: str) -> list[str]:
 
 
 RELOAD_TIMEOUT = 15.0
-RELOAD_KINDS = ("config_reloaded", "config_reload_refused")
+RELOAD_KINDS = ("config_reloaded", "config_reload_refused", "config_reload_failed")
 
 
 def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
@@ -372,6 +372,8 @@ def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
                     if event.kind == "config_reload_refused":
                         raise InputError(f"the controller (pid {pid}) refused the reload and keeps its running "
                                          f"config: {event.data.get('error')}")
+                    if event.kind == "config_reload_failed":
+                        raise SafeshipError(event.message)
                     return event.message
             if not alive(pid):
                 break
