@@ -514,7 +514,11 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         record = controller.store.get_deployment(_deployment_id(deployment_id))
         data = deployment_json(record, full=True)
         data["events"] = [event_json(e) for e in controller.store.events(deployment_id)]
-        data["metrics"] = clean(await controller.version_metrics(record.service, record.environment))
+        try:
+            data["metrics"] = clean(await controller.version_metrics(record.service, record.environment))
+        except TemporaryError as exc:  # the route's counters cannot be read now (its router restarts, its port
+            data["metrics"] = {}  # is held): the deployment is still shown, and says why its numbers are not
+            data["metrics_unavailable"] = redactor().redact(str(exc))
         rows = controller.store.rollbacks(deployment_id=deployment_id)
         data["rollbacks"] = [rollback_json(r) for r in rows]
         return data
