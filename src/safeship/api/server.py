@@ -360,6 +360,12 @@ def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
     if pid is None or not is_controller(pid, state):
         raise ControllerUnreachable(f"no safeship controller runs for {state}, so there is nothing to reload; the "
                                     "next controller reads the config when it starts")
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        runs = json.loads((state / CONTROLLER_FILE).read_text()).get("config")
+        if runs and Path(runs) != Path(config_path).resolve():
+            raise InputError(f"the controller of {state} (pid {pid}) runs {runs}, not {Path(config_path).resolve()}; "
+                             f"edit and reload that file (`safeship server --reload --config {runs}`), or stop the "
+                             "controller and start it with this one")
     store = Store(store_url(config, config_path))
     try:
         after = store.last_event_id()

@@ -5,6 +5,12 @@ refuses (the running config stays; an event says why) and adds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +118,60 @@ def test_the_plan_of_a_reload_adds_the_new_environments_routes(config: Path) -> 
             controller._reload_plan(load_config(config))
     finally:
         controller.store.close()
+
+
+@contextlib.contextmanager
+def stand_in(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that plays the controller (its command line names the module); SIGHUP would end it,
+    as it ends any process that does not handle it."""
+    started = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        assert started.stdout is not None and started.stdout.readline() == b"ready\n"
+        yield started
+    finally:
+        if started.poll() is None:
+            started.kill()
+        started.wait(10)
+        if started.stdout is not None:
+            started.stdout.close()
+
+
+HUP_COUNTER = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGHUP, lambda *_: print('hup', flush=True))\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(60)\n")
+
+
+def test_server_reload_signals_no_process_that_is_not_the_controller(config: Path) -> None:
+    state = config.parent / "state"
+    state.mkdir()
+    with stand_in(sys.executable, "-c", "print('ready', flush=True); import time; time.sleep(60)") as stranger:
+        (state / "controller.json").write_text(json.dumps({"pid": stranger.pid, "port": 1}))
+        with pytest.raises(ControllerUnreachable, match="no safeship controller runs"):
+            reload_server(str(config))
+        time.sleep(0.2)
+        assert stranger.poll() is None  # never sent SIGHUP (it would have ended it)
+
+
+def test_server_reload_refuses_a_config_the_controller_does_not_run(config: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    other = tmp_path / "other.yaml"
+    with stand_in(sys.executable, "-c", HUP_COUNTER, "safeship.api.server") as controller:
+        (state / "controller.json").write_text(json.dumps({"pid": controller.pid, "port": 1, "config": str(other)}))
+        with pytest.raises(InputError, match=f"runs {other}, not {config.resolve()}") as refused:
+            reload_server(str(config))
+        assert refused.value.exit_code == 2
+        time.sleep(0.2)
+        assert controller.poll() is None
+
+
+def test_server_reload_says_so_when_the_controller_records_no_reload(config: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with stand_in(sys.executable, "-c", HUP_COUNTER, "safeship.api.server") as controller:
+        (state / "controller.json").write_text(json.dumps({"pid": controller.pid, "port": 1,
+                                                           "config": str(config.resolve())}))
+        with pytest.raises(ControllerUnreachable, match=r"was sent SIGHUP but recorded no reload within 0\.5s"):
+            reload_server(str(config), timeout=0.5)
+        assert controller.stdout is not None and controller.stdout.readline() == b"hup\n"  # it got exactly it
