@@ -132,14 +132,18 @@ def test_a_refused_reload_keeps_the_running_config_and_a_restart_keeps_the_route
         done = run("safeship", "server", "--reload", config=setup.config)
         assert done.returncode == 2, done.stdout + done.stderr
         assert str(setup.config) in done.stderr and "environment_management.environments" in done.stderr
-        assert "'prod'" in done.stderr
+        assert "'prod'" in done.stderr and "keeps running the config it loaded before" in done.stderr
+        # the running controller was told too: it refused the file in its own events (and log)
+        wait_for(lambda: len(controller_events(setup, "config_reload_refused")) == 1, 30, "the controller's refusal")
+        assert "'prod'" in controller_events(setup, "config_reload_refused")[0]
         # A config that loads but changes what a reload cannot: refused by the controller, recorded.
         setup.config.write_text(good.replace("platform: local}", "platform: local, router: haproxy}"))
         done = run("safeship", "server", "--reload", config=setup.config)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "refused the reload" in done.stderr and "router: changed from 'builtin' to 'haproxy'" in done.stderr
-        [refused] = controller_events(setup, "config_reload_refused")
+        refused = controller_events(setup, "config_reload_refused")[-1]
         assert "config reload refused" in refused and "keeps running the config it loaded before" in refused
+        assert "router: changed from 'builtin' to 'haproxy'" in refused
         # A request naming a new environment while the file is bad: one sentence, nothing started.
         setup.config.write_text(with_edge(good).replace("type: staging", "type: nope"))
         done = run("deployment-engine", "--deploy", "--service", SERVICE, "--version", "v1.4.0", "--environment",
@@ -148,7 +152,7 @@ def test_a_refused_reload_keeps_the_running_config_and_a_restart_keeps_the_route
         assert "'nope'" in done.stderr
         with pytest.raises(InputError, match=r"environment_management\.environments\[1\]\.type.*'nope'"):
             client.deploy({"service_name": SERVICE, "version": "v1.4.0", "environment": EDGE})
-        assert len(controller_events(setup, "config_reload_refused")) == 2
+        assert len(controller_events(setup, "config_reload_refused")) == 3
         assert [e["name"] for e in client.environments()] == [ENV]
         assert client.routes() == {ROUTE: port}
         setup.config.write_text(good)

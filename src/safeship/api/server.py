@@ -354,7 +354,14 @@ def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
     from safeship.errors import ControllerUnreachable
     from safeship.store import Store
 
-    config = load_config(config_path)  # a config that does not load is refused here, and nothing is sent
+    try:
+        config = load_config(config_path)
+    except InputError as exc:  # refused here; a controller running this file is told, so its log says so too
+        told = _tell_about_bad_config(config_path)
+        if told is None:
+            raise
+        raise InputError(f"{exc}; the controller (pid {told}) keeps running the config it loaded before (its "
+                         "log and a config_reload_refused event say so)") from None
     state = state_dir_of(config, config_path)
     pid = _find(state / CONTROLLER_FILE, state / CONTROLLER_LOCK, state, is_controller)
     if pid is None or not is_controller(pid, state):
@@ -388,6 +395,33 @@ def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
         store.close()
     raise ControllerUnreachable(f"the controller (pid {pid}) was sent SIGHUP but recorded no reload within "
                                 f"{timeout:g}s; see {state / 'logs' / 'controller.log'}")
+
+
+def _tell_about_bad_config(config_path: str) -> int | None:
+    """SIGHUP the controller that runs `config_path` when the file no longer loads, so that the
+    controller refuses it in its own log and events; its PID, or None when none is found. The state
+    folder comes from the file's `state_dir` when that still reads as text, else the default."""
+    import yaml
+
+    from safeship.config.models import SafeshipConfig
+
+    candidates: list[str] = []
+    with contextlib.suppress(Exception):
+        raw = yaml.safe_load(Path(config_path).read_text())
+        if isinstance(raw, dict) and isinstance(raw.get("state_dir"), str):
+            candidates.append(raw["state_dir"])
+    candidates.append(str(SafeshipConfig.model_fields["state_dir"].default))
+    for candidate in dict.fromkeys(candidates):
+        state = Path(candidate).expanduser()
+        state = state if state.is_absolute() else Path(config_path).resolve().parent / state
+        pid = _find(state / CONTROLLER_FILE, state / CONTROLLER_LOCK, state, is_controller)
+        if pid is None or not is_controller(pid, state):
+            continue
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            if json.loads((state / CONTROLLER_FILE).read_text()).get("config") == str(Path(config_path).resolve()):
+                os.kill(pid, signal.SIGHUP)
+                return pid
+    return None
 
 
 def quiet_http_clients() -> None:

@@ -175,3 +175,15 @@ def test_server_reload_says_so_when_the_controller_records_no_reload(config: Pat
         with pytest.raises(ControllerUnreachable, match=r"was sent SIGHUP but recorded no reload within 0\.5s"):
             reload_server(str(config), timeout=0.5)
         assert controller.stdout is not None and controller.stdout.readline() == b"hup\n"  # it got exactly it
+
+
+def test_a_bad_config_is_refused_and_the_controller_running_it_is_told(config: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with stand_in(sys.executable, "-c", HUP_COUNTER, "safeship.api.server") as controller:
+        (state / "controller.json").write_text(json.dumps({"pid": controller.pid, "port": 1,
+                                                           "config": str(config.resolve())}))
+        config.write_text(config.read_text().replace("type: production", "type: prod"))
+        with pytest.raises(InputError, match=rf"type.*'prod'.*the controller \(pid {controller.pid}\) keeps running"):
+            reload_server(str(config))
+        assert controller.stdout is not None and controller.stdout.readline() == b"hup\n"  # it refuses it itself
