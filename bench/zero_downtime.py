@@ -2,6 +2,7 @@
 
     python bench/zero_downtime.py [--json FILE] [--rate 500] [--routers builtin,haproxy]
                                   [--strategies canary,blue_green,rolling,recreate]
+    python bench/zero_downtime.py --restarts 5 --reloads 5 [--rate 500] [--routers builtin,haproxy]
 
 For each router and strategy: a real controller (`python -m safeship.api.server`) on a temp state
 dir, the local platform and the example service (examples/user_service, 2 replicas). It deploys
@@ -56,6 +57,18 @@ generator offered 500 req/s in every row (slowest whole second: 500).
   3 of 6 builtin runs ("step duration reached, no harm shown" at each step, then 2 s of
   monitoring with `history_unavailable`); at 500 req/s it was rolled back every time.
 
+With `--restarts N --reloads M` it measures controller restarts and config reloads instead of
+deployments: per router, a real controller ships v1.2.0, the generator sends `--rate` req/s to the
+route, and the bench alternates N restarts (SIGTERM to the controller, wait for it to exit, start a new
+`python -m safeship.api.server`, wait until it answers) with M reloads (the real `safeship server
+--reload` command, every other one after a harmless config change: a version added to or removed from
+the service's `versions:` list), 1.5 s of load between operations. Each reload must exit 0 and each
+restarted controller must be a new PID that adopted the running instances. One row per router:
+requests, failed requests (5xx or no answer), and the p99 and largest latency of the answered ones
+(counted from the moment each request was due, so a stall shows).
+Writes bench/results/zero-downtime-restarts.md and .json (or `--json FILE` and its .md). Target: 0
+failed requests.
+
 Every process it starts (controller, router daemon, services, haproxy) is stopped by PID on the
 way out, Ctrl-C included: the controller by the PID it was started with, the router daemon by its
 recorded PID, the rest by the PIDs the ledger recorded and by a marker in their environment.
@@ -89,10 +102,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from safeship.api.client import ControllerClient  # noqa: E402
+from safeship.errors import SafeshipError  # noqa: E402
 from safeship.routing.remote import stop_daemon  # noqa: E402
 from safeship.store import Store  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "zero_downtime.json"
+RESTART_RESULTS = ROOT / "bench" / "results" / "zero-downtime-restarts.json"
+BETWEEN_S = 1.5  # load flows this long between two restarts or reloads
 SERVICE, ENVIRONMENT = "user-service", "production"
 ROUTE = f"{ENVIRONMENT}/{SERVICE}"
 FIRST, HEALTHY, BAD = "v1.2.0", "v1.4.0", "v1.3.0"
@@ -293,7 +309,8 @@ def _marked(mark: str) -> set[int]:
 class Run:
     """One controller on its own temp state dir, and everything it starts."""
 
-    def __init__(self, router: str) -> None:
+    def __init__(self, router: str, *, any_port: bool = False) -> None:
+        self.router = router
         self.workdir = Path(tempfile.mkdtemp(prefix="safeship-zd-"))
         self.state_dir = self.workdir / "state"
         self.config = self.workdir / "safeship.yaml"
@@ -303,6 +320,11 @@ class Run:
         traffic = "" if self.traffic is None else f", traffic_source: {self.traffic}"
         self.config.write_text(CONFIG.format(state_dir=self.state_dir, environment=ENVIRONMENT, router=router,
                                              traffic=traffic, service=SERVICE, mark=MARK, mark_value=self.mark))
+        if any_port:  # a free port, kept across restarts and reloads: another run may hold the named one
+            text = self.config.read_text()
+            self.config.write_text(text.replace("    grace_period: 3s\n",
+                                                f"    grace_period: 3s\n    ports: {{{ENVIRONMENT}: 0}}\n"))
+            assert f"ports: {{{ENVIRONMENT}: 0}}" in self.config.read_text()
         self.process: subprocess.Popen[bytes] | None = None
         self.client = ControllerClient(self.state_dir)
         self.pids: set[int] = set()
@@ -323,6 +345,45 @@ class Run:
                 break
             time.sleep(0.1)
         raise BenchError(f"the controller did not start; its log ends: {self.log_tail()}")
+
+    def restart(self) -> tuple[int, int]:
+        """SIGTERM the controller, wait for it to exit, start a new one; (old pid, new pid)."""
+        assert self.process is not None
+        old = self.process.pid
+        self.pids |= self._ledger_pids()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the controller (pid {old}) did not exit within 30 s of SIGTERM") from None
+        if self.process.returncode != 0:
+            raise BenchError(f"the controller exited {self.process.returncode} on SIGTERM: {self.log_tail()}")
+        self.start()
+        return old, self.process.pid
+
+    def router_pid(self) -> int | None:
+        """The process that serves the route: the router daemon (builtin) or HAProxy's master."""
+        if self.router == "haproxy":
+            from safeship.routing.haproxy import haproxy_pid
+
+            return haproxy_pid(self.state_dir)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads((self.state_dir / "router.json").read_text())["pid"])
+        return None
+
+    def reload(self, change: bool) -> str:
+        """`safeship server --reload`, after a harmless change to the config when `change`."""
+        if change:
+            text = self.config.read_text()
+            widened = "versions: [v1.2.0, v1.3.0, v1.4.0, v1.5.0]"
+            narrow = "versions: [v1.2.0, v1.3.0, v1.4.0]"
+            self.config.write_text(text.replace(widened, narrow) if widened in text else text.replace(narrow, widened))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
+        done = subprocess.run([sys.executable, "-m", "safeship.cli.main", "server", "--reload", "--config",
+                               str(self.config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchError(f"`safeship server --reload` exited {done.returncode}: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -399,8 +460,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(router: str) -> Iterator[Run]:
-    run = Run(router)
+def running(router: str, *, any_port: bool = False) -> Iterator[Run]:
+    run = Run(router, any_port=any_port)
     try:
         run.start()
         yield run
@@ -489,6 +550,115 @@ def measure(router: str, strategy: str, rate: float) -> list[dict[str, Any]]:
         return rows
 
 
+def measure_restarts(router: str, rate: float, restarts: int, reloads: int) -> dict[str, Any]:
+    """One row: the route under load while the controller restarts `restarts` times and reloads its
+    config `reloads` times, alternating."""
+    with running(router, any_port=True) as run:
+        first = run.deploy(FIRST, "canary")
+        if first["phase"] != "succeeded":
+            raise BenchError(f"the first version {FIRST} did not ship: {first['phase']}: {first['reason']}")
+        port = run.client.routes()[ROUTE]
+        instances = run._ledger_pids()
+        router_pid = run.router_pid()
+        operations: list[str] = []
+        budget = WARMUP_S + (restarts + reloads) * (BETWEEN_S + 30) + 30
+        with Load(port, rate=rate, max_s=budget) as load:
+            time.sleep(WARMUP_S)
+            started = time.time()
+            done_restarts = done_reloads = 0
+            while done_restarts < restarts or done_reloads < reloads:
+                if done_restarts < restarts and (done_restarts <= done_reloads or done_reloads >= reloads):
+                    old, new = run.restart()
+                    done_restarts += 1
+                    if run._ledger_pids() != instances:
+                        raise BenchError(f"restart {done_restarts}: the instances changed (not adopted)")
+                    if run.router_pid() != router_pid:
+                        raise BenchError(f"restart {done_restarts}: the {router} router process changed "
+                                         f"(pid {router_pid} -> {run.router_pid()}): not adopted")
+                    operations.append(f"restart {done_restarts}: controller pid {old} -> {new}")
+                else:
+                    said = run.reload(change=done_reloads % 2 == 0)
+                    done_reloads += 1
+                    operations.append(f"reload {done_reloads}: {said}")
+                print(operations[-1], flush=True)
+                time.sleep(BETWEEN_S)
+            ended = time.time()
+        seen = load.between(started, ended)
+        failures = [o for o in seen if is_failure(o)]
+        answered = [o.latency_s * 1000.0 for o in seen if o.status is not None]
+        p99 = percentile(answered, 0.99)
+        return {
+            "router": router, "restarts": done_restarts, "reloads": done_reloads, "rate_asked": rate,
+            "requests": len(seen), "failed_requests": len(failures),
+            "no_answer_requests": sum(1 for o in failures if o.status is None),
+            "p99_ms": None if p99 is None else round(p99, 1),
+            "max_ms": round(max(answered), 1) if answered else None, "duration_s": round(ended - started, 1),
+            "offered_rps": round(len(seen) / (ended - started), 1) if ended > started else 0.0,
+            "router_pid": router_pid, "router_pid_kept": run.router_pid() == router_pid,
+            "operations": operations,
+        }
+
+
+RESTART_COLUMNS = [("router", "router"), ("restarts", "restarts"), ("reloads", "reloads"), ("requests", "requests"),
+                   ("failed_requests", "failed requests"), ("offered_rps", "offered rps"),
+                   ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("router_pid_kept", "router process kept"),
+                   ("duration_s", "duration s")]
+
+
+def restart_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table."""
+    head = "| " + " | ".join(title for _, title in RESTART_COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in RESTART_COLUMNS) + "|"
+    body = ["| " + " | ".join("-" if r[k] is None else str(r[k]) for k, _ in RESTART_COLUMNS) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def main_restarts(args: argparse.Namespace) -> int:
+    out: Path = args.json if args.json != RESULTS else RESTART_RESULTS
+    began = time.monotonic()
+    print(f"machine: {machine()}")
+    print(f"asking {args.rate:.0f} req/s; {args.restarts} restarts and {args.reloads} reloads per router")
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    skipped: list[str] = []
+    for router in args.routers:
+        reason = haproxy_skip_reason() if router == "haproxy" else None
+        if reason is not None:
+            skipped.append(f"haproxy: {reason}")
+            continue
+        try:
+            rows.append(measure_restarts(router, args.rate, args.restarts, args.reloads))
+        except KeyboardInterrupt:
+            print("interrupted; every process the bench started has been stopped; no rows written")
+            return 130
+        except (BenchError, SafeshipError) as exc:
+            errors.append(f"{router}: {exc}")
+            print(f"{router}: not measured: {exc}")
+    took = time.monotonic() - began
+    ok = bool(rows) and not errors and all(r["failed_requests"] == 0 for r in rows)
+    text = [
+        "# Zero downtime through controller restarts and config reloads", "",
+        f"`python bench/zero_downtime.py --restarts {args.restarts} --reloads {args.reloads} --rate {args.rate:g} "
+        f"--routers {','.join(args.routers)}`", "",
+        f"machine: {machine()}; took {took:.0f} s", "",
+        restart_table(rows), "",
+        "Requests and failures count what the open-loop generator sent to the route (127.0.0.1) from the first "
+        "operation to the last; a failure is an HTTP 5xx or no answer; latencies count from the moment each "
+        "request was due (open loop). A restart is SIGTERM to the controller, "
+        "its exit, and a new controller that answers; a reload is `safeship server --reload` (SIGHUP), every "
+        "other one after a harmless config change.", "",
+    ]
+    text += [f"- skipped: {s}" for s in skipped] + [f"- not measured: {e}" for e in errors]
+    text.append(f"- {'PASS' if ok else 'FAIL'}: 0 failed requests on every router")
+    print("\n".join(text))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "asked_rps": args.rate, "took_s": round(took, 1),
+                               "skipped": skipped, "errors": errors, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(text) + "\n")
+    print(f"rows written to {out}, the table to {out.with_suffix('.md')}")
+    return 0 if ok else 1
+
+
 # --- verdicts and output -------------------------------------------------------------------------
 
 
@@ -552,6 +722,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second asked of the generator")
     parser.add_argument("--routers", default=",".join(ROUTERS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="measure this many controller restarts under load instead of deployments")
+    parser.add_argument("--reloads", type=int, default=0,
+                        help="measure this many `safeship server --reload` under load instead of deployments")
     args = parser.parse_args(argv)
     args.routers = [r.strip() for r in args.routers.split(",") if r.strip()]
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -563,6 +737,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--strategies: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     if not args.rate > 0:
         parser.error(f"--rate: must be above 0, not {args.rate}")
+    for flag in ("restarts", "reloads"):
+        if not 0 <= getattr(args, flag) <= 100:
+            parser.error(f"--{flag}: must be 0 to 100, not {getattr(args, flag)}")
     return args
 
 
@@ -571,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     os.chdir(ROOT)  # the service command is `python -m examples.user_service`
+    if args.restarts or args.reloads:
+        return main_restarts(args)
     began = time.monotonic()
     print(f"machine: {machine()}")
     print(f"asking {args.rate:.0f} req/s of the open-loop generator")

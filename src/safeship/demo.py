@@ -5,7 +5,7 @@
 3. send a bounded open-loop load (100 req/s) to the router;
 4. deploy v1.3.0 (8% errors): rolled back on its own;
 5. deploy v1.4.0 (good, a little faster): promoted;
-6. print a summary, then stop everything it started.
+6. print a summary, then stop everything it started, and what to try next.
 """
 
 from __future__ import annotations
@@ -141,7 +141,20 @@ def main() -> int:
     ok = [(r["version"], r["phase"]) for r in rows] == expected
     verdict = styled("as expected", "green") if ok else styled("unexpected", "red")
     console.print(verdict, f"in {time.time() - began:.0f}s; everything the demo started has been stopped")
+    for line in NEXT:
+        console.print(f"next: {line}")
     return 0 if ok else 1
+
+
+# What to try after the demo, in the order a newcomer would: each is a real command (README).
+NEXT = (
+    'export PATH="$PWD/.venv/bin:$PATH"   # the commands below, in this shell',
+    "safeship init                         # a commented starter safeship.yaml in this folder",
+    "environment-manager --validate --environment development",
+    "deployment-engine --deploy --service web --version v1.0.0 --environment development",
+    "safeship server --reload              # after editing safeship.yaml: no restart needed",
+    "make demo-sim                         # the same releases on a simulated world, in seconds",
+)
 
 
 if __name__ == "__main__":

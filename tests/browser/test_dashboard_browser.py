@@ -30,6 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 RESULTS = REPO / "bench" / "results"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 WAIT_MS = 90_000
+BROWSER_ZONE = "Asia/Kolkata"  # UTC+05:30, so a time drawn in the browser's zone is visibly off
 
 pytestmark = [
     pytest.mark.live,
@@ -45,6 +46,18 @@ def short_steps(config: str) -> str:
     replaced moments ago)."""
     edited = config.replace("step_duration: 3s", "step_duration: 8s")
     return edited.replace("    rollback_timeout: 20s\n", "    rollback_timeout: 20s\n    stable_after: 1s\n")
+
+
+def utc_seconds(text: str) -> float:
+    """uPlot's legend time (`2026-12-06 7:21am`, seconds when the range is short), read as UTC."""
+    import calendar
+    import re
+
+    found = re.search(r"(\d{4})-(\d{2})-(\d{2}) (\d{1,2}):(\d{2})(?::(\d{2}))?\s*(am|pm)", text)
+    assert found is not None, f"no time in the chart's legend: {text!r}"
+    year, month, day, hour, minute, second = (int(found.group(i) or 0) for i in range(1, 7))
+    hour = hour % 12 + (12 if found.group(7) == "pm" else 0)
+    return float(calendar.timegm((year, month, day, hour, minute, second)))
 
 
 class World:
@@ -75,6 +88,7 @@ def browser_context(world: World) -> Iterator[Any]:
             context = playwright.chromium.launch_persistent_context(
                 profile, executable_path=str(CHROMIUM), args=ARGS, headless=True,
                 viewport={"width": 1280, "height": 800},
+                timezone_id=BROWSER_ZONE,  # not UTC: the dashboard must not show the browser's zone
             )
             try:
                 yield context
@@ -155,6 +169,13 @@ def test_a_bad_release_rolls_back_with_its_marker_on_the_chart(world: World, pag
     page.locator('#chart[data-markers*="rollback"]').wait_for(timeout=10_000)  # drawn on the chart
     assert page.locator('[data-marker="rollback"]').count() >= 1
     assert int(page.get_attribute("#chart", "data-points") or "0") > 0  # looks drawn on the chart
+    # The chart's time axis is UTC like the rest of the page, in a browser whose zone is not: the
+    # time under the cursor, read from the chart's legend, lies within the deployment (in UTC).
+    page.hover("#chart .weight-error .u-over")
+    legend = page.locator("#chart .weight-error .u-legend .u-series").first
+    assert "time (UTC)" in legend.inner_text()
+    shown_at = utc_seconds(legend.locator(".u-value").inner_text())
+    assert final["created_at"] - 120 <= shown_at <= final["finished_at"] + 120, (legend.inner_text(), final)
     evidence = page.inner_text("#evidence")
     assert "errors" in evidence and "e-value" in page.inner_text("#evidence-card")
     assert page.locator("tr.crossed").count() >= 1 or "trigger" in evidence  # what fired, with numbers

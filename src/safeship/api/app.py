@@ -472,22 +472,29 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         who.require(Permission.DEPLOY, record.environment, f"{doing} deployments")
         return record
 
-    environments = [e.name for e in controller.config.environment_management.environments]
-    services = list(controller.config.services)
+    # The names the controller's config has *now*: a request naming one it does not have reloads the
+    # config first when the file changed (`Controller.refresh_for`), so a new environment is known.
+    def environments() -> list[str]:
+        return [e.name for e in controller.config.environment_management.environments]
 
-    def known_service(value: str | None, where: str) -> str | None:
+    def services() -> list[str]:
+        return list(controller.config.services)
+
+    async def known_service(value: str | None, where: str) -> str | None:
         """A service filter from the query: 422 if malformed, 404 if not configured."""
         if _well_formed("service", value, where) is None:
             return None
         assert value is not None
-        _names("service", value, services)
+        await controller.refresh_for(service=value)
+        _names("service", value, services())
         return value
 
-    def known_environment(value: str | None, where: str) -> str | None:
+    async def known_environment(value: str | None, where: str) -> str | None:
         if _well_formed("environment", value, where) is None:
             return None
         assert value is not None
-        _names("environment", value, environments)
+        await controller.refresh_for(environment=value)
+        _names("environment", value, environments())
         return value
 
     @app.get("/healthz")
@@ -512,6 +519,7 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         note(request.state, target=f"{body.service_name}/{body.environment} {body.version}")
         who.require(Permission.DEPLOY, body.environment, "deploy")
         _nothing_to_run(body)
+        await controller.refresh_for(service=body.service_name, environment=body.environment)
         record = controller.submit(body.request(), policy=body.policy)
         note(request.state, target=f"{record.id} ({record.service}/{record.environment} {record.version})")
         return deployment_json(record, full=True)
@@ -524,8 +532,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         limit: Limit = 100,
     ) -> dict[str, Any]:
         found = controller.store.list_deployments(
-            service=known_service(service, "query parameter: service"),
-            environment=known_environment(environment, "query parameter: environment"),
+            service=await known_service(service, "query parameter: service"),
+            environment=await known_environment(environment, "query parameter: environment"),
             active_only=active,
             limit=_clamp(limit),
         )
@@ -536,7 +544,11 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         record = controller.store.get_deployment(_deployment_id(deployment_id))
         data = deployment_json(record, full=True)
         data["events"] = [event_json(e) for e in controller.store.events(deployment_id)]
-        data["metrics"] = clean(await controller.version_metrics(record.service, record.environment))
+        try:
+            data["metrics"] = clean(await controller.version_metrics(record.service, record.environment))
+        except TemporaryError as exc:  # the route's counters cannot be read now (its router restarts, its port
+            data["metrics"] = {}  # is held): the deployment is still shown, and says why its numbers are not
+            data["metrics_unavailable"] = redactor().redact(str(exc))
         rows = controller.store.rollbacks(deployment_id=deployment_id)
         data["rollbacks"] = [rollback_json(r) for r in rows]
         return data
@@ -576,7 +588,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.get("/services/{service}/history")
     async def service_history(service: Service, limit: Limit = 100) -> dict[str, Any]:
-        _names("service", service, services)
+        await controller.refresh_for(service=service)
+        _names("service", service, services())
         found = controller.store.list_deployments(service=service, limit=_clamp(limit))
         return {
             "service": service,
@@ -586,7 +599,7 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.get("/rollbacks")
     async def rollbacks(service: ServiceFilter = None) -> dict[str, Any]:
-        rows = controller.store.rollbacks(service=known_service(service, "query parameter: service"))
+        rows = controller.store.rollbacks(service=await known_service(service, "query parameter: service"))
         return {"rollbacks": [rollback_json(r) for r in rows]}
 
     @api.get("/environments")
@@ -595,7 +608,8 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
 
     @api.post("/environments/{environment}/cleanup")
     async def cleanup_environment(request: Request, who: Caller, environment: Environment) -> dict[str, Any]:
-        _names("environment", environment, environments)  # before anything is touched
+        await controller.refresh_for(environment=environment)
+        _names("environment", environment, environments())  # before anything is touched
         who.require(Permission.ADMIN, environment, "clean environments up")
         return clean_dict(await controller.cleanup_environment(environment))
 

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from safeship.analysis.probes import probe
 from safeship.analysis.providers.scrape import Target, scrape
-from safeship.api.parts import Parts, PlatformByEnvironment, RouterByEnvironment, TrafficByEnvironment
-from safeship.api.store_setup import open_store
+from safeship.api.parts import Parts, PlatformByEnvironment, RouterByEnvironment, TrafficByEnvironment, choice_for
+from safeship.api.store_setup import apply_stored_settings, open_store
 from safeship.clock import Clock, RealClock
 from safeship.config.loader import load_config
 from safeship.config.models import CustomMetricTrigger, DeploymentRequest, Environment, SafeshipConfig
@@ -123,8 +125,13 @@ class Controller:
         sync_interval: float | None = None,
         secrets_root: Path | None = None,
         clock: Clock | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # what a reload reads; None: this controller never reloads
+        self._config_digest = _digest(config_path)
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.state_dir = state_dir
         self.store = store
         self.secrets_root = secrets_root or state_dir.parent
@@ -137,8 +144,7 @@ class Controller:
                           secrets_for=self.secrets_for, run_as_user=self._run_as_user, config=config),
             RouterSetup(state_dir=state_dir, clock=self.clock, own_process=config.router_process, close_grace=2.0,
                         config=config),
-            lambda router, environment: TrafficSetup(router=router, clock=self.clock, state_dir=state_dir,
-                                                     config=config, environment=environment),
+            self._traffic_setup(config),
         )
         self.platform: Platform = PlatformByEnvironment(self.parts)
         self.router = RouterByEnvironment(self.parts)
@@ -167,6 +173,13 @@ class Controller:
         self._stopping = False
         self._waiting: dict[RouteKey, asyncio.Task[None]] = {}  # routes retrying their own port
 
+    def _traffic_setup(self, config: SafeshipConfig) -> Any:
+        def setup(router: Any, environment: Environment | None) -> TrafficSetup:
+            return TrafficSetup(router=router, clock=self.clock, state_dir=self.state_dir, config=config,
+                                environment=environment)
+
+        return setup
+
     @classmethod
     def from_config_file(cls, config_path: str | Path) -> Controller:
         """The controller of the config at `config_path`: its store opened as every command opens
@@ -174,7 +187,7 @@ class Controller:
         config = load_config(config_path)
         store = open_store(config, config_path)
         return cls(config, state_dir=state_dir(config, config_path), store=store,
-                   secrets_root=Path(config_path).resolve().parent)
+                   secrets_root=Path(config_path).resolve().parent, config_path=Path(config_path))
 
     def _default_sync_interval(self) -> float:
         """Half the shortest readiness interval: a backend that turns unready leaves the router
@@ -212,8 +225,8 @@ class Controller:
     async def stop(self) -> None:
         """Stop routing and supervising; service processes keep running for the next controller."""
         self._stopping = True
-        tasks = [t for t in [self._loop, self._policies_loaded, *self._runners.values(), *self._waiting.values()]
-                 if t is not None]
+        tasks = [t for t in [self._loop, *self._reloads, self._policies_loaded, *self._runners.values(),
+                             *self._waiting.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -339,7 +352,7 @@ class Controller:
             self._kick.clear()
 
     async def reconcile_once(self) -> None:
-        for key in self.routes:
+        for key in list(self.routes):  # a reload may add routes meanwhile
             if not self._locks[key].locked():  # a tick in progress owns the route's backends
                 await self.sync_route(key)
         if self._policies_loaded is None or not self._policies_loaded.done():
@@ -396,6 +409,157 @@ class Controller:
             event.set()
         self._kick.set()
         self.outbox.wake()
+
+    # ------------------------------------------------------------ reloading the config
+
+    async def reload(self, *, why: str) -> str:
+        """Read the config file again and run what it adds, without stopping anything: new
+        environments and services get their parts and routes; routes that run keep their ports,
+        backends and weights. A config that does not load, or that changes what a reload cannot
+        change (the state folder, the store, an environment's platform, router or traffic source,
+        or one that drops an environment or service whose routes still serve), is refused: the
+        running config stays, the refusal is logged and recorded as a `config_reload_refused` event,
+        and InputError carries its one sentence. Returns what the reload did, in one sentence."""
+        if self.config_path is None:
+            raise InputError("this controller was not started from a config file, so it cannot reload one")
+        async with self._reload_lock:
+            path = self.config_path
+            digest = _digest(path)  # of the bytes about to be read: a later edit is read again
+            try:
+                new = await asyncio.to_thread(load_config, path)
+                apply_stored_settings(new, self.store)
+                added = self._reload_plan(new)
+            except InputError as exc:
+                message = (f"config reload refused ({why}): {exc}; the controller keeps running the config it "
+                           f"loaded before")
+                log.error("%s", message)
+                self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "config_reload_refused", message,
+                                                   {"why": why, "error": str(exc), "config": str(path)})])
+                raise InputError(str(exc)) from None
+            if self._loop is None or self._stopping:  # routes are opened by start(), and not while stopping
+                raise InputError("the controller is not running, so it does not reload its config")
+            try:
+                summary = await self._apply(new, added)
+            except SafeshipError as exc:  # the config is in force; a route that could not open is said here
+                message = (f"config reload from {path} ({why}) applied, but not all its routes opened: {exc}; "
+                           "reload again once that is fixed")
+                log.error("%s", message)
+                self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "config_reload_failed", message,
+                                                   {"why": why, "error": str(exc), "config": str(path)})])
+                raise
+            self._config_digest = digest
+            message = f"config reloaded from {path} ({why}): {summary}"
+            log.warning("%s", message)
+            self.store.add_events([EventRecord(CONTROLLER_EVENTS, time.time(), "config_reloaded", message,
+                                               {"why": why, "config": str(path),
+                                                "routes_added": [f"{k.environment}/{k.service}" for k in added]})])
+            return message
+
+    def reload_soon(self, why: str) -> None:
+        """Reload in the background (SIGHUP): a refusal is already logged and recorded as an event."""
+        async def run() -> None:
+            try:
+                await self.reload(why=why)
+            except SafeshipError:
+                pass  # refused or incomplete: logged and recorded as an event already
+            except Exception:
+                log.exception("config reload (%s) failed", why)
+
+        task = asyncio.create_task(run(), name="config reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def refresh_for(self, *, service: str | None = None, environment: str | None = None) -> None:
+        """Reload when a request names a service or environment the running config does not have
+        and the config file changed since it was read; InputError when the new file is refused."""
+        unknown = [f"{kind} {name!r}" for kind, name, known in (
+            ("service", service, service is None or service in self.config.services),
+            ("environment", environment, environment is None or self.config.environment(environment) is not None),
+        ) if not known]
+        if not unknown or self.config_path is None or _digest(self.config_path) == self._config_digest:
+            return
+        await self.reload(why=f"a request named {' and '.join(unknown)}, which the running config did not have")
+
+    def _reload_plan(self, new: SafeshipConfig) -> list[RouteKey]:
+        """The routes a reload to `new` adds; InputError (file, field, value) for what it cannot change."""
+        source = str(self.config_path)
+        old_state, old_url = resolve_paths(self.config, self.config_path or "")
+        new_state, new_url = resolve_paths(new, self.config_path or "")
+        if new_state != old_state:
+            raise InputError(f"{source}: state_dir: changed from {old_state} to {new_state}; a reload keeps the "
+                             "state folder (stop the controller and start it again to move it)")
+        if new_url != old_url:
+            raise InputError(f"{source}: store.url: changed from {old_url} to {new_url}; a reload keeps the store "
+                             "(stop the controller and start it again to change it)")
+        if new.router_process != self.config.router_process:
+            raise InputError(f"{source}: router_process: changed from {self.config.router_process} to "
+                             f"{new.router_process}; a reload keeps the routers where they run")
+        environments = {e.name: e for e in controller_environments(new)}
+        index = {e.name: i for i, e in enumerate(new.environment_management.environments)}
+        for name in self.environment_names:
+            if name not in environments:
+                serving = sorted(k.service for k in self.routes if k.environment == name)
+                if serving:
+                    raise InputError(
+                        f"{source}: environment_management.environments: environment {name!r} is gone, but its "
+                        f"routes ({', '.join(serving)}) still serve; run `environment-manager --cleanup "
+                        f"--environment {name}` before removing it")
+                continue
+            before, after = self.parts.choices.get(name), choice_for(environments[name])
+            if before is not None and before != after:
+                field = next(f for f in ("platform", "router", "traffic") if getattr(before, f) != getattr(after, f))
+                label = "traffic_source" if field == "traffic" else field
+                raise InputError(
+                    f"{source}: environment_management.environments[{index[name]}].{label}: changed from "
+                    f"{getattr(before, field)!r} to {getattr(after, field)!r}; a reload does not move running "
+                    f"routes (clean the environment up first, or restart the controller)")
+        for key in self.routes:
+            if key.service not in new.services and key.environment in environments:
+                raise InputError(
+                    f"{source}: services: service {key.service!r} is gone, but its route in {key.environment} still "
+                    f"serves; clean the environment up (`environment-manager --cleanup --environment "
+                    f"{key.environment}`) before removing it")
+        return [RouteKey(service, name) for name in environments for service in new.services
+                if RouteKey(service, name) not in self.routes]
+
+    async def _apply(self, new: SafeshipConfig, added: Sequence[RouteKey]) -> str:
+        old_names = set(self.environment_names)
+        self.config = new
+        self.engine.config = new
+        for part in self.parts.all_parts():  # parts that read per-service settings (probe paths) read the new ones
+            if isinstance(getattr(part, "config", None), SafeshipConfig):
+                part.config = new
+        environments = controller_environments(new)
+        fresh = [e for e in environments if e.name not in old_names]
+        made = self.parts.add(fresh, platform_setup=replace(self.parts.platform_setup, config=new),
+                              router_setup=replace(self.parts.router_setup, config=new),
+                              traffic_setup=self._traffic_setup(new))
+        for part in made:
+            if hasattr(part, "ensure_route") and hasattr(part, "open"):
+                await part.open()
+            elif hasattr(part, "adopt"):
+                await part.adopt()
+        self.router.refresh()
+        self.environment_names = [e.name for e in environments]
+        previous = read_routes(self.state_dir)
+        for key in added:
+            self._locks.setdefault(key, asyncio.Lock())
+            async with self._locks[key]:
+                await self.sync_route(key)
+                await self._restore_weights(key)
+                self.routes[key] = await self._listen(key, previous.get(key))
+        if added:
+            self._write_routes()
+        self._kick.set()
+        moved = [f"{k.environment}/{k.service} keeps port {port} (the config now says "
+                 f"{configured_port(new, k.service, k.environment)}; that applies once the route is opened again)"
+                 for k, port in self.routes.items()
+                 if port is not None and configured_port(new, k.service, k.environment) not in (None, port)]
+        parts = [f"{len(added)} new route{'s' if len(added) != 1 else ''}"
+                 + (f" ({', '.join(f'{k.environment}/{k.service} on {self.routes.get(k)}' for k in added)})"
+                    if added else ""),
+                 f"environments now {', '.join(self.environment_names) or 'none'}"]
+        return "; ".join(parts + moved)
 
     # ------------------------------------------------------------ what the API calls
 
@@ -514,3 +678,13 @@ class Controller:
         if self.config.environment(environment) is None:
             known = ", ".join(e.name for e in self.config.environment_management.environments) or "none configured"
             raise NotFoundError(f"environment {environment!r} is not in the config (known: {known})")
+
+
+def _digest(path: Path | None) -> str | None:
+    """SHA-256 of the config file's bytes (None when there is no file to read)."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -47,12 +47,12 @@ def alive(pid: int) -> bool:
 
 def is_controller_command(argv: Sequence[str]) -> bool:
     """`argv` runs the controller: `python -m safeship.api.server ...`, or `safeship server ...`
-    (the console script, or `python -m safeship.cli.main server`) without `--stop`."""
+    (the console script, or `python -m safeship.cli.main server`) without `--stop` or `--reload`."""
     if SERVER_MODULE in argv:
         return True
     for index, part in enumerate(argv[:-1]):
         if os.path.basename(part) in _CLI_PROGRAMS and argv[index + 1] == "server":
-            return "--stop" not in argv[index + 2 :] and not {"-h", "--help"} & set(argv[index + 2 :])
+            return not {"--stop", "--reload", "-h", "--help"} & set(argv[index + 2 :])
     return False
 
 

@@ -76,9 +76,18 @@ class Parts:
         self.platforms: dict[str, Platform] = {}
         self.routers: dict[str, Router] = {}
         self.traffic: dict[str, TrafficSource] = {}
-        shared: dict[tuple[str, ...], Any] = {}
+        self.platform_setup, self.router_setup, self.traffic_setup = platform_setup, router_setup, traffic_setup
+        self._shared: dict[tuple[str, ...], Any] = {}
+        self.choices: dict[str, Choice] = {}
         chosen: list[tuple[Environment | None, Choice]] = [(e, choice_for(e)) for e in environments]
         chosen = chosen or [(None, choice_for(None))]
+        self._build(chosen)
+        self.default = chosen[0][0].name if chosen[0][0] is not None else ""
+
+    def _build(self, chosen: Sequence[tuple[Environment | None, Choice]]) -> list[Any]:
+        """Build (or share) the parts of each environment; returns the ones built new."""
+        made: list[Any] = []
+        shared = self._shared
         for environment, choice in chosen:
             name = environment.name if environment is not None else ""
             p_cls, r_cls = platform_class(choice.platform), router_class(choice.router)
@@ -87,14 +96,30 @@ class Parts:
             r_key = ("router", choice.router) + ((name,) if _per_environment(r_cls) else ())
             t_key = ("traffic", choice.traffic, *r_key) + ((name,) if _per_environment(t_cls) else ())
             if p_key not in shared:
-                shared[p_key] = p_cls.create(replace(platform_setup, environment=environment))
+                shared[p_key] = p_cls.create(replace(self.platform_setup, environment=environment))
+                made.append(shared[p_key])
             if r_key not in shared:
-                shared[r_key] = r_cls.create(replace(router_setup, environment=environment))
+                shared[r_key] = r_cls.create(replace(self.router_setup, environment=environment))
+                made.append(shared[r_key])
             if t_key not in shared:
-                shared[t_key] = t_cls.create(traffic_setup(shared[r_key], environment))
+                shared[t_key] = t_cls.create(self.traffic_setup(shared[r_key], environment))
+                made.append(shared[t_key])
             self.platforms[name], self.routers[name], self.traffic[name] = (shared[p_key], shared[r_key],
                                                                              shared[t_key])
-        self.default = chosen[0][0].name if chosen[0][0] is not None else ""
+            self.choices[name] = choice
+        return made
+
+    def add(self, environments: Sequence[Environment], *, platform_setup: PlatformSetup, router_setup: RouterSetup,
+            traffic_setup: Callable[[Router, Environment | None], TrafficSetup]) -> list[Any]:
+        """Environments a reloaded config adds: each gets its parts, sharing the ones already built
+        where its platform, router or traffic source is shared (the local platform and the builtin
+        router are one for all). The setups are the new config's, for whatever is built from now on.
+        Returns the parts built new (a router the controller must open)."""
+        self.platform_setup, self.router_setup, self.traffic_setup = platform_setup, router_setup, traffic_setup
+        return self._build([(e, choice_for(e)) for e in environments])
+
+    def all_parts(self) -> list[Any]:
+        return list({id(p): p for p in self._shared.values()}.values())
 
     def distinct(self, parts: Mapping[str, Any]) -> list[Any]:
         return list({id(p): p for p in parts.values()}.values())
@@ -151,7 +176,12 @@ class RouterByEnvironment:
 
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
-        routers = parts.distinct(parts.routers)
+        self.abilities = RouterAbilities(hold=True, listens=True)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the shared abilities (after environments were added)."""
+        routers = self.parts.distinct(self.parts.routers)
         self.abilities = RouterAbilities(hold=all(r.abilities.hold for r in routers),
                                          listens=all(r.abilities.listens for r in routers))
 

@@ -119,6 +119,9 @@ async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[di
         install(redactor())  # secret values never reach the controller's log
         token = load_or_create_token(state_dir)
         await controller.start()
+        loop = asyncio.get_running_loop()
+        # `safeship server --reload` sends SIGHUP: read the config again, without stopping anything
+        loop.add_signal_handler(signal.SIGHUP, controller.reload_soon, "SIGHUP, from `safeship server --reload`")
         try:
             sock = _listen(host, port)
             config = uvicorn.Config(
@@ -147,6 +150,7 @@ async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[di
             )
             await _Server(config).serve(sockets=[sock])
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await controller.stop()
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -331,6 +335,93 @@ def stop_server(config_path: str) -> list[str]:
     if haproxy is not None and stop_haproxy(state):
         lines.append(f"stopped haproxy (pid {haproxy}); its routes no longer listen")
     return lines + _instances_left(config, config_path)
+
+
+RELOAD_TIMEOUT = 15.0
+RELOAD_KINDS = ("config_reloaded", "config_reload_refused", "config_reload_failed")
+
+
+def reload_server(config_path: str, *, timeout: float = RELOAD_TIMEOUT) -> str:
+    """`safeship server --reload`: check the config, then SIGHUP the running controller of its state
+    folder (only a PID /proc shows is that controller) and wait for the `config_reloaded` or
+    `config_reload_refused` event it records. Returns the controller's sentence; InputError (exit 2)
+    for a config that does not load or that the controller refused (it keeps its running config),
+    ControllerUnreachable (exit 3) when no controller runs or none answered."""
+    from safeship.api.controller import CONTROLLER_EVENTS
+    from safeship.config.loader import load_config
+    from safeship.config.paths import state_dir as state_dir_of
+    from safeship.config.paths import store_url
+    from safeship.errors import ControllerUnreachable
+    from safeship.store import Store
+
+    try:
+        config = load_config(config_path)
+    except InputError as exc:  # refused here; a controller running this file is told, so its log says so too
+        told = _tell_about_bad_config(config_path)
+        if told is None:
+            raise
+        raise InputError(f"{exc}; the controller (pid {told}) keeps running the config it loaded before (its "
+                         "log and a config_reload_refused event say so)") from None
+    state = state_dir_of(config, config_path)
+    pid = _find(state / CONTROLLER_FILE, state / CONTROLLER_LOCK, state, is_controller)
+    if pid is None or not is_controller(pid, state):
+        raise ControllerUnreachable(f"no safeship controller runs for {state}, so there is nothing to reload; the "
+                                    "next controller reads the config when it starts")
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        runs = json.loads((state / CONTROLLER_FILE).read_text()).get("config")
+        if runs and Path(runs) != Path(config_path).resolve():
+            raise InputError(f"the controller of {state} (pid {pid}) runs {runs}, not {Path(config_path).resolve()}; "
+                             f"edit and reload that file (`safeship server --reload --config {runs}`), or stop the "
+                             "controller and start it with this one")
+    store = Store(store_url(config, config_path))
+    try:
+        after = store.last_event_id()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in store.events_since(after, deployment_id=CONTROLLER_EVENTS):
+                after = event.id or after
+                if event.kind in RELOAD_KINDS and "SIGHUP" in str(event.data.get("why", "")):
+                    if event.kind == "config_reload_refused":
+                        raise InputError(f"the controller (pid {pid}) refused the reload and keeps its running "
+                                         f"config: {event.data.get('error')}")
+                    if event.kind == "config_reload_failed":
+                        raise SafeshipError(event.message)
+                    return event.message
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise ControllerUnreachable(f"the controller (pid {pid}) was sent SIGHUP but recorded no reload within "
+                                f"{timeout:g}s; see {state / 'logs' / 'controller.log'}")
+
+
+def _tell_about_bad_config(config_path: str) -> int | None:
+    """SIGHUP the controller that runs `config_path` when the file no longer loads, so that the
+    controller refuses it in its own log and events; its PID, or None when none is found. The state
+    folder comes from the file's `state_dir` when that still reads as text, else the default."""
+    import yaml
+
+    from safeship.config.models import SafeshipConfig
+
+    candidates: list[str] = []
+    with contextlib.suppress(Exception):
+        raw = yaml.safe_load(Path(config_path).read_text())
+        if isinstance(raw, dict) and isinstance(raw.get("state_dir"), str):
+            candidates.append(raw["state_dir"])
+    candidates.append(str(SafeshipConfig.model_fields["state_dir"].default))
+    for candidate in dict.fromkeys(candidates):
+        state = Path(candidate).expanduser()
+        state = state if state.is_absolute() else Path(config_path).resolve().parent / state
+        pid = _find(state / CONTROLLER_FILE, state / CONTROLLER_LOCK, state, is_controller)
+        if pid is None or not is_controller(pid, state):
+            continue
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            if json.loads((state / CONTROLLER_FILE).read_text()).get("config") == str(Path(config_path).resolve()):
+                os.kill(pid, signal.SIGHUP)
+                return pid
+    return None
 
 
 def quiet_http_clients() -> None:

@@ -23,10 +23,16 @@ def open_store(config: SafeshipConfig, config_path: str | Path) -> Store:
         store = Store(store_url(config, config_path))
     except StoreURLError as exc:
         raise ConfigError(source, "store.url", exc.detail) from None
+    apply_stored_settings(config, store)
+    return store
+
+
+def apply_stored_settings(config: SafeshipConfig, store: Store) -> None:
+    """Put the rollback settings `rollback-manager --configure` saved over the config's, service by
+    service (also done to a config the controller reloads)."""
     for name, service in config.services.items():
         saved = store.service_rollback_settings(name)
         if saved is not None:
             service.rollback = validate(RollbackConfiguration, saved,
                                         f"stored rollback settings of {name} (drop them with "
                                         f"`rollback-manager --reset --service {name}`)")
-    return store

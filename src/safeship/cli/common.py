@@ -62,7 +62,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="safeship.yaml to use (default: %(default)s, or $SAFESHIP_CONFIG)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also log notifications and engine messages to stderr")
+                        help="also log notifications, engine messages and, while a command watches a deployment, "
+                             "the controller's events for it to stderr")
 
 
 def _wants_json(argv: list[str]) -> bool:

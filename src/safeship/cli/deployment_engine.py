@@ -195,11 +195,13 @@ def watch(args: argparse.Namespace, config: SafeshipConfig, store: Store, deploy
 
         client = ControllerClient(state_dir(config, args.config))
     printer = output.ProgressPrinter(heartbeat=30.0)
+    stream = output.EventStream(record.id)  # -v: the events as the controller records them
     output.console.print(f"{record.id}: {record.service} {record.version} -> {record.environment} "
                          f"({record.strategy}); watching until it ends (Ctrl-C stops watching only)")
     try:
         while True:
             data = deployment_json(record, store.events(record.id))
+            stream.update(data.get("events") or [])
             printer.update(data, time.time() - record.created_at)
             if Phase(record.phase).is_final:
                 output.console.print(f"{record.id}: {record.phase} - {record.reason or ''}")
@@ -419,10 +421,12 @@ def _deploy_remote(args: argparse.Namespace, request: DeploymentRequest) -> int:
         output.console.print(f"{deployment_id}: strategy {created.get('strategy_reason', created.get('strategy'))}")
     started = time.time()
     printer = output.ProgressPrinter()
+    events = output.EventStream(deployment_id)  # -v: the controller's events, as it records them
     deadline = started + 6 * 3600
     try:
         while time.time() < deadline:
             data = client.get(deployment_id)
+            events.update(data.get("events") or [])
             if not args.json:
                 printer.update(data, time.time() - started)
             if Phase(data["phase"]).is_final:

@@ -63,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run the controller daemon on 127.0.0.1, or stop it with --stop")
     server.add_argument("--config", default="safeship.yaml", help="safeship.yaml to use (default: %(default)s)")
     server.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
-    server.add_argument("--stop", action="store_true",
-                        help="stop the running controller and its router daemon; service instances keep running")
+    what = server.add_mutually_exclusive_group()
+    what.add_argument("--stop", action="store_true",
+                      help="stop the running controller and its router daemon; service instances keep running")
+    what.add_argument("--reload", action="store_true",
+                      help="make the running controller read the config again (SIGHUP); routes keep serving")
     from safeship.cli.access import add_parser as add_access
     from safeship.cli.logs import add_parser as add_logs
     from safeship.cli.pipeline import add_parser as add_pipeline
@@ -98,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return access_main(args)
     if args.command == "server":
-        from safeship.api.server import serve, stop_server
+        from safeship.api.server import reload_server, serve, stop_server
 
+        if args.reload:
+            output.console.print(reload_server(args.config))
+            return EXIT_OK
         if args.stop:
             for line in stop_server(args.config):
                 output.console.print(line)

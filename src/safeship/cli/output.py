@@ -8,7 +8,9 @@ terminal: piped output keeps one record per line for grep.
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from safeship.cli.common import clean, format_weights, when
+from safeship.engine.views import step_of
 
 
 class _SafeConsole(Console):
@@ -58,9 +61,29 @@ class ProgressPrinter:
             self._key, self._printed_at = key, elapsed
 
 
+class EventStream:
+    """`-v`: the controller's events for one deployment, each once, in the order it recorded them,
+    as log lines on stderr (`INFO safeship.events: 2026-12-06 07:10:02 UTC deploy-... weights: ...`).
+    Without -v the `safeship` logger drops them, like every other log line."""
+
+    def __init__(self, deployment_id: str) -> None:
+        self.deployment_id = deployment_id
+        self.shown = 0
+        self.log = logging.getLogger("safeship.events")
+
+    def update(self, events: list[dict[str, Any]]) -> None:
+        from safeship.redaction import redactor
+
+        for event in events[self.shown:]:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(event.get("at") or 0.0)))
+            message = redactor().redact(str(event.get("message") or ""))
+            self.log.info("%s UTC %s %s: %s", at, self.deployment_id, event.get("kind"), clean(message))
+        self.shown = max(self.shown, len(events))
+
+
 def progress_line(data: dict[str, Any], elapsed: float) -> str:
     sample = data.get("last_sample") or {}
-    parts = [f"[+{elapsed:6.1f}s] {data['phase']:<12} step {data['step']}/{data['steps']}",
+    parts = [f"[+{elapsed:6.1f}s] {data['phase']:<12} step {step_of(data['step'], data['steps'])}",
              format_weights(data.get("weights", {}))]
     for side in ("baseline", "candidate"):
         one = sample.get(side) or {}
@@ -89,7 +112,7 @@ def show_deployment(data: dict[str, Any]) -> None:
                        ("why", "strategy_reason"), ("policy", "policy"), ("phase", "phase"),
                        ("decision", "decision"), ("reason", "reason")]:
         table.add_row(label, clean(str(data.get(key) if data.get(key) is not None else "-")))
-    table.add_row("step", f"{data['step']}/{data['steps']}")
+    table.add_row("step", step_of(data["step"], data["steps"]))
     table.add_row("weights", clean(format_weights(data.get("weights", {}))))
     gate = data.get("gate")
     if gate:

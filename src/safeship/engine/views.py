@@ -9,6 +9,14 @@ from safeship.engine.status import DeploymentStatus
 from safeship.store import DeploymentRecord, EventRecord
 
 
+def step_of(step_index: int, steps: int) -> str:
+    """The step people read, the same in the commands and the dashboard: "3/5" is the third of five
+    steps (counted from 1), the one running or, once all are done, the last; "0/0" for no plan."""
+    if steps <= 0:
+        return "0/0"
+    return f"{min(max(step_index, 0) + 1, steps)}/{steps}"
+
+
 def deployment_view(
     record: DeploymentRecord, *, events: Sequence[EventRecord] | None = None, full: bool = False
 ) -> dict[str, Any]:

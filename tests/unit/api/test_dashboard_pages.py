@@ -382,3 +382,31 @@ def test_chart_data_embedded_in_the_page_cannot_end_its_script_element(
     embedded = page[page.index('id="timeline-data">') + len('id="timeline-data">'):]
     data = json.loads(embedded[: embedded.index("</script>")])
     assert data["markers"][0]["label"] == "custom_metric: </script><script>alert(1)</script>"
+
+
+@pytest.mark.parametrize(("phase", "step", "shown"), [("pending", 0, "1/7"), ("progressing", 3, "4/7"),
+                                                      ("succeeded", 7, "7/7")])
+def test_the_dashboard_and_the_cli_show_the_same_step_and_say_times_are_utc(
+    logged_in: TestClient, controller: Controller, phase: str, step: int, shown: str
+) -> None:
+    from safeship.cli.common import deployment_json
+    from safeship.cli.output import console as cli_console
+    from safeship.cli.output import progress_line, show_deployment
+
+    id_ = "deploy-0000000009"
+    at = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+    saved = record(id_, phase, step=step, weight=25 if phase == "progressing" else None, created=at)
+    controller.store.create_deployment(saved, [EventRecord(id_, at + 1, "created", "deploy")])
+    page = logged_in.get(f"/ui/deployments/{id_}").text
+    assert f"<dt>Step</dt><dd>{shown}</dd>" in page
+    if phase != "succeeded":
+        assert f'data-label="Step">{shown}' in logged_in.get("/").text
+    data = deployment_json(saved)
+    assert f" step {shown} " in progress_line(data, 1.0)
+    with cli_console.capture() as captured:
+        show_deployment(data)
+    assert re.search(rf"step\s+{shown}\b", captured.get())
+    # one zone on the page, and it says which: the facts, the events and the chart's axis are UTC
+    assert "2026-01-01 00:00:00 UTC" in page and "Times are UTC" in page
+    script = (Path(views.__file__).parent / "static" / "dashboard.js").read_text()
+    assert 'tzDate(new Date(ts * 1e3), "UTC")' in script and 'label: "time (UTC)"' in script

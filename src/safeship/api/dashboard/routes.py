@@ -49,6 +49,7 @@ from safeship.api.dashboard import views
 from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_MAX_AGE_S, Sessions
 from safeship.api.roles import Authority, Permission, Principal
 from safeship.engine.phases import Phase
+from safeship.engine.views import step_of
 from safeship.environments.manager import EnvironmentManager
 from safeship.errors import InputError, NotFoundError, SafeshipError, StoreError
 from safeship.redaction import redactor
@@ -87,6 +88,7 @@ def _templates() -> Environment:
     )
     env.filters["when"] = views.when
     env.filters["took"] = views.took
+    env.filters["step_of"] = step_of  # "3/5", as the commands print it
     env.filters["redact"] = lambda value: redactor().redact(str(value)) if value is not None else ""
     env.filters["evalue"] = _evalue
     env.filters["phase"] = lambda value: str(value or "").replace("_", " ")
@@ -225,7 +227,6 @@ def mount(app: FastAPI, controller: Controller, token: str, **options: float) ->
 def build_router(board: Dashboard) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     controller = board.controller
-    environment_names = [e.name for e in controller.config.environment_management.environments]
 
     async def guarded(request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
         """Pages: no session, to the login page; a safeship error, a page that says it in one
@@ -344,10 +345,11 @@ def build_router(board: Dashboard) -> APIRouter:
     @router.get("/ui/history")
     async def history(request: Request, service: str = "", environment: str = "", outcome: str = "") -> Response:
         async def show(request: Request) -> Response:
+            environments = [e.name for e in controller.config.environment_management.environments]
             data = views.history(
                 controller,
                 service=_choice(service, list(controller.config.services), "service"),
-                environment=_choice(environment, environment_names, "environment"),
+                environment=_choice(environment, environments, "environment"),
                 outcome=_choice(outcome, list(views.OUTCOMES), "outcome"),
             )
             return board.page(request, "history.html", title="History", **data)

@@ -91,25 +91,28 @@
     var top = document.createElement("div"), bottom = document.createElement("div");
     top.className = "chart-part weight-error"; bottom.className = "chart-part latency";
     host.appendChild(top); host.appendChild(bottom);
+    /* Every time on the dashboard is UTC (the tables, the markers, the events), so the charts' time
+       axis and legend are UTC too, not the browser's zone; the axis says so. */
+    var utc = function (ts) { return window.uPlot.tzDate(new Date(ts * 1e3), "UTC"); };
     var common = function (height) {
-      return { width: chartWidth(host), height: height, cursor: { sync: { key: sync.key } },
+      return { width: chartWidth(host), height: height, cursor: { sync: { key: sync.key } }, tzDate: utc,
                scales: { x: { time: true, range: range } }, legend: { live: true } };
     };
     var a = common(220);
     a.title = "Weight and error rate";
     a.scales.pct = { range: [0, 100] };
     a.scales.err = { range: function (u, lo, hi) { return [0, Math.max(1, hi * 1.2 || 1)]; } };
-    a.series = [{}, { label: cand + " weight %", scale: "pct", stroke: COLORS.weight, width: 2, paths: window.uPlot.paths.stepped({ align: 1 }), spanGaps: true },
+    a.series = [{ label: "time (UTC)" }, { label: cand + " weight %", scale: "pct", stroke: COLORS.weight, width: 2, paths: window.uPlot.paths.stepped({ align: 1 }), spanGaps: true },
                 { label: cand + " errors %", scale: "err", stroke: COLORS.candidate, spanGaps: true, points: { show: true, size: 4 } },
                 { label: base + " errors %", scale: "err", stroke: COLORS.baseline, spanGaps: true, points: { show: true, size: 4 } }];
-    a.axes = [{}, { scale: "pct", label: "weight %" }, { scale: "err", side: 1, label: "errors %", grid: { show: false } }];
+    a.axes = [{ label: "time (UTC)" }, { scale: "pct", label: "weight %" }, { scale: "err", side: 1, label: "errors %", grid: { show: false } }];
     a.plugins = [markersPlugin(host)];
     var b = common(180);
     b.title = "p99 latency (ms)";
     b.scales.ms = { range: function (u, lo, hi) { return [0, Math.max(1, hi * 1.2 || 1)]; } };
-    b.series = [{}, { label: cand + " p99 ms", scale: "ms", stroke: COLORS.candidate, spanGaps: true, points: { show: true, size: 4 } },
+    b.series = [{ label: "time (UTC)" }, { label: cand + " p99 ms", scale: "ms", stroke: COLORS.candidate, spanGaps: true, points: { show: true, size: 4 } },
                 { label: base + " p99 ms", scale: "ms", stroke: COLORS.baseline, spanGaps: true, points: { show: true, size: 4 } }];
-    b.axes = [{}, { scale: "ms", label: "ms" }];
+    b.axes = [{ label: "time (UTC)" }, { scale: "ms", label: "ms" }];
     b.plugins = [markersPlugin(bottom)];
     var cols = timeline.columns;
     charts = [new window.uPlot(a, [cols[0], cols[1], cols[2], cols[3]], top),
