@@ -83,10 +83,6 @@ class StepContext:
     # durations, laid end to end): how long a deployment that used all of them would have been
     # judged before the monitoring window began.
     planned_analysis_s: float = 0.0
-    # A look of a confirmation split after an alarm on the candidate alone: the two versions serve
-    # side by side and the look adds to the same ledger, but only the side-by-side tests may
-    # decide; the tests that raised the alarm wait, unchanged, for `settle_split`.
-    split: bool = False
     # The versions' names, for the sentences that explain a decision ("" when not known).
     candidate_version: str = ""
     baseline_version: str = ""

@@ -196,17 +196,6 @@ class SafeshipPolicy:
             )
         new = {**state, "clock": float(state.get("clock", 0.0)) + max(0.0, sample.dt)}
         keys = [_trigger_key(t) for t in ctx.triggers]  # once per look: each is a formatted string
-        if ctx.split:
-            # A confirmation split: the side-by-side tests go on in the same ledger; the record
-            # and threshold tests (one of which raised the alarm) and their checkpoints wait for
-            # settle_split, which needs them as they were when the split began.
-            new.setdefault("split_from", float(state.get("clock", 0.0)))
-            new = _fold_blind(self._fold_compare(new, sample, ctx), sample, ctx)
-            scores = {name: score for name, score in self._scores(new, ctx, keys).items()
-                      if name.startswith(SIDE_BY_SIDE)}
-            failure = self._failure(new, scores, ctx, keys)
-            return new, failure or Decision(Verdict.INCONCLUSIVE, "side by side after an alarm",
-                                            _summary(new, scores))
         if ctx.compare:
             new = self._fold_compare(new, sample, ctx)
         else:
@@ -264,15 +253,13 @@ class SafeshipPolicy:
         # incident. The side-by-side tests (candidate against the version beside it in the same
         # looks) are immune to a shared shock and keep all their evidence.
         name = str(split.alarm.get("test", ""))
-        alarm_at = float(ledger.get("split_from") or ledger.get("clock") or 0.0)
-        before = _checkpoint_before(ledger, alarm_at - INCIDENT_MARGIN_S)
+        before = _checkpoint_before(ledger, float(ledger.get("clock", 0.0)) - INCIDENT_MARGIN_S)
         tests = {key: (before.get(key, judge.new_e_process())
                        if key == name or not key.startswith(SIDE_BY_SIDE) else test)
                  for key, test in ledger.get("tests", {}).items()}
-        resumed = {key: value for key, value in ledger.items() if key != "split_from"}
         return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
-                            f"{name or 'the candidate'} set aside", {**resumed, "tests": tests, "checkpoints": []})
+                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
 
     def incident_passed(self, counts: TrafficCounters, record: TrafficCounters, *,
                         dispersion: float | None = None) -> bool:
