@@ -202,6 +202,8 @@ class SplitEvidence:
     # how clustered the record's failures are (its dispersion, >= 1; None: not measured): a run
     # of failures on the old version in a split is no incident when its record shows such runs
     history_dispersion: float | None = None
+    # the policy state the split's own looks built (begun by the policy's `split_ledger`)
+    split_state: Mapping[str, Any] | None = None
 
 
 class SplitKind(str, enum.Enum):
@@ -222,4 +224,12 @@ def split_settler(policy: object) -> Callable[[dict[str, Any], SplitEvidence], S
     raised on the candidate alone is settled after a side-by-side split (``ledger`` is the policy
     state at the alarm). A policy without it lets every alarm stand."""
     found = getattr(policy, "settle_split", None)
+    return found if callable(found) else None
+
+
+def split_starter(policy: object) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The policy's optional ``split_ledger(ledger) -> state``: the state a side-by-side split's
+    looks begin with, given the deployment's ledger at the alarm (what the policy carries on into
+    the split). Without it the split begins with the policy's `start()`."""
+    found = getattr(policy, "split_ledger", None)
     return found if callable(found) else None

@@ -20,6 +20,7 @@ from safeship.analysis.base import (
     TickSample,
     Verdict,
     split_settler,
+    split_starter,
     uses_safeship_mechanisms,
 )
 from safeship.config.models import (
@@ -600,11 +601,11 @@ class StepRunner:
                                "ledger": progress.policy_state, "alarm": dict(failure.evidence),
                                "incident_since": None, "settled_at": None,
                                "recent": {v: c.to_json() for v, c in start.items()}}
-        # The side-by-side comparison is a test of its own, whose latency bounds come from the
-        # split's own seconds: carried on in the ledger, bounds from before an incident made the
-        # incident's slow requests count against the candidate (10 more false rollbacks in 195
-        # good canaries of the generated benchmark).
-        progress.policy_state = None
+        # The split's looks begin with what the policy carries on from the ledger (its side-by-side
+        # failure test), or afresh; the ledger itself waits for the split to be settled.
+        starter = split_starter(self.policy_for(tick.before.policy))
+        ledger = progress.policy_state
+        progress.policy_state = starter(dict(ledger)) if starter is not None and ledger is not None else None
         candidate, percent = tick.before.version, int(confirm["percent"])
         tick.event("confirming", f"{failure.reason}; checking {confirm['baseline']} beside it: traffic "
                    f"{candidate}={percent}%, {confirm['baseline']}={100 - percent}% for "
@@ -685,7 +686,7 @@ class StepRunner:
             recent_baseline=since(confirming.get("recent") or confirming["start"], old),
             history=progress.history, history_dispersion=progress.history_dispersion,
             seconds=tick.now - confirming["since"],
-            incident_since=confirming.get("incident_since"), early=early,
+            incident_since=confirming.get("incident_since"), early=early, split_state=progress.policy_state,
         )
         settle = split_settler(policy)
         if settle is None:

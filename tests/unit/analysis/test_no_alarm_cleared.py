@@ -104,6 +104,22 @@ def test_an_incident_holds_and_resumes_with_the_side_by_side_evidence() -> None:
     assert endless.kind is SplitKind.ROLLBACK
 
 
+def test_the_side_by_side_failure_test_is_carried_through_the_split() -> None:
+    """One e-process for the side-by-side failures: the split's looks begin with the ledger's test,
+    and what the split added goes back into the ledger when the deployment resumes. The latency
+    tests of the split begin afresh (their bounds must come from the split's own seconds)."""
+    policy = SafeshipPolicy()
+    ledger = {**_ledger(), "tests": {**_ledger()["tests"], "latency_p99": {**new_e_process(), "marker": "old"}}}
+    begun = policy.split_ledger(ledger)
+    assert begun["tests"] == {"errors": ledger["tests"]["errors"]}
+    grown = {**begun, "tests": {"errors": {**new_e_process(), "marker": "grown in the split"}}}
+    hurt = TrafficCounters(requests=3000, errors=300)
+    passed = policy.settle_split(ledger, _split(baseline=hurt, incident_since=60.0, seconds=120.0, split_state=grown))
+    assert passed.kind is SplitKind.RESUME and passed.ledger is not None
+    assert passed.ledger["tests"]["errors"]["marker"] == "grown in the split"
+    assert passed.ledger["tests"]["latency_p99"]["marker"] == "old"  # side by side, kept from before
+
+
 class _Blind:
     """A traffic source that sees every version but the candidate (a scrape that a policy blocks,
     a label that does not match)."""

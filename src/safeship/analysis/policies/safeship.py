@@ -216,6 +216,20 @@ class SafeshipPolicy:
 
     # ------------------------------------------------------------ settling a split
 
+    def split_ledger(self, ledger: State) -> State:
+        """What a confirmation split carries on from the deployment's ledger: the side-by-side
+        failure test, so that its evidence from the canary's steps, the split and the looks after
+        it is one e-process. It compares the versions' shares of each look's failures, so a shock
+        both versions see in the same look cannot build evidence. The latency tests begin afresh:
+        their bounds must come from the split's own seconds (bounds from before an incident made
+        the incident's slow requests count against the candidate: 10 more false rollbacks in 195
+        good canaries of the generated benchmark)."""
+        state = self.start()
+        errors = (ledger.get("tests") or {}).get("errors")
+        if errors is not None:
+            state["tests"] = {"errors": errors}
+        return state
+
     def settle_split(self, ledger: State, split: SplitEvidence) -> SplitOutcome:
         """An alarm raised on the candidate alone stands unless the version it replaces, serving
         beside it in the split, is shown raised too over its own record: then the cause is
@@ -257,6 +271,9 @@ class SafeshipPolicy:
         tests = {key: (before.get(key, judge.new_e_process())
                        if key == name or not key.startswith(SIDE_BY_SIDE) else test)
                  for key, test in ledger.get("tests", {}).items()}
+        carried = ((split.split_state or {}).get("tests") or {}).get("errors")
+        if carried is not None:
+            tests["errors"] = carried  # the side-by-side failure test went on through the split
         return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
                             f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
