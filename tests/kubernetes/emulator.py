@@ -29,8 +29,10 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   `storageClassName`; the storage request too while the claim is not Bound) or lowers its storage
   request (see `immutable_problems`);
 - **label selectors** on lists (`a=b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x,y)`);
-- **SelfSubjectAccessReview** answered from `permissions` (None: everything is allowed; else a
-  list of `Permission` rules, `*` matching anything);
+- **SelfSubjectAccessReview** (the kubeconfig's user) answered from `permissions` (None: everything
+  is allowed; else a list of `Permission` rules, `*` matching anything);
+- **SubjectAccessReview** (another user, such as a ServiceAccount) answered as the RBAC authorizer
+  does, from the Roles, ClusterRoles and their bindings stored here (see `rbac_decision`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status.
 
 Direct access for tests and the cluster simulator, without HTTP (the same checks apply to `write`):
@@ -958,21 +960,92 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._delete_contents(name)
         return old
 
-    def _review(self, body: Any) -> Obj:
+    def _review(self, body: Any, served: ServedKind | None = None) -> Obj:
         if not isinstance(body, dict):
             raise ApiFailure(400, "BadRequest", "the body of the request must be a JSON object")
-        attributes = (body.get("spec") or {}).get("resourceAttributes") or {}
+        spec = body.get("spec") or {}
+        attributes = spec.get("resourceAttributes") or {}
         verb = str(attributes.get("verb") or "")
         resource = str(attributes.get("resource") or "")
+        if attributes.get("subresource"):
+            resource += "/" + str(attributes["subresource"])
         group = str(attributes.get("group") or "")
         namespace = str(attributes.get("namespace") or "")
-        allowed = self.permissions is None or any(p.allows(verb, resource, group, namespace) for p in self.permissions)
         answer = copy.deepcopy(body)
         answer.setdefault("metadata", {})["creationTimestamp"] = None
+        if served is not None and served.kind == "SubjectAccessReview":
+            user = str(spec.get("user") or "")
+            if not user and not spec.get("groups"):
+                # k8s.io/kubernetes/pkg/apis/authorization/validation/validation.go
+                raise ApiFailure(422, "Invalid", 'SubjectAccessReview.authorization.k8s.io "" is invalid: '
+                                 "spec.user: Invalid value: \"\": at least one of user or group must be specified")
+            allowed, reason = self.rbac_decision(user, [str(g) for g in spec.get("groups") or []],
+                                                 verb, resource, group, namespace, str(attributes.get("name") or ""))
+            answer["status"] = {"allowed": allowed}
+            if reason:
+                answer["status"]["reason"] = reason
+            return answer
+        allowed = self.permissions is None or any(p.allows(verb, resource, group, namespace) for p in self.permissions)
         answer["status"] = {"allowed": allowed}
         if not allowed:
             answer["status"]["reason"] = "no rule in the emulator's permissions allows it"
         return answer
+
+    def rbac_decision(self, user: str, groups: list[str], verb: str, resource: str, group: str,
+                      namespace: str, name: str = "") -> tuple[bool, str]:
+        """What the RBAC authorizer answers for the stored Roles, ClusterRoles and bindings
+        (k8s.io/kubernetes/plugin/pkg/auth/authorizer/rbac/rbac.go and
+        pkg/registry/rbac/validation/rule.go): allowed with "RBAC: allowed by RoleBinding
+        \"<name>/<namespace>\" of Role \"<role>\" to ServiceAccount \"<name>/<namespace>\"", else no
+        opinion (denied, empty reason)."""
+        rbac = "rbac.authorization.k8s.io/v1"
+
+        def subject_matches(subject: Mapping[str, Any], binding_namespace: str) -> bool:
+            kind = subject.get("kind")
+            if kind == "ServiceAccount":
+                ns = subject.get("namespace") or binding_namespace
+                return user == f"system:serviceaccount:{ns}:{subject.get('name')}"
+            if kind == "User":
+                return user == subject.get("name")
+            if kind == "Group":
+                return subject.get("name") in groups
+            return False
+
+        def rule_allows(rule: Mapping[str, Any]) -> bool:
+            def has(values: Any, wanted: str) -> bool:
+                return isinstance(values, list) and ("*" in values or wanted in values)
+            names = rule.get("resourceNames") or []
+            return (has(rule.get("verbs"), verb) and has(rule.get("apiGroups"), group)
+                    and has(rule.get("resources"), resource) and (not names or name in names))
+
+        def describe(subject: Mapping[str, Any], binding_namespace: str) -> str:
+            if subject.get("kind") == "ServiceAccount":
+                return f'ServiceAccount "{subject.get("name")}/{subject.get("namespace") or binding_namespace}"'
+            return f'{subject.get("kind")} "{subject.get("name")}"'
+
+        def role_rules(ref: Mapping[str, Any], binding_namespace: str | None) -> list[Any]:
+            if ref.get("kind") == "Role" and binding_namespace:
+                found = self.read(rbac, "Role", str(ref.get("name")), binding_namespace)
+            elif ref.get("kind") == "ClusterRole":
+                found = self.read(rbac, "ClusterRole", str(ref.get("name")))
+            else:
+                found = None
+            return list((found or {}).get("rules") or [])
+
+        for binding in self.items(rbac, "ClusterRoleBinding"):
+            for subject in binding.get("subjects") or []:
+                if subject_matches(subject, "") and any(rule_allows(r) for r in role_rules(binding["roleRef"], None)):
+                    return True, (f'RBAC: allowed by ClusterRoleBinding "{binding["metadata"]["name"]}" of ClusterRole '
+                                  f'"{binding["roleRef"]["name"]}" to {describe(subject, "")}')
+        if namespace:
+            for binding in self.items(rbac, "RoleBinding", namespace):
+                for subject in binding.get("subjects") or []:
+                    if subject_matches(subject, namespace) and any(
+                            rule_allows(r) for r in role_rules(binding["roleRef"], namespace)):
+                        ref = binding["roleRef"]
+                        return True, (f'RBAC: allowed by RoleBinding "{binding["metadata"]["name"]}/{namespace}" of '
+                                      f'{ref["kind"]} "{ref["name"]}" to {describe(subject, namespace)}')
+        return False, ""
 
     # -------------------------------------------------------------- HTTP
 
@@ -1088,8 +1161,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return stored, 200
         body = self._body(request)
         if method == "POST" and name is None:
-            if served.kind == "SelfSubjectAccessReview":
-                return self._review(body), 201
+            if served.kind in ("SelfSubjectAccessReview", "SubjectAccessReview"):
+                return self._review(body, served), 201
             return self._create(served, namespace, body, dry_run=dry_run), 201
         if method == "PUT" and name is not None:
             return self._update(served, namespace, name, body, subresource=subresource, dry_run=dry_run), 200
