@@ -33,6 +33,8 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   is allowed; else a list of `Permission` rules, `*` matching anything);
 - **SubjectAccessReview** (another user, such as a ServiceAccount) answered as the RBAC authorizer
   does, from the Roles, ClusterRoles and their bindings stored here (see `rbac_decision`);
+- **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
+  API server's 403 Forbidden messages (see `admission.py`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status.
 
 Direct access for tests and the cluster simulator, without HTTP (the same checks apply to `write`):
@@ -57,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import admission
 import aiohttp.web
 import attrs
 import kmock
@@ -471,6 +474,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     permissions: list[Permission] | None = None
     validate: bool = True
+    admission: bool = True  # Pod Security and ResourceQuota admission of pods (see `admission`)
     use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
@@ -828,9 +832,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
             body.pop("status", None)
         self._defaults(served, body)
         self._check(served, body)
+        if served.kind == "Pod" and self.admission:
+            self._admit_pod(body, str(namespace))
         if dry_run:
             return body
         return self._store(served, body, "ADDED")
+
+    def _admit_pod(self, pod: Obj, namespace: str) -> None:
+        """Pod Security and ResourceQuota admission (see `admission`): 403 Forbidden as the API
+        server answers, with its message."""
+        namespace_obj = self.read("v1", "Namespace", namespace) or {}
+        labels = (namespace_obj.get("metadata") or {}).get("labels") or {}
+        message = admission.pod_security_message(pod, labels) or admission.quota_message(
+            pod, self.items("v1", "ResourceQuota", namespace), self.items("v1", "Pod", namespace))
+        if message is not None:
+            raise ApiFailure(403, "Forbidden", message, {"name": pod["metadata"]["name"], "kind": "pods"})
 
     def _finish_update(self, served: ServedKind, old: Obj, new: Obj, *, subresource: str | None, dry_run: bool) -> Obj:
         """Keep what a write may not change, bump generation, validate and store (unless a no-op)."""

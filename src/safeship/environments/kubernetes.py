@@ -7,10 +7,11 @@ check naming it, never a traceback.
 
 - **prepare** applies `kube.environment.environment_objects` in order: the Namespace first (created
   with safeship's labels; one that exists and that safeship did not create only gets the Pod
-  Security Admission labels it lacks: its owner's are kept, and the check says so), then the quota, limits, RBAC, network policies, config maps, secrets
-  (values read from `secrets/<environment>/`, sent to the cluster only: never printed, logged or
-  stored), volume claims and load balancers. Each is created, or merge-patched when it exists.
-  The store records what was applied (kinds and names, never a value).
+  Security Admission labels it lacks: its owner's are kept, and the check says so), then the
+  quota, limits, RBAC, network policies, config maps, secrets (values read from
+  `secrets/<environment>/`, sent to the cluster only: never printed, logged or stored), volume
+  claims and load balancers. Each is created, or merge-patched when it exists. The store
+  records what was applied (kinds and names, never a value).
 - **validate** checks that the cluster answers, that the namespace is Active (a Terminating one is
   a warning that says so, and nothing more is checked), that its
   NetworkPolicies let in the traffic the config implies (the ingress controller, the gateway,

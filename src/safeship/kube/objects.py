@@ -608,6 +608,7 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+FAILED_CREATE = "FailedCreate"  # the ReplicaFailure condition's reason: the API server refused a pod
 
 
 @dataclass(frozen=True)
@@ -617,7 +618,8 @@ class Rollout:
     observed: the controller has seen the current spec (observedGeneration >= generation);
     complete: observed, and every wanted pod is updated and available;
     failed:   the Progressing condition says ProgressDeadlineExceeded (Kubernetes stops there and
-              rolls nothing back: safeship decides);
+              rolls nothing back: safeship decides), or the ReplicaFailure condition says the API
+              server refused its pods (FailedCreate: Pod Security, a quota; `reason` says which);
     """
 
     wanted: int
@@ -629,6 +631,7 @@ class Rollout:
     failed: bool
     message: str = ""
     failed_at: str = ""  # the Progressing condition's lastUpdateTime (else lastTransitionTime) when failed
+    reason: str = ""  # PROGRESS_DEADLINE_EXCEEDED or FAILED_CREATE when failed
 
 
 def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
@@ -651,5 +654,12 @@ def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
     failed_at = ""
     if failed and progressing is not None:
         failed_at = str(progressing.get("lastUpdateTime") or progressing.get("lastTransitionTime") or "")
+    reason = PROGRESS_DEADLINE_EXCEEDED if failed else ""
+    refused = _condition(status, "ReplicaFailure")
+    if not failed and refused is not None and refused.get("status") == "True" and wanted > total:
+        # Pods the ReplicaSet could not create (admission refused them): nothing will come of waiting.
+        failed, reason = True, str(refused.get("reason") or FAILED_CREATE)
+        message = f"{reason}: {refused.get('message') or ''}"
+        failed_at = str(refused.get("lastUpdateTime") or refused.get("lastTransitionTime") or "")
     complete = observed and updated >= wanted and available >= wanted and total <= wanted and not failed
-    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at)
+    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at, reason)

@@ -205,6 +205,7 @@ class KubernetesPlatform:
                    deployments: Sequence[Mapping[str, Any]]) -> list[Instance]:
         port = self.config.services[service].container_port
         failed: dict[str, str] = {}  # version -> the Deployment's failure message
+        refused: dict[str, str] = {}  # version -> why the API server refused its pods (ReplicaFailure)
         wanted: dict[str, int] = {}
         for item in deployments:
             version = objects.object_version(item)
@@ -216,6 +217,8 @@ class KubernetesPlatform:
                 objects.SCALED_UP_ANNOTATION))
             if progress.failed and (not scaled_up or _timestamp(progress.failed_at) >= scaled_up):
                 failed[version] = progress.message
+                if progress.reason != objects.PROGRESS_DEADLINE_EXCEEDED:
+                    refused[version] = progress.message
         by_version: dict[str, list[Mapping[str, Any]]] = {}
         for pod in pods:
             version = objects.object_version(pod)
@@ -253,7 +256,7 @@ class KubernetesPlatform:
                     id=f"{self.environment.name}/{service}/{name}", service=service,
                     environment=self.environment.name, version=version, index=len(listed),
                     port=port, state=InstanceState.FAILED,
-                    last_failure=objects.PROGRESS_DEADLINE_EXCEEDED,
+                    last_failure=refused.get(version, objects.PROGRESS_DEADLINE_EXCEEDED),
                 ))
         return result
 
