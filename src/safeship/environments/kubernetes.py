@@ -34,8 +34,9 @@ Kubernetes API calls made here (all through `kube.client.KubeClient`):
     validate  GET namespaces/{ns} (and the source namespaces); GET (list) networkpolicies,
               resourcequotas; GET daemonsets/istio-cni-node (istio); POST subjectaccessreviews
     cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
-              httproutes | virtualservices + destinationrules, deployments, replicasets, pods,
-              services, persistentvolumeclaims, configmaps, secrets, networkpolicies,
+              httproutes | virtualservices + destinationrules, horizontalpodautoscalers,
+              poddisruptionbudgets, deployments, replicasets, pods, services,
+              persistentvolumeclaims, configmaps, secrets, networkpolicies,
               rolebindings, roles, serviceaccounts, limitranges, resourcequotas; GET and DELETE
               namespaces/{ns} when safeship created it
 """
@@ -84,6 +85,7 @@ _ROUTER_KINDS = {
     "istio": [("networking.istio.io/v1", "VirtualService"), ("networking.istio.io/v1", "DestinationRule")],
 }
 _CLEANUP_KINDS = [
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "ReplicaSet"),
@@ -338,7 +340,7 @@ class KubernetesEnvironment:
         denied: list[str] = []
         asked = 0
         try:
-            for rule in deployer_rules(self.environment):
+            for rule in deployer_rules(self.environment, self.config):
                 for group in rule["apiGroups"]:
                     for resource in rule["resources"]:
                         label = f"{resource}.{group}" if group else resource

@@ -199,7 +199,7 @@ def mesh_labels(environment: Environment) -> dict[str, str]:
     return {ISTIO_INJECTION_LABEL: "enabled"}
 
 
-def deployer_rules(environment: Environment) -> list[Obj]:
+def deployer_rules(environment: Environment, config: SafeshipConfig | None = None) -> list[Obj]:
     """The least the deployment engine needs in the namespace, call by call (every call goes
     through `kube.client`; `create` then `patch` is how its `apply` works):
 
@@ -209,6 +209,8 @@ def deployer_rules(environment: Environment) -> list[Obj]:
     - pods: `list` (instances and their readiness), `delete` (stopping one instance);
     - Services `<service>` and `<service>-canary`: `get`, `create`, `patch` (their selectors);
     - PodDisruptionBudgets: `create`, `patch` (applied with a new version's Deployment);
+    - with a service's `autoscaling` (in `config`): HorizontalPodAutoscalers, `create`, `patch`
+      (applied while a version has pods) and `delete` (when it is scaled to 0);
     - the router's objects: HTTPRoutes (`get`, `create`, `patch`, `delete`), or VirtualServices
       (the same) and DestinationRules (`delete`: earlier versions of the router made them).
 
@@ -219,6 +221,9 @@ def deployer_rules(environment: Environment) -> list[Obj]:
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch"]},
     ]
+    if config is not None and any(s.autoscaling is not None for s in config.services.values()):
+        rules.append({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+                      "verbs": ["create", "patch", "delete"]})
     router = router_of(environment)
     if router == "gateway-api":
         rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
@@ -260,7 +265,7 @@ def service_account(environment: Environment) -> Obj:
 def role(config: SafeshipConfig, environment: Environment) -> Obj:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": _metadata(DEPLOYER, environment),
-            "rules": deployer_rules(environment) + policy_rules(config)}
+            "rules": deployer_rules(environment, config) + policy_rules(config)}
 
 
 def role_binding(environment: Environment) -> Obj:

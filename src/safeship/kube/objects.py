@@ -325,6 +325,30 @@ def disruption_budget(config: SafeshipConfig, environment: Environment, service:
     }
 
 
+def autoscaler(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj | None:
+    """The HorizontalPodAutoscaler of one version (named as its Deployment, targeting it), from
+    `services.<name>.autoscaling`; None when that is not set. Each version has its own, since each
+    has its own Deployment: the platform applies it while the version has pods and deletes it when
+    the version is scaled to 0."""
+    scaling = config.services[service].autoscaling
+    if scaling is None:
+        return None
+    name = deployment_name(service, version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(name, environment.kube_namespace, labels(service, version, environment.name),
+                              {VERSION_ANNOTATION: version}),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu}}}],
+        },
+    }
+
+
 # ---------------------------------------------------------------- Services
 
 
@@ -562,6 +586,9 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     budget = disruption_budget(config, environment, service, version)
     if budget is not None:
         objects.append(budget)
+    scaler = autoscaler(config, environment, service, version)
+    if scaler is not None:
+        objects.append(scaler)
 
     if router == "gateway-api":
         objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))
