@@ -33,6 +33,8 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   is allowed; else a list of `Permission` rules, `*` matching anything);
 - **SubjectAccessReview** (another user, such as a ServiceAccount) answered as the RBAC authorizer
   does, from the Roles, ClusterRoles and their bindings stored here (see `rbac_decision`);
+- **RBAC** for requests bearing one of `tokens` (a ServiceAccount's, say): authorized from the
+  stored Roles and bindings, refused with the API server's 403 message (see `_authorize`);
 - **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
   API server's 403 Forbidden messages (see `admission.py`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status.
@@ -475,6 +477,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     permissions: list[Permission] | None = None
     validate: bool = True
     admission: bool = True  # Pod Security and ResourceQuota admission of pods (see `admission`)
+    # bearer token -> user: requests with such a token are authorized by RBAC (see `_authorize`)
+    tokens: dict[str, str] = attrs.field(factory=dict)
+    # (user, verb, resource, group, allowed) of every request made with one of `tokens`
+    authorized: list[tuple[str, str, str, str, bool]] = attrs.field(factory=list)
     use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
@@ -1145,12 +1151,46 @@ class KubeEmulator(kmock.KubernetesEmulator):
                         503: "ServiceUnavailable",
                     }
                     raise ApiFailure(fault.status, reasons.get(fault.status, "Unknown"), fault.message, headers=headers)
+            self._authorize(request, method, served, namespace, name, subresource)
             payload, code = self._serve(method, request, served, namespace, name, subresource)
         except ApiFailure as failure:
             await self.publish()
             return aiohttp.web.json_response(failure.status(), status=failure.code, headers=failure.headers)
         await self.publish()
         return aiohttp.web.json_response(payload, status=code)
+
+    def _authorize(self, request: rendering.Request, method: str, served: ServedKind, namespace: str | None,
+                   name: str | None, subresource: str | None) -> None:
+        """A request bearing one of `tokens` is made by that token's user and authorized by RBAC
+        from the stored Roles and bindings (other requests are the kubeconfig's admin). Refused as
+        the API server refuses, k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go
+        (forbiddenMessage) inside apierrors.NewForbidden: `<resource>.<group> "<name>" is
+        forbidden: User "<user>" cannot <verb> resource "<resource>" in API group "<group>" in the
+        namespace "<namespace>"`."""
+        header = str(request.headers.get("Authorization", ""))
+        user = self.tokens.get(header.removeprefix("Bearer ").strip()) if header.startswith("Bearer ") else None
+        if user is None:
+            return
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(method, method.lower())
+        if served.kind in ("SelfSubjectAccessReview",):
+            return  # every authenticated user may ask about itself
+        resource = served.plural + (f"/{subresource}" if subresource else "")
+        ns = namespace if served.namespaced else ""
+        parts = user.split(":")
+        groups = ["system:authenticated"]
+        if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+            groups += ["system:serviceaccounts", f"system:serviceaccounts:{parts[2]}"]
+        allowed, _ = self.rbac_decision(user, groups, verb, resource, served.group, ns or "", name or "")
+        self.authorized.append((user, verb, resource, served.group, allowed))
+        if allowed:
+            return
+        where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        why = f'User "{user}" cannot {verb} resource "{resource}" in API group "{served.group}" {where}'
+        qualified = served.plural + (f".{served.group}" if served.group else "")
+        target = f'{qualified} "{name}"' if name else qualified
+        raise ApiFailure(403, "Forbidden", f"{target} is forbidden: {why}",
+                         {"name": name or "", "group": served.group, "kind": served.plural})
 
     def _serve(
         self,
@@ -1302,7 +1342,7 @@ class ApiHandle:
         return body
 
 
-def write_kubeconfig(path: Path, url: str, context: str, namespace: str) -> Path:
+def write_kubeconfig(path: Path, url: str, context: str, namespace: str, token: str = "emulator-token") -> Path:
     """A kubeconfig with one cluster (the emulator), one token user and one context."""
     import yaml
 
@@ -1310,7 +1350,7 @@ def write_kubeconfig(path: Path, url: str, context: str, namespace: str) -> Path
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
         "current-context": context,
     }
