@@ -235,6 +235,20 @@ async def test_validate_reports_a_terminating_namespace_as_such(kube_api: ApiHan
     assert [c.name for c in checks] == ["cluster", "namespace", "secrets"]  # nothing else is asked of it
 
 
+async def test_prepare_into_a_terminating_namespace_says_so_and_applies_nothing(kube_api: ApiHandle, root: Path,
+                                                                               store: Store) -> None:
+    environment = on_cluster(kube_api, root, store)
+    await environment.prepare()
+    async with kube_api.client("prod") as kube:
+        await kube.delete("v1", "Namespace", "prod")
+    requests_before = len(kube_api.emulator.requests_made)
+    bad = failed(await environment.prepare())
+    assert bad["Namespace prod"] == ("namespace prod is Terminating (being deleted; its finalizers hold it until it "
+                                     "is empty), and nothing can be created in it: run --prepare again once it is gone")
+    made = kube_api.emulator.requests_made[requests_before:]
+    assert [str(r.method.value).upper() for r in made] == ["GET"]  # one look at the namespace, no writes
+
+
 async def test_prepare_keeps_the_pod_security_labels_of_a_namespace_it_did_not_create(
         kube_api: ApiHandle, root: Path, store: Store) -> None:
     kube_api.ensure_namespace("shared", {"team": "payments", "pod-security.kubernetes.io/enforce": "baseline"})

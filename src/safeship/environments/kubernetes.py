@@ -217,6 +217,9 @@ class KubernetesEnvironment:
         if existing is None:
             await kube.create(obj)
             return f"created, Pod Security level {_psa(obj)}"
+        if (existing.get("status") or {}).get("phase") == "Terminating":
+            raise PermanentError(f"namespace {name} is Terminating (being deleted; its finalizers hold it until it "
+                                 "is empty), and nothing can be created in it: run --prepare again once it is gone")
         labels = dict(obj["metadata"]["labels"])
         current = dict((existing.get("metadata") or {}).get("labels") or {})
         ours = current.get(MANAGED_BY_LABEL) == MANAGED_BY
