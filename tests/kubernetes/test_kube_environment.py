@@ -235,6 +235,39 @@ async def test_validate_reports_a_terminating_namespace_as_such(kube_api: ApiHan
     assert [c.name for c in checks] == ["cluster", "namespace", "secrets"]  # nothing else is asked of it
 
 
+async def test_validate_with_autoscaling_asks_for_the_metrics_api(kube_api: ApiHandle, root: Path,
+                                                                 store: Store) -> None:
+    data = config_data(kube_api)
+    data["services"]["user-service"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 4}
+    config = SafeshipConfig.model_validate(data)
+    environment = KubernetesEnvironment(config, config.environment_management.environments[0], root=root,
+                                        store=store)
+    await environment.prepare()
+    bad = failed(await environment.validate())
+    assert bad == {"metrics": "no APIService v1beta1.metrics.k8s.io: the autoscalers would have no CPU metrics to "
+                              "scale on; install metrics-server"}
+    service = kube_api.write({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                              "metadata": {"name": "v1beta1.metrics.k8s.io"},
+                              "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                                       "versionPriority": 100,
+                                       "service": {"name": "metrics-server", "namespace": "kube-system"}}})
+    service["status"] = {"conditions": [{"type": "Available", "status": "False", "reason": "MissingEndpoints",
+                                         "message": "endpoints for service/metrics-server in \"kube-system\" have "
+                                                    "no addresses with port name \"https\""}]}
+    kube_api.write(service, status=True)
+    bad = failed(await environment.validate())
+    assert list(bad) == ["metrics"] and "is not Available (endpoints for service/metrics-server" in bad["metrics"]
+    service = kube_api.read("apiregistration.k8s.io/v1", "APIService", "v1beta1.metrics.k8s.io", None) or {}
+    service["status"] = {"conditions": [{"type": "Available", "status": "True", "reason": "Passed",
+                                         "message": "all checks passed"}]}
+    kube_api.write(service, status=True)
+    checks = await environment.validate()
+    assert failed(checks) == {}
+    details = {c.name: c.detail for c in checks}
+    # the deployer's Role carries the autoscaler verbs: 15 things plus create, patch, delete
+    assert details["permissions"].startswith("ServiceAccount prod/safeship-deployer may do all 18 things")
+
+
 async def test_prepare_into_a_terminating_namespace_says_so_and_applies_nothing(kube_api: ApiHandle, root: Path,
                                                                                store: Store) -> None:
     environment = on_cluster(kube_api, root, store)

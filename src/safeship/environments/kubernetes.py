@@ -17,7 +17,8 @@ check naming it, never a traceback.
   NetworkPolicies let in the traffic the config implies (the ingress controller, the gateway,
   Prometheus, a load balancer: `kube.environment.blocked_flows`), for router istio that its pods
   would join the mesh (`kube.environment.mesh_problem`), that every
-  ResourceQuota leaves room for the next deployment at its peak, that the deployer's ServiceAccount
+  ResourceQuota leaves room for the next deployment at its peak, with `autoscaling` that the
+  resource metrics API is Available, that the deployer's ServiceAccount
   (`system:serviceaccount:<namespace>:safeship-deployer`) may do what a deployment does (one
   SubjectAccessReview per verb and resource of `deployer_rules`, asked by the kubeconfig's user,
   which needs `create` on subjectaccessreviews), and that the secret files are there and private.
@@ -32,7 +33,8 @@ Kubernetes API calls made here (all through `kube.client.KubeClient`):
               resourcequotas, limitranges, serviceaccounts, roles, rolebindings, networkpolicies,
               configmaps, secrets, persistentvolumeclaims, services
     validate  GET namespaces/{ns} (and the source namespaces); GET (list) networkpolicies,
-              resourcequotas; GET daemonsets/istio-cni-node (istio); POST subjectaccessreviews
+              resourcequotas; GET daemonsets/istio-cni-node (istio); GET apiservices/v1beta1.metrics.k8s.io
+              (with autoscaling); POST subjectaccessreviews
     cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
               httproutes | virtualservices + destinationrules, horizontalpodautoscalers,
               poddisruptionbudgets, deployments, replicasets, pods, services,
@@ -84,6 +86,7 @@ _ROUTER_KINDS = {
     "gateway-api": [("gateway.networking.k8s.io/v1", "HTTPRoute")],
     "istio": [("networking.istio.io/v1", "VirtualService"), ("networking.istio.io/v1", "DestinationRule")],
 }
+METRICS_API = "v1beta1.metrics.k8s.io"  # the resource metrics API (metrics-server) autoscalers read
 _CLEANUP_KINDS = [
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
@@ -249,6 +252,8 @@ class KubernetesEnvironment:
             async with kube:
                 if await self._namespace_checks(kube, namespace, checks):
                     checks.append(await self._quota_check(kube, namespace))
+                    if any(s.autoscaling is not None for s in self.config.services.values()):
+                        checks.append(await self._metrics_check(kube))
                     checks.extend(await self._permission_checks(kube, namespace))
         checks.append(self._secrets_check())
         return checks
@@ -334,6 +339,24 @@ class KubernetesEnvironment:
             return Check("quota", False, f"no room for {peak}: " + "; ".join(problems))
         detail = f"room for {peak} in {len(quotas)} ResourceQuota(s)"
         return Check("quota", True, detail + (f" ({'; '.join(notes)})" if notes else ""))
+
+    async def _metrics_check(self, kube: KubeClient) -> Check:
+        """With `autoscaling`, the resource metrics API the autoscalers read CPU from is served
+        (metrics-server registers APIService v1beta1.metrics.k8s.io) and Available."""
+        try:
+            found = await kube.get("apiregistration.k8s.io/v1", "APIService", METRICS_API)
+        except (TemporaryError, PermanentError) as exc:
+            return Check("metrics", False, str(exc))
+        if found is None:
+            return Check("metrics", False, f"no APIService {METRICS_API}: the autoscalers would have no CPU "
+                         "metrics to scale on; install metrics-server")
+        available = next((c for c in (found.get("status") or {}).get("conditions") or []
+                          if c.get("type") == "Available"), None)
+        if available is None or available.get("status") != "True":
+            why = (available or {}).get("message") or (available or {}).get("reason") or "no Available condition"
+            return Check("metrics", False, f"APIService {METRICS_API} is not Available ({why}): the autoscalers "
+                         "would have no CPU metrics to scale on")
+        return Check("metrics", True, f"APIService {METRICS_API} is Available: the autoscalers can read CPU")
 
     async def _permission_checks(self, kube: KubeClient, namespace: str) -> list[Check]:
         """Every verb of the deployer's Role, asked of the cluster for the deployer's ServiceAccount

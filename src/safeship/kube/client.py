@@ -115,6 +115,7 @@ KINDS: dict[tuple[str, str], KindInfo] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): KindInfo("clusterrolebindings", namespaced=False),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): KindInfo("selfsubjectaccessreviews", namespaced=False),
     ("authorization.k8s.io/v1", "SubjectAccessReview"): KindInfo("subjectaccessreviews", namespaced=False),
+    ("apiregistration.k8s.io/v1", "APIService"): KindInfo("apiservices", namespaced=False),
     ("gateway.networking.k8s.io/v1", "Gateway"): KindInfo("gateways"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): KindInfo("httproutes"),
     ("gateway.networking.k8s.io/v1beta1", "HTTPRoute"): KindInfo("httproutes"),
