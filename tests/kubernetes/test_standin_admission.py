@@ -144,11 +144,13 @@ async def test_quota_asks_every_pod_to_name_its_requests(kube_api: ApiHandle) ->
             in str(refused.value))
 
 
-async def test_a_refused_pod_is_a_failed_instance_naming_the_refusal(kube_api: ApiHandle, cluster_sim: ClusterSim,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.cluster_sim(tick_seconds=60.0)  # a minute of cluster time per tick: the deadline comes soon
+async def test_a_pod_over_quota_is_reported_and_fails_the_version_at_its_deadline(
+        kube_api: ApiHandle, cluster_sim: ClusterSim, tmp_path: Path) -> None:
     # the replica set controller cannot create the pod (replica_set.go manageReplicas), says so in
-    # ReplicaFailure/FailedCreate, the Deployment carries it (deployment/sync.go), and the platform
-    # reports the version failed with that message instead of waiting for a progress deadline
+    # ReplicaFailure/FailedCreate, and the Deployment carries it (deployment/progress.go). Kubernetes
+    # keeps retrying, since a quota may free up; the progress deadline is the verdict, and the
+    # platform's failure then names the refusal.
     kube_api.write({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "compute"},
                     "spec": {"hard": {"pods": "1"}}})
     config = make_config(kube_api)
@@ -156,31 +158,55 @@ async def test_a_refused_pod_is_a_failed_instance_naming_the_refusal(kube_api: A
     assert environment is not None
     platform = platform_class("kubernetes").create(PlatformSetup(
         state_dir=tmp_path, ledger=MemoryLedger(), clock=RealClock(), config=config, environment=environment))
+    name = objects.deployment_name(SERVICE, "v1.0.0")
     try:
         await scale(platform, "v1.0.0", 2)  # type: ignore[arg-type]
-        await cluster_sim.tick(4)
-        deployment = kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, "v1.0.0"))
+        await cluster_sim.tick(3)
+        deployment = kube_api.read("apps/v1", "Deployment", name)
         assert deployment is not None
         conditions = {c["type"]: c for c in deployment["status"]["conditions"]}
         assert conditions["ReplicaFailure"]["reason"] == "FailedCreate"
         assert "exceeded quota: compute, requested: pods=1, used: pods=1, limited: pods=1" in \
             conditions["ReplicaFailure"]["message"]
-        instances = await platform.instances(SERVICE, "production")
         assert len(kube_api.items("v1", "Pod")) == 1
+        assert not objects.rollout(deployment).failed and objects.rollout(deployment).refusal.startswith(
+            'FailedCreate: pods "user-service-')
+        instances = await platform.instances(SERVICE, "production")
+        assert [i.state for i in instances] == [InstanceState.READY]  # still waiting: not failed yet
+        deadline = int(deployment["spec"]["progressDeadlineSeconds"])
+        await cluster_sim.tick(deadline // 60 + 3)
+        instances = await platform.instances(SERVICE, "production")
         failed = [i for i in instances if i.state is InstanceState.FAILED]
-        assert failed and all("FailedCreate: pods" in (i.last_failure or "") for i in failed)
+        assert len(failed) == 1 and (failed[0].last_failure or "").startswith(
+            "ProgressDeadlineExceeded; FailedCreate: pods ")
         assert "exceeded quota: compute" in (failed[0].last_failure or "")
-        # room again: the condition goes, and the version is no longer failed
+        # room again: the pod is created, the condition goes
         kube_api.emulator.patch_object("v1", "ResourceQuota", "compute", {"spec": {"hard": {"pods": "5"}}},
                                        kube_api.namespace)
         await cluster_sim.tick(4)
-        deployment = kube_api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, "v1.0.0"))
+        deployment = kube_api.read("apps/v1", "Deployment", name)
         assert deployment is not None
         assert "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
-        instances = await platform.instances(SERVICE, "production")
-        assert [i.state for i in instances] == [InstanceState.READY, InstanceState.READY]
+        assert len(kube_api.items("v1", "Pod")) == 2
     finally:
         await platform.close()
+
+
+def test_a_template_pod_security_refuses_fails_the_version_at_once() -> None:
+    # what the simulator writes (and the deployment controller): no retry admits this template
+    message = ('pods "web-6f7c9-abcde" is forbidden: violates PodSecurity "restricted:latest": privileged '
+               '(container "app" must not set securityContext.privileged=true)')
+    deployment = {"metadata": {"generation": 1}, "spec": {"replicas": 2},
+                  "status": {"observedGeneration": 1, "conditions": [
+                      {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message,
+                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    progress = objects.rollout(deployment)
+    assert progress.failed and progress.reason == objects.FAILED_CREATE
+    assert progress.message == f"FailedCreate: {message}"
+    over_quota = {**deployment, "status": {**deployment["status"], "conditions": [
+        {**deployment["status"]["conditions"][0], "message": 'pods "x" is forbidden: exceeded quota: q, '
+                                                              "requested: pods=1, used: pods=1, limited: pods=1"}]}}
+    assert not objects.rollout(over_quota).failed  # a quota may free up: the deadline decides
 
 
 async def test_subject_access_reviews_follow_the_roles_that_exist(kube_api: ApiHandle) -> None:

@@ -636,6 +636,9 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 FAILED_CREATE = "FailedCreate"  # the ReplicaFailure condition's reason: the API server refused a pod
+# Refusals no retry of the same pod template gets past (Pod Security admission; a quota asking for
+# a request the template does not name), unlike an exceeded quota.
+PERMANENT_REFUSALS = ("violates PodSecurity", "failed quota:")
 
 
 @dataclass(frozen=True)
@@ -646,7 +649,9 @@ class Rollout:
     complete: observed, and every wanted pod is updated and available;
     failed:   the Progressing condition says ProgressDeadlineExceeded (Kubernetes stops there and
               rolls nothing back: safeship decides), or the ReplicaFailure condition says the API
-              server refused its pods (FailedCreate: Pod Security, a quota; `reason` says which);
+              server refused its pods for good (Pod Security, a quota's "must specify": no retry
+              admits that template); `reason` says which. An exceeded quota is only `refusal`
+              until the deadline, since a quota may free up;
     """
 
     wanted: int
@@ -659,6 +664,7 @@ class Rollout:
     message: str = ""
     failed_at: str = ""  # the Progressing condition's lastUpdateTime (else lastTransitionTime) when failed
     reason: str = ""  # PROGRESS_DEADLINE_EXCEEDED or FAILED_CREATE when failed
+    refusal: str = ""  # "FailedCreate: <the API server's message>" while pods are refused (ReplicaFailure)
 
 
 def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
@@ -683,10 +689,16 @@ def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
         failed_at = str(progressing.get("lastUpdateTime") or progressing.get("lastTransitionTime") or "")
     reason = PROGRESS_DEADLINE_EXCEEDED if failed else ""
     refused = _condition(status, "ReplicaFailure")
-    if not failed and refused is not None and refused.get("status") == "True" and wanted > total:
-        # Pods the ReplicaSet could not create (admission refused them): nothing will come of waiting.
-        failed, reason = True, str(refused.get("reason") or FAILED_CREATE)
-        message = f"{reason}: {refused.get('message') or ''}"
-        failed_at = str(refused.get("lastUpdateTime") or refused.get("lastTransitionTime") or "")
+    refusal = ""
+    if refused is not None and refused.get("status") == "True" and wanted > total:
+        refusal = f"{refused.get('reason') or FAILED_CREATE}: {refused.get('message') or ''}"
+        # Kubernetes keeps retrying (ReplicaFailure is no verdict; the progress deadline is): a quota
+        # may free up. A pod template that Pod Security refuses, or that names no request a quota
+        # asks for, never gets in: that is failed now.
+        text = str(refused.get("message") or "")
+        if not failed and any(words in text for words in PERMANENT_REFUSALS):
+            failed, reason, message = True, FAILED_CREATE, refusal
+            failed_at = str(refused.get("lastUpdateTime") or refused.get("lastTransitionTime") or "")
     complete = observed and updated >= wanted and available >= wanted and total <= wanted and not failed
-    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at, reason)
+    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at, reason,
+                   refusal)

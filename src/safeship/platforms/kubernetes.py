@@ -218,8 +218,10 @@ class KubernetesPlatform:
                 objects.SCALED_UP_ANNOTATION))
             if progress.failed and (not scaled_up or _timestamp(progress.failed_at) >= scaled_up):
                 failed[version] = progress.message
-                if progress.reason != objects.PROGRESS_DEADLINE_EXCEEDED:
+                if progress.reason == objects.FAILED_CREATE:
                     refused[version] = progress.message
+                elif progress.refusal:  # the deadline passed while the API server refused its pods
+                    refused[version] = f"{objects.PROGRESS_DEADLINE_EXCEEDED}; {progress.refusal}"
         by_version: dict[str, list[Mapping[str, Any]]] = {}
         for pod in pods:
             version = objects.object_version(pod)
