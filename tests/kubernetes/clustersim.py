@@ -54,7 +54,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from emulator import KubeEmulator, selector_matches
+from emulator import ApiFailure, KubeEmulator, selector_matches
 
 Obj = dict[str, Any]
 
@@ -176,6 +176,7 @@ class ClusterSim:
         self.ticks = 0
         self.now = 0.0  # sim seconds since the simulator started
         self._born: dict[str, int] = {}  # pod uid -> tick it was first seen
+        self._refused: dict[str, str] = {}  # replica set uid -> why the API server refused its last pod
         self._ready_since: dict[str, float] = {}  # pod uid -> sim time it became ready
         self._progress_at: dict[str, float] = {}  # deployment uid -> sim time of its last progress
         self._last_seen: dict[str, tuple[Any, ...]] = {}  # deployment uid -> what progress compares
@@ -532,6 +533,13 @@ class ClusterSim:
             set_condition(
                 "Progressing", "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.'
             )
+        # deployment/sync.go: a ReplicaSet's ReplicaFailure is copied onto the Deployment, and dropped with it
+        failure = next((c for rs in owned for c in (rs.get("status") or {}).get("conditions") or []
+                        if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+        if failure is not None:
+            set_condition("ReplicaFailure", "True", str(failure.get("reason")), str(failure.get("message")))
+        else:
+            conditions = [c for c in conditions if c.get("type") != "ReplicaFailure"]
         status: Obj = {
             "observedGeneration": meta.get("generation", 1),
             "replicas": replicas,
@@ -554,8 +562,14 @@ class ClusterSim:
         wanted = int(replica_set["spec"].get("replicas", 0))
         pods = self._pods_of(replica_set)
         if len(pods) < wanted:
-            for _ in range(wanted - len(pods)):
-                self._new_pod(replica_set)
+            try:
+                for _ in range(wanted - len(pods)):
+                    self._new_pod(replica_set)
+            except ApiFailure as refused:
+                # replica_set.go manageReplicas: the create error becomes the ReplicaFailure condition
+                self._refused[replica_set["metadata"]["uid"]] = refused.message
+            else:
+                self._refused.pop(replica_set["metadata"]["uid"], None)
         elif len(pods) > wanted:
             # Unready pods first, then the newest, as the ReplicaSet controller ranks them.
             ranked = sorted(pods, key=lambda p: (pod_ready(p), -self._born.get(p["metadata"]["uid"], 0)))
@@ -600,6 +614,12 @@ class ClusterSim:
             "observedGeneration": replica_set["metadata"].get("generation", 1),
         }
         status = {k: v for k, v in status.items() if v != 0 or k in ("replicas", "observedGeneration")}
+        refused = self._refused.get(replica_set["metadata"]["uid"])
+        if refused is not None:
+            before = _condition(list((replica_set.get("status") or {}).get("conditions") or []), "ReplicaFailure")
+            since = before["lastTransitionTime"] if before else self.timestamp()
+            status["conditions"] = [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                     "message": refused, "lastTransitionTime": since}]
         self._write_status(replica_set, status)
 
     # -------------------------------------------------------------- kubelet

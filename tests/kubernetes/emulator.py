@@ -29,8 +29,14 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   `storageClassName`; the storage request too while the claim is not Bound) or lowers its storage
   request (see `immutable_problems`);
 - **label selectors** on lists (`a=b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x,y)`);
-- **SelfSubjectAccessReview** answered from `permissions` (None: everything is allowed; else a
-  list of `Permission` rules, `*` matching anything);
+- **SelfSubjectAccessReview** (the kubeconfig's user) answered from `permissions` (None: everything
+  is allowed; else a list of `Permission` rules, `*` matching anything);
+- **SubjectAccessReview** (another user, such as a ServiceAccount) answered as the RBAC authorizer
+  does, from the Roles, ClusterRoles and their bindings stored here (see `rbac_decision`);
+- **RBAC** for requests bearing one of `tokens` (a ServiceAccount's, say): authorized from the
+  stored Roles and bindings, refused with the API server's 403 message (see `_authorize`);
+- **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
+  API server's 403 Forbidden messages (see `admission.py`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status.
 
 Direct access for tests and the cluster simulator, without HTTP (the same checks apply to `write`):
@@ -55,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import admission
 import aiohttp.web
 import attrs
 import kmock
@@ -469,6 +476,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     permissions: list[Permission] | None = None
     validate: bool = True
+    admission: bool = True  # Pod Security and ResourceQuota admission of pods (see `admission`)
+    # bearer token -> user: requests with such a token are authorized by RBAC (see `_authorize`)
+    tokens: dict[str, str] = attrs.field(factory=dict)
+    # (user, verb, resource, group, allowed) of every request made with one of `tokens`
+    authorized: list[tuple[str, str, str, str, bool]] = attrs.field(factory=list)
     use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
@@ -826,9 +838,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
             body.pop("status", None)
         self._defaults(served, body)
         self._check(served, body)
+        if served.kind == "Pod" and self.admission:
+            self._admit_pod(body, str(namespace))
         if dry_run:
             return body
         return self._store(served, body, "ADDED")
+
+    def _admit_pod(self, pod: Obj, namespace: str) -> None:
+        """Pod Security and ResourceQuota admission (see `admission`): 403 Forbidden as the API
+        server answers, with its message."""
+        namespace_obj = self.read("v1", "Namespace", namespace) or {}
+        labels = (namespace_obj.get("metadata") or {}).get("labels") or {}
+        message = admission.pod_security_message(pod, labels) or admission.quota_message(
+            pod, self.items("v1", "ResourceQuota", namespace), self.items("v1", "Pod", namespace))
+        if message is not None:
+            raise ApiFailure(403, "Forbidden", message, {"name": pod["metadata"]["name"], "kind": "pods"})
 
     def _finish_update(self, served: ServedKind, old: Obj, new: Obj, *, subresource: str | None, dry_run: bool) -> Obj:
         """Keep what a write may not change, bump generation, validate and store (unless a no-op)."""
@@ -958,21 +982,92 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._delete_contents(name)
         return old
 
-    def _review(self, body: Any) -> Obj:
+    def _review(self, body: Any, served: ServedKind | None = None) -> Obj:
         if not isinstance(body, dict):
             raise ApiFailure(400, "BadRequest", "the body of the request must be a JSON object")
-        attributes = (body.get("spec") or {}).get("resourceAttributes") or {}
+        spec = body.get("spec") or {}
+        attributes = spec.get("resourceAttributes") or {}
         verb = str(attributes.get("verb") or "")
         resource = str(attributes.get("resource") or "")
+        if attributes.get("subresource"):
+            resource += "/" + str(attributes["subresource"])
         group = str(attributes.get("group") or "")
         namespace = str(attributes.get("namespace") or "")
-        allowed = self.permissions is None or any(p.allows(verb, resource, group, namespace) for p in self.permissions)
         answer = copy.deepcopy(body)
         answer.setdefault("metadata", {})["creationTimestamp"] = None
+        if served is not None and served.kind == "SubjectAccessReview":
+            user = str(spec.get("user") or "")
+            if not user and not spec.get("groups"):
+                # k8s.io/kubernetes/pkg/apis/authorization/validation/validation.go
+                raise ApiFailure(422, "Invalid", 'SubjectAccessReview.authorization.k8s.io "" is invalid: '
+                                 "spec.user: Invalid value: \"\": at least one of user or group must be specified")
+            allowed, reason = self.rbac_decision(user, [str(g) for g in spec.get("groups") or []],
+                                                 verb, resource, group, namespace, str(attributes.get("name") or ""))
+            answer["status"] = {"allowed": allowed}
+            if reason:
+                answer["status"]["reason"] = reason
+            return answer
+        allowed = self.permissions is None or any(p.allows(verb, resource, group, namespace) for p in self.permissions)
         answer["status"] = {"allowed": allowed}
         if not allowed:
             answer["status"]["reason"] = "no rule in the emulator's permissions allows it"
         return answer
+
+    def rbac_decision(self, user: str, groups: list[str], verb: str, resource: str, group: str,
+                      namespace: str, name: str = "") -> tuple[bool, str]:
+        """What the RBAC authorizer answers for the stored Roles, ClusterRoles and bindings
+        (k8s.io/kubernetes/plugin/pkg/auth/authorizer/rbac/rbac.go and
+        pkg/registry/rbac/validation/rule.go): allowed with "RBAC: allowed by RoleBinding
+        \"<name>/<namespace>\" of Role \"<role>\" to ServiceAccount \"<name>/<namespace>\"", else no
+        opinion (denied, empty reason)."""
+        rbac = "rbac.authorization.k8s.io/v1"
+
+        def subject_matches(subject: Mapping[str, Any], binding_namespace: str) -> bool:
+            kind = subject.get("kind")
+            if kind == "ServiceAccount":
+                ns = subject.get("namespace") or binding_namespace
+                return user == f"system:serviceaccount:{ns}:{subject.get('name')}"
+            if kind == "User":
+                return user == subject.get("name")
+            if kind == "Group":
+                return subject.get("name") in groups
+            return False
+
+        def rule_allows(rule: Mapping[str, Any]) -> bool:
+            def has(values: Any, wanted: str) -> bool:
+                return isinstance(values, list) and ("*" in values or wanted in values)
+            names = rule.get("resourceNames") or []
+            return (has(rule.get("verbs"), verb) and has(rule.get("apiGroups"), group)
+                    and has(rule.get("resources"), resource) and (not names or name in names))
+
+        def describe(subject: Mapping[str, Any], binding_namespace: str) -> str:
+            if subject.get("kind") == "ServiceAccount":
+                return f'ServiceAccount "{subject.get("name")}/{subject.get("namespace") or binding_namespace}"'
+            return f'{subject.get("kind")} "{subject.get("name")}"'
+
+        def role_rules(ref: Mapping[str, Any], binding_namespace: str | None) -> list[Any]:
+            if ref.get("kind") == "Role" and binding_namespace:
+                found = self.read(rbac, "Role", str(ref.get("name")), binding_namespace)
+            elif ref.get("kind") == "ClusterRole":
+                found = self.read(rbac, "ClusterRole", str(ref.get("name")))
+            else:
+                found = None
+            return list((found or {}).get("rules") or [])
+
+        for binding in self.items(rbac, "ClusterRoleBinding"):
+            for subject in binding.get("subjects") or []:
+                if subject_matches(subject, "") and any(rule_allows(r) for r in role_rules(binding["roleRef"], None)):
+                    return True, (f'RBAC: allowed by ClusterRoleBinding "{binding["metadata"]["name"]}" of ClusterRole '
+                                  f'"{binding["roleRef"]["name"]}" to {describe(subject, "")}')
+        if namespace:
+            for binding in self.items(rbac, "RoleBinding", namespace):
+                for subject in binding.get("subjects") or []:
+                    if subject_matches(subject, namespace) and any(
+                            rule_allows(r) for r in role_rules(binding["roleRef"], namespace)):
+                        ref = binding["roleRef"]
+                        return True, (f'RBAC: allowed by RoleBinding "{binding["metadata"]["name"]}/{namespace}" of '
+                                      f'{ref["kind"]} "{ref["name"]}" to {describe(subject, namespace)}')
+        return False, ""
 
     # -------------------------------------------------------------- HTTP
 
@@ -1056,12 +1151,46 @@ class KubeEmulator(kmock.KubernetesEmulator):
                         503: "ServiceUnavailable",
                     }
                     raise ApiFailure(fault.status, reasons.get(fault.status, "Unknown"), fault.message, headers=headers)
+            self._authorize(request, method, served, namespace, name, subresource)
             payload, code = self._serve(method, request, served, namespace, name, subresource)
         except ApiFailure as failure:
             await self.publish()
             return aiohttp.web.json_response(failure.status(), status=failure.code, headers=failure.headers)
         await self.publish()
         return aiohttp.web.json_response(payload, status=code)
+
+    def _authorize(self, request: rendering.Request, method: str, served: ServedKind, namespace: str | None,
+                   name: str | None, subresource: str | None) -> None:
+        """A request bearing one of `tokens` is made by that token's user and authorized by RBAC
+        from the stored Roles and bindings (other requests are the kubeconfig's admin). Refused as
+        the API server refuses, k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go
+        (forbiddenMessage) inside apierrors.NewForbidden: `<resource>.<group> "<name>" is
+        forbidden: User "<user>" cannot <verb> resource "<resource>" in API group "<group>" in the
+        namespace "<namespace>"`."""
+        header = str(request.headers.get("Authorization", ""))
+        user = self.tokens.get(header.removeprefix("Bearer ").strip()) if header.startswith("Bearer ") else None
+        if user is None:
+            return
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(method, method.lower())
+        if served.kind in ("SelfSubjectAccessReview",):
+            return  # every authenticated user may ask about itself
+        resource = served.plural + (f"/{subresource}" if subresource else "")
+        ns = namespace if served.namespaced else ""
+        parts = user.split(":")
+        groups = ["system:authenticated"]
+        if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+            groups += ["system:serviceaccounts", f"system:serviceaccounts:{parts[2]}"]
+        allowed, _ = self.rbac_decision(user, groups, verb, resource, served.group, ns or "", name or "")
+        self.authorized.append((user, verb, resource, served.group, allowed))
+        if allowed:
+            return
+        where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        why = f'User "{user}" cannot {verb} resource "{resource}" in API group "{served.group}" {where}'
+        qualified = served.plural + (f".{served.group}" if served.group else "")
+        target = f'{qualified} "{name}"' if name else qualified
+        raise ApiFailure(403, "Forbidden", f"{target} is forbidden: {why}",
+                         {"name": name or "", "group": served.group, "kind": served.plural})
 
     def _serve(
         self,
@@ -1088,8 +1217,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return stored, 200
         body = self._body(request)
         if method == "POST" and name is None:
-            if served.kind == "SelfSubjectAccessReview":
-                return self._review(body), 201
+            if served.kind in ("SelfSubjectAccessReview", "SubjectAccessReview"):
+                return self._review(body, served), 201
             return self._create(served, namespace, body, dry_run=dry_run), 201
         if method == "PUT" and name is not None:
             return self._update(served, namespace, name, body, subresource=subresource, dry_run=dry_run), 200
@@ -1213,7 +1342,7 @@ class ApiHandle:
         return body
 
 
-def write_kubeconfig(path: Path, url: str, context: str, namespace: str) -> Path:
+def write_kubeconfig(path: Path, url: str, context: str, namespace: str, token: str = "emulator-token") -> Path:
     """A kubeconfig with one cluster (the emulator), one token user and one context."""
     import yaml
 
@@ -1221,7 +1350,7 @@ def write_kubeconfig(path: Path, url: str, context: str, namespace: str) -> Path
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
         "current-context": context,
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator import ApiHandle, Permission, write_kubeconfig
+from emulator import ApiHandle, write_kubeconfig
 
 from safeship.cli import environment_manager
 from safeship.config.models import SafeshipConfig
@@ -178,7 +178,9 @@ async def test_validate_a_prepared_environment(kube_api: ApiHandle, root: Path, 
     by_name = {c.name: c.detail for c in checks}
     assert by_name["namespace"] == "prod is Active"
     assert "room for the next deployment at its peak (user-service, blue-green: 2 more pods" in by_name["quota"]
-    assert "may deployments.apps" in by_name and "may httproutes.gateway.networking.k8s.io" in by_name
+    # asked for the deployer's ServiceAccount, answered from the Role and RoleBinding --prepare applied
+    assert by_name["permissions"] == ("ServiceAccount prod/safeship-deployer may do all 15 things a deployment "
+                                      "needs in prod")
     assert by_name["secrets"].startswith("1 of 1 present and private")
 
 
@@ -196,14 +198,102 @@ async def test_validate_finds_no_room_in_the_quota(kube_api: ApiHandle, root: Pa
     assert "safeship-quota requests.cpu: 0.5 used + 0.5 needed > 0.75" in bad["quota"]
 
 
-@pytest.mark.kube_api(permissions=[Permission(verb="get"), Permission(verb="list"), Permission(verb="watch")])
 async def test_validate_names_what_the_deployer_may_not_do(kube_api: ApiHandle, root: Path, store: Store) -> None:
-    kube_api.ensure_namespace("prod")
-    bad = failed(await on_cluster(kube_api, root, store).validate())
-    assert bad["may deployments.apps"] == "the deployer may not create, update, patch, delete deployments.apps in prod"
-    assert "may services" in bad and "may httproutes.gateway.networking.k8s.io" in bad
-    assert bad["may pods"] == "the deployer may not delete pods in prod"  # stopping one instance
-    assert "may replicasets.apps" not in bad  # reading them is all a deployment needs
+    environment = on_cluster(kube_api, root, store)
+    await environment.prepare()
+    # someone trims the deployer's Role: deleting pods and patching Services go
+    role = kube_api.read("rbac.authorization.k8s.io/v1", "Role", "safeship-deployer", "prod")
+    assert role is not None
+    for rule in role["rules"]:
+        if rule["resources"] == ["pods"]:
+            rule["verbs"] = ["list"]
+        if rule["resources"] == ["services"]:
+            rule["verbs"] = ["get", "create"]
+    kube_api.write(role)
+    bad = failed(await environment.validate())
+    assert bad == {"permissions": "ServiceAccount prod/safeship-deployer may not delete pods, patch services in prod; "
+                                  "run environment-manager --prepare --environment production to apply its Role "
+                                  "and RoleBinding"}
+    # the kubeconfig's own user may do everything here: what counts is the ServiceAccount
+    kube_api.remove("rbac.authorization.k8s.io/v1", "RoleBinding", "safeship-deployer", "prod")
+    bad = failed(await environment.validate())
+    assert bad["permissions"].startswith("ServiceAccount prod/safeship-deployer may not get deployments.apps, "
+                                         "list deployments.apps, create deployments.apps, patch deployments.apps, "
+                                         "list pods, delete pods, get services")
+
+
+async def test_validate_reports_a_terminating_namespace_as_such(kube_api: ApiHandle, root: Path,
+                                                               store: Store) -> None:
+    environment = on_cluster(kube_api, root, store)
+    await environment.prepare()
+    async with kube_api.client("prod") as kube:
+        await kube.delete("v1", "Namespace", "prod")
+    checks = await environment.validate()
+    assert failed(checks) == {}
+    namespace = next(c for c in checks if c.name == "namespace")
+    assert namespace.warning and namespace.detail.startswith("prod is Terminating (being deleted")
+    assert [c.name for c in checks] == ["cluster", "namespace", "secrets"]  # nothing else is asked of it
+
+
+async def test_validate_with_autoscaling_asks_for_the_metrics_api(kube_api: ApiHandle, root: Path,
+                                                                 store: Store) -> None:
+    data = config_data(kube_api)
+    data["services"]["user-service"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 4}
+    config = SafeshipConfig.model_validate(data)
+    environment = KubernetesEnvironment(config, config.environment_management.environments[0], root=root,
+                                        store=store)
+    await environment.prepare()
+    bad = failed(await environment.validate())
+    assert bad == {"metrics": "no APIService v1beta1.metrics.k8s.io: the autoscalers would have no CPU metrics to "
+                              "scale on; install metrics-server"}
+    service = kube_api.write({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                              "metadata": {"name": "v1beta1.metrics.k8s.io"},
+                              "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                                       "versionPriority": 100,
+                                       "service": {"name": "metrics-server", "namespace": "kube-system"}}})
+    service["status"] = {"conditions": [{"type": "Available", "status": "False", "reason": "MissingEndpoints",
+                                         "message": "endpoints for service/metrics-server in \"kube-system\" have "
+                                                    "no addresses with port name \"https\""}]}
+    kube_api.write(service, status=True)
+    bad = failed(await environment.validate())
+    assert list(bad) == ["metrics"] and "is not Available (endpoints for service/metrics-server" in bad["metrics"]
+    service = kube_api.read("apiregistration.k8s.io/v1", "APIService", "v1beta1.metrics.k8s.io", None) or {}
+    service["status"] = {"conditions": [{"type": "Available", "status": "True", "reason": "Passed",
+                                         "message": "all checks passed"}]}
+    kube_api.write(service, status=True)
+    checks = await environment.validate()
+    assert failed(checks) == {}
+    details = {c.name: c.detail for c in checks}
+    # the deployer's Role carries the autoscaler verbs: 15 things plus create, patch, delete
+    assert details["permissions"].startswith("ServiceAccount prod/safeship-deployer may do all 18 things")
+
+
+async def test_prepare_into_a_terminating_namespace_says_so_and_applies_nothing(kube_api: ApiHandle, root: Path,
+                                                                               store: Store) -> None:
+    environment = on_cluster(kube_api, root, store)
+    await environment.prepare()
+    async with kube_api.client("prod") as kube:
+        await kube.delete("v1", "Namespace", "prod")
+    requests_before = len(kube_api.emulator.requests_made)
+    bad = failed(await environment.prepare())
+    assert bad["Namespace prod"] == ("namespace prod is Terminating (being deleted; its finalizers hold it until it "
+                                     "is empty), and nothing can be created in it: run --prepare again once it is gone")
+    made = kube_api.emulator.requests_made[requests_before:]
+    assert [str(r.method.value).upper() for r in made] == ["GET"]  # one look at the namespace, no writes
+
+
+async def test_prepare_keeps_the_pod_security_labels_of_a_namespace_it_did_not_create(
+        kube_api: ApiHandle, root: Path, store: Store) -> None:
+    kube_api.ensure_namespace("shared", {"team": "payments", "pod-security.kubernetes.io/enforce": "baseline"})
+    checks = await on_cluster(kube_api, root, store, namespace="shared").prepare()
+    assert failed(checks) == {}
+    labels = kube_api.read("v1", "Namespace", "shared", None)["metadata"]["labels"]  # type: ignore[index]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"  # its owner's level stays
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"  # a missing label is added
+    detail = next(c.detail for c in checks if c.name == "Namespace shared")
+    assert detail == ("exists (not created by safeship), Pod Security level baseline; its own "
+                      "pod-security.kubernetes.io/enforce=baseline kept (the config asks for "
+                      "pod-security.kubernetes.io/enforce=restricted)")
 
 
 async def test_validate_without_the_namespace(kube_api: ApiHandle, root: Path, store: Store) -> None:
@@ -306,11 +396,12 @@ async def test_the_commands_on_a_cluster(kube_api: ApiHandle, root: Path) -> Non
         result = json.loads(out)
         assert result["ok"] is True
         assert SECRET not in out + err
-    kube_api.emulator.fail("POST", "selfsubjectaccessreviews", status=403, message="forbidden", times=1000)
+    kube_api.emulator.fail("POST", "subjectaccessreviews", status=403, message="forbidden", times=1000)
     code, out, _ = await asyncio.to_thread(run_cli, "--validate", "--environment", "production",
                                            "--config", str(config), "--json")
     assert code == 1
     assert not json.loads(out)["ok"]
+    assert "cannot ask what ServiceAccount prod/safeship-deployer may do" in out
     code, out, err = await asyncio.to_thread(run_cli, "--cleanup", "--environment", "production",
                                              "--config", str(config), "--json")
     assert code == 2 and "needs --force" in err

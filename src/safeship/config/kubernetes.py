@@ -174,10 +174,33 @@ def check_kubernetes(config: SafeshipConfig, source: str) -> None:
                                   "wait for it; use ReadWriteMany (or ReadOnlyMany), or disable those strategies so "
                                   f"that only recreate is left, got {volume.access_mode!r}")
         _check_pod(service.pod, service.grace_period, f"services.{name}.pod", restricted, source)
+        _check_autoscaling(config, name, source)
         _check_versions(service.versions, f"services.{name}.versions", source)
 
 
 _MATCH_KEYS = {"path", "headers", "queryParams", "method"}
+
+
+def _check_autoscaling(config: SafeshipConfig, name: str, source: str) -> None:
+    """`services.<name>.autoscaling`: min <= replicas <= max, and no environment whose router splits
+    traffic by counting pods (an autoscaler would change the split)."""
+    service = config.services[name]
+    scaling = service.autoscaling
+    if scaling is None:
+        return
+    where = f"services.{name}.autoscaling"
+    if scaling.min_replicas > scaling.max_replicas:
+        raise ConfigError(source, f"{where}.min_replicas", f"must not be more than max_replicas "
+                          f"({scaling.max_replicas}), got {scaling.min_replicas}")
+    if not scaling.min_replicas <= service.replicas <= scaling.max_replicas:
+        raise ConfigError(source, f"services.{name}.replicas", "a version starts with `replicas` pods, which its "
+                          f"autoscaler keeps between min_replicas ({scaling.min_replicas}) and max_replicas "
+                          f"({scaling.max_replicas}); choose a count in that range, got {service.replicas}")
+    for environment in config.environment_management.environments:
+        if environment.platform == "kubernetes" and (environment.router or "replicas") == "replicas":
+            raise ConfigError(source, where, f"environment {environment.name!r} uses router 'replicas', which splits "
+                              "traffic by the number of each version's pods, and an autoscaler would change that "
+                              "number and so the split; use router gateway-api or istio, or remove autoscaling")
 
 
 def _check_gateway(config: SafeshipConfig, environment: Environment, where: str, source: str) -> None:

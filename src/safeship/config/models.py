@@ -543,6 +543,15 @@ class PodConfig(Model):
     min_available: Int | str | None = None
 
 
+class AutoscalingConfig(Model):
+    """Kubernetes: a HorizontalPodAutoscaler per version, over that version's Deployment, made when
+    the version is scaled up and deleted when it is scaled to 0 (docs/kubernetes.md)."""
+
+    min_replicas: Int = Field(default=1, ge=1, le=MAX_COUNT)
+    max_replicas: Int = Field(ge=1, le=MAX_COUNT)
+    target_cpu: Int = Field(default=80, ge=1, le=1000)  # averageUtilization, % of the CPU request
+
+
 class TlsConfig(Model):
     """`services.<name>.tls.<environment>`: the route's router terminates TLS with this certificate.
 
@@ -592,6 +601,7 @@ class ServiceConfig(Model):
     webhooks: list[WebhookGateConfig] = Field(default_factory=list)  # gates (see webhooks.py)
     pipeline: Pipeline = Field(default_factory=list)  # stages before the deploy (checked as a whole)
     pod: PodConfig = Field(default_factory=PodConfig)  # Kubernetes: the pod's own settings
+    autoscaling: AutoscalingConfig | None = None  # Kubernetes: a HorizontalPodAutoscaler per version
 
     @field_validator("webhooks")
     @classmethod

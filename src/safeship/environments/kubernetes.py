@@ -7,17 +7,21 @@ check naming it, never a traceback.
 
 - **prepare** applies `kube.environment.environment_objects` in order: the Namespace first (created
   with safeship's labels; one that exists and that safeship did not create only gets the Pod
-  Security Admission labels), then the quota, limits, RBAC, network policies, config maps, secrets
-  (values read from `secrets/<environment>/`, sent to the cluster only: never printed, logged or
-  stored), volume claims and load balancers. Each is created, or merge-patched when it exists.
-  The store records what was applied (kinds and names, never a value).
-- **validate** checks that the cluster answers, that the namespace is Active, that its
+  Security Admission labels it lacks: its owner's are kept, and the check says so), then the
+  quota, limits, RBAC, network policies, config maps, secrets (values read from
+  `secrets/<environment>/`, sent to the cluster only: never printed, logged or stored), volume
+  claims and load balancers. Each is created, or merge-patched when it exists. The store
+  records what was applied (kinds and names, never a value).
+- **validate** checks that the cluster answers, that the namespace is Active (a Terminating one is
+  a warning that says so, and nothing more is checked), that its
   NetworkPolicies let in the traffic the config implies (the ingress controller, the gateway,
   Prometheus, a load balancer: `kube.environment.blocked_flows`), for router istio that its pods
   would join the mesh (`kube.environment.mesh_problem`), that every
-  ResourceQuota leaves room for the next deployment at its peak, that the deployer (the
-  kubeconfig's user) may do what a deployment does (one SelfSubjectAccessReview per verb and
-  resource), and that the secret files are there and private.
+  ResourceQuota leaves room for the next deployment at its peak, with `autoscaling` that the
+  resource metrics API is Available, that the deployer's ServiceAccount
+  (`system:serviceaccount:<namespace>:safeship-deployer`) may do what a deployment does (one
+  SubjectAccessReview per verb and resource of `deployer_rules`, asked by the kubeconfig's user,
+  which needs `create` on subjectaccessreviews), and that the secret files are there and private.
 - **cleanup** deletes, kind by kind, what carries `app.kubernetes.io/managed-by: safeship` and the
   environment's label in the namespace, then the namespace itself when safeship created it. The
   history (deployments, events, rollbacks) stays in the store; only the prepared state is dropped.
@@ -29,10 +33,12 @@ Kubernetes API calls made here (all through `kube.client.KubeClient`):
               resourcequotas, limitranges, serviceaccounts, roles, rolebindings, networkpolicies,
               configmaps, secrets, persistentvolumeclaims, services
     validate  GET namespaces/{ns} (and the source namespaces); GET (list) networkpolicies,
-              resourcequotas; GET daemonsets/istio-cni-node (istio); POST selfsubjectaccessreviews
+              resourcequotas; GET daemonsets/istio-cni-node (istio); GET apiservices/v1beta1.metrics.k8s.io
+              (with autoscaling); POST subjectaccessreviews
     cleanup   GET (list, labelSelector) and DELETE (propagationPolicy=Background) of
-              httproutes | virtualservices + destinationrules, deployments, replicasets, pods,
-              services, persistentvolumeclaims, configmaps, secrets, networkpolicies,
+              httproutes | virtualservices + destinationrules, horizontalpodautoscalers,
+              poddisruptionbudgets, deployments, replicasets, pods, services,
+              persistentvolumeclaims, configmaps, secrets, networkpolicies,
               rolebindings, roles, serviceaccounts, limitranges, resourcequotas; GET and DELETE
               namespaces/{ns} when safeship created it
 """
@@ -53,10 +59,13 @@ from safeship.environments.manager import Check
 from safeship.environments.secrets import load_secrets, register, secrets_dir
 from safeship.errors import ConfigError, ConflictError, PermanentError, SafeshipError, TemporaryError
 from safeship.kube.environment import (
+    DEPLOYER,
     ISTIO_CNI,
     ISTIO_CNI_NAMESPACES,
+    PSA_PREFIX,
     blocked_flows,
     deployer_rules,
+    deployer_user,
     environment_objects,
     implied_flows,
     managed_selector,
@@ -77,7 +86,9 @@ _ROUTER_KINDS = {
     "gateway-api": [("gateway.networking.k8s.io/v1", "HTTPRoute")],
     "istio": [("networking.istio.io/v1", "VirtualService"), ("networking.istio.io/v1", "DestinationRule")],
 }
+METRICS_API = "v1beta1.metrics.k8s.io"  # the resource metrics API (metrics-server) autoscalers read
 _CLEANUP_KINDS = [
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "ReplicaSet"),
@@ -93,7 +104,6 @@ _CLEANUP_KINDS = [
     ("v1", "LimitRange"),
     ("v1", "ResourceQuota"),
 ]
-_NO_SUBRESOURCE = "/"  # deployer rules on subresources (deployments/scale) are not reviewed one by one
 
 
 ClientFactory = Callable[[Environment], "KubeClient"]
@@ -210,13 +220,27 @@ class KubernetesEnvironment:
         if existing is None:
             await kube.create(obj)
             return f"created, Pod Security level {_psa(obj)}"
+        if (existing.get("status") or {}).get("phase") == "Terminating":
+            raise PermanentError(f"namespace {name} is Terminating (being deleted; its finalizers hold it until it "
+                                 "is empty), and nothing can be created in it: run --prepare again once it is gone")
         labels = dict(obj["metadata"]["labels"])
-        ours = (existing.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
-        if not ours:
-            labels = {k: v for k, v in labels.items() if k.startswith("pod-security.kubernetes.io/")}
-        await kube.patch("v1", "Namespace", name, {"metadata": {"labels": labels}})
-        owner = "created by safeship" if ours else "not created by safeship: only its Pod Security labels set"
-        return f"exists ({owner}), Pod Security level {_psa(obj)}"
+        current = dict((existing.get("metadata") or {}).get("labels") or {})
+        ours = current.get(MANAGED_BY_LABEL) == MANAGED_BY
+        if ours:
+            await kube.patch("v1", "Namespace", name, {"metadata": {"labels": labels}})
+            return f"exists (created by safeship), Pod Security level {_psa(obj)}"
+        # Not ours: its owner's Pod Security labels stay; only the missing ones are added.
+        psa = {k: v for k, v in labels.items() if k.startswith(PSA_PREFIX)}
+        missing = {k: v for k, v in psa.items() if k not in current}
+        kept = sorted(k for k, v in psa.items() if k in current and current[k] != v)
+        if missing:
+            await kube.patch("v1", "Namespace", name, {"metadata": {"labels": missing}})
+        level = current.get(PSA_PREFIX + "enforce", _psa(obj))
+        detail = f"exists (not created by safeship), Pod Security level {level}"
+        if kept:
+            detail += "; its own " + ", ".join(f"{k}={current[k]}" for k in kept) + " kept (the config asks for " + \
+                ", ".join(f"{k}={psa[k]}" for k in kept) + ")"
+        return detail
 
     # ------------------------------------------------------------ validate
 
@@ -228,6 +252,8 @@ class KubernetesEnvironment:
             async with kube:
                 if await self._namespace_checks(kube, namespace, checks):
                     checks.append(await self._quota_check(kube, namespace))
+                    if any(s.autoscaling is not None for s in self.config.services.values()):
+                        checks.append(await self._metrics_check(kube))
                     checks.extend(await self._permission_checks(kube, namespace))
         checks.append(self._secrets_check())
         return checks
@@ -250,6 +276,11 @@ class KubernetesEnvironment:
                                 f"--prepare --environment {self.name}"))
             return False
         phase = (found.get("status") or {}).get("phase")
+        if phase == "Terminating":
+            checks.append(Check("namespace", True, f"{namespace} is Terminating (being deleted; its finalizers "
+                                "hold it until it is empty): nothing more checked; run environment-manager "
+                                f"--prepare --environment {self.name} once it is gone", warning=True))
+            return False
         checks.append(Check("namespace", phase == "Active", f"{namespace} is {phase or 'without a phase'}"))
         if phase == "Active" and router_of(self.environment) == "istio":
             checks.append(await self._mesh_check(kube, found))
@@ -309,29 +340,46 @@ class KubernetesEnvironment:
         detail = f"room for {peak} in {len(quotas)} ResourceQuota(s)"
         return Check("quota", True, detail + (f" ({'; '.join(notes)})" if notes else ""))
 
+    async def _metrics_check(self, kube: KubeClient) -> Check:
+        """With `autoscaling`, the resource metrics API the autoscalers read CPU from is served
+        (metrics-server registers APIService v1beta1.metrics.k8s.io) and Available."""
+        try:
+            found = await kube.get("apiregistration.k8s.io/v1", "APIService", METRICS_API)
+        except (TemporaryError, PermanentError) as exc:
+            return Check("metrics", False, str(exc))
+        if found is None:
+            return Check("metrics", False, f"no APIService {METRICS_API}: the autoscalers would have no CPU "
+                         "metrics to scale on; install metrics-server")
+        available = next((c for c in (found.get("status") or {}).get("conditions") or []
+                          if c.get("type") == "Available"), None)
+        if available is None or available.get("status") != "True":
+            why = (available or {}).get("message") or (available or {}).get("reason") or "no Available condition"
+            return Check("metrics", False, f"APIService {METRICS_API} is not Available ({why}): the autoscalers "
+                         "would have no CPU metrics to scale on")
+        return Check("metrics", True, f"APIService {METRICS_API} is Available: the autoscalers can read CPU")
+
     async def _permission_checks(self, kube: KubeClient, namespace: str) -> list[Check]:
-        checks: list[Check] = []
-        for rule in deployer_rules(self.environment):
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    if _NO_SUBRESOURCE in resource:
-                        continue
-                    label = f"{resource}.{group}" if group else resource
-                    denied: list[str] = []
-                    try:
+        """Every verb of the deployer's Role, asked of the cluster for the deployer's ServiceAccount
+        (SubjectAccessReview): one check naming whatever it may not do."""
+        user = deployer_user(self.environment)
+        account = f"ServiceAccount {namespace}/{DEPLOYER}"
+        denied: list[str] = []
+        asked = 0
+        try:
+            for rule in deployer_rules(self.environment, self.config):
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        label = f"{resource}.{group}" if group else resource
                         for verb in rule["verbs"]:
-                            if not await kube.can_i(verb, resource, group=group, namespace=namespace):
-                                denied.append(verb)
-                    except (TemporaryError, PermanentError) as exc:
-                        checks.append(Check(f"may {label}", False, str(exc)))
-                        continue
-                    verbs = ", ".join(rule["verbs"])
-                    if denied:
-                        checks.append(Check(f"may {label}", False,
-                                            f"the deployer may not {', '.join(denied)} {label} in {namespace}"))
-                    else:
-                        checks.append(Check(f"may {label}", True, f"{verbs} in {namespace}"))
-        return checks
+                            asked += 1
+                            if not await kube.can_i(verb, resource, group=group, namespace=namespace, user=user):
+                                denied.append(f"{verb} {label}")
+        except (TemporaryError, PermanentError) as exc:
+            return [Check("permissions", False, f"cannot ask what {account} may do: {exc}")]
+        if denied:
+            return [Check("permissions", False, f"{account} may not {', '.join(denied)} in {namespace}; run "
+                          f"environment-manager --prepare --environment {self.name} to apply its Role and RoleBinding")]
+        return [Check("permissions", True, f"{account} may do all {asked} things a deployment needs in {namespace}")]
 
     def _secrets_check(self) -> Check:
         wanted = self.secret_names()

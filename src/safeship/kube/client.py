@@ -11,6 +11,7 @@ that works on plain dicts, so built-in kinds and custom resources (Gateway API `
         await kube.patch_status("apps/v1", "Deployment", "web", {"status": {...}})
         await kube.delete("apps/v1", "Deployment", "web")               # absent: a no-op
         allowed = await kube.can_i("create", "deployments", group="apps")
+        allowed = await kube.can_i("patch", "services", user="system:serviceaccount:prod:safeship-deployer")
 
 Every API call safeship makes is in this module, so the set is easy to list:
 
@@ -22,6 +23,7 @@ Every API call safeship makes is in this module, so the set is easy to list:
     PATCH   .../{resource}/{name}/status                            application/merge-patch+json
     DELETE  .../{resource}/{name}?propagationPolicy=Background      -
     POST    /apis/authorization.k8s.io/v1/selfsubjectaccessreviews  SelfSubjectAccessReview
+    POST    /apis/authorization.k8s.io/v1/subjectaccessreviews      SubjectAccessReview
 
 POST and PATCH carry `fieldManager=safeship`. Only JSON merge patches (RFC 7386) are sent: `null`
 deletes a key and a list is replaced whole, which is simple and well defined for built-in kinds
@@ -112,6 +114,8 @@ KINDS: dict[tuple[str, str], KindInfo] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): KindInfo("clusterroles", namespaced=False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): KindInfo("clusterrolebindings", namespaced=False),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): KindInfo("selfsubjectaccessreviews", namespaced=False),
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): KindInfo("subjectaccessreviews", namespaced=False),
+    ("apiregistration.k8s.io/v1", "APIService"): KindInfo("apiservices", namespaced=False),
     ("gateway.networking.k8s.io/v1", "Gateway"): KindInfo("gateways"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): KindInfo("httproutes"),
     ("gateway.networking.k8s.io/v1beta1", "HTTPRoute"): KindInfo("httproutes"),
@@ -535,20 +539,27 @@ class KubeClient:
                 return
             _raise_for(what, failure, exc)
 
-    async def can_i(self, verb: str, resource: str, group: str = "", namespace: str | None = None) -> bool:
-        """Whether the client's user may do `verb` on `resource` (SelfSubjectAccessReview)."""
-        main, _, _ = _resource_classes("authorization.k8s.io/v1", "SelfSubjectAccessReview")
+    async def can_i(self, verb: str, resource: str, group: str = "", namespace: str | None = None, *,
+                    user: str | None = None) -> bool:
+        """Whether the client's user (SelfSubjectAccessReview), or `user` (SubjectAccessReview: a
+        ServiceAccount is `system:serviceaccount:<namespace>:<name>`, with the groups Kubernetes
+        gives it), may do `verb` on `resource`. Asking for another user needs `create` on
+        `subjectaccessreviews`, which the cluster's admins have."""
+        kind = "SelfSubjectAccessReview" if user is None else "SubjectAccessReview"
+        main, _, _ = _resource_classes("authorization.k8s.io/v1", kind)
         attributes: JsonObj = {"verb": verb, "resource": resource, "group": group}
         ns = namespace if namespace is not None else self.namespace
         if ns:
             attributes["namespace"] = ns
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "metadata": {},
-            "spec": {"resourceAttributes": attributes},
-        }
-        what = f"may I {verb} {resource}" + (f" in {ns}" if ns else "")
+        spec: JsonObj = {"resourceAttributes": attributes}
+        if user is not None:
+            spec["user"] = user
+            parts = user.split(":")
+            if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+                spec["groups"] = ["system:serviceaccounts", f"system:serviceaccounts:{parts[2]}",
+                                  "system:authenticated"]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": kind, "metadata": {}, "spec": spec}
+        what = f"may {user or 'I'} {verb} {resource}" + (f" in {ns}" if ns else "")
         try:
             result = await self._client.create(main(review))
         except Exception as exc:

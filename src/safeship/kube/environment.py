@@ -99,8 +99,6 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
-_WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
-_READ = ["get", "list", "watch"]
 
 
 # ---------------------------------------------------------------- names and labels
@@ -201,30 +199,45 @@ def mesh_labels(environment: Environment) -> dict[str, str]:
     return {ISTIO_INJECTION_LABEL: "enabled"}
 
 
-def deployer_rules(environment: Environment) -> list[Obj]:
-    """What safeship's deployer needs in the namespace: its Deployments (and their scale), the
-    ReplicaSets, pods and endpoints it reads progress and health from (and a pod it stops), its
-    Services and PodDisruptionBudgets, and the router's objects (HTTPRoutes for gateway-api; VirtualServices and
-    DestinationRules for istio)."""
+def deployer_rules(environment: Environment, config: SafeshipConfig | None = None) -> list[Obj]:
+    """The least the deployment engine needs in the namespace, call by call (every call goes
+    through `kube.client`; `create` then `patch` is how its `apply` works):
+
+    - Deployments: `get` (platform start and scale, replicas router), `list` (platform instances
+      and adopt, the Prometheus source naming versions), `create` (a new version), `patch` (its
+      replicas; the replicas router's counts);
+    - pods: `list` (instances and their readiness), `delete` (stopping one instance);
+    - Services `<service>` and `<service>-canary`: `get`, `create`, `patch` (their selectors);
+    - PodDisruptionBudgets: `create`, `patch` (applied with a new version's Deployment);
+    - with a service's `autoscaling` (in `config`): HorizontalPodAutoscalers, `create`, `patch`
+      (applied while a version has pods) and `delete` (when it is scaled to 0);
+    - the router's objects: HTTPRoutes (`get`, `create`, `patch`, `delete`), or VirtualServices
+      (the same) and DestinationRules (`delete`: earlier versions of the router made them).
+
+    Nothing is watched, and nothing else is read: no ReplicaSets, events, logs or endpoints."""
     rules: list[Obj] = [
-        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": list(_WRITE)},
-        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": list(_READ)},
-        {"apiGroups": [""], "resources": ["services"], "verbs": list(_WRITE)},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": [*_READ, "delete"]},  # stopping one instance
-        {"apiGroups": [""], "resources": ["pods/log", "endpoints", "events", "configmaps",
-                                          "persistentvolumeclaims"], "verbs": list(_READ)},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(_READ)},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_WRITE)},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch"]},
     ]
+    if config is not None and any(s.autoscaling is not None for s in config.services.values()):
+        rules.append({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+                      "verbs": ["create", "patch", "delete"]})
     router = router_of(environment)
     if router == "gateway-api":
-        rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": list(_WRITE)})
-        rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes/status"],
-                      "verbs": ["get"]})
+        rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+                      "verbs": ["get", "create", "patch", "delete"]})
     elif router == "istio":
-        rules.append({"apiGroups": ["networking.istio.io"], "resources": ["virtualservices", "destinationrules"],
-                      "verbs": list(_WRITE)})
+        rules.append({"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"],
+                      "verbs": ["get", "create", "patch", "delete"]})
+        rules.append({"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": ["delete"]})
     return rules
+
+
+def deployer_user(environment: Environment) -> str:
+    """The user name Kubernetes gives the deployer's ServiceAccount (what access reviews ask about)."""
+    return f"system:serviceaccount:{namespace_of(environment)}:{DEPLOYER}"
 
 
 def policy_rules(config: SafeshipConfig) -> list[Obj]:
@@ -252,7 +265,7 @@ def service_account(environment: Environment) -> Obj:
 def role(config: SafeshipConfig, environment: Environment) -> Obj:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": _metadata(DEPLOYER, environment),
-            "rules": deployer_rules(environment) + policy_rules(config)}
+            "rules": deployer_rules(environment, config) + policy_rules(config)}
 
 
 def role_binding(environment: Environment) -> Obj:

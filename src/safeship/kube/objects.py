@@ -325,6 +325,30 @@ def disruption_budget(config: SafeshipConfig, environment: Environment, service:
     }
 
 
+def autoscaler(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj | None:
+    """The HorizontalPodAutoscaler of one version (named as its Deployment, targeting it), from
+    `services.<name>.autoscaling`; None when that is not set. Each version has its own, since each
+    has its own Deployment: the platform applies it while the version has pods and deletes it when
+    the version is scaled to 0."""
+    scaling = config.services[service].autoscaling
+    if scaling is None:
+        return None
+    name = deployment_name(service, version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(name, environment.kube_namespace, labels(service, version, environment.name),
+                              {VERSION_ANNOTATION: version}),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu}}}],
+        },
+    }
+
+
 # ---------------------------------------------------------------- Services
 
 
@@ -562,6 +586,9 @@ def workload_objects(config: SafeshipConfig, environment: Environment, service: 
     budget = disruption_budget(config, environment, service, version)
     if budget is not None:
         objects.append(budget)
+    scaler = autoscaler(config, environment, service, version)
+    if scaler is not None:
+        objects.append(scaler)
 
     if router == "gateway-api":
         objects.append(http_route(config, environment, service, stable_weight=100, canary_weight=0))
@@ -608,6 +635,10 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+FAILED_CREATE = "FailedCreate"  # the ReplicaFailure condition's reason: the API server refused a pod
+# Refusals no retry of the same pod template gets past (Pod Security admission; a quota asking for
+# a request the template does not name), unlike an exceeded quota.
+PERMANENT_REFUSALS = ("violates PodSecurity", "failed quota:")
 
 
 @dataclass(frozen=True)
@@ -617,7 +648,10 @@ class Rollout:
     observed: the controller has seen the current spec (observedGeneration >= generation);
     complete: observed, and every wanted pod is updated and available;
     failed:   the Progressing condition says ProgressDeadlineExceeded (Kubernetes stops there and
-              rolls nothing back: safeship decides);
+              rolls nothing back: safeship decides), or the ReplicaFailure condition says the API
+              server refused its pods for good (Pod Security, a quota's "must specify": no retry
+              admits that template); `reason` says which. An exceeded quota is only `refusal`
+              until the deadline, since a quota may free up;
     """
 
     wanted: int
@@ -629,6 +663,8 @@ class Rollout:
     failed: bool
     message: str = ""
     failed_at: str = ""  # the Progressing condition's lastUpdateTime (else lastTransitionTime) when failed
+    reason: str = ""  # PROGRESS_DEADLINE_EXCEEDED or FAILED_CREATE when failed
+    refusal: str = ""  # "FailedCreate: <the API server's message>" while pods are refused (ReplicaFailure)
 
 
 def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
@@ -651,5 +687,18 @@ def rollout(deployment_obj: Mapping[str, Any]) -> Rollout:
     failed_at = ""
     if failed and progressing is not None:
         failed_at = str(progressing.get("lastUpdateTime") or progressing.get("lastTransitionTime") or "")
+    reason = PROGRESS_DEADLINE_EXCEEDED if failed else ""
+    refused = _condition(status, "ReplicaFailure")
+    refusal = ""
+    if refused is not None and refused.get("status") == "True" and wanted > total:
+        refusal = f"{refused.get('reason') or FAILED_CREATE}: {refused.get('message') or ''}"
+        # Kubernetes keeps retrying (ReplicaFailure is no verdict; the progress deadline is): a quota
+        # may free up. A pod template that Pod Security refuses, or that names no request a quota
+        # asks for, never gets in: that is failed now.
+        text = str(refused.get("message") or "")
+        if not failed and any(words in text for words in PERMANENT_REFUSALS):
+            failed, reason, message = True, FAILED_CREATE, refusal
+            failed_at = str(refused.get("lastUpdateTime") or refused.get("lastTransitionTime") or "")
     complete = observed and updated >= wanted and available >= wanted and total <= wanted and not failed
-    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at)
+    return Rollout(wanted, updated, ready, available, observed, complete, failed, message, failed_at, reason,
+                   refusal)

@@ -29,7 +29,8 @@ platform never need it. API errors arrive translated (`TemporaryError` / `Perman
 
 API calls made here (all through `KubeClient`): GET and POST of apps/v1 Deployments; PATCH (JSON
 merge patch of `spec.replicas` only) of apps/v1 Deployments; POST (or merge patch) of policy/v1
-PodDisruptionBudgets; LIST of apps/v1 Deployments and v1 Pods by label; DELETE of v1 Pods (`stop`).
+PodDisruptionBudgets and autoscaling/v2 HorizontalPodAutoscalers; LIST of apps/v1 Deployments and
+v1 Pods by label; DELETE of v1 Pods (`stop`) and of a version's HorizontalPodAutoscaler (scaled to 0).
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ class KubernetesPlatform:
                    deployments: Sequence[Mapping[str, Any]]) -> list[Instance]:
         port = self.config.services[service].container_port
         failed: dict[str, str] = {}  # version -> the Deployment's failure message
+        refused: dict[str, str] = {}  # version -> why the API server refused its pods (ReplicaFailure)
         wanted: dict[str, int] = {}
         for item in deployments:
             version = objects.object_version(item)
@@ -216,6 +218,10 @@ class KubernetesPlatform:
                 objects.SCALED_UP_ANNOTATION))
             if progress.failed and (not scaled_up or _timestamp(progress.failed_at) >= scaled_up):
                 failed[version] = progress.message
+                if progress.reason == objects.FAILED_CREATE:
+                    refused[version] = progress.message
+                elif progress.refusal:  # the deadline passed while the API server refused its pods
+                    refused[version] = f"{objects.PROGRESS_DEADLINE_EXCEEDED}; {progress.refusal}"
         by_version: dict[str, list[Mapping[str, Any]]] = {}
         for pod in pods:
             version = objects.object_version(pod)
@@ -253,7 +259,7 @@ class KubernetesPlatform:
                     id=f"{self.environment.name}/{service}/{name}", service=service,
                     environment=self.environment.name, version=version, index=len(listed),
                     port=port, state=InstanceState.FAILED,
-                    last_failure=objects.PROGRESS_DEADLINE_EXCEEDED,
+                    last_failure=refused.get(version, objects.PROGRESS_DEADLINE_EXCEEDED),
                 ))
         return result
 
@@ -275,7 +281,8 @@ class KubernetesPlatform:
         their in-flight requests, then lowers the count; each pod then has its preStop sleep and
         termination grace period. Scaling down keeps the Deployment (at 0 replicas it is the
         template a rollback scales up). A new Deployment comes with its PodDisruptionBudget when
-        `pod.min_available` is set."""
+        `pod.min_available` is set. With `autoscaling`, the version's HorizontalPodAutoscaler is
+        applied while it has pods and deleted before it is scaled to 0."""
         self._check(service, environment)
         if replicas < 0:
             raise InputError(f"replicas: must be 0 or more, got {replicas}")
@@ -291,6 +298,10 @@ class KubernetesPlatform:
             await on_leaving(staying)
         if replicas < before and drain > 0:
             await self._clock.sleep(drain)
+        scaler = objects.autoscaler(self.config, self.environment, service, version)
+        if scaler is not None and replicas == 0:
+            # the version leaves: its autoscaler goes first, so that nothing scales it up again
+            await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, self.namespace)
         if current is None:
             desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
             await kube.create(self._with_request_settings(desired, service, template(0)))
@@ -303,6 +314,8 @@ class KubernetesPlatform:
             if before == 0:  # a new attempt: a progress deadline passed before now is not its own
                 patch["metadata"] = {"annotations": {objects.SCALED_UP_ANNOTATION: _now()}}
             await kube.patch("apps/v1", "Deployment", name, patch, self.namespace)
+        if scaler is not None and replicas > 0:
+            await kube.apply(scaler)  # from here the autoscaler keeps the count within its bounds
         for index in range(before, replicas):
             if on_started is not None:
                 on_started(self._placeholder(service, version, index))
