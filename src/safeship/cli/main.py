@@ -146,13 +146,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _listening(info: dict[str, object], config_path: str) -> None:
-    """What `safeship server` prints once it listens: where, the token file, its PID, how to stop it."""
+    """What `safeship server` prints once it listens: where, the token file, its PID, how to restart it
+    without an outage and how to stop it with its routes."""
     from safeship.tokens import TOKEN_FILE
 
     state = Path(str(info["state_dir"]))
     output.console.print(f"safeship controller listening on http://{info['host']}:{info['port']} (pid {info['pid']})")
     output.console.print(f"token: {state / TOKEN_FILE}")
-    output.console.print(f"stop it with `safeship server --stop --config {config_path}`")
+    output.console.print(f"restart it with no outage: Ctrl-C here (or SIGTERM to pid {info['pid']}), then `safeship "
+                         f"server` again; the routes and instances keep serving meanwhile")
+    output.console.print(f"stop it and its routes (they then no longer listen): `safeship server --stop --config "
+                         f"{config_path}`")
     sys.stdout.flush()
 
 
