@@ -212,8 +212,14 @@ class Controller:
         for key in self.managed_routes():
             self._locks[key] = asyncio.Lock()
             await self.sync_route(key)
-            await self._restore_weights(key)
+            try:
+                await self._restore_weights(key)  # before listening: the first request goes where it should
+                restored = True
+            except InputError:  # a router that knows no route before it is opened (HAProxy after a cleanup)
+                restored = False
             self.routes[key] = await self._listen(key, previous.get(key))
+            if not restored:
+                await self._restore_weights(key)
         self._write_routes()
         # Deployments resume once the policies are imported, off the event loop the routes use.
         self._policies_loaded = asyncio.create_task(
@@ -633,7 +639,7 @@ class Controller:
                 stopped += len(instances)
                 del self.routes[key]
                 routes += 1
-        self.store.forget_environment(environment)
+        self.store.forget_environment(environment, at=self.clock.now())
         self._write_routes()
         return {"environment": environment, "instances_stopped": stopped, "routes_closed": routes}
 

@@ -839,11 +839,19 @@ class Store:
         with self._connect() as conn:
             return [dict(r[0]) for r in conn.execute(query)]
 
-    def forget_environment(self, environment: str) -> None:
-        """Drop an environment's live state (instances, prepared state); its history stays."""
+    def forget_environment(self, environment: str, at: float | None = None) -> None:
+        """Drop an environment's live state (instances, prepared state); its history stays. The
+        versions it served are retired at `at` (default: now): nothing serves there any more, so
+        the next deployment is a first one, never a canary from a version with no instance."""
         with self._begin() as conn:
             conn.execute(delete(schema.instances).where(schema.instances.c.environment == environment))
             conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == environment))
+            conn.execute(
+                update(schema.stable_versions)
+                .where(schema.stable_versions.c.environment == environment)
+                .where(schema.stable_versions.c.retired_at.is_(None))
+                .values(retired_at=time.time() if at is None else at)
+            )
 
     def save_environment_state(self, name: str, state: Mapping[str, Any], at: float) -> None:
         with self._begin() as conn:

@@ -65,6 +65,23 @@ def test_cleanup_of_a_configured_environment_still_works(client: TestClient, con
     assert controller.store.environment_state("staging") is None
 
 
+def test_after_a_cleanup_the_next_deployment_is_a_first_one(client: TestClient, controller: Controller) -> None:
+    """Nothing serves in a cleaned-up environment: its stable version is retired (its history row
+    stays), so the next deployment starts from nothing instead of a canary from a version with no
+    instance, and a restarted controller restores no weights for it."""
+    from safeship.store import StableVersion
+
+    controller.store.record_stable(StableVersion(SERVICE, "staging", "v1.1.0", None, 1.0, None, True))
+    assert controller.engine.current_version(SERVICE, "staging") == "v1.1.0"
+    assert client.post("/environments/staging/cleanup", headers=AUTH).status_code == 200
+    assert controller.engine.current_version(SERVICE, "staging") is None
+    [row] = controller.store.stable_versions(SERVICE, "staging")
+    assert row.version == "v1.1.0" and row.retired_at is not None
+    from safeship.routing.base import RouteKey
+
+    assert controller.live_weights(RouteKey(SERVICE, "staging")) == {}
+
+
 async def test_the_controller_itself_refuses_to_clean_up_an_unknown_environment(controller: Controller) -> None:
     controller.store.save_environment_state("production", {"prepared": True}, at=1.0)
     with pytest.raises(NotFoundError, match=r"'\.\.' is not in the config"):
