@@ -32,7 +32,7 @@ from safeship.config.models import (
 )
 from safeship.config.names import check_name
 from safeship.config.webhooks import check_gates
-from safeship.engine import gates, webhooks
+from safeship.engine import faultpoint, gates, webhooks
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
@@ -476,6 +476,9 @@ class DeploymentEngine:
         after = tick.outcome()
         if after is None:
             return wait, record
+        moved = (after.phase, after.step_index) != (record.phase, record.step_index)
+        if moved:
+            faultpoint.boundary("before", after.phase, after.step_index, after.strategy)
         try:
             saved = self.store.save_transition(
                 record, after, tick.events, rollback=tick.rollback, stable=tick.stable,
@@ -483,6 +486,8 @@ class DeploymentEngine:
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
+        if moved:
+            faultpoint.boundary("after", saved.phase, saved.step_index, saved.strategy)
         if Phase(saved.phase).is_final:
             await self._post_rollout(saved)
             self._retry_after_incident(saved)
