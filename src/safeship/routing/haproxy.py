@@ -92,7 +92,7 @@ from safeship.routing.private import check_private
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR"  # the log reader parses exactly this
+LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR %Tw"  # the log reader parses exactly this
 INSTALL_HINT = "install it with `apt-get install --no-install-recommends haproxy` (Debian/Ubuntu) or your OS's package"
 MAX_WEIGHT = 256
 RETRY_DELAY_S = 1.0
