@@ -17,8 +17,9 @@ CALLS = """
 from safeship.engine.faultpoint import boundary
 boundary("after", "progressing", 2, "canary")     # not the one named
 boundary("before", "progressing", 3, "rolling")   # not the strategy named
+boundary("before", "progressing", 4, "canary", was=("progressing", 3))  # already past it
 print("reached", flush=True)
-boundary("before", "progressing", 3, "canary")    # this one
+boundary("before", "progressing", 4, "canary", was=("progressing", 1))  # this one: 1 -> 4 passes 3
 print("continued", flush=True)
 boundary("before", "progressing", 3, "canary")    # once per process
 print("done", flush=True)

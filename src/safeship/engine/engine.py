@@ -478,7 +478,8 @@ class DeploymentEngine:
             return wait, record
         moved = (after.phase, after.step_index) != (record.phase, record.step_index)
         if moved:
-            faultpoint.boundary("before", after.phase, after.step_index, after.strategy)
+            faultpoint.boundary("before", after.phase, after.step_index, after.strategy,
+                                was=(record.phase, record.step_index))
         try:
             saved = self.store.save_transition(
                 record, after, tick.events, rollback=tick.rollback, stable=tick.stable,
@@ -487,7 +488,8 @@ class DeploymentEngine:
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
         if moved:
-            faultpoint.boundary("after", saved.phase, saved.step_index, saved.strategy)
+            faultpoint.boundary("after", saved.phase, saved.step_index, saved.strategy,
+                                was=(record.phase, record.step_index))
         if Phase(saved.phase).is_final:
             await self._post_rollout(saved)
             self._retry_after_incident(saved)
