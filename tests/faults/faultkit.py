@@ -284,7 +284,8 @@ class Chain:
         phase_at_kill = self._phase(asked_id)
         if outcome.killed != "boundary not reached":
             outcome.killed += f" ({phase_at_kill})"
-        self.start(hook_for(then))
+        # The next fault's hook, unless it could stop this deployment (one of the same strategy)
+        self.start(hook_for(then) if then is None or then.strategy != fault.strategy else {})
         final, _ = wait_final(self.client, asked_id, timeout=180)
         ended = time.time()
         outcome.phase = final["phase"]
