@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,96 @@ def test_a_route_port_held_by_another_process_starts_nothing_then_the_release_sh
         holder.close()
         running.stop()
         _kill_services(setup)
+
+
+@needs_haproxy
+def test_a_bad_recreate_on_haproxy_just_after_a_controller_crash_is_rolled_back(tmp_path: Path) -> None:
+    """The controller is SIGKILLed and started again right before a bad recreate release (v1.3.0,
+    8% of its requests fail): its traffic source has no record of the version it replaces, yet the
+    release is rolled back (fail safe), HAProxy holds the gap both ways, and every request that
+    failed was answered by the bad version itself."""
+    with chain(tmp_path, "haproxy") as made:
+        made.controllers[-1].kill9()
+        made.start()
+        started = time.time()
+        final, phases = wait_final(made.client, deploy(made.client, "v1.3.0", deployment_strategy="recreate")["id"],
+                                   timeout=180)
+        ended = time.time()
+        assert final["phase"] == "rolled_back", final["reason"]
+        assert "rolling_back" in phases
+        wait_for(lambda: sorted(str(r["version"]) for r in made.setup.ledger()) == [made.current] * 2, 60,
+                 "the replaced version to serve again")
+        time.sleep(1.0)
+        assert made.load is not None
+        inside = [o for o in list(made.load.outcomes) if started <= o.sent_at <= time.time()]
+        failures = [o for o in inside if o.status is None or o.status >= 500]
+        print(f"\nbad recreate after a crash: {final['reason']}; {len(failures)} of {len(inside)} requests failed")
+        assert inside and all(o.version == "v1.3.0" for o in failures), {(o.status, o.version) for o in failures}
+        after = [o for o in list(made.load.outcomes) if o.sent_at > ended + 1.0 and o.status is not None]
+        assert all(o.version == made.current and o.status == 200 for o in after)
+
+
+def can_mount_tmpfs() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None and Path("/proc/filesystems").read_text().count(
+        "tmpfs") > 0
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` MB mounted on `where` (unmounted on the way out)."""
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        for _ in range(20):
+            if subprocess.run(["umount", str(where)], check=False, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+
+
+def fill(where: Path) -> Path:
+    """A file that takes every free byte of `where`'s file system."""
+    filler = where / "filler"
+    with open(filler, "wb") as out:
+        chunk = b"\0" * (1 << 16)
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(chunk)
+                out.flush()
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0")
+                out.flush()
+    return filler
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="mounting a small tmpfs needs root")
+def test_a_full_disk_under_the_store_mid_deployment_loses_nothing_once_space_returns(tmp_path: Path) -> None:
+    """The state dir (store, ledger, logs) lives on a 32 MB tmpfs. A canary is under way when the
+    file system fills up: the controller cannot write, so the deployment stands still (no request
+    fails meanwhile); once the space is back it ends succeeded or rolled back with faultkit's
+    invariants (ledger, store rows, notifications, traffic)."""
+    with small_filesystem(tmp_path / "state", 32), chain(tmp_path, "builtin") as made:
+        state = made.setup.state_dir
+        version = made.next_version
+        started = time.time()
+        asked = deploy(made.client, version, deployment_strategy="canary")["id"]
+        wait_for(lambda: made._phase(asked).startswith("progressing step") and
+                 int(made._phase(asked).split()[-1]) >= 3, 120, "the canary's first analysis")
+        filler = fill(state)
+        print(f"\nfilled {filler.stat().st_size >> 20} MB; free now {shutil.disk_usage(state).free} bytes")
+        time.sleep(6.0)
+        errors = [line for line in (tmp_path / "controller.log").read_text().splitlines()
+                  if "full" in line.lower()]
+        filler.unlink()
+        final, _ = wait_final(made.client, asked, timeout=180)
+        ended = time.time()
+        assert made.load is not None
+        outcome = Outcome(Fault("canary", boundary="store disk full 6s"), "builtin", asked, final["phase"])
+        outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
+        made.check(outcome, final, version if final["phase"] == "succeeded" else made.current, started, ended)
+        print(f"{len(errors)} log lines about the full disk, e.g. {errors[:1]}; {outcome.row()}")
+        assert errors, "the controller said nothing about the full disk"
+        assert final["phase"] in ("succeeded", "rolled_back")
+        assert not outcome.violations, outcome.violations
