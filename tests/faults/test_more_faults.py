@@ -176,16 +176,14 @@ def small_filesystem(where: Path, size_mb: int) -> Iterator[Path]:
 def fill(where: Path) -> Path:
     """A file that takes every free byte of `where`'s file system."""
     filler = where / "filler"
-    with open(filler, "wb") as out:
+    with open(filler, "wb", buffering=0) as out:
         chunk = b"\0" * (1 << 16)
         with contextlib.suppress(OSError):
             while True:
                 out.write(chunk)
-                out.flush()
         with contextlib.suppress(OSError):
             while True:
                 out.write(b"\0")
-                out.flush()
     return filler
 
 
@@ -193,8 +191,9 @@ def fill(where: Path) -> Path:
 def test_a_full_disk_under_the_store_mid_deployment_loses_nothing_once_space_returns(tmp_path: Path) -> None:
     """The state dir (store, ledger, logs) lives on a 32 MB tmpfs. A canary is under way when the
     file system fills up: the controller cannot write, so the deployment stands still (no request
-    fails meanwhile); once the space is back it ends succeeded or rolled back with faultkit's
-    invariants (ledger, store rows, notifications, traffic)."""
+    fails meanwhile) and the controller says so in one sentence per failure, no traceback; once the
+    space is back it ends succeeded or rolled back with faultkit's invariants (ledger, store rows,
+    notifications, traffic)."""
     with small_filesystem(tmp_path / "state", 32), chain(tmp_path, "builtin") as made:
         state = made.setup.state_dir
         version = made.next_version
@@ -206,7 +205,7 @@ def test_a_full_disk_under_the_store_mid_deployment_loses_nothing_once_space_ret
         print(f"\nfilled {filler.stat().st_size >> 20} MB; free now {shutil.disk_usage(state).free} bytes")
         time.sleep(6.0)
         errors = [line for line in (tmp_path / "controller.log").read_text().splitlines()
-                  if "full" in line.lower()]
+                  if "the disk is full" in line]
         filler.unlink()
         final, _ = wait_final(made.client, asked, timeout=180)
         ended = time.time()
@@ -216,5 +215,8 @@ def test_a_full_disk_under_the_store_mid_deployment_loses_nothing_once_space_ret
         made.check(outcome, final, version if final["phase"] == "succeeded" else made.current, started, ended)
         print(f"{len(errors)} log lines about the full disk, e.g. {errors[:1]}; {outcome.row()}")
         assert errors, "the controller said nothing about the full disk"
+        assert all("free some space and try again" in line for line in errors)
+        # said in a sentence, not a traceback every second (a traceback is for a bug)
+        assert "Traceback" not in (tmp_path / "controller.log").read_text()
         assert final["phase"] in ("succeeded", "rolled_back")
         assert not outcome.violations, outcome.violations
