@@ -7,7 +7,7 @@ file) with open-loop load on the route port for its whole life. It deploys a bas
 deployment per `Fault`: the controller that runs it is killed (SIGKILL) either at a named boundary
 (the engine's `SAFESHIP_FAULT_STOP` hook stops the process there, then it is killed) or after a
 seeded random delay; the next controller is started on the same state and drives the deployment
-to its end. Versions alternate between v1.2.0 and v1.4.0 (both healthy), strategies as asked.
+to its end. Each deployment ships the next of v2.0.0, v2.1.0, ... (all alike and healthy).
 
 After each deployment `Chain.check` lists every broken invariant:
 
@@ -47,6 +47,7 @@ from typing import Any
 from livekit import (
     CONFIG,
     ENV,
+    FINAL,
     MARK,
     REPO,
     SERVICE,
@@ -69,7 +70,12 @@ from safeship.routing.haproxy import stop_haproxy
 from safeship.store import Store
 
 ROUTE = f"{ENV}/{SERVICE}"
-VERSIONS = ("v1.2.0", "v1.4.0")
+# Each deployment ships a new release that behaves exactly like the one before (the example
+# service's v1.2.0): a crash test wants the boundaries, and no analysis verdict between two
+# releases that differ (v1.2.0's queue_depth gauge is worse than v1.4.0's, so the analysis rightly
+# rolls a rolling v1.4.0 -> v1.2.0 back). The example's own releases stay (v1.3.0 is the bad one).
+RELEASES = 100
+VERSIONS = tuple(f"v2.{n}.0" for n in range(RELEASES))
 STRATEGIES = ("canary", "blue_green", "rolling", "recreate")
 ROUTERS = ("builtin", "haproxy")
 # Event kinds that happen at most once in a deployment (their notification must not be doubled).
@@ -114,7 +120,7 @@ TABLE_HEAD = ("| fault | strategy | router | kill | outcome | failed/requests | 
               "|---|---|---|---|---|---|---|")
 
 
-def edit_config(text: str, router: str, sink: Path) -> str:
+def edit_config(text: str, router: str, sink: Path, releases: Path) -> str:
     if router == "haproxy":
         text = text.replace("platform: local}", "platform: local, router: haproxy}")
         assert "router: haproxy" in text
@@ -127,6 +133,10 @@ def edit_config(text: str, router: str, sink: Path) -> str:
                      ("grace_period: 5s", "grace_period: 2s")):
         assert old in text, old
         text = text.replace(old, new)
+    text = text.replace('--version, "{version}"]', f'--version, "{{version}}", --releases, "{releases}"]')
+    text = text.replace("versions: [v1.2.0, v1.3.0, v1.4.0, v1.5.0, v1.6.0]",
+                        f"versions: [v1.2.0, v1.3.0, v1.4.0, {', '.join(VERSIONS)}]")
+    assert str(releases) in text and VERSIONS[-1] in text
     # Liveness may take 3 s on a shared 2-core host.
     text = text.replace("interval: 0.5s, timeout: 1s, failure_threshold: 3",
                         "interval: 0.5s, timeout: 3s, failure_threshold: 3")
@@ -201,14 +211,17 @@ class Chain:
         state_dir = tmp_path / "state"
         mark = uuid.uuid4().hex
         config = tmp_path / "safeship.yaml"
+        releases = tmp_path / "releases.yaml"
+        example = (REPO / "examples" / "user_service" / "releases.yaml").read_text()
+        releases.write_text(example.rstrip("\n") + "\n" + "".join(f"  {v}: {{}}\n" for v in VERSIONS))
         config.write_text(edit_config(CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK,
-                                                    mark_value=mark), router, self.sink))
+                                                    mark_value=mark), router, self.sink, releases))
         self.setup = Setup(config, state_dir, mark)
         self.controllers: list[Controller] = []
         self.client = ControllerClient(state_dir)
         self.load: Load | None = None
         self.current: str | None = None
-        self.next_version = VERSIONS[0]
+        self.taken = 0
 
     # ------------------------------------------------------------ life
 
@@ -241,9 +254,13 @@ class Chain:
         self.load.__enter__()
         time.sleep(1.0)
 
+    @property
+    def next_version(self) -> str:
+        return VERSIONS[self.taken]
+
     def _take_version(self) -> str:
-        version = self.next_version
-        self.next_version = VERSIONS[1] if version == VERSIONS[0] else VERSIONS[0]
+        version = VERSIONS[self.taken]
+        self.taken += 1
         return version
 
     # ------------------------------------------------------------ one fault
@@ -254,8 +271,6 @@ class Chain:
         check the invariants."""
         assert self.load is not None, "baseline() first"
         outcome = Outcome(fault, self.router)
-        if self.next_version == self.current:
-            self._take_version()
         version = self._take_version()
         running = self.controllers[-1]
         if running.env != hook_for(fault):
@@ -269,9 +284,13 @@ class Chain:
         except ControllerUnreachable:
             asked_id = None
         if fault.boundary is not None:
+            def stopped_or_ended() -> bool:
+                found = asked_id or self._newest(started)
+                return running.stopped_itself() or (found is not None and self._phase(found).split()[0] in FINAL)
+
             try:
-                wait_for(running.stopped_itself, 120, f"the controller to reach {fault.boundary}")
-                outcome.killed = "at the boundary"
+                wait_for(stopped_or_ended, 120, f"the controller to reach {fault.boundary}")
+                outcome.killed = "at the boundary" if running.stopped_itself() else "ended before the boundary"
             except AssertionError:
                 outcome.killed = "boundary not reached"
         else:
