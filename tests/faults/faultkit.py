@@ -39,7 +39,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,8 +207,10 @@ class Controller:
 class Chain:
     """One controller setup with load; deployments killed one after another (see the module text)."""
 
-    def __init__(self, tmp_path: Path, router: str) -> None:
+    def __init__(self, tmp_path: Path, router: str, edit: Callable[[str], str] = str,
+                 rate: float = LOAD_RATE) -> None:
         self.router = router
+        self.rate = rate
         self.sink = tmp_path / "notifications.jsonl"
         state_dir = tmp_path / "state"
         mark = uuid.uuid4().hex
@@ -216,8 +218,8 @@ class Chain:
         releases = tmp_path / "releases.yaml"
         example = (REPO / "examples" / "user_service" / "releases.yaml").read_text()
         releases.write_text(example.rstrip("\n") + "\n" + "".join(f"  {v}: {{}}\n" for v in VERSIONS))
-        config.write_text(edit_config(CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK,
-                                                    mark_value=mark), router, self.sink, releases))
+        config.write_text(edit(edit_config(CONFIG.format(state_dir=state_dir, env=ENV, service=SERVICE, mark=MARK,
+                                                         mark_value=mark), router, self.sink, releases)))
         self.setup = Setup(config, state_dir, mark)
         self.controllers: list[Controller] = []
         self.client = ControllerClient(state_dir)
@@ -252,7 +254,7 @@ class Chain:
                                                   deployment_strategy="recreate")["id"], timeout=120)
         assert final["phase"] == "succeeded", final["reason"]
         self.current = final["version"]
-        self.load = Load(self.client.routes()[ROUTE], rate=LOAD_RATE, max_s=LOAD_LIMIT_S)
+        self.load = Load(self.client.routes()[ROUTE], rate=self.rate, max_s=LOAD_LIMIT_S)
         self.load.__enter__()
         time.sleep(1.0)
 
@@ -474,8 +476,9 @@ def hook_for(fault: Fault | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def chain(tmp_path: Path, router: str, first: Fault | None = None) -> Iterator[Chain]:
-    made = Chain(tmp_path, router)
+def chain(tmp_path: Path, router: str, first: Fault | None = None,
+          edit: Callable[[str], str] = str, rate: float = LOAD_RATE) -> Iterator[Chain]:
+    made = Chain(tmp_path, router, edit, rate)
     try:
         made.baseline(first)
         yield made
