@@ -486,8 +486,11 @@ def chain(tmp_path: Path, router: str, first: Fault | None = None,
         made.close()
 
 
+# One seed per test session (both routers' tests draw from it): SAFESHIP_FAULTS_SEED, else the time.
+SEED = int(os.environ.get("SAFESHIP_FAULTS_SEED") or time.time_ns() % 1_000_000)
+
+
 def seeded(name: str) -> random.Random:
-    """A Random from SAFESHIP_FAULTS_SEED (printed), else from the time."""
-    seed = int(os.environ.get("SAFESHIP_FAULTS_SEED") or time.time_ns() % 1_000_000)
-    print(f"\n{name}: seed {seed} (SAFESHIP_FAULTS_SEED={seed} repeats it)")
-    return random.Random(seed)
+    """A Random from SEED, which is printed."""
+    print(f"\n{name}: seed {SEED} (SAFESHIP_FAULTS_SEED={SEED} repeats it)")
+    return random.Random(SEED)

@@ -32,7 +32,7 @@ PHASES = ["before:preparing", "after:preparing", "before:progressing:0", "after:
           "before:monitoring", "after:monitoring", "before:succeeded"]
 # How long after the deployment was asked a random kill may come (each strategy's run here is
 # about this long when nothing is killed).
-SPAN_S = {"canary": 20.0, "blue_green": 8.0, "rolling": 50.0, "recreate": 10.0}
+SPAN_S = {"canary": 12.0, "blue_green": 6.0, "rolling": 12.0, "recreate": 6.0}
 
 
 def faults(router: str) -> list[Fault]:
