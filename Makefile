@@ -16,7 +16,7 @@ venv: $(STAMP)
 # Tests that run in-process (simulations, the API in-process, fuzzing) run on two workers; tests
 # that start real controllers, routers, HAProxy, Prometheus or a browser run one at a time, so
 # that their processes and traffic do not compete with each other on a small machine.
-SERIAL_TESTS := tests/live tests/kubernetes tests/browser
+SERIAL_TESTS := tests/live tests/kubernetes tests/browser tests/faults
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(foreach d,$(SERIAL_TESTS),--ignore=$(d))

@@ -57,6 +57,13 @@ generator offered 500 req/s in every row (slowest whole second: 500).
   3 of 6 builtin runs ("step duration reached, no harm shown" at each step, then 2 s of
   monitoring with `history_unavailable`); at 500 req/s it was rolled back every time.
 
+Since then HAProxy holds the recreate gap (a backup gap server whose refused connections are
+retried, see routing/haproxy.py) and its log reader no longer counts the hold's wait as the serving
+version's latency. `--routers haproxy --strategies recreate` (2026-12-06, same machine, load
+average ~8): healthy v1.4.0 succeeded with 0 of 3108 requests failed (p99 2.02 s: requests held
+through the gap, as the builtin router's); bad v1.3.0 rolled back, its 97 failures all its own,
+0 failed after. All verdicts PASS. The bad release's rollback took 62 s, as in the run above.
+
 With `--restarts N --reloads M` it measures controller restarts and config reloads instead of
 deployments: per router, a real controller ships v1.2.0, the generator sends `--rate` req/s to the
 route, and the bench alternates N restarts (SIGTERM to the controller, wait for it to exit, start a new

@@ -135,6 +135,12 @@ def test_the_format_parses_and_anything_else_does_not() -> None:
     parsed = parse_line("safeship 127.0.0.1 production__user-service v1-0 503 -1 12 0\n")
     assert parsed is not None and parsed.connect_failure and parsed.active_ms == 12
     assert parse_line("safeship 127.0.0.1 b s 500 4 9 1") is not None
+    # %Tw: the time held before a server took the request is not the version's latency
+    held = parse_line("safeship 127.0.0.1 b s 200 7 4032 0 4025")
+    assert held is not None and (held.queued_ms, held.served_ms) == (4025, 7)
+    unserved = parse_line("safeship 127.0.0.1 b s 503 -1 3000 0 -1")
+    assert unserved is not None and unserved.served_ms == 3000 and unserved.connect_failure
+    assert parse_line("safeship 127.0.0.1 b s 200 1 2 0 -2") is None
     assert not parse_line("safeship 127.0.0.1 b s 500 4 9 1").connect_failure  # type: ignore[union-attr]
     for bad in ("", "safeship 127.0.0.1 b s 200 1 2", "other 127.0.0.1 b s 200 1 2 0",
                 "safeship 127.0.0.1 b s two 1 2 0", "safeship 127.0.0.1 b s 200 1 -5 0"):

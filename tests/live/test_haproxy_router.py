@@ -21,10 +21,10 @@ from haproxykit import (  # noqa: F401  (fixtures)
     upstreams_fixture,
 )
 
-from safeship.errors import PermanentError
+from safeship.errors import InputError, PermanentError
 from safeship.loadgen import LoadGenerator, failed
 from safeship.routing import haproxy as haproxy_module
-from safeship.routing.base import AbilityNotSupported, Backend, RouteKey, TrafficCounters
+from safeship.routing.base import Backend, RouteKey, TrafficCounters
 from safeship.routing.haproxy import HAProxyRouter, haproxy_pid, server_weights
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]
@@ -80,10 +80,55 @@ def test_missing_binary_is_a_permanent_error_saying_how_to_install(tmp_path: Pat
 
 
 @needs_haproxy
-async def test_hold_is_not_supported(router: HAProxyRouter) -> None:
-    assert router.abilities.hold is False and router.abilities.listens is True
-    with pytest.raises(AbilityNotSupported):
-        await router.hold(ROUTE, 5.0)
+async def test_requests_in_the_recreate_gap_wait_for_the_new_version(router: HAProxyRouter,
+                                                                     upstreams: Upstreams) -> None:
+    """The recreate gap: the old server is deleted and its process stopped, requests keep coming,
+    the new version's server arrives later. HAProxy holds them (the gap server's refused
+    connections are retried) and every one is answered by the new version; none is unrouted."""
+    assert router.abilities.hold is True and router.abilities.listens is True
+    old = upstreams.start("v1")
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    await router.set_backends(ROUTE, "v1", [backend(old, 0)])
+    await router.set_weights(ROUTE, {"v1": 100})
+    await wait_up(router, port)
+    await router.hold(ROUTE, 30.0)
+    await router.set_backends(ROUTE, "v1", [])
+    old.stop()
+    with LoadGenerator("127.0.0.1", port, rate=20, max_s=60) as load:
+        await asyncio.sleep(1.0)  # requests arrive while no server exists
+        new = await asyncio.to_thread(upstreams.start, "v2")
+        await router.set_backends(ROUTE, "v2", [backend(new, 0)])  # weight 0 until the switch
+        await asyncio.sleep(0.5)
+        await router.set_weights(ROUTE, {"v2": 100})
+        await asyncio.sleep(1.0)
+    outcomes = load.outcomes
+    in_gap = [o for o in outcomes if o.version == "v2"]
+    assert len(outcomes) >= 20 and failed(outcomes) == 0, [o.status for o in outcomes]
+    assert len(in_gap) == len(outcomes)
+    snapshot = await router.routes_snapshot()
+    assert snapshot.unrouted[ROUTE] == 0
+    assert snapshot.counters[ROUTE]["v2"].requests >= len(outcomes)
+    assert snapshot.counters[ROUTE]["v2"].failed == 0
+
+
+@needs_haproxy
+async def test_a_gap_longer_than_the_hold_is_answered_503_and_counted_unrouted(state_dir: Path) -> None:
+    """recreate.max_wait bounds the hold: with 3 s, a request that finds no server for longer is
+    answered 503 by HAProxy and counted as unrouted, not against a version."""
+    from safeship.config.models import SafeshipConfig
+
+    config = SafeshipConfig.model_validate({"intelligent_deployment": {"strategies": {"recreate": {"max_wait": "3s"}}}})
+    router = HAProxyRouter(state_dir, config=config, close_grace=0.5)
+    assert router.hold_retries(ROUTE) == 3
+    port = await router.ensure_route(ROUTE, port=0)
+    assert port is not None
+    assert "retries 3" in router.config_path.read_text()
+    assert await asyncio.to_thread(send, port, 2) == [503, 503]
+    snapshot = await router.routes_snapshot()
+    assert snapshot.unrouted[ROUTE] == 2 and snapshot.counters[ROUTE] == {}
+    with pytest.raises(InputError):
+        await router.hold(ROUTE, 0)
 
 
 @needs_haproxy

@@ -32,7 +32,7 @@ from safeship.config.models import (
 )
 from safeship.config.names import check_name
 from safeship.config.webhooks import check_gates
-from safeship.engine import gates, webhooks
+from safeship.engine import faultpoint, gates, webhooks
 from safeship.engine.context import Failure, Tick, World
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
@@ -468,7 +468,7 @@ class DeploymentEngine:
             else:
                 self._enter(tick, Phase.PREPARING)
         elif phase is Phase.PREPARING:
-            await self._prepare(tick)
+            wait = await self._prepare(tick)
         elif phase in (Phase.PROGRESSING, Phase.MONITORING):
             wait = await self._progress(tick)
         elif phase is Phase.ROLLING_BACK:
@@ -476,6 +476,10 @@ class DeploymentEngine:
         after = tick.outcome()
         if after is None:
             return wait, record
+        moved = (after.phase, after.step_index) != (record.phase, record.step_index)
+        if moved:
+            faultpoint.boundary("before", after.phase, after.step_index, after.strategy,
+                                was=(record.phase, record.step_index))
         try:
             saved = self.store.save_transition(
                 record, after, tick.events, rollback=tick.rollback, stable=tick.stable,
@@ -483,6 +487,9 @@ class DeploymentEngine:
             )
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
+        if moved:
+            faultpoint.boundary("after", saved.phase, saved.step_index, saved.strategy,
+                                was=(record.phase, record.step_index))
         if Phase(saved.phase).is_final:
             await self._post_rollout(saved)
             self._retry_after_incident(saved)
@@ -638,8 +645,23 @@ class DeploymentEngine:
         tick.set(phase=phase.value, phase_started_at=tick.now)
         tick.event("phase", message or f"phase {phase.value}", phase=phase.value)
 
-    async def _prepare(self, tick: Tick) -> None:
-        await self.world.router.ensure_route(tick.route)
+    async def _prepare(self, tick: Tick) -> float:
+        port = await self.world.router.ensure_route(tick.route)
+        abilities_for = getattr(self.world.router, "abilities_for", None)
+        abilities = abilities_for(tick.route) if abilities_for is not None else self.world.router.abilities
+        if port is None and abilities.listens:
+            # No one could reach the new version (the route's port is held by another process):
+            # nothing has started yet, so wait here, and fail once the readiness timeout is spent.
+            waited = tick.now - float(tick.get("phase_started_at"))
+            limit = self.readiness_timeout(tick.before.service, DeploymentRequest.from_stored(tick.before.request))
+            message = (f"route {tick.route.environment}/{tick.route.service} does not listen (its port is "
+                       "taken? the controller's log names the process that holds it)")
+            if waited >= limit:
+                self._finish(tick, Phase.FAILED, f"{message} after {waited:.0f}s; nothing was started")
+                return math.inf
+            if not any(e.kind == "route_unavailable" for e in self.store.events(tick.before.id)):
+                tick.event("route_unavailable", f"{message}; waiting up to {limit:.0f}s before starting anything")
+            return POLL_S
         baseline = tick.before.from_version
         if baseline is not None:
             await self.steps.sync_backends(tick)
@@ -649,6 +671,7 @@ class DeploymentEngine:
             await self._record_history(tick, baseline)
         self._enter(tick, Phase.PROGRESSING)
         tick.set(step_index=0, step_started_at=tick.now)
+        return 0.0
 
     async def _record_history(self, tick: Tick, baseline: str) -> None:
         """Fix the replaced version's own record before the candidate's first request: the control

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from safeship.engine.notify import Notification, NotificationSink, notification_for
 from safeship.environments.secrets import redactor
-from safeship.errors import NotFoundError
+from safeship.errors import NotFoundError, SafeshipError
 from safeship.store import DeploymentRecord, EventRecord, Store
 
 log = logging.getLogger("safeship.notify")
@@ -414,8 +414,9 @@ class Outbox:
             wake.clear()
             try:
                 await loop.run_in_executor(pool, self._pass_of, lane)
-            except Exception:
-                log.exception("delivering notifications to %s failed; trying again in %.1fs", lane.name, poll)
+            except Exception as exc:  # a SafeshipError (the store's full disk) is a sentence; anything else a bug
+                log.error("delivering notifications to %s failed; trying again in %.1fs: %s", lane.name, poll, exc,
+                          exc_info=not isinstance(exc, SafeshipError))
             await _first(stop, wake, poll)
 
     def _pass_of(self, lane: _Lane) -> None:

@@ -3,7 +3,8 @@
 What safeship writes and runs (all under `<state_dir>/haproxy/`):
 
 - `haproxy.cfg`: per route (service in an environment) one frontend bound on 127.0.0.1:<port> and
-  one backend, `balance roundrobin`, `retries 3` with `option redispatch`, HTTP health checks on
+  one backend, `balance roundrobin`, `retries <hold>` with `retry-on conn-failure` and `option
+  redispatch 1` (each retry on another server), a `backup` gap server (the hold, below), HTTP health checks on
   the service's readiness path (`option httpchk GET <path>`, `default-server check inter ...
   fall ... rise ...`), a per-request log line sent to `log.sock` in the format `LOG_FORMAT` (a
   Unix datagram socket that the log reader binds; unbound, HAProxy drops the lines), and the
@@ -32,6 +33,13 @@ are scaled so that the largest is 256 (HAProxy's maximum, for the finest resolut
 the nearest integer; a version above 0% never rounds below 1 per server, and a version at 0% gets
 weight 0 on all its servers. Weights that rise are set before weights that fall, so a switch never
 passes through a moment where every server has weight 0.
+
+The hold (the recreate gap): every backend ends with `server safeship_gap 127.0.0.1:1 backup
+no-check`. A backup server takes requests only while no real server can (none is left, or all have
+weight 0); its connections are refused, and HAProxy retries a refused connection after 1 s,
+redispatching each time, so a request in the gap waits until a real server has weight again, for at
+most `retries` = recreate.max_wait in seconds (then HAProxy answers 503: unrouted). `hold()` only
+checks the route: the hold is always there and costs nothing while real servers serve.
 
 Counters (`show stat`, server rows): requests = `stot`, errors = `hrsp_5xx`, connect_failures =
 `econ` + `eresp` (no connection, or no response from the server; a request HAProxy then retried
@@ -65,6 +73,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -87,14 +96,13 @@ from safeship.routing.base import (
     RouterSetup,
     RoutesSnapshot,
     TrafficCounters,
-    not_supported,
 )
 from safeship.routing.private import check_private
 from safeship.routing.tls import Stamp, TlsListener, combined_pem, file_stamp, tls_for
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR"  # the log reader parses exactly this
+LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR %Tw"  # the log reader parses exactly this
 INSTALL_HINT = "install it with `apt-get install --no-install-recommends haproxy` (Debian/Ubuntu) or your OS's package"
 MAX_WEIGHT = 256
 RETRY_DELAY_S = 1.0
@@ -106,6 +114,14 @@ _MAX_UNIX_PATH = 100
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
 DEFAULT_READY_PATH = "/health/ready"
 DEFAULT_CHECK_TIMEOUT_S = 2.0
+# The hold for the recreate gap: a backup server that no one serves (connections to port 1 of the
+# loopback are refused: binding it needs root, and tcpmux runs nowhere) and is never checked, so it
+# stays "up". HAProxy sends a request there only while no real server can take it; the refusal is
+# retried after HAProxy's turn-around delay (1 s: the lesser of 1 s and `timeout connect`), each
+# time redispatched, until a real server has weight again or the retries run out (then 503).
+GAP_SERVER = "safeship_gap"
+GAP_ADDRESS = "127.0.0.1:1"
+DEFAULT_HOLD_S = 30.0
 CERT_WATCH_S = 1.0  # how often the certificate files of TLS routes are looked at
 
 
@@ -300,7 +316,7 @@ class _Offsets:
 class HAProxyRouter:
     """A `Router` over a real HAProxy, driven through its admin socket. See the module text."""
 
-    abilities: RouterAbilities = RouterAbilities(hold=False, listens=True)
+    abilities: RouterAbilities = RouterAbilities(hold=True, listens=True)
     per_environment: ClassVar[bool] = False  # one HAProxy per state directory serves every environment
     # The traffic source an environment gets with this router unless it names one: show stat's
     # counts with latency from HAProxy's per-request log (show stat has averages only).
@@ -457,8 +473,11 @@ class HAProxyRouter:
                 "",
                 f"backend {name}",
                 "    balance roundrobin",
-                "    retries 3",
-                "    option redispatch",
+                # The hold (see GAP_SERVER): a refused connection is tried again about once a second,
+                # on another server each time, for as long as the recreate gap may last.
+                f"    retries {self.hold_retries(key)}",
+                "    retry-on conn-failure",
+                "    option redispatch 1",
             ]
             if path is not None:
                 lines.append(f"    option httpchk GET {path}")
@@ -469,6 +488,7 @@ class HAProxyRouter:
             for server in route.servers.values():
                 if not server.draining:
                     lines.append(f"    server {server.name} {server.host}:{server.port} weight {server.weight}")
+            lines.append(f"    server {GAP_SERVER} {GAP_ADDRESS} backup no-check")
             lines.append("")
         lines += [  # HAProxy's own Prometheus exporter, for a user's Prometheus (see `exporter_address`)
             "frontend safeship_metrics",
@@ -695,7 +715,7 @@ class HAProxyRouter:
     def _add_server(self, route: RouteKey, known: _Route, version: str, backend: Backend) -> None:
         base = server_name(backend.instance_id)
         name, n = base, 1
-        while name in known.servers:
+        while name in known.servers or name == GAP_SERVER:
             n += 1
             name = f"{base}-{n}"
         _, interval, fall, rise = self._ready_probe(route)
@@ -780,8 +800,24 @@ class HAProxyRouter:
             self._cli_ok(f"set server {b}/{name} weight {target[name]}")
             known.servers[name].weight = target[name]
 
+    def hold_retries(self, route: RouteKey) -> int:
+        """`retries` of the route's backend: one a second for the recreate gap's `max_wait`
+        (intelligent_deployment.strategies.recreate.max_wait), at least 3."""
+        wait = DEFAULT_HOLD_S
+        if self.config is not None:
+            wait = float(self.config.intelligent_deployment.strategies.recreate.max_wait)
+        return max(3, math.ceil(wait))
+
     async def hold(self, route: RouteKey, max_wait: float) -> None:
-        raise not_supported(self, "hold requests (HAProxy has no request hold for the recreate gap)")
+        """HAProxy holds all the time (the gap server, GAP_SERVER): a request that finds no server
+        with weight waits, retried once a second, for up to `hold_retries` seconds. This checks that
+        the route is there and says when `max_wait` is longer than the config lets HAProxy wait."""
+        if max_wait <= 0:
+            raise InputError(f"router haproxy: hold max_wait must be > 0, got {max_wait}")
+        self._route(route)
+        if max_wait > self.hold_retries(route):
+            log.warning("route %s: HAProxy holds requests for %d s, less than the %g s asked", route,
+                        self.hold_retries(route), max_wait)
 
     # ------------------------------------------------------------ counters
 

@@ -5,11 +5,14 @@ The haproxy router's config sends one log line per request, without a syslog hea
 (`log unix@<state_dir>/haproxy/log.sock format raw`), to a Unix datagram socket this source binds.
 The line's format (`log-format`) is fixed:
 
-    safeship %ci %b %s %ST %Tr %Ta %TR
+    safeship %ci %b %s %ST %Tr %Ta %TR %Tw
 
 client address, backend name, server name, HTTP status (-1: none), the server's response time in
-ms (-1: no response), the total active time in ms, the time to read the request in ms. For example
-`safeship 127.0.0.1 production__user-service v1-0 200 3 5 0`.
+ms (-1: no response), the total active time in ms, the time to read the request in ms, the time
+it waited in HAProxy before a server took it in ms (-1: none took it; the recreate gap's hold, whose
+refused tries wait 1 s each, shows here). For example
+`safeship 127.0.0.1 production__user-service v1-0 200 3 5 0 0`. A line without the last field (the
+format before it was added, from a HAProxy still on an older config) counts as waited 0 ms.
 
 What a line means:
 
@@ -23,7 +26,8 @@ What a line means:
 - requests, errors, connect failures: every line is a request; status -1, or a 503 with `%Tr` -1
   (HAProxy answered for a server that never responded: refused, reset, down) is a connect failure;
   any other 5xx is an error (`TrafficCounters.observe` with status None or the status).
-- latency: `%Ta` into `safeship.histogram`'s buckets, and into the latency sum.
+- latency: `%Ta` less `%Tw` into `safeship.histogram`'s buckets, and into the latency sum: like the
+  builtin router, the time a request was held before a server took it is not the serving version's.
 
 A malformed line (wrong field count or tag, a number that is not one) is counted in `malformed` and
 skipped; it never stops the reader. A thread of its own receives the datagrams (the socket queues
@@ -88,7 +92,7 @@ from safeship.traffic import RouteKey, SnapshotRing, TrafficCounters, TrafficSet
 log = logging.getLogger(__name__)
 
 TAG = "safeship"
-LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR"  # what the router's config must send
+LOG_FORMAT = "safeship %ci %b %s %ST %Tr %Ta %TR %Tw"  # what the router's config must send
 SOCKET = Path("haproxy") / "log.sock"  # under the state dir
 BACKEND_SEPARATOR = "__"  # <environment>__<service>
 QUEUE = 10_000  # datagrams waiting for the parser
@@ -111,6 +115,12 @@ class LogLine:
     response_ms: int  # %Tr; -1: the server never responded
     active_ms: int  # %Ta
     request_ms: int  # %TR
+    queued_ms: int = 0  # %Tw; -1 (no server took it) counts as 0
+
+    @property
+    def served_ms(self) -> int:
+        """The request's time from the moment a server took it: `%Ta` less `%Tw`."""
+        return max(0, self.active_ms - max(0, self.queued_ms))
 
     @property
     def connect_failure(self) -> bool:
@@ -120,15 +130,16 @@ class LogLine:
 def parse_line(text: str) -> LogLine | None:
     """One log line in `LOG_FORMAT`, or None when it is not one."""
     fields = text.split()
-    if len(fields) != 8 or fields[0] != TAG:
+    if len(fields) not in (8, 9) or fields[0] != TAG:
         return None
     try:
-        status, response, active, request = (int(f) for f in fields[4:8])
+        status, response, active, request, *rest = (int(f) for f in fields[4:])
     except ValueError:
         return None
-    if active < 0 or status < -1 or response < -1:
+    queued = rest[0] if rest else 0
+    if active < 0 or status < -1 or response < -1 or queued < -1:
         return None
-    return LogLine(fields[1], fields[2], fields[3], status, response, active, request)
+    return LogLine(fields[1], fields[2], fields[3], status, response, active, request, queued)
 
 
 def log_socket(state_dir: Path) -> Path:
@@ -342,7 +353,7 @@ class HAProxyLogTraffic:
         if route not in self.totals:  # a route's record starts at zero when the source started
             self._ring.keep(route, self._since, {})
         counters = self.totals.setdefault(route, {}).setdefault(version, TrafficCounters())
-        counters.observe(float(line.active_ms), status=None if line.connect_failure else line.status)
+        counters.observe(float(line.served_ms), status=None if line.connect_failure else line.status)
         self.lines += 1
 
     def _route_of(self, backend: str) -> RouteKey | None:

@@ -426,3 +426,36 @@ async def test_a_stopped_run_begins_no_new_delivery_and_a_later_pass_goes_on(sto
 
     assert outbox.deliver_pending() == (30 - told) + (30 - memory_told)  # a later pass goes on
     assert delivered(slow) == delivered(memory) == [f"deploy-{i} succeeded" for i in range(30)]
+
+
+def test_a_store_that_cannot_be_written_is_logged_as_a_sentence_and_a_bug_with_its_traceback(
+        store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from safeship.errors import StoreError
+
+    failures: list[Exception] = [StoreError("store x.db: the disk is full; free some space and try again"),
+                                 RuntimeError("a bug")]
+
+    def failing_pass(self: Outbox, lane: object) -> None:
+        if failures:
+            raise failures.pop(0)
+
+    monkeypatch.setattr(Outbox, "_pass_of", failing_pass)
+    outbox = Outbox(store, [Sink()])
+
+    async def run_briefly() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(outbox.run(stop, poll=0.01))
+        for _ in range(500):
+            if not failures:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    with caplog.at_level("ERROR", logger="safeship.notify"):
+        asyncio.run(run_briefly())
+    logged = [r for r in caplog.records if "delivering notifications" in r.getMessage()]
+    assert len(logged) == 2
+    assert "the disk is full" in logged[0].getMessage() and not logged[0].exc_info
+    assert "a bug" in logged[1].getMessage() and logged[1].exc_info
