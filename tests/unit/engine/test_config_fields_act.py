@@ -85,8 +85,11 @@ def test_blue_green_confirms_the_switch_within_traffic_switch_timeout() -> None:
     assert plan[switch]["weights"] == {CANDIDATE: 100}
     confirm = plan[switch + 1]
     assert confirm == {"kind": "wait_ready", "version": CANDIDATE, "replicas": 2, "timeout": 45.0}
-    # readiness before the switch stays bounded by health_check_timeout
-    assert plan[switch - 1]["timeout"] == config.intelligent_deployment.strategies.blue_green.health_check_timeout
+    # readiness before the switch (and before the side-by-side proof that precedes it when there
+    # is no record) stays bounded by health_check_timeout
+    ready = [s for s in plan[:switch] if s["kind"] == "wait_ready"][-1]
+    assert ready["timeout"] == config.intelligent_deployment.strategies.blue_green.health_check_timeout
+    assert plan[switch - 1]["kind"] == "prove"
 
 
 # ---------------------------------------------------------------- DeploymentRequest.rollback_config
