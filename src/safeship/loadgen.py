@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -24,10 +25,13 @@ class Outcome:
 
 class LoadGenerator:
     def __init__(self, host: str, port: int, *, rate: float = 100.0, max_s: float = 300.0,
-                 max_outstanding: int = 256, path: str = "/users/{n}") -> None:
+                 max_outstanding: int = 256, path: str = "/users/{n}",
+                 tls: ssl.SSLContext | None = None) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"load is only ever sent to loopback, not {host}")
-        self.url = f"http://{host}:{port}{path}"
+        # `tls`: https, verified with this context (a route that terminates TLS)
+        self.url = f"{'https' if tls is not None else 'http'}://{host}:{port}{path}"
+        self.tls = tls
         self.rate, self.max_s, self.max_outstanding = rate, max_s, max_outstanding
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
@@ -50,7 +54,8 @@ class LoadGenerator:
 
     async def _main(self) -> None:
         limits = httpx.Limits(max_connections=self.max_outstanding, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
+        verify: ssl.SSLContext | bool = self.tls if self.tls is not None else True
+        async with httpx.AsyncClient(timeout=10.0, limits=limits, verify=verify) as http:
             pending: set[asyncio.Task[None]] = set()
             started, sent = time.monotonic(), 0
             while not self._stop.is_set() and time.monotonic() - started < self.max_s:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -210,8 +211,9 @@ def controller(setup: Setup) -> Iterator[Controller]:
 class Load(LoadGenerator):
     """The package's bounded open-loop generator, sending to the route port on loopback."""
 
-    def __init__(self, port: int, *, rate: float = 100.0, max_s: float = 600.0) -> None:
-        super().__init__("127.0.0.1", port, rate=rate, max_s=max_s, max_outstanding=512)
+    def __init__(self, port: int, *, rate: float = 100.0, max_s: float = 600.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        super().__init__("127.0.0.1", port, rate=rate, max_s=max_s, max_outstanding=512, tls=tls)
 
     @property
     def results(self) -> list[tuple[float, int | None]]:

@@ -8,13 +8,11 @@ is under test is TLS carrying the canary, not how thin evidence the judge acts o
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from haproxykit import needs_haproxy
 from livekit import ENV, ROUTE, SERVICE, Load, controller_with, deploy, wait_final
@@ -31,25 +29,7 @@ class TlsLoad(Load):
     """The live tests' bounded open-loop load, over https to 127.0.0.1 (verified against the CA)."""
 
     def __init__(self, port: int, ca: Path, *, rate: float = 100.0) -> None:
-        super().__init__(port, rate=rate, max_s=300.0)
-        self.url = f"https://127.0.0.1:{port}/users/{{n}}"
-        self.context = client_context(ca)
-
-    async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=self.max_outstanding, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=10.0, limits=limits, verify=self.context) as http:
-            pending: set[asyncio.Task[None]] = set()
-            started, sent = time.monotonic(), 0
-            while not self._stop.is_set() and time.monotonic() - started < self.max_s:
-                due = int((time.monotonic() - started) * self.rate)
-                while sent < due and len(pending) < self.max_outstanding:
-                    task = asyncio.create_task(self._one(http, sent))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    sent += 1
-                await asyncio.sleep(0.002)
-            if pending:
-                await asyncio.wait(pending, timeout=15)
+        super().__init__(port, rate=rate, max_s=300.0, tls=client_context(ca))
 
 
 def on_haproxy(text: str) -> str:
