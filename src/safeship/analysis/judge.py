@@ -477,6 +477,12 @@ def strongest_run(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"j": int(best["j"]), "counts": [float(v) for v in best["n"]]}
 
 
+def counts_since_start(state: Mapping[str, Any]) -> list[float]:
+    """The counts summed over every look the e-process has taken (its first run's); [] before any."""
+    runs = state.get("runs", [])
+    return [float(v) for v in runs[0]["n"]] if runs else []
+
+
 def crossed(state: Mapping[str, Any], alpha: float) -> bool:
     """True once E_t >= 1/alpha: reject the null at level alpha (valid at any look)."""
     return log_e_value(state) >= -math.log(alpha)

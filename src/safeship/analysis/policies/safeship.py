@@ -690,9 +690,9 @@ def _promise_pending(st: State, ctx: StepContext) -> str | None:
                     f"{_pct(trigger.threshold)} trigger and not yet proven either way")
         # ... and over every look its test has counted: at a few requests a second the rule's own
         # window often holds no failure at all, while the release fails above the threshold
-        runs = st["tests"].get(key, {}).get("runs") or []
-        if runs:
-            n, x = (float(v) for v in runs[0]["n"][:2])
+        counted = judge.counts_since_start(st["tests"].get(key, {}))
+        if counted:
+            n, x = counted[0], counted[1]
             if n > 0 and x / n > trigger.threshold:
                 return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, above the "
                         f"{_pct(trigger.threshold)} trigger and not yet proven either way")
