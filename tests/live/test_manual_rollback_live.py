@@ -9,7 +9,19 @@ import time
 from pathlib import Path
 
 import pytest
-from livekit import REPO, ROUTE, SERVICE, Controller, Load, Setup, deploy, versions_in_ledger, wait_final, wait_for
+from livekit import (
+    REPO,
+    ROUTE,
+    SERVICE,
+    Controller,
+    Load,
+    Setup,
+    controller_with,
+    deploy,
+    versions_in_ledger,
+    wait_final,
+    wait_for,
+)
 
 from safeship.api.client import ControllerClient
 
@@ -44,7 +56,17 @@ def cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
 
 
-def test_detach_status_and_cancel_from_another_terminal(setup: Setup, controller: Controller) -> None:
+def long_canary(config: str) -> str:
+    """Canary steps of 120 s, so that two CLI runs on a busy machine always find it in progress."""
+    return config.replace("step_duration: 3s, min_step_duration: 1s", "step_duration: 120s, min_step_duration: 120s")
+
+
+def test_detach_status_and_cancel_from_another_terminal(tmp_path: Path) -> None:
+    with controller_with(tmp_path, long_canary) as setup:
+        detach_status_and_cancel(setup)
+
+
+def detach_status_and_cancel(setup: Setup) -> None:
     client = ControllerClient(setup.state_dir)
     wait_final(client, deploy(client, "v1.2.0")["id"])
     with Load(client.routes()[ROUTE], rate=100) as load:
