@@ -92,13 +92,15 @@ def parse(raw: str) -> Target:
         url = make_url(raw)
     except (sa_exc.ArgumentError, ValueError) as exc:
         raise StoreURLError(raw, f"{raw!r} is not a database URL; give one such as {EXAMPLE_URL}") from exc
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, the driver safeship installs
     try:
         url.get_dialect()
     except sa_exc.NoSuchModuleError as exc:
         raise StoreURLError(
             raw,
             f"{_hidden(url)!r} names an unknown database kind {url.drivername!r}; "
-            f"use sqlite (such as {EXAMPLE_URL}) or postgresql",
+            f"use sqlite (such as {EXAMPLE_URL}) or postgresql (postgresql://user@host/database)",
         ) from exc
     if url.get_backend_name() != "sqlite":
         return Target(url, _hidden(url), None)
