@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import NullPool, StaticPool
@@ -678,7 +678,8 @@ class Store:
             self._insert_events(conn, events, self._fence_tokens())
 
     @staticmethod
-    def _insert_events(conn: Connection, events: Iterable[EventRecord], tokens: Mapping[str, int] | None = None) -> None:
+    def _insert_events(conn: Connection, events: Iterable[EventRecord],
+                       tokens: Mapping[str, int] | None = None) -> None:
         """`tokens`: deployment id -> the fencing token its events are written with."""
         if conn.dialect.name == "sqlite":
             Store._insert_sqlite_events(conn, events, tokens)

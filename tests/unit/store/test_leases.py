@@ -76,7 +76,7 @@ def test_a_stale_holders_writes_are_refused_and_leave_nothing(backend_url: str) 
                                     [EventRecord(record.id, 3.0, "phase", "progressing by b")])
 
         # a resumes with the row it read before the pause: the fence refuses it before row_version could
-        with pytest.raises(LeaseLostError, match="token 1.*no longer the current one.*token 2, held by ctl-b"):
+        with pytest.raises(LeaseLostError, match=r"token 1.*no longer the current one.*token 2, held by ctl-b"):
             a.save_transition(moved, moved.replace(phase="progressing", step_index=1),
                               [EventRecord(record.id, 4.0, "phase", "stale write by a")])
         with pytest.raises(LeaseLostError):

@@ -1,0 +1,123 @@
+"""Which controller drives a deployment when more than one runs on one store: a lease per
+deployment, taken before the first tick, renewed while the controller drives it, let go when the
+deployment ends or the controller stops.
+
+A controller that holds a deployment's lease fences the store (`Store.fence`): every write it
+then makes for that deployment checks, in its own transaction, that its fencing token is still
+the lease's current one. A controller paused past its lease's expiry (a stopped process, a long
+garbage collection, a frozen VM) whose lease another controller took finds its next write, or its
+next renewal, refused: LeaseLostError, and it stops driving the deployment; nothing it computed
+while it was stale lands in the store.
+
+Expiry is compared with each controller's wall clock: controllers on different hosts need clocks
+kept in step (NTP) to well within the lease duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from safeship.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DURATION_S = 15.0
+DEFAULT_RENEW_INTERVAL_S = 5.0
+
+
+def holder_id() -> str:
+    """This process's name as a lease holder: host, PID and a random suffix (a PID reused after a
+    restart is never taken for the process that held the lease before)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass
+class Held:
+    token: int
+    taken_over: bool  # another holder had it before (a takeover, or this controller's earlier life)
+    renewed_at: float
+
+
+class Leases:
+    """The leases one controller holds, on its store."""
+
+    def __init__(self, store: Store, *, duration: float = DEFAULT_DURATION_S,
+                 renew_interval: float = DEFAULT_RENEW_INTERVAL_S, holder: str | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.duration = duration
+        self.renew_interval = renew_interval
+        self.holder = holder or holder_id()
+        self.now = now
+        self.held: dict[str, Held] = {}
+        self._busy_until: dict[str, float] = {}  # deployment id -> when another holder's lease expires
+        self.lost: set[str] = set()  # deployments whose lease was taken by another while held here
+        self.refusals = 0  # renewals and writes refused because this controller's token was stale
+
+    def may_try(self, deployment_id: str) -> bool:
+        """False while another controller's lease on the deployment has not expired (as last read)."""
+        return self.now() >= self._busy_until.get(deployment_id, 0.0)
+
+    def take(self, deployment_id: str) -> Held | None:
+        """Take the deployment's lease (or keep it); None when another controller holds it."""
+        now = self.now()
+        lease = self.store.take_lease(deployment_id, self.holder, now=now, duration=self.duration)
+        if lease.holder != self.holder:
+            self._busy_until[deployment_id] = lease.expires_at
+            return None
+        self._busy_until.pop(deployment_id, None)
+        self.lost.discard(deployment_id)
+        known = self.held.get(deployment_id)
+        held = Held(lease.token, taken_over=lease.token > 1 and (known is None or known.token != lease.token),
+                    renewed_at=now)
+        self.held[deployment_id] = held
+        self.store.fence(deployment_id, self.holder, lease.token)
+        if lease.token > 1:
+            log.info("deployment %s: lease taken (token %d, held by %s until %.0f)", deployment_id, lease.token,
+                     self.holder, lease.expires_at)
+        return held
+
+    def renew_due(self) -> float:
+        """Seconds until the next renewal is due (renew_interval when nothing is held)."""
+        if not self.held:
+            return self.renew_interval
+        oldest = min(h.renewed_at for h in self.held.values())
+        return max(0.0, oldest + self.renew_interval - self.now())
+
+    def renew(self) -> list[str]:
+        """Renew every lease whose renewal is due; the deployments whose lease was lost."""
+        lost = []
+        for deployment_id, held in list(self.held.items()):
+            now = self.now()
+            if now < held.renewed_at + self.renew_interval:
+                continue
+            if self.store.renew_lease(deployment_id, self.holder, held.token, now=now, duration=self.duration):
+                held.renewed_at = now
+                continue
+            self.refusals += 1
+            self.lose(deployment_id, f"renewal refused: token {held.token} is no longer the current one")
+            lost.append(deployment_id)
+        return lost
+
+    def lose(self, deployment_id: str, why: str) -> None:
+        """The lease was taken by another controller: stop fencing with it and say so."""
+        held = self.held.pop(deployment_id, None)
+        self.store.unfence(deployment_id)
+        self.lost.add(deployment_id)
+        log.warning("deployment %s: lease lost (%s); another controller drives it now, this one stops "
+                    "(%d refused so far)", deployment_id, why, self.refusals)
+        if held is not None:
+            self._busy_until[deployment_id] = self.now() + self.duration
+
+    def release(self, deployment_id: str) -> None:
+        """Let the lease go (the deployment ended, or this controller stops)."""
+        held = self.held.pop(deployment_id, None)
+        self.store.unfence(deployment_id)
+        if held is not None:
+            self.store.release_lease(deployment_id, self.holder, held.token)
