@@ -200,7 +200,7 @@ def describe(target: Target, error: sa_exc.DBAPIError, waited_s: float) -> str:
         return f"{where}: is not a SQLite database ({reason}); move it aside to start a new store"
     if "malformed" in low or "corrupt" in low:
         return f"{where}: is corrupt ({reason}); move it aside to start a new store, or restore a copy"
-    if "locked" in low or "busy" in low:
+    if "locked" in low or "busy" in low or "lock timeout" in low:
         holder = lock_holders(target.sqlite_path) if target.sqlite_path is not None else ""
         by = f" ({holder})" if holder else ""
         return (

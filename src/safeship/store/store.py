@@ -357,7 +357,13 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
         elif target.is_sqlite:
             engine = create_engine(connect_url, connect_args={"check_same_thread": False, "timeout": waited})
         else:
-            engine = create_engine(connect_url)
+            # a row another process holds locked is waited for as long as a SQLite lock would be;
+            # connections the server dropped (a restart) are replaced before use
+            given = connect_url.query.get("options", "")  # the URL's own (a search_path, say) are kept
+            options = [given] if isinstance(given, str) else list(given)
+            options.append(f"-c lock_timeout={int(waited * 1000)}")
+            engine = create_engine(connect_url, pool_pre_ping=True,
+                                   connect_args={"options": " ".join(o for o in options if o)})
     except ImportError as exc:
         raise edge.driver_missing(target, exc) from exc
     except sa_exc.ArgumentError as exc:

@@ -44,9 +44,10 @@ def pg_server() -> Iterator[pgkit.PgServer]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty store URL on each backend: a SQLite file, and a database of its own on the
-    session's PostgreSQL server."""
+    """A new, empty store URL on each backend: a SQLite file, and an empty schema of its own on
+    the session's PostgreSQL server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     server: pgkit.PgServer = request.getfixturevalue("pg_server")
     return server.new_database()
+

@@ -26,6 +26,7 @@ import pytest
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "safeship"  # the role initdb makes; trust authentication on the socket only
+DATABASE = "safeship_tests"  # each store a test opens is a schema of its own in it
 _names = itertools.count(1)
 
 
@@ -63,13 +64,14 @@ class PgServer:
         return f"postgresql+psycopg://{SUPERUSER}@/{database}?host={self.folder}"
 
     def new_database(self) -> str:
-        """A new, empty database; its store URL."""
+        """The URL of a new, empty store: a schema of its own in the test database, named by the
+        connection's search_path (creating a whole database costs most of a second)."""
         import psycopg
 
-        name = f"t{os.getpid()}_{next(_names)}"
-        with psycopg.connect(host=str(self.folder), user=SUPERUSER, dbname="postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        name = f"s{os.getpid()}_{next(_names)}"
+        with psycopg.connect(host=str(self.folder), user=SUPERUSER, dbname=DATABASE, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self.url(DATABASE)}&options=-csearch_path%3D{name}"
 
     def pid(self) -> int | None:
         try:
@@ -131,7 +133,8 @@ def start() -> PgServer:
 
     for _ in range(200):  # the socket exists a moment before the server accepts sessions
         try:
-            psycopg.connect(host=str(folder), user=SUPERUSER, dbname="postgres").close()
+            with psycopg.connect(host=str(folder), user=SUPERUSER, dbname="postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
             break
         except psycopg.OperationalError:
             time.sleep(0.05)

@@ -71,11 +71,6 @@ def test_an_old_store_is_upgraded_in_place_and_keeps_its_rows(backend_url: str) 
         reopened.close()
 
 
-def test_a_new_store_starts_at_the_newest_revision(backend_url: str) -> None:
-    Store(backend_url).close()
-    assert _revision(backend_url) == migrate.head()
-
-
 def test_a_store_from_a_newer_safeship_is_refused_unchanged(backend_url: str) -> None:
     Store(backend_url).close()
     engine = create_engine(backend_url)

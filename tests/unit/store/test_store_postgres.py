@@ -23,7 +23,8 @@ from test_event_cursors import (  # noqa: F401  (collected here again, on Postgr
     test_events_since_starts_after_the_id_honours_limit_and_deployment,
 )
 
-from safeship.store import AuditRecord, Store, TokenRecord, schema
+from safeship.errors import StoreError
+from safeship.store import BUSY_TIMEOUT_ENV, AuditRecord, Store, TokenRecord, schema
 
 
 @pytest.fixture
@@ -89,9 +90,32 @@ def test_the_audit_table_is_append_only_on_postgresql(store: Store) -> None:
         conn.execute(text("TRUNCATE audit"))
     # psql or any other client is refused the same way: the guard is in the database
     url = store.engine.url
-    with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database) as raw:
+    with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database,
+                         options=url.query["options"]) as raw:
         for statement in ("UPDATE audit SET outcome = 'x'", "DELETE FROM audit"):
             with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
                 raw.execute(statement)
             raw.rollback()
     assert [r.actor for r in store.audit()] == ["local admin"]
+
+
+def test_a_row_locked_by_another_session_is_waited_for_then_refused_in_one_sentence(
+        pg_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "0.3")
+    url = pg_server.new_database()
+    store = Store(url)
+    try:
+        store.take_lease("deploy-a", "ctl-a", now=1.0, duration=15.0)
+        engine = store.engine.url
+        with psycopg.connect(host=engine.query["host"], user=engine.username, dbname=engine.database,
+                             options=engine.query["options"]) as other:
+            other.execute("SELECT * FROM leases WHERE name = 'deploy-a' FOR UPDATE")  # held, not committed
+            with pytest.raises(StoreError) as caught:
+                store.take_lease("deploy-a", "ctl-b", now=100.0, duration=15.0)
+            other.rollback()
+        assert caught.value.exit_code == 4
+        assert "is locked by another process and stayed locked for 0.3 s" in str(caught.value)
+        lease = store.lease("deploy-a")
+        assert lease is not None and (lease.holder, lease.token) == ("ctl-a", 1)  # nothing changed
+    finally:
+        store.close()
