@@ -215,3 +215,75 @@ def test_two_controllers_share_one_store_and_a_paused_one_cannot_write(store_url
           f"{len(weights_events)}, phases {phases}, tokens {lease.token}->{taken.token}, "
           f"paused at step {paused_at.step_index} ({paused_at.phase}); {driver.name}'s log: "
           + "; ".join(line.split(": ", 2)[-1] for line in log.splitlines() if "lease lost" in line))
+
+
+async def test_a_controller_paused_mid_tick_has_its_write_refused_and_stops(tmp_path: Path) -> None:
+    """In process, deterministically: controller a's tick is held inside the platform call (its
+    pause), its lease expires and b takes the deployment over and moves it; then a's tick goes
+    on and tries to save what it computed from the row it read before: refused, a stops."""
+    import asyncio
+
+    from sharedworld import register
+
+    from safeship.api.controller import Controller
+    from safeship.config.loader import load_config
+    from safeship.config.models import DeploymentRequest
+    from safeship.routing.base import RouteKey
+
+    register()
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    clock = [1000.0]  # the leases' wall clock, moved by the test
+    controllers = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(CONFIG.format(state_dir=tmp_path / name, store_url=url, lease=LEASE_S, env=ENV,
+                                      service=SERVICE))
+        controller = Controller(load_config(path), state_dir=tmp_path / name, store=Store(url))
+        controller.leases.now = lambda: clock[0]
+        controllers.append(controller)
+    a, b = controllers
+    key = RouteKey(SERVICE, ENV)
+    gate = asyncio.Event()
+    platform = a.parts.platforms[ENV]
+    listed = platform.instances
+
+    async def held(service: str, environment: str) -> Any:
+        await gate.wait()  # a is "paused" here, in the middle of a tick
+        return await listed(service, environment)
+
+    platform.instances = held
+    try:
+        for controller in controllers:
+            controller._locks[key] = asyncio.Lock()
+            await controller.router.ensure_route(key)
+        record = a.submit(DeploymentRequest(service_name=SERVICE, version="v1", environment=ENV))
+        driving = asyncio.create_task(a._drive(record.id, key))
+        for _ in range(200):  # a moves it to progressing, then waits in the platform call
+            await asyncio.sleep(0.01)
+            if a.store.get_deployment(record.id).phase == "progressing":
+                break
+        before = a.store.get_deployment(record.id)
+        assert before.phase == "progressing" and not driving.done()
+
+        clock[0] += LEASE_S + 1  # a's lease expires while it is held
+        taken = b.leases.take(record.id)
+        assert taken is not None and taken.taken_over
+        for _ in range(3):
+            await b.engine.advance(record.id)
+        moved = b.store.get_deployment(record.id)
+        assert moved.row_version > before.row_version
+
+        gate.set()  # a resumes, its tick finishes and tries to save
+        await asyncio.wait_for(driving, 10)
+        assert record.id in a.leases.lost and a.leases.refusals == 1 and a.store.refused_writes == 1
+        after = b.store.get_deployment(record.id)
+        assert after == moved  # nothing of a's landed
+        with b.store.engine.connect() as conn:
+            tokens = [t for (t,) in conn.execute(text(
+                "SELECT fencing_token FROM events WHERE deployment_id = :id AND fencing_token IS NOT NULL "
+                "ORDER BY id"), {"id": record.id})]
+        assert tokens == sorted(tokens) and tokens[-1] == taken.token
+    finally:
+        gate.set()
+        for controller in controllers:
+            controller.store.close()
