@@ -12,14 +12,17 @@ opening a store does, by what the database holds:
   nothing changed;
 - a read-only store (`mode=ro`) is never changed: an unknown revision is refused all the same.
 
-Two processes that open one new store at once: on PostgreSQL an advisory lock makes the second
-wait for the first; on SQLite the write lock does, and a loser that finds the tables made meanwhile
-reads the version again and continues.
+Two processes that open one new store at once: the upgrade runs in one transaction that holds a
+PostgreSQL advisory lock, or SQLite's write lock (`BEGIN IMMEDIATE`), so the second waits for the
+first, reads the revision again and finds nothing left to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic.config import Config
@@ -38,6 +41,8 @@ VERSION_TABLE = "alembic_version"
 # pg_advisory_xact_lock key held while a PostgreSQL store is upgraded ("safeship" in ASCII).
 _PG_LOCK_KEY = 0x7361666573686970
 _ATTEMPTS = 3
+# Alembic's `context` and `op` are module-wide proxies: one migration at a time per process.
+_RUNNING = threading.Lock()
 
 
 @functools.cache
@@ -89,17 +94,46 @@ def _upgrade_once(engine: Engine, shown: str, *, read_only: bool) -> None:
     _check_known(shown, revision)
     if revision == target or read_only:
         return
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-            revision = current(conn)  # the holder before us may have upgraded it
-            _check_known(shown, revision)
-            if revision == target:
-                return
-        _run(conn, target)
+    with engine.connect() as conn, _exclusive(conn):
+        revision = current(conn)  # another process may have upgraded it while this one waited
+        _check_known(shown, revision)
+        if revision != target:
+            _run(conn, target)
+
+
+@contextlib.contextmanager
+def _exclusive(conn: Connection) -> Iterator[None]:
+    """One transaction that no other process's upgrade can run beside: on PostgreSQL an advisory
+    lock held to its end; on SQLite `BEGIN IMMEDIATE`, the write lock from the start (the driver
+    would otherwise commit each CREATE TABLE on its own, and two processes would interleave)."""
+    if conn.dialect.name != "sqlite":
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+            yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    before = driver.isolation_level
+    driver.isolation_level = None  # transactions are ours to begin
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+    finally:
+        driver.isolation_level = before
 
 
 def _run(conn: Connection, target: str) -> None:
+    with _RUNNING:
+        _run_alone(conn, target)
+
+
+def _run_alone(conn: Connection, target: str) -> None:
     scripts = _scripts()
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

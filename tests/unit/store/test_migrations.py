@@ -4,6 +4,10 @@ a new store starts at the newest revision, and a store written by a newer safesh
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
+from typing import Any
+
 import olddb
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -105,3 +109,43 @@ def test_the_cli_refuses_a_newer_store_with_exit_4(make_config, tmp_path, capsys
     assert "newer safeship" in err
     with pytest.raises(StoreError, match="does not know"):
         Store(f"{url}?mode=ro")  # read-only: refused all the same
+
+
+def _open_and_close(url: str, start: Any) -> None:
+    start.wait(timeout=60)
+    Store(url).close()
+
+
+@pytest.mark.parametrize("how", ["processes", "threads"])
+def test_stores_opening_one_new_database_at_once_all_open_it(backend_url: str, how: str) -> None:
+    """Controllers and commands started together on a new store: each opens it, one set of tables."""
+    if how == "processes":
+        context = multiprocessing.get_context("fork")
+        start: Any = context.Barrier(3)
+        workers: list[Any] = [context.Process(target=_open_and_close, args=(backend_url, start)) for _ in range(3)]
+    else:
+        start = threading.Barrier(3)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                _open_and_close(backend_url, start)
+            except BaseException as exc:
+                failed.append(exc)
+
+        workers = [threading.Thread(target=run) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    if how == "processes":
+        assert [w.exitcode for w in workers] == [0, 0, 0]
+    else:
+        assert failed == []
+    store = Store(backend_url)
+    try:
+        assert store.take_lease("deploy-a", "ctl", now=1.0, duration=15.0).token == 1
+        assert [r.actor for r in store.audit()] == []
+    finally:
+        store.close()
+    assert _revision(backend_url) == migrate.head()
