@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from safeship.engine.process_mark import DriverMark, driver_mark, is_alive
 from safeship.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,22 @@ DEFAULT_RENEW_INTERVAL_S = 5.0
 
 
 def holder_id() -> str:
-    """This process's name as a lease holder: host, PID and a random suffix (a PID reused after a
-    restart is never taken for the process that held the lease before)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """This process's name as a lease holder: `host:pid:start:random`, its host, PID, start time
+    (clock ticks since boot, "-" where /proc does not say) and a random suffix, so that a PID
+    reused after a restart is never taken for the process that held the lease before."""
+    mark = driver_mark()
+    return f"{mark.host}:{mark.pid}:{mark.started or '-'}:{secrets.token_hex(4)}"
+
+
+def holder_gone(holder: str) -> bool:
+    """`holder` names a process of this host that no longer runs (a controller killed before it
+    could let its leases go): its leases may be taken at once instead of after their expiry."""
+    parts = holder.rsplit(":", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False
+    host, pid, started, _ = parts
+    mark = DriverMark(host, int(pid), None if started == "-" else started)
+    return mark.host == socket.gethostname() and mark.pid != os.getpid() and not is_alive(mark)
 
 
 @dataclass
@@ -68,6 +82,11 @@ class Leases:
         """Take the deployment's lease (or keep it); None when another controller holds it."""
         now = self.now()
         lease = self.store.take_lease(deployment_id, self.holder, now=now, duration=self.duration)
+        if lease.holder not in (self.holder, "") and holder_gone(lease.holder):
+            log.info("deployment %s: its lease holder %s is no longer running; taking the lease now",
+                     deployment_id, lease.holder)
+            lease = self.store.take_lease(deployment_id, self.holder, now=now, duration=self.duration,
+                                          take_from=lease.holder)
         if lease.holder != self.holder:
             self._busy_until[deployment_id] = lease.expires_at
             return None

@@ -767,11 +767,13 @@ class Store:
 
     # ------------------------------------------------------------ leases and fencing
 
-    def take_lease(self, name: str, holder: str, *, now: float, duration: float) -> LeaseRecord:
+    def take_lease(self, name: str, holder: str, *, now: float, duration: float,
+                   take_from: str = "") -> LeaseRecord:
         """Take lease `name` for `holder` until `now + duration`, or renew it when `holder` has
         it already. A lease that is free (never taken, released) or expired at `now` is taken
-        with a fencing token one above the last; one another holder has is left alone. Returns
-        the lease as it stands afterwards: `holder`'s when it was taken, else the other's."""
+        with a fencing token one above the last, and so is one `take_from` holds (a holder the
+        caller knows is gone); one another holder has is left alone. Returns the lease as it
+        stands afterwards: `holder`'s when it was taken, else the other's."""
         table = schema.leases
         for _ in range(5):
             try:
@@ -784,7 +786,7 @@ class Store:
                     found = LeaseRecord(**dict(row._mapping))
                     if found.holder == holder:  # its own (expired or not: no one took it meanwhile)
                         taken = dataclasses.replace(found, renewed_at=now, expires_at=now + duration)
-                    elif found.holder and found.expires_at > now:
+                    elif found.holder and found.expires_at > now and found.holder != take_from:
                         return found
                     else:
                         taken = LeaseRecord(name, holder, found.token + 1, now, now, now + duration)

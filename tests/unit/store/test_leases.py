@@ -4,11 +4,17 @@ transaction, leaving nothing behind."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 from sqlalchemy import text
 
+from safeship.engine.lease import Leases, holder_gone
+from safeship.engine.process_mark import driver_mark
 from safeship.errors import LeaseLostError, StaleStateError
 from safeship.store import DeploymentRecord, EventRecord, Store
 
@@ -135,3 +141,30 @@ def test_controllers_racing_for_a_free_lease_get_one_holder(backend_url: str) ->
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_lease_whose_holder_process_is_gone_is_taken_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A controller killed before it let its leases go (SIGKILL, OOM): a controller on the same
+    host restarted in its place takes them over without waiting for their expiry; a holder that
+    still runs, or one on another host (it cannot be asked), keeps its lease until it expires."""
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        host = socket.gethostname()
+        parent = driver_mark()  # this process stands for a live controller...
+        alive = f"{host}:{os.getppid()}:-:aaaa"  # ...and so does its parent, which runs
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait(10)
+        gone = f"{host}:{dead.pid}:-:bbbb"
+        leases = Leases(store, duration=DURATION, now=lambda: 100.0)
+        assert parent.host == host and not holder_gone(leases.holder)
+        for name, holder in (("deploy-alive", alive), ("deploy-gone", gone), ("deploy-far", "elsewhere:1:-:cccc")):
+            store.take_lease(name, holder, now=99.0, duration=DURATION)
+        assert leases.take("deploy-alive") is None
+        assert leases.take("deploy-far") is None
+        taken = leases.take("deploy-gone")
+        assert taken is not None and taken.token == 2 and taken.taken_over
+        lease = store.lease("deploy-gone")
+        assert lease is not None and lease.holder == leases.holder
+        assert not leases.may_try("deploy-alive")  # until the live holder's lease expires at 114
+    finally:
+        store.close()
