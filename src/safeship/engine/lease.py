@@ -54,7 +54,11 @@ def holder_gone(holder: str) -> bool:
 @dataclass
 class Held:
     token: int
-    taken_over: bool  # another holder had it before (a takeover, or this controller's earlier life)
+    # taken from another controller that still runs (or runs elsewhere): one paused or cut off
+    # past its lease, whose router served the deployment until now. Not for a lease released, or
+    # left by this host's controller that was killed: a restarted controller restored its routes
+    # from the store when it started.
+    taken_over: bool
     renewed_at: float
 
 
@@ -81,6 +85,7 @@ class Leases:
     def take(self, deployment_id: str) -> Held | None:
         """Take the deployment's lease (or keep it); None when another controller holds it."""
         now = self.now()
+        before = self.store.lease(deployment_id)
         lease = self.store.take_lease(deployment_id, self.holder, now=now, duration=self.duration)
         if lease.holder not in (self.holder, "") and holder_gone(lease.holder):
             log.info("deployment %s: its lease holder %s is no longer running; taking the lease now",
@@ -93,8 +98,10 @@ class Leases:
         self._busy_until.pop(deployment_id, None)
         self.lost.discard(deployment_id)
         known = self.held.get(deployment_id)
-        held = Held(lease.token, taken_over=lease.token > 1 and (known is None or known.token != lease.token),
-                    renewed_at=now)
+        taken_over = (before is not None and before.holder not in ("", self.holder)
+                      and before.token != lease.token and not holder_gone(before.holder)
+                      and (known is None or known.token != lease.token))
+        held = Held(lease.token, taken_over=taken_over, renewed_at=now)
         self.held[deployment_id] = held
         self.store.fence(deployment_id, self.holder, lease.token)
         if lease.token > 1:
