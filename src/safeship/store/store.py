@@ -1,5 +1,8 @@
-"""The store: one SQLite file (or any SQLAlchemy URL). Every state transition is one transaction,
-guarded by `row_version` so two engines can never both advance the same deployment.
+"""The store: one SQLite file, or a PostgreSQL database (docs/store.md). Every state transition is
+one transaction, guarded by `row_version` so two engines can never both advance the same
+deployment; a controller that holds a deployment's lease also fences its writes with the lease's
+token (`fence`), so one whose lease was taken over cannot write at all. The schema is brought to
+the newest revision when the store opens (`migrate`).
 
 A store on a private in-memory database (`Store("sqlite://", deferred=True)`, what a simulation
 uses) may keep its transitions in memory and write them in one transaction when anything reads
