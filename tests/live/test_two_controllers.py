@@ -223,8 +223,9 @@ async def test_a_controller_paused_mid_tick_has_its_write_refused_and_stops(tmp_
     on and tries to save what it computed from the row it read before: refused, a stops."""
     import asyncio
 
-    from sharedworld import register
+    from sharedworld import PLATFORM, ROUTER, register
 
+    from safeship import platforms, routing
     from safeship.api.controller import Controller
     from safeship.config.loader import load_config
     from safeship.config.models import DeploymentRequest
@@ -287,3 +288,5 @@ async def test_a_controller_paused_mid_tick_has_its_write_refused_and_stops(tmp_
         gate.set()
         for controller in controllers:
             controller.store.close()
+        platforms.PLATFORMS.pop(PLATFORM, None)  # registered for this test only
+        routing.ROUTERS.pop(ROUTER, None)
