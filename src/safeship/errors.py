@@ -6,6 +6,7 @@
     │   └── NotFoundError             an id, service, version or environment that does not exist (API: 404)
     ├── ConflictError                 the request clashes with state (an active deployment): exit 2 (API: 409)
     │   └── StaleStateError           another engine advanced the deployment first; the tick's work is dropped
+    │       └── LeaseLostError        another controller holds the deployment's lease now: stop driving it
     ├── StoreError                    the store cannot be used (corrupt, locked, read-only, unreachable): exit 4
     ├── PermanentError                retrying will not help: the step fails with the reason, and rolls back
     ├── TemporaryError(delay)         retry after `delay` seconds; after `analysis.error_limit` in a row the
@@ -46,6 +47,12 @@ class ConflictError(SafeshipError):
 
 class StaleStateError(ConflictError):
     """Another engine advanced this deployment first; this tick's work is dropped."""
+
+
+class LeaseLostError(StaleStateError):
+    """This controller's lease on a deployment is no longer the current one (it was paused past
+    its expiry and another controller took it): its write was refused, and it must stop driving
+    the deployment."""
 
 
 class StoreError(SafeshipError):

@@ -34,6 +34,7 @@ from safeship.config.paths import state_dir, store_url
 from safeship.config.ports import route_host
 from safeship.engine.context import World
 from safeship.engine.engine import DeploymentEngine
+from safeship.engine.lease import Leases
 from safeship.engine.outbox import Outbox
 from safeship.engine.phases import Phase
 from safeship.engine.policies import policy_for
@@ -42,7 +43,7 @@ from safeship.engine.status import DeploymentStatus
 from safeship.environments.manager import ROUTES_FILE, configured_port, read_routes
 from safeship.environments.ports import describe_holder
 from safeship.environments.secrets import load_secrets, register
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError
+from safeship.errors import ConflictError, InputError, LeaseLostError, NotFoundError, SafeshipError
 from safeship.platforms import DEFAULT_PLATFORM, platform_class
 from safeship.platforms.base import Platform, PlatformSetup
 from safeship.routing.backends import sync_backends
@@ -158,6 +159,10 @@ class Controller:
                              replay={s.name for s in config.notifications if s.since == "start"})
         self._outbox_stop = asyncio.Event()
         self._outbox_task: asyncio.Task[None] | None = None
+        # One lease per deployment this controller drives: more than one controller may run on one store.
+        self.leases = Leases(store, duration=config.store.lease_duration,
+                             renew_interval=config.store.lease_renew_interval)
+        self._renewer: asyncio.Task[None] | None = None
         self.sync_interval = sync_interval or self._default_sync_interval()
         self.routes: dict[RouteKey, int | None] = {}  # managed routes -> the port each listens on
         self.started_at = time.time()
@@ -226,16 +231,20 @@ class Controller:
             asyncio.to_thread(importlib.import_module, POLICIES_MODULE)
         )
         self._loop = asyncio.create_task(self._reconcile_forever(), name="controller-reconcile")
+        self._renewer = asyncio.create_task(self._renew_forever(), name="controller-leases")
         self._outbox_task = asyncio.create_task(self.outbox.run(self._outbox_stop), name="controller-outbox")
 
     async def stop(self) -> None:
         """Stop routing and supervising; service processes keep running for the next controller."""
         self._stopping = True
-        tasks = [t for t in [self._loop, *self._reloads, self._policies_loaded, *self._runners.values(),
-                             *self._waiting.values()] if t is not None]
+        tasks = [t for t in [self._loop, self._renewer, *self._reloads, self._policies_loaded,
+                             *self._runners.values(), *self._waiting.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for deployment_id in list(self.leases.held):  # another controller may take them at once
+            with contextlib.suppress(SafeshipError):
+                self.leases.release(deployment_id)
         self._outbox_stop.set()  # the pass in flight finishes; what is left is sent by the next controller
         if self._outbox_task is not None:
             await self._outbox_task
@@ -367,7 +376,7 @@ class Controller:
             del self._runners[deployment_id]
         for record in self.store.list_deployments(active_only=True, limit=1000):
             key = RouteKey(record.service, record.environment)
-            if key in self._locks and record.id not in self._runners:
+            if key in self._locks and record.id not in self._runners and self.leases.may_try(record.id):
                 self._runners[record.id] = asyncio.create_task(
                     self._drive(record.id, key), name=f"deployment {record.id}"
                 )
@@ -386,28 +395,52 @@ class Controller:
                     self.wake(deployment_id)
 
     async def _drive(self, deployment_id: str, key: RouteKey) -> None:
-        """engine.run(), holding the route's lock during each tick and waking early on request."""
+        """engine.run(), holding the route's lock during each tick and waking early on request,
+        while this controller holds the deployment's lease (another controller on the store may
+        hold it: then this one leaves the deployment alone until that lease expires)."""
+        held = self.leases.take(deployment_id)
+        if held is None:
+            return
         wake = self._wakes.setdefault(deployment_id, asyncio.Event())
         self._driving[deployment_id] = key
         errors = 0
         try:
-            while not self._stopping:
+            if held.taken_over:  # another controller drove it before: this route serves what the store says
+                async with self._locks[key]:
+                    await self._restore_weights(key)
+            while not self._stopping and deployment_id not in self.leases.lost:
                 wake.clear()
                 try:
                     async with self._locks[key]:
                         wait = await self.engine.advance(deployment_id)
                     errors = 0
+                except LeaseLostError as exc:  # a write refused: another controller took the lease over
+                    self.leases.refusals += 1
+                    self.leases.lose(deployment_id, str(exc))
+                    return
                 except Exception as exc:
                     errors += 1
                     wait = self.engine.tick_failed(deployment_id, exc, errors)
                 self.outbox.wake()
                 if math.isinf(wait):
+                    self.leases.release(deployment_id)
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(0.01, wait))
         finally:
             self._wakes.pop(deployment_id, None)
             self._driving.pop(deployment_id, None)
+
+    async def _renew_forever(self) -> None:
+        """Renew the leases this controller holds, every `store.lease_renew_interval`; a deployment
+        whose renewal is refused (its lease was taken over) stops being driven here."""
+        while not self._stopping:
+            await asyncio.sleep(max(0.05, self.leases.renew_due()))
+            try:
+                for deployment_id in self.leases.renew():
+                    self.wake(deployment_id)
+            except SafeshipError as exc:  # the store is unreachable: retried at the next interval
+                log.warning("lease renewal failed: %s", exc)
 
     def wake(self, deployment_id: str) -> None:
         event = self._wakes.get(deployment_id)

@@ -612,6 +612,19 @@ class ServiceConfig(Model):
 
 class StoreConfig(Model):
     url: str = "sqlite:///.safeship/state.db"
+    # Leases (docs/store.md): a controller claims each deployment it drives for lease_duration and
+    # renews the claim every lease_renew_interval; another controller on the store takes a
+    # deployment over only once its lease has expired.
+    lease_duration: PositiveDuration = 15.0
+    lease_renew_interval: PositiveDuration = 5.0
+
+    @model_validator(mode="after")
+    def _renew_within_duration(self) -> StoreConfig:
+        if not self.lease_renew_interval < self.lease_duration:
+            raise ValueError(
+                f"lease_renew_interval ({self.lease_renew_interval:g}s) must be shorter than lease_duration "
+                f"({self.lease_duration:g}s), or a lease expires before it is renewed")
+        return self
 
 
 class SafeshipConfig(Model):

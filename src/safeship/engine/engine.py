@@ -40,7 +40,15 @@ from safeship.engine.process_mark import DriverMark, driver_mark
 from safeship.engine.selection import Capacity, Selection, select_strategy
 from safeship.engine.status import Approval, DeploymentStatus, FreezeOverride, RollbackProgress
 from safeship.engine.steps import POLL_S, ROLLBACK_GATE_TRIGGER, StepRunner
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, StaleStateError, TemporaryError
+from safeship.errors import (
+    ConflictError,
+    InputError,
+    LeaseLostError,
+    NotFoundError,
+    SafeshipError,
+    StaleStateError,
+    TemporaryError,
+)
 from safeship.platforms import runs_in_controller
 from safeship.platforms.base import InstanceState
 from safeship.routing.base import RouteKey
@@ -485,6 +493,8 @@ class DeploymentEngine:
                 record, after, tick.events, rollback=tick.rollback, stable=tick.stable,
                 retire=tick.retire,
             )
+        except LeaseLostError:
+            raise  # another controller owns it now: its driver stops (a row_version loss reads again)
         except StaleStateError:
             return 0.0, self.store.get_deployment(deployment_id)  # someone else moved it; read again
         if moved:

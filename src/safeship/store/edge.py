@@ -92,13 +92,15 @@ def parse(raw: str) -> Target:
         url = make_url(raw)
     except (sa_exc.ArgumentError, ValueError) as exc:
         raise StoreURLError(raw, f"{raw!r} is not a database URL; give one such as {EXAMPLE_URL}") from exc
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, the driver safeship installs
     try:
         url.get_dialect()
     except sa_exc.NoSuchModuleError as exc:
         raise StoreURLError(
             raw,
             f"{_hidden(url)!r} names an unknown database kind {url.drivername!r}; "
-            f"use sqlite (such as {EXAMPLE_URL}) or postgresql",
+            f"use sqlite (such as {EXAMPLE_URL}) or postgresql (postgresql://user@host/database)",
         ) from exc
     if url.get_backend_name() != "sqlite":
         return Target(url, _hidden(url), None)
@@ -198,7 +200,7 @@ def describe(target: Target, error: sa_exc.DBAPIError, waited_s: float) -> str:
         return f"{where}: is not a SQLite database ({reason}); move it aside to start a new store"
     if "malformed" in low or "corrupt" in low:
         return f"{where}: is corrupt ({reason}); move it aside to start a new store, or restore a copy"
-    if "locked" in low or "busy" in low:
+    if "locked" in low or "busy" in low or "lock timeout" in low:
         holder = lock_holders(target.sqlite_path) if target.sqlite_path is not None else ""
         by = f" ({holder})" if holder else ""
         return (

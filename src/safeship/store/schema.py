@@ -32,6 +32,9 @@ deployments = Table(
     Column("decided_at", Float),
     Column("finished_at", Float),
     Column("row_version", Integer, nullable=False, default=1),
+    # The fencing token of the lease under which the row was last written (see `leases`); null when
+    # no lease was held (a foreground command, a simulation, a database older than leases).
+    Column("fencing_token", Integer),
 )
 
 events = Table(
@@ -43,6 +46,7 @@ events = Table(
     Column("kind", String(64), nullable=False),
     Column("message", Text, nullable=False),
     Column("data", JSON),
+    Column("fencing_token", Integer),  # the writer's fencing token, as in deployments
 )
 
 rollbacks = Table(
@@ -155,8 +159,8 @@ api_tokens = Table(
     Column("revoked_at", Float),
 )
 
-# Append-only: rows are inserted, never changed or removed. On SQLite the triggers in
-# AUDIT_TRIGGERS refuse an UPDATE or DELETE of the table whoever sends it.
+# Append-only: rows are inserted, never changed or removed. The triggers in AUDIT_TRIGGERS (SQLite)
+# and AUDIT_TRIGGERS_POSTGRESQL refuse an UPDATE, DELETE or TRUNCATE of the table whoever sends it.
 audit = Table(
     "audit",
     metadata,
@@ -171,9 +175,46 @@ audit = Table(
     Column("outcome", Text, nullable=False, default=""),  # "ok", or the refusal's one sentence
 )
 
+# One lease per deployment (name = the deployment's id): the controller that holds it is the only
+# one that drives the deployment. `token` grows by one each time the lease changes hands and never
+# goes down (a released lease keeps its row and token); every write a holder makes for the
+# deployment checks, in its own transaction, that its token is still the current one.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(300), nullable=False, default=""),  # "" when released
+    Column("token", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),  # wall time (UTC seconds) the holder took it
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # another controller may take it from then on
+)
+
 AUDIT_TRIGGERS = (
     "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
     "BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: rows cannot be changed'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
     "BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: rows cannot be deleted'); END",
 )
+
+AUDIT_TRIGGERS_POSTGRESQL = (
+    "CREATE OR REPLACE FUNCTION safeship_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'the audit table is append-only: rows cannot be %', "
+    "CASE TG_OP WHEN 'UPDATE' THEN 'changed' ELSE 'deleted' END; END $$",
+    "DROP TRIGGER IF EXISTS audit_no_update ON audit",
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit FOR EACH ROW EXECUTE FUNCTION safeship_audit_append_only()",
+    "DROP TRIGGER IF EXISTS audit_no_delete ON audit",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit FOR EACH ROW EXECUTE FUNCTION safeship_audit_append_only()",
+    "DROP TRIGGER IF EXISTS audit_no_truncate ON audit",
+    "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+    "FOR EACH STATEMENT EXECUTE FUNCTION safeship_audit_append_only()",
+)
+
+
+def audit_triggers(dialect: str) -> tuple[str, ...]:
+    """The statements that make the audit table append-only on `dialect` (none for others)."""
+    if dialect == "sqlite":
+        return AUDIT_TRIGGERS
+    if dialect == "postgresql":
+        return AUDIT_TRIGGERS_POSTGRESQL
+    return ()

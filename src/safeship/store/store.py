@@ -1,5 +1,8 @@
-"""The store: one SQLite file (or any SQLAlchemy URL). Every state transition is one transaction,
-guarded by `row_version` so two engines can never both advance the same deployment.
+"""The store: one SQLite file, or a PostgreSQL database (docs/store.md). Every state transition is
+one transaction, guarded by `row_version` so two engines can never both advance the same
+deployment; a controller that holds a deployment's lease also fences its writes with the lease's
+token (`fence`), so one whose lease was taken over cannot write at all. The schema is brought to
+the newest revision when the store opens (`migrate`).
 
 A store on a private in-memory database (`Store("sqlite://", deferred=True)`, what a simulation
 uses) may keep its transitions in memory and write them in one transaction when anything reads
@@ -21,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from safeship.errors import ConflictError, NotFoundError, StaleStateError
+from safeship.errors import ConflictError, LeaseLostError, NotFoundError, StaleStateError
 from safeship.redaction import redactor
-from safeship.store import edge, schema
+from safeship.store import edge, migrate, schema
 
 ACTIVE_PHASES = ("pending", "awaiting_approval", "preparing", "progressing", "monitoring", "rolling_back")
 
@@ -160,6 +163,19 @@ class AuditRecord:
     id: int | None = None
 
 
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A deployment's lease (`name` is its id): who holds it until when, and its fencing token,
+    which grows by one each time the lease changes hands. `holder` is "" once released."""
+
+    name: str
+    holder: str
+    token: int
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+
+
 def sha256_of(path: str | Path) -> str:
     """The hex sha256 of the file at `path`, read in chunks; raises OSError when it cannot be read."""
     digest = hashlib.sha256()
@@ -201,7 +217,21 @@ _GUARDED_UPDATE = (
 
 
 _FREE_TEXT = ("reason", "evidence", "request", "message", "data")
-_INSERT_EVENT = "INSERT INTO events (deployment_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_EVENT = "INSERT INTO events (deployment_id, at, kind, message, data, fencing_token) VALUES (?, ?, ?, ?, ?, ?)"
+# The columns the records are read from: the fencing columns are the store's own bookkeeping (and a
+# read-only store older than them does not have them).
+_DEPLOYMENT_COLUMNS = [c for c in schema.deployments.c if c.name != "fencing_token"]
+_EVENT_COLUMNS = [c for c in schema.events.c if c.name != "fencing_token"]
+# A holder's fencing check: touching its own lease row succeeds only while its token is the
+# current one, and holds the row until the transaction ends, so a controller taking the lease
+# over waits for the write in flight (PostgreSQL) or cannot interleave with it (SQLite).
+_FENCE = (
+    update(schema.leases)
+    .where(schema.leases.c.name == bindparam("fence_name"))
+    .where(schema.leases.c.holder == bindparam("fence_holder"))
+    .where(schema.leases.c.token == bindparam("fence_token"))
+    .values(token=schema.leases.c.token)
+)
 _DEPLOYMENT_FIELDS = tuple(f.name for f in dataclasses.fields(DeploymentRecord) if f.name not in ("id", "row_version"))
 # Columns stored as JSON: compared by identity only, since a new dict is as good as a change and
 # comparing two large statuses costs about as much as writing one.
@@ -279,8 +309,7 @@ def _schema_ddl(dialect: Dialect) -> tuple[str, ...]:
             statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
             statements.extend(str(CreateIndex(index).compile(dialect=dialect)).strip()
                               for index in sorted(table.indexes, key=lambda i: i.name or ""))
-        if dialect.name == "sqlite":
-            statements.extend(schema.AUDIT_TRIGGERS)
+        statements.extend(schema.audit_triggers(dialect.name))
         found = _SCHEMA_DDL[dialect.name] = tuple(statements)
     return found
 
@@ -331,7 +360,13 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
         elif target.is_sqlite:
             engine = create_engine(connect_url, connect_args={"check_same_thread": False, "timeout": waited})
         else:
-            engine = create_engine(connect_url)
+            # a row another process holds locked is waited for as long as a SQLite lock would be;
+            # connections the server dropped (a restart) are replaced before use
+            given = connect_url.query.get("options", "")  # the URL's own (a search_path, say) are kept
+            options = [given] if isinstance(given, str) else list(given)
+            options.append(f"-c lock_timeout={int(waited * 1000)}")
+            engine = create_engine(connect_url, pool_pre_ping=True,
+                                   connect_args={"options": " ".join(o for o in options if o)})
     except ImportError as exc:
         raise edge.driver_missing(target, exc) from exc
     except sa_exc.ArgumentError as exc:
@@ -346,38 +381,11 @@ def open_engine(url: str, *, busy_timeout_s: float | None = None) -> Engine:
                     for statement in _schema_ddl(engine.dialect):
                         conn.exec_driver_sql(statement)
             else:
-                _create_schema(engine, read_only=target.read_only)
+                migrate.upgrade(engine, target.shown, read_only=target.read_only)
     except BaseException:
         engine.dispose()
         raise
     return engine
-
-
-def _create_schema(engine: Engine, *, read_only: bool) -> None:
-    """Create the tables that are missing, which also upgrades a database written by an earlier
-    safeship. When the cursors table is added to a database that already holds events, those
-    events were notified before cursors existed: a start row records the last of them, so that
-    no consumer handles them again. A read-only store gets no new tables."""
-    present = set(inspect(engine).get_table_names())
-    if read_only:
-        schema.metadata.create_all(engine, tables=[t for t in schema.metadata.sorted_tables if t.name in present])
-        return
-    schema.metadata.create_all(engine)
-    if engine.dialect.name == "sqlite":  # an audit table made by create_all gets its guards too
-        with engine.begin() as conn:
-            for statement in schema.AUDIT_TRIGGERS:
-                conn.exec_driver_sql(statement)
-    if schema.cursors.name in present or schema.events.name not in present:
-        return
-    try:
-        with engine.begin() as conn:
-            last = conn.execute(select(func.max(schema.events.c.id))).scalar()
-            if last:
-                conn.execute(
-                    insert(schema.cursors).values(name=schema.CURSOR_START, position=int(last), updated_at=time.time())
-                )
-    except sa_exc.IntegrityError:
-        pass  # another process upgraded the same database at the same moment
 
 
 def _event_from_row(row: Any) -> EventRecord:
@@ -403,6 +411,9 @@ class Store:
         self._side_order: list[str] = []  # deployment ids, one per unwritten transition, in order
         self._versions: dict[str, int] = {}  # deployment id -> row_version, for rows this store wrote
         self._busy_timeout_s = edge.busy_timeout_s()
+        # deployment id -> (holder, fencing token): writes for these deployments are fenced (`fence`)
+        self._fences: dict[str, tuple[str, int]] = {}
+        self.refused_writes = 0  # writes refused because a fence's token was no longer current
         # A private in-memory database is one connection, held for the store's life (see
         # _private_memory_connection); any other is reached through an engine of its own.
         self._connection: Connection | None = None
@@ -532,6 +543,9 @@ class Store:
         values = _changed(before, after)
         values["row_version"] = before.row_version + 1
         values["match_id"], values["match_row_version"] = before.id, before.row_version
+        token = self._check_fences(conn, (before.id,))
+        if token is not None:
+            values["fencing_token"] = token
         result = conn.execute(_GUARDED_UPDATE, values)
         if result.rowcount != 1:
             raise StaleStateError(f"deployment {before.id} was advanced by another engine")
@@ -546,7 +560,7 @@ class Store:
         stable: StableVersion | None,
         retire: Retirement | None,
     ) -> None:
-        self._insert_events(conn, events)
+        self._insert_events(conn, events, self._fence_tokens())
         if rollback is not None:
             self._upsert_rollback(conn, rollback)
         if retire is not None:
@@ -602,7 +616,7 @@ class Store:
 
     def get_deployment(self, deployment_id: str) -> DeploymentRecord:
         with self._connect() as conn:
-            row = conn.execute(select(schema.deployments).where(schema.deployments.c.id == deployment_id)).first()
+            row = conn.execute(select(*_DEPLOYMENT_COLUMNS).where(schema.deployments.c.id == deployment_id)).first()
         if row is None:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         return _deployment_from_row(row)
@@ -615,7 +629,7 @@ class Store:
         active_only: bool = False,
         limit: int = 100,
     ) -> list[DeploymentRecord]:
-        query = select(schema.deployments).order_by(schema.deployments.c.created_at.desc()).limit(limit)
+        query = select(*_DEPLOYMENT_COLUMNS).order_by(schema.deployments.c.created_at.desc()).limit(limit)
         if service is not None:
             query = query.where(schema.deployments.c.service == service)
         if environment is not None:
@@ -631,7 +645,7 @@ class Store:
 
     def events(self, deployment_id: str) -> list[EventRecord]:
         query = (
-            select(schema.events)
+            select(*_EVENT_COLUMNS)
             .where(schema.events.c.deployment_id == deployment_id)
             .order_by(schema.events.c.id)
         )
@@ -647,7 +661,7 @@ class Store:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         query = (
-            select(schema.events)
+            select(*_EVENT_COLUMNS)
             .where(schema.events.c.id > after_id)
             .order_by(schema.events.c.id)
             .limit(limit)
@@ -665,22 +679,30 @@ class Store:
         return int(last or 0)
 
     def add_events(self, events: Iterable[EventRecord]) -> None:
+        """Append events; those of a fenced deployment are written only while its token is current."""
+        events = list(events)
         with self._begin() as conn:
-            self._insert_events(conn, events)
+            if self._fences:
+                self._check_fences(conn, dict.fromkeys(e.deployment_id for e in events))
+            self._insert_events(conn, events, self._fence_tokens())
 
     @staticmethod
-    def _insert_events(conn: Connection, events: Iterable[EventRecord]) -> None:
+    def _insert_events(conn: Connection, events: Iterable[EventRecord],
+                       tokens: Mapping[str, int] | None = None) -> None:
+        """`tokens`: deployment id -> the fencing token its events are written with."""
         if conn.dialect.name == "sqlite":
-            Store._insert_sqlite_events(conn, events)
+            Store._insert_sqlite_events(conn, events, tokens)
             return
-        rows = [_shallow(e) | {"data": redactor().redact(dict(e.data))} for e in events]
+        rows = [_shallow(e) | {"data": redactor().redact(dict(e.data)),
+                               "fencing_token": tokens.get(e.deployment_id) if tokens else None} for e in events]
         for row in rows:
             row.pop("id")  # the table numbers events itself
         if rows:
             conn.execute(insert(schema.events), rows)
 
     @staticmethod
-    def _insert_sqlite_events(conn: Connection, events: Iterable[EventRecord]) -> None:
+    def _insert_sqlite_events(conn: Connection, events: Iterable[EventRecord],
+                              tokens: Mapping[str, int] | None = None) -> None:
         """The rows `insert(schema.events)` writes, in one statement the driver runs as it is: a
         simulation's store writes hundreds of events at once, and SQLAlchemy's processing of each
         row cost more than SQLite's. The data column holds json.dumps of the data, as the JSON
@@ -688,7 +710,8 @@ class Store:
         masker = redactor()
         masked = bool(masker.values)
         rows = [(e.deployment_id, e.at, e.kind, masker.redact(e.message) if masked else e.message,
-                 json.dumps(masker.redact(dict(e.data)))) for e in events]
+                 json.dumps(masker.redact(dict(e.data))), tokens.get(e.deployment_id) if tokens else None)
+                for e in events]
         if rows:
             conn.exec_driver_sql(_INSERT_EVENT, rows)
 
@@ -744,6 +767,101 @@ class Store:
             except sa_exc.IntegrityError:
                 continue  # another writer created the row first; the update applies now
         return self.cursor(name)
+
+    # ------------------------------------------------------------ leases and fencing
+
+    def take_lease(self, name: str, holder: str, *, now: float, duration: float,
+                   take_from: str = "") -> LeaseRecord:
+        """Take lease `name` for `holder` until `now + duration`, or renew it when `holder` has
+        it already. A lease that is free (never taken, released) or expired at `now` is taken
+        with a fencing token one above the last, and so is one `take_from` holds (a holder the
+        caller knows is gone); one another holder has is left alone. Returns the lease as it
+        stands afterwards: `holder`'s when it was taken, else the other's."""
+        table = schema.leases
+        for _ in range(5):
+            try:
+                with self._begin() as conn:
+                    row = conn.execute(select(table).where(table.c.name == name)).first()
+                    if row is None:
+                        taken = LeaseRecord(name, holder, 1, now, now, now + duration)
+                        conn.execute(insert(table).values(**dataclasses.asdict(taken)))
+                        return taken
+                    found = LeaseRecord(**dict(row._mapping))
+                    if found.holder == holder:  # its own (expired or not: no one took it meanwhile)
+                        taken = dataclasses.replace(found, renewed_at=now, expires_at=now + duration)
+                    elif found.holder and found.expires_at > now and found.holder != take_from:
+                        return found
+                    else:
+                        taken = LeaseRecord(name, holder, found.token + 1, now, now, now + duration)
+                    result = conn.execute(
+                        update(table).where(table.c.name == name).where(table.c.token == found.token)
+                        .where(table.c.holder == found.holder).values(**dataclasses.asdict(taken))
+                    )
+                    if result.rowcount == 1:
+                        return taken
+            except sa_exc.IntegrityError:
+                pass  # another holder inserted the row first: read it again
+        lease = self.lease(name)
+        assert lease is not None
+        return lease
+
+    def renew_lease(self, name: str, holder: str, token: int, *, now: float, duration: float) -> bool:
+        """Extend `holder`'s lease to `now + duration`; False when its token is no longer the current one."""
+        table = schema.leases
+        with self._begin() as conn:
+            result = conn.execute(
+                update(table).where(table.c.name == name).where(table.c.holder == holder)
+                .where(table.c.token == token).values(renewed_at=now, expires_at=now + duration)
+            )
+        return result.rowcount == 1
+
+    def release_lease(self, name: str, holder: str, token: int) -> bool:
+        """Let `holder`'s lease go (another controller may take it at once); its row and token
+        stay, so the next token is still higher. False when it was not `holder`'s any more."""
+        table = schema.leases
+        with self._begin() as conn:
+            result = conn.execute(
+                update(table).where(table.c.name == name).where(table.c.holder == holder)
+                .where(table.c.token == token).values(holder="", expires_at=0.0)
+            )
+        return result.rowcount == 1
+
+    def lease(self, name: str) -> LeaseRecord | None:
+        with self._connect() as conn:
+            row = conn.execute(select(schema.leases).where(schema.leases.c.name == name)).first()
+        return None if row is None else LeaseRecord(**dict(row._mapping))
+
+    def fence(self, deployment_id: str, holder: str, token: int) -> None:
+        """From now on every write this store makes for `deployment_id` (its transitions, events
+        and side rows) carries `token` and is refused, in its own transaction, with
+        LeaseLostError when `holder`'s token is no longer the lease's current one."""
+        self._fences[deployment_id] = (holder, token)
+
+    def unfence(self, deployment_id: str) -> None:
+        self._fences.pop(deployment_id, None)
+
+    def _fence_tokens(self) -> dict[str, int]:
+        return {deployment_id: token for deployment_id, (_, token) in self._fences.items()}
+
+    def _check_fences(self, conn: Connection, deployment_ids: Iterable[str]) -> int | None:
+        """Check the fences of `deployment_ids` in the transaction of `conn`; the token of the last
+        one fenced (None when none is). LeaseLostError when one's token is not current."""
+        token = None
+        for deployment_id in deployment_ids:
+            held = self._fences.get(deployment_id)
+            if held is None:
+                continue
+            holder, token = held
+            result = conn.execute(_FENCE, {"fence_name": deployment_id, "fence_holder": holder, "fence_token": token})
+            if result.rowcount != 1:
+                self.refused_writes += 1
+                row = conn.execute(select(schema.leases).where(schema.leases.c.name == deployment_id)).first()
+                now = (f"token {row.token}, held by {row.holder or 'no one'}" if row is not None else "no lease")
+                raise LeaseLostError(
+                    f"deployment {deployment_id}: write refused: this controller's lease (token {token}) is no "
+                    f"longer the current one ({now}); another controller drives it now"
+                )
+        return token
 
     # ------------------------------------------------------------ rollbacks
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pgkit
 import pytest
 
 CONFIG = """
@@ -31,3 +33,21 @@ def make_config(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgkit.PgServer]:
+    """One PostgreSQL server for the session (skipped, saying why, where it cannot start)."""
+    with pgkit.running() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store URL on each backend: a SQLite file, and an empty schema of its own on
+    the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    server: pgkit.PgServer = request.getfixturevalue("pg_server")
+    return server.new_database()
+

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import Engine, insert, inspect, text
 
 from safeship.errors import StaleStateError
 from safeship.store import DeploymentRecord, EventRecord, Retirement, RollbackRecord, StableVersion, Store, schema
-from safeship.store.store import _create_schema, _shallow
+from safeship.store.store import _shallow
 
 TABLES = ("deployments", "events", "rollbacks", "stable_versions")
 
@@ -115,14 +115,32 @@ def test_only_a_private_in_memory_database_can_be_deferred(tmp_path: Path) -> No
         Store(f"sqlite:///{tmp_path / 'state.db'}", deferred=True)
 
 
-def test_a_new_in_memory_store_has_the_schema_create_all_makes() -> None:
-    reference = create_engine("sqlite://")
-    _create_schema(reference, read_only=False)
-    query = text("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
-    with reference.connect() as conn:
-        expected = conn.execute(query).all()
-    with Store("sqlite://").engine.connect() as conn:
-        assert conn.execute(query).all() == expected
+def _shape(engine: Engine) -> dict[str, Any]:
+    """Every table's columns (name, type, nullable, primary key), indexes and unique constraints, and the triggers."""
+    seen = inspect(engine)
+    shape: dict[str, Any] = {}
+    for table in sorted(set(seen.get_table_names()) - {"alembic_version"}):
+        shape[table] = (
+            [(c["name"], str(c["type"]), c["nullable"], c.get("primary_key")) for c in seen.get_columns(table)],
+            sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in seen.get_indexes(table)),
+            sorted(tuple(u["column_names"]) for u in seen.get_unique_constraints(table)),
+        )
+    with engine.connect() as conn:
+        shape["triggers"] = conn.execute(text("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' "
+                                              "ORDER BY name")).all()
+    return shape
+
+
+def test_a_new_in_memory_store_has_the_schema_the_migrations_make(tmp_path: Path) -> None:
+    migrated = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    memory = Store("sqlite://")
+    try:
+        expected = _shape(migrated.engine)
+        assert "leases" in expected and expected["triggers"]
+        assert _shape(memory.engine) == expected
+    finally:
+        migrated.close()
+        memory.close()
 
 
 def test_events_are_written_as_the_sqlalchemy_insert_writes_them() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import olddb
 import pytest
-from sqlalchemy import create_engine, insert, inspect
+from sqlalchemy import create_engine, inspect, text
 
-from safeship.store import DeploymentRecord, EventRecord, Store, schema
+from safeship.store import DeploymentRecord, EventRecord, Store
 
 
 def deployment(id_: str) -> DeploymentRecord:
@@ -81,14 +82,15 @@ def test_a_cursor_survives_reopening_the_store(tmp_path: Path) -> None:
 
 
 def _old_database(path: Path, events: int) -> None:
-    """A database as written before the cursors table existed, holding `events` events."""
-    Store(f"sqlite:///{path}").close()  # WAL mode and every table, as the store writes them
+    """A database as written before the cursors table existed (and before schema revisions were
+    kept), holding `events` events."""
     engine = create_engine(f"sqlite:///{path}")
-    schema.cursors.drop(engine)
+    olddb.create(engine, without=["cursors"])
     with engine.begin() as conn:
         for i in range(events):
-            conn.execute(insert(schema.events).values(deployment_id="deploy-old", at=1.0, kind="phase",
-                                                      message=f"old {i}", data={"phase": "succeeded"}))
+            conn.execute(text("INSERT INTO events (deployment_id, at, kind, message, data) "
+                              "VALUES ('deploy-old', 1.0, 'phase', :message, '{\"phase\": \"succeeded\"}')"),
+                         {"message": f"old {i}"})
     engine.dispose()
 
 
