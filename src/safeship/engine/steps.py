@@ -247,7 +247,7 @@ class StepRunner:
                 failure=Failure(
                     "health_check_failure",
                     f"{version}: {ready} of {replicas} instances ready after {waited:.0f}s "
-                    f"(readiness timeout {float(step['timeout']):.0f}s)",
+                    f"(readiness timeout {float(step['timeout']):.0f}s){_unready_because(instances)}",
                     {"ready": ready, "wanted": replicas, "instances": states},
                 ),
             )
@@ -282,7 +282,7 @@ class StepRunner:
                 return Failure(
                     "health_check_failure",
                     f"{instance.version} instance {instance.index} not ready for {tick.now - first:.0f}s "
-                    f"(health_check_failure timeout {timeout:.0f}s)",
+                    f"(health_check_failure timeout {timeout:.0f}s){_unready_because([instance])}",
                     {"instance": instance.id, "state": instance.state.value},
                 )
         return None
@@ -879,3 +879,12 @@ def _summary(sample: TickSample) -> SampleSummary:
         }
 
     return {"baseline": one(sample.baseline), "candidate": one(sample.candidate), "dt": sample.dt}
+
+
+def _unready_because(instances: Sequence[Instance]) -> str:
+    """'; v1.5.0-0: readiness probe GET /health/ready (timeout 1s): timed out after 1s': why the
+    first instance that is not ready is not, where its platform says."""
+    for instance in instances:
+        if not instance.ready and instance.unready_because:
+            return f"; {instance.version}-{instance.index}: {instance.unready_because}"
+    return ""

@@ -1,0 +1,166 @@
+"""Faults a killed controller does not cover: a health probe that hangs, Prometheus down for longer
+than a step, an instance that ignores SIGTERM, and a bad recreate right after a controller start
+(no record of the replaced version to judge it against).
+
+Each test runs a real controller on the local platform (faultkit's `Chain`) with open-loop load on
+the route port; the faulty releases are the example service run by `faultservice.py`. Longer
+variants run with SAFESHIP_FAULTS_FULL=1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from faultkit import (
+    ROUTE,
+    VERSIONS,
+    Chain,
+    Fault,
+    Outcome,
+    chain,
+    events_of,
+    replaced,
+    then,
+    with_faults,
+)
+from livekit import ENV, FINAL, SERVICE, _marked, alive, wait_final, wait_for
+
+from safeship.analysis.probes import probe
+from safeship.api.client import ControllerClient
+from safeship.platforms.base import ProbeSpec
+from safeship.store import Store
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(600)]
+FULL = os.environ.get("SAFESHIP_FAULTS_FULL") == "1"
+OTHER = "other-service"
+
+
+def full_only(*values: Any) -> Any:
+    return pytest.param(*values, marks=pytest.mark.skipif(not FULL, reason="SAFESHIP_FAULTS_FULL=1 runs it"))
+
+
+def deploy_to(client: ControllerClient, service: str, version: str, strategy: str) -> str:
+    body = {"service_name": service, "version": version, "environment": ENV, "deployment_strategy": strategy}
+    return str(client.deploy(body)["id"])
+
+
+def rows(made: Chain, service: str) -> list[dict[str, Any]]:
+    return [r for r in made.setup.ledger() if r["service"] == service]
+
+
+def no_orphans(made: Chain) -> list[int]:
+    """Processes carrying the test's marker that the ledger does not hold (the service's own
+    children included: they carry the marker too)."""
+    pids = {int(r["pid"]) for r in made.setup.ledger() if r.get("pid")}
+    return sorted(p for p in _marked(made.setup.mark) if alive(p) and p not in pids)
+
+
+def with_other_service(text: str) -> str:
+    """A second service in the same environment: the plain example, one replica."""
+    mark = re.search(r'SAFESHIP_TEST_MARK: "(\w+)"', text)
+    assert mark is not None
+    other = (f"  {OTHER}:\n    replicas: 1\n"
+             '    command: [python, -m, examples.user_service, --port, "{port}", --version, "{version}"]\n'
+             f"    versions: [v1.2.0, v1.4.0]\n    grace_period: 2s\n    ports: {{{ENV}: 0}}\n"
+             f'    env: {{SAFESHIP_TEST_MARK: "{mark.group(1)}"}}\n')
+    return text.replace("notifications:\n", other + "notifications:\n", 1)
+
+
+# ---------------------------------------------------------------- 1. a probe that hangs
+
+
+async def test_a_body_dripped_forever_fails_the_http_probe_at_its_timeout() -> None:
+    """In-process: the status line and headers come at once, the body one byte every 0.2 s. The
+    probe reads the body (up to its bound) within its timeout, so this is a failure, not a 200."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunked: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 100000"
+            writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n" + (b"186a0\r\n" if chunked else b""))
+            for _ in range(100):
+                writer.write(b".")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    for chunked in (False, True):
+        server = await asyncio.start_server(lambda r, w, c=chunked: drip(r, w, c), "127.0.0.1", 0)  # type: ignore[misc]
+        try:
+            port = server.sockets[0].getsockname()[1]
+            result = await probe(ProbeSpec(kind="http", path="/health/ready", timeout=0.6),
+                                 host="127.0.0.1", port=port)
+        finally:
+            server.close()
+            for task in list(handlers):
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+        assert not result.ok, (chunked, result)
+        assert result.detail == "timed out after 0.6s"
+
+
+@pytest.mark.parametrize("fault", ["hang", full_only("drip")])
+def test_a_readiness_probe_that_hangs_fails_the_release_and_blocks_nothing_else(tmp_path: Path, fault: str) -> None:
+    """The candidate's /health/ready accepts the connection and never answers (or answers the
+    headers and drips the body). Each probe fails at its 4 s timeout; meanwhile the API answers
+    /healthz and a second service's deployment, which runs at the same time, is read and ends
+    succeeded. The candidate never gets traffic, is never promoted, and its deployment ends with
+    a sentence naming the probe and its timeout; nothing of it is left running."""
+    bad = VERSIONS[1]
+    edit = then(with_faults(tmp_path, {bad: {fault: "/health/ready"}}), with_other_service,
+                replaced("interval: 0.25s, timeout: 1s, failure_threshold: 2",
+                         "interval: 0.25s, timeout: 4s, failure_threshold: 2"),
+                replaced("{type: health_check_failure, timeout: 10s}", "{type: health_check_failure, timeout: 6s}"))
+    with chain(tmp_path, "builtin", edit=edit) as made:
+        client = made.client
+        assert made._take_version() == bad
+        started = time.time()
+        asked = deploy_to(client, SERVICE, bad, "canary")
+        other = deploy_to(client, OTHER, "v1.4.0", "recreate")  # its first release, alongside
+        log = made.setup.state_dir / "logs" / ENV / SERVICE / f"{bad}-0.log"
+        wait_for(lambda: log.exists() and "listening" in log.read_text(), 60, f"{bad} to start")
+        # While its probes hang: the API and the other deployment answer, each within 3 s (a
+        # probe that blocked the controller would hold them for its 4 s timeout).
+        quick = ControllerClient(made.setup.state_dir, timeout=3.0)
+        seen: set[str] = set()
+        for _ in range(12):
+            answer = httpx.get(f"{quick.base_url()}/healthz", timeout=3.0)
+            assert answer.status_code == 200 and answer.json()["ok"] is True
+            seen.add(quick.get(other)["phase"])
+            if quick.get(asked)["phase"] in FINAL:
+                break
+            time.sleep(0.5)
+        final, _ = wait_final(client, asked, timeout=120)
+        ended = time.time()
+        other_final, _ = wait_final(client, other, timeout=120)
+        print(f"\n{fault}: {final['phase']}: {final['reason']}; {OTHER}: phases seen {sorted(seen)}, "
+              f"{other_final['phase']}")
+        assert final["phase"] in ("rolled_back", "failed"), final["reason"]
+        assert f"readiness probe GET /health/ready (timeout 4s): timed out after 4s" in final["reason"]
+        kinds = [kind for kind, _ in events_of(made.setup, asked)]
+        assert "promoted" not in kinds
+        assert other_final["phase"] == "succeeded", other_final["reason"]
+        assert made.load is not None
+        requests, failed = made.load.window(started, ended)  # type: ignore[arg-type]
+        answered = {o.version for o in list(made.load.outcomes) if started <= o.sent_at <= ended}
+        print(f"{failed} of {requests} requests failed; answered by {sorted(map(str, answered))}")
+        assert requests > 0 and failed == 0
+        assert answered == {VERSIONS[0]}  # never a request to the candidate
+        wait_for(lambda: sorted(r["version"] for r in rows(made, SERVICE)) == [VERSIONS[0]] * 2, 30,
+                 "the candidate's instances to be gone")
+        assert [r["version"] for r in rows(made, OTHER)] == ["v1.4.0"]
+        assert no_orphans(made) == []
