@@ -164,3 +164,75 @@ def test_a_readiness_probe_that_hangs_fails_the_release_and_blocks_nothing_else(
                  "the candidate's instances to be gone")
         assert [r["version"] for r in rows(made, OTHER)] == ["v1.4.0"]
         assert no_orphans(made) == []
+
+
+# ---------------------------------------------------------------- 3. an instance that ignores SIGTERM
+
+
+def stubborn_children(made: Chain, version: str) -> list[int]:
+    """The PIDs of the SIGTERM-ignoring children the version's instances said they started."""
+    folder = made.setup.state_dir / "logs" / ENV / SERVICE
+    found = []
+    for log in folder.glob(f"{version}-*.log"):
+        found += [int(pid) for pid in re.findall(r"child (\d+) ignores it too", log.read_text())]
+    return found
+
+
+def sigkilled(made: Chain, version: str) -> list[str]:
+    """The lines of the version's instance logs saying the platform SIGKILLed the process."""
+    folder = made.setup.state_dir / "logs" / ENV / SERVICE
+    return [line for log in sorted(folder.glob(f"{version}-*.log")) for line in log.read_text().splitlines()
+            if "killed by signal 9 (SIGKILL)" in line]
+
+
+def bad_version_only(made: Chain, outcome: Outcome, bad: str, started: float, ended: float) -> None:
+    """A bad release fails requests while it serves: take those out of faultkit's traffic check and
+    require instead that every failed request was the bad version's answer."""
+    assert made.load is not None
+    inside = [o for o in list(made.load.outcomes) if started <= o.sent_at <= ended]
+    failed = [o for o in inside if o.status is None or o.status >= 500]
+    assert failed, "the bad release failed no request: the test did not test it"
+    assert {o.version for o in failed} == {bad}, sorted(map(str, {o.version for o in failed}))
+    outcome.violations[:] = [v for v in outcome.violations if not v.endswith(f"of {outcome.requests} requests failed")]
+
+
+@pytest.mark.parametrize("cases", [("rollback",), full_only(("rollout", "rollback"))])
+def test_an_instance_that_ignores_sigterm_is_sigkilled_after_its_grace_period(
+        tmp_path: Path, cases: tuple[str, ...]) -> None:
+    """The service ignores SIGTERM, and so does a child it starts. Rollout: the replaced version's
+    instances ignore it; rollback: the bad candidate's do (it fails 30% of requests). Either way
+    the deployment ends as it should (succeeded; rolled back), the stubborn processes are SIGKILLed
+    once the 2 s grace period is over (their logs say so), and no process is left over: faultkit's
+    invariants (ledger, orphans, store rows, notifications, traffic) hold."""
+    base = VERSIONS[0]
+    good, bad = VERSIONS[1], VERSIONS[2]
+    faults = {bad: {"ignore_sigterm": True, "error_rate": 0.3}}
+    if "rollout" in cases:
+        faults[base] = {"ignore_sigterm": True}
+    with chain(tmp_path, "builtin", edit=with_faults(tmp_path, faults), rate=60.0) as made:
+        for case in cases:
+            version = made._take_version() if case == "rollout" else bad
+            if case == "rollback" and made.taken < 2:
+                made.taken = 3  # the bad one is VERSIONS[2]
+            replaced_version = made.current
+            started = time.time()
+            asked = deploy_to(made.client, SERVICE, version, "canary")
+            final, _ = wait_final(made.client, asked, timeout=180)
+            ended = time.time()
+            outcome = Outcome(Fault("canary", boundary=f"SIGTERM ignored ({case})"), "builtin", asked,
+                              final["phase"])
+            assert made.load is not None
+            outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
+            serving = version if final["phase"] == "succeeded" else made.current
+            made.check(outcome, final, serving, started, ended)
+            if case == "rollback":
+                bad_version_only(made, outcome, bad, started, ended)
+            made.current = serving
+            stopped = replaced_version if case == "rollout" else bad
+            children = stubborn_children(made, stopped)
+            killed = sigkilled(made, stopped)
+            print(f"\n{outcome.row()}\n{stopped}: {len(killed)} SIGKILLs logged, stubborn children {children}")
+            assert final["phase"] == ("succeeded" if case == "rollout" else "rolled_back"), final["reason"]
+            assert not outcome.violations, outcome.violations
+            assert children and not any(alive(pid) for pid in children)
+            assert len(killed) == len(children), killed  # each instance: SIGTERM ignored, SIGKILL after the grace
