@@ -196,14 +196,15 @@ def bad_version_only(made: Chain, outcome: Outcome, bad: str, started: float, en
     outcome.violations[:] = [v for v in outcome.violations if not v.endswith(f"of {outcome.requests} requests failed")]
 
 
-@pytest.mark.parametrize("cases", [("rollback",), full_only(("rollout", "rollback"))])
+@pytest.mark.parametrize("cases", [full_only(("rollout", "rollback"))])
 def test_an_instance_that_ignores_sigterm_is_sigkilled_after_its_grace_period(
         tmp_path: Path, cases: tuple[str, ...]) -> None:
     """The service ignores SIGTERM, and so does a child it starts. Rollout: the replaced version's
     instances ignore it; rollback: the bad candidate's do (it fails 30% of requests). Either way
     the deployment ends as it should (succeeded; rolled back), the stubborn processes are SIGKILLed
     once the 2 s grace period is over (their logs say so), and no process is left over: faultkit's
-    invariants (ledger, orphans, store rows, notifications, traffic) hold."""
+    invariants (ledger, orphans, store rows, notifications, traffic) hold. (Without
+    SAFESHIP_FAULTS_FULL the rollback case runs inside the recreate test below.)"""
     base = VERSIONS[0]
     good, bad = VERSIONS[1], VERSIONS[2]
     faults = {bad: {"ignore_sigterm": True, "error_rate": 0.3}}
@@ -236,3 +237,69 @@ def test_an_instance_that_ignores_sigterm_is_sigkilled_after_its_grace_period(
             assert not outcome.violations, outcome.violations
             assert children and not any(alive(pid) for pid in children)
             assert len(killed) == len(children), killed  # each instance: SIGTERM ignored, SIGKILL after the grace
+
+
+# ---------------------------------------------------------------- 4. a bad recreate with no record
+
+
+RECREATE_RUNS = int(os.environ.get("SAFESHIP_FAULTS_RUNS") or (5 if FULL else 1))
+RECREATE_RATE = 100.0
+
+
+def timeline(made: Chain, deployment_id: str) -> str:
+    """The deployment's events, one line each, seconds from its first (for a report)."""
+    store = Store(f"sqlite:///{made.setup.state_dir}/state.db")
+    try:
+        events = store.events(deployment_id)
+    finally:
+        store.close()
+    start = events[0].at if events else 0.0
+    return "\n".join(f"  {e.at - start:6.1f}s {e.kind}: {e.message[:220]}" for e in events)
+
+
+@pytest.mark.parametrize("router", ["builtin", full_only("haproxy")])
+def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: Path, router: str) -> None:
+    """The controller is SIGKILLed and started again, so it has no record of the replaced
+    version's traffic (its reads of the router start over), and at once a recreate deployment
+    ships a release that fails 8% of requests, under the rule "5% for 2 s". With nothing to
+    compare it with but that rule, the release must not be promoted on thin evidence: it is
+    rolled back (fail safe). Every failed request is the bad version's; faultkit's other
+    invariants hold. The bad release also ignores SIGTERM (and starts a child that does): the
+    rollback SIGKILLs its processes after the grace period and leaves none behind.
+    With SAFESHIP_FAULTS_FULL=1: 5 runs per router, each after a fresh kill."""
+    if router == "haproxy":
+        from haproxykit import needs_haproxy  # noqa: F401  (skips without the binary)
+        import shutil
+        if shutil.which("haproxy") is None:
+            pytest.skip("haproxy is not installed")
+    bad = VERSIONS[1:1 + RECREATE_RUNS]
+    edit = with_faults(tmp_path, {version: {"error_rate": 0.08, "ignore_sigterm": True} for version in bad})
+    results: list[tuple[str, str, Outcome]] = []
+    with chain(tmp_path, router, edit=edit, rate=RECREATE_RATE) as made:
+        for run, version in enumerate(bad, 1):
+            made.controllers[-1].kill9()
+            made.start()  # a controller that has just started: no record of the replaced version
+            assert made._take_version() == version
+            started = time.time()
+            asked = deploy_to(made.client, SERVICE, version, "recreate")
+            final, _ = wait_final(made.client, asked, timeout=180)
+            ended = time.time()
+            outcome = Outcome(Fault("recreate", boundary=f"no record, run {run}"), router, asked, final["phase"])
+            assert made.load is not None
+            outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
+            serving = version if final["phase"] == "succeeded" else made.current
+            made.check(outcome, final, serving, started, ended)
+            bad_version_only(made, outcome, version, started, ended)
+            made.current = serving
+            results.append((final["phase"], str(final["reason"]), outcome))
+            print(f"\nrun {run}: {outcome.row()} {final['reason']}")
+            if final["phase"] != "rolled_back":
+                print(timeline(made, asked))
+            else:  # its instances ignored SIGTERM: SIGKILLed after the grace period, children too
+                children = stubborn_children(made, version)
+                assert children and not any(alive(pid) for pid in children), children
+                assert len(sigkilled(made, version)) == len(children), sigkilled(made, version)
+    rolled_back = sum(1 for phase, _, _ in results if phase == "rolled_back")
+    print(f"\n{router}: rolled back in {rolled_back} of {len(results)} runs")
+    assert rolled_back == len(results), [(p, r) for p, r, _ in results]
+    assert all(not o.violations for _, _, o in results), [o.violations for _, _, o in results]
