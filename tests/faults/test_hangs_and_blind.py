@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kubernetes"))  # promkit
+
 from faultkit import (
     ROUTE,
     VERSIONS,
@@ -34,7 +38,8 @@ from faultkit import (
     then,
     with_faults,
 )
-from livekit import ENV, FINAL, SERVICE, _marked, alive, wait_final, wait_for
+from livekit import ENV, FINAL, SERVICE, Load, _marked, alive, wait_final, wait_for
+from promkit import PROMETHEUS, free_port, stop_prometheus
 
 from safeship.analysis.probes import probe
 from safeship.api.client import ControllerClient
@@ -257,6 +262,45 @@ def timeline(made: Chain, deployment_id: str) -> str:
     return "\n".join(f"  {e.at - start:6.1f}s {e.kind}: {e.message[:220]}" for e in events)
 
 
+NO_RECORD = """
+intelligent_deployment:
+  strategies:
+    recreate: {max_wait: 15s, analysis: 2s}
+  rollback:
+    triggers:
+      - {type: health_check_failure, timeout: 10s}
+      - {type: error_rate_threshold, threshold: 0.05, duration: 2s}
+    monitoring: {duration: 1s, interval: 0.5s}
+  analysis: {interval: 0.5s}
+"""
+
+
+def recreate_without_record(rps: float, error_rate: float, seeds: range) -> list[str]:
+    import yaml
+
+    from safeship.analysis.policies import get_policy
+    from safeship.config.models import SafeshipConfig
+    from safeship.config.scenario import Scenario
+    from safeship.engine.simulate import simulate
+    config = SafeshipConfig.model_validate(yaml.safe_load(NO_RECORD))
+    scenario = Scenario.model_validate({
+        "name": "no record", "strategy": "recreate", "duration_s": 600, "history_s": 0, "traffic": {"rps": rps},
+        "baseline": {"error_rate": 0.0, "latency_ms": {"p50": 3, "p99": 5}}, "candidate": {"error_rate": error_rate},
+        "expect": "rollback"})
+    return [simulate(scenario, policy="safeship", policy_for=get_policy, seed=seed, config=config)["decision"]
+            for seed in seeds]
+
+
+def test_without_a_record_the_rule_holds_a_release_until_it_is_shown_below_the_threshold() -> None:
+    """Simulated, the live test's shape: recreate, no record of the replaced version, the rule
+    "5% for 2 s", a 2 s analysis window. An 8% release whose first ~150 requests happened to show
+    4% was promoted (7 of 40 seeds at 40 req/s, 3 of 40 at 100 req/s); now the rule holds it until
+    its rate is shown at or below 5%, which an 8% release never is, so the test rolls it back. A
+    release at 3% (below the rule) is still promoted."""
+    assert recreate_without_record(40, 0.08, range(1, 21)) == ["rollback"] * 20
+    assert recreate_without_record(100, 0.03, range(1, 11)) == ["promote"] * 10
+
+
 @pytest.mark.parametrize("router", ["builtin", full_only("haproxy")])
 def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: Path, router: str) -> None:
     """The controller is SIGKILLed and started again, so it has no record of the replaced
@@ -303,3 +347,160 @@ def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: 
     print(f"\n{router}: rolled back in {rolled_back} of {len(results)} runs")
     assert rolled_back == len(results), [(p, r) for p, r, _ in results]
     assert all(not o.violations for _, _, o in results), [o.violations for _, _, o in results]
+
+
+# ---------------------------------------------------------------- 2. Prometheus down for a whole step
+
+
+class Prometheus:
+    """Debian's prometheus on a loopback port chosen before the controller starts, scraping the
+    controller's /metrics (found through a file_sd targets file, written once the controller
+    runs) every second. Stopped by its PID, also when the test fails."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets = folder / "targets.json"
+        self.targets.write_text("[]")
+        self.config = folder / "prometheus.yml"
+        self.config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "safeship", "metrics_path": "/metrics",
+                                "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}]}],
+        }))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, data: str = "data") -> None:
+        with (self.folder / "prometheus.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.config}", f"--storage.tsdb.path={self.folder / data}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(self.ready, 30, "prometheus to be ready")
+
+    def ready(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        return False
+
+    def scrape(self, host: str, port: int) -> None:
+        self.targets.write_text(json.dumps([{"targets": [f"{host}:{port}"]}]))
+
+    def requests(self, version: str) -> float:
+        query = f'sum(safeship_requests_total{{service="{SERVICE}",version="{version}"}})'
+        with contextlib.suppress(httpx.HTTPError, KeyError, IndexError, ValueError):
+            answer = httpx.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=2).json()
+            return float(answer["data"]["result"][0]["value"][1])
+        return 0.0
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
+            stop_prometheus(self.process)
+
+
+@contextlib.contextmanager
+def prometheus_chain(tmp_path: Path, analysis: str) -> Iterator[tuple[Chain, Prometheus]]:
+    """faultkit's chain with the Prometheus traffic source (the `safeship` query set, 1 s query
+    timeout) and `analysis` settings: the baseline release, then load, once Prometheus has its
+    first counts of it."""
+    prometheus = Prometheus(tmp_path / "prometheus")
+    environment = f"- {{name: {ENV}, type: production, platform: local}}"
+    source = (f"- {{name: {ENV}, type: production, platform: local, traffic_source: prometheus, "
+              f'prometheus: {{url: "{prometheus.url}", queries: safeship, timeout: 1s}}}}')
+    edit = then(replaced(environment, source), replaced("analysis: {interval: 0.5s}", f"analysis: {{{analysis}}}"))
+    made = Chain(tmp_path, "builtin", edit)
+    try:
+        prometheus.start()
+        made.start()
+        info = made.client.info()
+        assert info is not None
+        prometheus.scrape(str(info.get("host", "127.0.0.1")), int(info["port"]))
+        version = made._take_version()
+        first, _ = wait_final(made.client, deploy_to(made.client, SERVICE, version, "recreate"), timeout=120)
+        assert first["phase"] == "succeeded", first["reason"]
+        made.current = version
+        made.load = Load(made.client.routes()[ROUTE], rate=made.rate, max_s=3600)
+        made.load.__enter__()
+        wait_for(lambda: prometheus.requests(version) > 20, 60, "Prometheus to count the baseline's requests")
+        yield made, prometheus
+    finally:
+        prometheus.stop()
+        made.close()
+
+
+def look_at(made: Chain, deployment_id: str) -> tuple[str, int, dict[str, int]]:
+    data = made.client.get(deployment_id)
+    return data["phase"], int(data.get("step") or 0), dict(data.get("weights") or {})
+
+
+@pytest.mark.parametrize("mode", ["hold", full_only("default")])
+def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path: Path, mode: str) -> None:
+    """A canary judged from Prometheus (the controller's own series, scraped every second).
+    At its first analysis Prometheus is stopped (SIGSTOP: connections hang, every query times
+    out) for 8 s, eight canary steps' worth, then continued. While it is stopped no look has data:
+    the canary never moves to another step or weight and is never promoted, and each look is a
+    measurement error. `hold` (analysis.error_limit: 1000): the deployment waits the outage out
+    and then succeeds. `default` (error_limit 4, Argo's consecutiveErrorLimit): after 4 errors in
+    a row it fails safe, rolled back with a sentence naming Prometheus and the timeout."""
+    if not os.access(PROMETHEUS, os.X_OK):
+        pytest.skip(f"{PROMETHEUS} is not installed (Debian's `prometheus`)")
+    analysis = "interval: 0.5s, error_limit: 1000" if mode == "hold" else "interval: 0.5s"
+    with prometheus_chain(tmp_path, analysis) as (made, prometheus):
+        version = made._take_version()
+        started = time.time()
+        asked = deploy_to(made.client, SERVICE, version, "canary")
+
+        def analysing() -> bool:
+            return any(kind == "look" for kind, _ in events_of(made.setup, asked))
+
+        wait_for(analysing, 60, "the canary's first look")
+        prometheus.signal(signal.SIGSTOP)
+        stopped_at = time.time()
+        at_stop = look_at(made, asked)
+        during: list[tuple[str, int, dict[str, int]]] = []
+        while time.time() < stopped_at + 8.0:
+            during.append(look_at(made, asked))
+            time.sleep(0.5)
+        continued_at = time.time()
+        prometheus.signal(signal.SIGCONT)
+        final, _ = wait_final(made.client, asked, timeout=180)
+        ended = time.time()
+        events = events_of(made.setup, asked)
+        store = Store(f"sqlite:///{made.setup.state_dir}/state.db")
+        try:
+            timed = [(e.at, e.kind, e.message) for e in store.events(asked)]
+        finally:
+            store.close()
+        blind = [(kind, message) for at, kind, message in timed if stopped_at + 1.5 <= at <= continued_at]
+        errors = [message for kind, message in blind if kind == "analysis_error"]
+        moved = [(kind, message) for kind, message in blind if kind in ("analysis_passed", "step_advanced",
+                                                                          "promoted")]
+        print(f"\n{mode}: at the stop {at_stop}; {len(errors)} measurement errors while stopped, e.g. "
+              f"{errors[:1]}; moved while stopped: {moved}; {final['phase']}: {final['reason']}")
+        outcome = Outcome(Fault("canary", boundary=f"prometheus SIGSTOP 8s ({mode})"), "builtin", asked,
+                          final["phase"])
+        assert made.load is not None
+        outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
+        made.check(outcome, final, version if final["phase"] == "succeeded" else made.current, started, ended)
+        print(outcome.row())
+        assert errors and all("did not answer within 1s" in e or "Prometheus" in e for e in errors), errors
+        assert not moved, moved  # nothing advanced while Prometheus could not be read
+        phases = {phase for phase, _, _ in during}
+        assert "monitoring" not in phases and "succeeded" not in phases
+        if mode == "hold":
+            assert {(step, tuple(sorted(w.items()))) for _, step, w in during if _ == "progressing"} <= {
+                (at_stop[1], tuple(sorted(at_stop[2].items())))}
+            assert final["phase"] == "succeeded", final["reason"]
+        else:
+            assert final["phase"] == "rolled_back", final["reason"]
+            assert "4 measurement errors in a row" in final["reason"] and "Prometheus" in final["reason"]
+        assert "promoted" not in [kind for kind, _ in events] or mode == "hold"
+        assert not outcome.violations, outcome.violations

@@ -696,6 +696,16 @@ def _promise_pending(st: State, ctx: StepContext) -> str | None:
             if n > 0 and x / n > trigger.threshold:
                 return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, above the "
                         f"{_pct(trigger.threshold)} trigger and not yet proven either way")
+            # ... and, where the rule is all there is to judge by (no record of the replaced version,
+            # no version beside it: a recreate right after a controller start), until the rate is
+            # shown at or below the threshold: an 8% release may show 4% over its first 150
+            # requests, and the rule's point estimate alone would promote it one time in twenty.
+            if n > 0 and ctx.history is None and not ctx.compare:
+                bound = judge.rate_upper_bound(n, x, ctx.analysis.early_promotion_alpha)
+                if bound > trigger.threshold:
+                    return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, not yet shown at or "
+                            f"below the {_pct(trigger.threshold)} trigger (up to {_pct(bound)}) with no "
+                            "record to judge it against")
     return None
 
 
