@@ -441,7 +441,7 @@ def look_at(made: Chain, deployment_id: str) -> tuple[str, int, dict[str, int]]:
     return data["phase"], int(data.get("step") or 0), dict(data.get("weights") or {})
 
 
-@pytest.mark.parametrize("mode", ["hold", full_only("default")])
+@pytest.mark.parametrize("mode", [full_only("hold"), full_only("default"), full_only("restart")])
 def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path: Path, mode: str) -> None:
     """A canary judged from Prometheus (the controller's own series, scraped every second).
     At its first analysis Prometheus is stopped (SIGSTOP: connections hang, every query times
@@ -452,7 +452,7 @@ def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path
     a row it fails safe, rolled back with a sentence naming Prometheus and the timeout."""
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip(f"{PROMETHEUS} is not installed (Debian's `prometheus`)")
-    analysis = "interval: 0.5s, error_limit: 1000" if mode == "hold" else "interval: 0.5s"
+    analysis = "interval: 0.5s" if mode == "default" else "interval: 0.5s, error_limit: 1000"
     with prometheus_chain(tmp_path, analysis) as (made, prometheus):
         version = made._take_version()
         started = time.time()
@@ -462,7 +462,12 @@ def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path
             return any(kind == "look" for kind, _ in events_of(made.setup, asked))
 
         wait_for(analysing, 60, "the canary's first look")
-        prometheus.signal(signal.SIGSTOP)
+        if mode == "restart":  # killed; a fresh one (no data) on the same port 8 s later
+            assert prometheus.process is not None
+            prometheus.process.kill()
+            prometheus.process.wait(10)
+        else:
+            prometheus.signal(signal.SIGSTOP)
         stopped_at = time.time()
         at_stop = look_at(made, asked)
         during: list[tuple[str, int, dict[str, int]]] = []
@@ -470,7 +475,10 @@ def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path
             during.append(look_at(made, asked))
             time.sleep(0.5)
         continued_at = time.time()
-        prometheus.signal(signal.SIGCONT)
+        if mode == "restart":
+            prometheus.start("data-after")
+        else:
+            prometheus.signal(signal.SIGCONT)
         final, _ = wait_final(made.client, asked, timeout=180)
         ended = time.time()
         events = events_of(made.setup, asked)
@@ -491,16 +499,21 @@ def test_prometheus_stopped_for_longer_than_a_step_never_promotes_blind(tmp_path
         outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
         made.check(outcome, final, version if final["phase"] == "succeeded" else made.current, started, ended)
         print(outcome.row())
-        assert errors and all("did not answer within 1s" in e or "Prometheus" in e for e in errors), errors
+        print(timeline(made, asked))
+        assert errors and all("Prometheus" in e for e in errors), errors
+        # no step ended, and nothing was promoted, on a look that saw nothing of the candidate
+        blind_passes = [message for _, kind, message in timed if kind == "look" and "candidate 0/0 failed" in message
+                        and ("-> advance" in message or "-> successful" in message)]
+        assert not blind_passes, blind_passes
         assert not moved, moved  # nothing advanced while Prometheus could not be read
         phases = {phase for phase, _, _ in during}
         assert "monitoring" not in phases and "succeeded" not in phases
-        if mode == "hold":
+        if mode != "default":
             assert {(step, tuple(sorted(w.items()))) for _, step, w in during if _ == "progressing"} <= {
                 (at_stop[1], tuple(sorted(at_stop[2].items())))}
             assert final["phase"] == "succeeded", final["reason"]
         else:
             assert final["phase"] == "rolled_back", final["reason"]
             assert "4 measurement errors in a row" in final["reason"] and "Prometheus" in final["reason"]
-        assert "promoted" not in [kind for kind, _ in events] or mode == "hold"
+        assert "promoted" not in [kind for kind, _ in events] or mode != "default"
         assert not outcome.violations, outcome.violations

@@ -743,7 +743,8 @@ class StepRunner:
         if progress.marker != marker:
             progress.marker = marker
             progress.last_look = tick.now
-            progress.counters = _copies(counters)
+            # a version the source has lost the series of keeps its last counts (see `sample`)
+            progress.counters = _copies({**progress.counters, **counters})
             if progress.started_at is None:
                 progress.started_at = tick.now
             if progress.policy_state is None:
@@ -825,6 +826,14 @@ class StepRunner:
     async def sample(self, tick: Tick, counters: Mapping[str, TrafficCounters], *, compare: bool) -> TickSample:
         progress = tick.status.analysis
         before = progress.counters
+        # The candidate (it serves while it is judged) counted at the last look and reported no
+        # more: the source lost its series (a Prometheus started again without its data, a scrape
+        # that fails), not a version that served nothing. Such a look measured nothing: a
+        # measurement error, and the last counts stay the ones the next look is differenced from.
+        candidate = tick.before.version
+        if before.get(candidate, TrafficCounters()).requests > 0 and candidate not in counters:
+            raise TemporaryError(f"the traffic source no longer reports {candidate}, counted at the last look: "
+                                 "this look measured nothing")
 
         def delta(version: str | None) -> TrafficCounters:
             if version is None or version not in counters:
