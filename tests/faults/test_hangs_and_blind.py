@@ -44,6 +44,7 @@ from promkit import PROMETHEUS, free_port, stop_prometheus
 from safeship.analysis.probes import probe
 from safeship.api.client import ControllerClient
 from safeship.platforms.base import ProbeSpec
+from safeship.routing.haproxy import haproxy_binary
 from safeship.store import Store
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(600)]
@@ -155,7 +156,7 @@ def test_a_readiness_probe_that_hangs_fails_the_release_and_blocks_nothing_else(
         print(f"\n{fault}: {final['phase']}: {final['reason']}; {OTHER}: phases seen {sorted(seen)}, "
               f"{other_final['phase']}")
         assert final["phase"] in ("rolled_back", "failed"), final["reason"]
-        assert f"readiness probe GET /health/ready (timeout 4s): timed out after 4s" in final["reason"]
+        assert "readiness probe GET /health/ready (timeout 4s): timed out after 4s" in final["reason"]
         kinds = [kind for kind, _ in events_of(made.setup, asked)]
         assert "promoted" not in kinds
         assert other_final["phase"] == "succeeded", other_final["reason"]
@@ -211,15 +212,15 @@ def test_an_instance_that_ignores_sigterm_is_sigkilled_after_its_grace_period(
     invariants (ledger, orphans, store rows, notifications, traffic) hold. (Without
     SAFESHIP_FAULTS_FULL the rollback case runs inside the recreate test below.)"""
     base = VERSIONS[0]
-    good, bad = VERSIONS[1], VERSIONS[2]
+    bad = VERSIONS[2]  # the rollout ships VERSIONS[1], healthy
     faults = {bad: {"ignore_sigterm": True, "error_rate": 0.3}}
     if "rollout" in cases:
         faults[base] = {"ignore_sigterm": True}
     with chain(tmp_path, "builtin", edit=with_faults(tmp_path, faults), rate=60.0) as made:
         for case in cases:
             version = made._take_version() if case == "rollout" else bad
-            if case == "rollback" and made.taken < 2:
-                made.taken = 3  # the bad one is VERSIONS[2]
+            if case == "rollback":
+                made.taken = max(made.taken, 3)  # the bad one is VERSIONS[2]
             replaced_version = made.current
             started = time.time()
             asked = deploy_to(made.client, SERVICE, version, "canary")
@@ -311,11 +312,8 @@ def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: 
     invariants hold. The bad release also ignores SIGTERM (and starts a child that does): the
     rollback SIGKILLs its processes after the grace period and leaves none behind.
     With SAFESHIP_FAULTS_FULL=1: 5 runs per router, each after a fresh kill."""
-    if router == "haproxy":
-        from haproxykit import needs_haproxy  # noqa: F401  (skips without the binary)
-        import shutil
-        if shutil.which("haproxy") is None:
-            pytest.skip("haproxy is not installed")
+    if router == "haproxy" and haproxy_binary() is None:
+        pytest.skip("the haproxy binary is not installed (apt-get install haproxy)")
     bad = VERSIONS[1:1 + RECREATE_RUNS]
     edit = with_faults(tmp_path, {version: {"error_rate": 0.08, "ignore_sigterm": True} for version in bad})
     results: list[tuple[str, str, Outcome]] = []
