@@ -191,14 +191,15 @@ def sigkilled(made: Chain, version: str) -> list[str]:
             if "killed by signal 9 (SIGKILL)" in line]
 
 
-def bad_version_only(made: Chain, outcome: Outcome, bad: str, started: float, ended: float) -> None:
+def bad_version_only(made: Chain, outcome: Outcome, bad: str | set[str], started: float, ended: float) -> None:
     """A bad release fails requests while it serves: take those out of faultkit's traffic check and
     require instead that every failed request was the bad version's answer."""
     assert made.load is not None
     inside = [o for o in list(made.load.outcomes) if started <= o.sent_at <= ended]
     failed = [o for o in inside if o.status is None or o.status >= 500]
     assert failed, "the bad release failed no request: the test did not test it"
-    assert {o.version for o in failed} == {bad}, sorted(map(str, {o.version for o in failed}))
+    bad = {bad} if isinstance(bad, str) else bad
+    assert {o.version for o in failed} <= bad, sorted(map(str, {o.version for o in failed}))
     outcome.violations[:] = [v for v in outcome.violations if not v.endswith(f"of {outcome.requests} requests failed")]
 
 
@@ -276,7 +277,7 @@ intelligent_deployment:
 """
 
 
-def recreate_without_record(rps: float, error_rate: float, seeds: range) -> list[str]:
+def recreate_without_record(rps: float, error_rate: float, seeds: range, history_s: float = 0) -> list[str]:
     import yaml
 
     from safeship.analysis.policies import get_policy
@@ -285,7 +286,7 @@ def recreate_without_record(rps: float, error_rate: float, seeds: range) -> list
     from safeship.engine.simulate import simulate
     config = SafeshipConfig.model_validate(yaml.safe_load(NO_RECORD))
     scenario = Scenario.model_validate({
-        "name": "no record", "strategy": "recreate", "duration_s": 600, "history_s": 0, "traffic": {"rps": rps},
+        "name": "no record", "strategy": "recreate", "duration_s": 600, "history_s": history_s, "traffic": {"rps": rps},
         "baseline": {"error_rate": 0.0, "latency_ms": {"p50": 3, "p99": 5}}, "candidate": {"error_rate": error_rate},
         "expect": "rollback"})
     return [simulate(scenario, policy="safeship", policy_for=get_policy, seed=seed, config=config)["decision"]
@@ -299,6 +300,8 @@ def test_without_a_record_the_rule_holds_a_release_until_it_is_shown_below_the_t
     its rate is shown at or below 5%, which an 8% release never is, so the test rolls it back. A
     release at 3% (below the rule) is still promoted."""
     assert recreate_without_record(40, 0.08, range(1, 21)) == ["rollback"] * 20
+    # a record of a few seconds (HAProxy's counters outlive the controller) is no better
+    assert recreate_without_record(10, 0.08, range(1, 11), history_s=4) == ["rollback"] * 10
     assert recreate_without_record(100, 0.03, range(1, 11)) == ["promote"] * 10
 
 
@@ -331,7 +334,7 @@ def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: 
             outcome.requests, outcome.failed = made.load.window(started, ended)  # type: ignore[arg-type]
             serving = version if final["phase"] == "succeeded" else made.current
             made.check(outcome, final, serving, started, ended)
-            bad_version_only(made, outcome, version, started, ended)
+            bad_version_only(made, outcome, set(bad), started, ended)  # (a promoted one serves on)
             made.current = serving
             results.append((final["phase"], str(final["reason"]), outcome))
             print(f"\nrun {run}: {outcome.row()} {final['reason']}")
