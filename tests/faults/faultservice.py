@@ -18,8 +18,8 @@ Run as a script: the repository root is put on sys.path so that `examples` impor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
-
 from examples.user_service import app  # noqa: E402
 
 DRIP_EVERY_S = 0.2

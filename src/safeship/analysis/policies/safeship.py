@@ -705,8 +705,8 @@ def _promise_pending(st: State, ctx: StepContext) -> str | None:
                 bound = judge.rate_upper_bound(n, x, ctx.analysis.early_promotion_alpha)
                 if bound > trigger.threshold:
                     return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, not yet shown at or "
-                            f"below the {_pct(trigger.threshold)} trigger (up to {_pct(bound)}) with no "
-                            "record to judge it against")
+                            f"below the {_pct(trigger.threshold)} trigger (up to {_pct(bound)}), with no "
+                            "record long enough to judge it against")
     return None
 
 
