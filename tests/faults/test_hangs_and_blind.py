@@ -305,6 +305,7 @@ def test_without_a_record_the_rule_holds_a_release_until_it_is_shown_below_the_t
     assert recreate_without_record(100, 0.03, range(1, 11)) == ["promote"] * 10
 
 
+@pytest.mark.timeout(300 + 300 * RECREATE_RUNS)  # a run may hold a minute on a loaded host
 @pytest.mark.parametrize("router", ["builtin", full_only("haproxy")])
 def test_a_bad_recreate_right_after_a_controller_start_is_rolled_back(tmp_path: Path, router: str) -> None:
     """The controller is SIGKILLed and started again, so it has no record of the replaced
