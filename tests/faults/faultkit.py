@@ -494,3 +494,50 @@ def seeded(name: str) -> random.Random:
     """A Random from SEED, which is printed."""
     print(f"\n{name}: seed {SEED} (SAFESHIP_FAULTS_SEED={SEED} repeats it)")
     return random.Random(SEED)
+
+
+# ---------------------------------------------------------------- a faulty service
+
+FAULT_SERVICE = Path(__file__).with_name("faultservice.py")
+EXAMPLE_COMMAND = "command: [python, -m, examples.user_service, "
+
+
+def with_faults(tmp_path: Path, faults: dict[str, dict[str, Any]]) -> Callable[[str], str]:
+    """A config edit that runs the service as tests/faults/faultservice.py with `faults` (version ->
+    its faults: hang/drip a probe path, ignore SIGTERM, an error rate); other versions are the
+    plain example."""
+    file = tmp_path / "faults.yaml"
+    file.write_text(json.dumps(faults))  # JSON is YAML
+
+    def edit(text: str) -> str:
+        assert EXAMPLE_COMMAND in text
+        return text.replace(EXAMPLE_COMMAND, f'command: [python, "{FAULT_SERVICE}", --faults, "{file}", ', 1)
+
+    return edit
+
+
+def then(*edits: Callable[[str], str]) -> Callable[[str], str]:
+    """The config edits one after another."""
+    def edit(text: str) -> str:
+        for one in edits:
+            text = one(text)
+        return text
+
+    return edit
+
+
+def replaced(old: str, new: str) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        assert old in text, old
+        return text.replace(old, new)
+
+    return edit
+
+
+def events_of(setup: Setup, deployment_id: str) -> list[tuple[str, str]]:
+    """(kind, message) of every stored event of the deployment, in order."""
+    store = Store(f"sqlite:///{setup.state_dir}/state.db")
+    try:
+        return [(e.kind, str(e.message)) for e in store.events(deployment_id)]
+    finally:
+        store.close()

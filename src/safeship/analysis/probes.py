@@ -96,19 +96,44 @@ def _parse_status(line: bytes) -> int | None:
 
 
 async def _drain_body(reader: asyncio.StreamReader) -> None:
-    """Read a small body with a known length, so the server is not reset mid-write. A server that
-    ignores Connection: close must not turn a 200 into a timeout, so nothing waits for EOF."""
-    length = 0
+    """Read the body, at most _MAX_BODY_BYTES of it, within the probe's timeout: a server that
+    sends its status and then drips the body forever is not healthy (Kubernetes reads up to 10 KB
+    of it under the same timeout). A body of a known length (Content-Length) or in chunks is read
+    to its end or to the bound; one delimited only by the end of the connection is not waited
+    for, so a server that ignores Connection: close does not turn a 200 into a timeout."""
+    length, chunked = 0, False
     for _ in range(100):  # header lines
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
             break
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            length = int(value.strip())
-    if 0 < length <= _MAX_BODY_BYTES:
-        with contextlib.suppress(asyncio.IncompleteReadError):
-            await reader.readexactly(length)
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        if chunked:
+            await _drain_chunks(reader)
+        elif length > 0:
+            await reader.readexactly(min(length, _MAX_BODY_BYTES))
+
+
+async def _drain_chunks(reader: asyncio.StreamReader) -> None:
+    read = 0
+    while read < _MAX_BODY_BYTES:
+        size_line = await reader.readline()
+        if not size_line:
+            return
+        try:
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        except ValueError:
+            return
+        if size == 0:
+            return
+        take = min(size + 2, _MAX_BODY_BYTES - read)  # the chunk and its CRLF
+        await reader.readexactly(take)
+        read += take
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -247,7 +247,7 @@ class StepRunner:
                 failure=Failure(
                     "health_check_failure",
                     f"{version}: {ready} of {replicas} instances ready after {waited:.0f}s "
-                    f"(readiness timeout {float(step['timeout']):.0f}s)",
+                    f"(readiness timeout {float(step['timeout']):.0f}s){_unready_because(instances)}",
                     {"ready": ready, "wanted": replicas, "instances": states},
                 ),
             )
@@ -282,7 +282,7 @@ class StepRunner:
                 return Failure(
                     "health_check_failure",
                     f"{instance.version} instance {instance.index} not ready for {tick.now - first:.0f}s "
-                    f"(health_check_failure timeout {timeout:.0f}s)",
+                    f"(health_check_failure timeout {timeout:.0f}s){_unready_because([instance])}",
                     {"instance": instance.id, "state": instance.state.value},
                 )
         return None
@@ -743,7 +743,8 @@ class StepRunner:
         if progress.marker != marker:
             progress.marker = marker
             progress.last_look = tick.now
-            progress.counters = _copies(counters)
+            # a version the source has lost the series of keeps its last counts (see `sample`)
+            progress.counters = _copies({**progress.counters, **counters})
             if progress.started_at is None:
                 progress.started_at = tick.now
             if progress.policy_state is None:
@@ -825,6 +826,14 @@ class StepRunner:
     async def sample(self, tick: Tick, counters: Mapping[str, TrafficCounters], *, compare: bool) -> TickSample:
         progress = tick.status.analysis
         before = progress.counters
+        # The candidate (it serves while it is judged) counted at the last look and reported no
+        # more: the source lost its series (a Prometheus started again without its data, a scrape
+        # that fails), not a version that served nothing. Such a look measured nothing: a
+        # measurement error, and the last counts stay the ones the next look is differenced from.
+        candidate = tick.before.version
+        if before.get(candidate, TrafficCounters()).requests > 0 and candidate not in counters:
+            raise TemporaryError(f"the traffic source no longer reports {candidate}, counted at the last look: "
+                                 "this look measured nothing")
 
         def delta(version: str | None) -> TrafficCounters:
             if version is None or version not in counters:
@@ -879,3 +888,12 @@ def _summary(sample: TickSample) -> SampleSummary:
         }
 
     return {"baseline": one(sample.baseline), "candidate": one(sample.candidate), "dt": sample.dt}
+
+
+def _unready_because(instances: Sequence[Instance]) -> str:
+    """'; v1.5.0-0: readiness probe GET /health/ready (timeout 1s): timed out after 1s': why the
+    first instance that is not ready is not, where its platform says."""
+    for instance in instances:
+        if not instance.ready and instance.unready_because:
+            return f"; {instance.version}-{instance.index}: {instance.unready_because}"
+    return ""

@@ -74,6 +74,9 @@ class Instance:
     started_at: float = 0.0
     restarts: int = 0
     last_failure: str | None = None  # evidence for HealthCheckFailure: "exit code -9", "OOM", ...
+    # While not ready: the last failed readiness probe, named with its timeout ("readiness probe
+    # GET /health/ready (timeout 1s): timed out after 1s"), so a readiness timeout says why.
+    unready_because: str | None = None
 
     @property
     def ready(self) -> bool:

@@ -162,6 +162,17 @@ async def tcp_check(
     return _CheckResult(True, "connected")
 
 
+def describe_probe(role: str, spec: ProbeSpec) -> str:
+    """'readiness probe GET /health/ready (timeout 1s)': which probe, with its timeout."""
+    if spec.kind == "http":
+        target = f"GET {spec.path if spec.path.startswith('/') else '/' + spec.path}"
+    elif spec.kind == "exec":
+        target = f"exec {' '.join(spec.command)[:80]}"
+    else:
+        target = spec.kind
+    return f"{role} probe {target} (timeout {spec.timeout:g}s)"
+
+
 @dataclass
 class _Supervised:
     spec: InstanceSpec
@@ -432,10 +443,14 @@ class LocalPlatform(ScalesOneByOne):
             result = await self._probe(sup, spec)
             successes, failures = (successes + 1, 0) if result.ok else (0, failures + 1)
             state = sup.instance.state
+            if not result.ok and state is not InstanceState.READY:
+                sup.instance.unready_because = f"{describe_probe('readiness', spec)}: {result.detail}"
             if state in (InstanceState.STARTING, InstanceState.UNREADY):
                 if successes >= spec.success_threshold:
+                    sup.instance.unready_because = None
                     self._set_state(sup, InstanceState.READY, None)
             elif state is InstanceState.READY and failures >= spec.failure_threshold:
+                sup.instance.unready_because = f"{describe_probe('readiness', spec)}: {result.detail}"
                 self._set_state(sup, InstanceState.UNREADY, f"readiness: {result.detail}")
             await self._clock.sleep(spec.interval - (time.monotonic() - began))
 

@@ -696,7 +696,44 @@ def _promise_pending(st: State, ctx: StepContext) -> str | None:
             if n > 0 and x / n > trigger.threshold:
                 return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, above the "
                         f"{_pct(trigger.threshold)} trigger and not yet proven either way")
+            # ... and, where the rule is all there is to judge by (no version beside it, and no
+            # record of the replaced version, or one too short to tell a breach of the rule: a
+            # recreate right after a controller start), until the rate is shown at or below the
+            # threshold: an 8% release may show 4% over its first 150 requests, and the rule's
+            # point estimate alone would promote it one time in twenty.
+            delta = ctx.analysis.early_promotion_alpha
+            if (n > 0 and not ctx.compare and not _below(n, x, delta, trigger.threshold)
+                    and _record_too_thin(ctx, trigger.threshold, n)):
+                bound = judge.rate_upper_bound(n, x, delta)
+                if bound > trigger.threshold:
+                    return (f"holding: error rate {_pct(x / n)} over {n:.0f} requests, not yet shown at or "
+                            f"below the {_pct(trigger.threshold)} trigger (up to {_pct(bound)}), with no "
+                            "record long enough to judge it against")
     return None
+
+
+def _record_too_thin(ctx: StepContext, threshold: float, judged: float) -> bool:
+    """No record of the replaced version, or one that holds fewer requests than the candidate has
+    been judged on (a few seconds of it: HAProxy's counters outlive a controller that has just
+    started), or one whose failure rate, at its upper confidence bound and with the declared
+    tolerance, reaches `threshold`: a candidate above the threshold could not be shown worse
+    than it (34 requests without a failure bound the rate at 8%)."""
+    record = ctx.history
+    if record is None or record.requests <= judged:
+        return True
+    return not _below(record.requests, record.failed, ctx.analysis.early_promotion_alpha,
+                      threshold / ctx.analysis.error_tolerance, strict=True)
+
+
+def _below(n: float, x: float, delta: float, limit: float, *, strict: bool = False) -> bool:
+    """The rate of x failures in n is shown at or below `limit` (below it, when `strict`): its
+    Clopper-Pearson upper bound at 1 - delta. Hoeffding's bound, which is never below it, answers
+    first without scipy when it suffices (most looks of a busy window: this runs at every look)."""
+    cheap = x / n + math.sqrt(math.log(1.0 / delta) / (2.0 * n))
+    if cheap < limit:
+        return True
+    bound = judge.rate_upper_bound(n, x, delta)
+    return bound < limit if strict else bound <= limit
 
 
 def _within_tolerance(st: State, ctx: StepContext) -> str | None:
