@@ -51,7 +51,7 @@ intelligent_deployment:
       - {{type: error_rate_threshold, threshold: 0.05, duration: 2s}}
     monitoring: {{duration: 2s, interval: 0.5s}}
     rollback_timeout: 20s
-  analysis: {{interval: 0.5s}}
+  analysis: {{interval: 0.5s, confirm_duration: 10s}}
 environment_management:
   environments:
     - {{name: {env}, type: production, platform: local}}
