@@ -264,8 +264,12 @@ async def operator_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path,
             yield rig
         finally:
             for identity in list(rig.operators):
-                with contextlib.suppress(Exception):
-                    await rig.stop(identity, cleanly=False)
+                try:
+                    await asyncio.wait_for(rig.stop(identity, cleanly=False), timeout=15)
+                except Exception as exc:
+                    print("STOP FAILED", identity, repr(exc))
+                    for t in asyncio.all_tasks():
+                        t.print_stack()
             for item in rig.closing:
                 with contextlib.suppress(Exception):
                     result = item.close()
