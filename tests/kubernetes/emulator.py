@@ -157,6 +157,16 @@ class ServedKind:
         return self.status if self.status is not None else self.kind in STATUS_KINDS
 
 
+# The short names an API server gives built-in resources in discovery (what `kubectl get deploy` uses).
+SHORT_NAMES = {
+    "namespaces": ("ns",), "pods": ("po",), "services": ("svc",), "configmaps": ("cm",),
+    "serviceaccounts": ("sa",), "endpoints": ("ep",), "events": ("ev",), "persistentvolumeclaims": ("pvc",),
+    "resourcequotas": ("quota",), "limitranges": ("limits",), "deployments": ("deploy",), "replicasets": ("rs",),
+    "statefulsets": ("sts",), "daemonsets": ("ds",), "poddisruptionbudgets": ("pdb",),
+    "horizontalpodautoscalers": ("hpa",), "ingresses": ("ing",), "networkpolicies": ("netpol",),
+    "customresourcedefinitions": ("crd", "crds"),
+}
+
 # Built-in kinds an API server serves that the client does not list: (apiVersion, kind, plural, namespaced).
 BUILTIN_KINDS = [
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
@@ -877,6 +887,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         info.singular = served.kind.lower()
         info.verbs = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
         info.subresources = {"status"} if served.has_status else set()
+        info.shortnames = set(SHORT_NAMES.get(served.plural, ()))
 
     def add_kind(self, api_version: str, kind: str, plural: str, *, namespaced: bool = True,
                  status: bool | None = None) -> ServedKind:
@@ -884,6 +895,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self.kinds[(served.group, served.version, plural)] = served
         self._discover(served)
         return served
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        # kmock names the core group's version "/v1"; an API server (and kubectl) says "v1"
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        for entry in payload.get("resources", []) if isinstance(payload, dict) else []:
+            if "/" in entry["name"]:  # a subresource: no short names or categories, its own verbs
+                entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+        return payload
 
     def _get_resources(self) -> list[kmock.resource]:
         # discovery lists what is served now (kmock would also list kinds of deleted objects)
@@ -1473,6 +1494,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             key = (served.group, served.version, served.plural)
             self.kinds[key] = served
             self._discover(served)
+            info = self.resources[served.resource]
+            info.shortnames = set(crd["spec"]["names"].get("shortNames") or [])
+            info.categories = set(crd["spec"]["names"].get("categories") or [])
             self.custom[key] = custom
         storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
         now = _now()

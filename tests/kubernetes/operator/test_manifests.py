@@ -224,3 +224,46 @@ async def test_rbac_allows_the_operators_calls_and_refuses_others(
         await operator.aclose()
     stored = kube_api.read(rel.API_VERSION, rel.KIND, "user-service")
     assert stored is not None and stored["spec"]["replicas"] == 3 and stored["status"]["phase"] == "progressing"
+
+
+async def kubectl(api: ApiHandle, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """kubectl against the stand-in (run beside it, not blocking its event loop)."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(api.kubeconfig), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return int(process.returncode or 0), out.decode(), err.decode()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+async def test_the_documented_kubectl_commands_work_on_the_stand_in(kube_api: ApiHandle) -> None:
+    # The stand-in serves no OpenAPI document, so kubectl's client-side schema check is off here;
+    # the server-side checks (schemas, CRD validation) are the stand-in's own.
+    stream = mf.to_yaml(mf.manifests())
+    code, out, err = await kubectl(kube_api, "apply", "--validate=false", "-f", "-", stdin=stream)
+    assert code == 0, err
+    assert "customresourcedefinition.apiextensions.k8s.io/releases.safeship.dev created" in out
+    assert "deployment.apps/safeship-operator created" in out
+    code, out, err = await kubectl(kube_api, "apply", "--validate=false", "-f", "-", stdin=stream)
+    assert code == 0 and "deployment.apps/safeship-operator unchanged" in out, err  # applying again changes nothing
+
+    release = yaml.safe_dump({**RELEASE, "metadata": {"name": "user-service", "namespace": "test"}})
+    code, out, err = await kubectl(kube_api, "apply", "--validate=false", "-f", "-", stdin=release)
+    assert code == 0 and "release.safeship.dev/user-service created" in out, err
+    code, out, err = await kubectl(kube_api, "get", "rel", "-n", "test", "-o", "name")
+    assert (code, out.strip()) == (0, "release.safeship.dev/user-service"), err
+    code, out, err = await kubectl(kube_api, "annotate", "release", "user-service", "-n", "test",
+                                   f"{rel.APPROVE}=step-2")
+    assert code == 0, err
+    stored = kube_api.read(rel.API_VERSION, rel.KIND, "user-service", "test")
+    assert stored is not None and stored["metadata"]["annotations"][rel.APPROVE] == "step-2"
+    code, out, err = await kubectl(kube_api, "delete", "release", "user-service", "-n", "test")
+    assert code == 0, err
+    assert kube_api.read(rel.API_VERSION, rel.KIND, "user-service", "test") is None
