@@ -80,18 +80,20 @@ def test_the_printed_stream_is_what_kustomize_builds(tmp_path: Path, capsys: pyt
 
     assert build(DEPLOY / "base") == mf.manifests()
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": ["../deploy/base"],
-        "components": ["../deploy/components/servicemonitor"],
-        "namespace": "platform-ops",
-        "images": [{"name": mf.DEFAULT_IMAGE.rsplit(":", 1)[0], "newName": "registry.example/safeship",
-                    "newTag": "2.0.1"}],
-    }))
-    run(cli(["--image", "registry.example/safeship:2.0.1", "--namespace", "platform-ops", "--service-monitor"]))
-    printed = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert build(overlay) == printed
+    for components, flags in (([], []), (["servicemonitor"], ["--service-monitor"]),
+                              (["servicemonitor", "sqlite"], ["--service-monitor", "--sqlite"])):
+        overlay = tmp_path / f"overlay-{len(components)}"
+        overlay.mkdir()
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": ["../deploy/base"],
+            "components": [f"../deploy/components/{name}" for name in components],
+            "namespace": "platform-ops",
+            "images": [{"name": mf.DEFAULT_IMAGE.rsplit(":", 1)[0], "newName": "registry.example/safeship",
+                        "newTag": "2.0.1"}],
+        }))
+        run(cli(["--image", "registry.example/safeship:2.0.1", "--namespace", "platform-ops", *flags]))
+        printed = list(yaml.safe_load_all(capsys.readouterr().out))
+        assert build(overlay) == printed, components
 
 
 def test_bad_arguments_are_one_sentence_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,10 +129,21 @@ def test_the_values_are_set_where_they_belong() -> None:
     assert [e.platform for e in config.environment_management.environments] == ["kubernetes"]
 
 
+def test_the_sqlite_store_is_one_replica_on_a_claim() -> None:
+    by_kind = {o["kind"]: o for o in mf.manifests(sqlite=True)}
+    spec = by_kind["Deployment"]["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env[mf.STORE_URL_ENV] == {"name": mf.STORE_URL_ENV, "value": "sqlite:////var/lib/safeship/state.db"}
+    state = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "state")
+    assert state == {"name": "state", "persistentVolumeClaim": {"claimName": mf.SQLITE_CLAIM}}
+    assert by_kind["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
 def test_every_built_in_object_validates_strictly() -> None:
     import kubernetes_validate
 
-    for obj in mf.manifests(service_monitor=True):
+    for obj in mf.manifests(service_monitor=True, sqlite=True):
         if obj["kind"] == "ServiceMonitor":
             continue  # the Prometheus Operator's CRD, not a built-in kind
         kubernetes_validate.validate(copy.deepcopy(obj), "1.30", strict=True)
