@@ -693,10 +693,11 @@ def crd_kinds(crd: Mapping[str, Any]) -> list[CustomKind]:
     return kinds
 
 
-def prune(schema: Mapping[str, Any], value: Any, *, root: bool = False) -> Any:
+def prune(schema: Mapping[str, Any], value: Any, *, root: bool = False, path: str = "",
+          dropped: list[str] | None = None) -> Any:
     """`value` without the fields its structural schema does not specify (unless it preserves
     unknown fields), with the schema's defaults filled in where a field is missing; at the root
-    apiVersion, kind and metadata are always kept."""
+    apiVersion, kind and metadata are always kept. The paths of the fields dropped go to `dropped`."""
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
@@ -709,17 +710,20 @@ def prune(schema: Mapping[str, Any], value: Any, *, root: bool = False) -> Any:
                 child_schema = properties[key]
                 if child is None and not child_schema.get("nullable") and "default" in child_schema:
                     continue  # a null where the schema has a default is dropped, then defaulted
-                result[key] = prune(child_schema, child)
+                result[key] = prune(child_schema, child, path=_schema_path(path, key), dropped=dropped)
             elif isinstance(additional, Mapping):
-                result[key] = prune(additional, child)
+                result[key] = prune(additional, child, path=_schema_path(path, key), dropped=dropped)
             elif preserve or additional is True:
                 result[key] = child
+            elif dropped is not None:
+                dropped.append(_schema_path(path, key))
         for key, child_schema in properties.items():
             if key not in result and isinstance(child_schema, Mapping) and "default" in child_schema:
                 result[key] = prune(child_schema, copy.deepcopy(child_schema["default"]))
         return result
     if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        return [prune(schema["items"], item) for item in value]
+        return [prune(schema["items"], item, path=f"{path}[{index}]", dropped=dropped)
+                for index, item in enumerate(value)]
     return value
 
 
@@ -871,6 +875,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     bookmark_interval: float = 60.0  # seconds between BOOKMARK events on a watch that asked for them
     garbage_collection: bool = True  # ownerReferences: dependents of a deleted owner are deleted
     _wakeup: Any = attrs.field(default=None, init=False)  # asyncio.Event set by `publish`
+    _field_validation: str = attrs.field(default="", init=False)  # the request's fieldValidation
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -1279,7 +1284,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 served, obj["metadata"].get("namespace"), obj["metadata"]["name"]):
             raise ApiFailure(405, "MethodNotAllowed",
                              "create not allowed while custom resource definition is terminating")
-        pruned: Obj = prune(custom.schema, obj, root=True)
+        dropped: list[str] = []
+        pruned: Obj = prune(custom.schema, obj, root=True, dropped=dropped)
+        if dropped and self._field_validation == "Strict":
+            # k8s.io/apiserver/pkg/endpoints/handlers: fieldValidation=Strict (what kubectl's
+            # default --validate=strict asks for) refuses unknown fields instead of pruning them
+            raise ApiFailure(400, "BadRequest", "strict decoding error: "
+                             + ", ".join(f'unknown field "{field}"' for field in dropped))
         return pruned
 
     def _admit_pod(self, pod: Obj, namespace: str) -> None:
@@ -1979,6 +1990,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         name: str | None,
         subresource: str | None,
     ) -> tuple[Obj, int]:
+        self._field_validation = str(request.params.get("fieldValidation") or "")
+        try:
+            return self._serve_request(method, request, served, namespace, name, subresource)
+        finally:
+            self._field_validation = ""
+
+    def _serve_request(self, method: str, request: rendering.Request, served: ServedKind, namespace: str | None,
+                       name: str | None, subresource: str | None) -> tuple[Obj, int]:
         dry_run = request.params.get("dryRun") == "All"
         if not served.namespaced:
             namespace = None

@@ -173,6 +173,10 @@ async def test_custom_objects_are_validated_against_the_crd_schema(
     assert "unknown" not in created["spec"] and "surprise" not in created
     assert created["spec"]["extra"] == {"anything": {"kept": True}}
     assert created["spec"]["replicas"] == 2 and created["spec"]["port"] == "http"
+    strict = await http.post(WIDGETS, params={"fieldValidation": "Strict"},
+                             json=widget("strict", unknown=1, labels={"a": "b"}, extra={"free": 1}))
+    assert strict.status_code == 400  # what kubectl's default --validate=strict asks for
+    assert strict.json()["message"] == 'strict decoding error: unknown field "spec.unknown"'
     response = await http.patch(f"{WIDGETS}/w", content=json.dumps({"spec": {"replicas": 99}}), headers=MERGE)
     assert response.status_code == 422
     stored = kube_api.read(f"{GROUP}/v1", "Widget", "w")
