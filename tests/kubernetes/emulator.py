@@ -44,9 +44,11 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   generic resources find them); every write of a custom object is pruned (unknown fields dropped
   unless x-kubernetes-preserve-unknown-fields), defaulted and validated against the schema (types,
   int-or-string, nullable, required, enum, pattern, min/max, lengths, items, properties, the
-  logical junctors; CEL rules are not evaluated), always, whatever `validate` says; the status
-  subresource when the version declares it. Deleting a CRD makes it Terminating: its objects are
-  deleted (those with finalizers wait for them), then it goes and its kinds are no longer served.
+  logical junctors; CEL rules are not evaluated), always, whatever `validate` says;
+  `fieldValidation=Strict` refuses unknown fields (400) instead; the status subresource when the
+  version declares it; generation counts every change but metadata (and status). Deleting a CRD
+  makes it Terminating: its objects are deleted (those with finalizers wait for them), then it goes
+  and its kinds are no longer served.
   Versions are served apart (no conversion between them);
 - **Lease** (`coordination.k8s.io/v1`) and every other kind: the same optimistic concurrency;
 - **watch** (see `_watch`): from a resourceVersion, every later change; without one, the current
@@ -890,7 +892,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         info.kind = served.kind
         info.namespaced = served.namespaced
         info.singular = served.kind.lower()
-        info.verbs = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
+        info.verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
         info.subresources = {"status"} if served.has_status else set()
         info.shortnames = set(SHORT_NAMES.get(served.plural, ()))
 
@@ -1345,7 +1347,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta = result["metadata"]
         if served.kind == "Service" and subresource != "status":
             _keep_cluster_ips(old, result)
-        if old.get("spec") != result.get("spec") and "spec" in result:
+        if (served.group, served.version, served.plural) in self.custom:
+            # a custom object's generation counts every change but metadata (and status, when
+            # its CRD has the status subresource)
+            kept = ("metadata", "status") if served.has_status else ("metadata",)
+            if {k: v for k, v in old.items() if k not in kept} != {k: v for k, v in result.items() if k not in kept}:
+                meta["generation"] = int(old_meta.get("generation") or 0) + 1
+        elif old.get("spec") != result.get("spec") and "spec" in result:
             meta["generation"] = int(old_meta.get("generation") or 0) + 1
         if _without_resource_version(result) == _without_resource_version(old):
             return old  # nothing changed: no write, no new resourceVersion
