@@ -338,6 +338,13 @@ async def test_a_watch_from_a_resource_version_sees_only_later_changes(
     named = await watch_events(http, CONFIGMAPS, {"resourceVersion": since, "fieldSelector": "metadata.name=before",
                                                   "timeoutSeconds": "1"})
     assert [e["type"] for e in named] == ["DELETED"]
+    # sendInitialEvents (watch-list): the current objects, then a bookmark marking their end
+    streamed = await watch_events(http, CONFIGMAPS, {"sendInitialEvents": "true", "allowWatchBookmarks": "true",
+                                                     "resourceVersionMatch": "NotOlderThan"}, until=2)
+    assert [e["type"] for e in streamed] == ["ADDED", "BOOKMARK"]
+    assert streamed[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    labelled = await watch_events(http, CONFIGMAPS, {"labelSelector": "team=none", "timeoutSeconds": "1"})
+    assert labelled == []
 
 
 @pytest.mark.kube_api(bookmark_interval=0.2)

@@ -220,6 +220,7 @@ async def test_rbac_allows_the_operators_calls_and_refuses_others(
         refused = [
             await operator.get("/api/v1/secrets"),  # Secrets are never read
             await operator.get("/api/v1/namespaces/test/secrets"),
+            await operator.get("/api/v1/secrets", params={"watch": "true"}),
             await operator.patch(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service",
                                  content=b'{"spec": {"replicas": 9}}', headers=merge),  # the spec is the user's
             await operator.get(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/another-lease"),
