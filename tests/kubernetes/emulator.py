@@ -75,6 +75,7 @@ import asyncio
 import bisect
 import copy
 import datetime
+import functools
 import importlib
 import itertools
 import json
@@ -137,11 +138,12 @@ class ServedKind:
     namespaced: bool
     status: bool | None = None  # served with a /status subresource; None: as STATUS_KINDS says
 
-    @property
+    # computed once per kind (the storage compares them for every object it scans)
+    @functools.cached_property
     def group(self) -> str:
         return kube_client.split_api_version(self.api_version)[0]
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         return kube_client.split_api_version(self.api_version)[1]
 
@@ -150,7 +152,7 @@ class ServedKind:
         """`deployments.apps`, `pods`: how an API server names the resource in its messages."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
+    @functools.cached_property
     def resource(self) -> kmock.resource:
         return kmock.resource(group=self.group, version=self.version, plural=self.plural)
 
@@ -967,8 +969,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = copy.deepcopy(obj)
         self.history.append((self._last_rv, served.resource, {"type": event, "object": copy.deepcopy(obj)}))
-        if len(self.history) > self.history_limit:
-            self.compact(self.history[len(self.history) - self.history_limit][0])
+        if len(self.history) > self.history_limit:  # drop the oldest tenth at once
+            self.compact(self.history[len(self.history) - self.history_limit * 9 // 10][0])
         if event == "DELETED" and served.kind == "CustomResourceDefinition":
             self._uninstall_crd(metadata["name"])
         return obj
@@ -1576,7 +1578,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 changed |= self._clean_up_crd(served, obj)
         if changed or not self.garbage_collection:
             return changed
-        return self._collect_garbage(self._live())
+        return self._collect_garbage(live)
 
     def _clean_up_crd(self, served: ServedKind, crd: Obj) -> bool:
         name = crd["metadata"]["name"]
