@@ -38,17 +38,17 @@ spec:
 """)
 
 
-def _json_schema(node: Any) -> Any:
+def crd_json_schema(node: Any) -> Any:
     """The OpenAPI v3 structural schema as JSON Schema: nullable, int-or-string, and unknown fields
     refused where the API server's strict field validation refuses them."""
     if isinstance(node, list):
-        return [_json_schema(n) for n in node]
+        return [crd_json_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _json_schema(v) if k in ("items", "additionalProperties", "anyOf", "not") else v
+    out = {k: crd_json_schema(v) if k in ("items", "additionalProperties", "anyOf", "not") else v
            for k, v in node.items() if k != "description" and not k.startswith("x-kubernetes-")}
     if "properties" in node:
-        out["properties"] = {k: _json_schema(v) for k, v in node["properties"].items()}
+        out["properties"] = {k: crd_json_schema(v) for k, v in node["properties"].items()}
         if not node.get("x-kubernetes-preserve-unknown-fields"):
             out["additionalProperties"] = False
     if node.get("nullable"):
@@ -63,7 +63,7 @@ def _json_schema(node: Any) -> Any:
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft202012Validator:
     crd = release_crd()
-    schema = _json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    schema = crd_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
