@@ -263,6 +263,8 @@ async def operator_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path,
         try:
             yield rig
         finally:
+            import time as _t
+            t0 = _t.monotonic()
             for identity in list(rig.operators):
                 try:
                     await asyncio.wait_for(rig.stop(identity, cleanly=False), timeout=15)
@@ -270,8 +272,10 @@ async def operator_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path,
                     print("STOP FAILED", identity, repr(exc))
                     for t in asyncio.all_tasks():
                         t.print_stack()
+            print("TEARDOWN stop", _t.monotonic() - t0)
             for item in rig.closing:
                 with contextlib.suppress(Exception):
                     result = item.close()
                     if asyncio.iscoroutine(result):
                         await result
+            print("TEARDOWN closing", _t.monotonic() - t0)
