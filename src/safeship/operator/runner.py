@@ -210,7 +210,8 @@ class Operator:
 
     async def _watch_loop(self) -> None:
         ns = self.settings.namespace
-        listed_at = -math.inf
+        # A version already known (set before `run`) is watched from without listing first.
+        listed_at = time.monotonic() if self.resource_version else -math.inf
         failures = 0
         while not self._stop.is_set():
             try:

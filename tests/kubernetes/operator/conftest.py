@@ -1,6 +1,6 @@
-"""The operator in the stand-in cluster: the API emulator serving Releases and Leases, the cluster
-simulator moving pods, and users whose requests follow the VirtualService's weights to the ready
-pods of each version (a version listed in `UsersTraffic.failing` fails 40% of its requests).
+"""The operator in the stand-in cluster: the API emulator serving Releases (from the installed CRD)
+and Leases, the cluster simulator moving pods, and users whose requests follow the
+VirtualService's weights to the ready pods of each version (a version listed in `UsersTraffic.failing` fails 40% of its requests).
 
 `operator_rig` yields an `OperatorRig`: `start(identity)` runs an `Operator` as a task (a loop with
 its own API clients and store connection, as a second replica would have), `apply(...)` writes a
@@ -21,12 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import emulator as emulator_module
-import jsonschema
-import pytest
 import pytest_asyncio
 from emulator import ApiHandle
-from test_operator_crd import crd_json_schema
 
 from safeship.config.models import SafeshipConfig
 from safeship.kube import objects
@@ -44,28 +40,12 @@ USERS = 1000  # requests per read of the counters
 LEASE_NAMESPACE = "kube-system"
 
 
-def serve_release_kinds(api: ApiHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve Releases (from the CRD) and Leases. The CRD is applied as a cluster admin would; an
-    emulator that does not serve custom kinds from applied CRDs yet gets the kind added directly."""
-    emulator = api.emulator
-    with contextlib.suppress(Exception):
-        api.write(release_crd())
-    if (rel.GROUP, rel.VERSION, rel.PLURAL) not in emulator.kinds:
-        emulator.add_kind(rel.API_VERSION, rel.KIND, rel.PLURAL)
-        monkeypatch.setattr(emulator_module, "STATUS_KINDS", {*emulator_module.STATUS_KINDS, rel.KIND})
-        emulator.resources[emulator.kinds[(rel.GROUP, rel.VERSION, rel.PLURAL)].resource].subresources = {"status"}
-        validator = jsonschema.Draft202012Validator(
-            crd_json_schema(release_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
-        builtin_problems = emulator_module.object_problems
-
-        def problems(obj: Mapping[str, Any], *, use_schemas: bool = True) -> list[str]:
-            if obj.get("kind") != rel.KIND:
-                return builtin_problems(obj, use_schemas=use_schemas)
-            return [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
-
-        monkeypatch.setattr(emulator_module, "object_problems", problems)
-    if ("coordination.k8s.io", "v1", "leases") not in emulator.kinds:
-        emulator.add_kind("coordination.k8s.io/v1", "Lease", "leases")
+def serve_release_kinds(api: ApiHandle) -> None:
+    """Install the Release CRD as a cluster admin would (the stand-in then serves the kind, validated
+    against the CRD's schema, with its status subresource); Leases are built in."""
+    api.write(release_crd())
+    assert (rel.GROUP, rel.VERSION, rel.PLURAL) in api.emulator.kinds
+    assert ("coordination.k8s.io", "v1", "leases") in api.emulator.kinds
 
 
 @dataclass
@@ -255,17 +235,16 @@ async def _nothing() -> None:
 
 
 @pytest_asyncio.fixture
-async def operator_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path,
-                       monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OperatorRig]:
-    serve_release_kinds(kube_api, monkeypatch)
+async def operator_rig(kube_api: ApiHandle, cluster_sim: Any, tmp_path: Path) -> AsyncIterator[OperatorRig]:
+    serve_release_kinds(kube_api)
     rig = OperatorRig(kube_api, cluster_sim, tmp_path, UsersTraffic(kube_api))
     async with cluster_sim.running():
         try:
             yield rig
         finally:
             for identity in list(rig.operators):
-                with contextlib.suppress(Exception):
-                    await rig.stop(identity, cleanly=False)
+                with contextlib.suppress(Exception):  # bounded: a stuck stop must not hold the suite
+                    await asyncio.wait_for(rig.stop(identity, cleanly=False), timeout=15)
             for item in rig.closing:
                 with contextlib.suppress(Exception):
                     result = item.close()
