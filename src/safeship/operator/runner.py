@@ -150,6 +150,7 @@ class Operator:
         self.router_options = dict(router_options or {})
         self.elector = LeaderElector(kube, settings.lease)
         self.releases: dict[tuple[str, str], Tracked] = {}
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         # What happened, for tests and the log: counts only.
@@ -259,7 +260,9 @@ class Operator:
         if kind == "DELETED":
             tracked = self.releases.pop(key, None)
             if tracked is not None:
-                asyncio.get_running_loop().create_task(self._forget(tracked))
+                task = asyncio.get_running_loop().create_task(self._forget(tracked))
+                self._forgetting.add(task)
+                task.add_done_callback(self._forgetting.discard)
             return
         tracked = self.releases.get(key)
         if tracked is None:

@@ -1,6 +1,7 @@
 """The operator in the stand-in cluster: the API emulator serving Releases (from the installed CRD)
 and Leases, the cluster simulator moving pods, and users whose requests follow the
-VirtualService's weights to the ready pods of each version (a version listed in `UsersTraffic.failing` fails 40% of its requests).
+VirtualService's weights to the ready pods of each version (a version listed in
+`UsersTraffic.failing` fails 40% of its requests).
 
 `operator_rig` yields an `OperatorRig`: `start(identity)` runs an `Operator` as a task (a loop with
 its own API clients and store connection, as a second replica would have), `apply(...)` writes a

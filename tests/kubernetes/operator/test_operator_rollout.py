@@ -5,6 +5,7 @@ judge's sentence; an approval given by annotation."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 from conftest import SERVICE, OperatorRig, release_body
@@ -100,6 +101,9 @@ async def test_an_approval_is_given_by_annotation_once(operator_rig: OperatorRig
     # The same annotation value is not acted on again (a re-applied manifest carries it still).
     writes = len(rig.status_writes())
     await rig.annotate("example.com/touched", "yes")
-    await rig.until(lambda: operator.stats["ticks"] >= 0 and len(rig.status_writes()) == writes, timeout=1)
+    tracked = operator.releases[(rig.api.namespace, SERVICE)]
+    await rig.until(lambda: tracked.obj["metadata"].get("annotations", {}).get("example.com/touched") == "yes"
+                    and not tracked.running and tracked.due == math.inf, what="the annotated Release reconciled")
+    assert len(rig.status_writes()) == writes  # nothing changed, nothing written
     assert rig.status()["handled"] == {rel.APPROVE: "alice"}
     assert len([e for e in operator.store.events(status["deploymentId"]) if "approved by" in e.message]) == 1
