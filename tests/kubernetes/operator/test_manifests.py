@@ -323,3 +323,18 @@ async def test_the_operator_rolls_a_release_out_within_its_role(operator_rig: An
         ("update", "releases/finalizers", rel.GROUP),  # not a call: blockOwnerDeletion needs it
     }
     assert granted - used <= other_features, sorted(granted - used - other_features)
+
+
+def test_the_safeship_command_prints_the_stream_and_refuses_a_bad_namespace(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from safeship.cli.main import main
+
+    assert main(["operator", "manifests", "--namespace", "ops"]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == mf.manifests(namespace="ops")
+    command = [sys.executable, "-c", "from safeship.cli.main import main; raise SystemExit(main())"]
+    bad = subprocess.run([*command, "operator", "manifests", "--namespace", "Ops_1"], capture_output=True,
+                         text=True, timeout=60)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.strip().count("\n") == 0 and "--namespace: 'Ops_1' is not a DNS-1123 label" in bad.stderr
