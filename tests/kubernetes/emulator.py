@@ -877,9 +877,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
     history_floor: int = attrs.field(default=0, init=False)
     history_limit: int = 20_000  # events kept; older ones are dropped as a watch cache drops them
     bookmark_interval: float = 60.0  # seconds between BOOKMARK events on a watch that asked for them
+    watch_write_timeout: float = 5.0  # a watcher that takes longer to take an event is closed
     garbage_collection: bool = True  # ownerReferences: dependents of a deleted owner are deleted
     _wakeup: Any = attrs.field(default=None, init=False)  # asyncio.Event set by `publish`
     _field_validation: str = attrs.field(default="", init=False)  # the request's fieldValidation
+    _closing: bool = attrs.field(default=False, init=False)  # set by `end_watches`
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -979,6 +981,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """Send the events of the writes made so far to the watch streams."""
         if self._wakeup is not None:
             self._wakeup.set()
+
+    async def end_watches(self) -> None:
+        """End every open watch (the server is stopping), as an API server ends them on shutdown."""
+        self._closing = True
+        await self.publish()
 
     def compact(self, resource_version: int | None = None) -> int:
         """Drop the watch history up to `resource_version` (the latest when None), as etcd's
@@ -1930,7 +1937,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         await response.prepare(raw)
 
         async def send(event: Mapping[str, Any]) -> None:
-            await response.write(json.dumps(event).encode() + b"\n")
+            # a watcher that does not read (its buffers full) is closed, as the API server's
+            # cacher closes an unresponsive watcher rather than wait for it
+            try:
+                await asyncio.wait_for(response.write(json.dumps(event).encode() + b"\n"),
+                                       timeout=self.watch_write_timeout)
+            except TimeoutError:
+                if raw.transport is not None:
+                    raw.transport.close()
+                raise ConnectionResetError("the watcher does not read") from None
 
         def bookmark(annotations: Mapping[str, str] | None = None) -> Obj:
             metadata: Obj = {"resourceVersion": str(self._last_rv), "creationTimestamp": None}
@@ -1979,13 +1994,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 if self._wakeup is None:
                     self._wakeup = asyncio.Event()
                 wakeup = self._wakeup
-                waits = [next_bookmark - now if bookmarks else 3600.0]
+                # a second at most, to notice a client that went away or a server that stops
+                waits = [next_bookmark - now if bookmarks else 1.0, 1.0]
                 if deadline is not None:
                     waits.append(deadline - now)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=max(0.0, min(waits)))
                 if wakeup.is_set() and self._wakeup is wakeup:
                     self._wakeup = asyncio.Event()  # the next writes wake every watcher again
+                if self._closing or raw.transport is None or raw.transport.is_closing():
+                    return response
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away
@@ -2179,4 +2197,7 @@ async def running_emulator(
             emulator.ensure_namespace(name)
         await emulator.publish()
         kubeconfig = write_kubeconfig(directory / "kubeconfig", url, context, namespace)
-        yield ApiHandle(emulator=emulator, url=url, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        try:
+            yield ApiHandle(emulator=emulator, url=url, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        finally:
+            await emulator.end_watches()  # else the server would wait for its watch streams

@@ -10,8 +10,8 @@ What they install, in `namespace` (default `safeship-system`):
 - the Release CustomResourceDefinition (`crd.release_crd()`, as generated from the models);
 - the Namespace, its Pod Security level `restricted` enforced;
 - a ServiceAccount `safeship-operator`, and least privilege for it: a ClusterRole with what the
-  reconciler calls on Releases (list, watch; the status subresource: get, patch; finalizers:
-  update, which an ownerReference with blockOwnerDeletion needs) and what the deployment engine
+  reconciler calls on Releases (list, watch; the status subresource: patch; finalizers: update,
+  which an ownerReference with blockOwnerDeletion needs where the API server enforces it) and what the deployment engine
   calls in a Release's namespace (`kube.environment.deployer_rules` for every router, with
   autoscaling: the same rules `safeship validate` renders for an environment's deployer Role), and
   a Role in its own namespace for its leader-election Lease (create; get and patch of that one
@@ -20,11 +20,11 @@ What they install, in `namespace` (default `safeship-system`):
   Security profile (non-root, no privilege escalation, every capability dropped, RuntimeDefault
   seccomp, read-only root filesystem with an emptyDir for state and /tmp), requests and limits,
   readiness and liveness probes on `/healthz`, its `safeship.yaml` from the ConfigMap
-  `safeship-config`, the store URL from the Secret `store_secret` (key `url`) and the API token
-  from the Secret `safeship-api-token` (key `token`) as environment variables, never in the
-  manifests;
+  `safeship-config`, the store URL from the Secret `store_secret` (key `url`) as an environment
+  variable (`SAFESHIP_STORE_URL`, which `safeship operator run` reads), never in the manifests;
 - the ConfigMap `safeship-config` (an example `safeship.yaml` to edit) and a Service `safeship`
-  for the dashboard and API;
+  for what the operator serves: `/healthz` and `/metrics` (the operator serves no API or
+  dashboard, so it needs no API token);
 - optionally (`deploy/components/servicemonitor`, or `service_monitor=True`) a ServiceMonitor for
   the Prometheus Operator;
 - optionally (`deploy/components/sqlite`, or `sqlite=True`) the store in SQLite on a
@@ -55,7 +55,6 @@ NAME = "safeship-operator"
 DEFAULT_NAMESPACE = "safeship-system"
 DEFAULT_IMAGE = f"localhost/safeship:{__version__}"  # what the Containerfile's build command tags
 DEFAULT_STORE_SECRET = "safeship-store"
-TOKEN_SECRET = "safeship-api-token"
 CONFIG_MAP = "safeship-config"
 SERVICE = "safeship"
 LEASE = "safeship-operator"  # the leader-election Lease, in the operator's namespace
@@ -64,7 +63,6 @@ CONFIG_PATH = "/etc/safeship/safeship.yaml"
 STATE_DIR = "/var/lib/safeship"
 RUN_AS = 10001  # the Containerfile's user
 STORE_URL_ENV = "SAFESHIP_STORE_URL"
-API_TOKEN_ENV = "SAFESHIP_API_TOKEN"
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "safeship"}
 
 # deploy/base: file name -> the object's kind, in the order `manifests()` returns them
@@ -130,8 +128,8 @@ def cluster_rules() -> list[JsonObj]:
     """The ClusterRole's rules: the reconciler's calls on Releases, then the deployment engine's
     in a Release's namespace for every router (merged by API group and resource)."""
     rules: list[JsonObj] = [
-        {"apiGroups": [rel.GROUP], "resources": [rel.PLURAL], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [rel.GROUP], "resources": [f"{rel.PLURAL}/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": [rel.GROUP], "resources": [rel.PLURAL], "verbs": ["list", "watch"]},
+        {"apiGroups": [rel.GROUP], "resources": [f"{rel.PLURAL}/status"], "verbs": ["patch"]},
         {"apiGroups": [rel.GROUP], "resources": [f"{rel.PLURAL}/finalizers"], "verbs": ["update"]},
     ]
     gateway = Environment(name="any", platform="kubernetes", router="gateway-api", gateway=GatewayRef(name="any"))
@@ -274,8 +272,6 @@ def deployment(image: str, namespace: str, store_secret: str) -> JsonObj:
                              "valueFrom": {"secretKeyRef": {"name": store_secret, "key": "url"}}},
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                            {"name": API_TOKEN_ENV,
-                             "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "token"}}},
                         ],
                         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
                         "readinessProbe": dict(probe, initialDelaySeconds=2),

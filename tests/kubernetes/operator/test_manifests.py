@@ -120,7 +120,7 @@ def test_the_values_are_set_where_they_belong() -> None:
     assert container["image"] == "registry.example/safeship@sha256:" + "a" * 64
     env = {e["name"]: e.get("valueFrom") for e in container["env"]}
     assert env[mf.STORE_URL_ENV] == {"secretKeyRef": {"name": "pg-store", "key": "url"}}
-    assert env[mf.API_TOKEN_ENV] == {"secretKeyRef": {"name": mf.TOKEN_SECRET, "key": "token"}}
+    assert set(env) == {mf.STORE_URL_ENV, "POD_NAME", "POD_NAMESPACE"}  # what `safeship operator run` reads
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -223,6 +223,7 @@ async def test_rbac_allows_the_operators_calls_and_refuses_others(
             await operator.get("/api/v1/secrets", params={"watch": "true"}),
             await operator.patch(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service",
                                  content=b'{"spec": {"replicas": 9}}', headers=merge),  # the spec is the user's
+            await operator.get(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service"),  # never a GET
             await operator.get(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/another-lease"),
             await operator.get("/apis/coordination.k8s.io/v1/namespaces/test/leases/safeship-operator"),
             await operator.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{rel.CRD_NAME}"),
@@ -281,3 +282,59 @@ async def test_the_documented_kubectl_commands_work_on_the_stand_in(kube_api: Ap
     code, out, err = await kubectl(kube_api, "delete", "release", "user-service", "-n", "test")
     assert code == 0, err
     assert kube_api.read(rel.API_VERSION, rel.KIND, "user-service", "test") is None
+
+
+async def test_the_operator_rolls_a_release_out_within_its_role(operator_rig: Any) -> None:
+    """The real operator (h-op's runner) with every call authorized as the install's ServiceAccount:
+    a first version and a canary to success, nothing refused, and nothing used outside the role."""
+    from conftest import LEASE_NAMESPACE, release_body
+
+    rig = operator_rig
+    api: ApiHandle = rig.api
+    granted: set[tuple[str, str, str]] = set()
+    for obj in mf.manifests(namespace=LEASE_NAMESPACE):  # the operator keeps its Lease in LEASE_NAMESPACE here
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+            api.write(obj)
+            granted |= {(verb, resource, group) for rule in obj.get("rules", []) for verb in rule["verbs"]
+                        for resource in rule["resources"] for group in rule["apiGroups"]}
+    # the kubeconfig's token is the operator's ServiceAccount: every request it makes is authorized by RBAC
+    api.emulator.tokens["emulator-token"] = f"system:serviceaccount:{LEASE_NAMESPACE}:{mf.NAME}"
+    rig.start("operator-a")
+    for version in ("v1", "v2"):
+        await rig.apply(release_body(api, version))
+        await rig.until(lambda v=version: rig.status().get("version") == v and rig.status().get("phase") == "succeeded",
+                        what=f"{version} rolled out")
+    await rig.stop("operator-a")
+    refused = sorted({entry[1:4] for entry in api.emulator.authorized if not entry[4]})
+    assert refused == []
+    used = {entry[1:4] for entry in api.emulator.authorized}
+    assert ("watch", "releases", rel.GROUP) in used and ("patch", "releases/status", rel.GROUP) in used
+    assert used <= granted
+    # what the role grants that this run (router istio, no autoscaling, no budget, no instance
+    # stopped, nothing cleaned up) does not call: each is another feature's call
+    other_features = {
+        *(("get", "httproutes", "gateway.networking.k8s.io"),),  # router gateway-api
+        *((verb, "httproutes", "gateway.networking.k8s.io") for verb in ("create", "patch", "delete")),
+        *((verb, "horizontalpodautoscalers", "autoscaling") for verb in ("create", "patch", "delete")),
+        ("create", "poddisruptionbudgets", "policy"), ("patch", "poddisruptionbudgets", "policy"),  # min_available
+        ("delete", "virtualservices", "networking.istio.io"),  # a service's route removed
+        ("delete", "destinationrules", "networking.istio.io"),  # an earlier router's rule removed
+        ("delete", "pods", ""),  # stopping one instance
+        ("update", "releases/finalizers", rel.GROUP),  # not a call: blockOwnerDeletion needs it
+    }
+    assert granted - used <= other_features, sorted(granted - used - other_features)
+
+
+def test_the_safeship_command_prints_the_stream_and_refuses_a_bad_namespace(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from safeship.cli.main import main
+
+    assert main(["operator", "manifests", "--namespace", "ops"]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == mf.manifests(namespace="ops")
+    command = [sys.executable, "-c", "from safeship.cli.main import main; raise SystemExit(main())"]
+    bad = subprocess.run([*command, "operator", "manifests", "--namespace", "Ops_1"], capture_output=True,
+                         text=True, timeout=60)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.strip().count("\n") == 0 and "--namespace: 'Ops_1' is not a DNS-1123 label" in bad.stderr
