@@ -14,8 +14,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import LEASE_NAMESPACE, OperatorRig, operator_config, release_body
+
+from safeship.cli.main import main
 
 SAFESHIP = [sys.executable, "-m", "safeship.cli.main"]
 
@@ -70,14 +73,13 @@ async def test_the_command_runs_the_operator_and_releases_the_lease_on_sigterm(o
     assert lease is not None and not lease["spec"].get("holderIdentity")  # given up: another takes it at once
 
 
-async def test_a_bad_environment_is_one_sentence_and_exit_code_2(operator_rig: OperatorRig, tmp_path: Path) -> None:
-    config = operator_config(operator_rig.api, tmp_path / "state.db").model_dump(mode="json", exclude_unset=True)
+def test_a_bad_environment_is_one_sentence_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {"environment_management": {"environments": [
+        {"name": "production", "platform": "kubernetes"}, {"name": "gated", "platform": "kubernetes"}]}}
     path = tmp_path / "operator.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = await asyncio.create_subprocess_exec(
-        *SAFESHIP, "operator", "run", "--config", str(path), "--environment", "nowhere",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 2
-    assert err.decode().strip() == ("error: --environment: 'nowhere' is not a kubernetes environment of "
-                                    f"{path} (known: production, gated)")
+    with pytest.raises(SystemExit) as ended:
+        main(["operator", "run", "--config", str(path), "--environment", "nowhere"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --environment: 'nowhere' is not a kubernetes environment of "
+                                               f"{path} (known: production, gated)")
