@@ -111,7 +111,7 @@ async def child(kubeconfig: str, context: str, namespace: str, folder: str, repo
     store.close()
 
 
-async def parent(releases: int, steady: float, out: Path | None) -> None:
+async def parent(releases: int, steady: float, out: Path | None, give_up: float) -> None:
     from clustersim import ClusterSim
     from emulator import running_emulator
 
@@ -137,7 +137,7 @@ async def parent(releases: int, steady: float, out: Path | None) -> None:
             done_s = None
             succeeded = 0
             async with sim.running(interval=SIM_INTERVAL_S, max_ticks=1_000_000):
-                deadline = started + 900
+                deadline = started + give_up
                 while time.monotonic() < deadline:
                     phases = Counter(str((o.get("status") or {}).get("phase", "")) for o in
                                      api.items(rel.API_VERSION, rel.KIND, "bench"))
@@ -155,9 +155,13 @@ async def parent(releases: int, steady: float, out: Path | None) -> None:
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), timeout=60)
             requests = api.emulator.requests_made[before:]
+            final = [o.get("status") or {} for o in api.items(rel.API_VERSION, rel.KIND, "bench")]
+            phases = Counter(str(s.get("phase", "")) for s in final)
+            messages = Counter(str(s.get("message", ""))[:160] for s in final if s.get("phase") != "succeeded")
             verbs = Counter(f"{r.method.value} {'watch' if r.params.get('watch') else ''}".strip() for r in requests)
             data = json.loads(report.read_text())
-    result = {"releases": releases, "succeeded": succeeded,
+    result = {"releases": releases, "succeeded": succeeded, "phases": dict(phases),
+              "messages": dict(messages.most_common(5)),
               "all_succeeded_s": None if done_s is None else round(done_s, 1),
               "steady_s": steady, "steady_requests": steady_requests, "requests": dict(verbs), **data}
     print(json.dumps(result, indent=1))
@@ -174,7 +178,9 @@ async def parent(releases: int, steady: float, out: Path | None) -> None:
             "",
             (f"- Releases `succeeded`: {succeeded} of {releases}, all of them after **{result['all_succeeded_s']} s**"
              if done_s is not None else
-             f"- Releases `succeeded`: {succeeded} of {releases} when the bench gave up (900 s)"),
+             f"- Releases `succeeded`: {succeeded} of {releases} when the bench gave up ({give_up:g} s)"),
+            f"- phases at the end: {dict(phases)}; most common messages of the others: "
+            f"{dict(messages.most_common(3))}",
             f"- API requests by the operator: {dict(verbs)} (in {steady:g} s idle afterwards: {steady_requests})",
             f"- reconciles that ticked an engine: {data['stats'].get('ticks')}, status writes: "
             f"{data['stats'].get('status_writes')} (refused while not the Lease holder: "
@@ -196,8 +202,9 @@ def main() -> None:
     parser.add_argument("--releases", type=int, default=100)
     parser.add_argument("--steady", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--give-up", type=float, default=900.0, help="seconds to wait for every Release")
     args = parser.parse_args()
-    asyncio.run(parent(args.releases, args.steady, args.out))
+    asyncio.run(parent(args.releases, args.steady, args.out, args.give_up))
 
 
 if __name__ == "__main__":
