@@ -37,18 +37,45 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
   stored Roles and bindings, refused with the API server's 403 message (see `_authorize`);
 - **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
   API server's 403 Forbidden messages (see `admission.py`);
-- **fault injection**: `fail(...)` answers the next matching requests with a given status.
+- **fault injection**: `fail(...)` answers the next matching requests with a given status;
+- **CustomResourceDefinitions** (`apiextensions.k8s.io/v1`, see "custom resources" below): a CRD
+  whose schema is not structural is a 422 naming the node; a stored one is Established and its
+  served versions are served and discovered (`/apis/<group>/<version>`, so kubectl and lightkube's
+  generic resources find them); every write of a custom object is pruned (unknown fields dropped
+  unless x-kubernetes-preserve-unknown-fields), defaulted and validated against the schema (types,
+  int-or-string, nullable, required, enum, pattern, min/max, lengths, items, properties, the
+  logical junctors; CEL rules are not evaluated), always, whatever `validate` says;
+  `fieldValidation=Strict` refuses unknown fields (400) instead; the status subresource when the
+  version declares it; generation counts every change but metadata (and status). Deleting a CRD
+  makes it Terminating: its objects are deleted (those with finalizers wait for them), then it goes
+  and its kinds are no longer served.
+  Versions are served apart (no conversion between them);
+- **Lease** (`coordination.k8s.io/v1`) and every other kind: the same optimistic concurrency;
+- **watch** (see `_watch`): from a resourceVersion, every later change; without one, the current
+  objects first; label and field selectors; `allowWatchBookmarks` (every `bookmark_interval`
+  seconds and before it times out); `sendInitialEvents`; `timeoutSeconds`; a resourceVersion
+  older than the kept history (`compact()`, or more than `history_limit` events) is an ERROR event
+  with a 410 Expired Status. Watches are authorized (verb `watch`) for the `tokens`;
+- **garbage collection** (see `settle`, run after every request and `remove`): deleting an owner
+  deletes its dependents (propagationPolicy Background by default, Foreground with the
+  `foregroundDeletion` finalizer and blockOwnerDeletion, Orphan with the `orphan` finalizer); a
+  dependent whose owners are all absent (no such uid, or in another namespace) is deleted; an
+  object whose last finalizer is removed after its deletion goes (`garbage_collection=False` turns
+  the collector off).
 
 Direct access for tests and the cluster simulator, without HTTP (the same checks apply to `write`):
 `read`, `items`, `write` (create or replace, validated, bumping resourceVersion), `put` (store as
-given, unchecked), `remove`, `ensure_namespace`. Objects are plain dicts; `KINDS` says where each
+given, unchecked), `remove`, `ensure_namespace`, `compact`, `settle`. Objects are plain dicts; `KINDS` says where each
 kind is served.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import copy
 import datetime
+import functools
 import importlib
 import itertools
 import json
@@ -56,7 +83,7 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +124,7 @@ STATUS_KINDS = {
     "HTTPRoute",
     "VirtualService",
     "DestinationRule",
+    "CustomResourceDefinition",
 }
 # Kinds served by CustomResourceDefinitions (not in kubernetes_validate's schemas).
 CRD_GROUPS = {"gateway.networking.k8s.io", "networking.istio.io"}
@@ -108,12 +136,14 @@ class ServedKind:
     kind: str
     plural: str
     namespaced: bool
+    status: bool | None = None  # served with a /status subresource; None: as STATUS_KINDS says
 
-    @property
+    # computed once per kind (the storage compares them for every object it scans)
+    @functools.cached_property
     def group(self) -> str:
         return kube_client.split_api_version(self.api_version)[0]
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         return kube_client.split_api_version(self.api_version)[1]
 
@@ -122,21 +152,41 @@ class ServedKind:
         """`deployments.apps`, `pods`: how an API server names the resource in its messages."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
+    @functools.cached_property
     def resource(self) -> kmock.resource:
         return kmock.resource(group=self.group, version=self.version, plural=self.plural)
 
     @property
     def has_status(self) -> bool:
-        return self.kind in STATUS_KINDS
+        return self.status if self.status is not None else self.kind in STATUS_KINDS
+
+
+# The short names an API server gives built-in resources in discovery (what `kubectl get deploy` uses).
+SHORT_NAMES = {
+    "namespaces": ("ns",), "pods": ("po",), "services": ("svc",), "configmaps": ("cm",),
+    "serviceaccounts": ("sa",), "endpoints": ("ep",), "events": ("ev",), "persistentvolumeclaims": ("pvc",),
+    "resourcequotas": ("quota",), "limitranges": ("limits",), "deployments": ("deploy",), "replicasets": ("rs",),
+    "statefulsets": ("sts",), "daemonsets": ("ds",), "poddisruptionbudgets": ("pdb",),
+    "horizontalpodautoscalers": ("hpa",), "ingresses": ("ing",), "networkpolicies": ("netpol",),
+    "customresourcedefinitions": ("crd", "crds"),
+}
+
+# Built-in kinds an API server serves that the client does not list: (apiVersion, kind, plural, namespaced).
+BUILTIN_KINDS = [
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
+    ("coordination.k8s.io/v1", "Lease", "leases", True),
+]
 
 
 def served_kinds() -> dict[tuple[str, str, str], ServedKind]:
-    """(group, version, plural) -> kind, for every kind the client knows."""
+    """(group, version, plural) -> kind, for every kind the client knows and `BUILTIN_KINDS`."""
     kinds: dict[tuple[str, str, str], ServedKind] = {}
     for (api_version, kind), info in kube_client.KINDS.items():
         served = ServedKind(api_version, kind, info.plural, info.namespaced)
         kinds[(served.group, served.version, served.plural)] = served
+    for api_version, kind, plural, namespaced in BUILTIN_KINDS:
+        served = ServedKind(api_version, kind, plural, namespaced)
+        kinds.setdefault((served.group, served.version, served.plural), served)
     return kinds
 
 
@@ -467,6 +517,339 @@ def immutable_problems(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]
     return problems
 
 
+# ------------------------------------------------------------------ custom resources
+#
+# What the API server does with a CustomResourceDefinition and its objects, from the Kubernetes
+# documentation "Extend the Kubernetes API with CustomResourceDefinitions" (structural schemas,
+# pruning, defaulting, the status subresource, deleting a CRD) and from
+# k8s.io/apiextensions-apiserver: pkg/apis/apiextensions/validation/validation.go (what a CRD may
+# be), pkg/apiserver/schema/validation.go (a structural schema), pkg/apiserver/schema/pruning and
+# defaulting, and k8s.io/kube-openapi/pkg/validation/errors (the wording of value errors:
+# `<path> in body must be of type integer: "string"`, `should match '<pattern>'`, ...).
+
+CRD_API_VERSION = "apiextensions.k8s.io/v1"
+CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
+_JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
+# In a logical junctor a structural schema sets only value validations, never these.
+_NOT_IN_JUNCTORS = ("type", "default", "description", "additionalProperties", "nullable")
+
+
+@dataclass(frozen=True)
+class CustomKind:
+    """One served version of a CRD: where it is served and the schema its objects are checked with."""
+
+    crd: str  # the CRD's name, <plural>.<group>
+    served: ServedKind
+    schema: Mapping[str, Any]
+
+
+def _schema_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def structural_problems(schema: Any, path: str) -> list[str]:
+    """Why `schema` (an openAPIV3Schema at `path`) is not structural, in the API server's words;
+    empty when it is. The rules: every node says its type (unless it is int-or-string or preserves
+    unknown fields), properties and additionalProperties exclude each other, the logical junctors
+    (allOf, anyOf, oneOf, not) set no type, default, description, additionalProperties or nullable,
+    and under `metadata` only `name` and `generateName` may be restricted."""
+    if not isinstance(schema, Mapping):
+        return [f"{path}: Required value: schemas are required"]
+    problems: list[str] = []
+    if not schema.get("type"):
+        problems.append(f"{path}.type: Required value: must not be empty at the root")
+    elif schema.get("type") != "object":
+        problems.append(f'{path}.type: Invalid value: "{schema.get("type")}": must be object at the root')
+    problems += _node_problems(schema, path, root=True)
+    metadata = (schema.get("properties") or {}).get("metadata")
+    if isinstance(metadata, Mapping):
+        where = f"{path}.properties[metadata]"
+        for key in metadata:
+            if key not in ("type", "properties", "description"):
+                problems.append(f"{where}.{key}: Forbidden: must not be specified for metadata")
+        for field_name in metadata.get("properties") or {}:
+            if field_name not in ("name", "generateName"):
+                problems.append(f"{where}.properties[{field_name}]: Forbidden: must not be specified for metadata "
+                                "other than name and generateName")
+    return problems
+
+
+def _typed(node: Mapping[str, Any]) -> bool:
+    return bool(node.get("type") or node.get("x-kubernetes-int-or-string")
+                or node.get("x-kubernetes-preserve-unknown-fields"))
+
+
+def _node_problems(node: Mapping[str, Any], path: str, *, root: bool = False) -> list[str]:
+    problems: list[str] = []
+    properties = node.get("properties")
+    additional = node.get("additionalProperties")
+    if properties and additional not in (None, False):
+        problems.append(f"{path}.additionalProperties: Forbidden: additionalProperties and properties are "
+                        "mutual exclusive")
+    for name, child in (properties or {}).items():
+        where = f"{path}.properties[{name}]"
+        if not isinstance(child, Mapping):
+            problems.append(f"{where}: Invalid value: must be a schema")
+            continue
+        if not _typed(child):
+            problems.append(f"{where}.type: Required value: must not be empty for specified object fields")
+        problems += _node_problems(child, where)
+    if isinstance(additional, Mapping):
+        where = f"{path}.additionalProperties"
+        if not _typed(additional):
+            problems.append(f"{where}.type: Required value: must not be empty for specified object fields")
+        problems += _node_problems(additional, where)
+    items = node.get("items")
+    if isinstance(items, Mapping):
+        where = f"{path}.items"
+        if not _typed(items):
+            problems.append(f"{where}.type: Required value: must not be empty for specified array items")
+        problems += _node_problems(items, where)
+    elif node.get("type") == "array" and items is None:
+        problems.append(f"{path}.items: Required value: must be specified")
+    for junctor in _JUNCTORS:
+        branches = node.get(junctor)
+        if branches is None:
+            continue
+        for index, branch in enumerate(branches if isinstance(branches, list) else [branches]):
+            where = f"{path}.{junctor}[{index}]" if junctor != "not" else f"{path}.not"
+            problems += _junctor_problems(branch, where, node)
+    return problems
+
+
+def _junctor_problems(branch: Any, path: str, outside: Mapping[str, Any]) -> list[str]:
+    """A branch of a logical junctor only validates what the schema outside it specifies."""
+    if not isinstance(branch, Mapping):
+        return [f"{path}: Invalid value: must be a schema"]
+    problems: list[str] = []
+    int_or_string = bool(outside.get("x-kubernetes-int-or-string"))
+    for key in _NOT_IN_JUNCTORS:
+        if key in branch and not (int_or_string and key == "type"):
+            problems.append(f"{path}.{key}: Forbidden: must be empty to be structural")
+    known = outside.get("properties") or {}
+    for name, child in (branch.get("properties") or {}).items():
+        if name not in known and not outside.get("x-kubernetes-preserve-unknown-fields"):
+            problems.append(f"{path}.properties[{name}]: Required value: must be specified outside of the "
+                            "logical junctor too")
+        elif isinstance(child, Mapping) and isinstance(known.get(name), Mapping):
+            problems += _junctor_problems(child, f"{path}.properties[{name}]", known[name])
+    if isinstance(branch.get("items"), Mapping):
+        if not isinstance(outside.get("items"), Mapping):
+            problems.append(f"{path}.items: Required value: must be specified outside of the logical junctor too")
+        else:
+            problems += _junctor_problems(branch["items"], f"{path}.items", outside["items"])
+    return problems
+
+
+def crd_problems(crd: Mapping[str, Any]) -> list[str]:
+    """What the API server refuses in a CustomResourceDefinition beyond its OpenAPI schema."""
+    spec = crd.get("spec") or {}
+    names = spec.get("names") or {}
+    group = str(spec.get("group") or "")
+    plural = str(names.get("plural") or "")
+    problems: list[str] = []
+    name = str((crd.get("metadata") or {}).get("name") or "")
+    if name != f"{plural}.{group}":
+        problems.append(f'metadata.name: Invalid value: "{name}": must be spec.names.plural+"."+spec.group')
+    if "." not in group:
+        problems.append(f'spec.group: Invalid value: "{group}": should be a domain with at least one dot')
+    for key in ("plural", "singular", "listKind", "kind"):
+        value = names.get(key)
+        if key in ("plural", "kind") and not value:
+            problems.append(f"spec.names.{key}: Required value")
+        elif key in ("plural", "singular") and value and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value):
+            problems.append(f'spec.names.{key}: Invalid value: "{value}": a lowercase RFC 1123 label must '
+                            "consist of lower case alphanumeric characters or '-'")
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        problems.append(f'spec.scope: Unsupported value: "{spec.get("scope")}": supported values: '
+                        '"Cluster", "Namespaced"')
+    versions = spec.get("versions") or []
+    if not versions:
+        problems.append("spec.versions: Invalid value: null: must have exactly one version marked as storage version")
+    storage = [v for v in versions if isinstance(v, Mapping) and v.get("storage")]
+    if versions and len(storage) != 1:
+        problems.append(f"spec.versions: Invalid value: {_shown(versions)[:80]}: must have exactly one version "
+                        "marked as storage version")
+    seen: set[str] = set()
+    for index, version in enumerate(versions):
+        if not isinstance(version, Mapping):
+            continue
+        where = f"spec.versions[{index}]"
+        if version.get("name") in seen:
+            problems.append(f'{where}.name: Duplicate value: "{version.get("name")}"')
+        seen.add(str(version.get("name")))
+        schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        problems += structural_problems(schema, f"{where}.schema.openAPIV3Schema")
+    return problems
+
+
+def crd_kinds(crd: Mapping[str, Any]) -> list[CustomKind]:
+    """The served versions of a (valid) CRD."""
+    spec = crd["spec"]
+    names = spec["names"]
+    kinds = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        served = ServedKind(f"{spec['group']}/{version['name']}", names["kind"], names["plural"],
+                            spec["scope"] == "Namespaced", status="status" in (version.get("subresources") or {}))
+        kinds.append(CustomKind(crd["metadata"]["name"], served, version["schema"]["openAPIV3Schema"]))
+    return kinds
+
+
+def prune(schema: Mapping[str, Any], value: Any, *, root: bool = False, path: str = "",
+          dropped: list[str] | None = None) -> Any:
+    """`value` without the fields its structural schema does not specify (unless it preserves
+    unknown fields), with the schema's defaults filled in where a field is missing; at the root
+    apiVersion, kind and metadata are always kept. The paths of the fields dropped go to `dropped`."""
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        result: Obj = {}
+        for key, child in value.items():
+            if root and key in ("apiVersion", "kind", "metadata"):
+                result[key] = child
+            elif key in properties:
+                child_schema = properties[key]
+                if child is None and not child_schema.get("nullable") and "default" in child_schema:
+                    continue  # a null where the schema has a default is dropped, then defaulted
+                result[key] = prune(child_schema, child, path=_schema_path(path, key), dropped=dropped)
+            elif isinstance(additional, Mapping):
+                result[key] = prune(additional, child, path=_schema_path(path, key), dropped=dropped)
+            elif preserve or additional is True:
+                result[key] = child
+            elif dropped is not None:
+                dropped.append(_schema_path(path, key))
+        for key, child_schema in properties.items():
+            if key not in result and isinstance(child_schema, Mapping) and "default" in child_schema:
+                result[key] = prune(child_schema, copy.deepcopy(child_schema["default"]))
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [prune(schema["items"], item, path=f"{path}[{index}]", dropped=dropped)
+                for index, item in enumerate(value)]
+    return value
+
+
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
+
+
+def _type_ok(expected: str, value: Any) -> bool:
+    if expected == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+    if expected == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    wanted = _JSON_TYPES.get(expected)
+    return wanted is not None and isinstance(value, wanted)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
+
+
+def value_problems(schema: Mapping[str, Any], value: Any, path: str) -> list[str]:
+    """What the API server's OpenAPI validation reports for `value` at `path`, in its words."""
+    where = path or "<root>"
+    shown = _shown(value)
+    if value is None:
+        if schema.get("nullable"):
+            return []
+        if schema.get("type"):
+            return [f'{where}: Invalid value: "null": {where} in body must be of type {schema["type"]}: "null"']
+        return []
+    if schema.get("x-kubernetes-int-or-string"):
+        if not (isinstance(value, str) or _type_ok("integer", value)):
+            return [f'{where}: Invalid value: "{_type_name(value)}": {where} in body must be of type '
+                    f'integer,string: "{_type_name(value)}"']
+    elif schema.get("type") and not _type_ok(str(schema["type"]), value):
+        return [f'{where}: Invalid value: "{_type_name(value)}": {where} in body must be of type '
+                f'{schema["type"]}: "{_type_name(value)}"']
+    problems: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        supported = ", ".join(_shown(v) for v in schema["enum"])
+        problems.append(f"{where}: Unsupported value: {shown}: supported values: {supported}")
+    if isinstance(value, str):
+        if "pattern" in schema and re.search(str(schema["pattern"]), value) is None:
+            problems.append(f"{where}: Invalid value: {shown}: {where} in body should match '{schema['pattern']}'")
+        if "maxLength" in schema and len(value) > int(schema["maxLength"]):
+            problems.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
+        if "minLength" in schema and len(value) < int(schema["minLength"]):
+            problems.append(f"{where}: Invalid value: {shown}: {where} in body should be at least "
+                            f"{schema['minLength']} chars long")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema:
+            low = schema["minimum"]
+            if value < low or (schema.get("exclusiveMinimum") and value == low):
+                op = "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"
+                problems.append(f"{where}: Invalid value: {shown}: {where} in body should be {op} {low}")
+        if "maximum" in schema:
+            high = schema["maximum"]
+            if value > high or (schema.get("exclusiveMaximum") and value == high):
+                op = "less than" if schema.get("exclusiveMaximum") else "less than or equal to"
+                problems.append(f"{where}: Invalid value: {shown}: {where} in body should be {op} {high}")
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > int(schema["maxItems"]):
+            problems.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
+        if "minItems" in schema and len(value) < int(schema["minItems"]):
+            problems.append(f"{where}: Invalid value: {len(value)}: {where} in body should have at least "
+                            f"{schema['minItems']} items")
+        if isinstance(schema.get("items"), Mapping):
+            for index, item in enumerate(value):
+                problems += value_problems(schema["items"], item, f"{path}[{index}]")
+    if isinstance(value, dict):
+        for key in schema.get("required") or []:
+            if key not in value:
+                problems.append(f"{_schema_path(path, key)}: Required value")
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        for key, child in value.items():
+            if key in properties:
+                if not path and key == "metadata":
+                    continue  # ObjectMeta is the API server's, checked apart
+                problems += value_problems(properties[key], child, _schema_path(path, key))
+            elif isinstance(additional, Mapping):
+                problems += value_problems(additional, child, _schema_path(path, key))
+        if "maxProperties" in schema and len(value) > int(schema["maxProperties"]):
+            problems.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxProperties']} items")
+        if "minProperties" in schema and len(value) < int(schema["minProperties"]):
+            problems.append(f"{where}: Invalid value: {len(value)}: {where} in body should have at least "
+                            f"{schema['minProperties']} properties")
+    for branch in schema.get("allOf") or []:
+        problems += value_problems(branch, value, path)
+    if schema.get("anyOf") and not any(not value_problems(b, value, path) for b in schema["anyOf"]):
+        problems.append(f"{where}: Invalid value: {shown}: {where} in body must match at least one schema in anyOf")
+    if schema.get("oneOf") and sum(1 for b in schema["oneOf"] if not value_problems(b, value, path)) != 1:
+        problems.append(f"{where}: Invalid value: {shown}: {where} in body must match exactly one schema in oneOf")
+    if isinstance(schema.get("not"), Mapping) and not value_problems(schema["not"], value, path):
+        problems.append(f"{where}: Invalid value: {shown}: {where} in body must not validate the schema (not)")
+    return problems
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def custom_object_problems(custom: CustomKind, obj: Mapping[str, Any]) -> list[str]:
+    """A custom object against its CRD's schema (after pruning and defaulting), and its name."""
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    problems: list[str] = []
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        problems.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of '
+                        "lower case alphanumeric characters, '-' or '.', and must start and end with an "
+                        "alphanumeric character")
+    return problems + value_problems(custom.schema, dict(obj), "")
+
+
 # ------------------------------------------------------------------ the server
 
 
@@ -485,29 +868,58 @@ class KubeEmulator(kmock.KubernetesEmulator):
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
     _revision: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
-    _pending: list[tuple[kmock.resource, Obj]] = attrs.field(factory=list, init=False)
     _last_rv: int = attrs.field(default=0, init=False)
+    # kinds served by a stored CustomResourceDefinition: (group, version, plural) -> its schema
+    custom: dict[tuple[str, str, str], CustomKind] = attrs.field(factory=dict, init=False)
+    # the watch history: (resourceVersion, resource, event), oldest first; a watch from a
+    # resourceVersion older than `history_floor` is answered 410 Expired
+    history: list[tuple[int, kmock.resource, Obj]] = attrs.field(factory=list, init=False)
+    history_floor: int = attrs.field(default=0, init=False)
+    history_limit: int = 20_000  # events kept; older ones are dropped as a watch cache drops them
+    bookmark_interval: float = 60.0  # seconds between BOOKMARK events on a watch that asked for them
+    watch_write_timeout: float = 5.0  # a watcher that takes longer to take an event is closed
+    garbage_collection: bool = True  # ownerReferences: dependents of a deleted owner are deleted
+    _wakeup: Any = attrs.field(default=None, init=False)  # asyncio.Event set by `publish`
+    _field_validation: str = attrs.field(default="", init=False)  # the request's fieldValidation
+    _closing: bool = attrs.field(default=False, init=False)  # set by `end_watches`
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for served in self.kinds.values():
-            info = self.resources[served.resource]
-            info.kind = served.kind
-            info.namespaced = served.namespaced
-            info.singular = served.kind.lower()
-            info.verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
-            if served.has_status:
-                info.subresources = {"status"}
+            self._discover(served)
 
     # -------------------------------------------------------------- configuration
 
-    def add_kind(self, api_version: str, kind: str, plural: str, *, namespaced: bool = True) -> ServedKind:
-        served = ServedKind(api_version, kind, plural, namespaced)
-        self.kinds[(served.group, served.version, plural)] = served
+    def _discover(self, served: ServedKind) -> None:
+        """Serve `served` in discovery (/api/v1, /apis/<group>/<version>), as the API server lists it."""
         info = self.resources[served.resource]
-        info.kind = kind
-        info.namespaced = namespaced
+        info.kind = served.kind
+        info.namespaced = served.namespaced
+        info.singular = served.kind.lower()
+        info.verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
+        info.subresources = {"status"} if served.has_status else set()
+        info.shortnames = set(SHORT_NAMES.get(served.plural, ()))
+
+    def add_kind(self, api_version: str, kind: str, plural: str, *, namespaced: bool = True,
+                 status: bool | None = None) -> ServedKind:
+        served = ServedKind(api_version, kind, plural, namespaced, status)
+        self.kinds[(served.group, served.version, plural)] = served
+        self._discover(served)
         return served
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        # kmock names the core group's version "/v1"; an API server (and kubectl) says "v1"
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        for entry in payload.get("resources", []) if isinstance(payload, dict) else []:
+            if "/" in entry["name"]:  # a subresource: no short names or categories, its own verbs
+                entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+        return payload
+
+    def _get_resources(self) -> list[kmock.resource]:
+        # discovery lists what is served now (kmock would also list kinds of deleted objects)
+        return [served.resource for served in self.kinds.values()]
 
     def fail(
         self,
@@ -558,14 +970,31 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self.objects[key].create(copy.deepcopy(obj))
         else:
             self.objects[key] = copy.deepcopy(obj)
-        self._pending.append((served.resource, {"type": event, "object": copy.deepcopy(obj)}))
+        self.history.append((self._last_rv, served.resource, {"type": event, "object": copy.deepcopy(obj)}))
+        if len(self.history) > self.history_limit:  # drop the oldest tenth at once
+            self.compact(self.history[len(self.history) - self.history_limit * 9 // 10][0])
+        if event == "DELETED" and served.kind == "CustomResourceDefinition":
+            self._uninstall_crd(metadata["name"])
         return obj
 
     async def publish(self) -> None:
         """Send the events of the writes made so far to the watch streams."""
-        pending, self._pending = self._pending, []
-        for resource, event in pending:
-            await self._buses[resource].put(event)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def end_watches(self) -> None:
+        """End every open watch (the server is stopping), as an API server ends them on shutdown."""
+        self._closing = True
+        await self.publish()
+
+    def compact(self, resource_version: int | None = None) -> int:
+        """Drop the watch history up to `resource_version` (the latest when None), as etcd's
+        compaction and a full watch cache do: a later watch from an older resourceVersion is
+        answered 410 Expired. Returns the new floor."""
+        floor = self._last_rv if resource_version is None else min(int(resource_version), self._last_rv)
+        self.history = [entry for entry in self.history if entry[0] > floor]
+        self.history_floor = max(self.history_floor, floor)
+        return self.history_floor
 
     def _namespace_exists(self, namespace: str) -> bool:
         ns = self._stored(self.served("v1", "Namespace"), None, namespace)
@@ -659,6 +1088,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._store(served, stored, "DELETED")
         if served.kind == "Namespace":
             self._delete_contents(name)
+        self.settle()
         return True
 
     def ensure_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
@@ -724,9 +1154,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
 
     def _check(self, served: ServedKind, obj: Obj) -> None:
-        if not self.validate:
+        custom = self.custom.get((served.group, served.version, served.plural))
+        if custom is not None:  # a CRD's schema is always enforced, as the API server does
+            problems = custom_object_problems(custom, obj)
+        elif not self.validate:
             return
-        problems = object_problems(obj, use_schemas=self.use_schemas)
+        else:
+            problems = object_problems(obj, use_schemas=self.use_schemas)
+        if not problems and served.kind == "CustomResourceDefinition":
+            problems = crd_problems(obj)
         if problems:
             raise self._invalid(served, str((obj.get("metadata") or {}).get("name", "")), problems)
 
@@ -836,13 +1272,37 @@ class KubeEmulator(kmock.KubernetesEmulator):
             metadata.pop("generation", None)
         if served.has_status:
             body.pop("status", None)
+        body = self._pruned(served, body)
         self._defaults(served, body)
         self._check(served, body)
         if served.kind == "Pod" and self.admission:
             self._admit_pod(body, str(namespace))
         if dry_run:
             return body
-        return self._store(served, body, "ADDED")
+        stored = self._store(served, body, "ADDED")
+        if served.kind == "CustomResourceDefinition":
+            return self._install_crd(stored)
+        return stored
+
+    def _pruned(self, served: ServedKind, obj: Obj) -> Obj:
+        """A custom object as its CRD's structural schema keeps it (unknown fields pruned, defaults
+        set); other objects as given. Creating one while its CRD is being deleted is refused."""
+        custom = self.custom.get((served.group, served.version, served.plural))
+        if custom is None:
+            return obj
+        crd = self.read(CRD_API_VERSION, "CustomResourceDefinition", custom.crd) or {}
+        if crd.get("metadata", {}).get("deletionTimestamp") and not self._stored(
+                served, obj["metadata"].get("namespace"), obj["metadata"]["name"]):
+            raise ApiFailure(405, "MethodNotAllowed",
+                             "create not allowed while custom resource definition is terminating")
+        dropped: list[str] = []
+        pruned: Obj = prune(custom.schema, obj, root=True, dropped=dropped)
+        if dropped and self._field_validation == "Strict":
+            # k8s.io/apiserver/pkg/endpoints/handlers: fieldValidation=Strict (what kubectl's
+            # default --validate=strict asks for) refuses unknown fields instead of pruning them
+            raise ApiFailure(400, "BadRequest", "strict decoding error: "
+                             + ", ".join(f'unknown field "{field}"' for field in dropped))
+        return pruned
 
     def _admit_pod(self, pod: Obj, namespace: str) -> None:
         """Pod Security and ResourceQuota admission (see `admission`): 403 Forbidden as the API
@@ -892,9 +1352,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 meta.pop(kept, None)
         result["apiVersion"] = old["apiVersion"]
         result["kind"] = old["kind"]
+        result = self._pruned(served, result)
+        meta = result["metadata"]
         if served.kind == "Service" and subresource != "status":
             _keep_cluster_ips(old, result)
-        if old.get("spec") != result.get("spec") and "spec" in result:
+        if (served.group, served.version, served.plural) in self.custom:
+            # a custom object's generation counts every change but metadata (and status, when
+            # its CRD has the status subresource)
+            kept = ("metadata", "status") if served.has_status else ("metadata",)
+            if {k: v for k, v in old.items() if k not in kept} != {k: v for k, v in result.items() if k not in kept}:
+                meta["generation"] = int(old_meta.get("generation") or 0) + 1
+        elif old.get("spec") != result.get("spec") and "spec" in result:
             meta["generation"] = int(old_meta.get("generation") or 0) + 1
         if _without_resource_version(result) == _without_resource_version(old):
             return old  # nothing changed: no write, no new resourceVersion
@@ -902,10 +1370,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
             problems = immutable_problems(served.kind, old, result)
             if problems:
                 raise self._invalid(served, str(old_meta["name"]), problems)
+        if served.kind == "CustomResourceDefinition" and subresource != "status":
+            before, after = (old.get("spec") or {}).get("scope"), (result.get("spec") or {}).get("scope")
+            if before != after:
+                raise self._invalid(served, str(old_meta["name"]),
+                                    [f'spec.scope: Invalid value: "{after}": {FIELD_IMMUTABLE}'])
         self._check(served, result)
         if dry_run:
             return result
-        return self._store(served, result, "MODIFIED")
+        stored = self._store(served, result, "MODIFIED")
+        if served.kind == "CustomResourceDefinition" and not stored["metadata"].get("deletionTimestamp"):
+            return self._install_crd(stored)
+        return stored
 
     def _current(self, served: ServedKind, namespace: str | None, name: str) -> Obj:
         # Only creation checks the namespace (as the NamespaceLifecycle admission does): any
@@ -960,9 +1436,33 @@ class KubeEmulator(kmock.KubernetesEmulator):
         merged = merge_patch(old, patch)
         return self._finish_update(served, old, merged, subresource=subresource, dry_run=dry_run)
 
-    def _delete(self, served: ServedKind, namespace: str | None, name: str, *, dry_run: bool) -> Obj:
+    def _delete(self, served: ServedKind, namespace: str | None, name: str, *, dry_run: bool,
+                policy: str = "Background") -> Obj:
         old = self._current(served, namespace, name)
         if dry_run:
+            return old
+        if served.kind == "CustomResourceDefinition":
+            # the CRD stays, Terminating, until its objects are gone (see `settle`)
+            if not old["metadata"].get("deletionTimestamp"):
+                old["metadata"]["deletionTimestamp"] = _now()
+                finalizers = old["metadata"].setdefault("finalizers", [])
+                if CRD_CLEANUP_FINALIZER not in finalizers:
+                    finalizers.append(CRD_CLEANUP_FINALIZER)
+                conditions = old.setdefault("status", {}).setdefault("conditions", [])
+                conditions[:] = [c for c in conditions if c.get("type") != "Terminating"] + [{
+                    "type": "Terminating", "status": "True", "reason": "InstanceDeletionPending",
+                    "message": "CustomResourceDefinition marked for deletion; its objects are being deleted",
+                    "lastTransitionTime": _now()}]
+                return self._store(served, old, "MODIFIED")
+            return old
+        if policy in ("Orphan", "Foreground") and served.kind != "Namespace" and self.garbage_collection:
+            # the garbage collector finishes it: orphans the dependents, or deletes them first
+            finalizer = "orphan" if policy == "Orphan" else "foregroundDeletion"
+            finalizers = old["metadata"].setdefault("finalizers", [])
+            if finalizer not in finalizers:
+                finalizers.append(finalizer)
+                old["metadata"].setdefault("deletionTimestamp", _now())
+                return self._store(served, old, "MODIFIED")
             return old
         if served.kind == "Namespace" and (old.get("spec") or {}).get("finalizers"):
             # Terminating until the namespace controller has emptied it and removed its finalizer
@@ -981,6 +1481,200 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if served.kind == "Namespace":
             self._delete_contents(name)
         return old
+
+    @staticmethod
+    def _propagation(request: rendering.Request, body: Any) -> str:
+        """DeleteOptions' propagationPolicy (query or body; orphanDependents=true is Orphan);
+        Background when unset, as for every kind served through apps/v1 and later."""
+        options = body if isinstance(body, Mapping) else {}
+        policy = request.params.get("propagationPolicy") or options.get("propagationPolicy")
+        orphan = request.params.get("orphanDependents") or options.get("orphanDependents")
+        if policy is None and orphan in (True, "true"):
+            policy = "Orphan"
+        if policy is None:
+            return "Background"
+        if policy not in ("Foreground", "Background", "Orphan"):
+            raise ApiFailure(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: '
+                             f'Unsupported value: "{policy}": supported values: "Foreground", "Background", '
+                             '"Orphan"')
+        return str(policy)
+
+    # -------------------------------------------------------------- controllers run at once
+    #
+    # What the API server's own controllers would do shortly after a write, done at once after
+    # every request (and `remove`): the CRD finalizer deletes a deleted CRD's objects, the garbage
+    # collector (k8s.io/kubernetes/pkg/controller/garbagecollector; the "Garbage Collection" and
+    # "Owners and Dependents" concept pages) deletes dependents whose owners are all absent,
+    # orphans dependents of an owner deleted with the `orphan` finalizer and deletes an owner with
+    # the `foregroundDeletion` finalizer once no dependent blocks it. An owner is absent when no
+    # object of its apiVersion and kind has its name and uid in the dependent's namespace (or at
+    # the cluster scope, for a cluster-scoped owner kind): a namespaced owner in another namespace
+    # is absent. A cluster-scoped dependent naming a namespaced owner kind is never collected.
+
+    def _install_crd(self, crd: Obj) -> Obj:
+        """Serve a stored CRD's versions (discovery too) and mark it Established, as the API server's
+        naming and establishing controllers do."""
+        kinds = crd_kinds(crd)
+        for key in [k for k, custom in self.custom.items() if custom.crd == crd["metadata"]["name"]]:
+            del self.custom[key]
+        for custom in kinds:
+            served = custom.served
+            key = (served.group, served.version, served.plural)
+            self.kinds[key] = served
+            self._discover(served)
+            info = self.resources[served.resource]
+            info.shortnames = set(crd["spec"]["names"].get("shortNames") or [])
+            info.categories = set(crd["spec"]["names"].get("categories") or [])
+            self.custom[key] = custom
+        storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+        now = _now()
+        status = {
+            "acceptedNames": copy.deepcopy(crd["spec"]["names"]),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+            ],
+            "storedVersions": sorted(set((crd.get("status") or {}).get("storedVersions") or []) | {storage}),
+        }
+        old_status = crd.get("status") or {}
+        if (old_status.get("acceptedNames") == status["acceptedNames"]
+                and old_status.get("storedVersions") == status["storedVersions"]
+                and {c.get("type") for c in old_status.get("conditions") or []} >= {"NamesAccepted", "Established"}):
+            return crd
+        crd["status"] = status
+        return self._store(self.served(CRD_API_VERSION, "CustomResourceDefinition"), crd, "MODIFIED")
+
+    def _uninstall_crd(self, name: str) -> None:
+        for key in [k for k, custom in self.custom.items() if custom.crd == name]:
+            served = self.custom.pop(key).served
+            self.kinds.pop(key, None)
+            if served.resource in self.resources:
+                del self.resources[served.resource]
+
+    def settle(self) -> None:
+        """Run the controllers above until nothing changes (bounded)."""
+        for _ in range(20):
+            if not self._settle_once():
+                return
+
+    def _live(self) -> list[tuple[ServedKind, Obj]]:
+        by_resource = {served.resource: served for served in self.kinds.values()}
+        found = []
+        for (resource, _ns, _name), stored in self.objects.items():
+            if not stored.deleted and resource in by_resource:
+                found.append((by_resource[resource], stored.raw))
+        return found
+
+    def _settle_once(self) -> bool:
+        changed = False
+        live = self._live()
+        # a deleted object whose last finalizer is gone goes (a namespace waits for its own
+        # spec.finalizers, a pod for its kubelet's graceful termination)
+        for served, obj in live:
+            meta = obj["metadata"]
+            if (meta.get("deletionTimestamp") and not meta.get("finalizers") and served.kind not in ("Namespace", "Pod")
+                    and not meta.get("deletionGracePeriodSeconds")):
+                self._store(served, copy.deepcopy(obj), "DELETED")
+                changed = True
+        if changed:
+            return True
+        for served, obj in live:
+            if served.kind == "CustomResourceDefinition" and obj["metadata"].get("deletionTimestamp"):
+                changed |= self._clean_up_crd(served, obj)
+        if changed or not self.garbage_collection:
+            return changed
+        return self._collect_garbage(live)
+
+    def _clean_up_crd(self, served: ServedKind, crd: Obj) -> bool:
+        name = crd["metadata"]["name"]
+        kinds = [custom.served for custom in self.custom.values() if custom.crd == name]
+        remaining = [(kind, obj) for kind in kinds for obj in self._listing(kind, None)]
+        changed = False
+        for kind, obj in remaining:
+            if not obj["metadata"].get("deletionTimestamp"):
+                self._delete(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"], dry_run=False)
+                changed = True
+        if not remaining and CRD_CLEANUP_FINALIZER in (crd["metadata"].get("finalizers") or []):
+            updated = copy.deepcopy(crd)
+            updated["metadata"]["finalizers"] = [
+                f for f in updated["metadata"]["finalizers"] if f != CRD_CLEANUP_FINALIZER]
+            self._store(served, updated, "MODIFIED")
+            changed = True
+        return changed
+
+    def _collect_garbage(self, live: list[tuple[ServedKind, Obj]]) -> bool:
+        by_identity: dict[tuple[str, str, str | None, str], Obj] = {}
+        for served, obj in live:
+            meta = obj["metadata"]
+            by_identity[(served.api_version, served.kind, meta.get("namespace"), meta["name"])] = obj
+        by_uid = {obj["metadata"]["uid"]: (served, obj) for served, obj in live if obj["metadata"].get("uid")}
+        dependents: dict[str, list[tuple[ServedKind, Obj, Mapping[str, Any]]]] = {}
+        changed = False
+        for served, obj in live:
+            refs = obj["metadata"].get("ownerReferences") or []
+            if not refs:
+                continue
+            states = []
+            for ref in refs:
+                owner_kind = self._owner_kind(str(ref.get("apiVersion")), str(ref.get("kind")))
+                if owner_kind is None or (owner_kind.namespaced and not served.namespaced):
+                    states.append("unresolvable")
+                    continue
+                owner_ns = obj["metadata"].get("namespace") if owner_kind.namespaced else None
+                owner = by_identity.get((owner_kind.api_version, owner_kind.kind, owner_ns, str(ref.get("name"))))
+                if owner is None or owner["metadata"].get("uid") != ref.get("uid"):
+                    states.append("absent")
+                    continue
+                dependents.setdefault(owner["metadata"]["uid"], []).append((served, obj, ref))
+                being_deleted = "foregroundDeletion" in (owner["metadata"].get("finalizers") or [])
+                states.append("waiting" if being_deleted and owner["metadata"].get("deletionTimestamp") else "solid")
+            meta = obj["metadata"]
+            if "solid" in states or "unresolvable" in states:
+                if "absent" in states:  # the dangling references go; the object stays
+                    updated = copy.deepcopy(obj)
+                    updated["metadata"]["ownerReferences"] = [
+                        r for r, state in zip(refs, states, strict=True) if state != "absent"]
+                    self._store(served, updated, "MODIFIED")
+                    changed = True
+                continue
+            if not meta.get("deletionTimestamp"):
+                policy = "Foreground" if "waiting" in states else "Background"
+                self._delete(served, meta.get("namespace"), meta["name"], dry_run=False, policy=policy)
+                changed = True
+        for uid, (served, owner) in by_uid.items():
+            meta = owner["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if not meta.get("deletionTimestamp"):
+                continue
+            mine = dependents.get(uid, [])
+            if "orphan" in finalizers:
+                for dep_served, dependent, _ref in mine:
+                    updated = copy.deepcopy(dependent)
+                    updated["metadata"]["ownerReferences"] = [
+                        r for r in updated["metadata"]["ownerReferences"] if r.get("uid") != uid]
+                    if not updated["metadata"]["ownerReferences"]:
+                        del updated["metadata"]["ownerReferences"]
+                    self._store(dep_served, updated, "MODIFIED")
+                finalizers.remove("orphan")
+            elif "foregroundDeletion" in finalizers:
+                if any(ref.get("blockOwnerDeletion") for _s, _d, ref in mine):
+                    continue  # waits for its blocking dependents (deleted above, in the foreground)
+                finalizers.remove("foregroundDeletion")
+            else:
+                continue
+            updated = copy.deepcopy(owner)
+            updated["metadata"]["finalizers"] = finalizers
+            self._store(served, updated, "MODIFIED")
+            changed = True
+        return changed
+
+    def _owner_kind(self, api_version: str, kind: str) -> ServedKind | None:
+        for served in self.kinds.values():
+            if served.api_version == api_version and served.kind == kind:
+                return served
+        return None
 
     def _review(self, body: Any, served: ServedKind | None = None) -> Obj:
         if not isinstance(body, dict):
@@ -1129,12 +1823,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         method = str(request.method.value).upper()
         path = request.url.path
         try:
-            if method == "GET" and request.params.get("watch") in ("true", "1"):
-                return await super()._handle(request)
             routed = self._route(path)
             if routed is None:
                 return await super()._handle(request)
             served, namespace, name, subresource = routed
+            if method == "GET" and request.params.get("watch") in ("true", "1"):
+                self._authorize(request, "WATCH", served, namespace, None, subresource)
+                return await self._watch(request, served, namespace if served.namespaced else None)
             for fault in self.faults:
                 if fault.matches(method, served.plural, name):
                     fault.times -= 1
@@ -1153,6 +1848,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     raise ApiFailure(fault.status, reasons.get(fault.status, "Unknown"), fault.message, headers=headers)
             self._authorize(request, method, served, namespace, name, subresource)
             payload, code = self._serve(method, request, served, namespace, name, subresource)
+            self.settle()
         except ApiFailure as failure:
             await self.publish()
             return aiohttp.web.json_response(failure.status(), status=failure.code, headers=failure.headers)
@@ -1171,7 +1867,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         user = self.tokens.get(header.removeprefix("Bearer ").strip()) if header.startswith("Bearer ") else None
         if user is None:
             return
-        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+        verb = {"GET": "get" if name else "list", "WATCH": "watch", "POST": "create", "PUT": "update", "PATCH": "patch",
                 "DELETE": "delete"}.get(method, method.lower())
         if served.kind in ("SelfSubjectAccessReview",):
             return  # every authenticated user may ask about itself
@@ -1192,6 +1888,127 @@ class KubeEmulator(kmock.KubernetesEmulator):
         raise ApiFailure(403, "Forbidden", f"{target} is forbidden: {why}",
                          {"name": name or "", "group": served.group, "kind": served.plural})
 
+    # -------------------------------------------------------------- watch
+    #
+    # As the API server's watch (k8s.io/apiserver/pkg/storage/cacher and the "Efficient detection
+    # of changes", "Watch bookmarks" and "Resource versions" sections of the Kubernetes API
+    # concepts page): without a resourceVersion (or "0") the current objects come first as ADDED
+    # events; from a resourceVersion, every change after it; a resourceVersion older than the kept
+    # history is answered with an ERROR event carrying a 410 Expired Status "too old resource
+    # version: <asked> (<oldest>)"; allowWatchBookmarks=true adds BOOKMARK events carrying the
+    # current resourceVersion (every `bookmark_interval`, and before the watch times out);
+    # sendInitialEvents=true ends the initial ADDED events with a BOOKMARK annotated
+    # k8s.io/initial-events-end; timeoutSeconds ends the stream.
+
+    def _watch_filter(self, served: ServedKind, namespace: str | None,
+                      params: Mapping[str, str]) -> Callable[[Mapping[str, Any]], bool]:
+        tests: list[Callable[[Mapping[str, Any]], bool]] = []
+        if namespace is not None:
+            tests.append(lambda obj: obj["metadata"].get("namespace") == namespace)
+        if params.get("labelSelector"):
+            try:
+                selector = parse_selector(params["labelSelector"])
+            except ValueError as exc:
+                raise ApiFailure(400, "BadRequest", f"unable to parse requirement: {exc}") from exc
+            tests.append(lambda obj: selector(obj["metadata"].get("labels") or {}))
+        for term in _split_selector(params.get("fieldSelector") or ""):
+            key, _, value = term.replace("==", "=").partition("=")
+            if key not in ("metadata.name", "metadata.namespace"):
+                raise ApiFailure(400, "BadRequest", f'field label not supported: "{key}"')
+            field = key.split(".")[1]
+            tests.append(lambda obj, f=field, v=value: obj["metadata"].get(f) == v)
+        return lambda obj: all(test(obj) for test in tests)
+
+    async def _watch(self, request: rendering.Request, served: ServedKind,
+                     namespace: str | None) -> aiohttp.web.StreamResponse:
+        params = request.params
+        matches = self._watch_filter(served, namespace, params)
+        asked = params.get("resourceVersion") or ""
+        if asked not in ("", "0") and not asked.isdigit():
+            raise ApiFailure(400, "BadRequest", f'invalid resource version: "{asked}"')
+        try:
+            timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+        except ValueError as exc:
+            raise ApiFailure(400, "BadRequest", f"timeoutSeconds: {exc}") from exc
+        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        raw = request._raw_request
+        assert raw is not None
+        await response.prepare(raw)
+
+        async def send(event: Mapping[str, Any]) -> None:
+            # a watcher that does not read (its buffers full) is closed, as the API server's
+            # cacher closes an unresponsive watcher rather than wait for it
+            try:
+                await asyncio.wait_for(response.write(json.dumps(event).encode() + b"\n"),
+                                       timeout=self.watch_write_timeout)
+            except TimeoutError:
+                if raw.transport is not None:
+                    raw.transport.close()
+                raise ConnectionResetError("the watcher does not read") from None
+
+        def bookmark(annotations: Mapping[str, str] | None = None) -> Obj:
+            metadata: Obj = {"resourceVersion": str(self._last_rv), "creationTimestamp": None}
+            if annotations:
+                metadata["annotations"] = dict(annotations)
+            return {"type": "BOOKMARK", "object": {"kind": served.kind, "apiVersion": served.api_version,
+                                                   "metadata": metadata}}
+
+        def expired(since: int) -> Obj:
+            return {"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": f"too old resource version: {since} ({self.history_floor + 1})",
+                "reason": "Expired", "code": 410}}
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else None
+        try:
+            if asked in ("", "0") or params.get("sendInitialEvents") == "true":
+                last = self._last_rv
+                for obj in sorted(self._listing(served, namespace),
+                                  key=lambda o: int(o["metadata"].get("resourceVersion") or 0)):
+                    if matches(obj):
+                        await send({"type": "ADDED", "object": obj})
+                if params.get("sendInitialEvents") == "true" and bookmarks:
+                    await send(bookmark({"k8s.io/initial-events-end": "true"}))
+            else:
+                last = int(asked)
+            next_bookmark = loop.time() + self.bookmark_interval
+            while True:
+                if last < self.history_floor:
+                    await send(expired(last))
+                    break
+                start = bisect.bisect_right(self.history, last, key=lambda entry: entry[0])
+                for rv, resource, event in self.history[start:]:
+                    last = rv
+                    if resource == served.resource and matches(event["object"]):
+                        await send(event)
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    if bookmarks:
+                        await send(bookmark())
+                    break
+                if bookmarks and now >= next_bookmark:
+                    await send(bookmark())
+                    next_bookmark = now + self.bookmark_interval
+                if self._wakeup is None:
+                    self._wakeup = asyncio.Event()
+                wakeup = self._wakeup
+                # a second at most, to notice a client that went away or a server that stops
+                waits = [next_bookmark - now if bookmarks else 1.0, 1.0]
+                if deadline is not None:
+                    waits.append(deadline - now)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=max(0.0, min(waits)))
+                if wakeup.is_set() and self._wakeup is wakeup:
+                    self._wakeup = asyncio.Event()  # the next writes wake every watcher again
+                if self._closing or raw.transport is None or raw.transport.is_closing():
+                    return response
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        return response
+
     def _serve(
         self,
         method: str,
@@ -1201,6 +2018,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         name: str | None,
         subresource: str | None,
     ) -> tuple[Obj, int]:
+        self._field_validation = str(request.params.get("fieldValidation") or "")
+        try:
+            return self._serve_request(method, request, served, namespace, name, subresource)
+        finally:
+            self._field_validation = ""
+
+    def _serve_request(self, method: str, request: rendering.Request, served: ServedKind, namespace: str | None,
+                       name: str | None, subresource: str | None) -> tuple[Obj, int]:
         dry_run = request.params.get("dryRun") == "All"
         if not served.namespaced:
             namespace = None
@@ -1233,7 +2058,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 )
             return self._patch(served, namespace, name, body, subresource=subresource, dry_run=dry_run), 200
         if method == "DELETE" and name is not None:
-            return self._delete(served, namespace, name, dry_run=dry_run), 200
+            return self._delete(served, namespace, name, dry_run=dry_run,
+                                policy=self._propagation(request, body)), 200
         raise ApiFailure(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
 
     @staticmethod
@@ -1371,4 +2197,7 @@ async def running_emulator(
             emulator.ensure_namespace(name)
         await emulator.publish()
         kubeconfig = write_kubeconfig(directory / "kubeconfig", url, context, namespace)
-        yield ApiHandle(emulator=emulator, url=url, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        try:
+            yield ApiHandle(emulator=emulator, url=url, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        finally:
+            await emulator.end_watches()  # else the server would wait for its watch streams

@@ -70,8 +70,10 @@ def parser() -> argparse.ArgumentParser:
                       help="make the running controller read the config again (SIGHUP); routes keep serving")
     from safeship.cli.access import add_parser as add_access
     from safeship.cli.logs import add_parser as add_logs
+    from safeship.cli.operator import add_parser as add_operator
     from safeship.cli.pipeline import add_parser as add_pipeline
 
+    add_operator(sub)
     add_pipeline(sub)
     add_logs(sub)
     add_access(sub)
@@ -96,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from safeship.cli.logs import main as logs_main
 
         return logs_main(args)
+    if args.command == "operator":
+        from safeship.cli.operator import main as operator_main
+
+        return operator_main(args)
     if args.command in ("token", "audit"):
         from safeship.cli.access import main as access_main
 

@@ -18,6 +18,7 @@ Every API call safeship makes is in this module, so the set is easy to list:
     verb    path                                                    body
     GET     .../{resource}/{name}                                   -
     GET     .../{resource}?labelSelector=...                         -
+    GET     .../{resource}?watch=true&allowWatchBookmarks=true&resourceVersion=...  (`watch`)
     POST    .../{resource}                                          the object (application/json)
     PATCH   .../{resource}/{name}                                   application/merge-patch+json
     PATCH   .../{resource}/{name}/status                            application/merge-patch+json
@@ -51,7 +52,7 @@ import copy
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from safeship.config.models import Environment
 
 JsonObj = dict[str, Any]
+JsonList = list[JsonObj]
 
 FIELD_MANAGER = "safeship"
 MERGE_PATCH = "application/merge-patch+json"
@@ -324,6 +326,13 @@ def _is_namespace_missing(failure: _Failure, kind: str, namespace: str | None) -
     )
 
 
+class WatchExpired(TemporaryError):
+    """The resourceVersion a watch started from is too old for the server (410 Gone): list again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=0.0)
+
+
 class KubeClient:
     """Plain-dict Kubernetes API calls with errors translated at the edge (see the module docstring).
 
@@ -437,6 +446,80 @@ class KubeClient:
         except Exception as exc:
             _raise_for(what, self._failure(exc, what), exc)
         return items
+
+    async def list_at(self, api_version: str, kind: str, namespace: str | None = None, *,
+                      all_namespaces: bool = False) -> tuple[JsonList, str]:
+        """The objects of a kind and the list's resourceVersion, from which a `watch` misses nothing."""
+        import lightkube
+
+        main, _, info = _resource_classes(api_version, kind)
+        ns = lightkube.ALL_NS if (all_namespaces and info.namespaced) else self._namespace_for(info, namespace)
+        what = _describe("list", kind, None, None if ns == lightkube.ALL_NS else ns)
+        try:
+            listing = self._client.list(main) if ns is None else self._client.list(main, namespace=ns)
+            items = [_plain(item) async for item in listing]
+            version = str(listing._resourceVersion or "")
+        except Exception as exc:
+            _raise_for(what, self._failure(exc, what), exc)
+        return items, version
+
+    async def watch(self, api_version: str, kind: str, namespace: str | None = None, *, resource_version: str,
+                    timeout_s: int = 300, all_namespaces: bool = False) -> AsyncIterator[tuple[str, JsonObj]]:
+        """One watch request from `resource_version` with bookmarks (`allowWatchBookmarks=true`),
+        yielding (type, object) until the server ends it (after `timeout_s` at the latest):
+        ADDED, MODIFIED, DELETED, and BOOKMARK (an object holding only the resourceVersion to
+        resume from). A resourceVersion the server no longer holds (HTTP 410, or an ERROR event
+        with code 410) raises `WatchExpired`: list again, then watch from the new list's version.
+        lightkube's own watch loop retries and resets the version by itself, which would skip the
+        changes made meanwhile; this makes one request and leaves resuming to the caller."""
+        import httpx2
+        import lightkube
+
+        main, _, info = _resource_classes(api_version, kind)
+        ns = lightkube.ALL_NS if (all_namespaces and info.namespaced) else self._namespace_for(info, namespace)
+        what = _describe("watch", kind, None, None if ns == lightkube.ALL_NS else ns)
+        generic = self._client._client  # lightkube's GenericAsyncClient: builds the request as its watch does
+        params = {"resourceVersion": resource_version or None, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(max(1, int(timeout_s)))}
+        try:
+            request = generic.prepare_request("list", res=main, namespace=ns, watch=True, params=params)
+            timeout = httpx2.Timeout(REQUEST_TIMEOUT, read=timeout_s + REQUEST_TIMEOUT)
+            built = generic._client.build_request(request.method, request.url, params=request.params,
+                                                  timeout=timeout)
+            response = await generic.send(built, stream=True)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            _raise_for(what, self._failure(exc, what), exc)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                failure = _failure_of(response)
+                if failure.code == 410:
+                    raise WatchExpired(f"Kubernetes API: {what}: {failure.message} (HTTP 410)")
+                _raise_for(what, failure, RuntimeError(failure.message))
+            try:
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError as exc:
+                        raise TemporaryError(f"Kubernetes API: {what}: unreadable event ({exc})",
+                                             delay=SERVER_ERROR_DELAY) from exc
+                    kind_of = str(event.get("type") or "")
+                    obj = event.get("object") if isinstance(event.get("object"), dict) else {}
+                    if kind_of == "ERROR":
+                        code = obj.get("code")
+                        message = str(obj.get("message") or obj.get("reason") or "watch error")
+                        if code == 410 or obj.get("reason") in ("Expired", "Gone"):
+                            raise WatchExpired(f"Kubernetes API: {what}: {message} (HTTP 410)")
+                        raise TemporaryError(f"Kubernetes API: {what}: {message} (HTTP {code})",
+                                             delay=SERVER_ERROR_DELAY)
+                    yield kind_of, obj
+            except (httpx2.HTTPError, OSError) as exc:
+                raise TemporaryError(f"Kubernetes API: {what}: the watch broke ({exc or type(exc).__name__})",
+                                     delay=CONNECT_DELAY) from exc
+        finally:
+            await response.aclose()
 
     async def create(self, obj: Mapping[str, Any]) -> JsonObj:
         """Create the object; the stored object is returned. One that exists is a 409 (temporary)."""

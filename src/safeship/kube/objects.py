@@ -135,10 +135,14 @@ def subset_name(version: str) -> str:
 
 
 def _metadata(name: str, namespace: str, object_labels: Mapping[str, str],
-              annotations: Mapping[str, str] | None = None) -> Obj:
+              annotations: Mapping[str, str] | None = None, owner: Mapping[str, Any] | None = None) -> Obj:
+    """An object's metadata; `owner` (an ownerReference, such as the Release an operator rolls
+    out) makes Kubernetes' garbage collector delete the object with its owner."""
     meta: Obj = {"name": name, "namespace": namespace, "labels": dict(object_labels)}
     if annotations:
         meta["annotations"] = dict(annotations)
+    if owner is not None:
+        meta["ownerReferences"] = [dict(owner)]
     return meta
 
 
@@ -285,7 +289,8 @@ def progress_deadline(config: SafeshipConfig, service: str) -> int:
 
 
 def deployment(config: SafeshipConfig, environment: Environment, service: str, version: str, *,
-               replicas: int, strategy: DeploymentStrategy | str = DeploymentStrategy.ROLLING) -> Obj:
+               replicas: int, strategy: DeploymentStrategy | str = DeploymentStrategy.ROLLING,
+               owner: Mapping[str, Any] | None = None) -> Obj:
     """The Deployment of one version: `replicas` pods of the service's template. Its own update
     strategy is Recreate for the recreate strategy, else RollingUpdate with the configured
     max_surge / max_unavailable."""
@@ -298,7 +303,7 @@ def deployment(config: SafeshipConfig, environment: Environment, service: str, v
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(deployment_name(service, version), environment.kube_namespace,
-                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}),
+                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}, owner),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(service, version)},
@@ -310,7 +315,8 @@ def deployment(config: SafeshipConfig, environment: Environment, service: str, v
     }
 
 
-def disruption_budget(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj | None:
+def disruption_budget(config: SafeshipConfig, environment: Environment, service: str, version: str, *,
+                      owner: Mapping[str, Any] | None = None) -> Obj | None:
     """The PodDisruptionBudget of one version (named as its Deployment, over its pods), with
     `services.<name>.pod.min_available`; None when that is not set."""
     wanted = config.services[service].pod.min_available
@@ -320,12 +326,13 @@ def disruption_budget(config: SafeshipConfig, environment: Environment, service:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(deployment_name(service, version), environment.kube_namespace,
-                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}),
+                              labels(service, version, environment.name), {VERSION_ANNOTATION: version}, owner),
         "spec": {"minAvailable": wanted, "selector": {"matchLabels": selector(service, version)}},
     }
 
 
-def autoscaler(config: SafeshipConfig, environment: Environment, service: str, version: str) -> Obj | None:
+def autoscaler(config: SafeshipConfig, environment: Environment, service: str, version: str, *,
+               owner: Mapping[str, Any] | None = None) -> Obj | None:
     """The HorizontalPodAutoscaler of one version (named as its Deployment, targeting it), from
     `services.<name>.autoscaling`; None when that is not set. Each version has its own, since each
     has its own Deployment: the platform applies it while the version has pods and deletes it when
@@ -338,7 +345,7 @@ def autoscaler(config: SafeshipConfig, environment: Environment, service: str, v
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": _metadata(name, environment.kube_namespace, labels(service, version, environment.name),
-                              {VERSION_ANNOTATION: version}),
+                              {VERSION_ANNOTATION: version}, owner),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": scaling.min_replicas,
@@ -353,14 +360,14 @@ def autoscaler(config: SafeshipConfig, environment: Environment, service: str, v
 
 
 def service_object(config: SafeshipConfig, environment: Environment, service: str, name: str,
-                   version: str | None) -> Obj:
+                   version: str | None, *, owner: Mapping[str, Any] | None = None) -> Obj:
     """A ClusterIP Service `name` over the pods of `service` (of `version` only, when given)."""
     port = config.services[service].container_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, environment.kube_namespace, labels(service, None, environment.name),
-                              {VERSION_ANNOTATION: version} if version is not None else None),
+                              {VERSION_ANNOTATION: version} if version is not None else None, owner),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(service, version),
@@ -419,7 +426,7 @@ def is_own_rule(rule: Mapping[str, Any], service: str) -> bool:
 
 
 def http_route(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
-               canary_weight: int) -> Obj:
+               canary_weight: int, owner: Mapping[str, Any] | None = None) -> Obj:
     """The HTTPRoute `<service>`: attached to `environment.gateway`, with its hostnames, and one
     rule (safeship's, `route_rule`) splitting between the stable and the canary Service by weight.
     Once it exists, the router changes only that rule (`merged_rules`): rules and filters added by
@@ -441,7 +448,8 @@ def http_route(config: SafeshipConfig, environment: Environment, service: str, *
     return {
         "apiVersion": HTTPROUTE_API,
         "kind": "HTTPRoute",
-        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
+        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name),
+                              owner=owner),
         "spec": spec,
     }
 
@@ -499,7 +507,7 @@ ISTIO_ROUTE_NAME = "safeship"  # the VirtualService's HTTP route safeship writes
 
 
 def virtual_service(config: SafeshipConfig, environment: Environment, service: str, *, stable_weight: int,
-                    canary_weight: int) -> Obj:
+                    canary_weight: int, owner: Mapping[str, Any] | None = None) -> Obj:
     """The Istio VirtualService `<service>`: one HTTP route (`safeship`) weighing the stable and
     the canary Service (percent, summing to 100), bound to `istio.gateways` (the mesh when none)
     for the hosts `<service>` and `istio.hosts`."""
@@ -519,7 +527,8 @@ def virtual_service(config: SafeshipConfig, environment: Environment, service: s
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
-        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name)),
+        "metadata": _metadata(service, environment.kube_namespace, labels(service, None, environment.name),
+                              owner=owner),
         "spec": spec,
     }
 

@@ -141,8 +141,11 @@ class KubernetesPlatform:
         return cls(setup.config, setup.environment, clock=setup.clock)
 
     def __init__(self, config: SafeshipConfig, environment: Environment, *, client: KubeClient | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, owner: Mapping[str, Any] | None = None) -> None:
         self.config = config
+        # An ownerReference put on every object made here (the operator's Release): deleting the
+        # owner deletes them. None: no owner (the controller outside the cluster).
+        self.owner = dict(owner) if owner is not None else None
         self.environment = environment
         self.namespace = environment.kube_namespace
         self._client = client
@@ -298,14 +301,15 @@ class KubernetesPlatform:
             await on_leaving(staying)
         if replicas < before and drain > 0:
             await self._clock.sleep(drain)
-        scaler = objects.autoscaler(self.config, self.environment, service, version)
+        scaler = objects.autoscaler(self.config, self.environment, service, version, owner=self.owner)
         if scaler is not None and replicas == 0:
             # the version leaves: its autoscaler goes first, so that nothing scales it up again
             await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, self.namespace)
         if current is None:
-            desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas)
+            desired = objects.deployment(self.config, self.environment, service, version, replicas=replicas,
+                                         owner=self.owner)
             await kube.create(self._with_request_settings(desired, service, template(0)))
-            budget = objects.disruption_budget(self.config, self.environment, service, version)
+            budget = objects.disruption_budget(self.config, self.environment, service, version, owner=self.owner)
             if budget is not None:
                 await kube.apply(budget)
         elif before != replicas:

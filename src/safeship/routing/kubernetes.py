@@ -109,8 +109,10 @@ class ClusterRouter:
         return cls(setup.config, setup.environment)
 
     def __init__(self, config: SafeshipConfig, environment: Environment, *, clock: Clock | None = None,
-                 client: KubeClient | None = None, wait_s: float = WAIT_S, poll_s: float = POLL_S) -> None:
+                 client: KubeClient | None = None, wait_s: float = WAIT_S, poll_s: float = POLL_S,
+                 owner: Mapping[str, Any] | None = None) -> None:
         self.config = config
+        self.owner = dict(owner) if owner is not None else None  # ownerReference of the objects made here
         self.environment = environment
         self.namespace = environment.kube_namespace
         self.clock: Clock = clock if clock is not None else RealClock()
@@ -193,7 +195,8 @@ class ClusterRouter:
         kube = await self.kube()
         if not known:
             current = await self._service(name)
-        desired = objects.service_object(self.config, self.environment, route.service, name, version)
+        desired = objects.service_object(self.config, self.environment, route.service, name, version,
+                                         owner=self.owner)
         if current is None:
             await kube.create(desired)
             return
@@ -364,7 +367,7 @@ class GatewayApiRouter(TwoServiceRouter):
     async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
         service = route.service
         desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
-                                     canary_weight=canary_weight)
+                                     canary_weight=canary_weight, owner=self.owner)
         kube = await self.kube()
         current_route = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
         if current_route is None:
@@ -447,7 +450,8 @@ class IstioRouter(TwoServiceRouter):
     async def _apply_weights(self, route: RouteKey, stable_weight: int, canary_weight: int) -> None:
         kube = await self.kube()
         desired = objects.virtual_service(self.config, self.environment, route.service,
-                                          stable_weight=stable_weight, canary_weight=canary_weight)
+                                          stable_weight=stable_weight, canary_weight=canary_weight,
+                                          owner=self.owner)
         applied = await kube.apply(desired)
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
