@@ -194,8 +194,11 @@ class Operator:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow a cancellation that
+        # comes as the wait ends, and a cancelled operator would go on looping
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._stop.wait()
 
     async def _lease_loop(self) -> None:
         while not self._stop.is_set():
@@ -325,7 +328,8 @@ class Operator:
                 pending = [t.due for t in self.releases.values() if not t.running]
                 nap = min([*(d - now for d in pending), 1.0])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, nap))
+                    async with asyncio.timeout(max(0.01, nap)):  # not wait_for: see _sleep
+                        await self._wake.wait()
         finally:
             for task in list(running):
                 task.cancel()
