@@ -629,6 +629,40 @@ class Store:
         found = self.list_deployments(service=service, environment=environment, active_only=True, limit=1)
         return found[0] if found else None
 
+    def active_deployment_keys(self) -> list[tuple[str, str, str]]:
+        """(id, service, environment) of every active deployment, oldest first, in one query that
+        decodes no JSON column: what a driver needs to know which deployments to tick."""
+        query = (
+            select(schema.deployments.c.id, schema.deployments.c.service, schema.deployments.c.environment)
+            .where(schema.deployments.c.phase.in_(ACTIVE_PHASES))
+            .order_by(schema.deployments.c.created_at)
+        )
+        with self._connect() as conn:
+            return [(str(r.id), str(r.service), str(r.environment)) for r in conn.execute(query)]
+
+    def latest_deployments(self, environment: str) -> dict[str, DeploymentRecord]:
+        """The newest deployment of each service in `environment` (as `list_deployments(service=...,
+        environment=..., limit=1)` gives it), in one query; services never deployed there are left out."""
+        newest = (
+            select(schema.deployments.c.service, func.max(schema.deployments.c.created_at).label("created_at"))
+            .where(schema.deployments.c.environment == environment)
+            .group_by(schema.deployments.c.service)
+            .subquery()
+        )
+        query = (
+            select(schema.deployments)
+            .join(newest, (schema.deployments.c.service == newest.c.service)
+                  & (schema.deployments.c.created_at == newest.c.created_at))
+            .where(schema.deployments.c.environment == environment)
+        )
+        found: dict[str, DeploymentRecord] = {}
+        with self._connect() as conn:
+            for row in conn.execute(query):
+                record = _deployment_from_row(row)
+                if record.service not in found or record.id > found[record.service].id:
+                    found[record.service] = record  # two created at the same instant: one, always the same
+        return found
+
     def events(self, deployment_id: str) -> list[EventRecord]:
         query = (
             select(schema.events)
@@ -786,6 +820,23 @@ class Store:
             if row.retired_at is None and row.healthy:
                 return row.version
         return None
+
+    def current_versions(self, environment: str) -> dict[str, str]:
+        """`current_version` of every service serving in `environment`, in one query; a service
+        that serves nothing there is left out."""
+        table = schema.stable_versions
+        query = (
+            select(table.c.service, table.c.version)
+            .where(table.c.environment == environment)
+            .where(table.c.retired_at.is_(None))
+            .where(table.c.healthy.is_(True))
+            .order_by(table.c.promoted_at.desc(), table.c.id.desc())
+        )
+        found: dict[str, str] = {}
+        with self._connect() as conn:
+            for service, version in conn.execute(query):
+                found.setdefault(str(service), str(version))
+        return found
 
     def record_stable(self, stable: StableVersion) -> None:
         with self._begin() as conn:
