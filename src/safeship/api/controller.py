@@ -365,11 +365,13 @@ class Controller:
             return
         for deployment_id in [i for i, task in self._runners.items() if task.done()]:
             del self._runners[deployment_id]
-        for record in self.store.list_deployments(active_only=True, limit=1000):
-            key = RouteKey(record.service, record.environment)
-            if key in self._locks and record.id not in self._runners:
-                self._runners[record.id] = asyncio.create_task(
-                    self._drive(record.id, key), name=f"deployment {record.id}"
+        # ids and routes only: decoding every active deployment's status on each pass cost more
+        # than the ticks themselves at a thousand deployments (and a limit left some undriven)
+        for deployment_id, service, environment in self.store.active_deployment_keys():
+            key = RouteKey(service, environment)
+            if key in self._locks and deployment_id not in self._runners:
+                self._runners[deployment_id] = asyncio.create_task(
+                    self._drive(deployment_id, key), name=f"deployment {deployment_id}"
                 )
 
     async def sync_route(self, key: RouteKey) -> None:
