@@ -336,12 +336,9 @@ class Controller:
         latest = self.store.list_deployments(
             service=key.service, environment=key.environment, limit=1
         )
-        if latest:
-            phase = Phase(latest[0].phase)
-            served = DeploymentStatus.from_json(latest[0].status).live_weights(
-                active=phase.is_active, failed=phase is Phase.FAILED)
-            if served is not None:
-                return {str(v): int(w) for v, w in served.items()}
+        served = _served(latest[0] if latest else None)
+        if served is not None:
+            return served
         stable = self.engine.current_version(key.service, key.environment)
         return {stable: 100} if stable else {}
 
@@ -651,18 +648,26 @@ class Controller:
 
     def environments(self) -> list[dict[str, Any]]:
         found = []
+        active: dict[tuple[str, str], str] = {}
+        for deployment_id, service, environment_name in self.store.active_deployment_keys():
+            active[(service, environment_name)] = deployment_id  # oldest first: the newest one is kept
         for environment in self.config.environment_management.environments:
             services = []
+            # a few queries per environment, however many services it has
+            serving = self.store.current_versions(environment.name)
+            newest = self.store.latest_deployments(environment.name)
             for name in self.config.services:
                 key = RouteKey(name, environment.name)
-                active = self.store.active_deployment(name, environment.name)
+                weights = _served(newest.get(name))
+                if weights is None:
+                    weights = {serving[name]: 100} if name in serving else {}
                 services.append(
                     {
                         "service": name,
                         "port": self.routes.get(key),
-                        "current_version": self.engine.current_version(name, environment.name),
-                        "active_deployment": active.id if active else None,
-                        "weights": self.live_weights(key),
+                        "current_version": serving.get(name),
+                        "active_deployment": active.get((name, environment.name)),
+                        "weights": weights,
                     }
                 )
             found.append(
@@ -686,6 +691,17 @@ class Controller:
         if self.config.environment(environment) is None:
             known = ", ".join(e.name for e in self.config.environment_management.environments) or "none configured"
             raise NotFoundError(f"environment {environment!r} is not in the config (known: {known})")
+
+
+def _served(latest: DeploymentRecord | None) -> dict[str, int] | None:
+    """The weights a route serves by its newest deployment: its last weights while it is active,
+    its last safe weights once it failed; None when it does not say (the stable version serves)."""
+    if latest is None:
+        return None
+    phase = Phase(latest.phase)
+    served = DeploymentStatus.from_json(latest.status).live_weights(active=phase.is_active,
+                                                                    failed=phase is Phase.FAILED)
+    return {str(v): int(w) for v, w in served.items()} if served is not None else None
 
 
 def _digest(path: Path | None) -> str | None:
