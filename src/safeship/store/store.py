@@ -607,6 +607,17 @@ class Store:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         return _deployment_from_row(row)
 
+    def deployment_row_version(self, deployment_id: str) -> int:
+        """The deployment's stored `row_version`, in a query that decodes no JSON column: whether
+        a record read earlier is still the stored one (every write raises it). NotFoundError when
+        there is no such deployment."""
+        query = select(schema.deployments.c.row_version).where(schema.deployments.c.id == deployment_id)
+        with self._connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is None:
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        return int(found)
+
     def list_deployments(
         self,
         *,
