@@ -389,12 +389,18 @@ class Controller:
         wake = self._wakes.setdefault(deployment_id, asyncio.Event())
         self._driving[deployment_id] = key
         errors = 0
+        last: DeploymentRecord | None = None  # the record as the previous tick left it
         try:
             while not self._stopping:
                 wake.clear()
                 try:
                     async with self._locks[key]:
-                        wait = await self.engine.advance(deployment_id)
+                        # The previous tick's record, while the store's row is still that one (one
+                        # small query, no JSON decoded); else the tick reads the row again.
+                        known = last if last is not None and (
+                            self.store.deployment_row_version(deployment_id) == last.row_version) else None
+                        last = None
+                        wait, last = await self.engine.step(deployment_id, known=known)
                     errors = 0
                 except Exception as exc:
                     errors += 1
