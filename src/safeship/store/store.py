@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,9 +683,11 @@ class Store:
         with self._connect() as conn:
             return [_event_from_row(r) for r in conn.execute(query)]
 
-    def events_since(self, after_id: int, *, limit: int = 500, deployment_id: str | None = None) -> list[EventRecord]:
+    def events_since(self, after_id: int, *, limit: int = 500, deployment_id: str | None = None,
+                     kinds: Collection[str] | None = None) -> list[EventRecord]:
         """Up to `limit` events with an id above `after_id`, in id order (the order they were
-        written), each with its id; only `deployment_id`'s when given.
+        written), each with its id; only `deployment_id`'s when given, only those of `kinds`
+        when given (the others are not read at all).
 
         On SQLite one transaction writes at a time, so ids become visible in order and a reader
         that remembers the last id it saw never passes over an event committed later."""
@@ -699,6 +701,8 @@ class Store:
         )
         if deployment_id is not None:
             query = query.where(schema.events.c.deployment_id == deployment_id)
+        if kinds is not None:
+            query = query.where(schema.events.c.kind.in_(sorted(kinds)))
         with self._connect() as conn:
             return [_event_from_row(r) for r in conn.execute(query)]
 
