@@ -229,7 +229,11 @@ class Outbox:
             position = self.store.cursor(lane.cursor)
         while True:
             with self._store_lock:
-                events = self.store.events_since(position, limit=limit)
+                # Only the kinds anyone is told about are read (a look a second per deployment
+                # is not); every event up to `ceiling` was written before the read, so a pass
+                # that reads fewer than `limit` has seen every notified one up to it.
+                ceiling = self.store.last_event_id()
+                events = self.store.events_since(position, limit=limit, kinds=NOTIFIED_KINDS)
             # Deployments are read after their events, so a record is never older than its events.
             deployments: dict[str, DeploymentRecord | None] = {}
             saved = position
@@ -255,9 +259,10 @@ class Outbox:
                     # Saved at once after each notification: a crash re-sends only the one in flight.
                     saved = self._save(lane, event.id, saved)
                 position = event.id
-            self._save(lane, position, saved)
             if len(events) < limit:
+                self._save(lane, max(position, ceiling), saved)
                 return delivered
+            saved = self._save(lane, position, saved)
 
     def _call(self, lane: _Lane, notification: Notification) -> None:
         """`lane.sink.notify(notification)`, given at most the sink's timeout when it has one."""
@@ -296,7 +301,7 @@ class Outbox:
                       deployments: dict[str, DeploymentRecord | None]) -> Notification | None:
         """`notification_for` the event, given its deployment's record and earlier events."""
         assert event.id is not None
-        if event.kind not in ("created", "promoted", "phase", "weights"):
+        if event.kind not in NOTIFIED_KINDS:
             return None  # the common case (looks, instances) without reading anything else
         with self._store_lock:
             if event.deployment_id not in deployments:
@@ -439,6 +444,7 @@ class Outbox:
         self._advance_position()
 
 
+NOTIFIED_KINDS = frozenset(("created", "promoted", "phase", "weights"))  # events that may be a notification
 EVENT_CACHE_DEPLOYMENTS = 2000  # deployments whose events the outbox keeps (compacted) between passes
 EVENT_BATCH = 500  # events read at once when a deployment's kept events are brought up to date
 _KEPT_WHOLE = ("phase", "weights")  # the kinds notification_for reads more of than the kind
