@@ -651,9 +651,16 @@ class Store:
         with self._connect() as conn:
             return [(str(r.id), str(r.service), str(r.environment)) for r in conn.execute(query)]
 
-    def latest_deployments(self, environment: str) -> dict[str, DeploymentRecord]:
+    def latest_deployments(self, environment: str, *, light: bool = False) -> dict[str, DeploymentRecord]:
         """The newest deployment of each service in `environment` (as `list_deployments(service=...,
-        environment=..., limit=1)` gives it), in one query; services never deployed there are left out."""
+        environment=..., limit=1)` gives it), in one query; services never deployed there are left out.
+
+        `light`: each record's `status` holds only its `weights`, its `request` is empty and its
+        `evidence` None, for a view of many deployments that shows none of them: decoding each
+        deployment's whole status (several KB of JSON) is most of the cost of reading it."""
+        table = schema.deployments
+        columns = [c for c in table.columns if c.name not in ("status", "request", "evidence")] + [
+            table.c.status["weights"].label("weights")] if light else list(table.columns)
         newest = (
             select(schema.deployments.c.service, func.max(schema.deployments.c.created_at).label("created_at"))
             .where(schema.deployments.c.environment == environment)
@@ -661,7 +668,7 @@ class Store:
             .subquery()
         )
         query = (
-            select(schema.deployments)
+            select(*columns)
             .join(newest, (schema.deployments.c.service == newest.c.service)
                   & (schema.deployments.c.created_at == newest.c.created_at))
             .where(schema.deployments.c.environment == environment)
@@ -669,7 +676,13 @@ class Store:
         found: dict[str, DeploymentRecord] = {}
         with self._connect() as conn:
             for row in conn.execute(query):
-                record = _deployment_from_row(row)
+                if light:
+                    values = dict(row._mapping)
+                    weights = values.pop("weights")
+                    record = DeploymentRecord(**values, status={} if weights is None else {"weights": weights},
+                                              request={})
+                else:
+                    record = _deployment_from_row(row)
                 if record.service not in found or record.id > found[record.service].id:
                     found[record.service] = record  # two created at the same instant: one, always the same
         return found

@@ -19,10 +19,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
         opened.close()
 
 
-def deployment(id_: str, service: str, environment: str, phase: str, created_at: float) -> DeploymentRecord:
+def deployment(id_: str, service: str, environment: str, phase: str, created_at: float,
+               status: dict[str, object] | None = None) -> DeploymentRecord:
     return DeploymentRecord(id=id_, service=service, environment=environment, version="v2", from_version="v1",
                             strategy="canary", strategy_reason="", policy="safeship", phase=phase, step_index=0,
-                            plan=[], status={}, request={}, created_at=created_at, updated_at=created_at,
+                            plan=[{"kind": "scale"}], status=status or {}, request={"service_name": service},
+                            evidence={"e": 1.0}, created_at=created_at, updated_at=created_at,
                             phase_started_at=created_at, step_started_at=created_at)
 
 
@@ -48,7 +50,7 @@ def test_current_versions_are_each_services_current_version(store: Store) -> Non
 def test_latest_deployments_and_active_keys(store: Store) -> None:
     records = [
         deployment("deploy-1", "a", "prod", "succeeded", 1.0),
-        deployment("deploy-2", "a", "prod", "progressing", 2.0),
+        deployment("deploy-2", "a", "prod", "progressing", 2.0, status={"weights": {"v1": 90, "v2": 10}, "x": [1]}),
         deployment("deploy-3", "b", "prod", "rolled_back", 3.0),
         deployment("deploy-4", "b", "staging", "pending", 4.0),
         deployment("deploy-5", "c", "prod", "monitoring", 0.5),
@@ -59,5 +61,13 @@ def test_latest_deployments_and_active_keys(store: Store) -> None:
     assert {s: r.id for s, r in latest.items()} == {"a": "deploy-2", "b": "deploy-3", "c": "deploy-5"}
     for service in ("a", "b", "c"):
         assert latest[service] == store.list_deployments(service=service, environment="prod", limit=1)[0]
+    light = store.latest_deployments("prod", light=True)
+    assert {s: r.id for s, r in light.items()} == {s: r.id for s, r in latest.items()}
+    for service, record in light.items():
+        assert record.status == ({"weights": latest[service].status["weights"]} if "weights" in latest[service].status
+                                 else {})
+        assert record.request == {} and record.evidence is None
+        assert record.replace(status=latest[service].status, request=latest[service].request,
+                              evidence=latest[service].evidence) == latest[service]
     assert store.active_deployment_keys() == [("deploy-5", "c", "prod"), ("deploy-2", "a", "prod"),
                                               ("deploy-4", "b", "staging")]
