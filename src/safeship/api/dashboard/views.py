@@ -118,7 +118,7 @@ def overview(controller: Controller) -> dict[str, Any]:
     for environment in controller.config.environment_management.environments:
         rows = []
         serving = store.current_versions(environment.name)
-        newest = store.latest_deployments(environment.name)
+        newest = store.latest_deployments(environment.name, light=True)  # the status's weights alone
         for service in controller.config.services:
             current = serving.get(service)
             last = newest.get(service)
