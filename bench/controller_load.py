@@ -58,7 +58,8 @@ from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "src"))
+# the source under test: this tree's, or another's (--baseline-src runs children on an older tree)
+sys.path.insert(0, os.environ.get("CONTROLLER_LOAD_SRC") or str(ROOT / "src"))
 
 from safeship import platforms, routing, traffic  # noqa: E402
 from safeship.clock import VirtualClock  # noqa: E402
@@ -482,6 +483,15 @@ async def run_load(options: Options, workdir: Path, stop: asyncio.Event | None =
     ticks, writes = Ticks(), Writes()
     controller.engine.step = ticks.wrap(controller.engine.step)  # type: ignore[method-assign]
     writes.attach(store.engine)
+    passes = [0]
+    pass_of = controller.outbox._pass_of
+
+    def counted(lane: Any) -> None:  # the outbox's passes over the events table, for the figures
+        if ticks.recording:
+            passes[0] += 1
+        pass_of(lane)
+
+    controller.outbox._pass_of = counted  # type: ignore[method-assign]
     server: Any = None
     serving: asyncio.Task[None] | None = None
     client: subprocess.Popen[str] | None = None
@@ -522,10 +532,11 @@ async def run_load(options: Options, workdir: Path, stop: asyncio.Event | None =
         result.update(window_s=window, interrupted=stop.is_set())
         result.update(_tick_figures(ticks, options.n, began, began + window))
         result.update(cpu_s=cpu, cpu_per_deployment_minute_s=cpu / (options.n * window / 60.0),
-                      cpu_share_of_a_core=cpu / window)
+                      cpu_share_of_a_core=cpu / window, ticks_per_cpu_s=result["ticks"] / cpu if cpu else None,
+                      load_average=os.getloadavg()[0])
         result.update(store_statements=writes.statements, store_rows=writes.rows, store_commits=writes.commits,
                       writes_per_s=writes.statements / window, commits_per_s=writes.commits / window,
-                      rows_per_s=writes.rows / window)
+                      rows_per_s=writes.rows / window, outbox_passes_per_s=passes[0] / window)
         peak = rss_kb("VmHWM")
         result.update(rss_before_mb=rss_before / 1024, rss_peak_mb=peak / 1024,
                       rss_per_deployment_kb=(peak - rss_before) / options.n)
@@ -662,11 +673,14 @@ def child(n: int, duration: float, dashboard_requests: int) -> int:
     return 0
 
 
-def run_child(n: int, duration: float, dashboard_requests: int) -> dict[str, Any]:
-    bound = duration + 120.0 + n * 0.1
+def run_child(n: int, duration: float, dashboard_requests: int, src: str | None = None) -> dict[str, Any]:
+    bound = duration + 120.0 + n * 0.6  # an older tree may take minutes to submit a thousand
+    env = dict(os.environ)
+    if src is not None:
+        env["CONTROLLER_LOAD_SRC"] = str(Path(src).resolve())
     process = subprocess.Popen([sys.executable, __file__, "--child", str(n), "--duration", str(duration),
                                 "--dashboard-requests", str(dashboard_requests)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = process.communicate(timeout=bound)
     except subprocess.TimeoutExpired:
@@ -700,8 +714,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("deployments never late (share)", "deployments_never_late_share", "{:.3f}"),
     ("CPU s per deployment-minute", "cpu_per_deployment_minute_s", "{:.3f}"),
     ("CPU (cores busy)", "cpu_share_of_a_core", "{:.2f}"),
+    ("ticks per CPU-second", "ticks_per_cpu_s", "{:.0f}"),
+    ("machine load average (1 min, at the end)", "load_average", "{:.1f}"),
     ("store write statements / s", "writes_per_s", "{:.0f}"),
     ("store commits / s", "commits_per_s", "{:.0f}"),
+    ("outbox passes / s", "outbox_passes_per_s", "{:.1f}"),
     ("peak RSS (MB)", "rss_peak_mb", "{:.0f}"),
     ("RSS per deployment (KB)", "rss_per_deployment_kb", "{:.0f}"),
     ("overview p50 (ms)", "dashboard.p50_ms", "{:.0f}"),
@@ -766,32 +783,38 @@ def verdicts(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def report(runs: Sequence[Mapping[str, Any]], command: str) -> str:
+def _section(runs: Sequence[Mapping[str, Any]], title: str) -> list[str]:
+    """One tree's table, the growth of its figures with N, and its verdicts."""
     ok = [r for r in runs if "error" not in r]
-    header = "| figure | " + " | ".join(f"N = {r['n']:,}" for r in ok) + " |"
-    lines = [header, "|---|" + "---:|" * len(ok)]
+    lines = [f"### {title}", "", "| figure | " + " | ".join(f"N = {r['n']:,}" for r in ok) + " |",
+             "|---|" + "---:|" * len(ok)]
     for label, key, fmt in ROWS:
         lines.append(f"| {label} | " + " | ".join(shown(r, key, fmt) for r in ok) + " |")
-    growth = []
+    lines.append("")
     if len(ok) >= 2:
         low, high = ok[0], ok[-1]
-        growth.append(f"| per deployment | N = {high['n']:,} / N = {low['n']:,} |")
-        growth.append("|---|---:|")
+        lines += ["How each figure grows with N (the ratio of the per-deployment figures):", "",
+                  f"| per deployment | N = {high['n']:,} / N = {low['n']:,} |", "|---|---:|"]
         for label, key, per_n in GROWTH:
             a, b = value(low, key), value(high, key)
             if a is None or b is None or a == 0:
-                growth.append(f"| {label} | - |")
+                lines.append(f"| {label} | - |")
                 continue
             if per_n:
                 a, b = a / low["n"], b / high["n"]
-            growth.append(f"| {label} | {b / a:.2f}x |")
+            lines.append(f"| {label} | {b / a:.2f}x |")
+        lines.append("")
+    lines += ["Verdicts:", "", *[f"- {line}" for line in verdicts(runs)], ""]
     errors = [f"- N = {r['n']}: {r['error']}" for r in runs if "error" in r]
-    parts = ["```", command, "```", "", *lines, ""]
-    if growth:
-        parts += ["How each figure grows with N (the ratio of the per-deployment figures):", "", *growth, ""]
-    parts += ["Verdicts:", "", *[f"- {line}" for line in verdicts(runs)], ""]
     if errors:
-        parts += ["Failed runs:", "", *errors, ""]
+        lines += ["Failed runs:", "", *errors, ""]
+    return lines
+
+
+def report(sections: Mapping[str, Sequence[Mapping[str, Any]]], command: str) -> str:
+    parts = ["```", command, "```", ""]
+    for title, runs in sections.items():
+        parts += _section(runs, title)
     return "\n".join(parts)
 
 
@@ -800,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", default="10,100,1000", help="deployment counts, comma-separated (default 10,100,1000)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds each N runs after its submits")
     parser.add_argument("--dashboard-requests", type=int, default=40, help="overview GETs per N (0: none)")
+    parser.add_argument("--baseline-src", help="also run each N on this older src/ tree, just before this one's")
     parser.add_argument("--out", default=str(RESULTS / "controller-load"), help="results path, without .md/.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dashboard-client", nargs=6, help=argparse.SUPPRESS)
@@ -817,21 +841,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--n: a comma-separated list of counts, got {args.n!r}")
     if not counts or any(not 1 <= c <= 5000 for c in counts):
         parser.error(f"--n: each count must be 1..5000, got {args.n!r}")
-    runs = []
+    if args.baseline_src is not None and not (Path(args.baseline_src) / "safeship").is_dir():
+        parser.error(f"--baseline-src: {args.baseline_src} holds no safeship package (give an older tree's src/)")
+    trees = {"this tree": None} if args.baseline_src is None else {
+        f"baseline ({args.baseline_src})": args.baseline_src, "this tree": None}
+    sections: dict[str, list[dict[str, Any]]] = {title: [] for title in trees}
     for n in counts:
-        print(f"N = {n}: running {args.duration:g} s ...", flush=True)
-        runs.append(run_child(n, args.duration, args.dashboard_requests))
-        if "error" in runs[-1]:
-            print(f"N = {n} failed: {runs[-1]['error']}", flush=True)
+        for title, src in trees.items():  # side by side: each N on every tree before the next N
+            print(f"N = {n}, {title}: running {args.duration:g} s ...", flush=True)
+            sections[title].append(run_child(n, args.duration, args.dashboard_requests, src))
+            if "error" in sections[title][-1]:
+                print(f"N = {n}, {title} failed: {sections[title][-1]['error']}", flush=True)
     command = "python bench/controller_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(runs, command.strip())
+    text = report(sections, command.strip())
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("# The controller under load\n\n" + text)
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "runs": runs,
-                                                    "verdicts": verdicts(runs)}, indent=2) + "\n")
-    return 0 if all("error" not in r for r in runs) else 1
+    out.with_suffix(".json").write_text(json.dumps(
+        {"command": command.strip(), "sections": sections,
+         "verdicts": {title: verdicts(runs) for title, runs in sections.items()}}, indent=2) + "\n")
+    return 0 if all("error" not in r for runs in sections.values() for r in runs) else 1
 
 
 if __name__ == "__main__":
