@@ -372,8 +372,9 @@ def service_names(n: int) -> list[str]:
 
 def dashboard_client(url: str, token_file: str, count: int, start_at: float, end_at: float, services: int) -> int:
     """Log in with the token, then GET / `count` times, spread evenly from `start_at` (or as soon as
-    this process is ready, if later) to `end_at` (wall-clock times); prints one JSON line: each
-    answer's status, milliseconds and how many of the services it listed."""
+    this process is ready, if later) to `end_at` (wall-clock times); prints one JSON line per
+    answer as it comes (its status, milliseconds and how many of the services it listed), so that
+    a client stopped early still leaves what it measured, and one last line with all of them."""
     import re
 
     import httpx
@@ -394,6 +395,7 @@ def dashboard_client(url: str, token_file: str, count: int, start_at: float, end
             listed = len(set(pattern.findall(answer.text)))
             results.append({"status": answer.status_code, "ms": took * 1000.0, "listed": listed,
                             "all": listed == services})
+            print(json.dumps({"answer": results[-1]}), flush=True)
             time.sleep(max(0.0, every - took))
     print(json.dumps({"error": None, "results": results}), flush=True)
     return 0
@@ -567,11 +569,14 @@ async def _client_result(client: subprocess.Popen[str], timeout: float) -> dict[
     if client.poll() is None:
         client.kill()
     out, err = client.communicate(timeout=10)
-    try:
-        data = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"error": f"the dashboard client said nothing usable (exit {client.returncode}): {err[-500:]}",
-                "requests": 0}
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    final = [line for line in lines if "results" in line]
+    if final:
+        data = final[-1]
+    else:  # stopped before its last line: the answers it had, and why it stopped
+        data = {"error": f"the dashboard client was stopped after {len(lines)} answers (exit "
+                         f"{client.returncode}){': ' + err[-300:] if err.strip() else ''}",
+                "results": [line["answer"] for line in lines if "answer" in line]}
     results = data["results"]
     times = [r["ms"] for r in results]
     return {
