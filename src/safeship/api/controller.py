@@ -345,12 +345,9 @@ class Controller:
         latest = self.store.list_deployments(
             service=key.service, environment=key.environment, limit=1
         )
-        if latest:
-            phase = Phase(latest[0].phase)
-            served = DeploymentStatus.from_json(latest[0].status).live_weights(
-                active=phase.is_active, failed=phase is Phase.FAILED)
-            if served is not None:
-                return {str(v): int(w) for v, w in served.items()}
+        served = _served(latest[0] if latest else None)
+        if served is not None:
+            return served
         stable = self.engine.current_version(key.service, key.environment)
         return {stable: 100} if stable else {}
 
@@ -374,11 +371,13 @@ class Controller:
             return
         for deployment_id in [i for i, task in self._runners.items() if task.done()]:
             del self._runners[deployment_id]
-        for record in self.store.list_deployments(active_only=True, limit=1000):
-            key = RouteKey(record.service, record.environment)
-            if key in self._locks and record.id not in self._runners and self.leases.may_try(record.id):
-                self._runners[record.id] = asyncio.create_task(
-                    self._drive(record.id, key), name=f"deployment {record.id}"
+        # ids and routes only: decoding every active deployment's status on each pass cost more
+        # than the ticks themselves at a thousand deployments (and a limit left some undriven)
+        for deployment_id, service, environment in self.store.active_deployment_keys():
+            key = RouteKey(service, environment)
+            if key in self._locks and deployment_id not in self._runners and self.leases.may_try(deployment_id):
+                self._runners[deployment_id] = asyncio.create_task(
+                    self._drive(deployment_id, key), name=f"deployment {deployment_id}"
                 )
 
     async def sync_route(self, key: RouteKey) -> None:
@@ -404,6 +403,7 @@ class Controller:
         wake = self._wakes.setdefault(deployment_id, asyncio.Event())
         self._driving[deployment_id] = key
         errors = 0
+        last: DeploymentRecord | None = None  # the record as the previous tick left it
         try:
             if held.taken_over:  # another controller drove it before: this route serves what the store says
                 async with self._locks[key]:
@@ -412,7 +412,12 @@ class Controller:
                 wake.clear()
                 try:
                     async with self._locks[key]:
-                        wait = await self.engine.advance(deployment_id)
+                        # The previous tick's record, while the store's row is still that one (one
+                        # small query, no JSON decoded); else the tick reads the row again.
+                        known = last if last is not None and (
+                            self.store.deployment_row_version(deployment_id) == last.row_version) else None
+                        last = None
+                        wait, last = await self.engine.step(deployment_id, known=known)
                     errors = 0
                 except LeaseLostError as exc:  # a write refused: another controller took the lease over
                     self.leases.refusals += 1
@@ -682,18 +687,26 @@ class Controller:
 
     def environments(self) -> list[dict[str, Any]]:
         found = []
+        active: dict[tuple[str, str], str] = {}
+        for deployment_id, service, environment_name in self.store.active_deployment_keys():
+            active[(service, environment_name)] = deployment_id  # oldest first: the newest one is kept
         for environment in self.config.environment_management.environments:
             services = []
+            # a few queries per environment, however many services it has
+            serving = self.store.current_versions(environment.name)
+            newest = self.store.latest_deployments(environment.name)
             for name in self.config.services:
                 key = RouteKey(name, environment.name)
-                active = self.store.active_deployment(name, environment.name)
+                weights = _served(newest.get(name))
+                if weights is None:
+                    weights = {serving[name]: 100} if name in serving else {}
                 services.append(
                     {
                         "service": name,
                         "port": self.routes.get(key),
-                        "current_version": self.engine.current_version(name, environment.name),
-                        "active_deployment": active.id if active else None,
-                        "weights": self.live_weights(key),
+                        "current_version": serving.get(name),
+                        "active_deployment": active.get((name, environment.name)),
+                        "weights": weights,
                     }
                 )
             found.append(
@@ -717,6 +730,17 @@ class Controller:
         if self.config.environment(environment) is None:
             known = ", ".join(e.name for e in self.config.environment_management.environments) or "none configured"
             raise NotFoundError(f"environment {environment!r} is not in the config (known: {known})")
+
+
+def _served(latest: DeploymentRecord | None) -> dict[str, int] | None:
+    """The weights a route serves by its newest deployment: its last weights while it is active,
+    its last safe weights once it failed; None when it does not say (the stable version serves)."""
+    if latest is None:
+        return None
+    phase = Phase(latest.phase)
+    served = DeploymentStatus.from_json(latest.status).live_weights(active=phase.is_active,
+                                                                    failed=phase is Phase.FAILED)
+    return {str(v): int(w) for v, w in served.items()} if served is not None else None
 
 
 def _digest(path: Path | None) -> str | None:

@@ -81,8 +81,9 @@ def check_concurrency(store: Store, environment: Environment) -> None:
 def free_capacity(config: SafeshipConfig, store: Store, service: str, environment: Environment) -> Capacity:
     """The quota left for `service`: the quota minus what the other services serving there request."""
     cpu, memory = environment.resource_quotas.cpu, environment.resource_quotas.memory
+    serving = store.current_versions(environment.name)  # one query, however many services there are
     for name, other in config.services.items():
-        if name == service or store.current_version(name, environment.name) is None:
+        if name == service or name not in serving:
             continue
         cpu -= other.replicas * other.resources.cpu
         memory -= other.replicas * other.resources.memory

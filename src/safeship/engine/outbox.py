@@ -229,7 +229,11 @@ class Outbox:
             position = self.store.cursor(lane.cursor)
         while True:
             with self._store_lock:
-                events = self.store.events_since(position, limit=limit)
+                # Only the kinds anyone is told about are read (a look a second per deployment
+                # is not); every event up to `ceiling` was written before the read, so a pass
+                # that reads fewer than `limit` has seen every notified one up to it.
+                ceiling = self.store.last_event_id()
+                events = self.store.events_since(position, limit=limit, kinds=NOTIFIED_KINDS)
             # Deployments are read after their events, so a record is never older than its events.
             deployments: dict[str, DeploymentRecord | None] = {}
             saved = position
@@ -255,9 +259,10 @@ class Outbox:
                     # Saved at once after each notification: a crash re-sends only the one in flight.
                     saved = self._save(lane, event.id, saved)
                 position = event.id
-            self._save(lane, position, saved)
             if len(events) < limit:
+                self._save(lane, max(position, ceiling), saved)
                 return delivered
+            saved = self._save(lane, position, saved)
 
     def _call(self, lane: _Lane, notification: Notification) -> None:
         """`lane.sink.notify(notification)`, given at most the sink's timeout when it has one."""
@@ -296,7 +301,7 @@ class Outbox:
                       deployments: dict[str, DeploymentRecord | None]) -> Notification | None:
         """`notification_for` the event, given its deployment's record and earlier events."""
         assert event.id is not None
-        if event.kind not in ("created", "promoted", "phase", "weights"):
+        if event.kind not in NOTIFIED_KINDS:
             return None  # the common case (looks, instances) without reading anything else
         with self._store_lock:
             if event.deployment_id not in deployments:
@@ -308,13 +313,28 @@ class Outbox:
         return notification_for(event, deployments[event.deployment_id], earlier)
 
     def _earlier(self, event: EventRecord) -> list[EventRecord]:
-        """The deployment's events before `event`, read again when `event` is newer than the last read."""
+        """The deployment's events before `event`. Those read before are kept, and only the newer
+        ones are read when `event` is newer than the last one kept: a deployment writes an event
+        at every look, and reading them all again for each notification cost more than the
+        deployment's ticks. What is kept of an event that `notification_for` reads only the kind
+        of (every kind but phase and weights) is its kind and id."""
         assert event.id is not None
         known = self._events.get(event.deployment_id)
         if known is None or not known or (known[-1].id or 0) < event.id:
-            if len(self._events) > 200:
+            if known is None and len(self._events) >= EVENT_CACHE_DEPLOYMENTS:
                 self._events.clear()  # a cache, not a copy of the table
-            known = self._events[event.deployment_id] = self.store.events(event.deployment_id)
+            if not known:
+                fresh = self.store.events(event.deployment_id)
+            else:
+                fresh = []
+                after = known[-1].id or 0
+                while True:
+                    batch = self.store.events_since(after, limit=EVENT_BATCH, deployment_id=event.deployment_id)
+                    fresh.extend(batch)
+                    if len(batch) < EVENT_BATCH:
+                        break
+                    after = batch[-1].id or after
+            known = self._events[event.deployment_id] = (known or []) + [_compact(e) for e in fresh]
         ids = [e.id or 0 for e in known]
         return known[: bisect.bisect_left(ids, event.id)]
 
@@ -422,6 +442,20 @@ class Outbox:
     def _pass_of(self, lane: _Lane) -> None:
         self._deliver_lane(lane, 500)
         self._advance_position()
+
+
+NOTIFIED_KINDS = frozenset(("created", "promoted", "phase", "weights"))  # events that may be a notification
+EVENT_CACHE_DEPLOYMENTS = 2000  # deployments whose events the outbox keeps (compacted) between passes
+EVENT_BATCH = 500  # events read at once when a deployment's kept events are brought up to date
+_KEPT_WHOLE = ("phase", "weights")  # the kinds notification_for reads more of than the kind
+
+
+def _compact(event: EventRecord) -> EventRecord:
+    """What `notification_for` reads of an earlier event: all of a phase or weights event; of
+    any other, its kind (and its id, for ordering)."""
+    if event.kind in _KEPT_WHOLE:
+        return event
+    return EventRecord(event.deployment_id, event.at, event.kind, "", {}, id=event.id)
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:

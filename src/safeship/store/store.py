@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -621,6 +621,17 @@ class Store:
             raise NotFoundError(f"deployment {deployment_id!r} not found")
         return _deployment_from_row(row)
 
+    def deployment_row_version(self, deployment_id: str) -> int:
+        """The deployment's stored `row_version`, in a query that decodes no JSON column: whether
+        a record read earlier is still the stored one (every write raises it). NotFoundError when
+        there is no such deployment."""
+        query = select(schema.deployments.c.row_version).where(schema.deployments.c.id == deployment_id)
+        with self._connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is None:
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        return int(found)
+
     def list_deployments(
         self,
         *,
@@ -643,6 +654,53 @@ class Store:
         found = self.list_deployments(service=service, environment=environment, active_only=True, limit=1)
         return found[0] if found else None
 
+    def active_deployment_keys(self) -> list[tuple[str, str, str]]:
+        """(id, service, environment) of every active deployment, oldest first, in one query that
+        decodes no JSON column: what a driver needs to know which deployments to tick."""
+        query = (
+            select(schema.deployments.c.id, schema.deployments.c.service, schema.deployments.c.environment)
+            .where(schema.deployments.c.phase.in_(ACTIVE_PHASES))
+            .order_by(schema.deployments.c.created_at)
+        )
+        with self._connect() as conn:
+            return [(str(r.id), str(r.service), str(r.environment)) for r in conn.execute(query)]
+
+    def latest_deployments(self, environment: str, *, light: bool = False) -> dict[str, DeploymentRecord]:
+        """The newest deployment of each service in `environment` (as `list_deployments(service=...,
+        environment=..., limit=1)` gives it), in one query; services never deployed there are left out.
+
+        `light`: each record's `status` holds only its `weights`, its `request` is empty and its
+        `evidence` None, for a view of many deployments that shows none of them: decoding each
+        deployment's whole status (several KB of JSON) is most of the cost of reading it."""
+        table = schema.deployments
+        columns = [c for c in table.columns if c.name not in ("status", "request", "evidence")] + [
+            table.c.status["weights"].label("weights")] if light else list(table.columns)
+        newest = (
+            select(schema.deployments.c.service, func.max(schema.deployments.c.created_at).label("created_at"))
+            .where(schema.deployments.c.environment == environment)
+            .group_by(schema.deployments.c.service)
+            .subquery()
+        )
+        query = (
+            select(*columns)
+            .join(newest, (schema.deployments.c.service == newest.c.service)
+                  & (schema.deployments.c.created_at == newest.c.created_at))
+            .where(schema.deployments.c.environment == environment)
+        )
+        found: dict[str, DeploymentRecord] = {}
+        with self._connect() as conn:
+            for row in conn.execute(query):
+                if light:
+                    values = dict(row._mapping)
+                    weights = values.pop("weights")
+                    record = DeploymentRecord(**values, status={} if weights is None else {"weights": weights},
+                                              request={})
+                else:
+                    record = _deployment_from_row(row)
+                if record.service not in found or record.id > found[record.service].id:
+                    found[record.service] = record  # two created at the same instant: one, always the same
+        return found
+
     def events(self, deployment_id: str) -> list[EventRecord]:
         query = (
             select(*_EVENT_COLUMNS)
@@ -652,9 +710,11 @@ class Store:
         with self._connect() as conn:
             return [_event_from_row(r) for r in conn.execute(query)]
 
-    def events_since(self, after_id: int, *, limit: int = 500, deployment_id: str | None = None) -> list[EventRecord]:
+    def events_since(self, after_id: int, *, limit: int = 500, deployment_id: str | None = None,
+                     kinds: Collection[str] | None = None) -> list[EventRecord]:
         """Up to `limit` events with an id above `after_id`, in id order (the order they were
-        written), each with its id; only `deployment_id`'s when given.
+        written), each with its id; only `deployment_id`'s when given, only those of `kinds`
+        when given (the others are not read at all).
 
         On SQLite one transaction writes at a time, so ids become visible in order and a reader
         that remembers the last id it saw never passes over an event committed later."""
@@ -668,6 +728,8 @@ class Store:
         )
         if deployment_id is not None:
             query = query.where(schema.events.c.deployment_id == deployment_id)
+        if kinds is not None:
+            query = query.where(schema.events.c.kind.in_(sorted(kinds)))
         with self._connect() as conn:
             return [_event_from_row(r) for r in conn.execute(query)]
 
@@ -904,6 +966,23 @@ class Store:
             if row.retired_at is None and row.healthy:
                 return row.version
         return None
+
+    def current_versions(self, environment: str) -> dict[str, str]:
+        """`current_version` of every service serving in `environment`, in one query; a service
+        that serves nothing there is left out."""
+        table = schema.stable_versions
+        query = (
+            select(table.c.service, table.c.version)
+            .where(table.c.environment == environment)
+            .where(table.c.retired_at.is_(None))
+            .where(table.c.healthy.is_(True))
+            .order_by(table.c.promoted_at.desc(), table.c.id.desc())
+        )
+        found: dict[str, str] = {}
+        with self._connect() as conn:
+            for service, version in conn.execute(query):
+                found.setdefault(str(service), str(version))
+        return found
 
     def record_stable(self, stable: StableVersion) -> None:
         with self._begin() as conn:

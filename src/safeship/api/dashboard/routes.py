@@ -290,7 +290,9 @@ def build_router(board: Dashboard) -> APIRouter:
     @router.get("/")
     async def overview(request: Request) -> Response:
         async def show(request: Request) -> Response:
-            return board.page(request, "overview.html", title="Overview", **views.overview(controller))
+            # read in a worker thread: the deployments' ticks go on while the store is read
+            data = await asyncio.to_thread(views.overview, controller)
+            return board.page(request, "overview.html", title="Overview", **data)
         return await guarded(request, show)
 
     @router.get("/ui/deployments/{deployment_id}")

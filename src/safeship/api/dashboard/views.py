@@ -56,7 +56,7 @@ def took(seconds: float | None) -> str:
 
 
 def candidate_weight(record: DeploymentRecord) -> int | None:
-    weights = DeploymentStatus.from_json(record.status).weights
+    weights = record.status.get("weights")  # the status's weights (DeploymentStatus.weights), read alone
     if not weights:
         return None
     return int(weights.get(record.version, 0))
@@ -105,16 +105,25 @@ def health(current: str | None, active: DeploymentRecord | None, last: Deploymen
 
 
 def overview(controller: Controller) -> dict[str, Any]:
+    """Each environment's services: the stable version, the newest deployment and the active one.
+
+    A few queries per environment, however many services it has: the current versions, the newest
+    deployment of each service, and the ids of the active deployments; a service whose active
+    deployment is not its newest one (an older deployment still rolling back, say) is read alone."""
     store = controller.store
     environments = []
+    active_ids: dict[tuple[str, str], str] = {}
+    for deployment_id, service, environment_name in store.active_deployment_keys():
+        active_ids[(service, environment_name)] = deployment_id  # oldest first: the newest active one wins
     for environment in controller.config.environment_management.environments:
         rows = []
+        serving = store.current_versions(environment.name)
+        newest = store.latest_deployments(environment.name, light=True)  # the status's weights alone
         for service in controller.config.services:
-            current = store.current_version(service, environment.name)
-            recent = store.list_deployments(service=service, environment=environment.name, limit=1)
-            last = recent[0] if recent else None
+            current = serving.get(service)
+            last = newest.get(service)
             active = last if last is not None and Phase(last.phase).is_active else None
-            if active is None:
+            if active is None and (service, environment.name) in active_ids:
                 active = store.active_deployment(service, environment.name)
             plan_step = None
             if active is not None and 0 <= active.step_index < len(active.plan):
