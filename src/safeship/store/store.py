@@ -673,8 +673,8 @@ class Store:
         `evidence` None, for a view of many deployments that shows none of them: decoding each
         deployment's whole status (several KB of JSON) is most of the cost of reading it."""
         table = schema.deployments
-        columns = [c for c in table.columns if c.name not in ("status", "request", "evidence")] + [
-            table.c.status["weights"].label("weights")] if light else list(table.columns)
+        columns = [c for c in _DEPLOYMENT_COLUMNS if c.name not in ("status", "request", "evidence")] + [
+            table.c.status["weights"].label("weights")] if light else list(_DEPLOYMENT_COLUMNS)
         newest = (
             select(schema.deployments.c.service, func.max(schema.deployments.c.created_at).label("created_at"))
             .where(schema.deployments.c.environment == environment)
