@@ -33,8 +33,6 @@ import contextlib
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -44,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import livekit
 from livekit import (
     CONFIG,
     ENV,
@@ -148,33 +147,13 @@ def edit_config(text: str, router: str, sink: Path, releases: Path) -> str:
                    "backoff: 0.2s}\n")
 
 
-class Controller:
-    """`python -m safeship.api.server` as a child of the test, with extra environment."""
+class Controller(livekit.Controller):
+    """The live tests' controller process, without the fault hook unless `env` sets it."""
 
-    def __init__(self, setup: Setup, env: dict[str, str] | None = None) -> None:
-        self.setup = setup
-        self.env = env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = setup.state_dir.parent / "controller.log"
-
-    def start(self) -> None:
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != HOOK}
         env.update(PYTHONPATH=str(REPO), **self.env)
-        command = [sys.executable, "-m", "safeship.api.server", "--config", str(self.setup.config)]
-        with open(self.log, "ab") as log:
-            log.write(f"\n==== controller start, {self.env}\n".encode())
-            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=log)
-        client = ControllerClient(self.setup.state_dir)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            info = client.info()
-            if info and info["pid"] == self.process.pid and client.is_running():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"controller did not start:\n{self.log.read_text()[-3000:]}")
+        return env
 
     def stopped_itself(self) -> bool:
         """True once the process is stopped (SIGSTOP, state T) — the hook fired."""
@@ -184,24 +163,6 @@ class Controller:
         except OSError:
             return False
         return stat[stat.rfind(")") + 2:].startswith(("T", "t"))
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 class Chain:

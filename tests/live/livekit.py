@@ -90,20 +90,23 @@ class Setup:
 
 
 class Controller:
-    """`python -m safeship.api.server` as a child of the test."""
+    """`python -m safeship.api.server` as a child of the test, with extra environment `env`."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, env: dict[str, str] | None = None) -> None:
         self.setup = setup
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = setup.state_dir.parent / "controller.log"
 
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=str(REPO), **self.env)
+
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         command = [sys.executable, "-m", "safeship.api.server", "--config", str(self.setup.config)]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+            log.write(f"\n==== controller start, {self.env}\n".encode())
+            self.process = subprocess.Popen(command, cwd=REPO, env=self.environment(), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log)
         client = ControllerClient(self.setup.state_dir)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -117,12 +120,16 @@ class Controller:
 
     def kill9(self) -> None:
         assert self.process is not None
-        self.process.kill()
+        if self.process.poll() is None:
+            self.process.kill()
         self.process.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM (after SIGCONT, for one a test stopped), then SIGKILL after 15 s."""
         if self.process is None or self.process.poll() is not None:
             return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(15)
