@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import JSON, Engine, bindparam, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import NullPool, StaticPool
@@ -216,6 +216,8 @@ _GUARDED_UPDATE = (
 )
 
 
+# pg_advisory_xact_lock key held by a PostgreSQL transaction that writes events ("events" in ASCII).
+EVENT_ORDER_LOCK = 0x6576656E7473
 _FREE_TEXT = ("reason", "evidence", "request", "message", "data")
 _INSERT_EVENT = "INSERT INTO events (deployment_id, at, kind, message, data, fencing_token) VALUES (?, ?, ?, ?, ?, ?)"
 # The columns the records are read from: the fencing columns are the store's own bookkeeping (and a
@@ -716,8 +718,9 @@ class Store:
         written), each with its id; only `deployment_id`'s when given, only those of `kinds`
         when given (the others are not read at all).
 
-        On SQLite one transaction writes at a time, so ids become visible in order and a reader
-        that remembers the last id it saw never passes over an event committed later."""
+        Ids become visible in order, so a reader that remembers the last id it saw never passes
+        over an event committed later: on SQLite one transaction writes at a time, and on
+        PostgreSQL a transaction writing events holds `EVENT_ORDER_LOCK` until it ends."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         query = (
@@ -760,6 +763,11 @@ class Store:
         for row in rows:
             row.pop("id")  # the table numbers events itself
         if rows:
+            # A sequence hands out ids as transactions ask, not as they commit: without this lock a
+            # reader could see id 8 committed while 7 is still open, move its cursor past 7, and
+            # never read it. Held until this transaction ends, the lock makes writers of events
+            # take their ids and commit one at a time, as SQLite's single writer does.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
             conn.execute(insert(schema.events), rows)
 
     @staticmethod

@@ -4,6 +4,7 @@ float columns, generated ids, the audit table's triggers, upserts that race)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -24,7 +25,7 @@ from test_event_cursors import (  # noqa: F401  (collected here again, on Postgr
 )
 
 from safeship.errors import StoreError
-from safeship.store import BUSY_TIMEOUT_ENV, AuditRecord, Store, TokenRecord, schema
+from safeship.store import BUSY_TIMEOUT_ENV, AuditRecord, EventRecord, Store, TokenRecord, schema
 
 
 @pytest.fixture
@@ -119,3 +120,39 @@ def test_a_row_locked_by_another_session_is_waited_for_then_refused_in_one_sente
         assert lease is not None and (lease.holder, lease.token) == ("ctl-a", 1)  # nothing changed
     finally:
         store.close()
+
+
+def test_a_cursor_reader_never_passes_an_event_committed_late(pg_server) -> None:  # type: ignore[no-untyped-def]
+    """Writer A takes an event id and has not committed; writer B writes an event meanwhile. A
+    reader that moves its cursor to the last id it saw must still read A's event once A commits:
+    B waits for A (the events' order lock), so B's later id is never visible before A's."""
+    url = pg_server.new_database()
+    first, second, reader = Store(url), Store(url), Store(url)
+    engine = first.engine.url
+    done = threading.Event()
+
+    def write_b() -> None:
+        second.add_events([EventRecord("deploy-b", 2.0, "info", "from B")])
+        done.set()
+
+    try:
+        with psycopg.connect(host=engine.query["host"], user=engine.username, dbname=engine.database,
+                             options=engine.query["options"], autocommit=True) as watcher:
+            with first._begin() as conn:  # A: an id taken, not committed
+                Store._insert_events(conn, [EventRecord("deploy-a", 1.0, "info", "from A")])
+                thread = threading.Thread(target=write_b)
+                thread.start()
+                for _ in range(400):  # until B has committed, or waits on a lock
+                    waiting = watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                    if done.is_set() or (waiting is not None and waiting[0] > 0):
+                        break
+                    done.wait(0.05)
+                seen = reader.events_since(0)
+                cursor = max([e.id or 0 for e in seen], default=0)
+            thread.join(timeout=30)
+            seen += reader.events_since(cursor)
+        assert sorted(e.message for e in seen) == ["from A", "from B"]
+        assert [e.message for e in reader.events_since(0)] == ["from A", "from B"]  # ids in commit order
+    finally:
+        for store in (first, second, reader):
+            store.close()
