@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +136,8 @@ def api_hosts(args: argparse.Namespace) -> list[str]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from safeship.kube.client import KubeClient
-    from safeship.operator.api import operator_app
+    from safeship.operator.api import operator_app, server_for
     from safeship.operator.runner import Operator
     from safeship.store import Store
 
@@ -169,15 +166,7 @@ async def _run(args: argparse.Namespace) -> int:
     task = asyncio.create_task(operator.run(stop))
     app = operator_app(operator, token, listen_host=args.host, api_hosts=hosts, running=lambda: not task.done())
 
-    class Server(uvicorn.Server):
-        """Without uvicorn's own signal handlers: the operator's stop the loops, which stop it."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            yield
-
-    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=5))
+    server = server_for(app)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     log.info("operator %s: watching Releases in %s; %s on %s:%d", settings.lease.identity,
              settings.namespace or "every namespace", "/healthz and /metrics" if token is None else

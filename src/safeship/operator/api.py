@@ -21,12 +21,14 @@ that gives it what it uses of a `Controller`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, cast
 
+import uvicorn
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -240,3 +242,18 @@ def operator_app(operator: Operator, token: str | None, *, listen_host: str, api
         await api(scope, receive, send)
 
     return app
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server without signal handlers of its own: the operator's (SIGTERM, SIGINT) stop
+    its loops, and then this server (`should_exit`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def server_for(app: ASGIApp) -> QuietServer:
+    """The server of `app` on the running loop (`await server.serve(sockets=[sock])`)."""
+    return QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                      timeout_graceful_shutdown=5))
