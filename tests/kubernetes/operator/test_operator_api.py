@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import LEASE_NAMESPACE, SERVICE, OperatorRig, release_body
 
-from safeship.api.dashboard.auth import COOKIE
+from safeship.api.dashboard.auth import COOKIE, CSRF_FIELD
 from safeship.cli.main import main
 from safeship.operator import manifests as mf
 from safeship.operator import release as rel
@@ -143,15 +143,31 @@ async def test_the_operator_serves_the_api_and_dashboard_and_commands_become_ann
         again = await http.post(f"{lead_url}/deployments/{deployment_id}/approve", headers=admin)
         assert again.status_code == 409 and "has ended (succeeded)" in again.json()["detail"]
 
+        # a dashboard button (here: roll back, confirmed) is the Release's annotation too
+        shown = await http.get(f"{other_url}/ui/deployments/{deployment_id}")
+        found = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', shown.text)
+        assert shown.status_code == 200 and found is not None
+        button = await http.post(f"{other_url}/ui/deployments/{deployment_id}/rollback",
+                                 data={CSRF_FIELD: found.group(1), "confirmed": "yes"})
+        assert button.status_code == 303 and button.headers["location"].endswith("?done=rollback-sent")
+        sent = rig.release()["metadata"]["annotations"][rel.ROLLBACK]
+        assert sent.endswith(" by dashboard: local admin")
+        await rig.until(lambda: rig.status().get("handled", {}).get(rel.ROLLBACK) == sent,
+                        what="the rollback annotation handled")
+        after = await http.get(f"{other_url}{button.headers['location']}")
+        assert "Rollback sent to the deployment" in after.text and "Release; the operator acts on it" in after.text
+
     # the audit trail says who asked, and what was answered
     rows = [(r.actor, r.action, r.status) for r in leader.store.audit(limit=50)]
     assert ("local admin", f"POST /deployments/{deployment_id}/approve", 202) in rows
     assert ("local admin", "POST /deployments", 409) in rows
+    assert ("dashboard: local admin", f"POST /ui/deployments/{deployment_id}/rollback", 303) in rows
     # RBAC allowed every call, and the operator's only patches of the Release are one annotation
     # under safeship.dev/ (never its spec)
     assert sorted({entry[1:4] for entry in rig.api.emulator.authorized if not entry[4]}) == []
     patches = _release_patches(rig)
-    assert patches == [{"metadata": {"annotations": {rel.APPROVE: asked["value"]}}}]
+    assert patches == [{"metadata": {"annotations": {rel.APPROVE: asked["value"]}}},
+                       {"metadata": {"annotations": {rel.ROLLBACK: sent}}}]
     assert rig.release()["spec"]["version"] == "v1" and rig.release()["spec"]["replicas"] == 2
 
 
