@@ -31,13 +31,14 @@ SERVICE_NAMES = ("safeship", "safeship.test.svc", "safeship.test.svc.cluster.loc
 
 
 @contextlib.asynccontextmanager
-async def served(operator: Operator, hosts: Sequence[str] = SERVICE_NAMES) -> AsyncIterator[str]:
+async def served(operator: Operator, hosts: Sequence[str] = SERVICE_NAMES, *,
+                 token: str | None = TOKEN) -> AsyncIterator[str]:
     """The operator's HTTP app on a free loopback port of this loop, stopped at the end."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     sock.setblocking(False)
-    server = server_for(operator_app(operator, TOKEN, listen_host="127.0.0.1", api_hosts=hosts,
+    server = server_for(operator_app(operator, token, listen_host="127.0.0.1", api_hosts=hosts,
                                      running=lambda: True))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -128,6 +129,10 @@ async def test_the_operator_serves_the_api_and_dashboard_and_commands_become_ann
         assert login.status_code == 303 and COOKIE in login.cookies, login.text
         page = await http.get(f"{other_url}/")  # the client keeps the session cookie
         assert page.status_code == 200 and SERVICE in page.text and "gated" in page.text
+        for path, named in (("/ui/history", SERVICE), ("/ui/environments", "gated"), ("/ui/audit", "/ui/login"),
+                            (f"/ui/deployments/{deployment_id}", "awaiting approval")):
+            other_page = await http.get(f"{other_url}{path}")
+            assert other_page.status_code == 200 and named in other_page.text, (path, other_page.text[-500:])
 
         # an approval sent to the replica that does not lead becomes the Release's annotation, and
         # the leader acts on it
@@ -156,6 +161,12 @@ async def test_the_operator_serves_the_api_and_dashboard_and_commands_become_ann
                         what="the rollback annotation handled")
         after = await http.get(f"{other_url}{button.headers['location']}")
         assert "Rollback sent to the deployment" in after.text and "Release; the operator acts on it" in after.text
+
+    # with --no-api: /healthz and /metrics only
+    async with served(other, token=None) as bare_url, httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(f"{bare_url}/healthz")).status_code == 200
+        assert (await http.get(f"{bare_url}/deployments", headers=admin)).status_code == 404
+        assert (await http.get(f"{bare_url}/")).status_code == 404
 
     # the audit trail says who asked, and what was answered
     rows = [(r.actor, r.action, r.status) for r in leader.store.audit(limit=50)]
