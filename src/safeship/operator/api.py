@@ -198,6 +198,8 @@ class ReleaseController:
             raise ConflictError(f"deployment {record.id} has ended ({record.phase}); there is nothing to {action}")
         if action == "approve" and record.phase != Phase.AWAITING_APPROVAL.value:
             raise ConflictError(f"deployment {record.id} is {record.phase}, not awaiting approval")
+        if action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value:
+            raise ConflictError(f"deployment {record.id} is awaiting approval; approve it first")
         value = command_value(by)
         await self.operator.kube.patch(rel.API_VERSION, rel.KIND, release.name,
                                        {"metadata": {"annotations": {annotation: value}}}, namespace=release.namespace)

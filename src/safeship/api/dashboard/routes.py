@@ -342,7 +342,9 @@ def build_router(board: Dashboard) -> APIRouter:
             by = "dashboard"
             if board.relay is not None:
                 principal = board.who(request)
-                verb = "cancel" if action == "abort" else action
+                verb = {"abort": "cancel"}.get(action, action)
+                if action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value:
+                    verb = "approve"  # as below: promoting a deployment that waits for approval approves it
                 await board.relay.relay(record, verb, by=f"dashboard: {principal.name if principal else ''}")
                 return RedirectResponse(f"/ui/deployments/{record.id}?done={action}-sent", status_code=303)
             if action == "approve" or (action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value):
