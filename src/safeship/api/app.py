@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -138,6 +138,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _error("the body or query is not what the resource takes"),
     503: _error("the store or the router cannot be used right now"),
 }
+
+
+class CommandRelay(Protocol):
+    """Where a command goes when the deployments are not this process's to change (the operator in
+    the cluster: the annotation of the Release that owns the deployment). `action` is approve,
+    promote, cancel or rollback; the answer is 202 with the dict returned (what was asked, where)."""
+
+    async def relay(self, record: DeploymentRecord, action: str, *, by: str) -> dict[str, Any]: ...
 
 
 # ---------------------------------------------------------------- helpers
@@ -428,12 +436,14 @@ def _host_name(header: str) -> str:
 
 
 def create_app(controller: Controller, token: str, *, dashboard: bool = True, listen_host: str = "127.0.0.1",
-               extra_hosts: Sequence[str] = ()) -> FastAPI:
+               extra_hosts: Sequence[str] = (), relay: CommandRelay | None = None) -> FastAPI:
     """The API, and unless `dashboard` is False the web dashboard beside it (at / and under /ui;
     see `safeship.api.dashboard`): pages need the session cookie its login page sets, the API
     keeps needing the bearer token. Only requests whose Host header is one of `trusted_hosts`
     (loopback, `listen_host`, the config's `api_hosts` and `extra_hosts`) are answered, so a page
-    that DNS rebinding points at the controller reads nothing, /healthz and /metrics included."""
+    that DNS rebinding points at the controller reads nothing, /healthz and /metrics included.
+    With a `relay`, approve, promote, cancel and rollback (API and dashboard buttons) are handed to
+    it and answered 202 with what it says was asked, instead of being done here."""
     app = FastAPI(
         title="safeship controller",
         version="1",
@@ -471,6 +481,14 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         note(request.state, target=f"{record.id} ({record.service}/{record.environment})")
         who.require(Permission.DEPLOY, record.environment, f"{doing} deployments")
         return record
+
+    async def relayed(response: Response, record: DeploymentRecord, action: str, who: Principal,
+                      by: str | None) -> dict[str, Any] | None:
+        """What the relay was asked (202), or None when commands are done here."""
+        if relay is None:
+            return None
+        response.status_code = 202
+        return clean_dict(await relay.relay(record, action, by=f"{by} ({who.name})" if by else who.name))
 
     # The names the controller's config has *now*: a request naming one it does not have reloads the
     # config first when the file changed (`Controller.refresh_for`), so a new environment is known.
@@ -554,34 +572,42 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
         return data
 
     @api.post("/deployments/{deployment_id}/cancel")
-    async def cancel_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+    async def cancel_deployment(request: Request, response: Response, who: Caller, deployment_id: DeploymentId,
                                 body: CancelBody | None = None) -> dict[str, Any]:
         record = deployment_for(request, who, deployment_id, "cancel")
         by = (body.by if body is not None else None) or ""
+        if (asked := await relayed(response, record, "cancel", who, by)) is not None:
+            return asked
         return deployment_json(controller.cancel(record.id, by=by), full=True)
 
     @api.post("/deployments/{deployment_id}/rollback")
-    async def rollback_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+    async def rollback_deployment(request: Request, response: Response, who: Caller, deployment_id: DeploymentId,
                                   body: RollbackBody | None = None) -> dict[str, Any]:
         record = deployment_for(request, who, deployment_id, "roll back")
+        if (asked := await relayed(response, record, "rollback", who, None)) is not None:
+            return asked
         reason = (body.reason if body is not None else None) or "manual rollback"
         force = body.force if body is not None else False
         return deployment_json(controller.rollback(record.id, reason=reason, force=force), full=True)
 
     @api.post("/deployments/{deployment_id}/approve")
-    async def approve_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+    async def approve_deployment(request: Request, response: Response, who: Caller, deployment_id: DeploymentId,
                                  body: ApproveBody | None = None) -> dict[str, Any]:
         record = deployment_for(request, who, deployment_id, "approve")
         by = (body.by if body is not None else None) or ""
+        if (asked := await relayed(response, record, "approve", who, by)) is not None:
+            return asked
         return deployment_json(controller.approve(record.id, by=by), full=True)
 
     @api.post("/deployments/{deployment_id}/promote")
-    async def promote_deployment(request: Request, who: Caller, deployment_id: DeploymentId,
+    async def promote_deployment(request: Request, response: Response, who: Caller, deployment_id: DeploymentId,
                                  body: PromoteBody | None = None) -> dict[str, Any]:
         """Promote now: skip the remaining steps up to the promotion (409 once promoted, ended,
         rolling back or awaiting approval)."""
         found = deployment_for(request, who, deployment_id, "promote")
         by = (body.by if body is not None else None) or ""
+        if (asked := await relayed(response, found, "promote", who, by)) is not None:
+            return asked
         record = controller.engine.promote(found.id, by=by)
         controller.wake(record.id)
         return deployment_json(record, full=True)
@@ -627,6 +653,6 @@ def create_app(controller: Controller, token: str, *, dashboard: bool = True, li
     if dashboard:
         from safeship.api.dashboard import mount
 
-        mount(app, controller, token)
+        mount(app, controller, token, relay=relay)
     return app
 

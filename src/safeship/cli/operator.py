@@ -1,11 +1,15 @@
 """`safeship operator run`: the in-cluster operator (docs/operator.md).
 
     safeship operator run [--config FILE] [--environment NAME] [--namespace NS] [--host H] [--port P]
-                          [--identity ID] [--lease-namespace NS] [--lease-duration S] [--kubeconfig FILE]
+                          [--api-host NAME]... [--no-api] [--identity ID] [--lease-namespace NS]
+                          [--lease-duration S] [--kubeconfig FILE]
 
 watches Releases (every namespace, or `--namespace`), and while it holds the Lease
 `safeship-operator` rolls each one out with the engine, the store at `$SAFESHIP_STORE_URL` (else the
-config's `store.url`). `/healthz` and `/metrics` answer on --host:--port. The identity is
+config's `store.url`). safeship's API and dashboard, `/healthz` and `/metrics` answer on
+--host:--port (`safeship.operator.api`); the API's admin token is `$SAFESHIP_API_TOKEN` (at least
+32 characters; `--no-api` serves /healthz and /metrics only), and requests must name this host,
+loopback or an `--api-host` (the Service's names, the pod's IP) in their Host header. The identity is
 `--identity`, else `$POD_NAME`, else the host name; the Lease lives in `--lease-namespace`, else
 `$POD_NAMESPACE`, else `safeship-system`. It runs until SIGTERM or Ctrl-C, then gives the Lease up.
 A bad flag or config is one sentence and exit code 2.
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 from pathlib import Path
@@ -27,6 +32,9 @@ from safeship.cli.common import EXIT_OK, load
 from safeship.errors import InputError
 
 STORE_URL_ENV = "SAFESHIP_STORE_URL"
+API_TOKEN_ENV = "SAFESHIP_API_TOKEN"
+_HOST_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+"
+                        r"|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$")
 
 
 def add_parser(sub: Any) -> None:
@@ -39,8 +47,14 @@ def add_parser(sub: Any) -> None:
                      help="the environment of a Release that names none (default: the config's only "
                           "kubernetes environment)")
     run.add_argument("--namespace", default=None, help="watch Releases in this namespace only (default: every one)")
-    run.add_argument("--host", default="127.0.0.1", help="where /healthz and /metrics listen (default: %(default)s)")
+    run.add_argument("--host", default="127.0.0.1",
+                     help="where the API, dashboard, /healthz and /metrics listen (default: %(default)s)")
     run.add_argument("--port", type=int, default=8080, help="their port (default: %(default)s)")
+    run.add_argument("--api-host", action="append", default=[], metavar="NAME",
+                     help="another name (or IP) the API answers to in the Host header, such as the Service's "
+                          "DNS names and the pod's IP (repeatable)")
+    run.add_argument("--no-api", action="store_true",
+                     help=f"serve /healthz and /metrics only (no API, no dashboard, no ${API_TOKEN_ENV})")
     run.add_argument("--identity", default=None, help="this instance's Lease identity (default: $POD_NAME, else "
                                                       "the host name)")
     run.add_argument("--lease-namespace", default=None,
@@ -94,16 +108,55 @@ def _settings(args: argparse.Namespace) -> Any:
                             state_dir=Path(config.state_dir))
 
 
+def api_token(args: argparse.Namespace) -> str | None:
+    """The API's admin token from the environment (None with --no-api); one sentence when it is
+    missing or too short."""
+    from safeship.tokens import MIN_TOKEN_CHARS
+
+    if args.no_api:
+        return None
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    if not token:
+        raise InputError(f"{API_TOKEN_ENV}: not set; the API needs its admin token (in the cluster, key `token` of "
+                         "the Secret safeship-api), or pass --no-api")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise InputError(f"{API_TOKEN_ENV}: {len(token)} characters, but the API token must be at least "
+                         f"{MIN_TOKEN_CHARS} (make one with `openssl rand -hex 32`)")
+    return token
+
+
+def api_hosts(args: argparse.Namespace) -> list[str]:
+    hosts = []
+    for value in args.api_host:
+        name = value.strip().lower()
+        if not _HOST_NAME.match(name):
+            raise InputError(f"--api-host: {value!r} is not a host name or IP address")
+        hosts.append(f"[{name}]" if ":" in name and not name.startswith("[") else name)
+    return hosts
+
+
 async def _run(args: argparse.Namespace) -> int:
     from safeship.kube.client import KubeClient
-    from safeship.operator.health import serve_health
+    from safeship.operator.api import operator_app, server_for
     from safeship.operator.runner import Operator
     from safeship.store import Store
 
     settings = _settings(args)
+    token = api_token(args)  # refused before anything is opened
+    hosts = api_hosts(args)
     log = logging.getLogger("safeship.operator")
-    store = Store(settings.config.store.url)
-    kube = KubeClient.from_kubeconfig(args.kubeconfig, namespace=settings.lease.namespace)
+    sock = _listen(args.host, args.port)
+    try:
+        store = Store(settings.config.store.url)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        kube = KubeClient.from_kubeconfig(args.kubeconfig, namespace=settings.lease.namespace)
+    except BaseException:
+        sock.close()
+        store.close()
+        raise
     operator = Operator(settings, store, kube)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,19 +164,33 @@ async def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     task = asyncio.create_task(operator.run(stop))
-    try:
-        server = await serve_health(operator, args.host, args.port, lambda: not task.done())
-    except OSError as exc:
-        stop.set()
-        await task
-        raise InputError(f"--port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    log.info("operator %s: watching Releases in %s; /healthz on %s:%d", settings.lease.identity,
-             settings.namespace or "every namespace", args.host, args.port)
+    app = operator_app(operator, token, listen_host=args.host, api_hosts=hosts, running=lambda: not task.done())
+
+    server = server_for(app)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    log.info("operator %s: watching Releases in %s; %s on %s:%d", settings.lease.identity,
+             settings.namespace or "every namespace", "/healthz and /metrics" if token is None else
+             "the API, the dashboard, /healthz and /metrics", args.host, args.port)
     try:
         await task
     finally:
-        server.close()
-        await server.wait_closed()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, timeout=10)
+        sock.close()
         await kube.close()
         store.close()
     return EXIT_OK
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -10,7 +10,8 @@ What they install, in `namespace` (default `safeship-system`):
 - the Release CustomResourceDefinition (`crd.release_crd()`, as generated from the models);
 - the Namespace, its Pod Security level `restricted` enforced;
 - a ServiceAccount `safeship-operator`, and least privilege for it: a ClusterRole with what the
-  reconciler calls on Releases (list, watch; the status subresource: patch; finalizers: update,
+  reconciler calls on Releases (list, watch; patch, for the API's commands, which are the Release's
+  `safeship.dev/` annotations; the status subresource: patch; finalizers: update,
   which an ownerReference with blockOwnerDeletion needs where the API server enforces it) and what the deployment engine
   calls in a Release's namespace (`kube.environment.deployer_rules` for every router, with
   autoscaling: the same rules `safeship validate` renders for an environment's deployer Role), and
@@ -22,9 +23,10 @@ What they install, in `namespace` (default `safeship-system`):
   readiness and liveness probes on `/healthz`, its `safeship.yaml` from the ConfigMap
   `safeship-config`, the store URL from the Secret `store_secret` (key `url`) as an environment
   variable (`SAFESHIP_STORE_URL`, which `safeship operator run` reads), never in the manifests;
+  the API's admin token likewise from the Secret `safeship-api` (key `token`, required:
+  `SAFESHIP_API_TOKEN`); `--api-host` for the Service's DNS names and the pod's IP;
 - the ConfigMap `safeship-config` (an example `safeship.yaml` to edit) and a Service `safeship`
-  for what the operator serves: `/healthz` and `/metrics` (the operator serves no API or
-  dashboard, so it needs no API token);
+  (port 80) for what the operator serves: safeship's API and dashboard, `/healthz` and `/metrics`;
 - optionally (`deploy/components/servicemonitor`, or `service_monitor=True`) a ServiceMonitor for
   the Prometheus Operator;
 - optionally (`deploy/components/sqlite`, or `sqlite=True`) the store in SQLite on a
@@ -63,6 +65,8 @@ CONFIG_PATH = "/etc/safeship/safeship.yaml"
 STATE_DIR = "/var/lib/safeship"
 RUN_AS = 10001  # the Containerfile's user
 STORE_URL_ENV = "SAFESHIP_STORE_URL"
+API_TOKEN_ENV = "SAFESHIP_API_TOKEN"
+API_SECRET = "safeship-api"  # key `token`: the API's admin token (created by hand, never in the manifests)
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "safeship"}
 
 # deploy/base: file name -> the object's kind, in the order `manifests()` returns them
@@ -128,7 +132,8 @@ def cluster_rules() -> list[JsonObj]:
     """The ClusterRole's rules: the reconciler's calls on Releases, then the deployment engine's
     in a Release's namespace for every router (merged by API group and resource)."""
     rules: list[JsonObj] = [
-        {"apiGroups": [rel.GROUP], "resources": [rel.PLURAL], "verbs": ["list", "watch"]},
+        # patch: the API's and dashboard's commands, as the Release's safeship.dev/ annotations
+        {"apiGroups": [rel.GROUP], "resources": [rel.PLURAL], "verbs": ["list", "watch", "patch"]},
         {"apiGroups": [rel.GROUP], "resources": [f"{rel.PLURAL}/status"], "verbs": ["patch"]},
         {"apiGroups": [rel.GROUP], "resources": [f"{rel.PLURAL}/finalizers"], "verbs": ["update"]},
     ]
@@ -245,6 +250,13 @@ def _with_sqlite(objects: list[JsonObj], namespace: str) -> list[JsonObj]:
     return result
 
 
+def api_host_names() -> list[str]:
+    """The Host header names the operator's API answers besides loopback: the Service's DNS names in
+    the operator's namespace and the pod's IP (as kubelet expansions, so one text fits every namespace)."""
+    return [SERVICE, f"{SERVICE}.$(POD_NAMESPACE)", f"{SERVICE}.$(POD_NAMESPACE).svc",
+            f"{SERVICE}.$(POD_NAMESPACE).svc.cluster.local", "$(POD_IP)"]
+
+
 def deployment(image: str, namespace: str, store_secret: str) -> JsonObj:
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
     return {
@@ -264,7 +276,10 @@ def deployment(image: str, namespace: str, store_secret: str) -> JsonObj:
                         "name": "operator",
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
-                        "args": ["--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", str(PORT)],
+                        # the API answers the Service's names and the pod's IP (the kubelet
+                        # expands $(POD_NAMESPACE) and $(POD_IP) from the env below)
+                        "args": ["--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", str(PORT),
+                                 *(arg for name in api_host_names() for arg in ("--api-host", name))],
                         # what the sqlite component patches comes first (kustomize's strategic
                         # merge puts a patched list entry first)
                         "env": [
@@ -272,6 +287,9 @@ def deployment(image: str, namespace: str, store_secret: str) -> JsonObj:
                              "valueFrom": {"secretKeyRef": {"name": store_secret, "key": "url"}}},
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": API_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+                                "name": API_SECRET, "key": "token", "optional": False}}},
                         ],
                         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
                         "readinessProbe": dict(probe, initialDelaySeconds=2),

@@ -497,6 +497,10 @@ class Operator:
 
     # ------------------------------------------------------------ engines
 
+    def environment_for(self, release: rel.Release) -> Environment:
+        """The environment `release` rolls out in (InputError when the config has none for it)."""
+        return self._environment(release)
+
     def _environment(self, release: rel.Release) -> Environment:
         config = self.settings.config
         wanted = release.spec.environment or self.settings.environment

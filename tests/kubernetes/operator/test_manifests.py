@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -120,7 +121,13 @@ def test_the_values_are_set_where_they_belong() -> None:
     assert container["image"] == "registry.example/safeship@sha256:" + "a" * 64
     env = {e["name"]: e.get("valueFrom") for e in container["env"]}
     assert env[mf.STORE_URL_ENV] == {"secretKeyRef": {"name": "pg-store", "key": "url"}}
-    assert set(env) == {mf.STORE_URL_ENV, "POD_NAME", "POD_NAMESPACE"}  # what `safeship operator run` reads
+    assert env[mf.API_TOKEN_ENV] == {"secretKeyRef": {"name": "safeship-api", "key": "token", "optional": False}}
+    # what `safeship operator run` reads
+    assert set(env) == {mf.STORE_URL_ENV, mf.API_TOKEN_ENV, "POD_NAME", "POD_NAMESPACE", "POD_IP"}
+    hosts = [value for flag, value in zip(container["args"], container["args"][1:], strict=False)
+             if flag == "--api-host"]
+    assert hosts == ["safeship", "safeship.$(POD_NAMESPACE)", "safeship.$(POD_NAMESPACE).svc",
+                     "safeship.$(POD_NAMESPACE).svc.cluster.local", "$(POD_IP)"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -214,15 +221,19 @@ async def test_rbac_allows_the_operators_calls_and_refuses_others(
                                  content=b'{"spec": {"holderIdentity": "pod-b"}}', headers=merge),
             await operator.post("/apis/apps/v1/namespaces/test/deployments", json=deployment),
             await operator.get("/api/v1/namespaces/test/pods"),
+            # the API's commands: a safeship.dev/ annotation of the Release (RBAC cannot tell the
+            # annotations from the spec; test_operator_api checks that the operator's patches of a
+            # Release only ever carry one safeship.dev/ annotation)
+            await operator.patch(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service",
+                                 content=json.dumps({"metadata": {"annotations": {rel.APPROVE: "1-ab by x"}}}).encode(),
+                                 headers=merge),
         ]
-        assert [r.status_code for r in allowed] == [200, 200, 200, 201, 200, 200, 201, 200], [
+        assert [r.status_code for r in allowed] == [200, 200, 200, 201, 200, 200, 201, 200, 200], [
             r.text for r in allowed if r.status_code >= 400]
         refused = [
             await operator.get("/api/v1/secrets"),  # Secrets are never read
             await operator.get("/api/v1/namespaces/test/secrets"),
             await operator.get("/api/v1/secrets", params={"watch": "true"}),
-            await operator.patch(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service",
-                                 content=b'{"spec": {"replicas": 9}}', headers=merge),  # the spec is the user's
             await operator.get(f"/apis/{rel.API_VERSION}/namespaces/test/releases/user-service"),  # never a GET
             await operator.get(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/another-lease"),
             await operator.get("/apis/coordination.k8s.io/v1/namespaces/test/leases/safeship-operator"),
@@ -239,6 +250,7 @@ async def test_rbac_allows_the_operators_calls_and_refuses_others(
         await operator.aclose()
     stored = kube_api.read(rel.API_VERSION, rel.KIND, "user-service")
     assert stored is not None and stored["spec"]["replicas"] == 3 and stored["status"]["phase"] == "progressing"
+    assert stored["metadata"]["annotations"] == {rel.APPROVE: "1-ab by x"}
 
 
 async def kubectl(api: ApiHandle, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -321,6 +333,7 @@ async def test_the_operator_rolls_a_release_out_within_its_role(operator_rig: An
         ("delete", "destinationrules", "networking.istio.io"),  # an earlier router's rule removed
         ("delete", "pods", ""),  # stopping one instance
         ("update", "releases/finalizers", rel.GROUP),  # not a call: blockOwnerDeletion needs it
+        ("patch", "releases", rel.GROUP),  # the API's commands (test_operator_api)
     }
     assert granted - used <= other_features, sorted(granted - used - other_features)
 

@@ -49,7 +49,7 @@ async def test_the_command_runs_the_operator_and_releases_the_lease_on_sigterm(o
     path.write_text(yaml.safe_dump(config))
     port = _free_port()
     env = {**os.environ, "POD_NAME": "operator-0", "POD_NAMESPACE": LEASE_NAMESPACE,
-           "SAFESHIP_STORE_URL": f"sqlite:///{tmp_path / 'command.db'}"}
+           "SAFESHIP_STORE_URL": f"sqlite:///{tmp_path / 'command.db'}", "SAFESHIP_API_TOKEN": "k" * 32}
     process = await asyncio.create_subprocess_exec(
         *SAFESHIP, "operator", "run", "--config", str(path), "--environment", "production", "--namespace",
         rig.api.namespace, "--port", str(port), "--kubeconfig", str(rig.api.kubeconfig), "--lease-duration", "3",

@@ -42,7 +42,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
 
-from safeship.api.app import audit_json, status_of
+from safeship.api.app import CommandRelay, audit_json, status_of
 from safeship.api.audit import note
 from safeship.api.controller import Controller
 from safeship.api.dashboard import views
@@ -64,6 +64,13 @@ DONE = {
     "promote": "Promote requested: the remaining steps up to the promotion are skipped.",
     "abort": "Abort requested: the deployment is being cancelled.",
     "rollback": "Rollback requested.",
+}
+# With a relay (the operator), the button asks the Release; the operator acts on it.
+SENT = {
+    "approve": "Approval sent to the deployment's Release; the operator acts on it.",
+    "promote": "Promote sent to the deployment's Release; the operator acts on it.",
+    "abort": "Abort sent to the deployment's Release; the operator acts on it.",
+    "rollback": "Rollback sent to the deployment's Release; the operator acts on it.",
 }
 DOING = {"approve": "approve deployments", "promote": "promote deployments", "abort": "cancel deployments",
          "rollback": "roll back deployments"}
@@ -127,8 +134,9 @@ class Dashboard:
     """The dashboard of one controller, for one API token."""
 
     def __init__(self, controller: Controller, token: str, *, stream_max_s: float = STREAM_MAX_S,
-                 stream_poll_s: float = STREAM_POLL_S) -> None:
+                 stream_poll_s: float = STREAM_POLL_S, relay: CommandRelay | None = None) -> None:
         self.controller = controller
+        self.relay = relay  # set: the buttons' commands go to it (see safeship.api.app.CommandRelay)
         self.sessions = Sessions(token, state_dir=controller.state_dir)
         self.authority = Authority(controller.store, token)
         self.templates = _templates()
@@ -216,9 +224,10 @@ def _status(exc: SafeshipError) -> int:
     return 403 if isinstance(exc, Forbidden) else status_of(exc)
 
 
-def mount(app: FastAPI, controller: Controller, token: str, **options: float) -> Dashboard:
+def mount(app: FastAPI, controller: Controller, token: str, *, relay: CommandRelay | None = None,
+          **options: float) -> Dashboard:
     """Serve the dashboard from `app`: pages at / and under /ui, its files under /ui/static."""
-    board = Dashboard(controller, token, **options)
+    board = Dashboard(controller, token, relay=relay, **options)
     app.include_router(build_router(board))
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="dashboard-static")
     return board
@@ -302,7 +311,7 @@ def build_router(board: Dashboard) -> APIRouter:
             principal = board.who(request)
             allowed = principal is not None and principal.may(Permission.DEPLOY, data["record"].environment)
             data["actions"] = {name: shown and allowed for name, shown in data["actions"].items()}
-            return board.page(request, "deployment.html", title=data["record"].id, done=DONE.get(done, ""),
+            return board.page(request, "deployment.html", title=data["record"].id, done=_done(done),
                               timeline_json=_script_json(data["timeline"]), **data)
         return await guarded(request, show)
 
@@ -331,6 +340,13 @@ def build_router(board: Dashboard) -> APIRouter:
                 note(request.state, outcome="not done: the page asks to confirm it")
                 return board.page(request, "confirm.html", title="Confirm", record=record, action=action)
             by = "dashboard"
+            if board.relay is not None:
+                principal = board.who(request)
+                verb = {"abort": "cancel"}.get(action, action)
+                if action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value:
+                    verb = "approve"  # as below: promoting a deployment that waits for approval approves it
+                await board.relay.relay(record, verb, by=f"dashboard: {principal.name if principal else ''}")
+                return RedirectResponse(f"/ui/deployments/{record.id}?done={action}-sent", status_code=303)
             if action == "approve" or (action == "promote" and record.phase == Phase.AWAITING_APPROVAL.value):
                 controller.approve(record.id, by=by)
             elif action == "promote":
@@ -428,6 +444,13 @@ async def _events(
             yield {"id": str(after), "event": "change", "data": json.dumps(data)}
         if len(found) < STREAM_BATCH:
             await asyncio.sleep(board.stream_poll_s)
+
+
+def _done(value: str) -> str:
+    """The sentence a page shows after a button: `approve` done here, `approve-sent` to the Release."""
+    if value.endswith("-sent"):
+        return SENT.get(value.removesuffix("-sent"), "")
+    return DONE.get(value, "")
 
 
 def _not_an_id(value: str) -> bool:
