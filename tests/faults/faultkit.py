@@ -130,7 +130,7 @@ def edit_config(text: str, router: str, sink: Path, releases: Path) -> str:
                      ("scale_down_delay: 2s, post_switch_analysis: 3s",
                       "scale_down_delay: 1s, post_switch_analysis: 1s"),
                      ("monitoring: {duration: 2s", "monitoring: {duration: 1s"),
-                     ("step_analysis: 1s}", "step_analysis: 1s, min_instance_seconds: 2s}"),
+                     ("min_instance_seconds: 5s}", "min_instance_seconds: 2s}"),
                      ("grace_period: 5s", "grace_period: 2s")):
         assert old in text, old
         text = text.replace(old, new)

@@ -40,7 +40,7 @@ intelligent_deployment:
   strategies:
     canary: {{traffic_percentages: [25, 50, 100], step_duration: 3s, min_step_duration: 1s}}
     blue_green: {{health_check_timeout: 20s, scale_down_delay: 2s, post_switch_analysis: 3s}}
-    rolling: {{max_surge: 1, max_unavailable: 0, step_analysis: 1s}}
+    rolling: {{max_surge: 1, max_unavailable: 0, step_analysis: 1s, min_instance_seconds: 5s}}
     recreate: {{max_wait: 15s, analysis: 2s}}
   health_checks:
     liveness: {{type: http, path: /health/live, interval: 0.5s, timeout: 1s, failure_threshold: 3}}
