@@ -38,6 +38,7 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
 - **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
   API server's 403 Forbidden messages (see `admission.py`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status;
+  `hold(...)` leaves matching requests unanswered until released (a server too busy for them);
 - **CustomResourceDefinitions** (`apiextensions.k8s.io/v1`, see "custom resources" below): a CRD
   whose schema is not structural is a 422 naming the node; a stored one is Established and its
   served versions are served and discovered (`/apis/<group>/<version>`, so kubectl and lightkube's
@@ -85,6 +86,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from dataclasses import field as data_field
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,24 @@ class Fault:
             and (self.plural is None or self.plural == plural)
             and (self.name is None or self.name == name)
         )
+
+
+@dataclass
+class Hold:
+    """Requests matching (method, plural) wait, unanswered, until `release()`: a server too busy
+    to answer them. `waiting` counts those held now (a test counts them; it does not time them)."""
+
+    method: str
+    plural: str | None
+    waiting: int = 0
+    opened: asyncio.Event = data_field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, plural: str | None) -> bool:
+        return (not self.opened.is_set() and self.method in ("*", method)
+                and (self.plural is None or self.plural == plural))
+
+    def release(self) -> None:
+        self.opened.set()
 
 
 class ApiFailure(Exception):
@@ -881,6 +901,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
+    holds: list[Hold] = attrs.field(factory=list)
     _revision: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     # kinds served by a stored CustomResourceDefinition: (group, version, plural) -> its schema
@@ -960,6 +981,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         a Status carrying `message`, or `body` as is (what a proxy in front of a server may send)."""
         self.faults.append(Fault(method.upper(), plural, name, status, message, retry_after, times, body, content_type))
 
+    def hold(self, method: str, plural: str | None = None) -> Hold:
+        """Hold every later request of `method` ("*" any) on `plural` (None any) unanswered until
+        the returned `Hold` is released (also released by `end_watches`)."""
+        held = Hold(method.upper(), plural)
+        self.holds.append(held)
+        return held
+
     def served(self, api_version: str, kind: str) -> ServedKind:
         for served in self.kinds.values():
             if served.api_version == api_version and served.kind == kind:
@@ -1009,6 +1037,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def end_watches(self) -> None:
         """End every open watch (the server is stopping), as an API server ends them on shutdown."""
         self._closing = True
+        for held in self.holds:
+            held.release()
         await self.publish()
 
     def compact(self, resource_version: int | None = None) -> int:
@@ -1036,8 +1066,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         for key in self._keys.get(served.resource, {}):
             if served.namespaced and namespace is not None and key[1] != namespace:
                 continue
-            stored = self.objects[key] if key in self.objects else None
-            if stored is None or stored.deleted:
+            try:
+                stored = self.objects[key]
+            except KeyError:  # taken out of `objects` by hand
+                continue
+            if stored.deleted:
                 continue
             raw = stored.raw
             if keep is None or keep(raw):
@@ -1870,6 +1903,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if method == "GET" and request.params.get("watch") in ("true", "1"):
                 self._authorize(request, "WATCH", served, namespace, None, subresource)
                 return await self._watch(request, served, namespace if served.namespaced else None)
+            for held in self.holds:
+                if held.matches(method, served.plural):
+                    held.waiting += 1
+                    try:
+                        await held.opened.wait()
+                    finally:
+                        held.waiting -= 1
             for fault in self.faults:
                 if fault.matches(method, served.plural, name):
                     fault.times -= 1
