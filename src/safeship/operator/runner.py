@@ -162,7 +162,8 @@ class Operator:
         self._stop = asyncio.Event()
         # What happened, for tests and the log: counts only.
         self.stats: dict[str, int] = {"lists": 0, "watch_events": 0, "bookmarks": 0, "expired": 0,
-                                      "status_writes": 0, "status_refused": 0, "ticks": 0, "submitted": 0}
+                                      "status_writes": 0, "status_refused": 0, "reconciles": 0, "ticks": 0,
+                                      "submitted": 0}
         self.resource_version = ""
 
     # ------------------------------------------------------------ loops
@@ -312,6 +313,7 @@ class Operator:
 
         async def one(tracked: Tracked) -> None:
             async with workers:
+                self.stats["reconciles"] += 1
                 try:
                     wait = await self.reconcile(tracked)
                 except Exception as exc:  # a bug must not stop the other Releases
