@@ -201,7 +201,8 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
             f"- phases at the end: {dict(phases)}; most common messages of the others: "
             f"{dict(messages.most_common(3))}",
             f"- API requests by the operator: {dict(verbs)} (in {steady:g} s idle afterwards: {steady_requests})",
-            f"- reconciles that ticked an engine: {data['stats'].get('ticks')}, status writes: "
+            f"- reconciles: {data['stats'].get('reconciles')}, of which ticked an engine: "
+            f"{data['stats'].get('ticks')}, status writes: "
             f"{data['stats'].get('status_writes')} (refused while not the Lease holder: "
             f"{data['stats'].get('status_refused')}), lists: {data['stats'].get('lists')}, "
             f"Lease taken: {data.get('lease_taken')} time(s)",
