@@ -106,8 +106,13 @@ async def child(kubeconfig: str, context: str, namespace: str, folder: str, repo
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await operator.run(stop)
     samples.append(_sample("after steady period"))
+    records = store.list_deployments(limit=100_000)
+    spans = sorted(r.finished_at - r.created_at for r in records if r.finished_at is not None)
     Path(report).write_text(json.dumps({"samples": samples, "stats": operator.stats,
-                                        "lease_taken": operator.elector.transitions_seen}))
+                                        "lease_taken": operator.elector.transitions_seen,
+                                        "deployments": dict(Counter(r.phase for r in records)),
+                                        "rollout_s": [round(spans[0], 1), round(spans[len(spans) // 2], 1),
+                                                      round(spans[-1], 1)] if spans else []}))
     await kube.close()
     store.close()
 
@@ -206,6 +211,8 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
             f"{data['stats'].get('status_writes')} (refused while not the Lease holder: "
             f"{data['stats'].get('status_refused')}), lists: {data['stats'].get('lists')}, "
             f"Lease taken: {data.get('lease_taken')} time(s)",
+            f"- deployments in the store: {data.get('deployments')}; each one's time from submitted to finished "
+            f"(min, median, max, s): {data.get('rollout_s')}",
             f"- load average (1, 5, 15 min) at the start, when all succeeded, after the steady period: "
             f"{result['load_average']}",
             "",
