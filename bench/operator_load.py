@@ -106,7 +106,13 @@ async def child(kubeconfig: str, context: str, namespace: str, folder: str, repo
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await operator.run(stop)
     samples.append(_sample("after steady period"))
-    Path(report).write_text(json.dumps({"samples": samples, "stats": operator.stats}))
+    records = store.list_deployments(limit=100_000)
+    spans = sorted(r.finished_at - r.created_at for r in records if r.finished_at is not None)
+    Path(report).write_text(json.dumps({"samples": samples, "stats": operator.stats,
+                                        "lease_taken": operator.elector.transitions_seen,
+                                        "deployments": dict(Counter(r.phase for r in records)),
+                                        "rollout_s": [round(spans[0], 1), round(spans[len(spans) // 2], 1),
+                                                      round(spans[-1], 1)] if spans else []}))
     await kube.close()
     store.close()
 
@@ -129,6 +135,19 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
                            "spec": {"service": f"svc-{i:03d}", "image": "registry.example/app:{version}",
                                     "version": "v1", "replicas": 1, "strategy": "canary"}})
             sim = ClusterSim(api.emulator)
+            sim_cpu = [0.0]  # CPU time the simulator's ticks took (in this process, beside the stand-in)
+            plain_tick = sim._tick
+
+            def timed_tick() -> None:
+                began = time.process_time()
+                try:
+                    plain_tick()
+                finally:
+                    sim_cpu[0] += time.process_time() - began
+
+            sim._tick = timed_tick  # type: ignore[method-assign]
+            parent_samples = [{**_sample("started"), "sim_cpu_s": 0.0}]
+            load = [os.getloadavg()]
             report = Path(folder) / "report.json"
             before = len(api.emulator.requests_made)
             started = time.monotonic()
@@ -149,9 +168,13 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
                         break
                     await asyncio.sleep(0.5)
                 process.send_signal(signal.SIGUSR1)
+                parent_samples.append({**_sample("all succeeded"), "sim_cpu_s": round(sim_cpu[0], 2)})
+                load.append(os.getloadavg())
                 steady_from = len(api.emulator.requests_made)
                 await asyncio.sleep(steady)
                 steady_requests = len(api.emulator.requests_made) - steady_from
+                parent_samples.append({**_sample("after steady period"), "sim_cpu_s": round(sim_cpu[0], 2)})
+                load.append(os.getloadavg())
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), timeout=60)
             requests = api.emulator.requests_made[before:]
@@ -163,7 +186,8 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
     result = {"releases": releases, "succeeded": succeeded, "phases": dict(phases),
               "messages": dict(messages.most_common(5)),
               "all_succeeded_s": None if done_s is None else round(done_s, 1),
-              "steady_s": steady, "steady_requests": steady_requests, "requests": dict(verbs), **data}
+              "steady_s": steady, "steady_requests": steady_requests, "requests": dict(verbs),
+              "stand_in": parent_samples, "load_average": [[round(x, 2) for x in one] for one in load], **data}
     print(json.dumps(result, indent=1))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,15 +206,27 @@ async def parent(releases: int, steady: float, out: Path | None, give_up: float)
             f"- phases at the end: {dict(phases)}; most common messages of the others: "
             f"{dict(messages.most_common(3))}",
             f"- API requests by the operator: {dict(verbs)} (in {steady:g} s idle afterwards: {steady_requests})",
-            f"- reconciles that ticked an engine: {data['stats'].get('ticks')}, status writes: "
+            f"- reconciles: {data['stats'].get('reconciles')}, of which ticked an engine: "
+            f"{data['stats'].get('ticks')}, status writes: "
             f"{data['stats'].get('status_writes')} (refused while not the Lease holder: "
-            f"{data['stats'].get('status_refused')}), lists: {data['stats'].get('lists')}",
+            f"{data['stats'].get('status_refused')}), lists: {data['stats'].get('lists')}, "
+            f"Lease taken: {data.get('lease_taken')} time(s)",
+            f"- deployments in the store: {data.get('deployments')}; each one's time from submitted to finished "
+            f"(min, median, max, s): {data.get('rollout_s')}",
+            f"- load average (1, 5, 15 min) at the start, when all succeeded, after the steady period: "
+            f"{result['load_average']}",
             "",
             "| point | CPU time (user+system, s) | RSS (MiB) | peak RSS (MiB) |",
             "|---|---|---|---|",
         ]
         for sample in data["samples"]:
             lines.append(f"| {sample['at']} | {sample['cpu_s']} | {sample.get('VmRSS')} | {sample.get('VmHWM')} |")
+        lines += ["", "The stand-in (API server and cluster simulator, one process; the simulator's share apart):", "",
+                  "| point | CPU time (user+system, s) | of which simulator ticks (s) | RSS (MiB) | peak RSS (MiB) |",
+                  "|---|---|---|---|---|"]
+        for sample in parent_samples:
+            lines.append(f"| {sample['at']} | {sample['cpu_s']} | {sample['sim_cpu_s']} | {sample.get('VmRSS')} | "
+                         f"{sample.get('VmHWM')} |")
         out.write_text("\n".join(lines) + "\n")
 
 

@@ -94,11 +94,6 @@ def rolling_bounds(spec: Mapping[str, Any]) -> tuple[int, int]:
     return surge, unavailable
 
 
-def _owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
-    uid = owner["metadata"]["uid"]
-    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
-
-
 def _owner_ref(owner: Mapping[str, Any]) -> Obj:
     return {
         "apiVersion": owner["apiVersion"],
@@ -185,6 +180,8 @@ class ClusterSim:
         self._pod_ips: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # (apiVersion, kind, namespace) -> (changed_at, objects, owner uid -> its objects): see `_all`
+        self._listed: dict[tuple[str, str, str | None], tuple[int, list[Obj], dict[str, list[Obj]]]] = {}
 
     # -------------------------------------------------------------- driving
 
@@ -240,7 +237,26 @@ class ClusterSim:
         return self.namespaces is None or obj["metadata"].get("namespace") in self.namespaces
 
     def _all(self, api_version: str, kind: str, namespace: str | None = None) -> list[Obj]:
-        return [o for o in self.emulator.items(api_version, kind, namespace) if self._in_scope(o)]
+        """The kind's objects in scope, as the emulator holds them now. A listing is kept until an
+        object of that kind is written (`KubeEmulator.changed_at`), so that the controllers do not
+        copy every pod and ReplicaSet once per owner; the objects are shared: read them only."""
+        changed = self.emulator.changed_at(api_version, kind)
+        key = (api_version, kind, namespace)
+        cached = self._listed.get(key)
+        if cached is None or cached[0] != changed:
+            found = [o for o in self.emulator.items(api_version, kind, namespace) if self._in_scope(o)]
+            owners: dict[str, list[Obj]] = {}
+            for obj in found:
+                for uid in {ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []}:
+                    owners.setdefault(str(uid), []).append(obj)
+            cached = self._listed[key] = (changed, found, owners)
+        return list(cached[1])
+
+    def _owned(self, api_version: str, kind: str, owner: Obj) -> list[Obj]:
+        """The kind's objects in the owner's namespace that name it (its uid) as an owner."""
+        self._all(api_version, kind, owner["metadata"]["namespace"])
+        owners = self._listed[(api_version, kind, owner["metadata"]["namespace"])][2]
+        return list(owners.get(owner["metadata"]["uid"], []))
 
     def _write_status(self, obj: Obj, status: Obj) -> Obj:
         if obj.get("status") == status:
@@ -316,8 +332,7 @@ class ClusterSim:
     # -------------------------------------------------------------- deployment controller
 
     def _replica_sets_of(self, deployment: Obj) -> list[Obj]:
-        namespace = deployment["metadata"]["namespace"]
-        return [rs for rs in self._all("apps/v1", "ReplicaSet", namespace) if _owned_by(rs, deployment)]
+        return self._owned("apps/v1", "ReplicaSet", deployment)
 
     def _deployment(self, deployment: Obj) -> None:
         spec = deployment["spec"]
@@ -555,8 +570,7 @@ class ClusterSim:
     # -------------------------------------------------------------- replica set controller
 
     def _pods_of(self, replica_set: Obj) -> list[Obj]:
-        namespace = replica_set["metadata"]["namespace"]
-        return [p for p in self._all("v1", "Pod", namespace) if _owned_by(p, replica_set)]
+        return self._owned("v1", "Pod", replica_set)
 
     def _replica_set(self, replica_set: Obj) -> None:
         wanted = int(replica_set["spec"].get("replicas", 0))

@@ -38,6 +38,7 @@ What `KubeEmulator` adds to kmock, each covered by `test_emulator.py`:
 - **admission** of pods: Pod Security for the namespace's enforce level and ResourceQuota, with the
   API server's 403 Forbidden messages (see `admission.py`);
 - **fault injection**: `fail(...)` answers the next matching requests with a given status;
+  `hold(...)` leaves matching requests unanswered until released (a server too busy for them);
 - **CustomResourceDefinitions** (`apiextensions.k8s.io/v1`, see "custom resources" below): a CRD
   whose schema is not structural is a 422 naming the node; a stored one is Established and its
   served versions are served and discovered (`/apis/<group>/<version>`, so kubectl and lightkube's
@@ -85,6 +86,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from dataclasses import field as data_field
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,24 @@ class Fault:
         )
 
 
+@dataclass
+class Hold:
+    """Requests matching (method, plural) wait, unanswered, until `release()`: a server too busy
+    to answer them. `waiting` counts those held now (a test counts them; it does not time them)."""
+
+    method: str
+    plural: str | None
+    waiting: int = 0
+    opened: asyncio.Event = data_field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, plural: str | None) -> bool:
+        return (not self.opened.is_set() and self.method in ("*", method)
+                and (self.plural is None or self.plural == plural))
+
+    def release(self) -> None:
+        self.opened.set()
+
+
 class ApiFailure(Exception):
     """A Status answer: raised inside the emulator, rendered as a Kubernetes Status."""
 
@@ -359,6 +379,20 @@ def _field_path(parts: Iterable[Any]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text or "<object>"
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts, lists and scalars), several times faster than
+    `copy.deepcopy`, which the stand-in would otherwise spend most of its time in; anything else
+    inside is deep-copied as before."""
+    kind = type(value)
+    if kind is dict:
+        return {key: clone(item) for key, item in value.items()}
+    if kind is list:
+        return [clone(item) for item in value]
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)
 
 
 def _now() -> str:
@@ -867,6 +901,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     use_schemas: bool = True  # False: ignore kube_schemas even when it exists (built-ins only)
     kinds: dict[tuple[str, str, str], ServedKind] = attrs.field(factory=served_kinds)
     faults: list[Fault] = attrs.field(factory=list)
+    holds: list[Hold] = attrs.field(factory=list)
     _revision: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     # kinds served by a stored CustomResourceDefinition: (group, version, plural) -> its schema
@@ -882,6 +917,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _wakeup: Any = attrs.field(default=None, init=False)  # asyncio.Event set by `publish`
     _field_validation: str = attrs.field(default="", init=False)  # the request's fieldValidation
     _closing: bool = attrs.field(default=False, init=False)  # set by `end_watches`
+    # the keys of `objects` by resource, in the order they were first stored (deleted ones too):
+    # a listing visits one kind's objects, not every object the server ever held
+    _keys: dict[kmock.resource, dict[tuple[kmock.resource, str | None, str], None]] = attrs.field(
+        factory=dict, init=False)
+    # resource -> the resourceVersion of its last write (see `changed_at`)
+    _changed: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    # (last resourceVersion, kinds served, garbage_collection) when `settle` last found nothing to do
+    _settled: tuple[int, int, bool] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -938,6 +981,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         a Status carrying `message`, or `body` as is (what a proxy in front of a server may send)."""
         self.faults.append(Fault(method.upper(), plural, name, status, message, retry_after, times, body, content_type))
 
+    def hold(self, method: str, plural: str | None = None) -> Hold:
+        """Hold every later request of `method` ("*" any) on `plural` (None any) unanswered until
+        the returned `Hold` is released (also released by `end_watches`)."""
+        held = Hold(method.upper(), plural)
+        self.holds.append(held)
+        return held
+
     def served(self, api_version: str, kind: str) -> ServedKind:
         for served in self.kinds.values():
             if served.api_version == api_version and served.kind == kind:
@@ -957,20 +1007,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
         stored = self.objects[key]
         if stored.deleted:
             return None
-        return copy.deepcopy(stored.raw)
+        return clone(stored.raw)
 
     def _store(self, served: ServedKind, obj: Obj, event: str) -> Obj:
         metadata = obj["metadata"]
         key = self._key(served, metadata.get("namespace"), metadata["name"])
         self._last_rv = next(self._revision)
+        self._changed[served.resource] = self._last_rv
         metadata["resourceVersion"] = str(self._last_rv)
         if event == "DELETED":
             self.objects[key].delete()
         elif key in self.objects:
-            self.objects[key].create(copy.deepcopy(obj))
+            self.objects[key].create(clone(obj))
         else:
-            self.objects[key] = copy.deepcopy(obj)
-        self.history.append((self._last_rv, served.resource, {"type": event, "object": copy.deepcopy(obj)}))
+            self.objects[key] = clone(obj)
+        self._keys.setdefault(served.resource, {})[key] = None
+        self.history.append((self._last_rv, served.resource, {"type": event, "object": clone(obj)}))
         if len(self.history) > self.history_limit:  # drop the oldest tenth at once
             self.compact(self.history[len(self.history) - self.history_limit * 9 // 10][0])
         if event == "DELETED" and served.kind == "CustomResourceDefinition":
@@ -985,6 +1037,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def end_watches(self) -> None:
         """End every open watch (the server is stopping), as an API server ends them on shutdown."""
         self._closing = True
+        for held in self.holds:
+            held.release()
         await self.publish()
 
     def compact(self, resource_version: int | None = None) -> int:
@@ -1000,14 +1054,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ns = self._stored(self.served("v1", "Namespace"), None, namespace)
         return ns is not None and not (ns.get("metadata") or {}).get("deletionTimestamp")
 
-    def _listing(self, served: ServedKind, namespace: str | None) -> list[Obj]:
+    def changed_at(self, api_version: str, kind: str) -> int:
+        """The resourceVersion of the last write (create, update, delete) of an object of this kind
+        (0: none yet): a reader that saw the kind's objects at this version may keep what it read."""
+        return self._changed.get(self.served(api_version, kind).resource, 0)
+
+    def _listing(self, served: ServedKind, namespace: str | None,
+                 keep: Callable[[Obj], bool] | None = None) -> list[Obj]:
+        """Copies of the kind's live objects (in `namespace` unless None), those that `keep` takes."""
         found = []
-        for (resource, ns, _name), stored in self.objects.items():
-            if resource != served.resource or stored.deleted:
+        for key in self._keys.get(served.resource, {}):
+            if served.namespaced and namespace is not None and key[1] != namespace:
                 continue
-            if served.namespaced and namespace is not None and ns != namespace:
+            try:
+                stored = self.objects[key]
+            except KeyError:  # taken out of `objects` by hand
                 continue
-            found.append(copy.deepcopy(stored.raw))
+            if stored.deleted:
+                continue
+            raw = stored.raw
+            if keep is None or keep(raw):
+                found.append(clone(raw))
         return found
 
     # -------------------------------------------------------------- direct access (no HTTP)
@@ -1554,9 +1621,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 del self.resources[served.resource]
 
     def settle(self) -> None:
-        """Run the controllers above until nothing changes (bounded)."""
+        """Run the controllers above until nothing changes (bounded). What they act on is the stored
+        objects and the served kinds only: when neither changed since a settle that found nothing
+        to do, there is nothing to do (a read costs no pass over every object)."""
+        state = (self._last_rv, len(self.kinds), self.garbage_collection)
+        if state == self._settled:
+            return
         for _ in range(20):
             if not self._settle_once():
+                self._settled = (self._last_rv, len(self.kinds), self.garbage_collection)
                 return
 
     def _live(self) -> list[tuple[ServedKind, Obj]]:
@@ -1830,6 +1903,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if method == "GET" and request.params.get("watch") in ("true", "1"):
                 self._authorize(request, "WATCH", served, namespace, None, subresource)
                 return await self._watch(request, served, namespace if served.namespaced else None)
+            for held in self.holds:
+                if held.matches(method, served.plural):
+                    held.waiting += 1
+                    try:
+                        await held.opened.wait()
+                    finally:
+                        held.waiting -= 1
             for fault in self.faults:
                 if fault.matches(method, served.plural, name):
                     fault.times -= 1
@@ -2072,14 +2152,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise ApiFailure(400, "BadRequest", f"the body of the request is not JSON: {exc}") from exc
 
     def _list(self, served: ServedKind, namespace: str | None, params: Mapping[str, str]) -> Obj:
-        found = self._listing(served, namespace)
         selector = params.get("labelSelector")
+        test: Callable[[Mapping[str, str]], bool] | None = None
         if selector:
             try:
                 test = parse_selector(selector)
             except ValueError as exc:
                 raise ApiFailure(400, "BadRequest", f"unable to parse requirement: {exc}") from exc
-            found = [o for o in found if test((o.get("metadata") or {}).get("labels") or {})]
+        found = self._listing(served, namespace, None if test is None else (
+            lambda o: test((o.get("metadata") or {}).get("labels") or {})))
         field_selector = params.get("fieldSelector")
         if field_selector:
             for term in _split_selector(field_selector):

@@ -358,6 +358,44 @@ async def test_lists_honour_label_selectors(kube_api: ApiHandle, http: httpx.Asy
     assert len(all_namespaces["items"]) == 3
 
 
+async def test_a_listing_holds_the_live_objects_of_its_kind_and_copies_of_them(
+        kube_api: ApiHandle, http: httpx.AsyncClient) -> None:
+    emulator = kube_api.emulator
+    for name in ("a", "b"):
+        assert (await http.post(DEPLOYMENTS, json=deployment(name))).status_code == 201
+    changed = emulator.changed_at("apps/v1", "Deployment")
+    assert (await http.delete(f"{DEPLOYMENTS}/a")).status_code == 200
+    assert emulator.changed_at("apps/v1", "Deployment") > changed
+    assert emulator.changed_at("v1", "ConfigMap") == 0  # a kind never written
+    assert (await http.post(DEPLOYMENTS, json=deployment("a", replicas=3))).status_code == 201
+    listed = (await http.get(DEPLOYMENTS)).json()["items"]
+    assert [(o["metadata"]["name"], o["spec"]["replicas"]) for o in listed] == [("a", 3), ("b", 2)]
+    items = kube_api.items("apps/v1", "Deployment")
+    items[0]["spec"]["replicas"] = 9  # a copy: the stored object stays as it was
+    assert {o["spec"]["replicas"] for o in kube_api.items("apps/v1", "Deployment")} == {2, 3}
+    # a write of another kind leaves the kind's mark where it was
+    changed = emulator.changed_at("apps/v1", "Deployment")
+    kube_api.write({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})
+    assert emulator.changed_at("apps/v1", "Deployment") == changed
+
+
+async def test_held_requests_wait_unanswered_until_released(kube_api: ApiHandle, http: httpx.AsyncClient) -> None:
+    held = kube_api.emulator.hold("GET", "deployments")
+    waiting = asyncio.create_task(http.get(f"{DEPLOYMENTS}/web"))
+    try:
+        for _ in range(500):  # bounded: until the server holds it
+            if held.waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert held.waiting == 1 and not waiting.done()
+        assert (await http.post(DEPLOYMENTS, json=deployment())).status_code == 201  # other requests go on
+    finally:
+        held.release()
+    answer = await asyncio.wait_for(waiting, timeout=10)
+    assert answer.status_code == 200 and answer.json()["metadata"]["name"] == "web"  # answered as of now
+    assert held.waiting == 0
+
+
 def test_selector_parsing() -> None:
     assert parse_selector("a=1,b in (x, y),!c")({"a": "1", "b": "y"})
     assert not parse_selector("a=1,b in (x, y),!c")({"a": "1", "b": "y", "c": ""})

@@ -342,6 +342,7 @@ class KubeClient:
     def __init__(self, client: lightkube.AsyncClient, namespace: str) -> None:
         self._client = client
         self.namespace = namespace
+        self._origin: tuple[str | None, str] | None = None  # (kubeconfig, context) it was built from
 
     # ------------------------------------------------------------ construction
 
@@ -380,7 +381,17 @@ class KubeClient:
             # An unreadable file, malformed YAML, a context naming no cluster or no user...
             detail = str(exc) or type(exc).__name__
             raise PermanentError(f"Kubernetes: {where} cannot be used: {detail}") from exc
-        return cls(client, namespace or str(client.namespace))
+        made = cls(client, namespace or str(client.namespace))
+        made._origin = (path, context)
+        return made
+
+    def sibling(self) -> KubeClient | None:
+        """A new client for the same cluster, user and default namespace with connections of its
+        own (its own pool: requests in flight on this client never make it wait); None when this
+        client was not built from a kubeconfig. The caller closes it."""
+        if self._origin is None:
+            return None
+        return KubeClient.from_kubeconfig(self._origin[0], context=self._origin[1], namespace=self.namespace)
 
     async def close(self) -> None:
         import httpx2

@@ -11,7 +11,8 @@ Three loops share one process:
   410 Gone (that version is too old) lists again and resumes from the new list, comparing it with
   the cache so that a Release deleted meanwhile is seen as deleted. Every `resync_s` the list is
   read again anyway.
-- **lease** (every instance): `LeaderElector.step` every `retry_s` (see lease.py).
+- **lease** (every instance): `LeaderElector.step` every `retry_s` (see lease.py), on API
+  connections of its own, so that no reconcile traffic in flight delays a renewal.
 - **reconcile** (the Lease holder only): each Release that is due gets `reconcile(release)`:
   commands from annotations, a new deployment when the image or version changed, one engine tick
   (`DeploymentEngine.step`) of its deployment, and the status written (only when it changed) with
@@ -138,7 +139,8 @@ class Operator:
                  clock: Clock | None = None, policy_for: PolicyFactory = default_policy_for,
                  traffic_for: TrafficFactory | None = None,
                  kube_for: Callable[[Environment], KubeClient] | None = None,
-                 router_options: Mapping[str, Any] | None = None) -> None:
+                 router_options: Mapping[str, Any] | None = None,
+                 lease_kube: KubeClient | None = None) -> None:
         self.settings = settings
         self.store = store
         self.kube = kube
@@ -148,14 +150,20 @@ class Operator:
         self._kube_for = kube_for
         self._kube_clients: dict[tuple[str | None, str], KubeClient] = {}
         self.router_options = dict(router_options or {})
-        self.elector = LeaderElector(kube, settings.lease)
+        # The Lease is read and renewed on connections of its own (`lease_kube`, else a sibling of
+        # `kube`, closed with the operator): status writes and lists in flight on `kube`, however
+        # many and however slow the API server is with them, never make a renewal wait for one.
+        own = kube.sibling() if lease_kube is None and isinstance(kube, KubeClient) else None
+        self._own_lease_kube = own
+        self.elector = LeaderElector(lease_kube or own or kube, settings.lease)
         self.releases: dict[tuple[str, str], Tracked] = {}
         self._forgetting: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         # What happened, for tests and the log: counts only.
         self.stats: dict[str, int] = {"lists": 0, "watch_events": 0, "bookmarks": 0, "expired": 0,
-                                      "status_writes": 0, "status_refused": 0, "ticks": 0, "submitted": 0}
+                                      "status_writes": 0, "status_refused": 0, "reconciles": 0, "ticks": 0,
+                                      "submitted": 0}
         self.resource_version = ""
 
     # ------------------------------------------------------------ loops
@@ -188,6 +196,8 @@ class Operator:
         for client in self._kube_clients.values():
             await client.close()
         self._kube_clients.clear()
+        if self._own_lease_kube is not None:
+            await self._own_lease_kube.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -303,6 +313,7 @@ class Operator:
 
         async def one(tracked: Tracked) -> None:
             async with workers:
+                self.stats["reconciles"] += 1
                 try:
                     wait = await self.reconcile(tracked)
                 except Exception as exc:  # a bug must not stop the other Releases

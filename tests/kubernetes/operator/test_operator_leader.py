@@ -6,14 +6,19 @@ and finishes the deployment exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from conftest import LEASE_NAMESPACE, SERVICE, OperatorRig, release_body
+from conftest import LEASE_NAMESPACE, SERVICE, OperatorRig, operator_config, release_body, serve_release_kinds
+from emulator import ApiHandle
 
+from safeship.kube.client import KubeClient
 from safeship.operator import release as rel
-from safeship.operator.lease import LeaseSettings
+from safeship.operator.lease import LEASE_API, LEASE_KIND, LeaseSettings
 from safeship.operator.runner import Operator, OperatorSettings, Tracked
+from safeship.store import Store
 
 
 async def test_only_the_holder_writes_and_the_other_takes_over_and_finishes_once(operator_rig: OperatorRig) -> None:
@@ -91,3 +96,49 @@ async def test_status_is_not_written_by_a_non_holder_or_over_a_newer_epoch(
     await operator._write_status(tracked, before, before.model_copy(update={"phase": "succeeded"}))
     assert operator.stats["status_refused"] == 1 and operator.stats["status_writes"] == 0
     assert operator.elector.lost is leader  # type: ignore[attr-defined]  # a newer holder wrote: step down
+
+
+# As many requests as a client's connection pool holds (httpx's default limit is 100 connections).
+HELD = 100
+
+
+async def test_the_lease_is_renewed_while_the_server_holds_every_other_request(kube_api: ApiHandle,
+                                                                              tmp_path: Path) -> None:
+    """A busy API server: it answers none of the operator's Release requests (as many in flight on
+    the operator's client as its pool holds), yet the operator renews its Lease, on connections of
+    its own. With one client for both, the renewal would wait for a free connection."""
+    serve_release_kinds(kube_api)
+    store = Store(operator_config(kube_api, tmp_path / "state.db").store.url)
+    kube = KubeClient.from_kubeconfig(str(kube_api.kubeconfig), context=kube_api.context,
+                                      namespace=kube_api.namespace)
+    operator = Operator(OperatorSettings(
+        config=operator_config(kube_api, tmp_path / "state.db"), environment="production",
+        lease=LeaseSettings(namespace=LEASE_NAMESPACE, identity="busy"), namespace=kube_api.namespace,
+        state_dir=tmp_path), store, kube)
+    held = kube_api.emulator.hold("GET", rel.PLURAL)
+    in_flight: list[asyncio.Task[object]] = []
+    try:
+        assert await operator.elector.step()
+        first = kube_api.read(LEASE_API, LEASE_KIND, "safeship-operator", LEASE_NAMESPACE)
+        assert first is not None and first["spec"]["holderIdentity"] == "busy"
+        in_flight = [asyncio.create_task(kube.get(rel.API_VERSION, rel.KIND, f"release-{i}"))
+                     for i in range(HELD)]
+        for _ in range(1000):  # bounded: until the server holds every one of them
+            if held.waiting == HELD:
+                break
+            await asyncio.sleep(0.01)
+        assert held.waiting == HELD
+
+        assert await operator.elector.step()
+        renewed = kube_api.read(LEASE_API, LEASE_KIND, "safeship-operator", LEASE_NAMESPACE)
+        assert renewed is not None and renewed["spec"]["holderIdentity"] == "busy"
+        assert renewed["spec"]["renewTime"] != first["spec"]["renewTime"]
+        assert held.waiting == HELD and not any(task.done() for task in in_flight)  # still unanswered
+    finally:
+        held.release()
+        for task in in_flight:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=15)
+        await operator.close()
+        await kube.close()
+        store.close()
