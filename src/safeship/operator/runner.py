@@ -360,6 +360,7 @@ class Operator:
         service, environment = release.spec.service, unit.environment.name
         record = self._deployment(status, service, environment)
         notes: list[str] = []
+        was_active = record is not None and Phase(record.phase).is_active
 
         # Commands, once per annotation value.
         for command in rel.COMMANDS:
@@ -404,7 +405,9 @@ class Operator:
                 record = self.store.get_deployment(record.id)
             self.stats["ticks"] += 1
         if record is not None:
-            message = notes[-1] if notes else self._last_decision(record)
+            # A command's note, unless the deployment ended in this reconcile: then why it ended.
+            ended_now = was_active and not Phase(record.phase).is_active
+            message = notes[-1] if notes and not ended_now else st.ended_message(record, self._last_decision(record))
             status = st.from_deployment(status, record, stable=self.store.current_version(service, environment),
                                         message=message, generation=generation)
             if Phase(record.phase).is_active:
@@ -442,7 +445,9 @@ class Operator:
             elif command == rel.ABORT:
                 engine.cancel(record.id, by=by)
             elif command == rel.ROLLBACK:
-                engine.request_rollback(record.id, reason=f"rollback requested by {by}")
+                # Forced: a person asked for it, so a first deployment (nothing earlier to return
+                # to) is stopped, as Argo Rollouts' abort scales a canary with no stable down.
+                engine.request_rollback(record.id, reason=f"rollback requested by {by}", force=True)
         except SafeshipError as exc:
             return f"{verb} refused: {exc}"
         log.info("Release %s/%s: %s %s (%s)", release.namespace, release.name, verb, record.id, by)
