@@ -373,8 +373,12 @@ class Operator:
 
         # A new image or version starts a deployment (once the one running ended).
         wanted = release.spec.rollout_key()
+        # Why a new image at the same version cannot be rolled out (kept until the spec changes).
+        refused = next((c for c in status.conditions if c.type == "Progressing" and c.reason == "SameVersion"), None)
+        same_version = refused.message if refused is not None and (status.image, status.version) == wanted else None
         if (status.image, status.version) != wanted:
-            if record is not None and Phase(record.phase).is_active and record.version == release.spec.version:
+            ours = (release.spec.version, release.spec.revision())
+            if record is not None and Phase(record.phase).is_active and record.version in ours:
                 status.image, status.version = wanted  # submitted before a status write was lost: adopt it
                 status.deploymentId = record.id
             elif record is not None and Phase(record.phase).is_active:
@@ -384,14 +388,21 @@ class Operator:
             else:
                 status.image, status.version = wanted
                 try:
+                    version = await self._engine_version(unit, release)
+                    problem = name_problem("version", version)
+                    if problem is not None:
+                        same_version = (f"spec.image {release.spec.image!r} is a new image at spec.version "
+                                        f"{release.spec.version!r}, whose objects run another image; it would "
+                                        f"be rolled out as {version!r}, but a {problem}: change spec.version")
+                        raise InputError(same_version)
                     record = engine.submit(DeploymentRequest(
-                        service_name=service, version=release.spec.version, environment=environment,
+                        service_name=service, version=version, environment=environment,
                         deployment_strategy=release.spec.strategy,
                         requested_by=f"Release {release.namespace}/{release.name}"))
                     self.stats["submitted"] += 1
                     status.deploymentId = record.id
                 except SafeshipError as exc:
-                    notes.append(f"{release.spec.version} not started: {exc}")
+                    notes.append(f"{release.spec.version} not started: {exc}" if same_version is None else same_version)
                     status.message = notes[-1]
 
         wait = math.inf
@@ -417,8 +428,29 @@ class Operator:
             status.stableVersion = self.store.current_version(service, environment) or ""
             if notes:
                 status.message = notes[-1]
+        if same_version is not None:
+            status.message = same_version
+            status.conditions = st.set_condition(list(status.conditions), "Progressing", "False", "SameVersion",
+                                                 same_version, generation)
         await self._write_status(tracked, before, status)
         return wait
+
+    async def _engine_version(self, unit: Unit, release: rel.Release) -> str:
+        """The version the engine rolls `release` out as: spec.version, unless that version's
+        Deployment already runs another image (the image changed, the version did not; or an
+        earlier image of this version was rolled out before another version): then its revision,
+        `<version>+img.<hex>`, so that the two builds have their own objects and can be compared."""
+        from safeship.kube import objects
+
+        spec = release.spec
+        kube = self._client_for(unit.environment)
+        found = await kube.get("apps/v1", "Deployment", objects.deployment_name(spec.service, spec.version),
+                               unit.environment.kube_namespace)
+        if found is None:
+            return spec.version
+        containers = ((((found.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+        images = {str(c.get("image")) for c in containers if c.get("name") == objects.CONTAINER}
+        return spec.version if images == {spec.resolved_image()} else spec.revision()
 
     def _deployment(self, status: rel.ReleaseStatus, service: str, environment: str, *,
                     fresh: DeploymentRecord | None = None) -> DeploymentRecord | None:
@@ -531,7 +563,9 @@ class Operator:
             intelligent["strategies"] = _overlay(intelligent["strategies"],
                                                  spec.strategies.model_dump(mode="json", exclude_unset=True))
         given = spec.model_dump(mode="json", include=set(SERVICE_FIELDS & spec.model_fields_set))
-        service = ServiceConfig.model_validate({**given, "image": spec.image})
+        # The image as the pods run it: a revision (see `_engine_version`) is named otherwise than
+        # spec.version, and `{version}` stands for spec.version.
+        service = ServiceConfig.model_validate({**given, "image": spec.resolved_image()})
         return base.model_copy(update={
             "intelligent_deployment": type(base.intelligent_deployment).model_validate(intelligent),
             "environment_management": base.environment_management.model_copy(update={"environments": [environment]}),
@@ -540,6 +574,7 @@ class Operator:
 
     async def _unit(self, tracked: Tracked, release: rel.Release) -> Unit:
         spec_json = json.dumps({"spec": release.spec.model_dump(mode="json", exclude={"version"}),
+                                "image": release.spec.resolved_image(),
                                 "uid": release.uid, "namespace": release.namespace}, sort_keys=True)
         digest = hashlib.sha256(spec_json.encode()).hexdigest()
         if tracked.unit is not None and tracked.unit.digest == digest:

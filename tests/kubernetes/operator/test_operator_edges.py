@@ -4,6 +4,7 @@ re-created, and a spec changed while a deployment rolls back."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -63,3 +64,69 @@ async def test_undoing_a_first_version_stops_it_and_says_nothing_earlier_serves(
     events = [e.message for e in operator.store.events(deployment_id)]
     assert not any("must sum to 100" in e or "rollback failed" in e for e in events), events
     assert operator.store.current_version(SERVICE, "production") is None
+
+
+async def test_a_new_image_at_the_same_version_is_rolled_out_as_its_own_build(operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    first_image = "registry.example/user-service@sha256:" + "a" * 64
+    await rig.apply(release_body(rig.api, "v1", image=first_image))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    first_id = rig.status()["deploymentId"]
+
+    # Only the image changes (a digest bumped by GitOps): it is rolled out, as a canary from v1.
+    second_image = "registry.example/user-service@sha256:" + "b" * 64
+    await rig.apply(release_body(rig.api, "v1", image=second_image))
+    await rig.until(lambda: rig.status().get("image") == second_image and rig.status().get("phase") == "succeeded"
+                    and rig.status().get("deploymentId") != first_id, timeout=40, what="the new image rolled out")
+    status = rig.status()
+    build = rel.ReleaseSpec.model_validate(release_body(rig.api, "v1", image=second_image)["spec"]).revision()
+    assert build.startswith("v1+img.") and status["stableVersion"] == build, status
+    assert status["version"] == "v1" and status["weights"] == {build: 100}
+    record = operator.store.get_deployment(status["deploymentId"])
+    assert (record.version, record.from_version) == (build, "v1")
+    seen = [w["status"].get("candidateWeight") for w in rig.status_writes()]
+    assert 25 in seen and 50 in seen, seen  # the canary's steps, not a switch
+    assert _image(rig.api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, build))) == second_image
+    assert _image(rig.api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, "v1"))) == first_image
+    assert rig.api.read("v1", "Service", SERVICE)["spec"]["selector"][objects.VERSION_LABEL] == \
+        objects.version_label(build)
+    assert {p["spec"]["containers"][0]["image"] for p in _pods(rig, build)} == {second_image}
+
+    # Back to the first image: v1's own objects run it, so it is v1 again.
+    await rig.apply(release_body(rig.api, "v1", image=first_image))
+    await rig.until(lambda: rig.status().get("image") == first_image and rig.status().get("phase") == "succeeded",
+                    timeout=40, what="the first image back")
+    status = rig.status()
+    assert status["stableVersion"] == "v1" and status["weights"] == {"v1": 100}, status
+    assert operator.store.get_deployment(status["deploymentId"]).from_version == build
+
+
+def _image(deployment: dict[str, Any] | None) -> str:
+    assert deployment is not None
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+async def test_a_new_image_at_a_version_too_long_for_a_build_name_is_refused_clearly(operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    version = "v" + "1" * 120  # a valid version; with `+img.<8 hex>` it is longer than 128 characters
+    await rig.apply(release_body(rig.api, version, image="registry.example/user-service:a"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="the long version deployed")
+    submitted = operator.stats["submitted"]
+    await rig.apply(release_body(rig.api, version, image="registry.example/user-service:b"))
+    await rig.until(lambda: _condition(rig.status(), "Progressing")["reason"] == "SameVersion", what="refused")
+    status = rig.status()
+    progressing = _condition(status, "Progressing")
+    assert progressing["status"] == "False" and progressing["message"] == status["message"]
+    assert "spec.image 'registry.example/user-service:b'" in status["message"]
+    assert f"spec.version {version!r}" in status["message"] and "change spec.version" in status["message"]
+    assert operator.stats["submitted"] == submitted  # nothing started
+    assert status["stableVersion"] == version and status["phase"] == "succeeded"
+    assert {p["spec"]["containers"][0]["image"] for p in _pods(rig, version)} == {"registry.example/user-service:a"}
+    # Reconciled again (an annotation changed), it still says so.
+    await rig.annotate("example.com/touched", "yes")
+    tracked = operator.releases[(rig.api.namespace, SERVICE)]
+    await rig.until(lambda: tracked.obj["metadata"].get("annotations", {}).get("example.com/touched") == "yes"
+                    and not tracked.running and tracked.due == math.inf, what="reconciled again")
+    assert _condition(rig.status(), "Progressing") == progressing and rig.status()["message"] == status["message"]
