@@ -53,7 +53,14 @@ from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
 from safeship.engine.policies import policy_for as default_policy_for
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, TemporaryError
+from safeship.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    SafeshipError,
+    StaleStateError,
+    TemporaryError,
+)
 from safeship.kube.client import KubeClient, WatchExpired
 from safeship.operator import release as rel
 from safeship.operator import status as st
@@ -283,19 +290,43 @@ class Operator:
         self._wake.set()
 
     async def _forget(self, tracked: Tracked) -> None:
-        """A deleted Release: Kubernetes deletes what it owned; its deployment, if one runs, is
-        cancelled in the store so that nothing waits on it (only the Lease holder writes)."""
-        unit = tracked.unit
+        """A deleted Release: Kubernetes deletes what it owned (its Deployments, Services and
+        routes), so the store is told so (only the Lease holder writes): its deployment, if one
+        runs, ends cancelled at once with "Release <ns>/<name> deleted" (a rollback could only
+        bring back objects being deleted), and no version of its service stays deployed in its
+        environment, so that a Release re-created later starts with a first deployment."""
         try:
-            if unit is not None and self.elector.is_leader():
-                release = rel.Release.model_validate(tracked.obj)
-                record = self.store.active_deployment(release.spec.service, unit.environment.name)
-                if record is not None and record.phase != Phase.ROLLING_BACK.value:
-                    unit.engine.cancel(record.id, by=f"Release {release.namespace}/{release.name} deleted")
+            if self.elector.is_leader():
+                release = rel.Release.model_validate({k: v for k, v in tracked.obj.items() if k != "status"})
+                for attempt in range(1, 4):  # bounded: a tick of its own may move the row meanwhile
+                    for _ in range(200):  # the reconcile under way, if any, ends first (at most 10 s)
+                        if not tracked.running:
+                            break
+                        await asyncio.sleep(0.05)
+                    try:
+                        await self._forget_release(tracked, release)
+                        break
+                    except StaleStateError:
+                        if attempt == 3:
+                            raise
         except (SafeshipError, ValidationError) as exc:
-            log.info("deleted Release %s/%s: %s", *release_key(tracked.obj), exc)
+            log.warning("deleted Release %s/%s: %s", *release_key(tracked.obj), exc)
         finally:
-            await self._close_unit(unit)
+            await self._close_unit(tracked.unit)
+            tracked.unit = None
+
+    async def _forget_release(self, tracked: Tracked, release: rel.Release) -> None:
+        unit = await self._unit(tracked, release)
+        service, environment = release.spec.service, unit.environment.name
+        by = f"Release {release.namespace}/{release.name} deleted"
+        record = self.store.active_deployment(service, environment)
+        if record is not None:
+            unit.engine.abandon(record.id, reason=f"{by}: Kubernetes deletes what it owned, so {record.version} "
+                                "is neither rolled out nor rolled back")
+        served = self.store.current_version(service, environment)
+        self.store.forget_environment(environment, at=self.clock.now(), service=service)
+        log.info("%s: %s no longer deployed in %s%s", by, service, environment,
+                 f" (was {served})" if served else "")
 
     async def _reconcile_loop(self) -> None:
         workers = asyncio.Semaphore(self.settings.workers)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import SERVICE, OperatorRig, release_body
 
+from safeship.engine.phases import Phase
 from safeship.kube import objects
 from safeship.operator import release as rel
 
@@ -130,3 +131,50 @@ async def test_a_new_image_at_a_version_too_long_for_a_build_name_is_refused_cle
     await rig.until(lambda: tracked.obj["metadata"].get("annotations", {}).get("example.com/touched") == "yes"
                     and not tracked.running and tracked.due == math.inf, what="reconciled again")
     assert _condition(rig.status(), "Progressing") == progressing and rig.status()["message"] == status["message"]
+
+
+def _owned_objects_gone(rig: OperatorRig, *versions: str) -> bool:
+    return (all(rig.api.read("apps/v1", "Deployment", objects.deployment_name(SERVICE, v)) is None for v in versions)
+            and rig.api.read("v1", "Service", SERVICE) is None
+            and rig.api.read(objects.ISTIO_API, "VirtualService", SERVICE) is None
+            and not rig.api.items("v1", "Pod", labels=objects.selector(SERVICE)))
+
+
+@pytest.mark.parametrize("while_rolling_out", [False, True])
+async def test_a_deleted_release_leaves_honest_history_and_a_recreated_one_starts_first(
+        operator_rig: OperatorRig, while_rolling_out: bool) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    if while_rolling_out:
+        await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
+        await rig.until(lambda: rig.status().get("version") == "v2" and rig.status().get("candidateWeight") == 25,
+                        what="v2's canary at 25%")
+    last = rig.status()["deploymentId"]
+    assert operator.store.current_version(SERVICE, "production") == "v1"
+    await rig.delete()
+
+    # The running deployment ended, and says why; the service is no longer deployed there.
+    await rig.until(lambda: operator.store.current_version(SERVICE, "production") is None
+                    and not Phase(operator.store.get_deployment(last).phase).is_active, timeout=15,
+                    what="the store told of the deletion")
+    ended = operator.store.get_deployment(last)
+    if while_rolling_out:
+        assert ended.phase == "cancelled" and f"Release {rig.api.namespace}/{SERVICE} deleted" in (ended.reason or "")
+    else:
+        assert ended.phase == "succeeded"  # its history is not rewritten
+    assert operator.store.active_deployment(SERVICE, "production") is None
+    await rig.until(lambda: _owned_objects_gone(rig, "v1", "v2"), timeout=15, what="the Release's objects deleted")
+
+    # Re-created: a first deployment (nothing to compare with or return to), which succeeds.
+    await rig.apply(release_body(rig.api, "v3"))
+    await rig.until(lambda: rig.status_or_none() is not None and rig.status().get("phase") == "succeeded",
+                    timeout=40, what="v3 deployed")
+    status = rig.status()
+    record = operator.store.get_deployment(status["deploymentId"])
+    assert record.version == "v3" and record.from_version is None, record
+    assert status["stableVersion"] == "v3" and status["weights"] == {"v3": 100}
+    assert len(_pods(rig, "v3")) == 2 and not _pods(rig, "v1")
+    versions = [d.version for d in operator.store.list_deployments(service=SERVICE, environment="production")]
+    assert sorted(versions) == (["v1", "v2", "v3"] if while_rolling_out else ["v1", "v3"])  # the history stays
