@@ -523,13 +523,35 @@ class Operator:
         return events[-1].message if events else ""
 
     async def _refuse(self, tracked: Tracked, before: rel.ReleaseStatus, problem: str, generation: int) -> float:
+        """A spec the operator cannot act on: one sentence, `Progressing=False` `InvalidSpec`, and
+        nothing new runs. A deployment the last valid spec started goes on under that spec (its
+        analysis and rollback are what keep a half-done canary safe), and the status follows it."""
         status = before.model_copy(deep=True)
+        wait = math.inf
+        unit = tracked.unit
+        record = None
+        if unit is not None:
+            service = next(iter(unit.config.services))
+            record = self._deployment(status, service, unit.environment.name)
+            if record is not None and Phase(record.phase).is_active:
+                try:
+                    wait, record = await unit.engine.step(record.id)
+                    tracked.errors = 0
+                except Exception as exc:
+                    tracked.errors += 1
+                    wait = unit.engine.tick_failed(record.id, exc, tracked.errors)
+                    record = self.store.get_deployment(record.id)
+                self.stats["ticks"] += 1
+                status = st.from_deployment(status, record, stable=self.store.current_version(
+                    service, unit.environment.name), message=problem, generation=generation)
+                if Phase(record.phase).is_active:
+                    wait = min(wait, self.settings.max_wait_s)
         status.message = problem
         status.observedGeneration = generation
         status.conditions = st.set_condition(list(status.conditions), "Progressing", "False", "InvalidSpec",
                                              problem, generation)
         await self._write_status(tracked, before, status)
-        return math.inf
+        return wait
 
     async def _write_status(self, tracked: Tracked, before: rel.ReleaseStatus, status: rel.ReleaseStatus) -> None:
         """Write `status` through /status when it differs from what is stored, as the Lease holder

@@ -178,3 +178,35 @@ async def test_a_deleted_release_leaves_honest_history_and_a_recreated_one_start
     assert len(_pods(rig, "v3")) == 2 and not _pods(rig, "v1")
     versions = [d.version for d in operator.store.list_deployments(service=SERVICE, environment="production")]
     assert sorted(versions) == (["v1", "v2", "v3"] if while_rolling_out else ["v1", "v3"])  # the history stays
+
+
+async def test_an_invalid_spec_mid_canary_is_reported_and_the_running_canary_is_still_judged(
+        operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
+    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
+    running = rig.status()["deploymentId"]
+
+    # A spec the CRD accepts but the operator cannot act on (no such environment in its config).
+    await rig.apply(release_body(rig.api, "v2", environment="nowhere", strategies=_slow_canary()))
+    await rig.until(lambda: _condition(rig.status(), "Progressing")["reason"] == "InvalidSpec", what="refused")
+    assert "spec.environment: 'nowhere'" in rig.status()["message"]
+    # The canary it had under way is still driven by the last valid spec: v2 goes bad, it is rolled back.
+    rig.traffic.failing.add("v2")
+    await rig.until(lambda: operator.store.get_deployment(running).phase == "rolled_back", timeout=40,
+                    what="v2 rolled back under the last valid spec")
+    await rig.until(lambda: rig.status().get("phase") == "rolled_back", what="the status shows it")
+    status = rig.status()
+    assert _condition(status, "Progressing")["reason"] == "InvalidSpec"  # the spec is still refused
+    assert _condition(status, "RolledBack")["status"] == "True" and status["stableVersion"] == "v1"
+    assert "spec.environment: 'nowhere'" in status["message"]
+    assert rig.api.read("v1", "Service", SERVICE)["spec"]["selector"][objects.VERSION_LABEL] == "v1"
+    submitted = operator.stats["submitted"]
+
+    # Fixed: the refusal goes; v2 was rolled back and is not retried (image and version unchanged).
+    await rig.apply(release_body(rig.api, "v2"))
+    await rig.until(lambda: _condition(rig.status(), "Progressing")["reason"] == "RolledBack", what="accepted again")
+    assert rig.status()["phase"] == "rolled_back" and operator.stats["submitted"] == submitted
