@@ -320,6 +320,13 @@ class Operator:
         service, environment = release.spec.service, unit.environment.name
         by = f"Release {release.namespace}/{release.name} deleted"
         record = self.store.active_deployment(service, environment)
+        own = str((tracked.obj.get("status") or {}).get("deploymentId") or "")
+        again = self.releases.get(release_key(tracked.obj))
+        if again is not None and record is not None and record.id != own:
+            # Re-created under the same name before this deletion was handled, and the new
+            # Release has started its own deployment: that one is not touched.
+            log.info("%s, and re-created since: the new one is left as it is", by)
+            return
         if record is not None:
             unit.engine.abandon(record.id, reason=f"{by}: Kubernetes deletes what it owned, so {record.version} "
                                 "is neither rolled out nor rolled back")

@@ -4,6 +4,7 @@ re-created, and a spec changed while a deployment rolls back."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -13,6 +14,7 @@ from conftest import SERVICE, OperatorRig, release_body
 from safeship.engine.phases import Phase
 from safeship.kube import objects
 from safeship.operator import release as rel
+from safeship.operator.runner import Tracked
 
 ACTIVE = ("pending", "preparing", "progressing", "monitoring", "awaiting_approval", "rolling_back")
 
@@ -210,3 +212,20 @@ async def test_an_invalid_spec_mid_canary_is_reported_and_the_running_canary_is_
     await rig.apply(release_body(rig.api, "v2"))
     await rig.until(lambda: _condition(rig.status(), "Progressing")["reason"] == "RolledBack", what="accepted again")
     assert rig.status()["phase"] == "rolled_back" and operator.stats["submitted"] == submitted
+
+
+async def test_a_deletion_handled_late_leaves_the_release_recreated_under_its_name(operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    earlier = copy.deepcopy(rig.release())  # as an earlier Release of this name, deleted, would be
+    earlier["metadata"]["uid"] = "an-earlier-uid"
+    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
+    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
+    running = rig.status()["deploymentId"]
+
+    await operator._forget(Tracked(obj=earlier))  # its DELETED event, handled only now
+
+    assert Phase(operator.store.get_deployment(running).phase).is_active
+    assert operator.store.current_version(SERVICE, "production") == "v1"
