@@ -398,7 +398,7 @@ class Operator:
         service, environment = release.spec.service, unit.environment.name
         record = self._deployment(status, service, environment)
         notes: list[str] = []
-        was_active = record is not None and Phase(record.phase).is_active
+        was = (record.id, record.phase) if record is not None else None
 
         # Commands, once per annotation value.
         for command in rel.COMMANDS:
@@ -455,7 +455,7 @@ class Operator:
             self.stats["ticks"] += 1
         if record is not None:
             # A command's note, unless the deployment ended in this reconcile: then why it ended.
-            ended_now = was_active and not Phase(record.phase).is_active
+            ended_now = not Phase(record.phase).is_active and (record.id, record.phase) != was
             message = notes[-1] if notes and not ended_now else st.ended_message(record, self._last_decision(record))
             status = st.from_deployment(status, record, stable=self.store.current_version(service, environment),
                                         message=message, generation=generation)

@@ -33,13 +33,14 @@ def _slow_canary() -> dict[str, Any]:
     return {"canary": {"traffic_percentages": [25, 50, 100], "step_duration": "60s", "min_step_duration": "60s"}}
 
 
-@pytest.mark.parametrize("command", [rel.ROLLBACK, rel.ABORT])
+@pytest.mark.parametrize(("command", "served"), [(rel.ROLLBACK, False), (rel.ABORT, False), (rel.ROLLBACK, True)])
 async def test_undoing_a_first_version_stops_it_and_says_nothing_earlier_serves(operator_rig: OperatorRig,
-                                                                                command: str) -> None:
+                                                                                command: str, served: bool) -> None:
     rig = operator_rig
     operator = rig.start("operator-a")
-    await rig.apply(release_body(rig.api, "v1", strategies=_slow_canary()))
-    await rig.until(lambda: rig.status().get("phase") in ("progressing", "monitoring") and len(_pods(rig, "v1")) == 2,
+    await rig.apply(release_body(rig.api, "v1", strategies=None if served else _slow_canary()))
+    wanted = ("succeeded",) if served else ("progressing", "monitoring")
+    await rig.until(lambda: rig.status().get("phase") in wanted and len(_pods(rig, "v1")) == 2,
                     what="v1, the first version, running")
     deployment_id = rig.status()["deploymentId"]
     await rig.annotate(command, "now")
