@@ -466,6 +466,8 @@ class Operator:
             status.stableVersion = self.store.current_version(service, environment) or ""
             if notes:
                 status.message = notes[-1]
+        if (status.image, status.version) != wanted and (record is None or not Phase(record.phase).is_active):
+            wait = 0.0  # the deployment the new spec waited for has ended: start the new one now
         if same_version is not None:
             status.message = same_version
             status.conditions = st.set_condition(list(status.conditions), "Progressing", "False", "SameVersion",

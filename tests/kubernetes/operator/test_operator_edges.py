@@ -230,3 +230,21 @@ async def test_a_deletion_handled_late_leaves_the_release_recreated_under_its_na
 
     assert Phase(operator.store.get_deployment(running).phase).is_active
     assert operator.store.current_version(SERVICE, "production") == "v1"
+
+
+async def test_a_new_version_mid_canary_cancels_the_running_one_then_rolls_out(operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
+    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
+    replaced = rig.status()["deploymentId"]
+    await rig.apply(release_body(rig.api, "v3"))
+    await rig.until(lambda: rig.status().get("version") == "v3" and rig.status().get("phase") == "succeeded",
+                    timeout=40, what="v3 rolled out")
+    status = rig.status()
+    assert status["stableVersion"] == "v3" and status["deploymentId"] != replaced
+    ended = operator.store.get_deployment(replaced)
+    assert ended.phase == "cancelled" and "Release spec changed to v3" in (ended.reason or ""), ended.reason
+    assert operator.store.get_deployment(status["deploymentId"]).from_version == "v1"
