@@ -128,6 +128,10 @@ def _overlay(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _requested_by(record: DeploymentRecord) -> str:
+    return str((record.request or {}).get("requested_by") or "")
+
+
 def _spec_problem(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
@@ -316,24 +320,42 @@ class Operator:
             tracked.unit = None
 
     async def _forget_release(self, tracked: Tracked, release: rel.Release) -> None:
+        """What `_forget` tells the store, for what this Release started only: a deployment (or a
+        serving version) that another Release of the same service, or a command, started is not
+        touched (Kubernetes deletes only what this Release owned)."""
         unit = await self._unit(tracked, release)
         service, environment = release.spec.service, unit.environment.name
-        by = f"Release {release.namespace}/{release.name} deleted"
+        mine = f"Release {release.namespace}/{release.name}"
+        by = f"{mine} deleted"
         record = self.store.active_deployment(service, environment)
         own = str((tracked.obj.get("status") or {}).get("deploymentId") or "")
         again = self.releases.get(release_key(tracked.obj))
-        if again is not None and record is not None and record.id != own:
-            # Re-created under the same name before this deletion was handled, and the new
-            # Release has started its own deployment: that one is not touched.
-            log.info("%s, and re-created since: the new one is left as it is", by)
+        if record is not None and (_requested_by(record) != mine or (again is not None and record.id != own)):
+            # Another's (or, re-created under the same name before this deletion was handled, the
+            # new Release's own): not touched, and the service stays deployed.
+            log.info("%s: deployment %s of %s is not its own; left as it is", by, record.id, record.version)
             return
         if record is not None:
             unit.engine.abandon(record.id, reason=f"{by}: Kubernetes deletes what it owned, so {record.version} "
                                 "is neither rolled out nor rolled back")
-        served = self.store.current_version(service, environment)
+        serving = next((row for row in self.store.stable_versions(service, environment)
+                        if row.retired_at is None and row.healthy), None)
+        if serving is None:
+            return
+        started = self._stored(serving.deployment_id)
+        if started is None or _requested_by(started) != mine:
+            log.info("%s: %s of %s was not rolled out by it; left deployed", by, serving.version, service)
+            return
         self.store.forget_environment(environment, at=self.clock.now(), service=service)
-        log.info("%s: %s no longer deployed in %s%s", by, service, environment,
-                 f" (was {served})" if served else "")
+        log.info("%s: %s no longer deployed in %s (was %s)", by, service, environment, serving.version)
+
+    def _stored(self, deployment_id: str | None) -> DeploymentRecord | None:
+        if not deployment_id:
+            return None
+        try:
+            return self.store.get_deployment(deployment_id)
+        except NotFoundError:
+            return None
 
     async def _reconcile_loop(self) -> None:
         workers = asyncio.Semaphore(self.settings.workers)

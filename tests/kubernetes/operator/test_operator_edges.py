@@ -13,6 +13,7 @@ from conftest import SERVICE, OperatorRig, release_body
 
 from safeship.engine.phases import Phase
 from safeship.kube import objects
+from safeship.kube.client import KubeClient
 from safeship.operator import release as rel
 from safeship.operator.runner import Tracked
 
@@ -248,3 +249,28 @@ async def test_a_new_version_mid_canary_cancels_the_running_one_then_rolls_out(o
     ended = operator.store.get_deployment(replaced)
     assert ended.phase == "cancelled" and "Release spec changed to v3" in (ended.reason or ""), ended.reason
     assert operator.store.get_deployment(status["deploymentId"]).from_version == "v1"
+
+
+async def test_deleting_a_second_release_of_the_service_leaves_the_first_ones_version_deployed(
+        operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    copy_body = release_body(rig.api, "v1")
+    copy_body["metadata"]["name"] = "user-service-copy"  # a copy-pasted Release of the same service
+    rig.api.write(copy_body)
+    await rig.api.emulator.publish()
+    key = (rig.api.namespace, "user-service-copy")
+
+    def copy_status() -> dict[str, Any]:
+        found = rig.api.read(rel.API_VERSION, rel.KIND, "user-service-copy", rig.api.namespace)
+        return dict((found or {}).get("status") or {})
+
+    await rig.until(lambda: "already serves" in copy_status().get("message", ""), what="the copy refused")
+    async with KubeClient.from_kubeconfig(str(rig.api.kubeconfig), context=rig.api.context,
+                                          namespace=rig.api.namespace) as kube:
+        await kube.delete(rel.API_VERSION, rel.KIND, "user-service-copy", rig.api.namespace)
+    await rig.until(lambda: key not in operator.releases and not operator._forgetting, what="the copy forgotten")
+    assert operator.store.current_version(SERVICE, "production") == "v1"
+    assert len(_pods(rig, "v1")) == 2 and rig.status()["stableVersion"] == "v1"
