@@ -128,6 +128,9 @@ def _overlay(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+RETRY_BY = "retry after the incident of "  # the requested_by of the engine's retry (DeploymentEngine)
+
+
 def _requested_by(record: DeploymentRecord) -> str:
     return str((record.request or {}).get("requested_by") or "")
 
@@ -330,7 +333,7 @@ class Operator:
         record = self.store.active_deployment(service, environment)
         own = str((tracked.obj.get("status") or {}).get("deploymentId") or "")
         again = self.releases.get(release_key(tracked.obj))
-        if record is not None and (_requested_by(record) != mine or (again is not None and record.id != own)):
+        if record is not None and (self._started_by(record) != mine or (again is not None and record.id != own)):
             # Another's (or, re-created under the same name before this deletion was handled, the
             # new Release's own): not touched, and the service stays deployed.
             log.info("%s: deployment %s of %s is not its own; left as it is", by, record.id, record.version)
@@ -343,11 +346,24 @@ class Operator:
         if serving is None:
             return
         started = self._stored(serving.deployment_id)
-        if started is None or _requested_by(started) != mine:
+        if started is None or self._started_by(started) != mine:
             log.info("%s: %s of %s was not rolled out by it; left deployed", by, serving.version, service)
             return
         self.store.forget_environment(environment, at=self.clock.now(), service=service)
         log.info("%s: %s no longer deployed in %s (was %s)", by, service, environment, serving.version)
+
+    def _started_by(self, record: DeploymentRecord) -> str:
+        """Who asked for `record`: its `requested_by`, or for the engine's retry after an incident,
+        who asked for the deployment it retries (a few retries deep at most)."""
+        by = _requested_by(record)
+        for _ in range(5):
+            if not by.startswith(RETRY_BY):
+                break
+            earlier = self._stored(by.removeprefix(RETRY_BY))
+            if earlier is None:
+                break
+            by = _requested_by(earlier)
+        return by
 
     def _stored(self, deployment_id: str | None) -> DeploymentRecord | None:
         if not deployment_id:

@@ -274,3 +274,16 @@ async def test_deleting_a_second_release_of_the_service_leaves_the_first_ones_ve
     await rig.until(lambda: key not in operator.releases and not operator._forgetting, what="the copy forgotten")
     assert operator.store.current_version(SERVICE, "production") == "v1"
     assert len(_pods(rig, "v1")) == 2 and rig.status()["stableVersion"] == "v1"
+
+
+async def test_the_engines_retry_after_an_incident_counts_as_the_releases_own(operator_rig: OperatorRig) -> None:
+    rig = operator_rig
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    first = operator.store.get_deployment(rig.status()["deploymentId"])
+    retry = first.replace(id="deploy-retry", request={**first.request,
+                                                      "requested_by": f"retry after the incident of {first.id}"})
+    assert operator._started_by(retry) == f"Release {rig.api.namespace}/{SERVICE}"
+    lost = first.replace(request={**first.request, "requested_by": "retry after the incident of deploy-gone"})
+    assert operator._started_by(lost) == "retry after the incident of deploy-gone"
