@@ -354,6 +354,31 @@ class DeploymentEngine:
                              automatic=False, cancel=True)
         return self.store.save_transition(record, tick.result(), tick.events)
 
+    def abandon(self, deployment_id: str, *, reason: str) -> DeploymentRecord:
+        """End a deployment at once as cancelled, running no rollback: for one whose objects are
+        gone with their owner (a deleted Release: Kubernetes deletes its Deployments, Services and
+        routes). No version of its service runs in its environment any more, so none stays its
+        stable version there (the next deployment is a first one); a rollback under way is
+        recorded as ended unfinished. Raises StaleStateError when the row moved meanwhile."""
+        record = self.store.get_deployment(deployment_id)
+        if Phase(record.phase).is_final:
+            raise ConflictError(f"deployment {deployment_id} already ended ({record.phase}); nothing to end")
+        tick = Tick(record, self.clock.now())
+        state = tick.status.rollback
+        if state is not None and not state.cancel:
+            tick.rollback = RollbackRecord(
+                id=state.id, deployment_id=record.id, service=record.service, environment=record.environment,
+                from_version=record.version, to_version=state.to_version,
+                reason=f"{state.trigger}: {state.reason}; ended unfinished: {reason}", evidence=record.evidence,
+                automatic=state.automatic, started_at=state.started_at, duration_s=tick.now - state.started_at,
+                success=False, timestamp=tick.now)
+        tick.status.gate = None
+        tick.retire = Retirement(record.service, record.environment, "", tick.now, True)
+        tick.set(reason=reason, evidence={**dict(record.evidence or {}), "trigger": "abandoned"})
+        self._finish(tick, Phase.CANCELLED, reason)
+        return self.store.save_transition(record, tick.result(), tick.events, rollback=tick.rollback,
+                                          retire=tick.retire)
+
     def request_rollback(self, deployment_id: str, *, reason: str = "manual rollback",
                          force: bool = False) -> DeploymentRecord:
         """Manual rollback by deployment id, during or after the deployment.

@@ -290,6 +290,15 @@ class StepRunner:
     async def set_weights(self, tick: Tick, step: WeightsStep) -> StepResult:
         await self.sync_backends(tick)
         asked = {v: int(w) for v, w in step["weights"].items()}
+        if not asked:
+            # No version takes traffic: the rollback of a first deployment, with nothing earlier to
+            # return to. A router takes splits that sum to 100 (a cluster's refuses any other), so
+            # it is not asked; the step after this one stops the candidate's pods, draining them.
+            if tick.status.weights:
+                tick.status.weights = {}
+                tick.event("weights", "traffic: no version takes it any more (nothing earlier to return to)",
+                           weights={})
+            return DONE
         await self.world.router.set_weights(tick.route, asked)
         # A router that can only come near the weights (replicas: pod ratios) says what it reached;
         # the analysis judges, and the steps pace, by that.

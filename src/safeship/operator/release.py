@@ -28,6 +28,7 @@ handled in `status.handled`, so a re-applied manifest or a restart never repeats
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -115,6 +116,17 @@ class ReleaseSpec(Model):
     def rollout_key(self) -> tuple[str, str]:
         """What starts a deployment when it changes: the image and the version."""
         return (self.image, self.version)
+
+    def resolved_image(self) -> str:
+        """The image the pods run: `image` with `{version}` replaced by `version`."""
+        return self.image.replace("{version}", self.version)
+
+    def revision(self) -> str:
+        """The name the engine gives this image of `version` when another image of the same
+        version already has its objects (a digest bumped, the version not): semver build metadata,
+        `<version>+img.<8 hex of the image>` (`.img.<hex>` after a version that has a `+`)."""
+        digest = hashlib.sha256(self.resolved_image().encode()).hexdigest()[:8]
+        return f"{self.version}{'.' if '+' in self.version else '+'}img.{digest}"
 
 
 class Condition(Model):

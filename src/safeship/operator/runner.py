@@ -54,7 +54,14 @@ from safeship.engine.engine import DeploymentEngine
 from safeship.engine.phases import Phase
 from safeship.engine.policies import PolicyFactory
 from safeship.engine.policies import policy_for as default_policy_for
-from safeship.errors import ConflictError, InputError, NotFoundError, SafeshipError, TemporaryError
+from safeship.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    SafeshipError,
+    StaleStateError,
+    TemporaryError,
+)
 from safeship.kube.client import KubeClient, WatchExpired
 from safeship.operator import release as rel
 from safeship.operator import status as st
@@ -120,6 +127,13 @@ def _overlay(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         below = merged.get(key)
         merged[key] = _overlay(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
     return merged
+
+
+RETRY_BY = "retry after the incident of "  # the requested_by of the engine's retry (DeploymentEngine)
+
+
+def _requested_by(record: DeploymentRecord) -> str:
+    return str((record.request or {}).get("requested_by") or "")
 
 
 def _spec_problem(exc: ValidationError) -> str:
@@ -293,19 +307,81 @@ class Operator:
         self._wake.set()
 
     async def _forget(self, tracked: Tracked) -> None:
-        """A deleted Release: Kubernetes deletes what it owned; its deployment, if one runs, is
-        cancelled in the store so that nothing waits on it (only the Lease holder writes)."""
-        unit = tracked.unit
+        """A deleted Release: Kubernetes deletes what it owned (its Deployments, Services and
+        routes), so the store is told so (only the Lease holder writes): its deployment, if one
+        runs, ends cancelled at once with "Release <ns>/<name> deleted" (a rollback could only
+        bring back objects being deleted), and no version of its service stays deployed in its
+        environment, so that a Release re-created later starts with a first deployment."""
         try:
-            if unit is not None and self.elector.is_leader():
-                release = rel.Release.model_validate(tracked.obj)
-                record = self.store.active_deployment(release.spec.service, unit.environment.name)
-                if record is not None and record.phase != Phase.ROLLING_BACK.value:
-                    unit.engine.cancel(record.id, by=f"Release {release.namespace}/{release.name} deleted")
+            if self.elector.is_leader():
+                release = rel.Release.model_validate({k: v for k, v in tracked.obj.items() if k != "status"})
+                for attempt in range(1, 4):  # bounded: a tick of its own may move the row meanwhile
+                    for _ in range(200):  # the reconcile under way, if any, ends first (at most 10 s)
+                        if not tracked.running:
+                            break
+                        await asyncio.sleep(0.05)
+                    try:
+                        await self._forget_release(tracked, release)
+                        break
+                    except StaleStateError:
+                        if attempt == 3:
+                            raise
         except (SafeshipError, ValidationError) as exc:
-            log.info("deleted Release %s/%s: %s", *release_key(tracked.obj), exc)
+            log.warning("deleted Release %s/%s: %s", *release_key(tracked.obj), exc)
         finally:
-            await self._close_unit(unit)
+            await self._close_unit(tracked.unit)
+            tracked.unit = None
+
+    async def _forget_release(self, tracked: Tracked, release: rel.Release) -> None:
+        """What `_forget` tells the store, for what this Release started only: a deployment (or a
+        serving version) that another Release of the same service, or a command, started is not
+        touched (Kubernetes deletes only what this Release owned)."""
+        unit = await self._unit(tracked, release)
+        service, environment = release.spec.service, unit.environment.name
+        mine = f"Release {release.namespace}/{release.name}"
+        by = f"{mine} deleted"
+        record = self.store.active_deployment(service, environment)
+        own = str((tracked.obj.get("status") or {}).get("deploymentId") or "")
+        again = self.releases.get(release_key(tracked.obj))
+        if record is not None and (self._started_by(record) != mine or (again is not None and record.id != own)):
+            # Another's (or, re-created under the same name before this deletion was handled, the
+            # new Release's own): not touched, and the service stays deployed.
+            log.info("%s: deployment %s of %s is not its own; left as it is", by, record.id, record.version)
+            return
+        if record is not None:
+            unit.engine.abandon(record.id, reason=f"{by}: Kubernetes deletes what it owned, so {record.version} "
+                                "is neither rolled out nor rolled back")
+        serving = next((row for row in self.store.stable_versions(service, environment)
+                        if row.retired_at is None and row.healthy), None)
+        if serving is None:
+            return
+        started = self._stored(serving.deployment_id)
+        if started is None or self._started_by(started) != mine:
+            log.info("%s: %s of %s was not rolled out by it; left deployed", by, serving.version, service)
+            return
+        self.store.forget_environment(environment, at=self.clock.now(), service=service)
+        log.info("%s: %s no longer deployed in %s (was %s)", by, service, environment, serving.version)
+
+    def _started_by(self, record: DeploymentRecord) -> str:
+        """Who asked for `record`: its `requested_by`, or for the engine's retry after an incident,
+        who asked for the deployment it retries (a few retries deep at most)."""
+        by = _requested_by(record)
+        for _ in range(5):
+            if not by.startswith(RETRY_BY):
+                break
+            earlier = self._stored(by.removeprefix(RETRY_BY))
+            if earlier is None:
+                break
+            by = _requested_by(earlier)
+        return by
+
+    def _stored(self, deployment_id: str | None) -> DeploymentRecord | None:
+        if not deployment_id:
+            return None
+        try:
+            return self.store.get_deployment(deployment_id)
+        except NotFoundError:
+            return None
 
     async def _reconcile_loop(self) -> None:
         workers = asyncio.Semaphore(self.settings.workers)
@@ -371,6 +447,7 @@ class Operator:
         service, environment = release.spec.service, unit.environment.name
         record = self._deployment(status, service, environment)
         notes: list[str] = []
+        was = (record.id, record.phase) if record is not None else None
 
         # Commands, once per annotation value.
         for command in rel.COMMANDS:
@@ -383,8 +460,12 @@ class Operator:
 
         # A new image or version starts a deployment (once the one running ended).
         wanted = release.spec.rollout_key()
+        # Why a new image at the same version cannot be rolled out (kept until the spec changes).
+        refused = next((c for c in status.conditions if c.type == "Progressing" and c.reason == "SameVersion"), None)
+        same_version = refused.message if refused is not None and (status.image, status.version) == wanted else None
         if (status.image, status.version) != wanted:
-            if record is not None and Phase(record.phase).is_active and record.version == release.spec.version:
+            ours = (release.spec.version, release.spec.revision())
+            if record is not None and Phase(record.phase).is_active and record.version in ours:
                 status.image, status.version = wanted  # submitted before a status write was lost: adopt it
                 status.deploymentId = record.id
             elif record is not None and Phase(record.phase).is_active:
@@ -394,14 +475,21 @@ class Operator:
             else:
                 status.image, status.version = wanted
                 try:
+                    version = await self._engine_version(unit, release)
+                    problem = name_problem("version", version)
+                    if problem is not None:
+                        same_version = (f"spec.image {release.spec.image!r} is a new image at spec.version "
+                                        f"{release.spec.version!r}, whose objects run another image; it would "
+                                        f"be rolled out as {version!r}, but a {problem}: change spec.version")
+                        raise InputError(same_version)
                     record = engine.submit(DeploymentRequest(
-                        service_name=service, version=release.spec.version, environment=environment,
+                        service_name=service, version=version, environment=environment,
                         deployment_strategy=release.spec.strategy,
                         requested_by=f"Release {release.namespace}/{release.name}"))
                     self.stats["submitted"] += 1
                     status.deploymentId = record.id
                 except SafeshipError as exc:
-                    notes.append(f"{release.spec.version} not started: {exc}")
+                    notes.append(f"{release.spec.version} not started: {exc}" if same_version is None else same_version)
                     status.message = notes[-1]
 
         wait = math.inf
@@ -415,7 +503,9 @@ class Operator:
                 record = self.store.get_deployment(record.id)
             self.stats["ticks"] += 1
         if record is not None:
-            message = notes[-1] if notes else self._last_decision(record)
+            # A command's note, unless the deployment ended in this reconcile: then why it ended.
+            ended_now = not Phase(record.phase).is_active and (record.id, record.phase) != was
+            message = notes[-1] if notes and not ended_now else st.ended_message(record, self._last_decision(record))
             status = st.from_deployment(status, record, stable=self.store.current_version(service, environment),
                                         message=message, generation=generation)
             if Phase(record.phase).is_active:
@@ -425,8 +515,31 @@ class Operator:
             status.stableVersion = self.store.current_version(service, environment) or ""
             if notes:
                 status.message = notes[-1]
+        if (status.image, status.version) != wanted and (record is None or not Phase(record.phase).is_active):
+            wait = 0.0  # the deployment the new spec waited for has ended: start the new one now
+        if same_version is not None:
+            status.message = same_version
+            status.conditions = st.set_condition(list(status.conditions), "Progressing", "False", "SameVersion",
+                                                 same_version, generation)
         await self._write_status(tracked, before, status)
         return wait
+
+    async def _engine_version(self, unit: Unit, release: rel.Release) -> str:
+        """The version the engine rolls `release` out as: spec.version, unless that version's
+        Deployment already runs another image (the image changed, the version did not; or an
+        earlier image of this version was rolled out before another version): then its revision,
+        `<version>+img.<hex>`, so that the two builds have their own objects and can be compared."""
+        from safeship.kube import objects
+
+        spec = release.spec
+        kube = self._client_for(unit.environment)
+        found = await kube.get("apps/v1", "Deployment", objects.deployment_name(spec.service, spec.version),
+                               unit.environment.kube_namespace)
+        if found is None:
+            return spec.version
+        containers = ((((found.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+        images = {str(c.get("image")) for c in containers if c.get("name") == objects.CONTAINER}
+        return spec.version if images == {spec.resolved_image()} else spec.revision()
 
     def _deployment(self, status: rel.ReleaseStatus, service: str, environment: str, *,
                     fresh: DeploymentRecord | None = None) -> DeploymentRecord | None:
@@ -453,7 +566,9 @@ class Operator:
             elif command == rel.ABORT:
                 engine.cancel(record.id, by=by)
             elif command == rel.ROLLBACK:
-                engine.request_rollback(record.id, reason=f"rollback requested by {by}")
+                # Forced: a person asked for it, so a first deployment (nothing earlier to return
+                # to) is stopped, as Argo Rollouts' abort scales a canary with no stable down.
+                engine.request_rollback(record.id, reason=f"rollback requested by {by}", force=True)
         except SafeshipError as exc:
             return f"{verb} refused: {exc}"
         log.info("Release %s/%s: %s %s (%s)", release.namespace, release.name, verb, record.id, by)
@@ -466,13 +581,35 @@ class Operator:
         return events[-1].message if events else ""
 
     async def _refuse(self, tracked: Tracked, before: rel.ReleaseStatus, problem: str, generation: int) -> float:
+        """A spec the operator cannot act on: one sentence, `Progressing=False` `InvalidSpec`, and
+        nothing new runs. A deployment the last valid spec started goes on under that spec (its
+        analysis and rollback are what keep a half-done canary safe), and the status follows it."""
         status = before.model_copy(deep=True)
+        wait = math.inf
+        unit = tracked.unit
+        record = None
+        if unit is not None:
+            service = next(iter(unit.config.services))
+            record = self._deployment(status, service, unit.environment.name)
+            if record is not None and Phase(record.phase).is_active:
+                try:
+                    wait, record = await unit.engine.step(record.id)
+                    tracked.errors = 0
+                except Exception as exc:
+                    tracked.errors += 1
+                    wait = unit.engine.tick_failed(record.id, exc, tracked.errors)
+                    record = self.store.get_deployment(record.id)
+                self.stats["ticks"] += 1
+                status = st.from_deployment(status, record, stable=self.store.current_version(
+                    service, unit.environment.name), message=problem, generation=generation)
+                if Phase(record.phase).is_active:
+                    wait = min(wait, self.settings.max_wait_s)
         status.message = problem
         status.observedGeneration = generation
         status.conditions = st.set_condition(list(status.conditions), "Progressing", "False", "InvalidSpec",
                                              problem, generation)
         await self._write_status(tracked, before, status)
-        return math.inf
+        return wait
 
     async def _write_status(self, tracked: Tracked, before: rel.ReleaseStatus, status: rel.ReleaseStatus) -> None:
         """Write `status` through /status when it differs from what is stored, as the Lease holder
@@ -541,7 +678,9 @@ class Operator:
             intelligent["strategies"] = _overlay(intelligent["strategies"],
                                                  spec.strategies.model_dump(mode="json", exclude_unset=True))
         given = spec.model_dump(mode="json", include=set(SERVICE_FIELDS & spec.model_fields_set))
-        service = ServiceConfig.model_validate({**given, "image": spec.image})
+        # The image as the pods run it: a revision (see `_engine_version`) is named otherwise than
+        # spec.version, and `{version}` stands for spec.version.
+        service = ServiceConfig.model_validate({**given, "image": spec.resolved_image()})
         return base.model_copy(update={
             "intelligent_deployment": type(base.intelligent_deployment).model_validate(intelligent),
             "environment_management": base.environment_management.model_copy(update={"environments": [environment]}),
@@ -550,6 +689,7 @@ class Operator:
 
     async def _unit(self, tracked: Tracked, release: rel.Release) -> Unit:
         spec_json = json.dumps({"spec": release.spec.model_dump(mode="json", exclude={"version"}),
+                                "image": release.spec.resolved_image(),
                                 "uid": release.uid, "namespace": release.namespace}, sort_keys=True)
         digest = hashlib.sha256(spec_json.encode()).hexdigest()
         if tracked.unit is not None and tracked.unit.digest == digest:

@@ -63,6 +63,25 @@ def set_condition(conditions: list[Condition], kind: str, status: str, reason: s
     return sorted([*rest, updated], key=lambda c: order.index(c.type))
 
 
+def nothing_earlier(record: DeploymentRecord) -> bool:
+    """Whether `record` was rolled back or cancelled with no earlier version to return to (a first
+    deployment): its pods were stopped and no version serves."""
+    if record.phase not in (Phase.ROLLED_BACK.value, Phase.CANCELLED.value):
+        return False
+    rollback = DeploymentStatus.from_json(record.status).rollback
+    return rollback is not None and rollback.to_version is None
+
+
+def ended_message(record: DeploymentRecord, why: str) -> str:
+    """The sentence a Release shows for its deployment that ended: `why` (its last decision),
+    said plainly when a rollback or a cancel had no earlier version to return to."""
+    if not nothing_earlier(record):
+        return why
+    undone = "rolled back" if record.phase == Phase.ROLLED_BACK.value else "cancelled"
+    return (f"{record.version} {undone} with no earlier version of {record.service} to return to (it was the "
+            f"first deployment): its pods are stopped and no version serves; {why}")
+
+
 def from_deployment(before: ReleaseStatus, record: DeploymentRecord, *, stable: str | None, message: str,
                     generation: int) -> ReleaseStatus:
     """The status a Release shows for its deployment `record`."""
@@ -103,6 +122,8 @@ def from_deployment(before: ReleaseStatus, record: DeploymentRecord, *, stable: 
                                    generation)
         rolled_back = phase is Phase.ROLLED_BACK
         trigger = str((record.evidence or {}).get("trigger") or record.decision or "rolled_back")
+        if rolled_back and nothing_earlier(record):
+            trigger = f"{trigger}_nothing_earlier"  # e.g. ManualNothingEarlier: the service was stopped
         conditions = set_condition(conditions, "RolledBack", "True" if rolled_back else "False",
                                    _camel(trigger) if rolled_back else "NotRolledBack",
                                    message if rolled_back else "", generation)

@@ -1044,19 +1044,23 @@ class Store:
         with self._connect() as conn:
             return [dict(r[0]) for r in conn.execute(query)]
 
-    def forget_environment(self, environment: str, at: float | None = None) -> None:
+    def forget_environment(self, environment: str, at: float | None = None, *, service: str | None = None) -> None:
         """Drop an environment's live state (instances, prepared state); its history stays. The
         versions it served are retired at `at` (default: now): nothing serves there any more, so
-        the next deployment is a first one, never a canary from a version with no instance."""
+        the next deployment is a first one, never a canary from a version with no instance.
+        With `service`, that service's only (its instances and versions; the environment's
+        prepared state stays): the service was removed from the environment."""
+        instances, stable = schema.instances, schema.stable_versions
+        drop = delete(instances).where(instances.c.environment == environment)
+        retire = update(stable).where(stable.c.environment == environment).where(stable.c.retired_at.is_(None))
+        if service is not None:
+            drop = drop.where(instances.c.service == service)
+            retire = retire.where(stable.c.service == service)
         with self._begin() as conn:
-            conn.execute(delete(schema.instances).where(schema.instances.c.environment == environment))
-            conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == environment))
-            conn.execute(
-                update(schema.stable_versions)
-                .where(schema.stable_versions.c.environment == environment)
-                .where(schema.stable_versions.c.retired_at.is_(None))
-                .values(retired_at=time.time() if at is None else at)
-            )
+            conn.execute(drop)
+            if service is None:
+                conn.execute(delete(schema.environment_state).where(schema.environment_state.c.name == environment))
+            conn.execute(retire.values(retired_at=time.time() if at is None else at))
 
     def save_environment_state(self, name: str, state: Mapping[str, Any], at: float) -> None:
         with self._begin() as conn:
