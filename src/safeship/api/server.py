@@ -93,14 +93,17 @@ def _lock(state_dir: Path, config_path: str) -> IO[str]:
         ) from None
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, *, flag: str = "") -> socket.socket:
+    """A non-blocking listening socket on host:port for uvicorn; InputError (naming `flag`, when
+    given) if it cannot be bound."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        where = f"{flag}: " if flag else ""
+        raise InputError(f"{where}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -123,7 +126,7 @@ async def _serve(config_path: str, host: str, port: int, on_listen: Callable[[di
         # `safeship server --reload` sends SIGHUP: read the config again, without stopping anything
         loop.add_signal_handler(signal.SIGHUP, controller.reload_soon, "SIGHUP, from `safeship server --reload`")
         try:
-            sock = _listen(host, port)
+            sock = listen_socket(host, port)
             config = uvicorn.Config(
                 create_app(controller, token, listen_host=host),
                 host=host,

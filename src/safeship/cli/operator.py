@@ -136,6 +136,7 @@ def api_hosts(args: argparse.Namespace) -> list[str]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from safeship.api.server import listen_socket
     from safeship.kube.client import KubeClient
     from safeship.operator.api import operator_app, server_for
     from safeship.operator.runner import Operator
@@ -145,7 +146,7 @@ async def _run(args: argparse.Namespace) -> int:
     token = api_token(args)  # refused before anything is opened
     hosts = api_hosts(args)
     log = logging.getLogger("safeship.operator")
-    sock = _listen(args.host, args.port)
+    sock = listen_socket(args.host, args.port, flag="--port")
     try:
         store = Store(settings.config.store.url)
     except BaseException:
@@ -181,16 +182,3 @@ async def _run(args: argparse.Namespace) -> int:
         await kube.close()
         store.close()
     return EXIT_OK
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise InputError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock

@@ -34,6 +34,16 @@ def _slow_canary() -> dict[str, Any]:
     return {"canary": {"traffic_percentages": [25, 50, 100], "step_duration": "60s", "min_step_duration": "60s"}}
 
 
+async def _v2_canary_at_25(rig: OperatorRig) -> tuple[Any, str]:
+    """An operator that has deployed v1 and holds v2's slow canary at 25%; the canary's deployment id."""
+    operator = rig.start("operator-a")
+    await rig.apply(release_body(rig.api, "v1"))
+    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
+    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
+    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
+    return operator, str(rig.status()["deploymentId"])
+
+
 @pytest.mark.parametrize(("command", "served"), [(rel.ROLLBACK, False), (rel.ABORT, False), (rel.ROLLBACK, True)])
 async def test_undoing_a_first_version_stops_it_and_says_nothing_earlier_serves(operator_rig: OperatorRig,
                                                                                 command: str, served: bool) -> None:
@@ -187,12 +197,7 @@ async def test_a_deleted_release_leaves_honest_history_and_a_recreated_one_start
 async def test_an_invalid_spec_mid_canary_is_reported_and_the_running_canary_is_still_judged(
         operator_rig: OperatorRig) -> None:
     rig = operator_rig
-    operator = rig.start("operator-a")
-    await rig.apply(release_body(rig.api, "v1"))
-    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
-    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
-    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
-    running = rig.status()["deploymentId"]
+    operator, running = await _v2_canary_at_25(rig)
 
     # A spec the CRD accepts but the operator cannot act on (no such environment in its config).
     await rig.apply(release_body(rig.api, "v2", environment="nowhere", strategies=_slow_canary()))
@@ -221,7 +226,7 @@ async def test_a_deletion_handled_late_leaves_the_release_recreated_under_its_na
     operator = rig.start("operator-a")
     await rig.apply(release_body(rig.api, "v1"))
     await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
-    earlier = copy.deepcopy(rig.release())  # as an earlier Release of this name, deleted, would be
+    earlier = copy.deepcopy(rig.release())  # as an earlier Release of this name, deleted, would be (at v1)
     earlier["metadata"]["uid"] = "an-earlier-uid"
     await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
     await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
@@ -235,12 +240,7 @@ async def test_a_deletion_handled_late_leaves_the_release_recreated_under_its_na
 
 async def test_a_new_version_mid_canary_cancels_the_running_one_then_rolls_out(operator_rig: OperatorRig) -> None:
     rig = operator_rig
-    operator = rig.start("operator-a")
-    await rig.apply(release_body(rig.api, "v1"))
-    await rig.until(lambda: rig.status().get("phase") == "succeeded", what="v1 deployed")
-    await rig.apply(release_body(rig.api, "v2", strategies=_slow_canary()))
-    await rig.until(lambda: rig.status().get("candidateWeight") == 25, what="v2's canary at 25%")
-    replaced = rig.status()["deploymentId"]
+    operator, replaced = await _v2_canary_at_25(rig)
     await rig.apply(release_body(rig.api, "v3"))
     await rig.until(lambda: rig.status().get("version") == "v3" and rig.status().get("phase") == "succeeded",
                     timeout=40, what="v3 rolled out")
