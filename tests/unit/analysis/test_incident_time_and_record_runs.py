@@ -124,3 +124,18 @@ def test_a_window_with_seconds_set_aside_watches_that_much_longer_and_then_passe
     plain = policy.start()
     plain, decision = policy.observe(plain, clean, _single_ctx(record, 1.0, t=301.0))
     assert decision.verdict is Verdict.SUCCESSFUL
+
+
+def test_a_record_with_long_runs_does_not_lend_them_to_a_candidate_whose_failures_are_independent() -> None:
+    # the old version failed in runs (dispersion 20); the candidate fails 1% one at a time, twice
+    # the record's rate: judged with its own, smaller dispersion, as before the record's was used
+    record = TrafficCounters(requests=1_000_000, errors=5_000)
+    policy, state, verdicts = SafeshipPolicy(), SafeshipPolicy().start(), []
+    for i in range(600):
+        sample = TickSample(t=float(i + 1), dt=1.0, baseline=TrafficCounters(),
+                            candidate=TrafficCounters(requests=100, errors=1), candidate_weight=100)
+        state, decision = policy.observe(state, sample, _single_ctx(record, 20.0, t=float(i + 1), duration=1e9))
+        verdicts.append(decision.verdict)
+        if decision.verdict is Verdict.FAILED:
+            break
+    assert verdicts[-1] is Verdict.FAILED

@@ -314,16 +314,17 @@ class SafeshipPolicy:
         known = ctx.history_dispersion
         phi = max(judge.dispersion_factor(disp, self.settings.dispersion, known), known or 1.0)
         # The rollback test's null is "the candidate fails like the baseline", runs included: where
-        # the record measured the baseline's runs, the candidate's failures are judged with the
-        # baseline's dispersion (its record's, or its own live estimate when that is larger, as in
-        # a shared incident), not with runs the candidate itself shows (see `_baseline_dispersion`).
-        # Showing the candidate within the tolerance keeps the pooled estimate: under that null
-        # the candidate's own runs are allowed.
+        # the record measured the baseline's runs, the candidate's failures are judged with no
+        # more dispersion than the baseline's (its record's, or its own live estimate when that is
+        # larger, as in a shared incident): runs the candidate shows beyond the baseline's are not
+        # noise (see `_baseline_dispersion`). Showing the candidate within the tolerance keeps the
+        # pooled estimate: under that null the candidate's own runs are allowed.
         measured = _baseline_dispersion(ctx)
         test_phi = phi
         if measured is not None:
             live = {key: value for key, value in disp.items() if key == "base"}
-            test_phi = max(measured, judge.dispersion_factor(live, settings, measured) if live else measured)
+            baseline_phi = max(measured, judge.dispersion_factor(live, settings, measured) if live else measured)
+            test_phi = min(phi, baseline_phi)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
             tests.get("errors", judge.new_e_process()),
@@ -443,10 +444,10 @@ class SafeshipPolicy:
             st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion
         )
         phi = judge.dispersion_factor(disp, self.settings.dispersion, ctx.history_dispersion)
-        # judged with the replaced version's dispersion where its record measured it: runs the
-        # candidate shows and the record does not are part of the regression, not noise
+        # judged with no more than the replaced version's dispersion where its record measured it:
+        # runs the candidate shows and the record does not are part of the regression, not noise
         measured = _baseline_dispersion(ctx)
-        error_phi = phi if measured is None else measured
+        error_phi = phi if measured is None else min(phi, measured)
         tests = dict(st["tests"])
         counts: dict[str, tuple[float, float]] = {"single_errors": (c.requests, c.failed)}
         n_lat = sum(c.latency_buckets)
