@@ -267,16 +267,23 @@ class SafeshipPolicy:
         # incident. The side-by-side tests (candidate against the version beside it in the same
         # looks) are immune to a shared shock and keep all their evidence.
         name = str(split.alarm.get("test", ""))
-        before = _checkpoint_before(ledger, float(ledger.get("clock", 0.0)) - INCIDENT_MARGIN_S)
+        clock = float(ledger.get("clock", 0.0))
+        cut, before = _checkpoint_at(ledger, clock - INCIDENT_MARGIN_S)
         tests = {key: (before.get(key, judge.new_e_process())
                        if key == name or not key.startswith(SIDE_BY_SIDE) else test)
                  for key, test in ledger.get("tests", {}).items()}
         carried = ((split.split_state or {}).get("tests") or {}).get("errors")
         if carried is not None:
             tests["errors"] = carried  # the side-by-side failure test went on through the split
+        # The seconds whose evidence was set aside (from the checkpoint to the alarm) and those of
+        # the split (no single-version test ran in it) judged nothing: the window is that much
+        # longer (`_single_schedule`), so an incident cannot use up the time a regression that
+        # starts during it needs to show.
+        unjudged = float(ledger.get("unjudged_s", 0.0)) + max(0.0, clock - cut) + max(0.0, split.seconds)
         return SplitOutcome(SplitKind.RESUME, f"incident passed: {old} is back within its record after "
                             f"{held:.0f}s; resuming with the evidence from before it, the alarm on "
-                            f"{name or 'the candidate'} set aside", {**ledger, "tests": tests, "checkpoints": []})
+                            f"{name or 'the candidate'} set aside, the window {unjudged:.0f}s longer",
+                            {**ledger, "tests": tests, "checkpoints": [], "unjudged_s": unjudged})
 
     def incident_passed(self, counts: TrafficCounters, record: TrafficCounters, *,
                         dispersion: float | None = None) -> bool:
@@ -306,11 +313,23 @@ class SafeshipPolicy:
         # (the first looks of a canary hold too few runs to tell a run from a regression).
         known = ctx.history_dispersion
         phi = max(judge.dispersion_factor(disp, self.settings.dispersion, known), known or 1.0)
+        # The rollback test's null is "the candidate fails like the baseline", runs included: where
+        # the record measured the baseline's runs, the candidate's failures are judged with no
+        # more dispersion than the baseline's (its record's, or its own live estimate when that is
+        # larger, as in a shared incident): runs the candidate shows beyond the baseline's are not
+        # noise (see `_baseline_dispersion`). Showing the candidate within the tolerance keeps the
+        # pooled estimate: under that null the candidate's own runs are allowed.
+        measured = _baseline_dispersion(ctx)
+        test_phi = phi
+        if measured is not None:
+            live = {key: value for key, value in disp.items() if key == "base"}
+            baseline_phi = max(measured, judge.dispersion_factor(live, settings, measured) if live else measured)
+            test_phi = min(phi, baseline_phi)
         tests = dict(st["tests"])
         tests["errors"] = judge.update_two_sample(
             tests.get("errors", judge.new_e_process()),
             b.requests, b.failed, c.requests, c.failed,
-            ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=phi,
+            ctx.analysis.error_tolerance, now=now, restarts=restarts, dispersion=test_phi,
         )  # fmt: skip
         analysis = ctx.analysis
         within = dict(st.get("within") or {})
@@ -425,6 +444,10 @@ class SafeshipPolicy:
             st.get("disp", {}), "cand", c.requests, c.failed, self.settings.dispersion
         )
         phi = judge.dispersion_factor(disp, self.settings.dispersion, ctx.history_dispersion)
+        # judged with no more than the replaced version's dispersion where its record measured it:
+        # runs the candidate shows and the record does not are part of the regression, not noise
+        measured = _baseline_dispersion(ctx)
+        error_phi = phi if measured is None else min(phi, measured)
         tests = dict(st["tests"])
         counts: dict[str, tuple[float, float]] = {"single_errors": (c.requests, c.failed)}
         n_lat = sum(c.latency_buckets)
@@ -438,7 +461,7 @@ class SafeshipPolicy:
             tests[name] = judge.update_one_sample(
                 tests.get(name, judge.new_e_process()), n, x, single[name]["p0"],
                 now=st["clock"], restarts=self.settings.restarts,
-                dispersion=phi if name == "single_errors" else 1.0,
+                dispersion=error_phi if name == "single_errors" else 1.0,
             )  # fmt: skip
         return {**st, "tests": tests, "single": single, "disp": disp, "phi": phi}
 
@@ -630,13 +653,19 @@ class SafeshipPolicy:
     def _single_schedule(
         self, st: State, scores: Mapping[str, Score], ctx: StepContext
     ) -> Decision:
-        if ctx.time_in_step < ctx.step_duration:
+        # Seconds an incident made the policy set aside (see `settle_split`) were not judged: the
+        # window lasts that much longer.
+        unjudged = float(st.get("unjudged_s", 0.0))
+        if ctx.time_in_step < ctx.step_duration + unjudged:
+            if unjudged > 0 and ctx.time_in_step >= ctx.step_duration:
+                return Decision(Verdict.INCONCLUSIVE, f"watching {unjudged:.0f}s longer: the seconds an incident "
+                                "set aside judged nothing")
             return Decision(Verdict.INCONCLUSIVE, "watching")
         # A release promoted before its plan's analysis time ran out (the evidence sufficed) is
         # watched, at full traffic, for as long as the whole plan and the monitoring window would
         # have judged it: promoting early must not shorten the watch. A regression that starts
         # ten minutes in is caught as it would have been by the configured schedule.
-        watch = ctx.planned_analysis_s + ctx.step_duration
+        watch = ctx.planned_analysis_s + ctx.step_duration + unjudged
         if ctx.promoted and ctx.time_in_analysis < watch:
             return Decision(Verdict.INCONCLUSIVE, f"watching until {watch:.0f}s, the plan's whole analysis time")
         promised = _promise_pending(st, ctx)
@@ -777,11 +806,38 @@ def _checkpoint(st: State) -> State:
 def _checkpoint_before(st: State, clock: float) -> dict[str, Any]:
     """The record and threshold tests as they were at the last checkpoint at or before `clock`
     (none: fresh tests)."""
-    found: dict[str, Any] = {}
+    return _checkpoint_at(st, clock)[1]
+
+
+def _checkpoint_at(st: State, clock: float) -> tuple[float, dict[str, Any]]:
+    """(when, tests) of the last checkpoint at or before `clock`; (0, fresh tests) when there is
+    none: everything since the ledger began is set aside."""
+    found: tuple[float, dict[str, Any]] = (0.0, {})
     for at, tests in st.get("checkpoints") or []:
         if float(at) <= clock:
-            found = dict(tests)
+            found = (float(at), dict(tests))
     return found
+
+
+MIN_RECORD_FAILURES = 20  # a record with this many failures has shown its runs (two of mean length 10)
+
+
+def _baseline_dispersion(ctx: StepContext) -> float | None:
+    """The replaced version's dispersion of failures, where its record measured it from at least
+    MIN_RECORD_FAILURES failures; None where the record is missing or too thin to tell.
+
+    The failure tests' null is that the new version fails as the old one does, runs included. A
+    record of hours holds many of the old version's runs, and its slice-by-slice dispersion (raised
+    by two standard errors) says how clustered they are. A new version whose failures come in
+    longer runs than that (a lock held too long, a retry storm) has changed: judged with its own
+    larger dispersion, its runs would hide the very regression they are part of. With fewer
+    failures in the record, the runs of the old version may not have shown: the candidate's own
+    estimate stays."""
+    known = ctx.history_dispersion
+    record = ctx.history
+    if known is None or record is None or record.failed < MIN_RECORD_FAILURES:
+        return None
+    return max(1.0, float(known))
 
 
 def _shares(ctx: StepContext) -> Mapping[str, float]:
