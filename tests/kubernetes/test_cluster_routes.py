@@ -5,6 +5,7 @@ that ends only when the Gateway reports both Accepted and ResolvedRefs."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,42 @@ async def test_a_weight_change_leaves_rules_and_filters_added_by_hand(kube_api: 
     assert rules[1]["filters"] == [header]
     assert {r["name"]: r["weight"] for r in rules[1]["backendRefs"]} == {"user-service": 90, "user-service-canary": 10}
     assert router.weights_reached(ROUTE) == {"v1": 90, "v2": 10}
+
+
+async def test_a_route_changed_between_its_read_and_its_patch_is_read_and_merged_again(
+        kube_api: ApiHandle, cluster_sim: Any, make: Make) -> None:  # noqa: F811
+    """A real API server answers a patch carrying a stale resourceVersion with 409 (a gateway
+    controller writing the route's status, or someone by hand): the router reads the route again
+    and merges its rule again, so the weights land and the other writer's change stays."""
+    router, platform = make("gateway-api")
+    await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
+    await router.set_backends(ROUTE, "v1", BACKEND)
+    async with cluster_sim.running():
+        await router.set_weights(ROUTE, {"v1": 100})
+        await router.set_backends(ROUTE, "v2", BACKEND)
+        held = kube_api.emulator.hold("PATCH", "httproutes")
+        moving = asyncio.create_task(router.set_weights(ROUTE, {"v1": 90, "v2": 10}))
+        try:
+            for _ in range(1000):  # until the router's patch, read before the edit below, is held
+                if held.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert held.waiting >= 1
+            route = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
+            assert route is not None
+            header = {"type": "RequestHeaderModifier",
+                      "requestHeaderModifier": {"add": [{"name": "x-served-by", "value": "safeship"}]}}
+            route["spec"]["rules"][0]["filters"] = [header]
+            kube_api.write(route)  # the route changes after the router read it
+        finally:
+            held.release()
+        await moving
+
+    stored = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
+    assert stored is not None
+    [rule] = stored["spec"]["rules"]
+    assert rule["filters"] == [header]
+    assert {r["name"]: r["weight"] for r in rule["backendRefs"]} == {"user-service": 90, "user-service-canary": 10}
 
 
 async def test_the_wait_needs_resolved_refs_too(kube_api: ApiHandle, make: Make) -> None:  # noqa: F811

@@ -307,7 +307,7 @@ def _raise_for(what: str, failure: _Failure, exc: BaseException) -> NoReturn:
     code = failure.code
     text = f"Kubernetes API: {what}: {failure.message} (HTTP {code})"
     if code == 409:
-        raise TemporaryError(text, delay=failure.retry_after or CONFLICT_DELAY) from exc
+        raise Conflict(text, delay=failure.retry_after or CONFLICT_DELAY) from exc
     if code == 429:
         raise TemporaryError(text, delay=failure.retry_after or THROTTLE_DELAY) from exc
     if code >= 500:
@@ -324,6 +324,14 @@ def _is_namespace_missing(failure: _Failure, kind: str, namespace: str | None) -
         and failure.details_kind == "namespaces"
         and failure.details_name in ("", namespace)
     )
+
+
+class Conflict(TemporaryError):
+    """409: the object changed since it was read (or already exists). A read-modify-write of
+    safeship's own part of an object reads it again and retries at once (`RETRY_ON_CONFLICT`)."""
+
+
+RETRY_ON_CONFLICT = 5  # attempts of a read-modify-write before the conflict goes up (and the tick retries)
 
 
 class WatchExpired(TemporaryError):

@@ -58,6 +58,7 @@ from safeship.clock import Clock, RealClock
 from safeship.config.models import Environment, SafeshipConfig
 from safeship.errors import InputError, PermanentError, TemporaryError
 from safeship.kube import objects
+from safeship.kube.client import RETRY_ON_CONFLICT, Conflict
 from safeship.routing.base import (
     Backend,
     RouteKey,
@@ -369,12 +370,14 @@ class GatewayApiRouter(TwoServiceRouter):
         desired = objects.http_route(self.config, self.environment, service, stable_weight=stable_weight,
                                      canary_weight=canary_weight, owner=self.owner)
         kube = await self.kube()
-        current_route = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
-        if current_route is None:
-            applied = await kube.create(desired)
-        else:
+        for attempt in range(1, RETRY_ON_CONFLICT + 1):
+            current_route = await kube.get(objects.HTTPROUTE_API, "HTTPRoute", service, self.namespace)
+            if current_route is None:
+                applied = await kube.create(desired)
+                break
             # Only safeship's rule changes: rules and filters added by hand stay. The resourceVersion
-            # makes a concurrent edit a conflict (retried) rather than lost.
+            # makes a concurrent edit (by hand, or the gateway writing the route's status) a
+            # conflict: the route is read again and merged again, never overwritten.
             spec = current_route.get("spec") or {}
             patch_spec: Obj = {"parentRefs": desired["spec"]["parentRefs"],
                                "rules": objects.merged_rules(spec.get("rules") or [], desired["spec"]["rules"][0],
@@ -382,10 +385,15 @@ class GatewayApiRouter(TwoServiceRouter):
             if "hostnames" in desired["spec"]:
                 patch_spec["hostnames"] = desired["spec"]["hostnames"]
             meta = current_route.get("metadata") or {}
-            applied = await kube.patch(objects.HTTPROUTE_API, "HTTPRoute", service,
-                                       {"metadata": {"resourceVersion": meta.get("resourceVersion"),
-                                                     "labels": desired["metadata"]["labels"]},
-                                        "spec": patch_spec}, self.namespace)
+            try:
+                applied = await kube.patch(objects.HTTPROUTE_API, "HTTPRoute", service,
+                                           {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                                                         "labels": desired["metadata"]["labels"]},
+                                            "spec": patch_spec}, self.namespace)
+                break
+            except Conflict:
+                if attempt == RETRY_ON_CONFLICT:
+                    raise
         generation = int((applied.get("metadata") or {}).get("generation") or 0)
 
         async def accepted() -> tuple[bool | None, str]:
