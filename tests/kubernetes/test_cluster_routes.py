@@ -6,6 +6,8 @@ that ends only when the Gateway reports both Accepted and ResolvedRefs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,24 +77,34 @@ def test_two_services_claiming_the_same_requests_on_one_gateway_are_refused(tmp_
     assert load_config(write(tmp_path, {"hostnames": ["{service}.example.com"]}, ("shop", "search"))).services
 
 
-async def test_a_weight_change_leaves_rules_and_filters_added_by_hand(kube_api: ApiHandle, cluster_sim: Any,
-                                                                      make: Make) -> None:  # noqa: F811
+# A filter added by hand to safeship's rule.
+HEADER = {"type": "RequestHeaderModifier",
+          "requestHeaderModifier": {"add": [{"name": "x-served-by", "value": "safeship"}]}}
+
+
+@contextlib.asynccontextmanager
+async def _v2_beside_v1(make: Make, cluster_sim: Any) -> AsyncIterator[Any]:  # noqa: F811
+    """A gateway-api router with v1 routed at 100% and v2's backends set, the cluster running."""
     router, platform = make("gateway-api")
     await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
     await router.set_backends(ROUTE, "v1", BACKEND)
     async with cluster_sim.running():
         await router.set_weights(ROUTE, {"v1": 100})
         await router.set_backends(ROUTE, "v2", BACKEND)
+        yield router
+
+
+async def test_a_weight_change_leaves_rules_and_filters_added_by_hand(kube_api: ApiHandle, cluster_sim: Any,
+                                                                      make: Make) -> None:  # noqa: F811
+    async with _v2_beside_v1(make, cluster_sim) as router:
         # By hand: a header on safeship's rule, and a rule of its own for /admin to another Service.
         kube_api.write({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "admin"},
                         "spec": {"selector": {"app": "admin"}, "ports": [{"port": 80}]}})
         route = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
         assert route is not None
-        header = {"type": "RequestHeaderModifier",
-                  "requestHeaderModifier": {"add": [{"name": "x-served-by", "value": "safeship"}]}}
         admin = {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
                  "backendRefs": [{"group": "", "kind": "Service", "name": "admin", "port": 80, "weight": 1}]}
-        route["spec"]["rules"][0]["filters"] = [header]
+        route["spec"]["rules"][0]["filters"] = [HEADER]
         route["spec"]["rules"].insert(0, admin)
         kube_api.write(route)
 
@@ -103,7 +115,7 @@ async def test_a_weight_change_leaves_rules_and_filters_added_by_hand(kube_api: 
     rules = stored["spec"]["rules"]
     assert len(rules) == 2 and rules[0]["backendRefs"][0]["name"] == "admin"
     assert rules[0]["matches"] == admin["matches"]
-    assert rules[1]["filters"] == [header]
+    assert rules[1]["filters"] == [HEADER]
     assert {r["name"]: r["weight"] for r in rules[1]["backendRefs"]} == {"user-service": 90, "user-service-canary": 10}
     assert router.weights_reached(ROUTE) == {"v1": 90, "v2": 10}
 
@@ -113,12 +125,7 @@ async def test_a_route_changed_between_its_read_and_its_patch_is_read_and_merged
     """A real API server answers a patch carrying a stale resourceVersion with 409 (a gateway
     controller writing the route's status, or someone by hand): the router reads the route again
     and merges its rule again, so the weights land and the other writer's change stays."""
-    router, platform = make("gateway-api")
-    await ready(platform, cluster_sim, {"v1": 2, "v2": 1})
-    await router.set_backends(ROUTE, "v1", BACKEND)
-    async with cluster_sim.running():
-        await router.set_weights(ROUTE, {"v1": 100})
-        await router.set_backends(ROUTE, "v2", BACKEND)
+    async with _v2_beside_v1(make, cluster_sim) as router:
         held = kube_api.emulator.hold("PATCH", "httproutes")
         moving = asyncio.create_task(router.set_weights(ROUTE, {"v1": 90, "v2": 10}))
         try:
@@ -129,9 +136,7 @@ async def test_a_route_changed_between_its_read_and_its_patch_is_read_and_merged
             assert held.waiting >= 1
             route = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
             assert route is not None
-            header = {"type": "RequestHeaderModifier",
-                      "requestHeaderModifier": {"add": [{"name": "x-served-by", "value": "safeship"}]}}
-            route["spec"]["rules"][0]["filters"] = [header]
+            route["spec"]["rules"][0]["filters"] = [HEADER]
             kube_api.write(route)  # the route changes after the router read it
         finally:
             held.release()
@@ -140,7 +145,7 @@ async def test_a_route_changed_between_its_read_and_its_patch_is_read_and_merged
     stored = kube_api.read(objects.HTTPROUTE_API, "HTTPRoute", SERVICE)
     assert stored is not None
     [rule] = stored["spec"]["rules"]
-    assert rule["filters"] == [header]
+    assert rule["filters"] == [HEADER]
     assert {r["name"]: r["weight"] for r in rule["backendRefs"]} == {"user-service": 90, "user-service-canary": 10}
 
 
